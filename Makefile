@@ -1,0 +1,22 @@
+# The README's two commands: `make demo` (the main job) and `make test` (the tests).
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint format
+
+setup:
+	@bash scripts/setup_venv.sh
+
+demo: setup
+	$(BIN)/latlab bench
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv and install latlab into it.
+# torch is installed only when it is missing, so a user's own CUDA build is kept.
+# TORCH_SPEC overrides what is installed then (default: torch==2.13.0, the CPU build here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+EXTRAS=${EXTRAS:-all,dev}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+  echo "setup: installing $TORCH_SPEC"
+  $PIP install "$TORCH_SPEC"
+fi
+stamp="$VENV/.latlab-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing latlab[$EXTRAS]"
+  $PIP install -e ".[$EXTRAS]"
+  touch "$stamp"
+fi
