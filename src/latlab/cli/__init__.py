@@ -35,7 +35,7 @@ def run(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors, no tracebacks, non-zero exit codes."""
     _register_commands()
     try:
-        main.main(args=argv, prog_name="latlab", standalone_mode=False)
+        exit_code = main.main(args=argv, prog_name="latlab", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("latlab: aborted", err=True)
         sys.exit(130)
@@ -48,3 +48,6 @@ def run(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("latlab: interrupted", err=True)
         sys.exit(130)
+    # Commands return an int exit code (or None for success) in non-standalone mode.
+    if isinstance(exit_code, int) and exit_code != 0:
+        sys.exit(exit_code)
