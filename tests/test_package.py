@@ -2,8 +2,29 @@
 
 import subprocess
 import sys
+import textwrap
 
 import latlab
+
+# Runs Python with torch, transformers and fastapi made unimportable, as on a machine where
+# only the base install (the bench client) is present.
+_BLOCKER = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"torch", "transformers", "fastapi"}:
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+    sys.meta_path.insert(0, _Block())
+    """
+)
+
+
+def _run_without_heavy_deps(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", _BLOCKER + code], capture_output=True, text=True, check=False
+    )
 
 
 def test_version_is_exposed():
@@ -14,6 +35,26 @@ def test_import_does_not_pull_torch():
     code = "import sys, latlab; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_base_modules_import_with_torch_blocked():
+    modules = ["latlab", "latlab.cli", "latlab.errors", "latlab.plan.kv"]
+    out = _run_without_heavy_deps(
+        "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_base_import_pulls_only_the_standard_library():
+    # The import-cost budget (0.3 s) is met by importing nothing heavy; benchmarks/import_cost.py
+    # reports the time itself.
+    code = (
+        "import sys; before = set(sys.modules); import latlab; "
+        "print(' '.join(sorted({m.split('.')[0] for m in set(sys.modules) - before})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    third_party = set(out.stdout.split()) - set(sys.stdlib_module_names) - {"latlab"}
+    assert third_party == set()
 
 
 def test_unknown_public_name_raises_attribute_error():
