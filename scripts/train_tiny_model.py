@@ -1,0 +1,512 @@
+"""Build latlab's bundled tiny model from text this machine already has.
+
+Corpus: the docstrings of CPython's own standard library (read with ``ast``, never imported)
+plus the long documentation strings of ``pydoc_data/topics.py`` (the language reference as
+``help()`` shows it). No network, no downloads: the stdlib of the interpreter that runs this
+script is the data set, so anyone can rebuild the assets.
+
+Stages (``--stage``):
+- ``tokenizer``: byte-level BPE (HF ``tokenizers``) with bos/eos/pad and chat role markers,
+  saved with a chat template; committed first so random-weight models can reuse it.
+- ``model``: a Llama-architecture causal LM with grouped-query attention, trained on CPU with
+  AdamW and a cosine schedule until ``--max-steps`` or the wall-clock ``--budget-min`` runs
+  out (it still saves then). Writes safetensors, generation_config.json, heldout.txt and
+  training_report.json (held-out perplexity included).
+- ``all``: both.
+
+Files are split into train / held-out by a seeded hash of their path relative to the stdlib,
+so the split does not depend on file order or on which other files exist.
+
+Rebuild the shipped assets (about 20 minutes on 2 cores):
+    .venv/bin/python scripts/train_tiny_model.py --stage all --budget-min 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import math
+import platform
+import random
+import sysconfig
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO_ROOT / "src" / "latlab" / "assets" / "tiny-llama"
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+SPECIAL_TOKENS = (BOS, EOS, PAD, *ROLE_TOKENS)
+
+# Each turn is "<|role|>\n" + content + eos; the assistant's eos is what ends generation.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unsupported chat role: ' + message['role']) }}"
+    "{% endif %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+# Directories whose docstrings are test scaffolding or vendored code, not documentation.
+SKIP_DIRS = frozenset(
+    {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "lib2to3"}
+)
+TOPICS_FILE = Path("pydoc_data") / "topics.py"
+MIN_TOPIC_CHARS = 200
+
+
+@dataclass(slots=True)
+class Document:
+    """One training document: a docstring (or topic text) and the file it came from."""
+
+    source: str
+    text: str
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def iter_python_files(root: Path) -> Iterator[Path]:
+    """Every .py file of the stdlib outside SKIP_DIRS, in sorted (deterministic) order."""
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if not any(part in SKIP_DIRS for part in rel.parts):
+            yield path
+
+
+def _docstrings(tree: ast.AST) -> Iterator[str]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            doc = ast.get_docstring(node, clean=True)
+            if doc and len(doc.strip()) >= 20:
+                yield doc.strip()
+
+
+def _topic_strings(tree: ast.AST) -> Iterator[str]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = node.value.strip()
+            if len(text) >= MIN_TOPIC_CHARS:
+                yield text
+
+
+def documents_of(path: Path, rel: Path) -> list[Document]:
+    """Documents of one file; unreadable or unparsable files give none (a few are py2 relics)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return []
+    texts = _topic_strings(tree) if rel == TOPICS_FILE else _docstrings(tree)
+    return [Document(str(rel), text) for text in texts]
+
+
+def is_heldout(rel: str, seed: int, fraction: float) -> bool:
+    """Seeded, order-independent split by file: hash(seed, path) decides."""
+    digest = hashlib.sha256(f"{seed}:{rel}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def build_corpus(seed: int, heldout_fraction: float) -> tuple[list[Document], list[Document]]:
+    """(train, heldout) documents. The big topics file always trains (it is one file)."""
+    root = stdlib_root()
+    train: list[Document] = []
+    heldout: list[Document] = []
+    for path in iter_python_files(root):
+        rel = path.relative_to(root)
+        docs = documents_of(path, rel)
+        held = rel != TOPICS_FILE and is_heldout(str(rel), seed, heldout_fraction)
+        (heldout if held else train).extend(docs)
+    return train, heldout
+
+
+# -------------------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE over the training texts; bos is prepended when encoding."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    bos_id = tokenizer.token_to_id(BOS)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    return tokenizer
+
+
+def save_tokenizer(tokenizer, out: Path, model_max_length: int) -> None:
+    """tokenizer.json + tokenizer_config.json (chat template) + special_tokens_map.json."""
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=list(ROLE_TOKENS),
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,
+    )
+    hf.chat_template = CHAT_TEMPLATE
+    out.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(str(out))
+    special_map = {
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "pad_token": PAD,
+        "additional_special_tokens": list(ROLE_TOKENS),
+    }
+    (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
+    # transformers 4.x and 5.x write different keys; write the ones both read.
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **special_map,
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    config_path = out / "tokenizer_config.json"
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    stray = out / "chat_template.jinja"
+    if stray.exists():
+        stray.unlink()
+
+
+def run_tokenizer_stage(args: argparse.Namespace) -> None:
+    train, heldout = build_corpus(args.seed, args.heldout_fraction)
+    start = time.perf_counter()
+    tokenizer = train_tokenizer([d.text for d in train], args.vocab_size)
+    save_tokenizer(tokenizer, args.out, args.max_position_embeddings)
+    print(
+        f"tokenizer: vocab {tokenizer.get_vocab_size()} from {len(train)} train documents "
+        f"({sum(len(d.text) for d in train)} chars; {len(heldout)} held out) "
+        f"in {time.perf_counter() - start:.1f}s -> {args.out}"
+    )
+
+
+# ------------------------------------------------------------------------------ model
+
+
+def chat_documents(docs: list[Document], seed: int, fraction: float) -> list[str]:
+    """A few docstrings recast as chat turns so chat requests get text, not noise.
+
+    The question names the file the docstring came from; the answer is its first paragraph.
+    """
+    rng = random.Random(seed)
+    out = []
+    for doc in docs:
+        if rng.random() >= fraction:
+            continue
+        module = doc.source.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
+        answer = doc.text.split("\n\n")[0].strip()
+        question = rng.choice(
+            (
+                f"What does {module} provide?",
+                f"Explain this part of {module}.",
+                f"Describe the {module} module.",
+            )
+        )
+        out.append(f"{ROLE_TOKENS[1]}\n{question}{EOS}{ROLE_TOKENS[2]}\n{answer}{EOS}")
+    return out
+
+
+def encode_stream(tokenizer, texts: list[str]):
+    """One flat token tensor: <bos> text <eos> per document, in the given order."""
+    import torch
+
+    eos_id = tokenizer.convert_tokens_to_ids(EOS)
+    ids: list[int] = []
+    for enc in tokenizer(texts, add_special_tokens=True)["input_ids"]:
+        ids.extend(enc)
+        ids.append(eos_id)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def model_config(tokenizer, args: argparse.Namespace):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.num_layers,
+        num_attention_heads=args.num_heads,
+        num_key_value_heads=args.num_kv_heads,
+        max_position_embeddings=args.max_position_embeddings,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        hidden_act="silu",
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def window_perplexity(model, ids, seq_len: int, max_tokens: int) -> float:
+    """exp(mean next-token NLL) over non-overlapping windows of the first max_tokens tokens.
+
+    The bundled-model test computes the same figure on heldout.txt, so keep them in step.
+    """
+    import torch
+
+    ids = ids[: max_tokens + 1]
+    total_nll, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ids) - 1, seq_len):
+            window = ids[start : start + seq_len + 1]
+            if len(window) < 2:
+                break
+            logits = model(input_ids=window[:-1].unsqueeze(0)).logits[0]
+            nll = torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum")
+            total_nll += nll.item()
+            count += len(window) - 1
+    return math.exp(total_nll / count)
+
+
+def lr_at(progress: float, warmup: float, peak: float, floor: float) -> float:
+    """Linear warm-up then cosine decay to ``floor``; progress runs 0..1."""
+    if progress < warmup:
+        return peak * progress / warmup
+    frac = min(1.0, (progress - warmup) / (1.0 - warmup))
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * frac))
+
+
+def sample_batch(stream, batch_size: int, seq_len: int, generator):
+    import torch
+
+    starts = torch.randint(0, len(stream) - seq_len - 1, (batch_size,), generator=generator)
+    rows = torch.stack([stream[s : s + seq_len + 1] for s in starts.tolist()])
+    return rows[:, :-1], rows[:, 1:]
+
+
+def train_loop(model, stream, args: argparse.Namespace) -> dict:
+    """AdamW + warm-up/cosine until max_steps or the wall-clock budget, whichever is first.
+
+    The schedule's progress is max(step fraction, time fraction) so the learning rate has
+    decayed when the budget stops training early (a shared machine may be slow).
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(args.seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1
+    )
+    budget_s = args.budget_min * 60.0
+    start = time.perf_counter()
+    step, tokens_seen, loss_ema = 0, 0, None
+    model.train()
+    while step < args.max_steps:
+        elapsed = time.perf_counter() - start
+        if elapsed >= budget_s:
+            break
+        progress = max(step / args.max_steps, elapsed / budget_s)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(progress, args.warmup_fraction, args.lr, args.lr * 0.1)
+        inputs, targets = sample_batch(stream, args.batch_size, args.seq_len, generator)
+        logits = model(input_ids=inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        tokens_seen += inputs.numel()
+        value = loss.item()
+        loss_ema = value if loss_ema is None else 0.98 * loss_ema + 0.02 * value
+        if step % args.log_every == 0:
+            print(
+                f"step {step} loss {value:.3f} ema {loss_ema:.3f} "
+                f"lr {optimizer.param_groups[0]['lr']:.2e} tokens {tokens_seen} "
+                f"elapsed {time.perf_counter() - start:.0f}s",
+                flush=True,
+            )
+    model.eval()
+    return {
+        "steps": step,
+        "tokens_seen": tokens_seen,
+        "train_wall_s": round(time.perf_counter() - start, 1),
+        "train_loss_ema": round(loss_ema or float("nan"), 4),
+        "stopped_by": "budget" if step < args.max_steps else "max_steps",
+    }
+
+
+def write_heldout_text(heldout: list[Document], out: Path, max_chars: int) -> str:
+    """The first held-out documents (sorted by source) up to max_chars, blank-line separated."""
+    parts, size = [], 0
+    for doc in heldout:
+        if size + len(doc.text) > max_chars:
+            break
+        parts.append(doc.text)
+        size += len(doc.text) + 2
+    text = "\n\n".join(parts) + "\n"
+    (out / "heldout.txt").write_text(text, encoding="utf-8")
+    return text
+
+
+def sample_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int) -> dict:
+    import torch
+
+    samples = {}
+    for prompt in prompts:
+        enc = tokenizer(prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=None
+            )
+        samples[prompt] = tokenizer.decode(out[0, enc["input_ids"].shape[1] :])
+    return samples
+
+
+SAMPLE_PROMPTS = (
+    "Return the number of",
+    "This module provides",
+    "Raise ValueError if",
+    "The default value is",
+)
+
+
+def run_model_stage(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    out: Path = args.out
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    train, heldout = build_corpus(args.seed, args.heldout_fraction)
+    chats = chat_documents(train, args.seed, args.chat_fraction)
+    texts = [d.text for d in train]
+    random.Random(args.seed).shuffle(texts)
+    stream = encode_stream(tokenizer, texts + chats)
+    heldout_stream = encode_stream(tokenizer, [d.text for d in heldout])
+    print(f"corpus: {len(stream)} train tokens, {len(heldout_stream)} held-out tokens", flush=True)
+
+    config = model_config(tokenizer, args)
+    model = LlamaForCausalLM(config)
+    num_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {num_params} parameters, {args.threads} threads", flush=True)
+    stats = train_loop(model, stream, args)
+
+    heldout_ppl = window_perplexity(model, heldout_stream, args.seq_len, args.eval_tokens)
+    heldout_text = write_heldout_text(heldout, out, args.heldout_txt_chars)
+    txt_ids = tokenizer(heldout_text, return_tensors="pt")["input_ids"][0]
+    heldout_txt_ppl = window_perplexity(model, txt_ids, args.seq_len, args.eval_tokens)
+
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=128,
+        do_sample=False,
+    )
+    model.save_pretrained(str(out), safe_serialization=True)
+    samples = sample_continuations(model, tokenizer, list(SAMPLE_PROMPTS), 40)
+    report = {
+        "corpus": {
+            "source": "CPython stdlib docstrings + pydoc_data/topics.py (read with ast)",
+            "python": platform.python_version(),
+            "train_documents": len(train),
+            "chat_documents": len(chats),
+            "heldout_documents": len(heldout),
+            "train_chars": sum(len(d.text) for d in train),
+            "heldout_chars": sum(len(d.text) for d in heldout),
+            "train_tokens": len(stream),
+            "heldout_tokens": len(heldout_stream),
+        },
+        "tokenizer": {"type": "byte-level BPE", "vocab_size": len(tokenizer)},
+        "model": {
+            "architecture": "LlamaForCausalLM",
+            "parameters": num_params,
+            "hidden_size": args.hidden_size,
+            "num_hidden_layers": args.num_layers,
+            "num_attention_heads": args.num_heads,
+            "num_key_value_heads": args.num_kv_heads,
+            "intermediate_size": args.intermediate_size,
+        },
+        "training": {
+            **stats,
+            "seq_len": args.seq_len,
+            "batch_size": args.batch_size,
+            "peak_lr": args.lr,
+            "seed": args.seed,
+            "threads": args.threads,
+            "budget_min": args.budget_min,
+            "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(),
+        },
+        "heldout_perplexity": round(heldout_ppl, 3),
+        "heldout_txt_perplexity": round(heldout_txt_ppl, 3),
+        "perplexity_method": (
+            f"exp(mean next-token NLL), non-overlapping windows of {args.seq_len} tokens, "
+            f"first {args.eval_tokens} tokens; heldout.txt encoded with its leading <|bos|>"
+        ),
+        "samples": samples,
+    }
+    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2), flush=True)
+
+
+# -------------------------------------------------------------------------------- cli
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stage", choices=("tokenizer", "model", "all"), default="all")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heldout-fraction", type=float, default=0.05)
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--hidden-size", type=int, default=256)
+    p.add_argument("--intermediate-size", type=int, default=704)
+    p.add_argument("--num-layers", type=int, default=4)
+    p.add_argument("--num-heads", type=int, default=8)
+    p.add_argument("--num-kv-heads", type=int, default=2)
+    p.add_argument("--max-position-embeddings", type=int, default=2048)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup-fraction", type=float, default=0.03)
+    p.add_argument("--max-steps", type=int, default=100_000)
+    p.add_argument("--budget-min", type=float, default=25.0, help="wall-clock training budget")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--chat-fraction", type=float, default=0.1)
+    p.add_argument("--eval-tokens", type=int, default=20_000)
+    p.add_argument("--heldout-txt-chars", type=int, default=6000)
+    p.add_argument("--log-every", type=int, default=25)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.stage in ("tokenizer", "all"):
+        run_tokenizer_stage(args)
+    if args.stage in ("model", "all"):
+        run_model_stage(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Find, check and load a model directory, turning every failure into a ModelLoadError.
+
+transformers reports a truncated safetensors file or a half-written tokenizer.json with
+errors deep in its stack that do not say which file is bad; users of latlab get one line that
+names the file and what to do. torch and transformers are imported inside the functions so
+``import latlab.model_files`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from latlab.errors import ConfigError, ModelLoadError
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TORCH_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+# Parsed when present; a model dir may legitimately ship other tokenizer formats.
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# A safetensors header larger than this is corruption, not a real model.
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+def _looks_local(text: str) -> bool:
+    """Whether the user meant a filesystem path rather than a Hub id like 'org/name'."""
+    if text.startswith((".", "/", "~", os.sep)):
+        return True
+    parts = Path(text).parts
+    if len(parts) > 2:  # Hub ids have at most one '/'
+        return True
+    return len(parts) > 1 and Path(parts[0]).exists()
+
+
+def resolve_model_path(name_or_path: str | os.PathLike[str] | None) -> str:
+    """The bundled model for None, an absolute path for a local dir, else the Hub id as given.
+
+    A local-looking path that does not exist raises ModelLoadError naming it, so a typo is
+    not sent to the Hub as a repository name.
+    """
+    if name_or_path is None:
+        from latlab.assets import bundled_model_path
+
+        return str(bundled_model_path())
+    text = os.fspath(name_or_path)
+    expanded = Path(text).expanduser()
+    if expanded.is_dir():
+        return str(expanded.resolve())
+    if expanded.exists():
+        raise ModelLoadError(f"model path '{text}' is a file; pass the model directory")
+    if isinstance(name_or_path, os.PathLike) or _looks_local(text):
+        raise ModelLoadError(f"model path '{text}' does not exist")
+    return text
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{path} is missing") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(
+            f"{path} is not valid JSON ({exc}); re-download or rebuild it"
+        ) from exc
+
+
+def load_model_config(name_or_path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """config.json of a local model dir as a dict (Hub ids: fetched through transformers)."""
+    resolved = resolve_model_path(name_or_path)
+    local = Path(resolved)
+    if local.is_dir():
+        config = _read_json(local / CONFIG_FILE)
+        if not isinstance(config, dict):
+            raise ModelLoadError(f"{local / CONFIG_FILE} does not hold a JSON object")
+        return config
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(resolved).to_dict()
+    except Exception as exc:
+        raise ModelLoadError(f"could not load the config of '{resolved}': {exc}") from exc
+
+
+def check_safetensors(path: Path) -> None:
+    """Header parses and every tensor's bytes lie inside the file (catches truncation)."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            prefix = fh.read(8)
+            if len(prefix) < 8:
+                raise ModelLoadError(f"{path} is truncated (no safetensors header)")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > min(size - 8, MAX_SAFETENSORS_HEADER):
+                raise ModelLoadError(f"{path} is corrupt (bad safetensors header length)")
+            header = json.loads(fh.read(header_len))
+    except OSError as exc:
+        raise ModelLoadError(f"{path} cannot be read: {exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path} is corrupt (safetensors header is not JSON)") from exc
+    data_len = size - 8 - header_len
+    ends = [
+        entry["data_offsets"][1]
+        for name, entry in header.items()
+        if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry
+    ]
+    if ends and max(ends) > data_len:
+        raise ModelLoadError(
+            f"{path} is truncated ({data_len} data bytes, tensors need {max(ends)}); "
+            "re-download or rebuild it"
+        )
+
+
+def _weight_files(model_dir: Path) -> list[Path]:
+    if (model_dir / SAFETENSORS_FILE).exists():
+        return [model_dir / SAFETENSORS_FILE]
+    index_path = model_dir / SAFETENSORS_INDEX
+    if index_path.exists():
+        index = _read_json(index_path)
+        shards = sorted(set((index.get("weight_map") or {}).values()))
+        if not shards:
+            raise ModelLoadError(f"{index_path} lists no weight files")
+        return [model_dir / shard for shard in shards]
+    for name in TORCH_WEIGHTS:
+        if (model_dir / name).exists():
+            return [model_dir / name]
+    raise ModelLoadError(f"no weights in {model_dir} (expected {SAFETENSORS_FILE})")
+
+
+def check_model_dir(path: str | os.PathLike[str]) -> None:
+    """Raise ModelLoadError naming the first bad file: config, weights, tokenizer JSON."""
+    model_dir = Path(path)
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"model path '{model_dir}' does not exist")
+    config = _read_json(model_dir / CONFIG_FILE)
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{model_dir / CONFIG_FILE} does not hold a JSON object")
+    for weights in _weight_files(model_dir):
+        if not weights.exists():
+            raise ModelLoadError(f"{weights} is missing (listed in {SAFETENSORS_INDEX})")
+        if weights.suffix == ".safetensors":
+            check_safetensors(weights)
+    _check_tokenizer_files(model_dir)
+
+
+def _check_tokenizer_files(model_dir: Path) -> None:
+    for name in TOKENIZER_JSON_FILES:
+        if (model_dir / name).exists():
+            _read_json(model_dir / name)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike[str] | None = None) -> Any:
+    """AutoTokenizer for a model dir or Hub id; ModelLoadError naming the file or reason."""
+    resolved = resolve_model_path(name_or_path)
+    if Path(resolved).is_dir():
+        _check_tokenizer_files(Path(resolved))
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(resolved)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load the tokenizer of '{resolved}': {exc}") from exc
+
+
+def torch_dtype(dtype: str) -> Any:
+    """'auto' stays 'auto' (the checkpoint's dtype); other names map to torch dtypes."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "auto":
+        return "auto"
+    import torch
+
+    return getattr(torch, dtype)
+
+
+def _dtype_kwarg() -> str:
+    """transformers renamed from_pretrained's ``torch_dtype`` to ``dtype`` in 4.56."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def load_causal_lm(
+    name_or_path: str | os.PathLike[str] | None = None,
+    dtype: str = "auto",
+    device: str = "cpu",
+    attn_implementation: str | None = None,
+) -> Any:
+    """An eval-mode AutoModelForCausalLM on ``device``; ModelLoadError naming the bad file."""
+    resolved = resolve_model_path(name_or_path)
+    if Path(resolved).is_dir():
+        check_model_dir(resolved)
+    kwargs: dict[str, Any] = {_dtype_kwarg(): torch_dtype(dtype)}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
+        model.to(device)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load the model '{resolved}': {exc}") from exc
+    return model.eval()
