@@ -1,0 +1,374 @@
+"""The OpenAI-compatible FastAPI app in front of a latlab ``AsyncLLM``.
+
+Every request goes the same way: validate the JSON strictly, tokenize (through the chat
+template for chat), check the context length, build SamplingParams, then wait for the
+engine's first output *before* sending headers. Waiting for the first output costs the client
+nothing (its TTFT is the first content chunk either way) and lets every engine refusal
+(queue full, cannot fit, bad parameter) become a proper status code instead of an error event
+inside a 200 stream.
+
+A client that goes away is noticed at once, while waiting for the first token as well as
+mid-stream, and the engine's iterator is closed so the sequence and its KV blocks are freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from latlab.errors import CapacityError, ConfigError, LatlabError, OverloadedError
+from latlab.serve import sse
+from latlab.serve.metrics import CONTENT_TYPE, RequestTracker, ServeMetrics
+from latlab.serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    RequestError,
+    chat_response,
+    completion_response,
+    error_body,
+    new_id,
+    now_s,
+    parse_request,
+    usage_dict,
+)
+
+# Seconds a client is told to wait after a 503 (the queue drains in about that long at
+# typical CPU decode rates; clients with backoff retry sooner or later anyway).
+RETRY_AFTER_S = 1
+
+
+@dataclass(slots=True)
+class _Job:
+    """One validated request, ready for the engine."""
+
+    rid: str
+    prompt_ids: list[int]
+    params: Any
+    stream: bool
+    include_usage: bool
+    chat: bool
+
+
+def create_app(
+    engine: Any,
+    served_model_name: str,
+    *,
+    make_params: Callable[..., Any] | None = None,
+) -> FastAPI:
+    """Build the app serving ``engine`` (a ``latlab.engine.AsyncLLM``) as ``served_model_name``.
+
+    ``make_params`` builds sampling parameters from keyword arguments; it defaults to
+    ``latlab.SamplingParams`` and exists so the app can be tested against a fake engine.
+    """
+    app = FastAPI(title="latlab serve", docs_url=None, redoc_url=None, openapi_url=None)
+    server = _Server(engine, served_model_name, make_params or _default_make_params())
+    app.state.latlab = server
+    _add_error_handlers(app)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        req = parse_request(CompletionRequest, await request.body())
+        return await server.run(server.prepare_completion(req), request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        req = parse_request(ChatCompletionRequest, await request.body())
+        return await server.run(server.prepare_chat(req), request)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return server.models()
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(content=server.metrics.render(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+def _default_make_params() -> Callable[..., Any]:
+    from latlab.engine.sampling_params import SamplingParams
+
+    return SamplingParams
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = error_body(str(exc.detail), "invalid_request_error", code=exc.status_code)
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        body = error_body(f"internal error: {type(exc).__name__}: {exc}", "internal_error")
+        return JSONResponse(body, status_code=500)
+
+
+@contextlib.contextmanager
+def _engine_errors() -> Iterator[None]:
+    """Engine refusals -> HTTP: full queue 503 + Retry-After, the rest 400."""
+    try:
+        yield
+    except OverloadedError as exc:
+        raise RequestError(
+            str(exc) or "the server's waiting queue is full; retry later",
+            status=503,
+            type="overloaded_error",
+            code="overloaded",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
+    except CapacityError as exc:
+        raise RequestError(str(exc), code="capacity_exceeded") from None
+    except ConfigError as exc:
+        raise RequestError(str(exc), code="invalid_value") from None
+
+
+class _Server:
+    """Request handling shared by both endpoints."""
+
+    def __init__(self, engine: Any, model_name: str, make_params: Callable[..., Any]) -> None:
+        self.engine = engine
+        self.model_name = model_name
+        self.make_params = make_params
+        self.metrics = ServeMetrics(engine.stats, model_name)
+
+    # ---- validation and tokenization ------------------------------------------------------
+
+    def _check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise RequestError(
+                f"model '{model}' is not served here; this server serves '{self.model_name}'",
+                param="model",
+                code="model_not_found",
+            )
+
+    def prepare_completion(self, req: CompletionRequest) -> _Job:
+        self._check_model(req.model)
+        req.check_supported()
+        prompt = req.single_prompt()
+        if isinstance(prompt, str):
+            ids = list(self.engine.tokenizer.encode(prompt))
+        else:
+            ids = self._check_token_ids(prompt)
+        return self._job(req, ids, req.max_tokens, chat=False, prefix="cmpl")
+
+    def prepare_chat(self, req: ChatCompletionRequest) -> _Job:
+        self._check_model(req.model)
+        req.check_supported()
+        messages = [m.as_template_dict() for m in req.messages]
+        tokenizer = self.engine.tokenizer
+        try:
+            text = tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=req.add_generation_prompt
+            )
+        except Exception as exc:  # jinja errors, missing template: all the client's to fix
+            raise RequestError(
+                f"could not apply the model's chat template: {exc}", param="messages"
+            ) from None
+        # The template already wrote any BOS token; adding special tokens would double it.
+        ids = list(tokenizer.encode(text, add_special_tokens=False))
+        return self._job(req, ids, req.requested_max_tokens, chat=True, prefix="chatcmpl")
+
+    def _check_token_ids(self, ids: list[int]) -> list[int]:
+        try:
+            vocab = len(self.engine.tokenizer)
+        except TypeError:
+            return list(ids)
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise RequestError(
+                f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="prompt"
+            )
+        return list(ids)
+
+    def _job(self, req: Any, ids: list[int], max_tokens: int | None, *, chat: bool, prefix: str):
+        if not ids:
+            raise RequestError("the prompt is empty", param="prompt")
+        max_tokens = self._resolve_max_tokens(len(ids), max_tokens)
+        with _engine_errors():
+            params = self.make_params(**req.sampling_kwargs(max_tokens))
+        return _Job(new_id(prefix), ids, params, req.stream, req.include_usage, chat)
+
+    def _resolve_max_tokens(self, prompt_len: int, requested: int | None) -> int:
+        limit = int(self.engine.max_model_len)
+        if prompt_len >= limit:
+            raise RequestError(
+                f"this model's maximum context length is {limit} tokens; the prompt has "
+                f"{prompt_len} tokens, which leaves no room for output; shorten it",
+                param="prompt",
+                code="context_length_exceeded",
+            )
+        if requested is None:
+            return limit - prompt_len
+        if prompt_len + requested > limit:
+            raise RequestError(
+                f"this model's maximum context length is {limit} tokens; you requested "
+                f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} "
+                f"for the output); lower max_tokens or shorten the prompt",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        return requested
+
+    # ---- running ----------------------------------------------------------------------------
+
+    async def run(self, job: _Job, request: Request) -> Response:
+        tracker = self.metrics.tracker()
+        with _engine_errors():
+            outputs = self.engine.generate(job.prompt_ids, job.params, request_id=job.rid)
+        try:
+            with _engine_errors():
+                first = await _unless_disconnected(outputs.__anext__(), request)
+        except BaseException:
+            await _close(outputs)
+            raise
+        if first is _GONE:
+            await _close(outputs)
+            return Response(status_code=499)
+        if job.stream:
+            body = self._stream(job, outputs, first, tracker)
+            return _ClosingStreamingResponse(
+                body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
+        try:
+            final = await _unless_disconnected(_drain(outputs, first, tracker), request)
+        finally:
+            await _close(outputs)
+        if final is _GONE:
+            return Response(status_code=499)
+        tracker.on_finished(final)
+        build = chat_response if job.chat else completion_response
+        return JSONResponse(
+            build(job.rid, self.model_name, final.text, final.finish_reason, _usage(job, final))
+        )
+
+    async def _stream(
+        self, job: _Job, outputs: Any, first: Any, tracker: RequestTracker
+    ) -> AsyncIterator[bytes]:
+        writer = sse.ChunkWriter(
+            job.rid, self.model_name, chat=job.chat, include_usage=job.include_usage
+        )
+        try:
+            if job.chat:
+                yield writer.start()
+            output = first
+            while True:
+                tracker.on_output(output)
+                if output.new_text or output.finished:
+                    finish = output.finish_reason if output.finished else None
+                    yield writer.content(output.new_text or "", finish)
+                if output.finished:
+                    break
+                try:
+                    output = await outputs.__anext__()
+                except StopAsyncIteration:
+                    break
+            tracker.on_finished(output)
+            if job.include_usage:
+                yield writer.usage(_usage(job, output))
+        except LatlabError as exc:  # headers are out: report the failure as an event
+            yield writer.error(error_body(str(exc), "internal_error"))
+        finally:
+            await _close(outputs)
+        yield sse.DONE
+
+    def models(self) -> dict[str, Any]:
+        card = {
+            "id": self.model_name,
+            "object": "model",
+            "created": now_s(),
+            "owned_by": "latlab",
+            "root": str(getattr(self.engine, "model_name", self.model_name)),
+            "max_model_len": int(self.engine.max_model_len),
+        }
+        return {"object": "list", "data": [card]}
+
+
+def _usage(job: _Job, output: Any) -> dict[str, Any]:
+    cached = int(getattr(output, "num_cached_tokens", 0) or 0)
+    return usage_dict(len(job.prompt_ids), len(output.token_ids), cached)
+
+
+async def _drain(outputs: Any, first: Any, tracker: RequestTracker) -> Any:
+    """The last output of a non-streamed request."""
+    output = first
+    tracker.on_output(output)
+    while not output.finished:
+        try:
+            output = await outputs.__anext__()
+        except StopAsyncIteration:
+            break
+        tracker.on_output(output)
+    return output
+
+
+_GONE = object()
+
+
+async def _unless_disconnected(work: Any, request: Request) -> Any:
+    """Await ``work`` unless the client disconnects first (then cancel it, return _GONE)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        return _GONE
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    # The body has been read, so the next ASGI message can only be the disconnect.
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _close(outputs: Any) -> None:
+    """Close the engine iterator, which aborts the request and frees its KV blocks.
+
+    Shielded: this runs while a disconnect is cancelling the response, and an unshielded
+    await here would be cancelled before the engine heard of the abort.
+    """
+    aclose = getattr(outputs, "aclose", None)
+    if aclose is None:
+        return
+    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+        await aclose()
+
+
+class _ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that always closes its body iterator.
+
+    Starlette leaves the iterator suspended when the client disconnects between chunks; it
+    would then hold its sequence until garbage collection. Closing it runs our ``finally``.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[union-attr]

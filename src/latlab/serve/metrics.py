@@ -1,0 +1,143 @@
+"""Prometheus metrics for ``latlab serve``, named as vLLM names them with a ``latlab:`` prefix.
+
+Latency histograms are observed by the server as requests finish. Gauges and counters that
+the engine already keeps (running, waiting, KV usage, prefix cache, token totals) are read
+from ``engine.stats()`` at scrape time instead of being mirrored: a mirrored counter drifts
+the moment someone forgets to bump it, a read one cannot.
+
+Each app gets its own registry, so several apps (tests, two servers in one process) never
+collide on the global default registry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Bucket edges follow vLLM's so dashboards built for it read ours the same way.
+_TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+_ITL_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+_REQUEST_BUCKETS = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
+    40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+
+# (metric name, help, EngineStats attribute)
+_GAUGES = (
+    ("latlab:num_requests_running", "Requests in the running batch.", "num_running"),
+    ("latlab:num_requests_waiting", "Requests waiting to be scheduled.", "num_waiting"),
+    ("latlab:kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1).", "kv_cache_usage"),
+)
+_COUNTERS = (
+    ("latlab:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+     "prefix_cache_queries"),
+    ("latlab:prefix_cache_hits", "Prompt tokens found in the prefix cache.", "prefix_cache_hits"),
+    ("latlab:prompt_tokens", "Prompt tokens processed.", "prompt_tokens_total"),
+    ("latlab:generation_tokens", "Tokens generated.", "generation_tokens_total"),
+)  # fmt: skip
+
+
+class _EngineStatsCollector(Collector):
+    """Reads engine.stats() on every scrape."""
+
+    def __init__(self, stats: Callable[[], Any], model_name: str) -> None:
+        self._stats = stats
+        self._model_name = model_name
+
+    def collect(self) -> Iterator[Any]:
+        stats = self._stats()
+        for name, doc, attr in _GAUGES:
+            family = GaugeMetricFamily(name, doc, labels=["model_name"])
+            family.add_metric([self._model_name], float(getattr(stats, attr, 0) or 0))
+            yield family
+        for name, doc, attr in _COUNTERS:
+            family = CounterMetricFamily(name, doc, labels=["model_name"])
+            family.add_metric([self._model_name], float(getattr(stats, attr, 0) or 0))
+            yield family
+
+
+class ServeMetrics:
+    """The latency histograms of one app plus the engine-backed gauges and counters."""
+
+    def __init__(self, stats: Callable[[], Any], model_name: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = {"labelnames": ["model_name"], "registry": self.registry}
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Any:
+            return Histogram(name, doc, buckets=buckets, **labels).labels(model_name)
+
+        self.ttft = histogram(
+            "latlab:time_to_first_token_seconds", "Arrival to first token.", _TTFT_BUCKETS
+        )
+        self.itl = histogram(
+            "latlab:inter_token_latency_seconds", "Time between output tokens.", _ITL_BUCKETS
+        )
+        self.e2e = histogram(
+            "latlab:e2e_request_latency_seconds", "Arrival to finish.", _REQUEST_BUCKETS
+        )
+        self.queue = histogram(
+            "latlab:request_queue_time_seconds",
+            "Arrival to first scheduled (time spent waiting).",
+            _REQUEST_BUCKETS,
+        )
+        self.registry.register(_EngineStatsCollector(stats, model_name))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def tracker(self) -> RequestTracker:
+        return RequestTracker(self)
+
+
+class RequestTracker:
+    """Timestamps of one request as its outputs arrive; observes histograms at the end.
+
+    The engine's own timestamps (RequestOutput.metrics, perf_counter_ns) are preferred; the
+    server's receive times stand in where the engine does not report one.
+    """
+
+    __slots__ = ("_first_ns", "_last_ns", "_metrics", "_start_ns")
+
+    def __init__(self, metrics: ServeMetrics) -> None:
+        self._metrics = metrics
+        self._start_ns = time.perf_counter_ns()
+        self._first_ns: int | None = None
+        self._last_ns: int | None = None
+
+    def on_output(self, output: Any) -> None:
+        now = time.perf_counter_ns()
+        new_tokens = len(getattr(output, "new_token_ids", None) or ())
+        if new_tokens == 0:
+            return
+        if self._last_ns is None:
+            self._first_ns = now
+        else:
+            per_token = (now - self._last_ns) / new_tokens / 1e9
+            for _ in range(new_tokens):
+                self._metrics.itl.observe(per_token)
+        self._last_ns = now
+
+    def on_finished(self, output: Any) -> None:
+        m = getattr(output, "metrics", None)
+        arrival = getattr(m, "arrival_ns", None) or self._start_ns
+        first_token = getattr(m, "first_token_ns", None) or self._first_ns
+        finished = getattr(m, "finished_ns", None) or time.perf_counter_ns()
+        scheduled = getattr(m, "first_scheduled_ns", None)
+        if first_token:
+            self._metrics.ttft.observe(max(first_token - arrival, 0) / 1e9)
+        if scheduled:
+            self._metrics.queue.observe(max(scheduled - arrival, 0) / 1e9)
+        self._metrics.e2e.observe(max(finished - arrival, 0) / 1e9)

@@ -1,0 +1,249 @@
+"""OpenAI request and response shapes for /v1/completions and /v1/chat/completions.
+
+Pydantic lives only here, at the HTTP boundary. Requests are validated strictly (``"5"`` is
+not a number, ``true`` is not an integer) so a client bug surfaces as a 400 naming the field
+instead of a silently different request. Fields OpenAI defines but latlab cannot honour
+(logprobs, penalties, n > 1, echo, best_of) are rejected when set, never ignored: ignoring
+them would change outputs without telling anyone.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from latlab.errors import ConfigError
+
+
+class RequestError(Exception):
+    """A request the server refuses; becomes an OpenAI-style error body."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(
+    message: str, type: str, param: str | None = None, code: str | int | None = None
+) -> dict[str, Any]:
+    """The OpenAI error shape every client library knows how to read."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class _Strict(BaseModel):
+    # extra="ignore": clients send fields like "user" that do not affect generation.
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _SamplingFields(_Strict):
+    """Fields shared by both endpoints, including vLLM's extensions (top_k, ignore_eos...)."""
+
+    model: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=-1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    n: int = 1
+    ignore_eos: bool = False
+    min_tokens: int = Field(default=0, ge=0)
+    logprobs: Any = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    best_of: int | None = None
+    request_id: str | None = None
+
+    def check_supported(self) -> None:
+        """Reject what latlab would otherwise silently ignore."""
+        if self.n != 1:
+            raise RequestError("only n=1 is supported", param="n", code="unsupported_value")
+        if self.best_of not in (None, 1):
+            raise RequestError("only best_of=1 is supported", param="best_of")
+        if self.logprobs not in (None, False, 0):
+            raise RequestError("logprobs are not supported by latlab serve", param="logprobs")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) != 0.0:
+                raise RequestError(f"{name} is not supported by latlab serve", param=name)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def sampling_kwargs(self, max_tokens: int) -> dict[str, Any]:
+        """Keyword arguments for latlab's SamplingParams (OpenAI defaults where unset)."""
+        top_k = self.top_k or 0
+        return {
+            "temperature": 1.0 if self.temperature is None else self.temperature,
+            "top_p": 1.0 if self.top_p is None else self.top_p,
+            "top_k": 0 if top_k < 0 else top_k,
+            "max_tokens": max_tokens,
+            "min_tokens": self.min_tokens,
+            "ignore_eos": self.ignore_eos,
+            "seed": self.seed,
+            "stop": self.stop,
+            "stop_token_ids": self.stop_token_ids,
+        }
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: str | list[int] | list[str] | list[list[int]]
+    # OpenAI's default for the legacy completions endpoint.
+    max_tokens: int | None = Field(default=16, ge=1)
+    echo: bool = False
+    suffix: str | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.echo:
+            raise RequestError("echo is not supported by latlab serve", param="echo")
+        if self.suffix:
+            raise RequestError("suffix is not supported by latlab serve", param="suffix")
+
+    def single_prompt(self) -> str | list[int]:
+        """The one prompt of this request (a batch of several is refused, as n>1 is)."""
+        prompt = self.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+            if len(prompt) != 1:
+                raise RequestError(
+                    "only one prompt per request is supported; send several requests",
+                    param="prompt",
+                )
+            prompt = prompt[0]
+        return prompt  # type: ignore[return-value]
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def as_template_dict(self) -> dict[str, str]:
+        content = self.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        message = {"role": self.role, "content": content or ""}
+        if self.name is not None:
+            message["name"] = self.name
+        return message
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    # None -> all the room left in the context, as vLLM does.
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    add_generation_prompt: bool = True
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        return self.max_tokens
+
+
+def parse_request(model: type[_Strict], raw: bytes) -> Any:
+    """Validate a JSON body; any problem becomes a 400 naming the field."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestError(_validation_message(exc), param=_first_param(exc)) from None
+
+
+def _first_param(exc: ValidationError) -> str | None:
+    errors = exc.errors()
+    if not errors or not errors[0]["loc"]:
+        return None
+    return ".".join(str(part) for part in errors[0]["loc"])
+
+
+def _validation_message(exc: ValidationError) -> str:
+    errors = exc.errors()
+    if errors and errors[0]["type"] == "json_invalid":
+        return f"request body is not valid JSON: {errors[0]['msg']}"
+    parts = []
+    for err in errors[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "invalid request: " + "; ".join(parts) + more
+
+
+def config_error(exc: ConfigError) -> RequestError:
+    return RequestError(str(exc), code="invalid_value")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now_s() -> int:
+    # Wall clock on purpose: "created" is a timestamp, not an interval.
+    return int(time.time())
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
+
+
+def completion_response(
+    rid: str, model: str, text: str, finish: str | None, usage: dict
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": now_s(),
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        "usage": usage,
+    }
+
+
+def chat_response(
+    rid: str, model: str, text: str, finish: str | None, usage: dict
+) -> dict[str, Any]:
+    message = {"role": "assistant", "content": text}
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": now_s(),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": usage,
+    }

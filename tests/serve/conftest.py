@@ -1,0 +1,22 @@
+"""Fixtures: an app over the fake engine, served by uvicorn on a free loopback port."""
+
+from __future__ import annotations
+
+import pytest
+from fake_engine import FakeEngine, FakeParams
+
+from latlab.serve.app import create_app
+from latlab.serve.server import running_server
+
+MODEL = "fake-model"
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def url(engine: FakeEngine):
+    with running_server(create_app(engine, MODEL, make_params=FakeParams)) as base:
+        yield base
