@@ -9,12 +9,16 @@ own CLI entry point. Run it with the anchor venv's interpreter::
     /tmp/vllm-venv/bin/python benchmarks/anchors/vllm_shim.py bench serve --help
 
 Importing the module applies the mapping (also in vLLM's spawned workers, which re-import the
-main module) without running the CLI, for scripts that build ``vllm.LLM`` directly.
+main module) without running the CLI, for scripts that build ``vllm.LLM`` directly. The version
+it reports for ``vllm`` carries a ``+cpu`` suffix (as a source build's does), because vLLM picks
+its CPU platform by finding "cpu" in that string; ``VLLM_TARGET_DEVICE=cpu`` is set for the
+same reason.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import os
 import sys
 
 _patched = False
@@ -29,11 +33,16 @@ def patch_metadata() -> None:
     global _patched
     if _patched:
         return
+    os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")  # inherited by spawned workers
     real_version, real_distribution = metadata.version, metadata.distribution
     real_metadata = metadata.metadata
 
     def version(name: str) -> str:
-        return real_version(_alias(name))
+        found = real_version(_alias(name))
+        if name.lower() == "vllm" and "+" not in found:
+            # vLLM detects its CPU platform by "cpu" in its own version string.
+            found += "+cpu"
+        return found
 
     def distribution(name: str) -> metadata.Distribution:
         return real_distribution(_alias(name))
