@@ -1,0 +1,84 @@
+"""EngineConfig: the one object every engine knob lives on (CLI flags map onto its fields)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from latlab.errors import ConfigError
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_KV_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+# When neither kv_cache_bytes nor kv_cache_memory_fraction is set, the engine sizes the cache
+# for max_num_seqs full-length sequences but never takes more than this share of RAM.
+DEFAULT_KV_RAM_CAP_FRACTION = 0.25
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Engine settings; defaults serve the bundled model on CPU.
+
+    KV budget: ``kv_cache_bytes`` wins, else ``kv_cache_memory_fraction`` of total RAM, else
+    enough for ``max_num_seqs`` x ``max_model_len`` tokens capped at 25% of RAM.
+    """
+
+    model: str | None = None
+    dtype: str = "auto"
+    device: str = "cpu"
+    block_size: int = 16
+    kv_cache_bytes: int | None = None
+    kv_cache_memory_fraction: float | None = None
+    kv_cache_dtype: str = "auto"
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    max_waiting: int = 1024
+    num_threads: int | None = None
+    compile: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ConfigError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.kv_cache_dtype not in _KV_DTYPES:
+            raise ConfigError(
+                f"kv_cache_dtype must be one of {_KV_DTYPES}, got {self.kv_cache_dtype!r}"
+            )
+        _positive("block_size", self.block_size)
+        _positive("max_num_seqs", self.max_num_seqs)
+        _positive("max_num_batched_tokens", self.max_num_batched_tokens)
+        _positive("max_waiting", self.max_waiting)
+        if self.max_model_len is not None:
+            _positive("max_model_len", self.max_model_len)
+        if self.num_threads is not None:
+            _positive("num_threads", self.num_threads)
+        if self.kv_cache_bytes is not None:
+            _positive("kv_cache_bytes", self.kv_cache_bytes)
+        frac = self.kv_cache_memory_fraction
+        if frac is not None and not 0.0 < frac <= 0.95:
+            raise ConfigError(f"kv_cache_memory_fraction must be in (0, 0.95], got {frac!r}")
+
+    def kv_budget_bytes(self, bytes_per_token: int, max_model_len: int) -> int:
+        """The KV cache size in bytes this config asks for (see the class docstring)."""
+        ram = total_ram_bytes()
+        if self.kv_cache_bytes is not None:
+            return int(self.kv_cache_bytes)
+        if self.kv_cache_memory_fraction is not None:
+            return int(ram * self.kv_cache_memory_fraction)
+        wanted = self.max_num_seqs * max_model_len * bytes_per_token
+        return int(min(wanted, ram * DEFAULT_KV_RAM_CAP_FRACTION))
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def total_ram_bytes() -> int:
+    """Physical memory of this machine (the KV budget on CPU comes out of it)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 * 1024**3

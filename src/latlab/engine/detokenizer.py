@@ -1,0 +1,75 @@
+"""Incremental detokenisation with stop strings, safe for multi-byte characters.
+
+Each new token is decoded together with a few tokens before it and only the text that
+grew is emitted; while the decoded tail ends in U+FFFD (half a UTF-8 character), nothing
+is emitted until the next token completes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Prompt tokens kept as left context so the first output token gets its leading space right.
+_CONTEXT_TOKENS = 5
+_REPLACEMENT = "\ufffd"
+
+
+class IncrementalDetokenizer:
+    def __init__(self, tokenizer: Any, prompt_token_ids: list[int], stop: list[str]):
+        self._tokenizer = tokenizer
+        self._tokens = list(prompt_token_ids[-_CONTEXT_TOKENS:])
+        self._prefix_offset = 0
+        self._read_offset = len(self._tokens)
+        self._stop = stop
+        self._max_stop_len = max((len(s) for s in stop), default=0)
+        self.text = ""
+        self._emitted = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=True)
+
+    def append(self, token_id: int) -> bool:
+        """Add one generated token; True when a stop string appeared (text is trimmed)."""
+        self._tokens.append(token_id)
+        prefix = self._decode(self._tokens[self._prefix_offset : self._read_offset])
+        full = self._decode(self._tokens[self._prefix_offset :])
+        if len(full) <= len(prefix) or full.endswith(_REPLACEMENT):
+            return False
+        delta = full[len(prefix) :]
+        self._prefix_offset = self._read_offset
+        self._read_offset = len(self._tokens)
+        self.text += delta
+        return self._find_stop(len(delta))
+
+    def flush(self) -> None:
+        """At the end, emit whatever is still held back (even an incomplete character)."""
+        prefix = self._decode(self._tokens[self._prefix_offset : self._read_offset])
+        full = self._decode(self._tokens[self._prefix_offset :])
+        if len(full) > len(prefix):
+            self.text += full[len(prefix) :]
+            self._read_offset = len(self._tokens)
+            self._prefix_offset = self._read_offset
+            self._find_stop(len(full) - len(prefix))
+
+    def _find_stop(self, delta_len: int) -> bool:
+        if not self._stop:
+            return False
+        start = max(0, len(self.text) - delta_len - self._max_stop_len + 1)
+        hits = [i for i in (self.text.find(s, start) for s in self._stop) if i >= 0]
+        if not hits:
+            return False
+        self.text = self.text[: min(hits)]
+        return True
+
+    @property
+    def emitted_text(self) -> str:
+        return self.text[: self._emitted]
+
+    def take_new_text(self, finished: bool) -> str:
+        """Text not yet handed out; while running, hold back a possible stop-string start."""
+        hold = 0 if finished else max(0, self._max_stop_len - 1)
+        end = len(self.text) - hold
+        end = max(end, self._emitted)
+        new = self.text[self._emitted : end]
+        self._emitted = end
+        return new

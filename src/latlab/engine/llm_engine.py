@@ -1,0 +1,232 @@
+"""LLMEngine: the synchronous step loop (add_request / step / abort / stats)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latlab.engine.block_manager import BlockManager
+from latlab.engine.config import EngineConfig
+from latlab.engine.detokenizer import IncrementalDetokenizer
+from latlab.engine.model_runner import KV_DTYPE_NAMES, ModelRunner, num_kv_blocks, resolve_dtype
+from latlab.engine.models.config import parse_model_args, read_config_json
+from latlab.engine.outputs import EngineStats, RequestOutput
+from latlab.engine.sampling_params import SamplingParams
+from latlab.engine.scheduler import Scheduler
+from latlab.engine.sequence import Sequence
+from latlab.errors import CapacityError, ConfigError, ModelLoadError, OverloadedError
+from latlab.plan.kv import kv_bytes_per_token
+
+
+class LLMEngine:
+    """Owns the model runner, block manager and scheduler; one ``step()`` = one forward pass."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.model_dir = _local_model_dir(config.model)
+        raw = read_config_json(self.model_dir)
+        self.model_args = parse_model_args(raw)
+        self.model_name = str(config.model) if config.model else self.model_dir.name
+        self.max_model_len = self._max_model_len()
+        self.tokenizer = _load_tokenizer(self.model_dir)
+        kv_dtype = resolve_dtype(
+            config.dtype if config.kv_cache_dtype == "auto" else config.kv_cache_dtype,
+            self.model_args,
+        )
+        self.kv_bytes_per_token = kv_bytes_per_token(raw, KV_DTYPE_NAMES[kv_dtype])
+        self.kv_cache_bytes = config.kv_budget_bytes(self.kv_bytes_per_token, self.max_model_len)
+        blocks = num_kv_blocks(self.kv_cache_bytes, config.block_size, self.kv_bytes_per_token)
+        self.runner = ModelRunner(config, self.model_dir, self.model_args, blocks)
+        self.block_manager = BlockManager(blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
+        )
+        self.eos_token_ids = set(self.model_args.eos_token_ids)
+        self._requests: dict[str, Sequence] = {}
+        self._ids = itertools.count()
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+
+    def _max_model_len(self) -> int:
+        args = self.model_args
+        limit = args.max_position_embeddings
+        if args.sliding_window:  # beyond the window our full attention would differ
+            limit = min(limit, args.sliding_window)
+        wanted = self.config.max_model_len
+        if wanted is not None and wanted > limit:
+            raise ConfigError(f"max_model_len={wanted} exceeds the model's limit of {limit}")
+        return wanted or limit
+
+    # ---- requests ------------------------------------------------------------------------
+    def tokenize(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        if not isinstance(prompt, list) or not all(
+            isinstance(t, int) and 0 <= t < self.model_args.vocab_size for t in prompt
+        ):
+            raise ConfigError(
+                "prompt must be a string or a list of token ids within the vocabulary"
+            )
+        return list(prompt)
+
+    def check_fits(self, num_prompt_tokens: int, params: SamplingParams) -> None:
+        """CapacityError if a request could never run, even alone on an empty engine."""
+        if num_prompt_tokens == 0:
+            raise ConfigError("prompt is empty: give at least one token")
+        total = num_prompt_tokens + params.max_tokens
+        if total > self.max_model_len:
+            raise CapacityError(
+                f"prompt ({num_prompt_tokens} tokens) + max_tokens ({params.max_tokens}) = "
+                f"{total} exceeds max_model_len={self.max_model_len}; "
+                "shorten the prompt or lower max_tokens"
+            )
+        blocks = self.block_manager.blocks_needed(total - 1)
+        if blocks > self.block_manager.num_blocks:
+            raise CapacityError(
+                f"request needs {blocks} KV blocks but the whole cache has "
+                f"{self.block_manager.num_blocks}; raise kv_cache_bytes or lower max_tokens"
+            )
+
+    def make_sequence(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+    ) -> Sequence:
+        """Validate and build a request (no engine state touched: safe from any thread)."""
+        params = params if params is not None else SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise ConfigError("sampling params must be a latlab SamplingParams")
+        token_ids = self.tokenize(prompt)
+        self.check_fits(len(token_ids), params)
+        rid = request_id if request_id is not None else f"req-{next(self._ids)}"
+        seq = Sequence(rid, prompt if isinstance(prompt, str) else None, token_ids, params)
+        if params.seed is not None:
+            seq.generator = torch.Generator().manual_seed(params.seed)
+        seq.detok = IncrementalDetokenizer(self.tokenizer, token_ids, params.stop)
+        return seq
+
+    def add_sequence(self, seq: Sequence, check_queue: bool = True) -> None:
+        if seq.request_id in self._requests:
+            raise ConfigError(f"request id {seq.request_id!r} is already in use")
+        if check_queue and len(self.scheduler.waiting) >= self.config.max_waiting:
+            raise OverloadedError(
+                f"the waiting queue is full ({self.config.max_waiting} requests); retry later"
+            )
+        self._requests[seq.request_id] = seq
+        self.scheduler.add(seq)
+        self.prompt_tokens_total += seq.num_prompt_tokens
+
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        check_queue: bool = True,
+    ) -> str:
+        seq = self.make_sequence(prompt, params, request_id)
+        self.add_sequence(seq, check_queue)
+        return seq.request_id
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request and free its KV blocks now; False if it is unknown or done."""
+        seq = self._requests.pop(request_id, None)
+        if seq is None:
+            return False
+        self.scheduler.finish(seq, "abort")
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- the step ------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run one forward pass, sample; outputs of requests that made progress."""
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return []
+        seqs, tokens = self.runner.execute(sched)
+        for seq, n in zip(sched.seqs, sched.num_new_tokens, strict=True):
+            seq.num_computed_tokens += n
+            self.block_manager.register_full_blocks(seq)
+        now = time.perf_counter_ns()
+        outputs = []
+        for seq, token in zip(seqs, tokens, strict=True):
+            outputs.append(self._append_token(seq, token, now))
+        return outputs
+
+    def _append_token(self, seq: Sequence, token: int, now: int) -> RequestOutput:
+        params = seq.params
+        seq.token_ids.append(token)
+        self.generation_tokens_total += 1
+        if not seq.metrics.first_token_ns:
+            seq.metrics.first_token_ns = now
+        is_stop_token = token in params.stop_token_ids or (
+            not params.ignore_eos and token in self.eos_token_ids
+        )
+        reason = None
+        if (is_stop_token and seq.num_output_tokens >= params.min_tokens) or seq.detok.append(
+            token
+        ):
+            reason = "stop"
+        elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+            seq.detok.flush()
+            reason = "length"
+        if reason is not None:
+            self.scheduler.finish(seq, reason)
+            self._requests.pop(seq.request_id, None)
+        return self.output_of(seq, [token])
+
+    def output_of(self, seq: Sequence, new_token_ids: list[int]) -> RequestOutput:
+        finished = seq.is_finished
+        new_text = seq.detok.take_new_text(finished)
+        return RequestOutput(
+            request_id=seq.request_id,
+            prompt=seq.prompt,
+            prompt_token_ids=seq.token_ids[: seq.num_prompt_tokens],
+            text=seq.detok.emitted_text,
+            token_ids=seq.output_token_ids,
+            new_text=new_text,
+            new_token_ids=new_token_ids,
+            finished=finished,
+            finish_reason=seq.finish_reason,
+            num_cached_tokens=seq.num_cached_tokens,
+            metrics=seq.metrics,
+        )
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=bm.usage,
+            num_kv_blocks=bm.num_blocks,
+            num_free_blocks=bm.num_free_blocks,
+            prefix_cache_queries=bm.prefix_cache_queries,
+            prefix_cache_hits=bm.prefix_cache_hits,
+            prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total,
+            num_preemptions=self.scheduler.num_preemptions_total,
+        )
+
+
+def _local_model_dir(model: str | None) -> Path:
+    from latlab.model_files import resolve_model_path
+
+    path = Path(resolve_model_path(model))
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"model {model!r} is not a local directory; the engine reads local safetensors "
+            "(download it first, e.g. with `hf download`, and pass the path)"
+        )
+    return path
+
+
+def _load_tokenizer(model_dir: Path) -> Any:
+    from latlab.model_files import load_tokenizer
+
+    return load_tokenizer(str(model_dir))

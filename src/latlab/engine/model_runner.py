@@ -1,0 +1,133 @@
+"""Turns a scheduled step into tensors, runs the model over the paged KV cache, samples.
+
+The KV cache is one K and one V tensor per layer, [num_blocks, block_size, kv_heads,
+head_dim]; its block count comes from the byte budget and latlab.plan.kv (the planner's
+formula), so ``latlab plan`` and the engine agree on capacity.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from latlab.engine.config import EngineConfig
+from latlab.engine.models.config import ModelArgs
+from latlab.engine.models.llama import AttentionMetadata, load_llama
+from latlab.engine.sampler import Sampler
+from latlab.engine.scheduler import SchedulerOutput
+from latlab.engine.sequence import Sequence
+from latlab.errors import CapacityError, ConfigError
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+KV_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def resolve_dtype(name: str, args: ModelArgs) -> torch.dtype:
+    """``auto`` = the checkpoint's dtype (float32 when the config does not say)."""
+    if name == "auto":
+        name = args.torch_dtype if args.torch_dtype in TORCH_DTYPES else "float32"
+    return TORCH_DTYPES[name]
+
+
+def num_kv_blocks(budget_bytes: int, block_size: int, bytes_per_token: int) -> int:
+    return budget_bytes // (block_size * bytes_per_token)
+
+
+class ModelRunner:
+    def __init__(
+        self, config: EngineConfig, model_dir: Path, args: ModelArgs, num_blocks: int
+    ) -> None:
+        if config.device != "cpu" and not torch.cuda.is_available():
+            raise ConfigError(f"device {config.device!r} is not available here; use device='cpu'")
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.config = config
+        self.device = torch.device(config.device)
+        self.block_size = config.block_size
+        self.dtype = resolve_dtype(config.dtype, args)
+        self.kv_dtype = (
+            resolve_dtype(config.kv_cache_dtype, args)
+            if config.kv_cache_dtype != "auto"
+            else self.dtype
+        )
+        if num_blocks < 1:
+            raise CapacityError("the KV cache budget holds no block at all; raise kv_cache_bytes")
+        self.model = load_llama(model_dir, args, self.dtype, config.device)
+        shape = (num_blocks, config.block_size, args.num_key_value_heads, args.head_dim)
+        self.kv_caches = [
+            (
+                torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
+                torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
+            )
+            for _ in range(args.num_hidden_layers)
+        ]
+        self.sampler = Sampler(args.eos_token_ids, seed=config.seed)
+        self._forward = self.model.forward
+        if config.compile:
+            self._forward = torch.compile(self.model.forward, dynamic=True)
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> tuple[list[Sequence], list[int]]:
+        """Run one step; returns the sequences that got a new token and those tokens."""
+        inputs = self._prepare(sched)
+        if inputs is None:
+            return [], []
+        tensors, sampling_seqs = inputs
+        logits = self._forward(*tensors)
+        return sampling_seqs, self.sampler(logits, sampling_seqs)
+
+    def _prepare(self, sched: SchedulerOutput):
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        tables: list[list[int]] = []
+        logits_rows: list[int] = []
+        sampling: list[Sequence] = []
+        q_starts: list[int] = []
+        for seq, n in zip(sched.seqs, sched.num_new_tokens, strict=True):
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
+            q_starts.append(len(input_ids))
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            tables.append(table[: -(-end // bs)])
+            if end == seq.num_tokens:
+                logits_rows.append(len(input_ids) - 1)
+                sampling.append(seq)
+        if not sampling and not input_ids:
+            return None
+        meta = self._metadata(sched.num_new_tokens, positions, q_starts, slots, tables)
+        dev = self.device
+        ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
+        pos = torch.tensor(positions, dtype=torch.long, device=dev)
+        rows = torch.tensor(logits_rows, dtype=torch.long, device=dev)
+        return (ids, pos, self.kv_caches, meta, rows), sampling
+
+    def _metadata(self, counts, positions, q_starts, slots, tables) -> AttentionMetadata:
+        dev = self.device
+        max_blocks = max(len(t) for t in tables)
+        padded = [t + [0] * (max_blocks - len(t)) for t in tables]
+        block_tables = torch.tensor(padded, dtype=torch.long, device=dev)
+        max_q = max(counts)
+        b = len(counts)
+        if max_q == 1:
+            q_index = out_index = None
+            q_pos = torch.tensor(positions, dtype=torch.long, device=dev).view(b, 1)
+        else:
+            # Padded query slot j of sequence i reads token min(j, n_i - 1): a real token,
+            # so no softmax row is fully masked; its output is dropped by out_index.
+            starts = torch.tensor(q_starts, dtype=torch.long, device=dev).unsqueeze(1)
+            n = torch.tensor(counts, dtype=torch.long, device=dev).unsqueeze(1)
+            j = torch.arange(max_q, device=dev).unsqueeze(0)
+            clamped = torch.minimum(j, n - 1)
+            q_index = starts + clamped
+            pos_t = torch.tensor(positions, dtype=torch.long, device=dev)
+            q_pos = pos_t[q_index]
+            out_index = (torch.arange(b, device=dev).unsqueeze(1) * max_q + j)[j < n]
+        keys = torch.arange(max_blocks * self.block_size, device=dev)
+        mask = keys.view(1, 1, 1, -1) <= q_pos.view(b, 1, max_q, 1)
+        slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
+        return AttentionMetadata(slot_mapping, block_tables, mask, q_index, out_index, max_q)

@@ -1,0 +1,264 @@
+"""Llama-family decoder (Llama 2/3, Qwen2, Mistral) over a paged KV cache.
+
+Tokens of all sequences in a step are one flat batch for the linear layers; attention
+gathers each sequence's K/V through its block table into a padded batch and runs SDPA with
+a mask, so the hot path has no per-sequence Python loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latlab.engine.models.config import ModelArgs
+from latlab.errors import ModelLoadError
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    """Per-step index tensors shared by every layer (built once by the model runner).
+
+    slot_mapping: [N] flat cache slot of each new token.
+    block_tables: [B, max_blocks] block ids per sequence (padding points at block 0).
+    mask: [B, 1, max_q, max_blocks * block_size] True where a query may see a key.
+    q_index: [B, max_q] flat token index per padded query slot; None when every sequence
+        has exactly one new token (pure decode), where the padded layout is the flat one.
+    out_index: [N] position of each real token in the flattened [B * max_q] output.
+    """
+
+    slot_mapping: torch.Tensor
+    block_tables: torch.Tensor
+    mask: torch.Tensor
+    q_index: torch.Tensor | None
+    out_index: torch.Tensor | None
+    max_q: int
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
+    """Inverse frequencies, including linear and Llama-3 scaling (as transformers does)."""
+    dim = args.head_dim
+    exps = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    inv_freq = 1.0 / (args.rope_theta**exps)
+    scaling = args.rope_scaling
+    if scaling is None:
+        return inv_freq
+    factor = float(scaling["factor"])
+    if scaling["rope_type"] == "linear":
+        return inv_freq / factor
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_len = float(scaling["original_max_position_embeddings"])
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.num_heads = args.num_attention_heads
+        self.num_kv_heads = args.num_key_value_heads
+        self.head_dim = args.head_dim
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.split = (q_size, kv_size, kv_size)
+        self.qkv_proj = nn.Linear(args.hidden_size, q_size + 2 * kv_size, bias=args.attention_bias)
+        self.o_proj = nn.Linear(q_size, args.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        n = x.shape[0]
+        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
+        q = q.view(n, self.num_heads, self.head_dim)
+        k = k.view(n, self.num_kv_heads, self.head_dim)
+        v = v.view(n, self.num_kv_heads, self.head_dim)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        flat_k = k_cache.view(-1, self.num_kv_heads, self.head_dim)
+        flat_v = v_cache.view(-1, self.num_kv_heads, self.head_dim)
+        flat_k.index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
+        flat_v.index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
+        out = self._paged_attention(q, k_cache, v_cache, meta)
+        return self.o_proj(out)
+
+    def _paged_attention(
+        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        b = meta.block_tables.shape[0]
+        keys = k_cache[meta.block_tables].view(b, -1, self.num_kv_heads, self.head_dim)
+        values = v_cache[meta.block_tables].view(b, -1, self.num_kv_heads, self.head_dim)
+        keys = keys.to(q.dtype).transpose(1, 2)
+        values = values.to(q.dtype).transpose(1, 2)
+        if meta.q_index is None:
+            queries = q.view(b, 1, self.num_heads, self.head_dim)
+        else:
+            queries = q[meta.q_index]
+        out = F.scaled_dot_product_attention(
+            queries.transpose(1, 2), keys, values, attn_mask=meta.mask, enable_gqa=True
+        )
+        out = out.transpose(1, 2).reshape(b * meta.max_q, self.num_heads * self.head_dim)
+        if meta.out_index is not None:
+            out = out[meta.out_index]
+        return out
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(args.hidden_size, 2 * args.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.self_attn = Attention(args)
+        self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.mlp = MLP(args)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, meta):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(args) for _ in range(args.num_hidden_layers))
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        if args.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        freqs = torch.outer(torch.arange(args.max_position_embeddings).float(), rope_inv_freq(args))
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos_table", emb.cos(), persistent=False)
+        self.register_buffer("sin_table", emb.sin(), persistent=False)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        meta: AttentionMetadata,
+        logits_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """Run the new tokens; returns float32 logits of the rows in ``logits_index``."""
+        x = self.embed_tokens(input_ids)
+        cos = self.cos_table[positions].to(x.dtype).unsqueeze(1)
+        sin = self.sin_table[positions].to(x.dtype).unsqueeze(1)
+        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
+            x = layer(x, cos, sin, k_cache, v_cache, meta)
+        x = self.norm(x[logits_index])
+        return self.lm_head(x).float()
+
+
+def load_llama(
+    model_dir: Path, args: ModelArgs, dtype: torch.dtype, device: str
+) -> LlamaForCausalLM:
+    """Build the model and fill it from the directory's safetensors (one file or shards)."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(args)
+    model = model.to_empty(device=device).to(dtype)
+    state = _read_safetensors(Path(model_dir))
+    _load_weights(model, args, state, dtype)
+    _fill_rope(model, args, device)  # after any dtype cast: the tables stay float32
+    return model.eval()
+
+
+def _fill_rope(model: LlamaForCausalLM, args: ModelArgs, device: str) -> None:
+    freqs = torch.outer(torch.arange(args.max_position_embeddings).float(), rope_inv_freq(args))
+    emb = torch.cat((freqs, freqs), dim=-1)
+    model.cos_table = emb.cos().to(device)
+    model.sin_table = emb.sin().to(device)
+
+
+def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"no *.safetensors weights in {model_dir}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            state.update(load_file(str(f)))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelLoadError(f"cannot read weights file {f}: {exc}") from exc
+    return state
+
+
+def _load_weights(
+    model: LlamaForCausalLM, args: ModelArgs, state: dict[str, torch.Tensor], dtype: torch.dtype
+) -> None:
+    def take(name: str) -> torch.Tensor:
+        for key in (name, name.removeprefix("model.")):
+            if key in state:
+                return state.pop(key).to(dtype)
+        raise ModelLoadError(f"weights file has no tensor {name!r}")
+
+    def put(param: torch.Tensor, value: torch.Tensor, name: str) -> None:
+        if param.shape != value.shape:
+            raise ModelLoadError(f"{name}: shape {tuple(value.shape)} != {tuple(param.shape)}")
+        with torch.no_grad():
+            param.copy_(value)
+
+    put(model.embed_tokens.weight, take("model.embed_tokens.weight"), "embed_tokens")
+    put(model.norm.weight, take("model.norm.weight"), "norm")
+    if not args.tie_word_embeddings:
+        put(model.lm_head.weight, take("lm_head.weight"), "lm_head")
+    else:
+        model.lm_head.weight = model.embed_tokens.weight
+    for i, layer in enumerate(model.layers):
+        p = f"model.layers.{i}."
+        attn = layer.self_attn
+        qkv = [take(f"{p}self_attn.{n}_proj.weight") for n in "qkv"]
+        put(attn.qkv_proj.weight, torch.cat(qkv), f"{p}qkv")
+        if args.attention_bias:
+            bias = [take(f"{p}self_attn.{n}_proj.bias") for n in "qkv"]
+            put(attn.qkv_proj.bias, torch.cat(bias), f"{p}qkv bias")
+        put(attn.o_proj.weight, take(f"{p}self_attn.o_proj.weight"), f"{p}o_proj")
+        gate_up = [take(f"{p}mlp.gate_proj.weight"), take(f"{p}mlp.up_proj.weight")]
+        put(layer.mlp.gate_up_proj.weight, torch.cat(gate_up), f"{p}gate_up")
+        put(layer.mlp.down_proj.weight, take(f"{p}mlp.down_proj.weight"), f"{p}down_proj")
+        put(layer.input_layernorm.weight, take(f"{p}input_layernorm.weight"), f"{p}norm1")
+        norm2 = take(f"{p}post_attention_layernorm.weight")
+        put(layer.post_attention_layernorm.weight, norm2, f"{p}norm2")

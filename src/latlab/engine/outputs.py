@@ -1,0 +1,38 @@
+"""What the engine hands back: per-request outputs and engine-wide stats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from latlab.engine.sequence import RequestMetrics
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """One request's progress: cumulative text/token_ids plus the delta since the last one."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    text: str
+    token_ids: list[int]
+    new_text: str
+    new_token_ids: list[int]
+    finished: bool
+    finish_reason: str | None
+    num_cached_tokens: int
+    metrics: RequestMetrics = field(default_factory=RequestMetrics)
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    num_kv_blocks: int
+    num_free_blocks: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    num_preemptions: int = 0

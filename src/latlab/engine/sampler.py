@@ -1,0 +1,70 @@
+"""Batched token sampling: greedy, temperature, top-k, top-p, per-request seeds.
+
+Random rows use the exponential-race trick (argmax of p / Exp(1) noise draws a sample from
+p), so one vectorised op serves the whole batch; a seeded request draws its noise from its
+own torch.Generator, which makes its tokens independent of what it was batched with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+
+import torch
+
+from latlab.engine.sequence import Sequence
+
+
+class Sampler:
+    def __init__(self, eos_token_ids: Seq[int], seed: int = 0):
+        self.eos_token_ids = list(eos_token_ids)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        self._mask_early_stops(logits, seqs)
+        if all(s.params.temperature == 0.0 for s in seqs):
+            return logits.argmax(dim=-1).tolist()
+        return self._sample_random(logits, seqs).tolist()
+
+    def _mask_early_stops(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        """min_tokens: EOS and stop tokens may not be drawn before that many tokens exist."""
+        for row, seq in enumerate(seqs):
+            params = seq.params
+            if params.min_tokens and seq.num_output_tokens < params.min_tokens:
+                banned = [
+                    *params.stop_token_ids,
+                    *([] if params.ignore_eos else self.eos_token_ids),
+                ]
+                banned = [t for t in banned if t < logits.shape[1]]
+                if banned:
+                    logits[row, banned] = float("-inf")
+
+    def _sample_random(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        greedy = logits.argmax(dim=-1)
+        temps = torch.tensor([s.params.temperature or 1.0 for s in seqs], dtype=logits.dtype)
+        scaled = logits / temps.unsqueeze(1)
+        top_k = [s.params.top_k for s in seqs]
+        top_p = [s.params.top_p for s in seqs]
+        if any(top_k) or any(p < 1.0 for p in top_p):
+            scaled = apply_top_k_top_p(scaled, top_k, top_p)
+        probs = torch.softmax(scaled, dim=-1)
+        noise = torch.empty_like(probs).exponential_(generator=self.generator)
+        for row, seq in enumerate(seqs):
+            if seq.generator is not None:
+                noise[row].exponential_(generator=seq.generator)
+        sampled = (probs / noise).argmax(dim=-1)
+        is_greedy = torch.tensor([s.params.temperature == 0.0 for s in seqs])
+        return torch.where(is_greedy, greedy, sampled)
+
+
+def apply_top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
+    """Set logits outside each row's top-k and top-p nucleus to -inf (0 / 1.0 = no filter)."""
+    vocab = logits.shape[1]
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    k = torch.tensor([kk if 0 < kk < vocab else vocab for kk in top_k])
+    ranks = torch.arange(vocab).unsqueeze(0)
+    sorted_logits = sorted_logits.masked_fill(ranks >= k.unsqueeze(1), float("-inf"))
+    probs = torch.softmax(sorted_logits, dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # mass strictly above each token
+    p = torch.tensor(top_p, dtype=probs.dtype).unsqueeze(1)
+    sorted_logits = sorted_logits.masked_fill(before > p, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)

@@ -1,0 +1,42 @@
+"""transformers greedy reference and prompt builders for the engine tests."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+
+@functools.cache
+def _hf_model(model_dir: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+@functools.cache
+def _hf_greedy_one(model_dir: str, prompt: tuple[int, ...], max_new_tokens: int) -> tuple[int, ...]:
+    model = _hf_model(model_dir)
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return tuple(out[0, len(prompt) :].tolist())
+
+
+def hf_greedy(model_dir: Path, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """transformers ``generate`` (fp32, greedy, one prompt at a time: no padding effects)."""
+    return [list(_hf_greedy_one(str(model_dir), tuple(p), max_new_tokens)) for p in prompts]
+
+
+def mixed_prompts(count: int = 6, vocab: int = 4000, seed: int = 0) -> list[list[int]]:
+    """Prompts of mixed lengths (3..40 tokens), deterministic."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = [3, 40, 9, 17, 1, 26, 33, 5][:count]
+    return [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in lengths]
