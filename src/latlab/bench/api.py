@@ -1,0 +1,192 @@
+"""``run_bench(config, target)``: the one call behind ``latlab bench`` and ``latlab optimize``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import signal
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from latlab.bench.results import BenchResult
+from latlab.bench.runner import LevelResult, Progress, Runner
+from latlab.bench.targets import GenOptions
+from latlab.errors import ConfigError
+from latlab.metrics import SLO
+from latlab.workload import LengthDist, WorkloadSpec, build_requests
+
+_PROMPTS_FOR_DURATION = 1000  # a duration run cycles through this many distinct prompts
+
+
+@dataclass(slots=True)
+class BenchConfig:
+    """One benchmark run: load levels, request budget, workload, generation settings."""
+
+    concurrency: list[int] | None = None  # closed loop, one level each (default [1])
+    rate: list[float] | None = None  # open loop requests/s, one level each (inf = all at once)
+    burstiness: float = 1.0  # gamma shape of open-loop gaps: 1 = Poisson, < 1 burstier
+    num_requests: int | None = 100  # per level
+    duration_s: float | None = None  # per level; with num_requests, whichever ends first
+    warmup: int = 2  # requests sent before the first level and excluded from every figure
+    input_len: str = "128"  # N | uniform:LO:HI | normal:MEAN:STD (tokens)
+    output_len: str = "128"
+    dataset: str = "synthetic"  # synthetic | jsonl:FILE | sharegpt:FILE | shared-prefix
+    prefix_groups: int = 4
+    prefix_len: int = 256
+    api: str = "completions"
+    stream: bool = True
+    seed: int = 0
+    slo: SLO | None = None
+    ignore_eos: bool = True
+    min_tokens: int | None = None
+    temperature: float = 0.0
+    drain_s: float = 5.0  # after Ctrl-C, how long in-flight requests may finish
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded in the JSON as given
+
+    def __post_init__(self) -> None:
+        if self.concurrency and self.rate:
+            raise ConfigError("give --concurrency (closed loop) or --rate (open loop), not both")
+        if not self.concurrency and not self.rate:
+            self.concurrency = [1]
+        if any(c < 1 for c in self.concurrency or ()):
+            raise ConfigError("--concurrency values must be >= 1")
+        if any(not r > 0 for r in self.rate or ()):
+            raise ConfigError("--rate values must be > 0 (inf sends everything at once)")
+        if self.num_requests is None and self.duration_s is None:
+            raise ConfigError("give --num-requests or --duration")
+        if self.num_requests is not None and self.num_requests < 1:
+            raise ConfigError("--num-requests must be >= 1")
+        if self.duration_s is not None and not self.duration_s > 0:
+            raise ConfigError("--duration must be > 0 seconds")
+        if self.warmup < 0:
+            raise ConfigError("--warmup must be >= 0")
+        if any(math.isinf(r) for r in self.rate or ()) and self.num_requests is None:
+            raise ConfigError("--rate inf sends everything at once: give --num-requests")
+        LengthDist.parse(self.input_len, "--input-len")
+        LengthDist.parse(self.output_len, "--output-len")
+
+    def levels(self) -> list[dict[str, Any]]:
+        if self.rate:
+            return [{"rate": r} for r in self.rate]
+        return [{"concurrency": c} for c in self.concurrency or [1]]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["slo"] = None if self.slo is None else self.slo.to_dict()
+        d["rate"] = None if self.rate is None else [_json_num(r) for r in self.rate]
+        return d
+
+
+def _json_num(x: float) -> float | str:
+    return "inf" if math.isinf(x) else x
+
+
+class RichProgress:
+    """Live progress bar: completed / failed requests and a running TTFT p50."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self._p = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("ok {task.fields[ok]}  failed {task.fields[failed]}"),
+            TextColumn("TTFT p50 {task.fields[ttft]}"),
+            refresh_per_second=4,
+            transient=False,
+            console=Console(stderr=True),
+        )
+        self._task: Any = None
+
+    def start_level(self, label: str, total: int | None) -> None:
+        self._p.start()
+        self._task = self._p.add_task(label, total=total, ok=0, failed=0, ttft="-")
+
+    def update(self, completed: int, failed: int, ttft_p50_ms: float | None) -> None:
+        ttft = "-" if ttft_p50_ms is None else f"{ttft_p50_ms:.1f} ms"
+        self._p.update(self._task, completed=completed + failed, ok=completed, failed=failed,
+                       ttft=ttft)  # fmt: skip
+
+    def end_level(self) -> None:
+        self._p.stop()
+
+
+async def arun_bench(
+    config: BenchConfig, target: Any, progress: bool | Progress = True, runner_hook: Any = None
+) -> BenchResult:
+    """The async form of :func:`run_bench` (for callers already inside an event loop)."""
+    spec = WorkloadSpec(
+        dataset=config.dataset,
+        input_len=config.input_len,
+        output_len=config.output_len,
+        num_prompts=config.num_requests or _PROMPTS_FOR_DURATION,
+        prefix_groups=config.prefix_groups,
+        prefix_len=config.prefix_len,
+        seed=config.seed,
+    )
+    await target.check()
+    requests = build_requests(spec, target.tokenizer)
+    warm_spec = WorkloadSpec(**{**asdict(spec), "num_prompts": max(1, config.warmup),
+                                "seed": config.seed + 1})  # fmt: skip
+    sink: Progress | None = RichProgress() if progress is True else (progress or None)
+    opts = GenOptions(ignore_eos=config.ignore_eos, temperature=config.temperature,
+                      stream=config.stream, min_tokens=config.min_tokens)  # fmt: skip
+    runner = Runner(target, requests, opts,
+                    warmup_requests=build_requests(warm_spec, target.tokenizer),
+                    num_requests=config.num_requests, duration_s=config.duration_s,
+                    slo=config.slo, burstiness=config.burstiness, seed=config.seed,
+                    drain_s=config.drain_s, progress=sink)  # fmt: skip
+    result = BenchResult(target={"name": target.name, "remote": bool(target.remote)},
+                         config=config.to_dict())  # fmt: skip
+    if runner_hook is not None:
+        runner_hook(runner)
+    with _sigint_stops(runner):
+        try:
+            first = config.levels()[0]
+            users = int(first.get("concurrency", 4))
+            result.warmup_requests = await runner.warmup(config.warmup, users)
+            for load in config.levels():
+                if runner.stopped:
+                    break
+                level: LevelResult = await runner.run_level(load)
+                result.levels.append(level)
+        finally:
+            result.interrupted = runner.stopped
+            await target.aclose()
+    return result
+
+
+def run_bench(config: BenchConfig, target: Any, progress: bool | Progress = True) -> BenchResult:
+    """Run every load level of ``config`` against ``target``; Ctrl-C stops and keeps results."""
+    return asyncio.run(arun_bench(config, target, progress))
+
+
+@contextlib.contextmanager
+def _sigint_stops(runner: Runner) -> Any:
+    """First Ctrl-C: stop sending and drain; a second one cancels in-flight requests at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    presses = 0
+
+    def on_sigint() -> None:
+        nonlocal presses
+        presses += 1
+        if presses > 1:
+            runner.drain_s = 0.0
+        runner.request_stop()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError):  # e.g. Windows
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)

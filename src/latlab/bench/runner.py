@@ -1,0 +1,293 @@
+"""The load generator: closed loop (N users) or open loop (arrival schedule), one level at a time.
+
+Open loop measures every latency from the *intended* send time, so when the client falls behind
+its schedule the delay shows up as latency (and as client queue time) instead of vanishing.
+While it runs, the runner watches itself (event-loop lag, send lag, the loop thread's CPU) and
+flags a level as ``client_bound`` when the client, not the target, was the bottleneck.
+A stop request (Ctrl-C) stops sending, gives in-flight requests ``drain_s`` to finish, cancels
+the rest as ``interrupted``, and keeps everything measured so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from latlab.metrics import SLO, RequestRecord, Stats, Summary, summarize
+from latlab.workload import BenchRequest, arrival_offsets_s
+
+# A level is client-bound when any of these is exceeded (see docs/metrics.md "Client self-check").
+LOOP_LAG_LIMIT_MS = 10.0
+SEND_LAG_LIMIT_MS = 10.0
+CPU_LIMIT = 0.9  # share of one core used by the event-loop thread
+_LAG_PERIOD_S = 0.02
+
+
+class Progress(Protocol):
+    def start_level(self, label: str, total: int | None) -> None: ...
+    def update(self, completed: int, failed: int, ttft_p50_ms: float | None) -> None: ...
+    def end_level(self) -> None: ...
+
+
+@dataclass(slots=True)
+class ClientCheck:
+    """How hard the client itself worked while measuring one level."""
+
+    loop_lag_ms: Stats
+    send_lag_ms: Stats
+    cpu_s: float
+    cpu_util: float  # loop-thread CPU seconds / wall seconds
+    cpu_s_per_1k_tokens: float | None
+    client_bound: bool
+    reasons: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "loop_lag_ms": self.loop_lag_ms.to_dict(),
+            "send_lag_ms": self.send_lag_ms.to_dict(),
+            "cpu_s": round(self.cpu_s, 4),
+            "cpu_util": round(self.cpu_util, 4),
+            "cpu_s_per_1k_tokens": None
+            if self.cpu_s_per_1k_tokens is None
+            else round(self.cpu_s_per_1k_tokens, 5),
+            "client_bound": self.client_bound,
+            "reasons": list(self.reasons),
+        }
+
+
+@dataclass(slots=True)
+class LevelResult:
+    load: dict[str, Any]
+    summary: Summary
+    records: list[RequestRecord]
+    client: ClientCheck
+    interrupted: bool = False
+
+    def to_dict(self, with_records: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "load": dict(self.load),
+            "summary": self.summary.to_dict(),
+            "client": self.client.to_dict(),
+            "interrupted": self.interrupted,
+        }
+        if with_records:
+            out["records"] = [r.to_dict() for r in self.records]
+        return out
+
+
+class _Monitor:
+    """Samples event-loop lag and the loop thread's CPU time over one level."""
+
+    def __init__(self) -> None:
+        self.lags_ms: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+        self._cpu0 = 0.0
+        self._wall0 = 0
+
+    async def _sample(self) -> None:
+        while True:
+            t = time.perf_counter_ns()
+            await asyncio.sleep(_LAG_PERIOD_S)
+            late = (time.perf_counter_ns() - t) / 1e6 - _LAG_PERIOD_S * 1e3
+            self.lags_ms.append(max(0.0, late))
+
+    def start(self) -> None:
+        self._cpu0 = time.thread_time()
+        self._wall0 = time.perf_counter_ns()
+        self._task = asyncio.create_task(self._sample())
+
+    async def stop(self, records: list[RequestRecord], tokens: int, remote: bool) -> ClientCheck:
+        cpu = time.thread_time() - self._cpu0
+        wall = (time.perf_counter_ns() - self._wall0) / 1e9
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        lag = Stats.of(self.lags_ms)
+        send = Stats.of(r.queue_ns / 1e6 for r in records if r.queue_ns is not None)
+        util = cpu / wall if wall > 0 else 0.0
+        reasons = []
+        if lag.p90 is not None and lag.p90 > LOOP_LAG_LIMIT_MS:
+            reasons.append(f"event-loop lag p90 {lag.p90:.1f} ms > {LOOP_LAG_LIMIT_MS:g} ms")
+        if send.p99 is not None and send.p99 > SEND_LAG_LIMIT_MS:
+            reasons.append(f"sends p99 {send.p99:.1f} ms behind schedule")
+        if remote and util > CPU_LIMIT:
+            reasons.append(f"client loop thread used {util:.0%} of a core")
+        per_1k = cpu / tokens * 1000 if tokens else None
+        return ClientCheck(lag, send, cpu, util, per_1k, bool(reasons), reasons)
+
+
+@dataclass(slots=True)
+class Runner:
+    """Drives one target through one or more load levels."""
+
+    target: Any
+    requests: Sequence[BenchRequest]
+    opts: Any
+    warmup_requests: Sequence[BenchRequest] = ()
+    num_requests: int | None = 100
+    duration_s: float | None = None
+    slo: SLO | None = None
+    burstiness: float = 1.0
+    seed: int = 0
+    drain_s: float = 5.0
+    progress: Progress | None = None
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    _ttfts: list[float] = field(default_factory=list)
+    _ok: int = 0
+    _failed: int = 0
+    _last_ui: float = 0.0
+
+    def request_stop(self) -> None:
+        """Stop sending (Ctrl-C); in-flight requests get ``drain_s`` to finish."""
+        self.stop_event.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop_event.is_set()
+
+    # ---------------------------------------------------------------- one request
+    async def _one(self, req: BenchRequest, rec: RequestRecord) -> None:
+        try:
+            await self.target.run(req, rec, self.opts)
+        except asyncio.CancelledError:
+            rec.error, rec.error_detail = "interrupted", "cancelled after Ctrl-C"
+            rec.end_ns = rec.end_ns or time.perf_counter_ns()
+            raise
+        except Exception as exc:  # a target bug must not end the run
+            rec.error, rec.error_detail = "client_error", f"{type(exc).__name__}: {exc}"[:200]
+            rec.end_ns = rec.end_ns or time.perf_counter_ns()
+        if not rec.warmup:
+            self._count(rec)
+
+    def _count(self, rec: RequestRecord) -> None:
+        if rec.ok:
+            self._ok += 1
+            if rec.ttft_ns is not None:
+                self._ttfts.append(rec.ttft_ns / 1e6)
+        else:
+            self._failed += 1
+        now = time.monotonic()
+        if self.progress is not None and (now - self._last_ui > 0.2 or self._failed == 1):
+            self._last_ui = now
+            p50 = Stats.of(self._ttfts).p50 if self._ttfts else None
+            self.progress.update(self._ok, self._failed, p50)
+
+    def _request(self, i: int) -> BenchRequest:
+        return self.requests[i % len(self.requests)]
+
+    # ---------------------------------------------------------------- load shapes
+    async def _closed(
+        self, users: int, prefix: str, count: int | None, warmup: bool
+    ) -> list[RequestRecord]:
+        records: list[RequestRecord] = []
+        deadline = None
+        if not warmup and self.duration_s is not None:
+            deadline = time.perf_counter() + self.duration_s
+        next_i = 0
+        pool = self.warmup_requests if warmup and self.warmup_requests else self.requests
+
+        async def user() -> None:
+            nonlocal next_i
+            while not self.stopped:
+                if count is not None and next_i >= count:
+                    return
+                if deadline is not None and time.perf_counter() >= deadline:
+                    return
+                i = next_i
+                next_i += 1
+                rec = RequestRecord(request_id=f"{prefix}-{i}", warmup=warmup)
+                records.append(rec)
+                await self._one(pool[i % len(pool)], rec)
+
+        await self._supervise([asyncio.create_task(user()) for _ in range(users)])
+        return records
+
+    async def _open(self, rate: float, prefix: str) -> list[RequestRecord]:
+        offsets = arrival_offsets_s(rate, num_requests=self.num_requests,
+                                    duration_s=self.duration_s, burstiness=self.burstiness,
+                                    seed=self.seed)  # fmt: skip
+        records: list[RequestRecord] = []
+        tasks: list[asyncio.Task[None]] = []
+        t0 = time.perf_counter_ns() + 5_000_000  # a small lead so the first send is on time
+
+        async def dispatch() -> None:
+            for i, off in enumerate(offsets):
+                if self.stopped:
+                    return
+                intended = t0 + int(off * 1e9)
+                delay = (intended - time.perf_counter_ns()) / 1e9
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if self.stopped:
+                    return
+                rec = RequestRecord(request_id=f"{prefix}-{i}", intended_send_ns=intended)
+                records.append(rec)
+                tasks.append(asyncio.create_task(self._one(self._request(i), rec)))
+
+        await self._supervise([asyncio.create_task(dispatch())], tasks)
+        return records
+
+    async def _supervise(
+        self, producers: list[asyncio.Task[None]], spawned: list[asyncio.Task[None]] | None = None
+    ) -> None:
+        """Wait for the load to finish; on stop, give in-flight requests ``drain_s``, then cancel.
+
+        ``producers`` are the closed-loop users or the open-loop dispatcher; ``spawned`` the
+        requests the dispatcher started.
+        """
+        stop_wait = asyncio.create_task(self.stop_event.wait())
+        try:
+            pending = set(producers)
+            while pending and not self.stopped:
+                _, pending = await asyncio.wait(
+                    pending | {stop_wait}, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending.discard(stop_wait)
+            left = [t for t in spawned or () if not t.done()]
+            if left and not self.stopped:
+                everyone = asyncio.gather(*left, return_exceptions=True)
+                await asyncio.wait({everyone, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            left = [t for t in (*producers, *(spawned or ())) if not t.done()]
+            if left:
+                _, still = await asyncio.wait(left, timeout=self.drain_s)
+                for t in still:
+                    t.cancel()
+                await asyncio.gather(*still, return_exceptions=True)
+        finally:
+            stop_wait.cancel()
+
+    # ---------------------------------------------------------------- levels
+    async def warmup(self, count: int, users: int) -> int:
+        if count <= 0:
+            return 0
+        recs = await self._closed(max(1, min(users, count)), "warmup", count, warmup=True)
+        return len(recs)
+
+    async def run_level(self, load: dict[str, Any]) -> LevelResult:
+        self._ttfts, self._ok, self._failed = [], 0, 0
+        label = ", ".join(f"{k} {v:g}" for k, v in load.items())
+        if self.progress is not None:
+            self.progress.start_level(label, self.num_requests)
+        monitor = _Monitor()
+        monitor.start()
+        t_start = time.perf_counter_ns()
+        if "rate" in load:
+            records = await self._open(float(load["rate"]), f"r{load['rate']}")
+        else:
+            c = int(load["concurrency"])
+            records = await self._closed(c, f"c{c}", self.num_requests, warmup=False)
+        ends = [r.end_ns for r in records if r.end_ns is not None]
+        start = min((r.origin_ns for r in records), default=t_start)
+        window_s = (max(ends) - start) / 1e9 if ends else 0.0
+        summary = summarize(records, self.slo, duration_s=window_s)
+        remote = bool(getattr(self.target, "remote", False))
+        client = await monitor.stop(records, summary.output_tokens, remote)
+        if self.progress is not None:
+            self.progress.update(self._ok, self._failed, summary.ttft_ms.p50)
+            self.progress.end_level()
+        return LevelResult(dict(load), summary, records, client, interrupted=self.stopped)

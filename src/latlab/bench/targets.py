@@ -1,0 +1,304 @@
+"""What a benchmark drives: an OpenAI-compatible server, or an in-process model or callable.
+
+Every target fills one ``RequestRecord`` per request: ``send_ns`` right before the request
+leaves, one ``chunk_ns`` per content-carrying chunk, ``end_ns`` at the last byte, and an error
+reason instead of an exception when something goes wrong, so a run always continues.
+
+The HTTP target keeps its receive loop minimal: it stores ``(perf_counter_ns(), bytes)`` per
+network read and parses nothing until the stream has ended, so no JSON decoding ever sits
+between a byte arriving and its timestamp. One pooled ``httpx.AsyncClient`` serves all requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Protocol
+
+import httpx
+
+from latlab.bench.sse import split_events
+from latlab.errors import TargetError
+from latlab.metrics import RequestRecord, distribute_tokens
+from latlab.workload import BenchRequest
+
+
+class Target(Protocol):
+    """The runner's view of a target."""
+
+    name: str
+    remote: bool  # True when the target runs elsewhere (client CPU use is then pure overhead)
+    tokenizer: Any | None
+
+    async def check(self) -> None:
+        """Fail fast (TargetError) before any load is sent."""
+
+    async def run(self, req: BenchRequest, rec: RequestRecord, opts: GenOptions) -> None:
+        """Send one request and fill ``rec``; record failures in ``rec.error``, never raise."""
+
+    async def aclose(self) -> None: ...
+
+
+class GenOptions:
+    """Generation settings shared by every request of a run."""
+
+    __slots__ = ("ignore_eos", "min_tokens", "stream", "temperature")
+
+    def __init__(
+        self,
+        *,
+        ignore_eos: bool = True,
+        temperature: float = 0.0,
+        stream: bool = True,
+        min_tokens: int | None = None,
+    ) -> None:
+        self.ignore_eos = ignore_eos
+        self.temperature = temperature
+        self.stream = stream
+        self.min_tokens = min_tokens
+
+
+def _fail(rec: RequestRecord, reason: str, detail: object = None) -> None:
+    if rec.end_ns is None:
+        rec.end_ns = time.perf_counter_ns()
+    rec.error = reason
+    text = str(detail or "").strip().splitlines()
+    rec.error_detail = text[0][:200] if text else None
+
+
+# ---------------------------------------------------------------------------- OpenAI HTTP
+
+
+def _split_url(url: str) -> tuple[str, str | None]:
+    """``http://h:p`` / ``.../v1`` / ``.../v1/completions`` -> (base ending in /v1, endpoint)."""
+    u = url.rstrip("/")
+    if not u.startswith(("http://", "https://")):
+        raise TargetError(f"--url {url!r} must start with http:// or https://")
+    for suffix in ("/chat/completions", "/completions"):
+        if u.endswith(suffix):
+            return u[: -len(suffix)], suffix
+    if not u.endswith("/v1"):
+        u += "/v1"
+    return u, None
+
+
+class OpenAITarget:
+    """An OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp, Ollama, ``latlab serve``)."""
+
+    remote = True
+
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        api: str = "completions",
+        api_key: str | None = None,
+        *,
+        tokenizer: Any | None = None,
+        timeout_s: float = 300.0,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        if api not in ("completions", "chat"):
+            raise TargetError(f"--api must be 'completions' or 'chat', not {api!r}")
+        self.base, endpoint = _split_url(url)
+        if endpoint is not None:
+            api = "chat" if endpoint == "/chat/completions" else "completions"
+        self.api = api
+        self.endpoint = self.base + ("/chat/completions" if api == "chat" else "/completions")
+        self.model = model
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        self.tokenizer = tokenizer
+        self.name = f"{url} ({api})"
+        self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._client: httpx.AsyncClient | None = None
+
+    def _headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if self.api_key:
+            h["Authorization"] = f"Bearer {self.api_key}"
+        return h
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+            self._client = httpx.AsyncClient(
+                timeout=self._timeout, limits=limits, headers=self._headers(), trust_env=False
+            )
+        return self._client
+
+    async def check(self) -> None:
+        """One GET /models: unreachable servers and bad keys fail here, in one line."""
+        try:
+            resp = await self.client.get(self.base + "/models", timeout=5.0)
+        except httpx.HTTPError as exc:
+            raise TargetError(
+                f"cannot reach {self.base}/models ({type(exc).__name__}: {exc or 'no reply'});"
+                " is the server running and is --url right?"
+            ) from None
+        if resp.status_code in (401, 403):
+            raise TargetError(f"{self.base} refused the API key (HTTP {resp.status_code}); "
+                              "pass --api-key or set OPENAI_API_KEY")  # fmt: skip
+        if self.model is not None:
+            return
+        try:
+            self.model = resp.json()["data"][0]["id"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise TargetError(
+                f"{self.base}/models lists no model (HTTP {resp.status_code}); pass --model"
+            ) from None
+
+    def _payload(self, req: BenchRequest, opts: GenOptions) -> bytes:
+        body: dict[str, Any] = {"model": self.model, "max_tokens": req.max_tokens,
+                                "temperature": opts.temperature}  # fmt: skip
+        if self.api == "chat":
+            body["messages"] = req.messages or [{"role": "user", "content": req.prompt}]
+        else:
+            body["prompt"] = req.prompt
+        if opts.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        if opts.ignore_eos:  # vLLM/SGLang extension; other servers ignore unknown fields
+            body["ignore_eos"] = True
+        if opts.min_tokens:
+            body["min_tokens"] = opts.min_tokens
+        return json.dumps(body).encode()
+
+    async def run(self, req: BenchRequest, rec: RequestRecord, opts: GenOptions) -> None:
+        content = self._payload(req, opts)
+        reads: list[tuple[int, bytes]] = []
+        now = time.perf_counter_ns
+        rec.send_ns = now()
+        try:
+            async with self.client.stream("POST", self.endpoint, content=content) as resp:
+                if resp.status_code != 200:
+                    body = await resp.aread()
+                    _fail(rec, f"http_{resp.status_code}", body.decode("utf-8", "replace"))
+                    return
+                append = reads.append
+                async for data in resp.aiter_bytes():  # hot loop: timestamp and store only
+                    append((now(), data))
+                rec.end_ns = now()
+        except httpx.TimeoutException as exc:
+            _fail(rec, "timeout", f"{type(exc).__name__} {exc}")
+            return
+        except httpx.ConnectError as exc:
+            _fail(rec, "connect_error", exc)
+            return
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            _fail(rec, "connection_reset" if reads else "connection_error", exc)
+            return
+        except httpx.HTTPError as exc:
+            _fail(rec, "http_error", f"{type(exc).__name__} {exc}")
+            return
+        if opts.stream:
+            self._parse_stream(reads, rec, req)
+        else:
+            self._parse_whole(reads, rec, req)
+
+    # -- after the stream: parse, count tokens (never inside the receive loop)
+    def _parse_stream(
+        self, reads: list[tuple[int, bytes]], rec: RequestRecord, req: BenchRequest
+    ) -> None:
+        texts: list[str] = []
+        usage: dict[str, Any] | None = None
+        done = False
+        for ns, data in split_events(reads):
+            if data.strip() == "[DONE]":
+                done = True
+                continue
+            try:
+                obj = json.loads(data)
+            except json.JSONDecodeError:
+                _fail(rec, "malformed_sse", f"not JSON: {data[:80]!r}")
+                return
+            if not isinstance(obj, dict):
+                _fail(rec, "malformed_sse", f"not a JSON object: {data[:80]!r}")
+                return
+            if "error" in obj:
+                _fail(rec, "stream_error", json.dumps(obj["error"])[:200])
+                return
+            if obj.get("usage"):
+                usage = obj["usage"]
+            text = _content_of(obj)
+            if text:
+                rec.chunk_ns.append(ns)
+                texts.append(text)
+        if not done:
+            _fail(rec, "no_done", "stream ended without 'data: [DONE]'")
+            return
+        if not texts:
+            _fail(rec, "no_content", "the response carried no generated text")
+            return
+        self._count(rec, req, texts, usage)
+
+    def _parse_whole(
+        self, reads: list[tuple[int, bytes]], rec: RequestRecord, req: BenchRequest
+    ) -> None:
+        try:
+            obj = json.loads(b"".join(d for _, d in reads))
+            choice = obj["choices"][0]
+            text = choice["message"]["content"] if self.api == "chat" else choice["text"]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            _fail(rec, "malformed_response", exc)
+            return
+        # Without streaming the first token is only seen with the last: TTFT equals E2E.
+        rec.chunk_ns.append(rec.end_ns or time.perf_counter_ns())
+        self._count(rec, req, [text or ""], obj.get("usage"))
+
+    def _count(
+        self, rec: RequestRecord, req: BenchRequest, texts: list[str], usage: dict | None
+    ) -> None:
+        """Token-count source rule: the server's usage, else the client tokenizer, else chunks."""
+        served = (usage or {}).get("completion_tokens")
+        client = None
+        if self.tokenizer is not None:
+            client = len(self.tokenizer.encode("".join(texts), add_special_tokens=False))
+        weights = [len(t) for t in texts]
+        if isinstance(served, int) and served > 0:
+            rec.output_tokens, rec.output_tokens_source = served, "usage"
+            rec.token_count_mismatch = client is not None and client != served
+        elif client is not None:
+            rec.output_tokens, rec.output_tokens_source = client, "tokenizer"
+        else:
+            rec.output_tokens, rec.output_tokens_source = len(texts), "chunks"
+        rec.chunk_tokens = distribute_tokens(rec.output_tokens, weights)
+        prompt_used = (usage or {}).get("prompt_tokens")
+        rec.prompt_tokens = prompt_used if isinstance(prompt_used, int) else req.prompt_tokens
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def _content_of(obj: dict[str, Any]) -> str:
+    """Generated text of one stream chunk (chat deltas incl. reasoning, or completion text)."""
+    choices = obj.get("choices") or ()
+    if not choices:
+        return ""
+    c = choices[0]
+    delta = c.get("delta")
+    if isinstance(delta, dict):
+        return (
+            delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or ""
+        )
+    return c.get("text") or ""
+
+
+# In-process targets live in their own module (they need threads, and some need torch).
+from latlab.bench.local_targets import (  # noqa: E402
+    CallableTarget,
+    EngineTarget,
+    TransformersTarget,
+)
+
+__all__ = [
+    "CallableTarget",
+    "EngineTarget",
+    "GenOptions",
+    "OpenAITarget",
+    "Target",
+    "TransformersTarget",
+]

@@ -1,0 +1,222 @@
+"""``latlab bench``: parse flags, build a target and a BenchConfig, run, print, write files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from latlab.cli import main
+from latlab.errors import ConfigError
+
+# With no --url / --callable the bench runs in-process; the lead may switch this to "latlab".
+DEFAULT_BACKEND = "transformers"
+
+
+def _int_list(value: str | None, flag: str) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, e.g. 1,4,16") from None
+
+
+def _float_list(value: str | None, flag: str) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated numbers, e.g. 1,2,4 (or inf)") from None
+
+
+def _target(opts: dict[str, Any]) -> Any:
+    from latlab.bench import targets
+
+    if opts["url"] and opts["callable_spec"]:
+        raise ConfigError("give --url or --callable, not both")
+    if opts["url"]:
+        tok = _tokenizer(opts["tokenizer"]) if opts["tokenizer"] else None
+        return targets.OpenAITarget(opts["url"], model=opts["model"], api=opts["api"],
+                                    api_key=opts["api_key"], tokenizer=tok,
+                                    timeout_s=opts["timeout"])  # fmt: skip
+    if opts["callable_spec"]:
+        target = targets.CallableTarget.from_spec(opts["callable_spec"])
+        if opts["tokenizer"]:
+            target.tokenizer = _tokenizer(opts["tokenizer"])
+        return target
+    if opts["backend"] == "latlab":
+        return targets.EngineTarget.from_model(opts["model"], dtype=opts["dtype"],
+                                               device=opts["device"])  # fmt: skip
+    return targets.TransformersTarget(opts["model"], dtype=opts["dtype"], device=opts["device"])
+
+
+def _tokenizer(name: str) -> Any:
+    from latlab.model_files import load_tokenizer
+
+    return load_tokenizer(name)
+
+
+@main.command("bench")
+@click.option("--url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+@click.option(
+    "--callable",
+    "callable_spec",
+    metavar="MODULE:FUNCTION",
+    help="A Python function fn(prompt, max_tokens) returning a token iterator.",
+)
+@click.option(
+    "--model",
+    help="Served model name with --url (default: the first /v1/models "
+    "lists); a local path or Hub id in-process (default: the bundled model).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["transformers", "latlab"]),
+    default=DEFAULT_BACKEND,
+    show_default=True,
+    help="In-process engine when neither --url nor --callable.",
+)
+@click.option("--concurrency", metavar="LIST", help="Closed loop users per level, e.g. 1,4,16.")
+@click.option("--rate", metavar="LIST", help="Open loop requests/s per level, e.g. 1,2,4 or inf.")
+@click.option(
+    "--burstiness",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Gamma shape of open-loop gaps: 1 = Poisson, < 1 burstier.",
+)
+@click.option(
+    "--num-requests",
+    type=int,
+    default=None,
+    help="Requests per level [default: 100 with --url, 16 in-process].",
+)
+@click.option("--duration", type=float, default=None, help="Seconds per level, not a count.")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Requests excluded.")
+@click.option(
+    "--input-len",
+    default=None,
+    help="N | uniform:LO:HI | normal:MEAN:STD tokens [default: 128 with --url, 32 in-process].",
+)
+@click.option(
+    "--output-len",
+    default=None,
+    help="Same forms as --input-len [default: 128 with --url, 32 in-process].",
+)
+@click.option(
+    "--dataset",
+    default="synthetic",
+    show_default=True,
+    help="synthetic | jsonl:FILE | sharegpt:FILE | shared-prefix",
+)
+@click.option(
+    "--prefix-groups",
+    type=int,
+    default=4,
+    show_default=True,
+    help="shared-prefix: number of groups.",
+)
+@click.option(
+    "--prefix-len",
+    type=int,
+    default=256,
+    show_default=True,
+    help="shared-prefix: tokens in each group's common prefix.",
+)
+@click.option(
+    "--api", type=click.Choice(["completions", "chat"]), default="completions", show_default=True
+)
+@click.option("--api-key", envvar="OPENAI_API_KEY", help="Bearer token [env: OPENAI_API_KEY].")
+@click.option(
+    "--tokenizer",
+    help="Tokenizer (path or Hub id) for exact prompt lengths and "
+    "client-side token counts when the server sends no usage.",
+)
+@click.option("--stream/--no-stream", default=True, show_default=True)
+@click.option(
+    "--ignore-eos/--no-ignore-eos",
+    default=True,
+    show_default=True,
+    help="Force exactly --output-len tokens where the target supports it.",
+)
+@click.option("--min-tokens", type=int, default=None)
+@click.option("--temperature", type=float, default=0.0, show_default=True)
+@click.option("--slo-ttft-ms", type=float, default=None, help="Goodput: TTFT objective.")
+@click.option("--slo-tpot-ms", type=float, default=None, help="Goodput: TPOT objective.")
+@click.option("--slo-e2e-ms", type=float, default=None, help="Goodput: E2E objective.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds without a byte before a request fails as 'timeout'.",
+)
+@click.option("--dtype", default="float32", show_default=True, help="In-process model dtype.")
+@click.option("--device", default="cpu", show_default=True, help="In-process model device.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the result JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write per-request rows.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--fail-on-error", is_flag=True, help="Exit 1 if any request failed.")
+@click.option("--no-progress", is_flag=True, help="No live progress bar.")
+def bench(**opts: Any) -> int:
+    """Measure TTFT, ITL, TPOT, E2E, throughput and goodput of a server, model or function.
+
+    With no arguments: a short in-process benchmark of the bundled model.
+    """
+    from latlab.bench import BenchConfig, run_bench
+    from latlab.metrics import SLO
+
+    remote = bool(opts["url"])
+    slo = None
+    if any(opts[k] is not None for k in ("slo_ttft_ms", "slo_tpot_ms", "slo_e2e_ms")):
+        slo = SLO(opts["slo_ttft_ms"], opts["slo_tpot_ms"], opts["slo_e2e_ms"])
+    num = opts["num_requests"]
+    if num is None and opts["duration"] is None:
+        num = 100 if remote else 16
+    config = BenchConfig(
+        concurrency=_int_list(opts["concurrency"], "--concurrency"),
+        rate=_float_list(opts["rate"], "--rate"),
+        burstiness=opts["burstiness"],
+        num_requests=num,
+        duration_s=opts["duration"],
+        warmup=opts["warmup"],
+        input_len=opts["input_len"] or ("128" if remote else "32"),
+        output_len=opts["output_len"] or ("128" if remote else "32"),
+        dataset=opts["dataset"],
+        prefix_groups=opts["prefix_groups"],
+        prefix_len=opts["prefix_len"],
+        api=opts["api"],
+        stream=opts["stream"],
+        seed=opts["seed"],
+        slo=slo,
+        ignore_eos=opts["ignore_eos"],
+        min_tokens=opts["min_tokens"],
+        temperature=opts["temperature"],
+    )
+    if not config.concurrency and not config.rate:
+        config.concurrency = [1]
+    if config.rate is None and opts["concurrency"] is None and not remote:
+        config.concurrency = [1, 4]  # the no-argument demo shows how batching changes latency
+    target = _target(opts)
+    show = not opts["no_progress"] and sys.stderr.isatty()
+    result = run_bench(config, target, progress=show)
+    result.render()
+    if opts["json_path"]:
+        result.write_json(opts["json_path"])
+        click.echo(f"wrote {os.fspath(opts['json_path'])}")
+    if opts["csv_path"]:
+        result.write_csv(opts["csv_path"])
+        click.echo(f"wrote {os.fspath(opts['csv_path'])}")
+    if result.interrupted:
+        return 130
+    total = result.completed + result.failed
+    if total and result.completed == 0:
+        click.echo("latlab: error: every request failed (see the errors above)", err=True)
+        return 1
+    if opts["fail_on_error"] and result.failed:
+        return 1
+    return 0

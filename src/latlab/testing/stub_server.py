@@ -1,0 +1,385 @@
+"""A deterministic OpenAI-compatible streaming server with a known TTFT and ITL.
+
+It exists so a benchmark client can be checked against the truth: the server waits ``ttft_s``
+after reading a request, then writes ``chunks`` content chunks ``itl_s`` apart, each carrying
+``tokens_per_chunk`` tokens, on an absolute schedule (sleep drift never accumulates). It records
+its own time from reading a request to writing its first content chunk, so a client's TTFT can
+be compared with what the server actually did. Fault modes reproduce what real servers do wrong.
+
+Built on raw asyncio streams (no FastAPI) so it stays light next to the client it measures.
+Use it as ``with StubServer(ttft_s=0.05, itl_s=0.01) as url: ...`` (url ends in ``/v1``) or as
+``python -m latlab.testing.stub_server --port 8000 --ttft-ms 50 --itl-ms 10 --chunks 64``.
+Extra endpoints: ``GET /stub/stats`` (the server's own timings as JSON), ``POST /stub/reset``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+FAULTS = ("500", "429", "reset", "malformed", "no_done", "hang")
+_WORD = " tok"  # each streamed token is this word: one token in most tokenizers
+
+
+@dataclass(slots=True)
+class StubConfig:
+    ttft_s: float = 0.05
+    itl_s: float = 0.01
+    tokens_per_chunk: int = 1
+    chunks: int | None = None  # None: ceil(max_tokens / tokens_per_chunk)
+    default_max_tokens: int = 16
+    fault: str | None = None  # one of FAULTS
+    fault_every: int = 1  # fault every Nth request (1 = all)
+    fault_after_chunks: int = 2  # reset/malformed happen after this many content chunks
+    send_usage: bool = True  # honour stream_options.include_usage
+    model: str = "stub-model"
+
+    def __post_init__(self) -> None:
+        if self.fault is not None and self.fault not in FAULTS:
+            raise ValueError(f"unknown fault {self.fault!r}; choose one of {', '.join(FAULTS)}")
+        if self.tokens_per_chunk < 1:
+            raise ValueError("tokens_per_chunk must be >= 1")
+
+
+@dataclass(slots=True)
+class _Stats:
+    requests: int = 0
+    first_chunk_ms: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_first_chunk(self, ms: float) -> None:
+        with self.lock:
+            self.first_chunk_ms.append(ms)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            vals = sorted(self.first_chunk_ms)
+            return {"requests": self.requests, "first_chunk_ms": vals}
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class _Handler:
+    """Serves one connection (HTTP/1.1 keep-alive, chunked transfer encoding)."""
+
+    def __init__(self, server: StubServer) -> None:
+        self.srv = server
+        self.cfg = server.config
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                req = await self._read_request(reader)
+                if req is None:
+                    break
+                t_read = time.perf_counter_ns()
+                keep = await self._dispatch(*req, writer, t_read)
+                if not keep:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes] | None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return None
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = lines[0].split(" ", 2)
+        length = 0
+        for line in lines[1:]:
+            if line.lower().startswith("content-length:"):
+                length = int(line.split(":", 1)[1])
+        body = await reader.readexactly(length) if length else b""
+        return method, path.split("?", 1)[0], body
+
+    async def _dispatch(
+        self, method: str, path: str, body: bytes, w: asyncio.StreamWriter, t_read: int
+    ) -> bool:
+        if method == "GET" and path in ("/v1/models", "/models"):
+            models = {"object": "list", "data": [{"id": self.cfg.model, "object": "model"}]}
+            return await self._send_json(w, 200, models)
+        if method == "GET" and path in ("/health", "/stub/stats"):
+            return await self._send_json(w, 200, self.srv.stats())
+        if method == "POST" and path == "/stub/reset":
+            self.srv.reset_stats()
+            return await self._send_json(w, 200, {"ok": True})
+        if method == "POST" and path in ("/v1/completions", "/v1/chat/completions"):
+            try:
+                payload = json.loads(body or b"{}")
+            except json.JSONDecodeError:
+                return await self._send_json(w, 400, {"error": {"message": "bad json"}})
+            return await self._generate(payload, path.endswith("chat/completions"), w, t_read)
+        return await self._send_json(w, 404, {"error": {"message": f"no route {path}"}})
+
+    async def _send_json(self, w: asyncio.StreamWriter, status: int, obj: Any) -> bool:
+        body = _json_bytes(obj)
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests",
+                  500: "Internal Server Error"}.get(status, "Error")  # fmt: skip
+        w.write(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await w.drain()
+        return True
+
+    async def _generate(
+        self, payload: dict[str, Any], chat: bool, w: asyncio.StreamWriter, t_read: int
+    ) -> bool:
+        cfg = self.cfg
+        n = self.srv.next_request_number()
+        fault = cfg.fault if cfg.fault and n % cfg.fault_every == 0 else None
+        if fault in ("500", "429"):
+            await self._send_json(w, int(fault), {"error": {"message": f"stub fault {fault}"}})
+            return True
+        max_tokens = int(payload.get("max_tokens") or payload.get("max_completion_tokens") or 0)
+        max_tokens = max_tokens or cfg.default_max_tokens
+        k = cfg.tokens_per_chunk
+        n_chunks = cfg.chunks if cfg.chunks is not None else math.ceil(max_tokens / k)
+        prompt_tokens = _count_prompt_words(payload, chat)
+        if not payload.get("stream"):
+            return await self._non_stream(w, chat, t_read, n_chunks, k, prompt_tokens)
+        usage = cfg.send_usage and (payload.get("stream_options") or {}).get("include_usage")
+        return await self._stream(w, chat, t_read, n_chunks, k, prompt_tokens, bool(usage), fault)
+
+    async def _non_stream(
+        self, w: asyncio.StreamWriter, chat: bool, t_read: int, n_chunks: int, k: int, pt: int
+    ) -> bool:
+        done = t_read + int((self.cfg.ttft_s + (n_chunks - 1) * self.cfg.itl_s) * 1e9)
+        await _sleep_until(done)
+        text = _WORD * (n_chunks * k)
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                      "finish_reason": "length"}  # fmt: skip
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": "length"}
+        usage = {"prompt_tokens": pt, "completion_tokens": n_chunks * k,
+                 "total_tokens": pt + n_chunks * k}  # fmt: skip
+        obj = {"id": "cmpl-stub", "object": "chat.completion" if chat else "text_completion",
+               "model": self.cfg.model, "choices": [choice], "usage": usage}  # fmt: skip
+        return await self._send_json(w, 200, obj)
+
+    async def _stream(
+        self,
+        w: asyncio.StreamWriter,
+        chat: bool,
+        t_read: int,
+        n_chunks: int,
+        k: int,
+        pt: int,
+        usage: bool,
+        fault: str | None,
+    ) -> bool:
+        cfg = self.cfg
+        w.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        obj_name = "chat.completion.chunk" if chat else "text_completion"
+        if chat:  # real servers send a role-only chunk first; it must not count as TTFT
+            role = {"index": 0, "delta": {"role": "assistant", "content": ""}}
+            self._event(w, {"id": "s", "object": obj_name, "choices": [role]})
+            await w.drain()
+        if fault == "hang":
+            await asyncio.sleep(3600)
+            return False
+        text = _WORD * k
+        for i in range(n_chunks):
+            await _sleep_until(t_read + int((cfg.ttft_s + i * cfg.itl_s) * 1e9))
+            if fault in ("reset", "malformed") and i == cfg.fault_after_chunks:
+                if fault == "malformed":
+                    self._raw_event(w, b"data: {this is not json\n\n")
+                    await w.drain()
+                    continue
+                _abort(w)
+                return False
+            last = i == n_chunks - 1
+            if chat:
+                choice = {"index": 0, "delta": {"content": text},
+                          "finish_reason": "length" if last else None}  # fmt: skip
+            else:
+                choice = {"index": 0, "text": text, "finish_reason": "length" if last else None}
+            self._event(w, {"id": "s", "object": obj_name, "choices": [choice]})
+            await w.drain()
+            if i == 0:
+                self.srv.record_first_chunk((time.perf_counter_ns() - t_read) / 1e6)
+        if usage:
+            u = {"prompt_tokens": pt, "completion_tokens": n_chunks * k,
+                 "total_tokens": pt + n_chunks * k}  # fmt: skip
+            self._event(w, {"id": "s", "object": obj_name, "choices": [], "usage": u})
+        if fault == "no_done":
+            w.write(b"0\r\n\r\n")
+            await w.drain()
+            return True
+        self._raw_event(w, b"data: [DONE]\n\n")
+        w.write(b"0\r\n\r\n")
+        await w.drain()
+        return True
+
+    def _event(self, w: asyncio.StreamWriter, obj: Any) -> None:
+        self._raw_event(w, b"data: " + _json_bytes(obj) + b"\n\n")
+
+    @staticmethod
+    def _raw_event(w: asyncio.StreamWriter, data: bytes) -> None:
+        w.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+
+def _abort(w: asyncio.StreamWriter) -> None:
+    """Reset the connection mid-stream (RST, not a clean close)."""
+    sock = w.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+    w.transport.abort()
+
+
+async def _sleep_until(deadline_ns: int) -> None:
+    delay = (deadline_ns - time.perf_counter_ns()) / 1e9
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def _count_prompt_words(payload: dict[str, Any], chat: bool) -> int:
+    if chat:
+        msgs = payload.get("messages") or []
+        return sum(len(str(m.get("content", "")).split()) for m in msgs if isinstance(m, dict))
+    prompt = payload.get("prompt", "")
+    if isinstance(prompt, list):
+        return (
+            len(prompt) if prompt and isinstance(prompt[0], int) else len(" ".join(prompt).split())
+        )
+    return len(str(prompt).split())
+
+
+class StubServer:
+    """The stub on 127.0.0.1 (free port by default), in a background thread with its own loop.
+
+    ``with StubServer(ttft_s=0.05, itl_s=0.01, tokens_per_chunk=2) as url:`` gives the base URL
+    (``http://127.0.0.1:PORT/v1``); ``.stats()`` gives the server's own first-chunk times.
+    """
+
+    def __init__(self, config: StubConfig | None = None, *, port: int = 0, **kwargs: Any) -> None:
+        self.config = config or StubConfig(**kwargs)
+        self.port = port
+        self._stats = _Stats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._ready = threading.Event()
+        self._counter = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- stats
+    def next_request_number(self) -> int:
+        self._counter += 1
+        self._stats.requests = self._counter
+        return self._counter
+
+    def record_first_chunk(self, ms: float) -> None:
+        self._stats.add_first_chunk(ms)
+
+    def stats(self) -> dict[str, Any]:
+        return self._stats.snapshot()
+
+    def reset_stats(self) -> None:
+        with self._stats.lock:
+            self._stats.first_chunk_ms.clear()
+            self._stats.requests = 0
+            self._counter = 0
+
+    # -- lifecycle
+    async def _start(self) -> None:
+        handler = _Handler(self)
+        self._server = await asyncio.start_server(
+            handler.serve, "127.0.0.1", self.port, backlog=4096, limit=1 << 20
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(self._start())
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self._shutdown())
+            loop.close()
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def start(self) -> str:
+        self._thread = threading.Thread(target=self._run, name="latlab-stub", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("stub server did not start within 10 s")
+        return self.url
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            self._loop = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve in the foreground until Ctrl-C (for external tools such as vllm bench serve)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--ttft-ms", type=float, default=50.0)
+    p.add_argument("--itl-ms", type=float, default=10.0)
+    p.add_argument("--tokens-per-chunk", type=int, default=1)
+    p.add_argument("--chunks", type=int, default=None, help="default: from max_tokens")
+    p.add_argument("--fault", choices=FAULTS, default=None)
+    p.add_argument("--fault-every", type=int, default=1)
+    p.add_argument("--model", default="stub-model")
+    a = p.parse_args(argv)
+    cfg = StubConfig(ttft_s=a.ttft_ms / 1e3, itl_s=a.itl_ms / 1e3,
+                     tokens_per_chunk=a.tokens_per_chunk, chunks=a.chunks, fault=a.fault,
+                     fault_every=a.fault_every, model=a.model)  # fmt: skip
+    srv = StubServer(cfg, port=a.port)
+    url = srv.start()
+    print(f"stub server ready at {url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.stop()
+
+
+if __name__ == "__main__":
+    main()
