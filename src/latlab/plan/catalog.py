@@ -1,0 +1,144 @@
+"""Model and device catalogs shipped as JSON, plus reading a config.json from disk.
+
+A model is named three ways: a catalog name ("Llama-3.1-8B"), a config.json path, or a
+model directory. Unknown names fail with the closest catalog names, so a typo costs one
+retry instead of a search.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from latlab.errors import ConfigError
+
+_DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A model config ready for the planner, with where it came from."""
+
+    name: str
+    config: dict[str, Any]
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """An accelerator by total memory as its driver reports it."""
+
+    name: str
+    memory_bytes: int
+    sold_as: str
+
+
+@cache
+def _load(filename: str) -> dict[str, Any]:
+    with open(_DATA_DIR / filename, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _model_entries() -> list[dict[str, Any]]:
+    return _load("models.json")["models"]
+
+
+def model_names() -> list[str]:
+    """Catalog model names in catalog order."""
+    return [entry["name"] for entry in _model_entries()]
+
+
+def device_names() -> list[str]:
+    """Catalog device names in catalog order."""
+    return [entry["name"] for entry in _load("devices.json")["devices"]]
+
+
+def close_matches(name: str, choices: list[str]) -> list[str]:
+    """Up to three choices that look like ``name`` (case-insensitive)."""
+    lowered = {choice.lower(): choice for choice in choices}
+    found = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.4)
+    return [lowered[item] for item in found]
+
+
+def _unknown(kind: str, name: str, choices: list[str]) -> ConfigError:
+    matches = close_matches(name, choices)
+    hint = f"did you mean {', '.join(matches)}? " if matches else ""
+    return ConfigError(f"unknown {kind} {name!r}; {hint}known: {', '.join(choices)}")
+
+
+def get_device(name: str) -> Device:
+    """A catalog device by name (case-insensitive); ConfigError with close matches."""
+    for entry in _load("devices.json")["devices"]:
+        if entry["name"].lower() == name.lower():
+            return Device(entry["name"], int(entry["memory_bytes"]), entry["sold_as"])
+    raise _unknown("device", name, device_names())
+
+
+def get_catalog_model(name: str) -> ModelSpec:
+    """A catalog model by name (case-insensitive); ConfigError with close matches."""
+    for entry in _model_entries():
+        if entry["name"].lower() == name.lower():
+            if "asset" in entry:
+                return _asset_model(entry["name"], entry["asset"])
+            return ModelSpec(entry["name"], dict(entry["config"]), entry["source"])
+    raise _unknown("model", name, model_names())
+
+
+def _asset_model(name: str, asset: str) -> ModelSpec:
+    """A bundled model's config, read from the package so the catalog never drifts from it."""
+    from latlab.assets import bundled_model_path
+
+    path = bundled_model_path().parent / asset / "config.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"the bundled model {name!r} has no config.json at {path}; this install lacks "
+            "the model files (reinstall latlab, or pass a config.json path instead)"
+        )
+    return ModelSpec(name, read_config_file(path), f"bundled asset {path}")
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A config.json as a dict; the text config of multimodal models is used directly."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read model config {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"model config {path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ConfigError(f"model config {path} must hold a JSON object")
+    text_config = config.get("text_config")
+    if "num_hidden_layers" not in config and isinstance(text_config, dict):
+        config = {**text_config, "model_type": text_config.get("model_type", "")}
+    return config
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or os.sep in text or text.endswith(".json")
+
+
+def resolve_model(model: str | os.PathLike[str] | Mapping[str, Any]) -> ModelSpec:
+    """A ModelSpec from a catalog name, a config.json path, a model dir, or a config dict."""
+    if isinstance(model, Mapping):
+        name = str(model.get("_name_or_path") or model.get("model_type") or "config")
+        return ModelSpec(name, dict(model), "config passed in")
+    text = os.fspath(model)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise ConfigError(f"model directory {path} has no config.json")
+        return ModelSpec(path.name, read_config_file(config_path), str(config_path))
+    if path.is_file():
+        return ModelSpec(path.parent.name or path.stem, read_config_file(path), str(path))
+    if _looks_like_path(text):
+        raise ConfigError(f"model path {text!r} does not exist")
+    return get_catalog_model(text)

@@ -1,0 +1,249 @@
+"""``plan_memory``: weights, KV cache and capacity for one model on one device, in one record."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from latlab.errors import ConfigError
+from latlab.plan.capacity import compute_capacity, kv_budget_bytes
+from latlab.plan.catalog import get_device, resolve_model
+from latlab.plan.kv import (
+    check_tensor_parallel,
+    head_dim,
+    is_mla,
+    kv_bytes_per_sequence,
+    kv_bytes_per_token,
+    kv_bytes_per_token_layer,
+    kv_dtype_bytes,
+    kv_heads_per_rank,
+    layer_windows,
+    num_kv_heads,
+)
+from latlab.plan.units import parse_bytes
+from latlab.plan.weights import count_parameters, normalize_weight_dtype, weight_bytes
+
+DEFAULT_RESERVE = "2GiB"
+_FLOAT_DTYPES = ("fp32", "bf16", "fp16")
+
+
+@dataclass(slots=True)
+class MemoryPlan:
+    """Every figure of a plan; ``to_dict()`` is the JSON the CLI prints with --json.
+
+    Capacity fields are None when no device, memory or KV budget was given; sequence fields
+    are None when no context or concurrency was asked for.
+    """
+
+    model: str
+    source: str
+    model_type: str
+    attention: str
+    num_layers: int
+    num_kv_heads: int | None
+    kv_heads_per_rank: int | None
+    head_dim: int | None
+    kv_latent_dim: int | None
+    sliding_window: int | None
+    sliding_layers: int
+    max_position_embeddings: int | None
+    params_total: int
+    params_active: int
+    params_by_group: dict[str, int]
+    weight_dtype: str
+    weight_group_size: int | None
+    weight_bytes: int
+    weight_bytes_per_rank: int
+    weight_scale_bytes: int
+    kv_dtype: str
+    kv_scales: str
+    tp: int
+    block_size: int
+    kv_bytes_per_token_layer: int
+    kv_bytes_per_token: int
+    kv_bytes_per_block: int
+    device: str | None = None
+    memory_bytes: int | None = None
+    gpu_memory_utilization: float | None = None
+    reserve_bytes: int | None = None
+    kv_budget_bytes: int | None = None
+    num_blocks: int | None = None
+    kv_tokens: int | None = None
+    context: int | None = None
+    kv_bytes_per_sequence: int | None = None
+    max_concurrency: int | None = None
+    concurrency: int | None = None
+    max_context: int | None = None
+    max_context_limited_by: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict of every figure (the model config itself left out)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "config"}
+        out["params_by_group"] = dict(self.params_by_group)
+        out["warnings"] = list(self.warnings)
+        return out
+
+    def explain(self) -> list[str]:
+        """Each formula with this plan's numbers filled in, one line per figure."""
+        from latlab.plan.explain import explain_plan
+
+        return explain_plan(self)
+
+
+def plan_memory(
+    model: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    device: str | None = None,
+    memory: str | int | None = None,
+    gpu_memory_utilization: float = 0.9,
+    reserve: str | int = DEFAULT_RESERVE,
+    kv_cache_bytes: str | int | None = None,
+    weight_dtype: str = "bf16",
+    weight_group_size: int | None = None,
+    kv_dtype: str = "auto",
+    kv_scales: str = "tensor",
+    context: int | None = None,
+    concurrency: int | None = None,
+    tp: int = 1,
+    block_size: int = 16,
+) -> MemoryPlan:
+    """Plan weights, KV cache and capacity for ``model`` (catalog name, path or config dict).
+
+    The KV budget per rank is ``kv_cache_bytes`` when given (what an engine is told to use,
+    e.g. vLLM CPU's VLLM_CPU_KVCACHE_SPACE), else device memory (``device`` from the catalog
+    or ``memory`` such as "24GiB") x ``gpu_memory_utilization`` - weights per rank -
+    ``reserve``. ``kv_dtype="auto"`` caches in the weight dtype (bf16 for quantized weights).
+    Raises ConfigError for bad input and CapacityError when a request cannot fit.
+    """
+    spec = resolve_model(model)
+    config = spec.config
+    check_tensor_parallel(config, tp)
+    weight_dtype = normalize_weight_dtype(weight_dtype)
+    kv_dtype = _resolve_kv_dtype(kv_dtype, weight_dtype)
+    breakdown = count_parameters(config)
+    weights = weight_bytes(breakdown, weight_dtype, weight_group_size, tp)
+    plan = _base_plan(spec.name, spec.source, config, breakdown, weights, kv_dtype, kv_scales)
+    if block_size < 1:
+        raise ConfigError(f"block size must be a positive number of tokens, got {block_size}")
+    plan.tp, plan.block_size = tp, block_size
+    if not is_mla(config):
+        plan.kv_heads_per_rank = kv_heads_per_rank(config, tp)
+    plan.kv_bytes_per_token_layer = kv_bytes_per_token_layer(
+        config, kv_dtype, tp, kv_scales=kv_scales
+    )
+    plan.kv_bytes_per_token = kv_bytes_per_token(config, kv_dtype, tp, kv_scales=kv_scales)
+    plan.kv_bytes_per_block = plan.kv_bytes_per_token * block_size
+    budget = _budget(plan, device, memory, gpu_memory_utilization, reserve, kv_cache_bytes)
+    if (
+        context is not None
+        and plan.max_position_embeddings
+        and (context > plan.max_position_embeddings)
+    ):
+        plan.warnings.append(
+            f"context {context:,} is longer than the model's max_position_embeddings "
+            f"{plan.max_position_embeddings:,}"
+        )
+    if budget is None:
+        if context is not None:
+            plan.context = context
+            plan.kv_bytes_per_sequence = kv_bytes_per_sequence(
+                config, context, kv_dtype, tp, block_size, kv_scales=kv_scales
+            )
+        return plan
+    cap = compute_capacity(
+        config,
+        budget,
+        kv_dtype=kv_dtype,
+        tp=tp,
+        block_size=block_size,
+        kv_scales=kv_scales,
+        context=context,
+        concurrency=concurrency,
+    )
+    plan.kv_budget_bytes, plan.num_blocks, plan.kv_tokens = budget, cap.num_blocks, cap.kv_tokens
+    plan.context, plan.kv_bytes_per_sequence = cap.context, cap.kv_bytes_per_sequence
+    plan.max_concurrency, plan.concurrency = cap.max_concurrency, cap.concurrency
+    plan.max_context, plan.max_context_limited_by = cap.max_context, cap.max_context_limited_by
+    return plan
+
+
+def _resolve_kv_dtype(kv_dtype: str, weight_dtype: str) -> str:
+    if kv_dtype == "auto":
+        return weight_dtype if weight_dtype in _FLOAT_DTYPES else "bf16"
+    kv_dtype_bytes(kv_dtype)
+    return kv_dtype
+
+
+def _base_plan(name, source, config, breakdown, weights, kv_dtype, kv_scales) -> MemoryPlan:
+    """The model-only part of the plan: shape, parameters, weight bytes."""
+    windows = layer_windows(config)
+    sliding = [w for w in windows if w is not None]
+    mla = is_mla(config)
+    if mla:
+        attention = "MLA"
+    else:
+        kv, heads = num_kv_heads(config), int(config["num_attention_heads"])
+        attention = "MHA" if kv == heads else ("MQA" if kv == 1 else "GQA")
+    max_pos = config.get("max_position_embeddings")
+    return MemoryPlan(
+        model=name,
+        source=source,
+        model_type=str(config.get("model_type", "")),
+        attention=attention,
+        num_layers=int(config["num_hidden_layers"]),
+        num_kv_heads=None if mla else num_kv_heads(config),
+        kv_heads_per_rank=None,
+        head_dim=None if mla else head_dim(config),
+        kv_latent_dim=int(config["kv_lora_rank"]) + int(config["qk_rope_head_dim"])
+        if mla
+        else None,
+        sliding_window=max(sliding) if sliding else None,
+        sliding_layers=len(sliding),
+        max_position_embeddings=int(max_pos) if max_pos else None,
+        params_total=breakdown.total,
+        params_active=breakdown.active,
+        params_by_group=breakdown.by_name(),
+        weight_dtype=weights.dtype,
+        weight_group_size=weights.group_size,
+        weight_bytes=weights.total_bytes,
+        weight_bytes_per_rank=weights.per_rank_bytes,
+        weight_scale_bytes=weights.scale_bytes,
+        kv_dtype=kv_dtype,
+        kv_scales=kv_scales,
+        tp=1,
+        block_size=16,
+        kv_bytes_per_token_layer=0,
+        kv_bytes_per_token=0,
+        kv_bytes_per_block=0,
+        warnings=list(breakdown.notes),
+        config=dict(config),
+    )
+
+
+def _budget(plan, device, memory, utilization, reserve, kv_cache_bytes) -> int | None:
+    """KV bytes per rank from the flags, filling the plan's device fields on the way."""
+    if kv_cache_bytes is not None:
+        if device is not None or memory is not None:
+            raise ConfigError("give either a KV cache size or a device/memory, not both")
+        budget = parse_bytes(kv_cache_bytes)
+        if budget <= 0:
+            raise ConfigError(f"KV cache size must be positive, got {kv_cache_bytes!r}")
+        return budget
+    if device is not None and memory is not None:
+        raise ConfigError("give either --device or --memory, not both")
+    if device is None and memory is None:
+        return None
+    if device is not None:
+        found = get_device(device)
+        plan.device, plan.memory_bytes = found.name, found.memory_bytes
+    else:
+        plan.device, plan.memory_bytes = "custom", parse_bytes(memory)
+    plan.gpu_memory_utilization = utilization
+    plan.reserve_bytes = parse_bytes(reserve)
+    return kv_budget_bytes(
+        plan.memory_bytes, utilization, plan.weight_bytes_per_rank, plan.reserve_bytes
+    )
