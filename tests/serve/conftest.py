@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from fake_engine import FakeEngine, FakeParams
 
 from latlab.serve.app import create_app
 from latlab.serve.server import running_server
-
-MODEL = "fake-model"
+from serve.fake_engine import MODEL, FakeEngine, FakeParams
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from latlab.errors import CapacityError, ConfigError, OverloadedError
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+MODEL = "fake-model"  # the served name the app tests use
 
 
 class FakeTokenizer:
@@ -165,10 +166,18 @@ class FakeEngine:
                     metrics.finished_ns = now
                 reason = ("stop" if hit_stop else "length") if finished else None
                 yield FakeOutput(
-                    rid, None, ids, text[: len(text) - len(stop)] if hit_stop else text,
-                    list(out_ids), "" if hit_stop else chr(token), [token], finished, reason,
-                    0, metrics,
-                )  # fmt: skip
+                    rid,
+                    None,
+                    ids,
+                    text[: len(text) - len(stop)] if hit_stop else text,
+                    list(out_ids),
+                    "" if hit_stop else chr(token),
+                    [token],
+                    finished,
+                    reason,
+                    0,
+                    metrics,
+                )
                 if finished:
                     return
         finally:

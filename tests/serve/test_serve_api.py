@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import httpx
-from conftest import MODEL
+
+from serve.fake_engine import MODEL
 
 
 def _sse_events(response: httpx.Response) -> list:

@@ -47,8 +47,9 @@ BAD_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize(("path", "body", "param"), [b[1:] for b in BAD_REQUESTS],
-                         ids=[b[0] for b in BAD_REQUESTS])  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "body", "param"), [b[1:] for b in BAD_REQUESTS], ids=[b[0] for b in BAD_REQUESTS]
+)
 def test_bad_request_is_400_and_server_keeps_serving(url, path, body, param):
     if isinstance(body, bytes):
         r = httpx.post(url + path, content=body, headers={"content-type": "application/json"})

@@ -54,9 +54,8 @@ def test_metrics_names_and_counts(url):
 
 
 def test_each_app_has_its_own_registry(engine):
-    from fake_engine import FakeParams
-
     from latlab.serve.app import create_app
+    from serve.fake_engine import FakeParams
 
     first = create_app(engine, "a", make_params=FakeParams)
     second = create_app(engine, "b", make_params=FakeParams)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import openai
 import pytest
-from conftest import MODEL
+
+from serve.fake_engine import MODEL
 
 
 @pytest.fixture

@@ -1,0 +1,247 @@
+"""The server over the real engine (latlab.engine.AsyncLLM) on a random tiny GQA model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from latlab.engine import AsyncLLM, EngineConfig
+from latlab.random_model import TINY_TEST, save_random_llama
+from latlab.serve.app import create_app
+from latlab.serve.server import running_server
+
+NAME = "tiny"
+# TINY_TEST keeps 2 layers x 2 KV heads x 16 dims x (K and V) x 4 bytes = 512 bytes per token.
+BYTES_PER_TOKEN = 512
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_random_llama(tmp_path_factory.mktemp("serve-tiny"), TINY_TEST, seed=3)
+
+
+@pytest.fixture(scope="module")
+def served(model_dir):
+    config = EngineConfig(
+        model=str(model_dir),
+        max_num_seqs=8,
+        max_model_len=256,
+        kv_cache_bytes=1024 * BYTES_PER_TOKEN,
+        num_threads=1,
+    )
+    engine = AsyncLLM(config)
+    with running_server(create_app(engine, NAME)) as url:
+        yield engine, url
+    _shutdown(engine)
+
+
+@pytest.fixture(scope="module")
+def small(model_dir):
+    """One running sequence, one waiting, 128 KV tokens: for 503 and capacity tests."""
+    config = EngineConfig(
+        model=str(model_dir),
+        max_num_seqs=1,
+        max_waiting=1,
+        kv_cache_bytes=128 * BYTES_PER_TOKEN,
+        num_threads=1,
+    )
+    engine = AsyncLLM(config)
+    with running_server(create_app(engine, NAME)) as url:
+        yield engine, url
+    _shutdown(engine)
+
+
+def _shutdown(engine: AsyncLLM) -> None:
+    asyncio.run(engine.shutdown())
+
+
+def _events(lines) -> list:
+    out = []
+    for line in lines:
+        if line.startswith("data: "):
+            payload = line[6:]
+            out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
+
+
+def _wait_until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_stream_and_non_stream_agree(served):
+    _, url = served
+    body = {
+        "model": NAME,
+        "prompt": "def main():",
+        "max_tokens": 12,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    whole = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
+    stream_body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{url}/v1/completions", json=stream_body, timeout=60) as r:
+        events = _events(r.iter_lines())
+    assert events[-1] == "[DONE]"
+    streamed = "".join(e["choices"][0]["text"] for e in events[:-2])
+    assert streamed == whole["choices"][0]["text"]
+    assert events[-2]["usage"] == whole["usage"]
+    assert whole["usage"]["completion_tokens"] == 12
+    assert whole["choices"][0]["finish_reason"] == "length"
+
+
+def test_chat_stream_role_chunk_and_usage(served):
+    _, url = served
+    body = {
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_completion_tokens": 5,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
+        events = _events(r.iter_lines())
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert events[-2]["usage"]["completion_tokens"] == 5
+    assert events[-3]["choices"][0]["finish_reason"] == "length"
+
+
+def test_openai_client_both_endpoints(served):
+    _, url = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    done = client.completions.create(
+        model=NAME, prompt="x = ", max_tokens=4, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert done.usage.completion_tokens == 4
+    stream = client.chat.completions.create(
+        model=NAME,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=3,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    assert chunks[-1].usage.completion_tokens == 3
+    assert [m.id for m in client.models.list()] == [NAME]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "hi", "max_tokens": 10**9},
+        {"prompt": "hi", "max_tokens": -3},
+        {"prompt": "word " * 400, "max_tokens": 1},
+        {"prompt": "hi", "model": "gpt-4o"},
+        {"prompt": ["hi"], "temperature": "warm"},
+    ],
+    ids=[
+        "huge-max-tokens",
+        "negative-max-tokens",
+        "prompt-over-context",
+        "unknown-model",
+        "wrong-type",
+    ],
+)
+def test_bad_input_is_400_and_engine_keeps_serving(served, body):
+    _, url = served
+    r = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    ok = httpx.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
+    assert ok.status_code == 200
+
+
+def test_disconnect_mid_stream_frees_kv(served):
+    engine, url = served
+    _wait_until(lambda: engine.stats().num_running == 0)
+    before = engine.stats().kv_cache_usage
+    body = {"prompt": "a b c", "max_tokens": 200, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
+        got = 0
+        for line in r.iter_lines():
+            got += line.startswith("data: ")
+            if got == 3:
+                break
+        assert engine.stats().kv_cache_usage > before
+    _wait_until(lambda: engine.stats().num_running == 0)
+    assert engine.stats().kv_cache_usage == before
+    assert engine.stats().num_waiting == 0
+
+
+def test_metrics_move_with_requests(served):
+    _, url = served
+
+    def value(text: str, name: str) -> float:
+        line = next(x for x in text.splitlines() if x.startswith(name + "{"))
+        return float(line.rsplit(" ", 1)[1])
+
+    before = httpx.get(f"{url}/metrics").text
+    httpx.post(
+        f"{url}/v1/completions",
+        json={"prompt": "abc", "max_tokens": 3, "ignore_eos": True},
+        timeout=60,
+    )
+    after = httpx.get(f"{url}/metrics").text
+    for name in (
+        "latlab:generation_tokens_total",
+        "latlab:prompt_tokens_total",
+        "latlab:time_to_first_token_seconds_count",
+        "latlab:e2e_request_latency_seconds_count",
+        "latlab:request_queue_time_seconds_count",
+        "latlab:prefix_cache_queries_total",
+    ):
+        assert value(after, name) > value(before, name), name
+    assert (
+        value(after, "latlab:generation_tokens_total")
+        - value(before, "latlab:generation_tokens_total")
+        == 3
+    )
+    for name in (
+        "latlab:num_requests_running",
+        "latlab:num_requests_waiting",
+        "latlab:kv_cache_usage_perc",
+        "latlab:prefix_cache_hits_total",
+        "latlab:inter_token_latency_seconds_count",
+    ):
+        value(after, name)
+
+
+def test_request_larger_than_kv_cache_is_400(small):
+    _, url = small
+    r = httpx.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 300}, timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "capacity_exceeded"
+
+
+def test_full_queue_is_503_with_retry_after(small):
+    # One running slot and one waiting slot: of several requests sent together, those beyond
+    # the two slots are refused at once with 503, and the server keeps serving afterwards.
+    _, url = small
+    body = {"prompt": "one", "max_tokens": 120, "ignore_eos": True}
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            calls = [client.post("/v1/completions", json=body) for _ in range(5)]
+            return await asyncio.gather(*calls)
+
+    responses = asyncio.run(burst())
+    codes = sorted(r.status_code for r in responses)
+    assert 200 in codes and 503 in codes, codes
+    assert set(codes) == {200, 503}
+    for r in responses:
+        if r.status_code == 503:
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.json()["error"]["type"] == "overloaded_error"
+    after = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=60)
+    assert after.status_code == 200
