@@ -128,26 +128,24 @@ async def arun_bench(
         prefix_len=config.prefix_len,
         seed=config.seed,
     )
-    await target.check()
-    requests = build_requests(spec, target.tokenizer)
-    warm_spec = WorkloadSpec(**{**asdict(spec), "num_prompts": max(1, config.warmup),
-                                "seed": config.seed + 1})  # fmt: skip
     sink: Progress | None = RichProgress() if progress is True else (progress or None)
     opts = GenOptions(ignore_eos=config.ignore_eos, temperature=config.temperature,
                       stream=config.stream, min_tokens=config.min_tokens)  # fmt: skip
-    runner = Runner(target, requests, opts,
-                    warmup_requests=build_requests(warm_spec, target.tokenizer),
-                    num_requests=config.num_requests, duration_s=config.duration_s,
-                    slo=config.slo, burstiness=config.burstiness, seed=config.seed,
-                    drain_s=config.drain_s, progress=sink)  # fmt: skip
+    runner = Runner(target, [], opts, num_requests=config.num_requests,
+                    duration_s=config.duration_s, slo=config.slo, burstiness=config.burstiness,
+                    seed=config.seed, drain_s=config.drain_s, progress=sink)  # fmt: skip
     result = BenchResult(target={"name": target.name, "remote": bool(target.remote)},
                          config=config.to_dict())  # fmt: skip
     if runner_hook is not None:
         runner_hook(runner)
     with _sigint_stops(runner):
         try:
-            first = config.levels()[0]
-            users = int(first.get("concurrency", 4))
+            await target.check()
+            runner.requests = build_requests(spec, target.tokenizer)
+            warm = WorkloadSpec(**{**asdict(spec), "num_prompts": max(1, config.warmup),
+                                   "seed": config.seed + 1})  # fmt: skip
+            runner.warmup_requests = build_requests(warm, target.tokenizer)
+            users = int(config.levels()[0].get("concurrency", 4))
             result.warmup_requests = await runner.warmup(config.warmup, users)
             for load in config.levels():
                 if runner.stopped:

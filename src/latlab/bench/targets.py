@@ -63,6 +63,8 @@ def _fail(rec: RequestRecord, reason: str, detail: object = None) -> None:
     if rec.end_ns is None:
         rec.end_ns = time.perf_counter_ns()
     rec.error = reason
+    if isinstance(detail, BaseException):
+        detail = f"{type(detail).__name__}: {detail}".rstrip(": ")
     text = str(detail or "").strip().splitlines()
     rec.error_detail = text[0][:200] if text else None
 
@@ -181,7 +183,7 @@ class OpenAITarget:
                     append((now(), data))
                 rec.end_ns = now()
         except httpx.TimeoutException as exc:
-            _fail(rec, "timeout", f"{type(exc).__name__} {exc}")
+            _fail(rec, "timeout", exc)
             return
         except httpx.ConnectError as exc:
             _fail(rec, "connect_error", exc)
@@ -190,7 +192,7 @@ class OpenAITarget:
             _fail(rec, "connection_reset" if reads else "connection_error", exc)
             return
         except httpx.HTTPError as exc:
-            _fail(rec, "http_error", f"{type(exc).__name__} {exc}")
+            _fail(rec, "http_error", exc)
             return
         if opts.stream:
             self._parse_stream(reads, rec, req)

@@ -1,0 +1,105 @@
+"""``latlab bench`` end to end against the stub server, in a subprocess like a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from latlab.testing import StubServer
+
+
+def latlab(*args, timeout=120):
+    code = "import sys; from latlab.cli import run; run(sys.argv[1:])"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def test_bench_against_a_server_prints_the_table_and_writes_json_and_csv(tmp_path):
+    with StubServer(ttft_s=0.01, itl_s=0.001, chunks=4) as url:
+        out = latlab("bench", "--url", url, "--concurrency", "1,2", "--num-requests", "4",
+                     "--input-len", "8", "--output-len", "4", "--json", str(tmp_path / "r.json"),
+                     "--csv", str(tmp_path / "r.csv"), "--slo-ttft-ms", "500")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "TTFT p50" in out.stdout and "concurrency 2" in out.stdout
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert [lv["load"] for lv in d["levels"]] == [{"concurrency": 1}, {"concurrency": 2}]
+    assert d["levels"][0]["summary"]["completed"] == 4
+    assert d["levels"][0]["summary"]["goodput_rps"] > 0
+    assert d["target"]["remote"] is True
+    assert len((tmp_path / "r.csv").read_text().splitlines()) == 9
+
+
+def test_open_loop_rate_and_chat_api():
+    with StubServer(ttft_s=0.005, itl_s=0.001, chunks=2) as url:
+        out = latlab("bench", "--url", url, "--rate", "50,inf", "--num-requests", "5",
+                     "--api", "chat", "--no-progress")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "rate 50" in out.stdout and "rate inf" in out.stdout
+
+
+def test_wrong_url_fails_fast_with_one_line():
+    with StubServer() as url:
+        dead = url
+    out = latlab("bench", "--url", dead, timeout=30)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("latlab: error: cannot reach")
+
+
+def test_exit_code_non_zero_only_when_every_request_failed():
+    with StubServer(fault="500") as url:
+        out = latlab("bench", "--url", url, "--num-requests", "3", "--warmup", "0")
+    assert out.returncode == 1
+    assert "http_500 x3" in out.stdout
+    with StubServer(fault="500", fault_every=2, ttft_s=0, itl_s=0, chunks=2) as url:
+        ok = latlab("bench", "--url", url, "--num-requests", "4", "--warmup", "0")
+        strict = latlab("bench", "--url", url, "--num-requests", "4", "--warmup", "0",
+                        "--fail-on-error")  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert strict.returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--concurrency", "1", "--rate", "2"], "not both"),
+     (["--concurrency", "a,b"], "comma-separated"),
+     (["--input-len", "uniform:9"], "--input-len"),
+     (["--dataset", "jsonl:/no/such/file.jsonl"], "cannot read dataset file"),
+     (["--callable", "nocolon"], "module:function")],
+)  # fmt: skip
+def test_bad_flags_give_one_line_errors(args, message):
+    with StubServer() as url:
+        extra = [] if args[0] == "--callable" else ["--url", url]
+        out = latlab("bench", *extra, *args, timeout=60)
+    assert out.returncode == 2
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_bench_client_imports_without_torch_or_fastapi():
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'transformers', 'fastapi'): sys.modules[m] = None\n"
+        "import latlab.bench, latlab.metrics, latlab.workload, latlab.testing, latlab.cli.bench\n"
+        "from latlab.testing import StubServer\n"
+        "from latlab.bench import BenchConfig, OpenAITarget, run_bench\n"
+        "with StubServer(ttft_s=0, itl_s=0, chunks=2) as url:\n"
+        "    r = run_bench(BenchConfig(num_requests=2, warmup=0), OpenAITarget(url), False)\n"
+        "assert r.completed == 2\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.slow
+def test_no_argument_run_benchmarks_the_bundled_model_in_process(tmp_path):
+    from latlab.assets import bundled_model_path
+
+    args = ["bench", "--no-progress"]
+    if not (bundled_model_path() / "model.safetensors").exists():
+        from latlab.random_model import save_random_llama
+
+        args += ["--model", str(save_random_llama(tmp_path / "m"))]
+    out = latlab(*args, timeout=170)
+    assert out.returncode == 0, out.stderr
+    assert "concurrency 1" in out.stdout and "concurrency 4" in out.stdout
