@@ -1,0 +1,82 @@
+"""``latlab optimize``: flags -> latlab.optimize.lab.run_lab -> table, decision record, JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import click
+
+from latlab.cli import main
+
+
+@main.command("optimize")
+@click.argument("model", required=False)
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML or YAML plan (recipes, workload, quality limits) "
+    "[default: the built-in plan, every recipe level].",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to write table.md, decision.md, result.json and plan.toml "
+    "[default: ./latlab-runs/<UTC timestamp>/].",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=3),
+    default=None,
+    help="Measured repetitions per configuration (>= 3) [default: the plan's, 3].",
+)
+@click.option(
+    "--quality-text",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Held-out text for the quality gate [default: the model's heldout.txt].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the full JSON result on stdout.")
+def optimize(
+    model: str | None,
+    plan_path: str | None,
+    out_dir: str | None,
+    repeats: int | None,
+    quality_text: str | None,
+    as_json: bool,
+) -> None:
+    """Apply latency recipes one at a time to MODEL, measure each against the baseline,
+    gate each on quality, and write the strategy table and a decision record.
+
+    MODEL is a local model directory (default: the bundled tiny model).
+    """
+    from latlab.optimize.lab import run_lab
+    from latlab.optimize.plan_file import default_plan, load_plan
+    from latlab.optimize.report import default_out_dir, strategy_table, to_json, write_report
+
+    plan = load_plan(plan_path) if plan_path else default_plan()
+    if repeats is not None:
+        plan = dataclasses.replace(plan, repeats=repeats)
+    out = Path(out_dir) if out_dir else default_out_dir()
+    start = time.perf_counter()
+
+    def progress(message: str) -> None:
+        click.echo(f"[{time.perf_counter() - start:6.1f}s] {message}", err=True)
+
+    result = run_lab(plan, model, quality_text, progress=progress)
+    paths = write_report(result, out)
+    if as_json:
+        click.echo(json.dumps(to_json(result), indent=2))
+    else:
+        click.echo(strategy_table(result.trials))
+        click.echo("")
+        adopted = ", ".join(t.name for t in result.adopted) or "nothing"
+        click.echo(f"adopted: {adopted}")
+    for what, path in paths.items():
+        click.echo(f"wrote {what}: {path}", err=True)

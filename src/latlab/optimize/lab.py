@@ -1,0 +1,468 @@
+"""The optimization lab: baseline first, one recipe at a time, then the adopted ones together.
+
+For every recipe the lab (1) asks whether it applies here and records the reason when not,
+(2) applies it to a copy of the baseline, (3) checks quality against the baseline (logits on
+held-out text for recipes that change the model, greedy outputs for all), (4) measures it
+interleaved with the baseline (B C B C ...) so drift on a shared machine hits both sides
+alike, and (5) adopts it only when quality holds and a figure improves by more than the spread
+of the repetitions while none worsens by more. A recipe that crashes is recorded as failed with
+its error and the lab moves on.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latlab.errors import ConfigError
+from latlab.metrics import summarize
+from latlab.model_files import load_tokenizer
+from latlab.optimize.noise import Change, compare
+from latlab.optimize.plan_file import Plan
+from latlab.optimize.quality import (
+    LogitComparison,
+    QualityResult,
+    compare_logits,
+    gate,
+    greedy_agreement,
+    heldout_logits,
+)
+from latlab.optimize.recipes import Recipe
+from latlab.optimize.runner import RunResult, make_runner
+from latlab.optimize.subject import Setup, load_model, model_bytes
+from latlab.optimize.workload import LabRequest, build_requests
+
+Progress = Callable[[str], None]
+
+# figure -> (key in a repetition's figures, lower is better)
+FIGURES: dict[str, tuple[str, bool]] = {
+    "ttft": ("ttft_ms_p50", True),
+    "itl": ("itl_ms_p50", True),
+    "throughput": ("output_tokens_per_s", False),
+    "memory": ("memory_bytes", True),
+}
+
+
+@dataclass(slots=True)
+class Measurement:
+    """Figures of each repetition of one configuration."""
+
+    reps: list[dict[str, float]] = field(default_factory=list)
+    memory_bytes: int = 0
+    memory_what: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def values(self, key: str) -> list[float]:
+        if key == "memory_bytes":
+            return [float(self.memory_bytes)]
+        return [rep[key] for rep in self.reps]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reps": self.reps,
+            "memory_bytes": self.memory_bytes,
+            "memory_what": self.memory_what,
+            "extra": self.extra,
+        }
+
+
+@dataclass(slots=True)
+class Trial:
+    """One row of the strategy table."""
+
+    name: str
+    level: str
+    backend: str
+    changes: str
+    exact: bool
+    verdict: str = "skip"  # adopt | reject | skip | failed
+    reason: str = ""
+    baseline: Measurement | None = None
+    candidate: Measurement | None = None
+    deltas: dict[str, Change] = field(default_factory=dict)
+    quality: QualityResult | None = None
+    error: str | None = None
+    elapsed_s: float = 0.0
+    components: list[str] = field(default_factory=list)  # for the combined row
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "level": self.level,
+            "backend": self.backend,
+            "changes": self.changes,
+            "exact": self.exact,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "error": self.error,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "components": self.components,
+            "baseline": None if self.baseline is None else self.baseline.to_dict(),
+            "candidate": None if self.candidate is None else self.candidate.to_dict(),
+            "deltas": {
+                k: {
+                    "baseline": c.baseline,
+                    "candidate": c.candidate,
+                    "change_pct": c.change_pct,
+                    "noise_pct": c.noise_pct,
+                    "significant": c.significant,
+                    "improved": c.improved,
+                    "worsened": c.worsened,
+                }
+                for k, c in self.deltas.items()
+            },
+            "quality": None if self.quality is None else self.quality.to_dict(),
+        }
+
+
+@dataclass(slots=True)
+class LabResult:
+    model_path: str
+    plan: Plan
+    trials: list[Trial]
+    baselines: dict[str, Measurement]
+    environment: dict[str, Any]
+    started_at: str
+    elapsed_s: float
+    notes: list[str] = field(default_factory=list)
+    quality_text: str | None = None  # the user's file; None = the model's heldout.txt
+
+    @property
+    def adopted(self) -> list[Trial]:
+        return [t for t in self.trials if t.verdict == "adopt" and not t.components]
+
+
+@dataclass(slots=True)
+class _Baseline:
+    setup: Setup
+    runner: Any
+    outputs: dict[str, list[int]]
+    logits: tuple[torch.Tensor, torch.Tensor] | None
+    measurement: Measurement
+
+
+def environment() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import os
+
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _figures(result: RunResult) -> dict[str, float]:
+    summary = summarize(result.records)
+    if summary.failed:
+        raise RuntimeError(f"{summary.failed} request(s) failed: {summary.errors}")
+    return {
+        "ttft_ms_p50": summary.ttft_ms.p50 or 0.0,
+        "itl_ms_p50": summary.itl_ms.p50 or 0.0,
+        "e2e_ms_p50": summary.e2e_ms.p50 or 0.0,
+        "output_tokens_per_s": summary.output_tokens_per_s,
+    }
+
+
+def _memory(setup: Setup, runner: Any) -> tuple[int, str]:
+    """Weights actually held (transformers) or the KV cache the engine allocated."""
+    if setup.backend == "transformers":
+        return model_bytes(setup.model), "model weights and buffers held"
+    try:
+        from latlab.model_files import load_model_config
+        from latlab.plan.kv import kv_bytes_per_token
+
+        config = load_model_config(setup.model_path)
+        blocks = runner.engine.stats().num_kv_blocks
+        block_size = setup.engine_options.get("block_size", 16)
+        return int(blocks * block_size * kv_bytes_per_token(config, _kv_dtype(setup, config))), (
+            "engine KV cache allocated"
+        )
+    except Exception:  # an engine that does not report its cache: no memory figure
+        return 0, "engine KV cache (not reported)"
+
+
+def _kv_dtype(setup: Setup, config: dict[str, Any]) -> str:
+    kv = setup.engine_options.get("kv_cache_dtype", "auto")
+    if kv == "auto":
+        kv = setup.engine_options.get("dtype", "auto")
+    if kv == "auto":
+        kv = str(config.get("torch_dtype") or config.get("dtype") or "float32")
+    return kv
+
+
+class Lab:
+    """Runs a plan on one model; ``run()`` returns every trial, in the order tried."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        model_path: str,
+        quality_text: str,
+        progress: Progress | None = None,
+        runner_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.model_path = model_path
+        self.progress = progress or (lambda _: None)
+        self.runner_kwargs = runner_kwargs or {}
+        self.tokenizer = load_tokenizer(model_path)
+        self.text_ids = self.tokenizer.encode(quality_text, add_special_tokens=False)
+        self.requests: list[LabRequest] = build_requests(self.text_ids, plan.workload)
+        self.baselines: dict[str, _Baseline] = {}
+        self.notes: list[str] = []
+
+    # ---- measurement -------------------------------------------------------------------
+    def _runner(self, setup: Setup) -> Any:
+        kwargs = self.runner_kwargs if setup.backend == "engine" else {}
+        return make_runner(setup, self.plan.workload, **kwargs)
+
+    def _baseline(self, backend: str) -> _Baseline:
+        if backend in self.baselines:
+            return self.baselines[backend]
+        self.progress(f"baseline ({backend}): loading and warming up")
+        model = load_model(self.model_path) if backend == "transformers" else None
+        setup = Setup(
+            backend=backend,
+            model_path=self.model_path,
+            tokenizer=self.tokenizer,
+            model=model,
+            num_threads=self.plan.threads,
+            engine_options=dict(self.plan.engine) if backend == "engine" else {},
+        )
+        runner = self._runner(setup)
+        first = runner.run(self.requests)
+        for _ in range(self.plan.warmup - 1):
+            runner.run(self.requests)
+        logits = None
+        if model is not None:
+            logits = heldout_logits(
+                model, self.text_ids, self.plan.quality_window_tokens, self.plan.quality_windows
+            )
+        measurement = Measurement(extra=first.extra)
+        measurement.memory_bytes, measurement.memory_what = _memory(setup, runner)
+        for rep in range(self.plan.repeats):
+            self.progress(f"baseline ({backend}): repetition {rep + 1}/{self.plan.repeats}")
+            measurement.reps.append(_figures(runner.run(self.requests)))
+        base = _Baseline(setup, runner, first.outputs, logits, measurement)
+        self.baselines[backend] = base
+        return base
+
+    def _measure(self, trial: Trial, base: _Baseline, setup: Setup) -> RunResult:
+        runner = self._runner(setup)
+        try:
+            first = runner.run(self.requests)
+            for _ in range(self.plan.warmup - 1):
+                runner.run(self.requests)
+            trial.baseline = Measurement(
+                memory_bytes=base.measurement.memory_bytes, memory_what=base.measurement.memory_what
+            )
+            trial.candidate = Measurement(extra=first.extra)
+            trial.candidate.memory_bytes, trial.candidate.memory_what = _memory(setup, runner)
+            for rep in range(self.plan.repeats):
+                self.progress(f"{trial.name}: repetition {rep + 1}/{self.plan.repeats}")
+                trial.baseline.reps.append(_figures(base.runner.run(self.requests)))
+                trial.candidate.reps.append(_figures(runner.run(self.requests)))
+            return first
+        finally:
+            runner.close()
+
+    # ---- quality and verdict -----------------------------------------------------------
+    def _quality(
+        self, base: _Baseline, setup: Setup, first: RunResult, exact: bool, changes_model: bool
+    ) -> QualityResult:
+        logits: LogitComparison | None = None
+        if changes_model and base.logits is not None and setup.model is not None:
+            from latlab.optimize.subject import activated
+
+            with activated(setup):
+                cand_logits, _ = heldout_logits(
+                    setup.model,
+                    self.text_ids,
+                    self.plan.quality_window_tokens,
+                    self.plan.quality_windows,
+                )
+            logits = compare_logits(base.logits[0], cand_logits, base.logits[1])
+        ids = [r.request_id for r in self.requests]
+        match, agreement = greedy_agreement(
+            [base.outputs[i] for i in ids], [first.outputs[i] for i in ids]
+        )
+        return gate(logits, match, agreement, exact, self.plan.thresholds)
+
+    def _verdict(self, trial: Trial) -> None:
+        assert trial.baseline is not None and trial.candidate is not None
+        for figure, (key, lower) in FIGURES.items():
+            trial.deltas[figure] = compare(
+                figure,
+                trial.baseline.values(key),
+                trial.candidate.values(key),
+                lower,
+                self.plan.min_noise_pct,
+            )
+        if trial.quality is not None and not trial.quality.passed:
+            trial.verdict, trial.reason = "reject", f"quality: {trial.quality.reason}"
+            return
+        better = [c for c in trial.deltas.values() if c.improved]
+        worse = [c for c in trial.deltas.values() if c.worsened]
+        if worse:
+            trial.verdict = "reject"
+            trial.reason = "worse: " + ", ".join(_fmt(c) for c in worse)
+            if better:
+                trial.reason += "; better: " + ", ".join(_fmt(c) for c in better)
+        elif not better:
+            noise = max(c.noise_pct for k, c in trial.deltas.items() if k != "memory")
+            trial.verdict = "reject"
+            trial.reason = f"no change beyond the spread of the repetitions (±{noise:.0f}%)"
+        else:
+            trial.verdict = "adopt"
+            trial.reason = ", ".join(_fmt(c) for c in better)
+
+    # ---- the loop ------------------------------------------------------------------------
+    def _try(self, trial: Trial, recipes: list[Recipe]) -> Trial:
+        start = time.perf_counter()
+        try:
+            base = self._baseline(recipes[0].backend)
+            setup = base.setup
+            for recipe in recipes:
+                reason = recipe.why_not(setup)
+                if reason is not None:
+                    trial.verdict, trial.reason = "skip", reason
+                    return trial
+                setup = recipe.apply(setup)
+            first = self._measure(trial, base, setup)
+            trial.quality = self._quality(
+                base, setup, first, trial.exact, any(r.changes_model for r in recipes)
+            )
+            self._verdict(trial)
+            recipes[0].revert(setup, base.setup)
+        except Exception as exc:
+            trial.verdict = "failed"
+            trial.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            trial.reason = f"crashed: {trial.error}"
+            self.notes.append(f"{trial.name} traceback:\n{traceback.format_exc(limit=4)}")
+        finally:
+            trial.elapsed_s = time.perf_counter() - start
+        return trial
+
+    def run(self, recipes: list[Recipe]) -> list[Trial]:
+        trials: list[Trial] = []
+        total = len(recipes)
+        for index, recipe in enumerate(recipes, start=1):
+            self.progress(f"[{index}/{total}] {recipe.name} ({recipe.level})")
+            trial = Trial(recipe.name, recipe.level, recipe.backend, recipe.changes, recipe.exact)
+            trials.append(self._try(trial, [recipe]))
+            self.progress(f"[{index}/{total}] {recipe.name}: {trial.verdict}: {trial.reason}")
+        trials.extend(self._combined(trials, recipes))
+        return trials
+
+    def _combined(self, trials: list[Trial], recipes: list[Recipe]) -> list[Trial]:
+        """Adopted recipes together, per backend, one per group (the first adopted wins)."""
+        out = []
+        by_name = {r.name: r for r in recipes}
+        for backend in ("transformers", "engine"):
+            chosen: list[Recipe] = []
+            groups: set[str] = set()
+            for trial in trials:
+                recipe = by_name[trial.name]
+                if (
+                    trial.verdict == "adopt"
+                    and recipe.backend == backend
+                    and (recipe.group not in groups)
+                ):
+                    chosen.append(recipe)
+                    groups.add(recipe.group)
+            if len(chosen) < 2:
+                continue
+            names = [r.name for r in chosen]
+            self.progress(f"combined ({backend}): {' + '.join(names)}")
+            trial = Trial(
+                "combined: " + " + ".join(names),
+                "combined",
+                backend,
+                "; ".join(r.changes for r in chosen),
+                all(r.exact for r in chosen),
+                components=names,
+            )
+            out.append(self._try(trial, chosen))
+            self.progress(f"combined ({backend}): {trial.verdict}: {trial.reason}")
+        return out
+
+    def close(self) -> None:
+        for base in self.baselines.values():
+            base.runner.close()
+
+
+def _fmt(change: Change) -> str:
+    return f"{change.metric} {change.change_pct:+.1f}% (spread ±{change.noise_pct:.0f}%)"
+
+
+def read_quality_text(model_path: str, quality_text: str | None) -> str:
+    """The held-out text: the user's file, else the model directory's heldout.txt."""
+    path = Path(quality_text) if quality_text else Path(model_path) / "heldout.txt"
+    if not path.is_file():
+        if quality_text:
+            raise ConfigError(f"quality text file {path} does not exist")
+        raise ConfigError(
+            f"the model at {model_path} ships no heldout.txt; pass --quality-text FILE with "
+            "held-out text the model was not trained on"
+        )
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if len(text.split()) < 20:
+        raise ConfigError(f"quality text {path} is too short: give at least a few paragraphs")
+    return text
+
+
+def run_lab(
+    plan: Plan,
+    model: str | None = None,
+    quality_text: str | None = None,
+    progress: Progress | None = None,
+    runner_kwargs: dict[str, Any] | None = None,
+) -> LabResult:
+    """Baseline, each recipe alone, then the adopted ones together; returns every trial."""
+    from datetime import datetime, timezone
+
+    from latlab.model_files import resolve_model_path
+
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    start = time.perf_counter()
+    model_path = resolve_model_path(model if model is not None else plan.model)
+    text = read_quality_text(model_path, quality_text)
+    recipes = [spec.build() for spec in plan.recipes]
+    lab = Lab(plan, model_path, text, progress, runner_kwargs)
+    try:
+        trials = lab.run(recipes)
+    finally:
+        lab.close()
+    return LabResult(
+        model_path,
+        plan,
+        trials,
+        {k: b.measurement for k, b in lab.baselines.items()},
+        environment(),
+        started,
+        time.perf_counter() - start,
+        lab.notes,
+    )

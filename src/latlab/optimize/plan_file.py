@@ -1,0 +1,316 @@
+"""Lab plans: which recipes to try, on what workload, with which quality limits.
+
+A plan is TOML (read with the standard library) or YAML (when PyYAML is installed)::
+
+    repeats = 3
+    [workload]
+    num_requests = 8
+    output_len = 32
+    [quality]
+    top1_min = 0.98
+    recipes = ["int8-weight-only", { name = "cpu-threads", threads = 1 }]
+
+Mistakes are reported with the line they are on: a misspelt key names its line and the closest
+known key, an unknown recipe lists every known recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from latlab.errors import ConfigError
+from latlab.optimize.quality import QualityThresholds
+from latlab.optimize.recipes import RECIPES, Recipe, make_recipe
+from latlab.optimize.workload import LabWorkload
+
+
+@dataclass(slots=True)
+class RecipeSpec:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Recipe:
+        return make_recipe(self.name, **self.options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+
+@dataclass(slots=True)
+class Plan:
+    """Everything the lab needs besides the model."""
+
+    recipes: list[RecipeSpec]
+    workload: LabWorkload = field(default_factory=LabWorkload)
+    thresholds: QualityThresholds = field(default_factory=QualityThresholds)
+    engine: dict[str, Any] = field(default_factory=dict)  # baseline EngineConfig overrides
+    repeats: int = 3
+    warmup: int = 1
+    min_noise_pct: float = 2.0
+    threads: int | None = None  # baseline torch thread count (None: torch's default)
+    quality_windows: int = 8
+    quality_window_tokens: int = 128
+    model: str | None = None
+    source: str = "built-in default plan"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "model": self.model,
+            "repeats": self.repeats,
+            "warmup": self.warmup,
+            "min_noise_pct": self.min_noise_pct,
+            "threads": self.threads,
+            "workload": self.workload.to_dict(),
+            "quality": {
+                **dataclasses.asdict(self.thresholds),
+                "windows": self.quality_windows,
+                "window_tokens": self.quality_window_tokens,
+            },
+            "engine": dict(self.engine),
+            "recipes": [r.to_dict() for r in self.recipes],
+        }
+
+
+# The built-in plan: every recipe level, sized to finish in minutes on the bundled model on
+# 2 CPU cores. Recipes that cannot run here stay in, so the report says why they were skipped.
+DEFAULT_RECIPES: list[dict[str, Any]] = [
+    {"name": "int8-weight-only"},
+    {"name": "int8-dynamic-activation"},
+    {"name": "int4-weight-only"},
+    {"name": "dtype-bfloat16"},
+    {"name": "dtype-float16"},
+    {"name": "bnb-int8"},
+    {"name": "bnb-nf4"},
+    {"name": "gptq"},
+    {"name": "awq"},
+    {"name": "attention-eager"},
+    {"name": "attention-flash"},
+    {"name": "torch-compile"},
+    {"name": "tf32"},
+    {"name": "cpu-threads", "threads": 1},
+    {"name": "static-batching"},
+    {"name": "max-num-seqs", "value": 2},
+    {"name": "prefill-budget", "tokens": 32},
+    {"name": "prefix-caching", "enabled": False},
+    {"name": "kv-cache-dtype", "dtype": "bfloat16"},
+    {"name": "prompt-lookup"},
+    {"name": "response-cache"},
+    {"name": "prompt-trim", "budget": 48},
+    {"name": "group-by-prefix"},
+]
+
+_TOP_KEYS = {
+    "model",
+    "repeats",
+    "warmup",
+    "min_noise_pct",
+    "threads",
+    "workload",
+    "quality",
+    "engine",
+    "recipes",
+}
+_QUALITY_EXTRA = {"windows": "quality_windows", "window_tokens": "quality_window_tokens"}
+
+
+def default_plan() -> Plan:
+    return plan_from_dict({"recipes": DEFAULT_RECIPES}, text="", source="built-in default plan")
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read a TOML or YAML plan; ConfigError with the file, the line and what to fix."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read plan file {path}: {exc.strerror or exc}") from exc
+    data = _parse(path, text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a plan must be a table of settings, not {type(data).__name__}")
+    return plan_from_dict(data, text=text, source=str(path))
+
+
+def _parse(path: Path, text: str) -> Any:
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:
+            raise ConfigError(
+                f"{path}: YAML plans need PyYAML (pip install pyyaml), or write the plan as TOML"
+            ) from exc
+        try:
+            return yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+
+
+def _line_of(text: str, key: str, section: str | None = None) -> int | None:
+    """1-based line where ``key`` is set (inside ``[section]`` when given), for messages."""
+    current: str | None = None
+    pattern = re.compile(rf"""^\s*(?:-\s*)?["']?{re.escape(key)}["']?\s*[=:]""")
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = re.match(r"^\s*\[+\s*([^\]]+?)\s*\]+", line)
+        if header:
+            current = header.group(1)
+            continue
+        if re.match(r"^(\w+):\s*$", line):  # YAML section
+            current = line.split(":")[0]
+            continue
+        if pattern.match(line) and (section is None or current == section or current is None):
+            return number
+    return None
+
+
+def _line_with(text: str, word: str) -> int | None:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if re.search(rf"""(?<![\w-]){re.escape(word)}(?![\w-])""", line):
+            return number
+    return None
+
+
+def _where(source: str, line: int | None) -> str:
+    return f"{source}, line {line}" if line else source
+
+
+def _unknown_key(source: str, text: str, key: str, known: set[str], section: str | None) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    label = f"{section}.{key}" if section else key
+    line = _line_of(text, key, section)
+    return (
+        f"{_where(source, line)}: unknown key {label!r}{hint}; known keys: "
+        f"{', '.join(sorted(known))}"
+    )
+
+
+def _check_type(
+    source: str, text: str, key: str, value: Any, default: Any, section: str | None
+) -> Any:
+    if default is None or value is None:
+        return value
+    expected = type(default)
+    ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        label = f"{section}.{key}" if section else key
+        raise ConfigError(
+            f"{_where(source, _line_of(text, key, section))}: {label} must be "
+            f"{expected.__name__}, got {value!r}"
+        )
+    return value
+
+
+def _section(
+    source: str, text: str, data: Any, cls: type, section: str, extra: dict[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a table into constructor kwargs for ``cls`` and extra (plan-level) fields."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{_where(source, _line_of(text, section))}: [{section}] must be a table of settings"
+        )
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    extra = extra or {}
+    known = set(fields) | set(extra)
+    kwargs: dict[str, Any] = {}
+    plan_fields: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(_unknown_key(source, text, key, known, section))
+        if key in extra:
+            plan_fields[extra[key]] = _check_type(source, text, key, value, 1, section)
+        else:
+            kwargs[key] = _check_type(source, text, key, value, fields[key], section)
+    return kwargs, plan_fields
+
+
+def _recipes(source: str, text: str, items: Any) -> list[RecipeSpec]:
+    if not isinstance(items, list):
+        raise ConfigError(
+            f"{_where(source, _line_of(text, 'recipes'))}: recipes must be a list "
+            "of recipe names or {name = ..., option = ...} tables"
+        )
+    specs = []
+    for item in items:
+        if isinstance(item, str):
+            name, options = item, {}
+        elif isinstance(item, dict) and isinstance(item.get("name"), str):
+            options = {k: v for k, v in item.items() if k != "name"}
+            name = item["name"]
+        else:
+            raise ConfigError(
+                f"{_where(source, _line_of(text, 'recipes'))}: each recipe is a "
+                f"name or a table with a 'name', got {item!r}"
+            )
+        spec = RecipeSpec(name, options)
+        try:
+            spec.build()  # unknown names and options fail here, before anything is measured
+        except ConfigError as exc:
+            line = (
+                _line_with(text, name)
+                if name not in RECIPES
+                else (_line_with(text, next(iter(options), name)) or _line_with(text, name))
+            )
+            raise ConfigError(f"{_where(source, line)}: {exc}") from exc
+        specs.append(spec)
+    if not specs:
+        raise ConfigError(
+            f"{source}: the plan lists no recipes; known recipes: {', '.join(sorted(RECIPES))}"
+        )
+    return specs
+
+
+def plan_from_dict(data: dict[str, Any], text: str = "", source: str = "plan") -> Plan:
+    """Validate a parsed plan; every error names the source, the line and the fix."""
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise ConfigError(_unknown_key(source, text, key, _TOP_KEYS, None))
+    defaults = Plan(recipes=[])
+    top: dict[str, Any] = {}
+    for key in ("model", "repeats", "warmup", "min_noise_pct", "threads"):
+        if key in data:
+            default = getattr(defaults, key)
+            if key == "threads":
+                default = 1
+            top[key] = _check_type(source, text, key, data[key], default, None)
+    workload_kwargs, _ = _section(source, text, data.get("workload", {}), LabWorkload, "workload")
+    quality_kwargs, quality_extra = _section(
+        source, text, data.get("quality", {}), QualityThresholds, "quality", _QUALITY_EXTRA
+    )
+    engine = data.get("engine", {})
+    if not isinstance(engine, dict):
+        raise ConfigError(
+            f"{_where(source, _line_of(text, 'engine'))}: [engine] must be a "
+            "table of EngineConfig fields"
+        )
+    plan = Plan(
+        recipes=_recipes(source, text, data.get("recipes", DEFAULT_RECIPES)),
+        workload=LabWorkload(**workload_kwargs),
+        thresholds=QualityThresholds(**quality_kwargs),
+        engine=dict(engine),
+        source=source,
+        **top,
+        **quality_extra,
+    )
+    if plan.repeats < 3:
+        raise ConfigError(
+            f"{_where(source, _line_of(text, 'repeats'))}: repeats must be >= 3 "
+            "(a change must beat the spread of at least three runs)"
+        )
+    if plan.warmup < 0:
+        raise ConfigError(f"{_where(source, _line_of(text, 'warmup'))}: warmup must be >= 0")
+    return plan

@@ -1,0 +1,578 @@
+"""Latency recipes: one small object per optimization, at four levels.
+
+Each recipe says what it changes, whether it applies here (and if not, why not: no CUDA, a
+missing package, already the baseline), and how to apply it. ``apply`` returns a new ``Setup``
+and leaves the one it was given untouched (recipes that change weights work on a copy of the
+model), so ``revert`` is releasing the copy and going back to the base.
+
+Levels: *model* (what the weights are), *system* (how the runtime executes them), *engine*
+(how the latlab engine schedules requests), *request* (what reaches the model at all).
+Recipes flagged ``exact`` must not change a single greedy token; the lab checks that.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from latlab.errors import ConfigError
+from latlab.optimize.subject import Setup
+
+LEVELS = ("model", "system", "engine", "request")
+
+
+@dataclass(slots=True, frozen=True)
+class Recipe:
+    """One optimization: what it changes, where it applies, how to apply it."""
+
+    name: str
+    level: str
+    changes: str
+    backend: str  # "transformers" or "engine": which loop serves the requests
+    exact: bool  # greedy output must stay identical
+    changes_model: bool  # the weights or kernels change: compare logits on held-out text
+    group: str  # the combined run keeps at most one recipe per group
+    _why_not: Callable[[Setup], str | None]
+    _apply: Callable[[Setup], Setup]
+
+    def why_not(self, setup: Setup) -> str | None:
+        """None when the recipe can run on ``setup``; else the reason it cannot, in words."""
+        if setup.backend != self.backend:
+            return f"needs the {self.backend} backend, the setup uses {setup.backend}"
+        return self._why_not(setup)
+
+    def applies_to(self, setup: Setup) -> bool:
+        return self.why_not(setup) is None
+
+    def apply(self, setup: Setup) -> Setup:
+        """A new setup with this recipe applied; ``setup`` itself is not modified."""
+        reason = self.why_not(setup)
+        if reason is not None:
+            raise ConfigError(f"recipe {self.name!r} does not apply here: {reason}")
+        return self._apply(setup)
+
+    def revert(self, applied: Setup, base: Setup) -> Setup:
+        """Release what ``apply`` built (a model copy) and return the untouched base."""
+        if applied.model is not None and applied.model is not base.model:
+            applied.model = None
+        return base
+
+
+def _always(_: Setup) -> str | None:
+    return None
+
+
+def _no_cuda() -> str | None:
+    return None if torch.cuda.is_available() else "needs CUDA; this machine has no CUDA device"
+
+
+def _missing(module: str, install: str) -> str | None:
+    if importlib.util.find_spec(module) is None:
+        return f"the {module} package is not installed (pip install {install})"
+    return None
+
+
+def _with_model(setup: Setup, change: str, transform: Callable[[Any], Any]) -> Setup:
+    model = transform(copy.deepcopy(setup.model))
+    return setup.derive(change, model=model)
+
+
+# ---- model level ------------------------------------------------------------------------
+
+
+def _torchao(name: str, config: str, summary: str, **kwargs: Any) -> Recipe:
+    def apply(setup: Setup) -> Setup:
+        import torchao.quantization as ao
+
+        def quantize(model: Any) -> Any:
+            ao.quantize_(model, getattr(ao, config)(**kwargs))
+            return model
+
+        return _with_model(setup, name, quantize)
+
+    def why_not(setup: Setup) -> str | None:
+        reason = _missing("torchao", "'latlab[optimize]'")
+        if reason is None and setup.model.dtype not in (torch.float32, torch.bfloat16):
+            reason = (
+                f"torchao {config} expects float32 or bfloat16 weights, not {setup.model.dtype}"
+            )
+        return reason
+
+    return Recipe(
+        name, "model", summary, "transformers", False, True, "quantization", why_not, apply
+    )
+
+
+def int8_weight_only() -> Recipe:
+    return _torchao(
+        "int8-weight-only",
+        "Int8WeightOnlyConfig",
+        "Linear weights stored as int8 with per-channel scales (torchao)",
+    )
+
+
+def int8_dynamic_activation() -> Recipe:
+    return _torchao(
+        "int8-dynamic-activation",
+        "Int8DynamicActivationInt8WeightConfig",
+        "int8 weights and activations quantized per token at run time (torchao)",
+    )
+
+
+def int4_weight_only(group_size: int = 32) -> Recipe:
+    base = _torchao(
+        "int4-weight-only",
+        "Int4WeightOnlyConfig",
+        f"Linear weights as int4, groups of {group_size} (torchao)",
+        group_size=group_size,
+    )
+
+    def why_not(setup: Setup) -> str | None:
+        if not torch.cuda.is_available() and importlib.util.find_spec("mslk") is None:
+            return (
+                "torchao's int4 weight-only kernels need CUDA (tinygemm) or the mslk "
+                "package on CPU; neither is here (IntxWeightOnly int4 would store the "
+                "values unpacked in int8: no gain over int8-weight-only)"
+            )
+        return base._why_not(setup)
+
+    return Recipe(
+        base.name,
+        "model",
+        base.changes,
+        "transformers",
+        False,
+        True,
+        "quantization",
+        why_not,
+        base._apply,
+    )
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def dtype(dtype: str = "bfloat16") -> Recipe:
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
+    target = _DTYPES[dtype]
+
+    def why_not(setup: Setup) -> str | None:
+        if setup.model.dtype == target:
+            return f"the baseline already runs in {dtype}"
+        return None
+
+    def apply(setup: Setup) -> Setup:
+        return _with_model(setup, f"dtype-{dtype}", lambda m: m.to(target))
+
+    return Recipe(
+        f"dtype-{dtype}",
+        "model",
+        f"weights and activations in {dtype}",
+        "transformers",
+        False,
+        True,
+        "dtype",
+        why_not,
+        apply,
+    )
+
+
+def bitsandbytes(mode: str = "int8") -> Recipe:
+    if mode not in ("int8", "nf4"):
+        raise ConfigError(f"bitsandbytes mode must be 'int8' or 'nf4', not {mode!r}")
+
+    def why_not(_: Setup) -> str | None:
+        return _no_cuda() or _missing("bitsandbytes", "bitsandbytes")
+
+    def apply(setup: Setup) -> Setup:  # pragma: no cover - CUDA only
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        quant = (
+            BitsAndBytesConfig(load_in_8bit=True)
+            if mode == "int8"
+            else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            setup.model_path, quantization_config=quant, device_map="cuda"
+        ).eval()
+        return setup.derive(f"bnb-{mode}", model=model)
+
+    return Recipe(
+        f"bnb-{mode}",
+        "model",
+        f"bitsandbytes {mode} weights at load time",
+        "transformers",
+        False,
+        True,
+        "quantization",
+        why_not,
+        apply,
+    )
+
+
+def prequantized(method: str = "gptq", checkpoint: str = "") -> Recipe:
+    if method not in ("gptq", "awq"):
+        raise ConfigError(f"method must be 'gptq' or 'awq', not {method!r}")
+    package = {"gptq": "gptqmodel", "awq": "awq"}[method]
+
+    def why_not(_: Setup) -> str | None:
+        if not checkpoint:
+            return (
+                f"{method.upper()} needs a pre-quantized checkpoint: set checkpoint = "
+                "'<dir or hub id>' for this recipe in the plan"
+            )
+        return _no_cuda() or _missing(package, package)
+
+    def apply(setup: Setup) -> Setup:  # pragma: no cover - CUDA only
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, device_map="cuda").eval()
+        return setup.derive(f"{method}:{checkpoint}", model=model)
+
+    return Recipe(
+        method,
+        "model",
+        f"pre-quantized {method.upper()} checkpoint",
+        "transformers",
+        False,
+        True,
+        "quantization",
+        why_not,
+        apply,
+    )
+
+
+# ---- system level -----------------------------------------------------------------------
+
+
+def attention(implementation: str = "sdpa") -> Recipe:
+    choices = ("eager", "sdpa", "flash_attention_2")
+    impl = "flash_attention_2" if implementation == "flash" else implementation
+    if impl not in choices:
+        raise ConfigError(f"implementation must be eager, sdpa or flash, not {implementation!r}")
+
+    def why_not(setup: Setup) -> str | None:
+        if impl == "flash_attention_2":
+            reason = _no_cuda() or _missing("flash_attn", "flash-attn")
+            if reason:
+                return f"flash attention {reason}"
+        if setup.model.config._attn_implementation == impl:
+            return f"the baseline already uses {impl} attention"
+        return None
+
+    def apply(setup: Setup) -> Setup:
+        def switch(model: Any) -> Any:
+            model.set_attn_implementation(impl)
+            return model
+
+        return _with_model(setup, f"attention-{implementation}", switch)
+
+    name = "attention-flash" if impl == "flash_attention_2" else f"attention-{impl}"
+    return Recipe(
+        name,
+        "system",
+        f"attention kernel: {impl}",
+        "transformers",
+        False,
+        True,
+        "attention",
+        why_not,
+        apply,
+    )
+
+
+def torch_compile(mode: str = "default") -> Recipe:
+    def why_not(_: Setup) -> str | None:
+        import shutil
+
+        if torch.cuda.is_available() or shutil.which("cc") or shutil.which("gcc"):
+            return None
+        return "torch.compile's CPU backend needs a C compiler (cc/gcc); none found"
+
+    def apply(setup: Setup) -> Setup:
+        def compile_model(model: Any) -> Any:
+            model.compile(dynamic=True, mode=None if mode == "default" else mode)
+            return model
+
+        return _with_model(setup, f"torch.compile({mode})", compile_model)
+
+    return Recipe(
+        "torch-compile",
+        "system",
+        f"torch.compile (inductor, mode {mode}, dynamic)",
+        "transformers",
+        False,
+        True,
+        "compile",
+        why_not,
+        apply,
+    )
+
+
+def tf32() -> Recipe:
+    def why_not(_: Setup) -> str | None:
+        if not torch.cuda.is_available():
+            return "TF32 is a CUDA (Ampere or newer) matmul mode; this machine has no CUDA"
+        return None
+
+    return Recipe(
+        "tf32",
+        "system",
+        "float32 matmuls in TF32 on CUDA",
+        "transformers",
+        False,
+        True,
+        "tf32",
+        why_not,
+        lambda s: s.derive("tf32", tf32=True),
+    )
+
+
+def cpu_threads(threads: int = 1) -> Recipe:
+    if threads < 1:
+        raise ConfigError(f"threads must be >= 1, not {threads}")
+
+    def why_not(setup: Setup) -> str | None:
+        current = setup.num_threads or torch.get_num_threads()
+        if current == threads:
+            return f"the baseline already uses {threads} thread(s)"
+        return None
+
+    return Recipe(
+        f"threads-{threads}",
+        "system",
+        f"torch intra-op threads = {threads}",
+        "transformers",
+        False,
+        True,
+        "threads",
+        why_not,
+        lambda s: s.derive(f"threads={threads}", num_threads=threads),
+    )
+
+
+# ---- engine level -----------------------------------------------------------------------
+
+
+def _engine_reason(**options: Any) -> str | None:
+    """Why the latlab engine cannot take these EngineConfig options (None when it can)."""
+    try:
+        from latlab.engine.config import EngineConfig
+    except ImportError as exc:
+        return f"the latlab engine is not importable here ({exc})"
+    try:
+        EngineConfig(**options)
+    except TypeError:
+        return f"the latlab engine has no setting {', '.join(options)}"
+    except ConfigError as exc:
+        return f"the latlab engine refuses it: {exc}"
+    return None
+
+
+def _engine_recipe(name: str, changes: str, group: str, exact: bool, **options: Any) -> Recipe:
+    def apply(setup: Setup) -> Setup:
+        return setup.derive(name, engine_options={**setup.engine_options, **options})
+
+    def why_not(setup: Setup) -> str | None:
+        if all(setup.engine_options.get(k, _MISSING) == v for k, v in options.items()):
+            return f"the baseline already has {options}"
+        return _engine_reason(**options)
+
+    return Recipe(name, "engine", changes, "engine", exact, False, group, why_not, apply)
+
+
+_MISSING = object()
+
+
+def static_batching() -> Recipe:
+    def apply(setup: Setup) -> Setup:
+        return setup.derive("static batching", static_batching=True)
+
+    return Recipe(
+        "static-batching",
+        "engine",
+        "requests admitted in fixed waves of max_num_seqs, each wave waits for the "
+        "slowest (vs continuous batching)",
+        "engine",
+        True,
+        False,
+        "batching",
+        lambda _: _engine_reason(),
+        apply,
+    )
+
+
+def max_num_seqs(value: int = 4) -> Recipe:
+    return _engine_recipe(
+        f"max-num-seqs-{value}",
+        f"at most {value} sequences per step",
+        "max_num_seqs",
+        True,
+        max_num_seqs=value,
+    )
+
+
+def chunked_prefill(tokens: int = 64) -> Recipe:
+    return _engine_recipe(
+        f"prefill-budget-{tokens}",
+        f"chunked-prefill budget: {tokens} tokens per step",
+        "prefill",
+        True,
+        max_num_batched_tokens=tokens,
+    )
+
+
+def prefix_caching(enabled: bool = False) -> Recipe:
+    state = "on" if enabled else "off"
+    return _engine_recipe(
+        f"prefix-caching-{state}",
+        f"prefix caching {state}",
+        "prefix",
+        True,
+        enable_prefix_caching=enabled,
+    )
+
+
+def kv_cache_dtype(dtype: str = "bfloat16") -> Recipe:
+    return _engine_recipe(
+        f"kv-cache-{dtype}", f"KV cache stored as {dtype}", "kv_dtype", False, kv_cache_dtype=dtype
+    )
+
+
+def prompt_lookup(num_draft_tokens: int = 8, max_ngram: int = 3) -> Recipe:
+    from latlab.optimize.generation import PromptLookupConfig
+
+    config = PromptLookupConfig(num_draft_tokens=num_draft_tokens, max_ngram=max_ngram)
+
+    def apply(setup: Setup) -> Setup:
+        return setup.derive(f"prompt lookup {config}", decode="prompt_lookup", prompt_lookup=config)
+
+    return Recipe(
+        "prompt-lookup",
+        "engine",
+        f"speculative decoding with n-gram drafts from the prompt ({num_draft_tokens} "
+        "draft tokens, verified in one pass; on the transformers loop: the latlab "
+        "engine has no speculative decoding)",
+        "transformers",
+        True,
+        False,
+        "speculation",
+        _always,
+        apply,
+    )
+
+
+# ---- request level ----------------------------------------------------------------------
+
+
+def response_cache() -> Recipe:
+    return Recipe(
+        "response-cache",
+        "request",
+        "exact-match cache of deterministic (greedy) responses: a repeated request "
+        "is answered from memory",
+        "transformers",
+        True,
+        False,
+        "response_cache",
+        _always,
+        lambda s: s.derive("response cache", response_cache=True),
+    )
+
+
+def prompt_trim(budget: int = 48) -> Recipe:
+    if budget < 1:
+        raise ConfigError(f"budget must be >= 1 token, not {budget}")
+    return Recipe(
+        f"prompt-trim-{budget}",
+        "request",
+        f"prompts cut to their last {budget} tokens (counted with the model's tokenizer)",
+        "transformers",
+        False,
+        False,
+        "trim",
+        _always,
+        lambda s: s.derive(f"prompt budget {budget}", prompt_token_budget=budget),
+    )
+
+
+def group_by_prefix() -> Recipe:
+    def why_not(setup: Setup) -> str | None:
+        if setup.engine_options.get("enable_prefix_caching") is False:
+            return "prefix caching is off in this setup, so grouping cannot help"
+        return _engine_reason()
+
+    return Recipe(
+        "group-by-prefix",
+        "request",
+        "requests sharing a prompt prefix sent together so prefix caching hits",
+        "engine",
+        True,
+        False,
+        "grouping",
+        why_not,
+        lambda s: s.derive("group by prefix", group_by_prefix=True),
+    )
+
+
+# name -> factory; plan files pass keyword options to the factory.
+RECIPES: dict[str, Callable[..., Recipe]] = {
+    "int8-weight-only": int8_weight_only,
+    "int4-weight-only": int4_weight_only,
+    "int8-dynamic-activation": int8_dynamic_activation,
+    "dtype-float32": lambda: dtype("float32"),
+    "dtype-bfloat16": lambda: dtype("bfloat16"),
+    "dtype-float16": lambda: dtype("float16"),
+    "bnb-int8": lambda: bitsandbytes("int8"),
+    "bnb-nf4": lambda: bitsandbytes("nf4"),
+    "gptq": lambda checkpoint="": prequantized("gptq", checkpoint),
+    "awq": lambda checkpoint="": prequantized("awq", checkpoint),
+    "attention-eager": lambda: attention("eager"),
+    "attention-sdpa": lambda: attention("sdpa"),
+    "attention-flash": lambda: attention("flash"),
+    "torch-compile": torch_compile,
+    "tf32": tf32,
+    "cpu-threads": cpu_threads,
+    "static-batching": static_batching,
+    "max-num-seqs": max_num_seqs,
+    "prefill-budget": chunked_prefill,
+    "prefix-caching": prefix_caching,
+    "kv-cache-dtype": kv_cache_dtype,
+    "prompt-lookup": prompt_lookup,
+    "response-cache": response_cache,
+    "prompt-trim": prompt_trim,
+    "group-by-prefix": group_by_prefix,
+}
+
+
+def recipe_options(name: str) -> list[str]:
+    """Keyword options a recipe accepts in a plan file."""
+    return list(inspect.signature(RECIPES[name]).parameters)
+
+
+def make_recipe(name: str, **options: Any) -> Recipe:
+    """Build a recipe by name; ConfigError naming the known recipes or the accepted options."""
+    import difflib
+
+    factory = RECIPES.get(name)
+    if factory is None:
+        close = difflib.get_close_matches(name, RECIPES, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(
+            f"unknown recipe {name!r}{hint}; known recipes: {', '.join(sorted(RECIPES))}"
+        )
+    accepted = recipe_options(name)
+    unknown = [key for key in options if key not in accepted]
+    if unknown:
+        raise ConfigError(
+            f"recipe {name!r} has no option {unknown[0]!r}; it accepts: "
+            f"{', '.join(accepted) or 'no options'}"
+        )
+    return factory(**options)

@@ -1,0 +1,214 @@
+"""The lab on a tiny random model: quality gate, crash handling, noise rule, written report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from latlab.optimize.lab import Lab, Measurement, Trial, read_quality_text, run_lab
+from latlab.optimize.plan_file import plan_from_dict
+from latlab.optimize.recipes import Recipe, make_recipe
+from latlab.optimize.report import write_report
+
+SMALL = {
+    "threads": 1,
+    "repeats": 3,
+    "warmup": 1,
+    "workload": {
+        "num_requests": 3,
+        "prompt_len": 16,
+        "shared_prefix_len": 8,
+        "output_len": 4,
+        "concurrency": 2,
+    },
+    "quality": {"windows": 2, "window_tokens": 32},
+}
+
+
+def _plan(recipes):
+    return plan_from_dict({**SMALL, "recipes": recipes})
+
+
+def _noisy_weights(scale: float) -> Recipe:
+    """A deliberately damaged model: Gaussian noise on every weight."""
+
+    def apply(setup):
+        import copy
+
+        model = copy.deepcopy(setup.model)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * scale * p.abs().mean())
+        return setup.derive("noise", model=model)
+
+    return Recipe(
+        "noisy-weights",
+        "model",
+        "weights + noise",
+        "transformers",
+        False,
+        True,
+        "noise",
+        lambda s: None,
+        apply,
+    )
+
+
+def _crashing() -> Recipe:
+    def apply(setup):
+        raise RuntimeError("kernel exploded")
+
+    return Recipe(
+        "crash",
+        "model",
+        "always fails",
+        "transformers",
+        False,
+        True,
+        "crash",
+        lambda s: None,
+        apply,
+    )
+
+
+@pytest.fixture(scope="module")
+def lab(tiny_model_dir, heldout_file):
+    text = read_quality_text(str(tiny_model_dir), str(heldout_file))
+    lab = Lab(_plan(["response-cache"]), str(tiny_model_dir), text)
+    yield lab
+    lab.close()
+
+
+def test_gate_rejects_damaged_model_and_accepts_exact_recipe(lab):
+    trials = lab.run([_noisy_weights(0.5), make_recipe("response-cache")])
+    noisy, cache = trials[0], trials[1]
+    assert noisy.verdict == "reject" and noisy.reason.startswith("quality:")
+    assert not noisy.quality.passed
+    assert noisy.quality.logits.top1_agreement < 0.98
+    assert noisy.quality.logits.mean_kl > 0.01
+    assert cache.quality.passed and cache.quality.exact_required
+    assert cache.quality.greedy_match_rate == 1.0
+    assert cache.quality.reason == "greedy outputs identical"
+    assert cache.verdict in ("adopt", "reject") and len(cache.candidate.reps) == 3
+
+
+def test_crashing_recipe_is_recorded_and_the_lab_continues(lab):
+    trials = lab.run([_crashing(), make_recipe("prompt-lookup"), make_recipe("tf32")])
+    assert trials[0].verdict == "failed"
+    assert trials[0].error == "RuntimeError: kernel exploded"
+    assert "kernel exploded" in trials[0].reason
+    assert trials[1].verdict in ("adopt", "reject")  # measured after the crash
+    assert trials[1].quality.greedy_match_rate == 1.0  # prompt lookup keeps greedy output
+    if not torch.cuda.is_available():
+        assert trials[2].verdict == "skip" and "CUDA" in trials[2].reason
+
+
+def _trial(base, cand, memory=(100, 100)):
+    trial = Trial("x", "system", "transformers", "x", True)
+    trial.baseline = Measurement([dict(zip(_KEYS, v, strict=True)) for v in base], memory[0])
+    trial.candidate = Measurement([dict(zip(_KEYS, v, strict=True)) for v in cand], memory[1])
+    return trial
+
+
+_KEYS = ("ttft_ms_p50", "itl_ms_p50", "output_tokens_per_s")
+
+
+def test_noise_rule_does_not_adopt_a_change_inside_the_spread():
+    fake = SimpleNamespace(plan=_plan(["tf32"]))
+    # Candidate 5% faster on every median, but the baseline repetitions spread by 20%.
+    base = [(100, 10, 100), (90, 9, 90), (110, 11, 110)]
+    cand = [(95, 9.5, 105), (86, 8.6, 95), (104, 10.4, 115)]
+    trial = _trial(base, cand)
+    Lab._verdict(fake, trial)
+    assert trial.verdict == "reject" and "no change beyond the spread" in trial.reason
+    # The same repetitions shifted 40% faster do count.
+    fast = [(60, 6, 160), (58, 5.8, 158), (62, 6.2, 162)]
+    trial = _trial(base, fast)
+    Lab._verdict(fake, trial)
+    assert trial.verdict == "adopt" and "ttft -40.0%" in trial.reason
+
+
+def test_a_worse_figure_rejects_despite_gains():
+    fake = SimpleNamespace(plan=_plan(["tf32"]))
+    base = [(100, 10, 100)] * 3
+    trial = _trial(base, [(100, 20, 60)] * 3, memory=(100, 25))
+    Lab._verdict(fake, trial)
+    assert trial.verdict == "reject"
+    assert "worse: itl +100.0%" in trial.reason and "better: memory -75.0%" in trial.reason
+
+
+@pytest.mark.slow
+def test_end_to_end_cli_writes_table_record_and_json(tiny_model_dir, heldout_file, tmp_path):
+    from latlab.cli import main
+    from latlab.cli import optimize as _  # noqa: F401  registers the verb
+
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        'threads = 1\nrecipes = ["response-cache", "tf32", {name = "max-num-seqs", value = 1}]\n'
+        "[workload]\nnum_requests = 3\nprompt_len = 16\nshared_prefix_len = 8\noutput_len = 4\n"
+        "[quality]\nwindows = 2\nwindow_tokens = 32\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        main,
+        [
+            "optimize",
+            str(tiny_model_dir),
+            "--plan",
+            str(plan),
+            "--quality-text",
+            str(heldout_file),
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "| recipe | level | TTFT | ITL | throughput | memory |" in result.output
+    table = (out / "table.md").read_text()
+    assert "response-cache" in table and "tf32" in table and "max-num-seqs-1" in table
+    record = (out / "decision.md").read_text()
+    for heading in (
+        "## Environment",
+        "## What was tried, in order",
+        "## Adopted",
+        "## Strategy table",
+        "## Reproduce",
+    ):
+        assert heading in record
+    assert f"--plan {out / 'plan.toml'}" in record
+    data = json.loads((out / "result.json").read_text())
+    assert data["kind"] == "latlab.optimize" and data["schema_version"] == 1
+    assert [t["name"] for t in data["trials"]][:3] == ["response-cache", "tf32", "max-num-seqs-1"]
+    assert set(data["baselines"]) == {"transformers", "engine"}
+    assert len(data["trials"][0]["candidate"]["reps"]) == 3
+    # The written plan reads back.
+    from latlab.optimize.plan_file import load_plan
+
+    assert [r.name for r in load_plan(out / "plan.toml").recipes] == [
+        "response-cache",
+        "tf32",
+        "max-num-seqs",
+    ]
+
+
+def test_report_from_run_lab(tiny_model_dir, heldout_file, tmp_path):
+    result = run_lab(_plan(["tf32", "gptq"]), str(tiny_model_dir), str(heldout_file))
+    assert [t.verdict for t in result.trials] == ["skip", "skip"] or torch.cuda.is_available()
+    paths = write_report(result, tmp_path / "out")
+    assert "pre-quantized checkpoint" in Path(paths["table"]).read_text()
+
+
+def test_missing_heldout_text_says_what_to_do(tiny_model_dir, tmp_path):
+    from latlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--quality-text"):
+        read_quality_text(str(tiny_model_dir), None)
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_quality_text(str(tiny_model_dir), str(tmp_path / "nope.txt"))
