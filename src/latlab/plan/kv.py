@@ -207,7 +207,8 @@ def layer_blocks_for_context(context_len: int, window: int | None, block_size: i
 
     A sliding layer attends to the current token and the ``window - 1`` before it; those
     tokens straddle at most ``ceil((window - 1) / block_size) + 1`` blocks, since the window
-    rarely starts on a block boundary (vLLM allocates the same). Never more than the full
+    rarely starts on a block boundary (engines free blocks that fall wholly out of the
+    window). Never more than the full
     sequence needs.
     """
     full = blocks_for_tokens(context_len, block_size)
