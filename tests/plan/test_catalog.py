@@ -163,3 +163,13 @@ def test_format_bytes():
     assert format_bytes(131_072) == "128.00 KiB"
     assert format_bytes(512) == "512 B"
     assert format_bytes(2**30) == "1.00 GiB"
+
+
+def test_hub_id_maps_to_the_catalog_entry():
+    assert resolve_model("meta-llama/Llama-3.1-8B").name == "Llama-3.1-8B"
+
+
+def test_unknown_hub_id_says_the_planner_does_not_download():
+    with pytest.raises(ConfigError, match="does not download") as exc:
+        resolve_model("mistralai/Mixtral-8x7B-v0.1")
+    assert "Mixtral-8x7B" in str(exc.value)

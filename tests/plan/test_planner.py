@@ -123,6 +123,8 @@ def test_context_beyond_the_model_limit_is_a_warning():
         ({"kv_dtype": "int2"}, "KV dtype"),
         ({"kv_scales": "row"}, "scale"),
         ({"memory": "lots"}, "memory size"),
+        ({"context": 0}, "context"),
+        ({"concurrency": -1}, "concurrency"),
     ],
 )
 def test_bad_arguments(kwargs, match):

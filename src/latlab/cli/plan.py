@@ -60,8 +60,15 @@ _KV_DTYPES = ["auto", "fp32", "bf16", "fp16", "fp8", "fp8_e4m3", "fp8_e5m2", "in
     show_default=True,
     help="Scales of a quantized cache: per tensor (vLLM fp8) or per token and head (LMDeploy).",
 )
-@click.option("--context", type=int, default=None, help="Tokens per sequence (prompt + output).")
-@click.option("--concurrency", type=int, default=None, help="Concurrent sequences to fit.")
+@click.option(
+    "--context",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tokens per sequence (prompt + output).",
+)
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), default=None, help="Concurrent sequences to fit."
+)
 @click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--block-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")

@@ -139,6 +139,19 @@ def resolve_model(model: str | os.PathLike[str] | Mapping[str, Any]) -> ModelSpe
         return ModelSpec(path.name, read_config_file(config_path), str(config_path))
     if path.is_file():
         return ModelSpec(path.parent.name or path.stem, read_config_file(path), str(path))
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        return _hub_id(text)
     if _looks_like_path(text):
         raise ConfigError(f"model path {text!r} does not exist")
     return get_catalog_model(text)
+
+
+def _hub_id(text: str) -> ModelSpec:
+    """'meta-llama/Llama-3.1-8B': the catalog entry of that name (the planner never downloads)."""
+    try:
+        return get_catalog_model(text.split("/")[1])
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{text!r} is not a local path and latlab plan does not download configs; pass a "
+            f"config.json or a model dir, or a catalog name ({exc})"
+        ) from None

@@ -119,6 +119,9 @@ def plan_memory(
     ``reserve``. ``kv_dtype="auto"`` caches in the weight dtype (bf16 for quantized weights).
     Raises ConfigError for bad input and CapacityError when a request cannot fit.
     """
+    for name, value in (("context", context), ("concurrency", concurrency)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
     spec = resolve_model(model)
     config = spec.config
     check_tensor_parallel(config, tp)
