@@ -69,8 +69,20 @@ _KV_DTYPES = ["auto", "fp32", "bf16", "fp16", "fp8", "fp8_e4m3", "fp8_e5m2", "in
 @click.option(
     "--concurrency", type=click.IntRange(min=1), default=None, help="Concurrent sequences to fit."
 )
-@click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--block-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--tp",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Tensor-parallel ranks: weights and KV heads split across them.",
+)
+@click.option(
+    "--block-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Tokens per KV block (our engine and vLLM on GPU: 16; vLLM CPU: 128).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--explain", is_flag=True, help="Print each formula with the numbers filled in.")
 @click.option("--list", "list_catalog", is_flag=True, help="List catalog models and devices.")
