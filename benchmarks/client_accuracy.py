@@ -290,6 +290,17 @@ def parse_requests(spec: str | None, levels: list[int]) -> dict[int, int]:
     return counts
 
 
+def latlab_revision() -> dict:
+    """Which latlab client was measured: HEAD and whether the bench files differ from it."""
+
+    def git(*a: str) -> str:
+        res = subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True)
+        return res.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "src/latlab/bench", "src/latlab/metrics.py")
+    return {"head": git("rev-parse", "--short", "HEAD"), "bench_files_uncommitted": dirty}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--levels", default="1,64,256")
@@ -334,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
                     "loadavg_start": load0, "loadavg_end": os.getloadavg(),
                     "note": "2 cores shared with the stub server and other engineers' jobs"},
+        "latlab_revision": latlab_revision(),
         "command": " ".join(["benchmarks/client_accuracy.py", *(argv or sys.argv[1:])]),
         "startup_baselines": {t: asdict(b) for t, b in baselines.items()},
         "medians": medians(runs),
