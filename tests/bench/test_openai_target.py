@@ -38,9 +38,10 @@ def test_ttft_and_itl_medians_within_2ms_of_the_stub_at_concurrency_1():
     pytest.fail(f"TTFT / ITL / chunk-gap p50 off by more than 2 ms in every repeat: {misses}")
 
 
-def test_multi_token_chunks_are_counted_and_itl_divides_the_gap():
+@pytest.mark.parametrize("transport", ["raw", "httpx"])
+def test_multi_token_chunks_are_counted_and_itl_divides_the_gap(transport):
     with StubServer(ttft_s=0.01, itl_s=0.012, tokens_per_chunk=3, chunks=6) as url:
-        level = bench(url, n=3)
+        level = bench(url, n=3, target_kw={"transport": transport})
     s = level.summary
     assert s.output_tokens == 3 * 18
     assert s.tokens_per_chunk == {3: 18}
@@ -59,9 +60,10 @@ def test_chat_role_only_first_chunk_does_not_count_as_ttft():
     assert level.summary.ttft_ms.min >= 38.0
 
 
-def test_non_streaming_ttft_equals_e2e():
+@pytest.mark.parametrize("transport", ["raw", "httpx"])
+def test_non_streaming_ttft_equals_e2e(transport):
     with StubServer(ttft_s=0.02, itl_s=0.001, chunks=4) as url:
-        level = bench(url, n=2, stream=False)
+        level = bench(url, n=2, stream=False, target_kw={"transport": transport})
     r = level.records[0]
     assert r.ok and r.ttft_ns == r.e2e_ns - (r.end_ns - r.chunk_ns[0])
     assert r.output_tokens == 4 and r.output_tokens_source == "usage"
@@ -92,9 +94,10 @@ def test_token_count_source_rule():
     [("500", "http_500"), ("429", "http_429"), ("reset", "connection_reset"),
      ("malformed", "malformed_sse"), ("no_done", "no_done"), ("hang", "timeout")],
 )  # fmt: skip
-def test_each_fault_fails_its_request_with_a_reason_and_the_run_continues(fault, reason):
+@pytest.mark.parametrize("transport", ["raw", "httpx"])
+def test_each_fault_fails_its_request_with_a_reason_and_the_run_continues(fault, reason, transport):
     with StubServer(ttft_s=0.0, itl_s=0.001, chunks=4, fault=fault, fault_every=2) as url:
-        level = bench(url, n=4, target_kw={"timeout_s": 0.5})
+        level = bench(url, n=4, target_kw={"timeout_s": 0.5, "transport": transport})
     s = level.summary
     assert (s.completed, s.failed) == (2, 2)
     assert s.errors == {reason: 2}
@@ -137,6 +140,16 @@ def test_model_defaults_to_the_first_served_one_and_one_client_is_pooled(monkeyp
 def test_url_forms(url, base, endpoint):
     t = OpenAITarget(url)
     assert t.base == base and t.endpoint == base + endpoint
+
+
+def test_transport_choice():
+    assert OpenAITarget("http://h:1").transport == "raw"
+    assert OpenAITarget("https://h:1").transport == "httpx"
+    assert OpenAITarget("http://h:1", transport="httpx").transport == "httpx"
+    with pytest.raises(TargetError, match="http:// only"):
+        OpenAITarget("https://h", transport="raw")
+    with pytest.raises(TargetError, match="transport"):
+        OpenAITarget("http://h", transport="carrier-pigeon")
 
 
 def test_bad_url_and_api():

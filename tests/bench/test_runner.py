@@ -220,3 +220,10 @@ def test_runner_cycles_prompts_when_it_needs_more():
     runner = Runner(CallableTarget(fn), reqs, None, num_requests=5)
     asyncio.run(runner.run_level({"concurrency": 1}))
     assert seen == ["a", "b", "a", "b", "a"]
+
+
+def test_plain_asyncio_loop_works_and_bad_loop_names_are_refused():
+    res = run_bench(cfg(num_requests=3), CallableTarget(make_stream()), False, loop="asyncio")
+    assert res.levels[0].summary.completed == 3
+    with pytest.raises(ConfigError, match="loop"):
+        run_bench(cfg(), CallableTarget(make_stream()), False, loop="trio")

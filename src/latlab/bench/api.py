@@ -158,9 +158,34 @@ async def arun_bench(
     return result
 
 
-def run_bench(config: BenchConfig, target: Any, progress: bool | Progress = True) -> BenchResult:
-    """Run every load level of ``config`` against ``target``; Ctrl-C stops and keeps results."""
-    return asyncio.run(arun_bench(config, target, progress))
+def run_bench(
+    config: BenchConfig, target: Any, progress: bool | Progress = True, loop: str = "auto"
+) -> BenchResult:
+    """Run every load level of ``config`` against ``target``; Ctrl-C stops and keeps results.
+
+    ``loop``: "auto" uses uvloop when it is installed (its C event loop costs the client a
+    fraction of asyncio's CPU per streamed chunk), "uvloop" requires it, "asyncio" never uses it.
+    """
+    factory = _loop_factory(loop)
+    coro = arun_bench(config, target, progress)
+    if factory is None:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+def _loop_factory(loop: str) -> Any:
+    if loop not in ("auto", "uvloop", "asyncio"):
+        raise ConfigError(f"loop must be auto, uvloop or asyncio, not {loop!r}")
+    if loop == "asyncio" or not hasattr(asyncio, "Runner"):  # Runner: Python 3.11+
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if loop == "uvloop":
+            raise ConfigError("uvloop is not installed: pip install 'latlab[bench]'") from None
+        return None
+    return uvloop.new_event_loop
 
 
 @contextlib.contextmanager

@@ -220,9 +220,9 @@ class Runner:
                 if self.stopped:
                     return
                 intended = t0 + int(off * 1e9)
-                delay = (intended - time.perf_counter_ns()) / 1e9
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                # loop: event-loop timers (uvloop's are whole ms) may wake a little early
+                while (delay := intended - time.perf_counter_ns()) > 0:
+                    await asyncio.sleep(delay / 1e9)
                 if self.stopped:
                     return
                 rec = RequestRecord(request_id=f"{prefix}-{i}", intended_send_ns=intended)

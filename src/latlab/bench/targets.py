@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from latlab.bench.rawhttp import HTTPStreamError, RawHTTPPool
 from latlab.bench.sse import split_events
 from latlab.errors import TargetError
 from latlab.metrics import RequestRecord, distribute_tokens
@@ -100,6 +101,7 @@ class OpenAITarget:
         tokenizer: Any | None = None,
         timeout_s: float = 300.0,
         connect_timeout_s: float = 10.0,
+        transport: str = "auto",
     ) -> None:
         if api not in ("completions", "chat"):
             raise TargetError(f"--api must be 'completions' or 'chat', not {api!r}")
@@ -113,7 +115,22 @@ class OpenAITarget:
         self.tokenizer = tokenizer
         self.name = f"{url} ({api})"
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self.timeout_s = timeout_s
         self._client: httpx.AsyncClient | None = None
+        self._raw_headers: tuple[str, dict[str, str]] | None = None
+        self._raw = self._raw_pool(transport, connect_timeout_s)
+        self.transport = "raw" if self._raw is not None else "httpx"
+
+    def _raw_pool(self, transport: str, connect_timeout_s: float) -> RawHTTPPool | None:
+        """The light client for plain http:// (the default); httpx for https or on request."""
+        if transport not in ("auto", "raw", "httpx"):
+            raise TargetError(f"transport must be auto, raw or httpx, not {transport!r}")
+        url = httpx.URL(self.endpoint)
+        if transport == "httpx" or url.scheme != "http":
+            if transport == "raw":
+                raise TargetError("the raw transport speaks plain http:// only; use httpx")
+            return None
+        return RawHTTPPool(url.host, url.port or 80, connect_timeout_s)
 
     def _headers(self) -> dict[str, str]:
         h = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -170,6 +187,38 @@ class OpenAITarget:
     async def run(self, req: BenchRequest, rec: RequestRecord, opts: GenOptions) -> None:
         content = self._payload(req, opts)
         reads: list[tuple[int, bytes]] = []
+        if self._raw is not None:
+            if not await self._run_raw(self._raw, content, reads, rec):
+                return
+        elif not await self._run_httpx(content, reads, rec):
+            return
+        if opts.stream:
+            self._parse_stream(reads, rec, req)
+        else:
+            self._parse_whole(reads, rec, req)
+
+    async def _run_raw(
+        self, pool: RawHTTPPool, content: bytes, reads: list[tuple[int, bytes]], rec: RequestRecord
+    ) -> bool:
+        if self._raw_headers is None:
+            path = httpx.URL(self.endpoint).raw_path.decode("ascii")
+            self._raw_headers = (path, self._headers())
+        path, headers = self._raw_headers
+        rec.send_ns = time.perf_counter_ns()
+        try:
+            status, rec.end_ns = await pool.post(path, content, headers, reads, self.timeout_s)
+        except HTTPStreamError as exc:
+            _fail(rec, exc.reason, str(exc))
+            return False
+        if status != 200:
+            body = b"".join(d for _, d in reads)
+            _fail(rec, f"http_{status}", body.decode("utf-8", "replace"))
+            return False
+        return True
+
+    async def _run_httpx(
+        self, content: bytes, reads: list[tuple[int, bytes]], rec: RequestRecord
+    ) -> bool:
         now = time.perf_counter_ns
         rec.send_ns = now()
         try:
@@ -177,27 +226,24 @@ class OpenAITarget:
                 if resp.status_code != 200:
                     body = await resp.aread()
                     _fail(rec, f"http_{resp.status_code}", body.decode("utf-8", "replace"))
-                    return
+                    return False
                 append = reads.append
                 async for data in resp.aiter_bytes():  # hot loop: timestamp and store only
                     append((now(), data))
                 rec.end_ns = now()
         except httpx.TimeoutException as exc:
             _fail(rec, "timeout", exc)
-            return
+            return False
         except httpx.ConnectError as exc:
             _fail(rec, "connect_error", exc)
-            return
+            return False
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             _fail(rec, "connection_reset" if reads else "connection_error", exc)
-            return
+            return False
         except httpx.HTTPError as exc:
             _fail(rec, "http_error", exc)
-            return
-        if opts.stream:
-            self._parse_stream(reads, rec, req)
-        else:
-            self._parse_whole(reads, rec, req)
+            return False
+        return True
 
     # -- after the stream: parse, count tokens (never inside the receive loop)
     def _parse_stream(
@@ -270,6 +316,8 @@ class OpenAITarget:
         rec.prompt_tokens = prompt_used if isinstance(prompt_used, int) else req.prompt_tokens
 
     async def aclose(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
         if self._client is not None:
             await self._client.aclose()
             self._client = None

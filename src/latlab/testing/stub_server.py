@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import socket
@@ -197,7 +198,7 @@ class _Handler:
         if fault == "hang":
             await asyncio.sleep(3600)
             return False
-        text = _WORD * k
+        mid, last_chunk = _content_frames(chat, k)  # built once: the stub must stay light
         for i in range(n_chunks):
             await _sleep_until(t_read + int((cfg.ttft_s + i * cfg.itl_s) * 1e9))
             if fault in ("reset", "malformed") and i == cfg.fault_after_chunks:
@@ -207,13 +208,7 @@ class _Handler:
                     continue
                 _abort(w)
                 return False
-            last = i == n_chunks - 1
-            if chat:
-                choice = {"index": 0, "delta": {"content": text},
-                          "finish_reason": "length" if last else None}  # fmt: skip
-            else:
-                choice = {"index": 0, "text": text, "finish_reason": "length" if last else None}
-            self._event(w, {"id": "s", "object": obj_name, "choices": [choice]})
+            w.write(last_chunk if i == n_chunks - 1 else mid)
             await w.drain()
             if i == 0:
                 self.srv.record_first_chunk((time.perf_counter_ns() - t_read) / 1e6)
@@ -236,6 +231,31 @@ class _Handler:
     @staticmethod
     def _raw_event(w: asyncio.StreamWriter, data: bytes) -> None:
         w.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+
+@functools.lru_cache(maxsize=64)
+def _content_frames(chat: bool, k: int) -> tuple[bytes, bytes]:
+    """Chunked-encoding frames of a middle and of the last content chunk."""
+    frames = []
+    for finish in (None, "length"):
+        if chat:
+            choice = {"index": 0, "delta": {"content": _WORD * k}, "finish_reason": finish}
+            obj = {"id": "s", "object": "chat.completion.chunk", "choices": [choice]}
+        else:
+            choice = {"index": 0, "text": _WORD * k, "finish_reason": finish}
+            obj = {"id": "s", "object": "text_completion", "choices": [choice]}
+        data = b"data: " + _json_bytes(obj) + b"\n\n"
+        frames.append(b"%x\r\n%s\r\n" % (len(data), data))
+    return frames[0], frames[1]
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed: the stub must not be the bottleneck of what it measures."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def _abort(w: asyncio.StreamWriter) -> None:
@@ -315,7 +335,7 @@ class StubServer:
         self.port = self._server.sockets[0].getsockname()[1]
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = _new_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
         loop.run_until_complete(self._start())

@@ -1,0 +1,104 @@
+"""How truthful and how light is latlab's HTTP client? Figures against the server's own clock.
+
+Starts the deterministic stub server in its own process (TTFT 50 ms, then 64 one-token chunks
+10 ms apart), runs latlab's OpenAI client against it at several concurrencies, and prints for
+each: the client's TTFT p50/p99, the server's own read-to-first-chunk time p50/p99 in the same
+run (the anchor), the difference, the client's ITL and chunk-gap p50, and the client's CPU
+seconds per 1,000 streamed tokens. Each level is repeated; medians of the repeats are shown.
+
+    .venv/bin/python benchmarks/client_overhead.py [--concurrency 1,64,256] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+from latlab.bench import BenchConfig, OpenAITarget, run_bench
+from latlab.metrics import Stats
+
+
+def start_stub(ttft_ms: float, itl_ms: float, chunks: int) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "latlab.testing.stub_server", "--port", "0",
+           "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms), "--chunks", str(chunks)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if "ready at" not in line:
+        proc.kill()
+        raise SystemExit(f"stub server did not start: {line!r}")
+    return proc, line.split(" at ")[1].strip()
+
+
+def stub_call(url: str, path: str, method: str = "GET") -> dict:
+    req = urllib.request.Request(url.removesuffix("/v1") + path, method=method)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def one_run(url: str, c: int, n: int, chunks: int) -> dict:
+    stub_call(url, "/stub/reset", "POST")
+    config = BenchConfig(concurrency=[c], num_requests=n, warmup=0, input_len="32",
+                         output_len=str(chunks))  # fmt: skip
+    cpu0 = cpu_s()
+    level = run_bench(config, OpenAITarget(url), progress=False).levels[0]
+    used = cpu_s() - cpu0
+    server = Stats.of(stub_call(url, "/stub/stats")["first_chunk_ms"])
+    s = level.summary
+    return {
+        "ttft_p50": s.ttft_ms.p50, "ttft_p99": s.ttft_ms.p99,
+        "server_p50": server.p50, "server_p99": server.p99,
+        "itl_p50": s.itl_ms.p50, "gap_p50": s.chunk_gap_ms.p50,
+        "cpu_per_1k": used / s.output_tokens * 1000 if s.output_tokens else float("nan"),
+        "loop_lag_p90": level.client.loop_lag_ms.p90 or 0.0,
+        "bound": level.client.client_bound, "failed": s.failed,
+    }  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--concurrency", default="1,64,256")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--requests-per-user", type=int, default=3)
+    p.add_argument("--ttft-ms", type=float, default=50.0)
+    p.add_argument("--itl-ms", type=float, default=10.0)
+    p.add_argument("--chunks", type=int, default=64)
+    a = p.parse_args()
+    proc, url = start_stub(a.ttft_ms, a.itl_ms, a.chunks)
+    print(f"stub: {url} TTFT {a.ttft_ms:g} ms, {a.chunks} chunks {a.itl_ms:g} ms apart; "
+          f"{os.cpu_count()} cores; client and server share them")  # fmt: skip
+    hdr = ("streams", "TTFT p50", "p99", "server p50", "p99", "diff p50", "ITL p50", "gap p50",
+           "CPU s/1k tok", "loop lag p90", "bound")  # fmt: skip
+    print(" | ".join(hdr))
+    try:
+        run_bench  # noqa: B018  (warm the import and the connection path once)
+        one_run(url, 1, 2, a.chunks)
+        for c in (int(x) for x in a.concurrency.split(",")):
+            n = max(10, c * a.requests_per_user)
+            runs = [one_run(url, c, n, a.chunks) for _ in range(a.repeats)]
+            med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "bound"}
+            bound = sum(r["bound"] for r in runs)
+            print(f"{c} | {med['ttft_p50']:.1f} | {med['ttft_p99']:.1f} | "
+                  f"{med['server_p50']:.1f} | {med['server_p99']:.1f} | "
+                  f"{med['ttft_p50'] - med['server_p50']:+.1f} | {med['itl_p50']:.2f} | "
+                  f"{med['gap_p50']:.2f} | {med['cpu_per_1k']:.3f} | {med['loop_lag_p90']:.1f} | "
+                  f"{bound}/{len(runs)}", flush=True)  # fmt: skip
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()
