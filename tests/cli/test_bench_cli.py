@@ -103,3 +103,18 @@ def test_no_argument_run_benchmarks_the_bundled_model_in_process(tmp_path):
     out = latlab(*args, timeout=170)
     assert out.returncode == 0, out.stderr
     assert "concurrency 1" in out.stdout and "concurrency 4" in out.stdout
+
+
+@pytest.mark.slow
+def test_backend_latlab_runs_the_engine_in_process(tmp_path):
+    pytest.importorskip("latlab.engine")
+    from latlab.random_model import save_random_llama
+
+    model = save_random_llama(tmp_path / "m")
+    out = latlab("bench", "--backend", "latlab", "--model", str(model), "--concurrency", "2",
+                 "--num-requests", "3", "--output-len", "5", "--json", str(tmp_path / "r.json"),
+                 timeout=170)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert d["target"]["name"].startswith("latlab-engine")
+    assert d["levels"][0]["summary"]["output_tokens"] == 15

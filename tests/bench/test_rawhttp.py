@@ -1,0 +1,105 @@
+"""The raw HTTP/1.1 client: framing split at awkward places, keep-alive, close, errors."""
+
+import asyncio
+
+import pytest
+
+from latlab.bench.rawhttp import HTTPStreamError, RawHTTPPool
+
+
+def serve(responses, pause_s=0.0):
+    """A loopback server writing the given raw response pieces (one list per request)."""
+    state = {"conns": 0}
+
+    async def handle(reader, writer):
+        state["conns"] += 1
+        for pieces in responses:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            for piece in pieces:
+                if piece is None:
+                    writer.close()
+                    return
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(pause_s)
+        writer.close()
+
+    return handle, state
+
+
+async def _post(handler, n=1, timeout_s=2.0):
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = RawHTTPPool("127.0.0.1", port)
+    out = []
+    try:
+        for _ in range(n):
+            reads = []
+            status, _ = await pool.post("/v1/completions", b"{}", {}, reads, timeout_s)
+            out.append((status, b"".join(d for _, d in reads), len(reads)))
+    finally:
+        pool.close()
+        server.close()
+    return out
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_chunked_body_split_at_every_awkward_place_and_keep_alive():
+    body = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    whole = CHUNKED + body
+    pieces = [whole[i : i + 3] for i in range(0, len(whole), 3)]  # 3-byte reads
+    handler, state = serve([pieces, [whole]], pause_s=0.001)
+    got = asyncio.run(_post(handler, n=2))
+    assert [g[:2] for g in got] == [(200, b"hello world"), (200, b"hello world")]
+    assert state["conns"] == 1  # the second request reused the connection
+
+
+def test_each_read_gets_its_own_timestamp():
+    first, second = CHUNKED + b"2\r\nab\r\n", b"2\r\ncd\r\n0\r\n\r\n"
+    handler, _ = serve([[first, second]], pause_s=0.02)
+    status, body, n_reads = asyncio.run(_post(handler))[0]
+    assert (status, body, n_reads) == (200, b"abcd", 2)
+
+
+def test_content_length_and_read_to_close_bodies():
+    handler, _ = serve([[b"HTTP/1.1 429 Too Many\r\nContent-Length: 4\r\n\r\nslow"]])
+    assert asyncio.run(_post(handler))[0][:2] == (429, b"slow")
+    handler, _ = serve([[b"HTTP/1.0 200 OK\r\n\r\nall of it", None]])
+    assert asyncio.run(_post(handler))[0][:2] == (200, b"all of it")
+
+
+@pytest.mark.parametrize(
+    ("pieces", "reason"),
+    [([CHUNKED + b"5\r\nhel", None], "connection_reset"),
+     ([None], "connection_error"),
+     ([b"garbage\r\n\r\n"], "malformed_http"),
+     ([CHUNKED + b"zz\r\n"], "malformed_http")],
+)  # fmt: skip
+def test_broken_responses_raise_with_a_reason(pieces, reason):
+    handler, _ = serve([pieces])
+    with pytest.raises(HTTPStreamError) as exc:
+        asyncio.run(_post(handler))
+    assert exc.value.reason == reason
+
+
+def test_idle_timeout_and_connect_error():
+    handler, _ = serve([[CHUNKED + b"1\r\na\r\n"]], pause_s=5)
+    with pytest.raises(HTTPStreamError) as exc:
+        asyncio.run(_post(handler, timeout_s=0.2))
+    assert exc.value.reason == "timeout"
+
+    async def dead():
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()
+        await RawHTTPPool("127.0.0.1", port).post("/", b"", {}, [], 1.0)
+
+    with pytest.raises(HTTPStreamError) as exc:
+        asyncio.run(dead())
+    assert exc.value.reason == "connect_error"
