@@ -212,3 +212,10 @@ def test_missing_heldout_text_says_what_to_do(tiny_model_dir, tmp_path):
         read_quality_text(str(tiny_model_dir), None)
     with pytest.raises(ConfigError, match="does not exist"):
         read_quality_text(str(tiny_model_dir), str(tmp_path / "nope.txt"))
+
+
+def test_time_budget_skips_the_rest(tiny_model_dir, heldout_file):
+    plan = plan_from_dict({**SMALL, "time_budget_s": 0.001, "recipes": ["response-cache"]})
+    result = run_lab(plan, str(tiny_model_dir), str(heldout_file))
+    assert result.trials[0].verdict == "skip"
+    assert "time budget spent" in result.trials[0].reason

@@ -42,6 +42,13 @@ from latlab.cli import main
     default=None,
     help="Held-out text for the quality gate [default: the model's heldout.txt].",
 )
+@click.option(
+    "--time-budget",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds after which no new trial starts; 0 = no limit "
+    "[default: the plan's; 540 for the built-in plan].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full JSON result on stdout.")
 def optimize(
     model: str | None,
@@ -49,6 +56,7 @@ def optimize(
     out_dir: str | None,
     repeats: int | None,
     quality_text: str | None,
+    time_budget: float | None,
     as_json: bool,
 ) -> None:
     """Apply latency recipes one at a time to MODEL, measure each against the baseline,
@@ -63,6 +71,8 @@ def optimize(
     plan = load_plan(plan_path) if plan_path else default_plan()
     if repeats is not None:
         plan = dataclasses.replace(plan, repeats=repeats)
+    if time_budget is not None:
+        plan = dataclasses.replace(plan, time_budget_s=time_budget or None)
     out = Path(out_dir) if out_dir else default_out_dir()
     start = time.perf_counter()
 

@@ -229,43 +229,60 @@ class Lab:
         self.progress = progress or (lambda _: None)
         self.runner_kwargs = runner_kwargs or {}
         self.tokenizer = load_tokenizer(model_path)
+        # The held-out text is one long document, cut into windows later: no length warning.
+        self.tokenizer.model_max_length = max(len(quality_text), 1 << 20)
         self.text_ids = self.tokenizer.encode(quality_text, add_special_tokens=False)
         self.requests: list[LabRequest] = build_requests(self.text_ids, plan.workload)
+        self.setups: dict[str, Setup] = {}
         self.baselines: dict[str, _Baseline] = {}
         self.notes: list[str] = []
+        self.started = time.perf_counter()
+        self.run_seconds: dict[str, float] = {}  # backend -> seconds of one baseline pass
 
     # ---- measurement -------------------------------------------------------------------
     def _runner(self, setup: Setup) -> Any:
         kwargs = self.runner_kwargs if setup.backend == "engine" else {}
         return make_runner(setup, self.plan.workload, **kwargs)
 
+    def _setup(self, backend: str) -> Setup:
+        """The baseline configuration of a backend (loaded once, not yet measured)."""
+        if backend not in self.setups:
+            model = load_model(self.model_path) if backend == "transformers" else None
+            self.setups[backend] = Setup(
+                backend=backend,
+                model_path=self.model_path,
+                tokenizer=self.tokenizer,
+                model=model,
+                num_threads=self.plan.threads,
+                engine_options=dict(self.plan.engine) if backend == "engine" else {},
+            )
+        return self.setups[backend]
+
     def _baseline(self, backend: str) -> _Baseline:
+        """The baseline, measured the first time a recipe of this backend needs it."""
         if backend in self.baselines:
             return self.baselines[backend]
         self.progress(f"baseline ({backend}): loading and warming up")
-        model = load_model(self.model_path) if backend == "transformers" else None
-        setup = Setup(
-            backend=backend,
-            model_path=self.model_path,
-            tokenizer=self.tokenizer,
-            model=model,
-            num_threads=self.plan.threads,
-            engine_options=dict(self.plan.engine) if backend == "engine" else {},
-        )
+        setup = self._setup(backend)
         runner = self._runner(setup)
         first = runner.run(self.requests)
         for _ in range(self.plan.warmup - 1):
             runner.run(self.requests)
         logits = None
-        if model is not None:
+        if setup.model is not None:
             logits = heldout_logits(
-                model, self.text_ids, self.plan.quality_window_tokens, self.plan.quality_windows
+                setup.model,
+                self.text_ids,
+                self.plan.quality_window_tokens,
+                self.plan.quality_windows,
             )
         measurement = Measurement(extra=first.extra)
         measurement.memory_bytes, measurement.memory_what = _memory(setup, runner)
+        t0 = time.perf_counter()
         for rep in range(self.plan.repeats):
             self.progress(f"baseline ({backend}): repetition {rep + 1}/{self.plan.repeats}")
             measurement.reps.append(_figures(runner.run(self.requests)))
+        self.run_seconds[backend] = (time.perf_counter() - t0) / self.plan.repeats
         base = _Baseline(setup, runner, first.outputs, logits, measurement)
         self.baselines[backend] = base
         return base
@@ -340,10 +357,37 @@ class Lab:
             trial.reason = ", ".join(_fmt(c) for c in better)
 
     # ---- the loop ------------------------------------------------------------------------
+    def _over_budget(self, backend: str) -> str | None:
+        """Why the next trial would not fit the plan's time budget (None when it fits)."""
+        budget = self.plan.time_budget_s
+        if not budget:
+            return None
+        elapsed = time.perf_counter() - self.started
+        passes = self.plan.warmup + 2 * self.plan.repeats
+        estimate = passes * self.run_seconds.get(backend, 0.0)
+        if elapsed + estimate <= budget:
+            return None
+        return (
+            f"time budget spent: {elapsed:.0f} s used, this trial needs about "
+            f"{estimate:.0f} s more, budget {budget:.0f} s (raise time_budget_s in the plan "
+            "or pass --time-budget)"
+        )
+
     def _try(self, trial: Trial, recipes: list[Recipe]) -> Trial:
         start = time.perf_counter()
         try:
-            base = self._baseline(recipes[0].backend)
+            backend = recipes[0].backend
+            reason = recipes[0].why_not(self._setup(backend))
+            if reason is not None:  # cheap: no baseline measured for a recipe that cannot run
+                trial.verdict, trial.reason = "skip", reason
+                return trial
+            over = self._over_budget(backend)
+            if over is None:
+                base = self._baseline(backend)
+                over = self._over_budget(backend)
+            if over is not None:
+                trial.verdict, trial.reason = "skip", over
+                return trial
             setup = base.setup
             for recipe in recipes:
                 reason = recipe.why_not(setup)

@@ -53,6 +53,7 @@ class Plan:
     warmup: int = 1
     min_noise_pct: float = 2.0
     threads: int | None = None  # baseline torch thread count (None: torch's default)
+    time_budget_s: float | None = None  # stop starting trials past this (None: no limit)
     quality_windows: int = 8
     quality_window_tokens: int = 128
     model: str | None = None
@@ -66,6 +67,7 @@ class Plan:
             "warmup": self.warmup,
             "min_noise_pct": self.min_noise_pct,
             "threads": self.threads,
+            "time_budget_s": self.time_budget_s,
             "workload": self.workload.to_dict(),
             "quality": {
                 **dataclasses.asdict(self.thresholds),
@@ -78,32 +80,34 @@ class Plan:
 
 
 # The built-in plan: every recipe level, sized to finish in minutes on the bundled model on
-# 2 CPU cores. Recipes that cannot run here stay in, so the report says why they were skipped.
+# 2 CPU cores. Cheap, telling recipes come first, so a time budget cut loses the least; recipes
+# that cannot run here stay in, so the report says why they were skipped.
 DEFAULT_RECIPES: list[dict[str, Any]] = [
+    {"name": "cpu-threads", "threads": 1},
     {"name": "int8-weight-only"},
+    {"name": "dtype-bfloat16"},
+    {"name": "response-cache"},
+    {"name": "prompt-lookup"},
+    {"name": "static-batching"},
+    {"name": "prefix-caching", "enabled": False},
+    {"name": "max-num-seqs", "value": 2},
+    {"name": "kv-cache-dtype", "dtype": "bfloat16"},
+    {"name": "group-by-prefix"},
+    {"name": "prefill-budget", "tokens": 32},
     {"name": "int8-dynamic-activation"},
     {"name": "int4-weight-only"},
-    {"name": "dtype-bfloat16"},
-    {"name": "dtype-float16"},
     {"name": "bnb-int8"},
     {"name": "bnb-nf4"},
     {"name": "gptq"},
     {"name": "awq"},
     {"name": "attention-eager"},
     {"name": "attention-flash"},
-    {"name": "torch-compile"},
     {"name": "tf32"},
-    {"name": "cpu-threads", "threads": 1},
-    {"name": "static-batching"},
-    {"name": "max-num-seqs", "value": 2},
-    {"name": "prefill-budget", "tokens": 32},
-    {"name": "prefix-caching", "enabled": False},
-    {"name": "kv-cache-dtype", "dtype": "bfloat16"},
-    {"name": "prompt-lookup"},
-    {"name": "response-cache"},
-    {"name": "prompt-trim", "budget": 48},
-    {"name": "group-by-prefix"},
+    {"name": "dtype-float16"},
+    {"name": "prompt-trim", "budget": 32},
+    {"name": "torch-compile"},
 ]
+DEFAULT_TIME_BUDGET_S = 540.0  # the default run must end within 10 minutes
 
 _TOP_KEYS = {
     "model",
@@ -111,6 +115,7 @@ _TOP_KEYS = {
     "warmup",
     "min_noise_pct",
     "threads",
+    "time_budget_s",
     "workload",
     "quality",
     "engine",
@@ -120,7 +125,8 @@ _QUALITY_EXTRA = {"windows": "quality_windows", "window_tokens": "quality_window
 
 
 def default_plan() -> Plan:
-    return plan_from_dict({"recipes": DEFAULT_RECIPES}, text="", source="built-in default plan")
+    data = {"recipes": DEFAULT_RECIPES, "time_budget_s": DEFAULT_TIME_BUDGET_S}
+    return plan_from_dict(data, text="", source="built-in default plan")
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -281,11 +287,13 @@ def plan_from_dict(data: dict[str, Any], text: str = "", source: str = "plan") -
             raise ConfigError(_unknown_key(source, text, key, _TOP_KEYS, None))
     defaults = Plan(recipes=[])
     top: dict[str, Any] = {}
-    for key in ("model", "repeats", "warmup", "min_noise_pct", "threads"):
+    for key in ("model", "repeats", "warmup", "min_noise_pct", "threads", "time_budget_s"):
         if key in data:
             default = getattr(defaults, key)
             if key == "threads":
                 default = 1
+            if key == "time_budget_s":
+                default = 1.0
             top[key] = _check_type(source, text, key, data[key], default, None)
     workload_kwargs, _ = _section(source, text, data.get("workload", {}), LabWorkload, "workload")
     quality_kwargs, quality_extra = _section(

@@ -97,7 +97,7 @@ def plan_toml(plan: Plan) -> str:
     """The effective plan as a TOML file that ``--plan`` reads back."""
     data = plan.to_dict()
     lines = ["# latlab optimize plan (written by the lab; edit and pass with --plan)"]
-    for key in ("repeats", "warmup", "min_noise_pct", "threads"):
+    for key in ("repeats", "warmup", "min_noise_pct", "threads", "time_budget_s"):
         if data[key] is not None:
             lines.append(f"{key} = {_toml_value(data[key])}")
     lines.append("recipes = [")

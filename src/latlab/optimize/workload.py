@@ -20,9 +20,9 @@ class LabWorkload:
     """Shape of the workload; the defaults finish quickly on the bundled model."""
 
     num_requests: int = 8
-    prompt_len: int = 64
-    output_len: int = 32
-    shared_prefix_len: int = 32
+    prompt_len: int = 48
+    output_len: int = 16
+    shared_prefix_len: int = 24
     num_prefixes: int = 2
     repeat_fraction: float = 0.25
     concurrency: int = 4  # engine backend: requests in flight at once
