@@ -14,21 +14,24 @@ from typing import Any
 from latlab.serve.protocol import now_s
 
 DONE = b"data: [DONE]\n\n"
+# Stands in for the text while a chunk template is built; never appears in real output
+# because json.dumps escapes NUL.
+_HOLE = "\x00text\x00"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def frame(payload: dict[str, Any]) -> bytes:
     """One SSE event; compact JSON keeps the per-token cost low."""
-    return (
-        b"data: "
-        + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-        + b"\n\n"
-    )
+    return b"data: " + _json(payload).encode() + b"\n\n"
 
 
 class ChunkWriter:
     """Builds the chunks of one streamed response (completions or chat)."""
 
-    __slots__ = ("_chat", "_created", "_id", "_include_usage", "_model")
+    __slots__ = ("_chat", "_created", "_head", "_id", "_include_usage", "_model", "_tail")
 
     def __init__(self, rid: str, model: str, *, chat: bool, include_usage: bool) -> None:
         self._id = rid
@@ -36,6 +39,10 @@ class ChunkWriter:
         self._chat = chat
         self._include_usage = include_usage
         self._created = now_s()
+        # Content chunks are the hot path (one per token per stream): pre-render everything
+        # but the text once, so each chunk costs one json.dumps of a short string.
+        hole = _json(_HOLE).encode()
+        self._head, self._tail = self._content_chunk(_HOLE, None).split(hole)
 
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         chunk = {
@@ -62,6 +69,11 @@ class ChunkWriter:
         return frame(self._chunk([choice]))
 
     def content(self, text: str, finish_reason: str | None = None) -> bytes:
+        if finish_reason is None:
+            return self._head + _json(text).encode() + self._tail
+        return self._content_chunk(text, finish_reason)
+
+    def _content_chunk(self, text: str, finish_reason: str | None) -> bytes:
         if self._chat:
             delta = {"content": text} if text or finish_reason is None else {}
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
