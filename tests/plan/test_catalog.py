@@ -1,6 +1,8 @@
 """Catalogs, config files on disk, memory sizes, and the errors for each bad input."""
 
 import json
+import math
+import struct
 
 import pytest
 
@@ -15,6 +17,7 @@ from latlab.plan.catalog import (
 )
 from latlab.plan.kv import kv_bytes_per_token
 from latlab.plan.units import format_bytes, parse_bytes
+from latlab.plan.weights import count_parameters
 
 
 def test_catalog_holds_the_models_the_issue_names():
@@ -134,6 +137,20 @@ def test_real_bundled_model_when_present():
         * 2
     )
     assert kv_bytes_per_token(config) == expected
+
+
+def test_bundled_parameter_count_equals_its_safetensors():
+    weights = latlab.assets.bundled_model_path() / "model.safetensors"
+    if not weights.is_file():
+        pytest.skip("the bundled model's weights are not built yet")
+    with open(weights, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    stored = sum(
+        math.prod(info["shape"]) for name, info in header.items() if name != "__metadata__"
+    )
+    config = get_catalog_model("tiny-llama").config
+    assert count_parameters(config).total == stored
 
 
 @pytest.mark.parametrize(
