@@ -43,17 +43,28 @@ def stub_call(url: str, path: str, method: str = "GET") -> dict:
 
 
 def cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
+    """This process plus finished children (client workers are joined when a run ends)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        total += ru.ru_utime + ru.ru_stime
+    return total
 
 
-def one_run(url: str, c: int, n: int, chunks: int) -> dict:
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds of another process (the stub server), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_run(url: str, c: int, n: int, chunks: int, server_pid: int, workers: int) -> dict:
     stub_call(url, "/stub/reset", "POST")
     config = BenchConfig(concurrency=[c], num_requests=n, warmup=0, input_len="32",
-                         output_len=str(chunks))  # fmt: skip
-    cpu0 = cpu_s()
+                         output_len=str(chunks), workers=min(workers, c))  # fmt: skip
+    cpu0, srv0 = cpu_s(), proc_cpu_s(server_pid)
     level = run_bench(config, OpenAITarget(url), progress=False).levels[0]
-    used = cpu_s() - cpu0
+    used, srv_used = cpu_s() - cpu0, proc_cpu_s(server_pid) - srv0
     server = Stats.of(stub_call(url, "/stub/stats")["first_chunk_ms"])
     s = level.summary
     return {
@@ -61,15 +72,32 @@ def one_run(url: str, c: int, n: int, chunks: int) -> dict:
         "server_p50": server.p50, "server_p99": server.p99,
         "itl_p50": s.itl_ms.p50, "gap_p50": s.chunk_gap_ms.p50,
         "cpu_per_1k": used / s.output_tokens * 1000 if s.output_tokens else float("nan"),
+        "srv_cpu_per_1k": srv_used / s.output_tokens * 1000 if s.output_tokens else float("nan"),
+        "loop_util": level.client.cpu_util,
         "loop_lag_p90": level.client.loop_lag_ms.p90 or 0.0,
         "bound": level.client.client_bound, "failed": s.failed,
     }  # fmt: skip
+
+
+def print_row(c: int, w: int, runs: list[dict]) -> None:
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "bound"}
+    bound = sum(r["bound"] for r in runs)
+    print(
+        f"| {c} | {w} | {med['ttft_p50']:.1f} | {med['ttft_p99']:.1f} | "
+        f"{med['server_p50']:.1f} | {med['server_p99']:.1f} | "
+        f"{med['ttft_p50'] - med['server_p50']:+.1f} | {med['itl_p50']:.2f} | "
+        f"{med['gap_p50']:.2f} | {med['cpu_per_1k']:.4f} | "
+        f"{med['srv_cpu_per_1k']:.4f} | {med['loop_util']:.0%} | "
+        f"{med['loop_lag_p90']:.1f} | {bound}/{len(runs)} |",
+        flush=True,
+    )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--concurrency", default="1,64,256")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", default="1", help="client processes to compare, e.g. 1,2")
     p.add_argument("--requests-per-user", type=int, default=3)
     p.add_argument("--ttft-ms", type=float, default=50.0)
     p.add_argument("--itl-ms", type=float, default=10.0)
@@ -78,23 +106,25 @@ def main() -> None:
     proc, url = start_stub(a.ttft_ms, a.itl_ms, a.chunks)
     print(f"stub: {url} TTFT {a.ttft_ms:g} ms, {a.chunks} chunks {a.itl_ms:g} ms apart; "
           f"{os.cpu_count()} cores; client and server share them")  # fmt: skip
-    hdr = ("streams", "TTFT p50", "p99", "server p50", "p99", "diff p50", "ITL p50", "gap p50",
-           "CPU s/1k tok", "loop lag p90", "bound")  # fmt: skip
-    print(" | ".join(hdr))
+    print(f"load average before: {os.getloadavg()[0]:.1f}")
+    hdr = ("streams", "workers", "TTFT p50", "p99", "server p50", "p99", "diff p50", "ITL p50",
+           "gap p50", "client CPU s/1k tok", "server CPU s/1k tok", "client loop CPU",
+           "loop lag p90", "bound")  # fmt: skip
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
     try:
-        run_bench  # noqa: B018  (warm the import and the connection path once)
-        one_run(url, 1, 2, a.chunks)
+        one_run(url, 1, 2, a.chunks, proc.pid, 1)
+        worker_counts = [int(x) for x in a.workers.split(",")]
         for c in (int(x) for x in a.concurrency.split(",")):
             n = max(10, c * a.requests_per_user)
-            runs = [one_run(url, c, n, a.chunks) for _ in range(a.repeats)]
-            med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "bound"}
-            bound = sum(r["bound"] for r in runs)
-            print(f"{c} | {med['ttft_p50']:.1f} | {med['ttft_p99']:.1f} | "
-                  f"{med['server_p50']:.1f} | {med['server_p99']:.1f} | "
-                  f"{med['ttft_p50'] - med['server_p50']:+.1f} | {med['itl_p50']:.2f} | "
-                  f"{med['gap_p50']:.2f} | {med['cpu_per_1k']:.3f} | {med['loop_lag_p90']:.1f} | "
-                  f"{bound}/{len(runs)}", flush=True)  # fmt: skip
-            time.sleep(0.5)
+            runs: dict[int, list[dict]] = {w: [] for w in worker_counts}
+            for _ in range(a.repeats):  # interleaved: w1 w2 w1 w2 ...
+                for w in worker_counts:
+                    runs[w].append(one_run(url, c, n, a.chunks, proc.pid, w))
+                    time.sleep(0.3)
+            for w, rs in runs.items():
+                print_row(c, w, rs)
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
     finally:
         proc.terminate()
         proc.wait(10)

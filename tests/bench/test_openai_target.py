@@ -157,3 +157,13 @@ def test_bad_url_and_api():
         OpenAITarget("localhost:8000")
     with pytest.raises(TargetError, match="--api"):
         OpenAITarget("http://h", api="embeddings")
+
+
+def test_parsing_is_deferred_under_load_and_still_complete():
+    with StubServer(ttft_s=0.01, itl_s=0.002, chunks=5, fault="malformed", fault_every=4) as url:
+        level = bench(url, n=32, c=16)
+    s = level.summary
+    assert (s.completed, s.failed) == (24, 8)
+    assert s.errors == {"malformed_sse": 8}
+    assert s.output_tokens == 24 * 5
+    assert all(r.chunk_tokens == [1] * 5 for r in level.records if r.ok)

@@ -43,6 +43,7 @@ class BenchConfig:
     min_tokens: int | None = None
     temperature: float = 0.0
     drain_s: float = 5.0  # after Ctrl-C, how long in-flight requests may finish
+    workers: int = 1  # client processes sharing each level (HTTP targets only)
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the JSON as given
 
     def __post_init__(self) -> None:
@@ -62,6 +63,8 @@ class BenchConfig:
             raise ConfigError("--duration must be > 0 seconds")
         if self.warmup < 0:
             raise ConfigError("--warmup must be >= 0")
+        if self.workers < 1:
+            raise ConfigError("--workers must be >= 1")
         if any(math.isinf(r) for r in self.rate or ()) and self.num_requests is None:
             raise ConfigError("--rate inf sends everything at once: give --num-requests")
         LengthDist.parse(self.input_len, "--input-len")
@@ -138,7 +141,8 @@ async def arun_bench(
                          config=config.to_dict())  # fmt: skip
     if runner_hook is not None:
         runner_hook(runner)
-    with _sigint_stops(runner):
+    pool: Any = None
+    with _sigint_stops(runner, lambda: pool.stop() if pool is not None else None):
         try:
             await target.check()
             runner.requests = build_requests(spec, target.tokenizer)
@@ -147,15 +151,48 @@ async def arun_bench(
             runner.warmup_requests = build_requests(warm, target.tokenizer)
             users = int(config.levels()[0].get("concurrency", 4))
             result.warmup_requests = await runner.warmup(config.warmup, users)
+            if config.workers > 1:
+                pool = await _start_pool(config, target, runner)
             for load in config.levels():
                 if runner.stopped:
                     break
-                level: LevelResult = await runner.run_level(load)
+                if pool is None:
+                    level: LevelResult = await runner.run_level(load)
+                else:
+                    level = await _pooled_level(pool, load, config, sink)
                 result.levels.append(level)
         finally:
             result.interrupted = runner.stopped
+            if pool is not None:
+                pool.close()
             await target.aclose()
     return result
+
+
+async def _start_pool(config: BenchConfig, target: Any, runner: Runner) -> Any:
+    from latlab.bench.workers import WorkerPool, WorkerSettings
+
+    if not hasattr(target, "spec"):
+        raise ConfigError("--workers > 1 needs an HTTP target (--url)")
+    settings = WorkerSettings(target.spec(), runner.opts, runner.requests, config.slo,
+                              config.burstiness, config.seed, config.drain_s,
+                              config.duration_s, "auto")  # fmt: skip
+    pool = WorkerPool(config.workers, settings)
+    await pool.start()
+    return pool
+
+
+async def _pooled_level(
+    pool: Any, load: dict[str, Any], config: BenchConfig, sink: Progress | None
+) -> LevelResult:
+    if sink is not None:
+        sink.start_level(", ".join(f"{k} {v:g}" for k, v in load.items()), config.num_requests)
+    level: LevelResult = await pool.run_level(load, config.num_requests)
+    if sink is not None:
+        s = level.summary
+        sink.update(s.completed, s.failed, s.ttft_ms.p50)
+        sink.end_level()
+    return level
 
 
 def run_bench(
@@ -189,7 +226,7 @@ def _loop_factory(loop: str) -> Any:
 
 
 @contextlib.contextmanager
-def _sigint_stops(runner: Runner) -> Any:
+def _sigint_stops(runner: Runner, also: Any = None) -> Any:
     """First Ctrl-C: stop sending and drain; a second one cancels in-flight requests at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -203,6 +240,8 @@ def _sigint_stops(runner: Runner) -> Any:
         if presses > 1:
             runner.drain_s = 0.0
         runner.request_stop()
+        if also is not None:
+            also()
 
     try:
         loop.add_signal_handler(signal.SIGINT, on_sigint)

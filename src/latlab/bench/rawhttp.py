@@ -196,6 +196,15 @@ class RawHTTPPool:
             raise HTTPStreamError("connect_error", f"{type(exc).__name__}: {exc}") from None
         return conn
 
+    async def prewarm(self, n: int) -> int:
+        """Open up to ``n`` idle keep-alive connections now, so TCP setup stays out of TTFT."""
+        missing = max(0, n - len(self._idle))
+        opened = await asyncio.gather(*(self._acquire() for _ in range(missing)),
+                                      return_exceptions=True)  # fmt: skip
+        conns = [c for c in opened if isinstance(c, _Conn)]
+        self._idle.extend(conns)
+        return len(conns)
+
     async def post(
         self,
         path: str,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,13 @@ LOOP_LAG_LIMIT_MS = 10.0
 SEND_LAG_LIMIT_MS = 10.0
 CPU_LIMIT = 0.9  # share of one core used by the event-loop thread
 _LAG_PERIOD_S = 0.02
+# Finish (parse) a response at once only when this few requests are in flight; else later.
+_FINISH_NOW_MAX_IN_FLIGHT = 4
+
+
+def _client_error(rec: RequestRecord, exc: Exception) -> None:
+    rec.error, rec.error_detail = "client_error", f"{type(exc).__name__}: {exc}"[:200]
+    rec.end_ns = rec.end_ns or time.perf_counter_ns()
 
 
 class Progress(Protocol):
@@ -80,13 +88,17 @@ class LevelResult:
 
 
 class _Monitor:
-    """Samples event-loop lag and the loop thread's CPU time over one level."""
+    """Samples event-loop lag and the loop thread's CPU time over one level.
+
+    ``load_done()`` closes the load window (lag, CPU share); work after it, such as deferred
+    response parsing, still counts in CPU per 1,000 tokens.
+    """
 
     def __init__(self) -> None:
         self.lags_ms: list[float] = []
         self._task: asyncio.Task[None] | None = None
-        self._cpu0 = 0.0
-        self._wall0 = 0
+        self._cpu0 = self._load_cpu = 0.0
+        self._wall0 = self._load_wall = 0.0
 
     async def _sample(self) -> None:
         while True:
@@ -97,19 +109,22 @@ class _Monitor:
 
     def start(self) -> None:
         self._cpu0 = time.thread_time()
-        self._wall0 = time.perf_counter_ns()
+        self._wall0 = time.perf_counter()
         self._task = asyncio.create_task(self._sample())
 
-    async def stop(self, records: list[RequestRecord], tokens: int, remote: bool) -> ClientCheck:
-        cpu = time.thread_time() - self._cpu0
-        wall = (time.perf_counter_ns() - self._wall0) / 1e9
+    async def load_done(self) -> None:
+        self._load_cpu = time.thread_time() - self._cpu0
+        self._load_wall = time.perf_counter() - self._wall0
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    def check(self, records: list[RequestRecord], tokens: int, remote: bool) -> ClientCheck:
+        total_cpu = time.thread_time() - self._cpu0
         lag = Stats.of(self.lags_ms)
         send = Stats.of(r.queue_ns / 1e6 for r in records if r.queue_ns is not None)
-        util = cpu / wall if wall > 0 else 0.0
+        util = self._load_cpu / self._load_wall if self._load_wall > 0 else 0.0
         reasons = []
         if lag.p90 is not None and lag.p90 > LOOP_LAG_LIMIT_MS:
             reasons.append(f"event-loop lag p90 {lag.p90:.1f} ms > {LOOP_LAG_LIMIT_MS:g} ms")
@@ -117,8 +132,8 @@ class _Monitor:
             reasons.append(f"sends p99 {send.p99:.1f} ms behind schedule")
         if remote and util > CPU_LIMIT:
             reasons.append(f"client loop thread used {util:.0%} of a core")
-        per_1k = cpu / tokens * 1000 if tokens else None
-        return ClientCheck(lag, send, cpu, util, per_1k, bool(reasons), reasons)
+        per_1k = total_cpu / tokens * 1000 if tokens else None
+        return ClientCheck(lag, send, total_cpu, util, per_1k, bool(reasons), reasons)
 
 
 @dataclass(slots=True)
@@ -137,7 +152,17 @@ class Runner:
     drain_s: float = 5.0
     progress: Progress | None = None
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    # A worker process runs one shard of a level: its prompts start at ``index_base``, and in
+    # open loop it sends its share of the parent's schedule (``open_ids`` at ``open_offsets``
+    # seconds after ``open_t0_ns``, a perf_counter_ns instant shared by all processes).
+    index_base: int = 0
+    id_prefix: str = ""
+    open_offsets: list[float] | None = None
+    open_ids: list[int] | None = None
+    open_t0_ns: int | None = None
     _ttfts: list[float] = field(default_factory=list)
+    _unfinished: list[tuple[Any, RequestRecord]] = field(default_factory=list)
+    _in_flight: int = 0
     _ok: int = 0
     _failed: int = 0
     _last_ui: float = 0.0
@@ -152,17 +177,35 @@ class Runner:
 
     # ---------------------------------------------------------------- one request
     async def _one(self, req: BenchRequest, rec: RequestRecord) -> None:
+        self._in_flight += 1
         try:
-            await self.target.run(req, rec, self.opts)
+            finish = await self.target.run(req, rec, self.opts)
+            if finish is not None:
+                # Parsing while other streams are receiving would delay their timestamps.
+                if self._in_flight > _FINISH_NOW_MAX_IN_FLIGHT:
+                    self._unfinished.append((finish, rec))
+                    return
+                finish()
         except asyncio.CancelledError:
             rec.error, rec.error_detail = "interrupted", "cancelled after Ctrl-C"
             rec.end_ns = rec.end_ns or time.perf_counter_ns()
             raise
         except Exception as exc:  # a target bug must not end the run
-            rec.error, rec.error_detail = "client_error", f"{type(exc).__name__}: {exc}"[:200]
-            rec.end_ns = rec.end_ns or time.perf_counter_ns()
+            _client_error(rec, exc)
+        finally:
+            self._in_flight -= 1
         if not rec.warmup:
             self._count(rec)
+
+    def _finish_deferred(self) -> None:
+        pending, self._unfinished = self._unfinished, []
+        for finish, rec in pending:
+            try:
+                finish()
+            except Exception as exc:
+                _client_error(rec, exc)
+            if not rec.warmup:
+                self._count(rec)
 
     def _count(self, rec: RequestRecord) -> None:
         if rec.ok:
@@ -200,23 +243,29 @@ class Runner:
                     return
                 i = next_i
                 next_i += 1
-                rec = RequestRecord(request_id=f"{prefix}-{i}", warmup=warmup)
+                j = i if warmup else self.index_base + i
+                rec = RequestRecord(request_id=f"{self.id_prefix}{prefix}-{j}", warmup=warmup)
                 records.append(rec)
-                await self._one(pool[i % len(pool)], rec)
+                await self._one(pool[j % len(pool)], rec)
 
         await self._supervise([asyncio.create_task(user()) for _ in range(users)])
         return records
 
     async def _open(self, rate: float, prefix: str) -> list[RequestRecord]:
-        offsets = arrival_offsets_s(rate, num_requests=self.num_requests,
-                                    duration_s=self.duration_s, burstiness=self.burstiness,
-                                    seed=self.seed)  # fmt: skip
+        if self.open_offsets is not None:
+            offsets, ids = self.open_offsets, self.open_ids or list(range(len(self.open_offsets)))
+        else:
+            offsets = arrival_offsets_s(rate, num_requests=self.num_requests,
+                                        duration_s=self.duration_s, burstiness=self.burstiness,
+                                        seed=self.seed)  # fmt: skip
+            ids = list(range(len(offsets)))
         records: list[RequestRecord] = []
         tasks: list[asyncio.Task[None]] = []
-        t0 = time.perf_counter_ns() + 5_000_000  # a small lead so the first send is on time
+        # a small lead so the first send is on time
+        t0 = self.open_t0_ns or time.perf_counter_ns() + 5_000_000
 
         async def dispatch() -> None:
-            for i, off in enumerate(offsets):
+            for i, off in zip(ids, offsets, strict=True):
                 if self.stopped:
                     return
                 intended = t0 + int(off * 1e9)
@@ -225,7 +274,8 @@ class Runner:
                     await asyncio.sleep(delay / 1e9)
                 if self.stopped:
                     return
-                rec = RequestRecord(request_id=f"{prefix}-{i}", intended_send_ns=intended)
+                rec = RequestRecord(request_id=f"{self.id_prefix}{prefix}-{i}",
+                                    intended_send_ns=intended)  # fmt: skip
                 records.append(rec)
                 tasks.append(asyncio.create_task(self._one(self._request(i), rec)))
 
@@ -266,6 +316,7 @@ class Runner:
         if count <= 0:
             return 0
         recs = await self._closed(max(1, min(users, count)), "warmup", count, warmup=True)
+        self._finish_deferred()
         return len(recs)
 
     async def run_level(self, load: dict[str, Any]) -> LevelResult:
@@ -273,6 +324,12 @@ class Runner:
         label = ", ".join(f"{k} {v:g}" for k, v in load.items())
         if self.progress is not None:
             self.progress.start_level(label, self.num_requests)
+        if "concurrency" in load and hasattr(self.target, "prepare"):
+            await self.target.prepare(int(load["concurrency"]))
+        # Objects alive now (imports, prompts, a model) need no more GC passes: freezing them
+        # keeps full collections, which would stall every stream at once, short.
+        gc.collect()
+        gc.freeze()
         monitor = _Monitor()
         monitor.start()
         t_start = time.perf_counter_ns()
@@ -281,12 +338,15 @@ class Runner:
         else:
             c = int(load["concurrency"])
             records = await self._closed(c, f"c{c}", self.num_requests, warmup=False)
+        await monitor.load_done()
+        gc.unfreeze()
+        self._finish_deferred()
         ends = [r.end_ns for r in records if r.end_ns is not None]
         start = min((r.origin_ns for r in records), default=t_start)
         window_s = (max(ends) - start) / 1e9 if ends else 0.0
         summary = summarize(records, self.slo, duration_s=window_s)
         remote = bool(getattr(self.target, "remote", False))
-        client = await monitor.stop(records, summary.output_tokens, remote)
+        client = monitor.check(records, summary.output_tokens, remote)
         if self.progress is not None:
             self.progress.update(self._ok, self._failed, summary.ttft_ms.p50)
             self.progress.end_level()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import httpx
@@ -35,8 +36,15 @@ class Target(Protocol):
     async def check(self) -> None:
         """Fail fast (TargetError) before any load is sent."""
 
-    async def run(self, req: BenchRequest, rec: RequestRecord, opts: GenOptions) -> None:
-        """Send one request and fill ``rec``; record failures in ``rec.error``, never raise."""
+    async def run(
+        self, req: BenchRequest, rec: RequestRecord, opts: GenOptions
+    ) -> Callable[[], None] | None:
+        """Send one request and fill ``rec``; record failures in ``rec.error``, never raise.
+
+        May return a *finisher*: work (parsing, token counting) that completes ``rec`` but is
+        not needed to send the next request. The runner calls it when the client is not busy
+        timestamping other streams, at the latest before it summarizes the level.
+        """
 
     async def aclose(self) -> None: ...
 
@@ -168,6 +176,17 @@ class OpenAITarget:
                 f"{self.base}/models lists no model (HTTP {resp.status_code}); pass --model"
             ) from None
 
+    def spec(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this target in a worker process."""
+        return {"url": self.endpoint, "model": self.model, "api": self.api,
+                "api_key": self.api_key, "timeout_s": self.timeout_s,
+                "transport": self.transport}  # fmt: skip
+
+    async def prepare(self, users: int) -> None:
+        """Before a closed-loop level: one open keep-alive connection per user."""
+        if self._raw is not None:
+            await self._raw.prewarm(users)
+
     def _payload(self, req: BenchRequest, opts: GenOptions) -> bytes:
         body: dict[str, Any] = {"model": self.model, "max_tokens": req.max_tokens,
                                 "temperature": opts.temperature}  # fmt: skip
@@ -184,18 +203,18 @@ class OpenAITarget:
             body["min_tokens"] = opts.min_tokens
         return json.dumps(body).encode()
 
-    async def run(self, req: BenchRequest, rec: RequestRecord, opts: GenOptions) -> None:
+    async def run(
+        self, req: BenchRequest, rec: RequestRecord, opts: GenOptions
+    ) -> Callable[[], None] | None:
         content = self._payload(req, opts)
         reads: list[tuple[int, bytes]] = []
         if self._raw is not None:
             if not await self._run_raw(self._raw, content, reads, rec):
-                return
+                return None
         elif not await self._run_httpx(content, reads, rec):
-            return
-        if opts.stream:
-            self._parse_stream(reads, rec, req)
-        else:
-            self._parse_whole(reads, rec, req)
+            return None
+        parse = self._parse_stream if opts.stream else self._parse_whole
+        return lambda: parse(reads, rec, req)
 
     async def _run_raw(
         self, pool: RawHTTPPool, content: bytes, reads: list[tuple[int, bytes]], rec: RequestRecord

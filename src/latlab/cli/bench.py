@@ -160,6 +160,13 @@ def _tokenizer(name: str) -> Any:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the result JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write per-request rows.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Client processes sharing each level (HTTP only), for many streams.",
+)
 @click.option("--fail-on-error", is_flag=True, help="Exit 1 if any request failed.")
 @click.option("--no-progress", is_flag=True, help="No live progress bar.")
 def bench(**opts: Any) -> int:
@@ -196,6 +203,7 @@ def bench(**opts: Any) -> int:
         ignore_eos=opts["ignore_eos"],
         min_tokens=opts["min_tokens"],
         temperature=opts["temperature"],
+        workers=opts["workers"],
     )
     if not config.concurrency and not config.rate:
         config.concurrency = [1]

@@ -1,0 +1,205 @@
+"""Several client processes for one level, when one event loop cannot keep up.
+
+Each worker is a spawned process with its own event loop and its own connection pool, running a
+shard of the level: closed loop splits the users (and the request budget), open loop deals the
+parent's arrival schedule round-robin with one shared start instant. ``perf_counter_ns`` reads
+``CLOCK_MONOTONIC`` on Linux, which all processes share, so every timestamp is on one clock and
+the parent summarizes the merged records as if one client had taken them.
+
+Only HTTP targets can be sharded (an in-process model lives in one process). Workers ignore
+SIGINT; the parent's Ctrl-C handler tells them to stop, and they drain like a single runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from latlab.bench.runner import ClientCheck, LevelResult, Runner
+from latlab.errors import ConfigError
+from latlab.metrics import SLO, RequestRecord, Stats, summarize
+from latlab.workload import BenchRequest, arrival_offsets_s
+
+_OPEN_LEAD_NS = 100_000_000  # time for the schedule to reach every worker before it starts
+
+
+@dataclass(slots=True)
+class WorkerSettings:
+    target_spec: dict[str, Any]
+    opts: Any
+    requests: Sequence[BenchRequest]
+    slo: SLO | None
+    burstiness: float
+    seed: int
+    drain_s: float
+    duration_s: float | None
+    loop: str
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` near-equal non-negative integers, larger first."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def _worker_main(conn: Any, wid: int, settings: WorkerSettings) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    from latlab.bench.api import _loop_factory
+    from latlab.bench.targets import OpenAITarget
+
+    target = OpenAITarget(**settings.target_spec)
+    factory = _loop_factory(settings.loop)
+    coro = _serve(conn, wid, settings, target)
+    if factory is None:
+        asyncio.run(coro)
+    else:
+        with asyncio.Runner(loop_factory=factory) as r:
+            r.run(coro)
+
+
+async def _serve(conn: Any, wid: int, st: WorkerSettings, target: Any) -> None:
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+    current: list[Runner] = []
+
+    def readable() -> None:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            msg = ("quit",)
+        if msg[0] == "stop":
+            for r in current:
+                r.request_stop()
+        else:
+            inbox.put_nowait(msg)
+
+    loop.add_reader(conn.fileno(), readable)
+    conn.send(("ready", wid))
+    try:
+        while True:
+            msg = await inbox.get()
+            if msg[0] == "quit":
+                return
+            _, load, num_requests, index_base, shard = msg
+            runner = Runner(target, st.requests, st.opts, num_requests=num_requests,
+                            duration_s=st.duration_s, slo=st.slo, burstiness=st.burstiness,
+                            seed=st.seed, drain_s=st.drain_s, index_base=index_base,
+                            id_prefix=f"w{wid}-")  # fmt: skip
+            if shard is not None:
+                runner.open_offsets, runner.open_ids, runner.open_t0_ns = shard
+            current[:] = [runner]
+            result = await runner.run_level(load)
+            current.clear()
+            conn.send(("result", wid, result))
+    finally:
+        loop.remove_reader(conn.fileno())
+        await target.aclose()
+
+
+class WorkerPool:
+    """``n`` client processes that run the shards of each level."""
+
+    def __init__(self, n: int, settings: WorkerSettings) -> None:
+        if n < 2:
+            raise ConfigError("a worker pool needs --workers >= 2")
+        self.n = n
+        self.settings = settings
+        ctx = mp.get_context("spawn")  # never fork a process with threads and an event loop
+        self._conns: list[Any] = []
+        self._procs: list[Any] = []
+        for wid in range(n):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(child, wid, settings), daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+
+    async def _recv_all(self, conns: list[Any]) -> list[tuple[Any, ...]]:
+        loop = asyncio.get_running_loop()
+        return list(await asyncio.gather(*(loop.run_in_executor(None, c.recv) for c in conns)))
+
+    async def start(self) -> None:
+        try:
+            await asyncio.wait_for(self._recv_all(self._conns), 60)
+        except (asyncio.TimeoutError, EOFError):
+            self.close()
+            raise ConfigError("client worker processes did not start (see stderr)") from None
+
+    def stop(self) -> None:
+        for c in self._conns:
+            try:
+                c.send(("stop",))
+            except (OSError, ValueError):
+                continue
+
+    async def run_level(self, load: dict[str, Any], num_requests: int | None) -> LevelResult:
+        shards = self._shards(load, num_requests)
+        conns = [self._conns[w] for w, _ in shards]
+        for (_, msg), c in zip(shards, conns, strict=True):
+            c.send(msg)
+        replies = await self._recv_all(conns)
+        return merge(load, [r[2] for r in replies], self.settings.slo)
+
+    def _shards(self, load: dict[str, Any], n: int | None) -> list[tuple[int, tuple[Any, ...]]]:
+        st = self.settings
+        if "concurrency" in load:
+            users = split(int(load["concurrency"]), min(self.n, int(load["concurrency"])))
+            counts = [None] * len(users) if n is None else _proportional(n, users)
+            out, base = [], 0
+            for w, (u, k) in enumerate(zip(users, counts, strict=True)):
+                out.append((w, ("level", {"concurrency": u}, k, base, None)))
+                base += k or 0
+            return out
+        offsets = arrival_offsets_s(float(load["rate"]), num_requests=n, duration_s=st.duration_s,
+                                    burstiness=st.burstiness, seed=st.seed)  # fmt: skip
+        t0 = time.perf_counter_ns() + _OPEN_LEAD_NS
+        ids = list(range(len(offsets)))
+        return [(w, ("level", dict(load), len(ids[w :: self.n]), 0,
+                     (offsets[w :: self.n], ids[w :: self.n], t0)))
+                for w in range(self.n) if ids[w :: self.n]]  # fmt: skip
+
+    def close(self) -> None:
+        for c in self._conns:
+            with contextlib.suppress(OSError, ValueError):
+                c.send(("quit",))
+        for p in self._procs:
+            p.join(5)
+            if p.is_alive():
+                p.terminate()
+
+
+def _proportional(n: int, users: list[int]) -> list[int]:
+    total = sum(users)
+    counts = [n * u // total for u in users]
+    for i in range(n - sum(counts)):
+        counts[i % len(counts)] += 1
+    return counts
+
+
+def merge(load: dict[str, Any], parts: list[LevelResult], slo: SLO | None) -> LevelResult:
+    """One level's result from its shards: records pooled, summary recomputed over them."""
+    records: list[RequestRecord] = [r for p in parts for r in p.records]
+    ends = [r.end_ns for r in records if r.end_ns is not None]
+    start = min((r.origin_ns for r in records), default=0)
+    summary = summarize(records, slo, duration_s=(max(ends) - start) / 1e9 if ends else 0.0)
+    worst = max(parts, key=lambda p: p.client.loop_lag_ms.p90 or 0.0)
+    cpu = sum(p.client.cpu_s for p in parts)
+    reasons = [f"worker {i}: {why}" for i, p in enumerate(parts) for why in p.client.reasons]
+    client = ClientCheck(
+        loop_lag_ms=worst.client.loop_lag_ms,
+        send_lag_ms=Stats.of(r.queue_ns / 1e6 for r in records if r.queue_ns is not None),
+        cpu_s=cpu,
+        cpu_util=max(p.client.cpu_util for p in parts),
+        cpu_s_per_1k_tokens=cpu / summary.output_tokens * 1000 if summary.output_tokens else None,
+        client_bound=any(p.client.client_bound for p in parts),
+        reasons=reasons,
+    )
+    return LevelResult(dict(load), summary, records, client,
+                       interrupted=any(p.interrupted for p in parts))  # fmt: skip
