@@ -10,6 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from latlab.errors import ConfigError  # noqa: E402
+from latlab.plan.catalog import get_catalog_model, model_names  # noqa: E402
 from latlab.plan.weights import count_parameters  # noqa: E402
 
 _BASE = {
@@ -70,3 +72,21 @@ def test_count_matches_transformers(case):
         model = transformers.AutoModelForCausalLM.from_config(config)
     actual = sum(param.numel() for param in model.parameters())
     assert count_parameters(config.to_dict()).total == actual
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_catalog_totals_match_transformers_at_full_size(name):
+    # The real-size models on the meta device: exact for every catalog entry (8.03B, 70.55B,
+    # 7.62B, 72.71B, 7.24B, 9.24B, 46.70B, 15.71B and the bundled tiny model).
+    try:
+        spec = get_catalog_model(name)
+    except ConfigError as exc:
+        pytest.skip(str(exc))
+    fields = dict(spec.config)
+    model_type = fields.pop("model_type")
+    fields.pop("architectures", None)
+    config = transformers.AutoConfig.for_model(model_type, **fields)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    actual = sum(param.numel() for param in model.parameters())
+    assert count_parameters(spec.config).total == actual
