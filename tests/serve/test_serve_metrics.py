@@ -51,6 +51,9 @@ def test_metrics_names_and_counts(url):
     assert _value(text, "latlab:num_requests_running") == 0
     assert _value(text, "latlab:kv_cache_usage_perc") == 0
     assert 'model_name="fake-model"' in text
+    assert _value(text, "latlab:num_preemptions_total") == 0
+    success = 'latlab:request_success_total{finished_reason="length",model_name="fake-model"}'
+    assert _value(text, success) == 2
 
 
 def test_each_app_has_its_own_registry(engine):

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -47,6 +47,8 @@ _COUNTERS = (
     ("latlab:prefix_cache_hits", "Prompt tokens found in the prefix cache.", "prefix_cache_hits"),
     ("latlab:prompt_tokens", "Prompt tokens processed.", "prompt_tokens_total"),
     ("latlab:generation_tokens", "Tokens generated.", "generation_tokens_total"),
+    ("latlab:num_preemptions", "Sequences preempted (blocks freed, recomputed later).",
+     "num_preemptions"),
 )  # fmt: skip
 
 
@@ -93,6 +95,13 @@ class ServeMetrics:
             "Arrival to first scheduled (time spent waiting).",
             _REQUEST_BUCKETS,
         )
+        self.success = Counter(
+            "latlab:request_success",
+            "Requests that finished, by finish reason (aborted requests are not counted).",
+            labelnames=["model_name", "finished_reason"],
+            registry=self.registry,
+        )
+        self._model_name = model_name
         self.registry.register(_EngineStatsCollector(stats, model_name))
 
     def render(self) -> bytes:
@@ -141,3 +150,5 @@ class RequestTracker:
         if scheduled:
             self._metrics.queue.observe(max(scheduled - arrival, 0) / 1e9)
         self._metrics.e2e.observe(max(finished - arrival, 0) / 1e9)
+        reason = getattr(output, "finish_reason", None) or "unknown"
+        self._metrics.success.labels(self._metrics._model_name, reason).inc()
