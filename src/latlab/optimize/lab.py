@@ -36,7 +36,7 @@ from latlab.optimize.quality import (
 )
 from latlab.optimize.recipes import Recipe
 from latlab.optimize.runner import RunResult, make_runner
-from latlab.optimize.subject import Setup, load_model, model_bytes
+from latlab.optimize.subject import Setup, activated, load_model, model_bytes
 from latlab.optimize.workload import LabRequest, build_requests
 
 Progress = Callable[[str], None]
@@ -270,12 +270,13 @@ class Lab:
             runner.run(self.requests)
         logits = None
         if setup.model is not None:
-            logits = heldout_logits(
-                setup.model,
-                self.text_ids,
-                self.plan.quality_window_tokens,
-                self.plan.quality_windows,
-            )
+            with activated(setup):
+                logits = heldout_logits(
+                    setup.model,
+                    self.text_ids,
+                    self.plan.quality_window_tokens,
+                    self.plan.quality_windows,
+                )
         measurement = Measurement(extra=first.extra)
         measurement.memory_bytes, measurement.memory_what = _memory(setup, runner)
         t0 = time.perf_counter()
@@ -312,8 +313,6 @@ class Lab:
     ) -> QualityResult:
         logits: LogitComparison | None = None
         if changes_model and base.logits is not None and setup.model is not None:
-            from latlab.optimize.subject import activated
-
             with activated(setup):
                 cand_logits, _ = heldout_logits(
                     setup.model,
