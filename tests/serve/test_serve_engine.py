@@ -245,3 +245,19 @@ def test_full_queue_is_503_with_retry_after(small):
             assert r.json()["error"]["type"] == "overloaded_error"
     after = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=60)
     assert after.status_code == 200
+
+
+def test_chat_prompt_is_the_template_without_a_second_bos(served):
+    engine, url = served
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    expected = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    if not isinstance(expected, list):  # newer transformers return a BatchEncoding
+        expected = expected["input_ids"]
+    body = {"messages": messages, "max_tokens": 1}
+    r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    assert r.json()["usage"]["prompt_tokens"] == len(expected)
+    bad = {"messages": [{"role": "tool", "content": "x"}], "max_tokens": 1}
+    r = httpx.post(f"{url}/v1/chat/completions", json=bad, timeout=60)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "messages"
+    assert "tool" in r.json()["error"]["message"]
