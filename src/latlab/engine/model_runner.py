@@ -129,5 +129,12 @@ class ModelRunner:
             out_index = (torch.arange(b, device=dev).unsqueeze(1) * max_q + j)[j < n]
         keys = torch.arange(max_blocks * self.block_size, device=dev)
         mask = keys.view(1, 1, 1, -1) <= q_pos.view(b, 1, max_q, 1)
+        bias = None
+        if max_q == 1:
+            bias = torch.zeros(mask.shape, dtype=torch.float32, device=dev)
+            bias.masked_fill_(~mask, float("-inf"))
+            mask = None
         slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
-        return AttentionMetadata(slot_mapping, block_tables, mask, q_index, out_index, max_q)
+        return AttentionMetadata(
+            slot_mapping, block_tables, block_tables.view(-1), mask, bias, q_index, out_index, max_q
+        )

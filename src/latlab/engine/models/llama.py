@@ -25,7 +25,9 @@ class AttentionMetadata:
 
     slot_mapping: [N] flat cache slot of each new token.
     block_tables: [B, max_blocks] block ids per sequence (padding points at block 0).
-    mask: [B, 1, max_q, max_blocks * block_size] True where a query may see a key.
+    flat_blocks: block_tables flattened (the gather index).
+    mask: [B, 1, max_q, max_blocks * block_size] True where a query may see a key (prefill).
+    decode_bias: [B, 1, 1, T] float32 0 / -inf, the same mask as an additive bias (decode).
     q_index: [B, max_q] flat token index per padded query slot; None when every sequence
         has exactly one new token (pure decode), where the padded layout is the flat one.
     out_index: [N] position of each real token in the flattened [B * max_q] output.
@@ -33,23 +35,24 @@ class AttentionMetadata:
 
     slot_mapping: torch.Tensor
     block_tables: torch.Tensor
-    mask: torch.Tensor
+    flat_blocks: torch.Tensor
+    mask: torch.Tensor | None
+    decode_bias: torch.Tensor | None
     q_index: torch.Tensor | None
     out_index: torch.Tensor | None
     max_q: int
 
 
 class RMSNorm(nn.Module):
+    """Root-mean-square norm, one fused kernel (statistics in float32, as transformers does)."""
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
@@ -74,9 +77,9 @@ def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
     return torch.where(medium, smoothed, scaled)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, with rotate_half's minus sign folded into the table."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class Attention(nn.Module):
@@ -85,6 +88,7 @@ class Attention(nn.Module):
         self.num_heads = args.num_attention_heads
         self.num_kv_heads = args.num_key_value_heads
         self.head_dim = args.head_dim
+        self.scale = args.head_dim**-0.5
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.split = (q_size, kv_size, kv_size)
         self.qkv_proj = nn.Linear(args.hidden_size, q_size + 2 * kv_size, bias=args.attention_bias)
@@ -99,15 +103,12 @@ class Attention(nn.Module):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
     ) -> torch.Tensor:
-        n = x.shape[0]
-        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
-        q = q.view(n, self.num_heads, self.head_dim)
-        k = k.view(n, self.num_kv_heads, self.head_dim)
-        v = v.view(n, self.num_kv_heads, self.head_dim)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        flat_k = k_cache.view(-1, self.num_kv_heads, self.head_dim)
-        flat_v = v_cache.view(-1, self.num_kv_heads, self.head_dim)
+        n, heads, kv_heads = x.shape[0], self.num_heads, self.num_kv_heads
+        qkv = self.qkv_proj(x).view(n, heads + 2 * kv_heads, self.head_dim)
+        qk = apply_rope(qkv[:, : heads + kv_heads], cos, sin)  # q and k heads in one go
+        q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads :]
+        flat_k = k_cache.view(-1, kv_heads, self.head_dim)
+        flat_v = v_cache.view(-1, kv_heads, self.head_dim)
         flat_k.index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
         flat_v.index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
         out = self._paged_attention(q, k_cache, v_cache, meta)
@@ -117,21 +118,35 @@ class Attention(nn.Module):
         self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
         b = meta.block_tables.shape[0]
-        keys = k_cache[meta.block_tables].view(b, -1, self.num_kv_heads, self.head_dim)
-        values = v_cache[meta.block_tables].view(b, -1, self.num_kv_heads, self.head_dim)
-        keys = keys.to(q.dtype).transpose(1, 2)
-        values = values.to(q.dtype).transpose(1, 2)
+        shape = (b, -1, self.num_kv_heads, self.head_dim)  # [B, T, kv_heads, head_dim]
+        keys = k_cache.index_select(0, meta.flat_blocks).view(shape).to(q.dtype)
+        values = v_cache.index_select(0, meta.flat_blocks).view(shape).to(q.dtype)
         if meta.q_index is None:
-            queries = q.view(b, 1, self.num_heads, self.head_dim)
+            out = self._decode_attention(q, keys, values, meta.decode_bias)
         else:
-            queries = q[meta.q_index]
-        out = F.scaled_dot_product_attention(
-            queries.transpose(1, 2), keys, values, attn_mask=meta.mask, enable_gqa=True
-        )
+            out = F.scaled_dot_product_attention(
+                q[meta.q_index].transpose(1, 2),
+                keys.transpose(1, 2),
+                values.transpose(1, 2),
+                attn_mask=meta.mask,
+                enable_gqa=True,
+            )
         out = out.transpose(1, 2).reshape(b * meta.max_q, self.num_heads * self.head_dim)
         if meta.out_index is not None:
             out = out[meta.out_index]
         return out
+
+    def _decode_attention(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        """One query per sequence: two einsums beat SDPA's CPU kernel ~2.5x at q_len 1
+        (measured, docs/engine.md). Scores and softmax in float32."""
+        b, group = keys.shape[0], self.num_heads // self.num_kv_heads
+        qg = q.view(b, self.num_kv_heads, group, self.head_dim)
+        scores = torch.einsum("bkgd,btkd->bkgt", qg, keys).float() * self.scale + bias
+        probs = scores.softmax(dim=-1).to(values.dtype)
+        out = torch.einsum("bkgt,btkd->bkgd", probs, values)
+        return out.reshape(b, self.num_heads, 1, self.head_dim)
 
 
 class MLP(nn.Module):
@@ -168,10 +183,9 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         if args.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        freqs = torch.outer(torch.arange(args.max_position_embeddings).float(), rope_inv_freq(args))
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos_table", emb.cos(), persistent=False)
-        self.register_buffer("sin_table", emb.sin(), persistent=False)
+        cos, sin = rope_tables(args, torch.float32)
+        self.register_buffer("cos_table", cos, persistent=False)
+        self.register_buffer("sin_table", sin, persistent=False)
 
     def forward(
         self,
@@ -183,8 +197,8 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Run the new tokens; returns float32 logits of the rows in ``logits_index``."""
         x = self.embed_tokens(input_ids)
-        cos = self.cos_table[positions].to(x.dtype).unsqueeze(1)
-        sin = self.sin_table[positions].to(x.dtype).unsqueeze(1)
+        cos = self.cos_table[positions].unsqueeze(1)
+        sin = self.sin_table[positions].unsqueeze(1)
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
             x = layer(x, cos, sin, k_cache, v_cache, meta)
         x = self.norm(x[logits_index])
@@ -200,15 +214,24 @@ def load_llama(
     model = model.to_empty(device=device).to(dtype)
     state = _read_safetensors(Path(model_dir))
     _load_weights(model, args, state, dtype)
-    _fill_rope(model, args, device)  # after any dtype cast: the tables stay float32
+    _fill_rope(model, args, dtype, device)  # after the dtype cast, in the model's dtype
     return model.eval()
 
 
-def _fill_rope(model: LlamaForCausalLM, args: ModelArgs, device: str) -> None:
+def rope_tables(args: ModelArgs, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sign-folded sin per position, computed in float32 then cast (as transformers)."""
     freqs = torch.outer(torch.arange(args.max_position_embeddings).float(), rope_inv_freq(args))
+    half = freqs.shape[-1]
     emb = torch.cat((freqs, freqs), dim=-1)
-    model.cos_table = emb.cos().to(device)
-    model.sin_table = emb.sin().to(device)
+    sin = emb.sin()
+    sin[:, :half] = -sin[:, :half]
+    return emb.cos().to(dtype), sin.to(dtype)
+
+
+def _fill_rope(model: LlamaForCausalLM, args: ModelArgs, dtype: torch.dtype, device: str) -> None:
+    cos, sin = rope_tables(args, dtype)
+    model.cos_table = cos.to(device)
+    model.sin_table = sin.to(device)
 
 
 def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
