@@ -261,3 +261,13 @@ def test_chat_prompt_is_the_template_without_a_second_bos(served):
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "messages"
     assert "tool" in r.json()["error"]["message"]
+
+
+def test_unset_max_tokens_fits_a_kv_cache_smaller_than_the_context(small):
+    engine, url = small  # 128 KV tokens, context 2048
+    body = {"messages": [{"role": "user", "content": "hi"}], "ignore_eos": True}
+    r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    assert usage["prompt_tokens"] + usage["completion_tokens"] == 128
+    assert engine.max_model_len > 128

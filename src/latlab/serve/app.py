@@ -215,7 +215,9 @@ class _Server:
                 code="context_length_exceeded",
             )
         if requested is None:
-            return limit - prompt_len
+            # "As much as fits": the context, and the KV cache when that is smaller, so an
+            # unset max_tokens never turns into a capacity error the client did not ask for.
+            return max(1, min(limit, self._kv_capacity_tokens() or limit) - prompt_len)
         if prompt_len + requested > limit:
             raise RequestError(
                 f"this model's maximum context length is {limit} tokens; you requested "
@@ -225,6 +227,13 @@ class _Server:
                 code="context_length_exceeded",
             )
         return requested
+
+    def _kv_capacity_tokens(self) -> int | None:
+        block_size = getattr(getattr(self.engine, "config", None), "block_size", None)
+        blocks = getattr(self.engine.stats(), "num_kv_blocks", None)
+        if not block_size or not blocks:
+            return None
+        return int(block_size) * int(blocks)
 
     # ---- running ----------------------------------------------------------------------------
 
