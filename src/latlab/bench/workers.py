@@ -48,7 +48,7 @@ def split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def _worker_main(conn: Any, wid: int, settings: WorkerSettings) -> None:
+def _worker_main(conn: tuple[Any, Any], wid: int, settings: WorkerSettings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     from latlab.bench.api import _loop_factory
     from latlab.bench.targets import OpenAITarget
@@ -63,7 +63,10 @@ def _worker_main(conn: Any, wid: int, settings: WorkerSettings) -> None:
             r.run(coro)
 
 
-async def _serve(conn: Any, wid: int, st: WorkerSettings, target: Any) -> None:
+async def _serve(conns: tuple[Any, Any], wid: int, st: WorkerSettings, target: Any) -> None:
+    # Two one-way pipes: the event loop watches the command pipe (and makes it non-blocking),
+    # results go out on the other one with plain blocking writes.
+    conn, out = conns
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
     current: list[Runner] = []
@@ -80,7 +83,7 @@ async def _serve(conn: Any, wid: int, st: WorkerSettings, target: Any) -> None:
             inbox.put_nowait(msg)
 
     loop.add_reader(conn.fileno(), readable)
-    conn.send(("ready", wid))
+    out.send(("ready", wid))
     try:
         while True:
             msg = await inbox.get()
@@ -96,7 +99,7 @@ async def _serve(conn: Any, wid: int, st: WorkerSettings, target: Any) -> None:
             current[:] = [runner]
             result = await runner.run_level(load)
             current.clear()
-            conn.send(("result", wid, result))
+            out.send(("result", wid, result))
     finally:
         loop.remove_reader(conn.fileno())
         await target.aclose()
@@ -111,14 +114,19 @@ class WorkerPool:
         self.n = n
         self.settings = settings
         ctx = mp.get_context("spawn")  # never fork a process with threads and an event loop
-        self._conns: list[Any] = []
+        self._conns: list[Any] = []  # commands to each worker
+        self._results: list[Any] = []  # results from each worker
         self._procs: list[Any] = []
         for wid in range(n):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(child, wid, settings), daemon=True)
+            cmd_r, cmd_w = ctx.Pipe(duplex=False)
+            res_r, res_w = ctx.Pipe(duplex=False)
+            args = ((cmd_r, res_w), wid, settings)
+            proc = ctx.Process(target=_worker_main, args=args, daemon=True)
             proc.start()
-            child.close()
-            self._conns.append(parent)
+            cmd_r.close()
+            res_w.close()
+            self._conns.append(cmd_w)
+            self._results.append(res_r)
             self._procs.append(proc)
 
     async def _recv_all(self, conns: list[Any]) -> list[tuple[Any, ...]]:
@@ -127,7 +135,7 @@ class WorkerPool:
 
     async def start(self) -> None:
         try:
-            await asyncio.wait_for(self._recv_all(self._conns), 60)
+            await asyncio.wait_for(self._recv_all(self._results), 60)
         except (asyncio.TimeoutError, EOFError):
             self.close()
             raise ConfigError("client worker processes did not start (see stderr)") from None
@@ -141,10 +149,9 @@ class WorkerPool:
 
     async def run_level(self, load: dict[str, Any], num_requests: int | None) -> LevelResult:
         shards = self._shards(load, num_requests)
-        conns = [self._conns[w] for w, _ in shards]
-        for (_, msg), c in zip(shards, conns, strict=True):
-            c.send(msg)
-        replies = await self._recv_all(conns)
+        for w, msg in shards:
+            self._conns[w].send(msg)
+        replies = await self._recv_all([self._results[w] for w, _ in shards])
         return merge(load, [r[2] for r in replies], self.settings.slo)
 
     def _shards(self, load: dict[str, Any], n: int | None) -> list[tuple[int, tuple[Any, ...]]]:

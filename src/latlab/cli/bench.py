@@ -48,10 +48,15 @@ def _target(opts: dict[str, Any]) -> Any:
         if opts["tokenizer"]:
             target.tokenizer = _tokenizer(opts["tokenizer"])
         return target
+    if opts["threads"] != "auto" and not str(opts["threads"]).isdigit():
+        raise ConfigError("--threads takes a number or auto")
     if opts["backend"] == "latlab":
         return targets.EngineTarget.from_model(opts["model"], dtype=opts["dtype"],
                                                device=opts["device"])  # fmt: skip
-    return targets.TransformersTarget(opts["model"], dtype=opts["dtype"], device=opts["device"])
+    threads = opts["threads"] if opts["threads"] == "auto" else int(opts["threads"])
+    return targets.TransformersTarget(
+        opts["model"], dtype=opts["dtype"], device=opts["device"], num_threads=threads
+    )
 
 
 def _tokenizer(name: str) -> Any:
@@ -157,6 +162,12 @@ def _tokenizer(name: str) -> Any:
 )
 @click.option("--dtype", default="float32", show_default=True, help="In-process model dtype.")
 @click.option("--device", default="cpu", show_default=True, help="In-process model device.")
+@click.option(
+    "--threads",
+    default="auto",
+    show_default=True,
+    help="torch threads for --backend transformers; auto = 1 under 20M parameters.",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the result JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write per-request rows.")
 @click.option("--seed", type=int, default=0, show_default=True)
