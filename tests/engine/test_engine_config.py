@@ -9,6 +9,7 @@ import pytest
 
 from latlab.engine import LLM, EngineConfig, SamplingParams
 from latlab.engine.llm_engine import LLMEngine
+from latlab.engine.models.packed_linear import onednn_available
 from latlab.errors import CapacityError, ConfigError, ModelLoadError, OverloadedError
 from latlab.model_files import load_model_config
 from latlab.plan.kv import kv_bytes_per_token
@@ -119,3 +120,15 @@ def test_mistral_matches_transformers(tmp_path):
     llm = LLM(str(model_dir), max_num_batched_tokens=16)
     outs = llm.generate(prompts, SamplingParams(max_tokens=8, ignore_eos=True))
     assert [o.token_ids for o in outs] == hf_greedy(model_dir, prompts, 8)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear ops")
+def test_packed_linear_is_bit_identical_in_bf16(tiny_model_dir):
+    prompts = mixed_prompts(4)
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    packed = LLM(str(tiny_model_dir), dtype="bfloat16", max_num_batched_tokens=16)
+    plain = LLM(str(tiny_model_dir), dtype="bfloat16", packed_linear=False)
+    assert packed.engine.runner.packed_linear and not plain.engine.runner.packed_linear
+    assert not LLM(str(tiny_model_dir)).engine.runner.packed_linear  # fp32: off by default
+    got = [o.token_ids for o in packed.generate(prompts, params)]
+    assert got == [o.token_ids for o in plain.generate(prompts, params)]

@@ -1,6 +1,6 @@
 """Turns a scheduled step into tensors, runs the model over the paged KV cache, samples.
 
-The KV cache is one K and one V tensor per layer, [num_blocks, block_size, kv_heads,
+The KV cache is one K and one V tensor per layer, [kv_heads, num_blocks, block_size,
 head_dim]; its block count comes from the byte budget and latlab.plan.kv (the planner's
 formula), so ``latlab plan`` and the engine agree on capacity.
 """
@@ -14,6 +14,7 @@ import torch
 from latlab.engine.config import EngineConfig
 from latlab.engine.models.config import ModelArgs
 from latlab.engine.models.llama import AttentionMetadata, load_llama
+from latlab.engine.models.packed_linear import onednn_available, pack_linears
 from latlab.engine.sampler import Sampler
 from latlab.engine.scheduler import SchedulerOutput
 from latlab.engine.sequence import Sequence
@@ -54,7 +55,10 @@ class ModelRunner:
         if num_blocks < 1:
             raise CapacityError("the KV cache budget holds no block at all; raise kv_cache_bytes")
         self.model = load_llama(model_dir, args, self.dtype, config.device)
-        shape = (num_blocks, config.block_size, args.num_key_value_heads, args.head_dim)
+        self.packed_linear = self._use_packed_linear()
+        if self.packed_linear:
+            pack_linears(self.model, batch_hint=config.max_num_seqs)
+        shape = (args.num_key_value_heads, num_blocks, config.block_size, args.head_dim)
         self.kv_caches = [
             (
                 torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
@@ -66,6 +70,12 @@ class ModelRunner:
         self._forward = self.model.forward
         if config.compile:
             self._forward = torch.compile(self.model.forward, dynamic=True)
+
+    def _use_packed_linear(self) -> bool:
+        wanted = self.config.packed_linear
+        if wanted is None:  # auto: where it was measured to pay and stays bit-identical
+            wanted = self.dtype in (torch.bfloat16, torch.float16)
+        return bool(wanted) and self.device.type == "cpu" and onednn_available()
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> tuple[list[Sequence], list[int]]:
@@ -133,6 +143,7 @@ class ModelRunner:
         if max_q == 1:
             bias = torch.zeros(mask.shape, dtype=torch.float32, device=dev)
             bias.masked_fill_(~mask, float("-inf"))
+            bias = bias.view(1, b, 1, -1)
             mask = None
         slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
         return AttentionMetadata(
