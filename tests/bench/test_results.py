@@ -61,3 +61,11 @@ def test_table_shows_every_level_and_the_warnings():
     assert "concurrency 1" in text and "concurrency 2" in text
     assert "TTFT p50" in text and "BOUND" in text
     assert "client-bound at concurrency 2" in text
+
+
+def test_live_progress_bar_runs_without_a_terminal(capsys):
+    config = BenchConfig(concurrency=[1, 2], num_requests=3, warmup=0, input_len="2",
+                         output_len="2")  # fmt: skip
+    res = run_bench(config, CallableTarget(make_stream()), progress=True)
+    assert [lv.summary.completed for lv in res.levels] == [3, 3]
+    assert "concurrency 2" in capsys.readouterr().err
