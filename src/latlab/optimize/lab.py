@@ -494,6 +494,9 @@ def run_lab(
     model_path = resolve_model_path(model if model is not None else plan.model)
     text = read_quality_text(model_path, quality_text)
     recipes = [spec.build() for spec in plan.recipes]
+    env = environment()  # before the run: engines may change process-wide thread settings
+    if plan.threads is not None:
+        env["torch_threads"] = plan.threads
     lab = Lab(plan, model_path, text, progress, runner_kwargs)
     try:
         trials = lab.run(recipes)
@@ -504,7 +507,7 @@ def run_lab(
         plan,
         trials,
         {k: b.measurement for k, b in lab.baselines.items()},
-        environment(),
+        env,
         started,
         time.perf_counter() - start,
         lab.notes,

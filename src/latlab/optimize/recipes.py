@@ -398,8 +398,8 @@ def static_batching() -> Recipe:
     return Recipe(
         "static-batching",
         "engine",
-        "requests admitted in fixed waves of max_num_seqs, each wave waits for the "
-        "slowest (vs continuous batching)",
+        "requests sent in fixed waves of the workload's concurrency; a wave waits for its "
+        "slowest request (vs continuous batching)",
         "engine",
         True,
         False,
