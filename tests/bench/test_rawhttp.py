@@ -103,3 +103,26 @@ def test_idle_timeout_and_connect_error():
     with pytest.raises(HTTPStreamError) as exc:
         asyncio.run(dead())
     assert exc.value.reason == "connect_error"
+
+
+def test_a_kept_alive_connection_closed_by_the_server_is_retried_once():
+    ok = CHUNKED + b"2\r\nok\r\n0\r\n\r\n"
+    calls = {"n": 0}
+
+    async def handle(reader, writer):
+        calls["n"] += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(ok)
+        await writer.drain()
+        if calls["n"] == 1:  # keep the first connection open, then drop it unannounced
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            writer.transport.abort()
+            return
+        writer.close()
+
+    got = asyncio.run(_post(handle, n=2))
+    assert [g[:2] for g in got] == [(200, b"ok"), (200, b"ok")]
+    assert calls["n"] == 2

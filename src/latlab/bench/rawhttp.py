@@ -218,18 +218,29 @@ class RawHTTPPool:
         Returns ``(status, last_byte_ns)``. ``timeout_s`` is an idle timeout: the request
         fails when no byte arrives for that long. Raises HTTPStreamError with a ``.reason``.
         """
-        conn = await self._acquire()
         head = [f"POST {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
                 f"Content-Length: {len(body)}"]  # fmt: skip
         head += [f"{k}: {v}" for k, v in headers.items()]
-        conn.start(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body, reads)
-        try:
-            await self._wait(conn, timeout_s)
-        except BaseException:  # timeout, cancellation, broken stream: never reuse it
-            conn.abort()
-            raise
-        finally:
-            conn.reads = None
+        payload = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        for attempt in (1, 2):
+            reused = bool(self._idle)
+            conn = await self._acquire()
+            conn.start(payload, reads)
+            try:
+                await self._wait(conn, timeout_s)
+            except HTTPStreamError as exc:
+                conn.abort()
+                # A kept-alive connection the server closed just as we sent: the request
+                # never reached it, so one retry on a fresh connection is safe (as in httpx).
+                if attempt == 1 and reused and exc.reason == "connection_error" and not reads:
+                    continue
+                raise
+            except BaseException:  # timeout, cancellation: never reuse the connection
+                conn.abort()
+                raise
+            finally:
+                conn.reads = None
+            break
         if conn.reusable:
             self._idle.append(conn)
         else:
