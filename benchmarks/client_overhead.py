@@ -65,7 +65,13 @@ def one_run(url: str, c: int, n: int, chunks: int, server_pid: int, workers: int
     cpu0, srv0 = cpu_s(), proc_cpu_s(server_pid)
     level = run_bench(config, OpenAITarget(url), progress=False).levels[0]
     used, srv_used = cpu_s() - cpu0, proc_cpu_s(server_pid) - srv0
-    server = Stats.of(stub_call(url, "/stub/stats")["first_chunk_ms"])
+    stats = stub_call(url, "/stub/stats")
+    server = Stats.of(stats["first_chunk_ms"])
+    # One clock (CLOCK_MONOTONIC) in both processes: split each TTFT into request path
+    # (client send -> server read), server time, and response path (write -> client stamp).
+    pairs = {rid: (r, w) for rid, r, w in stats["first_chunk_ns"]}
+    hops = [(pairs[x.request_id][0] - x.send_ns, x.chunk_ns[0] - pairs[x.request_id][1])
+            for x in level.records if x.ok and x.request_id in pairs]  # fmt: skip
     s = level.summary
     return {
         "ttft_p50": s.ttft_ms.p50, "ttft_p99": s.ttft_ms.p99,
@@ -75,6 +81,8 @@ def one_run(url: str, c: int, n: int, chunks: int, server_pid: int, workers: int
         "srv_cpu_per_1k": srv_used / s.output_tokens * 1000 if s.output_tokens else float("nan"),
         "loop_util": level.client.cpu_util,
         "loop_lag_p90": level.client.loop_lag_ms.p90 or 0.0,
+        "req_path_p50": statistics.median(h[0] for h in hops) / 1e6 if hops else float("nan"),
+        "resp_path_p50": statistics.median(h[1] for h in hops) / 1e6 if hops else float("nan"),
         "bound": level.client.client_bound, "failed": s.failed,
     }  # fmt: skip
 
@@ -109,7 +117,7 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.1f}")
     hdr = ("streams", "workers", "TTFT p50", "p99", "server p50", "p99", "diff p50", "ITL p50",
            "gap p50", "client CPU s/1k tok", "server CPU s/1k tok", "client loop CPU",
-           "loop lag p90", "bound")  # fmt: skip
+           "loop lag p90", "send→read p50", "write→stamp p50", "bound")  # fmt: skip
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     try:

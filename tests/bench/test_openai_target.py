@@ -39,6 +39,18 @@ def test_ttft_and_itl_medians_within_2ms_of_the_stub_at_concurrency_1():
 
 
 @pytest.mark.parametrize("transport", ["raw", "httpx"])
+def test_request_ids_reach_the_server_and_its_clock_matches_ours(transport):
+    srv = StubServer(ttft_s=0.02, itl_s=0.001, chunks=2)
+    with srv as url:
+        level = bench(url, n=3, target_kw={"transport": transport})
+        server = {rid: (r, w) for rid, r, w in srv.stats()["first_chunk_ns"]}
+    assert set(server) == {r.request_id for r in level.records}
+    for rec in level.records:
+        t_read, t_write = server[rec.request_id]
+        assert rec.send_ns < t_read < t_write < rec.chunk_ns[0]  # one clock, causal order
+
+
+@pytest.mark.parametrize("transport", ["raw", "httpx"])
 def test_multi_token_chunks_are_counted_and_itl_divides_the_gap(transport):
     with StubServer(ttft_s=0.01, itl_s=0.012, tokens_per_chunk=3, chunks=6) as url:
         level = bench(url, n=3, target_kw={"transport": transport})

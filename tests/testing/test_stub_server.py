@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -60,6 +61,9 @@ def test_server_records_its_own_first_chunk_time():
         assert srv_stats["requests"] == 3
         assert len(srv_stats["first_chunk_ms"]) == 3
         assert all(29.0 <= v < 60.0 for v in srv_stats["first_chunk_ms"])
+        pairs = srv_stats["first_chunk_ns"]
+        assert len(pairs) == 3 and all(29e6 <= w - r < 60e6 for _, r, w in pairs)
+        assert pairs[0][1] < time.perf_counter_ns()  # the client's clock
         httpx.post(url.removesuffix("/v1") + "/stub/reset")
         assert httpx.get(url.removesuffix("/v1") + "/stub/stats").json()["first_chunk_ms"] == []
 

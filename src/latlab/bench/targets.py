@@ -223,6 +223,7 @@ class OpenAITarget:
             path = httpx.URL(self.endpoint).raw_path.decode("ascii")
             self._raw_headers = (path, self._headers())
         path, headers = self._raw_headers
+        headers = {**headers, "X-Request-Id": rec.request_id}  # servers log it; vLLM echoes it
         rec.send_ns = time.perf_counter_ns()
         try:
             status, rec.end_ns = await pool.post(path, content, headers, reads, self.timeout_s)
@@ -241,7 +242,10 @@ class OpenAITarget:
         now = time.perf_counter_ns
         rec.send_ns = now()
         try:
-            async with self.client.stream("POST", self.endpoint, content=content) as resp:
+            rid = {"X-Request-Id": rec.request_id}
+            async with self.client.stream(
+                "POST", self.endpoint, content=content, headers=rid
+            ) as resp:
                 if resp.status_code != 200:
                     body = await resp.aread()
                     _fail(rec, f"http_{resp.status_code}", body.decode("utf-8", "replace"))

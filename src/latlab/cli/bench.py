@@ -101,7 +101,9 @@ def _tokenizer(name: str) -> Any:
     help="Requests per level [default: 100 with --url, 16 in-process].",
 )
 @click.option("--duration", type=float, default=None, help="Seconds per level, not a count.")
-@click.option("--warmup", type=int, default=2, show_default=True, help="Requests excluded.")
+@click.option(
+    "--warmup", type=int, default=2, show_default=True, help="Requests sent first, in no figure."
+)
 @click.option(
     "--input-len",
     default=None,

@@ -54,16 +54,21 @@ class StubConfig:
 class _Stats:
     requests: int = 0
     first_chunk_ms: list[float] = field(default_factory=list)
+    # (X-Request-Id, request read, first chunk written) in perf_counter_ns: CLOCK_MONOTONIC,
+    # the same clock as a client's on this machine, so a client can pair them with its own.
+    first_chunk_ns: list[tuple[str, int, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add_first_chunk(self, ms: float) -> None:
+    def add_first_chunk(self, request_id: str, t_read_ns: int, t_write_ns: int) -> None:
         with self.lock:
-            self.first_chunk_ms.append(ms)
+            self.first_chunk_ms.append((t_write_ns - t_read_ns) / 1e6)
+            self.first_chunk_ns.append((request_id, t_read_ns, t_write_ns))
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             vals = sorted(self.first_chunk_ms)
-            return {"requests": self.requests, "first_chunk_ms": vals}
+            return {"requests": self.requests, "first_chunk_ms": vals,
+                    "first_chunk_ns": list(self.first_chunk_ns)}  # fmt: skip
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -76,6 +81,7 @@ class _Handler:
     def __init__(self, server: StubServer) -> None:
         self.srv = server
         self.cfg = server.config
+        self.request_id = ""  # the X-Request-Id header of the request being served
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -101,9 +107,13 @@ class _Handler:
         lines = head.decode("latin-1").split("\r\n")
         method, path, _ = lines[0].split(" ", 2)
         length = 0
+        self.request_id = ""
         for line in lines[1:]:
-            if line.lower().startswith("content-length:"):
+            low = line.lower()
+            if low.startswith("content-length:"):
                 length = int(line.split(":", 1)[1])
+            elif low.startswith("x-request-id:"):
+                self.request_id = line.split(":", 1)[1].strip()
         body = await reader.readexactly(length) if length else b""
         return method, path.split("?", 1)[0], body
 
@@ -211,7 +221,7 @@ class _Handler:
             w.write(last_chunk if i == n_chunks - 1 else mid)
             await w.drain()
             if i == 0:
-                self.srv.record_first_chunk((time.perf_counter_ns() - t_read) / 1e6)
+                self.srv.record_first_chunk(self.request_id, t_read, time.perf_counter_ns())
         if usage:
             u = {"prompt_tokens": pt, "completion_tokens": n_chunks * k,
                  "total_tokens": pt + n_chunks * k}  # fmt: skip
@@ -314,8 +324,8 @@ class StubServer:
         self._stats.requests = self._counter
         return self._counter
 
-    def record_first_chunk(self, ms: float) -> None:
-        self._stats.add_first_chunk(ms)
+    def record_first_chunk(self, request_id: str, t_read_ns: int, t_write_ns: int) -> None:
+        self._stats.add_first_chunk(request_id, t_read_ns, t_write_ns)
 
     def stats(self) -> dict[str, Any]:
         return self._stats.snapshot()
@@ -323,6 +333,7 @@ class StubServer:
     def reset_stats(self) -> None:
         with self._stats.lock:
             self._stats.first_chunk_ms.clear()
+            self._stats.first_chunk_ns.clear()
             self._stats.requests = 0
             self._counter = 0
 
