@@ -27,7 +27,10 @@ READY_PREFIX = "latlab serve: ready at "
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket; ConfigError (not a traceback) when the port is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose
+    # proto says TCP, and accepted sockets inherit it. With proto 0, a small SSE chunk waits
+    # for the client's delayed ACK: about 40 ms added to TTFT (measured here: 47 -> 5 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -1,0 +1,58 @@
+"""server.py: the listening socket, the ready line's URL, the test server's lifecycle."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+
+from latlab.errors import ConfigError
+from latlab.serve.server import bind_socket, running_server, url_of
+
+
+def test_accepted_sockets_say_tcp_so_asyncio_disables_nagle():
+    # asyncio sets TCP_NODELAY only when sock.proto == IPPROTO_TCP; with proto 0 every small
+    # SSE chunk waited for the client's delayed ACK (about 40 ms of TTFT).
+    server = bind_socket("127.0.0.1", 0)
+    server.listen()
+    try:
+        with socket.create_connection(server.getsockname()[:2]):
+            accepted, _ = server.accept()
+            with accepted:
+                assert accepted.proto == socket.IPPROTO_TCP
+    finally:
+        server.close()
+
+
+def test_taken_port_is_a_config_error():
+    first = bind_socket("127.0.0.1", 0)
+    first.listen()
+    try:
+        with pytest.raises(ConfigError, match="cannot listen"):
+            bind_socket("127.0.0.1", first.getsockname()[1])
+    finally:
+        first.close()
+
+
+def test_url_of_names_the_bound_port():
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        assert url_of(sock) == f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+def test_running_server_serves_then_stops():
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/ping")
+    def ping() -> dict:
+        return {"ok": True}
+
+    with running_server(app) as url:
+        assert httpx.get(f"{url}/ping").json() == {"ok": True}
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/ping", timeout=2)
