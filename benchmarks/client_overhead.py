@@ -63,8 +63,11 @@ def one_run(url: str, c: int, n: int, chunks: int, server_pid: int, workers: int
     config = BenchConfig(concurrency=[c], num_requests=n, warmup=0, input_len="32",
                          output_len=str(chunks), workers=min(workers, c))  # fmt: skip
     cpu0, srv0 = cpu_s(), proc_cpu_s(server_pid)
+    ctx0, wall0 = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw, time.perf_counter()
     level = run_bench(config, OpenAITarget(url), progress=False).levels[0]
     used, srv_used = cpu_s() - cpu0, proc_cpu_s(server_pid) - srv0
+    preempted = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - ctx0
+    wall = time.perf_counter() - wall0
     stats = stub_call(url, "/stub/stats")
     server = Stats.of(stats["first_chunk_ms"])
     # One clock (CLOCK_MONOTONIC) in both processes: split each TTFT into request path
@@ -81,6 +84,7 @@ def one_run(url: str, c: int, n: int, chunks: int, server_pid: int, workers: int
         "srv_cpu_per_1k": srv_used / s.output_tokens * 1000 if s.output_tokens else float("nan"),
         "loop_util": level.client.cpu_util,
         "loop_lag_p90": level.client.loop_lag_ms.p90 or 0.0,
+        "preempt_per_s": preempted / wall,
         "req_path_p50": statistics.median(h[0] for h in hops) / 1e6 if hops else float("nan"),
         "resp_path_p50": statistics.median(h[1] for h in hops) / 1e6 if hops else float("nan"),
         "bound": level.client.client_bound, "failed": s.failed,
@@ -96,7 +100,9 @@ def print_row(c: int, w: int, runs: list[dict]) -> None:
         f"{med['ttft_p50'] - med['server_p50']:+.1f} | {med['itl_p50']:.2f} | "
         f"{med['gap_p50']:.2f} | {med['cpu_per_1k']:.4f} | "
         f"{med['srv_cpu_per_1k']:.4f} | {med['loop_util']:.0%} | "
-        f"{med['loop_lag_p90']:.1f} | {bound}/{len(runs)} |",
+        f"{med['loop_lag_p90']:.1f} | {med['preempt_per_s']:.0f} | "
+        f"{med['req_path_p50']:.2f} | {med['resp_path_p50']:.2f} | "
+        f"{bound}/{len(runs)} |",
         flush=True,
     )
 
@@ -117,7 +123,7 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.1f}")
     hdr = ("streams", "workers", "TTFT p50", "p99", "server p50", "p99", "diff p50", "ITL p50",
            "gap p50", "client CPU s/1k tok", "server CPU s/1k tok", "client loop CPU",
-           "loop lag p90", "send→read p50", "write→stamp p50", "bound")  # fmt: skip
+           "loop lag p90", "preempted /s", "send→read p50", "write→stamp p50", "bound")  # fmt: skip
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     try:

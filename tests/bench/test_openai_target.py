@@ -179,3 +179,14 @@ def test_parsing_is_deferred_under_load_and_still_complete():
     assert s.errors == {"malformed_sse": 8}
     assert s.output_tokens == 24 * 5
     assert all(r.chunk_tokens == [1] * 5 for r in level.records if r.ok)
+
+
+def test_request_ids_pair_up_under_concurrency():
+    srv = StubServer(ttft_s=0.02, itl_s=0.001, chunks=2)
+    with srv as url:
+        level = bench(url, n=24, c=8)
+        server = {rid: (r, w) for rid, r, w in srv.stats()["first_chunk_ns"]}
+    assert len(server) == 24
+    for rec in level.records:
+        t_read, t_write = server[rec.request_id]
+        assert rec.send_ns < t_read < t_write < rec.chunk_ns[0]

@@ -81,7 +81,6 @@ class _Handler:
     def __init__(self, server: StubServer) -> None:
         self.srv = server
         self.cfg = server.config
-        self.request_id = ""  # the X-Request-Id header of the request being served
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -90,7 +89,8 @@ class _Handler:
                 if req is None:
                     break
                 t_read = time.perf_counter_ns()
-                keep = await self._dispatch(*req, writer, t_read)
+                method, path, body, request_id = req
+                keep = await self._dispatch(method, path, body, writer, (request_id, t_read))
                 if not keep:
                     break
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -99,7 +99,10 @@ class _Handler:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes] | None:
+    async def _read_request(
+        self, reader: asyncio.StreamReader
+    ) -> tuple[str, str, bytes, str] | None:
+        """(method, path, body, X-Request-Id) of the next request; None at end of stream."""
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -107,18 +110,18 @@ class _Handler:
         lines = head.decode("latin-1").split("\r\n")
         method, path, _ = lines[0].split(" ", 2)
         length = 0
-        self.request_id = ""
+        request_id = ""
         for line in lines[1:]:
             low = line.lower()
             if low.startswith("content-length:"):
                 length = int(line.split(":", 1)[1])
             elif low.startswith("x-request-id:"):
-                self.request_id = line.split(":", 1)[1].strip()
+                request_id = line.split(":", 1)[1].strip()
         body = await reader.readexactly(length) if length else b""
-        return method, path.split("?", 1)[0], body
+        return method, path.split("?", 1)[0], body, request_id
 
     async def _dispatch(
-        self, method: str, path: str, body: bytes, w: asyncio.StreamWriter, t_read: int
+        self, method: str, path: str, body: bytes, w: asyncio.StreamWriter, read: tuple[str, int]
     ) -> bool:
         if method == "GET" and path in ("/v1/models", "/models"):
             models = {"object": "list", "data": [{"id": self.cfg.model, "object": "model"}]}
@@ -133,7 +136,7 @@ class _Handler:
                 payload = json.loads(body or b"{}")
             except json.JSONDecodeError:
                 return await self._send_json(w, 400, {"error": {"message": "bad json"}})
-            return await self._generate(payload, path.endswith("chat/completions"), w, t_read)
+            return await self._generate(payload, path.endswith("chat/completions"), w, read)
         return await self._send_json(w, 404, {"error": {"message": f"no route {path}"}})
 
     async def _send_json(self, w: asyncio.StreamWriter, status: int, obj: Any) -> bool:
@@ -149,8 +152,9 @@ class _Handler:
         return True
 
     async def _generate(
-        self, payload: dict[str, Any], chat: bool, w: asyncio.StreamWriter, t_read: int
+        self, payload: dict[str, Any], chat: bool, w: asyncio.StreamWriter, read: tuple[str, int]
     ) -> bool:
+        t_read = read[1]
         cfg = self.cfg
         n = self.srv.next_request_number()
         fault = cfg.fault if cfg.fault and n % cfg.fault_every == 0 else None
@@ -165,7 +169,7 @@ class _Handler:
         if not payload.get("stream"):
             return await self._non_stream(w, chat, t_read, n_chunks, k, prompt_tokens)
         usage = cfg.send_usage and (payload.get("stream_options") or {}).get("include_usage")
-        return await self._stream(w, chat, t_read, n_chunks, k, prompt_tokens, bool(usage), fault)
+        return await self._stream(w, chat, read, n_chunks, k, prompt_tokens, bool(usage), fault)
 
     async def _non_stream(
         self, w: asyncio.StreamWriter, chat: bool, t_read: int, n_chunks: int, k: int, pt: int
@@ -188,7 +192,7 @@ class _Handler:
         self,
         w: asyncio.StreamWriter,
         chat: bool,
-        t_read: int,
+        read: tuple[str, int],
         n_chunks: int,
         k: int,
         pt: int,
@@ -196,6 +200,7 @@ class _Handler:
         fault: str | None,
     ) -> bool:
         cfg = self.cfg
+        request_id, t_read = read
         w.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -221,7 +226,7 @@ class _Handler:
             w.write(last_chunk if i == n_chunks - 1 else mid)
             await w.drain()
             if i == 0:
-                self.srv.record_first_chunk(self.request_id, t_read, time.perf_counter_ns())
+                self.srv.record_first_chunk(request_id, t_read, time.perf_counter_ns())
         if usage:
             u = {"prompt_tokens": pt, "completion_tokens": n_chunks * k,
                  "total_tokens": pt + n_chunks * k}  # fmt: skip
