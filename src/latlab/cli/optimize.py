@@ -47,7 +47,7 @@ from latlab.cli import main
     type=click.FloatRange(min=0),
     default=None,
     help="Seconds after which no new trial starts; 0 = no limit "
-    "[default: the plan's; 540 for the built-in plan].",
+    "[default: the plan's; 420 for the built-in plan].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the full JSON result on stdout.")
 def optimize(

@@ -356,14 +356,14 @@ class Lab:
             trial.reason = ", ".join(_fmt(c) for c in better)
 
     # ---- the loop ------------------------------------------------------------------------
-    def _over_budget(self, backend: str) -> str | None:
+    def _over_budget(self, backend: str, extra_s: float = 0.0) -> str | None:
         """Why the next trial would not fit the plan's time budget (None when it fits)."""
         budget = self.plan.time_budget_s
         if not budget:
             return None
         elapsed = time.perf_counter() - self.started
         passes = self.plan.warmup + 2 * self.plan.repeats
-        estimate = passes * self.run_seconds.get(backend, 0.0)
+        estimate = passes * self.run_seconds.get(backend, 0.0) + extra_s
         if elapsed + estimate <= budget:
             return None
         return (
@@ -380,10 +380,11 @@ class Lab:
             if reason is not None:  # cheap: no baseline measured for a recipe that cannot run
                 trial.verdict, trial.reason = "skip", reason
                 return trial
-            over = self._over_budget(backend)
+            extra_s = sum(r.setup_cost_s for r in recipes)
+            over = self._over_budget(backend, extra_s)
             if over is None:
                 base = self._baseline(backend)
-                over = self._over_budget(backend)
+                over = self._over_budget(backend, extra_s)
             if over is not None:
                 trial.verdict, trial.reason = "skip", over
                 return trial

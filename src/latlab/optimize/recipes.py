@@ -40,6 +40,7 @@ class Recipe:
     group: str  # the combined run keeps at most one recipe per group
     _why_not: Callable[[Setup], str | None]
     _apply: Callable[[Setup], Setup]
+    setup_cost_s: float = 0.0  # one-off cost (compilation) the lab's time budget allows for
 
     def why_not(self, setup: Setup) -> str | None:
         """None when the recipe can run on ``setup``; else the reason it cannot, in words."""
@@ -313,6 +314,7 @@ def torch_compile(mode: str = "default") -> Recipe:
         "compile",
         why_not,
         apply,
+        setup_cost_s=150.0,
     )
 
 

@@ -163,6 +163,11 @@ def decision_record(result: LabResult, out_dir: Path, command: list[str] | None 
             f"- Together ({t.backend}): {t.name.removeprefix('combined: ')}: "
             f"{t.verdict}: {t.reason}"
         )
+        if t.verdict != "adopt":
+            lines.append(
+                "  They do not hold up together: adopt them one at a time (keep the one that "
+                "moves the figure you care about) and re-run the plan on top of it."
+            )
     lines += [
         "",
         "## Strategy table",

@@ -21,7 +21,7 @@ class LabWorkload:
 
     num_requests: int = 8
     prompt_len: int = 48
-    output_len: int = 16
+    output_len: int = 32
     shared_prefix_len: int = 24
     num_prefixes: int = 2
     repeat_fraction: float = 0.25
