@@ -12,7 +12,11 @@ Workloads (the ones of ../shared/guide/benchmarks.md):
   offline anchor script runs on the same model after ours (it loads for about a minute);
   otherwise the figures of benchmarks.md are printed, labelled as not from this run.
 
-    OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/engine_speed.py
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE nice -n 10 .venv/bin/python benchmarks/engine_speed.py
+
+OMP_WAIT_POLICY=PASSIVE matters on a shared machine: with the default spinning barriers,
+two OMP threads that keep being descheduled ran 4-20x slower (docs/engine.md). It applies to
+both engines in the process, so the ratios stay fair.
     ... --batches 1,64 --repeats 3 --no-vllm --json /tmp/engine_speed.json
 """
 
@@ -213,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "torch": torch.__version__,
             "loadavg_at_start": os.getloadavg(),
         },
@@ -249,12 +254,13 @@ def print_summary(result: dict) -> None:
     else:
         vllm_tok = {r["batch"]: r["tok_per_s_median"] for r in vllm["throughput"]}
         label = "vLLM CPU (this run, after ours)"
+    machine = result["machine"]
     print(
-        f"\nthreads={result['machine']['torch_threads']} load={result['machine']['loadavg_at_start']}"
+        f"\nthreads={machine['torch_threads']} OMP_WAIT_POLICY={machine['omp_wait_policy']} "
+        f"load at start={machine['loadavg_at_start']} at end={machine.get('loadavg_at_end')}"
     )
-    print(
-        f"{'batch':>5} {'latlab tok/s':>13} {'generate':>9} {'x gen':>6} {'vLLM':>7} {'x vLLM':>7}"
-    )
+    header = ("batch", "latlab tok/s", "generate", "x gen", "vLLM", "x vLLM")
+    print("{:>5} {:>13} {:>9} {:>6} {:>7} {:>7}".format(*header))
     for row in result["throughput"]:
         b = row["batch"]
         hf = row.get("hf_tok_s_median")

@@ -73,8 +73,13 @@ class ModelRunner:
 
     def _use_packed_linear(self) -> bool:
         wanted = self.config.packed_linear
+        if wanted and self.config.compile:
+            raise ConfigError(
+                "packed_linear and compile cannot be combined (dynamo cannot trace oneDNN's "
+                "prepacked op); leave packed_linear unset with compile=True"
+            )
         if wanted is None:  # auto: where it was measured to pay and stays bit-identical
-            wanted = self.dtype in (torch.bfloat16, torch.float16)
+            wanted = self.dtype in (torch.bfloat16, torch.float16) and not self.config.compile
         return bool(wanted) and self.device.type == "cpu" and onednn_available()
 
     @torch.inference_mode()
