@@ -219,3 +219,19 @@ def test_time_budget_skips_the_rest(tiny_model_dir, heldout_file):
     result = run_lab(plan, str(tiny_model_dir), str(heldout_file))
     assert result.trials[0].verdict == "skip"
     assert "time budget spent" in result.trials[0].reason
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    from latlab.cli import run
+
+    bad = tmp_path / "plan.toml"
+    bad.write_text('repeats = 3\nrecipes = ["int8-weigth-only"]\n', encoding="utf-8")
+    with pytest.raises(SystemExit) as info:
+        run(["optimize", "--plan", str(bad)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "line 2: unknown recipe 'int8-weigth-only'" in err and "int8-weight-only" in err
+    with pytest.raises(SystemExit) as info:
+        run(["optimize", str(tmp_path / "no-such-model")])
+    assert info.value.code == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -11,6 +11,7 @@ its error and the lab moves on.
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 import traceback
@@ -110,7 +111,8 @@ class Trial:
                 k: {
                     "baseline": c.baseline,
                     "candidate": c.candidate,
-                    "change_pct": c.change_pct,
+                    # JSON has no infinity: a change from a zero baseline has no percentage.
+                    "change_pct": c.change_pct if math.isfinite(c.change_pct) else None,
                     "noise_pct": c.noise_pct,
                     "significant": c.significant,
                     "improved": c.improved,
