@@ -105,6 +105,8 @@ def test_crashing_recipe_is_recorded_and_the_lab_continues(lab):
     assert "kernel exploded" in trials[0].reason
     assert trials[1].verdict in ("adopt", "reject")  # measured after the crash
     assert trials[1].quality.greedy_match_rate == 1.0  # prompt lookup keeps greedy output
+    extra = trials[1].candidate.extra
+    assert extra["forward_passes"] >= 1 and 0 <= extra["accepted_tokens"] <= extra["drafted_tokens"]
     if not torch.cuda.is_available():
         assert trials[2].verdict == "skip" and "CUDA" in trials[2].reason
 

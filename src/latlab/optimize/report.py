@@ -151,6 +151,9 @@ def decision_record(result: LabResult, out_dir: Path, command: list[str] | None 
     ]
     for i, t in enumerate(result.trials, start=1):
         lines.append(f"{i}. **{t.name}** ({t.level}; {t.changes}): {t.verdict}: {t.reason}")
+        if t.candidate is not None and t.candidate.extra:
+            counts = ", ".join(f"{k} {v}" for k, v in t.candidate.extra.items())
+            lines.append(f"   (first pass: {counts})")
     lines += ["", "## Adopted", ""]
     if adopted:
         lines += [f"- **{t.name}**: {t.reason}; quality: {quality_cell(t)}" for t in adopted]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from latlab.metrics import RequestRecord
-from latlab.optimize.generation import greedy_chunks, prompt_lookup_chunks
+from latlab.optimize.generation import SpeculationStats, greedy_chunks, prompt_lookup_chunks
 from latlab.optimize.subject import Setup, activated
 from latlab.optimize.workload import LabRequest, LabWorkload
 
@@ -57,16 +57,18 @@ class TransformersRunner:
         self.setup = setup
         self.workload = workload
 
-    def _chunks(self, prompt: list[int]) -> Iterator[list[int]]:
+    def _chunks(self, prompt: list[int], stats: SpeculationStats) -> Iterator[list[int]]:
         n = self.workload.output_len
         if self.setup.decode == "prompt_lookup":
-            return prompt_lookup_chunks(self.setup.model, prompt, n, (), self.setup.prompt_lookup)
+            config = self.setup.prompt_lookup
+            return prompt_lookup_chunks(self.setup.model, prompt, n, (), config, stats)
         return greedy_chunks(self.setup.model, prompt, n, ())
 
     def run(self, requests: list[LabRequest]) -> RunResult:
         cache: dict[tuple[int, ...], list[int]] = {}
         records, outputs = [], {}
         hits = 0
+        stats = SpeculationStats()
         with activated(self.setup):
             for req, prompt in prepare(self.setup, requests):
                 rec = RequestRecord(
@@ -81,13 +83,21 @@ class TransformersRunner:
                     hits += 1
                     _record_stream(rec, iter([cache[key]]), out)
                 else:
-                    _record_stream(rec, self._chunks(prompt), out)
+                    _record_stream(rec, self._chunks(prompt, stats), out)
                     cache[key] = list(out)
                 rec.end_ns = time.perf_counter_ns()
                 rec.output_tokens = len(out)
                 records.append(rec)
                 outputs[req.request_id] = out
-        extra = {"response_cache_hits": hits} if self.setup.response_cache else {}
+        extra: dict[str, Any] = {}
+        if self.setup.response_cache:
+            extra["response_cache_hits"] = hits
+        if self.setup.decode == "prompt_lookup":  # explains a speedup, or its absence
+            extra.update(
+                forward_passes=stats.forward_passes,
+                drafted_tokens=stats.drafted_tokens,
+                accepted_tokens=stats.accepted_tokens,
+            )
         return RunResult(records, outputs, extra)
 
     def close(self) -> None:
