@@ -154,3 +154,9 @@ def test_unknown_option_lists_accepted_ones():
         make_recipe("cpu-threads", thread=2)
     with pytest.raises(ConfigError, match="threads must be >= 1"):
         make_recipe("cpu-threads", threads=0)
+
+
+def test_kv_dtype_equal_to_the_model_dtype_is_a_no_op(tiny_model_dir):
+    base = Setup("engine", str(tiny_model_dir), None)  # the tiny model is float32
+    assert "already float32" in make_recipe("kv-cache-dtype", dtype="float32").why_not(base)
+    assert make_recipe("kv-cache-dtype", dtype="bfloat16").why_not(base) is None

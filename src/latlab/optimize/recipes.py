@@ -13,6 +13,7 @@ Recipes flagged ``exact`` must not change a single greedy token; the lab checks 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import inspect
 from collections.abc import Callable
@@ -443,9 +444,23 @@ def prefix_caching(enabled: bool = False) -> Recipe:
 
 
 def kv_cache_dtype(dtype: str = "bfloat16") -> Recipe:
-    return _engine_recipe(
+    base = _engine_recipe(
         f"kv-cache-{dtype}", f"KV cache stored as {dtype}", "kv_dtype", False, kv_cache_dtype=dtype
     )
+
+    def why_not(setup: Setup) -> str | None:
+        if setup.engine_options.get("kv_cache_dtype", "auto") == "auto":
+            from latlab.model_files import load_model_config
+
+            config = load_model_config(setup.model_path)
+            model_dtype = setup.engine_options.get("dtype", "auto")
+            if model_dtype == "auto":
+                model_dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
+            if model_dtype == dtype:
+                return f"the baseline's KV cache is already {dtype} (auto = the model's dtype)"
+        return base._why_not(setup)
+
+    return dataclasses.replace(base, _why_not=why_not)
 
 
 def prompt_lookup(num_draft_tokens: int = 8, max_ngram: int = 3) -> Recipe:
