@@ -118,3 +118,20 @@ def test_backend_latlab_runs_the_engine_in_process(tmp_path):
     d = json.loads((tmp_path / "r.json").read_text())
     assert d["target"]["name"].startswith("latlab-engine")
     assert d["levels"][0]["summary"]["output_tokens"] == 15
+
+
+def test_callable_target_from_the_command_line(tmp_path):
+    (tmp_path / "mystack.py").write_text(
+        "def generate(prompt, max_tokens):\n    for i in range(max_tokens):\n        yield [i]\n"
+    )
+    # as the console script runs it: the user's module is found in the working directory
+    code = "import sys; sys.path.pop(0); from latlab.cli import run; run(sys.argv[1:])"
+    out = subprocess.run(
+        [sys.executable, "-c", code, "bench", "--callable", "mystack:generate",
+         "--num-requests", "3", "--output-len", "5", "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert d["target"]["name"] == "callable:mystack:generate"
+    assert d["levels"][0]["summary"]["output_tokens"] == 15

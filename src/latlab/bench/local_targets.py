@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -283,6 +285,8 @@ class CallableTarget:
         mod_name, sep, attr = spec.partition(":")
         if not sep or not mod_name or not attr:
             raise TargetError(f"--callable {spec!r} must look like module:function")
+        if "" not in sys.path and os.getcwd() not in sys.path:  # like uvicorn's --app-dir .
+            sys.path.insert(0, os.getcwd())
         try:
             obj: Any = importlib.import_module(mod_name)
         except ImportError as exc:
