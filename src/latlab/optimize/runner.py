@@ -141,23 +141,35 @@ class EngineRunner:
 
         self.engine = self.loop.run_until_complete(build())
 
-    async def _one(self, req: LabRequest, prompt: list[int]) -> tuple[RequestRecord, list[int]]:
+    async def _one(
+        self,
+        req: LabRequest,
+        prompt: list[int],
+        first_token: asyncio.Event | None = None,
+        held_ns: int = 0,
+    ) -> tuple[RequestRecord, list[int]]:
         rec = RequestRecord(
             request_id=req.request_id,
             send_ns=time.perf_counter_ns(),
             prompt_tokens=len(prompt),
             output_tokens_source="engine",
         )
+        if held_ns:  # time the client held it back counts as latency (no coordinated omission)
+            rec.intended_send_ns = rec.send_ns - held_ns
         out: list[int] = []
         try:
             async for item in self.engine.generate(prompt, self.params, request_id=None):
                 if item.new_token_ids:
+                    if first_token is not None:
+                        first_token.set()
                     rec.chunk_ns.append(time.perf_counter_ns())
                     rec.chunk_tokens.append(len(item.new_token_ids))
                     out.extend(item.new_token_ids)
         except Exception as exc:  # recorded per request, like the bench runner does
             rec.error = type(exc).__name__
             rec.error_detail = str(exc)[:200]
+        if first_token is not None:
+            first_token.set()  # never leave followers waiting on a failed leader
         rec.end_ns = time.perf_counter_ns()
         rec.output_tokens = len(out)
         return rec, out
@@ -171,12 +183,38 @@ class EngineRunner:
                 results += await asyncio.gather(*(self._one(r, p) for r, p in wave))
             return results
         gate = asyncio.Semaphore(width)
+        if self.setup.group_by_prefix:
+            return await self._run_grouped(items, gate)
 
         async def limited(req: LabRequest, prompt: list[int]) -> tuple[Any, Any]:
             async with gate:
                 return await self._one(req, prompt)
 
         return await asyncio.gather(*(limited(r, p) for r, p in items))
+
+    async def _run_grouped(
+        self, items: list[tuple[LabRequest, list[int]]], gate: asyncio.Semaphore
+    ) -> list[tuple[Any, Any]]:
+        """Each prefix group's first request goes alone; the rest follow its first token.
+
+        Sent together, a group's requests would all be in prefill before any of them has
+        cached the shared prefix, and nobody would hit the cache.
+        """
+        leaders: dict[int, asyncio.Event] = {}
+
+        async def send(req: LabRequest, prompt: list[int]) -> tuple[Any, Any]:
+            event = leaders.get(req.prefix_id)
+            if event is None:
+                event = leaders[req.prefix_id] = asyncio.Event()
+                async with gate:
+                    return await self._one(req, prompt, first_token=event)
+            start = time.perf_counter_ns()
+            await event.wait()
+            held = time.perf_counter_ns() - start
+            async with gate:
+                return await self._one(req, prompt, held_ns=held)
+
+        return await asyncio.gather(*(send(r, p) for r, p in items))
 
     def run(self, requests: list[LabRequest]) -> RunResult:
         items = prepare(self.setup, requests)
