@@ -135,3 +135,24 @@ def test_callable_target_from_the_command_line(tmp_path):
     d = json.loads((tmp_path / "r.json").read_text())
     assert d["target"]["name"] == "callable:mystack:generate"
     assert d["levels"][0]["summary"]["output_tokens"] == 15
+
+
+def test_ctrl_c_keeps_what_was_measured_and_exits_130(tmp_path):
+    import signal
+    import time
+
+    with StubServer(ttft_s=0.005, itl_s=0.001, chunks=4) as url:
+        code = "import sys; from latlab.cli import run; run(sys.argv[1:])"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, "bench", "--url", url, "--concurrency", "4",
+             "--duration", "60", "--json", str(tmp_path / "r.json")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(4.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in out and "concurrency 4" in out
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert d["interrupted"] is True
+    assert d["levels"][0]["summary"]["completed"] > 0

@@ -18,6 +18,7 @@ from latlab.metrics import SLO
 from latlab.workload import LengthDist, WorkloadSpec, build_requests
 
 _PROMPTS_FOR_DURATION = 1000  # a duration run cycles through this many distinct prompts
+_MAX_DISTINCT_PROMPTS = 10_000  # longer runs repeat prompts (building more takes too long)
 
 
 @dataclass(slots=True)
@@ -126,7 +127,7 @@ async def arun_bench(
         dataset=config.dataset,
         input_len=config.input_len,
         output_len=config.output_len,
-        num_prompts=config.num_requests or _PROMPTS_FOR_DURATION,
+        num_prompts=min(config.num_requests or _PROMPTS_FOR_DURATION, _MAX_DISTINCT_PROMPTS),
         prefix_groups=config.prefix_groups,
         prefix_len=config.prefix_len,
         seed=config.seed,
