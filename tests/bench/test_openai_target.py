@@ -190,3 +190,29 @@ def test_request_ids_pair_up_under_concurrency():
     for rec in level.records:
         t_read, t_write = server[rec.request_id]
         assert rec.send_ns < t_read < t_write < rec.chunk_ns[0]
+
+
+class _Sink:
+    def __init__(self):
+        self.updates = []
+
+    def start_level(self, label, total):
+        self.updates.append(("start", label, total))
+
+    def update(self, completed, failed, ttft_p50_ms):
+        self.updates.append((completed, failed, ttft_p50_ms))
+
+    def end_level(self):
+        self.updates.append(("end",))
+
+
+def test_live_progress_advances_while_parsing_is_deferred():
+    sink = _Sink()
+    with StubServer(ttft_s=0.01, itl_s=0.005, chunks=20) as url:  # 6 waves of ~0.1 s
+        config = BenchConfig(concurrency=[16], num_requests=96, warmup=0, input_len="4",
+                             output_len="20")  # fmt: skip
+        run_bench(config, OpenAITarget(url), progress=sink)
+    live = [u for u in sink.updates[1:-2] if isinstance(u[0], int)]
+    assert live and live[0][0] < 96  # updates arrived before the level ended
+    assert any(u[2] is not None for u in live)  # with a running TTFT p50 from sampled parses
+    assert sink.updates[-2][:2] == (96, 0)

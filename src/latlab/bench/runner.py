@@ -165,6 +165,7 @@ class Runner:
     _ttfts: list[float] = field(default_factory=list)
     _unfinished: list[tuple[Any, RequestRecord]] = field(default_factory=list)
     _in_flight: int = 0
+    _finishers: int = 0
     _ok: int = 0
     _failed: int = 0
     _last_ui: float = 0.0
@@ -183,9 +184,13 @@ class Runner:
         try:
             finish = await self.target.run(req, rec, self.opts)
             if finish is not None:
-                # Parsing while other streams are receiving would delay their timestamps.
-                if self._in_flight > _FINISH_NOW_MAX_IN_FLIGHT:
+                self._finishers += 1
+                # Parsing while other streams are receiving would delay their timestamps, so
+                # under load only every 16th response is parsed at once (for the live TTFT).
+                if self._in_flight > _FINISH_NOW_MAX_IN_FLIGHT and self._finishers % 16:
                     self._unfinished.append((finish, rec))
+                    if not rec.warmup:
+                        self._tick(True, None)  # the transport succeeded; parsed later
                     return
                 finish()
         except asyncio.CancelledError:
@@ -197,7 +202,7 @@ class Runner:
         finally:
             self._in_flight -= 1
         if not rec.warmup:
-            self._count(rec)
+            self._tick(rec.ok, rec.ttft_ns)
 
     def _finish_deferred(self) -> None:
         pending, self._unfinished = self._unfinished, []
@@ -206,14 +211,20 @@ class Runner:
                 finish()
             except Exception as exc:
                 _client_error(rec, exc)
-            if not rec.warmup:
-                self._count(rec)
+            if rec.warmup:
+                continue
+            if rec.ok:
+                if rec.ttft_ns is not None:
+                    self._ttfts.append(rec.ttft_ns / 1e6)
+            else:  # counted as ok when its bytes arrived; parsing found it broken
+                self._ok -= 1
+                self._failed += 1
 
-    def _count(self, rec: RequestRecord) -> None:
-        if rec.ok:
+    def _tick(self, ok: bool, ttft_ns: int | None) -> None:
+        if ok:
             self._ok += 1
-            if rec.ttft_ns is not None:
-                self._ttfts.append(rec.ttft_ns / 1e6)
+            if ttft_ns is not None:
+                self._ttfts.append(ttft_ns / 1e6)
         else:
             self._failed += 1
         now = time.monotonic()
