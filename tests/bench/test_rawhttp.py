@@ -126,3 +126,23 @@ def test_a_kept_alive_connection_closed_by_the_server_is_retried_once():
     got = asyncio.run(_post(handle, n=2))
     assert [g[:2] for g in got] == [(200, b"ok"), (200, b"ok")]
     assert calls["n"] == 2
+
+
+def test_compressed_bodies_are_refused_with_a_reason():
+    gz = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\nxx"
+    handler, _ = serve([[gz]])
+    with pytest.raises(HTTPStreamError) as exc:
+        asyncio.run(_post(handler))
+    assert exc.value.reason == "unsupported_encoding"
+
+
+def test_trailers_after_the_last_chunk_retire_the_connection():
+    with_trailer = CHUNKED + b"2\r\nok\r\n0\r\nX-Checksum: 1\r\n\r\n"
+    plain = CHUNKED + b"2\r\nok\r\n0\r\n\r\n"
+    handler, state = serve([[with_trailer]])
+    got = asyncio.run(_post(handler, n=1))
+    assert got[0][:2] == (200, b"ok")
+    handler, state = serve([[with_trailer], [plain]])
+    got = asyncio.run(_post(handler, n=2))
+    assert [g[:2] for g in got] == [(200, b"ok"), (200, b"ok")]
+    assert state["conns"] == 2  # the second request did not reuse the connection

@@ -100,6 +100,10 @@ class _Conn(asyncio.Protocol):
             k, _, v = line.partition(":")
             self.headers[k.strip().lower()] = v.strip()
         rest = bytes(head[end + 4 :])
+        encoding = self.headers.get("content-encoding", "identity").lower()
+        if encoding not in ("identity", ""):
+            self._fail("unsupported_encoding", f"Content-Encoding {encoding}: use httpx")
+            return b""
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
             self.mode = "chunked"
         elif "content-length" in self.headers:
@@ -135,6 +139,8 @@ class _Conn(asyncio.Protocol):
                 return
             del buf[: i + 2]
             if size == 0:
+                if not b"\r\n".startswith(bytes(buf[:2])):  # trailers: retire the socket
+                    self.headers["connection"] = "close"
                 self._finish()
                 return
             self.left = size
