@@ -78,11 +78,11 @@ def time_engine(llm, prompts, output_len: int) -> float:
     from latlab.engine import SamplingParams
 
     params = SamplingParams(max_tokens=output_len, ignore_eos=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     outs = llm.generate(prompts, params)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert all(len(o.token_ids) == output_len for o in outs)
-    return len(prompts) * output_len / elapsed
+    return len(prompts) * output_len / elapsed, len(prompts) * output_len / cpu
 
 
 def time_hf(model, prompts, output_len: int) -> float:
@@ -90,7 +90,7 @@ def time_hf(model, prompts, output_len: int) -> float:
 
     ids = torch.tensor(prompts)
     with torch.inference_mode():
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
@@ -99,9 +99,9 @@ def time_hf(model, prompts, output_len: int) -> float:
             do_sample=False,
             pad_token_id=0,
         )
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert out.shape[1] == ids.shape[1] + output_len
-    return len(prompts) * output_len / elapsed
+    return len(prompts) * output_len / elapsed, len(prompts) * output_len / cpu
 
 
 def throughput(args, llm, hf_model, vocab: int) -> list[dict]:
@@ -111,17 +111,28 @@ def throughput(args, llm, hf_model, vocab: int) -> list[dict]:
         time_engine(llm, prompts, 8)  # warm-up
         if hf_model is not None:
             time_hf(hf_model, prompts, 8)
-        ours, theirs = [], []
+        ours, theirs, ours_cpu, theirs_cpu = [], [], [], []
         for _ in range(args.repeats):  # interleaved A B A B
-            ours.append(time_engine(llm, prompts, args.output_len))
+            wall, cpu = time_engine(llm, prompts, args.output_len)
+            ours.append(wall)
+            ours_cpu.append(cpu)
             if hf_model is not None:
-                theirs.append(time_hf(hf_model, prompts, args.output_len))
+                wall, cpu = time_hf(hf_model, prompts, args.output_len)
+                theirs.append(wall)
+                theirs_cpu.append(cpu)
         row = {"batch": batch, "latlab_tok_s": ours, "latlab_tok_s_median": statistics.median(ours)}
+        # tokens per CPU-second of this process: far less disturbed by other jobs on a shared
+        # machine than wall time (with OMP_WAIT_POLICY=PASSIVE idle threads burn no CPU)
+        row["latlab_tok_per_cpu_s_median"] = statistics.median(ours_cpu)
         if theirs:
             row["hf_tok_s"] = theirs
             row["hf_tok_s_median"] = statistics.median(theirs)
             row["ratio_per_pair"] = [a / b for a, b in zip(ours, theirs, strict=True)]
             row["ratio_median"] = statistics.median(row["ratio_per_pair"])
+            row["hf_tok_per_cpu_s_median"] = statistics.median(theirs_cpu)
+            row["cpu_ratio_median"] = statistics.median(
+                [a / b for a, b in zip(ours_cpu, theirs_cpu, strict=True)]
+            )
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -259,15 +270,16 @@ def print_summary(result: dict) -> None:
         f"\nthreads={machine['torch_threads']} OMP_WAIT_POLICY={machine['omp_wait_policy']} "
         f"load at start={machine['loadavg_at_start']} at end={machine.get('loadavg_at_end')}"
     )
-    header = ("batch", "latlab tok/s", "generate", "x gen", "vLLM", "x vLLM")
-    print("{:>5} {:>13} {:>9} {:>6} {:>7} {:>7}".format(*header))
+    header = ("batch", "latlab tok/s", "generate", "x gen", "x gen cpu", "vLLM", "x vLLM")
+    print("{:>5} {:>13} {:>9} {:>6} {:>9} {:>7} {:>7}".format(*header))
     for row in result["throughput"]:
         b = row["batch"]
         hf = row.get("hf_tok_s_median")
         v = vllm_tok.get(b)
         print(
             f"{b:>5} {row['latlab_tok_s_median']:>13.1f} {hf or 0:>9.1f} "
-            f"{row.get('ratio_median', 0):>6.2f} {v or 0:>7.1f} "
+            f"{row.get('ratio_median', 0):>6.2f} {row.get('cpu_ratio_median', 0):>9.2f} "
+            f"{v or 0:>7.1f} "
             f"{(row['latlab_tok_s_median'] / v) if v else 0:>7.2f}"
         )
     print(f"vLLM column: {label}")

@@ -57,7 +57,7 @@ class ModelRunner:
         self.model = load_llama(model_dir, args, self.dtype, config.device)
         self.packed_linear = self._use_packed_linear()
         if self.packed_linear:
-            pack_linears(self.model, batch_hint=config.max_num_seqs)
+            self.packed_linear = pack_linears(self.model, batch_hint=config.max_num_seqs) > 0
         shape = (args.num_key_value_heads, num_blocks, config.block_size, args.head_dim)
         self.kv_caches = [
             (

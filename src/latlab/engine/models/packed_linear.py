@@ -37,13 +37,26 @@ class PackedLinear(nn.Module):
 
 
 def pack_linears(model: nn.Module, batch_hint: int) -> int:
-    """Replace every ``nn.Linear`` under ``model`` by a PackedLinear; returns how many."""
+    """Replace every ``nn.Linear`` under ``model`` by a PackedLinear; returns how many.
+
+    All or nothing: if oneDNN cannot pack or run this dtype on this CPU (e.g. fp16 without
+    hardware support), the model is left untouched and 0 is returned.
+    """
     targets = [
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
         if isinstance(child, nn.Linear)
     ]
-    for parent, name, child in targets:
-        setattr(parent, name, PackedLinear(child, batch_hint))
-    return len(targets)
+    try:
+        packed = []
+        for parent, name, child in targets:
+            module = PackedLinear(child, batch_hint)
+            probe = torch.zeros(1, child.in_features, dtype=child.weight.dtype)
+            module(probe)  # fails here, not in the first real step, if unsupported
+            packed.append((parent, name, module))
+    except RuntimeError:
+        return 0
+    for parent, name, module in packed:
+        setattr(parent, name, module)
+    return len(packed)
