@@ -82,7 +82,7 @@ def parse_bytes(text: str) -> int:
 @click.option("--no-prefix-caching", is_flag=True, help="Disable prefix caching.")
 @click.option(
     "--max-waiting",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=1),
     default=None,
     help="Queue bound; beyond it requests get 503 [default: 1024].",
 )
