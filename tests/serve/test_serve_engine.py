@@ -271,3 +271,14 @@ def test_unset_max_tokens_fits_a_kv_cache_smaller_than_the_context(small):
     usage = r.json()["usage"]
     assert usage["prompt_tokens"] + usage["completion_tokens"] == 128
     assert engine.max_model_len > 128
+
+
+def test_repeated_prompt_reports_cached_tokens(served):
+    _, url = served
+    body = {"prompt": "one two three four five six seven eight " * 8, "max_tokens": 2}
+    first = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()["usage"]
+    second = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()["usage"]
+    assert first["prompt_tokens"] == second["prompt_tokens"] > 32
+    # Whole 16-token blocks of the prompt come from the prefix cache the second time.
+    assert second["prompt_tokens_details"]["cached_tokens"] >= 16
+    assert second["prompt_tokens_details"]["cached_tokens"] % 16 == 0
