@@ -156,3 +156,33 @@ def _wait_until(condition, timeout_s: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.005)
+
+
+def test_huge_prompt_is_refused_before_tokenizing(url, engine):
+    prompt = "x" * (engine.max_model_len * 64 + 1)
+    r = httpx.post(url + COMPLETIONS, json={"prompt": prompt})
+    assert r.status_code == 400
+    assert "characters" in r.json()["error"]["message"]
+    chat = {"messages": [{"role": "user", "content": prompt}]}
+    assert httpx.post(url + CHAT, json=chat).status_code == 400
+
+
+def test_body_over_the_limit_is_413(url, monkeypatch):
+    import latlab.serve.app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_BODY_BYTES", 1000)
+    r = httpx.post(url + COMPLETIONS, json={"prompt": "y" * 2000})
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "body_too_large"
+
+    def chunked():  # no Content-Length: the limit is enforced while reading
+        yield b'{"prompt": "'
+        yield b"z" * 2000
+        yield b'"}'
+
+    r = httpx.post(
+        url + COMPLETIONS, content=chunked(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413
+    monkeypatch.undo()
+    assert httpx.post(url + COMPLETIONS, json={"prompt": "hi", "max_tokens": 1}).status_code == 200

@@ -43,6 +43,12 @@ from latlab.serve.protocol import (
 # Seconds a client is told to wait after a 503 (the queue drains in about that long at
 # typical CPU decode rates; clients with backoff retry sooner or later anyway).
 RETRY_AFTER_S = 1
+# Request bodies beyond this are refused before they are read (413): no prompt that fits any
+# supported context comes near it, and reading it would cost memory for nothing.
+MAX_BODY_BYTES = 32 * 2**20
+# A prompt with more characters than this per context token cannot fit (tokens average about
+# four characters); refusing it before tokenizing keeps a huge prompt off the event loop.
+MAX_CHARS_PER_TOKEN = 64
 
 
 @dataclass(slots=True)
@@ -75,12 +81,12 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        req = parse_request(CompletionRequest, await request.body())
+        req = parse_request(CompletionRequest, await _read_body(request))
         return await server.run(server.prepare_completion(req), request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        req = parse_request(ChatCompletionRequest, await request.body())
+        req = parse_request(ChatCompletionRequest, await _read_body(request))
         return await server.run(server.prepare_chat(req), request)
 
     @app.get("/v1/models")
@@ -96,6 +102,22 @@ def create_app(
         return Response(content=server.metrics.render(), media_type=CONTENT_TYPE)
 
     return app
+
+
+async def _read_body(request: Request) -> bytes:
+    too_big = RequestError(
+        f"request body is larger than {MAX_BODY_BYTES} bytes", status=413, code="body_too_large"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _default_make_params() -> Callable[..., Any]:
@@ -163,6 +185,7 @@ class _Server:
         req.check_supported()
         prompt = req.single_prompt()
         if isinstance(prompt, str):
+            self._check_chars(len(prompt))
             ids = list(self.engine.tokenizer.encode(prompt))
         else:
             ids = self._check_token_ids(prompt)
@@ -172,6 +195,7 @@ class _Server:
         self._check_model(req.model)
         req.check_supported()
         messages = [m.as_template_dict() for m in req.messages]
+        self._check_chars(sum(len(m["content"]) for m in messages))
         tokenizer = self.engine.tokenizer
         try:
             text = tokenizer.apply_chat_template(
@@ -184,6 +208,16 @@ class _Server:
         # The template already wrote any BOS token; adding special tokens would double it.
         ids = list(tokenizer.encode(text, add_special_tokens=False))
         return self._job(req, ids, req.requested_max_tokens, chat=True, prefix="chatcmpl")
+
+    def _check_chars(self, chars: int) -> None:
+        limit = int(self.engine.max_model_len)
+        if chars > limit * MAX_CHARS_PER_TOKEN:
+            raise RequestError(
+                f"the prompt has {chars} characters, far more than fit in this model's "
+                f"maximum context of {limit} tokens; shorten it",
+                param="prompt",
+                code="context_length_exceeded",
+            )
 
     def _check_token_ids(self, ids: list[int]) -> list[int]:
         try:
