@@ -23,7 +23,6 @@ def _hf_greedy_one(model_dir: str, prompt: tuple[int, ...], max_new_tokens: int)
             torch.tensor([prompt]),
             attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
             max_new_tokens=max_new_tokens,
-            min_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=0,
         )
@@ -31,7 +30,11 @@ def _hf_greedy_one(model_dir: str, prompt: tuple[int, ...], max_new_tokens: int)
 
 
 def hf_greedy(model_dir: Path, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """transformers ``generate`` (fp32, greedy, one prompt at a time: no padding effects)."""
+    """transformers ``generate`` (fp32, greedy, one prompt at a time: no padding effects).
+
+    It stops at EOS (included), as the engine does with ``ignore_eos=False``; forcing a length
+    with ``min_new_tokens`` would instead forbid EOS, which ``ignore_eos`` does not.
+    """
     return [list(_hf_greedy_one(str(model_dir), tuple(p), max_new_tokens)) for p in prompts]
 
 

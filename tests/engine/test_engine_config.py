@@ -118,7 +118,7 @@ def test_mistral_matches_transformers(tmp_path):
     model_dir = save_random_llama(tmp_path / "mistral", shape, seed=4)
     prompts = mixed_prompts(3)
     llm = LLM(str(model_dir), max_num_batched_tokens=16)
-    outs = llm.generate(prompts, SamplingParams(max_tokens=8, ignore_eos=True))
+    outs = llm.generate(prompts, SamplingParams(max_tokens=8))
     assert [o.token_ids for o in outs] == hf_greedy(model_dir, prompts, 8)
 
 
@@ -138,7 +138,7 @@ def test_packed_linear_is_bit_identical_in_bf16(tiny_model_dir):
 def test_compile_matches_eager(tiny_model_dir):
     """torch.compile (about 30 s of compile on 2 cores) gives the same greedy tokens."""
     prompts = mixed_prompts(2)
-    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    params = SamplingParams(max_tokens=3)
     compiled = LLM(str(tiny_model_dir), compile=True).generate(prompts, params)
     assert [o.token_ids for o in compiled] == hf_greedy(tiny_model_dir, prompts, 3)
 
