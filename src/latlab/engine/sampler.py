@@ -40,19 +40,23 @@ class Sampler:
 
     def _sample_random(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         greedy = logits.argmax(dim=-1)
-        temps = torch.tensor([s.params.temperature or 1.0 for s in seqs], dtype=logits.dtype)
+        dev = logits.device
+        temps = torch.tensor(
+            [s.params.temperature or 1.0 for s in seqs], dtype=logits.dtype, device=dev
+        )
         scaled = logits / temps.unsqueeze(1)
         top_k = [s.params.top_k for s in seqs]
         top_p = [s.params.top_p for s in seqs]
         if any(top_k) or any(p < 1.0 for p in top_p):
             scaled = apply_top_k_top_p(scaled, top_k, top_p)
         probs = torch.softmax(scaled, dim=-1)
-        noise = torch.empty_like(probs).exponential_(generator=self.generator)
+        # noise is drawn on the CPU, where the generators live, whatever the device
+        noise = torch.empty(probs.shape).exponential_(generator=self.generator)
         for row, seq in enumerate(seqs):
             if seq.generator is not None:
                 noise[row].exponential_(generator=seq.generator)
-        sampled = (probs / noise).argmax(dim=-1)
-        is_greedy = torch.tensor([s.params.temperature == 0.0 for s in seqs])
+        sampled = (probs / noise.to(dev)).argmax(dim=-1)
+        is_greedy = torch.tensor([s.params.temperature == 0.0 for s in seqs], device=dev)
         return torch.where(is_greedy, greedy, sampled)
 
 
@@ -60,11 +64,12 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]
     """Set logits outside each row's top-k and top-p nucleus to -inf (0 / 1.0 = no filter)."""
     vocab = logits.shape[1]
     sorted_logits, order = logits.sort(dim=-1, descending=True)
-    k = torch.tensor([kk if 0 < kk < vocab else vocab for kk in top_k])
-    ranks = torch.arange(vocab).unsqueeze(0)
+    dev = logits.device
+    k = torch.tensor([kk if 0 < kk < vocab else vocab for kk in top_k], device=dev)
+    ranks = torch.arange(vocab, device=dev).unsqueeze(0)
     sorted_logits = sorted_logits.masked_fill(ranks >= k.unsqueeze(1), float("-inf"))
     probs = torch.softmax(sorted_logits, dim=-1)
     before = probs.cumsum(dim=-1) - probs  # mass strictly above each token
-    p = torch.tensor(top_p, dtype=probs.dtype).unsqueeze(1)
+    p = torch.tensor(top_p, dtype=probs.dtype, device=dev).unsqueeze(1)
     sorted_logits = sorted_logits.masked_fill(before > p, float("-inf"))
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
