@@ -27,13 +27,20 @@ def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("1000", 1000), ("2GiB", 2 * 2**30), ("512MB", 512 * 10**6), ("1e9", 10**9), ("4k", 4000)],
+    [
+        ("1000", 1000),
+        ("2GiB", 2 * 2**30),
+        ("512MB", 512 * 10**6),
+        ("1e9", 10**9),
+        ("4k", 4000),
+        ("2TB", 2 * 10**12),
+    ],
 )
 def test_parse_bytes(text, expected):
     assert parse_bytes(text) == expected
 
 
-@pytest.mark.parametrize("text", ["lots", "-5", "0", "2TB"])
+@pytest.mark.parametrize("text", ["lots", "-5", "0", "2XB"])
 def test_parse_bytes_rejects(text):
     with pytest.raises(ConfigError):
         parse_bytes(text)

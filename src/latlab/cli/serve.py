@@ -7,29 +7,22 @@ command actually runs).
 
 from __future__ import annotations
 
-import re
-
 import click
 
 from latlab.cli import main
 from latlab.errors import ConfigError
-
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+from latlab.plan.units import parse_bytes as parse_size
 
 
 def parse_bytes(text: str) -> int:
-    """'2GiB', '512MB', '1e9' or a plain integer -> bytes."""
-    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([kKmMgG]i?)?[bB]?\s*", text)
-    if not match:
-        raise ConfigError(f"--kv-cache-bytes: cannot read '{text}'; use e.g. 2GiB or 500000000")
-    number, unit = match.groups()
+    """A positive KV budget from '2GiB', '512MB', '1e9' or an integer (the planner's parser)."""
     try:
-        value = float(number) * _UNITS[(unit or "").lower()]
-    except ValueError:
-        raise ConfigError(f"--kv-cache-bytes: cannot read '{text}'") from None
+        value = parse_size(text)
+    except ConfigError as exc:
+        raise ConfigError(f"--kv-cache-bytes: {exc}") from None
     if value <= 0:
         raise ConfigError("--kv-cache-bytes must be positive")
-    return int(value)
+    return value
 
 
 @main.command("serve")
