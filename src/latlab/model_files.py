@@ -9,6 +9,7 @@ names the file and what to do. torch and transformers are imported inside the fu
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 from pathlib import Path
@@ -186,6 +187,16 @@ def _dtype_kwarg() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
+def _quiet_optional_kernel_warnings() -> None:
+    """Silence import-time noise from torchao, which transformers imports when it is installed.
+
+    torchao logs a warning for each CUDA-only kernel library it cannot load on a CPU machine,
+    and its enum registrations make torch log deprecation lines; none of it concerns the user.
+    """
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def load_causal_lm(
     name_or_path: str | os.PathLike[str] | None = None,
     dtype: str = "auto",
@@ -199,6 +210,7 @@ def load_causal_lm(
     kwargs: dict[str, Any] = {_dtype_kwarg(): torch_dtype(dtype)}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    _quiet_optional_kernel_warnings()
     try:
         from transformers import AutoModelForCausalLM
 
