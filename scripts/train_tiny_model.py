@@ -17,8 +17,9 @@ Stages (``--stage``):
 Files are split into train / held-out by a seeded hash of their path relative to the stdlib,
 so the split does not depend on file order or on which other files exist.
 
-Rebuild the shipped assets (about 20 minutes on 2 cores):
-    .venv/bin/python scripts/train_tiny_model.py --stage all --budget-min 20
+Rebuild the shipped assets (about 10 minutes on an idle 2-core machine; see docs/tiny-model.md):
+    .venv/bin/python scripts/train_tiny_model.py --stage all \
+        --batch-size 16 --max-steps 1200 --lr 3e-3 --warmup-fraction 0.05 --bf16 --budget-min 40
 """
 
 from __future__ import annotations
@@ -490,9 +491,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-position-embeddings", type=int, default=2048)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup-fraction", type=float, default=0.03)
-    p.add_argument("--max-steps", type=int, default=100_000)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--warmup-fraction", type=float, default=0.05)
+    p.add_argument("--max-steps", type=int, default=1200)
     p.add_argument("--budget-min", type=float, default=25.0, help="wall-clock training budget")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
