@@ -1,4 +1,4 @@
-"""A small engine that keeps the AsyncLLM contract (docs: /work/notes/contracts.md "Engine").
+"""A small engine that keeps the AsyncLLM contract (see docs/engine.md) and returns its records.
 
 Characters are tokens (id = code point), the output is a fixed alphabet cycled, and KV
 accounting is exact (one block per ``block_size`` tokens), so tests can compute every
@@ -13,6 +13,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from latlab.engine.outputs import EngineStats, RequestOutput
+from latlab.engine.sequence import RequestMetrics
 from latlab.errors import CapacityError, ConfigError, OverloadedError
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
@@ -56,42 +58,6 @@ class FakeParams:
 
 
 @dataclass
-class FakeMetrics:
-    arrival_ns: int
-    first_scheduled_ns: int | None = None
-    first_token_ns: int | None = None
-    finished_ns: int | None = None
-
-
-@dataclass
-class FakeOutput:
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    text: str
-    token_ids: list[int]
-    new_text: str
-    new_token_ids: list[int]
-    finished: bool
-    finish_reason: str | None
-    num_cached_tokens: int
-    metrics: FakeMetrics
-
-
-@dataclass
-class FakeStats:
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
-    num_kv_blocks: int
-    num_free_blocks: int
-    prefix_cache_queries: int
-    prefix_cache_hits: int
-    prompt_tokens_total: int
-    generation_tokens_total: int
-
-
-@dataclass
 class FakeEngine:
     max_model_len: int = 256
     num_kv_blocks: int = 64
@@ -109,9 +75,9 @@ class FakeEngine:
     gate: threading.Event | None = None
     _slots: asyncio.Semaphore | None = None
 
-    def stats(self) -> FakeStats:
+    def stats(self) -> EngineStats:
         used = sum(self.used_blocks.values())
-        return FakeStats(
+        return EngineStats(
             num_running=len(self.used_blocks),
             num_waiting=self.waiting,
             kv_cache_usage=used / self.num_kv_blocks,
@@ -136,7 +102,7 @@ class FakeEngine:
             raise OverloadedError("waiting queue is full")
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_running)
-        metrics = FakeMetrics(arrival_ns=time.perf_counter_ns())
+        metrics = RequestMetrics(arrival_ns=time.perf_counter_ns())
         rid = request_id or f"req-{id(ids)}"
         self.waiting += 1
         try:
@@ -165,7 +131,7 @@ class FakeEngine:
                 if finished:
                     metrics.finished_ns = now
                 reason = ("stop" if hit_stop else "length") if finished else None
-                yield FakeOutput(
+                yield RequestOutput(
                     rid,
                     None,
                     ids,
@@ -183,7 +149,7 @@ class FakeEngine:
         finally:
             if rid in self.used_blocks:
                 del self.used_blocks[rid]
-            if metrics.finished_ns is None:
+            if not metrics.finished_ns:
                 self.aborted.append(rid)
             self._slots.release()
 
