@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,14 +10,7 @@ import torch
 
 from latlab.random_model import TINY_TEST, LlamaShape, save_random_llama
 
-QWEN2_SHAPE = LlamaShape(
-    hidden_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=128,
-    model_type="qwen2",
-)
+QWEN2_SHAPE = dataclasses.replace(TINY_TEST, model_type="qwen2")
 LLAMA3_TIED_SHAPE = LlamaShape(
     hidden_size=64,
     num_hidden_layers=2,

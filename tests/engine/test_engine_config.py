@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -13,7 +14,7 @@ from latlab.engine.models.packed_linear import onednn_available
 from latlab.errors import CapacityError, ConfigError, ModelLoadError, OverloadedError
 from latlab.model_files import load_model_config
 from latlab.plan.kv import kv_bytes_per_token
-from latlab.random_model import LlamaShape, save_random_llama
+from latlab.random_model import TINY_TEST, save_random_llama
 
 from ._reference import hf_greedy, mixed_prompts
 
@@ -107,14 +108,7 @@ def test_generate_keeps_prompt_order_and_accepts_one_prompt(tiny_model_dir):
 
 
 def test_mistral_matches_transformers(tmp_path):
-    shape = LlamaShape(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        model_type="mistral",
-    )
+    shape = dataclasses.replace(TINY_TEST, model_type="mistral")
     model_dir = save_random_llama(tmp_path / "mistral", shape, seed=4)
     prompts = mixed_prompts(3)
     llm = LLM(str(model_dir), max_num_batched_tokens=16)
