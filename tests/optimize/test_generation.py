@@ -5,22 +5,7 @@ from __future__ import annotations
 import pytest
 
 from latlab.model_files import load_causal_lm
-from latlab.optimize.generation import (
-    PromptLookupConfig,
-    SpeculationStats,
-    find_draft,
-    greedy_chunks,
-    prompt_lookup_chunks,
-)
-
-
-def test_find_draft_by_hand():
-    config = PromptLookupConfig(num_draft_tokens=3, max_ngram=2)
-    # Trailing bigram (7, 8) occurred at the start, followed by 9, 10, 11.
-    assert find_draft([7, 8, 9, 10, 11, 7, 8], config) == [9, 10, 11]
-    # No bigram match: fall back to the unigram 8.
-    assert find_draft([8, 5, 6, 8], config) == [5, 6, 8]
-    assert find_draft([1, 2, 3], config) == []
+from latlab.optimize.generation import SpeculationStats, greedy_chunks, prompt_lookup_chunks
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,7 @@ def test_gate_rejects_damaged_model_and_accepts_exact_recipe(lab):
 
 
 def test_crashing_recipe_is_recorded_and_the_lab_continues(lab):
-    trials = lab.run([_crashing(), make_recipe("prompt-lookup"), make_recipe("tf32")])
+    trials = lab.run([_crashing(), make_recipe("prompt-lookup-transformers"), make_recipe("tf32")])
     assert trials[0].verdict == "failed"
     assert trials[0].error == "RuntimeError: kernel exploded"
     assert "kernel exploded" in trials[0].reason
@@ -109,6 +109,26 @@ def test_crashing_recipe_is_recorded_and_the_lab_continues(lab):
     assert extra["forward_passes"] >= 1 and 0 <= extra["accepted_tokens"] <= extra["drafted_tokens"]
     if not torch.cuda.is_available():
         assert trials[2].verdict == "skip" and "CUDA" in trials[2].reason
+
+
+def test_engine_prompt_lookup_keeps_greedy_output_and_reports_acceptance(
+    tiny_model_dir, heldout_file
+):
+    text = read_quality_text(str(tiny_model_dir), str(heldout_file))
+    # outputs long enough for this random model to fall into the loops drafts are made of
+    workload = {**SMALL["workload"], "output_len": 24}
+    plan = plan_from_dict({**SMALL, "workload": workload, "recipes": ["prompt-lookup"]})
+    lab = Lab(plan, str(tiny_model_dir), text)
+    try:
+        (trial,) = lab.run([make_recipe("prompt-lookup")])
+    finally:
+        lab.close()
+    assert trial.backend == "engine" and trial.verdict in ("adopt", "reject")
+    assert trial.quality.exact_required and trial.quality.greedy_match_rate == 1.0
+    extra = trial.candidate.extra
+    assert 0 <= extra["spec_accepted_tokens_total"] <= extra["spec_draft_tokens_total"]
+    assert extra["spec_draft_tokens_total"] > 0
+    assert lab.baselines["engine"].measurement.extra["spec_draft_tokens_total"] == 0
 
 
 def _trial(base, cand, memory=(100, 100)):

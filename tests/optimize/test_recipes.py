@@ -20,7 +20,7 @@ TRANSFORMERS_RECIPES = [
     ("attention-eager", {}),
     ("torch-compile", {}),
     ("cpu-threads", {"threads": 2}),
-    ("prompt-lookup", {}),
+    ("prompt-lookup-transformers", {}),
     ("response-cache", {}),
     ("prompt-trim", {"budget": 8}),
 ]
@@ -31,6 +31,7 @@ ENGINE_RECIPES = [
     ("prefix-caching", {"enabled": False}),
     ("kv-cache-dtype", {"dtype": "bfloat16"}),
     ("group-by-prefix", {}),
+    ("prompt-lookup", {"num_draft_tokens": 6}),
 ]
 
 

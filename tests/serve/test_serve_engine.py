@@ -282,3 +282,43 @@ def test_repeated_prompt_reports_cached_tokens(served):
     # Whole 16-token blocks of the prompt come from the prefix cache the second time.
     assert second["prompt_tokens_details"]["cached_tokens"] >= 16
     assert second["prompt_tokens_details"]["cached_tokens"] % 16 == 0
+
+
+def test_speculative_server_streams_the_same_text_in_fewer_chunks(tmp_path):
+    """Prompt lookup on: same greedy text, several tokens per SSE chunk, counters on /metrics."""
+    # seed 1 falls into a repetition loop on this prompt, which is where drafts get accepted
+    repeating_model = save_random_llama(tmp_path, TINY_TEST, seed=1)
+    body = {
+        "model": NAME,
+        "prompt": [11, 12, 13, 14, 15] * 6,
+        "max_tokens": 32,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    runs, metrics = {}, ""
+    for name, speculative in (("plain", 0), ("spec", 4)):
+        config = EngineConfig(
+            model=str(repeating_model),
+            kv_cache_bytes=1024 * BYTES_PER_TOKEN,
+            num_threads=1,
+            num_speculative_tokens=speculative,
+        )
+        engine = AsyncLLM(config)
+        try:
+            with running_server(create_app(engine, NAME)) as url:
+                with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
+                    runs[name] = [e for e in _events(r.iter_lines()) if e != "[DONE]"]
+                metrics = httpx.get(f"{url}/metrics").text
+        finally:
+            _shutdown(engine)
+    texts = {k: "".join(e["choices"][0]["text"] for e in v) for k, v in runs.items()}
+    assert texts["spec"] == texts["plain"]
+    assert len(runs["spec"]) < len(runs["plain"])
+
+    def value(name: str) -> float:
+        line = next(x for x in metrics.splitlines() if x.startswith(name + "{"))
+        return float(line.rsplit(" ", 1)[1])
+
+    accepted = value("latlab:spec_decode_num_accepted_tokens_total")
+    assert 0 < accepted <= value("latlab:spec_decode_num_draft_tokens_total")

@@ -74,6 +74,25 @@ def parse_bytes(text: str) -> int:
 )
 @click.option("--no-prefix-caching", is_flag=True, help="Disable prefix caching.")
 @click.option(
+    "--num-speculative-tokens",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Prompt-lookup speculative decoding for greedy requests: up to N draft tokens "
+    "per step, output unchanged [default: 0 = off].",
+)
+@click.option(
+    "--prompt-lookup-max",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Longest n-gram matched for drafts [default: 3].",
+)
+@click.option(
+    "--prompt-lookup-min",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Shortest n-gram matched for drafts [default: 1].",
+)
+@click.option(
     "--max-waiting",
     type=click.IntRange(min=1),
     default=None,

@@ -18,6 +18,7 @@ from latlab.engine.outputs import EngineStats, RequestOutput
 from latlab.engine.sampling_params import SamplingParams
 from latlab.engine.scheduler import Scheduler
 from latlab.engine.sequence import Sequence
+from latlab.engine.spec_decode import PromptLookupConfig, accepted_length, find_draft
 from latlab.errors import CapacityError, ConfigError, ModelLoadError, OverloadedError
 from latlab.plan.kv import kv_bytes_per_token
 
@@ -42,14 +43,24 @@ class LLMEngine:
         blocks = num_kv_blocks(self.kv_cache_bytes, config.block_size, self.kv_bytes_per_token)
         self.runner = ModelRunner(config, self.model_dir, self.model_args, blocks)
         self.block_manager = BlockManager(blocks, config.block_size, config.enable_prefix_caching)
+        self.prompt_lookup = None
+        if config.num_speculative_tokens:
+            self.prompt_lookup = PromptLookupConfig(
+                config.num_speculative_tokens, config.prompt_lookup_max, config.prompt_lookup_min
+            )
         self.scheduler = Scheduler(
-            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
+            self.block_manager,
+            config.max_num_seqs,
+            config.max_num_batched_tokens,
+            self._propose_draft if self.prompt_lookup else None,
         )
         self.eos_token_ids = set(self.model_args.eos_token_ids)
         self._requests: dict[str, Sequence] = {}
         self._ids = itertools.count()
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self.spec_draft_tokens_total = 0
+        self.spec_accepted_tokens_total = 0
 
     def _max_model_len(self) -> int:
         args = self.model_args
@@ -149,17 +160,40 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
-        seqs, tokens = self.runner.execute(sched)
+        seqs, candidates = self.runner.execute(sched)
         for seq, n in zip(sched.seqs, sched.num_new_tokens, strict=True):
-            seq.num_computed_tokens += n
+            seq.num_computed_tokens += n - len(seq.draft_token_ids)  # drafts count once accepted
             self.block_manager.register_full_blocks(seq)
         now = time.perf_counter_ns()
-        outputs = []
-        for seq, token in zip(seqs, tokens, strict=True):
-            outputs.append(self._append_token(seq, token, now))
-        return outputs
+        return [
+            self._accept(seq, tokens, now) for seq, tokens in zip(seqs, candidates, strict=True)
+        ]
 
-    def _append_token(self, seq: Sequence, token: int, now: int) -> RequestOutput:
+    def _accept(self, seq: Sequence, candidates: list[int], now: int) -> RequestOutput:
+        """Append the sampled token, or a draft's accepted prefix plus the token after it."""
+        draft, seq.draft_token_ids = seq.draft_token_ids, []
+        accepted = accepted_length(draft, candidates)
+        self.spec_draft_tokens_total += len(draft)
+        self.spec_accepted_tokens_total += accepted
+        new_tokens = []
+        for token in candidates[: accepted + 1]:
+            new_tokens.append(token)
+            if self._append_token(seq, token, now):
+                break
+        if accepted and not seq.is_finished:
+            seq.num_computed_tokens += accepted  # their K/V, written this step, are now valid
+            self.block_manager.register_full_blocks(seq)
+        return self.output_of(seq, new_tokens)
+
+    def _propose_draft(self, seq: Sequence, limit: int) -> list[int]:
+        """Prompt-lookup draft for greedy requests past min_tokens ([] for the others)."""
+        params = seq.params
+        if params.temperature != 0.0 or seq.num_output_tokens < params.min_tokens:
+            return []
+        return find_draft(seq.token_ids, self.prompt_lookup, limit)
+
+    def _append_token(self, seq: Sequence, token: int, now: int) -> bool:
+        """Add one generated token; True when it finished the request."""
         params = seq.params
         seq.token_ids.append(token)
         self.generation_tokens_total += 1
@@ -179,7 +213,7 @@ class LLMEngine:
         if reason is not None:
             self.scheduler.finish(seq, reason)
             self._requests.pop(seq.request_id, None)
-        return self.output_of(seq, [token])
+        return reason is not None
 
     def output_of(self, seq: Sequence, new_token_ids: list[int]) -> RequestOutput:
         finished = seq.is_finished
@@ -211,6 +245,8 @@ class LLMEngine:
             prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
             num_preemptions=self.scheduler.num_preemptions_total,
+            spec_draft_tokens_total=self.spec_draft_tokens_total,
+            spec_accepted_tokens_total=self.spec_accepted_tokens_total,
         )
 
 

@@ -83,14 +83,26 @@ class ModelRunner:
         return bool(wanted) and self.device.type == "cpu" and onednn_available()
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput) -> tuple[list[Sequence], list[int]]:
-        """Run one step; returns the sequences that got a new token and those tokens."""
+    def execute(self, sched: SchedulerOutput) -> tuple[list[Sequence], list[list[int]]]:
+        """Run one step; returns the sequences that got new tokens and their candidates.
+
+        A sequence's candidates are one sampled token, or, when it carried a draft, the greedy
+        token after each of its inputs (len(draft) + 1); the engine keeps the accepted prefix.
+        """
         inputs = self._prepare(sched)
         if inputs is None:
             return [], []
-        tensors, sampling_seqs = inputs
+        tensors, sampling_seqs, last_rows = inputs
         logits = self._forward(*tensors)
-        return sampling_seqs, self.sampler(logits, sampling_seqs)
+        if len(last_rows) == logits.shape[0]:  # no drafts: one row per sequence
+            return sampling_seqs, [[t] for t in self.sampler(logits, sampling_seqs)]
+        sampled = self.sampler(logits[last_rows], sampling_seqs)
+        greedy = logits.argmax(dim=-1).tolist()
+        candidates = [
+            [*greedy[row - len(seq.draft_token_ids) : row], token]
+            for seq, row, token in zip(sampling_seqs, last_rows, sampled, strict=True)
+        ]
+        return sampling_seqs, candidates
 
     def _prepare(self, sched: SchedulerOutput):
         bs = self.block_size
@@ -99,18 +111,22 @@ class ModelRunner:
         slots: list[int] = []
         tables: list[list[int]] = []
         logits_rows: list[int] = []
+        last_rows: list[int] = []  # per sampled sequence, its last row among logits_rows
         sampling: list[Sequence] = []
         q_starts: list[int] = []
         for seq, n in zip(sched.seqs, sched.num_new_tokens, strict=True):
+            draft = seq.draft_token_ids
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
             q_starts.append(len(input_ids))
-            input_ids.extend(seq.token_ids[start:end])
+            input_ids.extend(seq.token_ids[start : end - len(draft)])
+            input_ids.extend(draft)
             positions.extend(range(start, end))
             table = seq.block_table
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
             tables.append(table[: -(-end // bs)])
-            if end == seq.num_tokens:
-                logits_rows.append(len(input_ids) - 1)
+            if end - len(draft) == seq.num_tokens:
+                logits_rows.extend(range(len(input_ids) - 1 - len(draft), len(input_ids)))
+                last_rows.append(len(logits_rows) - 1)
                 sampling.append(seq)
         if not sampling and not input_ids:
             return None
@@ -119,7 +135,7 @@ class ModelRunner:
         ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
         rows = torch.tensor(logits_rows, dtype=torch.long, device=dev)
-        return (ids, pos, self.kv_caches, meta, rows), sampling
+        return (ids, pos, self.kv_caches, meta, rows), sampling, last_rows
 
     def _metadata(self, counts, positions, q_starts, slots, tables) -> AttentionMetadata:
         dev = self.device

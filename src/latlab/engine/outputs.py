@@ -36,3 +36,5 @@ class EngineStats:
     prompt_tokens_total: int
     generation_tokens_total: int
     num_preemptions: int = 0
+    spec_draft_tokens_total: int = 0  # prompt-lookup draft tokens proposed
+    spec_accepted_tokens_total: int = 0  # of those, accepted (acceptance = accepted / draft)

@@ -51,6 +51,7 @@ class Sequence:
     generator: Any = None  # torch.Generator when params.seed is set
     detok: Any = None  # IncrementalDetokenizer
     num_preemptions: int = 0
+    draft_token_ids: list[int] = field(default_factory=list)  # this step's speculative draft
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)
@@ -68,6 +69,11 @@ class Sequence:
     @property
     def output_token_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def is_decoding(self) -> bool:
+        """Fully prefilled: only the newest token lacks K/V (a decode step, or a draft check)."""
+        return self.num_tokens - self.num_computed_tokens == 1
 
     @property
     def is_finished(self) -> bool:

@@ -21,14 +21,7 @@ from typing import Any
 
 import torch
 
-
-@dataclass(slots=True, frozen=True)
-class PromptLookupConfig:
-    """How drafts are found: n-gram sizes searched (longest first) and draft length."""
-
-    num_draft_tokens: int = 8
-    max_ngram: int = 3
-    min_ngram: int = 1
+from latlab.engine.spec_decode import PromptLookupConfig, accepted_length, find_draft
 
 
 def _forward_logits(model: Any, token_ids: Sequence[int], cache: Any) -> torch.Tensor:
@@ -81,20 +74,6 @@ def greedy_chunks(
         logits = _forward_logits(model, [token], cache)
 
 
-def find_draft(tokens: Sequence[int], config: PromptLookupConfig) -> list[int]:
-    """Tokens that followed the latest earlier occurrence of the sequence's trailing n-gram."""
-    length = len(tokens)
-    for n in range(min(config.max_ngram, length - 1), config.min_ngram - 1, -1):
-        tail = list(tokens[length - n :])
-        # The earliest occurrence has the longest continuation before the sequence end; a
-        # recent, overlapping one (inside a repetition loop) would draft only a token or two.
-        for start in range(length - n):
-            if list(tokens[start : start + n]) == tail:
-                follow = start + n
-                return list(tokens[follow : follow + config.num_draft_tokens])
-    return []
-
-
 @dataclass(slots=True)
 class SpeculationStats:
     """Counts that explain a prompt-lookup speedup (or its absence)."""
@@ -127,12 +106,10 @@ def prompt_lookup_chunks(
     produced = 1
     yield [pending]
     while produced < max_new_tokens and pending not in eos_token_ids:
-        draft = find_draft(tokens, config)[: max_new_tokens - produced]
+        draft = find_draft(tokens, config, limit=max_new_tokens - produced)
         logits = _forward_logits(model, [pending, *draft], cache)
         predicted = logits.argmax(dim=-1).tolist()
-        accepted = 0
-        while accepted < len(draft) and predicted[accepted] == draft[accepted]:
-            accepted += 1
+        accepted = accepted_length(draft, predicted)
         stats.forward_passes += 1
         stats.drafted_tokens += len(draft)
         stats.accepted_tokens += accepted

@@ -463,8 +463,22 @@ def kv_cache_dtype(dtype: str = "bfloat16") -> Recipe:
     return dataclasses.replace(base, _why_not=why_not)
 
 
-def prompt_lookup(num_draft_tokens: int = 8, max_ngram: int = 3) -> Recipe:
-    from latlab.optimize.generation import PromptLookupConfig
+def prompt_lookup(num_draft_tokens: int = 4, max_ngram: int = 3) -> Recipe:
+    """Speculative decoding inside the latlab engine (exact for greedy requests)."""
+    return _engine_recipe(
+        "prompt-lookup",
+        f"speculative decoding in the latlab engine: up to {num_draft_tokens} draft tokens "
+        f"from the sequence's own {max_ngram}..1-gram matches, verified in one forward pass",
+        "speculation",
+        True,
+        num_speculative_tokens=num_draft_tokens,
+        prompt_lookup_max=max_ngram,
+    )
+
+
+def prompt_lookup_transformers(num_draft_tokens: int = 8, max_ngram: int = 3) -> Recipe:
+    """The same speculation on the transformers loop (batch 1), for transformers deployments."""
+    from latlab.engine.spec_decode import PromptLookupConfig
 
     config = PromptLookupConfig(num_draft_tokens=num_draft_tokens, max_ngram=max_ngram)
 
@@ -472,11 +486,10 @@ def prompt_lookup(num_draft_tokens: int = 8, max_ngram: int = 3) -> Recipe:
         return setup.derive(f"prompt lookup {config}", decode="prompt_lookup", prompt_lookup=config)
 
     return Recipe(
-        "prompt-lookup",
+        "prompt-lookup-transformers",
         "engine",
-        f"speculative decoding with n-gram drafts from the prompt ({num_draft_tokens} "
-        "draft tokens, verified in one pass; on the transformers loop: the latlab "
-        "engine has no speculative decoding)",
+        f"speculative decoding on the transformers loop (batch 1): up to {num_draft_tokens} "
+        "draft tokens from n-gram matches, verified in one forward pass",
         "transformers",
         True,
         False,
@@ -563,6 +576,7 @@ RECIPES: dict[str, Callable[..., Recipe]] = {
     "prefix-caching": prefix_caching,
     "kv-cache-dtype": kv_cache_dtype,
     "prompt-lookup": prompt_lookup,
+    "prompt-lookup-transformers": prompt_lookup_transformers,
     "response-cache": response_cache,
     "prompt-trim": prompt_trim,
     "group-by-prefix": group_by_prefix,

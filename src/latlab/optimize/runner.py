@@ -228,7 +228,13 @@ class EngineRunner:
             s = stats()
             extra = {
                 k: getattr(s, k)
-                for k in ("prefix_cache_queries", "prefix_cache_hits", "num_kv_blocks")
+                for k in (
+                    "prefix_cache_queries",
+                    "prefix_cache_hits",
+                    "num_kv_blocks",
+                    "spec_draft_tokens_total",
+                    "spec_accepted_tokens_total",
+                )
                 if hasattr(s, k)
             }
         return RunResult(records, outputs, extra)

@@ -49,6 +49,10 @@ _COUNTERS = (
     ("latlab:generation_tokens", "Tokens generated.", "generation_tokens_total"),
     ("latlab:num_preemptions", "Sequences preempted (blocks freed, recomputed later).",
      "num_preemptions"),
+    ("latlab:spec_decode_num_draft_tokens", "Prompt-lookup draft tokens proposed.",
+     "spec_draft_tokens_total"),
+    ("latlab:spec_decode_num_accepted_tokens", "Draft tokens accepted (identical to greedy).",
+     "spec_accepted_tokens_total"),
 )  # fmt: skip
 
 

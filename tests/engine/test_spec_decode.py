@@ -1,0 +1,193 @@
+"""Prompt-lookup speculative decoding: drafts by hand, and engine output identical to greedy."""
+
+from __future__ import annotations
+
+import pytest
+
+from latlab.engine import LLM, SamplingParams
+from latlab.engine.spec_decode import PromptLookupConfig, accepted_length, find_draft
+from latlab.errors import ConfigError
+from latlab.model_files import load_model_config
+from latlab.plan.kv import kv_bytes_per_token
+
+from ._reference import hf_greedy, mixed_prompts
+
+SPEC = {"num_speculative_tokens": 4}
+
+
+# ---- drafts ------------------------------------------------------------------------------
+
+
+def test_find_draft_by_hand():
+    config = PromptLookupConfig(num_draft_tokens=3, max_ngram=2)
+    # Trailing bigram (7, 8) occurred at the start, followed by 9, 10, 11.
+    assert find_draft([7, 8, 9, 10, 11, 7, 8], config) == [9, 10, 11]
+    # No bigram match: fall back to the unigram 8.
+    assert find_draft([8, 5, 6, 8], config) == [5, 6, 8]
+    assert find_draft([1, 2, 3], config) == []
+    assert find_draft([5], config) == []
+
+
+def test_find_draft_prefers_longest_ngram_then_earliest_occurrence():
+    config = PromptLookupConfig(num_draft_tokens=2, max_ngram=3)
+    # unigram 3 occurs at 0 (-> 9) but the trigram 1 2 3 occurs at 3 (-> 4 5): longest wins
+    assert find_draft([3, 9, 9, 1, 2, 3, 4, 5, 1, 2, 3], config) == [4, 5]
+    # two earlier occurrences of (1, 2): the earliest, with the longer continuation
+    config = PromptLookupConfig(num_draft_tokens=4, max_ngram=2, min_ngram=2)
+    assert find_draft([1, 2, 7, 7, 7, 1, 2, 8, 1, 2], config) == [7, 7, 7, 1]
+
+
+def test_find_draft_limit_and_min_ngram():
+    config = PromptLookupConfig(num_draft_tokens=8, max_ngram=2, min_ngram=2)
+    assert find_draft([7, 8, 9, 10, 11, 7, 8], config, limit=2) == [9, 10]
+    assert find_draft([7, 8, 9, 10, 11, 7, 8], config, limit=0) == []
+    assert find_draft([8, 5, 6, 8], config) == []  # only a unigram matches, min is 2
+
+
+def test_find_draft_never_matches_across_token_boundaries():
+    # As 4-byte items, (256, 1) and (1, 0) contain each other's bytes off the token grid:
+    # 256 = 00 01 00 00, 1 = 01 00 00 00. Only an aligned match may count.
+    config = PromptLookupConfig(num_draft_tokens=2, max_ngram=1)
+    assert find_draft([256, 1, 9, 65536], config) == []
+    assert find_draft([256, 1, 9, 1], config) == [9, 1]
+
+
+def test_accepted_length_by_hand():
+    assert accepted_length([5, 6, 7], [5, 6, 7, 8]) == 3
+    assert accepted_length([5, 6, 7], [5, 9, 7, 8]) == 1
+    assert accepted_length([5, 6, 7], [4, 6, 7, 8]) == 0
+    assert accepted_length([], [4]) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"num_draft_tokens": 0}, {"min_ngram": 0}, {"min_ngram": 3, "max_ngram": 2}],
+)
+def test_prompt_lookup_config_rejects_bad_values(kwargs):
+    with pytest.raises(ConfigError):
+        PromptLookupConfig(**kwargs)
+
+
+# ---- the engine: output identical to plain greedy ----------------------------------------
+
+
+def _generate(model_dir, prompts, params, **config):
+    llm = LLM(str(model_dir), **config)
+    outs = llm.generate(prompts, params)
+    return [o.token_ids for o in outs], llm
+
+
+def _repetitive_prompts() -> list[list[int]]:
+    base = mixed_prompts(8, seed=3)
+    return [p * 3 for p in base] + [[11, 12, 13, 14, 15] * 6]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param({}, id="default"),
+        pytest.param({"max_num_batched_tokens": 8, "block_size": 4}, id="budget-8-blocks-4"),
+        pytest.param({"enable_prefix_caching": False}, id="no-prefix-cache"),
+        pytest.param({"prompt_lookup_max": 1, "num_speculative_tokens": 7}, id="unigram-7"),
+    ],
+)
+def test_speculative_greedy_matches_transformers(tiny_model_dir, config):
+    prompts = mixed_prompts(6) + _repetitive_prompts()
+    params = SamplingParams(max_tokens=24)
+    got, llm = _generate(tiny_model_dir, prompts, params, **{**SPEC, **config})
+    assert got == hf_greedy(tiny_model_dir, prompts, 24)
+    stats = llm.engine.stats()
+    # both paths ran: some drafts accepted, some rejected
+    assert 0 < stats.spec_accepted_tokens_total < stats.spec_draft_tokens_total
+    assert stats.generation_tokens_total == sum(len(t) for t in got)
+    assert stats.kv_cache_usage == 0.0
+
+
+def test_speculation_takes_fewer_steps(tiny_model_dir):
+    prompts = [[11, 12, 13, 14, 15] * 6]
+    params = SamplingParams(max_tokens=40, ignore_eos=True)
+    steps = {}
+    for name, config in (("plain", {}), ("spec", SPEC)):
+        llm = LLM(str(tiny_model_dir), **config)
+        llm.engine.add_request(prompts[0], params)
+        tokens = []
+        while llm.engine.has_unfinished():
+            for out in llm.engine.step():
+                tokens += out.new_token_ids
+            steps[name] = steps.get(name, 0) + 1
+        steps[name + "_tokens"] = tokens
+    assert steps["spec_tokens"] == steps["plain_tokens"]
+    assert steps["spec"] < steps["plain"] == 40  # 1 prefill + 39 decodes, 1 token each
+
+
+def test_speculative_matches_on_random_models(qwen2_model_dir, llama3_tied_model_dir):
+    prompts = mixed_prompts(4) + _repetitive_prompts()[:3]
+    params = SamplingParams(max_tokens=16)
+    for model_dir in (qwen2_model_dir, llama3_tied_model_dir):
+        got, _ = _generate(model_dir, prompts, params, max_num_batched_tokens=16, **SPEC)
+        assert got == hf_greedy(model_dir, prompts, 16)
+
+
+def test_speculative_with_prefix_cache_hits_and_preemption(tiny_model_dir):
+    prompts = _repetitive_prompts()[:6]
+    per_token = kv_bytes_per_token(load_model_config(str(tiny_model_dir)), "float32")
+    config = {"block_size": 4, "kv_cache_bytes": 40 * 4 * per_token, "max_num_batched_tokens": 16}
+    params = SamplingParams(max_tokens=12)
+    got, llm = _generate(tiny_model_dir, prompts, params, **SPEC, **config)
+    again = [o.token_ids for o in llm.generate(prompts, params)]
+    expected = hf_greedy(tiny_model_dir, prompts, 12)
+    assert got == again == expected
+    stats = llm.engine.stats()
+    assert stats.num_preemptions > 0
+    assert stats.prefix_cache_hits > 0
+    assert stats.spec_accepted_tokens_total > 0
+    assert stats.kv_cache_usage == 0.0
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 5])
+def test_speculation_respects_max_tokens(tiny_model_dir, max_tokens):
+    prompts = _repetitive_prompts()
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    got, _ = _generate(tiny_model_dir, prompts, params, **SPEC)
+    plain, _ = _generate(tiny_model_dir, prompts, params)
+    assert got == plain
+    assert all(len(t) == max_tokens for t in got)
+
+
+def test_speculation_stops_at_stop_token_inside_an_accepted_draft(tiny_model_dir):
+    prompt = [11, 12, 13, 14, 15] * 6
+    free_run, _ = _generate(tiny_model_dir, [prompt], SamplingParams(max_tokens=30))
+    stop_at = free_run[0][len(free_run[0]) // 2]
+    params = SamplingParams(max_tokens=30, stop_token_ids=[stop_at], ignore_eos=True)
+    got, _ = _generate(tiny_model_dir, [prompt], params, **SPEC)
+    plain, _ = _generate(tiny_model_dir, [prompt], params)
+    assert got == plain
+    assert got[0][-1] == stop_at and stop_at not in got[0][:-1]
+
+
+def test_min_tokens_and_sampled_requests_are_not_speculated(tiny_model_dir):
+    prompt = [11, 12, 13, 14, 15] * 6
+    params = [
+        SamplingParams(max_tokens=12, min_tokens=12),
+        SamplingParams(max_tokens=12, temperature=0.8, seed=7),
+    ]
+    llm = LLM(str(tiny_model_dir), **SPEC)
+    got = [o.token_ids for o in llm.generate([prompt, prompt], params)]
+    assert llm.engine.stats().spec_draft_tokens_total == 0
+    plain = LLM(str(tiny_model_dir))
+    assert got == [o.token_ids for o in plain.generate([prompt, prompt], params)]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"num_speculative_tokens": -1},
+        {"prompt_lookup_min": 0},
+        {"prompt_lookup_min": 4, "prompt_lookup_max": 2},
+    ],
+)
+def test_engine_config_rejects_bad_speculation_settings(bad):
+    from latlab.engine import EngineConfig
+
+    with pytest.raises(ConfigError):
+        EngineConfig(**bad)
