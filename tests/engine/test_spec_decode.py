@@ -12,7 +12,8 @@ from latlab.plan.kv import kv_bytes_per_token
 
 from ._reference import hf_greedy, mixed_prompts
 
-SPEC = {"num_speculative_tokens": 4}
+# speculate at any batch size here: these tests check exactness, not the speed policy
+SPEC = {"num_speculative_tokens": 4, "speculative_max_batch": 64}
 
 
 # ---- drafts ------------------------------------------------------------------------------
@@ -178,10 +179,38 @@ def test_min_tokens_and_sampled_requests_are_not_speculated(tiny_model_dir):
     assert got == [o.token_ids for o in plain.generate([prompt, prompt], params)]
 
 
+def test_no_drafts_above_the_batch_limit(tiny_model_dir):
+    prompts = _repetitive_prompts()[:4]
+    params = SamplingParams(max_tokens=24, ignore_eos=True)
+    llm = LLM(str(tiny_model_dir), **{**SPEC, "speculative_max_batch": 3})
+    outs = llm.generate(prompts, params)
+    assert llm.engine.stats().spec_draft_tokens_total == 0  # 4 running > 3 all along
+    narrow = LLM(str(tiny_model_dir), **{**SPEC, "speculative_max_batch": 4})
+    assert [o.token_ids for o in narrow.generate(prompts, params)] == [o.token_ids for o in outs]
+    assert narrow.engine.stats().spec_draft_tokens_total > 0
+
+
+def test_drafts_back_off_from_a_sequence_whose_drafts_miss(tiny_model_dir):
+    llm = LLM(str(tiny_model_dir), **SPEC)
+    seq = llm.engine.make_sequence([5, 6, 7], SamplingParams(max_tokens=4))
+    cooldowns = []
+    for _ in range(8):
+        llm.engine._record_draft(seq, drafted=4, accepted=0)
+        cooldowns.append(seq.draft_cooldown)
+    assert cooldowns == [1, 2, 4, 8, 16, 32, 32, 32]
+    assert llm.engine._propose_draft(seq, 4) == []  # cooling down: no search, no draft
+    assert seq.draft_cooldown == 31
+    llm.engine._record_draft(seq, drafted=4, accepted=2)
+    assert seq.draft_misses == 0
+    stats = llm.engine.stats()
+    assert (stats.spec_draft_tokens_total, stats.spec_accepted_tokens_total) == (36, 2)
+
+
 @pytest.mark.parametrize(
     "bad",
     [
         {"num_speculative_tokens": -1},
+        {"speculative_max_batch": 0},
         {"prompt_lookup_min": 0},
         {"prompt_lookup_min": 4, "prompt_lookup_max": 2},
     ],

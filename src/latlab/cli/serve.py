@@ -81,6 +81,12 @@ def parse_bytes(text: str) -> int:
     "per step, output unchanged [default: 0 = off].",
 )
 @click.option(
+    "--speculative-max-batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="No drafts while more sequences than this are running [default: 8].",
+)
+@click.option(
     "--prompt-lookup-max",
     type=click.IntRange(min=1),
     default=None,

@@ -22,6 +22,8 @@ from latlab.engine.spec_decode import PromptLookupConfig, accepted_length, find_
 from latlab.errors import CapacityError, ConfigError, ModelLoadError, OverloadedError
 from latlab.plan.kv import kv_bytes_per_token
 
+_MAX_DRAFT_COOLDOWN = 32  # decode steps a sequence whose drafts keep missing waits at most
+
 
 class LLMEngine:
     """Owns the model runner, block manager and scheduler; one ``step()`` = one forward pass."""
@@ -173,8 +175,8 @@ class LLMEngine:
         """Append the sampled token, or a draft's accepted prefix plus the token after it."""
         draft, seq.draft_token_ids = seq.draft_token_ids, []
         accepted = accepted_length(draft, candidates)
-        self.spec_draft_tokens_total += len(draft)
-        self.spec_accepted_tokens_total += accepted
+        if draft:
+            self._record_draft(seq, len(draft), accepted)
         new_tokens = []
         for token in candidates[: accepted + 1]:
             new_tokens.append(token)
@@ -186,11 +188,31 @@ class LLMEngine:
         return self.output_of(seq, new_tokens)
 
     def _propose_draft(self, seq: Sequence, limit: int) -> list[int]:
-        """Prompt-lookup draft for greedy requests past min_tokens ([] for the others)."""
+        """Prompt-lookup draft for greedy requests past min_tokens, in small batches."""
         params = seq.params
         if params.temperature != 0.0 or seq.num_output_tokens < params.min_tokens:
             return []
+        if len(self.scheduler.running) > self.config.speculative_max_batch:
+            return []  # compute-bound batch: verifying would cost more than it saves
+        if seq.draft_cooldown:
+            seq.draft_cooldown -= 1
+            return []
         return find_draft(seq.token_ids, self.prompt_lookup, limit)
+
+    def _record_draft(self, seq: Sequence, drafted: int, accepted: int) -> None:
+        """Count a verified draft; back off exponentially from a sequence whose drafts miss.
+
+        A rejected draft costs a wider forward pass for nothing (and widens every other
+        sequence's query in the batch), so text that does not repeat its context stops paying
+        for speculation after a few misses: 1, 2, 4, ... up to 32 steps between tries.
+        """
+        self.spec_draft_tokens_total += drafted
+        self.spec_accepted_tokens_total += accepted
+        if accepted:
+            seq.draft_misses = 0
+        else:
+            seq.draft_cooldown = min(1 << seq.draft_misses, _MAX_DRAFT_COOLDOWN)
+            seq.draft_misses += 1
 
     def _append_token(self, seq: Sequence, token: int, now: int) -> bool:
         """Add one generated token; True when it finished the request."""
