@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", default="auto", help="engine and transformers dtype")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers anchor")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
@@ -118,7 +119,7 @@ def engine_rows(args, path: Path, prompts_by_name: dict) -> list[dict]:
     from latlab.engine import LLM
 
     drafts = [int(k) for k in args.draft_tokens.split(",")]
-    engines = {k: LLM(str(path), num_speculative_tokens=k) for k in [0, *drafts]}
+    engines = {k: LLM(str(path), num_speculative_tokens=k, dtype=args.dtype) for k in [0, *drafts]}
     rows = []
     for name, all_prompts in prompts_by_name.items():
         for batch in [int(b) for b in args.batches.split(",")]:
@@ -154,7 +155,7 @@ def hf_rows(args, path: Path, prompts_by_name: dict) -> list[dict]:
     """transformers generate at batch 1: plain vs prompt_lookup_num_tokens=k."""
     from latlab.model_files import load_causal_lm
 
-    model = load_causal_lm(str(path))
+    model = load_causal_lm(str(path), dtype=args.dtype)
     drafts = [int(k) for k in args.draft_tokens.split(",")]
     rows = []
 
@@ -198,12 +199,12 @@ def hf_rows(args, path: Path, prompts_by_name: dict) -> list[dict]:
     return rows
 
 
-def step_cost(path: Path, draft_tokens: list[int], batches: list[int]) -> list[dict]:
+def step_cost(path: Path, draft_tokens: list[int], batches: list[int], dtype: str) -> list[dict]:
     """Forward time with 1 + k new tokens per sequence over 1 token (64 tokens cached)."""
     from latlab.engine import LLM, SamplingParams
     from latlab.engine.scheduler import SchedulerOutput
 
-    llm = LLM(str(path))
+    llm = LLM(str(path), dtype=dtype)
     engine = llm.engine
     rows = []
     for batch in batches:
@@ -249,7 +250,10 @@ def main(argv: list[str] | None = None) -> None:
         "output_len": args.output_len,
         "prompt_len": args.prompt_len,
         "repeats": args.repeats,
-        "step_cost": step_cost(path, [int(k) for k in args.draft_tokens.split(",")], batches),
+        "dtype": args.dtype,
+        "step_cost": step_cost(
+            path, [int(k) for k in args.draft_tokens.split(",")], batches, args.dtype
+        ),
         "engine": engine_rows(args, path, prompts),
     }
     if not args.no_hf:

@@ -257,3 +257,42 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
         run(["optimize", str(tmp_path / "no-such-model")])
     assert info.value.code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_when_adopted_recipes_fail_together_the_lab_builds_the_set_up():
+    recipes = [
+        make_recipe(n)
+        for n in ("response-cache", "prompt-trim", "cpu-threads", "prompt-lookup-transformers")
+    ]
+    names = [r.name for r in recipes]
+    trials = [Trial(r.name, r.level, r.backend, r.changes, r.exact) for r in recipes]
+    for t in trials:
+        t.verdict = "adopt"
+    tried: list[list[str]] = []
+
+    def fake_try(trial, chosen):  # prompt-trim and cpu-threads conflict
+        tried.append([r.name for r in chosen])
+        clash = {names[1], names[2]} <= set(trial.components)
+        trial.verdict, trial.reason = ("reject", "quality") if clash else ("adopt", "faster")
+        return trial
+
+    fake = SimpleNamespace(progress=lambda _: None, _try=fake_try)
+    fake._try_together = lambda backend, chosen: Lab._try_together(fake, backend, chosen)
+    out = Lab._combined(fake, trials, recipes)
+    assert (
+        tried
+        == [
+            names,  # all four: rejected
+            names[:2],  # response-cache + prompt-trim: kept
+            names[:3],  # + cpu-threads: rejected, dropped
+            [*names[:2], names[3]],  # + prompt-lookup-transformers: kept
+        ]
+    )
+    assert [t.verdict for t in out] == ["reject", "adopt", "reject", "adopt"]
+    from latlab.optimize.report import _together_advice
+
+    advice = _together_advice(out)
+    assert advice == [
+        f"- **Use together (transformers): {names[0]} + {names[1]} + {names[3]}** "
+        "(the largest combination that held up)"
+    ]

@@ -87,3 +87,21 @@ def test_a_failing_request_is_recorded_not_raised():
     failed = [r for r in result.records if not r.ok]
     assert len(failed) == 1 and failed[0].error == "RuntimeError"
     runner.close()
+
+
+def test_a_pass_is_a_bench_level_and_the_response_cache_answers_repeats():
+    workload = LabWorkload(**{**WORKLOAD.to_dict(), "repeat_fraction": 0.5, "concurrency": 1})
+    requests = build_requests(list(range(100)), workload)
+    distinct = {r.prompt_ids for r in requests}
+    assert len(distinct) < len(requests)  # the workload repeats some prompts
+    runner, engine = _runner(workload, response_cache=True)
+    result = runner.run(requests)
+    # timed by latlab.bench's closed-loop runner: its record ids and its summary
+    assert [r.request_id for r in result.records] == [f"c1-{i}" for i in range(len(requests))]
+    assert result.summary is not None and result.summary.completed == len(requests)
+    assert result.extra["response_cache_hits"] == len(requests) - len(distinct)
+    assert len([e for e, _ in engine.events if e == "start"]) == len(distinct)
+    assert all(out == [0, 1, 2] for out in result.outputs.values())
+    again = runner.run(requests)  # the cache lives one pass: the model is asked again
+    assert again.extra["response_cache_hits"] == len(requests) - len(distinct)
+    runner.close()

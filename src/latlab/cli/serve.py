@@ -84,7 +84,7 @@ def parse_bytes(text: str) -> int:
     "--speculative-max-batch",
     type=click.IntRange(min=1),
     default=None,
-    help="No drafts while more sequences than this are running [default: 8].",
+    help="No drafts while more sequences than this are running [default: 4].",
 )
 @click.option(
     "--prompt-lookup-max",

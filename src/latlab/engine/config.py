@@ -48,9 +48,11 @@ class EngineConfig:
     prompt_lookup_max: int = 3
     prompt_lookup_min: int = 1
     # Verifying k+1 tokens costs about one decode step only while the step is memory-bound:
-    # measured on the ~106M model (2 threads), 1.01x at batch 1, 2.0x at 8, 3.1x at 32 for k=4.
-    # Above this many running sequences, no drafts are proposed.
-    speculative_max_batch: int = 8
+    # on the ~106M model (bf16, 2 threads) a 5-token verify costs 0.98x a decode step at batch
+    # 1, 1.5x at 4, 1.9x at 8, 3.2x at 32, and speculation measured 1.52x / 1.36x / 0.90x at
+    # batch 1 / 4 / 8 on plain text (benchmarks/spec_decode.py). Above this many running
+    # sequences, no drafts are proposed.
+    speculative_max_batch: int = 4
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:

@@ -177,7 +177,7 @@ def environment() -> dict[str, Any]:
 
 
 def _figures(result: RunResult) -> dict[str, float]:
-    summary = summarize(result.records)
+    summary = result.summary or summarize(result.records)
     if summary.failed:
         raise RuntimeError(f"{summary.failed} request(s) failed: {summary.errors}")
     return {
@@ -424,7 +424,11 @@ class Lab:
         return trials
 
     def _combined(self, trials: list[Trial], recipes: list[Recipe]) -> list[Trial]:
-        """Adopted recipes together, per backend, one per group (the first adopted wins)."""
+        """Adopted recipes together, per backend, one per group (the first adopted wins).
+
+        When all of them together fail, the lab builds the set up in plan order instead:
+        start from the first, add each next one, and keep it only if the set still passes.
+        """
         out = []
         by_name = {r.name: r for r in recipes}
         for backend in ("transformers", "engine"):
@@ -441,19 +445,35 @@ class Lab:
                     groups.add(recipe.group)
             if len(chosen) < 2:
                 continue
-            names = [r.name for r in chosen]
-            self.progress(f"combined ({backend}): {' + '.join(names)}")
-            trial = Trial(
-                "combined: " + " + ".join(names),
-                "combined",
-                backend,
-                "; ".join(r.changes for r in chosen),
-                all(r.exact for r in chosen),
-                components=names,
-            )
-            out.append(self._try(trial, chosen))
-            self.progress(f"combined ({backend}): {trial.verdict}: {trial.reason}")
+            together = self._try_together(backend, chosen)
+            out.append(together)
+            if together.verdict == "adopt" or len(chosen) < 3:
+                continue
+            self.progress(f"combined ({backend}): building up one recipe at a time")
+            kept = chosen[:1]
+            for recipe in chosen[1:]:
+                if [*kept, recipe] == chosen:
+                    break  # that is the set that just failed
+                trial = self._try_together(backend, [*kept, recipe])
+                out.append(trial)
+                if trial.verdict == "adopt":
+                    kept.append(recipe)
         return out
+
+    def _try_together(self, backend: str, chosen: list[Recipe]) -> Trial:
+        names = [r.name for r in chosen]
+        self.progress(f"combined ({backend}): {' + '.join(names)}")
+        trial = Trial(
+            "combined: " + " + ".join(names),
+            "combined",
+            backend,
+            "; ".join(r.changes for r in chosen),
+            all(r.exact for r in chosen),
+            components=names,
+        )
+        self._try(trial, chosen)
+        self.progress(f"combined ({backend}): {trial.verdict}: {trial.reason}")
+        return trial
 
     def close(self) -> None:
         for base in self.baselines.values():

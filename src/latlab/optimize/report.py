@@ -111,6 +111,26 @@ def plan_toml(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _together_advice(combined: list[Any]) -> list[str]:
+    """Per backend: the largest combination that held up, or what to do when none did."""
+    lines = []
+    for backend in dict.fromkeys(t.backend for t in combined):
+        tried = [t for t in combined if t.backend == backend]
+        passing = [t for t in tried if t.verdict == "adopt"]
+        if passing:
+            best = max(passing, key=lambda t: len(t.components))
+            lines.append(
+                f"- **Use together ({backend}): {' + '.join(best.components)}** "
+                "(the largest combination that held up)"
+            )
+        else:
+            lines.append(
+                f"- No combination held up ({backend}): adopt one recipe (the one that moves "
+                "the figure you care about) and re-run the plan on top of it."
+            )
+    return lines
+
+
 def decision_record(result: LabResult, out_dir: Path, command: list[str] | None = None) -> str:
     """The Markdown decision record: what was tried, in what order, what was adopted, why."""
     plan = result.plan
@@ -166,11 +186,7 @@ def decision_record(result: LabResult, out_dir: Path, command: list[str] | None 
             f"- Together ({t.backend}): {t.name.removeprefix('combined: ')}: "
             f"{t.verdict}: {t.reason}"
         )
-        if t.verdict != "adopt":
-            lines.append(
-                "  They do not hold up together: adopt them one at a time (keep the one that "
-                "moves the figure you care about) and re-run the plan on top of it."
-            )
+    lines += _together_advice(combined)
     lines += [
         "",
         "## Strategy table",

@@ -1,16 +1,16 @@
-"""Serve the lab's requests with one ``Setup`` and time every token.
+"""Serve the lab's requests with one ``Setup``, timed by ``latlab.bench``'s load generator.
 
-This is the lab's in-module timing loop. It records one ``latlab.metrics.RequestRecord`` per
-request (send time, arrival time and size of every chunk), so the figures come from the same
-``summarize`` as ``latlab bench``. It exists beside ``latlab.bench`` because the lab needs what
-a bench target does not give back: the generated token ids (for the greedy-output check) and
-request-level recipes (response cache, prompt trimming, prefix grouping) that sit between the
-client and the model.
+Each pass is one closed-loop level of the bench ``Runner`` (``concurrency`` users; 1 for the
+transformers backend), so the lab's TTFT, ITL and throughput come from the same driver, records
+and ``summarize`` as ``latlab bench``. What the lab adds sits inside its target, between client
+and model: it keeps the generated token ids (for the greedy-output check) and applies the
+request-level recipes (response cache, prompt trimming, prefix grouping, static waves).
 
-- transformers backend: requests one after another (batch 1), through the greedy or the
-  prompt-lookup loop of ``generation``.
-- engine backend: the latlab ``AsyncLLM`` with ``concurrency`` requests in flight; static
-  batching sends fixed waves and waits for each wave's slowest request.
+- transformers backend: one request at a time (batch 1) through the greedy or prompt-lookup
+  loop of ``generation``, run on the loop's thread (nothing else is in flight) so each chunk is
+  timestamped the moment it is produced.
+- engine backend: the latlab ``AsyncLLM``; static batching holds each wave until the previous
+  wave's slowest request is done, and that wait counts as the request's latency.
 """
 
 from __future__ import annotations
@@ -21,19 +21,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from latlab.metrics import RequestRecord
+from latlab.bench.runner import Runner
+from latlab.metrics import RequestRecord, Summary
 from latlab.optimize.generation import SpeculationStats, greedy_chunks, prompt_lookup_chunks
 from latlab.optimize.subject import Setup, activated
 from latlab.optimize.workload import LabRequest, LabWorkload
+from latlab.workload import BenchRequest
 
 
 @dataclass(slots=True)
 class RunResult:
-    """One pass over the workload: records (for timing) and outputs (for quality)."""
+    """One pass over the workload: records and summary (timing) and outputs (quality)."""
 
     records: list[RequestRecord]
     outputs: dict[str, list[int]]  # request_id -> generated token ids
     extra: dict[str, Any] = field(default_factory=dict)
+    summary: Summary | None = None
 
 
 def prepare(setup: Setup, requests: list[LabRequest]) -> list[tuple[LabRequest, list[int]]]:
@@ -50,58 +53,111 @@ def _record_stream(rec: RequestRecord, chunks: Iterator[list[int]], out: list[in
         out.extend(chunk)
 
 
+class _LabTarget:
+    """A bench target over one setup: the response cache and output capture live here.
+
+    ``generate(lab_request, prompt, rec, out)`` is the backend's part: it sets ``rec.send_ns``
+    when the request really goes to the model and fills the chunk timestamps and ``out``.
+    """
+
+    remote = False
+
+    def __init__(
+        self,
+        setup: Setup,
+        generate: Callable[..., Any],
+        finished: Callable[[LabRequest], None] | None = None,
+    ) -> None:
+        self.setup = setup
+        self.generate = generate
+        self.finished = finished
+        self.items: dict[str, tuple[LabRequest, list[int]]] = {}
+        self.outputs: dict[str, list[int]] = {}
+        self.cache: dict[tuple[int, ...], list[int]] = {}
+        self.cache_hits = 0
+
+    async def run(self, req: BenchRequest, rec: RequestRecord, opts: Any) -> None:
+        lab_request, prompt = self.items[req.request_id]
+        rec.prompt_tokens = len(prompt)
+        rec.output_tokens_source = "engine"
+        rec.send_ns = time.perf_counter_ns()
+        out: list[int] = []
+        key = tuple(prompt)
+        try:
+            if self.setup.response_cache and key in self.cache:
+                self.cache_hits += 1
+                _record_stream(rec, iter([self.cache[key]]), out)
+            else:
+                await self.generate(lab_request, prompt, rec, out)
+                self.cache[key] = list(out)
+        except Exception as exc:  # recorded per request, like the bench targets do
+            rec.error = type(exc).__name__
+            rec.error_detail = str(exc)[:200]
+        finally:
+            if self.finished is not None:
+                self.finished(lab_request)
+        rec.end_ns = time.perf_counter_ns()
+        rec.output_tokens = len(out)
+        self.outputs[lab_request.request_id] = out
+
+
+def run_pass(
+    loop: asyncio.AbstractEventLoop,
+    target: _LabTarget,
+    items: list[tuple[LabRequest, list[int]]],
+    concurrency: int,
+    max_tokens: int,
+) -> RunResult:
+    """One closed-loop bench level over ``items``, in order, ``concurrency`` users."""
+    target.items = {r.request_id: (r, p) for r, p in items}
+    target.outputs, target.cache, target.cache_hits = {}, {}, 0  # the cache lives one pass
+    requests = [BenchRequest(p, max_tokens, len(p), r.request_id) for r, p in items]
+    runner = Runner(target=target, requests=requests, opts=None, num_requests=len(requests))
+    level = loop.run_until_complete(runner.run_level({"concurrency": concurrency}))
+    result = RunResult(level.records, dict(target.outputs), summary=level.summary)
+    if target.setup.response_cache:
+        result.extra["response_cache_hits"] = target.cache_hits
+    return result
+
+
 class TransformersRunner:
     """Batch-1 requests through the setup's decoding loop (fixed output length)."""
 
     def __init__(self, setup: Setup, workload: LabWorkload) -> None:
         self.setup = setup
         self.workload = workload
+        self.loop = asyncio.new_event_loop()
+        self.stats = SpeculationStats()
+        self.target = _LabTarget(setup, self._generate)
 
-    def _chunks(self, prompt: list[int], stats: SpeculationStats) -> Iterator[list[int]]:
+    def _chunks(self, prompt: list[int]) -> Iterator[list[int]]:
         n = self.workload.output_len
         if self.setup.decode == "prompt_lookup":
             config = self.setup.prompt_lookup
-            return prompt_lookup_chunks(self.setup.model, prompt, n, (), config, stats)
+            return prompt_lookup_chunks(self.setup.model, prompt, n, (), config, self.stats)
         return greedy_chunks(self.setup.model, prompt, n, ())
 
+    async def _generate(
+        self, _: LabRequest, prompt: list[int], rec: RequestRecord, out: list[int]
+    ) -> None:
+        _record_stream(rec, self._chunks(prompt), out)
+
     def run(self, requests: list[LabRequest]) -> RunResult:
-        cache: dict[tuple[int, ...], list[int]] = {}
-        records, outputs = [], {}
-        hits = 0
-        stats = SpeculationStats()
+        self.stats = SpeculationStats()
         with activated(self.setup):
-            for req, prompt in prepare(self.setup, requests):
-                rec = RequestRecord(
-                    request_id=req.request_id,
-                    send_ns=time.perf_counter_ns(),
-                    prompt_tokens=len(prompt),
-                    output_tokens_source="engine",
-                )
-                out: list[int] = []
-                key = tuple(prompt)
-                if self.setup.response_cache and key in cache:
-                    hits += 1
-                    _record_stream(rec, iter([cache[key]]), out)
-                else:
-                    _record_stream(rec, self._chunks(prompt, stats), out)
-                    cache[key] = list(out)
-                rec.end_ns = time.perf_counter_ns()
-                rec.output_tokens = len(out)
-                records.append(rec)
-                outputs[req.request_id] = out
-        extra: dict[str, Any] = {}
-        if self.setup.response_cache:
-            extra["response_cache_hits"] = hits
-        if self.setup.decode == "prompt_lookup":  # explains a speedup, or its absence
-            extra.update(
-                forward_passes=stats.forward_passes,
-                drafted_tokens=stats.drafted_tokens,
-                accepted_tokens=stats.accepted_tokens,
+            result = run_pass(
+                self.loop, self.target, prepare(self.setup, requests), 1, self.workload.output_len
             )
-        return RunResult(records, outputs, extra)
+        if self.setup.decode == "prompt_lookup":  # explains a speedup, or its absence
+            result.extra.update(
+                forward_passes=self.stats.forward_passes,
+                drafted_tokens=self.stats.drafted_tokens,
+                accepted_tokens=self.stats.accepted_tokens,
+            )
+        return result
 
     def close(self) -> None:
-        pass
+        self.loop.close()
 
 
 def default_engine_factory(setup: Setup) -> Any:
@@ -135,109 +191,82 @@ class EngineRunner:
         self.workload = workload
         self.loop = asyncio.new_event_loop()
         self.params = params_factory(workload.output_len)
+        self.target = _LabTarget(setup, self._generate, self._finished)
+        self._leaders: dict[int, asyncio.Event] = {}
+        self._waves: list[asyncio.Event] = []
+        self._wave_left: list[int] = []
+        self._index: dict[str, int] = {}
 
         async def build() -> Any:
             return engine_factory(setup)
 
         self.engine = self.loop.run_until_complete(build())
 
-    async def _one(
-        self,
-        req: LabRequest,
-        prompt: list[int],
-        first_token: asyncio.Event | None = None,
-        held_ns: int = 0,
-    ) -> tuple[RequestRecord, list[int]]:
-        rec = RequestRecord(
-            request_id=req.request_id,
-            send_ns=time.perf_counter_ns(),
-            prompt_tokens=len(prompt),
-            output_tokens_source="engine",
-        )
-        if held_ns:  # time the client held it back counts as latency (no coordinated omission)
-            rec.intended_send_ns = rec.send_ns - held_ns
-        out: list[int] = []
-        try:
-            async for item in self.engine.generate(prompt, self.params, request_id=None):
-                if item.new_token_ids:
-                    if first_token is not None:
-                        first_token.set()
-                    rec.chunk_ns.append(time.perf_counter_ns())
-                    rec.chunk_tokens.append(len(item.new_token_ids))
-                    out.extend(item.new_token_ids)
-        except Exception as exc:  # recorded per request, like the bench runner does
-            rec.error = type(exc).__name__
-            rec.error_detail = str(exc)[:200]
-        if first_token is not None:
-            first_token.set()  # never leave followers waiting on a failed leader
-        rec.end_ns = time.perf_counter_ns()
-        rec.output_tokens = len(out)
-        return rec, out
+    async def _generate(
+        self, req: LabRequest, prompt: list[int], rec: RequestRecord, out: list[int]
+    ) -> None:
+        wave = self._index[req.request_id] // self.workload.concurrency
+        if self.setup.static_batching and wave:
+            await self._waves[wave - 1].wait()
+        is_leader = await self._hold_for_leader(req, rec)
+        async for item in self.engine.generate(prompt, self.params, request_id=None):
+            if item.new_token_ids:
+                if is_leader:
+                    self._leaders[req.prefix_id].set()
+                rec.chunk_ns.append(time.perf_counter_ns())
+                rec.chunk_tokens.append(len(item.new_token_ids))
+                out.extend(item.new_token_ids)
 
-    async def _run(self, items: list[tuple[LabRequest, list[int]]]) -> list[tuple[Any, Any]]:
-        width = self.workload.concurrency
-        if self.setup.static_batching:
-            results = []
-            for start in range(0, len(items), width):
-                wave = items[start : start + width]
-                results += await asyncio.gather(*(self._one(r, p) for r, p in wave))
-            return results
-        gate = asyncio.Semaphore(width)
-        if self.setup.group_by_prefix:
-            return await self._run_grouped(items, gate)
-
-        async def limited(req: LabRequest, prompt: list[int]) -> tuple[Any, Any]:
-            async with gate:
-                return await self._one(req, prompt)
-
-        return await asyncio.gather(*(limited(r, p) for r, p in items))
-
-    async def _run_grouped(
-        self, items: list[tuple[LabRequest, list[int]]], gate: asyncio.Semaphore
-    ) -> list[tuple[Any, Any]]:
-        """Each prefix group's first request goes alone; the rest follow its first token.
+    async def _hold_for_leader(self, req: LabRequest, rec: RequestRecord) -> bool:
+        """Grouping: a prefix's first request goes alone, the rest follow its first token.
 
         Sent together, a group's requests would all be in prefill before any of them has
-        cached the shared prefix, and nobody would hit the cache.
+        cached the shared prefix, and nobody would hit the cache. A follower's hold counts
+        as latency (from its intended send time). True for the leader.
         """
-        leaders: dict[int, asyncio.Event] = {}
+        if not self.setup.group_by_prefix:
+            return False
+        event = self._leaders.get(req.prefix_id)
+        if event is None:
+            self._leaders[req.prefix_id] = asyncio.Event()
+            return True
+        rec.intended_send_ns = rec.send_ns
+        await event.wait()
+        rec.send_ns = time.perf_counter_ns()
+        return False
 
-        async def send(req: LabRequest, prompt: list[int]) -> tuple[Any, Any]:
-            event = leaders.get(req.prefix_id)
-            if event is None:
-                event = leaders[req.prefix_id] = asyncio.Event()
-                async with gate:
-                    return await self._one(req, prompt, first_token=event)
-            start = time.perf_counter_ns()
-            await event.wait()
-            held = time.perf_counter_ns() - start
-            async with gate:
-                return await self._one(req, prompt, held_ns=held)
-
-        return await asyncio.gather(*(send(r, p) for r, p in items))
+    def _finished(self, req: LabRequest) -> None:
+        """Whatever happened to a request (tokens, cache hit, error), release who waits on it."""
+        leader = self._leaders.get(req.prefix_id)
+        if leader is not None:
+            leader.set()  # never leave followers waiting on a failed leader
+        wave = self._index[req.request_id] // self.workload.concurrency
+        self._wave_left[wave] -= 1
+        if not self._wave_left[wave]:
+            self._waves[wave].set()
 
     def run(self, requests: list[LabRequest]) -> RunResult:
         items = prepare(self.setup, requests)
+        width = self.workload.concurrency
+        self._index = {r.request_id: i for i, (r, _) in enumerate(items)}
+        self._leaders = {}
+        num_waves = -(-len(items) // width)
+        self._waves = [asyncio.Event() for _ in range(num_waves)]
+        self._wave_left = [min(width, len(items) - w * width) for w in range(num_waves)]
         with activated(self.setup):
-            results = self.loop.run_until_complete(self._run(items))
-        records = [rec for rec, _ in results]
-        outputs = {rec.request_id: out for rec, out in results}
-        extra: dict[str, Any] = {}
+            result = run_pass(self.loop, self.target, items, width, self.workload.output_len)
         stats = getattr(self.engine, "stats", None)
         if stats is not None:
             s = stats()
-            extra = {
-                k: getattr(s, k)
-                for k in (
-                    "prefix_cache_queries",
-                    "prefix_cache_hits",
-                    "num_kv_blocks",
-                    "spec_draft_tokens_total",
-                    "spec_accepted_tokens_total",
-                )
-                if hasattr(s, k)
-            }
-        return RunResult(records, outputs, extra)
+            keys = (
+                "prefix_cache_queries",
+                "prefix_cache_hits",
+                "num_kv_blocks",
+                "spec_draft_tokens_total",
+                "spec_accepted_tokens_total",
+            )
+            result.extra.update({k: getattr(s, k) for k in keys if hasattr(s, k)})
+        return result
 
     def close(self) -> None:
         shutdown = getattr(self.engine, "shutdown", None)
