@@ -43,7 +43,8 @@ class EngineConfig:
     packed_linear: bool | None = None
     # Prompt-lookup speculative decoding for greedy requests (0 = off): up to this many draft
     # tokens, found by matching the last prompt_lookup_max..prompt_lookup_min tokens earlier in
-    # the sequence, verified in one forward pass. Output stays the plain greedy output.
+    # the sequence, verified in one forward pass. Output stays the plain greedy output (float32
+    # exactly; bf16 up to rounding of near-ties, as when the batch size changes).
     num_speculative_tokens: int = 0
     prompt_lookup_max: int = 3
     prompt_lookup_min: int = 1

@@ -4,9 +4,10 @@ The trailing n tokens of a sequence are searched for earlier in it (prompt and o
 tokens that followed that earlier occurrence become the draft. The model runner then runs the
 last token and the draft in one forward pass, and every draft token that equals the greedy
 argmax at its position is accepted, plus the token after the last accepted one for free. The
-output is therefore exactly the plain greedy output; what changes is how many forward passes
-it takes, which pays when a decode step is memory-bound (small batches) and the text repeats
-its context (summaries, code edits, extraction, chat that quotes the prompt).
+output is therefore the plain greedy output (exactly in float32; in bf16 up to the rounding of
+near-tied tokens, as with any change of batch shape: docs/engine.md); what changes is how many
+forward passes it takes, which pays when a decode step is memory-bound (small batches) and the
+text repeats its context (summaries, code edits, extraction, chat that quotes the prompt).
 
 Pure Python without torch, so the transformers loop in ``latlab.optimize`` uses it too.
 """

@@ -56,8 +56,10 @@ def _record_stream(rec: RequestRecord, chunks: Iterator[list[int]], out: list[in
 class _LabTarget:
     """A bench target over one setup: the response cache and output capture live here.
 
-    ``generate(lab_request, prompt, rec, out)`` is the backend's part: it sets ``rec.send_ns``
-    when the request really goes to the model and fills the chunk timestamps and ``out``.
+    ``generate(lab_request, prompt, rec, out)`` is the backend's part: it fills the chunk
+    timestamps and ``out`` (and moves ``rec.send_ns`` when it held the request back first).
+    ``finished(lab_request)`` runs for every request, cache hit or error included, so nothing
+    waiting on it (a wave, a prefix group) waits forever.
     """
 
     remote = False
