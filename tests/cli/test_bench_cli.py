@@ -113,11 +113,37 @@ def test_backend_latlab_runs_the_engine_in_process(tmp_path):
     model = save_random_llama(tmp_path / "m")
     out = latlab("bench", "--backend", "latlab", "--model", str(model), "--concurrency", "2",
                  "--num-requests", "3", "--output-len", "5", "--json", str(tmp_path / "r.json"),
+                 "--engine-arg", "num_speculative_tokens=2", "--engine-arg", "max-num-seqs=4",
                  timeout=170)  # fmt: skip
     assert out.returncode == 0, out.stderr
     d = json.loads((tmp_path / "r.json").read_text())
     assert d["target"]["name"].startswith("latlab-engine")
+    settings = d["target"]["settings"]
+    assert settings["num_speculative_tokens"] == 2 and settings["max_num_seqs"] == 4
     assert d["levels"][0]["summary"]["output_tokens"] == 15
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backend", "latlab", "--engine-arg", "nope=1"], "has no setting nope; its settings:"),
+        (["--backend", "latlab", "--engine-arg", "num_speculative_tokens"], "KEY=VALUE"),
+        (["--engine-arg", "num_speculative_tokens=4"], "--backend latlab only"),
+        (["--backend", "latlab", "--engine-arg", "num_speculative_tokens=-1"], ">= 0"),
+    ],
+)
+def test_bad_engine_args_fail_in_one_line(args, message):
+    pytest.importorskip("latlab.engine")
+    out = latlab("bench", *args, "--num-requests", "1")
+    assert out.returncode == 2
+    assert message in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_engine_arg_values_are_read_as_numbers_bools_and_text():
+    from latlab.cli.bench import _engine_args
+
+    parsed = _engine_args(("a=4", "b=0.5", "c=true", "d=None", "e=bfloat16", "f-g = 2"))
+    assert parsed == {"a": 4, "b": 0.5, "c": True, "d": None, "e": "bfloat16", "f_g": 2}
 
 
 def test_callable_target_from_the_command_line(tmp_path):

@@ -138,8 +138,10 @@ async def arun_bench(
     runner = Runner(target, [], opts, num_requests=config.num_requests,
                     duration_s=config.duration_s, slo=config.slo, burstiness=config.burstiness,
                     seed=config.seed, drain_s=config.drain_s, progress=sink)  # fmt: skip
-    result = BenchResult(target={"name": target.name, "remote": bool(target.remote)},
-                         config=config.to_dict())  # fmt: skip
+    described = {"name": target.name, "remote": bool(target.remote)}
+    if getattr(target, "settings", None):  # what an in-process engine was built with
+        described["settings"] = dict(target.settings)
+    result = BenchResult(target=described, config=config.to_dict())
     if runner_hook is not None:
         runner_hook(runner)
     pool: Any = None

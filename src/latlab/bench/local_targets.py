@@ -8,6 +8,7 @@ torch, transformers and latlab.engine are imported only when such a target is bu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import inspect
 import os
@@ -347,6 +348,7 @@ class EngineTarget:
         self.name = f"latlab-engine:{getattr(engine, 'model_name', 'model')}"
         self._params = sampling_params
         self._owns = owns_engine
+        self.settings: dict[str, Any] = {}  # EngineConfig fields, when built by from_model
 
     @classmethod
     def from_model(cls, model: str | None = None, **engine_config: Any) -> EngineTarget:
@@ -358,7 +360,16 @@ class EngineTarget:
             raise TargetError(
                 f"latlab's engine is not available ({exc}); use --backend transformers"
             ) from None
-        return cls(AsyncLLM(EngineConfig(model=model, **engine_config)), owns_engine=True)
+        known = {f.name for f in dataclasses.fields(EngineConfig)} - {"model"}
+        unknown = sorted(set(engine_config) - known)
+        if unknown:
+            raise ConfigError(
+                f"the latlab engine has no setting {', '.join(unknown)}; "
+                f"its settings: {', '.join(sorted(known))}"
+            )
+        target = cls(AsyncLLM(EngineConfig(model=model, **engine_config)), owns_engine=True)
+        target.settings = dict(engine_config)
+        return target
 
     def _make_params(self, **kw: Any) -> Any:
         if self._params is None:

@@ -51,12 +51,40 @@ def _target(opts: dict[str, Any]) -> Any:
     if opts["threads"] != "auto" and not str(opts["threads"]).isdigit():
         raise ConfigError("--threads takes a number or auto")
     if opts["backend"] == "latlab":
-        return targets.EngineTarget.from_model(opts["model"], dtype=opts["dtype"],
-                                               device=opts["device"])  # fmt: skip
+        settings = {"dtype": opts["dtype"], "device": opts["device"]}
+        settings.update(_engine_args(opts["engine_arg"]))
+        return targets.EngineTarget.from_model(opts["model"], **settings)
+    if opts["engine_arg"]:
+        raise ConfigError("--engine-arg applies to --backend latlab only")
     threads = opts["threads"] if opts["threads"] == "auto" else int(opts["threads"])
     return targets.TransformersTarget(
         opts["model"], dtype=opts["dtype"], device=opts["device"], num_threads=threads
     )
+
+
+def _engine_args(items: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as EngineConfig fields; values read as int, float, bool or text."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--engine-arg {item!r} must look like KEY=VALUE")
+        settings[key.strip().replace("-", "_")] = _scalar(text.strip())
+    return settings
+
+
+def _scalar(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _tokenizer(name: str) -> Any:
@@ -163,6 +191,13 @@ def _tokenizer(name: str) -> Any:
     help="Seconds without a byte before a request fails as 'timeout'.",
 )
 @click.option("--dtype", default="float32", show_default=True, help="In-process model dtype.")
+@click.option(
+    "--engine-arg",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An EngineConfig setting for --backend latlab, e.g. num_speculative_tokens=4 "
+    "(repeatable).",
+)
 @click.option("--device", default="cpu", show_default=True, help="In-process model device.")
 @click.option(
     "--threads",
