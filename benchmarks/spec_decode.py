@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="auto", help="engine and transformers dtype")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="> 0: sampled requests (speculative sampling); the transformers anchor is skipped",
+    )
     p.add_argument("--no-hf", action="store_true", help="skip the transformers anchor")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
@@ -80,10 +86,12 @@ def workloads(tokenizer, count: int, length: int) -> dict[str, list[list[int]]]:
     return {"natural": natural, "repeat": repeat}
 
 
-def run_engine(llm, prompts: list[list[int]], output_len: int) -> tuple[float, list, dict]:
+def run_engine(
+    llm, prompts: list[list[int]], output_len: int, temperature: float = 0.0
+) -> tuple[float, list, dict]:
     from latlab.engine import SamplingParams
 
-    params = SamplingParams(max_tokens=output_len, ignore_eos=True)
+    params = SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=temperature)
     before = llm.engine.stats()
     steps = 0
     ids = [llm.engine.add_request(p, params) for p in prompts]
@@ -130,7 +138,9 @@ def engine_rows(args, path: Path, prompts_by_name: dict) -> list[dict]:
             outs, counts = {}, {}
             for _ in range(args.repeats):  # interleaved: anchor, k1, k2, anchor, ...
                 for k, llm in engines.items():
-                    tok_s, outs[k], counts[k] = run_engine(llm, prompts, args.output_len)
+                    tok_s, outs[k], counts[k] = run_engine(
+                        llm, prompts, args.output_len, args.temperature
+                    )
                     speeds[k].append(tok_s)
             anchor = statistics.median(speeds[0])
             for k in engines:
@@ -256,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "engine": engine_rows(args, path, prompts),
     }
-    if not args.no_hf:
+    result["temperature"] = args.temperature
+    if not args.no_hf and args.temperature == 0.0:
         result["transformers"] = hf_rows(args, path, prompts)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

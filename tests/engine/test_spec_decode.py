@@ -166,17 +166,71 @@ def test_speculation_stops_at_stop_token_inside_an_accepted_draft(tiny_model_dir
     assert got[0][-1] == stop_at and stop_at not in got[0][:-1]
 
 
-def test_min_tokens_and_sampled_requests_are_not_speculated(tiny_model_dir):
+def test_min_tokens_requests_are_not_speculated_until_reached(tiny_model_dir):
+    prompt = [11, 12, 13, 14, 15] * 6
+    params = SamplingParams(max_tokens=12, min_tokens=12)
+    llm = LLM(str(tiny_model_dir), **SPEC)
+    got = llm.generate([prompt], params)[0].token_ids
+    assert llm.engine.stats().spec_draft_tokens_total == 0
+    assert got == LLM(str(tiny_model_dir)).generate([prompt], params)[0].token_ids
+
+
+def _sampled_seq(seed: int):
+    from types import SimpleNamespace
+
+    import torch
+
+    params = SamplingParams(temperature=1.0)
+    return SimpleNamespace(params=params, generator=torch.Generator().manual_seed(seed))
+
+
+def test_speculative_sampling_keeps_the_distribution():
+    """Draft [0, 1] over hand-made p0, p1, p2: every emitted token follows p, whatever the draft."""
+    import torch
+
+    from latlab.engine.sampler import Sampler
+
+    p = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.1, 0.6, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25]])
+    logits = p.clamp_min(1e-30).log()
+    sampler = Sampler([], seed=0)
+    seq = _sampled_seq(7)
+    n = 20000
+    runs = [sampler.verify_draft(logits, [0, 1], seq) for _ in range(n)]
+    first = torch.bincount(torch.tensor([r[0] for r in runs]), minlength=4) / n
+    assert torch.allclose(first, p[0], atol=0.015), first
+    after_0 = [r for r in runs if r[0] == 0]
+    second = torch.bincount(torch.tensor([r[1] for r in after_0]), minlength=4) / len(after_0)
+    assert torch.allclose(second, p[1], atol=0.02), second
+    after_01 = [r for r in after_0 if r[1] == 1]
+    third = torch.bincount(torch.tensor([r[2] for r in after_01]), minlength=4) / len(after_01)
+    assert torch.allclose(third, p[2], atol=0.025), third
+    # a run stops right after its first rejection, with a token other than the draft's
+    for r in runs:
+        if r[0] != 0:
+            assert len(r) == 1
+        elif r[1] != 1:
+            assert len(r) == 2
+        else:
+            assert len(r) == 3
+    assert 3 not in first.nonzero().flatten().tolist()  # probability 0 is never drawn
+
+
+def test_sampled_requests_are_speculated_and_seeded_ones_reproduce(tiny_model_dir):
+    # this random model's logits are nearly flat (top-2 margins ~0.05): only a very low
+    # temperature keeps it in the loops that drafts are made of
     prompt = [11, 12, 13, 14, 15] * 6
     params = [
-        SamplingParams(max_tokens=12, min_tokens=12),
-        SamplingParams(max_tokens=12, temperature=0.8, seed=7),
+        SamplingParams(max_tokens=24, temperature=0.005, seed=5, ignore_eos=True),
+        SamplingParams(max_tokens=24, temperature=0.005, top_k=20, top_p=0.9, ignore_eos=True),
     ]
     llm = LLM(str(tiny_model_dir), **SPEC)
-    got = [o.token_ids for o in llm.generate([prompt, prompt], params)]
-    assert llm.engine.stats().spec_draft_tokens_total == 0
-    plain = LLM(str(tiny_model_dir))
-    assert got == [o.token_ids for o in plain.generate([prompt, prompt], params)]
+    first = llm.generate([prompt, prompt], params)
+    stats = llm.engine.stats()
+    assert stats.spec_draft_tokens_total > 0 and stats.spec_accepted_tokens_total > 0
+    assert all(len(o.token_ids) == 24 for o in first)
+    assert stats.kv_cache_usage == 0.0
+    again = llm.generate([prompt], params[:1])[0]
+    assert again.token_ids == first[0].token_ids  # same seed, same tokens
 
 
 def test_no_drafts_above_the_batch_limit(tiny_model_dir):

@@ -77,8 +77,8 @@ def parse_bytes(text: str) -> int:
     "--num-speculative-tokens",
     type=click.IntRange(min=0),
     default=None,
-    help="Prompt-lookup speculative decoding for greedy requests: up to N draft tokens "
-    "per step, output unchanged [default: 0 = off].",
+    help="Prompt-lookup speculative decoding: up to N draft tokens per step; greedy output "
+    "unchanged, sampling keeps its distribution [default: 0 = off].",
 )
 @click.option(
     "--speculative-max-batch",

@@ -41,10 +41,11 @@ class EngineConfig:
     # oneDNN-prepacked linear weights on CPU; None = on for bf16/fp16 (measured 1.4-2.5x on
     # the matmuls, bit-identical there), off for float32 (keeps exact parity with transformers).
     packed_linear: bool | None = None
-    # Prompt-lookup speculative decoding for greedy requests (0 = off): up to this many draft
-    # tokens, found by matching the last prompt_lookup_max..prompt_lookup_min tokens earlier in
-    # the sequence, verified in one forward pass. Output stays the plain greedy output (float32
-    # exactly; bf16 up to rounding of near-ties, as when the batch size changes).
+    # Prompt-lookup speculative decoding (0 = off): up to this many draft tokens, found by
+    # matching the last prompt_lookup_max..prompt_lookup_min tokens earlier in the sequence,
+    # verified in one forward pass. Greedy output stays the plain greedy output (float32
+    # exactly; bf16 up to rounding of near-ties, as when the batch size changes); random
+    # requests keep their distribution (speculative sampling).
     num_speculative_tokens: int = 0
     prompt_lookup_max: int = 3
     prompt_lookup_min: int = 1

@@ -188,10 +188,9 @@ class LLMEngine:
         return self.output_of(seq, new_tokens)
 
     def _propose_draft(self, seq: Sequence, limit: int) -> list[int]:
-        """Prompt-lookup draft for greedy requests past min_tokens, in small batches."""
-        params = seq.params
-        if params.temperature != 0.0 or seq.num_output_tokens < params.min_tokens:
-            return []
+        """Prompt-lookup draft for requests past min_tokens, in small batches."""
+        if seq.num_output_tokens < seq.params.min_tokens:
+            return []  # min_tokens masks EOS per position; drafts would need that per row
         if len(self.scheduler.running) > self.config.speculative_max_batch:
             return []  # compute-bound batch: verifying would cost more than it saves
         if seq.draft_cooldown:

@@ -86,8 +86,10 @@ class ModelRunner:
     def execute(self, sched: SchedulerOutput) -> tuple[list[Sequence], list[list[int]]]:
         """Run one step; returns the sequences that got new tokens and their candidates.
 
-        A sequence's candidates are one sampled token, or, when it carried a draft, the greedy
-        token after each of its inputs (len(draft) + 1); the engine keeps the accepted prefix.
+        A sequence's candidates are one sampled token, or, when it carried a draft, the token
+        after each of its inputs (len(draft) + 1: greedy, or speculative sampling for random
+        requests, which stops at the first rejection); the engine keeps the matching prefix
+        plus one.
         """
         inputs = self._prepare(sched)
         if inputs is None:
@@ -98,10 +100,14 @@ class ModelRunner:
             return sampling_seqs, [[t] for t in self.sampler(logits, sampling_seqs)]
         sampled = self.sampler(logits[last_rows], sampling_seqs)
         greedy = logits.argmax(dim=-1).tolist()
-        candidates = [
-            [*greedy[row - len(seq.draft_token_ids) : row], token]
-            for seq, row, token in zip(sampling_seqs, last_rows, sampled, strict=True)
-        ]
+        candidates = []
+        for seq, row, token in zip(sampling_seqs, last_rows, sampled, strict=True):
+            draft = seq.draft_token_ids
+            if draft and seq.params.temperature > 0.0:
+                rows = logits[row - len(draft) : row + 1]
+                candidates.append(self.sampler.verify_draft(rows, draft, seq))
+            else:
+                candidates.append([*greedy[row - len(draft) : row], token])
         return sampling_seqs, candidates
 
     def _prepare(self, sched: SchedulerOutput):

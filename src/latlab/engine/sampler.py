@@ -3,6 +3,9 @@
 Random rows use the exponential-race trick (argmax of p / Exp(1) noise draws a sample from
 p), so one vectorised op serves the whole batch; a seeded request draws its noise from its
 own torch.Generator, which makes its tokens independent of what it was batched with.
+
+A random request that carried a speculative draft is verified by speculative sampling
+(``verify_draft``), so its tokens follow exactly the distribution plain sampling draws from.
 """
 
 from __future__ import annotations
@@ -58,6 +61,39 @@ class Sampler:
         sampled = (probs / noise.to(dev)).argmax(dim=-1)
         is_greedy = torch.tensor([s.params.temperature == 0.0 for s in seqs], device=dev)
         return torch.where(is_greedy, greedy, sampled)
+
+    def probabilities(self, logits: torch.Tensor, seq: Sequence) -> torch.Tensor:
+        """Each row of ``logits`` as the distribution ``seq`` samples from (float32, on CPU)."""
+        params = seq.params
+        scaled = logits.float() / params.temperature
+        if params.top_k or params.top_p < 1.0:
+            rows = scaled.shape[0]
+            scaled = apply_top_k_top_p(scaled, [params.top_k] * rows, [params.top_p] * rows)
+        return torch.softmax(scaled, dim=-1).cpu()
+
+    def verify_draft(self, logits: torch.Tensor, draft: list[int], seq: Sequence) -> list[int]:
+        """Speculative sampling of a random request's draft (``len(draft) + 1`` logit rows).
+
+        Row i is the distribution p_i after the input before ``draft[i]``. The draft is
+        deterministic (prompt lookup), so draft token d is kept with probability p_i(d); at the
+        first rejection the token is drawn from p_i without d, renormalised; if every draft
+        token is kept, one more is drawn from the last row. Each emitted token then follows
+        exactly the distribution plain sampling would draw it from (Leviathan et al. 2023,
+        with a one-hot draft distribution). Draws use the request's own generator if seeded.
+        """
+        probs = self.probabilities(logits, seq)
+        generator = seq.generator if seq.generator is not None else self.generator
+        out: list[int] = []
+        for row, token in enumerate(draft):
+            if float(torch.rand((), generator=generator)) < float(probs[row, token]):
+                out.append(token)
+                continue
+            residual = probs[row].clone()
+            residual[token] = 0.0
+            out.append(int(torch.multinomial(residual, 1, generator=generator)))
+            return out
+        out.append(int(torch.multinomial(probs[len(draft)], 1, generator=generator)))
+        return out
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:

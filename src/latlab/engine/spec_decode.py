@@ -5,7 +5,8 @@ tokens that followed that earlier occurrence become the draft. The model runner 
 last token and the draft in one forward pass, and every draft token that equals the greedy
 argmax at its position is accepted, plus the token after the last accepted one for free. The
 output is therefore the plain greedy output (exactly in float32; in bf16 up to the rounding of
-near-tied tokens, as with any change of batch shape: docs/engine.md); what changes is how many
+near-tied tokens, as with any change of batch shape: docs/engine.md); random requests are
+verified by speculative sampling instead (``Sampler.verify_draft``). What changes is how many
 forward passes it takes, which pays when a decode step is memory-bound (small batches) and the
 text repeats its context (summaries, code edits, extraction, chat that quotes the prompt).
 

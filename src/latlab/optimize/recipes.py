@@ -464,7 +464,7 @@ def kv_cache_dtype(dtype: str = "bfloat16") -> Recipe:
 
 
 def prompt_lookup(num_draft_tokens: int = 4, max_ngram: int = 3) -> Recipe:
-    """Speculative decoding inside the latlab engine (exact for greedy requests)."""
+    """Speculative decoding inside the latlab engine (the lab's requests are greedy: exact)."""
     return _engine_recipe(
         "prompt-lookup",
         f"speculative decoding in the latlab engine: up to {num_draft_tokens} draft tokens "
