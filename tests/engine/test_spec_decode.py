@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from types import SimpleNamespace
 
-from latlab.engine import LLM, SamplingParams
+import pytest
+import torch
+
+from latlab.engine import LLM, EngineConfig, SamplingParams
+from latlab.engine.sampler import Sampler
 from latlab.engine.spec_decode import PromptLookupConfig, accepted_length, find_draft
 from latlab.errors import ConfigError
 from latlab.model_files import load_model_config
@@ -176,20 +180,12 @@ def test_min_tokens_requests_are_not_speculated_until_reached(tiny_model_dir):
 
 
 def _sampled_seq(seed: int):
-    from types import SimpleNamespace
-
-    import torch
-
     params = SamplingParams(temperature=1.0)
     return SimpleNamespace(params=params, generator=torch.Generator().manual_seed(seed))
 
 
 def test_speculative_sampling_keeps_the_distribution():
     """Draft [0, 1] over hand-made p0, p1, p2: every emitted token follows p, whatever the draft."""
-    import torch
-
-    from latlab.engine.sampler import Sampler
-
     p = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.1, 0.6, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25]])
     logits = p.clamp_min(1e-30).log()
     sampler = Sampler([], seed=0)
@@ -270,7 +266,5 @@ def test_drafts_back_off_from_a_sequence_whose_drafts_miss(tiny_model_dir):
     ],
 )
 def test_engine_config_rejects_bad_speculation_settings(bad):
-    from latlab.engine import EngineConfig
-
     with pytest.raises(ConfigError):
         EngineConfig(**bad)
