@@ -43,3 +43,43 @@ def test_workers_need_an_http_target():
         run_bench(BenchConfig(num_requests=2, workers=2), CallableTarget(make_stream()), False)
     with pytest.raises(ConfigError, match="--workers"):
         BenchConfig(workers=0)
+
+
+class _Recorder:
+    """A progress sink that keeps every update."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[int, int, float | None]] = []
+        self.levels = 0
+
+    def start_level(self, label, total):
+        self.levels += 1
+
+    def update(self, completed, failed, ttft_p50_ms):
+        self.updates.append((completed, failed, ttft_p50_ms))
+
+    def end_level(self):
+        pass
+
+
+def test_progress_from_the_workers_arrives_while_the_level_runs():
+    sink = _Recorder()
+    # 12 requests of ~0.3 s over 2 users per worker: the level lasts ~1 s, and each worker's
+    # runner reports at most every 0.2 s
+    with StubServer(ttft_s=0.02, itl_s=0.02, chunks=14) as url:
+        result = run_bench(BenchConfig(concurrency=[4], num_requests=12, warmup=0, workers=2,
+                                       input_len="4", output_len="14"),
+                           OpenAITarget(url), sink)  # fmt: skip
+    assert sink.levels == 1
+    done = [u[0] for u in sink.updates]
+    assert len(sink.updates) >= 3  # live updates, not only the final one
+    assert min(done) < 12 and done[-1] == 12 == result.levels[0].summary.completed
+    assert done == sorted(done)  # counts only grow
+    assert all(u[2] is None or 10 < u[2] < 200 for u in sink.updates)
+
+
+def test_combined_progress_sums_counts_and_weights_ttft():
+    from latlab.bench.workers import _combined_progress
+
+    assert _combined_progress([(3, 1, 10.0), (1, 0, 30.0)]) == (4, 1, 15.0)
+    assert _combined_progress([(0, 2, None), (0, 0, None)]) == (0, 2, None)

@@ -190,7 +190,8 @@ async def _pooled_level(
 ) -> LevelResult:
     if sink is not None:
         sink.start_level(", ".join(f"{k} {v:g}" for k, v in load.items()), config.num_requests)
-    level: LevelResult = await pool.run_level(load, config.num_requests)
+    update = sink.update if sink is not None else None
+    level: LevelResult = await pool.run_level(load, config.num_requests, update)
     if sink is not None:
         s = level.summary
         sink.update(s.completed, s.failed, s.ttft_ms.p50)

@@ -17,7 +17,7 @@ import contextlib
 import multiprocessing as mp
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,23 @@ def _worker_main(conn: tuple[Any, Any], wid: int, settings: WorkerSettings) -> N
             r.run(coro)
 
 
+class _PipeProgress:
+    """A worker's progress sink: the runner's (throttled) updates go to the parent."""
+
+    def __init__(self, out: Any, wid: int) -> None:
+        self.out = out
+        self.wid = wid
+
+    def start_level(self, label: str, total: int | None) -> None:
+        pass
+
+    def update(self, completed: int, failed: int, ttft_p50_ms: float | None) -> None:
+        self.out.send(("progress", self.wid, completed, failed, ttft_p50_ms))
+
+    def end_level(self) -> None:
+        pass
+
+
 async def _serve(conns: tuple[Any, Any], wid: int, st: WorkerSettings, target: Any) -> None:
     # Two one-way pipes: the event loop watches the command pipe (and makes it non-blocking),
     # results go out on the other one with plain blocking writes.
@@ -93,7 +110,7 @@ async def _serve(conns: tuple[Any, Any], wid: int, st: WorkerSettings, target: A
             runner = Runner(target, st.requests, st.opts, num_requests=num_requests,
                             duration_s=st.duration_s, slo=st.slo, burstiness=st.burstiness,
                             seed=st.seed, drain_s=st.drain_s, index_base=index_base,
-                            id_prefix=f"w{wid}-")  # fmt: skip
+                            id_prefix=f"w{wid}-", progress=_PipeProgress(out, wid))  # fmt: skip
             if shard is not None:
                 runner.open_offsets, runner.open_ids, runner.open_t0_ns = shard
             current[:] = [runner]
@@ -147,11 +164,34 @@ class WorkerPool:
             except (OSError, ValueError):
                 continue
 
-    async def run_level(self, load: dict[str, Any], num_requests: int | None) -> LevelResult:
+    async def run_level(
+        self,
+        load: dict[str, Any],
+        num_requests: int | None,
+        on_progress: Callable[[int, int, float | None], None] | None = None,
+    ) -> LevelResult:
+        """Run one level's shards; ``on_progress`` sees the workers' counts as they come in."""
         shards = self._shards(load, num_requests)
         for w, msg in shards:
             self._conns[w].send(msg)
-        replies = await self._recv_all([self._results[w] for w, _ in shards])
+        loop = asyncio.get_running_loop()
+        latest: dict[int, tuple[int, int, float | None]] = {}
+
+        def report(wid: int, completed: int, failed: int, ttft_p50: float | None) -> None:
+            latest[wid] = (completed, failed, ttft_p50)
+            if on_progress is not None:
+                on_progress(*_combined_progress(latest.values()))
+
+        def receive(conn: Any) -> tuple[Any, ...]:
+            while True:
+                msg = conn.recv()
+                if msg[0] != "progress":
+                    return msg
+                loop.call_soon_threadsafe(report, *msg[1:])
+
+        replies = await asyncio.gather(
+            *(loop.run_in_executor(None, receive, self._results[w]) for w, _ in shards)
+        )
         return merge(load, [r[2] for r in replies], self.settings.slo)
 
     def _shards(self, load: dict[str, Any], n: int | None) -> list[tuple[int, tuple[Any, ...]]]:
@@ -180,6 +220,22 @@ class WorkerPool:
             p.join(5)
             if p.is_alive():
                 p.terminate()
+
+
+def _combined_progress(
+    parts: Iterable[tuple[int, int, float | None]],
+) -> tuple[int, int, float | None]:
+    """Completed and failed summed; TTFT p50 as the completed-weighted mean of the workers'.
+
+    A display figure while the level runs: the level's exact p50 comes from all records.
+    """
+    parts = list(parts)
+    completed = sum(p[0] for p in parts)
+    failed = sum(p[1] for p in parts)
+    weighted = [(p[2], p[0]) for p in parts if p[2] is not None and p[0] > 0]
+    total = sum(w for _, w in weighted)
+    p50 = sum(v * w for v, w in weighted) / total if total else None
+    return completed, failed, p50
 
 
 def _proportional(n: int, users: list[int]) -> list[int]:
