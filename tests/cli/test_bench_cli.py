@@ -128,7 +128,11 @@ def test_backend_latlab_runs_the_engine_in_process(tmp_path):
     [
         (["--backend", "latlab", "--engine-arg", "nope=1"], "has no setting nope; its settings:"),
         (["--backend", "latlab", "--engine-arg", "num_speculative_tokens"], "KEY=VALUE"),
-        (["--engine-arg", "num_speculative_tokens=4"], "--backend latlab only"),
+        (["--engine-arg", "num_speculative_tokens=4"], "--backend latlab (in-process) only"),
+        (
+            ["--url", "http://127.0.0.1:9", "--backend", "latlab", "--engine-arg", "seed=1"],
+            "--backend latlab (in-process) only",
+        ),
         (["--backend", "latlab", "--engine-arg", "num_speculative_tokens=-1"], ">= 0"),
     ],
 )

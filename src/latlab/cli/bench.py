@@ -38,6 +38,9 @@ def _target(opts: dict[str, Any]) -> Any:
 
     if opts["url"] and opts["callable_spec"]:
         raise ConfigError("give --url or --callable, not both")
+    in_process_engine = opts["backend"] == "latlab" and not (opts["url"] or opts["callable_spec"])
+    if opts["engine_arg"] and not in_process_engine:
+        raise ConfigError("--engine-arg applies to --backend latlab (in-process) only")
     if opts["url"]:
         tok = _tokenizer(opts["tokenizer"]) if opts["tokenizer"] else None
         return targets.OpenAITarget(opts["url"], model=opts["model"], api=opts["api"],
@@ -54,8 +57,6 @@ def _target(opts: dict[str, Any]) -> Any:
         settings = {"dtype": opts["dtype"], "device": opts["device"]}
         settings.update(_engine_args(opts["engine_arg"]))
         return targets.EngineTarget.from_model(opts["model"], **settings)
-    if opts["engine_arg"]:
-        raise ConfigError("--engine-arg applies to --backend latlab only")
     threads = opts["threads"] if opts["threads"] == "auto" else int(opts["threads"])
     return targets.TransformersTarget(
         opts["model"], dtype=opts["dtype"], device=opts["device"], num_threads=threads
