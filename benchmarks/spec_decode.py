@@ -63,12 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def model_dir(name: str) -> Path:
     if name == "bundled":
         return Path(bundled_model_path())
-    path = Path(name)
-    if not (path / "model.safetensors").exists():
-        from latlab.random_model import REFERENCE_106M, save_random_llama
+    from engine_speed import ensure_model  # this folder's script: builds the reference model
 
-        save_random_llama(path, REFERENCE_106M, dtype="bfloat16")
-    return path
+    return ensure_model(Path(name))
 
 
 def workloads(tokenizer, count: int, length: int) -> dict[str, list[list[int]]]:
