@@ -2,10 +2,14 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint format
+.PHONY: setup services demo test lint format
 
 setup:
 	@bash scripts/setup_venv.sh
+
+# The real servers the tests start (Redis, Prometheus, Chromium), installed when missing.
+services:
+	@bash scripts/setup_services.sh
 
 demo: setup
 	$(BIN)/latlab bench
@@ -18,5 +22,5 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+test: lint services
 	$(BIN)/python -m pytest
