@@ -20,6 +20,17 @@ def onednn_available() -> bool:
     )
 
 
+def onednn_packs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN can pack and run a linear layer of ``dtype`` on this CPU.
+
+    The ops exist in every x86 build, but the bf16 path needs AVX-512 (BW/VL/DQ) or
+    AVX-NE-CONVERT: on an AVX2-only CPU packing bf16 raises, and the engine runs plain linears.
+    """
+    if not onednn_available():
+        return False
+    return pack_linears(nn.Sequential(nn.Linear(16, 16, dtype=dtype)), batch_hint=1) > 0
+
+
 class PackedLinear(nn.Module):
     """Drop-in for an ``nn.Linear`` whose weight was reordered for oneDNN."""
 
