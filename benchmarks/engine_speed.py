@@ -68,7 +68,7 @@ def distinct_prompts(n: int, length: int, vocab: int) -> list[list[int]]:
 
 def ensure_model(model_dir: Path) -> Path:
     if not (model_dir / "model.safetensors").exists():
-        from latlab.random_model import REFERENCE_106M, save_random_llama
+        from latlab.testing.random_model import REFERENCE_106M, save_random_llama
 
         save_random_llama(model_dir, REFERENCE_106M, dtype="bfloat16")
     return model_dir

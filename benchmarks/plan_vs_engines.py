@@ -9,7 +9,7 @@ For each model and a KV byte budget, three figures must agree within one block:
     nice -n 10 .venv/bin/python benchmarks/plan_vs_engines.py --out /tmp/plan_check.json
 
 Models: the bundled tiny-llama and the ~106M reference model (random bf16 weights, written
-with latlab.random_model.save_random_llama). Loading vLLM takes about a minute per model
+with latlab.testing.random_model.save_random_llama). Loading vLLM takes about a minute per model
 on 2 cores; --no-vllm skips it.
 """
 
@@ -50,7 +50,7 @@ def model_dir(name: str, workdir: Path) -> Path:
     if name == "ref106m":
         out = workdir / "ref106m"
         if not (out / "model.safetensors").exists():
-            from latlab.random_model import REFERENCE_106M, save_random_llama
+            from latlab.testing.random_model import REFERENCE_106M, save_random_llama
 
             save_random_llama(out, REFERENCE_106M, dtype="bfloat16")
         return out

@@ -54,7 +54,7 @@ def model_dirs(names: list[str]) -> dict[str, Path]:
         elif name == "ref106m":
             path = WORK / "ref106m"
             if not (path / "model.safetensors").exists():
-                from latlab.random_model import REFERENCE_106M, save_random_llama
+                from latlab.testing.random_model import REFERENCE_106M, save_random_llama
 
                 save_random_llama(path, REFERENCE_106M, dtype="bfloat16")
             found[name] = path

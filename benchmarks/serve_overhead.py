@@ -32,7 +32,7 @@ WORK = Path(os.environ.get("LATLAB_BENCH_DIR", "/tmp/latlab-serve-bench"))
 def reference_model() -> Path:
     path = WORK / "ref106m"
     if not (path / "model.safetensors").exists():
-        from latlab.random_model import REFERENCE_106M, save_random_llama
+        from latlab.testing.random_model import REFERENCE_106M, save_random_llama
 
         save_random_llama(path, REFERENCE_106M, dtype="bfloat16")
     return path

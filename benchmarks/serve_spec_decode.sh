@@ -12,7 +12,7 @@ PORT=${2:-8791}
 OUT=${3:-/tmp}
 PY=${PY:-.venv/bin}
 if [ ! -f "$MODEL/model.safetensors" ]; then
-  "$PY/python" -c "from latlab.random_model import REFERENCE_106M, save_random_llama; \
+  "$PY/python" -c "from latlab.testing.random_model import REFERENCE_106M, save_random_llama; \
 save_random_llama('$MODEL', REFERENCE_106M, dtype='bfloat16')"
 fi
 for k in 0 4; do

@@ -68,7 +68,7 @@ def test_dtype_names():
 @pytest.fixture(scope="module")
 def good_dir(tmp_path_factory) -> Path:
     pytest.importorskip("torch")
-    from latlab.random_model import save_random_llama
+    from latlab.testing.random_model import save_random_llama
 
     return save_random_llama(tmp_path_factory.mktemp("good") / "m")
 

@@ -2,8 +2,8 @@
 
 Why here: every engine (vLLM CPU, transformers, latlab) must load the very same files, so the
 reference model is written once with ``save_pretrained`` and reused. It prefers the project's
-own builder (``latlab.random_model.save_random_llama``); while that module is not there yet it
-builds the same shape with transformers directly and, lacking the bundled tokenizer, trains a
+own builder (``latlab.testing.random_model.save_random_llama``); where that module is missing
+it builds the same shape with transformers directly and, lacking the bundled tokenizer, trains a
 small byte-level BPE tokenizer so the directory still loads everywhere.
 
     .venv/bin/python benchmarks/anchors/build_models.py /tmp/ref106m
@@ -35,7 +35,7 @@ def build_reference(out_dir: Path, dtype: str = "bfloat16") -> Path:
         return out_dir
     sys.path.insert(0, str(REPO / "src"))
     try:
-        from latlab.random_model import REFERENCE_106M, save_random_llama
+        from latlab.testing.random_model import REFERENCE_106M, save_random_llama
     except ImportError:
         return _build_fallback(out_dir, dtype)
     return Path(save_random_llama(out_dir, REFERENCE_106M, dtype=dtype))

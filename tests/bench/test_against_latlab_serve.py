@@ -11,9 +11,9 @@ pytest.importorskip("torch")
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     from latlab.engine import AsyncLLM, EngineConfig
-    from latlab.random_model import save_random_llama
     from latlab.serve.app import create_app
     from latlab.serve.server import running_server
+    from latlab.testing.random_model import save_random_llama
 
     model = save_random_llama(tmp_path_factory.mktemp("served") / "m")
     engine = AsyncLLM(EngineConfig(model=str(model), dtype="float32"))

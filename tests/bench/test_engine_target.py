@@ -9,7 +9,7 @@ pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from latlab.random_model import save_random_llama
+    from latlab.testing.random_model import save_random_llama
 
     return save_random_llama(tmp_path_factory.mktemp("tiny-engine") / "m")
 

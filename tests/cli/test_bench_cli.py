@@ -97,7 +97,7 @@ def test_no_argument_run_benchmarks_the_bundled_model_in_process(tmp_path):
 
     args = ["bench", "--no-progress"]
     if not (bundled_model_path() / "model.safetensors").exists():
-        from latlab.random_model import save_random_llama
+        from latlab.testing.random_model import save_random_llama
 
         args += ["--model", str(save_random_llama(tmp_path / "m"))]
     out = latlab(*args, timeout=170)
@@ -108,7 +108,7 @@ def test_no_argument_run_benchmarks_the_bundled_model_in_process(tmp_path):
 @pytest.mark.slow
 def test_backend_latlab_runs_the_engine_in_process(tmp_path):
     pytest.importorskip("latlab.engine")
-    from latlab.random_model import save_random_llama
+    from latlab.testing.random_model import save_random_llama
 
     model = save_random_llama(tmp_path / "m")
     out = latlab("bench", "--backend", "latlab", "--model", str(model), "--concurrency", "2",

@@ -89,7 +89,7 @@ def test_both_kv_budgets_is_an_error():
 
 @pytest.mark.slow
 def test_launch_ready_request_and_graceful_stop(tmp_path):
-    from latlab.random_model import TINY_TEST, save_random_llama
+    from latlab.testing.random_model import TINY_TEST, save_random_llama
 
     model = save_random_llama(tmp_path / "m", TINY_TEST)
     cmd = [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from latlab.random_model import TINY_TEST, LlamaShape, save_random_llama
+from latlab.testing.random_model import TINY_TEST, LlamaShape, save_random_llama
 
 QWEN2_SHAPE = dataclasses.replace(TINY_TEST, model_type="qwen2")
 LLAMA3_TIED_SHAPE = LlamaShape(

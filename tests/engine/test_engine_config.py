@@ -15,7 +15,7 @@ from latlab.engine.models.packed_linear import onednn_packs
 from latlab.errors import CapacityError, ConfigError, ModelLoadError, OverloadedError
 from latlab.model_files import load_model_config
 from latlab.plan.kv import kv_bytes_per_token
-from latlab.random_model import TINY_TEST, save_random_llama
+from latlab.testing.random_model import TINY_TEST, save_random_llama
 
 from ._reference import hf_greedy, mixed_prompts
 

@@ -11,7 +11,7 @@ import torch
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from latlab.random_model import TINY_TEST, save_random_llama
+    from latlab.testing.random_model import TINY_TEST, save_random_llama
 
     return save_random_llama(tmp_path_factory.mktemp("tiny") / "model", TINY_TEST)
 

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from latlab.optimize.lab import Lab, Measurement, Trial, read_quality_text, run_lab
-from latlab.optimize.plan_file import plan_from_dict
+from latlab.optimize.lab_plan import plan_from_dict
 from latlab.optimize.recipes import Recipe, make_recipe
 from latlab.optimize.report import write_report
 
@@ -211,7 +211,7 @@ def test_end_to_end_cli_writes_table_record_and_json(tiny_model_dir, heldout_fil
     assert set(data["baselines"]) == {"transformers", "engine"}
     assert len(data["trials"][0]["candidate"]["reps"]) == 3
     # The written plan reads back.
-    from latlab.optimize.plan_file import load_plan
+    from latlab.optimize.lab_plan import load_plan
 
     assert [r.name for r in load_plan(out / "plan.toml").recipes] == [
         "response-cache",

@@ -10,7 +10,7 @@ from latlab.plan import plan_memory
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    from latlab.random_model import TINY_TEST, save_random_llama
+    from latlab.testing.random_model import TINY_TEST, save_random_llama
 
     return save_random_llama(tmp_path_factory.mktemp("tiny"), TINY_TEST, dtype="float32")
 

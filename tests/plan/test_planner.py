@@ -6,7 +6,7 @@ import pytest
 
 import latlab
 from latlab.errors import CapacityError, ConfigError
-from latlab.plan import MemoryPlan, plan_memory
+from latlab.plan import MemoryPlan, explain_plan, plan_memory
 
 
 def test_public_export():
@@ -81,7 +81,7 @@ def test_to_dict_is_json_and_leaves_the_config_out():
 
 
 def test_explain_fills_in_the_numbers():
-    text = "\n".join(plan_memory("Llama-3.1-8B", device="H100-80GB", context=8192).explain())
+    text = "\n".join(explain_plan(plan_memory("Llama-3.1-8B", device="H100-80GB", context=8192)))
     assert "2 (K,V) x 8 KV heads x 128 head_dim x 2 B = 4,096 B" in text
     assert "32 layers x 4,096 B = 131,072 B (128.00 KiB)" in text
     assert "58,760,722,841 // 2,097,152 B = 28,019 blocks" in text
@@ -89,10 +89,10 @@ def test_explain_fills_in_the_numbers():
 
 
 def test_explain_mla_sliding_and_quantized_weights():
-    mla = "\n".join(plan_memory("DeepSeek-V2-Lite", weight_dtype="int4").explain())
+    mla = "\n".join(explain_plan(plan_memory("DeepSeek-V2-Lite", weight_dtype="int4")))
     assert "(kv_lora_rank 512 + qk_rope_head_dim 64) x 2 B" in mla
     assert "per 128 inputs" in mla
-    gemma = "\n".join(plan_memory("Gemma-2-9B", kv_cache_bytes="10GiB", context=8192).explain())
+    gemma = "\n".join(explain_plan(plan_memory("Gemma-2-9B", kv_cache_bytes="10GiB", context=8192)))
     assert "21 of 42 layers keep at most the last 4,096 tokens" in gemma
     assert "lm_head" in gemma and "tied" in gemma
 

@@ -12,9 +12,9 @@ import openai
 import pytest
 
 from latlab.engine import AsyncLLM, EngineConfig
-from latlab.random_model import TINY_TEST, save_random_llama
 from latlab.serve.app import create_app
 from latlab.serve.server import running_server
+from latlab.testing.random_model import TINY_TEST, save_random_llama
 
 NAME = "tiny"
 # TINY_TEST keeps 2 layers x 2 KV heads x 16 dims x (K and V) x 4 bytes = 512 bytes per token.

@@ -10,6 +10,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from latlab.bench.loop import run_on_loop
 from latlab.bench.results import BenchResult
 from latlab.bench.runner import LevelResult, Progress, Runner
 from latlab.bench.targets import GenOptions
@@ -207,26 +208,7 @@ def run_bench(
     ``loop``: "auto" uses uvloop when it is installed (its C event loop costs the client a
     fraction of asyncio's CPU per streamed chunk), "uvloop" requires it, "asyncio" never uses it.
     """
-    factory = _loop_factory(loop)
-    coro = arun_bench(config, target, progress)
-    if factory is None:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
-
-
-def _loop_factory(loop: str) -> Any:
-    if loop not in ("auto", "uvloop", "asyncio"):
-        raise ConfigError(f"loop must be auto, uvloop or asyncio, not {loop!r}")
-    if loop == "asyncio" or not hasattr(asyncio, "Runner"):  # Runner: Python 3.11+
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if loop == "uvloop":
-            raise ConfigError("uvloop is not installed: pip install 'latlab[bench]'") from None
-        return None
-    return uvloop.new_event_loop
+    return run_on_loop(lambda: arun_bench(config, target, progress), loop)
 
 
 @contextlib.contextmanager

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import importlib.metadata
 import json
 import os
-import platform
-import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,55 +19,12 @@ from typing import Any
 
 from latlab import __version__
 from latlab.bench.runner import LevelResult
+from latlab.environment import environment
 
 SCHEMA_VERSION = "latlab.bench/1"
-_PACKAGES = ("latlab", "httpx", "torch", "transformers", "tokenizers", "numpy")
 CSV_FIELDS = ("level", "request_id", "ok", "error", "prompt_tokens", "output_tokens",
               "output_tokens_source", "ttft_ms", "tpot_ms", "e2e_ms", "queue_ms",
               "num_chunks")  # fmt: skip
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _gpus() -> list[str]:
-    """GPU names without importing torch (a remote benchmark must not pay for it)."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    if shutil.which("nvidia-smi"):
-        try:
-            cmd = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=False)
-            return [line.strip() for line in out.stdout.splitlines() if line.strip()]
-        except (OSError, subprocess.SubprocessError):
-            return []
-    return []
-
-
-def environment() -> dict[str, Any]:
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_model": _cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "gpus": _gpus(),
-        "packages": versions,
-    }
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from latlab.bench.loop import run_on_loop
 from latlab.bench.runner import ClientCheck, LevelResult, Runner
 from latlab.errors import ConfigError
 from latlab.metrics import SLO, RequestRecord, Stats, summarize
@@ -50,17 +51,10 @@ def split(total: int, parts: int) -> list[int]:
 
 def _worker_main(conn: tuple[Any, Any], wid: int, settings: WorkerSettings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    from latlab.bench.api import _loop_factory
     from latlab.bench.targets import OpenAITarget
 
     target = OpenAITarget(**settings.target_spec)
-    factory = _loop_factory(settings.loop)
-    coro = _serve(conn, wid, settings, target)
-    if factory is None:
-        asyncio.run(coro)
-    else:
-        with asyncio.Runner(loop_factory=factory) as r:
-            r.run(coro)
+    run_on_loop(lambda: _serve(conn, wid, settings, target), settings.loop)
 
 
 class _PipeProgress:

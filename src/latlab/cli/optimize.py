@@ -65,7 +65,7 @@ def optimize(
     MODEL is a local model directory (default: the bundled tiny model).
     """
     from latlab.optimize.lab import run_lab
-    from latlab.optimize.plan_file import default_plan, load_plan
+    from latlab.optimize.lab_plan import default_plan, load_plan
     from latlab.optimize.report import default_out_dir, strategy_table, to_json, write_report
 
     plan = load_plan(plan_path) if plan_path else default_plan()

@@ -88,7 +88,7 @@ _KV_DTYPES = ["auto", "fp32", "bf16", "fp16", "fp8", "fp8_e4m3", "fp8_e5m2", "in
 @click.option("--list", "list_catalog", is_flag=True, help="List catalog models and devices.")
 def plan_command(model, as_json, explain, list_catalog, **options) -> None:
     """Weights, KV cache and capacity of MODEL (catalog name, config.json or model dir)."""
-    from latlab.plan import plan_memory
+    from latlab.plan import explain_plan, plan_memory
 
     if list_catalog:
         _print_catalog()
@@ -99,13 +99,13 @@ def plan_command(model, as_json, explain, list_catalog, **options) -> None:
     if as_json:
         data = plan.to_dict()
         if explain:
-            data["explain"] = plan.explain()
+            data["explain"] = explain_plan(plan)
         click.echo(json.dumps(data, indent=2))
         return
     _print_table(plan)
     if explain:
         click.echo("")
-        click.echo("\n".join(plan.explain()))
+        click.echo("\n".join(explain_plan(plan)))
 
 
 def _print_catalog() -> None:

@@ -12,7 +12,6 @@ its error and the lab moves on.
 from __future__ import annotations
 
 import math
-import platform
 import time
 import traceback
 from collections.abc import Callable
@@ -22,11 +21,14 @@ from typing import Any
 
 import torch
 
+from latlab.environment import environment
 from latlab.errors import ConfigError
 from latlab.metrics import summarize
 from latlab.model_files import load_tokenizer
+from latlab.optimize.lab_plan import LabPlan
+from latlab.optimize.lab_workload import LabRequest, build_requests
 from latlab.optimize.noise import Change, compare
-from latlab.optimize.plan_file import Plan
+from latlab.optimize.passes import RunResult, make_runner
 from latlab.optimize.quality import (
     LogitComparison,
     QualityResult,
@@ -36,11 +38,10 @@ from latlab.optimize.quality import (
     heldout_logits,
 )
 from latlab.optimize.recipes import Recipe
-from latlab.optimize.runner import RunResult, make_runner
 from latlab.optimize.subject import Setup, activated, load_model, model_bytes
-from latlab.optimize.workload import LabRequest, build_requests
 
-Progress = Callable[[str], None]
+# The lab reports its steps as one line of text each (the CLI prints them with a timestamp).
+ProgressLog = Callable[[str], None]
 
 # figure -> (key in a repetition's figures, lower is better)
 FIGURES: dict[str, tuple[str, bool]] = {
@@ -127,7 +128,7 @@ class Trial:
 @dataclass(slots=True)
 class LabResult:
     model_path: str
-    plan: Plan
+    plan: LabPlan
     trials: list[Trial]
     baselines: dict[str, Measurement]
     environment: dict[str, Any]
@@ -148,32 +149,6 @@ class _Baseline:
     outputs: dict[str, list[int]]
     logits: tuple[torch.Tensor, torch.Tensor] | None
     measurement: Measurement
-
-
-def environment() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    import os
-
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "platform": platform.platform(),
-    }
 
 
 def _figures(result: RunResult) -> dict[str, float]:
@@ -220,10 +195,10 @@ class Lab:
 
     def __init__(
         self,
-        plan: Plan,
+        plan: LabPlan,
         model_path: str,
         quality_text: str,
-        progress: Progress | None = None,
+        progress: ProgressLog | None = None,
         runner_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.plan = plan
@@ -501,10 +476,10 @@ def read_quality_text(model_path: str, quality_text: str | None) -> str:
 
 
 def run_lab(
-    plan: Plan,
+    plan: LabPlan,
     model: str | None = None,
     quality_text: str | None = None,
-    progress: Progress | None = None,
+    progress: ProgressLog | None = None,
     runner_kwargs: dict[str, Any] | None = None,
 ) -> LabResult:
     """Baseline, each recipe alone, then the adopted ones together; returns every trial."""

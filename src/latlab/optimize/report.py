@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from latlab.optimize.lab import FIGURES, LabResult, Measurement, Trial
-from latlab.optimize.plan_file import Plan
+from latlab.optimize.lab_plan import LabPlan
 
 SCHEMA_VERSION = 1
 
@@ -93,7 +93,7 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def plan_toml(plan: Plan) -> str:
+def plan_toml(plan: LabPlan) -> str:
     """The effective plan as a TOML file that ``--plan`` reads back."""
     data = plan.to_dict()
     lines = ["# latlab optimize plan (written by the lab; edit and pass with --plan)"]
@@ -131,6 +131,14 @@ def _together_advice(combined: list[Any]) -> list[str]:
     return lines
 
 
+def _env_value(value: Any) -> str:
+    if isinstance(value, dict):  # package versions
+        return ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
+    if isinstance(value, list):  # GPU names
+        return ", ".join(map(str, value)) or "none"
+    return str(value)
+
+
 def decision_record(result: LabResult, out_dir: Path, command: list[str] | None = None) -> str:
     """The Markdown decision record: what was tried, in what order, what was adopted, why."""
     plan = result.plan
@@ -151,7 +159,7 @@ def decision_record(result: LabResult, out_dir: Path, command: list[str] | None 
         "",
         "## Environment",
         "",
-        *[f"- {k}: {v}" for k, v in env.items()],
+        *[f"- {k}: {_env_value(v)}" for k, v in env.items()],
         "",
         "## Workload",
         "",

@@ -6,8 +6,6 @@ recomputed by hand from the config and the flags.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from latlab.plan.kv import (
     KV_DTYPE_BYTES,
     TOKEN_HEAD_SCALE_BYTES,
@@ -15,15 +13,13 @@ from latlab.plan.kv import (
     kv_scale_bytes_per_token_layer,
     layer_windows,
 )
+from latlab.plan.memory_plan import MemoryPlan
 from latlab.plan.units import format_bytes, format_count
 from latlab.plan.weights import (
     SCALE_BYTES,
     WEIGHT_DTYPE_BYTES,
     count_parameters,
 )
-
-if TYPE_CHECKING:
-    from latlab.plan.planner import MemoryPlan
 
 _WIDTH = 18
 

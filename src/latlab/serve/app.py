@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from latlab.errors import CapacityError, ConfigError, LatlabError, OverloadedError
 from latlab.serve import sse
-from latlab.serve.metrics import CONTENT_TYPE, RequestTracker, ServeMetrics
+from latlab.serve.prometheus import CONTENT_TYPE, RequestTracker, ServeMetrics
 from latlab.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from latlab.optimize.runner import EngineRunner
+from latlab.optimize.lab_workload import LabWorkload, build_requests
+from latlab.optimize.passes import EngineRunner
 from latlab.optimize.subject import Setup
-from latlab.optimize.workload import LabWorkload, build_requests
 
 
 class FakeEngine:

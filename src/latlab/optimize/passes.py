@@ -24,8 +24,8 @@ from typing import Any
 from latlab.bench.runner import Runner
 from latlab.metrics import RequestRecord, Summary
 from latlab.optimize.generation import SpeculationStats, greedy_chunks, prompt_lookup_chunks
+from latlab.optimize.lab_workload import LabRequest, LabWorkload
 from latlab.optimize.subject import Setup, activated
-from latlab.optimize.workload import LabRequest, LabWorkload
 from latlab.workload import BenchRequest
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from latlab.errors import ConfigError
+from latlab.optimize.lab_workload import LabWorkload
 from latlab.optimize.quality import QualityThresholds
 from latlab.optimize.recipes import RECIPES, Recipe, make_recipe
-from latlab.optimize.workload import LabWorkload
 
 
 @dataclass(slots=True)
@@ -42,7 +42,7 @@ class RecipeSpec:
 
 
 @dataclass(slots=True)
-class Plan:
+class LabPlan:
     """Everything the lab needs besides the model."""
 
     recipes: list[RecipeSpec]
@@ -124,7 +124,7 @@ _TOP_KEYS = {
 _QUALITY_EXTRA = {"windows": "quality_windows", "window_tokens": "quality_window_tokens"}
 
 
-def default_plan() -> Plan:
+def default_plan() -> LabPlan:
     import os
 
     # The baseline runs on 1 thread and the threads recipe tries every core. On a shared machine
@@ -138,7 +138,7 @@ def default_plan() -> Plan:
     return plan_from_dict(data, text="", source="built-in default plan")
 
 
-def load_plan(path: str | Path) -> Plan:
+def load_plan(path: str | Path) -> LabPlan:
     """Read a TOML or YAML plan; ConfigError with the file, the line and what to fix."""
     path = Path(path)
     try:
@@ -289,12 +289,12 @@ def _recipes(source: str, text: str, items: Any) -> list[RecipeSpec]:
     return specs
 
 
-def plan_from_dict(data: dict[str, Any], text: str = "", source: str = "plan") -> Plan:
+def plan_from_dict(data: dict[str, Any], text: str = "", source: str = "plan") -> LabPlan:
     """Validate a parsed plan; every error names the source, the line and the fix."""
     for key in data:
         if key not in _TOP_KEYS:
             raise ConfigError(_unknown_key(source, text, key, _TOP_KEYS, None))
-    defaults = Plan(recipes=[])
+    defaults = LabPlan(recipes=[])
     top: dict[str, Any] = {}
     for key in ("model", "repeats", "warmup", "min_noise_pct", "threads", "time_budget_s"):
         if key in data:
@@ -314,7 +314,7 @@ def plan_from_dict(data: dict[str, Any], text: str = "", source: str = "plan") -
             f"{_where(source, _line_of(text, 'engine'))}: [engine] must be a "
             "table of EngineConfig fields"
         )
-    plan = Plan(
+    plan = LabPlan(
         recipes=_recipes(source, text, data.get("recipes", DEFAULT_RECIPES)),
         workload=LabWorkload(**workload_kwargs),
         thresholds=QualityThresholds(**quality_kwargs),

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from latlab.errors import ConfigError
-from latlab.random_model import (
+from latlab.testing.random_model import (
     REFERENCE_106M,
     TINY_TEST,
     LlamaShape,

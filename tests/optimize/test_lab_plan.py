@@ -1,7 +1,7 @@
 import pytest
 
 from latlab.errors import ConfigError
-from latlab.optimize.plan_file import DEFAULT_RECIPES, default_plan, load_plan
+from latlab.optimize.lab_plan import DEFAULT_RECIPES, default_plan, load_plan
 from latlab.optimize.recipes import RECIPES
 
 
