@@ -35,7 +35,9 @@ class RequestRecord:
     chunk_ns: list[int] = field(default_factory=list)  # arrival of each content-carrying chunk
     chunk_tokens: list[int] = field(default_factory=list)  # tokens carried by each such chunk
     end_ns: int | None = None  # last byte of the response
-    prompt_tokens: int | None = None
+    prompt_tokens: int | None = None  # as the target counted them (usage, engine)
+    prompt_tokens_requested: int | None = None  # what the workload built (exact if calibrated)
+    cached_tokens: int | None = None  # prompt tokens the server served from its prefix cache
     output_tokens: int | None = None
     output_tokens_source: str = "chunks"
     error: str | None = None  # short reason ("http_500", "timeout", ...); None = success
@@ -114,6 +116,8 @@ class RequestRecord:
             "error": self.error,
             "error_detail": self.error_detail,
             "prompt_tokens": self.prompt_tokens,
+            "prompt_tokens_requested": self.prompt_tokens_requested,
+            "cached_tokens": self.cached_tokens,
             "output_tokens": self.num_output_tokens,
             "output_tokens_source": self.output_tokens_source,
             "token_count_mismatch": self.token_count_mismatch,
@@ -344,6 +348,8 @@ class Summary:
     multi_token_chunks: int
     output_tokens_source: dict[str, int]
     token_count_mismatches: int
+    cache: PrefixCacheUse | None = None
+    prompt_length: PromptLength | None = None
     slo: SLO | None = None
 
     @property
@@ -375,6 +381,8 @@ class Summary:
             "multi_token_chunks": self.multi_token_chunks,
             "output_tokens_source": dict(self.output_tokens_source),
             "token_count_mismatches": self.token_count_mismatches,
+            "cache": None if self.cache is None else self.cache.to_dict(),
+            "prompt_length": None if self.prompt_length is None else self.prompt_length.to_dict(),
         }
 
 
@@ -427,7 +435,7 @@ def summarize(
         errors=dict(Counter(r.error or "unknown" for r in failed)),
         duration_s=window_s,
         output_tokens=out_tokens,
-        prompt_tokens=sum(r.prompt_tokens or 0 for r in ok),
+        prompt_tokens=sum(_prompt_tokens(r) or 0 for r in ok),
         output_tokens_per_s=rate(out_tokens),
         requests_per_s=rate(len(ok)),
         goodput_rps=None if good is None else rate(good),
@@ -436,8 +444,67 @@ def summarize(
         multi_token_chunks=sum(v for k, v in per_chunk.items() if k > 1),
         output_tokens_source=dict(Counter(r.output_tokens_source for r in ok)),
         token_count_mismatches=sum(1 for r in ok if r.token_count_mismatch),
+        cache=PrefixCacheUse.of(ok),
+        prompt_length=PromptLength.of(ok),
         slo=slo,
     )
+
+
+def _prompt_tokens(rec: RequestRecord) -> int | None:
+    """The best known prompt length: the target's count, else the requested one."""
+    return rec.prompt_tokens if rec.prompt_tokens is not None else rec.prompt_tokens_requested
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class PrefixCacheUse:
+    """Prompt tokens the server says it served from its prefix cache (``cached_tokens``)."""
+
+    requests: int  # requests whose reply reported cached tokens
+    cached_tokens: int
+    prompt_tokens: int  # of those requests
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    @classmethod
+    def of(cls, records: list[RequestRecord]) -> PrefixCacheUse | None:
+        told = [r for r in records if r.cached_tokens is not None and r.prompt_tokens]
+        if not told:
+            return None
+        return cls(requests=len(told), cached_tokens=sum(r.cached_tokens or 0 for r in told),
+                   prompt_tokens=sum(r.prompt_tokens or 0 for r in told))  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "cached_tokens": self.cached_tokens,
+                "prompt_tokens": self.prompt_tokens,
+                "hit_rate": round(self.hit_rate, 6)}  # fmt: skip
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class PromptLength:
+    """Requested prompt lengths beside the target's count of the same prompts."""
+
+    requests: int  # requests with both figures
+    requested_mean: float
+    measured_mean: float
+    mean_abs_error: float  # mean of |measured - requested| / requested
+
+    @classmethod
+    def of(cls, records: list[RequestRecord]) -> PromptLength | None:
+        pairs = [(r.prompt_tokens_requested, r.prompt_tokens) for r in records
+                 if r.prompt_tokens_requested and r.prompt_tokens is not None]  # fmt: skip
+        if not pairs:
+            return None
+        n = len(pairs)
+        return cls(requests=n, requested_mean=math.fsum(a for a, _ in pairs) / n,
+                   measured_mean=math.fsum(b for _, b in pairs) / n,
+                   mean_abs_error=math.fsum(abs(b - a) / a for a, b in pairs) / n)  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "requested_mean": round(self.requested_mean, 3),
+                "measured_mean": round(self.measured_mean, 3),
+                "mean_abs_error": round(self.mean_abs_error, 6)}  # fmt: skip
 
 
 def distribute_tokens(total: int, weights: list[int]) -> list[int]:

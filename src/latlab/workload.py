@@ -1,9 +1,12 @@
 """What to send and when: prompt sources, length distributions, arrival processes.
 
-Synthetic prompts are built with the *target's* tokenizer so the input length is exact, not a
-word-count guess; without a tokenizer (a remote server whose tokenizer is not at hand) prompts
-are common words, about one token each, and the server's ``usage`` gives the true count.
-Every random choice goes through one ``random.Random(seed)`` so a run can be repeated.
+Synthetic prompts are built from words that are one token each in the *target's* tokenizer
+(latlab.prompt_words: measured with a local tokenizer, or on the server itself), so an input
+length of ``n`` is ``n`` tokens as the target counts them, BOS and chat template included.
+Unless salting is off, every prompt keeps room at its front for a per-request tag (the
+runner writes it just before sending), so no two requests of a run, and no two runs, share
+a prefix a server could cache; shared-prefix workloads share exactly their prefix, salted
+per run. Every random choice goes through one ``random.Random(seed)`` so a run repeats.
 """
 
 from __future__ import annotations
@@ -11,14 +14,15 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from latlab.errors import ConfigError
+from latlab.prompt_words import TAG_WORDS, UNCALIBRATED, PromptWords, Salt
 
 DATASET_HELP = "synthetic | jsonl:FILE | sharegpt:FILE | shared-prefix"
-_WORDS = ("the", "time", "people", "way", "year", "work", "day", "world", "life", "hand", "place")
 
 
 @dataclass(slots=True)
@@ -27,9 +31,28 @@ class BenchRequest:
 
     prompt: str | list[int]
     max_tokens: int
-    prompt_tokens: int | None = None  # exact when measured with the target's tokenizer
+    prompt_tokens: int | None = None  # the requested length, exact when calibrated
     request_id: str = ""
     messages: list[dict[str, str]] | None = None  # chat datasets keep their turns
+    salt_at: int | None = None  # where the per-request tag goes (None: never salted)
+    salt_words: int = 0  # words of that tag (already counted in prompt_tokens)
+    reply: str | None = None  # a recorded reply whose token count is the output length
+
+    def salted(self, tag: str) -> BenchRequest:
+        """This request with ``tag`` (leading space included) written at ``salt_at``."""
+        if self.salt_at is None or not tag or not isinstance(self.prompt, str):
+            return self
+        at = self.salt_at
+        prompt = self.prompt[:at] + tag + _spaced(self.prompt[at:])
+        messages = self.messages
+        if messages:
+            first = {**messages[0], "content": tag[1:] + _spaced(messages[0]["content"])}
+            messages = [first, *messages[1:]]
+        return replace(self, prompt=prompt, messages=messages)
+
+
+def _spaced(text: str) -> str:
+    return text if not text or text[0].isspace() else " " + text
 
 
 # ---------------------------------------------------------------------------- lengths
@@ -81,52 +104,6 @@ class LengthDist:
         return f"{self.kind}:{self.a:g}:{self.b:g}"
 
 
-# ---------------------------------------------------------------------------- prompt text
-
-
-class PromptMaker:
-    """Builds text of an exact token length with a tokenizer (or about that many words)."""
-
-    def __init__(self, tokenizer: Any | None, rng: random.Random) -> None:
-        self.tok = tokenizer
-        self.rng = rng
-        self._ids = _plain_word_ids(tokenizer) if tokenizer is not None else []
-
-    def count(self, text: str) -> int | None:
-        if self.tok is None:
-            return None
-        return len(self.tok.encode(text, add_special_tokens=False))
-
-    def text(self, n: int) -> tuple[str, int | None]:
-        if self.tok is None or not self._ids:
-            return " ".join(self.rng.choice(_WORDS) for _ in range(n)), None
-        ids = [self.rng.choice(self._ids) for _ in range(n)]
-        for _ in range(8):  # re-tokenizing decoded text can merge or split pieces
-            text = self.tok.decode(ids)
-            got = len(self.tok.encode(text, add_special_tokens=False))
-            if got == n:
-                return text, n
-            if got > n:
-                ids = ids[: max(1, len(ids) - (got - n))]
-            else:
-                ids += [self.rng.choice(self._ids) for _ in range(n - got)]
-        text = self.tok.decode(ids)
-        return text, self.count(text)
-
-
-def _plain_word_ids(tokenizer: Any) -> list[int]:
-    """Ids of ordinary word pieces (space + letters): they survive decode/encode unchanged."""
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-    ids = []
-    for piece, idx in vocab.items():
-        if idx in special or len(piece) < 3:
-            continue
-        if piece[0] in ("Ġ", "▁") and piece[1:].isalpha() and piece[1:].isascii():
-            ids.append(idx)
-    return sorted(ids)[:20000]
-
-
 # ---------------------------------------------------------------------------- datasets
 
 
@@ -141,12 +118,48 @@ class WorkloadSpec:
     seed: int = 0
 
 
-def build_requests(spec: WorkloadSpec, tokenizer: Any | None) -> list[BenchRequest]:
-    """The prompts for a run, in send order (the runner cycles through them if it needs more)."""
+@dataclass(kw_only=True, slots=True)
+class _Maker:
+    """What building prompts needs: the words, the salt, and a text counter if there is one."""
+
+    rng: random.Random
+    words: PromptWords
+    salt: Salt | None
+    count_text: Callable[[str], int] | None  # tokens of a text, no special tokens
+
+    @property
+    def tag_words(self) -> int:
+        return 0 if self.salt is None else TAG_WORDS
+
+    def fill(self, n_tokens: int, flag: str, room: int) -> tuple[int, int]:
+        """(tag words, body words) of an ``n_tokens`` part with ``room`` tokens not ours."""
+        if self.words.exact and n_tokens - room < 1:
+            raise ConfigError(
+                f"{flag} {n_tokens} leaves no room for a prompt: the target adds {room} "
+                f"token{'s' * (room != 1)} to every prompt (BOS, chat template); ask for more"
+            )
+        free = max(1, n_tokens - room)
+        tag = min(self.tag_words, free)
+        return tag, free - tag
+
+
+def build_requests(
+    spec: WorkloadSpec,
+    words: PromptWords = UNCALIBRATED,
+    *,
+    salt: Salt | None = None,
+    count_text: Callable[[str], int] | None = None,
+) -> list[BenchRequest]:
+    """The prompts for a run, in send order (the runner cycles through them if it needs more).
+
+    ``words`` makes synthetic prompts (exact lengths when calibrated); ``salt`` leaves room
+    for the runner's per-request tags and salts shared prefixes per run; ``count_text``
+    counts a recorded reply's tokens (ShareGPT output lengths). Without it the reply's text
+    is kept in ``BenchRequest.reply`` for the caller to count (see bench/calibrate.py).
+    """
     if spec.num_prompts < 1:
         raise ConfigError("the number of requests must be >= 1")
-    rng = random.Random(spec.seed)
-    maker = PromptMaker(tokenizer, rng)
+    maker = _Maker(rng=random.Random(spec.seed), words=words, salt=salt, count_text=count_text)
     in_dist = LengthDist.parse(spec.input_len, "--input-len")
     out_dist = LengthDist.parse(spec.output_len, "--output-len")
     ds = spec.dataset
@@ -167,26 +180,39 @@ def build_requests(spec: WorkloadSpec, tokenizer: Any | None) -> list[BenchReque
     return reqs
 
 
-def _synthetic(n: int, ind: LengthDist, outd: LengthDist, m: PromptMaker) -> list[BenchRequest]:
+def _synthetic(n: int, ind: LengthDist, outd: LengthDist, m: _Maker) -> list[BenchRequest]:
     out = []
     for _ in range(n):
-        text, count = m.text(ind.sample(m.rng))
-        out.append(BenchRequest(text, outd.sample(m.rng), count))
+        length = ind.sample(m.rng)
+        tag, body = m.fill(length, "--input-len", m.words.offset)
+        salt_at = 0 if m.salt is not None else None
+        out.append(BenchRequest(m.words.text(m.rng, body), outd.sample(m.rng),
+                                length if m.words.exact else None, salt_at=salt_at,
+                                salt_words=tag))  # fmt: skip
     return out
 
 
 def _shared_prefix(
-    spec: WorkloadSpec, ind: LengthDist, outd: LengthDist, m: PromptMaker
+    spec: WorkloadSpec, ind: LengthDist, outd: LengthDist, m: _Maker
 ) -> list[BenchRequest]:
-    """G groups, each with its own common prefix of P tokens, then a unique suffix."""
+    """G groups, each with its own common prefix of P tokens (the target's own tokens at the
+    front included, salted per run), then a unique suffix of ``--input-len`` tokens."""
     if spec.prefix_groups < 1 or spec.prefix_len < 1:
         raise ConfigError("--prefix-groups and --prefix-len must be >= 1")
-    prefixes = [m.text(spec.prefix_len)[0] for _ in range(spec.prefix_groups)]
+    prefixes = []
+    for g in range(spec.prefix_groups):
+        tag, body = m.fill(spec.prefix_len, "--prefix-len", m.words.offset)
+        head = "" if m.salt is None else m.salt.tag(f"prefix-{g}", tag)
+        prefixes.append(head + m.words.text(m.rng, body))
     out = []
     for i in range(spec.num_prompts):
-        suffix, _ = m.text(ind.sample(m.rng))
-        text = prefixes[i % spec.prefix_groups] + " " + suffix
-        out.append(BenchRequest(text, outd.sample(m.rng), m.count(text)))
+        length = ind.sample(m.rng)
+        tag, body = m.fill(length, "--input-len", 0)
+        prefix = prefixes[i % spec.prefix_groups]
+        salt_at = len(prefix) if m.salt is not None else None
+        total = spec.prefix_len + length if m.words.exact else None
+        out.append(BenchRequest(prefix + m.words.text(m.rng, body), outd.sample(m.rng), total,
+                                salt_at=salt_at, salt_words=tag))  # fmt: skip
     return out
 
 
@@ -197,7 +223,13 @@ def _read(path: Path) -> str:
         raise ConfigError(f"cannot read dataset file '{path}': {exc.strerror or exc}") from None
 
 
-def _jsonl(path: Path, outd: LengthDist, m: PromptMaker) -> list[BenchRequest]:
+def _file_request(prompt: str, max_tokens: int, m: _Maker, **kw: Any) -> BenchRequest:
+    """A prompt from a file: the tag goes in front of it (its length is the server's to say)."""
+    salt_at = 0 if m.salt is not None else None
+    return BenchRequest(prompt, max_tokens, salt_at=salt_at, salt_words=m.tag_words, **kw)
+
+
+def _jsonl(path: Path, outd: LengthDist, m: _Maker) -> list[BenchRequest]:
     """One JSON object a line: ``prompt`` (or ``text``) or chat ``messages``; optional
     ``output_len`` / ``max_tokens``."""
     out = []
@@ -217,11 +249,11 @@ def _jsonl(path: Path, outd: LengthDist, m: PromptMaker) -> list[BenchRequest]:
         if not isinstance(prompt, str) or not prompt:
             raise ConfigError(f"{path}:{lineno}: needs a non-empty 'prompt' (or 'messages')")
         max_tokens = obj.get("output_len", obj.get("max_tokens")) or outd.sample(m.rng)
-        out.append(BenchRequest(prompt, int(max_tokens), m.count(prompt), messages=messages))
+        out.append(_file_request(prompt, int(max_tokens), m, messages=messages))
     return out
 
 
-def _sharegpt(path: Path, outd: LengthDist, m: PromptMaker) -> list[BenchRequest]:
+def _sharegpt(path: Path, outd: LengthDist, m: _Maker) -> list[BenchRequest]:
     """ShareGPT JSON: a list of ``{"conversations": [{"from": "human", "value": ...}, ...]}``;
     the first human turn is the prompt, the reply's token count the output length."""
     try:
@@ -238,9 +270,10 @@ def _sharegpt(path: Path, outd: LengthDist, m: PromptMaker) -> list[BenchRequest
         prompt, reply = turns[0].get("value"), turns[1].get("value")
         if turns[0].get("from") not in ("human", "user") or not prompt or not reply:
             continue
-        n_reply = m.count(reply)
-        max_tokens = n_reply if n_reply else outd.sample(m.rng)
-        out.append(BenchRequest(prompt, max(1, max_tokens), m.count(prompt)))
+        if m.count_text is None:  # counted later, on the server (bench/calibrate.py)
+            out.append(_file_request(prompt, 1, m, reply=reply))
+        else:
+            out.append(_file_request(prompt, max(1, m.count_text(reply)), m))
     return out
 
 

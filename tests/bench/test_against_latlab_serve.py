@@ -35,3 +35,43 @@ def test_streams_from_uvicorn_are_framed_and_counted_right(served, transport, ap
     assert target.model == "tiny"
     assert s.output_tokens == 36 and s.output_tokens_source == {"usage": 6}
     assert all(r.ttft_ns > 0 and r.e2e_ns >= r.ttft_ns for r in level.records)
+
+
+def _cache_share(levels):
+    cached = sum(lv.summary.cache.cached_tokens for lv in levels)
+    prompt = sum(lv.summary.cache.prompt_tokens for lv in levels)
+    return cached / prompt
+
+
+@pytest.mark.slow
+def test_a_sweep_and_a_second_run_with_the_default_seed_miss_the_prefix_cache(served):
+    """Prefix caching is on (the engine's default): only the salt keeps later levels and runs
+    from reading the earlier ones' cache entries; unsalted, the same run hits it heavily."""
+    base = served.rstrip("/") + "/v1"
+    config = BenchConfig(concurrency=[1, 2, 4], num_requests=6, warmup=1, input_len="64",
+                         output_len="2")  # fmt: skip
+    runs = [run_bench(config, OpenAITarget(base), False) for _ in range(2)]
+    levels = [lv for run in runs for lv in run.levels]
+    assert all(lv.summary.cache.requests == 6 for lv in levels)
+    assert _cache_share(levels) < 0.02
+    unsalted = BenchConfig(**{**config.to_dict(), "salt": ""})
+    again = [run_bench(unsalted, OpenAITarget(base), False) for _ in range(2)]
+    assert _cache_share([lv for run in again for lv in run.levels]) > 0.5
+
+
+@pytest.mark.slow
+def test_shared_prefix_hits_the_cache_as_designed(served):
+    """Each group shares its first 64 tokens (4 blocks of 16): every request after the first
+    of its group reads exactly those from the cache, and nothing of its own suffix."""
+    from latlab.assets import bundled_model_path
+    from latlab.model_files import load_tokenizer
+
+    base = served.rstrip("/") + "/v1"
+    target = OpenAITarget(base, tokenizer=load_tokenizer(str(bundled_model_path())))
+    config = BenchConfig(concurrency=[1], num_requests=8, warmup=0, dataset="shared-prefix",
+                         prefix_groups=2, prefix_len=64, input_len="24",
+                         output_len="2")  # fmt: skip
+    level = run_bench(config, target, False).levels[0]
+    cached = [r.cached_tokens for r in level.records]
+    assert [r.prompt_tokens for r in level.records] == [88] * 8
+    assert cached == [0, 0, 64, 64, 64, 64, 64, 64]

@@ -223,6 +223,33 @@ def test_runner_cycles_prompts_when_it_needs_more():
     assert seen == ["a", "b", "a", "b", "a"]
 
 
+def test_every_request_of_a_sweep_gets_its_own_prompt_and_runs_differ():
+    def recorder():
+        seen = []
+
+        async def fn(prompt, max_tokens):
+            seen.append(prompt)
+            yield "x"
+
+        return fn, seen
+
+    config = cfg(concurrency=[1, 2], num_requests=3, warmup=2, input_len="12")
+    fn, first = recorder()
+    res = run_bench(config, CallableTarget(fn), False)
+    assert len(first) == 8 == len(set(first))  # warmup and both levels: all distinct
+    salt = res.workload["salt"]
+    assert salt and res.to_dict()["workload"]["salt"] == salt
+    fn, second = recorder()
+    run_bench(config, CallableTarget(fn), False)
+    assert not set(first) & set(second)  # another run, another salt
+    fn, replay = recorder()
+    run_bench(cfg(**{**config.to_dict(), "salt": salt}), CallableTarget(fn), False)
+    assert replay == first  # the recorded salt and the seed repeat the run exactly
+    fn, unsalted = recorder()
+    run_bench(cfg(**{**config.to_dict(), "salt": ""}), CallableTarget(fn), False)
+    assert sorted(unsalted[2:5]) == sorted(unsalted[5:8])  # --no-salt: levels re-send them
+
+
 def test_plain_asyncio_loop_works_and_bad_loop_names_are_refused():
     res = run_bench(cfg(num_requests=3), CallableTarget(make_stream()), False, loop="asyncio")
     assert res.levels[0].summary.completed == 3

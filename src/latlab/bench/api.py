@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import secrets
 import signal
 import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from latlab.bench import calibrate
 from latlab.bench.loop import run_on_loop
 from latlab.bench.results import BenchResult
 from latlab.bench.runner import LevelResult, Progress, Runner
 from latlab.bench.targets import GenOptions
 from latlab.errors import ConfigError
 from latlab.metrics import SLO
+from latlab.prompt_words import Salt
 from latlab.workload import LengthDist, WorkloadSpec, build_requests
 
 _PROMPTS_FOR_DURATION = 1000  # a duration run cycles through this many distinct prompts
@@ -46,6 +49,9 @@ class BenchConfig:
     temperature: float = 0.0
     drain_s: float = 5.0  # after Ctrl-C, how long in-flight requests may finish
     workers: int = 1  # client processes sharing each level (HTTP targets only)
+    # Per-run value behind the tag at the front of every prompt (see latlab.prompt_words):
+    # None picks a random one (recorded in the result), "" sends prompts unsalted.
+    salt: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the JSON as given
 
     def __post_init__(self) -> None:
@@ -149,10 +155,7 @@ async def arun_bench(
     with _sigint_stops(runner, lambda: pool.stop() if pool is not None else None):
         try:
             await target.check()
-            runner.requests = build_requests(spec, target.tokenizer)
-            warm = WorkloadSpec(**{**asdict(spec), "num_prompts": max(1, config.warmup),
-                                   "seed": config.seed + 1})  # fmt: skip
-            runner.warmup_requests = build_requests(warm, target.tokenizer)
+            _build_workload(config, spec, target, runner, result)
             users = int(config.levels()[0].get("concurrency", 4))
             result.warmup_requests = await runner.warmup(config.warmup, users)
             if config.workers > 1:
@@ -173,6 +176,23 @@ async def arun_bench(
     return result
 
 
+def _build_workload(
+    config: BenchConfig, spec: WorkloadSpec, target: Any, runner: Runner, result: BenchResult
+) -> None:
+    """Prompts of exact length in the target's tokens, salted per run unless asked not to."""
+    words = calibrate.prompt_words(target)
+    value = secrets.token_hex(4) if config.salt is None else config.salt
+    salt = Salt(value=value, words=words.words) if value else None
+    count = calibrate.text_counter(target)
+    runner.requests = build_requests(spec, words, salt=salt, count_text=count)
+    warm = WorkloadSpec(**{**asdict(spec), "num_prompts": max(1, config.warmup),
+                           "seed": config.seed + 1})  # fmt: skip
+    runner.warmup_requests = build_requests(warm, words, salt=salt, count_text=count)
+    calibrate.resolve_replies([*runner.requests, *runner.warmup_requests])
+    runner.salt = salt
+    result.workload = {"salt": value or None, "prompt_words": words.to_dict()}
+
+
 async def _start_pool(config: BenchConfig, target: Any, runner: Runner) -> Any:
     from latlab.bench.workers import WorkerPool, WorkerSettings
 
@@ -180,7 +200,7 @@ async def _start_pool(config: BenchConfig, target: Any, runner: Runner) -> Any:
         raise ConfigError("--workers > 1 needs an HTTP target (--url)")
     settings = WorkerSettings(target.spec(), runner.opts, runner.requests, config.slo,
                               config.burstiness, config.seed, config.drain_s,
-                              config.duration_s, "auto")  # fmt: skip
+                              config.duration_s, "auto", runner.salt)  # fmt: skip
     pool = WorkerPool(config.workers, settings)
     await pool.start()
     return pool

@@ -302,7 +302,6 @@ class CallableTarget:
         return None
 
     async def run(self, req: BenchRequest, rec: RequestRecord, opts: Any) -> None:
-        rec.prompt_tokens = req.prompt_tokens
         rec.send_ns = _now()
         try:
             stream = self.fn(req.prompt, req.max_tokens)
@@ -408,6 +407,8 @@ class EngineTarget:
         _finish_ok(rec, "engine")
         if last is not None and getattr(last, "prompt_token_ids", None) is not None:
             rec.prompt_tokens = len(last.prompt_token_ids)
+        cached = getattr(last, "num_cached_tokens", None)
+        rec.cached_tokens = cached if isinstance(cached, int) else None
         if last is not None and getattr(last, "finish_reason", None) == "abort":
             rec.error, rec.error_detail = "aborted", "the engine aborted the request"
 

@@ -1,7 +1,8 @@
 """A benchmark's result: the versioned JSON schema, per-request CSV rows, and the console table.
 
 Schema ``latlab.bench/1`` (documented in docs/bench.md): ``schema_version``, ``created_utc``,
-``target``, ``config``, ``environment``, ``warmup_requests``, ``interrupted`` and ``levels``,
+``target``, ``config``, ``environment``, ``workload``, ``warmup_requests``, ``interrupted`` and
+``levels``,
 each level with ``load``, ``summary`` (Summary.to_dict()), ``client`` (self-check) and
 ``records``. New keys may be added within a version; renaming or removing one bumps it.
 """
@@ -22,9 +23,9 @@ from latlab.bench.runner import LevelResult
 from latlab.environment import environment
 
 SCHEMA_VERSION = "latlab.bench/1"
-CSV_FIELDS = ("level", "request_id", "ok", "error", "prompt_tokens", "output_tokens",
-              "output_tokens_source", "ttft_ms", "tpot_ms", "e2e_ms", "queue_ms",
-              "num_chunks")  # fmt: skip
+CSV_FIELDS = ("level", "request_id", "ok", "error", "prompt_tokens", "prompt_tokens_requested",
+              "cached_tokens", "output_tokens", "output_tokens_source", "ttft_ms", "tpot_ms",
+              "e2e_ms", "queue_ms", "num_chunks")  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -37,6 +38,7 @@ class BenchResult:
     environment: dict[str, Any] = field(default_factory=environment)
     warmup_requests: int = 0
     interrupted: bool = False
+    workload: dict[str, Any] = field(default_factory=dict)  # salt, how prompts were sized
     created_utc: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     )
@@ -57,6 +59,7 @@ class BenchResult:
             "target": dict(self.target),
             "config": dict(self.config),
             "environment": dict(self.environment),
+            "workload": dict(self.workload),
             "warmup_requests": self.warmup_requests,
             "interrupted": self.interrupted,
             "levels": [lv.to_dict(with_records) for lv in self.levels],
@@ -88,23 +91,54 @@ def _f(v: float | None, digits: int = 1) -> str:
     return "-" if v is None else f"{v:,.{digits}f}"
 
 
+# Prompt lengths further than this from the request are worth a warning.
+PROMPT_LENGTH_TOLERANCE = 0.05
+# A workload that shares no prefix on purpose should see almost no prefix-cache hits.
+UNEXPECTED_CACHE_HITS = 0.02
+
+
+def _load(lv: LevelResult) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in lv.load.items())
+
+
+def _prompt_cell(s: Any) -> str:
+    """Measured prompt tokens (mean) and, when they differ, the requested ones."""
+    pl = s.prompt_length
+    if pl is None:
+        return "-"
+    if round(pl.measured_mean) == round(pl.requested_mean):
+        return f"{pl.measured_mean:,.0f}"
+    return f"{pl.measured_mean:,.0f}/{pl.requested_mean:,.0f}"
+
+
 def results_table(result: BenchResult) -> Any:
     from rich.table import Table
 
     t = Table(title=f"latlab bench: {result.target.get('name', '')}", title_justify="left")
-    cols = ("load", "ok", "fail", "TTFT p50", "TTFT p99", "ITL p50", "gap p50", "TPOT p50",
-            "E2E p50", "tok/s", "req/s", "goodput", "client")  # fmt: skip
+    cols = ["load", "ok", "fail", "TTFT p50", "TTFT p99", "ITL p50", "gap p50", "TPOT p50",
+            "E2E p50", "tok/s", "req/s", "goodput"]  # fmt: skip
+    summaries = [lv.summary for lv in result.levels]
+    show_prompt = any(s.prompt_length is not None for s in summaries)
+    show_cache = any(s.cache is not None for s in summaries)
+    cols += ["prompt"] * show_prompt + ["cache"] * show_cache + ["client"]
     for c in cols:
         t.add_column(c, justify="left" if c == "load" else "right", no_wrap=True)
     for lv in result.levels:
         s = lv.summary
-        load = ", ".join(f"{k} {v:g}" for k, v in lv.load.items())
-        t.add_row(load, str(s.completed), str(s.failed), _f(s.ttft_ms.p50), _f(s.ttft_ms.p99),
-                  _f(s.itl_ms.p50, 2), _f(s.chunk_gap_ms.p50, 2), _f(s.tpot_ms.p50, 2),
-                  _f(s.e2e_ms.p50), _f(s.output_tokens_per_s), _f(s.requests_per_s, 2),
-                  _f(s.goodput_rps, 2), "BOUND" if lv.client.client_bound else "ok")  # fmt: skip
+        row = [_load(lv), str(s.completed), str(s.failed), _f(s.ttft_ms.p50), _f(s.ttft_ms.p99),
+               _f(s.itl_ms.p50, 2), _f(s.chunk_gap_ms.p50, 2), _f(s.tpot_ms.p50, 2),
+               _f(s.e2e_ms.p50), _f(s.output_tokens_per_s), _f(s.requests_per_s, 2),
+               _f(s.goodput_rps, 2)]  # fmt: skip
+        if show_prompt:
+            row.append(_prompt_cell(s))
+        if show_cache:
+            row.append("-" if s.cache is None else f"{s.cache.hit_rate:.0%}")
+        t.add_row(*row, "BOUND" if lv.client.client_bound else "ok")
     t.caption = ("ms; ITL = per token; gap = between chunks (vLLM's 'ITL'); "
                  "TPOT = (E2E-TTFT)/(tokens-1) (aiperf's 'ITL')")  # fmt: skip
+    if show_prompt or show_cache:
+        t.caption += ("; prompt = tokens the target counted (/requested when they differ); "
+                      "cache = prompt tokens served from the server's prefix cache")  # fmt: skip
     return t
 
 
@@ -112,7 +146,7 @@ def notes(result: BenchResult) -> list[str]:
     """Warnings a reader must see next to the table."""
     out = []
     for lv in result.levels:
-        s, load = lv.summary, ", ".join(f"{k} {v:g}" for k, v in lv.load.items())
+        s, load = lv.summary, _load(lv)
         if lv.client.client_bound:
             out.append(f"[yellow]client-bound at {load}: {'; '.join(lv.client.reasons)}[/]")
         if s.errors:
@@ -126,9 +160,43 @@ def notes(result: BenchResult) -> list[str]:
                 f"[yellow]{s.token_count_mismatches} requests at {load}: server usage and "
                 "client tokenizer disagree on output tokens (usage was used)[/]"
             )
+        out += _workload_notes(result, s, load)
     sources = {k for lv in result.levels for k in lv.summary.output_tokens_source}
     if sources:
         out.append(f"output tokens counted from: {', '.join(sorted(sources))}")
+    salt = result.workload.get("salt")
+    if salt:
+        out.append(f"every prompt starts with its own tag (salt {salt!r}; --salt {salt} "
+                   "repeats these prompts; --no-salt sends the same ones every level)")  # fmt: skip
     if result.interrupted:
         out.append("[yellow]interrupted: figures cover the requests measured before Ctrl-C[/]")
+    return out
+
+
+def _workload_notes(result: BenchResult, s: Any, load: str) -> list[str]:
+    """Prompts not as long as asked; prefix-cache hits the workload did not design."""
+    out = []
+    pl = s.prompt_length
+    if pl is not None and pl.mean_abs_error > PROMPT_LENGTH_TOLERANCE:
+        out.append(
+            f"[yellow]prompts at {load} were {pl.measured_mean:,.0f} tokens on average where "
+            f"{pl.requested_mean:,.0f} were asked ({pl.mean_abs_error:.0%} off)[/]"
+        )
+    cache = s.cache
+    if cache is None:
+        return out
+    shared = result.config.get("dataset") == "shared-prefix"
+    if not shared and cache.hit_rate > UNEXPECTED_CACHE_HITS:
+        out.append(
+            f"[yellow]the server served {cache.hit_rate:.0%} of the prompt tokens at {load} "
+            "from its prefix cache though this workload shares no prefix: TTFT is "
+            "understated (unsalted prompts sent before? a chat template's fixed start?)[/]"
+        )
+    elif shared:
+        designed = result.config.get("prefix_len", 0) / (cache.prompt_tokens / cache.requests)
+        out.append(f"prefix cache at {load}: {cache.hit_rate:.0%} of prompt tokens "
+                   f"(each prompt shares its first {designed:.0%})")  # fmt: skip
+        if cache.hit_rate < designed / 2:
+            out.append("[yellow]the shared prefixes hit the server's cache far less than "
+                       "designed: is prefix caching off on the server?[/]")  # fmt: skip
     return out

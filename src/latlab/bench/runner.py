@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from latlab.metrics import SLO, RequestRecord, Stats, Summary, summarize
+from latlab.prompt_words import Salt
 from latlab.workload import BenchRequest, arrival_offsets_s
 
 # A level is client-bound when any of these is exceeded (see docs/metrics.md "Client self-check").
@@ -153,6 +154,7 @@ class Runner:
     seed: int = 0
     drain_s: float = 5.0
     progress: Progress | None = None
+    salt: Salt | None = None  # per-request tags at the front of each prompt (None: off)
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     # A worker process runs one shard of a level: its prompts start at ``index_base``, and in
     # open loop it sends its share of the parent's schedule (``open_ids`` at ``open_offsets``
@@ -180,6 +182,9 @@ class Runner:
 
     # ---------------------------------------------------------------- one request
     async def _one(self, req: BenchRequest, rec: RequestRecord) -> None:
+        if self.salt is not None:
+            req = req.salted(self.salt.tag(rec.request_id, req.salt_words))
+        rec.prompt_tokens_requested = req.prompt_tokens
         self._in_flight += 1
         try:
             finish = await self.target.run(req, rec, self.opts)

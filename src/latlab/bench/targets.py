@@ -336,7 +336,10 @@ class OpenAITarget:
             rec.output_tokens, rec.output_tokens_source = len(texts), "chunks"
         rec.chunk_tokens = distribute_tokens(rec.output_tokens, weights)
         prompt_used = (usage or {}).get("prompt_tokens")
-        rec.prompt_tokens = prompt_used if isinstance(prompt_used, int) else req.prompt_tokens
+        rec.prompt_tokens = prompt_used if isinstance(prompt_used, int) else None
+        details = (usage or {}).get("prompt_tokens_details") or {}
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        rec.cached_tokens = cached if isinstance(cached, int) else None
 
     async def aclose(self) -> None:
         if self._raw is not None:

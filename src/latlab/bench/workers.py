@@ -25,6 +25,7 @@ from latlab.bench.loop import run_on_loop
 from latlab.bench.runner import ClientCheck, LevelResult, Runner
 from latlab.errors import ConfigError
 from latlab.metrics import SLO, RequestRecord, Stats, summarize
+from latlab.prompt_words import Salt
 from latlab.workload import BenchRequest, arrival_offsets_s
 
 _OPEN_LEAD_NS = 100_000_000  # time for the schedule to reach every worker before it starts
@@ -41,6 +42,7 @@ class WorkerSettings:
     drain_s: float
     duration_s: float | None
     loop: str
+    salt: Salt | None = None
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -103,7 +105,7 @@ async def _serve(conns: tuple[Any, Any], wid: int, st: WorkerSettings, target: A
             _, load, num_requests, index_base, shard = msg
             runner = Runner(target, st.requests, st.opts, num_requests=num_requests,
                             duration_s=st.duration_s, slo=st.slo, burstiness=st.burstiness,
-                            seed=st.seed, drain_s=st.drain_s, index_base=index_base,
+                            seed=st.seed, drain_s=st.drain_s, index_base=index_base, salt=st.salt,
                             id_prefix=f"w{wid}-", progress=_PipeProgress(out, wid))  # fmt: skip
             if shard is not None:
                 runner.open_offsets, runner.open_ids, runner.open_t0_ns = shard

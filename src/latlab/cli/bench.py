@@ -63,6 +63,14 @@ def _target(opts: dict[str, Any]) -> Any:
     )
 
 
+def _salt(value: str | None, off: bool) -> str | None:
+    if off and value is not None:
+        raise ConfigError("give --salt or --no-salt, not both")
+    if value is not None and not value.strip():
+        raise ConfigError("--salt needs a non-empty value (or use --no-salt)")
+    return "" if off else value
+
+
 def _engine_args(items: tuple[str, ...]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs as EngineConfig fields; values read as int, float, bool or text."""
     settings: dict[str, Any] = {}
@@ -208,7 +216,18 @@ def _tokenizer(name: str) -> Any:
 )
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the result JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write per-request rows.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Fixes prompts and arrivals.")
+@click.option(
+    "--salt",
+    default=None,
+    help="Value behind the tag that starts every prompt, so no level, repeat or run hits a "
+    "server's prefix cache by accident [default: random, recorded in the JSON].",
+)
+@click.option(
+    "--no-salt",
+    is_flag=True,
+    help="Send the same untagged prompts every level and run (measures a warm prefix cache).",
+)
 @click.option(
     "--workers",
     type=int,
@@ -253,6 +272,7 @@ def bench(**opts: Any) -> int:
         min_tokens=opts["min_tokens"],
         temperature=opts["temperature"],
         workers=opts["workers"],
+        salt=_salt(opts["salt"], opts["no_salt"]),
     )
     if not config.concurrency and not config.rate:
         config.concurrency = [1]
