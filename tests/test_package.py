@@ -64,3 +64,23 @@ def test_unknown_public_name_raises_attribute_error():
         assert "no_such_thing" in str(exc)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_http_protection_imports_without_torch_or_fastapi():
+    # The gateway reuses these; they must not pull the engine or FastAPI.
+    modules = ["latlab.serve.guard", "latlab.serve.connections", "latlab.serve.server"]
+    out = _run_without_heavy_deps(
+        "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_guard_pulls_only_the_standard_library_and_starlette():
+    code = (
+        "import sys; before = set(sys.modules); import latlab.serve.guard as g; "
+        "g.Guard(lambda *a: None, g.GuardConfig(allowed_origins=('https://a.example',))); "
+        "print(' '.join(sorted({m.split('.')[0] for m in set(sys.modules) - before})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    third_party = set(out.stdout.split()) - set(sys.stdlib_module_names) - {"latlab"}
+    assert third_party <= {"starlette", "anyio", "sniffio", "idna", "typing_extensions"}

@@ -121,3 +121,116 @@ def test_launch_ready_request_and_graceful_stop(tmp_path):
         code = proc.wait(timeout=30)
     assert code == 0
     assert "stopped" in proc.stderr.read()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    from latlab.testing.random_model import TINY_TEST, save_random_llama
+
+    return str(save_random_llama(tmp_path_factory.mktemp("serve-cli"), TINY_TEST))
+
+
+class _Served:
+    """A `latlab serve` process started through the real entry point."""
+
+    def __init__(self, model: str, *flags: str, env: dict[str, str] | None = None) -> None:
+        cmd = [sys.executable, "-c", _CLI, "serve", model, "--port", "0", *flags]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        line = self.proc.stdout.readline()
+        if not line.startswith(READY_PREFIX):
+            self.proc.kill()
+            raise AssertionError(line + self.proc.stderr.read())
+        self.base = line[len(READY_PREFIX) :].split()[0]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> tuple[int, str]:
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        return code, self.proc.stderr.read()
+
+    def __enter__(self) -> _Served:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.mark.slow
+def test_api_key_from_the_environment_and_loopback_host_check(tiny_model):
+    import os
+
+    env = {**os.environ, "LATLAB_API_KEY": "s3cret"}
+    with _Served(tiny_model, "--served-model-name", "tiny", env=env) as served:
+        body = {"prompt": "hi", "max_tokens": 2}
+        assert httpx.post(f"{served.base}/completions", json=body).status_code == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        ok = httpx.post(f"{served.base}/completions", json=body, headers=auth)
+        assert ok.status_code == 200
+        rebound = httpx.post(
+            f"{served.base}/completions", json=body, headers={**auth, "Host": "evil.example"}
+        )
+        assert rebound.status_code == 403
+        card = httpx.get(f"{served.base}/models", headers=auth).json()["data"][0]
+        assert card["root"] == "tiny"  # not the model's absolute path
+        assert tiny_model not in json.dumps(card)
+        code, _ = served.stop()
+    assert code == 0
+
+
+def _stream_events(response: httpx.Response) -> list:
+    events = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            payload = line[len("data: ") :]
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+@pytest.mark.slow
+def test_sigterm_lets_requests_in_flight_finish(tiny_model):
+    import concurrent.futures
+
+    with _Served(tiny_model, "--shutdown-timeout", "60") as served:
+        body = {"prompt": "hi", "max_tokens": 200, "ignore_eos": True, "stream": True}
+        with (
+            concurrent.futures.ThreadPoolExecutor(1) as pool,
+            httpx.stream("POST", f"{served.base}/completions", json=body, timeout=60) as r,
+        ):
+            assert r.status_code == 200
+            stopping = pool.submit(served.stop)
+            events = _stream_events(r)
+            code, log = stopping.result()
+    assert events[-1] == "[DONE]"
+    assert events[-2]["choices"][0]["finish_reason"] == "length"
+    assert code == 0
+    assert "1 of 1 requests in flight finished" in log
+    assert "Traceback" not in log and len(log.strip().splitlines()) == 1, log
+
+
+@pytest.mark.slow
+def test_sigterm_ends_what_outlasts_the_shutdown_timeout_cleanly(tiny_model):
+    import concurrent.futures
+
+    stream = {"prompt": "hi", "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    plain = {"prompt": "hi", "max_tokens": 2000, "ignore_eos": True}
+    with (
+        _Served(tiny_model, "--shutdown-timeout", "0.5", "--max-num-seqs", "1") as served,
+        concurrent.futures.ThreadPoolExecutor(2) as pool,
+        httpx.stream("POST", f"{served.base}/completions", json=stream, timeout=60) as r,
+    ):
+        waiting = pool.submit(httpx.post, f"{served.base}/completions", json=plain, timeout=60)
+        time.sleep(0.5)  # the second request is queued behind the first
+        stopping = pool.submit(served.stop)
+        events = _stream_events(r)
+        refused = waiting.result()
+        code, log = stopping.result()
+    assert events[-1] == "[DONE]"
+    assert events[-2]["error"]["code"] == "shutting_down"
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "shutting_down"
+    assert code == 0
+    assert "0 of 2 requests in flight finished, 2 ended" in log
+    assert "Traceback" not in log and len(log.strip().splitlines()) == 1, log

@@ -167,22 +167,27 @@ def test_huge_prompt_is_refused_before_tokenizing(url, engine):
     assert httpx.post(url + CHAT, json=chat).status_code == 400
 
 
-def test_body_over_the_limit_is_413(url, monkeypatch):
-    import latlab.serve.app as app_module
+def test_body_over_the_limit_is_413(engine):
+    from latlab.serve.app import create_app
+    from latlab.serve.guard import GuardConfig, RequestLimits
+    from latlab.serve.server import running_server
+    from serve.fake_engine import MODEL, FakeParams
 
-    monkeypatch.setattr(app_module, "MAX_BODY_BYTES", 1000)
-    r = httpx.post(url + COMPLETIONS, json={"prompt": "y" * 2000})
-    assert r.status_code == 413
-    assert r.json()["error"]["code"] == "body_too_large"
+    guard = GuardConfig(limits=RequestLimits(max_body_bytes=1000))
+    app = create_app(engine, MODEL, make_params=FakeParams, guard=guard)
+    with running_server(app) as url:
+        r = httpx.post(url + COMPLETIONS, json={"prompt": "y" * 2000})
+        assert r.status_code == 413
+        assert r.json()["error"]["code"] == "body_too_large"
 
-    def chunked():  # no Content-Length: the limit is enforced while reading
-        yield b'{"prompt": "'
-        yield b"z" * 2000
-        yield b'"}'
+        def chunked():  # no Content-Length: the limit is enforced while reading
+            yield b'{"prompt": "'
+            yield b"z" * 2000
+            yield b'"}'
 
-    r = httpx.post(
-        url + COMPLETIONS, content=chunked(), headers={"content-type": "application/json"}
-    )
-    assert r.status_code == 413
-    monkeypatch.undo()
-    assert httpx.post(url + COMPLETIONS, json={"prompt": "hi", "max_tokens": 1}).status_code == 200
+        r = httpx.post(
+            url + COMPLETIONS, content=chunked(), headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 413
+        ok = httpx.post(url + COMPLETIONS, json={"prompt": "hi", "max_tokens": 1})
+        assert ok.status_code == 200

@@ -7,22 +7,152 @@ command actually runs).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from latlab.cli import main
 from latlab.errors import ConfigError
 from latlab.plan.units import parse_bytes as parse_size
 
+if TYPE_CHECKING:
+    from latlab.serve.server import ServeOptions
 
-def parse_bytes(text: str) -> int:
-    """A positive KV budget from '2GiB', '512MB', '1e9' or an integer (the planner's parser)."""
+
+def parse_bytes(text: str, flag: str = "--kv-cache-bytes") -> int:
+    """A positive size from '2GiB', '512MB', '1e9' or an integer (the planner's parser)."""
     try:
         value = parse_size(text)
     except ConfigError as exc:
-        raise ConfigError(f"--kv-cache-bytes: {exc}") from None
+        raise ConfigError(f"{flag}: {exc}") from None
     if value <= 0:
-        raise ConfigError("--kv-cache-bytes must be positive")
+        raise ConfigError(f"{flag} must be positive")
     return value
+
+
+def _names(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Repeated and comma-separated values as one tuple."""
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+# Request-shape limits (latlab.serve.guard.RequestLimits); unset ones derive from the context.
+_LIMIT_FLAGS = {
+    "max_json_depth": "Deepest JSON nesting accepted [default: 32].",
+    "max_messages": "Most chat messages (plus content parts) in a request [default: 1024].",
+    "max_stop": "Most stop strings in a request [default: 64].",
+    "max_stop_token_ids": "Most stop_token_ids in a request [default: 1024].",
+    "max_logit_bias": "Most logit_bias entries in a request [default: 1024].",
+    "max_prompt_tokens": "Longest token-id prompt [default: the context length].",
+}
+
+
+def _limit_options(command):
+    for name, help_text in reversed(_LIMIT_FLAGS.items()):
+        flag = "--" + name.replace("_", "-")
+        command = click.option(flag, name, type=click.IntRange(min=1), help=help_text)(command)
+    return command
+
+
+def _guard_options(command):
+    """Who may call the server, and how long a request may take to arrive."""
+    options = [
+        click.option(
+            "--api-key",
+            envvar="LATLAB_API_KEY",
+            show_envvar=True,
+            default=None,
+            help="Require 'Authorization: Bearer KEY' (all but /health and /metrics); the "
+            "environment variable keeps the key out of the process list.",
+        ),
+        click.option(
+            "--api-key-file",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Require one of the keys in this file (one a line).",
+        ),
+        click.option(
+            "--allowed-hosts",
+            multiple=True,
+            help="Host header names accepted (comma-separated; '*' any) [default: loopback "
+            "names when bound to loopback, else any].",
+        ),
+        click.option(
+            "--allowed-origins",
+            multiple=True,
+            help="Browser origins allowed to call the server (comma-separated; '*' any) "
+            "[default: none].",
+        ),
+        click.option(
+            "--max-body-bytes",
+            default=None,
+            help="Largest request body, e.g. 4MiB [default: 64 bytes per context token, "
+            "at least 256KiB].",
+        ),
+        click.option(
+            "--header-timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=10.0,
+            show_default=True,
+            help="Seconds for a request's head to arrive.",
+        ),
+        click.option(
+            "--body-timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=30.0,
+            show_default=True,
+            help="Seconds for a request's body to arrive.",
+        ),
+        click.option(
+            "--max-connections",
+            type=click.IntRange(min=1),
+            default=1024,
+            show_default=True,
+            help="Open connections beyond this are answered 503.",
+        ),
+        click.option(
+            "--shutdown-timeout",
+            type=click.FloatRange(min=0),
+            default=5.0,
+            show_default=True,
+            help="Seconds requests in flight get to finish on SIGTERM/Ctrl-C.",
+        ),
+    ]
+    command = _limit_options(command)
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def serve_options(host: str, port: int, log_level: str, flags: dict[str, Any]) -> ServeOptions:
+    """The HTTP side's flags (popped from ``flags``) as ServeOptions."""
+    from latlab.serve.guard import GuardConfig, read_api_keys
+    from latlab.serve.server import ServeOptions
+
+    keys: tuple[str, ...] = ()
+    if (key := flags.pop("api_key")) is not None:
+        keys += (key.strip(),)
+    if (key_file := flags.pop("api_key_file")) is not None:
+        keys += read_api_keys(key_file)
+    hosts = _names(flags.pop("allowed_hosts"))
+    guard = GuardConfig(
+        api_keys=keys,
+        allowed_hosts=hosts or GuardConfig.hosts_for_bind(host),
+        allowed_origins=_names(flags.pop("allowed_origins")),
+        header_timeout_s=flags.pop("header_timeout"),
+        body_timeout_s=flags.pop("body_timeout"),
+        max_connections=flags.pop("max_connections"),
+    )
+    limits = {name: value for name in _LIMIT_FLAGS if (value := flags.pop(name)) is not None}
+    if (body_bytes := flags.pop("max_body_bytes")) is not None:
+        limits["max_body_bytes"] = parse_bytes(body_bytes, "--max-body-bytes")
+    return ServeOptions(
+        host=host,
+        port=port,
+        log_level=log_level,
+        guard=guard,
+        limit_overrides=limits,
+        shutdown_timeout_s=flags.pop("shutdown_timeout"),
+    )
 
 
 @main.command("serve")
@@ -117,6 +247,7 @@ def parse_bytes(text: str) -> int:
     show_default=True,
     help="uvicorn log level.",
 )
+@_guard_options
 def serve_command(
     model: str | None,
     host: str,
@@ -127,9 +258,14 @@ def serve_command(
     threads: int | None,
     compile_: bool,
     log_level: str,
-    **engine_flags: object,
+    **engine_flags: Any,
 ) -> None:
-    """Serve MODEL (default: the bundled tiny model) behind an OpenAI-compatible API."""
+    """Serve MODEL (default: the bundled tiny model) behind an OpenAI-compatible API.
+
+    Bound to loopback (the default), it answers only loopback Host names and no web page
+    can call it; see docs/security.md before serving beyond loopback.
+    """
+    options = serve_options(host, port, log_level, engine_flags)
     if kv_cache_bytes is not None and engine_flags.get("kv_cache_memory_fraction") is not None:
         raise ConfigError("give --kv-cache-bytes or --kv-cache-memory-fraction, not both")
     fields = {key: value for key, value in engine_flags.items() if value is not None}
@@ -146,10 +282,4 @@ def serve_command(
     from latlab.engine.config import EngineConfig
     from latlab.serve.server import serve
 
-    serve(
-        EngineConfig(**fields),
-        host=host,
-        port=port,
-        served_model_name=served_model_name,
-        log_level=log_level,
-    )
+    serve(EngineConfig(**fields), served_model_name=served_model_name, options=options)

@@ -1,6 +1,7 @@
 """The OpenAI-compatible FastAPI app in front of a latlab ``AsyncLLM``.
 
-Every request goes the same way: validate the JSON strictly, tokenize (through the chat
+Every request goes the same way: the guard (latlab.serve.guard) checks who is calling and
+the request's size and shape, then the app validates the JSON strictly, tokenizes (through the chat
 template for chat), check the context length, build SamplingParams, then wait for the
 engine's first output *before* sending headers. Waiting for the first output costs the client
 nothing (its TTFT is the first content chunk either way) and lets every engine refusal
@@ -26,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from latlab.errors import CapacityError, ConfigError, LatlabError, OverloadedError
 from latlab.serve import sse
+from latlab.serve.guard import Drain, Guard, GuardConfig, RequestLimits, parsed_body
 from latlab.serve.prometheus import CONTENT_TYPE, RequestTracker, ServeMetrics
 from latlab.serve.protocol import (
     ChatCompletionRequest,
@@ -43,9 +45,6 @@ from latlab.serve.protocol import (
 # Seconds a client is told to wait after a 503 (the queue drains in about that long at
 # typical CPU decode rates; clients with backoff retry sooner or later anyway).
 RETRY_AFTER_S = 1
-# Request bodies beyond this are refused before they are read (413): no prompt that fits any
-# supported context comes near it, and reading it would cost memory for nothing.
-MAX_BODY_BYTES = 32 * 2**20
 # A prompt with more characters than this per context token cannot fit (tokens average about
 # four characters); refusing it before tokenizing keeps a huge prompt off the event loop.
 MAX_CHARS_PER_TOKEN = 64
@@ -68,25 +67,32 @@ def create_app(
     served_model_name: str,
     *,
     make_params: Callable[..., Any] | None = None,
+    guard: GuardConfig | None = None,
+    drain: Drain | None = None,
 ) -> FastAPI:
     """Build the app serving ``engine`` (a ``latlab.engine.AsyncLLM``) as ``served_model_name``.
 
     ``make_params`` builds sampling parameters from keyword arguments; it defaults to
     ``latlab.SamplingParams`` and exists so the app can be tested against a fake engine.
+    ``guard`` defaults to no key, any Host, and request limits derived from the model's
+    context; ``drain`` is shared with the server so shutdown can refuse new requests.
     """
     app = FastAPI(title="latlab serve", docs_url=None, redoc_url=None, openapi_url=None)
-    server = _Server(engine, served_model_name, make_params or _default_make_params())
+    drain = drain or Drain()
+    server = _Server(engine, served_model_name, make_params or _default_make_params(), drain)
     app.state.latlab = server
     _add_error_handlers(app)
+    guard = guard or GuardConfig(limits=RequestLimits.for_context(int(engine.max_model_len)))
+    app.add_middleware(Guard, config=guard, drain=drain)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        req = parse_request(CompletionRequest, await _read_body(request))
+        req = parse_request(CompletionRequest, await _body(request))
         return await server.run(server.prepare_completion(req), request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        req = parse_request(ChatCompletionRequest, await _read_body(request))
+        req = parse_request(ChatCompletionRequest, await _body(request))
         return await server.run(server.prepare_chat(req), request)
 
     @app.get("/v1/models")
@@ -104,20 +110,10 @@ def create_app(
     return app
 
 
-async def _read_body(request: Request) -> bytes:
-    too_big = RequestError(
-        f"request body is larger than {MAX_BODY_BYTES} bytes", status=413, code="body_too_large"
-    )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise too_big
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def _body(request: Request) -> Any:
+    """The body the guard already parsed (its size, depth and shape checked)."""
+    body = parsed_body(request.scope)
+    return body if body is not None else await request.body()
 
 
 def _default_make_params() -> Callable[..., Any]:
@@ -142,9 +138,20 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=500)
 
 
+def _shutting_down() -> RequestError:
+    return RequestError(
+        "the server is shutting down and ended this request; retry on another instance or later",
+        status=503,
+        type="service_unavailable",
+        code="shutting_down",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
 @contextlib.contextmanager
-def _engine_errors() -> Iterator[None]:
-    """Engine refusals -> HTTP: full queue 503 + Retry-After, the rest 400."""
+def _engine_errors(drain: Drain) -> Iterator[None]:
+    """Engine refusals -> HTTP: full queue 503 + Retry-After, the rest 400; a request the
+    engine dropped because the server is shutting down, 503."""
     try:
         yield
     except OverloadedError as exc:
@@ -159,13 +166,20 @@ def _engine_errors() -> Iterator[None]:
         raise RequestError(str(exc), code="capacity_exceeded") from None
     except ConfigError as exc:
         raise RequestError(str(exc), code="invalid_value") from None
+    except LatlabError:
+        if drain.draining:
+            raise _shutting_down() from None
+        raise
 
 
 class _Server:
     """Request handling shared by both endpoints."""
 
-    def __init__(self, engine: Any, model_name: str, make_params: Callable[..., Any]) -> None:
+    def __init__(
+        self, engine: Any, model_name: str, make_params: Callable[..., Any], drain: Drain
+    ) -> None:
         self.engine = engine
+        self.drain = drain
         self.model_name = model_name
         self.make_params = make_params
         self.metrics = ServeMetrics(engine.stats, model_name)
@@ -235,7 +249,7 @@ class _Server:
         if not ids:
             raise RequestError("the prompt is empty", param="prompt")
         max_tokens = self._resolve_max_tokens(len(ids), max_tokens)
-        with _engine_errors():
+        with _engine_errors(self.drain):
             params = self.make_params(**req.sampling_kwargs(max_tokens))
         return _Job(new_id(prefix), ids, params, req.stream, req.include_usage, chat)
 
@@ -273,10 +287,10 @@ class _Server:
 
     async def run(self, job: _Job, request: Request) -> Response:
         tracker = self.metrics.tracker()
-        with _engine_errors():
+        with _engine_errors(self.drain):
             outputs = self.engine.generate(job.prompt_ids, job.params, request_id=job.rid)
         try:
-            with _engine_errors():
+            with _engine_errors(self.drain):
                 first = await _unless_disconnected(outputs.__anext__(), request)
         except BaseException:
             await _close(outputs)
@@ -290,7 +304,8 @@ class _Server:
                 body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
             )
         try:
-            final = await _unless_disconnected(_drain(outputs, first, tracker), request)
+            with _engine_errors(self.drain):
+                final = await _unless_disconnected(_drain(outputs, first, tracker), request)
         finally:
             await _close(outputs)
         if final is _GONE:
@@ -326,7 +341,8 @@ class _Server:
             if job.include_usage:
                 yield writer.usage(_usage(job, output))
         except LatlabError as exc:  # headers are out: report the failure as an event
-            yield writer.error(error_body(str(exc), "internal_error"))
+            error = _shutting_down().body() if self.drain.draining else None
+            yield writer.error(error or error_body(str(exc), "internal_error"))
         finally:
             await _close(outputs)
         yield sse.DONE
@@ -337,7 +353,8 @@ class _Server:
             "object": "model",
             "created": now_s(),
             "owned_by": "latlab",
-            "root": str(getattr(self.engine, "model_name", self.model_name)),
+            # The served name, never the engine's path: --served-model-name exists to hide it.
+            "root": self.model_name,
             "max_model_len": int(self.engine.max_model_len),
         }
         return {"object": "list", "data": [card]}

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from latlab.errors import ConfigError
+from latlab.serve.guard import error_body
 
 
 class RequestError(Exception):
@@ -41,13 +42,6 @@ class RequestError(Exception):
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)
-
-
-def error_body(
-    message: str, type: str, param: str | None = None, code: str | int | None = None
-) -> dict[str, Any]:
-    """The OpenAI error shape every client library knows how to read."""
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 class _Strict(BaseModel):
@@ -173,10 +167,13 @@ class ChatCompletionRequest(_SamplingFields):
         return self.max_tokens
 
 
-def parse_request(model: type[_Strict], raw: bytes) -> Any:
-    """Validate a JSON body; any problem becomes a 400 naming the field."""
+def parse_request(model: type[_Strict], body: bytes | dict[str, Any]) -> Any:
+    """Validate a body (raw JSON, or JSON the guard parsed); problems become a 400 naming
+    the field."""
     try:
-        return model.model_validate_json(raw)
+        if isinstance(body, dict):
+            return model.model_validate(body)
+        return model.model_validate_json(body)
     except ValidationError as exc:
         raise RequestError(_validation_message(exc), param=_first_param(exc)) from None
 

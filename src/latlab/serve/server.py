@@ -1,27 +1,84 @@
-"""Run the app under uvicorn: bind first, load the engine, print one ready line, shut down cleanly.
+"""Run an app under uvicorn: bind first, print one ready line, drain on shutdown.
 
 The socket is bound before the model loads so a port already in use fails in milliseconds,
 not after the engine spent seconds loading. The ready line is printed only once uvicorn is
 accepting connections, so scripts can wait for it instead of polling.
+
+Shutdown (SIGINT or SIGTERM) stops accepting, refuses new requests on open connections with
+503, lets requests in flight finish for ``shutdown_timeout_s``, then calls ``on_deadline``
+(which ends the rest with an error event or a JSON 503), logs one line and returns: the
+process exits 0. A second signal skips the wait. ``serve_app`` is torch-free, so the gateway
+runs the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 
 from latlab.errors import ConfigError
+from latlab.serve.connections import protocol_class
+from latlab.serve.guard import Drain, GuardConfig, RequestLimits
 
 READY_PREFIX = "latlab serve: ready at "
+# After on_deadline, requests get this long to write their final event before being cancelled.
+_END_GRACE_S = 2.0
+
+
+@dataclass(kw_only=True, slots=True)
+class ServeOptions:
+    """The HTTP side of a server: where it listens, what it accepts, how it stops."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "warning"
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    # Request limits given explicitly; the rest derive from the model's context.
+    limit_overrides: dict[str, int] = field(default_factory=dict)
+    shutdown_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be in 0..65535 (0 picks a free port), got {self.port}")
+        if not self.shutdown_timeout_s >= 0:
+            raise ConfigError(f"--shutdown-timeout must be >= 0, got {self.shutdown_timeout_s}")
+        RequestLimits(**self.limit_overrides)  # reject a bad limit before the model loads
+
+    def guard_for_context(self, max_model_len: int) -> GuardConfig:
+        limits = RequestLimits.for_context(max_model_len, **self.limit_overrides)
+        return dataclasses.replace(self.guard, limits=limits)
+
+
+@dataclass(kw_only=True, slots=True)
+class ShutdownReport:
+    """What a shutdown did to the requests in flight (logged as one line)."""
+
+    in_flight: int = 0
+    ended: int = 0
+    timeout_s: float = 0.0
+
+    def line(self, name: str) -> str:
+        if not self.in_flight:
+            return f"{name}: stopped"
+        finished = self.in_flight - self.ended
+        text = f"{name}: stopped; {finished} of {self.in_flight} requests in flight finished"
+        if self.ended:
+            text += (
+                f", {self.ended} ended by the {self.timeout_s:g} s shutdown timeout "
+                "(a JSON 503 or an error event)"
+            )
+        return text
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -34,10 +91,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:
         sock.close()
+        reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(
-            f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or --host"
+            f"cannot listen on {host}:{port} ({reason}); pick another --port or --host"
         ) from None
     sock.set_inheritable(True)
     return sock
@@ -51,7 +109,21 @@ def url_of(sock: socket.socket) -> str:
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn.Server whose signal handling we own (see _install_signals)."""
+    """uvicorn.Server whose signal handling and shutdown we own."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        drain: Drain,
+        shutdown_timeout_s: float,
+        on_deadline: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.on_deadline = on_deadline
+        self.report = ShutdownReport(timeout_s=shutdown_timeout_s)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -59,12 +131,37 @@ class _Uvicorn(uvicorn.Server):
         # the engine is shut down; we install plain handlers instead.
         yield
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.drain.start()
+        for server in self.servers:
+            server.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()  # idle ones close now, busy ones after their response
+        self.report.in_flight = len(self.server_state.tasks)
+        if not await self._tasks_done_within(self.shutdown_timeout_s):
+            self.report.ended = len(self.server_state.tasks)
+            if self.on_deadline is not None:
+                await self.on_deadline()
+            if not await self._tasks_done_within(_END_GRACE_S):
+                for task in list(self.server_state.tasks):
+                    task.cancel()
+        for server in self.servers:
+            await server.wait_closed()
+
+    async def _tasks_done_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self.server_state.tasks and not self.force_exit:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return not self.server_state.tasks
+
 
 def _install_signals(server: uvicorn.Server) -> None:
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
-        if server.should_exit:  # second Ctrl-C: stop waiting for open streams
+        if server.should_exit:  # second Ctrl-C: stop waiting for open requests
             server.force_exit = True
         server.should_exit = True
 
@@ -73,18 +170,43 @@ def _install_signals(server: uvicorn.Server) -> None:
             loop.add_signal_handler(sig, stop)
 
 
-def _uvicorn_server(app: Any, log_level: str) -> uvicorn.Server:
+def uvicorn_server(
+    app: Any,
+    *,
+    guard: GuardConfig,
+    drain: Drain,
+    log_level: str = "warning",
+    shutdown_timeout_s: float = 5.0,
+    on_deadline: Callable[[], Awaitable[None]] | None = None,
+) -> _Uvicorn:
+    """A uvicorn server with the guard's connection limits and our drain-then-end shutdown."""
     config = uvicorn.Config(
         app,
+        http=protocol_class(guard),
         log_level=log_level,
         access_log=False,
         lifespan="off",
-        timeout_graceful_shutdown=5,
     )
-    return _Uvicorn(config)
+    return _Uvicorn(
+        config, drain=drain, shutdown_timeout_s=shutdown_timeout_s, on_deadline=on_deadline
+    )
 
 
-async def _serve(engine_config: Any, sock: socket.socket, name: str | None, log_level: str):
+async def serve_app(
+    server: _Uvicorn, sock: socket.socket, on_ready: Callable[[str], None]
+) -> ShutdownReport:
+    """Serve until a signal; ``on_ready(url)`` once accepting. Returns what shutdown did."""
+    _install_signals(server)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.005)
+    if server.started:
+        on_ready(url_of(sock))
+    await task
+    return server.report
+
+
+async def _serve_engine(engine_config: Any, sock: socket.socket, name: str | None, options):
     started = time.perf_counter()
     from latlab.engine import AsyncLLM
     from latlab.serve.app import create_app
@@ -92,45 +214,54 @@ async def _serve(engine_config: Any, sock: socket.socket, name: str | None, log_
     engine = AsyncLLM(engine_config)
     try:
         served = name or str(engine.model_name)
-        server = _uvicorn_server(create_app(engine, served), log_level)
-        _install_signals(server)
-        task = asyncio.ensure_future(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
-            await asyncio.sleep(0.005)
-        if server.started:
+        drain = Drain()
+        guard = options.guard_for_context(int(engine.max_model_len))
+        app = create_app(engine, served, guard=guard, drain=drain)
+        server = uvicorn_server(
+            app,
+            guard=guard,
+            drain=drain,
+            log_level=options.log_level,
+            shutdown_timeout_s=options.shutdown_timeout_s,
+            on_deadline=engine.shutdown,
+        )
+
+        def ready(url: str) -> None:
             seconds = time.perf_counter() - started
             print(
-                f"{READY_PREFIX}{url_of(sock)}/v1 (model '{served}', "
-                f"engine and server up in {seconds:.1f} s)",
+                f"{READY_PREFIX}{url}/v1 (model '{served}', engine and server up in "
+                f"{seconds:.1f} s)",
                 flush=True,
             )
-        await task
+
+        report = await serve_app(server, sock, ready)
     finally:
         await engine.shutdown()
-    print("latlab serve: stopped", file=sys.stderr, flush=True)
+    print(report.line("latlab serve"), file=sys.stderr, flush=True)
 
 
 def serve(
     engine_config: Any,
     *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
     served_model_name: str | None = None,
-    log_level: str = "warning",
+    options: ServeOptions | None = None,
 ) -> None:
     """Serve ``engine_config``'s model until SIGINT/SIGTERM (blocking)."""
-    sock = bind_socket(host, port)
+    options = options or ServeOptions()
+    sock = bind_socket(options.host, options.port)
     try:
-        asyncio.run(_serve(engine_config, sock, served_model_name, log_level))
+        asyncio.run(_serve_engine(engine_config, sock, served_model_name, options))
     finally:
         sock.close()
 
 
 @contextlib.contextmanager
-def running_server(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def running_server(
+    app: Any, host: str = "127.0.0.1", port: int = 0, *, guard: GuardConfig | None = None
+) -> Iterator[str]:
     """Serve ``app`` in a background thread for tests and benchmarks; yields the base URL."""
     sock = bind_socket(host, port)
-    server = _uvicorn_server(app, "warning")
+    server = uvicorn_server(app, guard=guard or GuardConfig(), drain=Drain())
     thread = threading.Thread(
         target=lambda: asyncio.run(server.serve(sockets=[sock])), name="latlab-serve", daemon=True
     )
