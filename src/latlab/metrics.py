@@ -1,8 +1,9 @@
 """Per-request timing records and the summary every latlab figure comes from.
 
-The definitions live in docs/metrics.md and must not drift: TTFT counts to the first chunk that
-carries generated content; the chunk gap is the time between content chunks; the per-token ITL
-divides each gap among the tokens its chunk carries; TPOT is (E2E - TTFT) / (tokens - 1). All
+The definitions live in docs/metrics.md and must not drift: TTFT counts to the first token
+arrival (a chunk the target sent for generated tokens, even with empty text); the chunk gap is
+the time between token arrivals; the per-token ITL divides each gap among the tokens its chunk
+carries; TPOT is (E2E - TTFT) / (tokens - 1); unstreamed replies have none of these. All
 intervals use ``time.perf_counter_ns()``; in open loop every latency starts at the *intended*
 send time so a slow client cannot hide latency (coordinated omission).
 
@@ -32,7 +33,7 @@ class RequestRecord:
     request_id: str = ""
     intended_send_ns: int | None = None  # open loop: when the schedule wanted it sent
     send_ns: int = 0  # when the request actually left the client
-    chunk_ns: list[int] = field(default_factory=list)  # arrival of each content-carrying chunk
+    chunk_ns: list[int] = field(default_factory=list)  # each token arrival (docs/metrics.md)
     chunk_tokens: list[int] = field(default_factory=list)  # tokens carried by each such chunk
     end_ns: int | None = None  # last byte of the response
     prompt_tokens: int | None = None  # as the target counted them (usage, engine)
@@ -40,6 +41,11 @@ class RequestRecord:
     cached_tokens: int | None = None  # prompt tokens the server served from its prefix cache
     output_tokens: int | None = None
     output_tokens_source: str = "chunks"
+    max_tokens: int | None = None  # asked for
+    finish_reason: str | None = None  # "length", "stop", ... as the target said
+    first_text_chunk: int | None = None  # first token chunk with visible text (HTTP targets)
+    usage_rejected: dict[str, str] = field(default_factory=dict)  # usage figures not believed
+    empty_chunks: int = 0  # token chunks whose text was empty
     error: str | None = None  # short reason ("http_500", "timeout", ...); None = success
     error_detail: str | None = None  # one line for humans
     token_count_mismatch: bool = False  # server usage and client tokenizer disagreed
@@ -64,7 +70,14 @@ class RequestRecord:
 
     @property
     def ttft_ns(self) -> int | None:
+        """To the first token arrival (a chunk with empty text counts); None unstreamed."""
         return self.chunk_ns[0] - self.origin_ns if self.chunk_ns else None
+
+    @property
+    def first_text_ns(self) -> int | None:
+        """To the first chunk with visible text, where that is known (HTTP targets)."""
+        i = self.first_text_chunk
+        return None if i is None or i >= len(self.chunk_ns) else self.chunk_ns[i] - self.origin_ns
 
     @property
     def e2e_ns(self) -> int | None:
@@ -77,8 +90,14 @@ class RequestRecord:
         return sum(self.chunk_tokens)
 
     @property
+    def stopped_early(self) -> bool:
+        """Fewer tokens than asked for (EOS or a stop string, unless the count is unknown)."""
+        known = self.output_tokens is not None or bool(self.chunk_tokens)
+        return known and self.max_tokens is not None and self.num_output_tokens < self.max_tokens
+
+    @property
     def tpot_ns(self) -> float | None:
-        """(E2E - TTFT) / (output_tokens - 1); undefined for a single token."""
+        """(E2E - TTFT) / (output_tokens - 1); undefined for a single token and unstreamed."""
         n = self.num_output_tokens
         ttft, e2e = self.ttft_ns, self.e2e_ns
         if n < 2 or ttft is None or e2e is None:
@@ -118,10 +137,17 @@ class RequestRecord:
             "prompt_tokens": self.prompt_tokens,
             "prompt_tokens_requested": self.prompt_tokens_requested,
             "cached_tokens": self.cached_tokens,
-            "output_tokens": self.num_output_tokens,
+            "output_tokens": None
+            if self.output_tokens_source == "unknown"
+            else self.num_output_tokens,
             "output_tokens_source": self.output_tokens_source,
             "token_count_mismatch": self.token_count_mismatch,
+            "usage_rejected": dict(self.usage_rejected),
+            "max_tokens": self.max_tokens,
+            "finish_reason": self.finish_reason,
             "ttft_ms": ms(self.ttft_ns),
+            "first_text_ms": ms(self.first_text_ns),
+            "empty_chunks": self.empty_chunks,
             "tpot_ms": ms(self.tpot_ns),
             "e2e_ms": ms(self.e2e_ns),
             "queue_ms": ms(self.queue_ns),
@@ -285,7 +311,10 @@ class Stats:
         return cls(n, mean, math.sqrt(var), vals[0], vals[-1],
                    p(vals, 50), p(vals, 90), p(vals, 95), p(vals, 99))  # fmt: skip
 
-    def to_dict(self) -> dict[str, float | int | None]:
+    def to_dict(self) -> dict[str, float | int | None] | None:
+        """The figures, or None when there were no samples (never a dict of nulls)."""
+        if not self.count:
+            return None
         keys = ("mean", "std", "min", "max", "p50", "p90", "p95", "p99")
         out: dict[str, float | int | None] = {
             k: (None if getattr(self, k) is None else round(getattr(self, k), 4)) for k in keys
@@ -315,8 +344,10 @@ class SLO:
             return False
         if not _within(self.ttft_ms, rec.ttft_ns, missing_ok=False):
             return False
-        # A single-token reply has no TPOT, so it cannot violate a TPOT objective.
-        if not _within(self.tpot_ms, rec.tpot_ns, missing_ok=True):
+        # A streamed one-token reply has no TPOT, so it cannot violate a TPOT objective; an
+        # unstreamed reply's TPOT was never measured, so it cannot be shown to meet one.
+        one_token = rec.ttft_ns is not None and rec.num_output_tokens < 2
+        if not _within(self.tpot_ms, rec.tpot_ns, missing_ok=one_token):
             return False
         return _within(self.e2e_ms, rec.e2e_ns, missing_ok=False)
 
@@ -350,6 +381,11 @@ class Summary:
     token_count_mismatches: int
     cache: PrefixCacheUse | None = None
     prompt_length: PromptLength | None = None
+    finish_reasons: dict[str, int] = field(default_factory=dict)
+    stopped_early: int = 0  # replies shorter than their max_tokens
+    usage_rejected: dict[str, int] = field(default_factory=dict)  # problem -> requests
+    empty_token_chunks: int = 0
+    first_token_empty: int = 0  # requests whose first token chunk had no visible text
     slo: SLO | None = None
 
     @property
@@ -383,6 +419,11 @@ class Summary:
             "token_count_mismatches": self.token_count_mismatches,
             "cache": None if self.cache is None else self.cache.to_dict(),
             "prompt_length": None if self.prompt_length is None else self.prompt_length.to_dict(),
+            "finish_reasons": dict(self.finish_reasons),
+            "stopped_early": self.stopped_early,
+            "usage_rejected": dict(self.usage_rejected),
+            "empty_token_chunks": self.empty_token_chunks,
+            "first_token_empty": self.first_token_empty,
         }
 
 
@@ -446,6 +487,11 @@ def summarize(
         token_count_mismatches=sum(1 for r in ok if r.token_count_mismatch),
         cache=PrefixCacheUse.of(ok),
         prompt_length=PromptLength.of(ok),
+        finish_reasons=dict(Counter(r.finish_reason for r in ok if r.finish_reason)),
+        stopped_early=sum(1 for r in ok if r.stopped_early),
+        usage_rejected=dict(Counter(k for r in recs for k in r.usage_rejected)),
+        empty_token_chunks=sum(r.empty_chunks for r in ok),
+        first_token_empty=sum(1 for r in ok if r.empty_chunks and r.first_text_chunk != 0),
         slo=slo,
     )
 

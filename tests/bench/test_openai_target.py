@@ -4,8 +4,9 @@ import httpx
 import pytest
 
 from latlab.bench import BenchConfig, OpenAITarget, run_bench
-from latlab.errors import TargetError
-from latlab.metrics import Stats
+from latlab.bench.results import notes
+from latlab.errors import ConfigError, TargetError
+from latlab.metrics import SLO, Stats, summarize
 from latlab.testing import StubServer
 
 
@@ -26,7 +27,7 @@ def test_ttft_and_itl_medians_within_2ms_of_the_stub_at_concurrency_1():
     with srv as url:
         for _ in range(3):
             srv.reset_stats()
-            level = bench(url, n=12, warmup=0)
+            level = bench(url, n=12, warmup=0, output_len="20")
             truth = Stats.of(srv.stats()["first_chunk_ms"])
             s = level.summary
             assert s.completed == 12
@@ -53,7 +54,7 @@ def test_request_ids_reach_the_server_and_its_clock_matches_ours(transport):
 @pytest.mark.parametrize("transport", ["raw", "httpx"])
 def test_multi_token_chunks_are_counted_and_itl_divides_the_gap(transport):
     with StubServer(ttft_s=0.01, itl_s=0.012, tokens_per_chunk=3, chunks=6) as url:
-        level = bench(url, n=3, target_kw={"transport": transport})
+        level = bench(url, n=3, target_kw={"transport": transport}, output_len="18")
     s = level.summary
     assert s.output_tokens == 3 * 18
     assert s.tokens_per_chunk == {3: 18}
@@ -73,12 +74,23 @@ def test_chat_role_only_first_chunk_does_not_count_as_ttft():
 
 
 @pytest.mark.parametrize("transport", ["raw", "httpx"])
-def test_non_streaming_ttft_equals_e2e(transport):
+def test_non_streaming_has_an_e2e_and_no_ttft_itl_or_tpot(transport):
+    """Unstreamed, the first token is never seen on its own: its TTFT, ITL and TPOT are
+    undefined (null, shown as '-'), never 0, and a TTFT or TPOT objective cannot be met."""
     with StubServer(ttft_s=0.02, itl_s=0.001, chunks=4) as url:
         level = bench(url, n=2, stream=False, target_kw={"transport": transport})
-    r = level.records[0]
-    assert r.ok and r.ttft_ns == r.e2e_ns - (r.end_ns - r.chunk_ns[0])
-    assert r.output_tokens == 4 and r.output_tokens_source == "usage"
+    s = level.summary
+    assert s.completed == 2 and s.output_tokens == 8 and s.output_tokens_source == {"usage": 2}
+    assert s.e2e_ms.p50 >= 20.0
+    assert summarize(level.records, SLO(tpot_ms=1e6)).good_requests == 0
+    assert summarize(level.records, SLO(e2e_ms=1e6)).good_requests == 2
+    with pytest.raises(ConfigError, match="--no-stream measures no TTFT or TPOT"):
+        BenchConfig(stream=False, slo=SLO(ttft_ms=100.0))
+    d = s.to_dict()
+    assert d["ttft_ms"] is d["tpot_ms"] is d["itl_ms"] is d["chunk_gap_ms"] is None
+    r = level.records[0].to_dict()
+    assert r["ttft_ms"] is r["tpot_ms"] is None and r["e2e_ms"] > 0 and r["num_chunks"] == 0
+    assert r["finish_reason"] == "length"
 
 
 class _Tok:
@@ -216,3 +228,59 @@ def test_live_progress_advances_while_parsing_is_deferred():
     assert live and live[0][0] < 96  # updates arrived before the level ended
     assert any(u[2] is not None for u in live)  # with a running TTFT p50 from sampled parses
     assert sink.updates[-2][:2] == (96, 0)
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_an_empty_text_first_token_chunk_gives_ttft_at_that_chunk(api):
+    """The first token decodes to nothing (a byte of a multi-byte character, a special token):
+    the chunk still arrived with a token, so TTFT ends there, not one step later."""
+    with StubServer(ttft_s=0.02, itl_s=0.1, chunks=4, empty_chunks=(0, 2)) as url:
+        level = bench(url, n=2, api=api, output_len="4", target_kw={"api": api})
+    s = level.summary
+    assert s.completed == 2 and s.output_tokens == 8 and s.multi_token_chunks == 0
+    assert s.empty_token_chunks == 4 and s.first_token_empty == 2
+    assert s.ttft_ms.max < 90.0  # the empty chunk at 20 ms, not the text at 120 ms
+    for r in level.records:
+        assert r.chunk_tokens == [1, 1, 1, 1]
+        assert (r.first_text_ns - r.ttft_ns) / 1e6 >= 80.0
+    assert 80.0 <= s.chunk_gap_ms.p50 <= 150.0  # one 100 ms step each, never two
+
+
+def test_a_closing_chunk_after_the_last_token_is_not_a_token():
+    with StubServer(ttft_s=0.0, itl_s=0.002, chunks=3, closing_chunk=True) as url:
+        level = bench(url, n=2, api="chat", output_len="3", target_kw={"api": "chat"})
+    assert all(len(r.chunk_ns) == 3 for r in level.records)
+    assert level.summary.tokens_per_chunk == {1: 6}
+
+
+def test_a_server_that_lies_about_usage_is_not_believed_and_the_run_says_so():
+    lie = {"prompt_tokens": -5, "completion_tokens": 1_000_000, "total_tokens": 999_995}
+    with StubServer(ttft_s=0.0, itl_s=0.001, chunks=2, usage_override=lie) as url:
+        res = run_bench(BenchConfig(concurrency=[1], num_requests=3, warmup=0, input_len="4",
+                                    output_len="8"), OpenAITarget(url), False)  # fmt: skip
+    s = res.levels[0].summary
+    assert s.output_tokens == 6 and s.output_tokens_source == {"chunks": 3}
+    assert s.output_tokens_per_s < 100_000  # was 3,027,459,053.6 tok/s
+    assert s.usage_rejected == {"completion_tokens above max_tokens": 3,
+                                "prompt_tokens not a count": 3}  # fmt: skip
+    assert s.prompt_tokens == 0 and s.prompt_length is None
+    text = " ".join(notes(res))
+    assert "usage was not believed" in text and "1000000 > max_tokens 8" in text
+    assert "counted from: chunks" in text
+
+
+def test_failures_show_the_servers_own_message():
+    with StubServer(fault="500", ttft_s=0, itl_s=0, chunks=2) as url:
+        res = run_bench(BenchConfig(concurrency=[1], num_requests=2, warmup=0, input_len="4",
+                                    output_len="2"), OpenAITarget(url), False)  # fmt: skip
+    text = "\n".join(notes(res))
+    assert "http_500 x2" in text and "stub fault 500" in text
+
+
+def test_replies_that_stop_before_max_tokens_under_ignore_eos_are_flagged():
+    with StubServer(ttft_s=0.0, itl_s=0.001, chunks=3) as url:
+        res = run_bench(BenchConfig(concurrency=[1], num_requests=2, warmup=0, input_len="4",
+                                    output_len="8"), OpenAITarget(url), False)  # fmt: skip
+    s = res.levels[0].summary
+    assert s.stopped_early == 2 and s.finish_reasons == {"length": 2}
+    assert "does the target honour ignore_eos" in " ".join(notes(res))

@@ -73,6 +73,12 @@ class BenchConfig:
             raise ConfigError("--warmup must be >= 0")
         if self.workers < 1:
             raise ConfigError("--workers must be >= 1")
+        streamed_slo = self.slo is not None and (self.slo.ttft_ms, self.slo.tpot_ms) != (None, None)
+        if not self.stream and streamed_slo:
+            raise ConfigError(
+                "--no-stream measures no TTFT or TPOT (the first token arrives with the last): "
+                "use --slo-e2e-ms, or stream"
+            )
         if any(math.isinf(r) for r in self.rate or ()) and self.num_requests is None:
             raise ConfigError("--rate inf sends everything at once: give --num-requests")
         LengthDist.parse(self.input_len, "--input-len")

@@ -176,6 +176,7 @@ class TransformersTarget:
             _finish_error(rec, exc)
             return
         _finish_ok(rec, "engine")
+        rec.finish_reason = "length" if rec.num_output_tokens >= req.max_tokens else "stop"
 
     async def aclose(self) -> None:
         self.stop.set()
@@ -409,6 +410,7 @@ class EngineTarget:
             rec.prompt_tokens = len(last.prompt_token_ids)
         cached = getattr(last, "num_cached_tokens", None)
         rec.cached_tokens = cached if isinstance(cached, int) else None
+        rec.finish_reason = getattr(last, "finish_reason", None)
         if last is not None and getattr(last, "finish_reason", None) == "abort":
             rec.error, rec.error_detail = "aborted", "the engine aborted the request"
 

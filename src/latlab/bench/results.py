@@ -14,6 +14,7 @@ import datetime as _dt
 import json
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,8 +151,7 @@ def notes(result: BenchResult) -> list[str]:
         if lv.client.client_bound:
             out.append(f"[yellow]client-bound at {load}: {'; '.join(lv.client.reasons)}[/]")
         if s.errors:
-            errs = ", ".join(f"{k} x{v}" for k, v in sorted(s.errors.items()))
-            out.append(f"[red]{s.failed} failed at {load}: {errs}[/]")
+            out += _failure_notes(lv, load)
         if s.multi_token_chunks:
             out.append(f"{s.multi_token_chunks} chunks at {load} carried more than one token "
                        "(ITL divides their gap among them)")  # fmt: skip
@@ -161,6 +161,7 @@ def notes(result: BenchResult) -> list[str]:
                 "client tokenizer disagree on output tokens (usage was used)[/]"
             )
         out += _workload_notes(result, s, load)
+        out += _reply_notes(result, lv, load)
     sources = {k for lv in result.levels for k in lv.summary.output_tokens_source}
     if sources:
         out.append(f"output tokens counted from: {', '.join(sorted(sources))}")
@@ -170,6 +171,48 @@ def notes(result: BenchResult) -> list[str]:
                    "repeats these prompts; --no-salt sends the same ones every level)")  # fmt: skip
     if result.interrupted:
         out.append("[yellow]interrupted: figures cover the requests measured before Ctrl-C[/]")
+    return out
+
+
+def _failure_notes(lv: LevelResult, load: str, top: int = 3) -> list[str]:
+    """Counts per reason, and the server's own words for the most frequent reasons."""
+    from rich.markup import escape
+
+    s = lv.summary
+    errs = ", ".join(f"{k} x{v}" for k, v in sorted(s.errors.items(), key=lambda kv: -kv[1]))
+    out = [f"[red]{s.failed} failed at {load}: {errs}[/]"]
+    for reason, _ in sorted(s.errors.items(), key=lambda kv: -kv[1])[:top]:
+        details = Counter(r.error_detail for r in lv.records
+                          if r.error == reason and r.error_detail and not r.warmup)  # fmt: skip
+        if details:
+            detail, n = details.most_common(1)[0]
+            out.append(f"  {reason}: {escape(detail)}" + (f" (x{n})" if n > 1 else ""))
+    return out
+
+
+def _reply_notes(result: BenchResult, lv: LevelResult, load: str) -> list[str]:
+    """Usage a server got wrong, replies shorter than asked, first tokens without text."""
+    from rich.markup import escape
+
+    s, out = lv.summary, []
+    if s.usage_rejected:
+        example = next(d for r in lv.records for d in r.usage_rejected.values())
+        problems = ", ".join(f"{k} x{v}" for k, v in sorted(s.usage_rejected.items()))
+        sources = ", ".join(sorted(k for k in s.output_tokens_source if k != "usage")) or "-"
+        out.append(f"[red]the server's usage was not believed at {load}: {problems} (e.g. "
+                   f"{escape(example)}); output tokens counted from: {sources}[/]")  # fmt: skip
+    if s.stopped_early:
+        reasons = ", ".join(f"{k} x{v}" for k, v in sorted(s.finish_reasons.items()))
+        if result.config.get("ignore_eos"):
+            out.append(f"[yellow]{s.stopped_early} replies at {load} ended before max_tokens "
+                       f"though --ignore-eos asked for exactly that many (finish reasons: "
+                       f"{reasons}): does the target honour ignore_eos?[/]")  # fmt: skip
+        else:
+            out.append(f"{s.stopped_early} of {s.completed} replies at {load} ended before "
+                       f"max_tokens (finish reasons: {reasons})")  # fmt: skip
+    if s.first_token_empty:
+        out.append(f"{s.first_token_empty} replies at {load} began with a token chunk without "
+                   "text; TTFT counts it (records' first_text_ms: the first text)")  # fmt: skip
     return out
 
 

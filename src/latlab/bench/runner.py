@@ -184,7 +184,7 @@ class Runner:
     async def _one(self, req: BenchRequest, rec: RequestRecord) -> None:
         if self.salt is not None:
             req = req.salted(self.salt.tag(rec.request_id, req.salt_words))
-        rec.prompt_tokens_requested = req.prompt_tokens
+        rec.prompt_tokens_requested, rec.max_tokens = req.prompt_tokens, req.max_tokens
         self._in_flight += 1
         try:
             finish = await self.target.run(req, rec, self.opts)

@@ -1,7 +1,7 @@
 """What a benchmark drives: an OpenAI-compatible server, or an in-process model or callable.
 
 Every target fills one ``RequestRecord`` per request: ``send_ns`` right before the request
-leaves, one ``chunk_ns`` per content-carrying chunk, ``end_ns`` at the last byte, and an error
+leaves, one ``chunk_ns`` per token arrival, ``end_ns`` at the last byte, and an error
 reason instead of an exception when something goes wrong, so a run always continues.
 
 The HTTP target keeps its receive loop minimal: it stores ``(perf_counter_ns(), bytes)`` per
@@ -19,10 +19,11 @@ from typing import Any, Protocol
 
 import httpx
 
+from latlab.bench import openai_reply
 from latlab.bench.rawhttp import HTTPStreamError, RawHTTPPool
-from latlab.bench.sse import split_events
+from latlab.bench.token_count import Seen, count_reply
 from latlab.errors import TargetError
-from latlab.metrics import RequestRecord, distribute_tokens
+from latlab.metrics import RequestRecord
 from latlab.workload import BenchRequest
 
 
@@ -272,74 +273,31 @@ class OpenAITarget:
     def _parse_stream(
         self, reads: list[tuple[int, bytes]], rec: RequestRecord, req: BenchRequest
     ) -> None:
-        texts: list[str] = []
-        usage: dict[str, Any] | None = None
-        done = False
-        for ns, data in split_events(reads):
-            if data.strip() == "[DONE]":
-                done = True
-                continue
-            try:
-                obj = json.loads(data)
-            except json.JSONDecodeError:
-                _fail(rec, "malformed_sse", f"not JSON: {data[:80]!r}")
-                return
-            if not isinstance(obj, dict):
-                _fail(rec, "malformed_sse", f"not a JSON object: {data[:80]!r}")
-                return
-            if "error" in obj:
-                _fail(rec, "stream_error", json.dumps(obj["error"])[:200])
-                return
-            if obj.get("usage"):
-                usage = obj["usage"]
-            text = _content_of(obj)
-            if text:
-                rec.chunk_ns.append(ns)
-                texts.append(text)
-        if not done:
-            _fail(rec, "no_done", "stream ended without 'data: [DONE]'")
+        try:
+            reply = openai_reply.read_stream(reads)
+        except openai_reply.ReplyError as exc:
+            _fail(rec, exc.reason, str(exc))
             return
-        if not texts:
-            _fail(rec, "no_content", "the response carried no generated text")
+        if not reply.arrivals:
+            _fail(rec, "no_content", "the response carried no generated tokens")
             return
-        self._count(rec, req, texts, usage)
+        text = "".join(reply.texts)
+        seen = Seen(text=text, text_chunks=sum(1 for t in reply.texts if t),
+                    arrivals=len(reply.arrivals), max_tokens=req.max_tokens)  # fmt: skip
+        count_reply(rec, reply, seen, self.tokenizer)
 
     def _parse_whole(
         self, reads: list[tuple[int, bytes]], rec: RequestRecord, req: BenchRequest
     ) -> None:
+        """Unstreamed: an E2E and a token count, and no TTFT, ITL or TPOT (never 0)."""
         try:
-            obj = json.loads(b"".join(d for _, d in reads))
-            choice = obj["choices"][0]
-            text = choice["message"]["content"] if self.api == "chat" else choice["text"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            _fail(rec, "malformed_response", exc)
+            text, reply = openai_reply.read_whole(b"".join(d for _, d in reads), self.api == "chat")
+        except openai_reply.ReplyError as exc:
+            _fail(rec, exc.reason, str(exc))
             return
-        # Without streaming the first token is only seen with the last: TTFT equals E2E.
-        rec.chunk_ns.append(rec.end_ns or time.perf_counter_ns())
-        self._count(rec, req, [text or ""], obj.get("usage"))
-
-    def _count(
-        self, rec: RequestRecord, req: BenchRequest, texts: list[str], usage: dict | None
-    ) -> None:
-        """Token-count source rule: the server's usage, else the client tokenizer, else chunks."""
-        served = (usage or {}).get("completion_tokens")
-        client = None
-        if self.tokenizer is not None:
-            client = len(self.tokenizer.encode("".join(texts), add_special_tokens=False))
-        weights = [len(t) for t in texts]
-        if isinstance(served, int) and served > 0:
-            rec.output_tokens, rec.output_tokens_source = served, "usage"
-            rec.token_count_mismatch = client is not None and client != served
-        elif client is not None:
-            rec.output_tokens, rec.output_tokens_source = client, "tokenizer"
-        else:
-            rec.output_tokens, rec.output_tokens_source = len(texts), "chunks"
-        rec.chunk_tokens = distribute_tokens(rec.output_tokens, weights)
-        prompt_used = (usage or {}).get("prompt_tokens")
-        rec.prompt_tokens = prompt_used if isinstance(prompt_used, int) else None
-        details = (usage or {}).get("prompt_tokens_details") or {}
-        cached = details.get("cached_tokens") if isinstance(details, dict) else None
-        rec.cached_tokens = cached if isinstance(cached, int) else None
+        seen = Seen(text=text, text_chunks=1 if text else 0, arrivals=1,
+                    max_tokens=req.max_tokens)  # fmt: skip
+        count_reply(rec, reply, seen, self.tokenizer)
 
     async def aclose(self) -> None:
         if self._raw is not None:
@@ -347,20 +305,6 @@ class OpenAITarget:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-
-
-def _content_of(obj: dict[str, Any]) -> str:
-    """Generated text of one stream chunk (chat deltas incl. reasoning, or completion text)."""
-    choices = obj.get("choices") or ()
-    if not choices:
-        return ""
-    c = choices[0]
-    delta = c.get("delta")
-    if isinstance(delta, dict):
-        return (
-            delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or ""
-        )
-    return c.get("text") or ""
 
 
 # In-process targets live in their own module (they need threads, and some need torch).

@@ -328,7 +328,9 @@ class _Server:
             output = first
             while True:
                 tracker.on_output(output)
-                if output.new_text or output.finished:
+                # One chunk per step that produced tokens, even when their text is empty (a
+                # token that decodes to nothing yet): clients count it as a token arrival.
+                if output.new_token_ids or output.new_text or output.finished:
                     finish = output.finish_reason if output.finished else None
                     yield writer.content(output.new_text or "", finish)
                 if output.finished:

@@ -42,6 +42,12 @@ class StubConfig:
     fault_after_chunks: int = 2  # reset/malformed happen after this many content chunks
     send_usage: bool = True  # honour stream_options.include_usage
     model: str = "stub-model"
+    # What real servers do that a client must read right: content chunks sent with empty text
+    # (their token decodes to nothing; still tokens in usage), a closing chunk after the last
+    # token (empty delta, finish_reason, no token: as OpenAI sends), and a usage that lies.
+    empty_chunks: tuple[int, ...] = ()  # indices of content chunks sent with empty text
+    closing_chunk: bool = False
+    usage_override: dict[str, Any] | None = None  # reported instead of the true usage
 
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULTS:
@@ -182,10 +188,12 @@ class _Handler:
                       "finish_reason": "length"}  # fmt: skip
         else:
             choice = {"index": 0, "text": text, "finish_reason": "length"}
-        usage = {"prompt_tokens": pt, "completion_tokens": n_chunks * k,
-                 "total_tokens": pt + n_chunks * k}  # fmt: skip
+        usage = self.cfg.usage_override or {"prompt_tokens": pt, "completion_tokens": n_chunks * k,
+                                            "total_tokens": pt + n_chunks * k}  # fmt: skip
         obj = {"id": "cmpl-stub", "object": "chat.completion" if chat else "text_completion",
-               "model": self.cfg.model, "choices": [choice], "usage": usage}  # fmt: skip
+               "model": self.cfg.model, "choices": [choice]}  # fmt: skip
+        if self.cfg.send_usage:
+            obj["usage"] = usage
         return await self._send_json(w, 200, obj)
 
     async def _stream(
@@ -214,6 +222,7 @@ class _Handler:
             await asyncio.sleep(3600)
             return False
         mid, last_chunk = _content_frames(chat, k)  # built once: the stub must stay light
+        empty_mid, empty_last = _content_frames(chat, k, empty=True)
         for i in range(n_chunks):
             await _sleep_until(t_read + int((cfg.ttft_s + i * cfg.itl_s) * 1e9))
             if fault in ("reset", "malformed") and i == cfg.fault_after_chunks:
@@ -223,13 +232,20 @@ class _Handler:
                     continue
                 _abort(w)
                 return False
-            w.write(last_chunk if i == n_chunks - 1 else mid)
+            if i in cfg.empty_chunks:
+                w.write(empty_last if i == n_chunks - 1 else empty_mid)
+            else:
+                w.write(last_chunk if i == n_chunks - 1 else mid)
             await w.drain()
             if i == 0:
                 self.srv.record_first_chunk(request_id, t_read, time.perf_counter_ns())
+        if cfg.closing_chunk:
+            closing = {"index": 0, "finish_reason": "length",
+                       **({"delta": {}} if chat else {"text": ""})}  # fmt: skip
+            self._event(w, {"id": "s", "object": obj_name, "choices": [closing]})
         if usage:
-            u = {"prompt_tokens": pt, "completion_tokens": n_chunks * k,
-                 "total_tokens": pt + n_chunks * k}  # fmt: skip
+            u = cfg.usage_override or {"prompt_tokens": pt, "completion_tokens": n_chunks * k,
+                                       "total_tokens": pt + n_chunks * k}  # fmt: skip
             self._event(w, {"id": "s", "object": obj_name, "choices": [], "usage": u})
         if fault == "no_done":
             w.write(b"0\r\n\r\n")
@@ -249,15 +265,16 @@ class _Handler:
 
 
 @functools.lru_cache(maxsize=64)
-def _content_frames(chat: bool, k: int) -> tuple[bytes, bytes]:
+def _content_frames(chat: bool, k: int, empty: bool = False) -> tuple[bytes, bytes]:
     """Chunked-encoding frames of a middle and of the last content chunk."""
     frames = []
+    text = "" if empty else _WORD * k
     for finish in (None, "length"):
         if chat:
-            choice = {"index": 0, "delta": {"content": _WORD * k}, "finish_reason": finish}
+            choice = {"index": 0, "delta": {"content": text}, "finish_reason": finish}
             obj = {"id": "s", "object": "chat.completion.chunk", "choices": [choice]}
         else:
-            choice = {"index": 0, "text": _WORD * k, "finish_reason": finish}
+            choice = {"index": 0, "text": text, "finish_reason": finish}
             obj = {"id": "s", "object": "text_completion", "choices": [choice]}
         data = b"data: " + _json_bytes(obj) + b"\n\n"
         frames.append(b"%x\r\n%s\r\n" % (len(data), data))

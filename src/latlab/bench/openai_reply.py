@@ -1,0 +1,140 @@
+"""What an OpenAI-compatible reply says, read after it has ended: token arrivals, usage, finish.
+
+A **token arrival** is a chunk the server sent for generated tokens, even when its text is
+empty: a token that decodes to nothing (EOS under ``ignore_eos``, a special token) or to part of
+a multi-byte character still arrived (a real vLLM chat run sent 20.8% of its token chunks with
+empty content). Not token arrivals: the role-only first chunk of a chat stream, usage-only
+chunks (no choices), and chunks that only close the stream (an empty delta with a
+``finish_reason``). An empty-text chunk with a finish reason is ambiguous: vLLM sends one for
+an EOS token, other servers to close the stream; the server's ``usage`` decides (see
+:func:`reconcile`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from latlab.bench.sse import split_events
+
+
+class ReplyError(Exception):
+    """The reply is broken; ``reason`` is the record's error reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(kw_only=True, slots=True)
+class Reply:
+    """Token-carrying chunks (arrival time and text, possibly empty) and the rest of a reply."""
+
+    arrivals: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    maybe: list[bool] = field(default_factory=list)  # empty chunk with a finish_reason
+    usage: dict[str, Any] | None = None
+    finish_reason: str | None = None
+
+    def drop(self, i: int) -> None:
+        del self.arrivals[i], self.texts[i], self.maybe[i]
+
+    @property
+    def first_text(self) -> int | None:
+        """Index of the first arrival with visible text (TTFT counts the first arrival)."""
+        return next((i for i, t in enumerate(self.texts) if t), None)
+
+
+def _chunk_text(choice: dict[str, Any]) -> tuple[str | None, bool]:
+    """(generated text or None when the chunk carries none, role-only)."""
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        text = choice.get("text")
+        return (text if isinstance(text, str) else None), False
+    parts = [delta.get(k) for k in ("content", "reasoning_content", "reasoning")]
+    text = "".join(p for p in parts if isinstance(p, str))
+    if text:
+        return text, False
+    if "role" in delta:  # the first chunk of a chat stream announces the role, no token
+        return None, True
+    carries = any(isinstance(p, str) for p in parts) or bool(delta.get("tool_calls"))
+    return ("" if carries else None), False
+
+
+def _event(obj: Any, ns: int, reply: Reply) -> None:
+    if not isinstance(obj, dict):
+        raise ReplyError("malformed_sse", f"not a JSON object: {json.dumps(obj)[:80]}")
+    if "error" in obj:
+        raise ReplyError("stream_error", json.dumps(obj["error"])[:200])
+    if obj.get("usage"):
+        reply.usage = obj["usage"]
+    choices = obj.get("choices") or ()
+    if not choices or not isinstance(choices[0], dict):
+        return
+    choice = choices[0]
+    finish = choice.get("finish_reason")
+    if finish:
+        reply.finish_reason = str(finish)
+    text, role_only = _chunk_text(choice)
+    if role_only or (text is None and not finish):
+        return
+    reply.arrivals.append(ns)
+    reply.texts.append(text or "")
+    reply.maybe.append(not text and bool(finish))
+
+
+def read_stream(reads: list[tuple[int, bytes]]) -> Reply:
+    """A streamed reply from its timestamped network reads (SSE events)."""
+    reply, done = Reply(), False
+    for ns, data in split_events(reads):
+        if data.strip() == "[DONE]":
+            done = True
+            continue
+        try:
+            obj = json.loads(data)
+        except json.JSONDecodeError:
+            raise ReplyError("malformed_sse", f"not JSON: {data[:80]!r}") from None
+        _event(obj, ns, reply)
+    if not done:
+        raise ReplyError("no_done", "stream ended without 'data: [DONE]'")
+    return reply
+
+
+def read_whole(body: bytes, chat: bool) -> tuple[str, Reply]:
+    """A non-streamed reply: (its text, the reply without arrivals)."""
+    try:
+        obj = json.loads(body)
+        choice = obj["choices"][0]
+        text = choice["message"]["content"] if chat else choice["text"]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ReplyError("malformed_response", f"{type(exc).__name__}: {exc}") from None
+    usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
+    finish = choice.get("finish_reason")
+    return text or "", Reply(usage=usage, finish_reason=str(finish) if finish else None)
+
+
+def reconcile(reply: Reply, tokens: int) -> None:
+    """Drop empty chunks that cannot have carried a token, given ``tokens`` in all.
+
+    Every chunk with text carried at least one token; an empty one may have carried none.
+    While there are more arrivals than tokens, closing chunks (empty, with a finish reason)
+    go first, then empty chunks before any text, then the latest empty ones.
+    """
+    excess = len(reply.arrivals) - tokens
+    for pick in (_closing, _leading, _any_empty):
+        while excess > 0 and (i := pick(reply)) is not None:
+            reply.drop(i)
+            excess -= 1
+
+
+def _closing(reply: Reply) -> int | None:
+    return next((i for i in reversed(range(len(reply.maybe))) if reply.maybe[i]), None)
+
+
+def _leading(reply: Reply) -> int | None:
+    return 0 if reply.texts and not reply.texts[0] else None
+
+
+def _any_empty(reply: Reply) -> int | None:
+    return next((i for i in reversed(range(len(reply.texts))) if not reply.texts[i]), None)
