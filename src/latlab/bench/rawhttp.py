@@ -9,6 +9,10 @@ response ends. Keep-alive connections are pooled per host, so ``N`` users hold `
 
 Scope: plain ``http://`` POST with a JSON body (what OpenAI-compatible servers take), chunked
 or Content-Length or read-to-close bodies. HTTPS, proxies and redirects go through httpx.
+
+``latlab gateway`` forwards through the same client: its ``reads`` is an object with ``append``
+and ``len`` that passes each read on at once, and ``on_head`` tells it the status and headers
+as soon as they arrive.
 """
 
 from __future__ import annotations
@@ -16,8 +20,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 
 _now = time.perf_counter_ns
+
+
+# Called with (status, lower-cased headers) once the response head has been parsed.
+OnHead = Callable[[int, dict[str, str]], None]
 
 
 class HTTPStreamError(Exception):
@@ -36,8 +45,9 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self._reset(None)
 
-    def _reset(self, reads: list[tuple[int, bytes]] | None) -> None:
+    def _reset(self, reads: list[tuple[int, bytes]] | None, on_head: OnHead | None = None) -> None:
         self.reads = reads
+        self.on_head = on_head
         self.head = bytearray()
         self.status = 0
         self.headers: dict[str, str] = {}
@@ -110,6 +120,8 @@ class _Conn(asyncio.Protocol):
             self.mode, self.left = "length", int(self.headers["content-length"])
         else:
             self.mode = "close"
+        if self.on_head is not None:
+            self.on_head(self.status, self.headers)
         if self.mode == "length" and self.left == 0:
             self._finish()
             return b""
@@ -157,9 +169,11 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
 
     # -- used by the pool
-    def start(self, payload: bytes, reads: list[tuple[int, bytes]]) -> None:
+    def start(
+        self, payload: bytes, reads: list[tuple[int, bytes]], on_head: OnHead | None = None
+    ) -> None:
         loop = asyncio.get_running_loop()
-        self._reset(reads)
+        self._reset(reads, on_head)
         self.done_fut = loop.create_future()
         self.transport.write(payload)  # type: ignore[union-attr]
 
@@ -218,6 +232,7 @@ class RawHTTPPool:
         headers: dict[str, str],
         reads: list[tuple[int, bytes]],
         timeout_s: float,
+        on_head: OnHead | None = None,
     ) -> tuple[int, int]:
         """POST ``body``; append ``(arrival_ns, body_bytes)`` to ``reads``.
 
@@ -231,7 +246,7 @@ class RawHTTPPool:
         for attempt in (1, 2):
             reused = bool(self._idle)
             conn = await self._acquire()
-            conn.start(payload, reads)
+            conn.start(payload, reads, on_head)
             try:
                 await self._wait(conn, timeout_s)
             except HTTPStreamError as exc:

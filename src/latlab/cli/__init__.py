@@ -21,7 +21,7 @@ def main() -> None:
 
 
 # Modules in this package that each attach one verb to ``main`` when imported.
-_COMMAND_MODULES: tuple[str, ...] = ("plan", "bench", "serve", "optimize")
+_COMMAND_MODULES: tuple[str, ...] = ("plan", "bench", "serve", "optimize", "gateway")
 
 
 def _register_commands() -> None:

@@ -1,0 +1,412 @@
+"""``latlab gateway``'s ASGI app: the order every generation request goes through.
+
+1. the API key names the tenant (401 without a valid one, when keys are configured);
+2. the body is validated by latlab serve's own request models, so a malformed request gets the
+   same 400 body as ``latlab serve`` and is never forwarded;
+3. the tenant's requests/min and tokens/min (429 with ``Retry-After``);
+4. trimming to the token budget, said in response headers;
+5. the response cache (deterministic requests only, per tenant) and coalescing with an identical
+   request in flight;
+6. routing to an upstream, one retry elsewhere before the first byte, and streaming back.
+
+Every generation response carries ``x-latlab-cache: hit|miss|coalesced|bypass``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from latlab.gateway import asgi
+from latlab.gateway.cache import ResponseCache, make_store
+from latlab.gateway.cachekey import CacheControl, cache_key, is_deterministic
+from latlab.gateway.config import GatewayConfig
+from latlab.gateway.flights import Call, Flight, Flights, UpstreamFailure, has_content
+from latlab.gateway.grouping import prefix_key, prompt_text
+from latlab.gateway.keys import ANONYMOUS, KeyRing, Tenant, load_keys
+from latlab.gateway.limits import MemoryLimiter, RedisLimiter
+from latlab.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from latlab.gateway.recording import Recording
+from latlab.gateway.routing import make_router
+from latlab.gateway.trim import TrimError, Trimmer
+from latlab.gateway.upstreams import Upstream, UpstreamSet
+from latlab.serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    RequestError,
+    error_body,
+    parse_request,
+)
+
+log = logging.getLogger("latlab.gateway")
+ENDPOINTS = {
+    "/v1/completions": ("/completions", CompletionRequest),
+    "/v1/chat/completions": ("/chat/completions", ChatCompletionRequest),
+}
+CACHE_HEADER = "x-latlab-cache"
+REPLAY_HEADER = "x-latlab-cache-replay"
+_DEFAULT_MAX_TOKENS = 256  # load estimate for a request that does not say
+_now = time.perf_counter_ns
+
+
+@dataclass(kw_only=True, slots=True)
+class _Plan:
+    """What the cache and coalescing may do for one request."""
+
+    key: str | None = None
+    read: bool = False
+    write: bool = False
+    coalesce: bool = False
+    control: CacheControl = field(default_factory=CacheControl)
+
+
+class Gateway:
+    """The gateway: an ASGI app (``await gateway(scope, receive, send)``) with its state."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.upstreams = UpstreamSet(
+            config.upstreams,
+            health_interval_s=config.health_interval_s,
+            eject_after=config.eject_after,
+        )
+        self.metrics = GatewayMetrics(lambda: self.upstreams.all)
+        self.router = make_router(config.route, self.upstreams.all, load_factor=config.load_factor)
+        store = make_store(config.cache, max_bytes=config.cache_max_bytes)
+        self.cache = (
+            ResponseCache(store, ttl_s=config.cache_ttl_s, metrics=self.metrics) if store else None
+        )
+        self.keys: KeyRing | None = load_keys(config.api_keys) if config.api_keys else None
+        limits = config.limits_store
+        self.limiter = RedisLimiter(limits, self.metrics) if limits else MemoryLimiter()
+        self.flights = Flights()
+        self.trimmer = Trimmer(
+            config.tokenizer, default_budget=config.trim_to, metrics=self.metrics
+        )
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.upstreams.start()
+        if self.cache is not None:
+            await self.cache.open()
+        for up in self.upstreams.all:
+            if not up.healthy:
+                log.warning("upstream %s is not answering yet: %s", up.url, up.last_error)
+
+    async def close(self) -> None:
+        for flight_task in list(self._background):
+            flight_task.cancel()
+        await self.upstreams.close()
+        if self.cache is not None:
+            await self.cache.close()
+        await self.limiter.close()
+
+    # ---- ASGI -------------------------------------------------------------------------------
+
+    async def __call__(self, scope: asgi.Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        try:
+            if path in ENDPOINTS:
+                if method != "POST":
+                    raise RequestError(
+                        f"use POST for {path}", status=405, code="method_not_allowed"
+                    )
+                await self._generate(scope, receive, send, *ENDPOINTS[path])
+            elif method == "GET" and path in ("/v1/models", "/health", "/metrics"):
+                await self._info(scope, send, path)
+            else:
+                raise RequestError(f"no route {method} {path}", status=404, code="not_found")
+        except RequestError as exc:
+            label = ENDPOINTS.get(path, (path,))[0]
+            self.metrics.requests.labels(label, str(exc.status)).inc()
+            await asgi.send_json(send, exc.status, exc.body(), exc.headers)
+        except asgi.ClientGone:
+            return
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _info(self, scope: asgi.Scope, send: Any, path: str) -> None:
+        if path == "/metrics":
+            await asgi.send_bytes(send, 200, self.metrics.render(), CONTENT_TYPE)
+        elif path == "/health":
+            ok, report = self.upstreams.health()
+            await asgi.send_json(send, 200 if ok else 503, report)
+        else:
+            self._tenant(asgi.request_headers(scope))
+            await asgi.send_json(send, 200, self.upstreams.models_response())
+
+    # ---- one generation request -------------------------------------------------------------
+
+    async def _generate(
+        self, scope: asgi.Scope, receive: Any, send: Any, endpoint: str, model_type: Any
+    ) -> None:
+        arrival = _now()
+        headers = asgi.request_headers(scope)
+        tenant = self._tenant(headers)
+        raw = await asgi.read_body(receive, headers, self.config.max_body_bytes)
+        parse_request(model_type, raw)  # malformed: the same 400 as latlab serve, never sent on
+        body = json.loads(raw)
+        await self._admit(tenant)
+        self._check_model(body.get("model"))
+        try:
+            extra, changed = await self.trimmer.apply(body, headers, self._model_root(body))
+        except TrimError as exc:
+            raise RequestError(str(exc), code="trim_failed") from None
+        if changed:
+            raw = json.dumps(body, ensure_ascii=False).encode()
+        plan = self._plan(endpoint, body, headers, tenant)
+        client = asgi.ClientWatch(receive)
+        try:
+            recording = await self.cache.get(plan.key, plan.control) if plan.read else None
+            if recording is not None:
+                self.metrics.cache.labels("hit").inc()
+                await self._replay(recording, client, send, arrival, headers, endpoint, extra)
+                return
+            flight = self.flights.join(plan.key) if plan.coalesce else None
+            label = "coalesced" if flight else ("miss" if plan.read else "bypass")
+            self.metrics.cache.labels(label).inc()
+            if flight is None:
+                flight = self._launch(endpoint, body, raw, headers, tenant, plan)
+            await self._follow(
+                flight, client, send, arrival, endpoint, {CACHE_HEADER: label, **extra}
+            )
+        finally:
+            client.close()
+
+    def _tenant(self, headers: dict[str, str]) -> Tenant:
+        if self.keys is None:
+            return ANONYMOUS
+        tenant = self.keys.lookup(headers.get("authorization"))
+        if tenant is None:
+            self.metrics.auth_failures.inc()
+            raise RequestError(
+                "a valid API key is required: send 'Authorization: Bearer KEY'",
+                status=401,
+                type="authentication_error",
+                code="invalid_api_key",
+                headers={"www-authenticate": "Bearer"},
+            )
+        return tenant
+
+    async def _admit(self, tenant: Tenant) -> None:
+        refused = await self.limiter.acquire(tenant)
+        if refused is None:
+            return
+        retry_s, which = refused
+        self.metrics.rate_limited.labels(which).inc()
+        per = "requests" if which == "requests" else "tokens"
+        raise RequestError(
+            f"rate limit reached: {per} per minute for this key; retry after {retry_s:.1f} s",
+            status=429,
+            type="rate_limit_error",
+            code="rate_limit_exceeded",
+            headers={"retry-after": str(max(1, math.ceil(retry_s)))},
+        )
+
+    def _check_model(self, model: Any) -> None:
+        if isinstance(model, str) and not self.upstreams.known_model(model):
+            served = ", ".join(self.upstreams.served_models()) or "none"
+            raise RequestError(
+                f"model '{model}' is not served here; the upstreams serve: {served}",
+                param="model",
+                code="model_not_found",
+            )
+
+    def _model_root(self, body: dict[str, Any]) -> str | None:
+        """Where the model's files are, as its upstream reports (``root`` in /v1/models)."""
+        model = body.get("model")
+        for up in self.upstreams.all:
+            for card in up.model_cards:
+                if model is None or card.get("id") == model:
+                    root = card.get("root")
+                    return str(root) if root else str(card.get("id"))
+        return model if isinstance(model, str) else None
+
+    def _plan(
+        self, endpoint: str, body: dict[str, Any], headers: dict[str, str], tenant: Tenant
+    ) -> _Plan:
+        control = CacheControl.parse(headers.get("cache-control"))
+        if control.no_store or not (is_deterministic(body) or tenant.cache_sampled):
+            return _Plan(control=control)
+        has_cache = self.cache is not None
+        return _Plan(
+            key=cache_key(endpoint, body, tenant=tenant.name),
+            read=has_cache and control.may_read,
+            write=has_cache and control.may_write,
+            coalesce=self.config.coalesce and not control.no_cache,
+            control=control,
+        )
+
+    # ---- upstream call ----------------------------------------------------------------------
+
+    def _launch(
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        raw: bytes,
+        headers: dict[str, str],
+        tenant: Tenant,
+        plan: _Plan,
+    ) -> Flight:
+        prompt = prompt_text(body)
+        call = Call(
+            endpoint=endpoint,
+            body=raw,
+            headers={
+                "Content-Type": "application/json",
+                "Accept": headers.get("accept", "*/*"),
+                "X-Request-Id": headers.get("x-request-id") or uuid.uuid4().hex,
+            },
+            tokens=len(prompt or ()) // 4 + int(body.get("max_tokens") or _DEFAULT_MAX_TOKENS),
+            timeout_s=self.config.upstream_timeout_s,
+        )
+        prefix = None
+        if self.router.name == "prefix":
+            prefix = prefix_key(prompt, block=self.config.prefix_chars)
+        model = body.get("model") if isinstance(body.get("model"), str) else None
+        flight = Flight(key=plan.key if plan.coalesce else None, metrics=self.metrics)
+
+        def pick(tried: Any) -> tuple[Upstream, bool] | None:
+            candidates = [u for u in self.upstreams.candidates(model) if u not in tried]
+            if not candidates:
+                return None
+            up, how = self.router.choose(candidates, prefix)
+            self.metrics.routes.labels(self.router.name, how).inc()
+            return up, len(candidates) > 1
+
+        async def after(done: Flight) -> None:
+            usage = done.usage or {}
+            tokens = usage.get("total_tokens")
+            if isinstance(tokens, int):
+                await self.limiter.charge(tenant, tokens)
+            if plan.write and self.cache is not None and plan.key and done.complete:
+                await self.cache.put(plan.key, done.recording())
+
+        work = flight.run(call, pick, eject_after=self.config.eject_after, after=after)
+        self.flights.start(flight, work)
+        return flight
+
+    # ---- writing the response ---------------------------------------------------------------
+
+    async def _follow(
+        self,
+        flight: Flight,
+        client: asgi.ClientWatch,
+        send: Any,
+        arrival: int,
+        endpoint: str,
+        extra: dict[str, str],
+    ) -> None:
+        """Stream ``flight`` to one client from its first byte until it ends or the client goes."""
+        try:
+            while not (flight.head_ready or flight.done):
+                if client.gone:
+                    return
+                await client.wait(flight.waiter())
+            if client.gone:
+                return
+            if not flight.head_ready:
+                await self._upstream_failed(send, endpoint, flight.failure)
+                return
+            self.metrics.requests.labels(endpoint, str(flight.status)).inc()
+            head = {"content-type": flight.content_type, **extra}
+            if flight.upstream is not None:
+                head["x-latlab-upstream"] = flight.upstream.url
+            await send({"type": "http.response.start", "status": flight.status,
+                        "headers": asgi.encode_headers(head)})  # fmt: skip
+            await self._pieces(flight, client, send, arrival, extra[CACHE_HEADER])
+        finally:
+            self.flights.leave(flight)
+
+    async def _pieces(
+        self, flight: Flight, client: asgi.ClientWatch, send: Any, arrival: int, label: str
+    ) -> None:
+        sent, ttft_seen = 0, False
+        pieces = flight.pieces
+        while not client.gone:
+            n = len(pieces)
+            if sent < n:
+                data = pieces[sent] if n - sent == 1 else b"".join(pieces[sent:n])
+                if not ttft_seen and 0 <= flight.first_content < n:
+                    ttft_seen = True
+                    self.metrics.ttft.labels(label).observe((_now() - arrival) / 1e9)
+                sent = n
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            elif flight.done:
+                break
+            else:
+                await client.wait(flight.waiter())
+        if client.gone:
+            return
+        if flight.error is not None and flight.content_type.startswith("text/event-stream"):
+            err = error_body(flight.error, "upstream_error", code="upstream_disconnected")
+            event = b"data: " + json.dumps(err).encode() + b"\n\ndata: [DONE]\n\n"
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _upstream_failed(
+        self, send: Any, endpoint: str, failure: UpstreamFailure | None
+    ) -> None:
+        failure = failure or UpstreamFailure("the upstream call was cancelled")
+        self.metrics.requests.labels(endpoint, str(failure.status)).inc()
+        body = error_body(failure.message, "upstream_error", code=failure.code)
+        await asgi.send_json(send, failure.status, body, {CACHE_HEADER: "bypass"})
+
+    async def _replay(
+        self,
+        rec: Recording,
+        client: asgi.ClientWatch,
+        send: Any,
+        arrival: int,
+        headers: dict[str, str],
+        endpoint: str,
+        extra: dict[str, str],
+    ) -> None:
+        """A cached response: the same events, at once or paced as they were recorded."""
+        head = {"content-type": rec.content_type, **extra, CACHE_HEADER: "hit"}
+        self.metrics.requests.labels(endpoint, str(rec.status)).inc()
+        await send({"type": "http.response.start", "status": rec.status,
+                    "headers": asgi.encode_headers(head)})  # fmt: skip
+        if not rec.stream:
+            await send({"type": "http.response.body", "body": rec.body, "more_body": False})
+            return
+        paced = headers.get(REPLAY_HEADER, self.config.replay) == "paced"
+        start, ttft_seen = _now(), False
+        for event, offset_ms in zip(rec.events, rec.offsets_ms, strict=True):
+            if client.gone:
+                return
+            if paced:
+                delay_s = (start + offset_ms * 1e6 - _now()) / 1e9
+                if delay_s > 0:
+                    await asyncio.sleep(delay_s)
+            if not ttft_seen and has_content(event):
+                ttft_seen = True
+                self.metrics.ttft.labels("hit").observe((_now() - arrival) / 1e9)
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
