@@ -84,3 +84,12 @@ def test_guard_pulls_only_the_standard_library_and_starlette():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     third_party = set(out.stdout.split()) - set(sys.stdlib_module_names) - {"latlab"}
     assert third_party <= {"starlette", "anyio", "sniffio", "idna", "typing_extensions"}
+
+
+def test_gateway_imports_with_torch_transformers_and_fastapi_blocked():
+    modules = ["latlab.gateway", "latlab.gateway.app", "latlab.gateway.server",
+               "latlab.cli.gateway"]  # fmt: skip
+    code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+    code += "import sys; assert 'torch' not in sys.modules\n"
+    out = _run_without_heavy_deps(code)
+    assert out.returncode == 0, out.stderr
