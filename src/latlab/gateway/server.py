@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 import threading
 import time
@@ -24,6 +25,28 @@ from latlab.serve.server import bind_socket, url_of
 READY_PREFIX = "latlab gateway: ready at "
 
 
+class _Server(uvicorn.Server):
+    """uvicorn.Server that leaves signals to us: uvicorn re-raises SIGTERM after a clean stop,
+    and the process would end with -15 instead of 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _stop_on_signals(server: uvicorn.Server) -> None:
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        if server.should_exit:  # a second Ctrl-C: stop waiting for open streams
+            server.force_exit = True
+        server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop)
+
+
 def _uvicorn(app: Any, log_level: str) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
@@ -33,7 +56,7 @@ def _uvicorn(app: Any, log_level: str) -> uvicorn.Server:
         timeout_graceful_shutdown=5,
         backlog=4096,
     )
-    return uvicorn.Server(config)
+    return _Server(config)
 
 
 def _describe(gateway: Gateway) -> str:
@@ -48,6 +71,7 @@ def _describe(gateway: Gateway) -> str:
 
 async def _serve(gateway: Gateway, sock: Any, log_level: str) -> None:
     server = _uvicorn(gateway, log_level)
+    _stop_on_signals(server)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     while not server.started and not task.done():
         await asyncio.sleep(0.005)
