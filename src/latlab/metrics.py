@@ -50,6 +50,7 @@ class RequestRecord:
     error_detail: str | None = None  # one line for humans
     token_count_mismatch: bool = False  # server usage and client tokenizer disagreed
     warmup: bool = False
+    gateway_cache: str | None = None  # latlab gateway's x-latlab-cache: hit, miss, coalesced...
 
     # ---- derived figures (nanoseconds; None when not defined for this request) ----
     @property
@@ -152,6 +153,7 @@ class RequestRecord:
             "e2e_ms": ms(self.e2e_ns),
             "queue_ms": ms(self.queue_ns),
             "num_chunks": len(self.chunk_ns),
+            "gateway_cache": self.gateway_cache,
             "intended_send_ns": self.intended_send_ns,
             "send_ns": self.send_ns,
             "end_ns": self.end_ns,

@@ -135,6 +135,11 @@ def results_table(result: BenchResult) -> Any:
         if show_cache:
             row.append("-" if s.cache is None else f"{s.cache.hit_rate:.0%}")
         t.add_row(*row, "BOUND" if lv.client.client_bound else "ok")
+        for label, c in lv.by_gateway_cache.items():  # through latlab gateway: hits apart
+            cells = [f"  gateway {label}", str(c.completed), str(c.failed), _f(c.ttft_ms.p50),
+                     _f(c.ttft_ms.p99), _f(c.itl_ms.p50, 2), _f(c.chunk_gap_ms.p50, 2),
+                     _f(c.tpot_ms.p50, 2), _f(c.e2e_ms.p50), "", "", ""]  # fmt: skip
+            t.add_row(*cells, *[""] * (len(row) - len(cells)), "")
     t.caption = ("ms; ITL = per token; gap = between chunks (vLLM's 'ITL'); "
                  "TPOT = (E2E-TTFT)/(tokens-1) (aiperf's 'ITL')")  # fmt: skip
     if show_prompt or show_cache:

@@ -75,6 +75,9 @@ class LevelResult:
     records: list[RequestRecord]
     client: ClientCheck
     interrupted: bool = False
+    # Through a latlab gateway: one summary per x-latlab-cache outcome, so a hit's latency is
+    # never averaged with a miss's.
+    by_gateway_cache: dict[str, Summary] = field(default_factory=dict)
 
     def to_dict(self, with_records: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -83,9 +86,22 @@ class LevelResult:
             "client": self.client.to_dict(),
             "interrupted": self.interrupted,
         }
+        if self.by_gateway_cache:
+            out["by_gateway_cache"] = {k: s.to_dict() for k, s in self.by_gateway_cache.items()}
         if with_records:
             out["records"] = [r.to_dict() for r in self.records]
         return out
+
+
+def gateway_cache_summaries(
+    records: Sequence[RequestRecord], slo: SLO | None, window_s: float
+) -> dict[str, Summary]:
+    """One summary per ``x-latlab-cache`` outcome; empty when no gateway labelled a record."""
+    labels = sorted({r.gateway_cache for r in records if r.gateway_cache})
+    return {
+        label: summarize([r for r in records if r.gateway_cache == label], slo, duration_s=window_s)
+        for label in labels
+    }
 
 
 class _Monitor:
@@ -370,4 +386,5 @@ class Runner:
         if self.progress is not None:
             self.progress.update(self._ok, self._failed, summary.ttft_ms.p50)
             self.progress.end_level()
-        return LevelResult(dict(load), summary, records, client, interrupted=self.stopped)
+        by_gateway = gateway_cache_summaries(records, self.slo, window_s)
+        return LevelResult(dict(load), summary, records, client, self.stopped, by_gateway)

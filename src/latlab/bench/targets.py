@@ -26,6 +26,9 @@ from latlab.errors import TargetError
 from latlab.metrics import RequestRecord
 from latlab.workload import BenchRequest
 
+# Set by latlab gateway on every generation response (hit, miss, coalesced, bypass).
+CACHE_HEADER = "x-latlab-cache"
+
 
 class Target(Protocol):
     """The runner's view of a target."""
@@ -225,9 +228,15 @@ class OpenAITarget:
             self._raw_headers = (path, self._headers())
         path, headers = self._raw_headers
         headers = {**headers, "X-Request-Id": rec.request_id}  # servers log it; vLLM echoes it
+
+        def on_head(_: int, response_headers: dict[str, str]) -> None:
+            rec.gateway_cache = response_headers.get(CACHE_HEADER)
+
         rec.send_ns = time.perf_counter_ns()
         try:
-            status, rec.end_ns = await pool.post(path, content, headers, reads, self.timeout_s)
+            status, rec.end_ns = await pool.post(
+                path, content, headers, reads, self.timeout_s, on_head=on_head
+            )
         except HTTPStreamError as exc:
             _fail(rec, exc.reason, str(exc))
             return False
@@ -247,6 +256,7 @@ class OpenAITarget:
             async with self.client.stream(
                 "POST", self.endpoint, content=content, headers=rid
             ) as resp:
+                rec.gateway_cache = resp.headers.get(CACHE_HEADER)
                 if resp.status_code != 200:
                     body = await resp.aread()
                     _fail(rec, f"http_{resp.status_code}", body.decode("utf-8", "replace"))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from latlab.bench.loop import run_on_loop
-from latlab.bench.runner import ClientCheck, LevelResult, Runner
+from latlab.bench.runner import ClientCheck, LevelResult, Runner, gateway_cache_summaries
 from latlab.errors import ConfigError
 from latlab.metrics import SLO, RequestRecord, Stats, summarize
 from latlab.prompt_words import Salt
@@ -247,7 +247,8 @@ def merge(load: dict[str, Any], parts: list[LevelResult], slo: SLO | None) -> Le
     records: list[RequestRecord] = [r for p in parts for r in p.records]
     ends = [r.end_ns for r in records if r.end_ns is not None]
     start = min((r.origin_ns for r in records), default=0)
-    summary = summarize(records, slo, duration_s=(max(ends) - start) / 1e9 if ends else 0.0)
+    window_s = (max(ends) - start) / 1e9 if ends else 0.0
+    summary = summarize(records, slo, duration_s=window_s)
     worst = max(parts, key=lambda p: p.client.loop_lag_ms.p90 or 0.0)
     cpu = sum(p.client.cpu_s for p in parts)
     reasons = [f"worker {i}: {why}" for i, p in enumerate(parts) for why in p.client.reasons]
@@ -260,5 +261,7 @@ def merge(load: dict[str, Any], parts: list[LevelResult], slo: SLO | None) -> Le
         client_bound=any(p.client.client_bound for p in parts),
         reasons=reasons,
     )
+    by_gateway = gateway_cache_summaries(records, slo, window_s)
     return LevelResult(dict(load), summary, records, client,
-                       interrupted=any(p.interrupted for p in parts))  # fmt: skip
+                       interrupted=any(p.interrupted for p in parts),
+                       by_gateway_cache=by_gateway)  # fmt: skip

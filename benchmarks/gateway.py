@@ -1,0 +1,390 @@
+"""latlab gateway, measured with latlab's own client: added latency, cache effect, routing.
+
+Three studies, each against an anchor measured in the same run (figures in docs/gateway.md):
+
+    overhead  `latlab bench` direct to the deterministic stub server vs through `latlab gateway`
+              (cache off), and through LiteLLM's proxy / SGLang's router when their venvs exist
+              (/tmp/litellm-venv, /tmp/sglang-router-venv), at 1 / 64 / 256 streams, A/B
+              interleaved, medians of --repeats; the stub's own first-chunk p50 is the truth.
+    cache     `latlab serve` (bundled model) behind the gateway: TTFT of a hit vs a miss, and the
+              hit rate of a workload where 25% of requests repeat an earlier one.
+    routing   two `latlab serve` replicas (one thread each) behind the gateway: 8 shared-prefix
+              groups, then one hot prefix with 80% of the traffic; prefix vs round-robin vs
+              least-load: TTFT p50/p99, the replicas' own prefix-cache hit rate (their /metrics)
+              and how the requests were split.
+
+    nice -n 10 .venv/bin/python benchmarks/gateway.py overhead --repeats 3 \\
+        --out benchmarks/results/gateway_overhead.json
+    nice -n 10 .venv/bin/python benchmarks/gateway.py cache \\
+        --out benchmarks/results/gateway_cache.json
+    nice -n 10 .venv/bin/python benchmarks/gateway.py routing \\
+        --out benchmarks/results/gateway_routing.json
+
+Every process is started through latlab.procs and stopped (whole process group) at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from latlab.procs import ManagedProcess, ProcessSpec, free_port, sigterm_as_exit
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = REPO / ".venv" / "bin"
+TOKENIZER = REPO / "src" / "latlab" / "assets" / "tiny-llama"
+LITELLM = Path("/tmp/litellm-venv/bin/litellm")
+SGLANG_PY = Path("/tmp/sglang-router-venv/bin/python")
+REQUESTS = {1: 30, 64: 256, 256: 768}
+WORDS = ("alpha", "river", "stone", "cloud", "metal", "green", "quiet", "table", "north",
+         "light", "paper", "ocean", "swift", "amber", "field", "glass", "tiger", "maple",
+         "storm", "pixel", "orbit", "cedar", "delta", "ember")  # fmt: skip
+
+
+# ---- processes ---------------------------------------------------------------------------
+
+
+@contextmanager
+def process(argv: list[str], name: str, health: str, env: dict | None = None) -> Iterator[str]:
+    """Start ``argv``, wait for ``health`` to answer 200, yield it; stop the group after."""
+    proc = ManagedProcess(ProcessSpec(argv=argv, name=name, env=env or {})).start()
+    try:
+        proc.wait_http(health, timeout_s=180)
+        yield health
+    finally:
+        proc.stop()
+
+
+def stub(stack: ExitStack) -> str:
+    port = free_port()
+    argv = [str(BIN / "python"), "-m", "latlab.testing.stub_server", "--port", str(port),
+            "--ttft-ms", "50", "--itl-ms", "10", "--chunks", "64"]  # fmt: skip
+    stack.enter_context(process(argv, "stub", f"http://127.0.0.1:{port}/health"))
+    return f"http://127.0.0.1:{port}"
+
+
+def gateway(stack: ExitStack, upstreams: list[str], *flags: str) -> str:
+    port = free_port()
+    argv = [str(BIN / "latlab"), "gateway", "--port", str(port)]
+    for up in upstreams:
+        argv += ["--upstream", up]
+    stack.enter_context(process(argv + list(flags), "gateway", f"http://127.0.0.1:{port}/health"))
+    return f"http://127.0.0.1:{port}"
+
+
+def serve(stack: ExitStack, *flags: str) -> str:
+    port = free_port()
+    argv = [str(BIN / "latlab"), "serve", "--port", str(port), "--threads", "1", *flags]
+    env = {"OMP_NUM_THREADS": "1"}
+    stack.enter_context(process(argv, "serve", f"http://127.0.0.1:{port}/health", env))
+    return f"http://127.0.0.1:{port}"
+
+
+def litellm(stack: ExitStack, upstream: str, work: Path) -> str | None:
+    if not LITELLM.exists():
+        return None
+    port = free_port()
+    config = work / "litellm.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: stub-model\n    litellm_params:\n"
+        f"      model: openai/stub-model\n      api_base: {upstream}/v1\n      api_key: none\n"
+    )
+    argv = [str(LITELLM), "--config", str(config), "--port", str(port), "--host", "127.0.0.1",
+            "--num_workers", "1"]  # fmt: skip
+    env = {"LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true", "LITELLM_LOG": "ERROR"}
+    health = f"http://127.0.0.1:{port}/health/liveliness"
+    stack.enter_context(process(argv, "litellm", health, env))
+    return f"http://127.0.0.1:{port}"
+
+
+def sglang_router(stack: ExitStack, upstream: str) -> str | None:
+    if not SGLANG_PY.exists():
+        return None
+    port = free_port()
+    argv = [str(SGLANG_PY), "-m", "sglang_router.launch_router", "--worker-urls", upstream,
+            "--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin"]  # fmt: skip
+    stack.enter_context(process(argv, "sglang-router", f"http://127.0.0.1:{port}/health"))
+    return f"http://127.0.0.1:{port}"
+
+
+# ---- measuring ---------------------------------------------------------------------------
+
+
+def bench(url: str, out: Path, *, concurrency: int, requests: int, extra: list[str]) -> dict:
+    """One `latlab bench --url` level; its JSON level dict."""
+    argv = [str(BIN / "latlab"), "bench", "--url", url + "/v1", "--concurrency",
+            str(concurrency), "--num-requests", str(requests), "--json", str(out),
+            "--no-progress", *extra]  # fmt: skip
+    import subprocess
+
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"latlab bench failed: {done.stderr.strip()[-400:]}")
+    return json.loads(out.read_text())["levels"][0]
+
+
+def get(url: str) -> str:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=10) as resp:
+        return resp.read().decode()
+
+
+def post(url: str) -> None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    opener.open(urllib.request.Request(url, data=b"", method="POST"), timeout=10).read()
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """Sum of the samples of ``name`` whose labels contain ``labels`` (Prometheus text)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (not labels or labels in line):
+            head = line.split(" ")[0]
+            if head == name or head.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def med(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return round(statistics.median(vals), 3) if vals else None
+
+
+def machine() -> dict[str, Any]:
+    return {"load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
+            "utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+
+
+# ---- overhead ----------------------------------------------------------------------------
+
+
+def overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    levels = [int(x) for x in args.levels.split(",")]
+    with ExitStack() as stack:
+        upstream = stub(stack)
+        targets = {
+            "direct": upstream,
+            "latlab-gateway": gateway(stack, [upstream], "--cache", "off"),
+        }
+        for name, start in (("sglang-router", lambda: sglang_router(stack, upstream)),
+                            ("litellm", lambda: litellm(stack, upstream, work))):  # fmt: skip
+            if name in args.others:
+                url = start()
+                if url is not None:
+                    targets[name] = url
+        rows = []
+        for c in levels:
+            for r in range(args.repeats):
+                for name, url in targets.items():  # interleaved: A B C A B C ...
+                    post(upstream + "/stub/reset")
+                    extra = ["--warmup", str(min(c, 16)), "--input-len", "32", "--output-len",
+                             "64", "--tokenizer", str(TOKENIZER)]  # fmt: skip
+                    level = bench(url, work / f"o-{name}-{c}-{r}.json", concurrency=c,
+                                  requests=REQUESTS.get(c, 4 * c), extra=extra)  # fmt: skip
+                    truth = json.loads(get(upstream + "/stub/stats"))["first_chunk_ms"]
+                    rows.append(_overhead_row(name, c, r, level, truth))
+                    print(_fmt_overhead(rows[-1]), flush=True)
+    return {"rows": rows, "summary": _overhead_summary(rows, levels, list(targets))}
+
+
+def _overhead_row(name: str, c: int, r: int, level: dict, truth: list[float]) -> dict:
+    s = level["summary"]
+    return {"target": name, "concurrency": c, "repeat": r, "completed": s["completed"],
+            "failed": s["failed"], "ttft_p50": s["ttft_ms"]["p50"], "ttft_p99": s["ttft_ms"]["p99"],
+            "gap_p50": s["chunk_gap_ms"]["p50"], "gap_p99": s["chunk_gap_ms"]["p99"],
+            "server_first_chunk_p50": statistics.median(truth) if truth else None,
+            "client_bound": level["client"]["client_bound"]}  # fmt: skip
+
+
+def _fmt_overhead(row: dict) -> str:
+    return (f"  {row['target']:>15} c={row['concurrency']:<4} r{row['repeat']} "
+            f"TTFT p50 {row['ttft_p50']:.2f} p99 {row['ttft_p99']:.2f} gap p50 "
+            f"{row['gap_p50']:.2f} ms ok {row['completed']} fail {row['failed']}")  # fmt: skip
+
+
+def _overhead_summary(rows: list[dict], levels: list[int], names: list[str]) -> list[dict]:
+    """Per level and target: medians, and the median of per-repeat differences to direct."""
+    out = []
+    for c in levels:
+        direct = {r["repeat"]: r for r in rows if r["target"] == "direct" and r["concurrency"] == c}
+        for name in names:
+            mine = [r for r in rows if r["target"] == name and r["concurrency"] == c]
+            added = [r["ttft_p50"] - direct[r["repeat"]]["ttft_p50"] for r in mine]
+            gap_added = [r["gap_p50"] - direct[r["repeat"]]["gap_p50"] for r in mine]
+            out.append({"target": name, "concurrency": c,
+                        "ttft_p50": med([r["ttft_p50"] for r in mine]),
+                        "ttft_p99": med([r["ttft_p99"] for r in mine]),
+                        "gap_p50": med([r["gap_p50"] for r in mine]),
+                        "ttft_p50_added": med(added), "gap_p50_added": med(gap_added),
+                        "failed": sum(r["failed"] for r in mine)})  # fmt: skip
+    return out
+
+
+# ---- cache -------------------------------------------------------------------------------
+
+
+def _sentence(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+def repeats_dataset(path: Path, n: int, repeat_share: float, seed: int) -> int:
+    """``n`` prompts of which ``repeat_share`` repeat an earlier one; the number of repeats."""
+    rng = random.Random(seed)
+    unique = round(n * (1 - repeat_share))
+    prompts = [f"Q{seed}-{i}: " + _sentence(rng, 60) for i in range(unique)]
+    order = list(prompts)
+    for _ in range(n - unique):
+        at = rng.randrange(1, len(order) + 1)
+        order.insert(at, rng.choice(order[:at]))
+    path.write_text("".join(json.dumps({"prompt": p, "output_len": 32}) + "\n" for p in order))
+    return n - unique
+
+
+def cache(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    runs = []
+    with ExitStack() as stack:
+        upstream = serve(stack)
+        for r in range(args.repeats):
+            for c in (1, 8):
+                data = work / f"repeats-{r}-{c}.jsonl"
+                repeated = repeats_dataset(data, args.requests, 0.25, seed=1000 * r + c)
+                db = work / f"cache-{r}-{c}.sqlite"
+                gw = gateway(stack, [upstream], "--cache", f"sqlite:{db}")
+                extra = ["--dataset", f"jsonl:{data}", "--warmup", "0"]
+                through = bench(gw, work / f"c-gw-{r}-{c}.json", concurrency=c,
+                                requests=args.requests, extra=extra)  # fmt: skip
+                direct = bench(upstream, work / f"c-direct-{r}-{c}.json", concurrency=c,
+                               requests=args.requests, extra=extra)  # fmt: skip
+                runs.append(_cache_row(r, c, repeated, through, direct))
+                print(json.dumps(runs[-1]), flush=True)
+    return {"runs": runs}
+
+
+def _cache_row(r: int, c: int, repeated: int, through: dict, direct: dict) -> dict:
+    labels = [rec["gateway_cache"] for rec in through["records"]]
+    by = through.get("by_gateway_cache", {})
+    return {"repeat": r, "concurrency": c, "requests": len(labels), "repeats_in_workload": repeated,
+            "outcomes": {k: labels.count(k) for k in sorted(set(labels))},
+            "hit_ttft_p50": by.get("hit", {}).get("ttft_ms", {}).get("p50"),
+            "miss_ttft_p50": by.get("miss", {}).get("ttft_ms", {}).get("p50"),
+            "coalesced_ttft_p50": by.get("coalesced", {}).get("ttft_ms", {}).get("p50"),
+            "gateway_ttft_p50": through["summary"]["ttft_ms"]["p50"],
+            "direct_ttft_p50": direct["summary"]["ttft_ms"]["p50"]}  # fmt: skip
+
+
+# ---- routing -----------------------------------------------------------------------------
+
+
+def prefix_dataset(path: Path, n: int, groups: int, hot_share: float | None, seed: int) -> None:
+    """Requests over ``groups`` long prefixes: evenly, or ``hot_share`` of them on prefix 0."""
+    rng = random.Random(seed)
+    prefixes = [f"[doc {seed}-{g}] " + _sentence(rng, 280) for g in range(groups)]
+    lines = []
+    for i in range(n):
+        if hot_share is None:
+            g = i % groups
+        else:
+            g = 0 if rng.random() < hot_share else rng.randrange(1, groups)
+        prompt = prefixes[g] + f" question {i}: " + _sentence(rng, 12)
+        lines.append(json.dumps({"prompt": prompt, "output_len": 16}))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def routing(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    policies = ["prefix", "round-robin", "least-load"]
+    rows = []
+    with ExitStack() as stack:
+        replicas = [serve(stack), serve(stack)]
+        gateways = {p: gateway(stack, replicas, "--cache", "off", "--route", p) for p in policies}
+        for workload, hot in (("8 groups", None), ("hot prefix 80%", 0.8)):
+            for r in range(args.repeats):
+                for p in policies:  # interleaved; each run has prefixes of its own
+                    seed = hash((workload, r, p)) % 10**6
+                    data = work / f"route-{seed}.jsonl"
+                    prefix_dataset(data, args.requests, 8, hot, seed)
+                    rows.append(_route_run(p, workload, r, gateways[p], replicas, data, args))
+                    print(json.dumps(rows[-1]), flush=True)
+    return {"rows": rows, "summary": _route_summary(rows)}
+
+
+def _route_run(policy: str, workload: str, r: int, gw: str, replicas: list[str], data: Path,
+               args: argparse.Namespace) -> dict:  # fmt: skip
+    before = [get(u + "/metrics") for u in replicas]
+    gw_before = get(gw + "/metrics")
+    extra = ["--dataset", f"jsonl:{data}", "--warmup", "0"]
+    level = bench(gw, data.with_suffix(".json"), concurrency=args.concurrency,
+                  requests=args.requests, extra=extra)  # fmt: skip
+    after = [get(u + "/metrics") for u in replicas]
+    gw_after = get(gw + "/metrics")
+    q = [metric(a, "latlab:prefix_cache_queries") - metric(b, "latlab:prefix_cache_queries")
+         for a, b in zip(after, before, strict=True)]  # fmt: skip
+    h = [metric(a, "latlab:prefix_cache_hits") - metric(b, "latlab:prefix_cache_hits")
+         for a, b in zip(after, before, strict=True)]  # fmt: skip
+    split = [metric(gw_after, "latlab:gateway_upstream_requests_total", f'upstream="{u}"')
+             - metric(gw_before, "latlab:gateway_upstream_requests_total", f'upstream="{u}"')
+             for u in replicas]  # fmt: skip
+    s = level["summary"]
+    return {"policy": policy, "workload": workload, "repeat": r,
+            "ttft_p50": s["ttft_ms"]["p50"], "ttft_p99": s["ttft_ms"]["p99"],
+            "failed": s["failed"], "prefix_hit_rate": sum(h) / sum(q) if sum(q) else None,
+            "per_replica_hit_rate": [x / y if y else None for x, y in zip(h, q, strict=True)],
+            "requests_per_replica": split}  # fmt: skip
+
+
+def _route_summary(rows: list[dict]) -> list[dict]:
+    out = []
+    for workload in dict.fromkeys(r["workload"] for r in rows):
+        for policy in dict.fromkeys(r["policy"] for r in rows):
+            mine = [r for r in rows if r["workload"] == workload and r["policy"] == policy]
+            busiest = [max(r["requests_per_replica"]) / max(1, sum(r["requests_per_replica"]))
+                       for r in mine]  # fmt: skip
+            out.append({"workload": workload, "policy": policy,
+                        "ttft_p50": med([r["ttft_p50"] for r in mine]),
+                        "ttft_p99": med([r["ttft_p99"] for r in mine]),
+                        "prefix_hit_rate": med([r["prefix_hit_rate"] for r in mine]),
+                        "busiest_replica_share": med(busiest),
+                        "failed": sum(r["failed"] for r in mine)})  # fmt: skip
+    return out
+
+
+# ---- main --------------------------------------------------------------------------------
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("study", choices=["overhead", "cache", "routing"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--levels", default="1,64,256", help="overhead: concurrency levels")
+    p.add_argument("--others", default="litellm,sglang-router", help="overhead: other gateways")
+    p.add_argument("--requests", type=int, default=96, help="cache/routing: requests per run")
+    p.add_argument("--concurrency", type=int, default=8, help="routing: concurrent streams")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    started = machine()
+    with sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="latlab-gw-bench-") as tmp:
+        study = {"overhead": overhead, "cache": cache, "routing": routing}[args.study]
+        t0 = time.perf_counter()
+        result = study(args, Path(tmp))
+    result.update(study=args.study, machine_before=started, machine_after=machine(),
+                  wall_s=round(time.perf_counter() - t0, 1), argv=sys.argv[1:])  # fmt: skip
+    for row in result.get("summary", []):
+        print(json.dumps(row))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
