@@ -165,25 +165,32 @@ class Flight:
             self.pieces.append(data)
             self._notify()
             return
-        events = splitter.feed(data)
-        if not events:
-            return
+        if not splitter.pending and data.endswith(b"\n\n") and data.find(b"\n\n") == len(data) - 2:
+            events = [data]  # the usual read: exactly one whole event
+        else:
+            events = splitter.feed(data)
+            if not events:
+                return
         offset_ms = (ns - self.send_ns) / 1e6
         for event in events:
             self._events.append(event)
             self._offsets_ms.append(offset_ms)
             if self.first_content < 0 and has_content(event):
                 self.first_content = len(self.pieces)
-            if event.startswith(DONE_EVENT):
-                self._saw_done = True
-            elif is_error_event(event):
-                self._bad_event = True
-            else:
-                usage = usage_of(event)
-                if usage is not None:
-                    self.usage = usage
+            self._inspect(event)
         self.pieces.append(events[0] if len(events) == 1 else b"".join(events))
         self._notify()
+
+    def _inspect(self, event: bytes) -> None:
+        """Note the end marker, error events and usage (the usage chunk is the last but one)."""
+        if event.startswith(DONE_EVENT):
+            self._saw_done = True
+        elif is_error_event(event):
+            self._bad_event = True
+        elif b'"usage":{' in event or b'"usage": {' in event:
+            usage = usage_of(event)
+            if usage is not None:
+                self.usage = usage
 
     # ---- the call ----------------------------------------------------------------------------
 
