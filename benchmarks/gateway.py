@@ -126,7 +126,7 @@ def bench(url: str, out: Path, *, concurrency: int, requests: int, extra: list[s
     """One `latlab bench --url` level; its JSON level dict."""
     argv = [str(BIN / "latlab"), "bench", "--url", url + "/v1", "--concurrency",
             str(concurrency), "--num-requests", str(requests), "--json", str(out),
-            "--no-progress", *extra]  # fmt: skip
+            "--no-progress", "--no-salt", *extra]  # fmt: skip
     import subprocess
 
     done = subprocess.run(argv, capture_output=True, text=True, timeout=900)

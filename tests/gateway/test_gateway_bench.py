@@ -24,7 +24,8 @@ def _dataset(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("transport", ["raw", "httpx"])
 def test_each_record_carries_the_cache_outcome(stub, tmp_path, transport):
-    config = BenchConfig(concurrency=[1], num_requests=8, warmup=0,
+    # Unsalted: the dataset's repeats are the point (a per-request salt would make them unique).
+    config = BenchConfig(concurrency=[1], num_requests=8, warmup=0, salt="",
                          dataset=f"jsonl:{_dataset(tmp_path)}")  # fmt: skip
     with gateway(upstreams=[stub.url], cache=f"sqlite:{tmp_path / 'c.sqlite'}") as (url, _):
         target = OpenAITarget(url + "/v1", transport=transport)
@@ -52,7 +53,7 @@ def test_bench_cli_table_and_json_report_hits_apart(stub, tmp_path):
     with gateway(upstreams=[stub.url], cache=f"sqlite:{tmp_path / 'c.sqlite'}") as (url, _):
         cmd = [latlab, "bench", "--url", url + "/v1", "--dataset", f"jsonl:{_dataset(tmp_path)}",
                "--num-requests", "8", "--concurrency", "1", "--warmup", "0", "--json", str(out),
-               "--no-progress"]  # fmt: skip
+               "--no-progress", "--no-salt"]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     level = json.loads(out.read_text())["levels"][0]
