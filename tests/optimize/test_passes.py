@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from latlab.optimize.lab_workload import LabWorkload, build_requests
-from latlab.optimize.passes import EngineRunner
+from latlab.gateway import group_by_prefix, trim_token_ids
+from latlab.optimize.lab_workload import LabRequest, LabWorkload, build_requests
+from latlab.optimize.passes import EngineRunner, prepare
 from latlab.optimize.subject import Setup
 
 
@@ -105,3 +106,14 @@ def test_a_pass_is_a_bench_level_and_the_response_cache_answers_repeats():
     again = runner.run(requests)  # the cache lives one pass: the model is asked again
     assert again.extra["response_cache_hits"] == len(requests) - len(distinct)
     runner.close()
+
+
+def test_prepare_groups_and_trims_with_the_gateways_own_functions():
+    reqs = [LabRequest("r0", (1, 2, 3, 4, 9), 0), LabRequest("r1", (5, 6, 7, 8, 9), 1),
+            LabRequest("r2", (1, 2, 3, 4, 7), 0)]  # fmt: skip
+    setup = SimpleNamespace(group_by_prefix=True, prompt_token_budget=3)
+    out = prepare(setup, reqs, prefix_len=4)
+    groups = group_by_prefix(reqs, lambda r: r.prompt_ids, block=4)
+    assert [r for r, _ in out] == [r for g in groups for r in g]
+    assert [r.request_id for r, _ in out] == ["r0", "r2", "r1"]
+    assert [p for _, p in out] == [trim_token_ids(list(r.prompt_ids), 3) for r, _ in out]

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from latlab.bench.runner import Runner
+from latlab.gateway.cachekey import cache_key
+from latlab.gateway.grouping import group_by_prefix, prefix_key
+from latlab.gateway.trim import trim_token_ids
 from latlab.metrics import RequestRecord, Summary
 from latlab.optimize.generation import SpeculationStats, greedy_chunks, prompt_lookup_chunks
 from latlab.optimize.lab_workload import LabRequest, LabWorkload
@@ -39,11 +42,22 @@ class RunResult:
     summary: Summary | None = None
 
 
-def prepare(setup: Setup, requests: list[LabRequest]) -> list[tuple[LabRequest, list[int]]]:
-    """Request-level recipes that change what is sent: order (grouping) and prompt trimming."""
-    ordered = sorted(requests, key=lambda r: r.prefix_id) if setup.group_by_prefix else requests
+def prepare(
+    setup: Setup, requests: list[LabRequest], prefix_len: int
+) -> list[tuple[LabRequest, list[int]]]:
+    """Request-level recipes that change what is sent: order (grouping) and prompt trimming.
+
+    Both are latlab gateway's own functions, so the lab measures what the gateway does:
+    requests grouped by the key of their leading ``prefix_len`` tokens, prompts cut to their
+    last ``budget`` tokens.
+    """
+    ordered = requests
+    if setup.group_by_prefix:
+        groups = group_by_prefix(requests, lambda r: r.prompt_ids, block=prefix_len)
+        ordered = [r for group in groups for r in group]
     budget = setup.prompt_token_budget
-    return [(r, list(r.prompt_ids[-budget:] if budget else r.prompt_ids)) for r in ordered]
+    return [(r, trim_token_ids(list(r.prompt_ids), budget) if budget else list(r.prompt_ids))
+            for r in ordered]  # fmt: skip
 
 
 def _record_stream(rec: RequestRecord, chunks: Iterator[list[int]], out: list[int]) -> None:
@@ -75,8 +89,9 @@ class _LabTarget:
         self.finished = finished
         self.items: dict[str, tuple[LabRequest, list[int]]] = {}
         self.outputs: dict[str, list[int]] = {}
-        self.cache: dict[tuple[int, ...], list[int]] = {}
+        self.cache: dict[str, list[int]] = {}
         self.cache_hits = 0
+        self.max_tokens = 0
 
     async def run(self, req: BenchRequest, rec: RequestRecord, opts: Any) -> None:
         lab_request, prompt = self.items[req.request_id]
@@ -84,7 +99,9 @@ class _LabTarget:
         rec.output_tokens_source = "engine"
         rec.send_ns = time.perf_counter_ns()
         out: list[int] = []
-        key = tuple(prompt)
+        # The gateway's cache key over what the request would send: greedy, fixed length.
+        body = {"prompt": prompt, "max_tokens": self.max_tokens, "temperature": 0}
+        key = cache_key("/completions", body)
         try:
             if self.setup.response_cache and key in self.cache:
                 self.cache_hits += 1
@@ -112,6 +129,7 @@ def run_pass(
 ) -> RunResult:
     """One closed-loop bench level over ``items``, in order, ``concurrency`` users."""
     target.items = {r.request_id: (r, p) for r, p in items}
+    target.max_tokens = max_tokens
     target.outputs, target.cache, target.cache_hits = {}, {}, 0  # the cache lives one pass
     requests = [BenchRequest(p, max_tokens, len(p), r.request_id) for r, p in items]
     runner = Runner(target=target, requests=requests, opts=None, num_requests=len(requests))
@@ -148,7 +166,11 @@ class TransformersRunner:
         self.stats = SpeculationStats()
         with activated(self.setup):
             result = run_pass(
-                self.loop, self.target, prepare(self.setup, requests), 1, self.workload.output_len
+                self.loop,
+                self.target,
+                prepare(self.setup, requests, self.workload.shared_prefix_len),
+                1,
+                self.workload.output_len,
             )
         if self.setup.decode == "prompt_lookup":  # explains a speedup, or its absence
             result.extra.update(
@@ -194,10 +216,11 @@ class EngineRunner:
         self.loop = asyncio.new_event_loop()
         self.params = params_factory(workload.output_len)
         self.target = _LabTarget(setup, self._generate, self._finished)
-        self._leaders: dict[int, asyncio.Event] = {}
+        self._leaders: dict[str | None, asyncio.Event] = {}
         self._waves: list[asyncio.Event] = []
         self._wave_left: list[int] = []
         self._index: dict[str, int] = {}
+        self._group: dict[str, str | None] = {}  # request -> the gateway's prefix key
 
         async def build() -> Any:
             return engine_factory(setup)
@@ -214,7 +237,7 @@ class EngineRunner:
         async for item in self.engine.generate(prompt, self.params, request_id=None):
             if item.new_token_ids:
                 if is_leader:
-                    self._leaders[req.prefix_id].set()
+                    self._leaders[self._group[req.request_id]].set()
                 rec.chunk_ns.append(time.perf_counter_ns())
                 rec.chunk_tokens.append(len(item.new_token_ids))
                 out.extend(item.new_token_ids)
@@ -226,11 +249,12 @@ class EngineRunner:
         cached the shared prefix, and nobody would hit the cache. A follower's hold counts
         as latency (from its intended send time). True for the leader.
         """
-        if not self.setup.group_by_prefix:
+        group = self._group.get(req.request_id)
+        if not self.setup.group_by_prefix or group is None:
             return False
-        event = self._leaders.get(req.prefix_id)
+        event = self._leaders.get(group)
         if event is None:
-            self._leaders[req.prefix_id] = asyncio.Event()
+            self._leaders[group] = asyncio.Event()
             return True
         rec.intended_send_ns = rec.send_ns
         await event.wait()
@@ -239,7 +263,7 @@ class EngineRunner:
 
     def _finished(self, req: LabRequest) -> None:
         """Whatever happened to a request (tokens, cache hit, error), release who waits on it."""
-        leader = self._leaders.get(req.prefix_id)
+        leader = self._leaders.get(self._group.get(req.request_id))
         if leader is not None:
             leader.set()  # never leave followers waiting on a failed leader
         wave = self._index[req.request_id] // self.workload.concurrency
@@ -248,9 +272,11 @@ class EngineRunner:
             self._waves[wave].set()
 
     def run(self, requests: list[LabRequest]) -> RunResult:
-        items = prepare(self.setup, requests)
+        items = prepare(self.setup, requests, self.workload.shared_prefix_len)
         width = self.workload.concurrency
         self._index = {r.request_id: i for i, (r, _) in enumerate(items)}
+        block = self.workload.shared_prefix_len
+        self._group = {r.request_id: prefix_key(r.prompt_ids, block=block) for r, _ in items}
         self._leaders = {}
         num_waves = -(-len(items) // width)
         self._waves = [asyncio.Event() for _ in range(num_waves)]
