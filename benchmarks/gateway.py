@@ -253,23 +253,49 @@ def repeats_dataset(path: Path, n: int, repeat_share: float, seed: int) -> int:
 
 
 def cache(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Each run has prompts of its own (the engine's prefix cache never helps a later run);
+    the direct run, with the same repeat pattern, shows what the engine alone makes of repeats.
+    """
     runs = []
     with ExitStack() as stack:
         upstream = serve(stack)
+        warm = work / "warm.jsonl"
+        repeats_dataset(warm, 8, 0.0, seed=99)
+        bench(upstream, work / "warm.json", concurrency=2, requests=8,
+              extra=["--dataset", f"jsonl:{warm}", "--warmup", "0"])  # fmt: skip
         for r in range(args.repeats):
             for c in (1, 8):
-                data = work / f"repeats-{r}-{c}.jsonl"
-                repeated = repeats_dataset(data, args.requests, 0.25, seed=1000 * r + c)
-                db = work / f"cache-{r}-{c}.sqlite"
-                gw = gateway(stack, [upstream], "--cache", f"sqlite:{db}")
-                extra = ["--dataset", f"jsonl:{data}", "--warmup", "0"]
-                through = bench(gw, work / f"c-gw-{r}-{c}.json", concurrency=c,
-                                requests=args.requests, extra=extra)  # fmt: skip
-                direct = bench(upstream, work / f"c-direct-{r}-{c}.json", concurrency=c,
-                               requests=args.requests, extra=extra)  # fmt: skip
-                runs.append(_cache_row(r, c, repeated, through, direct))
+                seeds = (10_000 * r + 2 * c, 10_000 * r + 2 * c + 1)
+                data = [work / f"repeats-{s}.jsonl" for s in seeds]
+                counts = [repeats_dataset(d, args.requests, 0.25, seed=s)
+                          for d, s in zip(data, seeds, strict=True)]  # fmt: skip
+                repeated = counts[0]
+                gw = gateway(stack, [upstream], "--cache", f"sqlite:{work / f'c{r}-{c}.sqlite'}")
+                order = [("gw", gw, data[0]), ("direct", upstream, data[1])]
+                out = {}
+                for name, url, d in order if r % 2 == 0 else order[::-1]:  # alternate the order
+                    extra = ["--dataset", f"jsonl:{d}", "--warmup", "0"]
+                    out[name] = bench(url, work / f"c-{name}-{r}-{c}.json", concurrency=c,
+                                      requests=args.requests, extra=extra)  # fmt: skip
+                runs.append(_cache_row(r, c, repeated, out["gw"], out["direct"]))
                 print(json.dumps(runs[-1]), flush=True)
-    return {"runs": runs}
+    return {"runs": runs, "summary": _cache_summary(runs)}
+
+
+def _cache_summary(runs: list[dict]) -> list[dict]:
+    out = []
+    for c in sorted({r["concurrency"] for r in runs}):
+        mine = [r for r in runs if r["concurrency"] == c]
+        hits = [r["outcomes"].get("hit", 0) / r["requests"] for r in mine]
+        served = [(r["outcomes"].get("hit", 0) + r["outcomes"].get("coalesced", 0)) / r["requests"]
+                  for r in mine]  # fmt: skip
+        hit, miss = med([r["hit_ttft_p50"] for r in mine]), med([r["miss_ttft_p50"] for r in mine])
+        out.append({"concurrency": c, "hit_rate": med(hits), "hit_or_coalesced_rate": med(served),
+                    "hit_ttft_p50": hit, "miss_ttft_p50": miss,
+                    "hit_vs_miss": round(hit / miss - 1, 3) if hit and miss else None,
+                    "gateway_ttft_p50": med([r["gateway_ttft_p50"] for r in mine]),
+                    "direct_ttft_p50": med([r["direct_ttft_p50"] for r in mine])})  # fmt: skip
+    return out
 
 
 def _cache_row(r: int, c: int, repeated: int, through: dict, direct: dict) -> dict:
