@@ -167,3 +167,19 @@ def test_models_are_merged_and_requests_go_to_an_upstream_serving_the_model():
     assert sorted(m["id"] for m in models["data"]) == ["alpha", "beta"]
     assert {r.headers["x-latlab-upstream"] for r in to_b} == {root(b)}
     assert unknown.status == 400 and unknown.json()["error"]["code"] == "model_not_found"
+
+
+def test_the_gateway_applies_latlab_serves_guard(stub):
+    with gateway(upstreams=[stub.url], cache="off") as (url, _):
+        payload = json.dumps(body("guarded")).encode()
+        evil_host = httpx.post(url + "/v1/completions", content=payload, trust_env=False,
+                               headers={"content-type": "application/json",
+                                        "host": "evil.example"})  # fmt: skip
+        evil_origin = httpx.post(url + "/v1/completions", content=payload, trust_env=False,
+                                 headers={"content-type": "application/json",
+                                          "origin": "https://evil.example"})  # fmt: skip
+        form = httpx.post(url + "/v1/completions", content=payload, trust_env=False,
+                          headers={"content-type": "text/plain"})  # fmt: skip
+    assert evil_host.status_code == 403 and evil_host.json()["error"]["code"] == "host_not_allowed"
+    assert evil_origin.status_code == 403
+    assert form.status_code == 415

@@ -7,11 +7,13 @@ import sys
 import click
 
 from latlab.cli import main
+from latlab.cli.serve import guard_options, serve_options
 from latlab.errors import ConfigError
 from latlab.plan.units import parse_bytes
 
 
 @main.command("gateway")
+@guard_options
 @click.option(
     "--upstream",
     "upstreams",
@@ -131,7 +133,11 @@ def gateway_command(
     log_level: str,
     **options: object,
 ) -> None:
-    """An OpenAI-compatible gateway in front of UPSTREAMs: cache, coalescing, trimming, routing."""
+    """An OpenAI-compatible gateway in front of UPSTREAMs: cache, coalescing, trimming, routing.
+
+    The HTTP protection flags are latlab serve's (same rules); --api-key/--api-key-file set one
+    shared key checked first, --api-keys a file of per-tenant keys with limits.
+    """
     if hash_key:
         from latlab.gateway.keys import hash_key as digest
 
@@ -143,6 +149,7 @@ def gateway_command(
     from latlab.gateway.config import GatewayConfig, default_cache_spec
     from latlab.gateway.server import serve
 
+    http = serve_options(host, port, log_level, options)
     config = GatewayConfig(
         upstreams=list(upstreams),
         cache=cache or default_cache_spec(),
@@ -153,4 +160,4 @@ def gateway_command(
         upstream_timeout_s=options.pop("upstream_timeout"),  # type: ignore[arg-type]
         **options,  # type: ignore[arg-type]
     )
-    serve(config, host=host, port=port, log_level=log_level)
+    serve(config, http)

@@ -53,8 +53,9 @@ def _limit_options(command):
     return command
 
 
-def _guard_options(command):
-    """Who may call the server, and how long a request may take to arrive."""
+def guard_options(command):
+    """Who may call the server, and how long a request may take to arrive (shared with
+    latlab gateway: the same flags, the same rules)."""
     options = [
         click.option(
             "--api-key",
@@ -247,7 +248,7 @@ def serve_options(host: str, port: int, log_level: str, flags: dict[str, Any]) -
     show_default=True,
     help="uvicorn log level.",
 )
-@_guard_options
+@guard_options
 def serve_command(
     model: str | None,
     host: str,

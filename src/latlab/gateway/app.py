@@ -36,6 +36,7 @@ from latlab.gateway.recording import Recording
 from latlab.gateway.routing import make_router
 from latlab.gateway.trim import TrimError, Trimmer
 from latlab.gateway.upstreams import Upstream, UpstreamSet
+from latlab.serve.guard import PARSED_BODY_KEY
 from latlab.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -171,7 +172,9 @@ class Gateway:
         tenant = self._tenant(headers)
         raw = await asgi.read_body(receive, headers, self.config.max_body_bytes)
         parse_request(model_type, raw)  # malformed: the same 400 as latlab serve, never sent on
-        body = json.loads(raw)
+        body = scope.get("state", {}).get(PARSED_BODY_KEY)  # parsed once, by the guard
+        if not isinstance(body, dict):
+            body = json.loads(raw)
         await self._admit(tenant)
         self._check_model(body.get("model"))
         try:

@@ -1,62 +1,38 @@
-"""Run the gateway under uvicorn (httptools + uvloop when installed): bind, start, print ready.
+"""Run the gateway behind latlab serve's own HTTP protection and server.
 
-The socket is bound first, so a port in use fails at once with a one-line error; the ready line
-is printed once the upstreams have been checked and uvicorn accepts connections.
+The same rules as ``latlab serve`` (latlab.serve.guard): Host and Origin allow-lists, JSON-only
+bodies with size, depth and shape limits, a body read timeout, a request-head deadline and a
+connection cap, drain-then-end shutdown. The socket is bound first, so a port in use fails at
+once; the ready line is printed once the upstreams have been checked and connections are taken.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import uvicorn
-
 from latlab.gateway.app import Gateway
 from latlab.gateway.config import GatewayConfig
-from latlab.serve.server import bind_socket, url_of
+from latlab.serve.guard import Drain, Guard, GuardConfig, RequestLimits
+from latlab.serve.server import ServeOptions, bind_socket, serve_app, url_of, uvicorn_server
 
 READY_PREFIX = "latlab gateway: ready at "
+# The gateway does not know its upstreams' contexts when it starts: request limits (body size,
+# token-id prompt length) default to those of a 128k-token model; flags override each one.
+LIMITS_CONTEXT = 131072
 
 
-class _Server(uvicorn.Server):
-    """uvicorn.Server that leaves signals to us: uvicorn re-raises SIGTERM after a clean stop,
-    and the process would end with -15 instead of 0."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _stop_on_signals(server: uvicorn.Server) -> None:
-    loop = asyncio.get_running_loop()
-
-    def stop() -> None:
-        if server.should_exit:  # a second Ctrl-C: stop waiting for open streams
-            server.force_exit = True
-        server.should_exit = True
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop)
-
-
-def _uvicorn(app: Any, log_level: str) -> uvicorn.Server:
-    config = uvicorn.Config(
-        app,
-        log_level=log_level,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-        backlog=4096,
-    )
-    return _Server(config)
+def guarded(gateway: Gateway, options: ServeOptions, drain: Drain) -> tuple[Guard, GuardConfig]:
+    limits = RequestLimits.for_context(LIMITS_CONTEXT, **options.limit_overrides)
+    guard = dataclasses.replace(options.guard, limits=limits)
+    return Guard(gateway, guard, drain), guard
 
 
 def _describe(gateway: Gateway) -> str:
@@ -69,29 +45,33 @@ def _describe(gateway: Gateway) -> str:
     )
 
 
-async def _serve(gateway: Gateway, sock: Any, log_level: str) -> None:
-    server = _uvicorn(gateway, log_level)
-    _stop_on_signals(server)
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
-    while not server.started and not task.done():
-        await asyncio.sleep(0.005)
-    if server.started:
-        print(f"{READY_PREFIX}{url_of(sock)}/v1 ({_describe(gateway)})", flush=True)
-    await task
+async def _serve(gateway: Gateway, sock: Any, options: ServeOptions) -> None:
+    drain = Drain()
+    app, guard = guarded(gateway, options, drain)
+    server = uvicorn_server(app, guard=guard, drain=drain, log_level=options.log_level,
+                            shutdown_timeout_s=options.shutdown_timeout_s)  # fmt: skip
+    await gateway.start()
+    try:
+
+        def ready(url: str) -> None:
+            print(f"{READY_PREFIX}{url}/v1 ({_describe(gateway)})", flush=True)
+
+        report = await serve_app(server, sock, ready)
+    finally:
+        await gateway.close()
+    print(report.line("latlab gateway"), file=sys.stderr, flush=True)
 
 
-def serve(
-    config: GatewayConfig, *, host: str = "127.0.0.1", port: int = 8100, log_level: str = "warning"
-) -> None:
+def serve(config: GatewayConfig, options: ServeOptions | None = None) -> None:
     """Run ``latlab gateway`` until SIGINT/SIGTERM (blocking)."""
+    options = options or ServeOptions(port=8100)
     logging.basicConfig(format="latlab gateway: %(message)s", level=logging.WARNING)
     gateway = Gateway(config)
-    sock = bind_socket(host, port)
+    sock = bind_socket(options.host, options.port)
     try:
-        _run(_serve(gateway, sock, log_level))
+        _run(_serve(gateway, sock, options))
     finally:
         sock.close()
-    print("latlab gateway: stopped", file=sys.stderr, flush=True)
 
 
 def _run(coro: Any) -> None:
@@ -105,19 +85,29 @@ def _run(coro: Any) -> None:
 
 @contextlib.contextmanager
 def running_gateway(
-    config: GatewayConfig, host: str = "127.0.0.1", port: int = 0
+    config: GatewayConfig, options: ServeOptions | None = None
 ) -> Iterator[tuple[str, Gateway]]:
     """The gateway in a background thread, for tests and benchmarks: (base URL, gateway)."""
+    options = options or ServeOptions(port=0, guard=GuardConfig(allowed_hosts=("127.0.0.1",)))
     gateway = Gateway(config)
-    sock = bind_socket(host, port)
-    server = _uvicorn(gateway, "warning")
-    thread = threading.Thread(
-        target=lambda: _run(server.serve(sockets=[sock])), name="latlab-gateway", daemon=True
-    )
+    sock = bind_socket(options.host, options.port)
+    app, guard = guarded(gateway, options, Drain())
+    server = uvicorn_server(app, guard=guard, drain=app.drain)
+    started = threading.Event()
+
+    async def run() -> None:
+        await gateway.start()
+        started.set()
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            await gateway.close()
+
+    thread = threading.Thread(target=lambda: _run(run()), name="latlab-gateway", daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 30
-        while not server.started:
+        while not (started.is_set() and server.started):
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the gateway did not start")
             time.sleep(0.005)
