@@ -2,12 +2,15 @@
 
 Each new token is decoded together with a few tokens before it and only the text that
 grew is emitted; while the decoded tail ends in U+FFFD (half a UTF-8 character), nothing
-is emitted until the next token completes it.
+is emitted until the next token completes it. Stop strings are matched by an automaton
+(latlab.engine.stop_strings) that reads each character once, however many there are.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from latlab.engine.stop_strings import StopStrings
 
 # Prompt tokens kept as left context so the first output token gets its leading space right.
 _CONTEXT_TOKENS = 5
@@ -15,13 +18,16 @@ _REPLACEMENT = "\ufffd"
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer: Any, prompt_token_ids: list[int], stop: list[str]):
+    def __init__(
+        self, tokenizer: Any, prompt_token_ids: list[int], stop: StopStrings | list[str] | None
+    ):
         self._tokenizer = tokenizer
         self._tokens = list(prompt_token_ids[-_CONTEXT_TOKENS:])
         self._prefix_offset = 0
         self._read_offset = len(self._tokens)
-        self._stop = stop
-        self._max_stop_len = max((len(s) for s in stop), default=0)
+        if stop and not isinstance(stop, StopStrings):
+            stop = StopStrings(stop)
+        self._stops = stop.matcher() if stop else None
         self.text = ""
         self._emitted = 0
 
@@ -52,13 +58,15 @@ class IncrementalDetokenizer:
             self._find_stop(len(full) - len(prefix))
 
     def _find_stop(self, delta_len: int) -> bool:
-        if not self._stop:
+        """Whether a stop string completed in the last ``delta_len`` characters; the text
+        is cut where the first one to complete begins."""
+        if self._stops is None:
             return False
-        start = max(0, len(self.text) - delta_len - self._max_stop_len + 1)
-        hits = [i for i in (self.text.find(s, start) for s in self._stop) if i >= 0]
-        if not hits:
+        begin = len(self.text) - delta_len
+        offset = self._stops.feed(self.text[begin:])
+        if offset is None:
             return False
-        self.text = self.text[: min(hits)]
+        self.text = self.text[: begin + offset]
         return True
 
     @property
@@ -66,8 +74,8 @@ class IncrementalDetokenizer:
         return self.text[: self._emitted]
 
     def take_new_text(self, finished: bool) -> str:
-        """Text not yet handed out; while running, hold back a possible stop-string start."""
-        hold = 0 if finished else max(0, self._max_stop_len - 1)
+        """Text not yet handed out; while running, hold back a stop string in progress."""
+        hold = 0 if finished or self._stops is None else self._stops.partial
         end = len(self.text) - hold
         end = max(end, self._emitted)
         new = self.text[self._emitted : end]

@@ -86,6 +86,14 @@ class LLMEngine:
             )
         return list(prompt)
 
+    def _check_logit_bias(self, params: SamplingParams) -> None:
+        vocab = self.model_args.vocab_size
+        outside = [t for t in params.logit_bias or () if t >= vocab]
+        if outside:
+            raise ConfigError(
+                f"logit_bias names token id {outside[0]}, outside the vocabulary (0..{vocab - 1})"
+            )
+
     def check_fits(self, num_prompt_tokens: int, params: SamplingParams) -> None:
         """CapacityError if a request could never run, even alone on an empty engine."""
         if num_prompt_tokens == 0:
@@ -116,11 +124,12 @@ class LLMEngine:
             raise ConfigError("sampling params must be a latlab SamplingParams")
         token_ids = self.tokenize(prompt)
         self.check_fits(len(token_ids), params)
+        self._check_logit_bias(params)
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         seq = Sequence(rid, prompt if isinstance(prompt, str) else None, token_ids, params)
         if params.seed is not None:
             seq.generator = torch.Generator().manual_seed(params.seed)
-        seq.detok = IncrementalDetokenizer(self.tokenizer, token_ids, params.stop)
+        seq.detok = IncrementalDetokenizer(self.tokenizer, token_ids, params.stop_strings)
         return seq
 
     def add_sequence(self, seq: Sequence, check_queue: bool = True) -> None:
@@ -189,8 +198,8 @@ class LLMEngine:
 
     def _propose_draft(self, seq: Sequence, limit: int) -> list[int]:
         """Prompt-lookup draft for requests past min_tokens, in small batches."""
-        if seq.num_output_tokens < seq.params.min_tokens:
-            return []  # min_tokens masks EOS per position; drafts would need that per row
+        if seq.num_output_tokens < seq.params.min_tokens or seq.params.adjusts_logits:
+            return []  # masks, biases, penalties are per position; drafts would need them per row
         if len(self.scheduler.running) > self.config.speculative_max_batch:
             return []  # compute-bound batch: verifying would cost more than it saves
         if seq.draft_cooldown:
@@ -220,7 +229,7 @@ class LLMEngine:
         self.generation_tokens_total += 1
         if not seq.metrics.first_token_ns:
             seq.metrics.first_token_ns = now
-        is_stop_token = token in params.stop_token_ids or (
+        is_stop_token = token in params.stop_token_set or (
             not params.ignore_eos and token in self.eos_token_ids
         )
         reason = None

@@ -14,6 +14,7 @@ from collections.abc import Sequence as Seq
 
 import torch
 
+from latlab.engine.logits_processors import adjust_logits
 from latlab.engine.sequence import Sequence
 
 
@@ -23,23 +24,10 @@ class Sampler:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-        self._mask_early_stops(logits, seqs)
+        adjust_logits(logits, seqs, self.eos_token_ids)  # bias, penalties, min_tokens
         if all(s.params.temperature == 0.0 for s in seqs):
             return logits.argmax(dim=-1).tolist()
         return self._sample_random(logits, seqs).tolist()
-
-    def _mask_early_stops(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
-        """min_tokens: EOS and stop tokens may not be drawn before that many tokens exist."""
-        for row, seq in enumerate(seqs):
-            params = seq.params
-            if params.min_tokens and seq.num_output_tokens < params.min_tokens:
-                banned = [
-                    *params.stop_token_ids,
-                    *([] if params.ignore_eos else self.eos_token_ids),
-                ]
-                banned = [t for t in banned if t < logits.shape[1]]
-                if banned:
-                    logits[row, banned] = float("-inf")
 
     def _sample_random(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         greedy = logits.argmax(dim=-1)

@@ -54,6 +54,7 @@ class Sequence:
     draft_token_ids: list[int] = field(default_factory=list)  # this step's speculative draft
     draft_misses: int = 0  # drafts in a row with no token accepted
     draft_cooldown: int = 0  # decode steps left before the next draft may be proposed
+    logits_state: Any = None  # latlab.engine.logits_processors.LogitsState, built on first use
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)
