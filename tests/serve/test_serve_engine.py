@@ -144,6 +144,9 @@ def test_openai_client_both_endpoints(served):
         {"prompt": "word " * 400, "max_tokens": 1},
         {"prompt": "hi", "model": "gpt-4o"},
         {"prompt": ["hi"], "temperature": "warm"},
+        {"prompt": "hi", "seed": 2**64},
+        {"prompt": "hi", "logit_bias": {"999999": 5}},
+        {"prompt": "hi", "stop_token_ids": [1] * 5000},
     ],
     ids=[
         "huge-max-tokens",
@@ -151,6 +154,9 @@ def test_openai_client_both_endpoints(served):
         "prompt-over-context",
         "unknown-model",
         "wrong-type",
+        "seed-beyond-64-bits",
+        "logit-bias-outside-vocab",
+        "stop-token-ids-over-limit",
     ],
 )
 def test_bad_input_is_400_and_engine_keeps_serving(served, body):
@@ -160,6 +166,20 @@ def test_bad_input_is_400_and_engine_keeps_serving(served, body):
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}
     ok = httpx.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
     assert ok.status_code == 200
+
+
+def test_logit_bias_penalties_and_64_bit_seeds_reach_the_engine(served):
+    engine, url = served
+    forced = {"prompt": "hi", "max_tokens": 4, "temperature": 0, "ignore_eos": True}
+    r = httpx.post(f"{url}/v1/completions", json={**forced, "logit_bias": {"42": 100}}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == engine.tokenizer.decode([42] * 4)
+    penalized = {**forced, "repetition_penalty": 1.5, "frequency_penalty": 1.0}
+    assert httpx.post(f"{url}/v1/completions", json=penalized, timeout=60).status_code == 200
+    seeded = {"prompt": "hi", "max_tokens": 3, "temperature": 1.0, "seed": 2**64 - 1}
+    first = httpx.post(f"{url}/v1/completions", json=seeded, timeout=60).json()
+    again = httpx.post(f"{url}/v1/completions", json=seeded, timeout=60).json()
+    assert first["choices"][0]["text"] == again["choices"][0]["text"]
 
 
 def test_disconnect_mid_stream_frees_kv(served):

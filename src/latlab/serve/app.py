@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from latlab.serve.protocol import (
     RequestError,
     chat_response,
     completion_response,
+    config_error,
     error_body,
     new_id,
     now_s,
@@ -48,6 +50,12 @@ RETRY_AFTER_S = 1
 # A prompt with more characters than this per context token cannot fit (tokens average about
 # four characters); refusing it before tokenizing keeps a huge prompt off the event loop.
 MAX_CHARS_PER_TOKEN = 64
+# Requests whose preparation handles more than this many characters (or token ids) are
+# tokenized, rendered and checked on a worker thread, so the event loop keeps every stream
+# flowing meanwhile; smaller ones (under about a millisecond) are cheaper inline than a
+# thread hop. A chat message counts as this many characters of template work besides its text.
+OFFLOAD_ABOVE = 4096
+MESSAGE_COST = 64
 
 
 @dataclass(slots=True)
@@ -88,12 +96,12 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         req = parse_request(CompletionRequest, await _body(request))
-        return await server.run(server.prepare_completion(req), request)
+        return await server.run(await server.prepare(req), request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         req = parse_request(ChatCompletionRequest, await _body(request))
-        return await server.run(server.prepare_chat(req), request)
+        return await server.run(await server.prepare(req), request)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -165,7 +173,7 @@ def _engine_errors(drain: Drain) -> Iterator[None]:
     except CapacityError as exc:
         raise RequestError(str(exc), code="capacity_exceeded") from None
     except ConfigError as exc:
-        raise RequestError(str(exc), code="invalid_value") from None
+        raise config_error(exc) from None
     except LatlabError:
         if drain.draining:
             raise _shutting_down() from None
@@ -183,6 +191,8 @@ class _Server:
         self.model_name = model_name
         self.make_params = make_params
         self.metrics = ServeMetrics(engine.stats, model_name)
+        # One worker: large requests are prepared in turn, never several at once.
+        self._prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latlab-prep")
 
     # ---- validation and tokenization ------------------------------------------------------
 
@@ -193,6 +203,16 @@ class _Server:
                 param="model",
                 code="model_not_found",
             )
+
+    async def prepare(self, req: CompletionRequest | ChatCompletionRequest) -> _Job:
+        """Validate, tokenize and build the sampling parameters; large inputs off the loop."""
+        if isinstance(req, ChatCompletionRequest):
+            prepare: Callable[[Any], _Job] = self.prepare_chat
+        else:
+            prepare = self.prepare_completion
+        if _work_size(req) <= OFFLOAD_ABOVE:
+            return prepare(req)
+        return await asyncio.get_running_loop().run_in_executor(self._prep, prepare, req)
 
     def prepare_completion(self, req: CompletionRequest) -> _Job:
         self._check_model(req.model)
@@ -360,6 +380,33 @@ class _Server:
             "max_model_len": int(self.engine.max_model_len),
         }
         return {"object": "list", "data": [card]}
+
+
+def _size(value: Any) -> int:
+    """Characters of a string, ids of a token list, either summed over a batch."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return (
+            sum(_size(v) for v in value)
+            if value and isinstance(value[0], str | list)
+            else len(value)
+        )
+    return 0
+
+
+def _message_chars(content: Any) -> int:
+    if isinstance(content, list):  # text parts
+        return sum(len(part.text) for part in content)
+    return len(content or "")
+
+
+def _work_size(req: CompletionRequest | ChatCompletionRequest) -> int:
+    """About how many characters (or token ids) preparing ``req`` handles."""
+    size = _size(req.stop)
+    if isinstance(req, ChatCompletionRequest):
+        return size + sum(_message_chars(m.content) + MESSAGE_COST for m in req.messages)
+    return size + _size(req.prompt)
 
 
 def _usage(job: _Job, output: Any) -> dict[str, Any]:

@@ -2,18 +2,21 @@
 
 Pydantic lives only here, at the HTTP boundary. Requests are validated strictly (``"5"`` is
 not a number, ``true`` is not an integer) so a client bug surfaces as a 400 naming the field
-instead of a silently different request. Fields OpenAI defines but latlab cannot honour
-(logprobs, penalties, n > 1, echo, best_of) are rejected when set, never ignored: ignoring
-them would change outputs without telling anyone.
+instead of a silently different request; numbers must be finite and in range. Fields OpenAI
+or vLLM define that would change the output but latlab cannot honour (logprobs, n > 1, echo,
+best_of, tools, response_format, chat_template, guided decoding...) are rejected when set,
+never ignored: ignoring them would change outputs without telling anyone. Fields that do not
+affect generation (``user``, ``metadata``...) are accepted and ignored.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from latlab.errors import ConfigError
 from latlab.serve.guard import error_body
@@ -45,8 +48,50 @@ class RequestError(Exception):
 
 
 class _Strict(BaseModel):
-    # extra="ignore": clients send fields like "user" that do not affect generation.
-    model_config = ConfigDict(strict=True, extra="ignore")
+    # Unknown fields are kept (not ignored) so the endpoints can refuse the ones that would
+    # change the output (UNSUPPORTED); NaN and Infinity are never numbers here.
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
+
+
+# logit_bias as OpenAI defines it: token ids (as JSON object keys, so strings) -> [-100, 100].
+TokenIdKey = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")]
+BiasValue = Annotated[float, Field(ge=-100.0, le=100.0)]
+
+
+def _set(value: Any) -> bool:
+    return value not in (None, False, 0, "", [], {})
+
+
+# Fields that change what is generated but latlab serve does not implement, with the value
+# that means "not used" when it is not simply unset.
+UNSUPPORTED: dict[str, Any] = {
+    "response_format": lambda v: _set(v) and v != {"type": "text"},
+    "tools": _set,
+    "tool_choice": lambda v: _set(v) and v != "none",
+    "functions": _set,
+    "function_call": lambda v: _set(v) and v != "none",
+    "parallel_tool_calls": lambda v: v is True,
+    "chat_template": _set,
+    "chat_template_kwargs": _set,
+    "documents": _set,
+    "guided_json": _set,
+    "guided_regex": _set,
+    "guided_choice": _set,
+    "guided_grammar": _set,
+    "structured_outputs": _set,
+    "min_p": _set,
+    "top_logprobs": _set,
+    "prompt_logprobs": _set,
+    "prediction": _set,
+    "reasoning_effort": _set,
+    "use_beam_search": _set,
+    "length_penalty": lambda v: _set(v) and v != 1,
+    "bad_words": _set,
+    "allowed_token_ids": _set,
+    "truncate_prompt_tokens": _set,
+    "modalities": lambda v: _set(v) and v != ["text"],
+    "audio": _set,
+}
 
 
 class StreamOptions(_Strict):
@@ -62,15 +107,17 @@ class _SamplingFields(_Strict):
     temperature: float | None = Field(default=None, ge=0.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=-1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(1 << 63), le=(1 << 64) - 1)
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     n: int = 1
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)
     logprobs: Any = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    logit_bias: dict[TokenIdKey, BiasValue] | None = None
     best_of: int | None = None
     request_id: str | None = None
 
@@ -82,9 +129,14 @@ class _SamplingFields(_Strict):
             raise RequestError("only best_of=1 is supported", param="best_of")
         if self.logprobs not in (None, False, 0):
             raise RequestError("logprobs are not supported by latlab serve", param="logprobs")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name) != 0.0:
-                raise RequestError(f"{name} is not supported by latlab serve", param=name)
+        for name, value in (self.model_extra or {}).items():
+            if name in UNSUPPORTED and UNSUPPORTED[name](value):
+                raise RequestError(
+                    f"{name} is not supported by latlab serve; remove it (it would change the "
+                    "output, so it is refused rather than ignored)",
+                    param=name,
+                    code="unsupported_parameter",
+                )
 
     @property
     def include_usage(self) -> bool:
@@ -103,6 +155,10 @@ class _SamplingFields(_Strict):
             "seed": self.seed,
             "stop": self.stop,
             "stop_token_ids": self.stop_token_ids,
+            "logit_bias": self.logit_bias,
+            "repetition_penalty": self.repetition_penalty,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
         }
 
 
@@ -198,7 +254,11 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 def config_error(exc: ConfigError) -> RequestError:
-    return RequestError(str(exc), code="invalid_value")
+    """A SamplingParams refusal as a 400; its message starts with the field it is about."""
+    message = str(exc)
+    field = re.match(r"[a-z_]+", message)
+    param = field.group() if field and field.group() in _SamplingFields.model_fields else None
+    return RequestError(message, param=param, code="invalid_value")
 
 
 def new_id(prefix: str) -> str:
