@@ -183,3 +183,37 @@ def test_the_gateway_applies_latlab_serves_guard(stub):
     assert evil_host.status_code == 403 and evil_host.json()["error"]["code"] == "host_not_allowed"
     assert evil_origin.status_code == 403
     assert form.status_code == 415
+
+
+def test_a_whole_response_cut_short_is_a_502_never_a_truncated_200():
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve_badly() -> None:  # /v1/models for the health check, then a body cut short
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            request = conn.recv(65536)
+            if request.startswith(b"GET"):
+                models = b'{"data":[{"id":"stub-model"}]}'
+                conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\n"
+                             b"Content-Length: %d\\r\\n\\r\\n%s" % (len(models), models))  # fmt: skip
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\n"
+                             b'Content-Length: 500\\r\\n\\r\\n{"choices": [')  # fmt: skip
+            conn.close()
+
+    threading.Thread(target=serve_badly, daemon=True).start()
+    try:
+        with gateway(upstreams=[f"http://127.0.0.1:{port}"], cache="off", eject_after=100,
+                     health_interval_s=30) as (url, _):  # fmt: skip
+            reply = post(url, body("whole", stream=False, stream_options=None))
+    finally:
+        listener.close()
+    assert reply.status == 502
+    assert "broke off" in reply.json()["error"]["message"]

@@ -326,16 +326,21 @@ class Gateway:
         endpoint: str,
         extra: dict[str, str],
     ) -> None:
-        """Stream ``flight`` to one client from its first byte until it ends or the client goes."""
+        """Stream ``flight`` to one client from its first byte until it ends or the client goes.
+
+        A response that is not a stream is sent whole once it is complete (its client sees
+        nothing earlier anyway), so one cut short becomes a 502, never a truncated 200 body.
+        """
         try:
-            while not (flight.head_ready or flight.done):
+            while not (flight.done or (flight.head_ready and flight.streaming)):
                 if client.gone:
                     return
                 await client.wait(flight.waiter())
             if client.gone:
                 return
-            if not flight.head_ready:
-                await self._upstream_failed(send, endpoint, flight.failure)
+            if not flight.head_ready or (flight.error and not flight.streaming):
+                failure = flight.failure or UpstreamFailure(flight.error or "no response")
+                await self._upstream_failed(send, endpoint, failure)
                 return
             self.metrics.requests.labels(endpoint, str(flight.status)).inc()
             head = {"content-type": flight.content_type, **extra}

@@ -259,6 +259,11 @@ class Flight:
     # ---- results -----------------------------------------------------------------------------
 
     @property
+    def streaming(self) -> bool:
+        """A 200 server-sent-event stream (forwarded piece by piece as it arrives)."""
+        return self._splitter is not None
+
+    @property
     def complete(self) -> bool:
         """A whole, successful response: the only kind ever cached."""
         if not self.done or self.error or self.failure or self.status != 200:
