@@ -354,10 +354,9 @@ def _route_run(policy: str, workload: str, r: int, gw: str, replicas: list[str],
                   requests=args.requests, extra=extra)  # fmt: skip
     after = [get(u + "/metrics") for u in replicas]
     gw_after = get(gw + "/metrics")
-    q = [metric(a, "latlab:prefix_cache_queries") - metric(b, "latlab:prefix_cache_queries")
-         for a, b in zip(after, before, strict=True)]  # fmt: skip
-    h = [metric(a, "latlab:prefix_cache_hits") - metric(b, "latlab:prefix_cache_hits")
-         for a, b in zip(after, before, strict=True)]  # fmt: skip
+    queries, hits = "latlab:prefix_cache_queries_total", "latlab:prefix_cache_hits_total"
+    q = [metric(a, queries) - metric(b, queries) for a, b in zip(after, before, strict=True)]
+    h = [metric(a, hits) - metric(b, hits) for a, b in zip(after, before, strict=True)]
     split = [metric(gw_after, "latlab:gateway_upstream_requests_total", f'upstream="{u}"')
              - metric(gw_before, "latlab:gateway_upstream_requests_total", f'upstream="{u}"')
              for u in replicas]  # fmt: skip
@@ -385,12 +384,73 @@ def _route_summary(rows: list[dict]) -> list[dict]:
     return out
 
 
+# ---- report ------------------------------------------------------------------------------
+
+
+def _cell(value: float | None, digits: int = 1, sign: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def report(paths: list[Path]) -> str:
+    """Markdown tables (docs/gateway.md) from the studies' JSON files."""
+    out = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        load = data["machine_before"]["load_avg_1_5_15"]
+        out.append(f"{data['study']} ({path.name}, load average before {load[0]}, after "
+                   f"{data['machine_after']['load_avg_1_5_15'][0]}):\n")  # fmt: skip
+        out.append(_TABLES[data["study"]](data["summary"]))
+    return "\n".join(out)
+
+
+def _overhead_table(rows: list[dict]) -> str:
+    lines = ["| target | streams | TTFT p50 | added | TTFT p99 | chunk gap p50 | gap added |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['target']} | {r['concurrency']} | {_cell(r['ttft_p50'])} ms | "
+                     f"{_cell(r['ttft_p50_added'], 1, True)} ms | {_cell(r['ttft_p99'])} ms | "
+                     f"{_cell(r['gap_p50'], 2)} ms | "
+                     f"{_cell(r['gap_p50_added'], 2, True)} ms |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _cache_table(rows: list[dict]) -> str:
+    lines = ["| streams | hit rate | hit or coalesced | TTFT p50 hit | TTFT p50 miss |"
+             " hit vs miss | TTFT p50 all, gateway | TTFT p50 all, direct |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        change = None if r["hit_vs_miss"] is None else 100 * r["hit_vs_miss"]
+        lines.append(f"| {r['concurrency']} | {_cell(100 * r['hit_rate'], 0)}% | "
+                     f"{_cell(100 * r['hit_or_coalesced_rate'], 0)}% | "
+                     f"{_cell(r['hit_ttft_p50'], 2)} ms | {_cell(r['miss_ttft_p50'])} ms | "
+                     f"{_cell(change, 1, True)}% | {_cell(r['gateway_ttft_p50'])} ms | "
+                     f"{_cell(r['direct_ttft_p50'])} ms |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _routing_table(rows: list[dict]) -> str:
+    lines = ["| workload | policy | TTFT p50 | TTFT p99 | replicas' prefix-cache hit rate |"
+             " busiest replica's share |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        hit = None if r["prefix_hit_rate"] is None else 100 * r["prefix_hit_rate"]
+        lines.append(f"| {r['workload']} | {r['policy']} | {_cell(r['ttft_p50'])} ms | "
+                     f"{_cell(r['ttft_p99'])} ms | {_cell(hit, 1)}% | "
+                     f"{_cell(100 * r['busiest_replica_share'], 0)}% |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+_TABLES = {"overhead": _overhead_table, "cache": _cache_table, "routing": _routing_table}
+
+
 # ---- main --------------------------------------------------------------------------------
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("study", choices=["overhead", "cache", "routing"])
+    p.add_argument("study", choices=["overhead", "cache", "routing", "report"])
+    p.add_argument("results", nargs="*", type=Path, help="report: the studies' JSON files")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--levels", default="1,64,256", help="overhead: concurrency levels")
     p.add_argument("--others", default="litellm,sglang-router", help="overhead: other gateways")
@@ -398,6 +458,9 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=8, help="routing: concurrent streams")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
+    if args.study == "report":
+        print(report(args.results))
+        return
     started = machine()
     with sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="latlab-gw-bench-") as tmp:
         study = {"overhead": overhead, "cache": cache, "routing": routing}[args.study]
