@@ -75,3 +75,54 @@ def test_shared_prefix_hits_the_cache_as_designed(served):
     cached = [r.cached_tokens for r in level.records]
     assert [r.prompt_tokens for r in level.records] == [88] * 8
     assert cached == [0, 0, 64, 64, 64, 64, 64, 64]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("use_tokenize", [True, False])
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_prompts_are_as_long_as_asked_in_the_servers_tokens_without_a_tokenizer(
+    served, monkeypatch, api, use_tokenize
+):
+    """No --tokenizer: the client calibrates on the server (its /tokenize, or the usage of
+    probe requests) and the prompts come out exactly as long as asked, chat template and BOS
+    included."""
+    from latlab.bench import server_tokens
+
+    real = server_tokens.ServerTokenCounter.__init__
+    monkeypatch.setattr(server_tokens.ServerTokenCounter, "__init__",
+                        lambda self, t, **kw: real(self, t, use_tokenize=use_tokenize))  # fmt: skip
+    base = served.rstrip("/") + "/v1"
+    config = BenchConfig(concurrency=[2], num_requests=6, warmup=0, input_len="uniform:40:90",
+                         output_len="2", api=api)  # fmt: skip
+    res = run_bench(config, OpenAITarget(base, api=api), False)
+    words = res.workload["prompt_words"]
+    assert words["exact"] and words["source"] == ("server /tokenize" if use_tokenize
+                                                  else "server usage")  # fmt: skip
+    pl = res.levels[0].summary.prompt_length
+    assert pl.requests == 6 and pl.mean_abs_error < 0.02
+    assert all(r.prompt_tokens == r.prompt_tokens_requested for r in res.levels[0].records)
+
+
+@pytest.mark.slow
+def test_tokenize_and_detokenize_answer_as_vllm_does(served):
+    import httpx
+
+    from latlab.assets import bundled_model_path
+    from latlab.model_files import load_tokenizer
+
+    tok = load_tokenizer(str(bundled_model_path()))
+    with httpx.Client(base_url=served) as client:
+        plain = client.post("/tokenize", json={"prompt": " the time"}).json()
+        assert plain["tokens"] == tok.encode(" the time") and plain["count"] == 3
+        bare = client.post("/tokenize", json={"prompt": " the time", "add_special_tokens": False})
+        assert bare.json()["count"] == 2
+        chat = client.post("/tokenize", json={"messages": [{"role": "user", "content": "hi"}]})
+        text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                       add_generation_prompt=True)  # fmt: skip
+        assert chat.json()["tokens"] == tok.encode(text, add_special_tokens=False)
+        back = client.post("/detokenize", json={"tokens": plain["tokens"][1:]}).json()
+        assert back == {"prompt": " the time"}
+        both = client.post("/tokenize", json={"prompt": "a", "messages": []})
+        assert both.status_code == 400 and "exactly one" in both.json()["error"]["message"]
+        wrong = client.post("/tokenize", json={"model": "other", "prompt": "a"})
+        assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "model_not_found"

@@ -1,5 +1,7 @@
 """The HTTP target against the stub server: accuracy, chunk counting, every fault."""
 
+import json
+
 import httpx
 import pytest
 
@@ -284,3 +286,32 @@ def test_replies_that_stop_before_max_tokens_under_ignore_eos_are_flagged():
     s = res.levels[0].summary
     assert s.stopped_early == 2 and s.finish_reasons == {"length": 2}
     assert "does the target honour ignore_eos" in " ".join(notes(res))
+
+
+def _sharegpt(tmp_path):
+    f = tmp_path / "sg.json"
+    conv = [{"from": "human", "value": "Name three birds"},
+            {"from": "gpt", "value": "crow owl finch and a heron"}]  # fmt: skip
+    f.write_text(json.dumps([{"conversations": conv}]))
+    return f"sharegpt:{f}"
+
+
+def test_sharegpt_reply_lengths_are_counted_on_the_server_without_a_tokenizer(tmp_path):
+    """The stub counts a prompt's words (no /tokenize): the client calibrates with probe
+    requests and sizes each reply as the server counts it, never with --output-len."""
+    with StubServer(ttft_s=0, itl_s=0, chunks=None) as url:
+        config = BenchConfig(concurrency=[1], num_requests=1, warmup=0, dataset=_sharegpt(tmp_path))
+        res = run_bench(config, OpenAITarget(url), False)
+    assert res.workload["prompt_words"]["source"] == "server usage"
+    assert res.levels[0].records[0].max_tokens == 6
+
+
+def test_a_server_that_cannot_count_leaves_lengths_uncalibrated_and_refuses_sharegpt(tmp_path):
+    with StubServer(ttft_s=0, itl_s=0, chunks=2, send_usage=False) as url:
+        res = run_bench(BenchConfig(concurrency=[1], num_requests=1, warmup=0),
+                        OpenAITarget(url), False)  # fmt: skip
+        words = res.workload["prompt_words"]
+        assert not words["exact"] and "reports no usage" in words["source"]
+        with pytest.raises(ConfigError, match=r"nothing here can count it.*pass --tokenizer"):
+            run_bench(BenchConfig(num_requests=1, warmup=0, dataset=_sharegpt(tmp_path)),
+                      OpenAITarget(url), False)  # fmt: skip

@@ -161,7 +161,7 @@ async def arun_bench(
     with _sigint_stops(runner, lambda: pool.stop() if pool is not None else None):
         try:
             await target.check()
-            _build_workload(config, spec, target, runner, result)
+            await _build_workload(config, spec, target, runner, result)
             users = int(config.levels()[0].get("concurrency", 4))
             result.warmup_requests = await runner.warmup(config.warmup, users)
             if config.workers > 1:
@@ -182,21 +182,22 @@ async def arun_bench(
     return result
 
 
-def _build_workload(
+async def _build_workload(
     config: BenchConfig, spec: WorkloadSpec, target: Any, runner: Runner, result: BenchResult
 ) -> None:
     """Prompts of exact length in the target's tokens, salted per run unless asked not to."""
-    words = calibrate.prompt_words(target)
+    sizing = await calibrate.prompt_sizing(target)
+    words = sizing.words
     value = secrets.token_hex(4) if config.salt is None else config.salt
     salt = Salt(value=value, words=words.words) if value else None
-    count = calibrate.text_counter(target)
+    count = sizing.local_count
     runner.requests = build_requests(spec, words, salt=salt, count_text=count)
     warm = WorkloadSpec(**{**asdict(spec), "num_prompts": max(1, config.warmup),
                            "seed": config.seed + 1})  # fmt: skip
     runner.warmup_requests = build_requests(warm, words, salt=salt, count_text=count)
-    calibrate.resolve_replies([*runner.requests, *runner.warmup_requests])
+    await calibrate.resolve_replies([*runner.requests, *runner.warmup_requests], sizing)
     runner.salt = salt
-    result.workload = {"salt": value or None, "prompt_words": words.to_dict()}
+    result.workload = {"salt": value or None, "prompt_words": sizing.to_dict()}
 
 
 async def _start_pool(config: BenchConfig, target: Any, runner: Runner) -> Any:

@@ -82,7 +82,7 @@ class BenchResult:
         """Print the results table (rich); one row per load level."""
         from rich.console import Console
 
-        console = console or Console(width=None if sys.stdout.isatty() else 140)
+        console = console or Console(width=None if sys.stdout.isatty() else 170)
         console.print(results_table(self))
         for line in notes(self):
             console.print(line)
@@ -170,6 +170,7 @@ def notes(result: BenchResult) -> list[str]:
     sources = {k for lv in result.levels for k in lv.summary.output_tokens_source}
     if sources:
         out.append(f"output tokens counted from: {', '.join(sorted(sources))}")
+    out += _sizing_notes(result)
     salt = result.workload.get("salt")
     if salt:
         out.append(f"every prompt starts with its own tag (salt {salt!r}; --salt {salt} "
@@ -177,6 +178,21 @@ def notes(result: BenchResult) -> list[str]:
     if result.interrupted:
         out.append("[yellow]interrupted: figures cover the requests measured before Ctrl-C[/]")
     return out
+
+
+def _sizing_notes(result: BenchResult) -> list[str]:
+    """How prompt lengths were made exact, or why they are not."""
+    words = result.workload.get("prompt_words")
+    if not words:
+        return []
+    if words.get("exact"):
+        added = f"{words['offset']} token{'s' * (words['offset'] != 1)}"
+        return [f"prompt lengths exact in the target's tokens ({words['source']}: "
+                f"{words['words']} one-token words, {added} added to every prompt)"]  # fmt: skip
+    if result.config.get("dataset") in ("synthetic", "shared-prefix"):
+        return [f"[yellow]prompt lengths are approximate: {words['source']}; the prompt "
+                "column shows what the target counted[/]"]  # fmt: skip
+    return []
 
 
 def _failure_notes(lv: LevelResult, load: str, top: int = 3) -> list[str]:

@@ -33,7 +33,9 @@ from latlab.serve.prometheus import CONTENT_TYPE, RequestTracker, ServeMetrics
 from latlab.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeRequest,
     RequestError,
+    TokenizeRequest,
     chat_response,
     completion_response,
     config_error,
@@ -106,6 +108,14 @@ def create_app(
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return server.models()
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        return server.tokenize(parse_request(TokenizeRequest, await _body(request)))
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, Any]:
+        return server.detokenize(parse_request(DetokenizeRequest, await _body(request)))
 
     @app.get("/health")
     async def health() -> Response:
@@ -219,29 +229,59 @@ class _Server:
         req.check_supported()
         prompt = req.single_prompt()
         if isinstance(prompt, str):
-            self._check_chars(len(prompt))
-            ids = list(self.engine.tokenizer.encode(prompt))
-        else:
-            ids = self._check_token_ids(prompt)
+            return self._job(req, self._prompt_ids(prompt), req.max_tokens, chat=False,
+                             prefix="cmpl")  # fmt: skip
+        ids = self._check_token_ids(prompt)
         return self._job(req, ids, req.max_tokens, chat=False, prefix="cmpl")
 
     def prepare_chat(self, req: ChatCompletionRequest) -> _Job:
         self._check_model(req.model)
         req.check_supported()
-        messages = [m.as_template_dict() for m in req.messages]
+        ids = self._chat_ids(req.messages, req.add_generation_prompt)
+        return self._job(req, ids, req.requested_max_tokens, chat=True, prefix="chatcmpl")
+
+    def _prompt_ids(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
+        self._check_chars(len(prompt))
+        return list(self.engine.tokenizer.encode(prompt, add_special_tokens=add_special_tokens))
+
+    def _chat_ids(
+        self, chat: list[Any], add_generation_prompt: bool, add_special_tokens: bool = False
+    ) -> list[int]:
+        messages = [m.as_template_dict() for m in chat]
         self._check_chars(sum(len(m["content"]) for m in messages))
         tokenizer = self.engine.tokenizer
         try:
             text = tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=req.add_generation_prompt
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
             )
         except Exception as exc:  # jinja errors, missing template: all the client's to fix
             raise RequestError(
                 f"could not apply the model's chat template: {exc}", param="messages"
             ) from None
         # The template already wrote any BOS token; adding special tokens would double it.
-        ids = list(tokenizer.encode(text, add_special_tokens=False))
-        return self._job(req, ids, req.requested_max_tokens, chat=True, prefix="chatcmpl")
+        return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
+        """The token ids this server would run for a prompt or chat, as vLLM's /tokenize."""
+        self._check_model(req.model)
+        if (req.prompt is None) == (req.messages is None):
+            raise RequestError("give exactly one of 'prompt' or 'messages'", param="prompt")
+        if req.prompt is not None:
+            special = True if req.add_special_tokens is None else req.add_special_tokens
+            ids = self._prompt_ids(req.prompt, special)
+        else:
+            ids = self._chat_ids(req.messages or [], req.add_generation_prompt,
+                                 bool(req.add_special_tokens))  # fmt: skip
+        out: dict[str, Any] = {"count": len(ids), "max_model_len": int(self.engine.max_model_len),
+                               "tokens": ids}  # fmt: skip
+        if req.return_token_strs:
+            out["token_strs"] = self.engine.tokenizer.convert_ids_to_tokens(ids)
+        return out
+
+    def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
+        self._check_model(req.model)
+        ids = self._check_token_ids(req.tokens)
+        return {"prompt": self.engine.tokenizer.decode(ids)}
 
     def _check_chars(self, chars: int) -> None:
         limit = int(self.engine.max_model_len)

@@ -223,6 +223,28 @@ class ChatCompletionRequest(_SamplingFields):
         return self.max_tokens
 
 
+class TokenizeRequest(_Strict):
+    """vLLM's ``POST /tokenize``: a completion prompt, or chat messages through the template.
+
+    Clients use it to count tokens exactly as the server will (``latlab bench`` sizes its
+    prompts with it when it has no tokenizer of its own).
+    """
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool | None = None  # default: True for a prompt, False for messages
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(_Strict):
+    """vLLM's ``POST /detokenize``: token ids back to text."""
+
+    model: str | None = None
+    tokens: list[int]
+
+
 def parse_request(model: type[_Strict], body: bytes | dict[str, Any]) -> Any:
     """Validate a body (raw JSON, or JSON the guard parsed); problems become a 400 naming
     the field."""
