@@ -81,6 +81,22 @@ def test_taken_port_fails_in_one_line_before_loading(tmp_path):
     assert time.monotonic() - start < 30
 
 
+def test_bad_bucket_edges_fail_in_one_line_before_loading():
+    out = _cli("serve", "/no/such/model", "--ttft-buckets", "0.5,0.25")
+    assert out.returncode == 2
+    assert "--ttft-buckets '0.5,0.25': bucket edges must be strictly increasing" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bucket_flags_build_histogram_buckets():
+    from latlab.cli.serve import histogram_buckets
+    from latlab.serve.prometheus import ITL_BUCKETS, TTFT_BUCKETS
+
+    buckets = histogram_buckets(None, None, "1,2,4")
+    assert (buckets.ttft, buckets.itl, buckets.request) == (TTFT_BUCKETS, ITL_BUCKETS, (1, 2, 4))
+    assert histogram_buckets("0.3", None, None).ttft == (0.3,)
+
+
 def test_both_kv_budgets_is_an_error():
     out = _cli("serve", "--kv-cache-bytes", "1GiB", "--kv-cache-memory-fraction", "0.1")
     assert out.returncode == 2

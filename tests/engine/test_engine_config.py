@@ -33,6 +33,8 @@ from ._reference import hf_greedy, mixed_prompts
         ("num_threads", 0),
         ("kv_cache_bytes", -5),
         ("kv_cache_memory_fraction", 1.5),
+        ("debug_step_delay_s", -0.1),
+        ("debug_step_delay_s", 61),
     ],
 )
 def test_bad_engine_config_names_the_field(field, value):

@@ -242,6 +242,29 @@ def serve_options(host: str, port: int, log_level: str, flags: dict[str, Any]) -
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--seed", type=int, default=None, help="Engine seed [default: 0].")
 @click.option(
+    "--ttft-buckets",
+    default=None,
+    help="TTFT histogram edges in seconds, e.g. 0.1,0.2,0.3,0.5,1 (put each SLO threshold "
+    "on an edge; see latlab alerts) [default: vLLM's].",
+)
+@click.option(
+    "--itl-buckets",
+    default=None,
+    help="Edges (s) of the inter-token latency and per-request TPOT histograms [default: vLLM's].",
+)
+@click.option(
+    "--e2e-buckets",
+    default=None,
+    help="Edges (s) of the end-to-end and queue time histograms [default: vLLM's].",
+)
+@click.option(
+    "--debug-step-delay-ms",
+    type=click.FloatRange(0, 60_000),
+    default=None,
+    hidden=True,
+    help="Test-only: sleep before every engine step (makes the server slow on purpose).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="warning",
@@ -259,6 +282,10 @@ def serve_command(
     threads: int | None,
     compile_: bool,
     log_level: str,
+    ttft_buckets: str | None,
+    itl_buckets: str | None,
+    e2e_buckets: str | None,
+    debug_step_delay_ms: float | None,
     **engine_flags: Any,
 ) -> None:
     """Serve MODEL (default: the bundled tiny model) behind an OpenAI-compatible API.
@@ -267,6 +294,7 @@ def serve_command(
     can call it; see docs/security.md before serving beyond loopback.
     """
     options = serve_options(host, port, log_level, engine_flags)
+    options.buckets = histogram_buckets(ttft_buckets, itl_buckets, e2e_buckets)
     if kv_cache_bytes is not None and engine_flags.get("kv_cache_memory_fraction") is not None:
         raise ConfigError("give --kv-cache-bytes or --kv-cache-memory-fraction, not both")
     fields = {key: value for key, value in engine_flags.items() if value is not None}
@@ -279,8 +307,23 @@ def serve_command(
         fields["num_threads"] = threads
     if compile_:
         fields["compile"] = True
+    if debug_step_delay_ms:
+        fields["debug_step_delay_s"] = debug_step_delay_ms / 1000
 
     from latlab.engine.config import EngineConfig
     from latlab.serve.server import serve
 
     serve(EngineConfig(**fields), served_model_name=served_model_name, options=options)
+
+
+def histogram_buckets(ttft: str | None, itl: str | None, e2e: str | None) -> Any:
+    """The --*-buckets flags as HistogramBuckets (vLLM's edges where a flag is not given)."""
+    from latlab.serve.prometheus import HistogramBuckets, parse_buckets
+
+    given = {
+        "ttft": (ttft, "--ttft-buckets"),
+        "itl": (itl, "--itl-buckets"),
+        "request": (e2e, "--e2e-buckets"),
+    }
+    edges = {key: parse_buckets(text, flag) for key, (text, flag) in given.items() if text}
+    return HistogramBuckets(**edges)

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -130,12 +131,15 @@ class AsyncLLM:
 
     # ---- the loop thread -----------------------------------------------------------------
     def _run(self) -> None:
+        delay = self.engine.config.debug_step_delay_s
         while not self._stopped:
             self._apply_commands()
             if not self.engine.has_unfinished():
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
+            if delay:
+                time.sleep(delay)
             try:
                 outputs = self.engine.step()
             except Exception as exc:  # a failed step must not hang every caller

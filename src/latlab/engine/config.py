@@ -55,6 +55,9 @@ class EngineConfig:
     # batch 1 / 4 / 8 on plain text (benchmarks/spec_decode.py). Above this many running
     # sequences, no drafts are proposed.
     speculative_max_batch: int = 4
+    # Test-only: sleep this long before every engine step, so a test can make a healthy
+    # server slow on purpose (the alerting end-to-end test sees its TTFT alert fire).
+    debug_step_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -84,6 +87,9 @@ class EngineConfig:
             _positive("num_threads", self.num_threads)
         if self.kv_cache_bytes is not None:
             _positive("kv_cache_bytes", self.kv_cache_bytes)
+        delay = self.debug_step_delay_s
+        if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= 60:
+            raise ConfigError(f"debug_step_delay_s must be between 0 and 60 s, got {delay!r}")
         frac = self.kv_cache_memory_fraction
         if frac is not None and not 0.0 < frac <= 0.95:
             raise ConfigError(f"kv_cache_memory_fraction must be in (0, 0.95], got {frac!r}")

@@ -29,7 +29,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from latlab.errors import CapacityError, ConfigError, LatlabError, OverloadedError
 from latlab.serve import sse
 from latlab.serve.guard import Drain, Guard, GuardConfig, RequestLimits, parsed_body
-from latlab.serve.prometheus import CONTENT_TYPE, RequestTracker, ServeMetrics
+from latlab.serve.prometheus import (
+    CONTENT_TYPE,
+    HistogramBuckets,
+    RequestTracker,
+    ServeMetrics,
+    count_http_status,
+)
 from latlab.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -79,6 +85,7 @@ def create_app(
     make_params: Callable[..., Any] | None = None,
     guard: GuardConfig | None = None,
     drain: Drain | None = None,
+    buckets: HistogramBuckets | None = None,
 ) -> FastAPI:
     """Build the app serving ``engine`` (a ``latlab.engine.AsyncLLM``) as ``served_model_name``.
 
@@ -86,14 +93,19 @@ def create_app(
     ``latlab.SamplingParams`` and exists so the app can be tested against a fake engine.
     ``guard`` defaults to no key, any Host, and request limits derived from the model's
     context; ``drain`` is shared with the server so shutdown can refuse new requests.
+    ``buckets`` sets the latency histograms' edges (``latlab serve --ttft-buckets``).
     """
     app = FastAPI(title="latlab serve", docs_url=None, redoc_url=None, openapi_url=None)
     drain = drain or Drain()
-    server = _Server(engine, served_model_name, make_params or _default_make_params(), drain)
+    server = _Server(
+        engine, served_model_name, make_params or _default_make_params(), drain, buckets
+    )
     app.state.latlab = server
     _add_error_handlers(app)
     guard = guard or GuardConfig(limits=RequestLimits.for_context(int(engine.max_model_len)))
     app.add_middleware(Guard, config=guard, drain=drain)
+    # Outermost, so the guard's refusals (401, 413, 503 while draining) are counted too.
+    app.add_middleware(count_http_status, counter=server.metrics.http)  # type: ignore[arg-type]
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -194,13 +206,18 @@ class _Server:
     """Request handling shared by both endpoints."""
 
     def __init__(
-        self, engine: Any, model_name: str, make_params: Callable[..., Any], drain: Drain
+        self,
+        engine: Any,
+        model_name: str,
+        make_params: Callable[..., Any],
+        drain: Drain,
+        buckets: HistogramBuckets | None = None,
     ) -> None:
         self.engine = engine
         self.drain = drain
         self.model_name = model_name
         self.make_params = make_params
-        self.metrics = ServeMetrics(engine.stats, model_name)
+        self.metrics = ServeMetrics(engine.stats, model_name, buckets=buckets)
         # One worker: large requests are prepared in turn, never several at once.
         self._prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latlab-prep")
 

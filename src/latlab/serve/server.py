@@ -47,6 +47,8 @@ class ServeOptions:
     # Request limits given explicitly; the rest derive from the model's context.
     limit_overrides: dict[str, int] = field(default_factory=dict)
     shutdown_timeout_s: float = 5.0
+    # Latency histogram edges (latlab.serve.prometheus.HistogramBuckets; None = vLLM's).
+    buckets: Any = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -216,7 +218,7 @@ async def _serve_engine(engine_config: Any, sock: socket.socket, name: str | Non
         served = name or str(engine.model_name)
         drain = Drain()
         guard = options.guard_for_context(int(engine.max_model_len))
-        app = create_app(engine, served, guard=guard, drain=drain)
+        app = create_app(engine, served, guard=guard, drain=drain, buckets=options.buckets)
         server = uvicorn_server(
             app,
             guard=guard,
