@@ -45,6 +45,18 @@ def test_base_modules_import_with_torch_blocked():
     assert out.returncode == 0, out.stderr
 
 
+def test_watch_and_monitor_import_with_torch_and_fastapi_blocked():
+    # `latlab watch`, `alerts` and `dashboard` run where only the bench client is installed.
+    modules = ["latlab.watch", "latlab.watch.loop", "latlab.monitor.generate",
+               "latlab.monitor.dashboard", "latlab.monitor.preview", "latlab.cli.watch",
+               "latlab.cli.alerts", "latlab.cli.dashboard",
+               "latlab.testing.prometheus"]  # fmt: skip
+    out = _run_without_heavy_deps(
+        "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+    )
+    assert out.returncode == 0, out.stderr
+
+
 def test_base_import_pulls_only_the_standard_library():
     # The import-cost budget (0.3 s) is met by importing nothing heavy; benchmarks/import_cost.py
     # reports the time itself.

@@ -21,7 +21,16 @@ def main() -> None:
 
 
 # Modules in this package that each attach one verb to ``main`` when imported.
-_COMMAND_MODULES: tuple[str, ...] = ("plan", "bench", "serve", "optimize", "gateway")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "plan",
+    "bench",
+    "serve",
+    "optimize",
+    "gateway",
+    "watch",
+    "alerts",
+    "dashboard",
+)
 
 
 def _register_commands() -> None:

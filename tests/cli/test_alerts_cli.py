@@ -1,0 +1,98 @@
+"""`latlab alerts` and `latlab dashboard` from the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+_CLI = "import sys; from latlab.cli import run; run(sys.argv[1:])"
+FIXTURE = Path(__file__).parents[1] / "monitor" / "fixtures" / "vllm-0.32.0.metrics.txt"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _CLI, *args], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+
+
+def test_alerts_to_a_file_with_the_rounding_note(tmp_path):
+    out = _cli("alerts", "--slo-ttft-ms", "300", "--objective", "99.9%", "-o",
+               str(tmp_path / "r.yml"))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "note: TTFT threshold 300 ms is not a bucket edge" in out.stderr
+    assert "rules (promtool check rules: SUCCESS)" in out.stderr or "not checked" in out.stderr
+    assert yaml.safe_load((tmp_path / "r.yml").read_text())["groups"]
+
+
+def test_alerts_to_stdout_from_a_bench_result(tmp_path):
+    result = tmp_path / "run.json"
+    result.write_text(json.dumps({"config": {"slo": {"ttft_ms": 500, "tpot_ms": 50,
+                                                     "e2e_ms": None}}}))  # fmt: skip
+    out = _cli("alerts", "--slo-from", str(result), "--backend", "vllm")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert 'vllm:time_to_first_token_seconds_bucket{le="0.5"}' in text
+    assert 'vllm:request_time_per_output_token_seconds_bucket{le="0.05"}' in text
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [(["--slo-ttft-ms", "300", "--windows", "page=5m/1h@2"], "must be shorter"),
+     (["--backend", "vllm"], "give at least one SLO"),
+     (["--slo-ttft-ms", "9999999"], "above the last bucket edge")],
+)  # fmt: skip
+def test_alerts_bad_input_is_one_line(args, why):
+    out = _cli("alerts", *args)
+    assert out.returncode == 2 and why in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def fixture_metrics_url():
+    """The recorded vllm serve 0.32.0 /metrics, served over HTTP."""
+    body = FIXTURE.read_bytes()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/metrics"
+    server.shutdown()
+    server.server_close()
+
+
+def test_dashboard_json_on_stdout():
+    out = _cli("dashboard", "--backend", "vllm", "--vllm-version", "0.10.2")
+    doc = json.loads(out.stdout)
+    exprs = " ".join(t["expr"] for p in doc["panels"] for t in p.get("targets", []))
+    assert "vllm:kv_cache_usage_perc" in exprs and "vllm:gpu_cache_usage_perc" not in exprs
+    assert "vllm:time_per_output_token_seconds_bucket" in exprs
+
+
+def test_dashboard_check_metrics(fixture_metrics_url, tmp_path):
+    ok = _cli("dashboard", "--backend", "vllm", "--check-metrics", fixture_metrics_url)
+    assert ok.returncode == 0 and "0 missing series" in ok.stderr
+    old = _cli("dashboard", "--backend", "vllm", "--vllm-version", "0.8.0", "-o",
+               str(tmp_path / "d.json"), "--check-metrics", fixture_metrics_url)  # fmt: skip
+    assert old.returncode == 1
+    assert "missing series: KV cache usage: vllm:gpu_cache_usage_perc" in old.stderr
+    assert json.loads((tmp_path / "d.json").read_text())["panels"]
+
+
+def test_dashboard_unknown_version_warns():
+    out = _cli("dashboard", "--backend", "vllm", "--vllm-version", "0.99")
+    assert out.returncode == 0 and "warning: vLLM 0.99 is newer" in out.stderr
