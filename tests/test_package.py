@@ -38,7 +38,7 @@ def test_import_does_not_pull_torch():
 
 
 def test_base_modules_import_with_torch_blocked():
-    modules = ["latlab", "latlab.cli", "latlab.errors", "latlab.plan.kv"]
+    modules = ["latlab", "latlab.cli", "latlab.errors", "latlab.plan.kv", "latlab.runs"]
     out = _run_without_heavy_deps(
         "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
     )
@@ -105,3 +105,12 @@ def test_gateway_imports_with_torch_transformers_and_fastapi_blocked():
     code += "import sys; assert 'torch' not in sys.modules\n"
     out = _run_without_heavy_deps(code)
     assert out.returncode == 0, out.stderr
+
+
+def test_run_store_imports_only_the_standard_library():
+    code = (
+        "import sys; import latlab; before = set(sys.modules); import latlab.runs; "
+        "print(' '.join(sorted({m.split('.')[0] for m in set(sys.modules) - before})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert set(out.stdout.split()) - set(sys.stdlib_module_names) - {"latlab"} == set()

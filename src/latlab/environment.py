@@ -53,13 +53,26 @@ def _packages() -> dict[str, str]:
     return versions
 
 
+def _threads() -> dict[str, Any]:
+    """CPUs this process may use and the thread settings that change CPU latency."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    out: dict[str, Any] = {"usable_cpus": usable}
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
+        if os.environ.get(var):
+            out[var] = os.environ[var]
+    return out
+
+
 def environment() -> dict[str, Any]:
-    """Python, platform, CPU model and cores, GPUs, package versions, torch threads if loaded."""
+    """Python, platform, CPU model and cores, host, usable CPUs and thread settings, GPUs,
+    package versions, torch threads if loaded."""
     env: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_model": _cpu_model(),
         "cpu_cores": os.cpu_count(),
+        "host": platform.node(),
+        "threads": _threads(),
         "gpus": _gpus(),
         "packages": _packages(),
     }

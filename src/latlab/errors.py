@@ -28,3 +28,11 @@ class CapacityError(LatlabError):
 
 class OverloadedError(LatlabError):
     """The engine's waiting queue is full; the caller should retry later (HTTP 503)."""
+
+
+class RunStoreError(LatlabError):
+    """The run store cannot be opened, read or written (corrupt file, newer schema, no access)."""
+
+
+class RunNotFoundError(RunStoreError):
+    """A run reference (id, name or JSON file) matches nothing."""

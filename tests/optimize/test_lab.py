@@ -189,6 +189,10 @@ def test_end_to_end_cli_writes_table_record_and_json(tiny_model_dir, heldout_fil
             str(heldout_file),
             "--out",
             str(out),
+            "--name",
+            "lab",
+            "--tag",
+            "nightly",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -210,6 +214,11 @@ def test_end_to_end_cli_writes_table_record_and_json(tiny_model_dir, heldout_fil
     assert [t["name"] for t in data["trials"]][:3] == ["response-cache", "tf32", "max-num-seqs-1"]
     assert set(data["baselines"]) == {"transformers", "engine"}
     assert len(data["trials"][0]["candidate"]["reps"]) == 3
+    from latlab.runs import RunStore
+
+    with RunStore.open() as store:  # recorded, as the same document
+        run = store.find("lab")
+    assert run.kind == "optimize" and run.info.tags == ["nightly"] and run.result == data
     # The written plan reads back.
     from latlab.optimize.lab_plan import load_plan
 

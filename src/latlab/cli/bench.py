@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from latlab.cli import main
+from latlab.cli.store_options import open_store, record_options, record_run
 from latlab.errors import ConfigError
 
 # With no --url / --callable the bench runs in-process; the lead may switch this to "latlab".
@@ -237,6 +238,7 @@ def _tokenizer(name: str) -> Any:
 )
 @click.option("--fail-on-error", is_flag=True, help="Exit 1 if any request failed.")
 @click.option("--no-progress", is_flag=True, help="No live progress bar.")
+@record_options
 def bench(**opts: Any) -> int:
     """Measure TTFT, ITL, TPOT, E2E, throughput and goodput of a server, model or function.
 
@@ -278,6 +280,7 @@ def bench(**opts: Any) -> int:
         config.concurrency = [1]
     if config.rate is None and opts["concurrency"] is None and not remote:
         config.concurrency = [1, 4]  # the no-argument demo shows how batching changes latency
+    store = open_store(opts["store_path"], opts["no_store"], opts["run_name"], opts["tags"])
     target = _target(opts)
     show = not opts["no_progress"] and sys.stderr.isatty()
     result = run_bench(config, target, progress=show)
@@ -288,6 +291,8 @@ def bench(**opts: Any) -> int:
     if opts["csv_path"]:
         result.write_csv(opts["csv_path"])
         click.echo(f"wrote {os.fspath(opts['csv_path'])}")
+    record_run(store, kind="bench", result=result.to_dict(), name=opts["run_name"],
+               tags=opts["tags"], source_path=opts["json_path"])  # fmt: skip
     if result.interrupted:
         return 130
     total = result.completed + result.failed

@@ -6,10 +6,12 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from latlab.cli import main
+from latlab.cli.store_options import open_store, record_options, record_run
 
 
 @main.command("optimize")
@@ -50,6 +52,7 @@ from latlab.cli import main
     "[default: the plan's; 420 for the built-in plan].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the full JSON result on stdout.")
+@record_options
 def optimize(
     model: str | None,
     plan_path: str | None,
@@ -58,6 +61,7 @@ def optimize(
     quality_text: str | None,
     time_budget: float | None,
     as_json: bool,
+    **store_opts: Any,
 ) -> None:
     """Apply latency recipes one at a time to MODEL, measure each against the baseline,
     gate each on quality, and write the strategy table and a decision record.
@@ -74,6 +78,8 @@ def optimize(
     if time_budget is not None:
         plan = dataclasses.replace(plan, time_budget_s=time_budget or None)
     out = Path(out_dir) if out_dir else default_out_dir()
+    store = open_store(store_opts["store_path"], store_opts["no_store"], store_opts["run_name"],
+                       store_opts["tags"])  # fmt: skip
     start = time.perf_counter()
 
     def progress(message: str) -> None:
@@ -90,3 +96,5 @@ def optimize(
         click.echo(f"adopted: {adopted}")
     for what, path in paths.items():
         click.echo(f"wrote {what}: {path}", err=True)
+    record_run(store, kind="optimize", result=to_json(result), name=store_opts["run_name"],
+               tags=store_opts["tags"], source_path=paths["json"])  # fmt: skip
