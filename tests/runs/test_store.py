@@ -152,7 +152,7 @@ def test_a_corrupt_store_is_refused_with_what_to_do_and_left_untouched(tmp_path)
     path = tmp_path / "runs.db"
     garbage = b"this is not a database, but it holds someone's notes\n" * 100
     path.write_bytes(garbage)
-    with pytest.raises(RunStoreError, match="cannot be read .* left it untouched: move it aside"):
+    with pytest.raises(RunStoreError, match=r"cannot be read .* left it untouched: move it aside"):
         RunStore.open(path)
     assert path.read_bytes() == garbage
     assert not (tmp_path / "runs.db-wal").exists()
@@ -167,10 +167,9 @@ def test_a_store_with_damaged_pages_fails_clearly_when_read(tmp_path):
     assert len(data) > 16 * 4096
     data[4096:] = b"\xff" * (len(data) - 4096)  # every page after the header's overwritten
     path.write_bytes(bytes(data))
-    with pytest.raises(RunStoreError, match="cannot be read"):
-        with RunStore.open(path) as s:
-            for info in s.list_runs(last=0):
-                s.get(info.id)
+    with pytest.raises(RunStoreError, match="cannot be read"), RunStore.open(path) as s:
+        for info in s.list_runs(last=0):
+            s.get(info.id)
 
 
 def test_another_programs_sqlite_file_is_not_taken_over(tmp_path):
