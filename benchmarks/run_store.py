@@ -33,9 +33,9 @@ def synthetic_result(requests: int, chunks: int) -> dict:
                         "queue_ms": None, "num_chunks": chunks, "intended_send_ns": None,
                         "send_ns": send, "end_ns": chunk_ns[-1], "chunk_ns": chunk_ns,
                         "chunk_tokens": [1] * chunks})  # fmt: skip
+    level = {"load": {"concurrency": 16}, "summary": {}, "records": records}
     return {"schema_version": "latlab.bench/1", "created_utc": "2026-01-01T00:00:00+00:00",
-            "target": {"name": "synthetic"},
-            "levels": [{"load": {"concurrency": 16}, "summary": {}, "records": records}]}  # fmt: skip
+            "target": {"name": "synthetic"}, "levels": [level]}  # fmt: skip
 
 
 def median_s(fn, repeats: int = 3) -> float:
