@@ -191,3 +191,12 @@ def test_record_to_dict_round_trips_figures_in_ms():
     assert d["tpot_ms"] == 20.0
     assert d["e2e_ms"] == 120.0
     assert d["ok"] is True and d["num_chunks"] == 2
+
+
+def test_record_from_dict_restores_what_to_dict_wrote():
+    original = rec([100, 110, 130], [1, 2, 1], 140, send_ms=5, intended_ms=2,
+                   prompt_tokens=7, output_tokens_source="usage")  # fmt: skip
+    back = RequestRecord.from_dict(original.to_dict())
+    assert back == original
+    failed = RequestRecord.from_dict({**rec([], [], 9, error="http_500").to_dict(), "new": 1})
+    assert failed.error == "http_500" and not failed.ok

@@ -161,6 +161,25 @@ class RequestRecord:
             "chunk_tokens": list(self.chunk_tokens),
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RequestRecord:
+        """The record ``to_dict()`` wrote (derived figures are recomputed, unknown keys ignored),
+        so stored runs are analysed with the same definitions as live ones."""
+        return cls(
+            request_id=str(d.get("request_id", "")),
+            intended_send_ns=d.get("intended_send_ns"),
+            send_ns=int(d.get("send_ns") or 0),
+            chunk_ns=list(d.get("chunk_ns") or ()),
+            chunk_tokens=list(d.get("chunk_tokens") or ()),
+            end_ns=d.get("end_ns"),
+            prompt_tokens=d.get("prompt_tokens"),
+            output_tokens=d.get("output_tokens"),
+            output_tokens_source=str(d.get("output_tokens_source") or "chunks"),
+            error=d.get("error"),
+            error_detail=d.get("error_detail"),
+            token_count_mismatch=bool(d.get("token_count_mismatch")),
+        )
+
 
 # ---------------------------------------------------------------------------- measure()
 

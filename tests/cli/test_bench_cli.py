@@ -186,3 +186,18 @@ def test_ctrl_c_keeps_what_was_measured_and_exits_130(tmp_path):
     d = json.loads((tmp_path / "r.json").read_text())
     assert d["interrupted"] is True
     assert d["levels"][0]["summary"]["completed"] > 0
+
+
+def test_repeats_interleave_levels_and_print_spread_and_intervals(tmp_path):
+    with StubServer(ttft_s=0.005, itl_s=0.001, chunks=4) as url:
+        out = latlab("bench", "--url", url, "--concurrency", "1,2", "--num-requests", "6",
+                     "--input-len", "8", "--output-len", "4", "--repeats", "2", "--json",
+                     str(tmp_path / "r.json"))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "repeats: spread and pooled intervals" in out.stdout
+    assert "requests for +-5% / +-2%" in out.stdout
+    loads = [lv["load"] for lv in json.loads((tmp_path / "r.json").read_text())["levels"]]
+    assert loads == [{"concurrency": 1, "repeat": 0}, {"concurrency": 2, "repeat": 0},
+                     {"concurrency": 1, "repeat": 1}, {"concurrency": 2, "repeat": 1}]  # fmt: skip
+    bad = latlab("bench", "--url", url, "--repeats", "0")
+    assert bad.returncode == 2

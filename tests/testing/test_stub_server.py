@@ -124,3 +124,31 @@ def test_command_line_entry_serves_until_stopped():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_max_concurrent_queues_the_rest_and_their_ttft_counts_the_wait():
+    from latlab.bench import BenchConfig, OpenAITarget, run_bench
+
+    cfg = BenchConfig(concurrency=[6], num_requests=12, warmup=0, input_len="4", output_len="5")
+    server = StubServer(ttft_s=0.05, itl_s=0.01, max_concurrent=2)
+    with server as url:
+        level = run_bench(cfg, OpenAITarget(url), progress=False).levels[0]
+        assert server.stats()["peak_concurrent"] == 2
+    ttfts = sorted(r.ttft_ns / 1e6 for r in level.records)
+    # two are served at once: a request waits whole services (50 + 4 x 10 ms) for a slot
+    assert ttfts[0] == pytest.approx(50, abs=15)
+    assert ttfts[-1] > 50 + 2 * 90 - 15
+    with pytest.raises(ValueError, match="max_concurrent"):
+        StubConfig(max_concurrent=0)
+
+
+def test_stub_process_runs_in_its_own_process_and_stops():
+    from latlab.testing import stub_process
+
+    with stub_process(ttft_s=0.0, itl_s=0.0, max_concurrent=1) as url:
+        assert httpx.get(url + "/models").json()["data"][0]["id"] == "stub-model"
+        stats = httpx.get(url.removesuffix("/v1") + "/stub/stats").json()
+        assert stats["peak_concurrent"] == 0
+        port = int(url.split(":")[2].split("/")[0])
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)

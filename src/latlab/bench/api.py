@@ -52,6 +52,8 @@ class BenchConfig:
     # Per-run value behind the tag at the front of every prompt (see latlab.prompt_words):
     # None picks a random one (recorded in the result), "" sends prompts unsalted.
     salt: str | None = None
+    # Each level measured this many times, interleaved (1,4,1,4...) so drift hits all alike.
+    repeats: int = 1
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the JSON as given
 
     def __post_init__(self) -> None:
@@ -79,15 +81,22 @@ class BenchConfig:
                 "--no-stream measures no TTFT or TPOT (the first token arrives with the last): "
                 "use --slo-e2e-ms, or stream"
             )
+        if self.repeats < 1:
+            raise ConfigError("--repeats must be >= 1")
         if any(math.isinf(r) for r in self.rate or ()) and self.num_requests is None:
             raise ConfigError("--rate inf sends everything at once: give --num-requests")
         LengthDist.parse(self.input_len, "--input-len")
         LengthDist.parse(self.output_len, "--output-len")
 
     def levels(self) -> list[dict[str, Any]]:
+        """Every level to run, in order; with repeats, ``{"concurrency": 4, "repeat": 1}``."""
         if self.rate:
-            return [{"rate": r} for r in self.rate]
-        return [{"concurrency": c} for c in self.concurrency or [1]]
+            loads: list[dict[str, Any]] = [{"rate": r} for r in self.rate]
+        else:
+            loads = [{"concurrency": c} for c in self.concurrency or [1]]
+        if self.repeats == 1:
+            return loads
+        return [{**load, "repeat": r} for r in range(self.repeats) for load in loads]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -97,6 +97,14 @@ def _scalar(text: str) -> Any:
     return text
 
 
+def _render_spread(result: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    from latlab.compare.spread import spread_table, spreads
+
+    Console(width=None if sys.stdout.isatty() else 160).print(spread_table(spreads(result)))
+
+
 def _tokenizer(name: str) -> Any:
     from latlab.model_files import load_tokenizer
 
@@ -236,6 +244,13 @@ def _tokenizer(name: str) -> Any:
     show_default=True,
     help="Client processes sharing each level (HTTP only), for many streams.",
 )
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Measure every level N times (interleaved) and print the spread and intervals.",
+)
 @click.option("--fail-on-error", is_flag=True, help="Exit 1 if any request failed.")
 @click.option("--no-progress", is_flag=True, help="No live progress bar.")
 @record_options
@@ -275,6 +290,7 @@ def bench(**opts: Any) -> int:
         temperature=opts["temperature"],
         workers=opts["workers"],
         salt=_salt(opts["salt"], opts["no_salt"]),
+        repeats=opts["repeats"],
     )
     if not config.concurrency and not config.rate:
         config.concurrency = [1]
@@ -285,6 +301,8 @@ def bench(**opts: Any) -> int:
     show = not opts["no_progress"] and sys.stderr.isatty()
     result = run_bench(config, target, progress=show)
     result.render()
+    if config.repeats > 1:
+        _render_spread(result.to_dict())
     if opts["json_path"]:
         result.write_json(opts["json_path"])
         click.echo(f"wrote {os.fspath(opts['json_path'])}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FAULTS", "StubConfig", "StubServer"]
+__all__ = ["FAULTS", "StubConfig", "StubServer", "stub_process"]
 
 
 def __getattr__(name: str) -> Any:

@@ -21,8 +21,10 @@ import functools
 import json
 import math
 import socket
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,12 +50,17 @@ class StubConfig:
     empty_chunks: tuple[int, ...] = ()  # indices of content chunks sent with empty text
     closing_chunk: bool = False
     usage_override: dict[str, Any] | None = None  # reported instead of the true usage
+    # Serve at most this many generations at once; the rest wait in arrival order, and their
+    # TTFT schedule starts when a slot frees (a server with K sequences of capacity).
+    max_concurrent: int | None = None
 
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULTS:
             raise ValueError(f"unknown fault {self.fault!r}; choose one of {', '.join(FAULTS)}")
         if self.tokens_per_chunk < 1:
             raise ValueError("tokens_per_chunk must be >= 1")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ValueError("max_concurrent must be >= 1")
 
 
 @dataclass(slots=True)
@@ -160,7 +167,22 @@ class _Handler:
     async def _generate(
         self, payload: dict[str, Any], chat: bool, w: asyncio.StreamWriter, read: tuple[str, int]
     ) -> bool:
-        t_read = read[1]
+        slots = self.srv.slots
+        if slots is None:
+            return await self._respond(payload, chat, w, read, read[1])
+        async with slots:  # FIFO: asyncio.Semaphore wakes waiters in arrival order
+            with self.srv.serving():
+                return await self._respond(payload, chat, w, read, time.perf_counter_ns())
+
+    async def _respond(
+        self,
+        payload: dict[str, Any],
+        chat: bool,
+        w: asyncio.StreamWriter,
+        read: tuple[str, int],
+        t_start: int,
+    ) -> bool:
+        """Answer one generation; its TTFT/ITL schedule counts from ``t_start`` (a free slot)."""
         cfg = self.cfg
         n = self.srv.next_request_number()
         fault = cfg.fault if cfg.fault and n % cfg.fault_every == 0 else None
@@ -173,9 +195,11 @@ class _Handler:
         n_chunks = cfg.chunks if cfg.chunks is not None else math.ceil(max_tokens / k)
         prompt_tokens = _count_prompt_words(payload, chat)
         if not payload.get("stream"):
-            return await self._non_stream(w, chat, t_read, n_chunks, k, prompt_tokens)
+            return await self._non_stream(w, chat, t_start, n_chunks, k, prompt_tokens)
         usage = cfg.send_usage and (payload.get("stream_options") or {}).get("include_usage")
-        return await self._stream(w, chat, read, n_chunks, k, prompt_tokens, bool(usage), fault)
+        return await self._stream(
+            w, chat, read, t_start, n_chunks, k, prompt_tokens, bool(usage), fault
+        )
 
     async def _non_stream(
         self, w: asyncio.StreamWriter, chat: bool, t_read: int, n_chunks: int, k: int, pt: int
@@ -201,6 +225,7 @@ class _Handler:
         w: asyncio.StreamWriter,
         chat: bool,
         read: tuple[str, int],
+        t_start: int,
         n_chunks: int,
         k: int,
         pt: int,
@@ -224,7 +249,7 @@ class _Handler:
         mid, last_chunk = _content_frames(chat, k)  # built once: the stub must stay light
         empty_mid, empty_last = _content_frames(chat, k, empty=True)
         for i in range(n_chunks):
-            await _sleep_until(t_read + int((cfg.ttft_s + i * cfg.itl_s) * 1e9))
+            await _sleep_until(t_start + int((cfg.ttft_s + i * cfg.itl_s) * 1e9))
             if fault in ("reset", "malformed") and i == cfg.fault_after_chunks:
                 if fault == "malformed":
                     self._raw_event(w, b"data: {this is not json\n\n")
@@ -335,6 +360,9 @@ class StubServer:
         self._server: asyncio.AbstractServer | None = None
         self._ready = threading.Event()
         self._counter = 0
+        self.slots: asyncio.Semaphore | None = None  # max_concurrent generations, in its loop
+        self._serving = 0
+        self._peak_serving = 0
 
     @property
     def url(self) -> str:
@@ -349,8 +377,18 @@ class StubServer:
     def record_first_chunk(self, request_id: str, t_read_ns: int, t_write_ns: int) -> None:
         self._stats.add_first_chunk(request_id, t_read_ns, t_write_ns)
 
+    @contextlib.contextmanager
+    def serving(self) -> Any:
+        """Counts generations holding a slot (the peak shows max_concurrent was honoured)."""
+        self._serving += 1
+        self._peak_serving = max(self._peak_serving, self._serving)
+        try:
+            yield
+        finally:
+            self._serving -= 1
+
     def stats(self) -> dict[str, Any]:
-        return self._stats.snapshot()
+        return {**self._stats.snapshot(), "peak_concurrent": self._peak_serving}
 
     def reset_stats(self) -> None:
         with self._stats.lock:
@@ -358,9 +396,12 @@ class StubServer:
             self._stats.first_chunk_ns.clear()
             self._stats.requests = 0
             self._counter = 0
+            self._peak_serving = 0
 
     # -- lifecycle
     async def _start(self) -> None:
+        if self.config.max_concurrent is not None:
+            self.slots = asyncio.Semaphore(self.config.max_concurrent)
         handler = _Handler(self)
         self._server = await asyncio.start_server(
             handler.serve, "127.0.0.1", self.port, backlog=4096, limit=1 << 20
@@ -407,6 +448,27 @@ class StubServer:
         self.stop()
 
 
+@contextlib.contextmanager
+def stub_process(config: StubConfig | None = None, **kwargs: Any) -> Iterator[str]:
+    """The stub in its own process (its own GIL, so a client in this process cannot delay its
+    schedule); yields the base URL and stops the process group on exit."""
+    from latlab.procs import ManagedProcess, ProcessSpec, free_port
+
+    cfg = config or StubConfig(**kwargs)
+    port = free_port()
+    argv = [sys.executable, "-m", "latlab.testing.stub_server", "--port", str(port),
+            "--ttft-ms", str(cfg.ttft_s * 1e3), "--itl-ms", str(cfg.itl_s * 1e3),
+            "--tokens-per-chunk", str(cfg.tokens_per_chunk), "--fault-every",
+            str(cfg.fault_every), "--model", cfg.model]  # fmt: skip
+    for flag, value in (("--chunks", cfg.chunks), ("--fault", cfg.fault),
+                        ("--max-concurrent", cfg.max_concurrent)):  # fmt: skip
+        if value is not None:
+            argv += [flag, str(value)]
+    with ManagedProcess(ProcessSpec(argv=argv, name="stub server")) as proc:
+        proc.wait_http(f"http://127.0.0.1:{port}/health", timeout_s=30)
+        yield f"http://127.0.0.1:{port}/v1"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve in the foreground until Ctrl-C (for external tools such as vllm bench serve)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -417,11 +479,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chunks", type=int, default=None, help="default: from max_tokens")
     p.add_argument("--fault", choices=FAULTS, default=None)
     p.add_argument("--fault-every", type=int, default=1)
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="serve at most N generations at once; the rest queue (FIFO)")  # fmt: skip
     p.add_argument("--model", default="stub-model")
     a = p.parse_args(argv)
     cfg = StubConfig(ttft_s=a.ttft_ms / 1e3, itl_s=a.itl_ms / 1e3,
                      tokens_per_chunk=a.tokens_per_chunk, chunks=a.chunks, fault=a.fault,
-                     fault_every=a.fault_every, model=a.model)  # fmt: skip
+                     fault_every=a.fault_every, model=a.model,
+                     max_concurrent=a.max_concurrent)  # fmt: skip
     srv = StubServer(cfg, port=a.port)
     url = srv.start()
     print(f"stub server ready at {url}", flush=True)
