@@ -171,14 +171,18 @@ def test_ctrl_c_keeps_what_was_measured_and_exits_130(tmp_path):
     import signal
     import time
 
-    with StubServer(ttft_s=0.005, itl_s=0.001, chunks=4) as url:
+    server = StubServer(ttft_s=0.005, itl_s=0.001, chunks=4)
+    with server as url:
         code = "import sys; from latlab.cli import run; run(sys.argv[1:])"
         proc = subprocess.Popen(
             [sys.executable, "-c", code, "bench", "--url", url, "--concurrency", "4",
              "--duration", "60", "--json", str(tmp_path / "r.json")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        time.sleep(4.0)
+        # Ctrl-C once the level is under way (on a loaded machine start-up alone takes seconds)
+        deadline = time.monotonic() + 60
+        while server.stats()["requests"] < 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
