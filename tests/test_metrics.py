@@ -194,8 +194,9 @@ def test_record_to_dict_round_trips_figures_in_ms():
 
 
 def test_record_from_dict_restores_what_to_dict_wrote():
-    original = rec([100, 110, 130], [1, 2, 1], 140, send_ms=5, intended_ms=2,
-                   prompt_tokens=7, output_tokens_source="usage")  # fmt: skip
+    original = rec([100, 110, 130], [1, 2, 1], 140, send_ms=5, intended_ms=2, prompt_tokens=7,
+                   prompt_tokens_requested=8, cached_tokens=3,
+                   output_tokens_source="usage")  # fmt: skip
     back = RequestRecord.from_dict(original.to_dict())
     assert back == original
     failed = RequestRecord.from_dict({**rec([], [], 9, error="http_500").to_dict(), "new": 1})

@@ -173,6 +173,8 @@ class RequestRecord:
             chunk_tokens=list(d.get("chunk_tokens") or ()),
             end_ns=d.get("end_ns"),
             prompt_tokens=d.get("prompt_tokens"),
+            prompt_tokens_requested=d.get("prompt_tokens_requested"),
+            cached_tokens=d.get("cached_tokens"),
             output_tokens=d.get("output_tokens"),
             output_tokens_source=str(d.get("output_tokens_source") or "chunks"),
             error=d.get("error"),

@@ -22,8 +22,10 @@ WORKLOAD_KEYS = (
     "temperature",
     "burstiness",
 )
-# Keys that differ between any two runs and say nothing about why figures differ.
+# Keys that differ between any two runs and say nothing about why figures differ (the salt is
+# random per run on purpose, so no run hits another's prefix cache).
 _NOISE = ("created_utc", "interrupted", "levels", "schema_version")
+_NOISE_KEYS = ("workload.salt",)
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -43,7 +45,7 @@ def provenance_diff(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any
     fb = flatten({k: v for k, v in b.items() if k not in _NOISE})
     missing = object()
     rows = []
-    for key in sorted(set(fa) | set(fb)):
+    for key in sorted((set(fa) | set(fb)) - set(_NOISE_KEYS)):
         va, vb = fa.get(key, missing), fb.get(key, missing)
         if va != vb:
             rows.append((key, None if va is missing else va, None if vb is missing else vb))
