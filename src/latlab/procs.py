@@ -85,6 +85,7 @@ class ProcessSpec:
     env: Mapping[str, str] = field(default_factory=dict)  # added to (and overriding) os.environ
     cwd: str | os.PathLike[str] | None = None
     log_path: str | os.PathLike[str] | None = None  # None: a file under the system temp dir
+    pass_fds: Sequence[int] = ()  # file descriptors the child inherits (e.g. a control pipe)
 
     def label(self) -> str:
         return self.name or Path(str(self.argv[0])).name
@@ -112,6 +113,7 @@ class ManagedProcess:
             self.proc = subprocess.Popen(
                 list(map(str, spec.argv)), stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, env=env, cwd=spec.cwd, start_new_session=True,
+                pass_fds=tuple(spec.pass_fds),
             )  # fmt: skip
         except OSError as exc:
             log.close()

@@ -74,11 +74,11 @@ def test_taken_port_fails_in_one_line_before_loading(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        start = time.monotonic()
         out = _cli("serve", str(tmp_path), "--port", str(port))
     assert out.returncode == 2
+    # The port error, not a model error for the empty folder, proves the port came first (a
+    # wall-clock bound here failed on a loaded machine: 32 s to start Python and import).
     assert "cannot listen on" in out.stderr and "Traceback" not in out.stderr
-    assert time.monotonic() - start < 30
 
 
 def test_bad_bucket_edges_fail_in_one_line_before_loading():

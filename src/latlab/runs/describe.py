@@ -64,8 +64,12 @@ def _bench_headline(result: dict[str, Any]) -> str:
     loads: dict[str, list[str]] = {}
     for lv in levels:
         for key, value in (lv.get("load") or {}).items():
-            loads.setdefault(key, []).append(_num(value))
+            if key != "repeat" and _num(value) not in loads.setdefault(key, []):
+                loads[key].append(_num(value))
     shape = "; ".join(f"{k} {','.join(v)}" for k, v in loads.items())
+    repeats = len({(lv.get("load") or {}).get("repeat") for lv in levels})
+    if repeats > 1:
+        shape += f" x{repeats} repeats"
     sums = [lv.get("summary") or {} for lv in levels]
     ok = sum(int(s.get("completed") or 0) for s in sums)
     failed = sum(int(s.get("failed") or 0) for s in sums)
