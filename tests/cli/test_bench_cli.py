@@ -205,3 +205,27 @@ def test_repeats_interleave_levels_and_print_spread_and_intervals(tmp_path):
                      {"concurrency": 1, "repeat": 1}, {"concurrency": 2, "repeat": 1}]  # fmt: skip
     bad = latlab("bench", "--url", url, "--repeats", "0")
     assert bad.returncode == 2
+
+
+def test_find_max_concurrency_prints_the_frontier_and_records_it(tmp_path):
+    with StubServer(ttft_s=0.01, itl_s=0.02, max_concurrent=2) as url:
+        out = latlab("bench", "--url", url, "--find", "max-concurrency", "--slo-ttft-ms", "40",
+                     "--slo-percentile", "90", "--input-len", "8", "--output-len", "3",
+                     "--json", str(tmp_path / "f.json"))  # fmt: skip
+        none = latlab("bench", "--url", url, "--find", "max-concurrency", "--slo-ttft-ms",
+                      "2", "--slo-percentile", "90", "--input-len", "8",
+                      "--output-len", "3")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "capacity search: concurrency, p90 within the SLO" in out.stdout
+    assert "max concurrency meeting TTFT p90 <= 40 ms: 2" in out.stdout
+    cap = json.loads((tmp_path / "f.json").read_text())["capacity"]
+    assert cap["status"] == "found" and cap["answer"] == 2 and cap["bracket"] == [2, 3]
+    assert none.returncode == 1 and "no concurrency tried meets TTFT p90 <= 2 ms" in none.stdout
+
+
+def test_find_refuses_what_it_cannot_use():
+    missing = latlab("bench", "--url", "http://127.0.0.1:9/v1", "--find", "max-rate")
+    assert missing.returncode == 2 and "needs an objective" in missing.stderr
+    fixed = latlab("bench", "--url", "http://127.0.0.1:9/v1", "--find", "max-concurrency",
+                   "--slo-ttft-ms", "50", "--concurrency", "4")  # fmt: skip
+    assert fixed.returncode == 2 and "drop --concurrency" in fixed.stderr

@@ -120,3 +120,31 @@ def test_cli_reports_stored_runs_by_name_and_files(sweeps, tmp_path, _private_ru
     missing = latlab("report", "fast", "nope", "-o", str(tmp_path / "x.html"))
     assert missing.returncode == 2 and "no run named 'nope'" in missing.stderr
     assert not (tmp_path / "x.html").exists()
+
+
+def test_a_capacity_search_draws_its_frontier(sweeps):
+    import json
+    from types import SimpleNamespace
+
+    from latlab.capacity import CapacitySearch, SearchSpec
+    from latlab.metrics import RequestRecord, summarize
+
+    search = CapacitySearch(spec=SearchSpec(variable="concurrency", objectives={"ttft": 100.0}))
+    step = search.next_probe(None)
+    while step is not None:
+        users = step[0]["concurrency"]
+        ttft = 50 if users <= 6 else 170
+        recs = [RequestRecord(send_ns=i * 10**7, chunk_ns=[i * 10**7 + ttft * 10**6 + i % 7],
+                              chunk_tokens=[1], end_ns=i * 10**7 + (ttft + 1) * 10**6,
+                              output_tokens=1) for i in range(step[1])]  # fmt: skip
+        step = search.next_probe(SimpleNamespace(records=recs, summary=summarize(recs)))
+    result = json.loads(json.dumps(sweeps[0].result))
+    result["capacity"] = search.to_dict()
+    from tests.report.conftest import as_run
+
+    section = next(s for s in build_sections([as_run(result, "found")])
+                   if s.title.startswith("Capacity search"))  # fmt: skip
+    chart = section.plots[0].chart
+    assert [r.label for r in chart.refs] == ["SLO TTFT 100 ms", "answer 6"]
+    assert [row[0] for row in section.plots[0].table.rows] == ["1", "2", "4", "6", "7", "8"]
+    assert "Status found; answer 6 concurrent users" in section.intro

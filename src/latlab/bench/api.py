@@ -8,6 +8,7 @@ import math
 import secrets
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -141,8 +142,28 @@ class RichProgress:
         self._p.stop()
 
 
+# Chooses the levels as the run goes: given the last level measured (None at first), the next
+# (load, requests or None for the config's count), or None to stop. ``latlab bench --find``
+# searches this way; without a plan the config's levels run in order.
+LevelPlan = Callable[[LevelResult | None], tuple[dict[str, Any], int | None] | None]
+
+
+def _fixed_plan(levels: list[dict[str, Any]]) -> LevelPlan:
+    remaining = iter(levels)
+
+    def plan(_last: LevelResult | None) -> tuple[dict[str, Any], int | None] | None:
+        load = next(remaining, None)
+        return None if load is None else (load, None)
+
+    return plan
+
+
 async def arun_bench(
-    config: BenchConfig, target: Any, progress: bool | Progress = True, runner_hook: Any = None
+    config: BenchConfig,
+    target: Any,
+    progress: bool | Progress = True,
+    runner_hook: Any = None,
+    plan: LevelPlan | None = None,
 ) -> BenchResult:
     """The async form of :func:`run_bench` (for callers already inside an event loop)."""
     spec = WorkloadSpec(
@@ -175,14 +196,17 @@ async def arun_bench(
             result.warmup_requests = await runner.warmup(config.warmup, users)
             if config.workers > 1:
                 pool = await _start_pool(config, target, runner)
-            for load in config.levels():
-                if runner.stopped:
-                    break
+            next_level = plan or _fixed_plan(config.levels())
+            step = next_level(None)
+            while step is not None and not runner.stopped:
+                load, count = step
+                runner.num_requests = count or config.num_requests
                 if pool is None:
                     level: LevelResult = await runner.run_level(load)
                 else:
-                    level = await _pooled_level(pool, load, config, sink)
+                    level = await _pooled_level(pool, load, runner.num_requests, sink)
                 result.levels.append(level)
+                step = next_level(level)
         finally:
             result.interrupted = runner.stopped
             if pool is not None:
@@ -223,12 +247,12 @@ async def _start_pool(config: BenchConfig, target: Any, runner: Runner) -> Any:
 
 
 async def _pooled_level(
-    pool: Any, load: dict[str, Any], config: BenchConfig, sink: Progress | None
+    pool: Any, load: dict[str, Any], count: int | None, sink: Progress | None
 ) -> LevelResult:
     if sink is not None:
-        sink.start_level(", ".join(f"{k} {v:g}" for k, v in load.items()), config.num_requests)
+        sink.start_level(", ".join(f"{k} {v:g}" for k, v in load.items()), count)
     update = sink.update if sink is not None else None
-    level: LevelResult = await pool.run_level(load, config.num_requests, update)
+    level: LevelResult = await pool.run_level(load, count, update)
     if sink is not None:
         s = level.summary
         sink.update(s.completed, s.failed, s.ttft_ms.p50)
@@ -237,14 +261,19 @@ async def _pooled_level(
 
 
 def run_bench(
-    config: BenchConfig, target: Any, progress: bool | Progress = True, loop: str = "auto"
+    config: BenchConfig,
+    target: Any,
+    progress: bool | Progress = True,
+    loop: str = "auto",
+    plan: LevelPlan | None = None,
 ) -> BenchResult:
-    """Run every load level of ``config`` against ``target``; Ctrl-C stops and keeps results.
+    """Run every load level of ``config`` (or those ``plan`` picks) against ``target``;
+    Ctrl-C stops and keeps results.
 
     ``loop``: "auto" uses uvloop when it is installed (its C event loop costs the client a
     fraction of asyncio's CPU per streamed chunk), "uvloop" requires it, "asyncio" never uses it.
     """
-    return run_on_loop(lambda: arun_bench(config, target, progress), loop)
+    return run_on_loop(lambda: arun_bench(config, target, progress, plan=plan), loop)
 
 
 @contextlib.contextmanager

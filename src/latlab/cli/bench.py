@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -202,6 +204,33 @@ def _tokenizer(name: str) -> Any:
 @click.option("--slo-tpot-ms", type=float, default=None, help="Goodput: TPOT objective.")
 @click.option("--slo-e2e-ms", type=float, default=None, help="Goodput: E2E objective.")
 @click.option(
+    "--find",
+    type=click.Choice(["max-concurrency", "max-rate"]),
+    default=None,
+    help="Search the highest concurrency (closed loop) or request rate (open loop) at which "
+    "the --slo-percentile of every --slo-* objective holds.",
+)
+@click.option(
+    "--slo-percentile",
+    type=float,
+    default=99.0,
+    show_default=True,
+    help="--find: the percentile the objectives bound.",
+)
+@click.option("--find-start", type=float, default=None, help="--find: first load [default: 1].")
+@click.option(
+    "--find-max",
+    type=float,
+    default=None,
+    help="--find: highest load tried [default: 1024 users or 1000 req/s].",
+)
+@click.option(
+    "--find-tolerance",
+    default="10%",
+    show_default=True,
+    help="--find: stop when the bracket is this narrow (relative; concurrency at least 1).",
+)
+@click.option(
     "--timeout",
     type=float,
     default=300.0,
@@ -259,7 +288,29 @@ def bench(**opts: Any) -> int:
 
     With no arguments: a short in-process benchmark of the bundled model.
     """
-    from latlab.bench import BenchConfig, run_bench
+    from latlab.bench import run_bench
+
+    config = _config(opts)
+    search = _search(opts, config)
+    store = open_store(opts["store_path"], opts["no_store"], opts["run_name"], opts["tags"])
+    target = _target(opts)
+    show = not opts["no_progress"] and sys.stderr.isatty()
+    plan = None if search is None else search.next_probe
+    result = run_bench(config, target, progress=show, plan=plan)
+    document = result.to_dict()
+    result.render()
+    if search is not None:
+        document["capacity"] = _render_search(search, result.interrupted)
+    if config.repeats > 1:
+        _render_spread(document)
+    _write_files(result, document, opts)
+    record_run(store, kind="bench", result=document, name=opts["run_name"],
+               tags=opts["tags"], source_path=opts["json_path"])  # fmt: skip
+    return _exit_code(result, opts, search)
+
+
+def _config(opts: dict[str, Any]) -> Any:
+    from latlab.bench import BenchConfig
     from latlab.metrics import SLO
 
     remote = bool(opts["url"])
@@ -296,21 +347,61 @@ def bench(**opts: Any) -> int:
         config.concurrency = [1]
     if config.rate is None and opts["concurrency"] is None and not remote:
         config.concurrency = [1, 4]  # the no-argument demo shows how batching changes latency
-    store = open_store(opts["store_path"], opts["no_store"], opts["run_name"], opts["tags"])
-    target = _target(opts)
-    show = not opts["no_progress"] and sys.stderr.isatty()
-    result = run_bench(config, target, progress=show)
-    result.render()
-    if config.repeats > 1:
-        _render_spread(result.to_dict())
+    return config
+
+
+def _search(opts: dict[str, Any], config: Any) -> Any:
+    """The capacity search ``--find`` asks for (None without it); the config probes its start."""
+    if opts["find"] is None:
+        return None
+    from latlab.capacity import CapacitySearch, SearchSpec
+    from latlab.cli.compare import parse_percent
+
+    chosen = {"--concurrency": opts["concurrency"], "--rate": opts["rate"],
+              "--duration": opts["duration"], "--repeats": opts["repeats"] > 1}  # fmt: skip
+    for flag, given in chosen.items():
+        if given:
+            raise ConfigError(f"--find chooses each probe's load and size: drop {flag}")
+    variable = "concurrency" if opts["find"] == "max-concurrency" else "rate"
+    objectives = {k: opts[f"slo_{k}_ms"] for k in ("ttft", "tpot", "e2e")
+                  if opts[f"slo_{k}_ms"] is not None}  # fmt: skip
+    tolerance = parse_percent(opts["find_tolerance"], "--find-tolerance")
+    spec = SearchSpec(variable=variable, objectives=objectives,
+                      percentile=opts["slo_percentile"], start=opts["find_start"] or 1.0,
+                      limit=opts["find_max"] or (1024.0 if variable == "concurrency" else 1000.0),
+                      tolerance=(tolerance or 0.0) / 100,
+                      min_requests=opts["num_requests"] or 0)  # fmt: skip
+    if variable == "concurrency":
+        config.concurrency, config.rate = [int(spec.start)], None
+    else:
+        config.concurrency, config.rate = None, [spec.start]
+    return CapacitySearch(spec=spec, slo=config.slo)
+
+
+def _render_search(search: Any, interrupted: bool) -> dict[str, Any]:
+    from rich.console import Console
+
+    from latlab.capacity.views import answer_lines, frontier_table
+
+    if interrupted:
+        search.status = "interrupted"
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(frontier_table(search))
+    for line in answer_lines(search):
+        console.print(line)
+    return search.to_dict()
+
+
+def _write_files(result: Any, document: dict[str, Any], opts: dict[str, Any]) -> None:
     if opts["json_path"]:
-        result.write_json(opts["json_path"])
+        Path(opts["json_path"]).write_text(json.dumps(document, indent=2) + "\n")
         click.echo(f"wrote {os.fspath(opts['json_path'])}")
     if opts["csv_path"]:
         result.write_csv(opts["csv_path"])
         click.echo(f"wrote {os.fspath(opts['csv_path'])}")
-    record_run(store, kind="bench", result=result.to_dict(), name=opts["run_name"],
-               tags=opts["tags"], source_path=opts["json_path"])  # fmt: skip
+
+
+def _exit_code(result: Any, opts: dict[str, Any], search: Any) -> int:
     if result.interrupted:
         return 130
     total = result.completed + result.failed
@@ -319,4 +410,6 @@ def bench(**opts: Any) -> int:
         return 1
     if opts["fail_on_error"] and result.failed:
         return 1
+    if search is not None and search.status == "none":
+        return 1  # no load meets the SLO: a CI gate should fail
     return 0

@@ -14,18 +14,16 @@ from latlab.cli.store_options import open_existing_store, store_option
 from latlab.errors import ConfigError
 
 
-def parse_percent(text: str | None) -> float | None:
+def parse_percent(text: str | None, flag: str = "--fail-on-regression") -> float | None:
     """``5%`` or ``5`` -> 5.0."""
     if text is None:
         return None
     try:
         value = float(text.strip().removesuffix("%"))
     except ValueError:
-        raise ConfigError(
-            f"--fail-on-regression takes a percentage, e.g. 5%, not {text!r}"
-        ) from None
+        raise ConfigError(f"{flag} takes a percentage, e.g. 5%, not {text!r}") from None
     if value < 0:
-        raise ConfigError("--fail-on-regression must be >= 0%")
+        raise ConfigError(f"{flag} must be >= 0%")
     return value
 
 

@@ -4,8 +4,9 @@
     write_report([run_a, run_b], Path("report.html"))
 
 Charts: latency CDFs per load level, latency against load with SLO lines, throughput against
-latency, goodput per level, tokens per chunk, a timeline of one level, and for ``optimize`` runs
-the strategy table with bars and quality figures; a table of the numbers under every chart.
+latency, goodput per level, tokens per chunk, a timeline of one level, the capacity frontier of a
+``bench --find`` run, and for ``optimize`` runs the strategy table with bars and quality figures;
+a table of the numbers under every chart.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from latlab.errors import ConfigError
+from latlab.report.frontier import frontier_section
 from latlab.report.levels import level_views
 from latlab.report.render import to_html, write_markdown
 from latlab.report.sections import (
@@ -43,6 +45,7 @@ def build_sections(runs: list[Run], timeline_level: str | None = None) -> list[S
         for extra in (chunk_section(bench, views), timeline_section(bench, views, timeline_level)):
             if extra is not None:
                 sections.append(extra)
+    sections += [s for r in bench if (s := frontier_section(r)) is not None]
     sections += [strategy_section(r) for r in runs if r.kind == "optimize"]
     others = [r.label for r in runs if r.kind not in ("bench", "optimize")]
     if others:

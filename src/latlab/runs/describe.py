@@ -81,6 +81,10 @@ def _bench_headline(result: dict[str, Any]) -> str:
         f"TTFT p50 {_span(ttft, 'ms')}",
         _span(tok_s, "tok/s"),
     ]
+    cap = result.get("capacity")
+    if isinstance(cap, dict):
+        answer = "none" if cap.get("answer") is None else f"{cap['answer']:g}"
+        parts.insert(0, f"find max {cap.get('variable')}: {answer} ({cap.get('status')})")
     if result.get("interrupted"):
         parts.append("interrupted")
     return " · ".join(parts)
