@@ -135,9 +135,10 @@ def test_max_concurrent_queues_the_rest_and_their_ttft_counts_the_wait():
         level = run_bench(cfg, OpenAITarget(url), progress=False).levels[0]
         assert server.stats()["peak_concurrent"] == 2
     ttfts = sorted(r.ttft_ns / 1e6 for r in level.records)
-    # two are served at once: a request waits whole services (50 + 4 x 10 ms) for a slot
-    assert ttfts[0] == pytest.approx(50, abs=15)
-    assert ttfts[-1] > 50 + 2 * 90 - 15
+    # Two are served at once, so six users queue: the last of a round waits two whole services
+    # (50 + 4 x 10 ms each) for a slot. Lower bounds only: a loaded machine only adds delay.
+    assert ttfts[0] >= 49
+    assert ttfts[-1] - ttfts[0] > 2 * 90 - 40
     with pytest.raises(ValueError, match="max_concurrent"):
         StubConfig(max_concurrent=0)
 
