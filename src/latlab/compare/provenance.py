@@ -25,7 +25,7 @@ WORKLOAD_KEYS = (
 # Keys that differ between any two runs and say nothing about why figures differ (the salt is
 # random per run on purpose, so no run hits another's prefix cache).
 _NOISE = ("created_utc", "interrupted", "levels", "schema_version")
-_NOISE_KEYS = ("workload.salt",)
+_NOISE_KEYS = ("workload.salt", "workload.prompt_words.seconds")  # (how long calibrating took)
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
