@@ -8,6 +8,8 @@ Three studies, each against an anchor measured in the same run (figures in docs/
               interleaved, medians of --repeats; the stub's own first-chunk p50 is the truth.
     cache     `latlab serve` (bundled model) behind the gateway: TTFT of a hit vs a miss, and the
               hit rate of a workload where 25% of requests repeat an earlier one.
+    parser    the gateway's own CPU time per forwarded chunk and its added TTFT with uvicorn's
+              h11 parser vs httptools (LATLAB_HTTP_PARSER), one gateway each, interleaved.
     routing   two `latlab serve` replicas (one thread each) behind the gateway: 8 shared-prefix
               groups, then one hot prefix with 80% of the traffic; prefix vs round-robin vs
               least-load: TTFT p50/p99, the replicas' own prefix-cache hit rate (their /metrics)
@@ -19,6 +21,8 @@ Three studies, each against an anchor measured in the same run (figures in docs/
         --out benchmarks/results/gateway_cache.json
     nice -n 10 .venv/bin/python benchmarks/gateway.py routing \\
         --out benchmarks/results/gateway_routing.json
+    nice -n 10 .venv/bin/python benchmarks/gateway.py parser --levels 64 --requests 256 \\
+        --out benchmarks/results/gateway_parser.json
 
 Every process is started through latlab.procs and stopped (whole process group) at the end.
 """
@@ -57,12 +61,14 @@ WORDS = ("alpha", "river", "stone", "cloud", "metal", "green", "quiet", "table",
 
 
 @contextmanager
-def process(argv: list[str], name: str, health: str, env: dict | None = None) -> Iterator[str]:
+def process(
+    argv: list[str], name: str, health: str, env: dict | None = None
+) -> Iterator[ManagedProcess]:
     """Start ``argv``, wait for ``health`` to answer 200, yield it; stop the group after."""
     proc = ManagedProcess(ProcessSpec(argv=argv, name=name, env=env or {})).start()
     try:
         proc.wait_http(health, timeout_s=180)
-        yield health
+        yield proc
     finally:
         proc.stop()
 
@@ -75,13 +81,21 @@ def stub(stack: ExitStack) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def gateway(stack: ExitStack, upstreams: list[str], *flags: str) -> str:
+def gateway(stack: ExitStack, upstreams: list[str], *flags: str, env: dict | None = None) -> str:
+    return gateway_process(stack, upstreams, *flags, env=env)[0]
+
+
+def gateway_process(
+    stack: ExitStack, upstreams: list[str], *flags: str, env: dict | None = None
+) -> tuple[str, int]:
+    """A `latlab gateway` in front of ``upstreams``: (its URL, its process id)."""
     port = free_port()
     argv = [str(BIN / "latlab"), "gateway", "--port", str(port)]
     for up in upstreams:
         argv += ["--upstream", up]
-    stack.enter_context(process(argv + list(flags), "gateway", f"http://127.0.0.1:{port}/health"))
-    return f"http://127.0.0.1:{port}"
+    health = f"http://127.0.0.1:{port}/health"
+    proc = stack.enter_context(process(argv + list(flags), "gateway", health, env))
+    return f"http://127.0.0.1:{port}", proc.pid
 
 
 def serve(stack: ExitStack, *flags: str) -> str:
@@ -230,6 +244,51 @@ def _overhead_summary(rows: list[dict], levels: list[int], names: list[str]) -> 
                         "ttft_p50_added": med(added), "gap_p50_added": med(gap_added),
                         "failed": sum(r["failed"] for r in mine)})  # fmt: skip
     return out
+
+
+# ---- HTTP parser --------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def parser(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The gateway's own CPU per forwarded chunk and its added TTFT, h11 vs httptools.
+
+    CPU time of the gateway process is what a busy machine cannot hide: per chunk it is the
+    same whatever else runs, while wall-clock latency on a loaded box mostly measures waiting.
+    """
+    c = int(args.levels.split(",")[-1])
+    with ExitStack() as stack:
+        upstream = stub(stack)
+        gateways = {name: gateway_process(stack, [upstream], "--cache", "off",
+                                          env={"LATLAB_HTTP_PARSER": name})
+                    for name in ("h11", "httptools")}  # fmt: skip
+        targets = {"direct": (upstream, None), **gateways}
+        rows = []
+        for r in range(args.repeats):
+            for name, (url, pid) in targets.items():  # interleaved: A B C A B C ...
+                post(upstream + "/stub/reset")
+                before = cpu_seconds(pid) if pid else 0.0
+                extra = ["--warmup", "0", "--input-len", "32", "--output-len", "64",
+                         "--tokenizer", str(TOKENIZER)]  # fmt: skip
+                level = bench(url, work / f"p-{name}-{r}.json", concurrency=c,
+                              requests=args.requests, extra=extra)  # fmt: skip
+                row = _overhead_row(name, c, r, level, [])
+                chunks = level["summary"]["completed"] * 64
+                row["cpu_us_per_chunk"] = (
+                    round(1e6 * (cpu_seconds(pid) - before) / chunks, 1) if pid else None
+                )
+                rows.append(row)
+                print(_fmt_overhead(row), row["cpu_us_per_chunk"], "us CPU/chunk", flush=True)
+    summary = _overhead_summary(rows, [c], list(targets))
+    for item in summary:
+        mine = [r["cpu_us_per_chunk"] for r in rows if r["target"] == item["target"]]
+        item["cpu_us_per_chunk"] = med(mine)
+    return {"rows": rows, "summary": summary}
 
 
 # ---- cache -------------------------------------------------------------------------------
@@ -441,7 +500,19 @@ def _routing_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_TABLES = {"overhead": _overhead_table, "cache": _cache_table, "routing": _routing_table}
+def _parser_table(rows: list[dict]) -> str:
+    lines = ["| target | streams | gateway CPU per chunk | TTFT p50 | added | TTFT p99 |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        added = _cell(r["ttft_p50_added"], 1, True)
+        lines.append(f"| {r['target']} | {r['concurrency']} | "
+                     f"{_cell(r['cpu_us_per_chunk'])} us | {_cell(r['ttft_p50'])} ms | "
+                     f"{added} ms | {_cell(r['ttft_p99'])} ms |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+_TABLES = {"overhead": _overhead_table, "cache": _cache_table, "routing": _routing_table,
+           "parser": _parser_table}  # fmt: skip
 
 
 # ---- main --------------------------------------------------------------------------------
@@ -449,12 +520,13 @@ _TABLES = {"overhead": _overhead_table, "cache": _cache_table, "routing": _routi
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("study", choices=["overhead", "cache", "routing", "report"])
+    p.add_argument("study", choices=["overhead", "cache", "routing", "parser", "report"])
     p.add_argument("results", nargs="*", type=Path, help="report: the studies' JSON files")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--levels", default="1,64,256", help="overhead: concurrency levels")
     p.add_argument("--others", default="litellm,sglang-router", help="overhead: other gateways")
-    p.add_argument("--requests", type=int, default=96, help="cache/routing: requests per run")
+    p.add_argument("--requests", type=int, default=96,
+                   help="cache/routing/parser: requests per run")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=8, help="routing: concurrent streams")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -463,7 +535,8 @@ def main() -> None:
         return
     started = machine()
     with sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="latlab-gw-bench-") as tmp:
-        study = {"overhead": overhead, "cache": cache, "routing": routing}[args.study]
+        studies = {"overhead": overhead, "cache": cache, "routing": routing, "parser": parser}
+        study = studies[args.study]
         t0 = time.perf_counter()
         result = study(args, Path(tmp))
     result.update(study=args.study, machine_before=started, machine_after=machine(),

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from latlab.errors import ConfigError
+from latlab.serve import connections
 from latlab.serve.app import create_app
 from latlab.serve.guard import (
     Drain,
@@ -307,6 +308,15 @@ def test_limits_for_context_scale_with_the_model():
     assert RequestLimits.for_context(2048, max_body_bytes=10).max_body_bytes == 10
 
 
+@pytest.fixture(params=["h11", "httptools"])
+def parser(request, monkeypatch):
+    """Each of uvicorn's HTTP parsers in turn: the connection rules hold on both."""
+    if request.param == "httptools":
+        pytest.importorskip("httptools", reason="httptools is not installed")
+    monkeypatch.setattr(connections, "PREFERRED_PARSER", request.param)
+    return request.param
+
+
 def _raw_connection(url: str) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
     return socket.create_connection((host, int(port)), timeout=10)
@@ -319,7 +329,7 @@ def _read_all(sock: socket.socket) -> bytes:
     return data
 
 
-def test_slow_body_gets_408_and_the_server_keeps_serving():
+def test_slow_body_gets_408_and_the_server_keeps_serving(parser):
     with guarded(body_timeout_s=0.5) as url, _raw_connection(url) as sock:
         sock.sendall(
             b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -335,7 +345,7 @@ def test_slow_body_gets_408_and_the_server_keeps_serving():
 
 
 @pytest.mark.parametrize("sent", [b"", b"POST /v1/completions HTTP/1.1\r\nHost: 127.0."])
-def test_unfinished_request_head_gets_408_and_is_closed(sent):
+def test_unfinished_request_head_gets_408_and_is_closed(sent, parser):
     with guarded(header_timeout_s=0.5) as url, _raw_connection(url) as sock:
         sock.sendall(sent)
         started = time.monotonic()
@@ -347,7 +357,7 @@ def test_unfinished_request_head_gets_408_and_is_closed(sent):
 
 
 @pytest.mark.parametrize("pipelined", [True, False])
-def test_head_timeout_applies_to_the_next_request_on_a_kept_alive_connection(pipelined):
+def test_head_timeout_applies_to_the_next_request_on_a_kept_alive_connection(pipelined, parser):
     with guarded(header_timeout_s=0.5) as url, _raw_connection(url) as sock:
         body = json.dumps(HELLO).encode()
         request = (
@@ -367,7 +377,7 @@ def test_head_timeout_applies_to_the_next_request_on_a_kept_alive_connection(pip
         assert reply.count(b"HTTP/1.1 408") == 1
 
 
-def test_connections_beyond_the_cap_get_503_then_service_resumes():
+def test_connections_beyond_the_cap_get_503_then_service_resumes(parser):
     with guarded(max_connections=2, header_timeout_s=30) as url:
         idle = [_raw_connection(url) for _ in range(2)]
         time.sleep(0.2)  # let the server accept them
@@ -390,3 +400,8 @@ def test_draining_server_refuses_new_requests_with_503():
         r = httpx.post(url + COMPLETIONS, json=HELLO)
         _assert_refused(r, 503, "shutting_down")
         assert r.headers["retry-after"] == "1"
+
+
+def test_unknown_parser_is_refused():
+    with pytest.raises(ConfigError, match="h11 or httptools"):
+        connections.protocol_class(GuardConfig(), parser="picohttp")
