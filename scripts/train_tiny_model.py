@@ -25,17 +25,14 @@ Rebuild the shipped assets (about 10 minutes on an idle 2-core machine; see docs
 from __future__ import annotations
 
 import argparse
-import ast
-import hashlib
 import json
-import math
 import platform
 import random
-import sysconfig
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+
+from latlab.assets.corpus import Document, build_corpus
+from latlab.compress.training import encode_documents, lr_at, sample_batch, window_perplexity
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "src" / "latlab" / "assets" / "tiny-llama"
@@ -55,82 +52,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
-
-# Directories whose docstrings are test scaffolding or vendored code, not documentation.
-SKIP_DIRS = frozenset(
-    {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "lib2to3"}
-)
-TOPICS_FILE = Path("pydoc_data") / "topics.py"
-MIN_TOPIC_CHARS = 200
-
-
-@dataclass(slots=True)
-class Document:
-    """One training document: a docstring (or topic text) and the file it came from."""
-
-    source: str
-    text: str
-
-
-# ----------------------------------------------------------------------------- corpus
-
-
-def stdlib_root() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def iter_python_files(root: Path) -> Iterator[Path]:
-    """Every .py file of the stdlib outside SKIP_DIRS, in sorted (deterministic) order."""
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root)
-        if not any(part in SKIP_DIRS for part in rel.parts):
-            yield path
-
-
-def _docstrings(tree: ast.AST) -> Iterator[str]:
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            doc = ast.get_docstring(node, clean=True)
-            if doc and len(doc.strip()) >= 20:
-                yield doc.strip()
-
-
-def _topic_strings(tree: ast.AST) -> Iterator[str]:
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            text = node.value.strip()
-            if len(text) >= MIN_TOPIC_CHARS:
-                yield text
-
-
-def documents_of(path: Path, rel: Path) -> list[Document]:
-    """Documents of one file; unreadable or unparsable files give none (a few are py2 relics)."""
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (SyntaxError, UnicodeDecodeError, ValueError):
-        return []
-    texts = _topic_strings(tree) if rel == TOPICS_FILE else _docstrings(tree)
-    return [Document(str(rel), text) for text in texts]
-
-
-def is_heldout(rel: str, seed: int, fraction: float) -> bool:
-    """Seeded, order-independent split by file: hash(seed, path) decides."""
-    digest = hashlib.sha256(f"{seed}:{rel}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-def build_corpus(seed: int, heldout_fraction: float) -> tuple[list[Document], list[Document]]:
-    """(train, heldout) documents. The big topics file always trains (it is one file)."""
-    root = stdlib_root()
-    train: list[Document] = []
-    heldout: list[Document] = []
-    for path in iter_python_files(root):
-        rel = path.relative_to(root)
-        docs = documents_of(path, rel)
-        held = rel != TOPICS_FILE and is_heldout(str(rel), seed, heldout_fraction)
-        (heldout if held else train).extend(docs)
-    return train, heldout
-
 
 # -------------------------------------------------------------------------- tokenizer
 
@@ -233,18 +154,6 @@ def chat_documents(docs: list[Document], seed: int, fraction: float) -> list[str
     return out
 
 
-def encode_stream(tokenizer, texts: list[str]):
-    """One flat token tensor: <bos> text <eos> per document, in the given order."""
-    import torch
-
-    eos_id = tokenizer.convert_tokens_to_ids(EOS)
-    ids: list[int] = []
-    for enc in tokenizer(texts, add_special_tokens=True)["input_ids"]:
-        ids.extend(enc)
-        ids.append(eos_id)
-    return torch.tensor(ids, dtype=torch.long)
-
-
 def model_config(tokenizer, args: argparse.Namespace):
     from transformers import LlamaConfig
 
@@ -264,43 +173,6 @@ def model_config(tokenizer, args: argparse.Namespace):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-
-
-def window_perplexity(model, ids, seq_len: int, max_tokens: int) -> float:
-    """exp(mean next-token NLL) over non-overlapping windows of the first max_tokens tokens.
-
-    The bundled-model test computes the same figure on heldout.txt, so keep them in step.
-    """
-    import torch
-
-    ids = ids[: max_tokens + 1]
-    total_nll, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(ids) - 1, seq_len):
-            window = ids[start : start + seq_len + 1]
-            if len(window) < 2:
-                break
-            logits = model(input_ids=window[:-1].unsqueeze(0)).logits[0]
-            nll = torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum")
-            total_nll += nll.item()
-            count += len(window) - 1
-    return math.exp(total_nll / count)
-
-
-def lr_at(progress: float, warmup: float, peak: float, floor: float) -> float:
-    """Linear warm-up then cosine decay to ``floor``; progress runs 0..1."""
-    if progress < warmup:
-        return peak * progress / warmup
-    frac = min(1.0, (progress - warmup) / (1.0 - warmup))
-    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * frac))
-
-
-def sample_batch(stream, batch_size: int, seq_len: int, generator):
-    import torch
-
-    starts = torch.randint(0, len(stream) - seq_len - 1, (batch_size,), generator=generator)
-    rows = torch.stack([stream[s : s + seq_len + 1] for s in starts.tolist()])
-    return rows[:, :-1], rows[:, 1:]
 
 
 def train_loop(model, stream, args: argparse.Namespace) -> dict:
@@ -403,8 +275,8 @@ def run_model_stage(args: argparse.Namespace) -> None:
     chats = chat_documents(train, args.seed, args.chat_fraction)
     texts = [d.text for d in train]
     random.Random(args.seed).shuffle(texts)
-    stream = encode_stream(tokenizer, texts + chats)
-    heldout_stream = encode_stream(tokenizer, [d.text for d in heldout])
+    stream = encode_documents(tokenizer, texts + chats)
+    heldout_stream = encode_documents(tokenizer, [d.text for d in heldout])
     print(f"corpus: {len(stream)} train tokens, {len(heldout_stream)} held-out tokens", flush=True)
 
     config = model_config(tokenizer, args)

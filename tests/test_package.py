@@ -38,7 +38,14 @@ def test_import_does_not_pull_torch():
 
 
 def test_base_modules_import_with_torch_blocked():
-    modules = ["latlab", "latlab.cli", "latlab.errors", "latlab.plan.kv", "latlab.runs"]
+    modules = [
+        "latlab",
+        "latlab.cli",
+        "latlab.cli.compress",
+        "latlab.errors",
+        "latlab.plan.kv",
+        "latlab.runs",
+    ]
     out = _run_without_heavy_deps(
         "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
     )

@@ -8,7 +8,6 @@ greedy continuation that reads like text.
 from __future__ import annotations
 
 import json
-import math
 import string
 
 import pytest
@@ -17,6 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from latlab.assets import bundled_model_path  # noqa: E402
+from latlab.compress.training import window_perplexity  # noqa: E402
 from latlab.model_files import check_model_dir, load_model_config  # noqa: E402
 
 MODEL_DIR = bundled_model_path()
@@ -96,26 +96,12 @@ def test_chat_template_renders(tokenizer):
     assert tokenizer.decode(ids) == text  # byte-level BPE round-trips exactly
 
 
-def _window_perplexity(model, ids, seq_len: int) -> float:
-    """Same method as scripts/train_tiny_model.py::window_perplexity."""
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(ids) - 1, seq_len):
-            window = ids[start : start + seq_len + 1]
-            if len(window) < 2:
-                break
-            logits = model(input_ids=window[:-1].unsqueeze(0)).logits[0]
-            total += torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum").item()
-            count += len(window) - 1
-    return math.exp(total / count)
-
-
 def test_heldout_perplexity_is_below_the_recorded_figure(model, tokenizer, report):
     text = (MODEL_DIR / "heldout.txt").read_text(encoding="utf-8")
     ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
     # The script scores at most its eval_tokens; heldout.txt is a few KB, well under that.
     assert 500 < len(ids) <= 20_000, "heldout.txt should be a few KB"
-    perplexity = _window_perplexity(model, ids, report["training"]["seq_len"])
+    perplexity = window_perplexity(model, ids, report["training"]["seq_len"], len(ids))
     recorded = report["heldout_txt_perplexity"]
     assert perplexity < recorded * PERPLEXITY_MARGIN, (perplexity, recorded)
     # Far from a uniform guess over the vocabulary: the weights are trained.

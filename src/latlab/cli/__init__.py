@@ -33,6 +33,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "runs",
     "compare",
     "report",
+    "compress",
 )
 
 
