@@ -100,3 +100,23 @@ def test_default_plan_covers_every_level():
     assert levels == {"model", "system", "engine", "request"}
     assert len(plan.recipes) == len(DEFAULT_RECIPES)
     assert plan.repeats >= 3
+
+
+def test_budget_objective_and_price_in_a_plan(tmp_path):
+    text = (
+        'objective = "cost"\nprice_per_hour = 2.5\nrecipes = ["distill"]\n'
+        '[quality]\nbudget = "ppl:+5%"\n'
+    )
+    plan = load_plan(_write(tmp_path, text))
+    assert plan.objective == "cost" and plan.price.usd_per_hour == 2.5
+    assert plan.thresholds.perplexity_increase_max_pct == 5.0 and plan.thresholds.top1_min is None
+    from latlab.optimize.report import plan_toml
+
+    again = load_plan(_write(tmp_path, plan_toml(plan), "again.toml"))
+    assert again.thresholds == plan.thresholds and again.objective == "cost"
+    with pytest.raises(ConfigError, match=r"line 5.*--quality-budget"):
+        load_plan(_write(tmp_path, text.replace("ppl:+5%", "ppl:5x")))
+    with pytest.raises(ConfigError, match="objective must be one of"):
+        load_plan(_write(tmp_path, text.replace('"cost"', '"speed"')))
+    with pytest.raises(ConfigError, match="no list price"):
+        load_plan(_write(tmp_path, 'price_device = "RTX4090-24GB"\nrecipes = ["tf32"]\n'))

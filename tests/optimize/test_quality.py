@@ -85,3 +85,24 @@ def test_exact_recipe_needs_identical_outputs():
 def test_lossy_without_logits_uses_greedy_token_agreement():
     assert not gate(None, 0.5, 0.9, False, QualityThresholds()).passed
     assert gate(None, 1.0, 1.0, False, QualityThresholds()).passed
+
+
+def test_a_quality_budget_replaces_the_default_gate():
+    from latlab.errors import ConfigError
+    from latlab.optimize.quality import parse_quality_budget
+
+    budget = parse_quality_budget("ppl:+5%, top1:0.9")
+    assert (budget.perplexity_increase_max_pct, budget.top1_min) == (5.0, 0.9)
+    assert budget.mean_kl_max is None and budget.budget == "ppl:+5%,top1:0.9"
+    # top-1 0.93 and KL 0.2 fail the default gate but fit a budget of +5% perplexity
+    medium = LogitComparison(100, 0.2, 0.6, 0.93, 10.0, 10.3)
+    assert not gate(medium, 1.0, 1.0, False, QualityThresholds()).passed
+    result = gate(medium, 1.0, 1.0, False, budget)
+    assert result.passed and result.limits.startswith("quality budget ppl:+5%,top1:0.9")
+    worse = LogitComparison(100, 0.2, 0.6, 0.93, 10.0, 11.0)
+    assert "perplexity +10.00% > +5.0%" in gate(worse, 1.0, 1.0, False, budget).reason
+    # an exact recipe still has to keep every greedy output
+    assert not gate(None, 0.5, 0.9, True, budget).passed
+    for bad in ("ppl:5x", "speed:2", "top1:3", "", "kl:0.1%"):
+        with pytest.raises(ConfigError, match="--quality-budget"):
+            parse_quality_budget(bad)

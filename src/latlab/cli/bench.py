@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from latlab.cli import main
+from latlab.cli.cost_options import price_options
 from latlab.cli.store_options import open_store, record_options, record_run
 from latlab.errors import ConfigError
 
@@ -280,6 +281,7 @@ def _tokenizer(name: str) -> Any:
     show_default=True,
     help="Measure every level N times (interleaved) and print the spread and intervals.",
 )
+@price_options
 @click.option("--fail-on-error", is_flag=True, help="Exit 1 if any request failed.")
 @click.option("--no-progress", is_flag=True, help="No live progress bar.")
 @record_options
@@ -289,7 +291,9 @@ def bench(**opts: Any) -> int:
     With no arguments: a short in-process benchmark of the bundled model.
     """
     from latlab.bench import run_bench
+    from latlab.cost import resolve_price
 
+    price = resolve_price(opts["price_per_hour"], opts["price_device"])
     config = _config(opts)
     search = _search(opts, config)
     store = open_store(opts["store_path"], opts["no_store"], opts["run_name"], opts["tags"])
@@ -303,10 +307,20 @@ def bench(**opts: Any) -> int:
         document["capacity"] = _render_search(search, result.interrupted)
     if config.repeats > 1:
         _render_spread(document)
+    if price is not None:
+        _render_cost(document, price)
     _write_files(result, document, opts)
     record_run(store, kind="bench", result=document, name=opts["run_name"],
                tags=opts["tags"], source_path=opts["json_path"])  # fmt: skip
     return _exit_code(result, opts, search)
+
+
+def _render_cost(document: dict[str, Any], price: Any) -> None:
+    from latlab.cost import bench_cost, cost_lines
+
+    document["cost"] = bench_cost(document, price)
+    for line in cost_lines(document["cost"]):
+        click.echo(line)
 
 
 def _config(opts: dict[str, Any]) -> Any:

@@ -11,7 +11,26 @@ from typing import Any
 import click
 
 from latlab.cli import main
+from latlab.cli.cost_options import price_options
 from latlab.cli.store_options import open_store, record_options, record_run
+
+
+def _with_run_options(
+    plan: Any, budget: str | None, objective: str | None, price: float | None, device: str | None
+) -> Any:
+    """The plan with the command line's quality budget, objective and price (checked now)."""
+    from latlab.cost import resolve_price
+    from latlab.optimize.quality import parse_quality_budget
+
+    changes: dict[str, Any] = {}
+    if budget is not None:
+        changes["thresholds"] = parse_quality_budget(budget)
+    if objective is not None:
+        changes["objective"] = objective
+    if price is not None or device is not None:
+        resolve_price(price, device)
+        changes.update(price_per_hour=price, price_device=device)
+    return dataclasses.replace(plan, **changes) if changes else plan
 
 
 @main.command("optimize")
@@ -51,6 +70,20 @@ from latlab.cli.store_options import open_store, record_options, record_run
     help="Seconds after which no new trial starts; 0 = no limit "
     "[default: the plan's; 420 for the built-in plan].",
 )
+@click.option(
+    "--quality-budget",
+    default=None,
+    help="Quality a lossy recipe may cost, replacing the default gate (top-1 >= 0.98, mean "
+    "KL <= 0.01): e.g. ppl:+5%, top1:0.95, kl:0.05, p99kl:0.5, greedy:0.9 (comma-separated).",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["cost", "ttft", "itl", "throughput"]),
+    default=None,
+    help="Adopt a recipe when this figure improves beyond the spread, whatever else moves "
+    "[default: any figure better, none worse]. cost = USD per million output tokens.",
+)
+@price_options
 @click.option("--json", "as_json", is_flag=True, help="Print the full JSON result on stdout.")
 @record_options
 def optimize(
@@ -60,6 +93,10 @@ def optimize(
     repeats: int | None,
     quality_text: str | None,
     time_budget: float | None,
+    quality_budget: str | None,
+    objective: str | None,
+    price_per_hour: float | None,
+    price_device: str | None,
     as_json: bool,
     **store_opts: Any,
 ) -> None:
@@ -77,6 +114,7 @@ def optimize(
         plan = dataclasses.replace(plan, repeats=repeats)
     if time_budget is not None:
         plan = dataclasses.replace(plan, time_budget_s=time_budget or None)
+    plan = _with_run_options(plan, quality_budget, objective, price_per_hour, price_device)
     out = Path(out_dir) if out_dir else default_out_dir()
     store = open_store(store_opts["store_path"], store_opts["no_store"], store_opts["run_name"],
                        store_opts["tags"])  # fmt: skip
@@ -90,7 +128,7 @@ def optimize(
     if as_json:
         click.echo(json.dumps(to_json(result), indent=2))
     else:
-        click.echo(strategy_table(result.trials))
+        click.echo(strategy_table(result.trials, result.plan.price))
         click.echo("")
         adopted = ", ".join(t.name for t in result.adopted) or "nothing"
         click.echo(f"adopted: {adopted}")

@@ -92,6 +92,7 @@ class Trial:
     quality: QualityResult | None = None
     error: str | None = None
     elapsed_s: float = 0.0
+    setup_s: float = 0.0  # one-off: applying the recipe (training, pruning, quantizing)
     components: list[str] = field(default_factory=list)  # for the combined row
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,6 +106,7 @@ class Trial:
             "reason": self.reason,
             "error": self.error,
             "elapsed_s": round(self.elapsed_s, 3),
+            "setup_s": round(self.setup_s, 3),
             "components": self.components,
             "baseline": None if self.baseline is None else self.baseline.to_dict(),
             "candidate": None if self.candidate is None else self.candidate.to_dict(),
@@ -319,7 +321,9 @@ class Lab:
             return
         better = [c for c in trial.deltas.values() if c.improved]
         worse = [c for c in trial.deltas.values() if c.worsened]
-        if worse:
+        if self.plan.objective is not None:
+            objective_verdict(self.plan.objective, trial, worse)
+        elif worse:
             trial.verdict = "reject"
             trial.reason = "worse: " + ", ".join(_fmt(c) for c in worse)
             if better:
@@ -371,7 +375,9 @@ class Lab:
                 if reason is not None:
                     trial.verdict, trial.reason = "skip", reason
                     return trial
+                applied = time.perf_counter()
                 setup = recipe.apply(setup)
+                trial.setup_s += time.perf_counter() - applied
             first = self._measure(trial, base, setup)
             trial.quality = self._quality(
                 base, setup, first, trial.exact, any(r.changes_model for r in recipes)
@@ -455,6 +461,19 @@ class Lab:
             base.runner.close()
 
 
+def objective_verdict(objective: str, trial: Trial, worse: list[Change]) -> None:
+    """Adopt when the plan's objective improves beyond the spread, whatever else moves
+    (cost per token at a fixed hourly price falls exactly when throughput rises)."""
+    change = trial.deltas["throughput" if objective == "cost" else objective]
+    trade = "; worse (accepted for the objective): " + ", ".join(_fmt(c) for c in worse)
+    if change.improved:
+        trial.verdict = "adopt"
+        trial.reason = f"objective {objective}: {_fmt(change)}" + (trade if worse else "")
+    else:
+        trial.verdict = "reject"
+        trial.reason = f"objective {objective} not improved: {_fmt(change)}"
+
+
 def _fmt(change: Change) -> str:
     return f"{change.metric} {change.change_pct:+.1f}% (spread ±{change.noise_pct:.0f}%)"
 
@@ -475,6 +494,21 @@ def read_quality_text(model_path: str, quality_text: str | None) -> str:
     return text
 
 
+def check_recipes(recipes: list[Recipe], model_path: str) -> None:
+    """Each recipe's options against the model's config, before anything is loaded or timed."""
+    from latlab.model_files import load_model_config
+
+    checks = [r for r in recipes if r.check_model is not None]
+    if not checks:
+        return
+    config = load_model_config(model_path)
+    for recipe in checks:
+        try:
+            recipe.check_model(config)  # type: ignore[misc]
+        except ConfigError as exc:
+            raise ConfigError(f"recipe {recipe.name!r} on {model_path}: {exc}") from None
+
+
 def run_lab(
     plan: LabPlan,
     model: str | None = None,
@@ -492,6 +526,7 @@ def run_lab(
     model_path = resolve_model_path(model if model is not None else plan.model)
     text = read_quality_text(model_path, quality_text)
     recipes = [spec.build() for spec in plan.recipes]
+    check_recipes(recipes, model_path)
     env = environment()  # before the run: engines may change process-wide thread settings
     if plan.threads is not None:
         env["torch_threads"] = plan.threads

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latlab.cost import check_objective
 from latlab.errors import ConfigError
 from latlab.optimize.lab_workload import LabWorkload
-from latlab.optimize.quality import QualityThresholds
+from latlab.optimize.quality import QualityThresholds, parse_quality_budget
 from latlab.optimize.recipes import RECIPES, Recipe, make_recipe
 
 
@@ -58,6 +59,18 @@ class LabPlan:
     quality_window_tokens: int = 128
     model: str | None = None
     source: str = "built-in default plan"
+    # Which figure decides adoption (None: any figure better beyond the spread, none worse);
+    # "cost" is USD per million output tokens, i.e. throughput at a fixed hourly price.
+    objective: str | None = None
+    price_per_hour: float | None = None  # USD per device-hour, or
+    price_device: str | None = None  # a catalog device's list price
+
+    @property
+    def price(self) -> Any:
+        """The latlab.cost.Price the run is costed at (None: no cost figures)."""
+        from latlab.cost import resolve_price
+
+        return resolve_price(self.price_per_hour, self.price_device)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +81,9 @@ class LabPlan:
             "min_noise_pct": self.min_noise_pct,
             "threads": self.threads,
             "time_budget_s": self.time_budget_s,
+            "objective": self.objective,
+            "price_per_hour": self.price_per_hour,
+            "price_device": self.price_device,
             "workload": self.workload.to_dict(),
             "quality": {
                 **dataclasses.asdict(self.thresholds),
@@ -116,6 +132,9 @@ _TOP_KEYS = {
     "min_noise_pct",
     "threads",
     "time_budget_s",
+    "objective",
+    "price_per_hour",
+    "price_device",
     "workload",
     "quality",
     "engine",
@@ -296,13 +315,11 @@ def plan_from_dict(data: dict[str, Any], text: str = "", source: str = "plan") -
             raise ConfigError(_unknown_key(source, text, key, _TOP_KEYS, None))
     defaults = LabPlan(recipes=[])
     top: dict[str, Any] = {}
-    for key in ("model", "repeats", "warmup", "min_noise_pct", "threads", "time_budget_s"):
+    typed = {"threads": 1, "time_budget_s": 1.0, "objective": "", "price_per_hour": 1.0,
+             "price_device": ""}  # fmt: skip
+    for key in ("model", "repeats", "warmup", "min_noise_pct", *typed):
         if key in data:
-            default = getattr(defaults, key)
-            if key == "threads":
-                default = 1
-            if key == "time_budget_s":
-                default = 1.0
+            default = typed.get(key, getattr(defaults, key))
             top[key] = _check_type(source, text, key, data[key], default, None)
     workload_kwargs, _ = _section(source, text, data.get("workload", {}), LabWorkload, "workload")
     quality_kwargs, quality_extra = _section(
@@ -314,10 +331,16 @@ def plan_from_dict(data: dict[str, Any], text: str = "", source: str = "plan") -
             f"{_where(source, _line_of(text, 'engine'))}: [engine] must be a "
             "table of EngineConfig fields"
         )
+    thresholds = QualityThresholds(**quality_kwargs)
+    if thresholds.budget is not None:
+        try:
+            thresholds = parse_quality_budget(thresholds.budget)
+        except ConfigError as exc:
+            raise ConfigError(f"{_where(source, _line_of(text, 'budget'))}: {exc}") from None
     plan = LabPlan(
         recipes=_recipes(source, text, data.get("recipes", DEFAULT_RECIPES)),
         workload=LabWorkload(**workload_kwargs),
-        thresholds=QualityThresholds(**quality_kwargs),
+        thresholds=thresholds,
         engine=dict(engine),
         source=source,
         **top,
@@ -328,6 +351,11 @@ def plan_from_dict(data: dict[str, Any], text: str = "", source: str = "plan") -
             f"{_where(source, _line_of(text, 'repeats'))}: repeats must be >= 3 "
             "(a change must beat the spread of at least three runs)"
         )
+    try:
+        check_objective(plan.objective)
+        plan.price  # noqa: B018 - a bad price or unknown device fails here, not after the run
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if plan.warmup < 0:
         raise ConfigError(f"{_where(source, _line_of(text, 'warmup'))}: warmup must be >= 0")
     return plan

@@ -12,23 +12,78 @@ A latency recipe is only worth adopting if the model still says the same things.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from latlab.errors import ConfigError
+
 
 @dataclass(slots=True, frozen=True)
 class QualityThresholds:
-    """Limits for a lossy recipe to count as "low impact" (defaults from common practice)."""
+    """Limits for a lossy recipe to count as "low impact" (defaults from common practice).
 
-    top1_min: float = 0.98
-    mean_kl_max: float = 0.01
+    ``budget`` (``--quality-budget``, e.g. ``ppl:+5%``) replaces these limits with the ones it
+    names: a user who accepts the seed's "medium" quality impact says how much, knowingly.
+    """
+
+    top1_min: float | None = 0.98
+    mean_kl_max: float | None = 0.01
     p99_kl_max: float | None = None
     perplexity_increase_max_pct: float | None = None
     greedy_match_min: float | None = None
+    budget: str | None = None
+
+    def describe(self) -> str:
+        """The limits in words, as the decision record and each trial's quality record say."""
+        limits = [
+            (self.top1_min, "top-1 agreement >= {}"),
+            (self.mean_kl_max, "mean KL <= {}"),
+            (self.p99_kl_max, "p99 KL <= {}"),
+            (self.perplexity_increase_max_pct, "perplexity <= +{}%"),
+            (self.greedy_match_min, "greedy exact-match >= {}"),
+        ]
+        text = ", ".join(fmt.format(v) for v, fmt in limits if v is not None) or "no limit"
+        return f"quality budget {self.budget} ({text})" if self.budget else text
+
+
+# --quality-budget terms: name -> (QualityThresholds field, example)
+_BUDGET_TERMS = {
+    "ppl": ("perplexity_increase_max_pct", "ppl:+5%"),
+    "top1": ("top1_min", "top1:0.95"),
+    "kl": ("mean_kl_max", "kl:0.05"),
+    "p99kl": ("p99_kl_max", "p99kl:0.5"),
+    "greedy": ("greedy_match_min", "greedy:0.9"),
+}
+
+
+def parse_quality_budget(text: str) -> QualityThresholds:
+    """``ppl:+5%,top1:0.95`` -> thresholds with only those limits; ConfigError otherwise."""
+    examples = ", ".join(example for _, example in _BUDGET_TERMS.values())
+    limits: dict[str, float] = {}
+    for term in filter(None, (t.strip() for t in text.split(","))):
+        name, _, value = term.partition(":")
+        field = _BUDGET_TERMS.get(name.strip().lower(), (None, ""))[0]
+        number = re.fullmatch(r"\s*\+?([0-9]*\.?[0-9]+)\s*(%?)\s*", value)
+        if field is None or number is None or (number.group(2) and name.strip() != "ppl"):
+            raise ConfigError(
+                f"--quality-budget term {term!r} is not understood; give one or more of "
+                f"{examples} (comma-separated)"
+            )
+        amount = float(number.group(1))
+        if field in ("top1_min", "greedy_match_min") and amount > 1:
+            raise ConfigError(f"--quality-budget {name} is a fraction (0..1), not {amount}")
+        limits[field] = amount
+    if not limits:
+        raise ConfigError(f"--quality-budget is empty; give one or more of {examples}")
+    off = {f.name: None for f in dataclasses.fields(QualityThresholds) if f.name != "budget"}
+    canonical = ",".join(t.strip() for t in text.split(",") if t.strip())
+    return QualityThresholds(**{**off, **limits, "budget": canonical})
 
 
 @dataclass(slots=True)
@@ -57,6 +112,7 @@ class QualityResult:
     exact_required: bool
     passed: bool
     reason: str
+    limits: str = ""  # the thresholds (or the --quality-budget) this verdict used
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -142,8 +198,9 @@ def gate(
     else:
         reason = "within thresholds"
     return QualityResult(
-        logits, greedy_match_rate, greedy_token_agreement, exact_required, not failures, reason
-    )
+        logits, greedy_match_rate, greedy_token_agreement, exact_required, not failures, reason,
+        thresholds.describe(),
+    )  # fmt: skip
 
 
 def _failures(
@@ -160,9 +217,9 @@ def _failures(
             "(an exact recipe must match 100%)"
         )
     if logits is not None:
-        if logits.top1_agreement < t.top1_min:
+        if t.top1_min is not None and logits.top1_agreement < t.top1_min:
             out.append(f"top-1 agreement {logits.top1_agreement:.4f} < {t.top1_min}")
-        if logits.mean_kl > t.mean_kl_max:
+        if t.mean_kl_max is not None and logits.mean_kl > t.mean_kl_max:
             out.append(f"mean KL {logits.mean_kl:.3g} > {t.mean_kl_max}")
         if t.p99_kl_max is not None and logits.p99_kl > t.p99_kl_max:
             out.append(f"p99 KL {logits.p99_kl:.3g} > {t.p99_kl_max}")
@@ -174,7 +231,12 @@ def _failures(
                 f"perplexity +{logits.perplexity_change_pct:.2f}% > "
                 f"+{t.perplexity_increase_max_pct}%"
             )
-    elif not exact_required and token_agreement is not None and token_agreement < t.top1_min:
+    elif (
+        not exact_required
+        and t.top1_min is not None
+        and token_agreement is not None
+        and token_agreement < t.top1_min
+    ):
         # No logits (e.g. an engine-side change): greedy token agreement stands in for top-1.
         out.append(f"greedy token agreement {token_agreement:.4f} < {t.top1_min}")
     if (

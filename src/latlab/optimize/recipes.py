@@ -42,6 +42,9 @@ class Recipe:
     _why_not: Callable[[Setup], str | None]
     _apply: Callable[[Setup], Setup]
     setup_cost_s: float = 0.0  # one-off cost (compilation) the lab's time budget allows for
+    # Checks the recipe's options against the model's config.json before anything runs
+    # (a prune count that leaves no layer is a mistake to report, not a recipe to skip).
+    check_model: Callable[[dict[str, Any]], None] | None = None
 
     def why_not(self, setup: Setup) -> str | None:
         """None when the recipe can run on ``setup``; else the reason it cannot, in words."""
@@ -249,6 +252,175 @@ def prequantized(method: str = "gptq", checkpoint: str = "") -> Recipe:
         why_not,
         apply,
     )
+
+
+# ---- model size: pruning and distillation (latlab.compress) ------------------------------
+
+
+def _decoder_reason(setup: Setup) -> str | None:
+    from latlab.compress.calibration import decoder_layers
+
+    try:
+        decoder_layers(setup.model)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _corpus_paths(corpus: str | list[str] | None) -> list[str] | None:
+    if corpus is None or isinstance(corpus, list):
+        return corpus
+    return [corpus]
+
+
+def _heal_spec(steps: int, time_s: float | None) -> Any:
+    from latlab.compress.distill import DistillSpec
+
+    if not steps and not time_s:
+        return None
+    return DistillSpec(layers=None, steps=steps or 10**9, time_budget_s=time_s)
+
+
+def prune_layers(
+    n: int | None = None,
+    fraction: float | None = None,
+    method: str = "angular",
+    heal_steps: int = 0,
+    heal_time_s: float | None = None,
+    corpus: str | list[str] | None = None,
+) -> Recipe:
+    """Remove the n decoder layers whose removal changes the residual stream least."""
+    from latlab.compress.layers import layers_to_remove
+    from latlab.compress.prune import PruneSpec
+
+    if n is None and fraction is None:
+        n = 1
+    spec = PruneSpec(layers=n, layer_fraction=fraction, method=method)
+    heal_spec = _heal_spec(heal_steps, heal_time_s)
+
+    def check_model(config: dict[str, Any]) -> None:
+        layers_to_remove(int(config["num_hidden_layers"]), n, fraction)
+
+    def apply(setup: Setup) -> Setup:
+        from latlab.compress.api import heal
+        from latlab.compress.corpus import load_corpus
+        from latlab.compress.prune import prune_model
+
+        text = load_corpus(_corpus_paths(corpus))
+        pruned, report = prune_model(setup.model, setup.tokenizer, spec, text)
+        if heal_spec is not None:
+            heal(setup.model, pruned, setup.tokenizer, heal_spec, text)
+        return setup.derive(f"removed layers {report['layers']['removed']}", model=pruned)
+
+    healing = f", healed by {heal_steps or heal_time_s} distillation steps/s" if heal_spec else ""
+    return Recipe(
+        name="prune-layers", level="model", backend="transformers", exact=False,
+        changes=f"{spec.describe()} removed (scored on calibration text){healing}",
+        changes_model=True, group="size", _why_not=_decoder_reason, _apply=apply,
+        setup_cost_s=float(heal_time_s or 0.0), check_model=check_model,
+    )  # fmt: skip
+
+
+def prune_width(
+    mlp_fraction: float | None = 0.25,
+    kv_groups: int | None = None,
+    heal_steps: int = 0,
+    heal_time_s: float | None = None,
+    corpus: str | list[str] | None = None,
+) -> Recipe:
+    """Remove MLP channels and/or whole KV groups by activation magnitude."""
+    from latlab.compress.prune import PruneSpec
+
+    spec = PruneSpec(mlp_fraction=mlp_fraction, kv_groups=kv_groups)
+    heal_spec = _heal_spec(heal_steps, heal_time_s)
+
+    def check_model(config: dict[str, Any]) -> None:
+        from latlab.compress.width import kept_channels
+
+        if mlp_fraction:
+            kept_channels(int(config["intermediate_size"]), mlp_fraction)
+        kv_heads = int(config.get("num_key_value_heads") or config["num_attention_heads"])
+        if kv_groups is not None and not 1 <= kv_groups < kv_heads:
+            raise ConfigError(f"prune-width kv_groups must be 1 to {kv_heads - 1}, not {kv_groups}")
+
+    def apply(setup: Setup) -> Setup:
+        from latlab.compress.api import heal
+        from latlab.compress.corpus import load_corpus
+        from latlab.compress.prune import prune_model
+
+        text = load_corpus(_corpus_paths(corpus))
+        pruned, _ = prune_model(setup.model, setup.tokenizer, spec, text)
+        if heal_spec is not None:
+            heal(setup.model, pruned, setup.tokenizer, heal_spec, text)
+        return setup.derive(f"pruned {spec.describe()}", model=pruned)
+
+    return Recipe(
+        name="prune-width", level="model", backend="transformers", exact=False,
+        changes=f"{spec.describe()} removed by activation magnitude (KV groups whole)",
+        changes_model=True, group="size", _why_not=_decoder_reason, _apply=apply,
+        setup_cost_s=float(heal_time_s or 0.0), check_model=check_model,
+    )  # fmt: skip
+
+
+def distill(
+    layers: int | None = None,
+    init: str = "prune",
+    mlp_fraction: float | None = None,
+    steps: int = 300,
+    time_budget_s: float | None = None,
+    batch_size: int = 8,
+    seq_len: int = 128,
+    corpus: str | list[str] | None = None,
+) -> Recipe:
+    """A smaller student trained on the model's own logits (latlab distill, in memory)."""
+    from latlab.compress.distill import DistillSpec
+
+    spec = DistillSpec(
+        layers=layers, init=init, mlp_fraction=mlp_fraction, steps=steps,
+        time_budget_s=time_budget_s, batch_size=batch_size, seq_len=seq_len,
+    )  # fmt: skip
+
+    def check_model(config: dict[str, Any]) -> None:
+        spec.student_layers(int(config["num_hidden_layers"]))
+
+    def apply(setup: Setup) -> Setup:
+        from latlab.compress.api import build_student, heal
+        from latlab.compress.corpus import load_corpus
+
+        text = load_corpus(_corpus_paths(corpus))
+        student, _ = build_student(setup.model, setup.tokenizer, spec, text)
+        stats = heal(setup.model, student, setup.tokenizer, spec, text)
+        return setup.derive(f"distilled student ({stats['step']} steps)", model=student)
+
+    size = f"{layers} layers" if layers else "half the layers"
+    budget = f", at most {time_budget_s:g} s" if time_budget_s else ""
+    return Recipe(
+        name="distill", level="model", backend="transformers", exact=False,
+        changes=f"student with {size} ({init} init), trained {steps} steps{budget} on the "
+        "teacher's softened logits + next-token loss",
+        changes_model=True, group="size", _why_not=_decoder_reason, _apply=apply,
+        setup_cost_s=float(time_budget_s or 0.0), check_model=check_model,
+    )  # fmt: skip
+
+
+def sparsity_2_4() -> Recipe:
+    """2:4 semi-structured sparsity: runs only where sparse tensor-core kernels exist."""
+
+    def why_not(_: Setup) -> str | None:
+        from latlab.compress.sparsity import why_not_semi_structured
+
+        return why_not_semi_structured()
+
+    def apply(setup: Setup) -> Setup:  # pragma: no cover - CUDA (Ampere+) only
+        from latlab.compress.sparsity import sparsify_linears
+
+        return _with_model(setup, "2:4 sparsity", lambda m: (sparsify_linears(m), m)[1])
+
+    return Recipe(
+        name="sparsity-2-4", level="model", backend="transformers", exact=False,
+        changes="2 of every 4 weights zeroed by magnitude, sparse tensor-core matmuls",
+        changes_model=True, group="sparsity", _why_not=why_not, _apply=apply,
+    )  # fmt: skip
 
 
 # ---- system level -----------------------------------------------------------------------
@@ -564,6 +736,10 @@ RECIPES: dict[str, Callable[..., Recipe]] = {
     "bnb-nf4": lambda: bitsandbytes("nf4"),
     "gptq": lambda checkpoint="": prequantized("gptq", checkpoint),
     "awq": lambda checkpoint="": prequantized("awq", checkpoint),
+    "prune-layers": prune_layers,
+    "prune-width": prune_width,
+    "distill": distill,
+    "sparsity-2-4": sparsity_2_4,
     "attention-eager": lambda: attention("eager"),
     "attention-sdpa": lambda: attention("sdpa"),
     "attention-flash": lambda: attention("flash"),

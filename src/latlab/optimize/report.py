@@ -13,8 +13,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from latlab.cost import Price, break_even_million_tokens, one_off_usd, usd_per_million_tokens
 from latlab.optimize.lab import FIGURES, LabResult, Measurement, Trial
 from latlab.optimize.lab_plan import LabPlan
+from latlab.optimize.seed_claims import seed_cell, seed_column
 
 SCHEMA_VERSION = 1
 
@@ -48,18 +50,63 @@ def quality_cell(trial: Trial) -> str:
     return "; ".join(parts)
 
 
-def strategy_table(trials: list[Trial]) -> str:
-    """The Markdown strategy table, one row per trial in the order tried."""
+def trial_seed_column(trial: Trial) -> dict[str, Any] | None:
+    """The seed's claim for this trial's recipe beside the measured figure (None: no claim)."""
+    if trial.components:
+        return None
+    deltas = {
+        k: {"baseline": c.baseline, "candidate": c.candidate, "significant": c.significant}
+        for k, c in trial.deltas.items()
+    }
+    return seed_column(trial.name, trial.verdict, deltas)
+
+
+def trial_cost(trial: Trial, price: Price | None) -> dict[str, Any] | None:
+    """USD per million output tokens before and after, saved, and the one-off cost."""
+    change = trial.deltas.get("throughput")
+    if price is None or change is None:
+        return None
+    before = usd_per_million_tokens(price, change.baseline)
+    after = usd_per_million_tokens(price, change.candidate)
+    saved = None if before is None or after is None else before - after
+    one_off = one_off_usd(price, trial.setup_s)
+    return {
+        "usd_per_million_baseline": _round(before),
+        "usd_per_million": _round(after),
+        "usd_saved_per_million": _round(saved),
+        "one_off_s": round(trial.setup_s, 3),
+        "one_off_usd": _round(one_off),
+        "break_even_million_tokens": _round(break_even_million_tokens(one_off, saved)),
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def _cost_cell(cost: dict[str, Any] | None) -> str:
+    if not cost or cost["usd_per_million"] is None:
+        return "-"
+    saved = cost["usd_saved_per_million"]
+    return f"${cost['usd_per_million']:.4g} ({-saved:+.3g})" if saved is not None else "-"
+
+
+def strategy_table(trials: list[Trial], price: Price | None = None) -> str:
+    """The Markdown strategy table, one row per trial in the order tried; with a price, the
+    cost per million output tokens (and its change) gets a column."""
+    cost_head, cost_rule = (" $/M tokens |", "---|") if price else ("", "")
     rows = [
-        "| recipe | level | TTFT | ITL | throughput | memory | quality | verdict | reason |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| recipe | level | TTFT | ITL | throughput | memory |{cost_head} quality | "
+        "seed's claim | verdict | reason |",
+        f"|---|---|---|---|---|---|{cost_rule}---|---|---|---|",
     ]
     for t in trials:
         reason = t.reason.replace("|", "/")
+        cost = f" {_cost_cell(trial_cost(t, price))} |" if price else ""
         rows.append(
             f"| {t.name} | {t.level} | {_pct(t, 'ttft')} | {_pct(t, 'itl')} | "
-            f"{_pct(t, 'throughput')} | {_pct(t, 'memory')} | {quality_cell(t)} | "
-            f"**{t.verdict}** | {reason} |"
+            f"{_pct(t, 'throughput')} | {_pct(t, 'memory')} |{cost} {quality_cell(t)} | "
+            f"{seed_cell(trial_seed_column(t))} | **{t.verdict}** | {reason} |"
         )
     return "\n".join(rows)
 
@@ -97,7 +144,9 @@ def plan_toml(plan: LabPlan) -> str:
     """The effective plan as a TOML file that ``--plan`` reads back."""
     data = plan.to_dict()
     lines = ["# latlab optimize plan (written by the lab; edit and pass with --plan)"]
-    for key in ("repeats", "warmup", "min_noise_pct", "threads", "time_budget_s"):
+    keys = ("repeats", "warmup", "min_noise_pct", "threads", "time_budget_s", "objective",
+            "price_per_hour", "price_device")  # fmt: skip
+    for key in keys:
         if data[key] is not None:
             lines.append(f"{key} = {_toml_value(data[key])}")
     lines.append("recipes = [")
@@ -142,6 +191,7 @@ def _env_value(value: Any) -> str:
 def decision_record(result: LabResult, out_dir: Path, command: list[str] | None = None) -> str:
     """The Markdown decision record: what was tried, in what order, what was adopted, why."""
     plan = result.plan
+    price = plan.price
     env = result.environment
     adopted = result.adopted
     combined = [t for t in result.trials if t.components]
@@ -153,9 +203,11 @@ def decision_record(result: LabResult, out_dir: Path, command: list[str] | None 
         f"- Plan: {plan.source}; {plan.repeats} repetitions after {plan.warmup} warmup pass(es), "
         f"each candidate interleaved with the baseline; a change counts when it beats the "
         f"spread (max - min over median) of the repetitions, at least {plan.min_noise_pct}%",
-        f"- Quality gate: top-1 agreement >= {plan.thresholds.top1_min}, mean KL <= "
-        f"{plan.thresholds.mean_kl_max} on held-out text ({plan.quality_windows} windows of "
-        f"{plan.quality_window_tokens} tokens); exact recipes must keep every greedy output",
+        f"- Quality gate: {plan.thresholds.describe()} on held-out text "
+        f"({plan.quality_windows} windows of {plan.quality_window_tokens} tokens); exact "
+        "recipes must keep every greedy output",
+        f"- Decision rule: {_rule(plan)}",
+        f"- Cost: {_price_line(price)}",
         "",
         "## Environment",
         "",
@@ -184,7 +236,7 @@ def decision_record(result: LabResult, out_dir: Path, command: list[str] | None 
             lines.append(f"   (first pass: {counts})")
     lines += ["", "## Adopted", ""]
     if adopted:
-        lines += [f"- **{t.name}**: {t.reason}; quality: {quality_cell(t)}" for t in adopted]
+        lines += [_adopted_line(t, price) for t in adopted]
     else:
         lines.append(
             "- nothing: no recipe beat the noise without hurting quality or another figure"
@@ -201,7 +253,7 @@ def decision_record(result: LabResult, out_dir: Path, command: list[str] | None 
         "",
         "Changes are of medians against the interleaved baseline; * = beyond the spread.",
         "",
-        strategy_table(result.trials),
+        strategy_table(result.trials, price),
         "",
         "## Reproduce",
         "",
@@ -219,6 +271,43 @@ def decision_record(result: LabResult, out_dir: Path, command: list[str] | None 
     return "\n".join(lines) + "\n"
 
 
+def _rule(plan: LabPlan) -> str:
+    if plan.objective is None:
+        return "adopt when a figure improves beyond the spread and none worsens beyond it"
+    what = "USD per million output tokens (throughput at a fixed price)" if (
+        plan.objective == "cost"
+    ) else plan.objective  # fmt: skip
+    return f"objective {plan.objective}: adopt when {what} improves beyond the spread"
+
+
+def _price_line(price: Price | None) -> str:
+    if price is None:
+        return "no price given (--price-per-hour USD or --price-device NAME adds cost figures)"
+    return (
+        f"{price.describe()}; USD per million output tokens = price per hour / (output "
+        "tokens/s x 3600) x 1e6 at the measured throughput"
+    )
+
+
+def _adopted_line(trial: Trial, price: Price | None) -> str:
+    """What an adopted recipe gains, under which quality limits, and what it costs once."""
+    line = f"- **{trial.name}**: {trial.reason}; quality: {quality_cell(trial)}"
+    if trial.quality is not None and trial.quality.limits:
+        line += f" (limits: {trial.quality.limits})"
+    cost = trial_cost(trial, price)
+    if cost and cost["usd_saved_per_million"] is not None:
+        line += (
+            f"; saves ${cost['usd_saved_per_million']:.4g} per million output tokens "
+            f"(${cost['usd_per_million_baseline']:.4g} -> ${cost['usd_per_million']:.4g})"
+        )
+    if trial.setup_s >= 0.01:
+        once = f"${cost['one_off_usd']:.4g} of device time, " if cost else ""
+        line += f"; one-off: {once}{trial.setup_s:.1f} s to apply"
+        if cost and cost["break_even_million_tokens"] is not None:
+            line += f", paid back after {cost['break_even_million_tokens']:.3g}M tokens"
+    return line
+
+
 def _command(result: LabResult, out_dir: Path) -> list[str]:
     return [
         "latlab",
@@ -232,6 +321,7 @@ def _command(result: LabResult, out_dir: Path) -> list[str]:
 
 
 def to_json(result: LabResult) -> dict[str, Any]:
+    price = result.plan.price
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "latlab.optimize",
@@ -244,7 +334,13 @@ def to_json(result: LabResult) -> dict[str, Any]:
             k: {"key": key, "lower_is_better": lower} for k, (key, lower) in FIGURES.items()
         },
         "baselines": {k: m.to_dict() for k, m in result.baselines.items()},
-        "trials": [t.to_dict() for t in result.trials],
+        "objective": result.plan.objective,
+        "quality_limits": result.plan.thresholds.describe(),
+        "price": None if price is None else price.to_dict(),
+        "trials": [
+            {**t.to_dict(), "seed_claim": trial_seed_column(t), "cost": trial_cost(t, price)}
+            for t in result.trials
+        ],
         "adopted": [t.name for t in result.adopted],
         "notes": result.notes,
     }
@@ -259,7 +355,8 @@ def write_report(result: LabResult, out_dir: Path, command: list[str] | None = N
         "json": out_dir / "result.json",
         "plan": out_dir / "plan.toml",
     }
-    paths["table"].write_text(strategy_table(result.trials) + "\n", encoding="utf-8")
+    table = strategy_table(result.trials, result.plan.price)
+    paths["table"].write_text(table + "\n", encoding="utf-8")
     paths["decision_record"].write_text(decision_record(result, out_dir, command), "utf-8")
     paths["json"].write_text(json.dumps(to_json(result), indent=2) + "\n", encoding="utf-8")
     paths["plan"].write_text(plan_toml(result.plan), encoding="utf-8")

@@ -80,6 +80,21 @@ def get_device(name: str) -> Device:
     raise _unknown("device", name, device_names())
 
 
+def get_device_price(name: str) -> dict[str, Any]:
+    """A catalog device's list price: usd_per_hour, source, as_of and the device's name;
+    ConfigError when none is recorded."""
+    device = get_device(name)
+    entry = next(e for e in _load("devices.json")["devices"] if e["name"] == device.name)
+    price = entry.get("price")
+    if not price:
+        priced = [e["name"] for e in _load("devices.json")["devices"] if e.get("price")]
+        raise ConfigError(
+            f"the catalog records no list price for {device.name}; pass --price-per-hour USD, "
+            f"or a device with a price: {', '.join(priced)}"
+        )
+    return {**price, "device": device.name}
+
+
 def get_catalog_model(name: str) -> ModelSpec:
     """A catalog model by name (case-insensitive); ConfigError with close matches."""
     for entry in _model_entries():

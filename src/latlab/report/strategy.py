@@ -6,6 +6,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from latlab.optimize.seed_claims import seed_cell
 from latlab.report.sections import Plot, Section, Table
 from latlab.report.svg import Chart, Series, colour
 from latlab.runs.store import Run
@@ -65,11 +66,12 @@ def _html_table(trials: list[dict[str, Any]], figures: list[str]) -> str:
         rows.append(
             f"<tr><td>{escape(t.get('name', ''))}</td><td>{escape(t.get('level', ''))}"
             f"</td>{cells}<td>{escape(quality_text(t.get('quality')))}</td>"
+            f"<td>{escape(seed_cell(t.get('seed_claim')))}</td>"
             f'<td><b style="color:{colour_}">{escape(verdict)}</b> {reason}</td></tr>'
         )
     return (
         f'<table class="strategy"><tr><th>recipe</th><th>level</th>{head}<th>quality</th>'
-        f"<th>verdict</th></tr>{''.join(rows)}</table>"
+        f"<th>seed's claim</th><th>verdict</th></tr>{''.join(rows)}</table>"
     )
 
 
@@ -113,12 +115,14 @@ def strategy_section(run: Run) -> Section:
             t.get("name", ""),
             *[_pct(_change(t, f)) for f in figures],
             quality_text(t.get("quality")),
+            seed_cell(t.get("seed_claim")),
             t.get("verdict", ""),
         ]
         for i, t in enumerate(measured)
     ]
+    names = [_FIGURE_NAMES.get(f, f) for f in figures]
     table = Table(
-        headers=["#", "recipe", *[_FIGURE_NAMES.get(f, f) for f in figures], "quality", "verdict"],
+        headers=["#", "recipe", *names, "quality", "seed's claim", "verdict"],
         rows=rows,
     )
     adopted = ", ".join(result.get("adopted") or []) or "nothing"
