@@ -19,14 +19,19 @@ def test_bench_against_a_server_prints_the_table_and_writes_json_and_csv(tmp_pat
     with StubServer(ttft_s=0.01, itl_s=0.001, chunks=4) as url:
         out = latlab("bench", "--url", url, "--concurrency", "1,2", "--num-requests", "4",
                      "--input-len", "8", "--output-len", "4", "--json", str(tmp_path / "r.json"),
-                     "--csv", str(tmp_path / "r.csv"), "--slo-ttft-ms", "500")  # fmt: skip
+                     "--csv", str(tmp_path / "r.csv"), "--slo-ttft-ms", "500",
+                     "--price-per-hour", "3.6")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "TTFT p50" in out.stdout and "concurrency 2" in out.stdout
+    assert "cost at $3.6/h (--price-per-hour), per million output tokens:" in out.stdout
     d = json.loads((tmp_path / "r.json").read_text())
     assert [lv["load"] for lv in d["levels"]] == [{"concurrency": 1}, {"concurrency": 2}]
     assert d["levels"][0]["summary"]["completed"] == 4
     assert d["levels"][0]["summary"]["goodput_rps"] > 0
     assert d["target"]["remote"] is True
+    tokens_per_s = d["levels"][0]["summary"]["output_tokens_per_s"]
+    cost = d["cost"]["levels"][0]["usd_per_million_output_tokens"]
+    assert cost == pytest.approx(3.6 / (tokens_per_s * 3600) * 1e6)
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 9
 
 
@@ -66,7 +71,8 @@ def test_exit_code_non_zero_only_when_every_request_failed():
      (["--concurrency", "a,b"], "comma-separated"),
      (["--input-len", "uniform:9"], "--input-len"),
      (["--dataset", "jsonl:/no/such/file.jsonl"], "cannot read dataset file"),
-     (["--callable", "nocolon"], "module:function")],
+     (["--callable", "nocolon"], "module:function"),
+     (["--price-per-hour", "0"], "--price-per-hour must be a positive number")],
 )  # fmt: skip
 def test_bad_flags_give_one_line_errors(args, message):
     with StubServer() as url:

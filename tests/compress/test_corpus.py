@@ -72,3 +72,12 @@ def test_bundled_default_is_the_training_text_without_heldout_files() -> None:
     sample = (bundled_model_path() / "heldout.txt").read_text(encoding="utf-8")
     first = sample.split("\n\n")[0]
     assert first in held and first not in set(corpus.texts)
+
+
+def test_spread_takes_documents_from_all_of_the_corpus() -> None:
+    from latlab.compress.corpus import CorpusText
+
+    corpus = CorpusText(texts=[f"document {i:03d}" for i in range(100)], source="t")
+    sample = corpus.spread(240)  # 20 of the 100 documents' 1,200 characters
+    assert sample.texts[0] == "document 000" and sample.texts[-1] == "document 095"
+    assert len(sample.texts) == 20 and corpus.spread(10_000) is corpus

@@ -38,4 +38,6 @@ def test_skipped_recipes_and_rows_without_a_claim() -> None:
     assert column["verdict"] == "not measured" and seed_cell(column).endswith("not measured")
     assert seed_column("tf32", "adopt", {"ttft": _delta(1.0, 0.5)}) is None
     assert claim_for("kv-cache-bfloat16") is CLAIMS["kv-cache-dtype"]
+    assert claim_for("prune-layers-2") is claim_for("prune-width") is CLAIMS["prune-layers"]
+    assert claim_for("distill-2") is CLAIMS["distill"]
     assert seed_cell(None) == "-"

@@ -35,6 +35,14 @@ class CorpusText:
     def chars(self) -> int:
         return sum(len(t) for t in self.texts)
 
+    def spread(self, max_chars: int) -> CorpusText:
+        """Documents at an even stride through the corpus, about ``max_chars`` in all: enough
+        calibration text drawn from all of it, without tokenizing megabytes for 16 windows."""
+        if self.chars <= max_chars:
+            return self
+        stride = max(1, round(self.chars / max_chars))
+        return CorpusText(texts=self.texts[::stride], source=self.source, files=self.files)
+
     def fingerprint(self) -> str:
         """A short hash of the content: a resumed run refuses a corpus that changed."""
         digest = hashlib.sha256()

@@ -76,7 +76,9 @@ def prune_model(
     """A pruned deep copy of ``model`` and a report of the scores and of what was removed."""
     num_layers = len(decoder_layers(model))
     n = check_spec(spec, num_layers)
-    stream = token_stream(tokenizer, corpus, min_tokens=spec.calibration_tokens + 1)
+    # ~8 characters per window token: more text than the windows need, from all of the corpus
+    sample = corpus.spread(8 * spec.calibration_windows * spec.calibration_tokens)
+    stream = token_stream(tokenizer, sample, min_tokens=spec.calibration_tokens + 1)
     windows = calibration_windows(stream, spec.calibration_tokens, spec.calibration_windows)
     pruned = copy.deepcopy(model)
     report: dict[str, Any] = {

@@ -103,6 +103,7 @@ DEFAULT_RECIPES: list[dict[str, Any]] = [
     {"name": "int8-weight-only"},
     {"name": "dtype-bfloat16"},
     {"name": "response-cache"},
+    {"name": "prune-layers", "n": 1},  # seconds to prune; distillation takes minutes: its own plan
     {"name": "prompt-lookup"},
     {"name": "static-batching"},
     {"name": "prefix-caching", "enabled": False},

@@ -314,7 +314,9 @@ def prune_layers(
 
     healing = f", healed by {heal_steps or heal_time_s} distillation steps/s" if heal_spec else ""
     return Recipe(
-        name="prune-layers", level="model", backend="transformers", exact=False,
+        name=(f"prune-layers-{n}" if n is not None else f"prune-layers-{fraction:g}")
+        + ("-healed" if heal_spec else ""),
+        level="model", backend="transformers", exact=False,
         changes=f"{spec.describe()} removed (scored on calibration text){healing}",
         changes_model=True, group="size", _why_not=_decoder_reason, _apply=apply,
         setup_cost_s=float(heal_time_s or 0.0), check_model=check_model,
@@ -395,7 +397,8 @@ def distill(
     size = f"{layers} layers" if layers else "half the layers"
     budget = f", at most {time_budget_s:g} s" if time_budget_s else ""
     return Recipe(
-        name="distill", level="model", backend="transformers", exact=False,
+        name=f"distill-{layers}" if layers else "distill", level="model",
+        backend="transformers", exact=False,
         changes=f"student with {size} ({init} init), trained {steps} steps{budget} on the "
         "teacher's softened logits + next-token loss",
         changes_model=True, group="size", _why_not=_decoder_reason, _apply=apply,

@@ -124,9 +124,11 @@ CLAIMS: dict[str, SeedClaim] = {
 
 
 def claim_for(recipe_name: str) -> SeedClaim | None:
-    """The seed's claim a recipe measures; names with options (``kv-cache-bfloat16``) too."""
-    if recipe_name.startswith("kv-cache-"):
-        return CLAIMS["kv-cache-dtype"]
+    """The seed's claim a recipe measures; names with options (``kv-cache-bfloat16``,
+    ``prune-layers-2``, ``distill-2``) too."""
+    for family in ("kv-cache-dtype", "prune-layers", "distill"):
+        if recipe_name.startswith(family.removesuffix("-dtype") + "-"):
+            return CLAIMS[family]
     return CLAIMS.get(recipe_name)
 
 
