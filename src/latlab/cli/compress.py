@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from typing import Any
@@ -11,19 +10,13 @@ from typing import Any
 import click
 
 from latlab.cli import main
-from latlab.errors import ConfigError
-
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
 
 def parse_seconds(text: str | None, flag: str) -> float | None:
-    """'90', '90s', '10m', '1.5h' -> seconds; ConfigError naming the flag otherwise."""
-    if text is None:
-        return None
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", text.lower())
-    if match is None or match.group(2) not in _UNITS or float(match.group(1)) <= 0:
-        raise ConfigError(f"{flag} must be a positive duration such as 300, 90s, 10m or 1h")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    """'90', '90s', '10m', '1h30m' -> seconds (the duration syntax of every latlab flag)."""
+    from latlab.monitor.durations import parse_duration
+
+    return None if text is None else parse_duration(text, flag)
 
 
 def _corpus_option(func: Any) -> Any:

@@ -300,9 +300,12 @@ def _adopted_line(trial: Trial, price: Price | None) -> str:
             f"; saves ${cost['usd_saved_per_million']:.4g} per million output tokens "
             f"(${cost['usd_per_million_baseline']:.4g} -> ${cost['usd_per_million']:.4g})"
         )
+    memory = trial.deltas.get("memory")
+    if memory is not None and memory.baseline != memory.candidate:
+        line += f"; memory {memory.baseline / 2**20:.2f} -> {memory.candidate / 2**20:.2f} MiB"
     if trial.setup_s >= 0.01:
         once = f"${cost['one_off_usd']:.4g} of device time, " if cost else ""
-        line += f"; one-off: {once}{trial.setup_s:.1f} s to apply"
+        line += f"; one-off: {once}{trial.setup_s:.1f} s to apply (and compile)"
         if cost and cost["break_even_million_tokens"] is not None:
             line += f", paid back after {cost['break_even_million_tokens']:.3g}M tokens"
     return line
