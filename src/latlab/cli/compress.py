@@ -11,6 +11,9 @@ import click
 
 from latlab.cli import main
 
+# = latlab.compress.distill.UNLIMITED_STEPS (not imported here: that module pulls in torch)
+_UNLIMITED = 10**9
+
 
 def parse_seconds(text: str | None, flag: str) -> float | None:
     """'90', '90s', '10m', '1h30m' -> seconds (the duration syntax of every latlab flag)."""
@@ -38,7 +41,8 @@ def _progress_printer(label: str) -> Any:
     def show(p: Any) -> None:
         pct = 100 * max(p.step / p.steps, p.elapsed_s / p.time_budget_s if p.time_budget_s else 0)
         line = (
-            f"{label} step {p.step}/{p.steps} ({min(pct, 100):.0f}%), {p.elapsed_s:.0f}s: "
+            f"{label} step {p.step}{'' if p.steps >= _UNLIMITED else f'/{p.steps}'} "
+            f"({min(pct, 100):.0f}%), {p.elapsed_s:.0f}s: "
             f"loss {p.loss:.3f} (KL {p.kl:.3f}, CE {p.ce:.3f}), lr {p.lr:.1e}, "
             f"{p.tokens_per_s:,.0f} tok/s"
         )
@@ -107,7 +111,7 @@ def prune(**opts: Any) -> None:
     backend loads (config and weights agree), with latlab-compress.json saying what was cut.
     """
     from latlab.compress.api import prune_checkpoint
-    from latlab.compress.distill import DistillSpec
+    from latlab.compress.distill import UNLIMITED_STEPS, DistillSpec
     from latlab.compress.prune import PruneSpec
 
     spec = PruneSpec(
@@ -117,7 +121,8 @@ def prune(**opts: Any) -> None:
     heal_time = parse_seconds(opts["heal_time"], "--heal-time")
     heal = None
     if opts["heal_steps"] or heal_time:
-        heal = DistillSpec(layers=None, steps=opts["heal_steps"] or 10**9, time_budget_s=heal_time)
+        steps = opts["heal_steps"] or UNLIMITED_STEPS
+        heal = DistillSpec(layers=None, steps=steps, time_budget_s=heal_time)
     start = time.perf_counter()
     report = prune_checkpoint(
         opts["model"], opts["out_dir"], spec, list(opts["corpus"]) or None,

@@ -30,6 +30,7 @@ from latlab.compress.training import lr_at, sample_batch
 from latlab.errors import ConfigError
 
 INITS = ("prune", "spread")
+UNLIMITED_STEPS = 10**9  # a run bounded by its time budget alone
 
 
 class DistillInterrupted(KeyboardInterrupt):

@@ -274,11 +274,11 @@ def _corpus_paths(corpus: str | list[str] | None) -> list[str] | None:
 
 
 def _heal_spec(steps: int, time_s: float | None) -> Any:
-    from latlab.compress.distill import DistillSpec
+    from latlab.compress.distill import UNLIMITED_STEPS, DistillSpec
 
     if not steps and not time_s:
         return None
-    return DistillSpec(layers=None, steps=steps or 10**9, time_budget_s=time_s)
+    return DistillSpec(layers=None, steps=steps or UNLIMITED_STEPS, time_budget_s=time_s)
 
 
 def prune_layers(
