@@ -127,3 +127,23 @@ def test_ctrl_c_keeps_a_checkpoint_that_resumes(
 def test_resume_without_a_checkpoint_is_refused(four_layer_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nothing to resume"):
         distill_checkpoint(str(four_layer_dir), tmp_path / "empty", DistillSpec(), resume=True)
+
+
+def test_healing_twice_from_the_same_teacher_trains_both_students(
+    four_layer_dir: Path, corpus_file: Path
+) -> None:
+    """In the lab the teacher is the baseline model, and later recipes copy it: training one
+    student must leave it so the next copy trains too (every parameter, none frozen)."""
+    import copy
+
+    teacher = load_causal_lm(four_layer_dir, dtype="float32")
+    tokenizer = load_tokenizer(four_layer_dir)
+    corpus = load_corpus([corpus_file])
+    spec = DistillSpec(layers=None, steps=1, **FAST)
+    for _ in range(2):
+        student = copy.deepcopy(teacher)
+        before = [p.detach().clone() for p in student.parameters()]
+        assert heal(teacher, student, tokenizer, spec, corpus)["step"] == 1
+        changed = [not torch.equal(a, b) for a, b in zip(before, student.parameters(), strict=True)]
+        assert all(changed)
+    assert all(p.requires_grad for p in teacher.parameters())

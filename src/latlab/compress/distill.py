@@ -190,11 +190,14 @@ class Distiller:
     state: TrainState = field(default_factory=TrainState)
 
     def __post_init__(self) -> None:
+        # The teacher runs under no_grad and keeps its flags: in the lab it is the baseline
+        # model, which later recipes copy. The student trains every parameter, whatever flags
+        # the model it was copied from had.
         self.teacher.eval()
-        for param in self.teacher.parameters():
-            param.requires_grad_(False)
+        for param in self.student.parameters():
+            param.requires_grad_(True)
         self.optimizer = torch.optim.AdamW(
-            [p for p in self.student.parameters() if p.requires_grad],
+            list(self.student.parameters()),
             lr=self.spec.lr,
             betas=(0.9, 0.95),
             weight_decay=0.01,
