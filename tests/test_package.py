@@ -41,7 +41,8 @@ def test_base_modules_import_with_torch_blocked():
     modules = [
         "latlab",
         "latlab.cli",
-        "latlab.cli.compress",
+        "latlab.cli.prune",
+        "latlab.cli.distill",
         "latlab.errors",
         "latlab.plan.kv",
         "latlab.runs",

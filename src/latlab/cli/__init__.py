@@ -33,7 +33,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "runs",
     "compare",
     "report",
-    "compress",
+    "prune",
+    "distill",
 )
 
 
