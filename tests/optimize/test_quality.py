@@ -101,8 +101,13 @@ def test_a_quality_budget_replaces_the_default_gate():
     assert result.passed and result.limits.startswith("quality budget ppl:+5%,top1:0.9")
     worse = LogitComparison(100, 0.2, 0.6, 0.93, 10.0, 11.0)
     assert "perplexity +10.00% > +5.0%" in gate(worse, 1.0, 1.0, False, budget).reason
-    # an exact recipe still has to keep every greedy output
+    # an exact recipe still has to keep every greedy output, and a lossy one without logits
+    # (an engine change) keeps the default token-agreement limit under a ppl-only budget
     assert not gate(None, 0.5, 0.9, True, budget).passed
+    assert (
+        "greedy token agreement 0.9500 < 0.98"
+        in gate(None, 0.5, 0.95, False, parse_quality_budget("ppl:+5%")).reason
+    )
     for bad in ("ppl:5x", "speed:2", "top1:3", "", "kl:0.1%"):
         with pytest.raises(ConfigError, match="--quality-budget"):
             parse_quality_budget(bad)

@@ -231,14 +231,15 @@ def _failures(
                 f"perplexity +{logits.perplexity_change_pct:.2f}% > "
                 f"+{t.perplexity_increase_max_pct}%"
             )
-    elif (
-        not exact_required
-        and t.top1_min is not None
-        and token_agreement is not None
-        and token_agreement < t.top1_min
-    ):
+    elif not exact_required and token_agreement is not None:
         # No logits (e.g. an engine-side change): greedy token agreement stands in for top-1.
-        out.append(f"greedy token agreement {token_agreement:.4f} < {t.top1_min}")
+        # A budget that names only logit figures (ppl, kl) leaves the default limit here, so
+        # a lossy engine change is never adopted unjudged.
+        limit = t.top1_min
+        if limit is None and t.greedy_match_min is None:
+            limit = QualityThresholds().top1_min
+        if limit is not None and token_agreement < limit:
+            out.append(f"greedy token agreement {token_agreement:.4f} < {limit}")
     if (
         t.greedy_match_min is not None
         and match_rate is not None

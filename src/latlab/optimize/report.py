@@ -296,8 +296,11 @@ def _adopted_line(trial: Trial, price: Price | None) -> str:
         line += f" (limits: {trial.quality.limits})"
     cost = trial_cost(trial, price)
     if cost and cost["usd_saved_per_million"] is not None:
+        saved = cost["usd_saved_per_million"]
+        verb = "saves" if saved >= 0 else "costs"
         line += (
-            f"; saves ${cost['usd_saved_per_million']:.4g} per million output tokens "
+            f"; {verb} ${abs(saved):.4g} per million output tokens "
+            f"{'' if saved >= 0 else 'more '}"
             f"(${cost['usd_per_million_baseline']:.4g} -> ${cost['usd_per_million']:.4g})"
         )
     memory = trial.deltas.get("memory")

@@ -76,6 +76,16 @@ CLAIMS: dict[str, SeedClaim] = {
     "distill": _DISTILL,
     "prune-layers": _PRUNE,
     "prune-width": _PRUNE,
+    "sparsity-2-4": _claim(
+        "pruning",
+        "ttft",
+        "pct",
+        20,
+        40,
+        "low",
+        _PRUNE.text,
+        note="2:4 semi-structured sparsity (CUDA only)",
+    ),
     "static-batching": _claim(
         "continuous batching",
         "throughput",
