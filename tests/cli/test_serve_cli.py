@@ -56,6 +56,7 @@ def test_help_lists_engine_flags():
         "--kv-cache-bytes",
         "--kv-cache-memory-fraction",
         "--dtype",
+        "--quantization",
         "--no-prefix-caching",
         "--num-speculative-tokens",
         "--prompt-lookup-max",
@@ -104,7 +105,10 @@ def test_both_kv_budgets_is_an_error():
 
 
 @pytest.mark.slow
-def test_launch_ready_request_and_graceful_stop(tmp_path):
+@pytest.mark.parametrize(
+    ("flags", "linear"), [((), "linear plain"), (("--quantization", "int8"), "linear int8")]
+)
+def test_launch_ready_request_and_graceful_stop(tmp_path, flags, linear):
     from latlab.testing.random_model import TINY_TEST, save_random_llama
 
     model = save_random_llama(tmp_path / "m", TINY_TEST)
@@ -122,6 +126,7 @@ def test_launch_ready_request_and_graceful_stop(tmp_path):
         "4",
         "--kv-cache-bytes",
         "1MiB",
+        *flags,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -136,7 +141,9 @@ def test_launch_ready_request_and_graceful_stop(tmp_path):
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)
     assert code == 0
-    assert "stopped" in proc.stderr.read()
+    stderr = proc.stderr.read()
+    assert "stopped" in stderr
+    assert f"{linear} (" in stderr  # the engine's start-up line says what it runs
 
 
 @pytest.fixture(scope="module")

@@ -168,6 +168,13 @@ def serve_options(host: str, port: int, log_level: str, flags: dict[str, Any]) -
     help="Weight dtype [default: auto].",
 )
 @click.option(
+    "--quantization",
+    type=click.Choice(["int8", "int8-weight-only"]),
+    default=None,
+    help="int8 linear weights (per-channel scales): 'int8' also quantizes activations per "
+    "token (int8 GEMMs), 'int8-weight-only' keeps them in floating point [default: none].",
+)
+@click.option(
     "--max-num-seqs",
     type=click.IntRange(min=1),
     default=None,

@@ -66,6 +66,9 @@ class AsyncLLM:
     def stats(self) -> EngineStats:
         return self.engine.stats()
 
+    def summary(self) -> str:
+        return self.engine.summary()
+
     async def generate(
         self,
         prompt: str | list[int],

@@ -9,6 +9,7 @@ from latlab.errors import ConfigError
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _KV_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_QUANTIZATIONS = (None, "int8", "int8-weight-only")
 
 # When neither kv_cache_bytes nor kv_cache_memory_fraction is set, the engine sizes the cache
 # for max_num_seqs full-length sequences but never takes more than this share of RAM.
@@ -41,6 +42,10 @@ class EngineConfig:
     # oneDNN-prepacked linear weights on CPU; None = on for bf16/fp16 (measured 1.4-2.5x on
     # the matmuls, bit-identical there), off for float32 (keeps exact parity with transformers).
     packed_linear: bool | None = None
+    # int8 linear weights (one scale per output channel; the output head stays as is):
+    # "int8" also quantizes activations per token and runs int8 GEMMs (fbgemm on x86),
+    # "int8-weight-only" keeps activations in floating point. None = the dtype's weights.
+    quantization: str | None = None
     # Prompt-lookup speculative decoding (0 = off): up to this many draft tokens, found by
     # matching the last prompt_lookup_max..prompt_lookup_min tokens earlier in the sequence,
     # verified in one forward pass. Greedy output stays the plain greedy output (float32
@@ -65,6 +70,11 @@ class EngineConfig:
         if self.kv_cache_dtype not in _KV_DTYPES:
             raise ConfigError(
                 f"kv_cache_dtype must be one of {_KV_DTYPES}, got {self.kv_cache_dtype!r}"
+            )
+        if self.quantization not in _QUANTIZATIONS:
+            raise ConfigError(
+                f"quantization must be one of {_QUANTIZATIONS[1:]} or None, "
+                f"got {self.quantization!r}"
             )
         _positive("block_size", self.block_size)
         _positive("max_num_seqs", self.max_num_seqs)

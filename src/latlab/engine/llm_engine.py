@@ -262,6 +262,18 @@ class LLMEngine:
             metrics=seq.metrics,
         )
 
+    def describe(self) -> dict[str, Any]:
+        """The runtime choices (threads, compute dtype, linear kernels) and their reasons."""
+        return {"model": self.model_name, **self.runner.describe()}
+
+    def summary(self) -> str:
+        """One line for logs: threads, dtypes and kernels with the reasons."""
+        d = self.runner.describe()
+        return (
+            f"{d['threads']} thread(s) ({d['threads_reason']}); weights {d['dtype']}, compute "
+            f"{d['compute_dtype']}, linear {d['linear']} ({d['reason']}); KV {d['kv_cache_dtype']}"
+        )
+
     def stats(self) -> EngineStats:
         bm = self.block_manager
         return EngineStats(

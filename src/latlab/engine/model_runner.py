@@ -12,12 +12,19 @@ from pathlib import Path
 import torch
 
 from latlab.engine.config import EngineConfig
+from latlab.engine.hardware import (
+    ThreadChoice,
+    choose_threads,
+    cpu_capabilities,
+    load_average,
+    usable_cores,
+)
 from latlab.engine.models.config import ModelArgs
 from latlab.engine.models.llama import AttentionMetadata, load_llama
-from latlab.engine.models.packed_linear import onednn_available, pack_linears
 from latlab.engine.sampler import Sampler
 from latlab.engine.scheduler import SchedulerOutput
 from latlab.engine.sequence import Sequence
+from latlab.engine.weights import WeightPlan, apply_weight_plan, plan_weights
 from latlab.errors import CapacityError, ConfigError
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -35,14 +42,25 @@ def num_kv_blocks(budget_bytes: int, block_size: int, bytes_per_token: int) -> i
     return budget_bytes // (block_size * bytes_per_token)
 
 
+def _set_threads(config: EngineConfig) -> ThreadChoice:
+    """Set torch's thread count for the process (CPU only), as ``choose_threads`` decides."""
+    if config.device != "cpu":
+        return ThreadChoice(
+            threads=torch.get_num_threads(), reason="not a CPU", omp_proc_bind=None,
+            omp_wait_policy=None,
+        )  # fmt: skip
+    choice = choose_threads(config.num_threads, usable_cores(), load_average())
+    torch.set_num_threads(choice.threads)
+    return choice
+
+
 class ModelRunner:
     def __init__(
         self, config: EngineConfig, model_dir: Path, args: ModelArgs, num_blocks: int
     ) -> None:
         if config.device != "cpu" and not torch.cuda.is_available():
             raise ConfigError(f"device {config.device!r} is not available here; use device='cpu'")
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
+        self.threads = _set_threads(config)
         self.config = config
         self.device = torch.device(config.device)
         self.block_size = config.block_size
@@ -54,10 +72,8 @@ class ModelRunner:
         )
         if num_blocks < 1:
             raise CapacityError("the KV cache budget holds no block at all; raise kv_cache_bytes")
-        self.model = load_llama(model_dir, args, self.dtype, config.device)
-        self.packed_linear = self._use_packed_linear()
-        if self.packed_linear:
-            self.packed_linear = pack_linears(self.model, batch_hint=config.max_num_seqs) > 0
+        self.weight_plan = self._prepare_model(model_dir, args)
+        self.packed_linear = self.weight_plan.linear == "onednn-packed"
         shape = (args.num_key_value_heads, num_blocks, config.block_size, args.head_dim)
         self.kv_caches = [
             (
@@ -71,16 +87,33 @@ class ModelRunner:
         if config.compile:
             self._forward = torch.compile(self.model.forward, dynamic=True)
 
-    def _use_packed_linear(self) -> bool:
-        wanted = self.config.packed_linear
-        if wanted and self.config.compile:
-            raise ConfigError(
-                "packed_linear and compile cannot be combined (dynamo cannot trace oneDNN's "
-                "prepacked op); leave packed_linear unset with compile=True"
-            )
-        if wanted is None:  # auto: where it was measured to pay and stays bit-identical
-            wanted = self.dtype in (torch.bfloat16, torch.float16) and not self.config.compile
-        return bool(wanted) and self.device.type == "cpu" and onednn_available()
+    def _prepare_model(self, model_dir: Path, args: ModelArgs) -> WeightPlan:
+        """Load the weights, then pack or quantize them as planned for this CPU."""
+        config = self.config
+        plan = plan_weights(
+            dtype=self.dtype,
+            device=self.device,
+            quantization=config.quantization,
+            packed_linear=config.packed_linear,
+            compile=config.compile,
+            caps=cpu_capabilities(),
+        )
+        self.model = load_llama(model_dir, args, self.dtype, config.device)
+        return apply_weight_plan(self.model, plan, batch_hint=config.max_num_seqs)
+
+    def describe(self) -> dict:
+        """What the runner chose (threads, dtypes, linear kernels) and why: the start-up report."""
+        caps = cpu_capabilities()
+        return {
+            "device": str(self.device),
+            "cpu": caps.as_dict() if self.device.type == "cpu" else None,
+            "threads": torch.get_num_threads(),
+            "threads_reason": self.threads.reason,
+            "omp_proc_bind": self.threads.omp_proc_bind,
+            "omp_wait_policy": self.threads.omp_wait_policy,
+            "kv_cache_dtype": KV_DTYPE_NAMES[self.kv_dtype],
+            **self.weight_plan.as_dict(),
+        }
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> tuple[list[Sequence], list[list[int]]]:

@@ -191,6 +191,13 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer("cos_table", cos, persistent=False)
         self.register_buffer("sin_table", sin, persistent=False)
 
+    def rebuild_rope_tables(self, dtype: torch.dtype) -> None:
+        """cos/sin in ``dtype``, computed in float32 first (as transformers does)."""
+        cos, sin = rope_tables(self.args, dtype)
+        device = self.embed_tokens.weight.device
+        self.cos_table = cos.to(device)
+        self.sin_table = sin.to(device)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -218,7 +225,7 @@ def load_llama(
     model = model.to_empty(device=device).to(dtype)
     state = _read_safetensors(Path(model_dir))
     _load_weights(model, args, state, dtype)
-    _fill_rope(model, args, dtype, device)  # after the dtype cast, in the model's dtype
+    model.rebuild_rope_tables(dtype)  # after the dtype cast, in the model's dtype
     return model.eval()
 
 
@@ -230,12 +237,6 @@ def rope_tables(args: ModelArgs, dtype: torch.dtype) -> tuple[torch.Tensor, torc
     sin = emb.sin()
     sin[:, :half] = -sin[:, :half]
     return emb.cos().to(dtype), sin.to(dtype)
-
-
-def _fill_rope(model: LlamaForCausalLM, args: ModelArgs, dtype: torch.dtype, device: str) -> None:
-    cos, sin = rope_tables(args, dtype)
-    model.cos_table = cos.to(device)
-    model.sin_table = sin.to(device)
 
 
 def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:

@@ -1,8 +1,10 @@
-"""oneDNN-prepacked linear layers for CPU: the biggest single speed lever measured here.
+"""oneDNN-prepacked linear layers for CPU: weights reordered once into the GEMM's own layout.
 
-``F.linear`` on bf16 CPU tensors reads the weights at about 40% of memory bandwidth when the
-batch is one row; the same GEMM on weights reordered once into oneDNN's blocked layout runs
-about 2.5x faster at batch 1 and 1.4x at batch 64, bit-identical in bf16 (docs/engine.md).
+On a CPU with bf16 instructions, ``F.linear`` on bf16 tensors read the weights at about 40% of
+memory bandwidth at batch 1; the same GEMM on weights reordered once into oneDNN's blocked
+layout ran about 2.5x faster at batch 1 and 1.4x at batch 64, bit-identical (docs/engine.md).
+On an AVX2-only CPU oneDNN cannot run bf16 at all, and the engine packs float32 copies
+instead (``dtype``): 1.1-1.3x over ``F.linear`` at batch 64, though not bit-identical to it.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ def onednn_packs(dtype: torch.dtype) -> bool:
 class PackedLinear(nn.Module):
     """Drop-in for an ``nn.Linear`` whose weight was reordered for oneDNN."""
 
-    def __init__(self, linear: nn.Linear, batch_hint: int):
+    def __init__(self, linear: nn.Linear, batch_hint: int, dtype: torch.dtype | None = None):
         super().__init__()
+        dtype = dtype or linear.weight.dtype
         with torch.no_grad():
-            packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_hint)
+            weight = linear.weight.detach().to(dtype)
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint)
         self.register_buffer("packed_weight", packed, persistent=False)
-        bias = None if linear.bias is None else linear.bias.detach()
+        bias = None if linear.bias is None else linear.bias.detach().to(dtype)
         self.register_buffer("bias", bias, persistent=False)
         self.out_features = linear.out_features
 
@@ -47,11 +51,12 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
 
 
-def pack_linears(model: nn.Module, batch_hint: int) -> int:
+def pack_linears(model: nn.Module, batch_hint: int, dtype: torch.dtype | None = None) -> int:
     """Replace every ``nn.Linear`` under ``model`` by a PackedLinear; returns how many.
 
-    All or nothing: if oneDNN cannot pack or run this dtype on this CPU (e.g. fp16 without
-    hardware support), the model is left untouched and 0 is returned.
+    ``dtype``: pack copies in this dtype (default: each weight's own). All or nothing: if
+    oneDNN cannot pack or run the dtype on this CPU (bf16 without AVX-512), the model is left
+    untouched and 0 is returned.
     """
     targets = [
         (parent, name, child)
@@ -62,8 +67,8 @@ def pack_linears(model: nn.Module, batch_hint: int) -> int:
     try:
         packed = []
         for parent, name, child in targets:
-            module = PackedLinear(child, batch_hint)
-            probe = torch.zeros(1, child.in_features, dtype=child.weight.dtype)
+            module = PackedLinear(child, batch_hint, dtype)
+            probe = torch.zeros(1, child.in_features, dtype=dtype or child.weight.dtype)
             module(probe)  # fails here, not in the first real step, if unsupported
             packed.append((parent, name, module))
     except RuntimeError:

@@ -1,0 +1,118 @@
+"""What this machine's CPU does fast, and how many threads the engine should run on it.
+
+The engine's fastest CPU path depends on the chip: oneDNN runs bf16 matmuls only where the CPU
+has bf16 instructions (AVX-512 BF16, AMX) and otherwise falls back to a path measured 5-6x
+slower than float32 on an AVX2-only EPYC (docs/engine.md); int8 GEMMs use VNNI/AMX dot products
+where present and AVX2's ``vpmaddubsw`` where not. Thread count matters as much: two OpenMP
+threads on a machine whose cores are busy wait on each other at every barrier, which measured
+2-10x slower than one thread, while on an idle machine two threads are 1.4-1.5x faster. So the
+engine looks at the CPU and the load once, at start, and says what it chose and why.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class CpuCapabilities:
+    """The instruction-set facts the engine's kernel choices depend on."""
+
+    model: str
+    isa: str  # torch's kernel dispatch level: "AVX2", "AVX512", ...
+    native_bf16: bool  # bf16 matmuls in hardware (AVX-512 BF16 or AMX)
+    native_fp16: bool  # fp16 matmuls in hardware (AMX-FP16)
+    int8_dot: str  # "amx", "vnni" or "avx2" (vpmaddubsw, 16-bit intermediate sums)
+    fbgemm: bool  # torch's fbgemm int8 GEMMs are built in
+    cores: int  # cores this process may run on (its affinity mask)
+
+    def summary(self) -> str:
+        bf16 = "native bf16" if self.native_bf16 else "no bf16 instructions"
+        return f"{self.model}, {self.cores} cores, {self.isa}, {bf16}, int8 dot: {self.int8_dot}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@functools.cache
+def cpu_capabilities() -> CpuCapabilities:
+    """Probe once per process (torch's own cpuinfo checks; no subprocess)."""
+    cpu = torch.cpu
+    if cpu._is_amx_tile_supported():
+        int8_dot = "amx"
+    elif cpu._is_vnni_supported():
+        int8_dot = "vnni"
+    else:
+        int8_dot = "avx2" if cpu._is_avx2_supported() else "none"
+    return CpuCapabilities(
+        model=_cpu_model(),
+        isa=torch.backends.cpu.get_cpu_capability(),
+        native_bf16=bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()),
+        native_fp16=bool(cpu._is_amx_fp16_supported()),
+        int8_dot=int8_dot,
+        fbgemm="fbgemm" in torch.backends.quantized.supported_engines,
+        cores=usable_cores(),
+    )
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class ThreadChoice:
+    """The engine's thread count and the reason, as the start-up report states it."""
+
+    threads: int
+    reason: str
+    omp_proc_bind: str | None  # OMP_PROC_BIND as the OpenMP runtime read it (None: unset)
+    omp_wait_policy: str | None
+
+
+def choose_threads(requested: int | None, cores: int, load_average: float) -> ThreadChoice:
+    """``requested`` when given; else one thread per core that other jobs leave free.
+
+    ``load_average`` is the 1-minute load before the engine runs (other jobs' runnable
+    threads). OpenMP threads synchronise at every parallel op, so a thread placed on a busy
+    core stalls the others; on a loaded machine fewer threads finish sooner.
+    """
+    env = os.environ
+    bind, wait = env.get("OMP_PROC_BIND"), env.get("OMP_WAIT_POLICY")
+    if requested is not None:
+        return ThreadChoice(
+            threads=requested, reason="num_threads set", omp_proc_bind=bind, omp_wait_policy=wait
+        )
+    free = max(1, min(cores, round(cores - load_average)))
+    if free == cores:
+        reason = f"all {cores} cores (load average {load_average:.1f})"
+    else:
+        reason = (
+            f"{free} of {cores} cores: load average {load_average:.1f} says other jobs hold "
+            "the rest, and an OpenMP thread on a busy core stalls every parallel op"
+        )
+    return ThreadChoice(threads=free, reason=reason, omp_proc_bind=bind, omp_wait_policy=wait)
+
+
+def load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - non-POSIX
+        return 0.0

@@ -1,0 +1,138 @@
+"""How the model's weights are held and multiplied: chosen once, from the dtype, CPU and options.
+
+The checkpoint's dtype (or ``EngineConfig.dtype``) says what the numbers are; it does not have
+to be what the CPU multiplies. On a CPU without bf16 instructions a bf16 GEMM measured 5-6x
+slower than a float32 one at batch 64 (docs/engine.md), so there the engine computes in float32
+on packed float32 copies of the bf16 weights (twice the weight memory) while the KV cache stays
+in the requested dtype. ``quantization`` stores linear weights as int8 instead. The plan records
+the choice and the reason; the engine's start-up report prints it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from latlab.engine.hardware import CpuCapabilities
+from latlab.engine.models.int8_linear import kernels_in, quantize_linears
+from latlab.engine.models.llama import LlamaForCausalLM
+from latlab.engine.models.packed_linear import onednn_available, pack_linears
+from latlab.errors import ConfigError
+
+LINEAR_KERNELS = ("plain", "onednn-packed", "int8", "int8-weight-only")
+QUANTIZATIONS = ("int8", "int8-weight-only")
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class WeightPlan:
+    """What the engine does with the weights, and why."""
+
+    dtype: torch.dtype  # the requested dtype: the KV cache's unless kv_cache_dtype says otherwise
+    compute_dtype: torch.dtype  # activations and the weights left in floating point
+    linear: str  # one of LINEAR_KERNELS
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "dtype": _name(self.dtype),
+            "compute_dtype": _name(self.compute_dtype),
+            "linear": self.linear,
+            "reason": self.reason,
+        }
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _native(dtype: torch.dtype, caps: CpuCapabilities) -> bool:
+    if dtype == torch.bfloat16:
+        return caps.native_bf16
+    if dtype == torch.float16:
+        return caps.native_fp16
+    return True
+
+
+def plan_weights(
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    quantization: str | None,
+    packed_linear: bool | None,
+    compile: bool,
+    caps: CpuCapabilities,
+) -> WeightPlan:
+    """The plan for these settings on this CPU (ConfigError for combinations that cannot run)."""
+    _refuse_conflicts(quantization, packed_linear, compile)
+    if device.type != "cpu":
+        linear = quantization or "plain"
+        return WeightPlan(dtype=dtype, compute_dtype=dtype, linear=linear, reason="not a CPU")
+    native = _native(dtype, caps)
+    compute = dtype if native else torch.float32
+    widened = "" if native else f"; computed in float32: this CPU has no {_name(dtype)} GEMM"
+    if quantization:
+        why = f"quantization={quantization!r}: int8 weights, one scale per output channel"
+        return WeightPlan(dtype=dtype, compute_dtype=compute, linear=quantization, reason=why)
+    if packed_linear is False or compile:
+        why = "packed_linear=False" if packed_linear is False else "compile=True"
+        return WeightPlan(dtype=dtype, compute_dtype=dtype, linear="plain", reason=why)
+    if dtype == torch.float32 and not packed_linear:
+        why = "float32: plain F.linear, bit-identical to transformers (packed_linear=True packs)"
+        return WeightPlan(dtype=dtype, compute_dtype=dtype, linear="plain", reason=why)
+    why = "weights reordered once for oneDNN's GEMM" + widened
+    return WeightPlan(dtype=dtype, compute_dtype=compute, linear="onednn-packed", reason=why)
+
+
+def _refuse_conflicts(quantization: str | None, packed_linear: bool | None, compile: bool) -> None:
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        raise ConfigError(f"quantization must be one of {QUANTIZATIONS} or None")
+    if compile and packed_linear:
+        raise ConfigError(
+            "packed_linear and compile cannot be combined (dynamo cannot trace oneDNN's "
+            "prepacked op); leave packed_linear unset with compile=True"
+        )
+    if compile and quantization:
+        raise ConfigError(
+            "quantization and compile cannot be combined (dynamo cannot trace the int8 "
+            "kernels); drop one of them"
+        )
+
+
+def apply_weight_plan(model: LlamaForCausalLM, plan: WeightPlan, batch_hint: int) -> WeightPlan:
+    """Prepare the weights as planned; returns the plan as carried out.
+
+    Linear layers are packed or quantized from the weights as loaded, then what is left in
+    floating point (embeddings, norms, an unquantized head, RoPE tables) moves to the compute
+    dtype. If oneDNN turns the packing down, the plan falls back to plain linears and says so.
+    """
+    if plan.linear in QUANTIZATIONS:
+        quantize_linears(model, plan.linear)
+        kernels = ", ".join(kernels_in(model))
+        plan = _replace(plan, reason=f"{plan.reason}; kernel: {kernels}")
+    elif plan.linear == "onednn-packed":
+        packed = onednn_available() and pack_linears(model, batch_hint, plan.compute_dtype) > 0
+        if not packed:
+            why = f"oneDNN cannot pack {_name(plan.compute_dtype)} linears here: plain F.linear"
+            plan = _replace(plan, linear="plain", reason=why)
+    _cast_floating(model, plan.compute_dtype)
+    return plan
+
+
+def _replace(plan: WeightPlan, **changes: object) -> WeightPlan:
+    fields = plan.as_dict() | changes
+    return WeightPlan(
+        dtype=plan.dtype,
+        compute_dtype=plan.compute_dtype,
+        linear=str(fields["linear"]),
+        reason=str(fields["reason"]),
+    )
+
+
+def _cast_floating(model: LlamaForCausalLM, dtype: torch.dtype) -> None:
+    """Move parameters and the RoPE tables to ``dtype``; packed/int8 buffers stay as built."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+    model.rebuild_rope_tables(dtype)

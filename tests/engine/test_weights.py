@@ -1,0 +1,197 @@
+"""How the engine holds its weights: the plan per CPU, the int8 layers, the thread choice."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from latlab.engine import LLM, EngineConfig, SamplingParams
+from latlab.engine.hardware import CpuCapabilities, choose_threads, cpu_capabilities
+from latlab.engine.models.int8_linear import (
+    Int8Linear,
+    fbgemm_ready,
+    quantize_linears,
+    quantize_per_channel,
+)
+from latlab.engine.weights import plan_weights
+from latlab.errors import ConfigError
+
+from ._reference import mixed_prompts
+
+AVX2 = CpuCapabilities(
+    model="test", isa="AVX2", native_bf16=False, native_fp16=False, int8_dot="avx2",
+    fbgemm=True, cores=2,
+)  # fmt: skip
+AMX = dataclasses.replace(AVX2, isa="AVX512", native_bf16=True, native_fp16=True, int8_dot="amx")
+CPU = torch.device("cpu")
+
+
+def _plan(dtype=torch.bfloat16, caps=AVX2, **options):
+    settings = {"quantization": None, "packed_linear": None, "compile": False} | options
+    return plan_weights(dtype=dtype, device=CPU, caps=caps, **settings)
+
+
+def test_bf16_without_bf16_instructions_computes_in_float32_on_packed_copies():
+    plan = _plan()
+    assert plan.dtype == torch.bfloat16 and plan.compute_dtype == torch.float32
+    assert plan.linear == "onednn-packed"
+    assert "no bfloat16 GEMM" in plan.reason
+
+
+def test_bf16_with_bf16_instructions_stays_bf16_and_packed():
+    plan = _plan(caps=AMX)
+    assert (plan.compute_dtype, plan.linear) == (torch.bfloat16, "onednn-packed")
+
+
+def test_float32_stays_plain_for_exact_parity_unless_asked():
+    assert _plan(torch.float32).linear == "plain"
+    assert _plan(torch.float32, packed_linear=True).linear == "onednn-packed"
+
+
+def test_packed_linear_false_or_compile_keep_the_requested_dtype_plain():
+    for options in ({"packed_linear": False}, {"compile": True}):
+        plan = _plan(**options)
+        assert (plan.compute_dtype, plan.linear) == (torch.bfloat16, "plain")
+
+
+def test_quantization_plans_int8_and_widens_activations_where_needed():
+    plan = _plan(quantization="int8")
+    assert (plan.linear, plan.compute_dtype) == ("int8", torch.float32)
+    assert _plan(caps=AMX, quantization="int8-weight-only").compute_dtype == torch.bfloat16
+
+
+def test_cuda_plan_keeps_the_dtype():
+    plan = plan_weights(
+        dtype=torch.bfloat16, device=torch.device("cuda"), caps=AVX2, quantization=None,
+        packed_linear=None, compile=False,
+    )  # fmt: skip
+    assert (plan.compute_dtype, plan.linear) == (torch.bfloat16, "plain")
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"compile": True, "packed_linear": True}, "packed_linear"),
+        ({"compile": True, "quantization": "int8"}, "compile"),
+        ({"quantization": "int4"}, "quantization"),
+    ],
+)
+def test_conflicting_options_are_refused(options, match):
+    with pytest.raises(ConfigError, match=match):
+        _plan(**options)
+
+
+def test_engine_config_rejects_unknown_quantization():
+    with pytest.raises(ConfigError, match="quantization"):
+        EngineConfig(quantization="fp8")
+
+
+def test_threads_requested_wins_and_load_takes_cores_away():
+    assert choose_threads(3, cores=2, load_average=9.0).threads == 3
+    assert choose_threads(None, cores=2, load_average=0.2).threads == 2
+    busy = choose_threads(None, cores=2, load_average=12.0)
+    assert busy.threads == 1 and "load average 12.0" in busy.reason
+    assert choose_threads(None, cores=8, load_average=3.0).threads == 5
+
+
+def test_cpu_capabilities_are_consistent():
+    caps = cpu_capabilities()
+    assert caps.cores >= 1 and caps.isa
+    assert caps.int8_dot in ("amx", "vnni", "avx2", "none")
+    assert set(caps.as_dict()) >= {"native_bf16", "int8_dot", "fbgemm"}
+
+
+# ---- int8 layers -----------------------------------------------------------------------
+
+
+def _layer(bias: bool = True) -> nn.Linear:
+    torch.manual_seed(0)
+    return nn.Linear(256, 384, bias=bias)
+
+
+def test_per_channel_quantization_round_trips_within_half_a_step():
+    w = _layer().weight.detach()
+    q, scale = quantize_per_channel(w)
+    assert q.dtype == torch.int8 and q.abs().max() <= 127
+    assert torch.all((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-7)
+
+
+def _relative_error(mode: str, x: torch.Tensor, bias: bool = True) -> float:
+    linear = _layer(bias)
+    with torch.no_grad():
+        ref = linear(x)
+        got = Int8Linear(linear, mode)(x)
+    assert got.shape == ref.shape and got.dtype == x.dtype
+    return float((got - ref).norm() / ref.norm())
+
+
+@pytest.mark.parametrize("rows", [1, 5, 64])
+def test_int8_layers_stay_close_to_float(rows):
+    x = torch.randn(rows, 256)
+    assert _relative_error("int8-weight-only", x) < 0.01
+    assert _relative_error("int8", x) < 0.03
+    assert _relative_error("int8", x, bias=False) < 0.03
+
+
+@pytest.mark.skipif(not fbgemm_ready(), reason="this torch build has no fbgemm")
+def test_activation_scales_are_per_token_not_per_tensor():
+    """One loud row must not crush the precision of the others (per-tensor would)."""
+    x = torch.randn(16, 256)
+    x[0] *= 50
+    linear = _layer(bias=False)
+    layer = Int8Linear(linear, "int8")
+    with torch.no_grad():
+        ref = linear(x)[1:]
+        per_token = layer(x)[1:]
+        per_tensor = torch.ops.quantized.linear_dynamic(x, layer._packed, True)[1:]
+    err_token = float((per_token - ref).norm() / ref.norm())
+    err_tensor = float((per_tensor - ref).norm() / ref.norm())
+    assert err_token < 0.03 < err_tensor
+
+
+def test_int8_layer_keeps_bf16_inputs_bf16_and_3d_shapes():
+    layer = Int8Linear(_layer(), "int8")
+    x = torch.randn(2, 3, 256, dtype=torch.bfloat16)
+    assert layer(x).shape == (2, 3, 384) and layer(x).dtype == torch.bfloat16
+
+
+def test_quantize_linears_skips_the_head():
+    model = nn.Sequential()
+    model.add_module("proj", nn.Linear(8, 8))
+    model.add_module("lm_head", nn.Linear(8, 4))
+    assert quantize_linears(model, "int8") == 1
+    assert isinstance(model.proj, Int8Linear) and isinstance(model.lm_head, nn.Linear)
+    with pytest.raises(ValueError, match="mode"):
+        Int8Linear(nn.Linear(8, 8), "int3")
+
+
+# ---- the engine with these plans --------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["int8", "int8-weight-only"])
+def test_engine_runs_int8_and_reports_it(tiny_model_dir, mode):
+    llm = LLM(str(tiny_model_dir), quantization=mode, max_num_batched_tokens=16)
+    report = llm.engine.describe()
+    assert report["linear"] == mode and "kernel:" in report["reason"]
+    assert f"linear {mode}" in llm.engine.summary()
+    outs = llm.generate(mixed_prompts(4), SamplingParams(max_tokens=6, ignore_eos=True))
+    assert all(len(o.token_ids) == 6 for o in outs)
+
+
+def test_engine_logits_with_int8_weights_stay_close(tiny_model_dir):
+    """The first greedy token after each prompt mostly survives int8 on a random model."""
+    prompts = mixed_prompts(6)
+    params = SamplingParams(max_tokens=1)
+    plain = [o.token_ids for o in LLM(str(tiny_model_dir)).generate(prompts, params)]
+    wo = LLM(str(tiny_model_dir), quantization="int8-weight-only").generate(prompts, params)
+    assert sum(a == o.token_ids for a, o in zip(plain, wo, strict=True)) >= 5
+
+
+def test_engine_report_names_threads_and_dtypes(tiny_model_dir):
+    report = LLM(str(tiny_model_dir), num_threads=1).engine.describe()
+    assert report["threads"] == 1 and report["threads_reason"] == "num_threads set"
+    assert report["dtype"] == report["compute_dtype"] == "float32"
+    assert report["linear"] == "plain" and report["kv_cache_dtype"] == "float32"
