@@ -1,23 +1,26 @@
-"""latlab engine throughput vs transformers ``generate`` (and vLLM CPU) on the reference model.
+"""latlab engine throughput vs vLLM CPU and transformers ``generate``, against the machine's limits.
 
-Workloads (the ones of ../shared/guide/benchmarks.md):
-- throughput: batch 1 / 8 / 64, a distinct 6-token prompt per request, 128 greedy output
-  tokens, EOS ignored, bf16. latlab's ``LLM.generate`` and transformers ``generate`` (static
-  batch, sdpa) are interleaved A B A B in one process; each figure is the median of
-  ``--repeats`` timed runs after a warm-up, with the per-pair ratio.
-- shared prefix: 64 requests arriving together, each a common 512-token prefix plus 16 own
-  tokens; TTFT p50 with prefix caching on vs off (a fresh prefix per repeat, so no run is
-  helped by the one before).
-- vLLM CPU: when /tmp/vllm-venv/bin/python exists (benchmarks/anchors/install.sh), its
-  offline anchor script runs on the same model after ours (it loads for about a minute);
-  otherwise the figures of benchmarks.md are printed, labelled as not from this run.
+One run measures, on the ~106M reference model (bf16 checkpoint, a distinct 6-token prompt per
+request, 128 greedy output tokens, EOS ignored):
 
-    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE nice -n 10 .venv/bin/python benchmarks/engine_speed.py
+- the machine: memory read bandwidth (before and after the engine runs), the GEMM rate of each
+  engine variant's own linear kernels at every batch size, threads and load average;
+- latlab's engine in its default plan for this CPU and with each ``--quantization``, and
+  transformers ``generate`` (static batch, sdpa), interleaved A B C A B C; tok/s medians;
+- the engine's CPU-side step overhead (step time outside the model's forward pass);
+- vLLM CPU 0.32 in each of ``--vllm-dtypes`` (in its own process group, stopped whole when its
+  script exits, EngineCore and Worker children included); the anchor is its best dtype;
+- shared-prefix TTFT with prefix caching on and off;
 
-OMP_WAIT_POLICY=PASSIVE matters on a shared machine: with the default spinning barriers,
-two OMP threads that keep being descheduled ran 4-20x slower (docs/engine.md). It applies to
-both engines in the process, so the ratios stay fair.
-    ... --batches 1,64 --repeats 3 --no-vllm --json /tmp/engine_speed.json
+then a roofline table (bytes and FLOPs per token vs measured rates) and the goals of issue 16
+as ratios from this run.
+
+    nice -n 10 .venv/bin/python benchmarks/engine_speed.py --batches 1,64 --repeats 3 \\
+        --quantization none,int8 --json /tmp/engine_speed.json
+
+``--threads`` pins the engine's thread count; by default the engine chooses (one per core that
+other jobs leave free) and the run records its choice. ``--vllm-dtypes float32`` skips vLLM's
+bf16 run, which on a CPU without bf16 instructions takes most of an hour.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,10 +37,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path("/tmp/vllm-venv/bin/python")
 VLLM_SCRIPT = REPO / "benchmarks" / "anchors" / "vllm_offline.py"
-DOC_ANCHORS = {  # benchmarks.md, "Anchors measured here" (tok/s)
+DOC_ANCHORS = {  # benchmarks.md, "Anchors measured here" (tok/s, bf16, an AVX-512 BF16 EPYC)
     "vllm_cpu": {1: 97, 8: 562, 64: 1248},
     "transformers_generate": {1: 60, 8: 345, 64: 739},
 }
+GOAL_VS_VLLM, GOAL_GEMM_FRACTION, GOAL_BANDWIDTH_FRACTION = 1.5, 0.75, 0.9
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,10 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=6)
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="default: the engine's choice")
+    p.add_argument("--quantization", default="none,int8", help="engine variants, e.g. none,int8")
     p.add_argument("--compile", action="store_true", help="engine with torch.compile")
     p.add_argument("--no-hf", action="store_true", help="skip transformers generate")
     p.add_argument("--no-vllm", action="store_true", help="skip vLLM even if installed")
+    p.add_argument("--vllm-dtypes", default="bfloat16,float32")
+    p.add_argument("--vllm-timeout", type=float, default=3600.0, help="seconds per vLLM run")
     p.add_argument("--no-prefix", action="store_true", help="skip the shared-prefix workload")
     p.add_argument("--prefix-len", type=int, default=512)
     p.add_argument("--prefix-requests", type=int, default=64)
@@ -74,18 +80,29 @@ def ensure_model(model_dir: Path) -> Path:
     return model_dir
 
 
-def time_engine(llm, prompts, output_len: int) -> float:
+# ---- one timed run of each system ------------------------------------------------------------
+
+
+def time_engine(llm, prompts, output_len: int) -> tuple[float, float, dict]:
+    """Wall tok/s, CPU tok/s, and the step-time split of this run (EngineStats deltas)."""
     from latlab.engine import SamplingParams
 
     params = SamplingParams(max_tokens=output_len, ignore_eos=True)
+    before = llm.engine.stats()
     start, cpu = time.perf_counter(), time.process_time()
     outs = llm.generate(prompts, params)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    after = llm.engine.stats()
     assert all(len(o.token_ids) == output_len for o in outs)
-    return len(prompts) * output_len / elapsed, len(prompts) * output_len / cpu
+    steps = after.steps_total - before.steps_total
+    step_s = after.step_seconds_total - before.step_seconds_total
+    forward_s = after.forward_seconds_total - before.forward_seconds_total
+    split = {"steps": steps, "step_s": step_s, "forward_s": forward_s}
+    tokens = len(prompts) * output_len
+    return tokens / elapsed, tokens / cpu, split
 
 
-def time_hf(model, prompts, output_len: int) -> float:
+def time_hf(model, prompts, output_len: int) -> tuple[float, float]:
     import torch
 
     ids = torch.tensor(prompts)
@@ -104,38 +121,77 @@ def time_hf(model, prompts, output_len: int) -> float:
     return len(prompts) * output_len / elapsed, len(prompts) * output_len / cpu
 
 
-def throughput(args, llm, hf_model, vocab: int) -> list[dict]:
+# ---- the machine's limits, in this run ------------------------------------------------------
+
+
+def gemm_rates(engines: dict, batch: int) -> dict[str, float]:
+    """FLOP/s of each variant's own linear layers at ``batch`` rows (the same-shape GEMM rate)."""
+    from latlab.engine.roofline import measure_linear_rate
+
+    rates = {}
+    for name, llm in engines.items():
+        runner = llm.engine.runner
+        rates[name] = measure_linear_rate(
+            runner.model, batch=batch, dtype=runner.weight_plan.compute_dtype, device=runner.device
+        )
+    return rates
+
+
+def bandwidth() -> float:
+    import torch
+
+    from latlab.engine.roofline import measure_read_bandwidth
+
+    return measure_read_bandwidth(torch.device("cpu"))
+
+
+# ---- throughput -------------------------------------------------------------------------
+
+
+def throughput(args, engines: dict, hf_model, vocab: int) -> list[dict]:
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
         prompts = distinct_prompts(batch, args.prompt_len, vocab)
-        time_engine(llm, prompts, 8)  # warm-up
+        for llm in engines.values():
+            time_engine(llm, prompts, 8)  # warm-up at this batch shape
         if hf_model is not None:
             time_hf(hf_model, prompts, 8)
-        ours, theirs, ours_cpu, theirs_cpu = [], [], [], []
-        for _ in range(args.repeats):  # interleaved A B A B
-            wall, cpu = time_engine(llm, prompts, args.output_len)
-            ours.append(wall)
-            ours_cpu.append(cpu)
+        row = {"batch": batch, "gemm_flop_s": gemm_rates(engines, batch), "engines": {}}
+        runs: dict[str, list] = {name: [] for name in engines}
+        hf_runs = []
+        for _ in range(args.repeats):  # interleaved A B C A B C
+            for name, llm in engines.items():
+                runs[name].append(time_engine(llm, prompts, args.output_len))
             if hf_model is not None:
-                wall, cpu = time_hf(hf_model, prompts, args.output_len)
-                theirs.append(wall)
-                theirs_cpu.append(cpu)
-        row = {"batch": batch, "latlab_tok_s": ours, "latlab_tok_s_median": statistics.median(ours)}
-        # tokens per CPU-second of this process: far less disturbed by other jobs on a shared
-        # machine than wall time (with OMP_WAIT_POLICY=PASSIVE idle threads burn no CPU)
-        row["latlab_tok_per_cpu_s_median"] = statistics.median(ours_cpu)
-        if theirs:
-            row["hf_tok_s"] = theirs
-            row["hf_tok_s_median"] = statistics.median(theirs)
-            row["ratio_per_pair"] = [a / b for a, b in zip(ours, theirs, strict=True)]
-            row["ratio_median"] = statistics.median(row["ratio_per_pair"])
-            row["hf_tok_per_cpu_s_median"] = statistics.median(theirs_cpu)
-            row["cpu_ratio_median"] = statistics.median(
-                [a / b for a, b in zip(ours_cpu, theirs_cpu, strict=True)]
-            )
+                hf_runs.append(time_hf(hf_model, prompts, args.output_len))
+        for name, got in runs.items():
+            row["engines"][name] = summarise_runs(got)
+        if hf_runs:
+            row["hf_tok_s"] = [r[0] for r in hf_runs]
+            row["hf_tok_s_median"] = statistics.median(row["hf_tok_s"])
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+def summarise_runs(runs: list[tuple[float, float, dict]]) -> dict:
+    walls = [r[0] for r in runs]
+    splits = [r[2] for r in runs]
+    step_s = sum(s["step_s"] for s in splits)
+    forward_s = sum(s["forward_s"] for s in splits)
+    steps = sum(s["steps"] for s in splits)
+    return {
+        "tok_s": walls,
+        "tok_s_median": statistics.median(walls),
+        "tok_per_cpu_s_median": statistics.median(r[1] for r in runs),
+        "steps": steps,
+        "step_ms_mean": 1e3 * step_s / max(steps, 1),
+        "outside_forward_ms_per_step": 1e3 * (step_s - forward_s) / max(steps, 1),
+        "outside_forward_fraction": (step_s - forward_s) / step_s if step_s else 0.0,
+    }
+
+
+# ---- shared prefix -------------------------------------------------------------------------
 
 
 def shared_prefix_ttft(args, model_dir: Path, vocab: int, caching: bool) -> dict:
@@ -159,10 +215,9 @@ def shared_prefix_ttft(args, model_dir: Path, vocab: int, caching: bool) -> dict
     for rep in range(args.repeats):
         rng = random.Random(1000 + rep)
         prefix = [rng.randrange(10, vocab) for _ in range(args.prefix_len)]
-        ids = []
         for i in range(args.prefix_requests):
             tail = [rng.randrange(10, vocab) for _ in range(16)]
-            ids.append(engine.add_request(prefix + tail, params, request_id=f"{rep}-{i}"))
+            engine.add_request(prefix + tail, params, request_id=f"{rep}-{i}")
         ttfts = {}
         while engine.has_unfinished():
             for out in engine.step():
@@ -180,42 +235,104 @@ def shared_prefix_ttft(args, model_dir: Path, vocab: int, caching: bool) -> dict
     }
 
 
-def run_vllm(args, model_dir: Path) -> dict | None:
+# ---- vLLM, in its own process group ------------------------------------------------------------
+
+
+def run_anchor(argv: list[str], out: Path, env: dict[str, str], timeout_s: float) -> dict | None:
+    """Run an anchor script to completion and stop whatever it leaves behind.
+
+    vLLM's offline script ends with ``os._exit`` while its EngineCore and Worker processes may
+    still be shutting down (or, on a timeout, still computing); they share the script's process
+    group, which ``ManagedProcess.stop`` ends whole.
+    """
+    from latlab.procs import ManagedProcess, ProcessSpec
+
+    spec = ProcessSpec(argv=argv, name="anchor", env=env, log_path=out.with_suffix(".log"))
+    proc = ManagedProcess(spec).start()
+    try:
+        code = proc.wait(timeout_s)
+    finally:
+        proc.stop(grace_s=5.0)
+    if code != 0 or not out.exists():
+        why = "timed out" if code is None else f"rc={code}"
+        print(f"anchor {argv[1:2]} failed ({why}):\n{proc.log_tail()}", flush=True)
+        return None
+    return json.loads(out.read_text())
+
+
+def run_vllm(args, model_dir: Path, dtype: str) -> dict | None:
     if args.no_vllm or not VLLM_PYTHON.exists():
         return None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "vllm.json"
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
         cmd = [str(VLLM_PYTHON), str(VLLM_SCRIPT), str(model_dir), "--batches", args.batches]
         cmd += ["--repeats", str(args.repeats), "--output-len", str(args.output_len)]
-        cmd += ["--prompt-len", str(args.prompt_len), "--out", str(out)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-        if proc.returncode != 0 or not out.exists():
-            print(f"vLLM anchor failed (rc={proc.returncode}): {proc.stderr[-800:]}", flush=True)
-            return None
-        return json.loads(out.read_text())
+        cmd += ["--prompt-len", str(args.prompt_len), "--dtype", dtype, "--out", str(out)]
+        return run_anchor(cmd, out, {"VLLM_CPU_KVCACHE_SPACE": "1"}, args.vllm_timeout)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    import torch
+def vllm_anchor(args, model_dir: Path) -> dict:
+    """vLLM in each dtype; the anchor per batch is its fastest dtype in this run."""
+    runs = {}
+    for dtype in [d for d in args.vllm_dtypes.split(",") if d]:
+        result = run_vllm(args, model_dir, dtype)
+        if result is not None:
+            tok_s = {r["batch"]: r["tok_per_s_median"] for r in result["throughput"]}
+            runs[dtype] = {"tok_s": tok_s, "load_s": result.get("load_s"), "raw": result}
+    best: dict[int, tuple[float, str]] = {}
+    for dtype, run in runs.items():
+        for batch, tok_s in run["tok_s"].items():
+            if tok_s > best.get(batch, (0.0, ""))[0]:
+                best[batch] = (tok_s, dtype)
+    if not best:
+        doc = DOC_ANCHORS["vllm_cpu"]
+        return {"not_from_this_run": True, "best": {b: (v, "bfloat16") for b, v in doc.items()}}
+    return {"runs": runs, "best": best}
 
-    torch.set_num_threads(args.threads)
-    model_dir = ensure_model(args.model_dir)
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+def load_engines(args, model_dir: Path) -> dict:
     from latlab.engine import LLM
 
-    start = time.perf_counter()
-    llm = LLM(
-        str(model_dir),
-        dtype="bfloat16",
-        kv_cache_bytes=1 << 30,
-        num_threads=args.threads,
-        compile=args.compile,
-        max_num_seqs=max(64, *[int(b) for b in args.batches.split(",")]),
-    )
-    load_s = time.perf_counter() - start
-    vocab = llm.engine.model_args.vocab_size
+    engines = {}
+    for q in [q for q in args.quantization.split(",") if q]:
+        name = "latlab" if q == "none" else f"latlab-{q}"
+        engines[name] = LLM(
+            str(model_dir),
+            dtype="bfloat16",
+            quantization=None if q == "none" else q,
+            kv_cache_bytes=1 << 30,
+            num_threads=args.threads,
+            compile=args.compile,
+            max_num_seqs=max(64, *[int(b) for b in args.batches.split(",")]),
+        )
+        print(f"{name}: {engines[name].engine.summary()}", flush=True)
+    return engines
+
+
+def machine_notes() -> dict:
+    import torch
+
+    from latlab.engine.hardware import cpu_capabilities
+
+    return {
+        "cpu": cpu_capabilities().as_dict(),
+        "torch": torch.__version__,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "omp_proc_bind": os.environ.get("OMP_PROC_BIND"),
+        "loadavg_at_start": os.getloadavg(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def measure(args, model_dir: Path) -> dict:
+    import torch
+
+    engines = load_engines(args, model_dir)
+    some = next(iter(engines.values())).engine
     hf_model = None
     if not args.no_hf:
         from transformers import AutoModelForCausalLM
@@ -224,70 +341,161 @@ def main(argv: list[str] | None = None) -> None:
             str(model_dir), dtype=torch.bfloat16, attn_implementation="sdpa"
         ).eval()
     result = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "torch": torch.__version__,
-            "loadavg_at_start": os.getloadavg(),
-        },
+        "machine": machine_notes(),
+        "engines": {name: llm.engine.describe() for name, llm in engines.items()},
+        "threads": torch.get_num_threads(),
         "model": str(model_dir),
-        "dtype": "bfloat16",
         "prompt_len": args.prompt_len,
         "output_len": args.output_len,
         "repeats": args.repeats,
-        "compile": args.compile,
-        "latlab_load_s": load_s,
-        "throughput": throughput(args, llm, hf_model, vocab),
+        "bandwidth_bytes_s": [bandwidth()],
     }
-    del llm, hf_model
-    if not args.no_prefix:
-        result["shared_prefix"] = [
-            shared_prefix_ttft(args, model_dir, vocab, caching) for caching in (True, False)
-        ]
-        on, off = (r["ttft_p50_ms_median"] for r in result["shared_prefix"])
-        result["shared_prefix_ttft_ratio"] = on / off
-        print(json.dumps(result["shared_prefix"]), flush=True)
-    result["machine"]["loadavg_at_end"] = os.getloadavg()
-    vllm = run_vllm(args, model_dir)
-    result["vllm"] = vllm or {"not_from_this_run": True, "tok_s": DOC_ANCHORS["vllm_cpu"]}
+    result["vocab_size"] = some.model_args.vocab_size
+    result["throughput"] = throughput(args, engines, hf_model, result["vocab_size"])
+    result["bandwidth_bytes_s"].append(bandwidth())
+    result["roofline"] = roofline(args, engines, result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    from latlab.procs import sigterm_as_exit
+
+    args = parse_args(argv)
+    model_dir = ensure_model(args.model_dir)
+    with sigterm_as_exit():
+        result = measure(args, model_dir)
+        if not args.no_prefix:
+            vocab = result["vocab_size"]
+            result["shared_prefix"] = [
+                shared_prefix_ttft(args, model_dir, vocab, caching) for caching in (True, False)
+            ]
+            on, off = (r["ttft_p50_ms_median"] for r in result["shared_prefix"])
+            result["shared_prefix_ttft_ratio"] = on / off
+        result["machine"]["loadavg_at_end_of_latlab"] = os.getloadavg()
+        result["vllm"] = vllm_anchor(args, model_dir)
+        result["machine"]["loadavg_at_end"] = os.getloadavg()
+    result["goals"] = goals(result)
     print_summary(result)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+
+
+# ---- roofline and goals -------------------------------------------------------------------
+
+
+def roofline(args, engines: dict, result: dict) -> list[dict]:
+    """Per variant and batch: bytes and FLOPs per token vs the rates measured in this run."""
+    from latlab.engine.roofline import decode_cost
+
+    bw = statistics.median(result["bandwidth_bytes_s"])
+    context = args.prompt_len + args.output_len // 2  # mean context over the decode
+    rows = []
+    for row in result["throughput"]:
+        for name, got in row["engines"].items():
+            engine = engines[name].engine
+            cost = decode_cost(
+                engine.runner.model,
+                batch=row["batch"],
+                context=context,
+                kv_bytes_per_cached_token=engine.kv_bytes_per_token,
+            )
+            tok_s, gemm = got["tok_s_median"], row["gemm_flop_s"][name]
+            rows.append({
+                "engine": name, **cost.as_dict(), "tok_s": tok_s,
+                "bandwidth_bytes_s": bw, "bandwidth_limit_tok_s": bw / cost.bytes_per_token,
+                "gemm_flop_s": gemm, "achieved_flop_s": tok_s * cost.flops_per_token,
+                "gemm_limit_tok_s": gemm / cost.flops_per_token,
+            })  # fmt: skip
+    return rows
+
+
+def goals(result: dict) -> dict:
+    vllm_best = {int(b): v for b, v in result["vllm"]["best"].items()}
+    out = {}
+    for r in result["roofline"]:
+        key = f"{r['engine']}@{r['batch']}"
+        anchor = vllm_best.get(r["batch"])
+        out[key] = {
+            "x_vllm": r["tok_s"] / anchor[0] if anchor else None,
+            "vllm_dtype": anchor[1] if anchor else None,
+            "gemm_fraction": r["achieved_flop_s"] / r["gemm_flop_s"],
+            "bandwidth_fraction": r["tok_s"] / r["bandwidth_limit_tok_s"],
+        }
+    return out
 
 
 def print_summary(result: dict) -> None:
-    vllm = result["vllm"]
-    if vllm.get("not_from_this_run"):
-        vllm_tok = {int(k): v for k, v in vllm["tok_s"].items()}
-        label = "vLLM CPU (benchmarks.md, NOT from this run)"
-    else:
-        vllm_tok = {r["batch"]: r["tok_per_s_median"] for r in vllm["throughput"]}
-        label = "vLLM CPU (this run, after ours)"
-    machine = result["machine"]
+    m = result["machine"]
+    bw = [f"{b / 1e9:.1f}" for b in result["bandwidth_bytes_s"]]
+    print(f"\n{m['cpu']['model']}: {m['cpu']['isa']}, bf16 instructions: {m['cpu']['native_bf16']}")
     print(
-        f"\nthreads={machine['torch_threads']} OMP_WAIT_POLICY={machine['omp_wait_policy']} "
-        f"load at start={machine['loadavg_at_start']} at end={machine.get('loadavg_at_end')}"
+        f"threads={result['threads']} load at start={m['loadavg_at_start']} "
+        f"end={m.get('loadavg_at_end')}; read bandwidth {', '.join(bw)} GB/s (before, after)"
     )
-    header = ("batch", "latlab tok/s", "generate", "x gen", "x gen cpu", "vLLM", "x vLLM")
-    print("{:>5} {:>13} {:>9} {:>6} {:>9} {:>7} {:>7}".format(*header))
-    for row in result["throughput"]:
-        b = row["batch"]
-        hf = row.get("hf_tok_s_median")
-        v = vllm_tok.get(b)
+    vllm = result["vllm"]
+    label = "NOT from this run (benchmarks.md)" if vllm.get("not_from_this_run") else "this run"
+    runs = {d: r["tok_s"] for d, r in vllm.get("runs", {}).items()} or vllm["best"]
+    print(f"vLLM CPU tok/s per dtype ({label}); the anchor is the fastest per batch: {runs}")
+    head = ("engine", "batch", "tok/s", "x vLLM", "x gen", "GFLOP/tok", "GEMM GF/s", "got GF/s",
+            "GEMM %", "MB/tok", "BW lim", "BW %", "out-fwd %")  # fmt: skip
+    print(("{:>16} {:>5} {:>8} {:>6} {:>5} {:>9} {:>9} {:>8} {:>6} {:>7} {:>7} {:>5} {:>9}")
+          .format(*head))  # fmt: skip
+    hf = {row["batch"]: row.get("hf_tok_s_median") for row in result["throughput"]}
+    split = {
+        (n, row["batch"]): e for row in result["throughput"] for n, e in row["engines"].items()
+    }
+    for r in result["roofline"]:
+        g = result["goals"][f"{r['engine']}@{r['batch']}"]
+        gen = hf.get(r["batch"])
         print(
-            f"{b:>5} {row['latlab_tok_s_median']:>13.1f} {hf or 0:>9.1f} "
-            f"{row.get('ratio_median', 0):>6.2f} {row.get('cpu_ratio_median', 0):>9.2f} "
-            f"{v or 0:>7.1f} "
-            f"{(row['latlab_tok_s_median'] / v) if v else 0:>7.2f}"
+            f"{r['engine']:>16} {r['batch']:>5} {r['tok_s']:>8.1f} {g['x_vllm'] or 0:>6.2f} "
+            f"{r['tok_s'] / gen if gen else 0:>5.2f} {r['flops_per_token'] / 1e9:>9.3f} "
+            f"{r['gemm_flop_s'] / 1e9:>9.1f} {r['achieved_flop_s'] / 1e9:>8.1f} "
+            f"{100 * g['gemm_fraction']:>5.0f}% {r['bytes_per_token'] / 1e6:>7.1f} "
+            f"{r['bandwidth_limit_tok_s']:>7.1f} {100 * g['bandwidth_fraction']:>4.0f}% "
+            f"{100 * split[(r['engine'], r['batch'])]['outside_forward_fraction']:>8.1f}%"
         )
-    print(f"vLLM column: {label}")
+    print_goals(result)
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "missed"
+
+
+def print_goals(result: dict) -> None:
+    g = result["goals"]
+    batches = sorted({r["batch"] for r in result["roofline"]})
+    top, low = batches[-1], batches[0]
+    for name in sorted({r["engine"] for r in result["roofline"]}):
+        big, one = g[f"{name}@{top}"], g[f"{name}@{low}"]
+        x, gemm, bw = big["x_vllm"] or 0.0, big["gemm_fraction"], one["bandwidth_fraction"]
+        print(
+            f"{name}: batch {top} {x:.2f}x vLLM ({big['vllm_dtype']}; goal >= {GOAL_VS_VLLM}x: "
+            f"{_verdict(x >= GOAL_VS_VLLM)}), {100 * gemm:.0f}% of its GEMM rate (goal >= 75%: "
+            f"{_verdict(gemm >= GOAL_GEMM_FRACTION)}); batch {low} at {100 * bw:.0f}% of the "
+            f"bandwidth limit (goal >= 90%: {_verdict(bw >= GOAL_BANDWIDTH_FRACTION)})"
+        )
+    fewer_bytes(result, low)
     if "shared_prefix" in result:
         on, off = result["shared_prefix"]
         print(
             f"shared prefix TTFT p50: caching on {on['ttft_p50_ms_median']:.0f} ms, off "
             f"{off['ttft_p50_ms_median']:.0f} ms, ratio {result['shared_prefix_ttft_ratio']:.3f}"
+        )
+
+
+def fewer_bytes(result: dict, batch: int) -> None:
+    """Batch 1 with fewer bytes: each quantized variant against the default's bandwidth limit."""
+    rows = {r["engine"]: r for r in result["roofline"] if r["batch"] == batch}
+    base = rows.get("latlab")
+    for name, r in rows.items():
+        if base is None or name == "latlab":
+            continue
+        ratio = r["tok_s"] / base["bandwidth_limit_tok_s"]
+        print(
+            f"{name}: batch {batch} {r['tok_s']:.1f} tok/s = {ratio:.2f}x the default plan's "
+            f"bandwidth limit ({base['bandwidth_limit_tok_s']:.1f} tok/s for "
+            f"{base['bytes_per_token'] / 1e6:.0f} MB/token; goal > 1: {_verdict(ratio > 1)})"
         )
 
 

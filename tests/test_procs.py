@@ -120,3 +120,20 @@ def test_sigterm_to_the_launcher_stops_what_it_launched(tmp_path):
     os.kill(outer.pid, signal.SIGTERM)
     assert outer.wait(timeout=30) == 143
     assert group_members(pgid) == []
+
+
+def test_wait_returns_the_exit_code_and_stop_ends_the_children_it_left(tmp_path):
+    """A script that exits at once but leaves a child behind (as vLLM's offline runs do)."""
+    leaves_child = (
+        "import os, subprocess, sys; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); os._exit(3)"
+    )
+    spec = ProcessSpec(argv=[sys.executable, "-c", leaves_child], log_path=tmp_path / "x.log")
+    proc = ManagedProcess(spec).start()
+    assert proc.wait(timeout_s=60) == 3
+    assert len(group_members(proc.pid)) == 1  # the orphan, still in the group
+    proc.stop(grace_s=1.0)
+    assert group_members(proc.pid) == []
+    slow = ManagedProcess(ProcessSpec(argv=[sys.executable, "-c", "import time; time.sleep(600)"]))
+    assert slow.start().wait(timeout_s=0.2) is None
+    slow.stop(grace_s=1.0)

@@ -163,6 +163,19 @@ class ManagedProcess:
         """Wait until GET ``url`` answers 200 (e.g. ``/health``); seconds since launch."""
         return self.wait_ready(lambda: http_ok(url), timeout_s=timeout_s, what=f"healthy at {url}")
 
+    def wait(self, timeout_s: float | None = None) -> int | None:
+        """Wait for the launched process itself to exit; its exit code, None on timeout.
+
+        Children it left in its group (vLLM's ``EngineCore`` after ``os._exit``) keep running
+        until ``stop()``, which a caller runs next in a ``finally``.
+        """
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self, grace_s: float = 10.0) -> int | None:
         """SIGTERM the whole group, SIGKILL what is left after ``grace_s``; the exit code."""
         if self.proc is None:

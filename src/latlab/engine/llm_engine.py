@@ -63,6 +63,8 @@ class LLMEngine:
         self.generation_tokens_total = 0
         self.spec_draft_tokens_total = 0
         self.spec_accepted_tokens_total = 0
+        self.steps_total = 0
+        self.step_seconds_total = 0.0
 
     def _max_model_len(self) -> int:
         args = self.model_args
@@ -168,6 +170,7 @@ class LLMEngine:
     # ---- the step ------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Schedule, run one forward pass, sample; outputs of requests that made progress."""
+        start = time.perf_counter()
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
@@ -176,9 +179,12 @@ class LLMEngine:
             seq.num_computed_tokens += n - len(seq.draft_token_ids)  # drafts count once accepted
             self.block_manager.register_full_blocks(seq)
         now = time.perf_counter_ns()
-        return [
+        outputs = [
             self._accept(seq, tokens, now) for seq, tokens in zip(seqs, candidates, strict=True)
         ]
+        self.steps_total += 1
+        self.step_seconds_total += time.perf_counter() - start
+        return outputs
 
     def _accept(self, seq: Sequence, candidates: list[int], now: int) -> RequestOutput:
         """Append the sampled token, or a draft's accepted prefix plus the token after it."""
@@ -289,6 +295,9 @@ class LLMEngine:
             num_preemptions=self.scheduler.num_preemptions_total,
             spec_draft_tokens_total=self.spec_draft_tokens_total,
             spec_accepted_tokens_total=self.spec_accepted_tokens_total,
+            steps_total=self.steps_total,
+            step_seconds_total=self.step_seconds_total,
+            forward_seconds_total=self.runner.forward_seconds_total,
         )
 
 

@@ -7,6 +7,7 @@ formula), so ``latlab plan`` and the engine agree on capacity.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -83,6 +84,7 @@ class ModelRunner:
             for _ in range(args.num_hidden_layers)
         ]
         self.sampler = Sampler(args.eos_token_ids, seed=config.seed)
+        self.forward_seconds_total = 0.0  # the model's forward passes (EngineStats)
         self._forward = self.model.forward
         if config.compile:
             self._forward = torch.compile(self.model.forward, dynamic=True)
@@ -128,7 +130,9 @@ class ModelRunner:
         if inputs is None:
             return [], []
         tensors, sampling_seqs, last_rows = inputs
+        start = time.perf_counter()
         logits = self._forward(*tensors)
+        self.forward_seconds_total += time.perf_counter() - start
         if len(last_rows) == logits.shape[0]:  # no drafts: one row per sequence
             return sampling_seqs, [[t] for t in self.sampler(logits, sampling_seqs)]
         sampled = self.sampler(logits[last_rows], sampling_seqs)

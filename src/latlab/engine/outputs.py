@@ -38,3 +38,8 @@ class EngineStats:
     num_preemptions: int = 0
     spec_draft_tokens_total: int = 0  # prompt-lookup draft tokens proposed
     spec_accepted_tokens_total: int = 0  # of those, accepted (acceptance = accepted / draft)
+    # Where a step's time goes: the model's forward pass vs everything around it (scheduling,
+    # input tensors, sampling, detokenisation, outputs: the CPU-side overhead).
+    steps_total: int = 0
+    step_seconds_total: float = 0.0
+    forward_seconds_total: float = 0.0

@@ -1,0 +1,56 @@
+"""engine_speed's anchor runner leaves nothing behind, and its roofline arithmetic holds."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from latlab.procs import group_members
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+engine_speed = _load("engine_speed")
+
+# Like vLLM's offline script: write the result, leave a worker running, leave with os._exit.
+_LIKE_VLLM = """
+import os, subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+open(sys.argv[1] + ".pid", "w").write(str(child.pid))
+open(sys.argv[1], "w").write('{"throughput": [{"batch": 1, "tok_per_s_median": 5.0}]}')
+os._exit(0)
+"""
+
+
+def test_anchor_run_returns_its_json_and_stops_the_children_it_left(tmp_path):
+    out = tmp_path / "anchor.json"
+    got = engine_speed.run_anchor([sys.executable, "-c", _LIKE_VLLM, str(out)], out, {}, 60)
+    assert got == {"throughput": [{"batch": 1, "tok_per_s_median": 5.0}]}
+    child = Path(f"/proc/{Path(f'{out}.pid').read_text()}/stat")
+    assert not child.exists() or ") Z " in child.read_text()  # gone (or a zombie)
+
+
+def test_anchor_failure_is_reported_not_raised(tmp_path, capsys):
+    out = tmp_path / "never.json"
+    got = engine_speed.run_anchor([sys.executable, "-c", "raise SystemExit(4)"], out, {}, 60)
+    assert got is None
+    assert "rc=4" in capsys.readouterr().out
+
+
+def test_anchor_timeout_stops_the_group(tmp_path):
+    out = tmp_path / "slow.json"
+    slow = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpgid(0))); time.sleep(600)"
+    pgid_file = tmp_path / "pgid"
+    argv = [sys.executable, "-c", slow, str(pgid_file)]
+    assert engine_speed.run_anchor(argv, out, {}, 5.0) is None
+    assert group_members(int(pgid_file.read_text())) == []
