@@ -195,3 +195,14 @@ def test_engine_report_names_threads_and_dtypes(tiny_model_dir):
     assert report["threads"] == 1 and report["threads_reason"] == "num_threads set"
     assert report["dtype"] == report["compute_dtype"] == "float32"
     assert report["linear"] == "plain" and report["kv_cache_dtype"] == "float32"
+
+
+def test_score_gives_the_logits_greedy_decoding_follows(tiny_model_dir):
+    llm = LLM(str(tiny_model_dir))
+    prompt = mixed_prompts(2)[1]
+    out = llm.generate([prompt], SamplingParams(max_tokens=3))[0]
+    logits = llm.engine.runner.score(prompt + out.token_ids[:2])
+    assert logits.shape == (len(prompt) + 2, llm.engine.model_args.vocab_size)
+    assert logits.dtype == torch.float32
+    assert logits[len(prompt) - 1 :].argmax(-1).tolist() == out.token_ids
+    assert llm.engine.stats().kv_cache_usage == 0.0  # the engine's own cache untouched

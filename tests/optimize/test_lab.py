@@ -131,6 +131,20 @@ def test_engine_prompt_lookup_keeps_greedy_output_and_reports_acceptance(
     assert lab.baselines["engine"].measurement.extra["spec_draft_tokens_total"] == 0
 
 
+def test_engine_int8_is_gated_on_the_engines_own_logits(tiny_model_dir, heldout_file):
+    text = read_quality_text(str(tiny_model_dir), str(heldout_file))
+    lab = Lab(_plan(["engine-int8-weight-only"]), str(tiny_model_dir), text)
+    try:
+        (trial,) = lab.run([make_recipe("engine-int8-weight-only")])
+    finally:
+        lab.close()
+    assert trial.backend == "engine" and trial.verdict in ("adopt", "reject"), trial.reason
+    logits = trial.quality.logits
+    assert logits is not None, "an engine recipe that changes weights compares logits"
+    assert 0.9 <= logits.top1_agreement < 1.0 and 0 < logits.mean_kl < 0.05
+    assert not trial.quality.exact_required
+
+
 def _trial(base, cand, memory=(100, 100)):
     trial = Trial("x", "system", "transformers", "x", True)
     trial.baseline = Measurement([dict(zip(_KEYS, v, strict=True)) for v in base], memory[0])

@@ -32,6 +32,8 @@ ENGINE_RECIPES = [
     ("kv-cache-dtype", {"dtype": "bfloat16"}),
     ("group-by-prefix", {}),
     ("prompt-lookup", {"num_draft_tokens": 6}),
+    ("engine-int8", {}),
+    ("engine-int8-weight-only", {}),
 ]
 
 

@@ -147,6 +147,28 @@ class ModelRunner:
                 candidates.append([*greedy[row - len(draft) : row], token])
         return sampling_seqs, candidates
 
+    @torch.inference_mode()
+    def score(self, token_ids: list[int]) -> torch.Tensor:
+        """float32 logits [len, vocab] after every position of ``token_ids``.
+
+        One prefill into scratch KV blocks of its own, so the engine's cache, its prefix
+        cache and running requests are untouched (quality checks compare these logits).
+        """
+        n, bs = len(token_ids), self.block_size
+        blocks = -(-n // bs)
+        shape = (self.kv_caches[0][0].shape[0], blocks, bs, self.kv_caches[0][0].shape[-1])
+        caches = [
+            (torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
+             torch.zeros(shape, dtype=self.kv_dtype, device=self.device))
+            for _ in self.kv_caches
+        ]  # fmt: skip
+        positions = list(range(n))
+        meta = self._metadata([n], positions, [0], positions, [list(range(blocks))])
+        ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        rows = torch.arange(n, device=self.device)
+        return self._forward(ids, pos, caches, meta, rows).float()
+
     def _prepare(self, sched: SchedulerOutput):
         bs = self.block_size
         input_ids: list[int] = []

@@ -33,6 +33,7 @@ from latlab.optimize.quality import (
     LogitComparison,
     QualityResult,
     compare_logits,
+    engine_heldout_logits,
     gate,
     greedy_agreement,
     heldout_logits,
@@ -249,15 +250,8 @@ class Lab:
         first = runner.run(self.requests)
         for _ in range(self.plan.warmup - 1):
             runner.run(self.requests)
-        logits = None
-        if setup.model is not None:
-            with activated(setup):
-                logits = heldout_logits(
-                    setup.model,
-                    self.text_ids,
-                    self.plan.quality_window_tokens,
-                    self.plan.quality_windows,
-                )
+        # the engine's held-out logits are scored later, only if a recipe changes its weights
+        logits = self._logits_of(setup) if setup.model is not None else None
         measurement = Measurement(extra=first.extra)
         measurement.memory_bytes, measurement.memory_what = _memory(setup, runner)
         t0 = time.perf_counter()
@@ -301,20 +295,32 @@ class Lab:
         self, base: _Baseline, setup: Setup, first: RunResult, exact: bool, changes_model: bool
     ) -> QualityResult:
         logits: LogitComparison | None = None
-        if changes_model and base.logits is not None and setup.model is not None:
-            with activated(setup):
-                cand_logits, _ = heldout_logits(
-                    setup.model,
-                    self.text_ids,
-                    self.plan.quality_window_tokens,
-                    self.plan.quality_windows,
-                )
-            logits = compare_logits(base.logits[0], cand_logits, base.logits[1])
+        if changes_model:
+            if base.logits is None and base.setup.backend == "engine":
+                base.logits = self._logits_of(base.setup)
+            candidate = self._logits_of(setup)
+            if base.logits is not None and candidate is not None:
+                logits = compare_logits(base.logits[0], candidate[0], base.logits[1])
         ids = [r.request_id for r in self.requests]
         match, agreement = greedy_agreement(
             [base.outputs[i] for i in ids], [first.outputs[i] for i in ids]
         )
         return gate(logits, match, agreement, exact, self.plan.thresholds)
+
+    def _logits_of(self, setup: Setup) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Held-out logits: the transformers model's, or a scoring copy of the engine's."""
+        window, windows = self.plan.quality_window_tokens, self.plan.quality_windows
+        with activated(setup):
+            if setup.model is not None:
+                return heldout_logits(setup.model, self.text_ids, window, windows)
+            if setup.backend == "engine":
+                options = dict(setup.engine_options)
+                if setup.num_threads is not None:
+                    options.setdefault("num_threads", setup.num_threads)
+                return engine_heldout_logits(
+                    setup.model_path, options, self.text_ids, window, windows
+                )
+        return None
 
     def _verdict(self, trial: Trial) -> None:
         assert trial.baseline is not None and trial.candidate is not None

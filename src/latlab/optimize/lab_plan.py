@@ -105,6 +105,7 @@ DEFAULT_RECIPES: list[dict[str, Any]] = [
     {"name": "response-cache"},
     {"name": "prune-layers", "n": 1},  # seconds to prune; distillation takes minutes: its own plan
     {"name": "prompt-lookup"},
+    {"name": "engine-int8"},
     {"name": "static-batching"},
     {"name": "prefix-caching", "enabled": False},
     {"name": "max-num-seqs", "value": 2},

@@ -249,6 +249,21 @@ def _failures(
     return out
 
 
+def _windows(token_ids: Sequence[int], window: int, max_windows: int) -> list[list[int]]:
+    """Non-overlapping windows of ``window`` inputs plus the next token (the last target)."""
+    ids = list(token_ids)
+    if len(ids) < 2:
+        raise ValueError("held-out text is too short: it needs at least 2 tokens")
+    window = max(2, min(window, len(ids)))
+    chunks = []
+    for start in range(0, len(ids) - 1, window):
+        chunk = ids[start : start + window + 1]
+        if len(chunk) < 2 or len(chunks) >= max_windows:
+            break
+        chunks.append(chunk)
+    return chunks
+
+
 @torch.inference_mode()
 def heldout_logits(
     model: Any, token_ids: Sequence[int], window: int = 128, max_windows: int = 16
@@ -258,16 +273,32 @@ def heldout_logits(
     Windows are independent forward passes (no cache), so the same positions are compared
     whatever the recipe changed.
     """
-    ids = list(token_ids)
-    if len(ids) < 2:
-        raise ValueError("held-out text is too short: it needs at least 2 tokens")
-    window = max(2, min(window, len(ids)))
     all_logits, all_targets = [], []
-    for start in range(0, len(ids) - 1, window):
-        chunk = ids[start : start + window + 1]
-        if len(chunk) < 2 or len(all_logits) >= max_windows:
-            break
+    for chunk in _windows(token_ids, window, max_windows):
         inputs = torch.tensor([chunk[:-1]], dtype=torch.long, device=model.device)
         all_logits.append(model(input_ids=inputs).logits[0].float().cpu())
+        all_targets.append(torch.tensor(chunk[1:], dtype=torch.long))
+    return torch.cat(all_logits), torch.cat(all_targets)
+
+
+def engine_heldout_logits(
+    model_path: str,
+    engine_options: dict[str, Any],
+    token_ids: Sequence[int],
+    window: int = 128,
+    max_windows: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same windows scored by the latlab engine with these options (its own copy).
+
+    Engine recipes that change the weights or kernels (int8 in the engine) are gated on these
+    logits like model-level recipes, not only on greedy agreement.
+    """
+    from latlab.engine.config import EngineConfig
+    from latlab.engine.llm_engine import LLMEngine
+
+    engine = LLMEngine(EngineConfig(**{"model": model_path, **engine_options}))
+    all_logits, all_targets = [], []
+    for chunk in _windows(token_ids, window, max_windows):
+        all_logits.append(engine.runner.score(chunk[:-1]).cpu())
         all_targets.append(torch.tensor(chunk[1:], dtype=torch.long))
     return torch.cat(all_logits), torch.cat(all_targets)

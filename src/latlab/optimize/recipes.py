@@ -638,6 +638,19 @@ def kv_cache_dtype(dtype: str = "bfloat16") -> Recipe:
     return dataclasses.replace(base, _why_not=why_not)
 
 
+def engine_quantization(mode: str = "int8") -> Recipe:
+    """int8 linear weights inside the latlab engine, gated on held-out logits like torchao's."""
+    base = _engine_recipe(
+        f"engine-{mode}",
+        "int8 linear weights in the latlab engine (one scale per output channel"
+        + ("; activations quantized per token, int8 GEMMs)" if mode == "int8" else ")"),
+        "quantization",
+        False,
+        quantization=mode,
+    )
+    return dataclasses.replace(base, changes_model=True)
+
+
 def prompt_lookup(num_draft_tokens: int = 4, max_ngram: int = 3) -> Recipe:
     """Speculative decoding inside the latlab engine (the lab's requests are greedy: exact)."""
     return _engine_recipe(
@@ -754,6 +767,8 @@ RECIPES: dict[str, Callable[..., Recipe]] = {
     "prefill-budget": chunked_prefill,
     "prefix-caching": prefix_caching,
     "kv-cache-dtype": kv_cache_dtype,
+    "engine-int8": lambda: engine_quantization("int8"),
+    "engine-int8-weight-only": lambda: engine_quantization("int8-weight-only"),
     "prompt-lookup": prompt_lookup,
     "prompt-lookup-transformers": prompt_lookup_transformers,
     "response-cache": response_cache,
