@@ -24,3 +24,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   $PIP install -e ".[$EXTRAS]"
   touch "$stamp"
 fi
+# The engine's native CPU kernel (paged decode attention) compiles once per machine (about a
+# minute on two cores) into torch's extension cache; building it here keeps that out of the first
+# engine start. Not fatal: without a compiler the engine runs its pure-torch path and says so.
+"$VENV/bin/python" -c "from latlab.engine.kernels import paged_decode_attention as k; \
+print('setup: engine kernel:', k().reason)" 2>/dev/null || true

@@ -33,6 +33,7 @@ def _engine_tokens(model_dir: Path, prompts: list[list[int]], **config) -> tuple
         pytest.param({"max_num_batched_tokens": 8}, id="chunked-prefill-8"),
         pytest.param({"enable_prefix_caching": False, "block_size": 4}, id="no-prefix-cache"),
         pytest.param({"max_num_seqs": 2, "block_size": 4}, id="max-num-seqs-2"),
+        pytest.param({"native_attention": False}, id="torch-decode-attention"),
     ],
 )
 def test_greedy_matches_transformers_concurrent_mixed_lengths(tiny_model_dir, config):

@@ -46,6 +46,9 @@ class EngineConfig:
     # "int8" also quantizes activations per token and runs int8 GEMMs (fbgemm on x86),
     # "int8-weight-only" keeps activations in floating point. None = the dtype's weights.
     quantization: str | None = None
+    # Decode steps on CPU read the paged KV cache in place with a native kernel (built on first
+    # use, cached); None = when it builds here, False = gathered K/V and batched matmuls.
+    native_attention: bool | None = None
     # Prompt-lookup speculative decoding (0 = off): up to this many draft tokens, found by
     # matching the last prompt_lookup_max..prompt_lookup_min tokens earlier in the sequence,
     # verified in one forward pass. Greedy output stays the plain greedy output (float32

@@ -8,6 +8,7 @@ formula), so ``latlab plan`` and the engine agree on capacity.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from latlab.engine.hardware import (
     load_average,
     usable_cores,
 )
+from latlab.engine.kernels import paged_decode_attention
 from latlab.engine.models.config import ModelArgs
 from latlab.engine.models.llama import AttentionMetadata, load_llama
 from latlab.engine.sampler import Sampler
@@ -74,6 +76,7 @@ class ModelRunner:
         if num_blocks < 1:
             raise CapacityError("the KV cache budget holds no block at all; raise kv_cache_bytes")
         self.weight_plan = self._prepare_model(model_dir, args)
+        self.decode_kernel, self.attention_reason = self._decode_kernel()
         self.packed_linear = self.weight_plan.linear == "onednn-packed"
         shape = (args.num_key_value_heads, num_blocks, config.block_size, args.head_dim)
         self.kv_caches = [
@@ -103,6 +106,20 @@ class ModelRunner:
         self.model = load_llama(model_dir, args, self.dtype, config.device)
         return apply_weight_plan(self.model, plan, batch_hint=config.max_num_seqs)
 
+    def _decode_kernel(self) -> tuple[Callable[..., torch.Tensor] | None, str]:
+        """The native paged decode attention where wanted and available (CPU), and why."""
+        wanted = self.config.native_attention
+        if wanted is False:
+            return None, "native_attention=False: gathered K/V and batched matmuls"
+        if self.device.type != "cpu":
+            return None, "not a CPU: gathered K/V and batched matmuls"
+        if self.config.compile:
+            return None, "compile=True: gathered K/V and batched matmuls (traceable)"
+        kernel = paged_decode_attention()
+        if kernel.fn is None and wanted:
+            raise ConfigError(f"native_attention=True but {kernel.reason}")
+        return kernel.fn, kernel.reason
+
     def describe(self) -> dict:
         """What the runner chose (threads, dtypes, linear kernels) and why: the start-up report."""
         caps = cpu_capabilities()
@@ -114,6 +131,7 @@ class ModelRunner:
             "omp_proc_bind": self.threads.omp_proc_bind,
             "omp_wait_policy": self.threads.omp_wait_policy,
             "kv_cache_dtype": KV_DTYPE_NAMES[self.kv_dtype],
+            "decode_attention": self.attention_reason,
             **self.weight_plan.as_dict(),
         }
 
@@ -223,6 +241,12 @@ class ModelRunner:
             pos_t = torch.tensor(positions, dtype=torch.long, device=dev)
             q_pos = pos_t[q_index]
             out_index = (torch.arange(b, device=dev).unsqueeze(1) * max_q + j)[j < n]
+        if max_q == 1 and self.decode_kernel is not None:
+            return AttentionMetadata(
+                torch.tensor(slots, dtype=torch.long, device=dev), block_tables,
+                block_tables.view(-1), None, None, None, None, 1,
+                seq_lens=q_pos.view(b) + 1, decode_kernel=self.decode_kernel,
+            )  # fmt: skip
         keys = torch.arange(max_blocks * self.block_size, device=dev)
         mask = keys.view(1, 1, 1, -1) <= q_pos.view(b, 1, max_q, 1)
         bias = None

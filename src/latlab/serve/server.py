@@ -235,7 +235,7 @@ async def _serve_engine(engine_config: Any, sock: socket.socket, name: str | Non
                 f"{seconds:.1f} s)",
                 flush=True,
             )
-            print(f"latlab serve: engine: {engine.summary()}", file=sys.stderr, flush=True)
+            print(f"latlab serve: engine: {engine.summary()}", flush=True)
 
         report = await serve_app(server, sock, ready)
     finally:

@@ -8,6 +8,7 @@ a mask, so the hot path has no per-sequence Python loop.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,8 @@ class AttentionMetadata:
     q_index: [B, max_q] flat token index per padded query slot; None when every sequence
         has exactly one new token (pure decode), where the padded layout is the flat one.
     out_index: [N] position of each real token in the flattened [B * max_q] output.
+    seq_lens: [B] keys each sequence attends to (decode steps run by ``decode_kernel``).
+    decode_kernel: the native in-place paged decode attention for this step, or None.
     """
 
     slot_mapping: torch.Tensor
@@ -41,6 +44,8 @@ class AttentionMetadata:
     q_index: torch.Tensor | None
     out_index: torch.Tensor | None
     max_q: int
+    seq_lens: torch.Tensor | None = None
+    decode_kernel: Callable[..., torch.Tensor] | None = None
 
 
 class RMSNorm(nn.Module):
@@ -122,6 +127,11 @@ class Attention(nn.Module):
         self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
         b = meta.block_tables.shape[0]
+        if meta.decode_kernel is not None:  # reads the cache in place: no gather, no padding
+            out = meta.decode_kernel(
+                q.contiguous(), k_cache, v_cache, meta.block_tables, meta.seq_lens, self.scale
+            )
+            return out.view(b, self.num_heads * self.head_dim)
         shape = (self.num_kv_heads, b, -1, self.head_dim)  # [kv_heads, B, T, head_dim]
         keys = k_cache.index_select(1, meta.flat_blocks).view(shape).to(q.dtype)
         values = v_cache.index_select(1, meta.flat_blocks).view(shape).to(q.dtype)
