@@ -155,7 +155,8 @@ def lever_compile(calls: int, repeats: int) -> dict:
     from latlab.engine.models.llama import AttentionMetadata, DecoderLayer
     from latlab.testing.random_model import REFERENCE_106M, build_config
 
-    args = parse_model_args(build_config(REFERENCE_106M).to_dict())
+    raw = build_config(REFERENCE_106M).to_dict() | {"architectures": ["LlamaForCausalLM"]}
+    args = parse_model_args(raw)
     layer = DecoderLayer(args).eval()
     b, context = 64, 80
     k, v, tables, lens, block = _paged_cache(b, context, torch.float32)

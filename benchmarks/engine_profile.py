@@ -101,6 +101,9 @@ def profile(args) -> dict:  # type: ignore[no-untyped-def]
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from latlab.engine.kernels import paged_decode_attention
+
+    paged_decode_attention(wait=True)  # engines use the native kernel only once it is built
     result = profile(args)
     print(json.dumps(result, indent=2))
     if args.json:

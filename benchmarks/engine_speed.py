@@ -361,6 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     from latlab.procs import sigterm_as_exit
 
     args = parse_args(argv)
+    from latlab.engine.kernels import paged_decode_attention
+
+    paged_decode_attention(wait=True)  # engines use the native kernel only once it is built
     model_dir = ensure_model(args.model_dir)
     with sigterm_as_exit():
         result = measure(args, model_dir)

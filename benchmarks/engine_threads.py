@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.child:
         return child(args)
+    from latlab.engine.kernels import paged_decode_attention
+
+    paged_decode_attention(wait=True)  # built once here, so every child's engine uses it
     runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     loads = []
     for _ in range(args.rounds):

@@ -25,7 +25,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 # The engine's native CPU kernel (paged decode attention) compiles once per machine (about a
-# minute on two cores) into torch's extension cache; building it here keeps that out of the first
-# engine start. Not fatal: without a compiler the engine runs its pure-torch path and says so.
-"$VENV/bin/python" -c "from latlab.engine.kernels import paged_decode_attention as k; \
-print('setup: engine kernel:', k().reason)" 2>/dev/null || true
+# minute of CPU on two cores) into torch's extension cache. It builds in the background so that
+# setup and the tests overlap it; engines use the torch path until it is there (an engine start
+# never compiles). Not fatal: without a compiler the engine keeps its pure-torch path and says so.
+# The build ends by itself; its output is in $VENV/kernel-build.log.
+if ! "$VENV/bin/python" -c "from latlab.engine.kernels import is_built; exit(not is_built())" \
+    2>/dev/null; then
+  echo "setup: building the engine kernel in the background (log: $VENV/kernel-build.log)"
+  nohup setsid "$VENV/bin/python" -m latlab.engine.kernels </dev/null >"$VENV/kernel-build.log" 2>&1 &
+fi

@@ -1,15 +1,22 @@
-"""The native paged decode attention equals gathered-K/V attention, for every dtype pairing."""
+"""The native paged decode attention equals gathered-K/V attention, for every dtype pairing;
+an engine start never compiles it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from latlab.engine import LLM
+from latlab.engine import LLM, kernels
 from latlab.engine.kernels import paged_decode_attention
 
-KERNEL = paged_decode_attention()
-pytestmark = pytest.mark.skipif(KERNEL.fn is None, reason=KERNEL.reason)
+
+@pytest.fixture(scope="module")
+def kernel():
+    """The built kernel (waits for setup's background build, or builds it), else a skip."""
+    built = paged_decode_attention(wait=True)
+    if built.fn is None:
+        pytest.skip(built.reason)
+    return built.fn
 
 
 def _reference(q, k_cache, v_cache, tables, lens, scale):
@@ -35,7 +42,7 @@ def _reference(q, k_cache, v_cache, tables, lens, scale):
     ],
 )
 @pytest.mark.parametrize("group", [1, 4])
-def test_kernel_matches_gathered_attention(q_dtype, kv_dtype, tol, group):
+def test_kernel_matches_gathered_attention(kernel, q_dtype, kv_dtype, tol, group):
     gen = torch.Generator().manual_seed(0)
     kv_heads, dim, blocks, block, b = 2, 32, 40, 4, 5
     k_cache = torch.randn(kv_heads, blocks, block, dim, generator=gen).to(kv_dtype)
@@ -43,24 +50,56 @@ def test_kernel_matches_gathered_attention(q_dtype, kv_dtype, tol, group):
     lens = torch.tensor([1, 4, 5, 13, 16])  # one key, a full block, block edges, ragged
     tables = torch.stack([torch.randperm(blocks, generator=gen)[:4] for _ in range(b)])
     q = torch.randn(b, kv_heads * group, dim, generator=gen).to(q_dtype)
-    got = KERNEL.fn(q, k_cache, v_cache, tables, lens, dim**-0.5)
+    got = kernel(q, k_cache, v_cache, tables, lens, dim**-0.5)
     assert got.dtype == q_dtype and got.shape == q.shape
     want = _reference(q, k_cache, v_cache, tables, lens, dim**-0.5)
     assert (got.float() - want).abs().max() < tol
 
 
-def test_kernel_rejects_what_it_cannot_read():
+def test_kernel_rejects_what_it_cannot_read(kernel):
     q = torch.randn(2, 4, 8)
     cache = torch.randn(2, 3, 4, 8)
     tables, lens = torch.zeros(2, 1, dtype=torch.long), torch.ones(2, dtype=torch.long)
     with pytest.raises(RuntimeError, match="int64"):
-        KERNEL.fn(q, cache, cache, tables.int(), lens, 1.0)
+        kernel(q, cache, cache, tables.int(), lens, 1.0)
     with pytest.raises(RuntimeError, match="head"):
-        KERNEL.fn(torch.randn(2, 3, 8), cache, cache, tables, lens, 1.0)
+        kernel(torch.randn(2, 3, 8), cache, cache, tables, lens, 1.0)
 
 
-def test_engine_reports_the_attention_path(tiny_model_dir):
+def test_engine_reports_the_attention_path(kernel, tiny_model_dir):
     native = LLM(str(tiny_model_dir)).engine.describe()
     assert "native" in native["decode_attention"]
     plain = LLM(str(tiny_model_dir), native_attention=False).engine.describe()
     assert "native_attention=False" in plain["decode_attention"]
+
+
+def test_engine_start_uses_the_torch_path_until_the_kernel_is_built(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an empty extension cache
+    monkeypatch.setattr(kernels, "_loaded", {})
+    assert not kernels.is_built()
+    waiting = paged_decode_attention(wait=False)
+    assert waiting.fn is None and "not built yet" in waiting.reason
+    report = LLM(str(tiny_model_dir)).engine.describe()
+    assert "not built yet" in report["decode_attention"]
+    assert not list(tmp_path.rglob("*.so")) and not list(tmp_path.rglob("*.o"))  # no compile
+
+
+def test_a_build_in_progress_is_not_taken_for_a_finished_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    directory = kernels.build_directory()
+    directory.mkdir(parents=True, exist_ok=True)  # torch creates it when asked for it
+    (directory / f"{directory.name}.so").write_bytes(b"half-linked")
+    (directory / "lock").touch()
+    assert not kernels.is_built()
+    (directory / "lock").unlink()
+    assert kernels.is_built()
+    monkeypatch.setattr(kernels, "_loaded", {})
+    broken = paged_decode_attention(wait=False)
+    assert broken.fn is None and "does not load" in broken.reason
+
+
+def test_the_torch_path_can_be_forced(monkeypatch):
+    monkeypatch.setenv("LATLAB_NATIVE_KERNELS", "0")
+    assert paged_decode_attention(wait=True).reason == "LATLAB_NATIVE_KERNELS=0"

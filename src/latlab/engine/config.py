@@ -46,8 +46,9 @@ class EngineConfig:
     # "int8" also quantizes activations per token and runs int8 GEMMs (fbgemm on x86),
     # "int8-weight-only" keeps activations in floating point. None = the dtype's weights.
     quantization: str | None = None
-    # Decode steps on CPU read the paged KV cache in place with a native kernel (built on first
-    # use, cached); None = when it builds here, False = gathered K/V and batched matmuls.
+    # Decode steps on CPU read the paged KV cache in place with a native kernel (built once per
+    # machine, cached); None = when already built (an engine start never compiles), True = build
+    # it now or fail, False = gathered K/V and batched matmuls.
     native_attention: bool | None = None
     # Prompt-lookup speculative decoding (0 = off): up to this many draft tokens, found by
     # matching the last prompt_lookup_max..prompt_lookup_min tokens earlier in the sequence,

@@ -115,7 +115,7 @@ class ModelRunner:
             return None, "not a CPU: gathered K/V and batched matmuls"
         if self.config.compile:
             return None, "compile=True: gathered K/V and batched matmuls (traceable)"
-        kernel = paged_decode_attention()
+        kernel = paged_decode_attention(wait=bool(wanted))  # auto: only a finished build
         if kernel.fn is None and wanted:
             raise ConfigError(f"native_attention=True but {kernel.reason}")
         return kernel.fn, kernel.reason
