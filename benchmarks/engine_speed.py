@@ -19,8 +19,10 @@ as ratios from this run.
         --quantization none,int8 --json /tmp/engine_speed.json
 
 ``--threads`` pins the engine's thread count; by default the engine chooses (one per core that
-other jobs leave free) and the run records its choice. ``--vllm-dtypes float32`` skips vLLM's
-bf16 run, which on a CPU without bf16 instructions takes most of an hour.
+other jobs leave free) and the run records its choice. ``--dtype`` is the compute dtype of every
+system (default: bfloat16 where the CPU has bf16 instructions, else float32, since emulated bf16
+GEMMs are ~150x slower there and vLLM's bf16 run would take most of an hour); the checkpoint
+stays bf16. ``--vllm-dtypes bfloat16,float32`` runs vLLM in both and anchors on the faster.
 """
 
 from __future__ import annotations
@@ -56,13 +58,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="engine with torch.compile")
     p.add_argument("--no-hf", action="store_true", help="skip transformers generate")
     p.add_argument("--no-vllm", action="store_true", help="skip vLLM even if installed")
-    p.add_argument("--vllm-dtypes", default="bfloat16,float32")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="compute dtype of latlab, generate and vLLM (default: bfloat16 where the CPU has bf16 "
+        "instructions, else float32: emulated bf16 GEMMs run ~150x slower than float32 there)",
+    )
+    p.add_argument("--vllm-dtypes", default=None, help="default: --dtype (e.g. bfloat16,float32)")
     p.add_argument("--vllm-timeout", type=float, default=3600.0, help="seconds per vLLM run")
     p.add_argument("--no-prefix", action="store_true", help="skip the shared-prefix workload")
     p.add_argument("--prefix-len", type=int, default=512)
     p.add_argument("--prefix-requests", type=int, default=64)
     p.add_argument("--json", type=Path, default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.dtype is None:
+        from latlab.engine.hardware import cpu_capabilities
+
+        args.dtype = "bfloat16" if cpu_capabilities().native_bf16 else "float32"
+    args.vllm_dtypes = args.vllm_dtypes or args.dtype
+    return args
 
 
 def distinct_prompts(n: int, length: int, vocab: int) -> list[list[int]]:
@@ -203,7 +217,7 @@ def shared_prefix_ttft(args, model_dir: Path, vocab: int, caching: bool) -> dict
     engine = LLMEngine(
         EngineConfig(
             model=str(model_dir),
-            dtype="bfloat16",
+            dtype=args.dtype,
             kv_cache_bytes=2 << 30,
             num_threads=args.threads,
             enable_prefix_caching=caching,
@@ -301,7 +315,7 @@ def load_engines(args, model_dir: Path) -> dict:
         name = "latlab" if q == "none" else f"latlab-{q}"
         engines[name] = LLM(
             str(model_dir),
-            dtype="bfloat16",
+            dtype=args.dtype,
             quantization=None if q == "none" else q,
             kv_cache_bytes=1 << 30,
             num_threads=args.threads,
@@ -338,12 +352,13 @@ def measure(args, model_dir: Path) -> dict:
         from transformers import AutoModelForCausalLM
 
         hf_model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=torch.bfloat16, attn_implementation="sdpa"
+            str(model_dir), dtype=getattr(torch, args.dtype), attn_implementation="sdpa"
         ).eval()
     result = {
         "machine": machine_notes(),
         "engines": {name: llm.engine.describe() for name, llm in engines.items()},
         "threads": torch.get_num_threads(),
+        "dtype": args.dtype,
         "model": str(model_dir),
         "prompt_len": args.prompt_len,
         "output_len": args.output_len,
@@ -432,8 +447,9 @@ def print_summary(result: dict) -> None:
     bw = [f"{b / 1e9:.1f}" for b in result["bandwidth_bytes_s"]]
     print(f"\n{m['cpu']['model']}: {m['cpu']['isa']}, bf16 instructions: {m['cpu']['native_bf16']}")
     print(
-        f"threads={result['threads']} load at start={m['loadavg_at_start']} "
-        f"end={m.get('loadavg_at_end')}; read bandwidth {', '.join(bw)} GB/s (before, after)"
+        f"dtype={result['dtype']} threads={result['threads']} "
+        f"load at start={m['loadavg_at_start']} end={m.get('loadavg_at_end')}; "
+        f"read bandwidth {', '.join(bw)} GB/s (before, after)"
     )
     vllm = result["vllm"]
     label = "NOT from this run (benchmarks.md)" if vllm.get("not_from_this_run") else "this run"
