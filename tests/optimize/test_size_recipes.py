@@ -129,3 +129,17 @@ def test_cli_one_line_errors_for_budget_objective_and_price(tmp_path: Path, caps
             run(["optimize", "--out", str(tmp_path / "x"), *args])
         err = capsys.readouterr().err.strip().splitlines()
         assert info.value.code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_the_built_in_plan_skips_what_the_model_cannot_take(tiny_model_dir: Path) -> None:
+    """A user's plan is refused up front (above); the built-in plan, run on any model, skips."""
+    from latlab.model_files import load_causal_lm
+    from latlab.optimize.subject import Setup
+
+    model = load_causal_lm(tiny_model_dir, dtype="float32")  # 2 layers
+    setup = Setup(backend="transformers", model_path=str(tiny_model_dir), tokenizer=None,
+                  model=model)  # fmt: skip
+    assert make_recipe("prune-layers", n=1).why_not(setup) is None
+    reason = make_recipe("prune-layers", n=2).why_not(setup)
+    assert reason is not None and "cannot remove 2 of the model's 2 layers" in reason
+    assert "larger than its teacher" in make_recipe("distill", layers=3).why_not(setup)

@@ -25,7 +25,7 @@ from latlab.environment import environment
 from latlab.errors import ConfigError
 from latlab.metrics import summarize
 from latlab.model_files import load_tokenizer
-from latlab.optimize.lab_plan import LabPlan
+from latlab.optimize.lab_plan import BUILT_IN_PLAN, LabPlan
 from latlab.optimize.lab_workload import LabRequest, build_requests
 from latlab.optimize.noise import Change, compare
 from latlab.optimize.passes import RunResult, make_runner
@@ -542,7 +542,8 @@ def run_lab(
     model_path = resolve_model_path(model if model is not None else plan.model)
     text = read_quality_text(model_path, quality_text)
     recipes = [spec.build() for spec in plan.recipes]
-    check_recipes(recipes, model_path)
+    if plan.source != BUILT_IN_PLAN:  # the built-in plan skips what this model cannot take
+        check_recipes(recipes, model_path)
     env = environment()  # before the run: engines may change process-wide thread settings
     if plan.threads is not None:
         env["torch_threads"] = plan.threads

@@ -125,6 +125,7 @@ DEFAULT_RECIPES: list[dict[str, Any]] = [
     {"name": "prompt-trim", "budget": 32},
     {"name": "torch-compile"},
 ]
+BUILT_IN_PLAN = "built-in default plan"
 DEFAULT_TIME_BUDGET_S = 420.0  # plus the last trial, the default run ends within 10 minutes
 
 _TOP_KEYS = {
@@ -156,7 +157,7 @@ def default_plan() -> LabPlan:
         for r in DEFAULT_RECIPES
     ]
     data = {"recipes": recipes, "threads": 1, "time_budget_s": DEFAULT_TIME_BUDGET_S}
-    return plan_from_dict(data, text="", source="built-in default plan")
+    return plan_from_dict(data, text="", source=BUILT_IN_PLAN)
 
 
 def load_plan(path: str | Path) -> LabPlan:

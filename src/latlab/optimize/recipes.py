@@ -267,6 +267,22 @@ def _decoder_reason(setup: Setup) -> str | None:
     return None
 
 
+def _size_reason(check_model: Callable[[dict[str, Any]], None]) -> Callable[[Setup], str | None]:
+    """why_not for a size recipe: no decoder layer list, or options this model cannot take
+    (the built-in plan skips them; a user's plan is refused up front by ``check_model``)."""
+
+    def why_not(setup: Setup) -> str | None:
+        reason = _decoder_reason(setup)
+        if reason is None:
+            try:
+                check_model(setup.model.config.to_dict())
+            except ConfigError as exc:
+                return str(exc)
+        return reason
+
+    return why_not
+
+
 def _corpus_paths(corpus: str | list[str] | None) -> list[str] | None:
     if corpus is None or isinstance(corpus, list):
         return corpus
@@ -318,7 +334,7 @@ def prune_layers(
         + ("-healed" if heal_spec else ""),
         level="model", backend="transformers", exact=False,
         changes=f"{spec.describe()} removed (scored on calibration text){healing}",
-        changes_model=True, group="size", _why_not=_decoder_reason, _apply=apply,
+        changes_model=True, group="size", _why_not=_size_reason(check_model), _apply=apply,
         setup_cost_s=float(heal_time_s or 0.0), check_model=check_model,
     )  # fmt: skip
 
@@ -359,7 +375,7 @@ def prune_width(
     return Recipe(
         name="prune-width", level="model", backend="transformers", exact=False,
         changes=f"{spec.describe()} removed by activation magnitude (KV groups whole)",
-        changes_model=True, group="size", _why_not=_decoder_reason, _apply=apply,
+        changes_model=True, group="size", _why_not=_size_reason(check_model), _apply=apply,
         setup_cost_s=float(heal_time_s or 0.0), check_model=check_model,
     )  # fmt: skip
 
@@ -401,7 +417,7 @@ def distill(
         backend="transformers", exact=False,
         changes=f"student with {size} ({init} init), trained {steps} steps{budget} on the "
         "teacher's softened logits + next-token loss",
-        changes_model=True, group="size", _why_not=_decoder_reason, _apply=apply,
+        changes_model=True, group="size", _why_not=_size_reason(check_model), _apply=apply,
         setup_cost_s=float(time_budget_s or 0.0), check_model=check_model,
     )  # fmt: skip
 
