@@ -81,6 +81,7 @@ def test_tpot_histogram_and_http_status_counts(url):
     httpx.get(f"{url}/no/such/path/{'x' * 40}")
     text = httpx.get(f"{url}/metrics").text
     assert _value(text, 'latlab:http_requests_total{handler="other",status="4xx"}') == 1
+    assert _value(text, 'latlab:http_requests_total{handler="/metrics",status="2xx"}') >= 1
     assert "x" * 40 not in text  # unknown paths never become label values
 
 

@@ -221,15 +221,17 @@ class RequestTracker:
 def count_http_status(app: Any, counter: Counter) -> Callable[..., Any]:
     """ASGI middleware: counts every HTTP response by path and status class (the 5xx alert).
 
-    Only the routes the app serves are used as labels (anything else is "other"), so a client
-    probing random paths cannot grow the number of series.
+    Only the paths of the app's own routes are used as labels (anything else is "other"), so
+    a client probing random paths cannot grow the number of series.
     """
-    known = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"}
+    known: set[str] = set()
 
     async def middleware(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope.get("type") != "http":
             await app(scope, receive, send)
             return
+        if not known and scope.get("app") is not None:
+            known.update(getattr(r, "path", "") for r in scope["app"].routes)
         path = scope.get("path", "")
         handler = path if path in known else "other"
 
