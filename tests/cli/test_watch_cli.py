@@ -34,10 +34,15 @@ def test_once_holds_exit_0_and_json_lines(stub_url):
     assert "client-side only" in out.stderr
 
 
-def test_once_breached_exit_1(stub_url):
-    out = _watch(stub_url, "--once", "--window", "1s", "--slo-ttft-ms", "1")
+def test_once_breached_exit_1_and_recorded_in_the_run_store(stub_url):
+    out = _watch(stub_url, "--once", "--window", "1s", "--slo-ttft-ms", "1", "--name", "canary")
     assert out.returncode == 1
     assert "BREACH" in out.stderr and "TTFT p99" in out.stderr
+    assert "recorded run" in out.stderr
+    shown = subprocess.run([sys.executable, "-c", _CLI, "runs", "show", "canary"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "(watch)" in shown.stdout and "breach" in shown.stdout
 
 
 def test_unreachable_once_exit_1_and_says_so():

@@ -49,6 +49,22 @@ def test_a_run_round_trips_with_its_records_kept_apart(store):
     assert "chunk_ns" not in raw
 
 
+def test_a_growing_run_gets_levels_appended_with_their_records(store):
+    run_id = store.add_run(kind="watch", result={"kind": "latlab.watch", "headline": "started",
+                                                 "levels": []}, name="w")  # fmt: skip
+    assert store.get(run_id).info.headline == "started"
+    for i in range(2):
+        level = {"label": f"window {i + 1}", "records": [{"ok": True, "n": i}] * (i + 1)}
+        assert store.append_level(run_id, level, headline=f"{i + 1} windows") == i
+    run = store.get(run_id)
+    assert [len(lv["records"]) for lv in run.result["levels"]] == [1, 2]
+    assert run.result["levels"][1]["label"] == "window 2"
+    assert run.info.headline == run.result["headline"] == "2 windows"
+    assert store.list_runs(kind="watch")[0].headline == "2 windows"
+    with pytest.raises(RunNotFoundError, match="no run #99"):
+        store.append_level(99, {"records": []})
+
+
 def test_listing_is_newest_first_and_filters(store):
     ids = [store.add_run(kind="bench", result=bench_result(), tags=[t]) for t in "aab"]
     opt = store.add_run(kind="optimize", result={"kind": "latlab.optimize", "trials": [],

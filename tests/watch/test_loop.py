@@ -8,8 +8,11 @@ import json
 import httpx
 import pytest
 
+from latlab.runs import RunStore
+from latlab.runs.views import watch_windows_table
 from latlab.watch.config import WatchConfig
 from latlab.watch.loop import Watcher, run_watch
+from latlab.watch.sink import StoreSink, watch_document
 
 
 class Capture:
@@ -121,3 +124,27 @@ def latlab_app_url():
 
     with running_server(create_app(FakeEngine(), MODEL, make_params=FakeParams)) as base:
         yield base + "/v1"
+
+
+def test_every_probe_lands_in_the_run_store_one_level_per_window(stub, tmp_path):
+    from rich.console import Console
+
+    config = _config(stub.url, slo_ttft_ms=500, window_s=0.3, duration_s=1.0)
+    store = RunStore.open(tmp_path / "runs.db")
+    recorder = StoreSink(store, document=watch_document(config), flush_s=config.window_s,
+                         name="probe", tags=["prod"])  # fmt: skip
+    view = Capture()
+    result = run_watch(config, view=view, recorder=recorder)
+    with RunStore.open(tmp_path / "runs.db") as again:
+        run = again.find("probe")
+    levels = run.result["levels"]
+    assert run.kind == "watch" and run.info.tags == ["prod"] and len(levels) >= 2
+    assert sum(len(lv["records"]) for lv in levels) == sum(lv["probes"] for lv in levels)
+    assert sum(lv["probes"] for lv in levels) == result.cycles  # one request per cycle
+    assert all(lv["verdict"]["state"] == "ok" and lv["records"][0]["ok"] for lv in levels)
+    assert run.info.headline.startswith(f"{len(levels)} windows, {result.cycles} probes")
+    assert run.info.target == f"{stub.url} (completions)"
+    assert any(f"recorded run {run.id}" in m for m in view.messages)
+    console = Console(width=200, record=True)
+    console.print(watch_windows_table(run.result))
+    assert "window 1" in console.export_text()

@@ -7,6 +7,7 @@ import sys
 import click
 
 from latlab.cli import main
+from latlab.cli.store_options import open_store, record_options
 
 
 @main.command("watch")
@@ -110,6 +111,7 @@ from latlab.cli import main
     help="Append every probe as a JSON line to this file.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per cycle on stdout.")
+@record_options
 def watch_command(url: str, **opts: object) -> int:
     """Probe URL's SLO with a small, paced request mix, as users see it; alert on breaches."""
     from latlab.monitor.durations import parse_duration
@@ -132,9 +134,22 @@ def watch_command(url: str, **opts: object) -> int:
         records_path=opts["records_path"],
         max_backoff_s=parse_duration(opts["max_backoff"], "--max-backoff"),
     )  # type: ignore[arg-type]  # fmt: skip
+    recorder = _recorder(config, opts)
     result = run_watch(config, view=_view(bool(opts["as_json"])), backend=opts["backend"],
-                       vllm_version=opts["vllm_version"])  # fmt: skip
+                       vllm_version=opts["vllm_version"], recorder=recorder)  # fmt: skip
     return result.exit_code
+
+
+def _recorder(config: object, opts: dict) -> object:
+    """The run-store sink (None with --no-store), opened before the first probe."""
+    from latlab.watch.sink import StoreSink, watch_document
+
+    store = open_store(opts["store_path"], opts["no_store"], opts["run_name"], opts["tags"])
+    if store is None:
+        return None
+    return StoreSink(store, document=watch_document(config), flush_s=config.window_s,
+                     name=opts["run_name"], tags=opts["tags"],
+                     command=["latlab", *sys.argv[1:]])  # type: ignore[attr-defined]  # fmt: skip
 
 
 def _view(as_json: bool) -> object:

@@ -256,6 +256,34 @@ class RunStore:
             )
         return run_id
 
+    def append_level(
+        self, run_id: int, level: dict[str, Any], *, headline: str | None = None
+    ) -> int:
+        """Add one level (its ``records`` stored apart) to a recorded run that grows while it
+        runs (a watch); returns the level's index. One transaction: a reader sees the level
+        with its records or not at all."""
+        records = list(level.get("records") or ())
+        slim = {k: v for k, v in level.items() if k != "records"}
+        with self._using(write=True) as conn:
+            row = conn.execute("SELECT result FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run #{run_id} in {self.path} to add a level to")
+            result = json.loads(row[0])
+            levels = result.setdefault("levels", [])
+            levels.append(slim)
+            if headline is not None:
+                result["headline"] = headline
+            conn.execute(
+                "UPDATE runs SET result = ?, headline = coalesce(?, headline) WHERE id = ?",
+                (json.dumps(result, separators=(",", ":")), headline, run_id),
+            )
+            if records:
+                conn.execute(
+                    "INSERT INTO records (run_id, level, count, encoding, data) VALUES (?,?,?,?,?)",
+                    (run_id, len(levels) - 1, len(records), _RECORDS_ENCODING, _encode(records)),
+                )
+        return len(levels) - 1
+
     # ------------------------------------------------------------------ reading
     _INFO_COLUMNS = (
         "id, kind, name, created_utc, recorded_utc, target, headline, source_path, command, "

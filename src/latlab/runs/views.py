@@ -107,6 +107,34 @@ def optimize_trials_table(result: dict[str, Any]) -> Any:
     return t
 
 
+def watch_windows_table(result: dict[str, Any]) -> Any:
+    """A watch run: one row per window of probes, with the SLO verdict it ended on."""
+    from rich.table import Table
+
+    q = f"p{(result.get('config') or {}).get('percentile', 99.0):g}"
+    t = Table(title="windows", title_justify="left")
+    for c in ("window", "from (UTC)", "to", "probes", "failed", "TTFT p50", f"TTFT {q}",
+              f"TPOT {q}", "SLO", "reasons"):  # fmt: skip
+        t.add_column(c, justify="left" if c in ("window", "SLO", "reasons") else "right")
+    for lv in result.get("levels") or ():
+        verdict = lv.get("verdict") or {}
+        client = verdict.get("client_ms") or {}
+        t.add_row(
+            lv.get("label", ""),
+            _when(lv.get("started_utc", "")),
+            _when(lv.get("ended_utc", ""))[11:],
+            str(lv.get("probes", "-")),
+            str(lv.get("failed", "-")),
+            _f((client.get("ttft") or {}).get("p50")),
+            _f((client.get("ttft") or {}).get(q)),
+            _f((client.get("tpot") or {}).get(q), 2),
+            verdict.get("state", "-"),
+            "; ".join(verdict.get("reasons") or ()),
+        )
+    t.caption = "ms, client side, over the SLO window that ended with each row's probes"
+    return t
+
+
 def _provenance_lines(run: Run) -> list[str]:
     info, result = run.info, run.result
     env = result.get("environment") or {}
@@ -144,4 +172,6 @@ def show(run: Run) -> list[Any]:
         out.append(bench_levels_table(run.result))
     elif run.kind == "optimize":
         out.append(optimize_trials_table(run.result))
+    elif run.kind == "watch":
+        out.append(watch_windows_table(run.result))
     return out

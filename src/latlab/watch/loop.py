@@ -20,7 +20,7 @@ from latlab.watch.exporter import WatchMetrics
 from latlab.watch.notify import Notifier
 from latlab.watch.probe import Prober, unreachable
 from latlab.watch.server import ServerView, metrics_url
-from latlab.watch.sink import JsonlSink
+from latlab.watch.sink import JsonlSink, StoreSink
 from latlab.watch.view import LineView, Snapshot
 from latlab.watch.window import ProbeWindow, Verdict
 
@@ -50,6 +50,7 @@ class Watcher:
         backend: str | None = None,
         vllm_version: str | None = None,
         prober: Prober | None = None,
+        recorder: StoreSink | None = None,
     ) -> None:
         self.config = config
         self.view = view or LineView()
@@ -68,11 +69,13 @@ class Watcher:
         )
         self.notifier = Notifier(config.on_breach, config.webhook, log=self.view.message)
         self.sink = JsonlSink(config.records_path) if config.records_path else None
+        self.recorder = recorder
         self.metrics_url: str | None = None
         self._stop = asyncio.Event()
         self._state = "no_data"
         self._failures = 0
         self._server_note: str | None = None
+        self._last_verdict = Verdict(state="no_data")
 
     def stop(self) -> None:
         self._stop.set()
@@ -106,9 +109,11 @@ class Watcher:
         c = self.config
         records = await self.prober.cycle()
         reachable = not unreachable(records)
-        self._record(records, cycle)
+        stamp = time.time()  # the window ends at this cycle's probes, not after the server poll
+        self._record(records, cycle, stamp)
         await asyncio.to_thread(self.server.poll)
-        verdict, figures = self.window.evaluate(), self.server.figures(c.percentile)
+        verdict, figures = self.window.evaluate(now=stamp), self.server.figures(c.percentile)
+        self._keep(records, cycle, verdict)
         self.metrics.publish(verdict, figures, reachable)
         self._notify(verdict)
         self._failures = 0 if reachable else self._failures + 1
@@ -130,17 +135,28 @@ class Watcher:
         )
         return verdict, wait_s
 
-    def _record(self, records: list[RequestRecord], cycle: int) -> None:
+    def _record(self, records: list[RequestRecord], cycle: int, stamp: float) -> None:
         cached = [r.cached_tokens for r in records if r.cached_tokens]
         if cached:
             self.view.message(f"a probe was served {max(cached)} prompt tokens from the server's "
                               "cache although its prompt started with a new tag: its TTFT is "
                               "optimistic (is a response cache in front?)")  # fmt: skip
-        self.window.add(records)
+        self.window.add(records, now=stamp)
         model = self.prober.target.model
         self.metrics.observe(records, model)
         if self.sink is not None:
             self.sink.write(records, cycle=cycle, target=self.target, model=model)
+
+    def _keep(self, records: list[RequestRecord], cycle: int, verdict: Verdict) -> None:
+        """Into the run store, with the verdict of the window they closed."""
+        if self.recorder is None:
+            return
+        self._last_verdict = verdict
+        self.recorder.add(records, cycle=cycle, verdict=verdict)
+        if self.recorder.error:
+            self.view.message(self.recorder.error)
+            self.recorder.close(verdict)
+            self.recorder = None
 
     def _backoff_s(self) -> float:
         c = self.config
@@ -189,6 +205,13 @@ class Watcher:
         self.metrics.close()
         if self.sink is not None:
             self.sink.close()
+        if self.recorder is not None:
+            self.recorder.close(self._last_verdict)
+            if self.recorder.run_id is not None:
+                self.view.message(
+                    f"recorded run {self.recorder.run_id} in {self.recorder.store.path} "
+                    f"(latlab runs show {self.recorder.run_id})"
+                )
 
 
 def _s(ms: float | None) -> float | None:
