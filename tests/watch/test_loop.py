@@ -129,22 +129,26 @@ def latlab_app_url():
 def test_every_probe_lands_in_the_run_store_one_level_per_window(stub, tmp_path):
     from rich.console import Console
 
-    config = _config(stub.url, slo_ttft_ms=500, window_s=0.3, duration_s=1.0)
+    def stop_after_three(s):
+        if s.cycle == 3:
+            watcher.stop()
+
+    config = _config(stub.url, slo_ttft_ms=5000)
     store = RunStore.open(tmp_path / "runs.db")
-    recorder = StoreSink(store, document=watch_document(config), flush_s=config.window_s,
+    recorder = StoreSink(store, document=watch_document(config), flush_s=0.0,  # a level a cycle
                          name="probe", tags=["prod"])  # fmt: skip
-    view = Capture()
-    result = run_watch(config, view=view, recorder=recorder)
+    view = Capture(stop_after_three)
+    watcher = Watcher(config, view=view, recorder=recorder)
+    result = asyncio.run(watcher.run())
     with RunStore.open(tmp_path / "runs.db") as again:
         run = again.find("probe")
     levels = run.result["levels"]
-    assert run.kind == "watch" and run.info.tags == ["prod"] and len(levels) >= 2
-    assert sum(len(lv["records"]) for lv in levels) == sum(lv["probes"] for lv in levels)
-    assert sum(lv["probes"] for lv in levels) == result.cycles  # one request per cycle
+    assert run.kind == "watch" and run.info.tags == ["prod"] and len(levels) == result.cycles == 3
+    assert [len(lv["records"]) for lv in levels] == [lv["probes"] for lv in levels] == [1, 1, 1]
     assert all(lv["verdict"]["state"] == "ok" and lv["records"][0]["ok"] for lv in levels)
-    assert run.info.headline.startswith(f"{len(levels)} windows, {result.cycles} probes")
+    assert run.info.headline.startswith("3 windows, 3 probes")
     assert run.info.target == f"{stub.url} (completions)"
     assert any(f"recorded run {run.id}" in m for m in view.messages)
     console = Console(width=200, record=True)
     console.print(watch_windows_table(run.result))
-    assert "window 1" in console.export_text()
+    assert "window 3" in console.export_text()
