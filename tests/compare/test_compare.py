@@ -8,9 +8,11 @@ import subprocess
 import sys
 
 import pytest
+from rich.console import Console
 
 from latlab.bench import BenchConfig, OpenAITarget, run_bench
 from latlab.compare import compare_runs, parse_figures
+from latlab.compare.views import comparison_table
 from latlab.errors import ConfigError
 from latlab.runs import Run, RunInfo, RunStore
 from latlab.testing import stub_process
@@ -69,6 +71,9 @@ def test_a_p99_of_few_requests_gets_no_verdict(runs):
     cmp = compare_runs(runs["base"], runs["slow"], parse_figures("ttft_p99"))
     assert verdicts(cmp) == {"ttft_p99": "too few requests"}
     assert "measure >= 500 requests" in cmp.rows[0].diff.note
+    console = Console(width=160, record=True)
+    console.print(comparison_table(cmp))  # the verdict has no colour: no empty markup tag
+    assert "too few requests" in console.export_text()
 
 
 def test_provenance_diff_names_what_changed(runs):

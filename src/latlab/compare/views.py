@@ -26,8 +26,9 @@ def _cells(row: Row) -> list[str]:
     if row.a:
         lo, hi = 100 * d.low / row.a, 100 * d.high / row.a
         change = f"{row.change_pct:+.1f}% [{lo:+.1f}, {hi:+.1f}]"
-    colour = _COLOURS.get(row.verdict, "")
-    verdict = f"[{colour}]{row.verdict}[/]" + (" [bold red]REGRESSION[/]" if row.regression else "")
+    colour = _COLOURS.get(row.verdict)
+    verdict = f"[{colour}]{row.verdict}[/]" if colour else row.verdict
+    verdict += " [bold red]REGRESSION[/]" if row.regression else ""
     return [
         row.level,
         f"{f.label} ({f.unit})",
