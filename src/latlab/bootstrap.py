@@ -271,6 +271,18 @@ def _from_replicates(
     )
 
 
+def _point(theta: float, confidence: float) -> Interval:
+    """No interval: too few values to resample."""
+    return Interval(
+        estimate=theta,
+        low=theta,
+        high=theta,
+        confidence=confidence,
+        method="none",
+        note="fewer than 2 values",
+    )
+
+
 def tail_note(sample: Sample, stat: Statistic) -> str:
     if stat.kind != "percentile":
         return ""
@@ -299,14 +311,7 @@ def interval(
     """The estimate of ``stat`` with its bootstrap interval."""
     theta = estimate(sample, stat)
     if sample.n < 2:
-        return Interval(
-            estimate=theta,
-            low=theta,
-            high=theta,
-            confidence=confidence,
-            method="none",
-            note="fewer than 2 values",
-        )
+        return _point(theta, confidence)
     rng = random.Random(seed)
     reps = replicates(sample, stat, replicate_count(sample, stat, resamples), rng)
     s2, s3 = _skew_terms(sample, stat, _variance(reps))
@@ -326,14 +331,7 @@ def difference(
     """``stat(b) - stat(a)`` for two independent samples, with its bootstrap interval."""
     theta = estimate(b, stat) - estimate(a, stat)
     if a.n < 2 or b.n < 2:
-        return Interval(
-            estimate=theta,
-            low=theta,
-            high=theta,
-            confidence=confidence,
-            method="none",
-            note="fewer than 2 values",
-        )
+        return _point(theta, confidence)
     rng = random.Random(seed)
     count = min(replicate_count(a, stat, resamples), replicate_count(b, stat, resamples))
     reps_a = replicates(a, stat, count, rng)

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from latlab.cli import main
-from latlab.cli.store_options import open_existing_store, store_option
+from latlab.cli.store_options import resolve_runs, store_option
 from latlab.errors import ConfigError
 
 
@@ -77,16 +77,10 @@ def compare(
     """Is run B faster or slower than run A, beyond noise? A and B are ids, names or JSON files."""
     from latlab.compare import compare_runs, parse_figures
     from latlab.compare.views import comparison_table, notes
-    from latlab.runs import resolve
 
     figures = parse_figures(metrics)
     limit = parse_percent(fail_on)
-    store = open_existing_store(store_path)
-    try:
-        run_a, run_b = resolve(a, store), resolve(b, store)
-    finally:
-        if store is not None:
-            store.close()
+    run_a, run_b = resolve_runs([a, b], store_path)
     cmp = compare_runs(
         run_a,
         run_b,

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from latlab.cli import main
-from latlab.cli.store_options import open_existing_store, store_option
+from latlab.cli.store_options import resolve_runs, store_option
 
 
 @main.command("report")
@@ -45,14 +45,8 @@ def report(
 ) -> None:
     """Draw runs (ids, names or JSON files) as one self-contained report; several overlay."""
     from latlab.report import write_report
-    from latlab.runs import resolve
 
-    store = open_existing_store(store_path)
-    try:
-        runs = [resolve(ref, store) for ref in refs]
-    finally:
-        if store is not None:
-            store.close()
+    runs = resolve_runs(refs, store_path)
     out = Path(out_path or ("report.md" if fmt == "md" else "report.html"))
     written = write_report(runs, out, fmt, timeline_level)
     click.echo(

@@ -8,7 +8,12 @@ from typing import Any
 import click
 
 from latlab.cli import main
-from latlab.cli.store_options import default_store_path, open_existing_store, store_option
+from latlab.cli.store_options import (
+    default_store_path,
+    open_existing_store,
+    resolve_runs,
+    store_option,
+)
 
 
 def _console() -> Any:
@@ -79,16 +84,10 @@ def runs(
 @click.pass_context
 def show(ctx: click.Context, ref: str, as_json: bool, records: bool) -> None:
     """Print one run: REF is an id, a name (its newest run) or a result JSON file."""
-    from latlab.runs import resolve
     from latlab.runs.store import split_records
     from latlab.runs.views import show as show_run
 
-    store = open_existing_store((ctx.obj or {}).get("store_path"))
-    try:
-        run = resolve(ref, store, records=as_json and records)
-    finally:
-        if store is not None:
-            store.close()
+    (run,) = resolve_runs([ref], (ctx.obj or {}).get("store_path"), records=as_json and records)
     if as_json:
         result = run.result if records else split_records(run.result)[0]
         click.echo(json.dumps({"run": run.info.to_dict(), "result": result}, indent=2))

@@ -89,6 +89,18 @@ def open_existing_store(store_path: str | None) -> Any:
     return RunStore.open(path)
 
 
+def resolve_runs(refs: Sequence[str], store_path: str | None, *, records: bool = True) -> list:
+    """The runs ``refs`` name (ids, names or JSON files), looked up in the store if there is one."""
+    from latlab.runs import resolve
+
+    store = open_existing_store(store_path)
+    try:
+        return [resolve(ref, store, records=records) for ref in refs]
+    finally:
+        if store is not None:
+            store.close()
+
+
 def _fallback_path(store: Any, kind: str) -> Path:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     for folder in (Path(store.path).parent, Path.cwd()):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from latlab.report.sections import Plot, Section, Table
-from latlab.report.svg import Chart, RefLine, Series, colour, dash
+from latlab.report.svg import Chart, RefLine, Series, colour, dash, load_axis
 from latlab.runs.store import Run
 
 _NAMES = {"ttft": "TTFT", "tpot": "TPOT", "e2e": "E2E"}
@@ -23,15 +23,12 @@ def frontier_section(run: Run) -> Section | None:
     probes = sorted(cap["probes"], key=lambda p: p["value"])
     q = f"p{cap['percentile']:g}"
     xs = [float(p["value"]) for p in probes]
-    log_x = xs[0] > 0 and xs[-1] / xs[0] >= 8
     unit = "concurrent users" if cap["variable"] == "concurrency" else "requests/s"
     chart = Chart(
         title=f"Capacity frontier ({run.label}): {q} against load",
         x_label=unit,
         y_label=f"{q} (ms)",
-        log_x=log_x,
-        x_ticks=xs if log_x else None,
-        x_tick_labels=[f"{x:g}" for x in xs] if log_x else None,
+        **load_axis(xs),  # type: ignore[arg-type]
     )
     for i, (figure, limit) in enumerate(cap["objectives_ms"].items()):
         name = _NAMES.get(figure, figure)

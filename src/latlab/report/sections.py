@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from latlab.metrics import percentile
 from latlab.report.levels import LATENCY_FIGURES, LevelView, slo_of
-from latlab.report.svg import Chart, RefLine, Series, colour, dash
+from latlab.report.svg import Chart, RefLine, Series, colour, dash, load_axis
 from latlab.runs.store import Run
 
 # Quantile grid a CDF is drawn on: fine in the tail, where latency stories are told.
@@ -118,7 +118,6 @@ def load_section(runs: Sequence[Run], views: list[list[LevelView]]) -> Section |
     kind, xs = _load_axis(views)
     if not xs:
         return None
-    log_x = len(xs) > 2 and xs[0] > 0 and xs[-1] / xs[0] >= 8
     unit = "requests/s" if kind == "rate" else "concurrent users"
     section = Section(
         title=f"Latency against load ({kind})",
@@ -129,13 +128,8 @@ def load_section(runs: Sequence[Run], views: list[list[LevelView]]) -> Section |
     for key in ("ttft", "tpot", "e2e"):
         name = LATENCY_FIGURES[key]
         chart = Chart(
-            title=f"{name} against load",
-            x_label=unit,
-            y_label=f"{name} (ms)",
-            log_x=log_x,
-            x_ticks=xs if log_x else None,
-            x_tick_labels=[f"{x:g}" for x in xs] if log_x else None,
-        )
+            title=f"{name} against load", x_label=unit, y_label=f"{name} (ms)", **load_axis(xs)
+        )  # type: ignore[arg-type]
         rows = []
         for i, (run, vs) in enumerate(zip(runs, views, strict=True)):
             points = [

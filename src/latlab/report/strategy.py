@@ -12,6 +12,7 @@ from latlab.report.svg import Chart, Series, colour
 from latlab.runs.store import Run
 
 _FIGURE_NAMES = {"ttft": "TTFT", "itl": "ITL", "throughput": "throughput", "memory": "memory"}
+_CLIP_PCT = 150.0  # bars are cut here so a +1,500% trial does not flatten every other bar
 _VERDICT_COLOURS = {"adopt": "#009E73", "reject": "#D55E00", "skip": "#888888", "failed": "#C00000"}
 
 
@@ -41,7 +42,7 @@ def _bar_cell(d: dict[str, Any], scale: float) -> str:
         return "<td>-</td>"
     fill = "#009E73" if d.get("improved") else "#D55E00" if d.get("worsened") else "#AAAAAA"
     half = 60
-    length = min(half, abs(pct) / scale * half) if scale else 0
+    length = min(half, abs(pct) / scale * half) if scale else 0  # cut at the scale
     x = half if pct >= 0 else half - length
     mark = "*" if d.get("significant") else ""
     return (
@@ -53,8 +54,11 @@ def _bar_cell(d: dict[str, Any], scale: float) -> str:
 
 
 def _html_table(trials: list[dict[str, Any]], figures: list[str]) -> str:
-    scale = max(
-        (abs(_change(t, f).get("change_pct") or 0) for t in trials for f in figures), default=0.0
+    scale = min(
+        _CLIP_PCT,
+        max(
+            (abs(_change(t, f).get("change_pct") or 0) for t in trials for f in figures), default=0
+        ),
     )
     head = "".join(f"<th>{escape(_FIGURE_NAMES.get(f, f))}</th>" for f in figures)
     rows = []
@@ -84,7 +88,7 @@ def strategy_section(run: Run) -> Section:
     ]
     chart = Chart(
         title=f"Change against the baseline per recipe ({run.label})",
-        x_label="recipe (in the order tried)",
+        x_label=f"recipe (in the order tried; bars cut at +-{_CLIP_PCT:g}%, the table has all)",
         y_label="% change",
         y_min=None,
         height=320,
@@ -92,7 +96,7 @@ def strategy_section(run: Run) -> Section:
     width = 0.8 / max(1, len(figures))
     for j, f in enumerate(figures):
         pts = [
-            (float(i), _change(t, f)["change_pct"])
+            (float(i), max(-_CLIP_PCT, min(_CLIP_PCT, _change(t, f)["change_pct"])))
             for i, t in enumerate(measured)
             if _change(t, f).get("change_pct") is not None
         ]

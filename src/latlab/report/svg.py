@@ -66,6 +66,15 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
         value += step
 
 
+def load_axis(xs: Sequence[float]) -> dict[str, object]:
+    """Chart keywords for an x axis of load levels: log2 with a tick per level when they span
+    8x or more (1, 4, 16, 64), else linear."""
+    log_x = len(xs) > 1 and xs[0] > 0 and xs[-1] / xs[0] >= 8
+    if not log_x:
+        return {"log_x": False}
+    return {"log_x": True, "x_ticks": list(xs), "x_tick_labels": [f"{x:g}" for x in xs]}
+
+
 def fmt_tick(value: float) -> str:
     if value == 0:
         return "0"

@@ -226,15 +226,14 @@ class HeadlessChromium:
             events = list(self._events[since:])
         return _page_load(url, wall_ms, timing, events)
 
-    def screenshot(self, path: Path, *, full_page: bool = True) -> Path:
-        params: dict[str, Any] = {"format": "png", "captureBeyondViewport": full_page}
-        if full_page:
-            size = self.evaluate(
-                "[document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
-            )
-            params["clip"] = {"x": 0, "y": 0, "width": size[0], "height": size[1], "scale": 1}
-        data = self._call("Page.captureScreenshot", params)["data"]
-        path.write_bytes(base64.b64decode(data))
+    def screenshot(self, path: Path, *, top: int = 0, height: int | None = None) -> Path:
+        """A PNG of the page from ``top`` down ``height`` CSS pixels (None: to its end)."""
+        width, full = self.evaluate(
+            "[document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
+        )
+        clip = {"x": 0, "y": top, "width": width, "height": height or full - top, "scale": 1}
+        params = {"format": "png", "captureBeyondViewport": True, "clip": clip}
+        path.write_bytes(base64.b64decode(self._call("Page.captureScreenshot", params)["data"]))
         return path
 
 
