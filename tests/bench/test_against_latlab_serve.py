@@ -54,6 +54,9 @@ def test_a_sweep_and_a_second_run_with_the_default_seed_miss_the_prefix_cache(se
     levels = [lv for run in runs for lv in run.levels]
     assert all(lv.summary.cache.requests == 6 for lv in levels)
     assert _cache_share(levels) < 0.02
+    # a load measured again (--repeats, a capacity probe re-measured) sends new prompts too
+    repeated = BenchConfig(**{**config.to_dict(), "concurrency": [2], "repeats": 3})
+    assert _cache_share(run_bench(repeated, OpenAITarget(base), False).levels) < 0.02
     unsalted = BenchConfig(**{**config.to_dict(), "salt": ""})
     again = [run_bench(unsalted, OpenAITarget(base), False) for _ in range(2)]
     assert _cache_share([lv for run in again for lv in run.levels]) > 0.5

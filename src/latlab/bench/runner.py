@@ -180,6 +180,8 @@ class Runner:
     open_offsets: list[float] | None = None
     open_ids: list[int] | None = None
     open_t0_ns: int | None = None
+    # How often each load was measured (shared by a worker's runners): see ``_ids``.
+    level_ids: dict[str, int] = field(default_factory=dict)
     _ttfts: list[float] = field(default_factory=list)
     _unfinished: list[tuple[Any, RequestRecord]] = field(default_factory=list)
     _in_flight: int = 0
@@ -346,6 +348,14 @@ class Runner:
             stop_wait.cancel()
 
     # ---------------------------------------------------------------- levels
+    def _ids(self, base: str) -> str:
+        """Request-id prefix of a level: ``c4``, then ``c4.1``, ``c4.2`` when the same load is
+        measured again (--repeats, a capacity probe re-measured), so every request carries its
+        own salt tag and no prefix cache serves a repeat its earlier prompts."""
+        n = self.level_ids.get(base, 0)
+        self.level_ids[base] = n + 1
+        return base if n == 0 else f"{base}.{n}"
+
     async def warmup(self, count: int, users: int) -> int:
         if count <= 0:
             return 0
@@ -368,10 +378,10 @@ class Runner:
         monitor.start()
         t_start = time.perf_counter_ns()
         if "rate" in load:
-            records = await self._open(float(load["rate"]), f"r{load['rate']}")
+            records = await self._open(float(load["rate"]), self._ids(f"r{load['rate']}"))
         else:
             c = int(load["concurrency"])
-            records = await self._closed(c, f"c{c}", self.num_requests, warmup=False)
+            records = await self._closed(c, self._ids(f"c{c}"), self.num_requests, warmup=False)
         await monitor.load_done()
         gc.unfreeze()
         self._finish_deferred()

@@ -97,6 +97,7 @@ async def _serve(conns: tuple[Any, Any], wid: int, st: WorkerSettings, target: A
 
     loop.add_reader(conn.fileno(), readable)
     out.send(("ready", wid))
+    level_ids: dict[str, int] = {}  # a load measured again gets new request ids (its salts)
     try:
         while True:
             msg = await inbox.get()
@@ -106,7 +107,8 @@ async def _serve(conns: tuple[Any, Any], wid: int, st: WorkerSettings, target: A
             runner = Runner(target, st.requests, st.opts, num_requests=num_requests,
                             duration_s=st.duration_s, slo=st.slo, burstiness=st.burstiness,
                             seed=st.seed, drain_s=st.drain_s, index_base=index_base, salt=st.salt,
-                            id_prefix=f"w{wid}-", progress=_PipeProgress(out, wid))  # fmt: skip
+                            id_prefix=f"w{wid}-", progress=_PipeProgress(out, wid),
+                            level_ids=level_ids)  # fmt: skip
             if shard is not None:
                 runner.open_offsets, runner.open_ids, runner.open_t0_ns = shard
             current[:] = [runner]
