@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ def create_app(
     app.add_middleware(Guard, config=guard, drain=drain)
     # Outermost, so the guard's refusals (401, 413, 503 while draining) are counted too.
     app.add_middleware(count_http_status, counter=server.metrics.http)  # type: ignore[arg-type]
+    app.add_middleware(_StampArrival)  # added last: runs first, before the body is read
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -363,7 +365,7 @@ class _Server:
     # ---- running ----------------------------------------------------------------------------
 
     async def run(self, job: _Job, request: Request) -> Response:
-        tracker = self.metrics.tracker()
+        tracker = self.metrics.tracker(request.scope.get("state", {}).get(ARRIVAL_KEY))
         with _engine_errors(self.drain):
             outputs = self.engine.generate(job.prompt_ids, job.params, request_id=job.rid)
         try:
@@ -523,6 +525,25 @@ async def _close(outputs: Any) -> None:
         return
     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
         await aclose()
+
+
+ARRIVAL_KEY = "latlab.arrival_ns"
+
+
+class _StampArrival:
+    """Stamps each HTTP request the moment the app receives it (``perf_counter_ns``).
+
+    The server's TTFT and E2E start here, as a client's do when it sends: reading the body,
+    validation, tokenization and waiting for the engine's next step are all the server's time.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})[ARRIVAL_KEY] = time.perf_counter_ns()
+        await self.app(scope, receive, send)
 
 
 class _ClosingStreamingResponse(StreamingResponse):
