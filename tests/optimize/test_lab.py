@@ -218,11 +218,14 @@ def test_end_to_end_cli_writes_table_record_and_json(tiny_model_dir, heldout_fil
         "## Environment",
         "## What was tried, in order",
         "## Adopted",
+        "## Verdict",
         "## Strategy table",
         "## Reproduce",
     ):
         assert heading in record
     assert f"--plan {out / 'plan.toml'}" in record
+    said = [x[len("verdict: ") :] for x in result.output.splitlines() if x.startswith("verdict: ")]
+    assert said and all(f"- **{line}**" in record for line in said)  # one source of truth
     data = json.loads((out / "result.json").read_text())
     assert data["kind"] == "latlab.optimize" and data["schema_version"] == 1
     assert [t["name"] for t in data["trials"]][:3] == ["response-cache", "tf32", "max-num-seqs-1"]
@@ -290,7 +293,7 @@ def test_when_adopted_recipes_fail_together_the_lab_builds_the_set_up():
     names = [r.name for r in recipes]
     trials = [Trial(r.name, r.level, r.backend, r.changes, r.exact) for r in recipes]
     for t in trials:
-        t.verdict = "adopt"
+        t.verdict, t.reason = "adopt", "faster"
     tried: list[list[str]] = []
 
     def fake_try(trial, chosen):  # prompt-trim and cpu-threads conflict
@@ -312,10 +315,18 @@ def test_when_adopted_recipes_fail_together_the_lab_builds_the_set_up():
         ]
     )
     assert [t.verdict for t in out] == ["reject", "adopt", "reject", "adopt"]
-    from latlab.optimize.report import _together_advice
+    from latlab.optimize.report import verdict_lines
 
-    advice = _together_advice(out)
-    assert advice == [
-        f"- **Use together (transformers): {names[0]} + {names[1]} + {names[3]}** "
-        "(the largest combination that held up)"
+    result = SimpleNamespace(adopted=trials, trials=[*trials, *out])
+    assert verdict_lines(result) == [
+        f"use together (transformers): {names[0]} + {names[1]} + {names[3]} (faster; quality: -)"
+    ]
+    for t in out:  # no combination held up: each adopted recipe alone, never "adopted: all"
+        t.verdict = "reject"
+    (line,) = verdict_lines(result)
+    assert line.startswith("no combination held up (transformers): adopt one of these alone")
+    assert all(f"{n} (faster; quality: -)" in line for n in names)
+    result = SimpleNamespace(adopted=[], trials=out)
+    assert verdict_lines(result) == [
+        "nothing: no recipe beat the noise without hurting quality or another figure"
     ]

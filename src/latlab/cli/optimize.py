@@ -107,7 +107,13 @@ def optimize(
     """
     from latlab.optimize.lab import run_lab
     from latlab.optimize.lab_plan import default_plan, load_plan
-    from latlab.optimize.report import default_out_dir, strategy_table, to_json, write_report
+    from latlab.optimize.report import (
+        default_out_dir,
+        strategy_table,
+        to_json,
+        verdict_lines,
+        write_report,
+    )
 
     plan = load_plan(plan_path) if plan_path else default_plan()
     if repeats is not None:
@@ -130,8 +136,8 @@ def optimize(
     else:
         click.echo(strategy_table(result.trials, result.plan.price))
         click.echo("")
-        adopted = ", ".join(t.name for t in result.adopted) or "nothing"
-        click.echo(f"adopted: {adopted}")
+        for line in verdict_lines(result):  # the very lines decision.md's verdict holds
+            click.echo(f"verdict: {line}")
     for what, path in paths.items():
         click.echo(f"wrote {what}: {path}", err=True)
     record_run(store, kind="optimize", result=to_json(result), name=store_opts["run_name"],

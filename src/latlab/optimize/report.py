@@ -160,23 +160,33 @@ def plan_toml(plan: LabPlan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _together_advice(combined: list[Any]) -> list[str]:
-    """Per backend: the largest combination that held up, or what to do when none did."""
+def verdict_lines(result: LabResult) -> list[str]:
+    """What to use, decided once: the console and decision.md both print these lines.
+
+    Per backend: the largest combination of adopted recipes that held up together; when
+    none did, each adopted recipe alone with its quality (adopt one, re-run on top of it);
+    a recipe adopted alone with nothing to combine it with stands as it is.
+    """
+    adopted = result.adopted
+    if not adopted:
+        return ["nothing: no recipe beat the noise without hurting quality or another figure"]
+    combined = [t for t in result.trials if t.components]
     lines = []
-    for backend in dict.fromkeys(t.backend for t in combined):
+    for backend in dict.fromkeys(t.backend for t in adopted):
+        alone = [t for t in adopted if t.backend == backend]
         tried = [t for t in combined if t.backend == backend]
         passing = [t for t in tried if t.verdict == "adopt"]
         if passing:
             best = max(passing, key=lambda t: len(t.components))
-            lines.append(
-                f"- **Use together ({backend}): {' + '.join(best.components)}** "
-                "(the largest combination that held up)"
-            )
+            lines.append(f"use together ({backend}): {' + '.join(best.components)} "
+                         f"({best.reason}; quality: {quality_cell(best)})")  # fmt: skip
+            continue
+        each = "; ".join(f"{t.name} ({t.reason}; quality: {quality_cell(t)})" for t in alone)
+        if tried:
+            lines.append(f"no combination held up ({backend}): adopt one of these alone and "
+                         f"re-run the plan on top of it: {each}")  # fmt: skip
         else:
-            lines.append(
-                f"- No combination held up ({backend}): adopt one recipe (the one that moves "
-                "the figure you care about) and re-run the plan on top of it."
-            )
+            lines.append(f"use ({backend}): {each}")
     return lines
 
 
@@ -234,7 +244,7 @@ def decision_record(result: LabResult, out_dir: Path, command: list[str] | None 
         if t.candidate is not None and t.candidate.extra:
             counts = ", ".join(f"{k} {v}" for k, v in t.candidate.extra.items())
             lines.append(f"   (first pass: {counts})")
-    lines += ["", "## Adopted", ""]
+    lines += ["", "## Adopted alone", ""]
     if adopted:
         lines += [_adopted_line(t, price) for t in adopted]
     else:
@@ -246,7 +256,7 @@ def decision_record(result: LabResult, out_dir: Path, command: list[str] | None 
             f"- Together ({t.backend}): {t.name.removeprefix('combined: ')}: "
             f"{t.verdict}: {t.reason}"
         )
-    lines += _together_advice(combined)
+    lines += ["", "## Verdict", "", *(f"- **{line}**" for line in verdict_lines(result))]
     lines += [
         "",
         "## Strategy table",
