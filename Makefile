@@ -12,7 +12,7 @@ services:
 	@bash scripts/setup_services.sh
 
 demo: setup
-	$(BIN)/latlab bench
+	$(BIN)/latlab bench --backend transformers,latlab --concurrency 1,4,16
 
 lint: setup
 	$(BIN)/ruff check .

@@ -187,14 +187,22 @@ def _dtype_kwarg() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
-def _quiet_optional_kernel_warnings() -> None:
-    """Silence import-time noise from torchao, which transformers imports when it is installed.
+def quiet_third_party() -> None:
+    """Silence loading noise that does not concern a latlab user, in every command.
 
-    torchao logs a warning for each CUDA-only kernel library it cannot load on a CPU machine,
-    and its enum registrations make torch log deprecation lines; none of it concerns the user.
+    transformers draws a "Loading weights" progress bar for each model it loads (one line of
+    bar per load in a log file); torchao, which transformers and the int8 recipes import, logs
+    a warning for each CUDA-only kernel library it cannot load on a CPU machine, and its enum
+    registrations make torch log deprecation lines. Errors still show.
     """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for name in ("torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
 
 
 def load_causal_lm(
@@ -210,7 +218,7 @@ def load_causal_lm(
     kwargs: dict[str, Any] = {_dtype_kwarg(): torch_dtype(dtype)}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    _quiet_optional_kernel_warnings()
+    quiet_third_party()
     try:
         from transformers import AutoModelForCausalLM
 

@@ -235,3 +235,29 @@ def test_find_refuses_what_it_cannot_use():
     fixed = latlab("bench", "--url", "http://127.0.0.1:9/v1", "--find", "max-concurrency",
                    "--slo-ttft-ms", "50", "--concurrency", "4")  # fmt: skip
     assert fixed.returncode == 2 and "drop --concurrency" in fixed.stderr
+
+
+@pytest.mark.slow
+def test_two_backends_side_by_side_in_one_table_quietly(tmp_path):
+    """What make demo runs: transformers generate and latlab's engine, one table, no
+    loading bars or torchao warnings in the output."""
+    pytest.importorskip("latlab.engine")
+    out = latlab("bench", "--backend", "transformers,latlab", "--concurrency", "1,2",
+                 "--num-requests", "2", "--input-len", "8", "--output-len", "4",
+                 "--engine-arg", "max_num_seqs=4", "--json", str(tmp_path / "r.json"),
+                 "--csv", str(tmp_path / "r.csv"), timeout=240)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("│")]
+    assert len(rows) == 4
+    assert [r.split()[1] for r in rows] == ["transformers"] * 2 + ["latlab-engine"] * 2
+    assert "Loading weights" not in out.stdout + out.stderr
+    assert "Failed to load" not in out.stderr and "Enum subclass" not in out.stderr
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert d["schema_version"] == "latlab.bench-set/1" and len(d["runs"]) == 2
+    assert d["runs"][1]["target"]["settings"]["max_num_seqs"] == 4
+    assert d["runs"][0]["workload"]["salt"] == d["runs"][1]["workload"]["salt"]
+    levels = {row.split(",")[0] for row in (tmp_path / "r.csv").read_text().splitlines()[1:]}
+    assert levels == {"transformers;concurrency=1", "transformers;concurrency=2",
+                      "latlab-engine;concurrency=1", "latlab-engine;concurrency=2"}  # fmt: skip
+    bad = latlab("bench", "--backend", "transformers,vllm", timeout=60)
+    assert bad.returncode == 2 and "--backend takes transformers, latlab" in bad.stderr

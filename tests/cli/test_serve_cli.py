@@ -156,8 +156,9 @@ def tiny_model(tmp_path_factory) -> str:
 class _Served:
     """A `latlab serve` process started through the real entry point."""
 
-    def __init__(self, model: str, *flags: str, env: dict[str, str] | None = None) -> None:
-        cmd = [sys.executable, "-c", _CLI, "serve", model, "--port", "0", *flags]
+    def __init__(self, model: str | None, *flags: str, env: dict[str, str] | None = None) -> None:
+        named = [model] if model else []  # None: the bundled model, the default
+        cmd = [sys.executable, "-c", _CLI, "serve", *named, "--port", "0", *flags]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
@@ -257,3 +258,48 @@ def test_sigterm_ends_what_outlasts_the_shutdown_timeout_cleanly(tiny_model):
     assert code == 0
     assert "0 of 2 requests in flight finished, 2 ended" in log
     assert "Traceback" not in log and len(log.strip().splitlines()) == 1, log
+
+
+def test_the_default_served_name_is_the_model_path(tmp_path, monkeypatch):
+    """Named by its path (as vLLM names a model), the served model leads tools that load a
+    tokenizer by name to it; a custom name gets the exact flags printed instead."""
+    from latlab.assets import bundled_model_path
+    from latlab.serve.server import default_served_name, tokenizer_hint
+
+    bundled = str(bundled_model_path())
+    assert default_served_name(None) == bundled
+    (tmp_path / "m").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert default_served_name("m") == str((tmp_path / "m").resolve())
+    assert default_served_name("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert tokenizer_hint(bundled, None) is None
+    hint = tokenizer_hint("tiny", None)
+    assert f"vllm bench serve --tokenizer {bundled}" in hint
+    assert f"aiperf --tokenizer {bundled}" in hint and f"guidellm --processor {bundled}" in hint
+
+
+VLLM_PY = "/tmp/vllm-venv/bin/python"
+
+
+@pytest.mark.slow
+def test_vllm_bench_serve_finds_the_tokenizer_of_a_default_latlab_serve(tmp_path):
+    """No --model, no --tokenizer: vllm bench serve takes the model from /v1/models and loads
+    its tokenizer from there (it once retried the Hub for 'tiny-llama' for minutes)."""
+    import os
+    from pathlib import Path
+
+    if not os.access(VLLM_PY, os.X_OK):
+        pytest.skip("vLLM's venv is not installed (benchmarks/anchors/install.sh vllm)")
+    shim = Path(__file__).resolve().parents[2] / "benchmarks" / "anchors" / "vllm_shim.py"
+    with _Served(None, "--max-num-seqs", "4") as served:
+        root = served.base.removesuffix("/v1")
+        out = subprocess.run(
+            [VLLM_PY, str(shim), "bench", "serve", "--base-url", root, "--dataset-name",
+             "random", "--random-input-len", "16", "--random-output-len", "4",
+             "--num-prompts", "2", "--disable-tqdm"],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )  # fmt: skip
+        served.stop()
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Successful requests:                     2" in out.stdout

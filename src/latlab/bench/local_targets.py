@@ -22,7 +22,6 @@ from latlab.errors import (
     CapacityError,
     ConfigError,
     LatlabError,
-    ModelLoadError,
     OverloadedError,
     TargetError,
 )
@@ -231,30 +230,10 @@ def _set_threads(model: Any, num_threads: int | str | None) -> int:
 
 
 def _load_hf(model: str | None, dtype: str, device: str) -> tuple[Any, Any]:
-    try:
-        from latlab import model_files
-    except ImportError:  # the model helper's module has not landed: load directly
-        model_files = None  # type: ignore[assignment]
-    if model_files is not None:
-        return (model_files.load_causal_lm(model, dtype=dtype, device=device),
-                model_files.load_tokenizer(model))  # fmt: skip
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from latlab import model_files
 
-    from latlab.assets import bundled_model_path
-
-    path = str(model or bundled_model_path())
-    try:
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype)).to(device)
-        return lm.eval(), AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load model '{path}': {exc}".splitlines()[0]) from None
-
-
-def _torch_dtype(name: str) -> Any:
-    import torch
-
-    return {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
-            "float16": torch.float16}[name]  # fmt: skip
+    return (model_files.load_causal_lm(model, dtype=dtype, device=device),
+            model_files.load_tokenizer(model))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- callable

@@ -24,6 +24,7 @@ from latlab.bench.runner import LevelResult
 from latlab.environment import environment
 
 SCHEMA_VERSION = "latlab.bench/1"
+SET_SCHEMA_VERSION = "latlab.bench-set/1"  # several targets side by side (--backend a,b)
 CSV_FIELDS = ("level", "request_id", "ok", "error", "prompt_tokens", "prompt_tokens_requested",
               "cached_tokens", "output_tokens", "output_tokens_source", "ttft_ms", "tpot_ms",
               "e2e_ms", "queue_ms", "num_chunks")  # fmt: skip
@@ -70,13 +71,7 @@ class BenchResult:
         Path(path).write_text(json.dumps(self.to_dict(with_records), indent=2) + "\n")
 
     def write_csv(self, path: str | os.PathLike[str]) -> None:
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            for lv in self.levels:
-                label = ";".join(f"{k}={v}" for k, v in lv.load.items())
-                for rec in lv.records:
-                    w.writerow({"level": label, **rec.to_dict()})
+        write_csv_rows([self], path)
 
     def render(self, console: Any | None = None) -> None:
         """Print the results table (rich); one row per load level."""
@@ -112,40 +107,91 @@ def _prompt_cell(s: Any) -> str:
     return f"{pl.measured_mean:,.0f}/{pl.requested_mean:,.0f}"
 
 
-def results_table(result: BenchResult) -> Any:
+def results_table(*results: BenchResult) -> Any:
+    """One row per load level; several results (targets side by side) get a target column."""
     from rich.table import Table
 
-    t = Table(title=f"latlab bench: {result.target.get('name', '')}", title_justify="left")
-    cols = ["load", "ok", "fail", "TTFT p50", "TTFT p99", "ITL p50", "gap p50", "TPOT p50",
-            "E2E p50", "tok/s", "req/s", "goodput"]  # fmt: skip
-    summaries = [lv.summary for lv in result.levels]
+    many = len(results) > 1
+    title = "latlab bench: " + ("; ".join(r.target.get("name", "") for r in results))
+    t = Table(title=title, title_justify="left")
+    cols = ["target"] * many + ["load", "ok", "fail", "TTFT p50", "TTFT p99", "ITL p50"]
+    cols += ["gap p50", "TPOT p50", "E2E p50", "tok/s", "req/s", "goodput"]
+    summaries = [lv.summary for r in results for lv in r.levels]
     show_prompt = any(s.prompt_length is not None for s in summaries)
     show_cache = any(s.cache is not None for s in summaries)
     cols += ["prompt"] * show_prompt + ["cache"] * show_cache + ["client"]
     for c in cols:
-        t.add_column(c, justify="left" if c == "load" else "right", no_wrap=True)
-    for lv in result.levels:
-        s = lv.summary
-        row = [_load(lv), str(s.completed), str(s.failed), _f(s.ttft_ms.p50), _f(s.ttft_ms.p99),
-               _f(s.itl_ms.p50, 2), _f(s.chunk_gap_ms.p50, 2), _f(s.tpot_ms.p50, 2),
-               _f(s.e2e_ms.p50), _f(s.output_tokens_per_s), _f(s.requests_per_s, 2),
-               _f(s.goodput_rps, 2)]  # fmt: skip
-        if show_prompt:
-            row.append(_prompt_cell(s))
-        if show_cache:
-            row.append("-" if s.cache is None else f"{s.cache.hit_rate:.0%}")
-        t.add_row(*row, "BOUND" if lv.client.client_bound else "ok")
-        for label, c in lv.by_gateway_cache.items():  # through latlab gateway: hits apart
-            cells = [f"  gateway {label}", str(c.completed), str(c.failed), _f(c.ttft_ms.p50),
-                     _f(c.ttft_ms.p99), _f(c.itl_ms.p50, 2), _f(c.chunk_gap_ms.p50, 2),
-                     _f(c.tpot_ms.p50, 2), _f(c.e2e_ms.p50), "", "", ""]  # fmt: skip
-            t.add_row(*cells, *[""] * (len(row) - len(cells)), "")
+        t.add_column(c, justify="left" if c in ("target", "load") else "right", no_wrap=True)
+    for result in results:
+        label = [_short_name(result)] * many
+        for lv in result.levels:
+            t.add_row(*label, *_row(lv, show_prompt, show_cache))
     t.caption = ("ms; ITL = per token; gap = between chunks (vLLM's 'ITL'); "
                  "TPOT = (E2E-TTFT)/(tokens-1) (aiperf's 'ITL')")  # fmt: skip
-    if show_prompt or show_cache:
-        t.caption += ("; prompt = tokens the target counted (/requested when they differ); "
-                      "cache = prompt tokens served from the server's prefix cache")  # fmt: skip
+    if show_prompt:
+        t.caption += "; prompt = tokens the target counted (/requested when they differ)"
+    if show_cache:
+        t.caption += "; cache = prompt tokens served from the prefix cache"
     return t
+
+
+def _short_name(result: BenchResult) -> str:
+    """``transformers`` / ``latlab-engine``: a target's kind, for a comparison's rows."""
+    return str(result.target.get("name", "")).split(":", 1)[0]
+
+
+def _row(lv: LevelResult, show_prompt: bool, show_cache: bool) -> list[str]:
+    s = lv.summary
+    row = [_load(lv), str(s.completed), str(s.failed), _f(s.ttft_ms.p50), _f(s.ttft_ms.p99),
+           _f(s.itl_ms.p50, 2), _f(s.chunk_gap_ms.p50, 2), _f(s.tpot_ms.p50, 2), _f(s.e2e_ms.p50),
+           _f(s.output_tokens_per_s), _f(s.requests_per_s, 2), _f(s.goodput_rps, 2)]  # fmt: skip
+    if show_prompt:
+        row.append(_prompt_cell(s))
+    if show_cache:
+        row.append("-" if s.cache is None else f"{s.cache.hit_rate:.0%}")
+    return [*row, "BOUND" if lv.client.client_bound else "ok"]
+
+
+def write_csv_rows(results: list[BenchResult], path: str | os.PathLike[str]) -> None:
+    """One row per request; with several targets the level says whose it was."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for result in results:
+            who = f"{_short_name(result)};" if len(results) > 1 else ""
+            for lv in result.levels:
+                label = who + ";".join(f"{k}={v}" for k, v in lv.load.items())
+                for rec in lv.records:
+                    w.writerow({"level": label, **rec.to_dict()})
+
+
+def render_all(results: list[BenchResult], console: Any | None = None) -> None:
+    """Several results as one table (targets side by side), then each one's notes."""
+    if len(results) == 1:
+        results[0].render(console)
+        return
+    from rich.console import Console
+
+    console = console or Console(width=None if sys.stdout.isatty() else 170)
+    console.print(results_table(*results))
+    each = [notes(result) for result in results]
+    for line in each[0]:  # what every target's notes say, once
+        if all(line in other for other in each[1:]):
+            console.print(line)
+    for result, lines in zip(results, each, strict=True):
+        for line in lines:
+            if not all(line in other for other in each):
+                console.print(f"{_short_name(result)}: {line}")
+
+
+def write_all_json(results: list[BenchResult], path: str | os.PathLike[str]) -> None:
+    """One result as ``latlab.bench/1``; several as ``{"schema_version":
+    "latlab.bench-set/1", "runs": [each result]}``."""
+    if len(results) == 1:
+        results[0].write_json(path)
+        return
+    data = {"schema_version": SET_SCHEMA_VERSION, "runs": [r.to_dict() for r in results]}
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
 def notes(result: BenchResult) -> list[str]:

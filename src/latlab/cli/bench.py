@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -129,10 +130,10 @@ def _tokenizer(name: str) -> Any:
 )
 @click.option(
     "--backend",
-    type=click.Choice(["transformers", "latlab"]),
     default=DEFAULT_BACKEND,
     show_default=True,
-    help="In-process engine when neither --url nor --callable.",
+    help="In-process engine when neither --url nor --callable: transformers, latlab, or "
+    "transformers,latlab (both, one table side by side).",
 )
 @click.option("--concurrency", metavar="LIST", help="Closed loop users per level, e.g. 1,4,16.")
 @click.option("--rate", metavar="LIST", help="Open loop requests/s per level, e.g. 1,2,4 or inf.")
@@ -294,7 +295,11 @@ def bench(**opts: Any) -> int:
     from latlab.cost import resolve_price
 
     price = resolve_price(opts["price_per_hour"], opts["price_device"])
+    backends = _backends(opts["backend"])
     config = _config(opts)
+    if len(backends) > 1:
+        return _bench_side_by_side(backends, config, opts)
+    opts = {**opts, "backend": backends[0]}
     search = _search(opts, config)
     store = open_store(opts["store_path"], opts["no_store"], opts["run_name"], opts["tags"])
     target = _target(opts)
@@ -312,7 +317,54 @@ def bench(**opts: Any) -> int:
     _write_files(result, document, opts)
     record_run(store, kind="bench", result=document, name=opts["run_name"],
                tags=opts["tags"], source_path=opts["json_path"])  # fmt: skip
-    return _exit_code(result, opts, search)
+    return _exit_code([result], opts, search)
+
+
+def _bench_side_by_side(backends: list[str], config: Any, opts: dict[str, Any]) -> int:
+    """``--backend transformers,latlab``: the same workload (one salt) on each in-process
+    engine, one after the other so each has the machine to itself; one table."""
+    from latlab.bench import run_bench
+    from latlab.bench.results import render_all, write_all_json, write_csv_rows
+
+    if opts["url"] or opts["callable_spec"] or opts["find"]:
+        raise ConfigError("several --backend values compare in-process engines; drop --url, "
+                          "--callable or --find, or give one backend")  # fmt: skip
+    if opts["price_per_hour"] is not None or opts["price_device"] is not None:
+        raise ConfigError("--price-per-hour/--price-device price one run; give one backend")
+    if not opts["no_store"]:  # a bad store, name or tag fails before the work
+        open_store(opts["store_path"], False, opts["run_name"], opts["tags"]).close()
+    if config.salt is None:  # one salt: the runs differ only by engine
+        config.salt = secrets.token_hex(4)
+    show = not opts["no_progress"] and sys.stderr.isatty()
+    results = []
+    for backend in backends:
+        own = {**opts, "backend": backend}
+        if backend != "latlab":  # --engine-arg is the engine's alone
+            own["engine_arg"] = ()
+        results.append(run_bench(config, _target(own), progress=show))
+        if results[-1].interrupted:
+            break
+    render_all(results)
+    if opts["json_path"]:
+        write_all_json(results, opts["json_path"])
+        click.echo(f"wrote {os.fspath(opts['json_path'])}")
+    if opts["csv_path"]:
+        write_csv_rows(results, opts["csv_path"])
+        click.echo(f"wrote {os.fspath(opts['csv_path'])}")
+    for backend, result in zip(backends, results, strict=False):  # one recorded run each
+        store = open_store(opts["store_path"], opts["no_store"])
+        name = f"{opts['run_name']}-{backend}" if opts["run_name"] else None
+        record_run(store, kind="bench", result=result.to_dict(), name=name,
+                   tags=opts["tags"])  # fmt: skip
+    return _exit_code(results, opts, None)
+
+
+def _backends(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [n for n in names if n not in ("transformers", "latlab")]
+    if not names or bad:
+        raise ConfigError("--backend takes transformers, latlab, or both: transformers,latlab")
+    return list(dict.fromkeys(names))
 
 
 def _render_cost(document: dict[str, Any], price: Any) -> None:
@@ -415,14 +467,15 @@ def _write_files(result: Any, document: dict[str, Any], opts: dict[str, Any]) ->
         click.echo(f"wrote {os.fspath(opts['csv_path'])}")
 
 
-def _exit_code(result: Any, opts: dict[str, Any], search: Any) -> int:
-    if result.interrupted:
+def _exit_code(results: list[Any], opts: dict[str, Any], search: Any) -> int:
+    if any(r.interrupted for r in results):
         return 130
-    total = result.completed + result.failed
-    if total and result.completed == 0:
+    completed = sum(r.completed for r in results)
+    failed = sum(r.failed for r in results)
+    if completed + failed and completed == 0:
         click.echo("latlab: error: every request failed (see the errors above)", err=True)
         return 1
-    if opts["fail_on_error"] and result.failed:
+    if opts["fail_on_error"] and failed:
         return 1
     if search is not None and search.status == "none":
         return 1  # no load meets the SLO: a CI gate should fail

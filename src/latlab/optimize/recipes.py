@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from latlab.errors import ConfigError
+from latlab.model_files import quiet_third_party
 from latlab.optimize.subject import Setup
 
 LEVELS = ("model", "system", "engine", "request")
@@ -93,6 +94,7 @@ def _with_model(setup: Setup, change: str, transform: Callable[[Any], Any]) -> S
 
 def _torchao(name: str, config: str, summary: str, **kwargs: Any) -> Recipe:
     def apply(setup: Setup) -> Setup:
+        quiet_third_party()  # before torchao's import-time warnings
         import torchao.quantization as ao
 
         def quantize(model: Any) -> Any:

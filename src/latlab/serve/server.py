@@ -208,6 +208,30 @@ async def serve_app(
     return server.report
 
 
+def default_served_name(model: str | None) -> str:
+    """The name clients call the model by: its path, as vLLM names a model by default.
+
+    A local directory (the bundled model included) is named by its absolute path, a Hub id as
+    given, so tools that load a tokenizer by the served name (``vllm bench serve``, aiperf,
+    guidellm) find it with no extra flags, from any working directory on this machine. (The
+    bundled model used to be served as ``tiny-llama``: one of those tools spent 2.5 minutes in
+    Hub retries looking for it.)
+    """
+    from latlab.model_files import resolve_model_path
+
+    return resolve_model_path(model)
+
+
+def tokenizer_hint(served: str, model: str | None) -> str | None:
+    """The exact flags other clients need when the served name does not lead to a tokenizer."""
+    path = default_served_name(model)
+    if served == path:
+        return None
+    return (f"latlab serve: the served name is not a path; tools that load a tokenizer by name "
+            f"need it given: vllm bench serve --tokenizer {path}, aiperf --tokenizer {path}, "
+            f"guidellm --processor {path}")  # fmt: skip
+
+
 async def _serve_engine(engine_config: Any, sock: socket.socket, name: str | None, options):
     started = time.perf_counter()
     from latlab.engine import AsyncLLM
@@ -215,7 +239,7 @@ async def _serve_engine(engine_config: Any, sock: socket.socket, name: str | Non
 
     engine = AsyncLLM(engine_config)
     try:
-        served = name or str(engine.model_name)
+        served = name or default_served_name(engine_config.model)
         drain = Drain()
         guard = options.guard_for_context(int(engine.max_model_len))
         app = create_app(engine, served, guard=guard, drain=drain, buckets=options.buckets)
@@ -236,6 +260,9 @@ async def _serve_engine(engine_config: Any, sock: socket.socket, name: str | Non
                 flush=True,
             )
             print(f"latlab serve: engine: {engine.summary()}", flush=True)
+            hint = tokenizer_hint(served, engine_config.model)
+            if hint:
+                print(hint, file=sys.stderr, flush=True)
 
         report = await serve_app(server, sock, ready)
     finally:
