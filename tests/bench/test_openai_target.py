@@ -61,11 +61,14 @@ def test_multi_token_chunks_are_counted_and_itl_divides_the_gap(transport):
     assert s.output_tokens == 3 * 18
     assert s.tokens_per_chunk == {3: 18}
     assert s.multi_token_chunks == 18
-    assert abs(s.chunk_gap_ms.p50 - 12.0) <= 2.0
-    assert abs(s.itl_ms.p50 - 4.0) <= 1.0
-    # TPOT = (E2E - TTFT) / (tokens - 1): 5 gaps of 12 ms over 17 tokens
-    assert abs(s.tpot_ms.p50 - 60.0 / 17) <= 1.0
-    assert all(r.chunk_tokens == [3] * 6 for r in level.records)
+    # Structure, not timing (a loaded machine bunches chunks; the clock is checked against
+    # the stub's own in test_ttft_and_itl_medians_within_2ms_of_the_stub_at_concurrency_1):
+    # each gap shared by its chunk's 3 tokens; TPOT = (E2E - TTFT) / 17 tokens after the first.
+    for r in level.records:
+        assert r.chunk_tokens == [3] * 6
+        assert r.itl_ns() == [g / 3 for g in r.chunk_gaps_ns() for _ in range(3)]
+        assert r.tpot_ns == pytest.approx((r.e2e_ns - r.ttft_ns) / 17)
+    assert s.itl_ms.count == 15 * 3 and s.chunk_gap_ms.count == 15
 
 
 def test_chat_role_only_first_chunk_does_not_count_as_ttft():
