@@ -68,8 +68,10 @@ def test_duration_mode_stops_sending_when_time_is_up():
                     CallableTarget(make_stream(ttft_s=0.01, itl_s=0.0)), False)  # fmt: skip
     took = time.perf_counter() - start
     s = res.levels[0].summary
-    assert 0.3 <= took < 3.0
-    assert 10 < s.completed < 80
+    assert took >= 0.3 and s.completed > 0
+    # Nothing is sent once the time is up (a loaded machine may delay a send's own stamp).
+    sends = [r.send_ns for r in res.levels[0].records]
+    assert (max(sends) - min(sends)) / 1e9 < 0.3 + 1.0
     assert s.requests_per_s == pytest.approx(s.completed / s.duration_s)
 
 

@@ -60,9 +60,12 @@ def test_server_records_its_own_first_chunk_time():
         srv_stats = httpx.get(url.removesuffix("/v1") + "/stub/stats").json()
         assert srv_stats["requests"] == 3
         assert len(srv_stats["first_chunk_ms"]) == 3
-        assert all(29.0 <= v < 60.0 for v in srv_stats["first_chunk_ms"])
+        # Lower bounds only: the stub waits its TTFT; a loaded machine only adds delay.
+        own = srv_stats["first_chunk_ms"]
+        assert all(v >= 29.0 for v in own)
         pairs = srv_stats["first_chunk_ns"]
-        assert len(pairs) == 3 and all(29e6 <= w - r < 60e6 for _, r, w in pairs)
+        assert len(pairs) == 3 and all(w - r >= 29e6 for _, r, w in pairs)
+        assert sorted((w - r) / 1e6 for _, r, w in pairs) == pytest.approx(own)
         assert pairs[0][1] < time.perf_counter_ns()  # the client's clock
         httpx.post(url.removesuffix("/v1") + "/stub/reset")
         assert httpx.get(url.removesuffix("/v1") + "/stub/stats").json()["first_chunk_ms"] == []

@@ -125,7 +125,10 @@ def results_table(*results: BenchResult) -> Any:
     for result in results:
         label = [_short_name(result)] * many
         for lv in result.levels:
-            t.add_row(*label, *_row(lv, show_prompt, show_cache))
+            row = _row(lv, show_prompt, show_cache)
+            t.add_row(*label, *row)
+            for gateway in _gateway_rows(lv, len(row)):  # through latlab gateway: hits apart
+                t.add_row(*[""] * many, *gateway)
     t.caption = ("ms; ITL = per token; gap = between chunks (vLLM's 'ITL'); "
                  "TPOT = (E2E-TTFT)/(tokens-1) (aiperf's 'ITL')")  # fmt: skip
     if show_prompt:
@@ -150,6 +153,17 @@ def _row(lv: LevelResult, show_prompt: bool, show_cache: bool) -> list[str]:
     if show_cache:
         row.append("-" if s.cache is None else f"{s.cache.hit_rate:.0%}")
     return [*row, "BOUND" if lv.client.client_bound else "ok"]
+
+
+def _gateway_rows(lv: LevelResult, width: int) -> list[list[str]]:
+    """Under a level's row, one per latlab gateway cache outcome (hit, miss, coalesced)."""
+    rows = []
+    for label, c in lv.by_gateway_cache.items():
+        cells = [f"  gateway {label}", str(c.completed), str(c.failed), _f(c.ttft_ms.p50),
+                 _f(c.ttft_ms.p99), _f(c.itl_ms.p50, 2), _f(c.chunk_gap_ms.p50, 2),
+                 _f(c.tpot_ms.p50, 2), _f(c.e2e_ms.p50), "", "", ""]  # fmt: skip
+        rows.append(cells + [""] * (width - len(cells)))
+    return rows
 
 
 def write_csv_rows(results: list[BenchResult], path: str | os.PathLike[str]) -> None:
