@@ -45,6 +45,7 @@ class RequestRecord:
     finish_reason: str | None = None  # "length", "stop", ... as the target said
     first_text_chunk: int | None = None  # first token chunk with visible text (HTTP targets)
     usage_rejected: dict[str, str] = field(default_factory=dict)  # usage figures not believed
+    reply_problems: dict[str, str] = field(default_factory=dict)  # protocol a server broke
     empty_chunks: int = 0  # token chunks whose text was empty
     error: str | None = None  # short reason ("http_500", "timeout", ...); None = success
     error_detail: str | None = None  # one line for humans
@@ -144,6 +145,7 @@ class RequestRecord:
             "output_tokens_source": self.output_tokens_source,
             "token_count_mismatch": self.token_count_mismatch,
             "usage_rejected": dict(self.usage_rejected),
+            "reply_problems": dict(self.reply_problems),
             "max_tokens": self.max_tokens,
             "finish_reason": self.finish_reason,
             "ttft_ms": ms(self.ttft_ns),
@@ -180,6 +182,11 @@ class RequestRecord:
             error=d.get("error"),
             error_detail=d.get("error_detail"),
             token_count_mismatch=bool(d.get("token_count_mismatch")),
+            max_tokens=d.get("max_tokens"),
+            finish_reason=d.get("finish_reason"),
+            usage_rejected=dict(d.get("usage_rejected") or {}),
+            reply_problems=dict(d.get("reply_problems") or {}),
+            empty_chunks=int(d.get("empty_chunks") or 0),
         )
 
 
@@ -407,6 +414,7 @@ class Summary:
     finish_reasons: dict[str, int] = field(default_factory=dict)
     stopped_early: int = 0  # replies shorter than their max_tokens
     usage_rejected: dict[str, int] = field(default_factory=dict)  # problem -> requests
+    reply_problems: dict[str, int] = field(default_factory=dict)  # problem -> requests
     empty_token_chunks: int = 0
     first_token_empty: int = 0  # requests whose first token chunk had no visible text
     slo: SLO | None = None
@@ -445,6 +453,7 @@ class Summary:
             "finish_reasons": dict(self.finish_reasons),
             "stopped_early": self.stopped_early,
             "usage_rejected": dict(self.usage_rejected),
+            "reply_problems": dict(self.reply_problems),
             "empty_token_chunks": self.empty_token_chunks,
             "first_token_empty": self.first_token_empty,
         }
@@ -513,6 +522,7 @@ def summarize(
         finish_reasons=dict(Counter(r.finish_reason for r in ok if r.finish_reason)),
         stopped_early=sum(1 for r in ok if r.stopped_early),
         usage_rejected=dict(Counter(k for r in recs for k in r.usage_rejected)),
+        reply_problems=dict(Counter(k for r in recs for k in r.reply_problems)),
         empty_token_chunks=sum(r.empty_chunks for r in ok),
         first_token_empty=sum(1 for r in ok if r.empty_chunks and r.first_text_chunk != 0),
         slo=slo,

@@ -101,8 +101,9 @@ def test_an_unstreamed_reply_keeps_its_text_usage_and_finish_reason():
 # ---------------------------------------------------------------------------- lying servers
 
 
-def seen(text="abcdefgh", text_chunks=2, arrivals=2, max_tokens=16):
-    return Seen(text=text, text_chunks=text_chunks, arrivals=arrivals, max_tokens=max_tokens)
+def seen(text="abcdefgh", text_chunks=2, arrivals=2, max_tokens=16, prompt_bytes=None):
+    return Seen(text=text, text_chunks=text_chunks, arrivals=arrivals, max_tokens=max_tokens,
+                prompt_bytes=prompt_bytes)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -118,12 +119,15 @@ def seen(text="abcdefgh", text_chunks=2, arrivals=2, max_tokens=16):
      ({"prompt_tokens": 0}, "prompt_tokens not a count"),
      ({"prompt_tokens": 4, "prompt_tokens_details": {"cached_tokens": 9}},
       "cached_tokens impossible"),
-     ({"prompt_tokens_details": {"cached_tokens": -2}}, "cached_tokens impossible")],
+     ({"prompt_tokens_details": {"cached_tokens": -2}}, "cached_tokens impossible"),
+     ({"prompt_tokens": 2000}, "prompt_tokens beyond the prompt"),
+     ({"prompt_tokens": 4, "completion_tokens": 10, "total_tokens": 99},
+      "total_tokens not prompt + completion")],
 )  # fmt: skip
 def test_impossible_usage_figures_are_rejected_with_the_reason(u, problem):
-    checked = check_usage(u, seen())
+    checked = check_usage(u, seen(prompt_bytes=20))
     assert set(checked.rejected) == {problem}
-    assert checked.completion is None or "completion" not in problem
+    assert checked.completion is None or not problem.startswith("completion")
 
 
 def test_plausible_usage_is_believed():
@@ -146,3 +150,17 @@ def test_a_rejected_usage_falls_back_to_the_tokenizer_or_the_chunks():
     assert rec.prompt_tokens is None
     rec = counted(reads)
     assert (rec.output_tokens, rec.output_tokens_source) == (2, "chunks")
+
+
+def test_protocol_lies_are_noted_and_what_follows_done_is_not_read():
+    after_done = [*sse(text(" a"), text(" b", "length"), usage(2)),
+                  (9_000_000, b'data: {"choices": [{"text": " c"}]}\n\n')]  # fmt: skip
+    reply = read_stream(after_done)
+    assert reply.texts == [" a", " b"] and reply.done_ns == 4_000_000
+    assert set(reply.problems) == {"data after [DONE]"}
+    rec = counted(sse(text(" a", "length"), text(" b"), usage(2)))
+    assert set(rec.reply_problems) == {"tokens after finish_reason"} and rec.output_tokens == 2
+    shrinking = {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9}}
+    rec = counted(sse(shrinking, text(" a"), usage(1, prompt=6)))
+    assert set(rec.reply_problems) == {"usage went backwards", "prompt_tokens changed mid-stream"}
+    assert counted(sse(text(" a"), text(" b", "stop"), usage(2))).reply_problems == {}

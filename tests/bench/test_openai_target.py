@@ -271,7 +271,27 @@ def test_a_server_that_lies_about_usage_is_not_believed_and_the_run_says_so():
     assert s.prompt_tokens == 0 and s.prompt_length is None
     text = " ".join(notes(res))
     assert "usage was not believed" in text and "1000000 > max_tokens 8" in text
-    assert "counted from: chunks" in text
+    assert "counted from: chunks" in text and "FLAGGED" in text
+    assert res.to_dict()["trust"]["usage_rejected"]["completion_tokens above max_tokens"] == 3
+
+
+@pytest.mark.parametrize(
+    ("lie", "problem"),
+    [("after_done", "data after [DONE]"), ("content_type", "wrong content-type"),
+     ("after_finish", "tokens after finish_reason"), ("usage_backwards", "usage went backwards")],
+)  # fmt: skip
+def test_a_server_that_breaks_the_protocol_is_flagged_in_the_result_and_the_notes(lie, problem):
+    with StubServer(ttft_s=0.0, itl_s=0.001, chunks=3, lie=lie) as url:
+        res = run_bench(BenchConfig(concurrency=[1], num_requests=2, warmup=0, input_len="4",
+                                    output_len="3"), OpenAITarget(url), False)  # fmt: skip
+    s = res.levels[0].summary
+    assert s.completed == 2 and s.reply_problems == {problem: 2}
+    trust = res.to_dict()["trust"]
+    assert trust["flagged"] and trust["reply_problems"] == {problem: 2}
+    text = " ".join(notes(res))
+    assert f"broke the protocol: {problem} x2" in text and "FLAGGED" in text
+    if lie == "after_done":  # the token after [DONE] is not counted and not latency
+        assert s.output_tokens == 6 and all(len(r.chunk_ns) == 3 for r in res.levels[0].records)
 
 
 def test_failures_show_the_servers_own_message():

@@ -8,6 +8,11 @@ chunks (no choices), and chunks that only close the stream (an empty delta with 
 ``finish_reason``). An empty-text chunk with a finish reason is ambiguous: vLLM sends one for
 an EOS token, other servers to close the stream; the server's ``usage`` decides (see
 :func:`reconcile`).
+
+What a truthful server never sends is noted in ``Reply.problems`` (problem -> an example) and
+never believed: events after ``[DONE]`` are not read (the reply ends at ``[DONE]``, as the
+``openai`` client's does), a token after the chunk that gave the finish reason is kept but
+flagged, and a running usage whose counts shrink or whose prompt changes is flagged.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class Reply:
     maybe: list[bool] = field(default_factory=list)  # empty chunk with a finish_reason
     usage: dict[str, Any] | None = None
     finish_reason: str | None = None
+    done_ns: int | None = None  # when [DONE] arrived
+    problems: dict[str, str] = field(default_factory=dict)  # what a truthful server never does
 
     def drop(self, i: int) -> None:
         del self.arrivals[i], self.texts[i], self.maybe[i]
@@ -68,28 +75,49 @@ def _event(obj: Any, ns: int, reply: Reply) -> None:
     if "error" in obj:
         raise ReplyError("stream_error", json.dumps(obj["error"])[:200])
     if obj.get("usage"):
+        _running_usage(reply, obj["usage"])
         reply.usage = obj["usage"]
     choices = obj.get("choices") or ()
     if not choices or not isinstance(choices[0], dict):
         return
     choice = choices[0]
     finish = choice.get("finish_reason")
+    finished_before = reply.finish_reason is not None
     if finish:
         reply.finish_reason = str(finish)
     text, role_only = _chunk_text(choice)
     if role_only or (text is None and not finish):
         return
+    if finished_before and text:
+        reply.problems.setdefault("tokens after finish_reason", f"{text[:40]!r} after it")
     reply.arrivals.append(ns)
     reply.texts.append(text or "")
     reply.maybe.append(not text and bool(finish))
+
+
+def _running_usage(reply: Reply, new: Any) -> None:
+    """A usage sent before the last one (per-chunk usage) may grow, never shrink."""
+    old = reply.usage
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return
+    before, after = old.get("completion_tokens"), new.get("completion_tokens")
+    if isinstance(before, int) and isinstance(after, int) and after < before:
+        reply.problems.setdefault("usage went backwards", f"completion_tokens {before} -> {after}")
+    before, after = old.get("prompt_tokens"), new.get("prompt_tokens")
+    if before is not None and after is not None and before != after:
+        reply.problems.setdefault("prompt_tokens changed mid-stream", f"{before} -> {after}")
 
 
 def read_stream(reads: list[tuple[int, bytes]]) -> Reply:
     """A streamed reply from its timestamped network reads (SSE events)."""
     reply, done = Reply(), False
     for ns, data in split_events(reads):
+        if done:  # the reply ended at [DONE]; nothing after it is read
+            if data.strip():
+                reply.problems.setdefault("data after [DONE]", data.strip()[:60])
+            continue
         if data.strip() == "[DONE]":
-            done = True
+            done, reply.done_ns = True, ns
             continue
         try:
             obj = json.loads(data)

@@ -64,8 +64,24 @@ class BenchResult:
             "workload": dict(self.workload),
             "warmup_requests": self.warmup_requests,
             "interrupted": self.interrupted,
+            "trust": self.trust(),
             "levels": [lv.to_dict(with_records) for lv in self.levels],
         }
+
+    def trust(self) -> dict[str, Any]:
+        """Whether the target's replies could all be believed: ``flagged`` when any usage figure
+        was rejected or any reply broke the protocol, with counts per problem and the sources
+        the output token counts came from instead."""
+        usage: Counter[str] = Counter()
+        problems: Counter[str] = Counter()
+        sources: Counter[str] = Counter()
+        for lv in self.levels:
+            usage.update(lv.summary.usage_rejected)
+            problems.update(lv.summary.reply_problems)
+            sources.update(lv.summary.output_tokens_source)
+        return {"flagged": bool(usage or problems), "usage_rejected": dict(usage),
+                "reply_problems": dict(problems),
+                "output_tokens_source": dict(sources)}  # fmt: skip
 
     def write_json(self, path: str | os.PathLike[str], with_records: bool = True) -> None:
         Path(path).write_text(json.dumps(self.to_dict(with_records), indent=2) + "\n")
@@ -237,6 +253,9 @@ def notes(result: BenchResult) -> list[str]:
                    "repeats these prompts; --no-salt sends the same ones every level)")  # fmt: skip
     if result.interrupted:
         out.append("[yellow]interrupted: figures cover the requests measured before Ctrl-C[/]")
+    if result.trust()["flagged"]:
+        out.append("[bold red]FLAGGED: the target's replies cannot all be believed (see "
+                   "above and the JSON's trust section)[/]")  # fmt: skip
     return out
 
 
@@ -282,6 +301,11 @@ def _reply_notes(result: BenchResult, lv: LevelResult, load: str) -> list[str]:
         sources = ", ".join(sorted(k for k in s.output_tokens_source if k != "usage")) or "-"
         out.append(f"[red]the server's usage was not believed at {load}: {problems} (e.g. "
                    f"{escape(example)}); output tokens counted from: {sources}[/]")  # fmt: skip
+    if s.reply_problems:
+        example = next(d for r in lv.records for d in r.reply_problems.values())
+        problems = ", ".join(f"{k} x{v}" for k, v in sorted(s.reply_problems.items()))
+        out.append(f"[red]replies at {load} broke the protocol: {problems} (e.g. "
+                   f"{escape(example)})[/]")  # fmt: skip
     if s.stopped_early:
         reasons = ", ".join(f"{k} x{v}" for k, v in sorted(s.finish_reasons.items()))
         if result.config.get("ignore_eos"):

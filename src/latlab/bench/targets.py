@@ -85,6 +85,29 @@ def _fail(rec: RequestRecord, reason: str, detail: object = None) -> None:
 # ---------------------------------------------------------------------------- OpenAI HTTP
 
 
+def _prompt_bytes(req: BenchRequest) -> int | None:
+    """UTF-8 bytes of the text a request sent: no prompt can be more tokens than this (plus
+    what a template adds); None when the prompt is not plain text."""
+    if req.messages:
+        parts = [m.get("content") for m in req.messages if isinstance(m, dict)]
+        if not all(isinstance(p, str) for p in parts):
+            return None
+        return sum(len(p.encode()) for p in parts)  # type: ignore[union-attr]
+    return len(req.prompt.encode()) if isinstance(req.prompt, str) else None
+
+
+def _check_content_type(value: str, stream: bool, rec: RequestRecord) -> None:
+    """A stream is ``text/event-stream``, a whole reply ``application/json``: a server that
+    says otherwise is read anyway (proxies get this wrong) but flagged."""
+    if rec.error is not None:
+        return
+    want = "text/event-stream" if stream else "application/json"
+    got = value.split(";", 1)[0].strip().lower()
+    if got != want:
+        rec.reply_problems.setdefault("wrong content-type", f"{got or 'none'} for a "
+                                      f"{'stream' if stream else 'reply'}, not {want}")  # fmt: skip
+
+
 def _split_url(url: str) -> tuple[str, str | None]:
     """``http://h:p`` / ``.../v1`` / ``.../v1/completions`` -> (base ending in /v1, endpoint)."""
     u = url.rstrip("/")
@@ -212,16 +235,27 @@ class OpenAITarget:
     ) -> Callable[[], None] | None:
         content = self._payload(req, opts)
         reads: list[tuple[int, bytes]] = []
+        head: dict[str, str] = {}
         if self._raw is not None:
-            if not await self._run_raw(self._raw, content, reads, rec):
+            if not await self._run_raw(self._raw, content, reads, rec, head):
                 return None
-        elif not await self._run_httpx(content, reads, rec):
+        elif not await self._run_httpx(content, reads, rec, head):
             return None
         parse = self._parse_stream if opts.stream else self._parse_whole
-        return lambda: parse(reads, rec, req)
+
+        def finish() -> None:
+            parse(reads, rec, req)
+            _check_content_type(head.get("content-type", ""), opts.stream, rec)
+
+        return finish
 
     async def _run_raw(
-        self, pool: RawHTTPPool, content: bytes, reads: list[tuple[int, bytes]], rec: RequestRecord
+        self,
+        pool: RawHTTPPool,
+        content: bytes,
+        reads: list[tuple[int, bytes]],
+        rec: RequestRecord,
+        head: dict[str, str],
     ) -> bool:
         if self._raw_headers is None:
             path = httpx.URL(self.endpoint).raw_path.decode("ascii")
@@ -231,6 +265,7 @@ class OpenAITarget:
 
         def on_head(_: int, response_headers: dict[str, str]) -> None:
             rec.gateway_cache = response_headers.get(CACHE_HEADER)
+            head.update(response_headers)
 
         rec.send_ns = time.perf_counter_ns()
         try:
@@ -247,7 +282,11 @@ class OpenAITarget:
         return True
 
     async def _run_httpx(
-        self, content: bytes, reads: list[tuple[int, bytes]], rec: RequestRecord
+        self,
+        content: bytes,
+        reads: list[tuple[int, bytes]],
+        rec: RequestRecord,
+        head: dict[str, str],
     ) -> bool:
         now = time.perf_counter_ns
         rec.send_ns = now()
@@ -257,6 +296,7 @@ class OpenAITarget:
                 "POST", self.endpoint, content=content, headers=rid
             ) as resp:
                 rec.gateway_cache = resp.headers.get(CACHE_HEADER)
+                head["content-type"] = resp.headers.get("content-type", "")
                 if resp.status_code != 200:
                     body = await resp.aread()
                     _fail(rec, f"http_{resp.status_code}", body.decode("utf-8", "replace"))
@@ -293,8 +333,11 @@ class OpenAITarget:
             return
         text = "".join(reply.texts)
         seen = Seen(text=text, text_chunks=sum(1 for t in reply.texts if t),
-                    arrivals=len(reply.arrivals), max_tokens=req.max_tokens)  # fmt: skip
+                    arrivals=len(reply.arrivals), max_tokens=req.max_tokens,
+                    prompt_bytes=_prompt_bytes(req))  # fmt: skip
         count_reply(rec, reply, seen, self.tokenizer)
+        if "data after [DONE]" in reply.problems and reply.done_ns is not None:
+            rec.end_ns = reply.done_ns  # the reply ended there; what followed is not latency
 
     def _parse_whole(
         self, reads: list[tuple[int, bytes]], rec: RequestRecord, req: BenchRequest
@@ -306,7 +349,7 @@ class OpenAITarget:
             _fail(rec, exc.reason, str(exc))
             return
         seen = Seen(text=text, text_chunks=1 if text else 0, arrivals=1,
-                    max_tokens=req.max_tokens)  # fmt: skip
+                    max_tokens=req.max_tokens, prompt_bytes=_prompt_bytes(req))  # fmt: skip
         count_reply(rec, reply, seen, self.tokenizer)
 
     async def aclose(self) -> None:

@@ -2,10 +2,10 @@
 
 The server's ``usage`` is preferred, but never believed blindly: a count it could not have
 produced (negative, not an integer, more than ``max_tokens``, fewer than the chunks that
-carried text, more than the bytes of text it sent could hold) is rejected, the record says
-why, and the count comes from the client tokenizer or the chunks instead. A server that
-reported 1,000,000 completion tokens for 2 chunks would otherwise claim billions of tokens
-per second.
+carried text, more than the bytes of text it sent could hold; a prompt count beyond what the
+prompt's bytes and a chat template could make) is rejected, the record says why, and the count
+comes from the client tokenizer or the chunks instead. A server that reported 1,000,000
+completion tokens for 2 chunks would otherwise claim billions of tokens per second.
 """
 
 from __future__ import annotations
@@ -25,6 +25,12 @@ class Seen:
     text_chunks: int  # chunks that carried visible text (each carried at least one token)
     arrivals: int  # token-carrying chunks, empty ones included (each may add a textless token)
     max_tokens: int
+    prompt_bytes: int | None = None  # UTF-8 bytes of the prompt text sent (None: token ids)
+
+
+# Tokens a chat template, BOS/EOS and special tokens may add beyond one token per prompt byte
+# (real templates add tens; a system prompt a template inserts, a few hundred).
+TEMPLATE_ALLOWANCE = 1024
 
 
 @dataclass(kw_only=True, slots=True)
@@ -63,6 +69,30 @@ def _check_completion(value: Any, seen: Seen, out: CheckedUsage) -> None:
         out.completion = n
 
 
+def _check_prompt(value: Any, seen: Seen, out: CheckedUsage) -> None:
+    prompt = _count(value)
+    if not prompt:  # every prompt is at least one token
+        out.rejected["prompt_tokens not a count"] = f"prompt_tokens {value!r}"
+    elif seen.prompt_bytes is not None and prompt > seen.prompt_bytes + TEMPLATE_ALLOWANCE:
+        out.rejected["prompt_tokens beyond the prompt"] = (
+            f"prompt_tokens {prompt} > {seen.prompt_bytes} prompt bytes + {TEMPLATE_ALLOWANCE}"
+        )
+    else:
+        out.prompt = prompt
+
+
+def _check_total(usage: dict[str, Any], out: CheckedUsage) -> None:
+    """``total_tokens`` is not used, but one that is not the sum says the usage is made up."""
+    total, parts = usage.get("total_tokens"), (usage.get("prompt_tokens"),
+                                                usage.get("completion_tokens"))  # fmt: skip
+    if total is None or not all(isinstance(p, int) and not isinstance(p, bool) for p in parts):
+        return
+    if total != sum(parts):  # type: ignore[arg-type]
+        out.rejected["total_tokens not prompt + completion"] = (
+            f"total_tokens {total!r} != {parts[0]} + {parts[1]}"
+        )
+
+
 def check_usage(usage: dict[str, Any] | None, seen: Seen) -> CheckedUsage:
     """The usage figures that survive the checks; the others named in ``rejected``."""
     out = CheckedUsage()
@@ -71,11 +101,8 @@ def check_usage(usage: dict[str, Any] | None, seen: Seen) -> CheckedUsage:
     if "completion_tokens" in usage:
         _check_completion(usage["completion_tokens"], seen, out)
     if "prompt_tokens" in usage:
-        prompt = _count(usage["prompt_tokens"])
-        if prompt:  # every prompt is at least one token
-            out.prompt = prompt
-        else:
-            out.rejected["prompt_tokens not a count"] = f"prompt_tokens {usage['prompt_tokens']!r}"
+        _check_prompt(usage["prompt_tokens"], seen, out)
+    _check_total(usage, out)
     details = usage.get("prompt_tokens_details")
     if isinstance(details, dict) and details.get("cached_tokens") is not None:
         cached = _count(details["cached_tokens"])
@@ -121,3 +148,4 @@ def count_reply(rec: RequestRecord, reply: Reply, seen: Seen, tokenizer: Any | N
     rec.prompt_tokens, rec.cached_tokens = checked.prompt, checked.cached
     rec.finish_reason = reply.finish_reason
     rec.usage_rejected = checked.rejected
+    rec.reply_problems.update(reply.problems)

@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAULTS = ("500", "429", "reset", "malformed", "no_done", "hang")
+# Protocol lies a client must notice (the reply still parses): a token chunk after [DONE], a
+# stream sent as text/plain, a token chunk after the one that finished, usage that shrinks.
+LIES = ("after_done", "content_type", "after_finish", "usage_backwards")
 _WORD = " tok"  # each streamed token is this word: one token in most tokenizers
 
 
@@ -50,6 +53,7 @@ class StubConfig:
     empty_chunks: tuple[int, ...] = ()  # indices of content chunks sent with empty text
     closing_chunk: bool = False
     usage_override: dict[str, Any] | None = None  # reported instead of the true usage
+    lie: str | None = None  # one of LIES
     # Serve at most this many generations at once; the rest wait in arrival order, and their
     # TTFT schedule starts when a slot frees (a server with K sequences of capacity).
     max_concurrent: int | None = None
@@ -57,6 +61,8 @@ class StubConfig:
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULTS:
             raise ValueError(f"unknown fault {self.fault!r}; choose one of {', '.join(FAULTS)}")
+        if self.lie is not None and self.lie not in LIES:
+            raise ValueError(f"unknown lie {self.lie!r}; choose one of {', '.join(LIES)}")
         if self.tokens_per_chunk < 1:
             raise ValueError("tokens_per_chunk must be >= 1")
         if self.max_concurrent is not None and self.max_concurrent < 1:
@@ -234,8 +240,9 @@ class _Handler:
     ) -> bool:
         cfg = self.cfg
         request_id, t_read = read
+        ctype = b"text/plain" if cfg.lie == "content_type" else b"text/event-stream"
         w.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\n"
             b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
         )
         obj_name = "chat.completion.chunk" if chat else "text_completion"
@@ -247,6 +254,9 @@ class _Handler:
             await asyncio.sleep(3600)
             return False
         mid, last_chunk = _content_frames(chat, k)  # built once: the stub must stay light
+        if cfg.lie == "usage_backwards":  # a running usage that later shrinks
+            u = {"prompt_tokens": pt, "completion_tokens": n_chunks * k + 5}
+            self._event(w, {"id": "s", "object": obj_name, "choices": [], "usage": u})
         empty_mid, empty_last = _content_frames(chat, k, empty=True)
         for i in range(n_chunks):
             await _sleep_until(t_start + int((cfg.ttft_s + i * cfg.itl_s) * 1e9))
@@ -264,6 +274,8 @@ class _Handler:
             await w.drain()
             if i == 0:
                 self.srv.record_first_chunk(request_id, t_read, time.perf_counter_ns())
+        if cfg.lie == "after_finish":
+            w.write(mid)
         if cfg.closing_chunk:
             closing = {"index": 0, "finish_reason": "length",
                        **({"delta": {}} if chat else {"text": ""})}  # fmt: skip
@@ -277,6 +289,8 @@ class _Handler:
             await w.drain()
             return True
         self._raw_event(w, b"data: [DONE]\n\n")
+        if cfg.lie == "after_done":
+            w.write(mid)
         w.write(b"0\r\n\r\n")
         await w.drain()
         return True
