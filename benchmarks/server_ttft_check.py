@@ -120,7 +120,9 @@ def server_figures(prefix: str, before: dict, after: dict, run: Run) -> None:
 # -- servers ----------------------------------------------------------------------------------
 
 
-def start_server(kind: str, model: Path, prefix_caching: bool, port: int, logdir: Path):
+def start_server(
+    kind: str, model: Path, prefix_caching: bool, port: int, logdir: Path, start_timeout: float
+):
     from latlab.procs import ManagedProcess, ProcessSpec
 
     if kind == "latlab":
@@ -136,7 +138,7 @@ def start_server(kind: str, model: Path, prefix_caching: bool, port: int, logdir
     spec = ProcessSpec(argv=argv, name=f"{kind} serve", env=env,
                        log_path=logdir / f"{kind}-serve-{port}.log")  # fmt: skip
     proc = ManagedProcess(spec).start()
-    proc.wait_http(f"http://127.0.0.1:{port}/health", timeout_s=600)
+    proc.wait_http(f"http://127.0.0.1:{port}/health", timeout_s=start_timeout)
     return proc
 
 
@@ -260,6 +262,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=32)
     p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument(
+        "--start-timeout",
+        type=float,
+        default=600.0,
+        help="seconds for the server to come up (vLLM compiles at start: minutes "
+        "on a loaded machine)",
+    )
     p.add_argument("--out", type=Path)
     p.add_argument("--workdir", type=Path)
     args = p.parse_args(argv)
@@ -277,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     load0 = os.getloadavg()
     runs: list[Run] = []
     with sigterm_as_exit():
-        server = start_server(args.server, args.model, caching, port, workdir)
+        server = start_server(args.server, args.model, caching, port, workdir, args.start_timeout)
         try:
             name = served_name(base)
             seed = 1000
