@@ -23,8 +23,9 @@ WORKLOAD_KEYS = (
     "burstiness",
 )
 # Keys that differ between any two runs and say nothing about why figures differ (the salt is
-# random per run on purpose, so no run hits another's prefix cache).
-_NOISE = ("created_utc", "interrupted", "levels", "schema_version")
+# random per run on purpose, so no run hits another's prefix cache; ``trust`` counts over the
+# levels, a figure like them).
+_NOISE = ("created_utc", "interrupted", "levels", "schema_version", "trust")
 _NOISE_KEYS = ("workload.salt", "workload.prompt_words.seconds")  # (how long calibrating took)
 
 
