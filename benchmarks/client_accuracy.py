@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from latlab.procs import ManagedProcess, ProcessSpec, run_to_completion
+
 REPO = Path(__file__).resolve().parents[1]
 PY = REPO / ".venv" / "bin" / "python"
 LATLAB = REPO / ".venv" / "bin" / "latlab"
@@ -86,16 +88,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_stub(port: int) -> subprocess.Popen:
+def start_stub(port: int) -> ManagedProcess:
+    """The stub server in its own process group (stopped whole, also on Ctrl-C)."""
     cmd = [str(PY), "-m", "latlab.testing.stub_server", "--port", str(port),
            "--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS), "--chunks", str(CHUNKS)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    line = proc.stdout.readline() if proc.stdout else ""
-    while line and "ready" not in line:
-        line = proc.stdout.readline() if proc.stdout else ""
-    if "ready" not in line:
-        proc.kill()
-        raise RuntimeError("stub server did not start: " + line)
+    proc = ManagedProcess(ProcessSpec(argv=cmd, name="stub-server")).start()
+    try:
+        proc.wait_http(f"http://127.0.0.1:{port}/health", timeout_s=60)
+    except BaseException:
+        proc.stop()
+        raise
     return proc
 
 
@@ -124,13 +126,8 @@ def run_measured(cmd: list[str], log: Path, timeout: float) -> tuple[int, float,
     """Run ``cmd``; return (exit code, wall s, CPU s of it and its reaped descendants)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    with log.open("w") as fh:
-        try:
-            rc = subprocess.run(
-                cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout
-            ).returncode
-        except subprocess.TimeoutExpired:
-            rc = -9
+    # Its own process group, stopped whole on timeout or Ctrl-C (a tool's workers included).
+    rc = run_to_completion(ProcessSpec(argv=cmd, log_path=log), timeout_s=timeout)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -358,8 +355,7 @@ def main(argv: list[str] | None = None) -> None:
                     runs.append(r)
                     print(table([r]).splitlines()[-1], file=sys.stderr, flush=True)
     finally:
-        stub.terminate()
-        stub.wait(10)
+        stub.stop()
     result = {
         "benchmark": "client_accuracy",
         "date_utc": started,

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from latlab.procs import ProcessSpec, run_to_completion, tail
 
 REPO = Path(__file__).resolve().parents[1]
 VLLM_ANCHOR = REPO / "benchmarks" / "anchors" / "vllm_offline.py"
@@ -93,11 +93,14 @@ def vllm_figures(path: Path, budget_gib: int, python: str, workdir: Path) -> dic
         out, log = Path(tmp) / "vllm.json", Path(tmp) / "vllm.log"
         cmd = [python, str(VLLM_ANCHOR), str(path), "--kv-only", "--kv-space-gib", str(budget_gib)]
         cmd += ["--out", str(out), "--log", str(log), "--max-model-len", "2048"]
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(budget_gib)}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-        if proc.returncode != 0 or not out.exists():
-            tail = (log.read_text(errors="replace") if log.exists() else proc.stderr)[-2000:]
-            return {"error": f"vLLM exited {proc.returncode}", "log_tail": tail}
+        # Its own process group, stopped whole when it exits, times out or on Ctrl-C: vLLM's
+        # EngineCore must not outlive the run.
+        spec = ProcessSpec(argv=cmd, name="vllm-offline", log_path=Path(tmp) / "stdout.log",
+                           env={"VLLM_CPU_KVCACHE_SPACE": str(budget_gib)})  # fmt: skip
+        code = run_to_completion(spec, timeout_s=900)
+        if code != 0 or not out.exists():
+            text = log if log.exists() else Path(tmp) / "stdout.log"
+            return {"error": f"vLLM exited {code}", "log_tail": tail(text, 40)}
         data = json.loads(out.read_text())
     return {
         "block_size": data.get("block_size"),

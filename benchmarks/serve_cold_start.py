@@ -2,8 +2,10 @@
 
 What a user waits for after typing ``latlab serve MODEL``: interpreter start, imports, model
 load, server bind, then the first request's first token. Each repeat is a fresh process
-(median of --repeats, default 3). ``--phases`` also times the steps inside one process so the
-figure can be explained (imports vs tokenizer vs weights vs web stack vs first token).
+launched through ``latlab.deploy`` (median of --repeats, default 3): "ready" is the first
+healthy ``/health`` (polled every 50 ms), "first token" the first streamed token.
+``--phases`` also times the steps inside one process so the figure can be explained (imports
+vs tokenizer vs weights vs web stack vs first token).
 
 Anchor: with ``--vllm`` and the anchor venv at /tmp/vllm-venv, ``vllm serve`` is measured in
 this run the same way (launch -> first streamed token), and only then is a ratio printed: a
@@ -19,22 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
-
-import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 VLLM_PYTHON = Path("/tmp/vllm-venv/bin/python")
 VLLM_SHIM = REPO / "benchmarks" / "anchors" / "vllm_shim.py"
 READY_PREFIX = "latlab serve: ready at "
+DOC_VLLM_LOAD_S = 53.0
 WORK = Path(os.environ.get("LATLAB_BENCH_DIR", "/tmp/latlab-serve-bench"))
 
 
@@ -62,80 +60,33 @@ def model_dirs(names: list[str]) -> dict[str, Path]:
     return found
 
 
-def first_token_s(base_url: str, model: str, deadline: float) -> float:
-    """Stream one completion; perf_counter when the first content chunk arrived."""
-    body = {"model": model, "prompt": "Hello", "max_tokens": 8, "stream": True}
-    with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=120) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            choices = json.loads(line[6:])["choices"] if line.startswith("data: {") else []
-            if choices and choices[0].get("text"):
-                return time.perf_counter()
-            if time.perf_counter() > deadline:
-                break
-    raise RuntimeError("no content chunk arrived")
+def launch_once(backend: object, model: Path, engine_args: dict, env: dict) -> dict[str, float]:
+    """One fresh launch through latlab.deploy (launch -> healthy -> first streamed token).
 
+    latlab.deploy stops the whole process group afterwards (vLLM's EngineCore and Worker
+    included), on success, error and Ctrl-C alike.
+    """
+    from latlab.deploy import LaunchSettings, launch
 
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    settings = LaunchSettings(model=str(model), engine_args=engine_args, env=env,
+                              log_dir=WORK / "logs", health_timeout_s=900)  # fmt: skip
+    with launch(backend, settings) as server:  # type: ignore[arg-type]
+        cold = server.cold_start
+        return {"ready_s": cold.healthy_s, "first_token_s": cold.first_token_s or 0.0}
 
 
 def latlab_once(model: Path, threads: int | None) -> dict[str, float]:
-    cmd = [str(VENV_BIN / "latlab"), "serve", str(model), "--port", "0"]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        url = None
-        for line in proc.stdout:  # type: ignore[union-attr]
-            if line.startswith(READY_PREFIX):
-                url = line[len(READY_PREFIX) :].split()[0].removesuffix("/v1")
-                break
-        if url is None:
-            raise RuntimeError(f"latlab serve exited with {proc.wait()} before the ready line")
-        ready = time.perf_counter()
-        first = first_token_s(url, str(model), start + 300)
-        return {"ready_s": ready - start, "first_token_s": first - start}
-    finally:
-        stop(proc)
+    from latlab.deploy.latlab_server import LatlabServerBackend
+
+    backend = LatlabServerBackend(str(VENV_BIN / "python"))
+    return launch_once(backend, model, {"num_threads": threads} if threads else {}, {})
 
 
 def vllm_once(model: Path) -> dict[str, float]:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    cmd = [str(VLLM_PYTHON), str(VLLM_SHIM), "serve", str(model), "--port", str(port)]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited with {proc.returncode}")
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.perf_counter() - start > 600:
-                raise RuntimeError("vllm serve did not come up in 600 s")
-            time.sleep(0.1)
-        ready = time.perf_counter()
-        first = first_token_s(url, str(model), start + 900)
-        return {"ready_s": ready - start, "first_token_s": first - start}
-    finally:
-        stop(proc)
+    from latlab.deploy.vllm import VllmBackend
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    backend = VllmBackend([str(VLLM_PYTHON), str(VLLM_SHIM)])
+    return launch_once(backend, model, {}, {"VLLM_CPU_KVCACHE_SPACE": "1"})
 
 
 # Timed steps of one cold start inside a single process (printed as one JSON line).

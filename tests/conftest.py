@@ -1,6 +1,16 @@
-"""Fixtures for every test."""
+"""Fixtures for every test: a private run store, and one real vLLM CPU server for every live test.
+
+A vLLM launch costs 30-60 s on two idle cores (minutes on busy ones), so the live tests share
+one: the bundled model, launched with the flags ``latlab plan --backend vllm --device cpu``
+gives, plus ``--enforce-eager`` (torch.compile's warm-up would add minutes and changes nothing
+a test asserts). Without vLLM they skip, or fail under ``make test`` (tests/live_vllm.py).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,3 +22,29 @@ def _private_run_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     path = tmp_path_factory.mktemp("store") / "runs.db"
     monkeypatch.setenv("LATLAB_STORE", str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A running ``vllm serve`` of the bundled model (a latlab.deploy.Deployment)."""
+    from live_vllm import vllm_command_or_skip, vllm_test_plan
+
+    from latlab.assets import bundled_model_path
+    from latlab.deploy import LaunchSettings, launch
+    from latlab.deploy.vllm import VllmBackend
+    from latlab.procs import group_members
+
+    command = vllm_command_or_skip()
+    flags = {**vllm_test_plan().flags, "enforce_eager": True}
+    settings = LaunchSettings(
+        model=str(bundled_model_path()), served_model_name="tiny-llama", engine_args=flags,
+        env=vllm_test_plan().env,  # unsets VLLM_CPU_KVCACHE_SPACE: the flag decides
+        log_dir=Path(tmp_path_factory.mktemp("vllm-logs")),
+    )  # fmt: skip
+    server = launch(VllmBackend(command), settings)
+    pgid = server.process.pid
+    try:
+        yield server
+    finally:
+        server.stop()
+    assert pgid is not None and group_members(pgid) == [], "vLLM processes were left running"

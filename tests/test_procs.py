@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from latlab.procs import (
     free_port,
     group_members,
     http_ok,
+    run_to_completion,
 )
 
 # A parent that starts two grandchildren (one ignores SIGTERM) and then serves HTTP on a port.
@@ -137,3 +139,35 @@ def test_wait_returns_the_exit_code_and_stop_ends_the_children_it_left(tmp_path)
     slow = ManagedProcess(ProcessSpec(argv=[sys.executable, "-c", "import time; time.sleep(600)"]))
     assert slow.start().wait(timeout_s=0.2) is None
     slow.stop(grace_s=1.0)
+
+
+def test_run_to_completion_stops_what_the_command_left_in_its_group(tmp_path):
+    # The command exits at once but leaves a child behind (as vLLM's offline LLM can).
+    leaver = (
+        "import subprocess, sys; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+        "print(p.pid, flush=True)"
+    )
+    spec = ProcessSpec(argv=[sys.executable, "-c", leaver], log_path=tmp_path / "run.log")
+    assert run_to_completion(spec, timeout_s=30) == 0
+    child = int((tmp_path / "run.log").read_text().split()[0])
+    deadline = time.time() + 10
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def test_run_to_completion_times_out_and_kills_the_group(tmp_path):
+    spec = ProcessSpec(argv=[sys.executable, "-c", "import time; time.sleep(600)"],
+                       log_path=tmp_path / "slow.log")  # fmt: skip
+    started = time.time()
+    assert run_to_completion(spec, timeout_s=0.5) == -9
+    assert time.time() - started < 20
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"

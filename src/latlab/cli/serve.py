@@ -156,6 +156,27 @@ def serve_options(host: str, port: int, log_level: str, flags: dict[str, Any]) -
     )
 
 
+def _engine_args(items: tuple[str, ...], given: dict[str, object]) -> dict[str, object]:
+    """``--engine-arg`` settings; one that repeats a dedicated flag is refused, not merged."""
+    import dataclasses
+
+    from latlab.deploy.flags import parse_settings
+    from latlab.engine.config import EngineConfig
+
+    settings = parse_settings(items, "--engine-arg")
+    known = {f.name for f in dataclasses.fields(EngineConfig)} - {"model"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(
+            f"the latlab engine has no setting {', '.join(unknown)}; "
+            f"its settings: {', '.join(sorted(known))}"
+        )
+    twice = sorted(set(settings) & set(given))
+    if twice:
+        raise ConfigError(f"{twice[0]} is set twice: by its own flag and by --engine-arg")
+    return settings
+
+
 @main.command("serve")
 @click.argument("model", required=False)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -246,6 +267,13 @@ def serve_options(host: str, port: int, log_level: str, flags: dict[str, Any]) -
     "--threads", type=click.IntRange(min=1), default=None, help="Torch threads [default: torch's]."
 )
 @click.option("--device", default=None, help="cpu or cuda [default: cpu].")
+@click.option(
+    "--engine-arg",
+    "engine_arg",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any other EngineConfig field, e.g. kv_cache_dtype=bfloat16 (repeatable).",
+)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--seed", type=int, default=None, help="Engine seed [default: 0].")
 @click.option(
@@ -293,6 +321,7 @@ def serve_command(
     itl_buckets: str | None,
     e2e_buckets: str | None,
     debug_step_delay_ms: float | None,
+    engine_arg: tuple[str, ...],
     **engine_flags: Any,
 ) -> None:
     """Serve MODEL (default: the bundled tiny model) behind an OpenAI-compatible API.
@@ -316,6 +345,7 @@ def serve_command(
         fields["compile"] = True
     if debug_step_delay_ms:
         fields["debug_step_delay_s"] = debug_step_delay_ms / 1000
+    fields.update(_engine_args(engine_arg, fields))
 
     from latlab.engine.config import EngineConfig
     from latlab.serve.server import serve

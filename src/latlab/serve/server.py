@@ -240,6 +240,7 @@ async def _serve_engine(engine_config: Any, sock: socket.socket, name: str | Non
     engine = AsyncLLM(engine_config)
     try:
         served = name or default_served_name(engine_config.model)
+        print(capacity_line(engine), flush=True)
         drain = Drain()
         guard = options.guard_for_context(int(engine.max_model_len))
         app = create_app(engine, served, guard=guard, drain=drain, buckets=options.buckets)
@@ -268,6 +269,18 @@ async def _serve_engine(engine_config: Any, sock: socket.socket, name: str | Non
     finally:
         await engine.shutdown()
     print(report.line("latlab serve"), file=sys.stderr, flush=True)
+
+
+def capacity_line(engine: Any) -> str:
+    """The engine's own KV capacity, in the log, where launchers read it (latlab.deploy)."""
+    from latlab import __version__
+
+    blocks = int(engine.stats().num_kv_blocks)
+    block_size = int(engine.config.block_size)
+    return (
+        f"latlab serve {__version__}: KV cache size: {blocks * block_size:,} tokens "
+        f"({blocks:,} blocks of {block_size}), max model length {int(engine.max_model_len):,}"
+    )
 
 
 def serve(

