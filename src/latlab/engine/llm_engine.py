@@ -197,6 +197,9 @@ class LLMEngine:
             new_tokens.append(token)
             if self._append_token(seq, token, now):
                 break
+        if seq.params.logprobs is not None:  # no drafts then: one token, one entry
+            seq.logprobs.extend(seq.step_logprobs[: len(new_tokens)])
+            seq.step_logprobs = []
         if accepted and not seq.is_finished:
             seq.num_computed_tokens += accepted  # their K/V, written this step, are now valid
             self.block_manager.register_full_blocks(seq)
@@ -206,6 +209,8 @@ class LLMEngine:
         """Prompt-lookup draft for requests past min_tokens, in small batches."""
         if seq.num_output_tokens < seq.params.min_tokens or seq.params.adjusts_logits:
             return []  # masks, biases, penalties are per position; drafts would need them per row
+        if seq.params.logprobs is not None:
+            return []  # logprobs are recorded for one sampled token per step
         if len(self.scheduler.running) > self.config.speculative_max_batch:
             return []  # compute-bound batch: verifying would cost more than it saves
         if seq.draft_cooldown:
@@ -266,6 +271,10 @@ class LLMEngine:
             finish_reason=seq.finish_reason,
             num_cached_tokens=seq.num_cached_tokens,
             metrics=seq.metrics,
+            logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None,
+            prompt_logprobs=(
+                list(seq.prompt_logprobs) if seq.params.prompt_logprobs is not None else None
+            ),
         )
 
     def describe(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from latlab.engine.hardware import (
 from latlab.engine.kernels import paged_decode_attention
 from latlab.engine.models.config import ModelArgs
 from latlab.engine.models.llama import AttentionMetadata, load_llama
+from latlab.engine.outputs import Logprob, PositionLogprobs
 from latlab.engine.sampler import Sampler
 from latlab.engine.scheduler import SchedulerOutput
 from latlab.engine.sequence import Sequence
@@ -147,12 +148,32 @@ class ModelRunner:
         inputs = self._prepare(sched)
         if inputs is None:
             return [], []
-        tensors, sampling_seqs, last_rows = inputs
+        tensors, sampling_seqs, last_rows, prompt_rows = inputs
         start = time.perf_counter()
         logits = self._forward(*tensors)
         self.forward_seconds_total += time.perf_counter() - start
+        if prompt_rows:  # rows past the sampling ones: prompt positions whose logprobs we keep
+            split = logits.shape[0] - sum(len(targets) for _, targets in prompt_rows)
+            record_prompt_logprobs(logits[split:], prompt_rows)
+            logits = logits[:split]
+        wanted = [i for i, s in enumerate(sampling_seqs) if s.params.logprobs is not None]
+        # Raw distributions, before the sampler masks anything (as vLLM reports them).
+        raw = (
+            torch.log_softmax(logits[[last_rows[i] for i in wanted]].float(), -1)
+            if wanted
+            else None
+        )
+        candidates = self._candidates(logits, sampling_seqs, last_rows)
+        if raw is not None:
+            record_sampled_logprobs(raw, [sampling_seqs[i] for i in wanted],
+                                    [candidates[i] for i in wanted])  # fmt: skip
+        return sampling_seqs, candidates
+
+    def _candidates(
+        self, logits: torch.Tensor, sampling_seqs: list[Sequence], last_rows: list[int]
+    ) -> list[list[int]]:
         if len(last_rows) == logits.shape[0]:  # no drafts: one row per sequence
-            return sampling_seqs, [[t] for t in self.sampler(logits, sampling_seqs)]
+            return [[t] for t in self.sampler(logits, sampling_seqs)]
         sampled = self.sampler(logits[last_rows], sampling_seqs)
         greedy = logits.argmax(dim=-1).tolist()
         candidates = []
@@ -163,7 +184,7 @@ class ModelRunner:
                 candidates.append(self.sampler.verify_draft(rows, draft, seq))
             else:
                 candidates.append([*greedy[row - len(draft) : row], token])
-        return sampling_seqs, candidates
+        return candidates
 
     @torch.inference_mode()
     def score(self, token_ids: list[int]) -> torch.Tensor:
@@ -197,9 +218,16 @@ class ModelRunner:
         last_rows: list[int] = []  # per sampled sequence, its last row among logits_rows
         sampling: list[Sequence] = []
         q_starts: list[int] = []
+        prompt_rows: list[tuple[Sequence, list[int]]] = []  # (seq, the tokens its rows predict)
+        prompt_inputs: list[int] = []  # their rows among the inputs
         for seq, n in zip(sched.seqs, sched.num_new_tokens, strict=True):
             draft = seq.draft_token_ids
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
+            if seq.params.prompt_logprobs is not None:
+                rows, targets = _prompt_logprob_rows(seq, start, end, len(input_ids))
+                if rows:
+                    prompt_inputs.extend(rows)
+                    prompt_rows.append((seq, targets))
             q_starts.append(len(input_ids))
             input_ids.extend(seq.token_ids[start : end - len(draft)])
             input_ids.extend(draft)
@@ -213,12 +241,13 @@ class ModelRunner:
                 sampling.append(seq)
         if not sampling and not input_ids:
             return None
+        logits_rows.extend(prompt_inputs)
         meta = self._metadata(sched.num_new_tokens, positions, q_starts, slots, tables)
         dev = self.device
         ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
         rows = torch.tensor(logits_rows, dtype=torch.long, device=dev)
-        return (ids, pos, self.kv_caches, meta, rows), sampling, last_rows
+        return (ids, pos, self.kv_caches, meta, rows), sampling, last_rows, prompt_rows
 
     def _metadata(self, counts, positions, q_starts, slots, tables) -> AttentionMetadata:
         dev = self.device
@@ -259,3 +288,61 @@ class ModelRunner:
         return AttentionMetadata(
             slot_mapping, block_tables, block_tables.view(-1), mask, bias, q_index, out_index, max_q
         )
+
+
+def _prompt_logprob_rows(
+    seq: Sequence, start: int, end: int, offset: int
+) -> tuple[list[int], list[int]]:
+    """Input rows of this chunk whose logits score the next prompt token, and those tokens.
+
+    Position p predicts token p + 1; only prompt tokens are scored, each once (a preempted
+    sequence that recomputes its prompt does not record it again).
+    """
+    if not seq.prompt_logprobs:
+        seq.prompt_logprobs.append(None)  # the first token has no context to be scored in
+    first = max(start, len(seq.prompt_logprobs) - 1)
+    last = min(end, seq.num_prompt_tokens - 1)
+    positions = range(first, last)
+    return [offset + p - start for p in positions], [seq.token_ids[p + 1] for p in positions]
+
+
+def position_logprobs(
+    logprobs: torch.Tensor, tokens: list[int], top: int
+) -> list[PositionLogprobs]:
+    """Per row: the given token's log-probability and rank, then the ``top`` most likely."""
+    index = torch.tensor(tokens, dtype=torch.long, device=logprobs.device).unsqueeze(1)
+    chosen = logprobs.gather(1, index)
+    ranks = (logprobs > chosen).sum(-1) + 1
+    top_values, top_ids = logprobs.topk(top, dim=-1) if top else (None, None)
+    out: list[PositionLogprobs] = []
+    for i, token in enumerate(tokens):
+        entry = {token: Logprob(float(chosen[i, 0]), int(ranks[i]))}
+        for j in range(top):
+            entry.setdefault(int(top_ids[i, j]), Logprob(float(top_values[i, j]), j + 1))
+        out.append(entry)
+    return out
+
+
+def record_prompt_logprobs(
+    logits: torch.Tensor, prompt_rows: list[tuple[Sequence, list[int]]]
+) -> None:
+    logprobs = torch.log_softmax(logits.float(), -1)
+    at = 0
+    for seq, targets in prompt_rows:
+        rows = logprobs[at : at + len(targets)]
+        seq.prompt_logprobs.extend(position_logprobs(rows, targets, seq.params.prompt_logprobs))
+        at += len(targets)
+
+
+def record_sampled_logprobs(
+    raw: torch.Tensor, seqs: list[Sequence], candidates: list[list[int]]
+) -> None:
+    """Each sequence's sampled token scored in its raw distribution (no drafts: one token)."""
+    tokens = [c[-1] for c in candidates]
+    for seq, entry in zip(
+        seqs, position_logprobs(raw, tokens, max(s.params.logprobs for s in seqs)), strict=True
+    ):
+        top = seq.params.logprobs
+        first = next(iter(entry))
+        kept = {t: lp for t, lp in entry.items() if t == first or lp.rank <= top}
+        seq.step_logprobs = [kept]

@@ -7,6 +7,18 @@ from dataclasses import dataclass, field
 from latlab.engine.sequence import RequestMetrics
 
 
+@dataclass(slots=True, frozen=True)
+class Logprob:
+    """A token's log-probability under the model and its rank (1 = the most likely)."""
+
+    logprob: float
+    rank: int
+
+
+# One position: token id -> Logprob, the actual token first, then the top alternatives.
+PositionLogprobs = dict[int, Logprob]
+
+
 @dataclass(slots=True)
 class RequestOutput:
     """One request's progress: cumulative text/token_ids plus the delta since the last one."""
@@ -22,6 +34,10 @@ class RequestOutput:
     finish_reason: str | None
     num_cached_tokens: int
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    # With SamplingParams.logprobs: one entry per generated token (all of them so far).
+    logprobs: list[PositionLogprobs] | None = None
+    # With SamplingParams.prompt_logprobs: one per prompt token, None for the first.
+    prompt_logprobs: list[PositionLogprobs | None] | None = None
 
 
 @dataclass(slots=True)

@@ -18,6 +18,8 @@ SEED_RANGE = (-(1 << 63), (1 << 64) - 1)
 # OpenAI's and vLLM's ranges.
 PENALTY_RANGE = (-2.0, 2.0)
 LOGIT_BIAS_RANGE = (-100.0, 100.0)
+# Most alternatives returned per position (vLLM's default --max-logprobs).
+MAX_LOGPROBS = 20
 
 
 @dataclass(slots=True)
@@ -35,6 +37,10 @@ class SamplingParams:
     divides positive and multiplies negative logits of every token already in the prompt or
     the output; ``frequency_penalty`` and ``presence_penalty`` (in [-2, 2]) subtract, per
     token, its count in the output and 1 if it occurs there at all.
+
+    ``logprobs=N`` returns each generated token's log-probability and the N most likely
+    alternatives; ``prompt_logprobs=N`` the same for every prompt token after the first (as
+    vLLM: from the model's raw distribution, before temperature, biases or any filter).
     """
 
     temperature: float = 0.0
@@ -50,6 +56,8 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
     # Derived once here, so neither the engine thread nor each step pays for them again.
     stop_strings: StopStrings | None = field(default=None, init=False, repr=False, compare=False)
     stop_token_set: frozenset[int] = field(
@@ -86,11 +94,20 @@ class SamplingParams:
             _integer("seed", self.seed)
             if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
                 raise ConfigError(f"seed must fit in 64 bits, got {self.seed!r}")
+        self._check_logprob_counts()
         self.stop = _stop_strings(self.stop)
         self.stop_token_ids = _stop_ids(self.stop_token_ids)
         self.stop_strings = StopStrings(self.stop) if self.stop else None
         self.stop_token_set = frozenset(self.stop_token_ids)
         self._check_logit_adjustments()
+
+    def _check_logprob_counts(self) -> None:
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None:
+                _integer(name, value)
+                if not 0 <= value <= MAX_LOGPROBS:
+                    raise ConfigError(f"{name} must be in [0, {MAX_LOGPROBS}], got {value!r}")
 
     def _check_logit_adjustments(self) -> None:
         _number("repetition_penalty", self.repetition_penalty)

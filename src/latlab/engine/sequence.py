@@ -55,6 +55,9 @@ class Sequence:
     draft_misses: int = 0  # drafts in a row with no token accepted
     draft_cooldown: int = 0  # decode steps left before the next draft may be proposed
     logits_state: Any = None  # latlab.engine.logits_processors.LogitsState, built on first use
+    logprobs: list[Any] = field(default_factory=list)  # per generated token (if requested)
+    prompt_logprobs: list[Any] = field(default_factory=list)  # per prompt token (if requested)
+    step_logprobs: list[Any] = field(default_factory=list)  # this step's, until accepted
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)

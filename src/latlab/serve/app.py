@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from latlab.errors import CapacityError, ConfigError, LatlabError, OverloadedError
+from latlab.serve import logprobs as lp
 from latlab.serve import sse
 from latlab.serve.guard import Drain, Guard, GuardConfig, RequestLimits, parsed_body
 from latlab.serve.prometheus import (
@@ -77,6 +78,7 @@ class _Job:
     stream: bool
     include_usage: bool
     chat: bool
+    echo_text: str | None = None  # completions with echo: the prompt, returned first
 
 
 def create_app(
@@ -222,6 +224,7 @@ class _Server:
         self.metrics = ServeMetrics(engine.stats, model_name, buckets=buckets)
         # One worker: large requests are prepared in turn, never several at once.
         self._prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latlab-prep")
+        self._token_text: lp.Decode | None = None
 
     # ---- validation and tokenization ------------------------------------------------------
 
@@ -248,10 +251,13 @@ class _Server:
         req.check_supported()
         prompt = req.single_prompt()
         if isinstance(prompt, str):
-            return self._job(req, self._prompt_ids(prompt), req.max_tokens, chat=False,
-                             prefix="cmpl")  # fmt: skip
-        ids = self._check_token_ids(prompt)
-        return self._job(req, ids, req.max_tokens, chat=False, prefix="cmpl")
+            ids = self._prompt_ids(prompt)
+        else:
+            ids = self._check_token_ids(prompt)
+        job = self._job(req, ids, req.max_tokens, chat=False, prefix="cmpl")
+        if req.echo:
+            job.echo_text = prompt if isinstance(prompt, str) else self.engine.tokenizer.decode(ids)
+        return job
 
     def prepare_chat(self, req: ChatCompletionRequest) -> _Job:
         self._check_model(req.model)
@@ -391,9 +397,46 @@ class _Server:
             return Response(status_code=499)
         tracker.on_finished(final)
         build = chat_response if job.chat else completion_response
-        return JSONResponse(
-            build(job.rid, self.model_name, final.text, final.finish_reason, _usage(job, final))
-        )
+        text = (job.echo_text or "") + final.text
+        body = build(job.rid, self.model_name, text, final.finish_reason, _usage(job, final))
+        self._add_logprobs(body, job, final)
+        return JSONResponse(body)
+
+    def _add_logprobs(self, body: dict[str, Any], job: _Job, final: Any) -> None:
+        """Logprob fields of a non-streamed response, when the request asked for them."""
+        params, decode = job.params, self._decode()
+        choice = body["choices"][0]
+        if params.logprobs is not None and final.logprobs is not None:
+            if job.chat:
+                choice["logprobs"] = lp.chat_logprobs(
+                    final.token_ids, final.logprobs, params.logprobs, decode
+                )
+            else:
+                tokens, entries = list(final.token_ids), list(final.logprobs)
+                if job.echo_text is not None and final.prompt_logprobs is not None:
+                    tokens, entries = job.prompt_ids + tokens, final.prompt_logprobs + entries
+                choice["logprobs"] = lp.completion_logprobs(
+                    tokens, entries, params.logprobs, decode
+                )
+        if params.prompt_logprobs is not None and final.prompt_logprobs is not None:
+            where = body if job.chat else choice  # vLLM: top level for chat, per choice else
+            where["prompt_logprobs"] = lp.prompt_logprobs(final.prompt_logprobs, decode)
+
+    def _decode(self) -> lp.Decode:
+        if self._token_text is None:
+            self._token_text = lp.token_text(self.engine.tokenizer)
+        return self._token_text
+
+    def _stream_logprobs(self, job: _Job, output: Any, sent: int) -> tuple[Any, int]:
+        """Logprobs of the tokens generated since ``sent`` (in the endpoint's shape)."""
+        count = job.params.logprobs
+        if count is None or output.logprobs is None or len(output.logprobs) <= sent:
+            return None, sent
+        tokens, entries = output.token_ids[sent:], output.logprobs[sent:]
+        decode = self._decode()
+        if job.chat:
+            return lp.chat_logprobs(tokens, entries, count, decode), len(output.logprobs)
+        return lp.completion_logprobs(tokens, entries, count, decode), len(output.logprobs)
 
     async def _stream(
         self, job: _Job, outputs: Any, first: Any, tracker: RequestTracker
@@ -405,13 +448,15 @@ class _Server:
             if job.chat:
                 yield writer.start()
             output = first
+            sent = 0  # tokens whose logprobs went out (text held back for UTF-8 waits too)
             while True:
                 tracker.on_output(output)
                 # One chunk per step that produced tokens, even when their text is empty (a
                 # token that decodes to nothing yet): clients count it as a token arrival.
                 if output.new_token_ids or output.new_text or output.finished:
                     finish = output.finish_reason if output.finished else None
-                    yield writer.content(output.new_text or "", finish)
+                    logprobs, sent = self._stream_logprobs(job, output, sent)
+                    yield writer.content(output.new_text or "", finish, logprobs)
                 if output.finished:
                     break
                 try:

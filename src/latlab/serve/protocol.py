@@ -3,10 +3,12 @@
 Pydantic lives only here, at the HTTP boundary. Requests are validated strictly (``"5"`` is
 not a number, ``true`` is not an integer) so a client bug surfaces as a 400 naming the field
 instead of a silently different request; numbers must be finite and in range. Fields OpenAI
-or vLLM define that would change the output but latlab cannot honour (logprobs, n > 1, echo,
-best_of, tools, response_format, chat_template, guided decoding...) are rejected when set,
-never ignored: ignoring them would change outputs without telling anyone. Fields that do not
-affect generation (``user``, ``metadata``...) are accepted and ignored.
+or vLLM define that would change the output but latlab cannot honour (n > 1, best_of, echo
+while streaming, tools, response_format, chat_template, guided decoding...) are rejected when
+set, never ignored: ignoring them would change outputs without telling anyone. Fields that do
+not affect generation (``user``, ``metadata``...) are accepted and ignored. Log-probabilities
+are served as OpenAI and vLLM return them (``logprobs``, chat ``top_logprobs``, vLLM's
+``prompt_logprobs``; latlab.serve.logprobs shapes them).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from latlab.errors import ConfigError
 from latlab.serve.guard import error_body
+
+MAX_LOGPROBS = 20  # alternatives per position, as vLLM's default --max-logprobs
 
 
 class RequestError(Exception):
@@ -80,8 +84,6 @@ UNSUPPORTED: dict[str, Any] = {
     "guided_grammar": _set,
     "structured_outputs": _set,
     "min_p": _set,
-    "top_logprobs": _set,
-    "prompt_logprobs": _set,
     "prediction": _set,
     "reasoning_effort": _set,
     "use_beam_search": _set,
@@ -113,7 +115,7 @@ class _SamplingFields(_Strict):
     n: int = 1
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)
-    logprobs: Any = None
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)  # vLLM's extension
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0)
@@ -127,8 +129,11 @@ class _SamplingFields(_Strict):
             raise RequestError("only n=1 is supported", param="n", code="unsupported_value")
         if self.best_of not in (None, 1):
             raise RequestError("only best_of=1 is supported", param="best_of")
-        if self.logprobs not in (None, False, 0):
-            raise RequestError("logprobs are not supported by latlab serve", param="logprobs")
+        if self.prompt_logprobs is not None and self.stream:
+            raise RequestError(
+                "prompt_logprobs are not available with stream=true (as in vLLM)",
+                param="prompt_logprobs",
+            )
         for name, value in (self.model_extra or {}).items():
             if name in UNSUPPORTED and UNSUPPORTED[name](value):
                 raise RequestError(
@@ -159,7 +164,11 @@ class _SamplingFields(_Strict):
             "repetition_penalty": self.repetition_penalty,
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
+            **self.logprob_kwargs(),
         }
+
+    def logprob_kwargs(self) -> dict[str, int | None]:
+        return {"prompt_logprobs": self.prompt_logprobs}
 
 
 class CompletionRequest(_SamplingFields):
@@ -168,13 +177,23 @@ class CompletionRequest(_SamplingFields):
     max_tokens: int | None = Field(default=16, ge=1)
     echo: bool = False
     suffix: str | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.echo:
-            raise RequestError("echo is not supported by latlab serve", param="echo")
+        if self.echo and self.stream:
+            raise RequestError(
+                "echo is not supported with stream=true by latlab serve", param="echo"
+            )
         if self.suffix:
             raise RequestError("suffix is not supported by latlab serve", param="suffix")
+
+    def logprob_kwargs(self) -> dict[str, int | None]:
+        """With ``echo``, prompt tokens are scored too (vLLM: prompt_logprobs = logprobs)."""
+        prompt = self.prompt_logprobs
+        if prompt is None and self.echo and self.logprobs is not None:
+            prompt = self.logprobs
+        return {"logprobs": self.logprobs, "prompt_logprobs": prompt}
 
     def single_prompt(self) -> str | list[int]:
         """The one prompt of this request (a batch of several is refused, as n>1 is)."""
@@ -215,6 +234,17 @@ class ChatCompletionRequest(_SamplingFields):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     add_generation_prompt: bool = True
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.top_logprobs and not self.logprobs:
+            raise RequestError("top_logprobs needs logprobs=true", param="top_logprobs")
+
+    def logprob_kwargs(self) -> dict[str, int | None]:
+        count = (self.top_logprobs or 0) if self.logprobs else None
+        return {"logprobs": count, "prompt_logprobs": self.prompt_logprobs}
 
     @property
     def requested_max_tokens(self) -> int | None:

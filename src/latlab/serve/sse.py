@@ -68,17 +68,20 @@ class ChunkWriter:
         }
         return frame(self._chunk([choice]))
 
-    def content(self, text: str, finish_reason: str | None = None) -> bytes:
-        if finish_reason is None:
+    def content(self, text: str, finish_reason: str | None = None, logprobs: Any = None) -> bytes:
+        """One content chunk; ``logprobs`` (already in the endpoint's shape) for its tokens."""
+        if finish_reason is None and logprobs is None:
             return self._head + _json(text).encode() + self._tail
-        return self._content_chunk(text, finish_reason)
+        return self._content_chunk(text, finish_reason, logprobs)
 
-    def _content_chunk(self, text: str, finish_reason: str | None) -> bytes:
+    def _content_chunk(self, text: str, finish_reason: str | None, logprobs: Any = None) -> bytes:
         if self._chat:
             delta = {"content": text} if text or finish_reason is None else {}
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs,
+                      "finish_reason": finish_reason}  # fmt: skip
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "text": text, "logprobs": logprobs,
+                      "finish_reason": finish_reason}  # fmt: skip
         return frame(self._chunk([choice]))
 
     def usage(self, usage: dict[str, Any]) -> bytes:
