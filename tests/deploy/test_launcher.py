@@ -72,6 +72,9 @@ class FakeBackend:
     def port_taken(self, text: str) -> bool:
         return "Address already in use" in text
 
+    def preflight(self, settings: LaunchSettings) -> list[str]:
+        return ["head unreachable"] if self.mode == "preflight" else []
+
 
 def _settings(tmp_path: Path, **kw: object) -> LaunchSettings:
     return LaunchSettings(model="m", log_dir=tmp_path, health_timeout_s=30.0, **kw)  # type: ignore[arg-type]
@@ -119,6 +122,12 @@ def test_rejected_setting_quotes_the_engines_own_message_and_leaves_nothing(
     assert "exit code 2" in message and str(tmp_path) in message
     assert "\n" not in message  # the reason, not a traceback or a log dump
     _assert_no_fake_left()
+
+
+def test_failed_preflight_starts_nothing(tmp_path: Path) -> None:
+    with pytest.raises(DeployError, match="fake pre-flight check failed: head unreachable"):
+        launch(FakeBackend("preflight"), _settings(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # no log: nothing was launched
 
 
 def test_crash_without_a_reason_quotes_the_last_log_lines(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 
 import httpx
 import pytest
@@ -31,7 +30,7 @@ def _post(url: str, path: str, body: dict) -> dict:
 
 
 def test_completion_logprobs_score_each_generated_token(served) -> None:
-    engine, url = served
+    _, url = served
     body = _post(url, "/v1/completions", {"prompt": "Return the number of", "max_tokens": 4,
                                           "logprobs": 3})  # fmt: skip
     choice = body["choices"][0]
@@ -63,9 +62,6 @@ def test_echo_scores_the_prompt_and_prompt_logprobs_are_keyed_by_token_id(served
         entry = per_id[position][str(token)]
         assert entry["logprob"] == pytest.approx(lp["token_logprobs"][position])
         assert entry["rank"] >= 1 and entry["decoded_token"] == lp["tokens"][position]
-    # Perplexity from the HTTP numbers equals the engine's own scoring in-process.
-    nll = -sum(per_id[p][str(t)]["logprob"] for p, t in enumerate(ids[1:], start=1))
-    assert math.isfinite(math.exp(nll / (len(ids) - 1)))
 
 
 def test_chat_logprobs_and_streamed_chunks_carry_their_tokens(served) -> None:

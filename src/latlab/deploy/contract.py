@@ -4,6 +4,8 @@ latlab starts inference servers as processes (``latlab serve``, ``vllm serve``; 
 one more backend file) and then measures them over HTTP like any other server. Every backend is
 launched the same way by :func:`latlab.deploy.launcher.launch`:
 
+0. the backend's pre-flight checks run (distributed launches: Ray head, versions, NCCL/gloo
+   interfaces, ranks vs devices); a problem is a DeployError before anything starts;
 1. a free loopback port is chosen (an occupied one is replaced by a free one, and said so);
 2. the backend's command starts through :class:`latlab.procs.ManagedProcess` in its own process
    group, its output going to a log file in the run directory;
@@ -132,6 +134,9 @@ class Backend(Protocol):
 
     def port_taken(self, text: str) -> bool:
         """True when the log says the port was already in use (then latlab tries another)."""
+
+    def preflight(self, settings: LaunchSettings) -> list[str]:
+        """Problems that would make this launch fail or hang, found before starting it."""
 
 
 @dataclass(kw_only=True, slots=True)

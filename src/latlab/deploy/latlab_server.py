@@ -83,3 +83,6 @@ class LatlabServerBackend:
 
     def port_taken(self, text: str) -> bool:
         return "cannot listen on" in text and "in use" in text
+
+    def preflight(self, settings: LaunchSettings) -> list[str]:
+        return []  # one process on this machine: nothing to check before starting it

@@ -63,6 +63,9 @@ def launch(
     error propagates, so nothing is left running.
     """
     say = progress or (lambda _: None)
+    problems = backend.preflight(settings)
+    if problems:
+        raise DeployError(f"{backend.name} pre-flight check failed: " + "; ".join(problems))
     notes: list[str] = []
     port = choose_port(settings, notes)
     for attempt in range(1, PORT_ATTEMPTS + 1):

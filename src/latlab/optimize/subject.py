@@ -30,6 +30,8 @@ class Setup:
     decode: str = "greedy"  # or "prompt_lookup"
     prompt_lookup: Any = None  # generation.PromptLookupConfig when decode == "prompt_lookup"
     engine_options: dict[str, Any] = field(default_factory=dict)  # EngineConfig overrides
+    # A launched server's environment settings (None: unset); its flags are engine_options.
+    engine_env: dict[str, str | None] = field(default_factory=dict)
     static_batching: bool = False
     num_threads: int | None = None
     tf32: bool = False
