@@ -240,7 +240,7 @@ async def _serve_engine(engine_config: Any, sock: socket.socket, name: str | Non
     engine = AsyncLLM(engine_config)
     try:
         served = name or default_served_name(engine_config.model)
-        print(capacity_line(engine), flush=True)
+        print(capacity_line(engine), file=sys.stderr, flush=True)
         drain = Drain()
         guard = options.guard_for_context(int(engine.max_model_len))
         app = create_app(engine, served, guard=guard, drain=drain, buckets=options.buckets)
@@ -272,7 +272,8 @@ async def _serve_engine(engine_config: Any, sock: socket.socket, name: str | Non
 
 
 def capacity_line(engine: Any) -> str:
-    """The engine's own KV capacity, in the log, where launchers read it (latlab.deploy)."""
+    """The engine's own KV capacity, on stderr (stdout's first line stays the ready line), where
+    launchers read it from the log (latlab.deploy)."""
     from latlab import __version__
 
     blocks = int(engine.stats().num_kv_blocks)
