@@ -302,7 +302,7 @@ def test_when_adopted_recipes_fail_together_the_lab_builds_the_set_up():
         trial.verdict, trial.reason = ("reject", "quality") if clash else ("adopt", "faster")
         return trial
 
-    fake = SimpleNamespace(progress=lambda _: None, _try=fake_try)
+    fake = SimpleNamespace(progress=lambda _: None, _try=fake_try, BACKENDS=Lab.BACKENDS)
     fake._try_together = lambda backend, chosen: Lab._try_together(fake, backend, chosen)
     out = Lab._combined(fake, trials, recipes)
     assert (

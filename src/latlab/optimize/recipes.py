@@ -795,23 +795,29 @@ RECIPES: dict[str, Callable[..., Recipe]] = {
 }
 
 
-def recipe_options(name: str) -> list[str]:
+def recipe_options(
+    name: str, registry: dict[str, Callable[..., Recipe]] | None = None
+) -> list[str]:
     """Keyword options a recipe accepts in a plan file."""
-    return list(inspect.signature(RECIPES[name]).parameters)
+    return list(inspect.signature((registry or RECIPES)[name]).parameters)
 
 
-def make_recipe(name: str, **options: Any) -> Recipe:
-    """Build a recipe by name; ConfigError naming the known recipes or the accepted options."""
+def make_recipe(
+    name: str, registry: dict[str, Callable[..., Recipe]] | None = None, **options: Any
+) -> Recipe:
+    """Build a recipe by name (from ``registry``, default: latlab's own recipes); ConfigError
+    naming the known recipes or the accepted options."""
     import difflib
 
-    factory = RECIPES.get(name)
+    known = registry or RECIPES
+    factory = known.get(name)
     if factory is None:
-        close = difflib.get_close_matches(name, RECIPES, n=3)
+        close = difflib.get_close_matches(name, known, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigError(
-            f"unknown recipe {name!r}{hint}; known recipes: {', '.join(sorted(RECIPES))}"
+            f"unknown recipe {name!r}{hint}; known recipes: {', '.join(sorted(known))}"
         )
-    accepted = recipe_options(name)
+    accepted = recipe_options(name, known)
     unknown = [key for key in options if key not in accepted]
     if unknown:
         raise ConfigError(

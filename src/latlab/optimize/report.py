@@ -152,7 +152,7 @@ def plan_toml(plan: LabPlan) -> str:
     lines.append("recipes = [")
     lines += [f"  {_toml_value(r)}," for r in data["recipes"]]
     lines.append("]")
-    for section in ("workload", "quality", "engine"):
+    for section in ("workload", "quality", "engine", "engine_env"):
         values = {k: v for k, v in data[section].items() if v is not None}
         if values:
             lines.append(f"\n[{section}]")

@@ -6,10 +6,11 @@ and applies itself by adding flags to the setup's ``engine_options`` (vLLM's set
 name) or variables to its ``engine_env``. The served lab launches each candidate and measures
 it interleaved with the baseline launch.
 
-Greedy outputs of a scheduling change (batch size, chunking, caching) may differ from the
-baseline in bfloat16, where a different batch shape rounds differently; no vLLM recipe is
-therefore flagged ``exact``: each must instead pass the HTTP logprob gate (top-1 agreement,
-KL) like a model change.
+Every vLLM recipe changes how the server computes, so each is gated like a model change: the
+HTTP logprob gate (top-1 agreement, KL, perplexity on held-out text scored by the candidate
+server). None is flagged ``exact``: greedy outputs of a scheduling change (batch size,
+chunking, caching) may differ from the baseline in bfloat16, where a different batch shape
+rounds differently; the greedy match rate is reported beside the gate.
 """
 
 from __future__ import annotations
@@ -85,7 +86,6 @@ def flag_recipe(
     why_not: Callable[[Setup], str | None] | None = None,
     *,
     level: str = "engine",
-    changes_model: bool = False,
     env: dict[str, str | None] | None = None,
     model_path: str | None = None,
 ) -> Recipe:
@@ -104,7 +104,7 @@ def flag_recipe(
                             model_path=model_path or setup.model_path)  # fmt: skip
 
     return Recipe(name=name, level=level, changes=changes, backend=BACKEND, exact=False,
-                  changes_model=changes_model, group=group, _why_not=_both(*checks),
+                  changes_model=True, group=group, _why_not=_both(*checks),
                   _apply=apply)  # fmt: skip
 
 
@@ -133,7 +133,7 @@ def prefix_caching(enabled: bool = False) -> Recipe:
 
 def kv_cache_dtype(dtype: str = "fp8") -> Recipe:
     return flag_recipe(f"vllm-kv-cache-{dtype}", f"--kv-cache-dtype {dtype}", "kv_dtype",
-                       {"kv_cache_dtype": dtype}, level="model", changes_model=True)  # fmt: skip
+                       {"kv_cache_dtype": dtype}, level="model")  # fmt: skip
 
 
 def quantization(method: str = "fp8", checkpoint: str = "") -> Recipe:
@@ -152,7 +152,7 @@ def quantization(method: str = "fp8", checkpoint: str = "") -> Recipe:
         checks.insert(0, needs_checkpoint)
     return flag_recipe(f"vllm-quantization-{method}", f"--quantization {method}",
                        "quantization", flags, _both(*checks), level="model",
-                       changes_model=True, model_path=checkpoint or None)  # fmt: skip
+                       model_path=checkpoint or None)  # fmt: skip
 
 
 def enforce_eager(enabled: bool = True) -> Recipe:
@@ -209,7 +209,7 @@ def speculative_ngram(tokens: int = 4, max_ngram: int = 3) -> Recipe:
 
 def dtype(dtype: str = "float32") -> Recipe:
     return flag_recipe(f"vllm-dtype-{dtype}", f"--dtype {dtype}", "dtype", {"dtype": dtype},
-                       level="model", changes_model=True)  # fmt: skip
+                       level="model")  # fmt: skip
 
 
 def cpu_kv_space(gib: int = 4) -> Recipe:

@@ -1,0 +1,183 @@
+"""The lab for servers latlab launches: ``latlab optimize --backend vllm``.
+
+The in-process lab (lab.Lab) changes a model or an engine in memory; here every configuration
+is its own server launch (latlab.deploy), measured over HTTP with the same passes (the bench
+runner under the lab's request-level recipes), interleaved with the baseline launch, judged
+by the same noise rule and written into the same table and decision record. What differs:
+
+- each candidate is launched, warmed up, measured and stopped; the baseline launch stays up
+  for the whole run, so every candidate repetition has a baseline repetition beside it;
+- each launch's cold start (launch -> healthy -> first token) and the KV capacity the engine
+  logged are recorded with its measurement;
+- quality is the HTTP gate (latlab.optimize.http_quality): prompt log-probabilities of the
+  held-out windows and greedy completions of the workload's prompts, candidate vs baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from latlab.deploy import Backend, Deployment, LaunchSettings, launch
+from latlab.optimize import http_quality as hq
+from latlab.optimize.lab import Lab, LabResult, Trial, _Baseline, run_lab
+from latlab.optimize.lab_plan import LabPlan
+from latlab.optimize.lab_workload import LabRequest, LabWorkload
+from latlab.optimize.passes import RunResult, _LabTarget, prepare, run_pass
+from latlab.optimize.quality import QualityResult, gate, greedy_agreement
+from latlab.optimize.recipes import Recipe
+from latlab.optimize.subject import Setup
+from latlab.optimize.vllm_recipes import BACKEND, for_servers
+from latlab.workload import BenchRequest
+
+SERVED_NAME = "latlab-lab"
+
+
+class ServedRunner:
+    """One launched server for one setup: passes over HTTP, quality data, then stop."""
+
+    def __init__(self, setup: Setup, workload: LabWorkload, backend: Backend,
+                 log_dir: Path | None, say: Any) -> None:  # fmt: skip
+        from latlab.bench.targets import GenOptions, OpenAITarget
+
+        self.setup = setup
+        self.workload = workload
+        settings = LaunchSettings(model=setup.model_path, served_model_name=SERVED_NAME,
+                                  engine_args=dict(setup.engine_options),
+                                  env=dict(setup.engine_env), log_dir=log_dir)  # fmt: skip
+        self.server: Deployment = launch(backend, settings, progress=say)
+        self.loop = asyncio.new_event_loop()
+        self.http = OpenAITarget(self.server.url, model=SERVED_NAME)
+        self.opts = GenOptions(ignore_eos=True, temperature=0.0, stream=True)
+        self.target = _LabTarget(setup, self._generate)
+
+    async def _generate(self, req: LabRequest, prompt: list[int], rec: Any, out: list[int]) -> None:
+        request = BenchRequest(prompt, self.workload.output_len, len(prompt), req.request_id)
+        finish = await self.http.run(request, rec, self.opts)
+        if finish is not None:
+            finish()
+        if rec.error:
+            raise RuntimeError(rec.error_detail or rec.error)
+        # Token counts only (the response cache replays them): quality is judged separately,
+        # over HTTP, from log-probabilities and greedy texts.
+        out.extend([0] * int(rec.output_tokens or sum(rec.chunk_tokens)))
+
+    def launch_facts(self) -> dict[str, Any]:
+        cold, facts = self.server.cold_start, self.server.facts
+        return {"cold_start_s": round(cold.first_token_s or 0.0, 2),
+                "healthy_s": round(cold.healthy_s, 2),
+                "kv_cache_tokens": facts.kv_cache_tokens}  # fmt: skip
+
+    def run(self, requests: list[LabRequest]) -> RunResult:
+        items = prepare(self.setup, requests)
+        result = run_pass(self.loop, self.target, items, self.workload.concurrency,
+                          self.workload.output_len)  # fmt: skip
+        result.extra.update(self.launch_facts())
+        return result
+
+    def scores(self, chunks: list[list[int]]) -> hq.ScoredText:
+        with hq.http_client() as client:
+            return hq.score_windows(client, self.server.url, SERVED_NAME, chunks)
+
+    def greedy(self, prompts: list[list[int]], max_tokens: int) -> list[str]:
+        with hq.http_client() as client:
+            return hq.greedy_texts(client, self.server.url, SERVED_NAME, prompts, max_tokens)
+
+    def close(self) -> None:
+        try:
+            self.loop.run_until_complete(self.http.aclose())
+            self.loop.close()
+        finally:
+            self.server.stop()
+
+
+class ServedLab(Lab):
+    """The lab with one server launch per configuration (see the module docstring)."""
+
+    BACKENDS = (BACKEND,)
+
+    def __init__(self, plan: LabPlan, model_path: str, quality_text: str, *, backend: Backend,
+                 progress: Any = None, log_dir: Path | None = None) -> None:  # fmt: skip
+        super().__init__(plan, model_path, quality_text, progress)
+        self.backend = backend
+        self.log_dir = log_dir
+        self.chunks = hq.windows(self.text_ids, plan.quality_window_tokens, plan.quality_windows)
+        self.launch_s = 0.0  # the baseline's launch: what each candidate costs on top
+        self._base_quality: tuple[hq.ScoredText, list[str]] | None = None
+        self._candidate_quality: tuple[hq.ScoredText, list[str]] | None = None
+
+    def _setup(self, backend: str) -> Setup:
+        if backend not in self.setups:
+            self.setups[backend] = Setup(backend=backend, model_path=self.model_path,
+                                         tokenizer=self.tokenizer,
+                                         engine_options=dict(self.plan.engine),
+                                         engine_env=dict(self.plan.engine_env))  # fmt: skip
+        return self.setups[backend]
+
+    def _runner(self, setup: Setup) -> ServedRunner:
+        started = time.perf_counter()
+        runner = ServedRunner(setup, self.plan.workload, self.backend, self.log_dir,
+                              self.progress)  # fmt: skip
+        if not self.launch_s:
+            self.launch_s = time.perf_counter() - started
+        return runner
+
+    def _memory(self, setup: Setup, runner: Any) -> tuple[int, str]:
+        # Weights and cache are the server's; their sizes are fixed by the flags (the KV
+        # capacity each launch logged is in its notes), so nothing here is compared.
+        return 0, "not measured for a launched server (KV capacity in the notes)"
+
+    def _over_budget(self, backend: str, extra_s: float = 0.0) -> str | None:
+        return super()._over_budget(backend, extra_s + self.launch_s)
+
+    def _quality_data(self, runner: ServedRunner) -> tuple[hq.ScoredText, list[str]]:
+        """Held-out scores, and greedy texts of the prompts this setup sends (trimmed,
+        reordered), by request id; a response-cache hit would repeat its text exactly."""
+        self.progress(f"{runner.server.backend}: scoring held-out text and greedy outputs")
+        sent = {r.request_id: prompt for r, prompt in prepare(runner.setup, self.requests)}
+        prompts = [sent[r.request_id] for r in self.requests]
+        return runner.scores(self.chunks), runner.greedy(prompts, self.plan.workload.output_len)
+
+    def _after_measure(self, setup: Setup, runner: Any) -> None:
+        """Before the candidate server stops: its quality data (the gate runs after)."""
+        self._candidate_quality = self._quality_data(runner)
+
+    def _quality(self, base: _Baseline, setup: Setup, first: RunResult, exact: bool,
+                 changes_model: bool) -> QualityResult:  # fmt: skip
+        if self._base_quality is None:
+            self._base_quality = self._quality_data(base.runner)
+        assert self._candidate_quality is not None
+        (base_scores, base_texts), (scores, texts) = self._base_quality, self._candidate_quality
+        # As in-process: logits for recipes that change how the model computes; request-level
+        # ones (trimming) are judged by their greedy outputs alone.
+        logits = hq.compare_scores(base_scores, scores)[0] if changes_model else None
+        encode = self.tokenizer.encode
+        match, agreement = greedy_agreement(
+            [encode(t, add_special_tokens=False) for t in base_texts],
+            [encode(t, add_special_tokens=False) for t in texts],
+        )
+        return gate(logits, match, agreement, exact, self.plan.thresholds)
+
+    def run(self, recipes: list[Recipe]) -> list[Trial]:
+        """Request-level recipes act in the client here, unchanged; the rest must be vLLM's."""
+        return super().run([r if r.backend == BACKEND else for_servers(r) for r in recipes])
+
+
+def run_served_lab(
+    plan: LabPlan,
+    model: str | None,
+    quality_text: str | None,
+    *,
+    backend: Backend,
+    progress: Any = None,
+    log_dir: Path | None = None,
+) -> LabResult:
+    """``run_lab`` with one server launch per configuration (see the module docstring)."""
+
+    def make_lab(lab_plan: LabPlan, model_path: str, text: str) -> Lab:
+        return ServedLab(lab_plan, model_path, text, backend=backend, progress=progress,
+                         log_dir=log_dir)  # fmt: skip
+
+    return run_lab(plan, model, quality_text, progress, make_lab=make_lab)

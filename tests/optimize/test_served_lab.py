@@ -1,0 +1,129 @@
+"""The served lab: one launch per configuration, measured over HTTP, gated over HTTP.
+
+The mechanics run on ``latlab serve`` launches (seconds each); one vLLM recipe runs end to end
+on the real vLLM CPU build (two launches: the baseline and the candidate).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from live_vllm import vllm_command_or_skip
+
+from latlab.deploy.latlab_server import LatlabServerBackend
+from latlab.errors import ConfigError
+from latlab.optimize.lab_plan import DEFAULT_VLLM_RECIPES, default_vllm_plan, plan_from_dict
+from latlab.optimize.recipes import prompt_trim, torch_compile
+from latlab.optimize.report import strategy_table, write_report
+from latlab.optimize.served_lab import run_served_lab
+from latlab.optimize.subject import Setup
+from latlab.optimize.vllm_recipes import (
+    VLLM_RECIPES,
+    accelerator,
+    cpu_threads,
+    for_servers,
+    kv_cache_dtype,
+    quantization,
+    tensor_parallel,
+)
+from latlab.procs import http_ok
+
+SMALL = {"num_requests": 6, "prompt_len": 24, "output_len": 6, "shared_prefix_len": 8,
+         "concurrency": 2}  # fmt: skip
+QUALITY = {"windows": 2, "window_tokens": 32}
+
+
+def _setup(**engine: object) -> Setup:
+    return Setup(backend="vllm", model_path="m", tokenizer=None, engine_options=dict(engine))
+
+
+def test_vllm_recipes_add_flags_and_env_and_say_why_not() -> None:
+    base = _setup()
+    recipe = kv_cache_dtype("fp8")
+    applied = recipe.apply(base)
+    assert applied.engine_options == {"kv_cache_dtype": "fp8"} and base.engine_options == {}
+    assert recipe.why_not(applied) == "the baseline already has {'kv_cache_dtype': 'fp8'}"
+    threads = cpu_threads()
+    if accelerator()[0] == "cpu":
+        assert threads.apply(base).engine_env == {"VLLM_CPU_OMP_THREADS_BIND": "all",
+                                                  "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}  # fmt: skip
+        assert "needs a CUDA GPU" in (quantization("fp8").why_not(base) or "")
+        assert "splits one machine's cores" in (tensor_parallel(2).why_not(base) or "")
+    assert "pre-quantized checkpoint" in (quantization("awq").why_not(base) or "")
+    if accelerator()[0] == "cuda":
+        assert quantization("awq", checkpoint="/q").apply(base).model_path == "/q"
+
+
+def test_request_recipes_apply_unchanged_and_engine_recipes_are_refused() -> None:
+    trim = for_servers(prompt_trim(16))
+    assert trim.backend == "vllm" and trim.apply(_setup()).prompt_token_budget == 16
+    with pytest.raises(ConfigError, match="use the vllm-\\* recipes"):
+        for_servers(torch_compile())
+
+
+def test_default_vllm_plan_names_only_known_recipes_and_bounds_the_cpu_cache() -> None:
+    plan = default_vllm_plan()
+    assert [r.name for r in plan.recipes] == [r["name"] for r in DEFAULT_VLLM_RECIPES]
+    assert all(r["name"] in VLLM_RECIPES or r["name"] in ("response-cache", "prompt-trim",
+               "group-by-prefix") for r in DEFAULT_VLLM_RECIPES)  # fmt: skip
+    if accelerator()[0] == "cpu":
+        assert plan.engine_env == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    assert plan.time_budget_s is not None and plan.time_budget_s < 20 * 60
+
+
+def test_plan_engine_env_must_be_strings() -> None:
+    with pytest.raises(ConfigError, match="engine_env"):
+        plan_from_dict({"recipes": ["response-cache"], "engine_env": {"X": 1}})
+
+
+@pytest.mark.slow
+def test_served_lab_launches_each_configuration_and_gates_over_http(tmp_path: Path) -> None:
+    plan = plan_from_dict({"recipes": ["response-cache", {"name": "prompt-trim", "budget": 12}],
+                           "workload": SMALL, "quality": QUALITY,
+                           "engine": {"num_threads": 1}})  # fmt: skip
+    result = run_served_lab(plan, None, None, backend=LatlabServerBackend(),
+                            log_dir=tmp_path / "logs")  # fmt: skip
+    cache, trim = result.trials
+    assert cache.verdict in ("adopt", "reject") and cache.quality is not None
+    assert cache.quality.greedy_match_rate == 1.0  # a cache hit repeats the reply exactly
+    assert cache.candidate is not None and cache.candidate.extra["response_cache_hits"] > 0
+    for trial in (cache, trim):
+        assert trial.candidate is not None and trial.candidate.extra["cold_start_s"] > 0
+        assert trial.candidate.extra["kv_cache_tokens"] > 0
+        assert len(trial.candidate.reps) == len(trial.baseline.reps) == plan.repeats
+    assert trim.quality is not None and trim.quality.logits is None  # judged by its outputs
+    logs = sorted((tmp_path / "logs").glob("latlab-server-*.log"))
+    assert len(logs) == 3  # baseline, then one launch per recipe
+    for log in logs:
+        port = log.stem.rsplit("-", 1)[1]
+        assert not http_ok(f"http://127.0.0.1:{port}/health")  # every launch stopped
+
+
+@pytest.mark.slow
+def test_one_vllm_recipe_measured_end_to_end(tmp_path: Path) -> None:
+    from latlab.deploy.vllm import VllmBackend
+
+    command = vllm_command_or_skip()
+    plan = plan_from_dict({
+        "recipes": [{"name": "vllm-max-num-seqs", "value": 1}],
+        "workload": SMALL, "quality": QUALITY,
+        "engine": {"enforce_eager": True, "max_model_len": 512},
+        "engine_env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+    })  # fmt: skip
+    result = run_served_lab(plan, None, None, backend=VllmBackend(command),
+                            log_dir=tmp_path / "logs")  # fmt: skip
+    (trial,) = result.trials
+    assert trial.verdict in ("adopt", "reject"), trial.reason
+    assert trial.quality is not None and trial.quality.logits is not None
+    assert trial.quality.logits.top1_agreement > 0.9  # same weights, same dtype
+    assert trial.candidate is not None and trial.candidate.extra["cold_start_s"] > 0
+    assert "ttft" in trial.deltas and "throughput" in trial.deltas
+    paths = write_report(result, tmp_path / "out")
+    assert "vllm-max-num-seqs-1" in strategy_table(result.trials)
+    data = json.loads(Path(paths["json"]).read_text())
+    assert data["plan"]["engine_env"] == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    logs = [log.read_text() for log in (tmp_path / "logs").glob("vllm-*.log")]
+    assert len(logs) == 2  # the baseline and the candidate, each its own launch
+    assert sum("'max_num_seqs': 1" in text for text in logs) == 1  # vLLM's non-default args
