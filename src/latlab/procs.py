@@ -64,6 +64,53 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def _listening_inodes(port: int) -> set[int] | None:
+    """Socket inodes listening on TCP ``port`` (None where /proc/net is not available)."""
+    found: set[int] = set()
+    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not any(t.exists() for t in tables):
+        return None
+    for table in tables:
+        try:
+            rows = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()  # sl local rem st ... inode
+            if (
+                len(fields) > 9
+                and fields[3] == "0A"
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+            ):
+                found.add(int(fields[9]))
+    return found
+
+
+def group_listens_on(pgid: int, port: int) -> bool:
+    """True when a process of group ``pgid`` holds the socket listening on ``port``.
+
+    A server that binds late (vLLM: a minute after launch) can find its free port taken by
+    another program meanwhile; that program's /health must not count as this server's.
+    Where /proc cannot tell (not Linux), this is True.
+    """
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return True
+    for pid in group_members(pgid):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and int(link[8:-1]) in inodes:
+                return True
+    return False
+
+
 def tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:
     """The last ``lines`` lines of a log file ('' when there is none)."""
     if path is None or not path.exists():

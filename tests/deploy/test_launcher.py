@@ -20,7 +20,7 @@ import pytest
 
 from latlab.deploy.contract import DeployError, LaunchCommand, LaunchSettings, LogFacts
 from latlab.deploy.launcher import choose_port, launch, port_is_free
-from latlab.procs import group_members, http_ok
+from latlab.procs import group_listens_on, group_members, http_ok
 
 _SERVER = textwrap.dedent(
     """
@@ -70,7 +70,7 @@ class FakeBackend:
         return facts
 
     def port_taken(self, text: str) -> bool:
-        return "Address already in use" in text
+        return "address already in use" in text.lower()
 
     def preflight(self, settings: LaunchSettings) -> list[str]:
         return ["head unreachable"] if self.mode == "preflight" else []
@@ -184,6 +184,38 @@ def test_port_lost_at_bind_time_is_relaunched_elsewhere(tmp_path: Path) -> None:
     with launch(backend, _settings(tmp_path)) as server:
         assert backend.launches == 2
         assert "taken at bind time" in server.notes[0]
+
+
+def test_a_foreign_server_on_our_port_is_not_taken_for_ours(tmp_path: Path) -> None:
+    """Another program binds the chosen port before our (late-binding) server does."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    foreign: list[http.server.HTTPServer] = []
+
+    class Raced(FakeBackend):
+        def command(self, settings: LaunchSettings, port: int) -> LaunchCommand:
+            if not foreign:  # the first launch loses its port to a healthy stranger
+                foreign.append(http.server.HTTPServer(("127.0.0.1", port), Handler))
+                threading.Thread(target=foreign[0].serve_forever, daemon=True).start()
+            return super().command(settings, port)
+
+    try:
+        with launch(Raced(), _settings(tmp_path)) as server:
+            stranger = foreign[0].server_address[1]
+            assert server.port != stranger
+            assert group_listens_on(server.process.pid, server.port)
+            assert not group_listens_on(server.process.pid, stranger)
+    finally:
+        foreign[0].shutdown()
 
 
 def test_sigterm_to_the_launching_process_stops_the_server(tmp_path: Path) -> None:

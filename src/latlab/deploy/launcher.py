@@ -21,7 +21,15 @@ from latlab.deploy.contract import (
     LaunchSettings,
     LogFacts,
 )
-from latlab.procs import ManagedProcess, ProcessSpec, ProcessStartError, free_port, http_ok, tail
+from latlab.procs import (
+    ManagedProcess,
+    ProcessSpec,
+    ProcessStartError,
+    free_port,
+    group_listens_on,
+    http_ok,
+    tail,
+)
 
 # A server that loses a race for its port (another process took it between our check and its
 # bind) is relaunched on a fresh port this many times.
@@ -127,8 +135,14 @@ def _wait_healthy(
     backend: Backend, settings: LaunchSettings, process: ManagedProcess, port: int
 ) -> float:
     url = f"http://{settings.host}:{port}/health"
+    pgid = process.pid or 0
+
+    def ours_and_healthy() -> bool:  # another program may have taken the port meanwhile
+        return http_ok(url) and group_listens_on(pgid, port)
+
     try:
-        return process.wait_http(url, timeout_s=settings.health_timeout_s)
+        return process.wait_ready(ours_and_healthy, timeout_s=settings.health_timeout_s,
+                                  what=f"healthy at {url}")  # fmt: skip
     except ProcessStartError as exc:
         if process.alive():  # not healthy in time: the log's last lines say where it hung
             raise DeployError(str(exc)) from None

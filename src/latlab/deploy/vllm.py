@@ -102,7 +102,7 @@ class VllmBackend:
         return parse_vllm_log(text)
 
     def port_taken(self, text: str) -> bool:
-        return "Address already in use" in text or "[Errno 98]" in text
+        return "address already in use" in text.lower() or "[Errno 98]" in text
 
     def preflight(self, settings: LaunchSettings) -> list[str]:
         """Distributed launches only: see latlab.deploy.preflight (none for one rank)."""
