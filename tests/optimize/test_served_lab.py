@@ -22,6 +22,7 @@ from latlab.optimize.subject import Setup
 from latlab.optimize.vllm_recipes import (
     VLLM_RECIPES,
     accelerator,
+    cpu_binding,
     cpu_threads,
     for_servers,
     kv_cache_dtype,
@@ -54,6 +55,16 @@ def test_vllm_recipes_add_flags_and_env_and_say_why_not() -> None:
     assert "pre-quantized checkpoint" in (quantization("awq").why_not(base) or "")
     if accelerator()[0] == "cuda":
         assert quantization("awq", checkpoint="/q").apply(base).model_path == "/q"
+
+
+def test_cpu_tensor_parallel_binds_each_rank_to_its_own_cores() -> None:
+    assert cpu_binding(2, [0, 1]) == {"VLLM_CPU_OMP_THREADS_BIND": "0|1",
+                                      "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}  # fmt: skip
+    assert cpu_binding(2, [2, 3, 4, 5])["VLLM_CPU_OMP_THREADS_BIND"] == "2,3|4,5"
+    if accelerator()[0] == "cpu":
+        applied = tensor_parallel(2, on_cpu=True).apply(_setup())
+        assert applied.engine_options == {"tensor_parallel_size": 2}
+        assert "|" in applied.engine_env["VLLM_CPU_OMP_THREADS_BIND"]
 
 
 def test_request_recipes_apply_unchanged_and_engine_recipes_are_refused() -> None:

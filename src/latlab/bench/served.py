@@ -25,6 +25,7 @@ class ServerRun:
 
     backend: Backend
     settings: LaunchSettings
+    label: str | None = None  # how tables name it (default: the backend's name)
 
 
 def bench_servers(
@@ -40,10 +41,12 @@ def bench_servers(
 
     tell = say or (lambda _: None)
     servers: list[Deployment] = []
+    labels: dict[int, str] = {}
     try:
         for run in runs:
             server = launch(run.backend, run.settings, progress=tell)
             servers.append(server)
+            labels[id(server)] = run.label or run.backend.name
             tell(_launched(server))
         results = []
         for server in servers:
@@ -53,6 +56,7 @@ def bench_servers(
             target.name = f"{server.backend} ({server.url})"
             result = run_bench(config, target, progress=progress)
             result.target["server"] = server.to_dict()
+            result.target["label"] = labels[id(server)]
             results.append(result)
             if result.interrupted:
                 break
@@ -87,7 +91,7 @@ def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
             server = result.target.get("server", {})
             rows.append({
                 "load": dict(level.load),
-                "backend": server.get("backend", result.target.get("name")),
+                "backend": result.target.get("label") or server.get("backend"),
                 "cold_start_s": (server.get("cold_start") or {}).get("first_token_s"),
                 "ttft_ms_p50": s.ttft_ms.p50,
                 "tpot_ms_p50": s.tpot_ms.p50,

@@ -16,6 +16,7 @@ rounds differently; the greedy match rate is reported beside the gate.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -176,16 +177,35 @@ def _ranks(kind: str, size: int, on_cpu: bool) -> Callable[[Setup], str | None]:
     return why_not
 
 
+def cpu_binding(ranks: int, cores: list[int]) -> dict[str, str]:
+    """vLLM CPU's thread binding for ``ranks`` ranks on the given core ids.
+
+    Its automatic binding needs a NUMA node per rank ("Not enough allowed NUMA nodes to bind
+    threads of 2 local CPUWorkers" on a one-node machine); an explicit split works: the cores
+    in equal shares, '|' between ranks, none held back.
+    """
+    per = max(1, len(cores) // ranks)
+    shares = [cores[r * per : (r + 1) * per] or cores[-1:] for r in range(ranks)]
+    bind = "|".join(",".join(str(c) for c in share) for share in shares)
+    return {"VLLM_CPU_OMP_THREADS_BIND": bind, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
+def _parallel(kind: str, size: int, on_cpu: bool) -> Recipe:
+    flag = f"{kind}_parallel_size"
+    env = {}
+    if accelerator()[0] == "cpu" and on_cpu:
+        env = cpu_binding(size, sorted(os.sched_getaffinity(0)))
+    return flag_recipe(f"vllm-{kind}-parallel-{size}", f"--{kind}-parallel-size {size}",
+                       f"{kind}_parallel", {flag: size}, _ranks(kind, size, on_cpu),
+                       level="system", env=env)  # fmt: skip
+
+
 def tensor_parallel(size: int = 2, on_cpu: bool = False) -> Recipe:
-    return flag_recipe(f"vllm-tensor-parallel-{size}", f"--tensor-parallel-size {size}",
-                       "tensor_parallel", {"tensor_parallel_size": size},
-                       _ranks("tensor", size, on_cpu), level="system")  # fmt: skip
+    return _parallel("tensor", size, on_cpu)
 
 
 def pipeline_parallel(size: int = 2, on_cpu: bool = False) -> Recipe:
-    return flag_recipe(f"vllm-pipeline-parallel-{size}", f"--pipeline-parallel-size {size}",
-                       "pipeline_parallel", {"pipeline_parallel_size": size},
-                       _ranks("pipeline", size, on_cpu), level="system")  # fmt: skip
+    return _parallel("pipeline", size, on_cpu)
 
 
 def gpu_memory_utilization(value: float = 0.95) -> Recipe:

