@@ -20,23 +20,14 @@ import os
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-WORK = Path(os.environ.get("LATLAB_BENCH_DIR", "/tmp/latlab-serve-bench"))
+from serve_cold_start import WORK  # benchmarks/ is on sys.path when run as a script
 
 
 def model_dir(name: str) -> Path:
-    if name == "bundled":
-        from latlab.assets import bundled_model_path
+    """The bundled model, the ~106M reference model (built once), or a path."""
+    from serve_cold_start import model_dirs
 
-        return Path(bundled_model_path())
-    if name == "ref106m":
-        path = WORK / "ref106m"
-        if not (path / "model.safetensors").exists():
-            from latlab.testing.random_model import REFERENCE_106M, save_random_llama
-
-            save_random_llama(path, REFERENCE_106M, dtype="bfloat16")
-        return path
-    return Path(name)
+    return model_dirs([name])[name]
 
 
 def check(name: str, kv_gib: int, context: int, vllm_cmd: str | None) -> dict:

@@ -24,23 +24,16 @@ import os
 import statistics
 from pathlib import Path
 
-WORK = Path(os.environ.get("LATLAB_BENCH_DIR", "/tmp/latlab-serve-bench"))
+from serve_cold_start import WORK  # benchmarks/ is on sys.path when run as a script
+
 KV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
 def model_dir(name: str) -> Path:
-    if name == "bundled":
-        from latlab.assets import bundled_model_path
+    """The bundled model, the ~106M reference model (built once), or a path."""
+    from serve_cold_start import model_dirs
 
-        return Path(bundled_model_path())
-    if name == "ref106m":
-        path = WORK / "ref106m"
-        if not (path / "model.safetensors").exists():
-            from latlab.testing.random_model import REFERENCE_106M, save_random_llama
-
-            save_random_llama(path, REFERENCE_106M, dtype="bfloat16")
-        return path
-    return Path(name)
+    return model_dirs([name])[name]
 
 
 def server_runs(kind: str, model: Path, log_dir: Path) -> list:
