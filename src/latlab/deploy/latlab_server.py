@@ -23,9 +23,9 @@ _OWN_FLAGS = {"dtype", "device", "block_size", "kv_cache_bytes", "kv_cache_memor
               "prompt_lookup_min", "seed", "num_threads"}  # fmt: skip
 _RESERVED = {"model", "host", "port", "served_model_name"}
 
-_CAPACITY = re.compile(
-    r"latlab serve (\S+): KV cache size: ([\d,]+) tokens .*max model length ([\d,]+)"
-)
+# The ready line: "latlab serve: ready at URL (model 'm', engine and server up in 3.2 s;
+# KV cache size: 131,072 tokens in 8,192 blocks of 16)".
+_CAPACITY = re.compile(r"latlab serve: ready at .*KV cache size: ([\d,]+) tokens")
 _CLI_ERROR = re.compile(r"^latlab: error: (.+)$")
 
 
@@ -71,12 +71,12 @@ class LatlabServerBackend:
         return dict(settings.env)
 
     def parse_log(self, text: str) -> LogFacts:
-        facts = LogFacts(platform="cpu")
+        from latlab import __version__  # the launched server is this very install
+
+        facts = LogFacts(platform="cpu", version=__version__)
         for line in text.splitlines():
             if m := _CAPACITY.search(line):
-                facts.version = m.group(1)
-                facts.kv_cache_tokens = int(m.group(2).replace(",", ""))
-                facts.max_model_len = int(m.group(3).replace(",", ""))
+                facts.kv_cache_tokens = int(m.group(1).replace(",", ""))
             elif m := _CLI_ERROR.match(line.strip()):
                 facts.error = m.group(1)
         return facts

@@ -240,7 +240,6 @@ async def _serve_engine(engine_config: Any, sock: socket.socket, name: str | Non
     engine = AsyncLLM(engine_config)
     try:
         served = name or default_served_name(engine_config.model)
-        print(capacity_line(engine), file=sys.stderr, flush=True)
         drain = Drain()
         guard = options.guard_for_context(int(engine.max_model_len))
         app = create_app(engine, served, guard=guard, drain=drain, buckets=options.buckets)
@@ -257,7 +256,7 @@ async def _serve_engine(engine_config: Any, sock: socket.socket, name: str | Non
             seconds = time.perf_counter() - started
             print(
                 f"{READY_PREFIX}{url}/v1 (model '{served}', engine and server up in "
-                f"{seconds:.1f} s)",
+                f"{seconds:.1f} s; {capacity_text(engine)})",
                 flush=True,
             )
             print(f"latlab serve: engine: {engine.summary()}", flush=True)
@@ -271,17 +270,11 @@ async def _serve_engine(engine_config: Any, sock: socket.socket, name: str | Non
     print(report.line("latlab serve"), file=sys.stderr, flush=True)
 
 
-def capacity_line(engine: Any) -> str:
-    """The engine's own KV capacity, on stderr (stdout's first line stays the ready line), where
-    launchers read it from the log (latlab.deploy)."""
-    from latlab import __version__
-
+def capacity_text(engine: Any) -> str:
+    """The KV capacity the engine allocated, in the ready line (launchers read it there)."""
     blocks = int(engine.stats().num_kv_blocks)
     block_size = int(engine.config.block_size)
-    return (
-        f"latlab serve {__version__}: KV cache size: {blocks * block_size:,} tokens "
-        f"({blocks:,} blocks of {block_size}), max model length {int(engine.max_model_len):,}"
-    )
+    return f"KV cache size: {blocks * block_size:,} tokens in {blocks:,} blocks of {block_size}"
 
 
 def serve(
