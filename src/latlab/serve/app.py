@@ -250,13 +250,11 @@ class _Server:
         self._check_model(req.model)
         req.check_supported()
         prompt = req.single_prompt()
-        if isinstance(prompt, str):
-            ids = self._prompt_ids(prompt)
-        else:
-            ids = self._check_token_ids(prompt)
+        text = isinstance(prompt, str)
+        ids = self._prompt_ids(prompt) if text else self._check_token_ids(prompt)
         job = self._job(req, ids, req.max_tokens, chat=False, prefix="cmpl")
         if req.echo:
-            job.echo_text = prompt if isinstance(prompt, str) else self.engine.tokenizer.decode(ids)
+            job.echo_text = prompt if text else self.engine.tokenizer.decode(ids)
         return job
 
     def prepare_chat(self, req: ChatCompletionRequest) -> _Job:
