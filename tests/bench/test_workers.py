@@ -29,7 +29,7 @@ def test_closed_and_open_loop_levels_across_two_workers():
     assert lv.load == {"concurrency": 3}
     assert (lv.summary.completed, lv.summary.failed) == (9, 0)
     assert {r.request_id.split("-")[0] for r in lv.records} == {"w0", "w1"}
-    assert abs(lv.summary.ttft_ms.p50 - 20.0) < 15.0
+    assert lv.summary.ttft_ms.p50 >= 19.0  # the stub waits 20 ms; a loaded machine only adds
     assert lv.client.cpu_s > 0
     lv = opened.levels[0]
     assert lv.summary.completed == 10
