@@ -30,13 +30,14 @@ def model_dir(name: str) -> Path:
     return model_dirs([name])[name]
 
 
-def check(name: str, kv_gib: int, context: int, vllm_cmd: str | None) -> dict:
+def check(name: str, kv_gib: int, context: int, vllm_cmd: str | None, dtype: str) -> dict:
     from latlab.deploy import LaunchSettings, launch
     from latlab.deploy.vllm import VllmBackend
     from latlab.plan.vllm import plan_vllm
 
     path = model_dir(name)
-    plan = plan_vllm(path, device="cpu", kv_cache_bytes=f"{kv_gib}GiB", context=context)
+    plan = plan_vllm(path, device="cpu", kv_cache_bytes=f"{kv_gib}GiB", context=context,
+                     weight_dtype=dtype)  # fmt: skip
     settings = LaunchSettings(model=str(path), engine_args=plan.flags, env=plan.env,
                               log_dir=WORK / "logs")  # fmt: skip
     started = time.perf_counter()
@@ -46,6 +47,7 @@ def check(name: str, kv_gib: int, context: int, vllm_cmd: str | None) -> dict:
             "model": name,
             "kv_gib": kv_gib,
             "context": context,
+            "dtype": dtype,
             "command": plan.command_line(str(path)),
             "predicted_tokens": plan.kv_cache_tokens,
             "predicted_blocks": plan.num_blocks,
@@ -66,13 +68,14 @@ def main() -> None:
     parser.add_argument("--kv-gib", default="1", help="comma list of whole GiB budgets")
     parser.add_argument("--context", type=int, default=2048)
     parser.add_argument("--vllm-cmd", default=None)
+    parser.add_argument("--dtype", default="fp32", help="weights and KV (fp32: no bf16 on AVX2)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     rows = []
     print(f"load average at start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
     for name in args.models.split(","):
         for gib in (int(g) for g in args.kv_gib.split(",")):
-            row = check(name, gib, args.context, args.vllm_cmd)
+            row = check(name, gib, args.context, args.vllm_cmd, args.dtype)
             rows.append(row)
             print(
                 f"{name} {gib} GiB: plan {row['predicted_tokens']:,} tokens "

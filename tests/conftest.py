@@ -4,6 +4,10 @@ A vLLM launch costs 30-60 s on two idle cores (minutes on busy ones), so the liv
 one: the bundled model, launched with the flags ``latlab plan --backend vllm --device cpu``
 gives, plus ``--enforce-eager`` (torch.compile's warm-up would add minutes and changes nothing
 a test asserts). Without vLLM they skip, or fail under ``make test`` (tests/live_vllm.py).
+
+The live vLLM tests run last: ``make test`` installs vLLM in the background meanwhile
+(scripts/test.sh). Those that launch their own vLLM (marked ``vllm``) come before those sharing
+the session server, so that server is up only at the very end.
 """
 
 from __future__ import annotations
@@ -13,6 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        if "vllm_server" in getattr(item, "fixturenames", ()):
+            return 2
+        return 1 if item.get_closest_marker("vllm") else 0
+
+    items.sort(key=rank)  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)

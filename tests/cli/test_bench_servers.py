@@ -78,12 +78,14 @@ def test_latlab_server_is_launched_measured_recorded_and_stopped(tmp_path: Path)
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
 def test_vllm_and_latlab_server_compared_in_one_command(tmp_path: Path) -> None:
     vllm = shlex.join(vllm_command_or_skip())
     out = tmp_path / "cmp.json"
     code, text = _bench(
         "--backend", "vllm,latlab-server", "--vllm-cmd", vllm,
-        "--engine-arg", "vllm:enforce_eager=true", "--engine-arg", "max_num_seqs=4",
+        "--engine-arg", "vllm:enforce_eager=true", "--engine-arg", "vllm:dtype=float32",
+        "--engine-arg", "max_num_seqs=4",
         "--engine-env", "vllm:VLLM_CPU_KVCACHE_SPACE=1",
         "--json", str(out), "--run-dir", str(tmp_path / "run"), *SMALL,
     )  # fmt: skip
@@ -94,7 +96,7 @@ def test_vllm_and_latlab_server_compared_in_one_command(tmp_path: Path) -> None:
     server = vllm_run["target"]["server"]
     assert server["version"] == "0.32.0"
     assert server["env"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
-    assert server["engine_args"] == {"max_num_seqs": 4, "enforce_eager": True}
+    assert server["engine_args"] == {"max_num_seqs": 4, "enforce_eager": True, "dtype": "float32"}
     assert server["cold_start"]["first_token_s"] > 0
     assert latlab_run["target"]["server"]["engine_args"] == {"max_num_seqs": 4}
     for run in (vllm_run, latlab_run):

@@ -46,6 +46,7 @@ def test_engine_core_runs_in_the_launched_process_group(vllm_server: Any) -> Non
     assert any(b"EngineCore" in title for title in titles)
 
 
+@pytest.mark.vllm
 def test_a_flag_vllm_rejects_is_quoted_from_its_log_and_nothing_is_left(tmp_path: Path) -> None:
     backend = VllmBackend(vllm_command_or_skip())
     settings = LaunchSettings(model="unused", engine_args={"no_such_flag": 1}, log_dir=tmp_path)

@@ -2,36 +2,30 @@
 
 The dashboard for the installed vLLM version resolves panel by panel, ``latlab alerts
 --metrics-url`` reads vLLM's live bucket edges and its rules evaluate on that Prometheus, and
-``latlab watch`` reads vLLM's /metrics by name. Skipped where vLLM's venv is absent (see
-benchmarks/anchors/install.sh); starting vLLM takes 30 s on a quiet machine.
+``latlab watch`` reads vLLM's /metrics by name. It uses the session's one vLLM launch
+(``vllm_server``, tests/conftest.py): skipped without vLLM, except under ``make test``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from latlab.monitor.dashboard import build_dashboard, concrete
 from latlab.monitor.generate import RuleOptions, generate_rules
 from latlab.monitor.names import resolve
-from latlab.procs import ManagedProcess, ProcessSpec, free_port
 from latlab.testing.prometheus import PrometheusServer
 from latlab.watch.config import WatchConfig
 from latlab.watch.loop import run_watch
 from monitor.helpers import needs_prometheus
 
-REPO = Path(__file__).parents[2]
-VLLM_PYTHON = Path(os.environ.get("LATLAB_VLLM_PYTHON", "/tmp/vllm-venv/bin/python"))
-no_vllm = pytest.mark.skipif(not VLLM_PYTHON.exists(), reason=f"no vLLM at {VLLM_PYTHON}")
-pytestmark = [needs_prometheus, pytest.mark.slow, no_vllm]
+pytestmark = [needs_prometheus, pytest.mark.slow]
 
 
-def _complete(base: str, i: int) -> None:
-    body = json.dumps({"model": "tiny", "prompt": f"probe {i}", "max_tokens": 6,
+def _complete(base: str, model: str, i: int) -> None:
+    body = json.dumps({"model": model, "prompt": f"probe {i}", "max_tokens": 6,
                        "stream": True}).encode()  # fmt: skip
     req = urllib.request.Request(f"{base}/v1/completions", body,
                                  {"Content-Type": "application/json"})  # fmt: skip
@@ -39,25 +33,16 @@ def _complete(base: str, i: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def vllm(tmp_path_factory):
-    tmp, port = tmp_path_factory.mktemp("vllm"), free_port()
-    spec = ProcessSpec(
-        argv=[str(VLLM_PYTHON), str(REPO / "benchmarks/anchors/vllm_shim.py"), "serve",
-              str(REPO / "src/latlab/assets/tiny-llama"), "--host", "127.0.0.1", "--port",
-              str(port), "--served-model-name", "tiny", "--max-model-len", "512"],
-        env={"VLLM_CPU_KVCACHE_SPACE": "1"}, name="vllm", log_path=tmp / "vllm.log",
-    )  # fmt: skip
-    with ManagedProcess(spec) as proc:
-        base = f"http://127.0.0.1:{port}"
-        proc.wait_http(f"{base}/health", timeout_s=900)
-        for i in range(3):
-            _complete(base, i)
-        version = json.loads(urllib.request.urlopen(f"{base}/version").read())["version"]
-        yield base, version, tmp
+def vllm(vllm_server, tmp_path_factory):
+    base = vllm_server.base_url
+    for i in range(3):
+        _complete(base, vllm_server.model, i)
+    version = json.loads(urllib.request.urlopen(f"{base}/version").read())["version"]
+    return base, vllm_server.model, version, tmp_path_factory.mktemp("vllm-monitor")
 
 
 def test_dashboard_alerts_and_watch_on_a_live_vllm(vllm):
-    base, version, tmp = vllm
+    base, model, version, tmp = vllm
     names = resolve("vllm", version).names
     rules = tmp / "rules.yml"
     out = generate_rules(RuleOptions(ttft_ms=250, tpot_ms=50, backend="vllm",
@@ -69,7 +54,7 @@ def test_dashboard_alerts_and_watch_on_a_live_vllm(vllm):
     with PrometheusServer(tmp, jobs={"vllm": [host]}, rule_files=(rules,)) as prom:
         prom.wait_until(lambda api: api.query('up{job="vllm"} == 1'), timeout_s=60, what="up")
         for i in range(6):
-            _complete(base, 10 + i)
+            _complete(base, model, 10 + i)
         prom.wait_until(lambda api: api.query('slo:sli_error:ratio_rate4s{slo="ttft"}'),
                         timeout_s=60, what="the TTFT SLI on vLLM's histogram")  # fmt: skip
         empty = [f"{p.title}: {q.expr}" for p in build_dashboard(names).panels

@@ -125,10 +125,10 @@ def test_windows_match_the_in_process_cut() -> None:
 def test_vllm_passes_the_http_gate_against_latlab_on_the_same_weights(
     servers, text_ids, vllm_server
 ) -> None:
-    """vLLM CPU serves the bundled model in bfloat16: its scores against latlab's bf16 server."""
+    """vLLM CPU serves the bundled model in float32: its scores against latlab's fp32 server."""
     chunks = windows(text_ids, WINDOW, MAX_WINDOWS)
     with http_client() as client:
-        latlab = score_windows(client, servers["bfloat16"], "m", chunks)
+        latlab = score_windows(client, servers["float32"], "m", chunks)
         vllm = score_windows(client, vllm_server.url, vllm_server.model, chunks)
         prompts = [chunk[:16] for chunk in chunks]
         texts = greedy_texts(client, vllm_server.url, vllm_server.model, prompts, 8)

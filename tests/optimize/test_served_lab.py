@@ -113,6 +113,7 @@ def test_served_lab_launches_each_configuration_and_gates_over_http(tmp_path: Pa
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
 def test_one_vllm_recipe_measured_end_to_end(tmp_path: Path) -> None:
     from latlab.deploy.vllm import VllmBackend
 
@@ -120,7 +121,7 @@ def test_one_vllm_recipe_measured_end_to_end(tmp_path: Path) -> None:
     plan = plan_from_dict({
         "recipes": [{"name": "vllm-max-num-seqs", "value": 1}],
         "workload": SMALL, "quality": QUALITY,
-        "engine": {"enforce_eager": True, "max_model_len": 512},
+        "engine": {"enforce_eager": True, "max_model_len": 512, "dtype": "float32"},
         "engine_env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
     })  # fmt: skip
     result = run_served_lab(plan, None, None, backend=VllmBackend(command),

