@@ -23,6 +23,7 @@ from latlab.optimize.vllm_recipes import (
     VLLM_RECIPES,
     accelerator,
     cpu_binding,
+    cpu_has_native_bf16,
     cpu_threads,
     for_servers,
     kv_cache_dtype,
@@ -81,7 +82,19 @@ def test_default_vllm_plan_names_only_known_recipes_and_bounds_the_cpu_cache() -
                "group-by-prefix") for r in DEFAULT_VLLM_RECIPES)  # fmt: skip
     if accelerator()[0] == "cpu":
         assert plan.engine_env == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+        assert plan.engine == ({} if cpu_has_native_bf16() else {"dtype": "float32"})
     assert plan.time_budget_s is not None and plan.time_budget_s < 20 * 60
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [("flags\t\t: fpu avx2 fma\n", False), ("flags\t: avx2 avx512_bf16\n", True),
+     ("flags\t: avx2 amx_bf16 amx_tile\n", True), ("processor\t: 0\n", True)],
+)  # fmt: skip
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path, flags: str, native: bool) -> None:
+    (tmp_path / "cpuinfo").write_text(flags)
+    assert cpu_has_native_bf16(str(tmp_path / "cpuinfo")) is native
+    assert cpu_has_native_bf16(str(tmp_path / "absent")) is True  # unknown: vLLM's default
 
 
 def test_plan_engine_env_must_be_strings() -> None:

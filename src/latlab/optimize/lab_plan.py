@@ -195,17 +195,27 @@ def default_plan() -> LabPlan:
 
 
 def default_vllm_plan() -> LabPlan:
-    """The built-in plan for ``latlab optimize --backend vllm``."""
-    from latlab.optimize.vllm_recipes import accelerator
+    """The built-in plan for ``latlab optimize --backend vllm``.
+
+    On a CPU without native bf16 the baseline runs ``--dtype float32``: vLLM's bf16 default is
+    emulated there, and its warm-up alone took over 8 minutes per launch on the reference
+    model here, so the plan could never finish in its budget (the vllm-dtype recipe then
+    skips: the baseline already has it).
+    """
+    from latlab.optimize.vllm_recipes import accelerator, cpu_has_native_bf16
 
     data: dict[str, Any] = {
         "recipes": DEFAULT_VLLM_RECIPES,
         "time_budget_s": DEFAULT_VLLM_TIME_BUDGET_S,
         "workload": {"num_requests": 16},
     }
+    source = "built-in default plan (--backend vllm)"
     if accelerator()[0] == "cpu":
         data["engine_env"] = {"VLLM_CPU_KVCACHE_SPACE": "1"}
-    return plan_from_dict(data, text="", source="built-in default plan (--backend vllm)")
+        if not cpu_has_native_bf16():
+            data["engine"] = {"dtype": "float32"}
+            source = "built-in default plan (--backend vllm; --dtype float32: no native bf16)"
+    return plan_from_dict(data, text="", source=source)
 
 
 def load_plan(path: str | Path) -> LabPlan:
