@@ -71,7 +71,7 @@ class ServedRunner:
                 "kv_cache_tokens": facts.kv_cache_tokens}  # fmt: skip
 
     def run(self, requests: list[LabRequest]) -> RunResult:
-        items = prepare(self.setup, requests)
+        items = prepare(self.setup, requests, self.workload.shared_prefix_len)
         result = run_pass(self.loop, self.target, items, self.workload.concurrency,
                           self.workload.output_len)  # fmt: skip
         result.extra.update(self.launch_facts())
@@ -136,7 +136,8 @@ class ServedLab(Lab):
         """Held-out scores, and greedy texts of the prompts this setup sends (trimmed,
         reordered), by request id; a response-cache hit would repeat its text exactly."""
         self.progress(f"{runner.server.backend}: scoring held-out text and greedy outputs")
-        sent = {r.request_id: prompt for r, prompt in prepare(runner.setup, self.requests)}
+        prefix_len = self.plan.workload.shared_prefix_len
+        sent = {r.request_id: p for r, p in prepare(runner.setup, self.requests, prefix_len)}
         prompts = [sent[r.request_id] for r in self.requests]
         return runner.scores(self.chunks), runner.greedy(prompts, self.plan.workload.output_len)
 

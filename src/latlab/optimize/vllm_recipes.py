@@ -183,7 +183,7 @@ def _ranks(kind: str, size: int, on_cpu: bool) -> Callable[[Setup], str | None]:
         if platform == "cpu" and not on_cpu:
             return (f"on vLLM CPU, {kind} parallel splits one machine's cores between ranks; "
                     f"try it with {{ name = 'vllm-{kind}-parallel', size = {size}, "
-                    "on_cpu = true }} in a plan")  # fmt: skip
+                    "on_cpu = true } in a plan")  # fmt: skip
         if slots < size:
             return f"{kind} parallel {size} needs {size} devices; this machine has {slots}"
         return None
