@@ -6,7 +6,6 @@ The log fixtures are vLLM CPU 0.32.0's own lines, captured from real launches on
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
@@ -51,10 +50,12 @@ def test_not_found_names_the_flag_the_variable_and_the_install_script(no_vllm: P
     assert "\n" not in message  # one line for the CLI
 
 
-def test_explicit_command_that_does_not_exist_is_refused(no_vllm: Path) -> None:
+def test_explicit_command_that_does_not_exist_is_refused(
+    no_vllm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(BackendNotFoundError, match="--vllm-cmd='/nowhere/vllm' does not exist"):
         find_vllm("/nowhere/vllm")
-    os.environ[ENV_VAR] = "/nowhere/vllm"
+    monkeypatch.setenv(ENV_VAR, "/nowhere/vllm")  # undone after the test (the live tests follow)
     with pytest.raises(BackendNotFoundError, match=f"{ENV_VAR}='/nowhere/vllm'"):
         find_vllm()
 
