@@ -64,6 +64,13 @@ BAD_REQUESTS = [
     ("chat-logprobs-int", CHAT, {"messages": USER, "logprobs": 3}, "logprobs"),
     ("chat-top-logprobs-alone", CHAT, {"messages": USER, "top_logprobs": 2}, "top_logprobs"),
     ("echo-streamed", COMPLETIONS, {"prompt": "hi", "echo": True, "stream": True}, "echo"),
+    ("lone-surrogate-prompt", COMPLETIONS, b'{"prompt": "a\\ud800b"}', "prompt"),
+    (
+        "lone-surrogate-chat",
+        CHAT,
+        b'{"messages": [{"role": "user", "content": "\\udfff"}]}',
+        "messages",
+    ),
     ("batch-of-two", COMPLETIONS, {"prompt": ["a", "b"]}, "prompt"),
     ("empty-prompt", COMPLETIONS, {"prompt": ""}, "prompt"),
     ("token-id-out-of-vocab", COMPLETIONS, {"prompt": [5, 100000]}, "prompt"),

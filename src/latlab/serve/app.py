@@ -265,12 +265,14 @@ class _Server:
 
     def _prompt_ids(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
         self._check_chars(len(prompt))
-        return list(self.engine.tokenizer.encode(prompt, add_special_tokens=add_special_tokens))
+        return self._encode(_unicode(prompt, "prompt"), add_special_tokens=add_special_tokens)
 
     def _chat_ids(
         self, chat: list[Any], add_generation_prompt: bool, add_special_tokens: bool = False
     ) -> list[int]:
         messages = [m.as_template_dict() for m in chat]
+        for message in messages:
+            _unicode(message["content"], "messages")
         self._check_chars(sum(len(m["content"]) for m in messages))
         tokenizer = self.engine.tokenizer
         try:
@@ -282,7 +284,7 @@ class _Server:
                 f"could not apply the model's chat template: {exc}", param="messages"
             ) from None
         # The template already wrote any BOS token; adding special tokens would double it.
-        return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        return self._encode(text, add_special_tokens=add_special_tokens)
 
     def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
         """The token ids this server would run for a prompt or chat, as vLLM's /tokenize."""
@@ -305,6 +307,12 @@ class _Server:
         self._check_model(req.model)
         ids = self._check_token_ids(req.tokens)
         return {"prompt": self.engine.tokenizer.decode(ids)}
+
+    def _encode(self, text: str, **kwargs: Any) -> list[int]:
+        try:
+            return list(self.engine.tokenizer.encode(text, **kwargs))
+        except Exception as exc:  # what the tokenizer cannot take is the client's to fix
+            raise RequestError(f"could not tokenize the prompt: {exc}", param="prompt") from None
 
     def _check_chars(self, chars: int) -> None:
         limit = int(self.engine.max_model_len)
@@ -482,6 +490,18 @@ class _Server:
             "max_model_len": int(self.engine.max_model_len),
         }
         return {"object": "list", "data": [card]}
+
+
+def _unicode(text: str, param: str) -> str:
+    """``text`` if it can be UTF-8 encoded; JSON can carry lone surrogates ("\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(
+            f"{param} is not valid Unicode: a lone surrogate at character {exc.start}",
+            param=param,
+        ) from None
+    return text
 
 
 def _size(value: Any) -> int:
