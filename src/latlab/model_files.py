@@ -27,6 +27,9 @@ TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_toke
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # A safetensors header larger than this is corruption, not a real model.
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+# Every from_pretrained call passes this: a model is data, and latlab never runs Python code
+# shipped inside a model directory (left unset, transformers asks an interactive [y/N]).
+TRUST_REMOTE_CODE = False
 
 
 def _looks_local(text: str) -> bool:
@@ -65,10 +68,44 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{path} is missing") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModelLoadError(
             f"{path} is not valid JSON ({exc}); re-download or rebuild it"
         ) from exc
+
+
+def read_config(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """config.json of a local model directory, as a dict; ModelLoadError naming the file."""
+    path = Path(model_dir) / CONFIG_FILE
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path} does not hold a JSON object; re-download or rebuild it")
+    return config
+
+
+def custom_code_note(name_or_path: str) -> str:
+    """Why a model needing its own code is refused, when its config says it does; else ''."""
+    path = Path(name_or_path)
+    files = (path / CONFIG_FILE, path / "tokenizer_config.json")
+    maps = [_read_json(f).get("auto_map") for f in files if f.is_file()]
+    named = sorted({str(v) for m in maps if isinstance(m, dict) for v in m.values()})
+    if not named:
+        return ""
+    return (
+        f"; it ships its own Python code ({', '.join(named)}), and latlab never runs code "
+        "from a model directory (trust_remote_code=False)"
+    )
+
+
+def load_failure(what: str, resolved: str, exc: BaseException) -> ModelLoadError:
+    """One line: transformers' messages span several lines and bury the reason."""
+    detail = " ".join(str(exc).split())
+    note = ""
+    if Path(resolved).is_dir():
+        note = custom_code_note(resolved)
+    if note and "trust_remote_code" in detail:
+        detail = "it needs custom code"
+    return ModelLoadError(f"could not load {what} '{resolved}': {detail}{note}")
 
 
 def load_model_config(name_or_path: str | os.PathLike[str] | None) -> dict[str, Any]:
@@ -76,16 +113,13 @@ def load_model_config(name_or_path: str | os.PathLike[str] | None) -> dict[str, 
     resolved = resolve_model_path(name_or_path)
     local = Path(resolved)
     if local.is_dir():
-        config = _read_json(local / CONFIG_FILE)
-        if not isinstance(config, dict):
-            raise ModelLoadError(f"{local / CONFIG_FILE} does not hold a JSON object")
-        return config
+        return read_config(local)
     try:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(resolved).to_dict()
+        return AutoConfig.from_pretrained(resolved, trust_remote_code=TRUST_REMOTE_CODE).to_dict()
     except Exception as exc:
-        raise ModelLoadError(f"could not load the config of '{resolved}': {exc}") from exc
+        raise load_failure("the config of", resolved, exc) from exc
 
 
 def check_safetensors(path: Path) -> None:
@@ -138,9 +172,7 @@ def check_model_dir(path: str | os.PathLike[str]) -> None:
     model_dir = Path(path)
     if not model_dir.is_dir():
         raise ModelLoadError(f"model path '{model_dir}' does not exist")
-    config = _read_json(model_dir / CONFIG_FILE)
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"{model_dir / CONFIG_FILE} does not hold a JSON object")
+    read_config(model_dir)
     for weights in _weight_files(model_dir):
         if not weights.exists():
             raise ModelLoadError(f"{weights} is missing (listed in {SAFETENSORS_INDEX})")
@@ -163,9 +195,9 @@ def load_tokenizer(name_or_path: str | os.PathLike[str] | None = None) -> Any:
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(resolved)
+        return AutoTokenizer.from_pretrained(resolved, trust_remote_code=TRUST_REMOTE_CODE)
     except Exception as exc:
-        raise ModelLoadError(f"could not load the tokenizer of '{resolved}': {exc}") from exc
+        raise load_failure("the tokenizer of", resolved, exc) from exc
 
 
 def torch_dtype(dtype: str) -> Any:
@@ -215,7 +247,10 @@ def load_causal_lm(
     resolved = resolve_model_path(name_or_path)
     if Path(resolved).is_dir():
         check_model_dir(resolved)
-    kwargs: dict[str, Any] = {_dtype_kwarg(): torch_dtype(dtype)}
+    kwargs: dict[str, Any] = {
+        _dtype_kwarg(): torch_dtype(dtype),
+        "trust_remote_code": TRUST_REMOTE_CODE,
+    }
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     quiet_third_party()
@@ -225,5 +260,5 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
         model.to(device)
     except Exception as exc:
-        raise ModelLoadError(f"could not load the model '{resolved}': {exc}") from exc
+        raise load_failure("the model", resolved, exc) from exc
     return model.eval()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,8 @@ from latlab.errors import ConfigError
 from latlab.prompt_words import TAG_WORDS, UNCALIBRATED, PromptWords, Salt
 
 DATASET_HELP = "synthetic | jsonl:FILE | sharegpt:FILE | shared-prefix"
+# A dataset file larger than this is the wrong file (ShareGPT V3 is about 0.7 GB).
+MAX_DATASET_BYTES = 4 << 30
 
 
 @dataclass(slots=True)
@@ -217,10 +220,55 @@ def _shared_prefix(
 
 
 def _read(path: Path) -> str:
+    """A dataset file's text: a regular UTF-8 file of sane size, else one ConfigError line."""
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # /dev/zero would be read until memory runs out
+            raise ConfigError(f"dataset '{path}' is not a regular file; give a file on disk")
+        if info.st_size > MAX_DATASET_BYTES:
+            raise ConfigError(
+                f"dataset '{path}' is {info.st_size / 2**30:.1f} GiB, over the "
+                f"{MAX_DATASET_BYTES >> 30} GiB latlab reads; cut it down"
+            )
         return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read dataset file '{path}': {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"dataset '{path}' is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+            "convert it, e.g. with iconv"
+        ) from None
+
+
+def _parse_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: JSON nested too deeply to be a dataset entry") from None
+
+
+def _max_tokens(value: Any, where: str) -> int | None:
+    """A line's own output length: absent, or a positive integer (not "5", 5.5, NaN)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"{where}: max_tokens/output_len must be a positive integer, got {value!r}"
+        )
+    return value
+
+
+def _check_messages(messages: Any, where: str) -> None:
+    if messages is None:
+        return
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages
+    ):
+        raise ConfigError(
+            f"{where}: 'messages' must be a list of message objects with a 'role' and 'content'"
+        )
 
 
 def _file_request(prompt: str, max_tokens: int, m: _Maker, **kw: Any) -> BenchRequest:
@@ -236,36 +284,34 @@ def _jsonl(path: Path, outd: LengthDist, m: _Maker) -> list[BenchRequest]:
     for lineno, line in enumerate(_read(path).splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        where = f"{path}:{lineno}"
+        obj = _parse_json(line, where)
         if not isinstance(obj, dict):
-            raise ConfigError(f"{path}:{lineno}: expected an object with a 'prompt' field")
+            raise ConfigError(f"{where}: expected an object with a 'prompt' field")
         messages = obj.get("messages")
+        _check_messages(messages, where)
         prompt = obj.get("prompt", obj.get("text"))
         if isinstance(messages, list) and messages:
             prompt = str(messages[-1].get("content", "")) if prompt is None else prompt
         if not isinstance(prompt, str) or not prompt:
             raise ConfigError(f"{path}:{lineno}: needs a non-empty 'prompt' (or 'messages')")
-        max_tokens = obj.get("output_len", obj.get("max_tokens")) or outd.sample(m.rng)
-        out.append(_file_request(prompt, int(max_tokens), m, messages=messages))
+        max_tokens = _max_tokens(obj.get("output_len", obj.get("max_tokens")), where)
+        out.append(_file_request(prompt, max_tokens or outd.sample(m.rng), m, messages=messages))
     return out
 
 
 def _sharegpt(path: Path, outd: LengthDist, m: _Maker) -> list[BenchRequest]:
     """ShareGPT JSON: a list of ``{"conversations": [{"from": "human", "value": ...}, ...]}``;
     the first human turn is the prompt, the reply's token count the output length."""
-    try:
-        data = json.loads(_read(path))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid ShareGPT JSON ({exc.msg})") from None
+    data = _parse_json(_read(path), f"{path} (ShareGPT)")
     if not isinstance(data, list):
         raise ConfigError(f"{path}: ShareGPT data must be a JSON list of conversations")
     out = []
     for conv in data:
         turns = conv.get("conversations") if isinstance(conv, dict) else None
         if not isinstance(turns, list) or len(turns) < 2:
+            continue
+        if not all(isinstance(t, dict) for t in turns[:2]):
             continue
         prompt, reply = turns[0].get("value"), turns[1].get("value")
         if turns[0].get("from") not in ("human", "user") or not prompt or not reply:
@@ -274,6 +320,11 @@ def _sharegpt(path: Path, outd: LengthDist, m: _Maker) -> list[BenchRequest]:
             out.append(_file_request(prompt, 1, m, reply=reply))
         else:
             out.append(_file_request(prompt, max(1, m.count_text(reply)), m))
+    if not out:
+        raise ConfigError(
+            f"{path}: no usable prompts (each entry needs 'conversations': a human turn, "
+            "then a reply, as objects with 'from' and 'value')"
+        )
     return out
 
 

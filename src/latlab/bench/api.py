@@ -188,7 +188,7 @@ async def arun_bench(
     if runner_hook is not None:
         runner_hook(runner)
     pool: Any = None
-    with _sigint_stops(runner, lambda: pool.stop() if pool is not None else None):
+    with _signals_stop(runner, lambda: pool.stop() if pool is not None else None):
         try:
             await target.check()
             await _build_workload(config, spec, target, runner, result)
@@ -277,8 +277,10 @@ def run_bench(
 
 
 @contextlib.contextmanager
-def _sigint_stops(runner: Runner, also: Any = None) -> Any:
-    """First Ctrl-C: stop sending and drain; a second one cancels in-flight requests at once."""
+def _signals_stop(runner: Runner, also: Any = None) -> Any:
+    """First Ctrl-C (or SIGTERM, from ``timeout`` or a cancelled CI job): stop sending and
+    drain, so what was measured is still reported and written; a second one cancels in-flight
+    requests at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -295,11 +297,13 @@ def _sigint_stops(runner: Runner, also: Any = None) -> Any:
             also()
 
     try:
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_sigint)
     except (NotImplementedError, RuntimeError):  # e.g. Windows
         yield
         return
     try:
         yield
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -270,8 +270,10 @@ class CallableTarget:
             sys.path.insert(0, os.getcwd())
         try:
             obj: Any = importlib.import_module(mod_name)
-        except ImportError as exc:
-            raise TargetError(f"cannot import module '{mod_name}' for --callable: {exc}") from None
+        except (Exception, SystemExit) as exc:  # SyntaxError, a raise or sys.exit() at import
+            raise TargetError(
+                f"cannot import module '{mod_name}' for --callable: {type(exc).__name__}: {exc}"
+            ) from None
         for part in attr.split("."):
             if not hasattr(obj, part):
                 raise TargetError(f"module '{mod_name}' has no attribute '{attr}'")
@@ -295,7 +297,10 @@ class CallableTarget:
                         rec.chunk_tokens.append(n)
             else:
                 await _in_thread(lambda: _drain_sync(stream, rec, default_token_count, self.stop))
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # The user's code exiting or raising KeyboardInterrupt fails its request, not the
+            # run: the other requests and the JSON still count. (Ctrl-C is the runner's signal
+            # handler, which never raises here.)
             _finish_error(rec, exc)
             return
         if rec.error is None:

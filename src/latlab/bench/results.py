@@ -252,7 +252,7 @@ def notes(result: BenchResult) -> list[str]:
         out.append(f"every prompt starts with its own tag (salt {salt!r}; --salt {salt} "
                    "repeats these prompts; --no-salt sends the same ones every level)")  # fmt: skip
     if result.interrupted:
-        out.append("[yellow]interrupted: figures cover the requests measured before Ctrl-C[/]")
+        out.append("[yellow]interrupted: figures cover what was measured before Ctrl-C/SIGTERM[/]")
     if result.trust()["flagged"]:
         out.append("[bold red]FLAGGED: the target's replies cannot all be believed (see "
                    "above and the JSON's trust section)[/]")  # fmt: skip

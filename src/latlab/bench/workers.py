@@ -7,7 +7,8 @@ parent's arrival schedule round-robin with one shared start instant. ``perf_coun
 the parent summarizes the merged records as if one client had taken them.
 
 Only HTTP targets can be sharded (an in-process model lives in one process). Workers ignore
-SIGINT; the parent's Ctrl-C handler tells them to stop, and they drain like a single runner.
+SIGINT and SIGTERM; the parent's handler tells them to stop, and they drain like a single
+runner.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def split(total: int, parts: int) -> list[int]:
 
 
 def _worker_main(conn: tuple[Any, Any], wid: int, settings: WorkerSettings) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)  # the parent decides when to stop
     from latlab.bench.targets import OpenAITarget
 
     target = OpenAITarget(**settings.target_spec)

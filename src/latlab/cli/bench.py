@@ -14,6 +14,7 @@ import click
 from latlab.cli import main
 from latlab.cli.cost_options import price_options
 from latlab.cli.deploy_options import vllm_cmd_option
+from latlab.cli.outputs import check_writable_file
 from latlab.cli.store_options import open_store, record_options, record_run
 from latlab.errors import ConfigError
 
@@ -378,6 +379,10 @@ def _render_cost(document: dict[str, Any], price: Any) -> None:
 def _config(opts: dict[str, Any]) -> Any:
     from latlab.bench import BenchConfig
     from latlab.metrics import SLO
+
+    for flag, path in (("--json", opts["json_path"]), ("--csv", opts["csv_path"])):
+        if path:
+            check_writable_file(path, flag)
 
     servers = [b for b in _backends(opts["backend"]) if b in SERVER_BACKENDS]
     remote = bool(opts["url"]) or bool(servers)

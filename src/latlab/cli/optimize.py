@@ -15,6 +15,7 @@ import click
 from latlab.cli import main
 from latlab.cli.cost_options import price_options
 from latlab.cli.deploy_options import vllm_cmd_option
+from latlab.cli.outputs import check_writable_dir
 from latlab.cli.store_options import open_store, record_options, record_run
 
 
@@ -139,6 +140,7 @@ def optimize(
         plan = dataclasses.replace(plan, time_budget_s=time_budget or None)
     plan = _with_run_options(plan, quality_budget, objective, price_per_hour, price_device)
     out = Path(out_dir) if out_dir else default_out_dir()
+    check_writable_dir(out, "--out")  # before a run of minutes, not after it
     store = open_store(store_opts["store_path"], store_opts["no_store"], store_opts["run_name"],
                        store_opts["tags"])  # fmt: skip
     start = time.perf_counter()

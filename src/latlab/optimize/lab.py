@@ -554,11 +554,13 @@ def run_lab(
     """
     from datetime import datetime, timezone
 
-    from latlab.model_files import resolve_model_path
+    from latlab.model_files import check_model_dir, resolve_model_path
 
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     start = time.perf_counter()
     model_path = resolve_model_path(model if model is not None else plan.model)
+    if Path(model_path).is_dir():
+        check_model_dir(model_path)  # a broken model says so, not "no heldout.txt"
     text = read_quality_text(model_path, quality_text)
     recipes = [spec.build() for spec in plan.recipes]
     if plan.source != BUILT_IN_PLAN:  # the built-in plan skips what this model cannot take

@@ -225,6 +225,10 @@ def load_plan(path: str | Path) -> LabPlan:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read plan file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"plan file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
     data = _parse(path, text)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a plan must be a table of settings, not {type(data).__name__}")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from latlab.errors import ConfigError
-from latlab.model_files import quiet_third_party
+from latlab.model_files import TRUST_REMOTE_CODE, quiet_third_party
 from latlab.optimize.subject import Setup
 
 LEVELS = ("model", "system", "engine", "request")
@@ -207,7 +207,10 @@ def bitsandbytes(mode: str = "int8") -> Recipe:
             else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
         )
         model = AutoModelForCausalLM.from_pretrained(
-            setup.model_path, quantization_config=quant, device_map="cuda"
+            setup.model_path,
+            quantization_config=quant,
+            device_map="cuda",
+            trust_remote_code=TRUST_REMOTE_CODE,
         ).eval()
         return setup.derive(f"bnb-{mode}", model=model)
 
@@ -240,7 +243,9 @@ def prequantized(method: str = "gptq", checkpoint: str = "") -> Recipe:
     def apply(setup: Setup) -> Setup:  # pragma: no cover - CUDA only
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(checkpoint, device_map="cuda").eval()
+        model = AutoModelForCausalLM.from_pretrained(
+            checkpoint, device_map="cuda", trust_remote_code=TRUST_REMOTE_CODE
+        ).eval()
         return setup.derive(f"{method}:{checkpoint}", model=model)
 
     return Recipe(

@@ -80,6 +80,12 @@ def compute_capacity(
     """
     per_token = kv_bytes_per_token(config, kv_dtype, tp, kv_scales=kv_scales)
     blocks = num_blocks(budget_bytes, block_size, per_token)
+    if blocks == 0:
+        raise CapacityError(
+            f"the KV budget of {format_bytes(budget_bytes)} holds no block of {block_size:,} "
+            f"tokens ({format_bytes(per_token * block_size)} each); use a smaller block size "
+            "or more memory"
+        )
     cap = Capacity(
         kv_budget_bytes=int(budget_bytes),
         block_size=block_size,

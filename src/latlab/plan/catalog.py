@@ -126,14 +126,41 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             config = json.load(handle)
     except OSError as exc:
         raise ConfigError(f"cannot read model config {path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ConfigError(f"model config {path} is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"model config {path} is not UTF-8 text ({exc.reason})") from None
     if not isinstance(config, dict):
         raise ConfigError(f"model config {path} must hold a JSON object")
     text_config = config.get("text_config")
     if "num_hidden_layers" not in config and isinstance(text_config, dict):
         config = {**text_config, "model_type": text_config.get("model_type", "")}
+    check_config_numbers(config, str(path))
     return config
+
+
+# Shape fields the planner multiplies: each must be a positive integer when present (null is
+# "not used" for the optional ones).
+_POSITIVE_INT_FIELDS = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "intermediate_size", "vocab_size", "head_dim", "max_position_embeddings", "kv_lora_rank",
+    "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "num_local_experts",
+    "num_experts_per_tok", "n_routed_experts", "moe_intermediate_size", "sliding_window",
+    "moe_layer_freq",
+)  # fmt: skip
+_COUNT_FIELDS = ("n_shared_experts", "first_k_dense_replace")  # may be 0
+
+
+def check_config_numbers(config: Mapping[str, Any], source: str) -> None:
+    """ConfigError naming the first shape field that is not a sane integer ("four", -2)."""
+    for name in (*_POSITIVE_INT_FIELDS, *_COUNT_FIELDS):
+        value = config.get(name)
+        if value is None:
+            continue
+        least = 1 if name in _POSITIVE_INT_FIELDS else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            kind = "a positive integer" if least else "an integer >= 0"
+            raise ConfigError(f"{source}: {name} must be {kind}, got {value!r}")
 
 
 def _looks_like_path(text: str) -> bool:
@@ -144,6 +171,7 @@ def resolve_model(model: str | os.PathLike[str] | Mapping[str, Any]) -> ModelSpe
     """A ModelSpec from a catalog name, a config.json path, a model dir, or a config dict."""
     if isinstance(model, Mapping):
         name = str(model.get("_name_or_path") or model.get("model_type") or "config")
+        check_config_numbers(model, "the config passed in")
         return ModelSpec(name, dict(model), "config passed in")
     text = os.fspath(model)
     path = Path(text).expanduser()

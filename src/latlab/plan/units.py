@@ -27,6 +27,8 @@ _UNITS: dict[str, int] = {
     "t": 10**12,
 }
 
+# Sizes beyond this are typos ("1e400" is infinity); 1 EiB is far above any machine.
+MAX_BYTES = float(1 << 60)
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -50,7 +52,10 @@ def parse_bytes(text: str | int | float) -> int:
         )
     if value < 0:
         raise ConfigError(f"memory size must not be negative, got {text!r}")
-    return round(value * _UNITS[unit])
+    size = value * _UNITS[unit]
+    if not size <= MAX_BYTES:  # also inf and nan ("1e400")
+        raise ConfigError(f"memory size {text!r} is beyond any machine (over 1 EiB)")
+    return round(size)
 
 
 def format_bytes(num_bytes: float) -> str:

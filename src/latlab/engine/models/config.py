@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,13 +39,10 @@ class ModelArgs:
 
 
 def read_config_json(model_dir: Path) -> dict[str, Any]:
-    path = Path(model_dir) / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ModelLoadError(f"{path} is missing: a model directory needs config.json") from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot parse {path}: {exc}") from exc
+    """config.json as a dict (latlab.model_files reads it: one reader, one set of errors)."""
+    from latlab.model_files import read_config
+
+    return read_config(model_dir)
 
 
 def parse_model_args(raw: dict[str, Any]) -> ModelArgs:
@@ -55,10 +51,17 @@ def parse_model_args(raw: dict[str, Any]) -> ModelArgs:
     archs = raw.get("architectures") or []
     arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
     if arch is None:
-        named = ", ".join(archs) or f"model_type={raw.get('model_type')!r}"
+        named = ", ".join(map(str, archs)) or f"model_type={raw.get('model_type')!r}"
+        custom = ""
+        if raw.get("auto_map"):
+            custom = (
+                "; it ships its own Python code (auto_map), which latlab never runs "
+                "(trust_remote_code=False)"
+            )
         raise ModelLoadError(
             f"unsupported model architecture {named}; latlab's engine runs "
             f"{', '.join(SUPPORTED_ARCHITECTURES)} (use the transformers target for others)"
+            + custom
         )
     model_type = SUPPORTED_ARCHITECTURES[arch]
     try:
