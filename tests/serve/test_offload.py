@@ -74,3 +74,11 @@ def test_refusals_from_the_worker_are_400s(served):
         url + "/v1/completions", json={"prompt": "x" * (OFFLOAD_ABOVE + 1), "model": "no"}
     )
     assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+
+
+def test_large_tokenize_request_runs_on_the_worker(served):
+    url, tokenizer = served
+    r = httpx.post(url + "/tokenize", json={"prompt": "x" * (OFFLOAD_ABOVE + 1)}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["count"] == OFFLOAD_ABOVE + 1
+    assert [t.startswith("latlab-prep") for t in tokenizer.threads] == [True]

@@ -127,11 +127,13 @@ def create_app(
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> dict[str, Any]:
-        return server.tokenize(parse_request(TokenizeRequest, await _body(request)))
+        req = parse_request(TokenizeRequest, await _body(request))
+        return await server.off_loop(_work_size(req), server.tokenize, req)
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> dict[str, Any]:
-        return server.detokenize(parse_request(DetokenizeRequest, await _body(request)))
+        req = parse_request(DetokenizeRequest, await _body(request))
+        return await server.off_loop(_work_size(req), server.detokenize, req)
 
     @app.get("/health")
     async def health() -> Response:
@@ -239,12 +241,14 @@ class _Server:
     async def prepare(self, req: CompletionRequest | ChatCompletionRequest) -> _Job:
         """Validate, tokenize and build the sampling parameters; large inputs off the loop."""
         if isinstance(req, ChatCompletionRequest):
-            prepare: Callable[[Any], _Job] = self.prepare_chat
-        else:
-            prepare = self.prepare_completion
-        if _work_size(req) <= OFFLOAD_ABOVE:
-            return prepare(req)
-        return await asyncio.get_running_loop().run_in_executor(self._prep, prepare, req)
+            return await self.off_loop(_work_size(req), self.prepare_chat, req)
+        return await self.off_loop(_work_size(req), self.prepare_completion, req)
+
+    async def off_loop(self, size: int, work: Callable[[Any], Any], req: Any) -> Any:
+        """``work(req)`` inline when ``size`` is small, else on the preparation thread."""
+        if size <= OFFLOAD_ABOVE:
+            return work(req)
+        return await asyncio.get_running_loop().run_in_executor(self._prep, work, req)
 
     def prepare_completion(self, req: CompletionRequest) -> _Job:
         self._check_model(req.model)
@@ -523,12 +527,11 @@ def _message_chars(content: Any) -> int:
     return len(content or "")
 
 
-def _work_size(req: CompletionRequest | ChatCompletionRequest) -> int:
-    """About how many characters (or token ids) preparing ``req`` handles."""
-    size = _size(req.stop)
-    if isinstance(req, ChatCompletionRequest):
-        return size + sum(_message_chars(m.content) + MESSAGE_COST for m in req.messages)
-    return size + _size(req.prompt)
+def _work_size(req: Any) -> int:
+    """About how many characters (or token ids) handling ``req`` goes through."""
+    size = sum(_size(getattr(req, name, None)) for name in ("stop", "prompt", "tokens"))
+    messages = getattr(req, "messages", None) or []
+    return size + sum(_message_chars(m.content) + MESSAGE_COST for m in messages)
 
 
 def _usage(job: _Job, output: Any) -> dict[str, Any]:
