@@ -234,6 +234,17 @@ def test_sigterm_lets_requests_in_flight_finish(tiny_model):
     assert "Traceback" not in log and len(log.strip().splitlines()) == 1, log
 
 
+def _wait_for_metric(base: str, name: str, value: float, timeout_s: float = 60) -> None:
+    metrics = base.removesuffix("/v1") + "/metrics"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in httpx.get(metrics, timeout=10).text.splitlines():
+            if line.startswith(name) and float(line.rsplit(" ", 1)[1]) >= value:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{name} never reached {value}")
+
+
 @pytest.mark.slow
 def test_sigterm_ends_what_outlasts_the_shutdown_timeout_cleanly(tiny_model):
     import concurrent.futures
@@ -246,7 +257,7 @@ def test_sigterm_ends_what_outlasts_the_shutdown_timeout_cleanly(tiny_model):
         httpx.stream("POST", f"{served.base}/completions", json=stream, timeout=60) as r,
     ):
         waiting = pool.submit(httpx.post, f"{served.base}/completions", json=plain, timeout=60)
-        time.sleep(0.5)  # the second request is queued behind the first
+        _wait_for_metric(served.base, "latlab:num_requests_waiting", 1)  # queued behind
         stopping = pool.submit(served.stop)
         events = _stream_events(r)
         refused = waiting.result()
