@@ -29,6 +29,8 @@ def slow(prompt, max_tokens):
     for _ in range(max_tokens):
         time.sleep(0.05)
         yield "x"
+    with open("slow.done", "a") as done:  # the test signals once requests have finished
+        done.write("x")
 
 def exits(prompt, max_tokens):
     raise SystemExit(3)
@@ -159,7 +161,12 @@ def test_sigterm_to_bench_is_treated_like_ctrl_c(files):
          "--output-len", "20", "--no-progress", "--json", str(result)],
         cwd=files, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(4)  # past start-up, requests in flight
+    # SIGTERM once level requests completed (2 warm-ups come first; start-up alone can take
+    # seconds on a loaded machine)
+    done = files / "slow.done"
+    deadline = time.monotonic() + 120
+    while not (done.exists() and done.stat().st_size >= 4) and time.monotonic() < deadline:
+        time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr  # as after Ctrl-C
