@@ -427,7 +427,10 @@ def _depth_passes(raw: bytes, limit: int) -> Iterator[bool | None]:
     """Peel innermost ``[]`` pairs one level a pass: None after each pass, then the verdict
     (whether the nesting is deeper than ``limit``)."""
     brackets = _brackets(raw)
+    too_deep = b"[" * (limit + 1)  # that many opened in a row nest deeper than the limit
     for _ in range(limit):
+        if too_deep in brackets:  # a nesting bomb ends here, in one C-speed search
+            break
         peeled = brackets.replace(b"[]", b"")
         if not peeled or len(peeled) == len(brackets):
             yield False  # empty: shallow enough; no progress: unbalanced, the parser will say
@@ -439,7 +442,8 @@ def _depth_passes(raw: bytes, limit: int) -> Iterator[bool | None]:
 
 def json_depth_exceeds(raw: bytes, limit: int) -> bool:
     """Whether JSON nests deeper than ``limit``, decided on the bytes before any parsing:
-    at most ``limit`` passes of ``bytes.replace`` over its brackets."""
+    at most ``limit`` passes of ``bytes.replace`` over its brackets (one search, for a run
+    of more than ``limit`` opening brackets)."""
     return next(v for v in _depth_passes(raw, limit) if v is not None)
 
 
