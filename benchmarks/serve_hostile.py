@@ -98,11 +98,14 @@ def scenarios() -> list[Scenario]:
         ),
         Scenario(
             name="chat-1024-messages",
+            # 100 characters each stays under the 64-per-context-token character bound of
+            # the bundled model (2,048 tokens), so the template renders and the tokenizer runs
+            # before the context check refuses it.
             what="the largest chat the guard lets through: 1,024 messages of text",
             path="/v1/chat/completions",
             body=_dumps(
                 {
-                    "messages": [{"role": "user", "content": "word " * 30}] * 1024,
+                    "messages": [{"role": "user", "content": "word " * 20}] * 1024,
                     "max_tokens": 1,
                 }
             ),
