@@ -24,7 +24,7 @@ from latlab.testing.random_model import TINY_TEST, save_random_llama
 
 NAME = "tiny"
 FUZZ = settings(
-    max_examples=150,
+    max_examples=100,  # x2 endpoints; bounded so the whole module stays well under a minute in CI
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -145,7 +145,7 @@ def test_fuzzed_chat(served, body):
 
 @pytest.mark.slow
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(raw=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
 def test_fuzzed_raw_bytes(served, raw):
