@@ -38,15 +38,10 @@ def test_import_does_not_pull_torch():
 
 
 def test_base_modules_import_with_torch_blocked():
-    modules = [
-        "latlab",
-        "latlab.cli",
-        "latlab.cli.prune",
-        "latlab.cli.distill",
-        "latlab.errors",
-        "latlab.plan.kv",
-        "latlab.runs",
-    ]
+    modules = ["latlab", "latlab.cli", "latlab.cli.prune", "latlab.cli.distill", "latlab.errors",
+               "latlab.plan.kv", "latlab.runs", "latlab.dtypes", "latlab.settings",
+               "latlab.engine.config", "latlab.serve.options", "latlab.cli.serve",
+               "latlab.environment"]  # fmt: skip
     out = _run_without_heavy_deps(
         "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
     )

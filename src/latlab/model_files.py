@@ -15,7 +15,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from latlab.errors import ConfigError, ModelLoadError
+from latlab import dtypes
+from latlab.errors import ModelLoadError
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -24,7 +25,6 @@ TORCH_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 # Parsed when present; a model dir may legitimately ship other tokenizer formats.
 TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 # A safetensors header larger than this is corruption, not a real model.
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 # Every from_pretrained call passes this: a model is data, and latlab never runs Python code
@@ -201,14 +201,10 @@ def load_tokenizer(name_or_path: str | os.PathLike[str] | None = None) -> Any:
 
 
 def torch_dtype(dtype: str) -> Any:
-    """'auto' stays 'auto' (the checkpoint's dtype); other names map to torch dtypes."""
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if dtype == "auto":
-        return "auto"
-    import torch
-
-    return getattr(torch, dtype)
+    """'auto' stays 'auto' (transformers then loads the checkpoint's dtype); else torch's."""
+    if dtypes.check_dtype(dtype) == dtypes.AUTO:
+        return dtypes.AUTO
+    return dtypes.torch_dtype(dtype)
 
 
 def _dtype_kwarg() -> str:

@@ -12,9 +12,9 @@ import time
 import httpx
 import pytest
 
-from latlab.cli.serve import parse_bytes
 from latlab.errors import ConfigError
 from latlab.serve.server import READY_PREFIX
+from latlab.settings import parse_size as parse_bytes
 
 _CLI = "import sys; from latlab.cli import run; run(sys.argv[1:])"
 
@@ -90,8 +90,13 @@ def test_bad_bucket_edges_fail_in_one_line_before_loading():
 
 
 def test_bucket_flags_build_histogram_buckets():
-    from latlab.cli.serve import histogram_buckets
+    from latlab.serve.options import ServeOptions
     from latlab.serve.prometheus import ITL_BUCKETS, TTFT_BUCKETS
+
+    def histogram_buckets(ttft, itl, e2e):  # the flags' text, as `latlab serve` reads them
+        given = {"ttft_buckets": ttft, "itl_buckets": itl, "e2e_buckets": e2e}
+        options = {key: text for key, text in given.items() if text is not None}
+        return ServeOptions.from_options(**options).histogram_buckets()
 
     buckets = histogram_buckets(None, None, "1,2,4")
     assert (buckets.ttft, buckets.itl, buckets.request) == (TTFT_BUCKETS, ITL_BUCKETS, (1, 2, 4))
@@ -314,3 +319,71 @@ def test_vllm_bench_serve_finds_the_tokenizer_of_a_default_latlab_serve(tmp_path
         served.stop()
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "Successful requests:                     2" in out.stdout
+
+
+def test_every_engine_and_serve_setting_is_a_flag_with_its_default():
+    from latlab.cli.settings import flag_names
+    from latlab.engine.config import EngineConfig
+    from latlab.serve.options import ServeOptions
+    from latlab.settings import settings_of
+
+    text = " ".join(_cli("serve", "--help").stdout.split())
+    squeezed = "".join(text.split())  # click may wrap a line at a hyphen
+    names = flag_names([EngineConfig, ServeOptions])
+    assert len(names) == len(set(names)), "two settings would share a flag"
+    for cls in (EngineConfig, ServeOptions):
+        for info in settings_of(cls):
+            if info.spec.cli and not info.spec.hidden:
+                assert f"--{info.flag}" in text
+                assert "".join(info.spec.help.split()) in squeezed
+    assert "[default: 64]" in text and "[default: 127.0.0.1]" in text
+
+
+def test_a_new_settings_field_becomes_a_flag_without_cli_code():
+    from dataclasses import dataclass
+
+    import click
+    from click.testing import CliRunner
+
+    from latlab.cli.settings import pick, settings_options
+    from latlab.settings import setting
+
+    @dataclass(kw_only=True)
+    class Limits:
+        max_body: int = setting(1024, help="Largest body.")
+        strict: bool = setting(False, help="Refuse unknown fields.")
+
+    @click.command()
+    @settings_options(Limits, "l_")
+    def cmd(**flags):
+        click.echo(repr(Limits(**pick(flags, "l_"))))
+
+    out = CliRunner().invoke(cmd, ["--max-body", "9", "--strict"]).output
+    assert (
+        out.strip() == "test_a_new_settings_field_becomes_a_flag_without_cli_code.<locals>"
+        ".Limits(max_body=9, strict=True)"
+    )
+    assert "Largest body. [default: 1024]" in CliRunner().invoke(cmd, ["--help"]).output
+
+
+def test_engine_flag_values_reach_the_config():
+    from click.testing import CliRunner
+
+    import latlab.serve.server as server
+    from latlab.cli import _register_commands, main
+
+    _register_commands()
+    got = {}
+    original = server.serve
+    server.serve = lambda config, options: got.update(config=config, options=options)
+    try:
+        args = ["serve", "m", "--no-prefix-caching", "--threads", "2", "--kv-cache-bytes", "1GiB",
+                "--compile", "--port", "0", "--served-model-name", "x"]  # fmt: skip
+        result = CliRunner().invoke(main, args)
+    finally:
+        server.serve = original
+    assert result.exit_code == 0, result.output
+    config, options = got["config"], got["options"]
+    assert (config.model, config.enable_prefix_caching, config.num_threads) == ("m", False, 2)
+    assert (config.kv_cache_bytes, config.compile, config.max_num_seqs) == (2**30, True, 64)
+    assert (options.port, options.served_model_name, options.host) == (0, "x", "127.0.0.1")

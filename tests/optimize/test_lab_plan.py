@@ -120,3 +120,18 @@ def test_budget_objective_and_price_in_a_plan(tmp_path):
         load_plan(_write(tmp_path, text.replace('"cost"', '"speed"')))
     with pytest.raises(ConfigError, match="no list price"):
         load_plan(_write(tmp_path, 'price_device = "RTX4090-24GB"\nrecipes = ["tf32"]\n'))
+
+
+def test_engine_table_is_checked_by_the_engine_config_with_its_line(tmp_path):
+    good = load_plan(_write(tmp_path, GOOD + '\n[engine]\nkv_cache_bytes = "64MiB"\n'))
+    assert good.engine == {"kv_cache_bytes": "64MiB"}
+    text = GOOD + "\n[engine]\nmax_num_seqs = 4\nmax_num_seq = 8\n"
+    lines = len(GOOD.splitlines())
+    with pytest.raises(ConfigError) as info:
+        load_plan(_write(tmp_path, text))
+    message = str(info.value)
+    assert f"line {lines + 4}: [engine]: unknown engine option" in message
+    assert "did you mean max_num_seqs?" in message
+    bad_value = GOOD + "\n[engine]\nblock_size = 0\n"
+    with pytest.raises(ConfigError, match=rf"line {lines + 3}: \[engine\]: block_size must be"):
+        load_plan(_write(tmp_path, bad_value))

@@ -8,7 +8,6 @@ torch, transformers and latlab.engine are imported only when such a target is bu
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib
 import inspect
 import os
@@ -344,14 +343,8 @@ class EngineTarget:
             raise TargetError(
                 f"latlab's engine is not available ({exc}); use --backend transformers"
             ) from None
-        known = {f.name for f in dataclasses.fields(EngineConfig)} - {"model"}
-        unknown = sorted(set(engine_config) - known)
-        if unknown:
-            raise ConfigError(
-                f"the latlab engine has no setting {', '.join(unknown)}; "
-                f"its settings: {', '.join(sorted(known))}"
-            )
-        target = cls(AsyncLLM(EngineConfig(model=model, **engine_config)), owns_engine=True)
+        config = EngineConfig.from_options(model=model, **engine_config)
+        target = cls(AsyncLLM(config), owns_engine=True)
         target.settings = dict(engine_config)
         return target
 

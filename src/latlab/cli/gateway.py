@@ -7,13 +7,20 @@ import sys
 import click
 
 from latlab.cli import main
-from latlab.cli.serve import guard_options, serve_options
+from latlab.cli.settings import pick, settings_options
 from latlab.errors import ConfigError
 from latlab.plan.units import parse_bytes
+from latlab.serve.options import ServeOptions
+
+# The HTTP protection flags are latlab serve's: the same ServeOptions fields, the same rules.
+_HTTP = "http_"
+_OWN = ("host", "port", "log_level", "served_model_name")
+# The gateway keeps no latency histograms of its own (its replicas do).
+_NOT_HERE = ("ttft_buckets", "itl_buckets", "e2e_buckets")
 
 
 @main.command("gateway")
-@guard_options
+@settings_options(ServeOptions, _HTTP, exclude=_OWN + _NOT_HERE)
 @click.option(
     "--upstream",
     "upstreams",
@@ -149,7 +156,10 @@ def gateway_command(
     from latlab.gateway.config import GatewayConfig, default_cache_spec
     from latlab.gateway.server import serve
 
-    http = serve_options(host, port, log_level, options)
+    http = ServeOptions.from_options(
+        host=host, port=port, log_level=log_level, **pick(options, _HTTP)
+    )
+    options = {key: value for key, value in options.items() if not key.startswith(_HTTP)}
     config = GatewayConfig(
         upstreams=list(upstreams),
         cache=cache or default_cache_spec(),

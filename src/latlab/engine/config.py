@@ -1,22 +1,28 @@
-"""EngineConfig: the one object every engine knob lives on (CLI flags map onto its fields)."""
+"""EngineConfig: the one object every engine knob lives on.
+
+Each field is declared with ``latlab.settings.setting``: ``latlab serve`` builds its flags and
+help from these declarations, and ``EngineConfig.from_options`` is the one front door from
+keyword options (``LLM(**kw)``, bench ``--engine-arg``, plan files, recipes). Imports neither
+torch nor the rest of the engine, so the CLI can read it cheaply.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
+from latlab import dtypes
 from latlab.errors import ConfigError
-
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
-_KV_DTYPES = ("auto", "float32", "bfloat16", "float16")
-_QUANTIZATIONS = (None, "int8", "int8-weight-only")
+from latlab.settings import from_options, parse_millis, parse_size, setting
 
 # When neither kv_cache_bytes nor kv_cache_memory_fraction is set, the engine sizes the cache
 # for max_num_seqs full-length sequences but never takes more than this share of RAM.
 DEFAULT_KV_RAM_CAP_FRACTION = 0.25
+QUANTIZATIONS = ("int8", "int8-weight-only")
 
 
-@dataclass(slots=True)
+@dataclass(kw_only=True, slots=True)
 class EngineConfig:
     """Engine settings; defaults serve the bundled model on CPU.
 
@@ -24,89 +30,152 @@ class EngineConfig:
     enough for ``max_num_seqs`` x ``max_model_len`` tokens capped at 25% of RAM.
     """
 
-    model: str | None = None
-    dtype: str = "auto"
-    device: str = "cpu"
-    block_size: int = 16
-    kv_cache_bytes: int | None = None
-    kv_cache_memory_fraction: float | None = None
-    kv_cache_dtype: str = "auto"
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 512
-    max_model_len: int | None = None
-    enable_prefix_caching: bool = True
-    max_waiting: int = 1024
-    num_threads: int | None = None
-    compile: bool = False
-    seed: int = 0
+    model: str | None = setting(
+        None, help="Model directory.", default_text="the bundled tiny model", cli=False
+    )
+    dtype: str = setting(
+        "auto", help="Weight dtype (auto: the checkpoint's).", choices=dtypes.DTYPE_CHOICES
+    )
+    device: str = setting("cpu", help="cpu or cuda.")
+    block_size: int = setting(16, help="Tokens per KV cache block.")
+    kv_cache_bytes: int | None = setting(
+        None,
+        help="KV cache budget, e.g. 2GiB.",
+        parse=parse_size,
+        metavar="BYTES",
+        default_text="sized for max-num-seqs full contexts, capped at 25% of RAM",
+    )
+    kv_cache_memory_fraction: float | None = setting(
+        None,
+        help="KV cache budget as a fraction of memory, in (0, 0.95].",
+        default_text="unset: kv-cache-bytes or the default sizing applies",
+    )
+    kv_cache_dtype: str = setting(
+        "auto", help="KV cache dtype (auto: the weight dtype).", choices=dtypes.DTYPE_CHOICES
+    )
+    max_num_seqs: int = setting(64, help="Most sequences in one batch.")
+    max_num_batched_tokens: int = setting(
+        512, help="Token budget per engine step (chunked prefill)."
+    )
+    max_model_len: int | None = setting(None, help="Context limit.", default_text="the model's")
+    enable_prefix_caching: bool = setting(
+        True, help="Reuse the KV blocks of prompt prefixes seen before.", flag="prefix-caching"
+    )
+    max_waiting: int = setting(1024, help="Queue bound; beyond it requests get 503.")
+    num_threads: int | None = setting(
+        None, help="Torch threads.", flag="threads", default_text="torch's"
+    )
+    compile: bool = setting(False, help="torch.compile the model.")
+    seed: int = setting(0, help="Engine seed.")
     # oneDNN-prepacked linear weights on CPU; None = on for bf16/fp16 (measured 1.4-2.5x on
     # the matmuls, bit-identical there), off for float32 (keeps exact parity with transformers).
-    packed_linear: bool | None = None
+    packed_linear: bool | None = setting(
+        None,
+        help="oneDNN-prepacked linear weights on CPU.",
+        default_text="on for bfloat16/float16 weights, off for float32",
+    )
     # int8 linear weights (one scale per output channel; the output head stays as is):
     # "int8" also quantizes activations per token and runs int8 GEMMs (fbgemm on x86),
     # "int8-weight-only" keeps activations in floating point. None = the dtype's weights.
-    quantization: str | None = None
+    quantization: str | None = setting(
+        None,
+        help="int8 linear weights (per-channel scales): 'int8' also quantizes activations per "
+        "token (int8 GEMMs), 'int8-weight-only' keeps them in floating point.",
+        choices=QUANTIZATIONS,
+        default_text="none: the dtype's weights",
+    )
     # Decode steps on CPU read the paged KV cache in place with a native kernel (built once per
     # machine, cached); None = when already built (an engine start never compiles), True = build
     # it now or fail, False = gathered K/V and batched matmuls.
-    native_attention: bool | None = None
+    native_attention: bool | None = setting(
+        None,
+        help="Native paged decode attention on CPU (--no-native-attention: gathered K/V).",
+        default_text="when its kernel is already built",
+    )
     # Prompt-lookup speculative decoding (0 = off): up to this many draft tokens, found by
     # matching the last prompt_lookup_max..prompt_lookup_min tokens earlier in the sequence,
     # verified in one forward pass. Greedy output stays the plain greedy output (float32
     # exactly; bf16 up to rounding of near-ties, as when the batch size changes); random
     # requests keep their distribution (speculative sampling).
-    num_speculative_tokens: int = 0
-    prompt_lookup_max: int = 3
-    prompt_lookup_min: int = 1
+    num_speculative_tokens: int = setting(
+        0,
+        help="Prompt-lookup speculative decoding: up to N draft tokens per step; greedy "
+        "output unchanged, sampling keeps its distribution (0 = off).",
+    )
+    prompt_lookup_max: int = setting(3, help="Longest n-gram matched for drafts.")
+    prompt_lookup_min: int = setting(1, help="Shortest n-gram matched for drafts.")
     # Verifying k+1 tokens costs about one decode step only while the step is memory-bound:
     # on the ~106M model (bf16, 2 threads) a 5-token verify costs 0.98x a decode step at batch
     # 1, 1.5x at 4, 1.9x at 8, 3.2x at 32, and speculation measured 1.52x / 1.36x / 0.90x at
     # batch 1 / 4 / 8 on plain text (benchmarks/spec_decode.py). Above this many running
     # sequences, no drafts are proposed.
-    speculative_max_batch: int = 4
+    speculative_max_batch: int = setting(
+        4, help="No drafts while more sequences than this are running."
+    )
     # Test-only: sleep this long before every engine step, so a test can make a healthy
     # server slow on purpose (the alerting end-to-end test sees its TTFT alert fire).
-    debug_step_delay_s: float = 0.0
+    debug_step_delay_s: float = setting(
+        0.0,
+        help="Test-only: sleep this many milliseconds before every engine step.",
+        flag="debug-step-delay-ms",
+        parse=parse_millis,
+        metavar="MS",
+        hidden=True,
+    )
 
     def __post_init__(self) -> None:
-        if self.dtype not in _DTYPES:
-            raise ConfigError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
-        if self.kv_cache_dtype not in _KV_DTYPES:
+        dtypes.check_dtype(self.dtype, "dtype")
+        dtypes.check_dtype(self.kv_cache_dtype, "kv_cache_dtype")
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
             raise ConfigError(
-                f"kv_cache_dtype must be one of {_KV_DTYPES}, got {self.kv_cache_dtype!r}"
+                f"quantization must be one of {QUANTIZATIONS} or None, got {self.quantization!r}"
             )
-        if self.quantization not in _QUANTIZATIONS:
-            raise ConfigError(
-                f"quantization must be one of {_QUANTIZATIONS[1:]} or None, "
-                f"got {self.quantization!r}"
-            )
-        _positive("block_size", self.block_size)
-        _positive("max_num_seqs", self.max_num_seqs)
-        _positive("max_num_batched_tokens", self.max_num_batched_tokens)
-        _positive("max_waiting", self.max_waiting)
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_waiting"):
+            _positive(name, getattr(self, name))
         spec = self.num_speculative_tokens
         if not isinstance(spec, int) or isinstance(spec, bool) or spec < 0:
             raise ConfigError(f"num_speculative_tokens must be >= 0 (0 = off), got {spec!r}")
-        _positive("speculative_max_batch", self.speculative_max_batch)
-        _positive("prompt_lookup_min", self.prompt_lookup_min)
-        _positive("prompt_lookup_max", self.prompt_lookup_max)
+        for name in ("speculative_max_batch", "prompt_lookup_min", "prompt_lookup_max"):
+            _positive(name, getattr(self, name))
         if self.prompt_lookup_min > self.prompt_lookup_max:
             raise ConfigError(
                 f"prompt_lookup_min ({self.prompt_lookup_min}) must not exceed "
                 f"prompt_lookup_max ({self.prompt_lookup_max})"
             )
-        if self.max_model_len is not None:
-            _positive("max_model_len", self.max_model_len)
-        if self.num_threads is not None:
-            _positive("num_threads", self.num_threads)
-        if self.kv_cache_bytes is not None:
-            _positive("kv_cache_bytes", self.kv_cache_bytes)
+        for name in ("max_model_len", "num_threads", "kv_cache_bytes"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
         delay = self.debug_step_delay_s
         if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= 60:
             raise ConfigError(f"debug_step_delay_s must be between 0 and 60 s, got {delay!r}")
         frac = self.kv_cache_memory_fraction
         if frac is not None and not 0.0 < frac <= 0.95:
             raise ConfigError(f"kv_cache_memory_fraction must be in (0, 0.95], got {frac!r}")
+
+    @classmethod
+    def from_options(cls, **options: Any) -> EngineConfig:
+        """The front door from keyword options: unknown keys and a double budget refused.
+
+        Text values are read as their field reads them (``kv_cache_bytes="2GiB"``).
+        """
+        if options.get("kv_cache_bytes") is not None and (
+            options.get("kv_cache_memory_fraction") is not None
+        ):
+            raise ConfigError(
+                "give kv_cache_bytes (--kv-cache-bytes) or kv_cache_memory_fraction "
+                "(--kv-cache-memory-fraction), not both"
+            )
+        return from_options(cls, options, kind="engine", owner="the latlab engine")
+
+    def weight_dtype(self, checkpoint: str | None) -> str:
+        """The dtype the weights run in, for a checkpoint stored in ``checkpoint``."""
+        return dtypes.resolve(self.dtype, checkpoint)
+
+    def kv_dtype(self, checkpoint: str | None) -> str:
+        """The KV cache dtype: ``kv_cache_dtype``, and for "auto" the weights' dtype."""
+        if self.kv_cache_dtype == dtypes.AUTO:
+            return self.weight_dtype(checkpoint)
+        return self.kv_cache_dtype
 
     def kv_budget_bytes(self, bytes_per_token: int, max_model_len: int) -> int:
         """The KV cache size in bytes this config asks for (see the class docstring)."""

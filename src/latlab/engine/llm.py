@@ -16,11 +16,7 @@ class LLM:
     """Load a model once, then generate for many prompts with continuous batching."""
 
     def __init__(self, model: str | None = None, **engine_config: Any) -> None:
-        try:
-            config = EngineConfig(model=model, **engine_config)
-        except TypeError as exc:
-            raise ConfigError(f"unknown engine option: {exc}") from exc
-        self.engine = LLMEngine(config)
+        self.engine = LLMEngine(EngineConfig.from_options(model=model, **engine_config))
 
     @property
     def tokenizer(self) -> Any:

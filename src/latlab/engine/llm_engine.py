@@ -12,7 +12,7 @@ import torch
 from latlab.engine.block_manager import BlockManager
 from latlab.engine.config import EngineConfig
 from latlab.engine.detokenizer import IncrementalDetokenizer
-from latlab.engine.model_runner import KV_DTYPE_NAMES, ModelRunner, num_kv_blocks, resolve_dtype
+from latlab.engine.model_runner import ModelRunner, num_kv_blocks
 from latlab.engine.models.config import parse_model_args, read_config_json
 from latlab.engine.outputs import EngineStats, RequestOutput
 from latlab.engine.sampling_params import SamplingParams
@@ -36,11 +36,8 @@ class LLMEngine:
         self.model_name = str(config.model) if config.model else self.model_dir.name
         self.max_model_len = self._max_model_len()
         self.tokenizer = _load_tokenizer(self.model_dir)
-        kv_dtype = resolve_dtype(
-            config.dtype if config.kv_cache_dtype == "auto" else config.kv_cache_dtype,
-            self.model_args,
-        )
-        self.kv_bytes_per_token = kv_bytes_per_token(raw, KV_DTYPE_NAMES[kv_dtype])
+        kv_dtype = config.kv_dtype(self.model_args.torch_dtype)
+        self.kv_bytes_per_token = kv_bytes_per_token(raw, kv_dtype)
         self.kv_cache_bytes = config.kv_budget_bytes(self.kv_bytes_per_token, self.max_model_len)
         blocks = num_kv_blocks(self.kv_cache_bytes, config.block_size, self.kv_bytes_per_token)
         self.runner = ModelRunner(config, self.model_dir, self.model_args, blocks)
@@ -307,6 +304,8 @@ class LLMEngine:
             steps_total=self.steps_total,
             step_seconds_total=self.step_seconds_total,
             forward_seconds_total=self.runner.forward_seconds_total,
+            kv_cache_bytes=bm.num_blocks * self.config.block_size * self.kv_bytes_per_token,
+            kv_cache_tokens=bm.num_blocks * self.config.block_size,
         )
 
 

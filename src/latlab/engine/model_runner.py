@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from latlab.dtypes import torch_dtype
 from latlab.engine.config import EngineConfig
 from latlab.engine.hardware import (
     ThreadChoice,
@@ -30,16 +31,6 @@ from latlab.engine.scheduler import SchedulerOutput
 from latlab.engine.sequence import Sequence
 from latlab.engine.weights import WeightPlan, apply_weight_plan, plan_weights
 from latlab.errors import CapacityError, ConfigError
-
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-KV_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
-
-def resolve_dtype(name: str, args: ModelArgs) -> torch.dtype:
-    """``auto`` = the checkpoint's dtype (float32 when the config does not say)."""
-    if name == "auto":
-        name = args.torch_dtype if args.torch_dtype in TORCH_DTYPES else "float32"
-    return TORCH_DTYPES[name]
 
 
 def num_kv_blocks(budget_bytes: int, block_size: int, bytes_per_token: int) -> int:
@@ -68,12 +59,8 @@ class ModelRunner:
         self.config = config
         self.device = torch.device(config.device)
         self.block_size = config.block_size
-        self.dtype = resolve_dtype(config.dtype, args)
-        self.kv_dtype = (
-            resolve_dtype(config.kv_cache_dtype, args)
-            if config.kv_cache_dtype != "auto"
-            else self.dtype
-        )
+        self.dtype = torch_dtype(config.weight_dtype(args.torch_dtype))
+        self.kv_dtype = torch_dtype(config.kv_dtype(args.torch_dtype))
         if num_blocks < 1:
             raise CapacityError("the KV cache budget holds no block at all; raise kv_cache_bytes")
         self.weight_plan = self._prepare_model(model_dir, args)

@@ -59,3 +59,6 @@ class EngineStats:
     steps_total: int = 0
     step_seconds_total: float = 0.0
     forward_seconds_total: float = 0.0
+    # The KV cache as allocated (whole blocks): bytes held and tokens it can hold. 0 = unknown.
+    kv_cache_bytes: int = 0
+    kv_cache_tokens: int = 0

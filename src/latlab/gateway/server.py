@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import sys
 import threading
@@ -20,8 +19,9 @@ from typing import Any
 
 from latlab.gateway.app import Gateway
 from latlab.gateway.config import GatewayConfig
-from latlab.serve.guard import Drain, Guard, GuardConfig, RequestLimits
-from latlab.serve.server import ServeOptions, bind_socket, serve_app, url_of, uvicorn_server
+from latlab.serve.guard import Drain, Guard, GuardConfig
+from latlab.serve.options import ServeOptions
+from latlab.serve.server import bind_socket, serve_app, url_of, uvicorn_server
 
 READY_PREFIX = "latlab gateway: ready at "
 # The gateway does not know its upstreams' contexts when it starts: request limits (body size,
@@ -30,8 +30,7 @@ LIMITS_CONTEXT = 131072
 
 
 def guarded(gateway: Gateway, options: ServeOptions, drain: Drain) -> tuple[Guard, GuardConfig]:
-    limits = RequestLimits.for_context(LIMITS_CONTEXT, **options.limit_overrides)
-    guard = dataclasses.replace(options.guard, limits=limits)
+    guard = options.guard_for_context(LIMITS_CONTEXT)
     return Guard(gateway, guard, drain), guard
 
 
@@ -88,7 +87,7 @@ def running_gateway(
     config: GatewayConfig, options: ServeOptions | None = None
 ) -> Iterator[tuple[str, Gateway]]:
     """The gateway in a background thread, for tests and benchmarks: (base URL, gateway)."""
-    options = options or ServeOptions(port=0, guard=GuardConfig(allowed_hosts=("127.0.0.1",)))
+    options = options or ServeOptions(port=0, allowed_hosts=("127.0.0.1",))
     gateway = Gateway(config)
     sock = bind_socket(options.host, options.port)
     app, guard = guarded(gateway, options, Drain())

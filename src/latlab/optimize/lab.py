@@ -172,27 +172,11 @@ def _memory(setup: Setup, runner: Any) -> tuple[int, str]:
     """Weights actually held (transformers) or the KV cache the engine allocated."""
     if setup.backend == "transformers":
         return model_bytes(setup.model), "model weights and buffers held"
-    try:
-        from latlab.model_files import load_model_config
-        from latlab.plan.kv import kv_bytes_per_token
-
-        config = load_model_config(setup.model_path)
-        blocks = runner.engine.stats().num_kv_blocks
-        block_size = setup.engine_options.get("block_size", 16)
-        return int(blocks * block_size * kv_bytes_per_token(config, _kv_dtype(setup, config))), (
-            "engine KV cache allocated"
-        )
-    except Exception:  # an engine that does not report its cache: no memory figure
-        return 0, "engine KV cache (not reported)"
-
-
-def _kv_dtype(setup: Setup, config: dict[str, Any]) -> str:
-    kv = setup.engine_options.get("kv_cache_dtype", "auto")
-    if kv == "auto":
-        kv = setup.engine_options.get("dtype", "auto")
-    if kv == "auto":
-        kv = str(config.get("torch_dtype") or config.get("dtype") or "float32")
-    return kv
+    stats = getattr(runner.engine, "stats", None)
+    allocated = stats().kv_cache_bytes if stats is not None else 0
+    if allocated:
+        return allocated, "engine KV cache allocated"
+    return 0, "engine KV cache (not reported)"
 
 
 class Lab:

@@ -373,6 +373,21 @@ def _recipes(source: str, text: str, items: Any) -> list[RecipeSpec]:
     return specs
 
 
+def _check_engine(source: str, text: str, engine: dict[str, Any]) -> None:
+    """The [engine] table as the engine's front door reads it, refused here with its line."""
+    from latlab.engine.config import EngineConfig
+
+    line = None
+    try:
+        for key, value in engine.items():  # one at a time first, to name the bad key's line
+            line = _line_of(text, key, "engine")
+            EngineConfig.from_options(**{key: value})
+        line = None
+        EngineConfig.from_options(**engine)
+    except ConfigError as exc:
+        raise ConfigError(f"{_where(source, line)}: [engine]: {exc}") from None
+
+
 def plan_from_dict(data: dict[str, Any], text: str = "", source: str = "plan") -> LabPlan:
     """Validate a parsed plan; every error names the source, the line and the fix."""
     for key in data:
@@ -396,6 +411,7 @@ def plan_from_dict(data: dict[str, Any], text: str = "", source: str = "plan") -
             f"{_where(source, _line_of(text, 'engine'))}: [engine] must be a "
             "table of EngineConfig fields"
         )
+    _check_engine(source, text, engine)
     thresholds = QualityThresholds(**quality_kwargs)
     if thresholds.budget is not None:
         try:

@@ -192,7 +192,7 @@ def default_engine_factory(setup: Setup) -> Any:
     options = {"model": setup.model_path, **setup.engine_options}
     if setup.num_threads is not None:
         options.setdefault("num_threads", setup.num_threads)
-    return AsyncLLM(EngineConfig(**options))
+    return AsyncLLM(EngineConfig.from_options(**options))
 
 
 def _sampling_params(max_tokens: int) -> Any:

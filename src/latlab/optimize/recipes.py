@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from latlab import dtypes
 from latlab.errors import ConfigError
 from latlab.model_files import TRUST_REMOTE_CODE, quiet_third_party
 from latlab.optimize.subject import Setup
@@ -162,13 +163,8 @@ def int4_weight_only(group_size: int = 32) -> Recipe:
     )
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def dtype(dtype: str = "bfloat16") -> Recipe:
-    if dtype not in _DTYPES:
-        raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
-    target = _DTYPES[dtype]
+    target = dtypes.torch_dtype(dtype)
 
     def why_not(setup: Setup) -> str | None:
         if setup.model.dtype == target:
@@ -569,9 +565,7 @@ def _engine_reason(**options: Any) -> str | None:
     except ImportError as exc:
         return f"the latlab engine is not importable here ({exc})"
     try:
-        EngineConfig(**options)
-    except TypeError:
-        return f"the latlab engine has no setting {', '.join(options)}"
+        EngineConfig.from_options(**options)
     except ConfigError as exc:
         return f"the latlab engine refuses it: {exc}"
     return None
@@ -647,15 +641,9 @@ def kv_cache_dtype(dtype: str = "bfloat16") -> Recipe:
     )
 
     def why_not(setup: Setup) -> str | None:
-        if setup.engine_options.get("kv_cache_dtype", "auto") == "auto":
-            from latlab.model_files import load_model_config
-
-            config = load_model_config(setup.model_path)
-            model_dtype = setup.engine_options.get("dtype", "auto")
-            if model_dtype == "auto":
-                model_dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
-            if model_dtype == dtype:
-                return f"the baseline's KV cache is already {dtype} (auto = the model's dtype)"
+        auto = setup.engine_options.get("kv_cache_dtype", "auto") == "auto"
+        if auto and _baseline_kv_dtype(setup) == dtype:
+            return f"the baseline's KV cache is already {dtype} (auto = the model's dtype)"
         return base._why_not(setup)
 
     return dataclasses.replace(base, _why_not=why_not)
@@ -672,6 +660,18 @@ def engine_quantization(mode: str = "int8") -> Recipe:
         quantization=mode,
     )
     return dataclasses.replace(base, changes_model=True)
+
+
+def _baseline_kv_dtype(setup: Setup) -> str | None:
+    """The KV dtype the setup's engine options give (None when they are not valid)."""
+    from latlab.engine.config import EngineConfig
+    from latlab.model_files import load_model_config
+
+    try:
+        config = EngineConfig.from_options(**setup.engine_options)
+    except ConfigError:
+        return None  # base._why_not reports the reason
+    return config.kv_dtype(dtypes.checkpoint_dtype(load_model_config(setup.model_path)))
 
 
 def prompt_lookup(num_draft_tokens: int = 4, max_ngram: int = 3) -> Recipe:

@@ -15,51 +15,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 
+from latlab.engine.config import EngineConfig
 from latlab.errors import ConfigError
 from latlab.serve.connections import protocol_class
-from latlab.serve.guard import Drain, GuardConfig, RequestLimits
+from latlab.serve.guard import Drain, GuardConfig
+from latlab.serve.options import ServeOptions
 
 READY_PREFIX = "latlab serve: ready at "
 # After on_deadline, requests get this long to write their final event before being cancelled.
 _END_GRACE_S = 2.0
-
-
-@dataclass(kw_only=True, slots=True)
-class ServeOptions:
-    """The HTTP side of a server: where it listens, what it accepts, how it stops."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    log_level: str = "warning"
-    guard: GuardConfig = field(default_factory=GuardConfig)
-    # Request limits given explicitly; the rest derive from the model's context.
-    limit_overrides: dict[str, int] = field(default_factory=dict)
-    shutdown_timeout_s: float = 5.0
-    # Latency histogram edges (latlab.serve.prometheus.HistogramBuckets; None = vLLM's).
-    buckets: Any = None
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"--port must be in 0..65535 (0 picks a free port), got {self.port}")
-        if not self.shutdown_timeout_s >= 0:
-            raise ConfigError(f"--shutdown-timeout must be >= 0, got {self.shutdown_timeout_s}")
-        RequestLimits(**self.limit_overrides)  # reject a bad limit before the model loads
-
-    def guard_for_context(self, max_model_len: int) -> GuardConfig:
-        limits = RequestLimits.for_context(max_model_len, **self.limit_overrides)
-        return dataclasses.replace(self.guard, limits=limits)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -232,17 +207,21 @@ def tokenizer_hint(served: str, model: str | None) -> str | None:
             f"guidellm --processor {path}")  # fmt: skip
 
 
-async def _serve_engine(engine_config: Any, sock: socket.socket, name: str | None, options):
+async def _serve_engine(
+    engine_config: EngineConfig, sock: socket.socket, options: ServeOptions
+) -> None:
     started = time.perf_counter()
-    from latlab.engine import AsyncLLM
+    from latlab.engine.async_engine import AsyncLLM
     from latlab.serve.app import create_app
 
     engine = AsyncLLM(engine_config)
     try:
-        served = name or default_served_name(engine_config.model)
+        served = options.served_model_name or default_served_name(engine_config.model)
         drain = Drain()
         guard = options.guard_for_context(int(engine.max_model_len))
-        app = create_app(engine, served, guard=guard, drain=drain, buckets=options.buckets)
+        app = create_app(
+            engine, served, guard=guard, drain=drain, buckets=options.histogram_buckets()
+        )
         server = uvicorn_server(
             app,
             guard=guard,
@@ -277,17 +256,12 @@ def capacity_text(engine: Any) -> str:
     return f"KV cache size: {blocks * block_size:,} tokens in {blocks:,} blocks of {block_size}"
 
 
-def serve(
-    engine_config: Any,
-    *,
-    served_model_name: str | None = None,
-    options: ServeOptions | None = None,
-) -> None:
-    """Serve ``engine_config``'s model until SIGINT/SIGTERM (blocking)."""
+def serve(engine_config: EngineConfig, options: ServeOptions | None = None) -> None:
+    """Serve ``engine_config``'s model with ``options`` until SIGINT/SIGTERM (blocking)."""
     options = options or ServeOptions()
     sock = bind_socket(options.host, options.port)
     try:
-        asyncio.run(_serve_engine(engine_config, sock, served_model_name, options))
+        asyncio.run(_serve_engine(engine_config, sock, options))
     finally:
         sock.close()
 

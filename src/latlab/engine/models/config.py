@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latlab.dtypes import checkpoint_dtype
 from latlab.errors import ModelLoadError
 
 SUPPORTED_ARCHITECTURES = {
@@ -86,7 +87,7 @@ def parse_model_args(raw: dict[str, Any]) -> ModelArgs:
             max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             attention_bias=bool(raw.get("attention_bias", model_type == "qwen2")),
-            torch_dtype=raw.get("dtype") or raw.get("torch_dtype"),
+            torch_dtype=checkpoint_dtype(raw),
             sliding_window=int(sliding) if sliding else None,
             eos_token_ids=eos_ids,
             raw=raw,

@@ -1,0 +1,44 @@
+"""The one dtype table and the one rule for "auto"."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latlab import dtypes
+from latlab.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("name", "checkpoint", "expected"),
+    [
+        ("auto", "bfloat16", "bfloat16"),
+        ("auto", None, "float32"),
+        ("auto", "int8", "float32"),  # not a dtype latlab runs in: the float32 fallback
+        ("float16", "bfloat16", "float16"),
+    ],
+)
+def test_resolve(name, checkpoint, expected):
+    assert dtypes.resolve(name, checkpoint) == expected
+
+
+def test_checkpoint_dtype_reads_new_and_old_keys():
+    assert dtypes.checkpoint_dtype({"dtype": "bfloat16", "torch_dtype": "float32"}) == "bfloat16"
+    assert dtypes.checkpoint_dtype({"torch_dtype": "float16"}) == "float16"
+    assert dtypes.checkpoint_dtype({}) is None
+
+
+def test_torch_names_round_trip():
+    for name in dtypes.DTYPES:
+        assert dtypes.dtype_name(dtypes.torch_dtype(name)) == name
+    assert dtypes.torch_dtype("bfloat16") is torch.bfloat16
+
+
+@pytest.mark.parametrize("bad", ["int4", "fp16", "", "Float32"])
+def test_unknown_names_are_refused_with_the_choices(bad):
+    with pytest.raises(ConfigError, match="float32"):
+        dtypes.check_dtype(bad)
+    with pytest.raises(ConfigError):
+        dtypes.torch_dtype(bad)
+    with pytest.raises(ConfigError, match="latlab runs models in"):
+        dtypes.dtype_name(torch.int8)
