@@ -1,17 +1,17 @@
-"""The benchmark client: targets, load runner, results (imports without torch)."""
+"""The benchmark client: targets, load runner, results (imports without torch).
+
+The contracts a new target implements are in ``latlab.bench.contract``.
+"""
 
 from latlab.bench.api import BenchConfig, arun_bench, run_bench
+from latlab.bench.contract import BaseTarget, GenOptions, Target, TargetSpec
+from latlab.bench.local_targets import CallableTarget, EngineTarget, TransformersTarget
 from latlab.bench.results import BenchResult
 from latlab.bench.runner import LevelResult
-from latlab.bench.targets import (
-    CallableTarget,
-    EngineTarget,
-    GenOptions,
-    OpenAITarget,
-    TransformersTarget,
-)
+from latlab.bench.targets import OpenAITarget
 
 __all__ = [
+    "BaseTarget",
     "BenchConfig",
     "BenchResult",
     "CallableTarget",
@@ -19,6 +19,8 @@ __all__ = [
     "GenOptions",
     "LevelResult",
     "OpenAITarget",
+    "Target",
+    "TargetSpec",
     "TransformersTarget",
     "arun_bench",
     "run_bench",

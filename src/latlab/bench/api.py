@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from latlab.bench import calibrate
+from latlab.bench.contract import GenOptions, Progress, Target
 from latlab.bench.loop import run_on_loop
 from latlab.bench.results import BenchResult
-from latlab.bench.runner import LevelResult, Progress, Runner
-from latlab.bench.targets import GenOptions
+from latlab.bench.runner import LevelResult, Runner
 from latlab.errors import ConfigError
 from latlab.metrics import SLO
 from latlab.prompt_words import Salt
@@ -160,7 +160,7 @@ def _fixed_plan(levels: list[dict[str, Any]]) -> LevelPlan:
 
 async def arun_bench(
     config: BenchConfig,
-    target: Any,
+    target: Target,
     progress: bool | Progress = True,
     runner_hook: Any = None,
     plan: LevelPlan | None = None,
@@ -181,8 +181,8 @@ async def arun_bench(
     runner = Runner(target, [], opts, num_requests=config.num_requests,
                     duration_s=config.duration_s, slo=config.slo, burstiness=config.burstiness,
                     seed=config.seed, drain_s=config.drain_s, progress=sink)  # fmt: skip
-    described = {"name": target.name, "remote": bool(target.remote)}
-    if getattr(target, "settings", None):  # what an in-process engine was built with
+    described: dict[str, Any] = {"name": target.name, "remote": bool(target.remote)}
+    if target.settings:  # what an in-process engine was built with
         described["settings"] = dict(target.settings)
     result = BenchResult(target=described, config=config.to_dict())
     if runner_hook is not None:
@@ -216,7 +216,7 @@ async def arun_bench(
 
 
 async def _build_workload(
-    config: BenchConfig, spec: WorkloadSpec, target: Any, runner: Runner, result: BenchResult
+    config: BenchConfig, spec: WorkloadSpec, target: Target, runner: Runner, result: BenchResult
 ) -> None:
     """Prompts of exact length in the target's tokens, salted per run unless asked not to."""
     sizing = await calibrate.prompt_sizing(target)
@@ -233,12 +233,13 @@ async def _build_workload(
     result.workload = {"salt": value or None, "prompt_words": sizing.to_dict()}
 
 
-async def _start_pool(config: BenchConfig, target: Any, runner: Runner) -> Any:
+async def _start_pool(config: BenchConfig, target: Target, runner: Runner) -> Any:
     from latlab.bench.workers import WorkerPool, WorkerSettings
 
-    if not hasattr(target, "spec"):
+    spec = target.spec()
+    if spec is None:
         raise ConfigError("--workers > 1 needs an HTTP target (--url)")
-    settings = WorkerSettings(target.spec(), runner.opts, runner.requests, config.slo,
+    settings = WorkerSettings(spec, runner.opts, runner.requests, config.slo,
                               config.burstiness, config.seed, config.drain_s,
                               config.duration_s, "auto", runner.salt)  # fmt: skip
     pool = WorkerPool(config.workers, settings)
@@ -262,7 +263,7 @@ async def _pooled_level(
 
 def run_bench(
     config: BenchConfig,
-    target: Any,
+    target: Target,
     progress: bool | Progress = True,
     loop: str = "auto",
     plan: LevelPlan | None = None,

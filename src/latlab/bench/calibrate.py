@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from latlab.bench.contract import Target
 from latlab.bench.server_tokens import ServerTokenCounter
 from latlab.bench.targets import OpenAITarget
 from latlab.errors import ConfigError, LatlabError
@@ -45,10 +46,10 @@ class PromptSizing:
         return {**self.words.to_dict(), "seconds": round(self.seconds, 3)}
 
 
-async def prompt_sizing(target: Any) -> PromptSizing:
+async def prompt_sizing(target: Target) -> PromptSizing:
     """Find the words prompts are built from, as exact as the target allows."""
     t0 = time.perf_counter()
-    tokenizer = getattr(target, "tokenizer", None)
+    tokenizer = target.tokenizer
     local = None
     if tokenizer is not None:
         local = lambda text: len(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731

@@ -15,8 +15,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from latlab.bench.contract import BaseTarget, GenOptions
 from latlab.errors import (
     CapacityError,
     ConfigError,
@@ -26,6 +27,9 @@ from latlab.errors import (
 )
 from latlab.metrics import RequestRecord, default_token_count
 from latlab.workload import BenchRequest
+
+if TYPE_CHECKING:
+    from latlab.engine.protocol import Engine
 
 _now = time.perf_counter_ns
 
@@ -100,10 +104,9 @@ class _StopSet:
 # ---------------------------------------------------------------------------- transformers
 
 
-class TransformersTarget:
+class TransformersTarget(BaseTarget):
     """A Hugging Face model generating token by token in-process: the "no optimization" baseline."""
 
-    remote = False
     stamps_in_loop = False  # the streamer stamps tokens in the generating thread
 
     def __init__(
@@ -132,10 +135,7 @@ class TransformersTarget:
         device = str(getattr(model, "device", "cpu"))
         return cls(_loaded=(model, tokenizer), device=device, name=name)
 
-    async def check(self) -> None:
-        return None
-
-    async def run(self, req: BenchRequest, rec: RequestRecord, opts: Any) -> None:
+    async def run(self, req: BenchRequest, rec: RequestRecord, opts: GenOptions) -> None:
         import torch
 
         tok = self.tokenizer
@@ -238,14 +238,12 @@ def _load_hf(model: str | None, dtype: str, device: str) -> tuple[Any, Any]:
 # ---------------------------------------------------------------------------- callable
 
 
-class CallableTarget:
+class CallableTarget(BaseTarget):
     """Any Python function ``fn(prompt, max_tokens) -> iterator`` (sync or async) of tokens.
 
     Each item counts as its length if it is a list/tuple of token ids, else one token (empty
     strings count zero). A sync iterator runs in its own thread and is timestamped there.
     """
-
-    remote = False
 
     def __init__(
         self, fn: Callable[..., Any], *, tokenizer: Any | None = None, name: str = ""
@@ -279,10 +277,7 @@ class CallableTarget:
             obj = getattr(obj, part)
         return cls(obj, name=f"callable:{spec}")
 
-    async def check(self) -> None:
-        return None
-
-    async def run(self, req: BenchRequest, rec: RequestRecord, opts: Any) -> None:
+    async def run(self, req: BenchRequest, rec: RequestRecord, opts: GenOptions) -> None:
         rec.send_ns = _now()
         try:
             stream = self.fn(req.prompt, req.max_tokens)
@@ -314,21 +309,19 @@ class CallableTarget:
 # ---------------------------------------------------------------------------- latlab engine
 
 
-class EngineTarget:
+class EngineTarget(BaseTarget):
     """latlab's continuous-batching engine (``latlab.engine.AsyncLLM``) in-process."""
-
-    remote = False
 
     def __init__(
         self,
-        engine: Any,
+        engine: Engine,
         *,
         sampling_params: Callable[..., Any] | None = None,
         owns_engine: bool = False,
     ) -> None:
         self.engine = engine
-        self.tokenizer = getattr(engine, "tokenizer", None)
-        self.name = f"latlab-engine:{getattr(engine, 'model_name', 'model')}"
+        self.tokenizer = engine.tokenizer
+        self.name = f"latlab-engine:{engine.model_name}"
         self._params = sampling_params
         self._owns = owns_engine
         self.settings: dict[str, Any] = {}  # EngineConfig fields, when built by from_model
@@ -355,10 +348,7 @@ class EngineTarget:
             self._params = SamplingParams
         return self._params(**kw)
 
-    async def check(self) -> None:
-        return None
-
-    async def run(self, req: BenchRequest, rec: RequestRecord, opts: Any) -> None:
+    async def run(self, req: BenchRequest, rec: RequestRecord, opts: GenOptions) -> None:
         try:
             params = self._make_params(
                 max_tokens=req.max_tokens,
@@ -383,12 +373,12 @@ class EngineTarget:
             _finish_error(rec, exc)
             return
         _finish_ok(rec, "engine")
-        if last is not None and getattr(last, "prompt_token_ids", None) is not None:
+        if last is not None and last.prompt_token_ids is not None:
             rec.prompt_tokens = len(last.prompt_token_ids)
         cached = getattr(last, "num_cached_tokens", None)
         rec.cached_tokens = cached if isinstance(cached, int) else None
         rec.finish_reason = getattr(last, "finish_reason", None)
-        if last is not None and getattr(last, "finish_reason", None) == "abort":
+        if last is not None and last.finish_reason == "abort":
             rec.error, rec.error_detail = "aborted", "the engine aborted the request"
 
     async def aclose(self) -> None:

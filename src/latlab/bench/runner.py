@@ -16,8 +16,9 @@ import gc
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from latlab.bench.contract import GenOptions, Progress, Target
 from latlab.metrics import SLO, RequestRecord, Stats, Summary, summarize
 from latlab.prompt_words import Salt
 from latlab.workload import BenchRequest, arrival_offsets_s
@@ -34,12 +35,6 @@ _FINISH_NOW_MAX_IN_FLIGHT = 4
 def _client_error(rec: RequestRecord, exc: Exception) -> None:
     rec.error, rec.error_detail = "client_error", f"{type(exc).__name__}: {exc}"[:200]
     rec.end_ns = rec.end_ns or time.perf_counter_ns()
-
-
-class Progress(Protocol):
-    def start_level(self, label: str, total: int | None) -> None: ...
-    def update(self, completed: int, failed: int, ttft_p50_ms: float | None) -> None: ...
-    def end_level(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -159,9 +154,9 @@ class _Monitor:
 class Runner:
     """Drives one target through one or more load levels."""
 
-    target: Any
+    target: Target
     requests: Sequence[BenchRequest]
-    opts: Any
+    opts: GenOptions | None
     warmup_requests: Sequence[BenchRequest] = ()
     num_requests: int | None = 100
     duration_s: float | None = None
@@ -368,7 +363,7 @@ class Runner:
         label = ", ".join(f"{k} {v:g}" for k, v in load.items())
         if self.progress is not None:
             self.progress.start_level(label, self.num_requests)
-        if "concurrency" in load and hasattr(self.target, "prepare"):
+        if "concurrency" in load:
             await self.target.prepare(int(load["concurrency"]))
         # Objects alive now (imports, prompts, a model) need no more GC passes: freezing them
         # keeps full collections, which would stall every stream at once, short.
@@ -389,10 +384,10 @@ class Runner:
         start = min((r.origin_ns for r in records), default=t_start)
         window_s = (max(ends) - start) / 1e9 if ends else 0.0
         summary = summarize(records, self.slo, duration_s=window_s)
-        remote = bool(getattr(self.target, "remote", False))
         # A target that timestamps in its own threads (transformers) is not delayed by lag.
-        in_loop = bool(getattr(self.target, "stamps_in_loop", True))
-        client = monitor.check(records, summary.output_tokens, remote, in_loop)
+        client = monitor.check(
+            records, summary.output_tokens, self.target.remote, self.target.stamps_in_loop
+        )
         if self.progress is not None:
             self.progress.update(self._ok, self._failed, summary.ttft_ms.p50)
             self.progress.end_level()

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from latlab.bench.targets import OpenAITarget
 from latlab.errors import TargetError
 
 TOKENIZE = "server /tokenize"
@@ -27,7 +28,7 @@ class ServerTokenCounter:
     the server offers neither.
     """
 
-    def __init__(self, target: Any, *, use_tokenize: bool = True) -> None:
+    def __init__(self, target: OpenAITarget, *, use_tokenize: bool = True) -> None:
         self.target = target
         self.chat = target.api == "chat"
         self.root = target.base[: -len("/v1")] if target.base.endswith("/v1") else target.base

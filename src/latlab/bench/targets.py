@@ -1,12 +1,12 @@
-"""What a benchmark drives: an OpenAI-compatible server, or an in-process model or callable.
+"""The HTTP target: any OpenAI-compatible server (the in-process ones are in local_targets).
 
-Every target fills one ``RequestRecord`` per request: ``send_ns`` right before the request
+The target fills one ``RequestRecord`` per request: ``send_ns`` right before the request
 leaves, one ``chunk_ns`` per token arrival, ``end_ns`` at the last byte, and an error
 reason instead of an exception when something goes wrong, so a run always continues.
 
-The HTTP target keeps its receive loop minimal: it stores ``(perf_counter_ns(), bytes)`` per
-network read and parses nothing until the stream has ended, so no JSON decoding ever sits
-between a byte arriving and its timestamp. One pooled ``httpx.AsyncClient`` serves all requests.
+The receive loop is minimal: it stores ``(perf_counter_ns(), bytes)`` per network read and
+parses nothing until the stream has ended, so no JSON decoding ever sits between a byte
+arriving and its timestamp. One pooled connection set serves all requests.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
 from latlab.bench import openai_reply
+from latlab.bench.contract import BaseTarget, Finisher, GenOptions, TargetSpec
 from latlab.bench.rawhttp import HTTPStreamError, RawHTTPPool
 from latlab.bench.token_count import Seen, count_reply
 from latlab.errors import TargetError
@@ -28,48 +28,6 @@ from latlab.workload import BenchRequest
 
 # Set by latlab gateway on every generation response (hit, miss, coalesced, bypass).
 CACHE_HEADER = "x-latlab-cache"
-
-
-class Target(Protocol):
-    """The runner's view of a target."""
-
-    name: str
-    remote: bool  # True when the target runs elsewhere (client CPU use is then pure overhead)
-    tokenizer: Any | None
-
-    async def check(self) -> None:
-        """Fail fast (TargetError) before any load is sent."""
-
-    async def run(
-        self, req: BenchRequest, rec: RequestRecord, opts: GenOptions
-    ) -> Callable[[], None] | None:
-        """Send one request and fill ``rec``; record failures in ``rec.error``, never raise.
-
-        May return a *finisher*: work (parsing, token counting) that completes ``rec`` but is
-        not needed to send the next request. The runner calls it when the client is not busy
-        timestamping other streams, at the latest before it summarizes the level.
-        """
-
-    async def aclose(self) -> None: ...
-
-
-class GenOptions:
-    """Generation settings shared by every request of a run."""
-
-    __slots__ = ("ignore_eos", "min_tokens", "stream", "temperature")
-
-    def __init__(
-        self,
-        *,
-        ignore_eos: bool = True,
-        temperature: float = 0.0,
-        stream: bool = True,
-        min_tokens: int | None = None,
-    ) -> None:
-        self.ignore_eos = ignore_eos
-        self.temperature = temperature
-        self.stream = stream
-        self.min_tokens = min_tokens
 
 
 def _fail(rec: RequestRecord, reason: str, detail: object = None) -> None:
@@ -121,7 +79,7 @@ def _split_url(url: str) -> tuple[str, str | None]:
     return u, None
 
 
-class OpenAITarget:
+class OpenAITarget(BaseTarget):
     """An OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp, Ollama, ``latlab serve``)."""
 
     remote = True
@@ -203,11 +161,12 @@ class OpenAITarget:
                 f"{self.base}/models lists no model (HTTP {resp.status_code}); pass --model"
             ) from None
 
-    def spec(self) -> dict[str, Any]:
-        """Constructor arguments that rebuild this target in a worker process."""
-        return {"url": self.endpoint, "model": self.model, "api": self.api,
-                "api_key": self.api_key, "timeout_s": self.timeout_s,
-                "transport": self.transport}  # fmt: skip
+    def spec(self) -> TargetSpec:
+        """This target again, in a client worker process (same endpoint, model and key)."""
+        kwargs = {"url": self.endpoint, "model": self.model, "api": self.api,
+                  "api_key": self.api_key, "timeout_s": self.timeout_s,
+                  "transport": self.transport}  # fmt: skip
+        return TargetSpec(kind=type(self), kwargs=kwargs)
 
     async def prepare(self, users: int) -> None:
         """Before a closed-loop level: one open keep-alive connection per user."""
@@ -230,9 +189,7 @@ class OpenAITarget:
             body["min_tokens"] = opts.min_tokens
         return json.dumps(body).encode()
 
-    async def run(
-        self, req: BenchRequest, rec: RequestRecord, opts: GenOptions
-    ) -> Callable[[], None] | None:
+    async def run(self, req: BenchRequest, rec: RequestRecord, opts: GenOptions) -> Finisher | None:
         content = self._payload(req, opts)
         reads: list[tuple[int, bytes]] = []
         head: dict[str, str] = {}
@@ -358,20 +315,3 @@ class OpenAITarget:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-
-
-# In-process targets live in their own module (they need threads, and some need torch).
-from latlab.bench.local_targets import (  # noqa: E402
-    CallableTarget,
-    EngineTarget,
-    TransformersTarget,
-)
-
-__all__ = [
-    "CallableTarget",
-    "EngineTarget",
-    "GenOptions",
-    "OpenAITarget",
-    "Target",
-    "TransformersTarget",
-]

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from latlab.bench.contract import TargetSpec
 from latlab.bench.loop import run_on_loop
 from latlab.bench.runner import ClientCheck, LevelResult, Runner, gateway_cache_summaries
 from latlab.errors import ConfigError
@@ -34,7 +35,7 @@ _OPEN_LEAD_NS = 100_000_000  # time for the schedule to reach every worker befor
 
 @dataclass(slots=True)
 class WorkerSettings:
-    target_spec: dict[str, Any]
+    target: TargetSpec
     opts: Any
     requests: Sequence[BenchRequest]
     slo: SLO | None
@@ -55,9 +56,7 @@ def split(total: int, parts: int) -> list[int]:
 def _worker_main(conn: tuple[Any, Any], wid: int, settings: WorkerSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)  # the parent decides when to stop
-    from latlab.bench.targets import OpenAITarget
-
-    target = OpenAITarget(**settings.target_spec)
+    target = settings.target.build()
     run_on_loop(lambda: _serve(conn, wid, settings, target), settings.loop)
 
 

@@ -7,7 +7,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +17,9 @@ from latlab.cli.deploy_options import vllm_cmd_option
 from latlab.cli.outputs import check_writable_file
 from latlab.cli.store_options import open_store, record_options, record_run
 from latlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from latlab.bench.contract import Target
 
 # With no --url / --callable the bench runs in-process; the lead may switch this to "latlab".
 DEFAULT_BACKEND = "transformers"
@@ -42,8 +45,8 @@ def _float_list(value: str | None, flag: str) -> list[float] | None:
         raise ConfigError(f"{flag} takes comma-separated numbers, e.g. 1,2,4 (or inf)") from None
 
 
-def _target(opts: dict[str, Any]) -> Any:
-    from latlab.bench import targets
+def _target(opts: dict[str, Any]) -> Target:
+    from latlab.bench import local_targets, targets
 
     if opts["url"] and opts["callable_spec"]:
         raise ConfigError("give --url or --callable, not both")
@@ -60,7 +63,7 @@ def _target(opts: dict[str, Any]) -> Any:
                                     api_key=opts["api_key"], tokenizer=tok,
                                     timeout_s=opts["timeout"])  # fmt: skip
     if opts["callable_spec"]:
-        target = targets.CallableTarget.from_spec(opts["callable_spec"])
+        target = local_targets.CallableTarget.from_spec(opts["callable_spec"])
         if opts["tokenizer"]:
             target.tokenizer = _tokenizer(opts["tokenizer"])
         return target
@@ -69,9 +72,9 @@ def _target(opts: dict[str, Any]) -> Any:
     if opts["backend"] == "latlab":
         settings = {"dtype": opts["dtype"], "device": opts["device"]}
         settings.update(_engine_args(opts["engine_arg"]))
-        return targets.EngineTarget.from_model(opts["model"], **settings)
+        return local_targets.EngineTarget.from_model(opts["model"], **settings)
     threads = opts["threads"] if opts["threads"] == "auto" else int(opts["threads"])
-    return targets.TransformersTarget(
+    return local_targets.TransformersTarget(
         opts["model"], dtype=opts["dtype"], device=opts["device"], num_threads=threads
     )
 

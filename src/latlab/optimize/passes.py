@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from latlab.bench.contract import BaseTarget, GenOptions
 from latlab.bench.runner import Runner
 from latlab.gateway.cachekey import cache_key
 from latlab.gateway.grouping import group_by_prefix, prefix_key
@@ -67,7 +68,7 @@ def _record_stream(rec: RequestRecord, chunks: Iterator[list[int]], out: list[in
         out.extend(chunk)
 
 
-class _LabTarget:
+class _LabTarget(BaseTarget):
     """A bench target over one setup: the response cache and output capture live here.
 
     ``generate(lab_request, prompt, rec, out)`` is the backend's part: it fills the chunk
@@ -75,8 +76,6 @@ class _LabTarget:
     ``finished(lab_request)`` runs for every request, cache hit or error included, so nothing
     waiting on it (a wave, a prefix group) waits forever.
     """
-
-    remote = False
 
     def __init__(
         self,
@@ -93,7 +92,7 @@ class _LabTarget:
         self.cache_hits = 0
         self.max_tokens = 0
 
-    async def run(self, req: BenchRequest, rec: RequestRecord, opts: Any) -> None:
+    async def run(self, req: BenchRequest, rec: RequestRecord, opts: GenOptions | None) -> None:
         lab_request, prompt = self.items[req.request_id]
         rec.prompt_tokens = len(prompt)
         rec.output_tokens_source = "engine"

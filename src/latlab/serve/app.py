@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +27,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from latlab.engine.outputs import RequestOutput
+from latlab.engine.protocol import Engine
 from latlab.errors import CapacityError, ConfigError, LatlabError, OverloadedError
 from latlab.serve import logprobs as lp
 from latlab.serve import sse
@@ -53,6 +55,8 @@ from latlab.serve.protocol import (
     parse_request,
     usage_dict,
 )
+
+Outputs = AsyncGenerator[RequestOutput, None]  # one request's stream from the engine
 
 # Seconds a client is told to wait after a 503 (the queue drains in about that long at
 # typical CPU decode rates; clients with backoff retry sooner or later anyway).
@@ -82,7 +86,7 @@ class _Job:
 
 
 def create_app(
-    engine: Any,
+    engine: Engine,
     served_model_name: str,
     *,
     make_params: Callable[..., Any] | None = None,
@@ -90,7 +94,8 @@ def create_app(
     drain: Drain | None = None,
     buckets: HistogramBuckets | None = None,
 ) -> FastAPI:
-    """Build the app serving ``engine`` (a ``latlab.engine.AsyncLLM``) as ``served_model_name``.
+    """Build the app serving ``engine`` (``latlab.engine.AsyncLLM``, or anything keeping the
+    ``latlab.engine.protocol.Engine`` contract) as ``served_model_name``.
 
     ``make_params`` builds sampling parameters from keyword arguments; it defaults to
     ``latlab.SamplingParams`` and exists so the app can be tested against a fake engine.
@@ -213,7 +218,7 @@ class _Server:
 
     def __init__(
         self,
-        engine: Any,
+        engine: Engine,
         model_name: str,
         make_params: Callable[..., Any],
         drain: Drain,
@@ -372,11 +377,8 @@ class _Server:
         return requested
 
     def _kv_capacity_tokens(self) -> int | None:
-        block_size = getattr(getattr(self.engine, "config", None), "block_size", None)
-        blocks = getattr(self.engine.stats(), "num_kv_blocks", None)
-        if not block_size or not blocks:
-            return None
-        return int(block_size) * int(blocks)
+        """Tokens the whole KV cache holds (None when the engine does not say)."""
+        return self.engine.stats().kv_cache_tokens or None
 
     # ---- running ----------------------------------------------------------------------------
 
@@ -449,7 +451,7 @@ class _Server:
         return lp.completion_logprobs(tokens, entries, count, decode), len(output.logprobs)
 
     async def _stream(
-        self, job: _Job, outputs: Any, first: Any, tracker: RequestTracker
+        self, job: _Job, outputs: Outputs, first: RequestOutput, tracker: RequestTracker
     ) -> AsyncIterator[bytes]:
         writer = sse.ChunkWriter(
             job.rid, self.model_name, chat=job.chat, include_usage=job.include_usage
@@ -534,12 +536,11 @@ def _work_size(req: Any) -> int:
     return size + sum(_message_chars(m.content) + MESSAGE_COST for m in messages)
 
 
-def _usage(job: _Job, output: Any) -> dict[str, Any]:
-    cached = int(getattr(output, "num_cached_tokens", 0) or 0)
-    return usage_dict(len(job.prompt_ids), len(output.token_ids), cached)
+def _usage(job: _Job, output: RequestOutput) -> dict[str, Any]:
+    return usage_dict(len(job.prompt_ids), len(output.token_ids), output.num_cached_tokens)
 
 
-async def _drain(outputs: Any, first: Any, tracker: RequestTracker) -> Any:
+async def _drain(outputs: Outputs, first: RequestOutput, tracker: RequestTracker) -> RequestOutput:
     """The last output of a non-streamed request."""
     output = first
     tracker.on_output(output)
@@ -580,17 +581,14 @@ async def _wait_for_disconnect(request: Request) -> None:
             return
 
 
-async def _close(outputs: Any) -> None:
+async def _close(outputs: Outputs) -> None:
     """Close the engine iterator, which aborts the request and frees its KV blocks.
 
     Shielded: this runs while a disconnect is cancelling the response, and an unshielded
     await here would be cancelled before the engine heard of the abort.
     """
-    aclose = getattr(outputs, "aclose", None)
-    if aclose is None:
-        return
     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-        await aclose()
+        await outputs.aclose()
 
 
 ARRIVAL_KEY = "latlab.arrival_ns"
