@@ -6,8 +6,7 @@ import torch, so the bench client works on machines without it.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from latlab.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -27,15 +26,4 @@ _LAZY_EXPORTS: dict[str, str] = {
 
 __all__ = ["__version__", *_LAZY_EXPORTS]
 
-
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY_EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'latlab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_EXPORTS)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from latlab.bench import BenchConfig, CallableTarget, EngineTarget, arun_bench, run_bench
-from latlab.bench.runner import Runner
+from latlab.bench.runner import Runner, RunSettings
 from latlab.errors import ConfigError, TargetError
 
 from .fake_targets import FakeEngine, FakeParams, Gauge, blocking_stream, make_stream
@@ -220,7 +220,7 @@ def test_runner_cycles_prompts_when_it_needs_more():
         yield "x"
 
     reqs = [BenchRequest("a", 1), BenchRequest("b", 1)]
-    runner = Runner(CallableTarget(fn), reqs, None, num_requests=5)
+    runner = Runner(CallableTarget(fn), reqs, None, settings=RunSettings(num_requests=5))
     asyncio.run(runner.run_level({"concurrency": 1}))
     assert seen == ["a", "b", "a", "b", "a"]
 

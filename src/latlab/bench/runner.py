@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from latlab.bench.config import RunSettings
 from latlab.bench.contract import GenOptions, Progress, Target
 from latlab.metrics import SLO, RequestRecord, Stats, Summary, summarize
-from latlab.prompt_words import Salt
 from latlab.workload import BenchRequest, arrival_offsets_s
 
 # A level is client-bound when any of these is exceeded (see docs/metrics.md "Client self-check").
@@ -150,40 +150,66 @@ class _Monitor:
         return ClientCheck(lag, send, total_cpu, util, per_1k, bool(reasons), reasons)
 
 
-@dataclass(slots=True)
-class Runner:
-    """Drives one target through one or more load levels."""
+@dataclass(kw_only=True, frozen=True, slots=True)
+class Shard:
+    """A worker process's part of a level (the parent runs the whole level: the default).
 
-    target: Target
-    requests: Sequence[BenchRequest]
-    opts: GenOptions | None
-    warmup_requests: Sequence[BenchRequest] = ()
-    num_requests: int | None = 100
-    duration_s: float | None = None
-    slo: SLO | None = None
-    burstiness: float = 1.0
-    seed: int = 0
-    drain_s: float = 5.0
-    progress: Progress | None = None
-    salt: Salt | None = None  # per-request tags at the front of each prompt (None: off)
-    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
-    # A worker process runs one shard of a level: its prompts start at ``index_base``, and in
-    # open loop it sends its share of the parent's schedule (``open_ids`` at ``open_offsets``
-    # seconds after ``open_t0_ns``, a perf_counter_ns instant shared by all processes).
+    Its prompts start at ``index_base`` and its request ids carry ``id_prefix``. In open loop
+    it sends its share of the parent's schedule: ``open_ids`` at ``open_offsets`` seconds
+    after ``open_t0_ns``, a perf_counter_ns instant shared by all processes.
+    """
+
     index_base: int = 0
     id_prefix: str = ""
     open_offsets: list[float] | None = None
     open_ids: list[int] | None = None
     open_t0_ns: int | None = None
-    # How often each load was measured (shared by a worker's runners): see ``_ids``.
-    level_ids: dict[str, int] = field(default_factory=dict)
-    _ttfts: list[float] = field(default_factory=list)
-    _unfinished: list[tuple[Any, RequestRecord]] = field(default_factory=list)
-    _in_flight: int = 0
-    _finishers: int = 0
-    _ok: int = 0
-    _failed: int = 0
-    _last_ui: float = 0.0
+
+
+@dataclass(slots=True)
+class _LevelState:
+    """What the runner counts while one level runs; a fresh one for every level."""
+
+    ttfts: list[float] = field(default_factory=list)  # ms, for the live TTFT p50
+    unfinished: list[tuple[Any, RequestRecord]] = field(default_factory=list)  # deferred parses
+    in_flight: int = 0
+    finishers: int = 0
+    ok: int = 0
+    failed: int = 0
+    last_ui: float = 0.0
+
+
+class Runner:
+    """Drives one target through one or more load levels.
+
+    Settings (``RunSettings``, ``Shard``) are fixed for the run; what changes while it runs is
+    the level's ``_LevelState``, the stop event and ``drain_s`` (a second Ctrl-C zeroes it).
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        requests: Sequence[BenchRequest],
+        opts: GenOptions | None,
+        *,
+        settings: RunSettings | None = None,
+        warmup_requests: Sequence[BenchRequest] = (),
+        progress: Progress | None = None,
+        shard: Shard | None = None,
+        level_ids: dict[str, int] | None = None,
+    ) -> None:
+        self.target = target
+        self.requests = requests
+        self.opts = opts
+        self.settings = settings or RunSettings()
+        self.warmup_requests = warmup_requests
+        self.progress = progress
+        self.shard = shard or Shard()
+        self.drain_s = self.settings.drain_s
+        self.stop_event = asyncio.Event()
+        self._level = _LevelState()
+        # How often each load was measured (shared by a worker's runners): see ``_ids``.
+        self.level_ids: dict[str, int] = {} if level_ids is None else level_ids
 
     def request_stop(self) -> None:
         """Stop sending (Ctrl-C); in-flight requests get ``drain_s`` to finish."""
@@ -195,18 +221,20 @@ class Runner:
 
     # ---------------------------------------------------------------- one request
     async def _one(self, req: BenchRequest, rec: RequestRecord) -> None:
-        if self.salt is not None:
-            req = req.salted(self.salt.tag(rec.request_id, req.salt_words))
+        salt = self.settings.salt
+        if salt is not None:
+            req = req.salted(salt.tag(rec.request_id, req.salt_words))
         rec.prompt_tokens_requested, rec.max_tokens = req.prompt_tokens, req.max_tokens
-        self._in_flight += 1
+        level = self._level
+        level.in_flight += 1
         try:
-            finish = await self.target.run(req, rec, self.opts)
+            finish = await self.target.run(req, rec, self.opts)  # type: ignore[arg-type]
             if finish is not None:
-                self._finishers += 1
+                level.finishers += 1
                 # Parsing while other streams are receiving would delay their timestamps, so
                 # under load only every 16th response is parsed at once (for the live TTFT).
-                if self._in_flight > _FINISH_NOW_MAX_IN_FLIGHT and self._finishers % 16:
-                    self._unfinished.append((finish, rec))
+                if level.in_flight > _FINISH_NOW_MAX_IN_FLIGHT and level.finishers % 16:
+                    level.unfinished.append((finish, rec))
                     if not rec.warmup:
                         self._tick(True, None)  # the transport succeeded; parsed later
                     return
@@ -218,12 +246,13 @@ class Runner:
         except Exception as exc:  # a target bug must not end the run
             _client_error(rec, exc)
         finally:
-            self._in_flight -= 1
+            level.in_flight -= 1
         if not rec.warmup:
             self._tick(rec.ok, rec.ttft_ns)
 
     def _finish_deferred(self) -> None:
-        pending, self._unfinished = self._unfinished, []
+        level = self._level
+        pending, level.unfinished = level.unfinished, []
         for finish, rec in pending:
             try:
                 finish()
@@ -233,23 +262,24 @@ class Runner:
                 continue
             if rec.ok:
                 if rec.ttft_ns is not None:
-                    self._ttfts.append(rec.ttft_ns / 1e6)
+                    level.ttfts.append(rec.ttft_ns / 1e6)
             else:  # counted as ok when its bytes arrived; parsing found it broken
-                self._ok -= 1
-                self._failed += 1
+                level.ok -= 1
+                level.failed += 1
 
     def _tick(self, ok: bool, ttft_ns: int | None) -> None:
+        level = self._level
         if ok:
-            self._ok += 1
+            level.ok += 1
             if ttft_ns is not None:
-                self._ttfts.append(ttft_ns / 1e6)
+                level.ttfts.append(ttft_ns / 1e6)
         else:
-            self._failed += 1
+            level.failed += 1
         now = time.monotonic()
-        if self.progress is not None and (now - self._last_ui > 0.2 or self._failed == 1):
-            self._last_ui = now
-            p50 = Stats.of(self._ttfts).p50 if self._ttfts else None
-            self.progress.update(self._ok, self._failed, p50)
+        if self.progress is not None and (now - level.last_ui > 0.2 or level.failed == 1):
+            level.last_ui = now
+            p50 = Stats.of(level.ttfts).p50 if level.ttfts else None
+            self.progress.update(level.ok, level.failed, p50)
 
     def _request(self, i: int) -> BenchRequest:
         return self.requests[i % len(self.requests)]
@@ -260,8 +290,8 @@ class Runner:
     ) -> list[RequestRecord]:
         records: list[RequestRecord] = []
         deadline = None
-        if not warmup and self.duration_s is not None:
-            deadline = time.perf_counter() + self.duration_s
+        if not warmup and self.settings.duration_s is not None:
+            deadline = time.perf_counter() + self.settings.duration_s
         next_i = 0
         pool = self.warmup_requests if warmup and self.warmup_requests else self.requests
 
@@ -274,8 +304,8 @@ class Runner:
                     return
                 i = next_i
                 next_i += 1
-                j = i if warmup else self.index_base + i
-                rec = RequestRecord(request_id=f"{self.id_prefix}{prefix}-{j}", warmup=warmup)
+                j = i if warmup else self.shard.index_base + i
+                rec = RequestRecord(request_id=f"{self.shard.id_prefix}{prefix}-{j}", warmup=warmup)
                 records.append(rec)
                 await self._one(pool[j % len(pool)], rec)
 
@@ -283,17 +313,19 @@ class Runner:
         return records
 
     async def _open(self, rate: float, prefix: str) -> list[RequestRecord]:
-        if self.open_offsets is not None:
-            offsets, ids = self.open_offsets, self.open_ids or list(range(len(self.open_offsets)))
+        shard, st = self.shard, self.settings
+        if shard.open_offsets is not None:
+            offsets = shard.open_offsets
+            ids = shard.open_ids or list(range(len(offsets)))
         else:
-            offsets = arrival_offsets_s(rate, num_requests=self.num_requests,
-                                        duration_s=self.duration_s, burstiness=self.burstiness,
-                                        seed=self.seed)  # fmt: skip
+            offsets = arrival_offsets_s(rate, num_requests=st.num_requests,
+                                        duration_s=st.duration_s, burstiness=st.burstiness,
+                                        seed=st.seed)  # fmt: skip
             ids = list(range(len(offsets)))
         records: list[RequestRecord] = []
         tasks: list[asyncio.Task[None]] = []
         # a small lead so the first send is on time
-        t0 = self.open_t0_ns or time.perf_counter_ns() + 5_000_000
+        t0 = shard.open_t0_ns or time.perf_counter_ns() + 5_000_000
 
         async def dispatch() -> None:
             for i, off in zip(ids, offsets, strict=True):
@@ -305,7 +337,7 @@ class Runner:
                     await asyncio.sleep(delay / 1e9)
                 if self.stopped:
                     return
-                rec = RequestRecord(request_id=f"{self.id_prefix}{prefix}-{i}",
+                rec = RequestRecord(request_id=f"{shard.id_prefix}{prefix}-{i}",
                                     intended_send_ns=intended)  # fmt: skip
                 records.append(rec)
                 tasks.append(asyncio.create_task(self._one(self._request(i), rec)))
@@ -359,10 +391,10 @@ class Runner:
         return len(recs)
 
     async def run_level(self, load: dict[str, Any]) -> LevelResult:
-        self._ttfts, self._ok, self._failed = [], 0, 0
+        self._level = _LevelState()
         label = ", ".join(f"{k} {v:g}" for k, v in load.items())
         if self.progress is not None:
-            self.progress.start_level(label, self.num_requests)
+            self.progress.start_level(label, self.settings.num_requests)
         if "concurrency" in load:
             await self.target.prepare(int(load["concurrency"]))
         # Objects alive now (imports, prompts, a model) need no more GC passes: freezing them
@@ -376,20 +408,22 @@ class Runner:
             records = await self._open(float(load["rate"]), self._ids(f"r{load['rate']}"))
         else:
             c = int(load["concurrency"])
-            records = await self._closed(c, self._ids(f"c{c}"), self.num_requests, warmup=False)
+            records = await self._closed(
+                c, self._ids(f"c{c}"), self.settings.num_requests, warmup=False
+            )
         await monitor.load_done()
         gc.unfreeze()
         self._finish_deferred()
         ends = [r.end_ns for r in records if r.end_ns is not None]
         start = min((r.origin_ns for r in records), default=t_start)
         window_s = (max(ends) - start) / 1e9 if ends else 0.0
-        summary = summarize(records, self.slo, duration_s=window_s)
+        summary = summarize(records, self.settings.slo, duration_s=window_s)
         # A target that timestamps in its own threads (transformers) is not delayed by lag.
         client = monitor.check(
             records, summary.output_tokens, self.target.remote, self.target.stamps_in_loop
         )
         if self.progress is not None:
-            self.progress.update(self._ok, self._failed, summary.ttft_ms.p50)
+            self.progress.update(self._level.ok, self._level.failed, summary.ttft_ms.p50)
             self.progress.end_level()
-        by_gateway = gateway_cache_summaries(records, self.slo, window_s)
+        by_gateway = gateway_cache_summaries(records, self.settings.slo, window_s)
         return LevelResult(dict(load), summary, records, client, self.stopped, by_gateway)

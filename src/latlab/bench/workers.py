@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import multiprocessing as mp
 import signal
 import time
@@ -22,29 +23,32 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from latlab.bench.contract import TargetSpec
+from latlab.bench.contract import GenOptions, TargetSpec
 from latlab.bench.loop import run_on_loop
-from latlab.bench.runner import ClientCheck, LevelResult, Runner, gateway_cache_summaries
+from latlab.bench.runner import (
+    ClientCheck,
+    LevelResult,
+    Runner,
+    RunSettings,
+    Shard,
+    gateway_cache_summaries,
+)
 from latlab.errors import ConfigError
 from latlab.metrics import SLO, RequestRecord, Stats, summarize
-from latlab.prompt_words import Salt
 from latlab.workload import BenchRequest, arrival_offsets_s
 
 _OPEN_LEAD_NS = 100_000_000  # time for the schedule to reach every worker before it starts
 
 
-@dataclass(slots=True)
+@dataclass(kw_only=True, frozen=True, slots=True)
 class WorkerSettings:
+    """What every worker process gets once, at start: its target, prompts and run settings."""
+
     target: TargetSpec
-    opts: Any
+    opts: GenOptions | None
     requests: Sequence[BenchRequest]
-    slo: SLO | None
-    burstiness: float
-    seed: int
-    drain_s: float
-    duration_s: float | None
-    loop: str
-    salt: Salt | None = None
+    run: RunSettings
+    loop: str = "auto"
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -104,14 +108,11 @@ async def _serve(conns: tuple[Any, Any], wid: int, st: WorkerSettings, target: A
             msg = await inbox.get()
             if msg[0] == "quit":
                 return
-            _, load, num_requests, index_base, shard = msg
-            runner = Runner(target, st.requests, st.opts, num_requests=num_requests,
-                            duration_s=st.duration_s, slo=st.slo, burstiness=st.burstiness,
-                            seed=st.seed, drain_s=st.drain_s, index_base=index_base, salt=st.salt,
-                            id_prefix=f"w{wid}-", progress=_PipeProgress(out, wid),
-                            level_ids=level_ids)  # fmt: skip
-            if shard is not None:
-                runner.open_offsets, runner.open_ids, runner.open_t0_ns = shard
+            _, load, num_requests, shard = msg
+            settings = dataclasses.replace(st.run, num_requests=num_requests)
+            progress = _PipeProgress(out, wid)
+            runner = Runner(target, st.requests, st.opts, settings=settings, progress=progress,
+                            shard=shard, level_ids=level_ids)  # fmt: skip
             current[:] = [runner]
             result = await runner.run_level(load)
             current.clear()
@@ -191,25 +192,33 @@ class WorkerPool:
         replies = await asyncio.gather(
             *(loop.run_in_executor(None, receive, self._results[w]) for w, _ in shards)
         )
-        return merge(load, [r[2] for r in replies], self.settings.slo)
+        return merge(load, [r[2] for r in replies], self.settings.run.slo)
 
     def _shards(self, load: dict[str, Any], n: int | None) -> list[tuple[int, tuple[Any, ...]]]:
-        st = self.settings
+        """(worker, message) per worker with work: its load, request budget and Shard."""
         if "concurrency" in load:
             users = split(int(load["concurrency"]), min(self.n, int(load["concurrency"])))
             counts = [None] * len(users) if n is None else _proportional(n, users)
             out, base = [], 0
             for w, (u, k) in enumerate(zip(users, counts, strict=True)):
-                out.append((w, ("level", {"concurrency": u}, k, base, None)))
+                shard = Shard(index_base=base, id_prefix=f"w{w}-")
+                out.append((w, ("level", {"concurrency": u}, k, shard)))
                 base += k or 0
             return out
-        offsets = arrival_offsets_s(float(load["rate"]), num_requests=n, duration_s=st.duration_s,
-                                    burstiness=st.burstiness, seed=st.seed)  # fmt: skip
+        run = self.settings.run
+        offsets = arrival_offsets_s(float(load["rate"]), num_requests=n,
+                                    duration_s=run.duration_s, burstiness=run.burstiness,
+                                    seed=run.seed)  # fmt: skip
         t0 = time.perf_counter_ns() + _OPEN_LEAD_NS
         ids = list(range(len(offsets)))
-        return [(w, ("level", dict(load), len(ids[w :: self.n]), 0,
-                     (offsets[w :: self.n], ids[w :: self.n], t0)))
-                for w in range(self.n) if ids[w :: self.n]]  # fmt: skip
+        out = []
+        for w in range(self.n):
+            mine = ids[w :: self.n]
+            if mine:
+                shard = Shard(id_prefix=f"w{w}-", open_offsets=offsets[w :: self.n],
+                              open_ids=mine, open_t0_ns=t0)  # fmt: skip
+                out.append((w, ("level", dict(load), len(mine), shard)))
+        return out
 
     def close(self) -> None:
         for c in self._conns:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from latlab.bench.config import IN_PROCESS_DEFAULTS, BenchConfig, default_of
 from latlab.cli import main
 from latlab.cli.cost_options import price_options
 from latlab.cli.deploy_options import vllm_cmd_option
@@ -45,7 +46,7 @@ def _float_list(value: str | None, flag: str) -> list[float] | None:
         raise ConfigError(f"{flag} takes comma-separated numbers, e.g. 1,2,4 (or inf)") from None
 
 
-def _target(opts: dict[str, Any]) -> Target:
+def _target(opts: dict[str, Any], config: BenchConfig) -> Target:
     from latlab.bench import local_targets, targets
 
     if opts["url"] and opts["callable_spec"]:
@@ -59,7 +60,7 @@ def _target(opts: dict[str, Any]) -> Target:
         raise ConfigError("--engine-arg applies to --backend latlab (in-process) only")
     if opts["url"]:
         tok = _tokenizer(opts["tokenizer"]) if opts["tokenizer"] else None
-        return targets.OpenAITarget(opts["url"], model=opts["model"], api=opts["api"],
+        return targets.OpenAITarget(opts["url"], model=opts["model"], api=config.api,
                                     api_key=opts["api_key"], tokenizer=tok,
                                     timeout_s=opts["timeout"])  # fmt: skip
     if opts["callable_spec"]:
@@ -102,6 +103,47 @@ def _render_spread(result: dict[str, Any]) -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(spread_table(spreads(result)))
 
 
+def _d(name: str) -> str:
+    """The help text's default, read from BenchConfig (the one place defaults live)."""
+    remote = default_of(name)
+    local = IN_PROCESS_DEFAULTS.get(name, remote)
+    if isinstance(remote, bool):
+        remote, local = ("on" if v else "off" for v in (remote, local))
+    if local == remote:
+        return f"[default: {remote}]"
+    if isinstance(local, list):
+        local = ",".join(map(str, local))
+    return f"[default: {remote} with --url, {local} in-process]"
+
+
+def _config(opts: dict[str, Any]) -> BenchConfig:
+    """The flags the user gave on top of BenchConfig's defaults for this kind of target."""
+    from latlab.metrics import SLO
+
+    for flag, path in (("--json", opts["json_path"]), ("--csv", opts["csv_path"])):
+        if path:
+            check_writable_file(path, flag)
+    slo = None
+    if any(opts[k] is not None for k in ("slo_ttft_ms", "slo_tpot_ms", "slo_e2e_ms")):
+        slo = SLO(opts["slo_ttft_ms"], opts["slo_tpot_ms"], opts["slo_e2e_ms"])
+    given = {name: opts[name] for name in _CONFIG_FLAGS}
+    return BenchConfig.from_options(
+        remote=bool(opts["url"]) or any(b in SERVER_BACKENDS for b in _backends(opts["backend"])),
+        concurrency=_int_list(opts["concurrency"], "--concurrency"),
+        rate=_float_list(opts["rate"], "--rate"),
+        duration_s=opts["duration"],
+        slo=slo,
+        salt=_salt(opts["salt"], opts["no_salt"]),
+        **given,
+    )
+
+
+# Flags whose name is their BenchConfig field's.
+_CONFIG_FLAGS = ("burstiness", "num_requests", "warmup", "input_len", "output_len", "dataset",
+                 "prefix_groups", "prefix_len", "api", "stream", "seed", "ignore_eos",
+                 "min_tokens", "temperature", "workers", "repeats")  # fmt: skip
+
+
 def _tokenizer(name: str) -> Any:
     from latlab.model_files import load_tokenizer
 
@@ -134,68 +176,39 @@ def _tokenizer(name: str) -> Any:
 @click.option(
     "--burstiness",
     type=float,
-    default=1.0,
-    show_default=True,
-    help="Gamma shape of open-loop gaps: 1 = Poisson, < 1 burstier.",
+    help=f"Gamma shape of open-loop gaps: 1 = Poisson, < 1 burstier. {_d('burstiness')}",
+)
+@click.option("--num-requests", type=int, help=f"Requests per level. {_d('num_requests')}")
+@click.option("--duration", type=float, help="Seconds per level, not a count.")
+@click.option("--warmup", type=int, help=f"Requests sent first, in no figure. {_d('warmup')}")
+@click.option("--input-len", help=f"N | uniform:LO:HI | normal:MEAN:STD tokens. {_d('input_len')}")
+@click.option("--output-len", help=f"Same forms as --input-len. {_d('output_len')}")
+@click.option(
+    "--dataset", help=f"synthetic | jsonl:FILE | sharegpt:FILE | shared-prefix. {_d('dataset')}"
 )
 @click.option(
-    "--num-requests",
-    type=int,
-    default=None,
-    help="Requests per level [default: 100 with --url, 16 in-process].",
-)
-@click.option("--duration", type=float, default=None, help="Seconds per level, not a count.")
-@click.option(
-    "--warmup", type=int, default=2, show_default=True, help="Requests sent first, in no figure."
-)
-@click.option(
-    "--input-len",
-    default=None,
-    help="N | uniform:LO:HI | normal:MEAN:STD tokens [default: 128 with --url, 32 in-process].",
-)
-@click.option(
-    "--output-len",
-    default=None,
-    help="Same forms as --input-len [default: 128 with --url, 32 in-process].",
-)
-@click.option(
-    "--dataset",
-    default="synthetic",
-    show_default=True,
-    help="synthetic | jsonl:FILE | sharegpt:FILE | shared-prefix",
-)
-@click.option(
-    "--prefix-groups",
-    type=int,
-    default=4,
-    show_default=True,
-    help="shared-prefix: number of groups.",
+    "--prefix-groups", type=int, help=f"shared-prefix: number of groups. {_d('prefix_groups')}"
 )
 @click.option(
     "--prefix-len",
     type=int,
-    default=256,
-    show_default=True,
-    help="shared-prefix: tokens in each group's common prefix.",
+    help=f"shared-prefix: tokens in each group's common prefix. {_d('prefix_len')}",
 )
-@click.option(
-    "--api", type=click.Choice(["completions", "chat"]), default="completions", show_default=True
-)
+@click.option("--api", type=click.Choice(["completions", "chat"]), help=_d("api"))
 @click.option("--api-key", envvar="OPENAI_API_KEY", help="Bearer token [env: OPENAI_API_KEY].")
 @click.option(
     "--tokenizer",
     help="Tokenizer (path or Hub id) for exact prompt lengths and "
     "client-side token counts when the server sends no usage.",
 )
-@click.option("--stream/--no-stream", default=True, show_default=True)
+@click.option("--stream/--no-stream", default=None, help=_d("stream"))
 @click.option(
     "--ignore-eos/--no-ignore-eos",
-    default=True,
-    show_default=True,
-    help="Force exactly --output-len tokens where the target supports it.",
+    default=None,
+    help=f"Force exactly --output-len tokens where the target supports it. {_d('ignore_eos')}",
 )
-@click.option("--min-tokens", type=int, default=None)
-@click.option("--temperature", type=float, default=0.0, show_default=True)
+@click.option("--min-tokens", type=int)
+@click.option("--temperature", type=float, help=_d("temperature"))
 @click.option("--slo-ttft-ms", type=float, default=None, help="Goodput: TTFT objective.")
 @click.option("--slo-tpot-ms", type=float, default=None, help="Goodput: TPOT objective.")
 @click.option("--slo-e2e-ms", type=float, default=None, help="Goodput: E2E objective.")
@@ -264,7 +277,7 @@ def _tokenizer(name: str) -> Any:
 )
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the result JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write per-request rows.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Fixes prompts and arrivals.")
+@click.option("--seed", type=int, help=f"Fixes prompts and arrivals. {_d('seed')}")
 @click.option(
     "--salt",
     default=None,
@@ -279,16 +292,13 @@ def _tokenizer(name: str) -> Any:
 @click.option(
     "--workers",
     type=int,
-    default=1,
-    show_default=True,
-    help="Client processes sharing each level (HTTP only), for many streams.",
+    help=f"Client processes sharing each level (HTTP only), for many streams. {_d('workers')}",
 )
 @click.option(
     "--repeats",
     type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Measure every level N times (interleaved) and print the spread and intervals.",
+    help="Measure every level N times (interleaved) and print the spread and intervals. "
+    f"{_d('repeats')}",
 )
 @price_options
 @click.option("--fail-on-error", is_flag=True, help="Exit 1 if any request failed.")
@@ -315,7 +325,7 @@ def bench(**opts: Any) -> int:
     opts = {**opts, "backend": backends[0]}
     search = _search(opts, config)
     store = open_store(opts["store_path"], opts["no_store"], opts["run_name"], opts["tags"])
-    target = _target(opts)
+    target = _target(opts, config)
     plan = None if search is None else search.next_probe
     result = run_bench(config, target, progress=show, plan=plan)
     document = result.to_dict()
@@ -353,7 +363,7 @@ def _bench_side_by_side(backends: list[str], config: Any, opts: dict[str, Any]) 
         own = {**opts, "backend": backend}
         if backend != "latlab":  # --engine-arg is the engine's alone
             own["engine_arg"] = ()
-        results.append(run_bench(config, _target(own), progress=show))
+        results.append(run_bench(config, _target(own, config), progress=show))
         if results[-1].interrupted:
             break
     render_all(results)
@@ -379,53 +389,7 @@ def _render_cost(document: dict[str, Any], price: Any) -> None:
         click.echo(line)
 
 
-def _config(opts: dict[str, Any]) -> Any:
-    from latlab.bench import BenchConfig
-    from latlab.metrics import SLO
-
-    for flag, path in (("--json", opts["json_path"]), ("--csv", opts["csv_path"])):
-        if path:
-            check_writable_file(path, flag)
-
-    servers = [b for b in _backends(opts["backend"]) if b in SERVER_BACKENDS]
-    remote = bool(opts["url"]) or bool(servers)
-    slo = None
-    if any(opts[k] is not None for k in ("slo_ttft_ms", "slo_tpot_ms", "slo_e2e_ms")):
-        slo = SLO(opts["slo_ttft_ms"], opts["slo_tpot_ms"], opts["slo_e2e_ms"])
-    num = opts["num_requests"]
-    if num is None and opts["duration"] is None:
-        num = 100 if remote else 16
-    config = BenchConfig(
-        concurrency=_int_list(opts["concurrency"], "--concurrency"),
-        rate=_float_list(opts["rate"], "--rate"),
-        burstiness=opts["burstiness"],
-        num_requests=num,
-        duration_s=opts["duration"],
-        warmup=opts["warmup"],
-        input_len=opts["input_len"] or ("128" if remote else "32"),
-        output_len=opts["output_len"] or ("128" if remote else "32"),
-        dataset=opts["dataset"],
-        prefix_groups=opts["prefix_groups"],
-        prefix_len=opts["prefix_len"],
-        api=opts["api"],
-        stream=opts["stream"],
-        seed=opts["seed"],
-        slo=slo,
-        ignore_eos=opts["ignore_eos"],
-        min_tokens=opts["min_tokens"],
-        temperature=opts["temperature"],
-        workers=opts["workers"],
-        salt=_salt(opts["salt"], opts["no_salt"]),
-        repeats=opts["repeats"],
-    )
-    if not config.concurrency and not config.rate:
-        config.concurrency = [1]
-    if config.rate is None and opts["concurrency"] is None and not remote:
-        config.concurrency = [1, 4]  # the no-argument demo shows how batching changes latency
-    return config
-
-
-def _search(opts: dict[str, Any], config: Any) -> Any:
+def _search(opts: dict[str, Any], config: BenchConfig) -> Any:
     """The capacity search ``--find`` asks for (None without it); the config probes its start."""
     if opts["find"] is None:
         return None
@@ -433,7 +397,7 @@ def _search(opts: dict[str, Any], config: Any) -> Any:
     from latlab.cli.compare import parse_percent
 
     chosen = {"--concurrency": opts["concurrency"], "--rate": opts["rate"],
-              "--duration": opts["duration"], "--repeats": opts["repeats"] > 1}  # fmt: skip
+              "--duration": opts["duration"], "--repeats": (opts["repeats"] or 1) > 1}  # fmt: skip
     for flag, given in chosen.items():
         if given:
             raise ConfigError(f"--find chooses each probe's load and size: drop {flag}")

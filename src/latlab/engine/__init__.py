@@ -6,8 +6,7 @@ Imports torch but never fastapi; the server wraps ``AsyncLLM``. Exports resolve 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from latlab.lazy import lazy_exports
 
 _EXPORTS = {
     "LLM": "latlab.engine.llm",
@@ -21,15 +20,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'latlab.engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

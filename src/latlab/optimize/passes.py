@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from latlab.bench.contract import BaseTarget, GenOptions
-from latlab.bench.runner import Runner
+from latlab.bench.runner import Runner, RunSettings
 from latlab.gateway.cachekey import cache_key
 from latlab.gateway.grouping import group_by_prefix, prefix_key
 from latlab.gateway.trim import trim_token_ids
@@ -131,7 +131,7 @@ def run_pass(
     target.max_tokens = max_tokens
     target.outputs, target.cache, target.cache_hits = {}, {}, 0  # the cache lives one pass
     requests = [BenchRequest(p, max_tokens, len(p), r.request_id) for r, p in items]
-    runner = Runner(target=target, requests=requests, opts=None, num_requests=len(requests))
+    runner = Runner(target, requests, None, settings=RunSettings(num_requests=len(requests)))
     level = loop.run_until_complete(runner.run_level({"concurrency": concurrency}))
     result = RunResult(level.records, dict(target.outputs), summary=level.summary)
     if target.setup.response_cache:
