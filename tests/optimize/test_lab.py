@@ -10,10 +10,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from latlab.optimize.lab import Lab, Measurement, Trial, read_quality_text, run_lab
+from latlab.optimize.lab import Lab, read_quality_text, run_lab
 from latlab.optimize.lab_plan import plan_from_dict
 from latlab.optimize.recipes import Recipe, make_recipe
 from latlab.optimize.report import write_report
+from latlab.optimize.trial import Measurement, Trial
 
 SMALL = {
     "threads": 1,
@@ -48,15 +49,15 @@ def _noisy_weights(scale: float) -> Recipe:
         return setup.derive("noise", model=model)
 
     return Recipe(
-        "noisy-weights",
-        "model",
-        "weights + noise",
-        "transformers",
-        False,
-        True,
-        "noise",
-        lambda s: None,
-        apply,
+        name="noisy-weights",
+        level="model",
+        changes="weights + noise",
+        backend="transformers",
+        exact=False,
+        changes_model=True,
+        group="noise",
+        check=lambda s: None,
+        build=apply,
     )
 
 
@@ -65,15 +66,15 @@ def _crashing() -> Recipe:
         raise RuntimeError("kernel exploded")
 
     return Recipe(
-        "crash",
-        "model",
-        "always fails",
-        "transformers",
-        False,
-        True,
-        "crash",
-        lambda s: None,
-        apply,
+        name="crash",
+        level="model",
+        changes="always fails",
+        backend="transformers",
+        exact=False,
+        changes_model=True,
+        group="crash",
+        check=lambda s: None,
+        build=apply,
     )
 
 
@@ -146,9 +147,13 @@ def test_engine_int8_is_gated_on_the_engines_own_logits(tiny_model_dir, heldout_
 
 
 def _trial(base, cand, memory=(100, 100)):
-    trial = Trial("x", "system", "transformers", "x", True)
-    trial.baseline = Measurement([dict(zip(_KEYS, v, strict=True)) for v in base], memory[0])
-    trial.candidate = Measurement([dict(zip(_KEYS, v, strict=True)) for v in cand], memory[1])
+    trial = Trial(name="x", level="system", backend="transformers", changes="x", exact=True)
+    trial.baseline = Measurement(
+        reps=[dict(zip(_KEYS, v, strict=True)) for v in base], memory_bytes=memory[0]
+    )
+    trial.candidate = Measurement(
+        reps=[dict(zip(_KEYS, v, strict=True)) for v in cand], memory_bytes=memory[1]
+    )
     return trial
 
 
@@ -291,7 +296,10 @@ def test_when_adopted_recipes_fail_together_the_lab_builds_the_set_up():
         for n in ("response-cache", "prompt-trim", "cpu-threads", "prompt-lookup-transformers")
     ]
     names = [r.name for r in recipes]
-    trials = [Trial(r.name, r.level, r.backend, r.changes, r.exact) for r in recipes]
+    trials = [
+        Trial(name=r.name, level=r.level, backend=r.backend, changes=r.changes, exact=r.exact)
+        for r in recipes
+    ]
     for t in trials:
         t.verdict, t.reason = "adopt", "faster"
     tried: list[list[str]] = []

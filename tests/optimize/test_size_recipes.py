@@ -63,11 +63,13 @@ def test_pruned_and_distilled_models_are_measured_and_gated(trials) -> None:
 
 
 def test_report_sets_the_seed_claim_and_cost_beside_each(trials, tmp_path: Path) -> None:
-    from latlab.optimize.lab import LabResult
+    from latlab.optimize.trial import LabResult
 
     plan, recipe_trials, lab = trials
     baselines = {k: b.measurement for k, b in lab.baselines.items()}
-    result = LabResult(lab.model_path, plan, recipe_trials, baselines, {}, "now", 1.0)
+    result = LabResult(model_path=lab.model_path, plan=plan, trials=recipe_trials,
+                       baselines=baselines, environment={}, started_at="now",
+                       elapsed_s=1.0)  # fmt: skip
     paths = write_report(result, tmp_path)
     table = Path(paths["table"]).read_text()
     assert "seed's claim" in table and "$/M tokens" in table
@@ -98,12 +100,12 @@ def test_counts_the_model_cannot_take_are_refused_before_anything_runs(
 
 
 def test_objective_adopts_on_its_figure_alone() -> None:
-    from latlab.optimize.lab import Measurement, Trial, objective_verdict
     from latlab.optimize.noise import compare
+    from latlab.optimize.trial import Measurement, Trial, objective_verdict
 
-    trial = Trial("x", "model", "transformers", "x", False)
-    trial.baseline = Measurement([{"output_tokens_per_s": v} for v in (100, 101, 99)])
-    trial.candidate = Measurement([{"output_tokens_per_s": v} for v in (150, 151, 149)])
+    trial = Trial(name="x", level="model", backend="transformers", changes="x", exact=False)
+    trial.baseline = Measurement(reps=[{"output_tokens_per_s": v} for v in (100, 101, 99)])
+    trial.candidate = Measurement(reps=[{"output_tokens_per_s": v} for v in (150, 151, 149)])
     trial.deltas["throughput"] = compare(
         "throughput", trial.baseline.values("output_tokens_per_s"),
         trial.candidate.values("output_tokens_per_s"), False, 2.0,

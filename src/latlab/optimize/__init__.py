@@ -5,7 +5,8 @@ recipe changes: model, decoding loop, engine options, request handling), ``lab_w
 (prompts cut from held-out text), ``generation`` (greedy and prompt-lookup decoding loops for
 the transformers backend), ``passes`` (serves the workload and times every token into
 latlab.metrics records), ``quality`` (logit and greedy-output comparison against the
-baseline), ``noise`` (when a measured change counts), ``lab_plan`` (TOML/YAML plans), ``lab``
-(baseline -> each recipe -> the adopted ones together) and ``report`` (strategy table,
-decision record, JSON).
+baseline), ``noise`` (when a measured change counts), ``lab_plan`` (TOML/YAML plans),
+``trial`` (the result model: measurements, trials and the verdict rule), ``lab`` (the main
+loop: baseline -> each recipe -> the adopted ones together) and ``report`` (strategy table,
+decision record, JSON). What the machine is comes from ``latlab.environment``.
 """

@@ -30,7 +30,7 @@ from latlab.optimize.subject import Setup
 LEVELS = ("model", "system", "engine", "request")
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(kw_only=True, slots=True, frozen=True)
 class Recipe:
     """One optimization: what it changes, where it applies, how to apply it."""
 
@@ -41,8 +41,8 @@ class Recipe:
     exact: bool  # greedy output must stay identical
     changes_model: bool  # the weights or kernels change: compare logits on held-out text
     group: str  # the combined run keeps at most one recipe per group
-    _why_not: Callable[[Setup], str | None]
-    _apply: Callable[[Setup], Setup]
+    check: Callable[[Setup], str | None]  # why it cannot run on a setup (None: it can)
+    build: Callable[[Setup], Setup]  # the setup with the recipe applied
     setup_cost_s: float = 0.0  # one-off cost (compilation) the lab's time budget allows for
     # Checks the recipe's options against the model's config.json before anything runs
     # (a prune count that leaves no layer is a mistake to report, not a recipe to skip).
@@ -52,7 +52,7 @@ class Recipe:
         """None when the recipe can run on ``setup``; else the reason it cannot, in words."""
         if setup.backend != self.backend:
             return f"needs the {self.backend} backend, the setup uses {setup.backend}"
-        return self._why_not(setup)
+        return self.check(setup)
 
     def applies_to(self, setup: Setup) -> bool:
         return self.why_not(setup) is None
@@ -62,7 +62,7 @@ class Recipe:
         reason = self.why_not(setup)
         if reason is not None:
             raise ConfigError(f"recipe {self.name!r} does not apply here: {reason}")
-        return self._apply(setup)
+        return self.build(setup)
 
     def revert(self, applied: Setup, base: Setup) -> Setup:
         """Release what ``apply`` built (a model copy) and return the untouched base."""
@@ -113,7 +113,15 @@ def _torchao(name: str, config: str, summary: str, **kwargs: Any) -> Recipe:
         return reason
 
     return Recipe(
-        name, "model", summary, "transformers", False, True, "quantization", why_not, apply
+        name=name,
+        level="model",
+        changes=summary,
+        backend="transformers",
+        exact=False,
+        changes_model=True,
+        group="quantization",
+        check=why_not,
+        build=apply,
     )
 
 
@@ -148,18 +156,18 @@ def int4_weight_only(group_size: int = 32) -> Recipe:
                 "package on CPU; neither is here (IntxWeightOnly int4 would store the "
                 "values unpacked in int8: no gain over int8-weight-only)"
             )
-        return base._why_not(setup)
+        return base.check(setup)
 
     return Recipe(
-        base.name,
-        "model",
-        base.changes,
-        "transformers",
-        False,
-        True,
-        "quantization",
-        why_not,
-        base._apply,
+        name=base.name,
+        level="model",
+        changes=base.changes,
+        backend="transformers",
+        exact=False,
+        changes_model=True,
+        group="quantization",
+        check=why_not,
+        build=base.build,
     )
 
 
@@ -175,15 +183,15 @@ def dtype(dtype: str = "bfloat16") -> Recipe:
         return _with_model(setup, f"dtype-{dtype}", lambda m: m.to(target))
 
     return Recipe(
-        f"dtype-{dtype}",
-        "model",
-        f"weights and activations in {dtype}",
-        "transformers",
-        False,
-        True,
-        "dtype",
-        why_not,
-        apply,
+        name=f"dtype-{dtype}",
+        level="model",
+        changes=f"weights and activations in {dtype}",
+        backend="transformers",
+        exact=False,
+        changes_model=True,
+        group="dtype",
+        check=why_not,
+        build=apply,
     )
 
 
@@ -211,15 +219,15 @@ def bitsandbytes(mode: str = "int8") -> Recipe:
         return setup.derive(f"bnb-{mode}", model=model)
 
     return Recipe(
-        f"bnb-{mode}",
-        "model",
-        f"bitsandbytes {mode} weights at load time",
-        "transformers",
-        False,
-        True,
-        "quantization",
-        why_not,
-        apply,
+        name=f"bnb-{mode}",
+        level="model",
+        changes=f"bitsandbytes {mode} weights at load time",
+        backend="transformers",
+        exact=False,
+        changes_model=True,
+        group="quantization",
+        check=why_not,
+        build=apply,
     )
 
 
@@ -245,15 +253,15 @@ def prequantized(method: str = "gptq", checkpoint: str = "") -> Recipe:
         return setup.derive(f"{method}:{checkpoint}", model=model)
 
     return Recipe(
-        method,
-        "model",
-        f"pre-quantized {method.upper()} checkpoint",
-        "transformers",
-        False,
-        True,
-        "quantization",
-        why_not,
-        apply,
+        name=method,
+        level="model",
+        changes=f"pre-quantized {method.upper()} checkpoint",
+        backend="transformers",
+        exact=False,
+        changes_model=True,
+        group="quantization",
+        check=why_not,
+        build=apply,
     )
 
 
@@ -337,7 +345,7 @@ def prune_layers(
         + ("-healed" if heal_spec else ""),
         level="model", backend="transformers", exact=False,
         changes=f"{spec.describe()} removed (scored on calibration text){healing}",
-        changes_model=True, group="size", _why_not=_size_reason(check_model), _apply=apply,
+        changes_model=True, group="size", check=_size_reason(check_model), build=apply,
         setup_cost_s=float(heal_time_s or 0.0), check_model=check_model,
     )  # fmt: skip
 
@@ -378,7 +386,7 @@ def prune_width(
     return Recipe(
         name="prune-width", level="model", backend="transformers", exact=False,
         changes=f"{spec.describe()} removed by activation magnitude (KV groups whole)",
-        changes_model=True, group="size", _why_not=_size_reason(check_model), _apply=apply,
+        changes_model=True, group="size", check=_size_reason(check_model), build=apply,
         setup_cost_s=float(heal_time_s or 0.0), check_model=check_model,
     )  # fmt: skip
 
@@ -420,7 +428,7 @@ def distill(
         backend="transformers", exact=False,
         changes=f"student with {size} ({init} init), trained {steps} steps{budget} on the "
         "teacher's softened logits + next-token loss",
-        changes_model=True, group="size", _why_not=_size_reason(check_model), _apply=apply,
+        changes_model=True, group="size", check=_size_reason(check_model), build=apply,
         setup_cost_s=float(time_budget_s or 0.0), check_model=check_model,
     )  # fmt: skip
 
@@ -441,7 +449,7 @@ def sparsity_2_4() -> Recipe:
     return Recipe(
         name="sparsity-2-4", level="model", backend="transformers", exact=False,
         changes="2 of every 4 weights zeroed by magnitude, sparse tensor-core matmuls",
-        changes_model=True, group="sparsity", _why_not=why_not, _apply=apply,
+        changes_model=True, group="sparsity", check=why_not, build=apply,
     )  # fmt: skip
 
 
@@ -472,15 +480,15 @@ def attention(implementation: str = "sdpa") -> Recipe:
 
     name = "attention-flash" if impl == "flash_attention_2" else f"attention-{impl}"
     return Recipe(
-        name,
-        "system",
-        f"attention kernel: {impl}",
-        "transformers",
-        False,
-        True,
-        "attention",
-        why_not,
-        apply,
+        name=name,
+        level="system",
+        changes=f"attention kernel: {impl}",
+        backend="transformers",
+        exact=False,
+        changes_model=True,
+        group="attention",
+        check=why_not,
+        build=apply,
     )
 
 
@@ -500,15 +508,15 @@ def torch_compile(mode: str = "default") -> Recipe:
         return _with_model(setup, f"torch.compile({mode})", compile_model)
 
     return Recipe(
-        "torch-compile",
-        "system",
-        f"torch.compile (inductor, mode {mode}, dynamic)",
-        "transformers",
-        False,
-        True,
-        "compile",
-        why_not,
-        apply,
+        name="torch-compile",
+        level="system",
+        changes=f"torch.compile (inductor, mode {mode}, dynamic)",
+        backend="transformers",
+        exact=False,
+        changes_model=True,
+        group="compile",
+        check=why_not,
+        build=apply,
         setup_cost_s=150.0,
     )
 
@@ -520,15 +528,15 @@ def tf32() -> Recipe:
         return None
 
     return Recipe(
-        "tf32",
-        "system",
-        "float32 matmuls in TF32 on CUDA",
-        "transformers",
-        False,
-        True,
-        "tf32",
-        why_not,
-        lambda s: s.derive("tf32", tf32=True),
+        name="tf32",
+        level="system",
+        changes="float32 matmuls in TF32 on CUDA",
+        backend="transformers",
+        exact=False,
+        changes_model=True,
+        group="tf32",
+        check=why_not,
+        build=lambda s: s.derive("tf32", tf32=True),
     )
 
 
@@ -543,15 +551,15 @@ def cpu_threads(threads: int = 1) -> Recipe:
         return None
 
     return Recipe(
-        f"threads-{threads}",
-        "system",
-        f"torch intra-op threads = {threads}",
-        "transformers",
-        False,
-        True,
-        "threads",
-        why_not,
-        lambda s: s.derive(f"threads={threads}", num_threads=threads),
+        name=f"threads-{threads}",
+        level="system",
+        changes=f"torch intra-op threads = {threads}",
+        backend="transformers",
+        exact=False,
+        changes_model=True,
+        group="threads",
+        check=why_not,
+        build=lambda s: s.derive(f"threads={threads}", num_threads=threads),
     )
 
 
@@ -580,7 +588,17 @@ def _engine_recipe(name: str, changes: str, group: str, exact: bool, **options: 
             return f"the baseline already has {options}"
         return _engine_reason(**options)
 
-    return Recipe(name, "engine", changes, "engine", exact, False, group, why_not, apply)
+    return Recipe(
+        name=name,
+        level="engine",
+        changes=changes,
+        backend="engine",
+        exact=exact,
+        changes_model=False,
+        group=group,
+        check=why_not,
+        build=apply,
+    )
 
 
 _MISSING = object()
@@ -591,16 +609,16 @@ def static_batching() -> Recipe:
         return setup.derive("static batching", static_batching=True)
 
     return Recipe(
-        "static-batching",
-        "engine",
-        "requests sent in fixed waves of the workload's concurrency; a wave waits for its "
+        name="static-batching",
+        level="engine",
+        changes="requests sent in fixed waves of the workload's concurrency; a wave waits for its "
         "slowest request (vs continuous batching)",
-        "engine",
-        True,
-        False,
-        "batching",
-        lambda _: _engine_reason(),
-        apply,
+        backend="engine",
+        exact=True,
+        changes_model=False,
+        group="batching",
+        check=lambda _: _engine_reason(),
+        build=apply,
     )
 
 
@@ -644,9 +662,9 @@ def kv_cache_dtype(dtype: str = "bfloat16") -> Recipe:
         auto = setup.engine_options.get("kv_cache_dtype", "auto") == "auto"
         if auto and _baseline_kv_dtype(setup) == dtype:
             return f"the baseline's KV cache is already {dtype} (auto = the model's dtype)"
-        return base._why_not(setup)
+        return base.check(setup)
 
-    return dataclasses.replace(base, _why_not=why_not)
+    return dataclasses.replace(base, check=why_not)
 
 
 def engine_quantization(mode: str = "int8") -> Recipe:
@@ -670,7 +688,7 @@ def _baseline_kv_dtype(setup: Setup) -> str | None:
     try:
         config = EngineConfig.from_options(**setup.engine_options)
     except ConfigError:
-        return None  # base._why_not reports the reason
+        return None  # base.check reports the reason
     return config.kv_dtype(dtypes.checkpoint_dtype(load_model_config(setup.model_path)))
 
 
@@ -697,16 +715,16 @@ def prompt_lookup_transformers(num_draft_tokens: int = 8, max_ngram: int = 3) ->
         return setup.derive(f"prompt lookup {config}", decode="prompt_lookup", prompt_lookup=config)
 
     return Recipe(
-        "prompt-lookup-transformers",
-        "engine",
-        f"speculative decoding on the transformers loop (batch 1): up to {num_draft_tokens} "
-        "draft tokens from n-gram matches, verified in one forward pass",
-        "transformers",
-        True,
-        False,
-        "speculation",
-        _always,
-        apply,
+        name="prompt-lookup-transformers",
+        level="engine",
+        changes="speculative decoding on the transformers loop (batch 1): up to "
+        f"{num_draft_tokens} draft tokens from n-gram matches, verified in one forward pass",
+        backend="transformers",
+        exact=True,
+        changes_model=False,
+        group="speculation",
+        check=_always,
+        build=apply,
     )
 
 
@@ -715,16 +733,16 @@ def prompt_lookup_transformers(num_draft_tokens: int = 8, max_ngram: int = 3) ->
 
 def response_cache() -> Recipe:
     return Recipe(
-        "response-cache",
-        "request",
-        "exact-match cache of deterministic (greedy) responses: a repeated request "
+        name="response-cache",
+        level="request",
+        changes="exact-match cache of deterministic (greedy) responses: a repeated request "
         "is answered from memory",
-        "transformers",
-        True,
-        False,
-        "response_cache",
-        _always,
-        lambda s: s.derive("response cache", response_cache=True),
+        backend="transformers",
+        exact=True,
+        changes_model=False,
+        group="response_cache",
+        check=_always,
+        build=lambda s: s.derive("response cache", response_cache=True),
     )
 
 
@@ -732,15 +750,15 @@ def prompt_trim(budget: int = 48) -> Recipe:
     if budget < 1:
         raise ConfigError(f"budget must be >= 1 token, not {budget}")
     return Recipe(
-        f"prompt-trim-{budget}",
-        "request",
-        f"prompts cut to their last {budget} tokens (counted with the model's tokenizer)",
-        "transformers",
-        False,
-        False,
-        "trim",
-        _always,
-        lambda s: s.derive(f"prompt budget {budget}", prompt_token_budget=budget),
+        name=f"prompt-trim-{budget}",
+        level="request",
+        changes=f"prompts cut to their last {budget} tokens (counted with the model's tokenizer)",
+        backend="transformers",
+        exact=False,
+        changes_model=False,
+        group="trim",
+        check=_always,
+        build=lambda s: s.derive(f"prompt budget {budget}", prompt_token_budget=budget),
     )
 
 
@@ -751,15 +769,15 @@ def group_by_prefix() -> Recipe:
         return _engine_reason()
 
     return Recipe(
-        "group-by-prefix",
-        "request",
-        "requests sharing a prompt prefix sent together so prefix caching hits",
-        "engine",
-        True,
-        False,
-        "grouping",
-        why_not,
-        lambda s: s.derive("group by prefix", group_by_prefix=True),
+        name="group-by-prefix",
+        level="request",
+        changes="requests sharing a prompt prefix sent together so prefix caching hits",
+        backend="engine",
+        exact=True,
+        changes_model=False,
+        group="grouping",
+        check=why_not,
+        build=lambda s: s.derive("group by prefix", group_by_prefix=True),
     )
 
 

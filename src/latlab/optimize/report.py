@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from latlab.cost import Price, break_even_million_tokens, one_off_usd, usd_per_million_tokens
-from latlab.optimize.lab import FIGURES, LabResult, Measurement, Trial
 from latlab.optimize.lab_plan import LabPlan
 from latlab.optimize.seed_claims import seed_cell, seed_column
+from latlab.optimize.trial import FIGURES, LabResult, Measurement, Trial
 
 SCHEMA_VERSION = 1
 
