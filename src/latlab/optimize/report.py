@@ -200,37 +200,18 @@ def _env_value(value: Any) -> str:
 
 def decision_record(result: LabResult, out_dir: Path, command: list[str] | None = None) -> str:
     """The Markdown decision record: what was tried, in what order, what was adopted, why."""
-    plan = result.plan
-    price = plan.price
-    env = result.environment
-    adopted = result.adopted
-    combined = [t for t in result.trials if t.components]
     lines = [
         "# latlab optimize: decision record",
         "",
-        f"- Model: `{result.model_path}`",
-        f"- Started: {result.started_at}, took {result.elapsed_s:.0f} s",
-        f"- Plan: {plan.source}; {plan.repeats} repetitions after {plan.warmup} warmup pass(es), "
-        f"each candidate interleaved with the baseline; a change counts when it beats the "
-        f"spread (max - min over median) of the repetitions, at least {plan.min_noise_pct}%",
-        f"- Quality gate: {plan.thresholds.describe()} on held-out text "
-        f"({plan.quality_windows} windows of {plan.quality_window_tokens} tokens); exact "
-        "recipes must keep every greedy output",
-        f"- Decision rule: {_rule(plan)}",
-        f"- Cost: {_price_line(price)}",
+        *_header_lines(result),
         "",
         "## Environment",
         "",
-        *[f"- {k}: {_env_value(v)}" for k, v in env.items()],
+        *[f"- {k}: {_env_value(v)}" for k, v in result.environment.items()],
         "",
         "## Workload",
         "",
-        f"{plan.workload.num_requests} requests of {plan.workload.prompt_len} prompt tokens "
-        f"(cut from the held-out text; {plan.workload.num_prefixes} shared prefixes of "
-        f"{plan.workload.shared_prefix_len} tokens, {plan.workload.repeat_fraction:.0%} exact "
-        f"repeats), {plan.workload.output_len} greedy output tokens each (EOS ignored); "
-        f"transformers backend one request at a time, engine backend "
-        f"{plan.workload.concurrency} in flight.",
+        _workload_line(result),
         "",
         "## Baseline",
         "",
@@ -238,39 +219,26 @@ def decision_record(result: LabResult, out_dir: Path, command: list[str] | None 
         "",
         "## What was tried, in order",
         "",
-    ]
-    for i, t in enumerate(result.trials, start=1):
-        lines.append(f"{i}. **{t.name}** ({t.level}; {t.changes}): {t.verdict}: {t.reason}")
-        if t.candidate is not None and t.candidate.extra:
-            counts = ", ".join(f"{k} {v}" for k, v in t.candidate.extra.items())
-            lines.append(f"   (first pass: {counts})")
-    lines += ["", "## Adopted alone", ""]
-    if adopted:
-        lines += [_adopted_line(t, price) for t in adopted]
-    else:
-        lines.append(
-            "- nothing: no recipe beat the noise without hurting quality or another figure"
-        )
-    for t in combined:
-        lines.append(
-            f"- Together ({t.backend}): {t.name.removeprefix('combined: ')}: "
-            f"{t.verdict}: {t.reason}"
-        )
-    lines += ["", "## Verdict", "", *(f"- **{line}**" for line in verdict_lines(result))]
-    lines += [
+        *_tried_lines(result),
+        "",
+        "## Adopted alone",
+        "",
+        *_adopted_lines(result),
+        "",
+        "## Verdict",
+        "",
+        *(f"- **{line}**" for line in verdict_lines(result)),
         "",
         "## Strategy table",
         "",
         "Changes are of medians against the interleaved baseline; * = beyond the spread.",
         "",
-        strategy_table(result.trials, price),
+        strategy_table(result.trials, result.plan.price),
         "",
         "## Reproduce",
         "",
         "```",
-    ]
-    lines.append(" ".join(shlex.quote(part) for part in (command or _command(result, out_dir))))
-    lines += [
+        " ".join(shlex.quote(part) for part in (command or _command(result, out_dir))),
         "```",
         "",
         f"The effective plan is `{out_dir / 'plan.toml'}`; every figure of "
@@ -322,6 +290,59 @@ def _adopted_line(trial: Trial, price: Price | None) -> str:
         if cost and cost["break_even_million_tokens"] is not None:
             line += f", paid back after {cost['break_even_million_tokens']:.3g}M tokens"
     return line
+
+
+def _header_lines(result: LabResult) -> list[str]:
+    plan = result.plan
+    return [
+        f"- Model: `{result.model_path}`",
+        f"- Started: {result.started_at}, took {result.elapsed_s:.0f} s",
+        f"- Plan: {plan.source}; {plan.repeats} repetitions after {plan.warmup} warmup pass(es), "
+        f"each candidate interleaved with the baseline; a change counts when it beats the "
+        f"spread (max - min over median) of the repetitions, at least {plan.min_noise_pct}%",
+        f"- Quality gate: {plan.thresholds.describe()} on held-out text "
+        f"({plan.quality_windows} windows of {plan.quality_window_tokens} tokens); exact "
+        "recipes must keep every greedy output",
+        f"- Decision rule: {_rule(plan)}",
+        f"- Cost: {_price_line(plan.price)}",
+    ]
+
+
+def _workload_line(result: LabResult) -> str:
+    w = result.plan.workload
+    return (
+        f"{w.num_requests} requests of {w.prompt_len} prompt tokens "
+        f"(cut from the held-out text; {w.num_prefixes} shared prefixes of "
+        f"{w.shared_prefix_len} tokens, {w.repeat_fraction:.0%} exact "
+        f"repeats), {w.output_len} greedy output tokens each (EOS ignored); "
+        f"transformers backend one request at a time, engine backend "
+        f"{w.concurrency} in flight."
+    )
+
+
+def _tried_lines(result: LabResult) -> list[str]:
+    lines = []
+    for i, t in enumerate(result.trials, start=1):
+        lines.append(f"{i}. **{t.name}** ({t.level}; {t.changes}): {t.verdict}: {t.reason}")
+        if t.candidate is not None and t.candidate.extra:
+            counts = ", ".join(f"{k} {v}" for k, v in t.candidate.extra.items())
+            lines.append(f"   (first pass: {counts})")
+    return lines
+
+
+def _adopted_lines(result: LabResult) -> list[str]:
+    adopted = result.adopted
+    combined = [t for t in result.trials if t.components]
+    if adopted:
+        lines = [_adopted_line(t, result.plan.price) for t in adopted]
+    else:
+        lines = ["- nothing: no recipe beat the noise without hurting quality or another figure"]
+    for t in combined:
+        lines.append(
+            f"- Together ({t.backend}): {t.name.removeprefix('combined: ')}: "
+            f"{t.verdict}: {t.reason}"
+        )
+    return lines
 
 
 def _command(result: LabResult, out_dir: Path) -> list[str]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 
-@dataclass(slots=True)
+@dataclass(kw_only=True, slots=True)
 class MemoryPlan:
     """Every figure of a plan; ``to_dict()`` is the JSON the CLI prints with --json.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from latlab.errors import ConfigError
@@ -64,49 +65,80 @@ def plan_memory(
     kv_dtype = _resolve_kv_dtype(kv_dtype, weight_dtype)
     breakdown = count_parameters(config)
     weights = weight_bytes(breakdown, weight_dtype, weight_group_size, tp)
-    plan = _base_plan(spec.name, spec.source, config, breakdown, weights, kv_dtype, kv_scales)
     if block_size < 1:
         raise ConfigError(f"block size must be a positive number of tokens, got {block_size}")
-    plan.tp, plan.block_size = tp, block_size
-    if not is_mla(config):
-        plan.kv_heads_per_rank = kv_heads_per_rank(config, tp)
-    plan.kv_bytes_per_token_layer = kv_bytes_per_token_layer(
-        config, kv_dtype, tp, kv_scales=kv_scales
+    kv = _KV(config=config, dtype=kv_dtype, scales=kv_scales, tp=tp, block_size=block_size)
+    fields = _model_fields(spec.name, spec.source, config, breakdown, weights) | kv.fields()
+    device_fields, budget = _device_fields(
+        device, memory, gpu_memory_utilization, reserve, kv_cache_bytes, weights.per_rank_bytes
     )
-    plan.kv_bytes_per_token = kv_bytes_per_token(config, kv_dtype, tp, kv_scales=kv_scales)
-    plan.kv_bytes_per_block = plan.kv_bytes_per_token * block_size
-    budget = _budget(plan, device, memory, gpu_memory_utilization, reserve, kv_cache_bytes)
-    if (
-        context is not None
-        and plan.max_position_embeddings
-        and (context > plan.max_position_embeddings)
-    ):
-        plan.warnings.append(
-            f"context {context:,} is longer than the model's max_position_embeddings "
-            f"{plan.max_position_embeddings:,}"
+    warnings = list(breakdown.notes)
+    max_pos = fields["max_position_embeddings"]
+    if context is not None and max_pos and context > max_pos:
+        warnings.append(
+            f"context {context:,} is longer than the model's max_position_embeddings {max_pos:,}"
         )
-    if budget is None:
-        if context is not None:
-            plan.context = context
-            plan.kv_bytes_per_sequence = kv_bytes_per_sequence(
-                config, context, kv_dtype, tp, block_size, kv_scales=kv_scales
-            )
-        return plan
-    cap = compute_capacity(
-        config,
-        budget,
-        kv_dtype=kv_dtype,
-        tp=tp,
-        block_size=block_size,
-        kv_scales=kv_scales,
-        context=context,
-        concurrency=concurrency,
+    return MemoryPlan(
+        **fields,
+        **device_fields,
+        **kv.sequence_fields(budget, context, concurrency),
+        warnings=warnings,
+        config=dict(config),
     )
-    plan.kv_budget_bytes, plan.num_blocks, plan.kv_tokens = budget, cap.num_blocks, cap.kv_tokens
-    plan.context, plan.kv_bytes_per_sequence = cap.context, cap.kv_bytes_per_sequence
-    plan.max_concurrency, plan.concurrency = cap.max_concurrency, cap.concurrency
-    plan.max_context, plan.max_context_limited_by = cap.max_context, cap.max_context_limited_by
-    return plan
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
+class _KV:
+    """The KV cache's layout for one plan: its per-token figures and what a budget holds."""
+
+    config: Mapping[str, Any]
+    dtype: str
+    scales: str
+    tp: int
+    block_size: int
+
+    def fields(self) -> dict[str, Any]:
+        per_token = kv_bytes_per_token(self.config, self.dtype, self.tp, kv_scales=self.scales)
+        return {
+            "kv_dtype": self.dtype,
+            "kv_scales": self.scales,
+            "tp": self.tp,
+            "block_size": self.block_size,
+            "kv_heads_per_rank": None
+            if is_mla(self.config)
+            else kv_heads_per_rank(self.config, self.tp),
+            "kv_bytes_per_token_layer": kv_bytes_per_token_layer(
+                self.config, self.dtype, self.tp, kv_scales=self.scales
+            ),
+            "kv_bytes_per_token": per_token,
+            "kv_bytes_per_block": per_token * self.block_size,
+        }
+
+    def sequence_fields(
+        self, budget: int | None, context: int | None, concurrency: int | None
+    ) -> dict[str, Any]:
+        """Blocks, tokens and sequences a budget holds (only the sequence bytes without one)."""
+        if budget is None:
+            if context is None:
+                return {}
+            per_sequence = kv_bytes_per_sequence(
+                self.config, context, self.dtype, self.tp, self.block_size, kv_scales=self.scales
+            )
+            return {"context": context, "kv_bytes_per_sequence": per_sequence}
+        cap = compute_capacity(self.config, budget, kv_dtype=self.dtype, tp=self.tp,
+                               block_size=self.block_size, kv_scales=self.scales,
+                               context=context, concurrency=concurrency)  # fmt: skip
+        return {
+            "kv_budget_bytes": budget,
+            "num_blocks": cap.num_blocks,
+            "kv_tokens": cap.kv_tokens,
+            "context": cap.context,
+            "kv_bytes_per_sequence": cap.kv_bytes_per_sequence,
+            "max_concurrency": cap.max_concurrency,
+            "concurrency": cap.concurrency,
+            "max_context": cap.max_context,
+            "max_context_limited_by": cap.max_context_limited_by,
+        }
 
 
 def _resolve_kv_dtype(kv_dtype: str, weight_dtype: str) -> str:
@@ -116,7 +148,7 @@ def _resolve_kv_dtype(kv_dtype: str, weight_dtype: str) -> str:
     return kv_dtype
 
 
-def _base_plan(name, source, config, breakdown, weights, kv_dtype, kv_scales) -> MemoryPlan:
+def _model_fields(name, source, config, breakdown, weights) -> dict[str, Any]:
     """The model-only part of the plan: shape, parameters, weight bytes."""
     windows = layer_windows(config)
     sliding = [w for w in windows if w is not None]
@@ -127,14 +159,13 @@ def _base_plan(name, source, config, breakdown, weights, kv_dtype, kv_scales) ->
         kv, heads = num_kv_heads(config), int(config["num_attention_heads"])
         attention = "MHA" if kv == heads else ("MQA" if kv == 1 else "GQA")
     max_pos = config.get("max_position_embeddings")
-    return MemoryPlan(
+    return dict(
         model=name,
         source=source,
         model_type=str(config.get("model_type", "")),
         attention=attention,
         num_layers=int(config["num_hidden_layers"]),
         num_kv_heads=None if mla else num_kv_heads(config),
-        kv_heads_per_rank=None,
         head_dim=None if mla else head_dim(config),
         kv_latent_dim=int(config["kv_lora_rank"]) + int(config["qk_rope_head_dim"])
         if mla
@@ -150,38 +181,31 @@ def _base_plan(name, source, config, breakdown, weights, kv_dtype, kv_scales) ->
         weight_bytes=weights.total_bytes,
         weight_bytes_per_rank=weights.per_rank_bytes,
         weight_scale_bytes=weights.scale_bytes,
-        kv_dtype=kv_dtype,
-        kv_scales=kv_scales,
-        tp=1,
-        block_size=16,
-        kv_bytes_per_token_layer=0,
-        kv_bytes_per_token=0,
-        kv_bytes_per_block=0,
-        warnings=list(breakdown.notes),
-        config=dict(config),
     )
 
 
-def _budget(plan, device, memory, utilization, reserve, kv_cache_bytes) -> int | None:
-    """KV bytes per rank from the flags, filling the plan's device fields on the way."""
+def _device_fields(
+    device, memory, utilization, reserve, kv_cache_bytes, weight_bytes_per_rank
+) -> tuple[dict[str, Any], int | None]:
+    """The device part of the plan and the KV bytes per rank the flags give (None: no budget)."""
     if kv_cache_bytes is not None:
         if device is not None or memory is not None:
             raise ConfigError("give either a KV cache size or a device/memory, not both")
         budget = parse_bytes(kv_cache_bytes)
         if budget <= 0:
             raise ConfigError(f"KV cache size must be positive, got {kv_cache_bytes!r}")
-        return budget
+        return {}, budget
     if device is not None and memory is not None:
         raise ConfigError("give either --device or --memory, not both")
     if device is None and memory is None:
-        return None
+        return {}, None
     if device is not None:
         found = get_device(device)
-        plan.device, plan.memory_bytes = found.name, found.memory_bytes
+        name, memory_bytes = found.name, found.memory_bytes
     else:
-        plan.device, plan.memory_bytes = "custom", parse_bytes(memory)
-    plan.gpu_memory_utilization = utilization
-    plan.reserve_bytes = parse_bytes(reserve)
-    return kv_budget_bytes(
-        plan.memory_bytes, utilization, plan.weight_bytes_per_rank, plan.reserve_bytes
-    )
+        name, memory_bytes = "custom", parse_bytes(memory)
+    reserve_bytes = parse_bytes(reserve)
+    fields = {"device": name, "memory_bytes": memory_bytes,
+              "gpu_memory_utilization": utilization, "reserve_bytes": reserve_bytes}  # fmt: skip
+    budget = kv_budget_bytes(memory_bytes, utilization, weight_bytes_per_rank, reserve_bytes)
+    return fields, budget
