@@ -2,8 +2,13 @@
 
 Requests and aborts reach the loop thread through a command queue and are applied between
 steps; outputs come back to each caller's asyncio queue with one
-``loop.call_soon_threadsafe`` per step and event loop. All tokenizer and engine state is
-touched by the loop thread only, so nothing needs a lock.
+``loop.call_soon_threadsafe`` per step and event loop. Engine state (scheduler, block
+manager, sequences and their detokenizers) is touched by the loop thread only, so it needs no
+lock. The tokenizer is shared: the loop thread encodes text prompts and decodes outputs,
+while a server encodes and renders chat templates on its own threads (the event loop and
+``latlab serve``'s preparation worker). That is safe because every user only reads it
+(``encode``, ``decode``, ``apply_chat_template``); nobody may change its settings (truncation,
+padding, special tokens) while the engine runs.
 """
 
 from __future__ import annotations
