@@ -22,8 +22,31 @@ def frontier_section(run: Run) -> Section | None:
         return None
     probes = sorted(cap["probes"], key=lambda p: p["value"])
     q = f"p{cap['percentile']:g}"
-    xs = [float(p["value"]) for p in probes]
     unit = "concurrent users" if cap["variable"] == "concurrency" else "requests/s"
+    goodput = cap.get("goodput_rps_at_answer")
+    intro = (
+        f"Status {cap['status']}; answer {_answer(cap)} {unit}"
+        + ("" if goodput is None else f", goodput there {goodput:,.2f} req/s")
+        + f"; thin dashed lines: the {cap['confidence']:.0%} interval of each probe's "
+        f"{q}; probes in the order run: " + ", ".join(f"{p['value']:g}" for p in cap["probes"])
+    )
+    plot = Plot(
+        chart=_frontier_chart(run, cap, probes, q, unit),
+        table=_frontier_table(cap, probes, q),
+        slug=f"frontier-{run.label}",
+    )
+    return Section(title=f"Capacity search ({run.label})", intro=intro, plots=[plot])
+
+
+def _answer(cap: dict[str, Any]) -> str:
+    return "none" if cap.get("answer") is None else f"{cap['answer']:g}"
+
+
+def _frontier_chart(
+    run: Run, cap: dict[str, Any], probes: list[dict[str, Any]], q: str, unit: str
+) -> Chart:
+    """Each objective's percentile per probe with its interval, the SLO and the answer."""
+    xs = [float(p["value"]) for p in probes]
     chart = Chart(
         title=f"Capacity frontier ({run.label}): {q} against load",
         x_label=unit,
@@ -59,6 +82,11 @@ def frontier_section(run: Run) -> Section | None:
                 label=f"answer {cap['answer']:g}",
             )
         )
+    return chart
+
+
+def _frontier_table(cap: dict[str, Any], probes: list[dict[str, Any]], q: str) -> Table:
+    """One row per probe: load, requests, each percentile with its interval, verdict, rates."""
     headers = [
         cap["variable"],
         "requests",
@@ -87,23 +115,4 @@ def frontier_section(run: Run) -> Section | None:
                 _f(p.get("goodput_rps"), 2),
             ]
         )
-    status = cap["status"]
-    answer = "none" if cap.get("answer") is None else f"{cap['answer']:g}"
-    goodput = cap.get("goodput_rps_at_answer")
-    intro = (
-        f"Status {status}; answer {answer} {unit}"
-        + ("" if goodput is None else f", goodput there {goodput:,.2f} req/s")
-        + f"; thin dashed lines: the {cap['confidence']:.0%} interval of each probe's "
-        f"{q}; probes in the order run: " + ", ".join(f"{p['value']:g}" for p in cap["probes"])
-    )
-    return Section(
-        title=f"Capacity search ({run.label})",
-        intro=intro,
-        plots=[
-            Plot(
-                chart=chart,
-                table=Table(headers=headers, rows=table_rows),
-                slug=f"frontier-{run.label}",
-            )
-        ],
-    )
+    return Table(headers=headers, rows=table_rows)

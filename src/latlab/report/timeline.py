@@ -73,6 +73,21 @@ def pick_level(views: list[list[LevelView]], wanted: str | None) -> str | None:
     return max(first, key=lambda v: v.x if v.x is not None else math.inf).label
 
 
+def _draw_run(
+    name: str, hue: str, recs: list[RequestRecord], flight: Chart, ttft: Chart
+) -> tuple[list[str], list[list[str]]]:
+    """One run's level onto both charts; its in-flight row and its TTFT rows per tenth."""
+    t0 = min(r.origin_ns for r in recs)
+    span = max(1, max((r.end_ns or r.origin_ns) for r in recs) - t0)
+    steps = _in_flight(recs, t0, span)
+    flight.series.append(Series(name=name, colour=hue, kind="step", points=steps))
+    ttft.series.append(Series(name=name, colour=hue, kind="points", points=_ttft_points(recs, t0)))
+    mean = sum(p for _, p in steps) / len(steps)
+    peak = max(p for _, p in steps)
+    row = [name, f"{span / 1e9:.2f}", str(len(recs)), f"{peak:.0f}", f"{mean:.1f}"]
+    return row, [[name, *d] for d in _deciles(recs, t0, span)]
+
+
 def timeline_section(
     runs: Sequence[Run], views: list[list[LevelView]], wanted: str | None = None
 ) -> Section | None:
@@ -90,27 +105,10 @@ def timeline_section(
     flight_rows, ttft_rows = [], []
     for i, (run, vs) in enumerate(zip(runs, views, strict=True)):
         view = next((v for v in vs if v.label == label and v.timeline), None)
-        if view is None:
-            continue
-        recs = view.timeline
-        t0 = min(r.origin_ns for r in recs)
-        span = max(1, max((r.end_ns or r.origin_ns) for r in recs) - t0)
-        steps = _in_flight(recs, t0, span)
-        flight.series.append(Series(name=run.label, colour=colour(i), kind="step", points=steps))
-        ttft.series.append(
-            Series(name=run.label, colour=colour(i), kind="points", points=_ttft_points(recs, t0))
-        )
-        mean = sum(p for _, p in steps) / len(steps)
-        flight_rows.append(
-            [
-                run.label,
-                f"{span / 1e9:.2f}",
-                str(len(recs)),
-                f"{max(p for _, p in steps):.0f}",
-                f"{mean:.1f}",
-            ]
-        )
-        ttft_rows += [[run.label, *row] for row in _deciles(recs, t0, span)]
+        if view is not None:
+            flight_row, deciles = _draw_run(run.label, colour(i), view.timeline, flight, ttft)
+            flight_rows.append(flight_row)
+            ttft_rows += deciles
     if not flight.series:
         return None
     return Section(

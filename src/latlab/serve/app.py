@@ -115,6 +115,12 @@ def create_app(
     # Outermost, so the guard's refusals (401, 413, 503 while draining) are counted too.
     app.add_middleware(count_http_status, counter=server.metrics.http)  # type: ignore[arg-type]
     app.add_middleware(_StampArrival)  # added last: runs first, before the body is read
+    _add_routes(app, server)
+    return app
+
+
+def _add_routes(app: FastAPI, server: _Server) -> None:
+    """The OpenAI-compatible endpoints, vLLM's /tokenize and /detokenize, health, metrics."""
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -147,8 +153,6 @@ def create_app(
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(content=server.metrics.render(), media_type=CONTENT_TYPE)
-
-    return app
 
 
 async def _body(request: Request) -> Any:
