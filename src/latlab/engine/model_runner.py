@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from latlab.dtypes import torch_dtype
+from latlab.dtypes import dtype_name, torch_dtype
 from latlab.engine.config import EngineConfig
 from latlab.engine.hardware import (
     ThreadChoice,
@@ -118,7 +118,7 @@ class ModelRunner:
             "threads_reason": self.threads.reason,
             "omp_proc_bind": self.threads.omp_proc_bind,
             "omp_wait_policy": self.threads.omp_wait_policy,
-            "kv_cache_dtype": KV_DTYPE_NAMES[self.kv_dtype],
+            "kv_cache_dtype": dtype_name(self.kv_dtype),
             "decode_attention": self.attention_reason,
             **self.weight_plan.as_dict(),
         }

@@ -27,7 +27,8 @@ class Engine(Protocol):
 
     @property
     def tokenizer(self) -> Any:
-        """A transformers-style tokenizer: ``encode``, ``len()``, ``apply_chat_template``."""
+        """A transformers-style tokenizer: ``encode``, ``decode``, ``convert_ids_to_tokens``,
+        ``len()``, ``apply_chat_template`` (read-only: it is shared across threads)."""
 
     def stats(self) -> EngineStats:
         """Engine-wide counters and gauges, read at any time from any thread."""
