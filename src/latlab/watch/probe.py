@@ -14,7 +14,8 @@ import itertools
 import secrets
 import time
 
-from latlab.bench.targets import GenOptions, OpenAITarget
+from latlab.bench.contract import GenOptions
+from latlab.bench.targets import OpenAITarget
 from latlab.errors import TargetError
 from latlab.metrics import RequestRecord
 from latlab.prompt_words import UNCALIBRATED, Salt
