@@ -274,6 +274,21 @@ class _Handler:
             await w.drain()
             if i == 0:
                 self.srv.record_first_chunk(request_id, t_read, time.perf_counter_ns())
+        return await self._end_stream(w, chat, obj_name, mid, n_chunks * k, pt, usage, fault)
+
+    async def _end_stream(
+        self,
+        w: asyncio.StreamWriter,
+        chat: bool,
+        obj_name: str,
+        mid: bytes,
+        tokens: int,
+        pt: int,
+        usage: bool,
+        fault: str | None,
+    ) -> bool:
+        """After the content: closing chunk, usage, [DONE] and the lies configured around them."""
+        cfg = self.cfg
         if cfg.lie == "after_finish":
             w.write(mid)
         if cfg.closing_chunk:
@@ -281,8 +296,8 @@ class _Handler:
                        **({"delta": {}} if chat else {"text": ""})}  # fmt: skip
             self._event(w, {"id": "s", "object": obj_name, "choices": [closing]})
         if usage:
-            u = cfg.usage_override or {"prompt_tokens": pt, "completion_tokens": n_chunks * k,
-                                       "total_tokens": pt + n_chunks * k}  # fmt: skip
+            u = cfg.usage_override or {"prompt_tokens": pt, "completion_tokens": tokens,
+                                       "total_tokens": pt + tokens}  # fmt: skip
             self._event(w, {"id": "s", "object": obj_name, "choices": [], "usage": u})
         if fault == "no_done":
             w.write(b"0\r\n\r\n")
