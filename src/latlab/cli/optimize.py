@@ -120,24 +120,10 @@ def optimize(
 
     MODEL is a local model directory (default: the bundled tiny model).
     """
-    from latlab.optimize.lab_plan import default_plan, default_vllm_plan, load_plan
-    from latlab.optimize.report import (
-        default_out_dir,
-        strategy_table,
-        to_json,
-        verdict_lines,
-        write_report,
-    )
+    from latlab.optimize.report import default_out_dir, to_json, write_report
     from latlab.procs import sigterm_as_exit
 
-    if plan_path:
-        plan = load_plan(plan_path)
-    else:
-        plan = default_vllm_plan() if backend == "vllm" else default_plan()
-    if repeats is not None:
-        plan = dataclasses.replace(plan, repeats=repeats)
-    if time_budget is not None:
-        plan = dataclasses.replace(plan, time_budget_s=time_budget or None)
+    plan = _plan(plan_path, backend, repeats, time_budget)
     plan = _with_run_options(plan, quality_budget, objective, price_per_hour, price_device)
     out = Path(out_dir) if out_dir else default_out_dir()
     check_writable_dir(out, "--out")  # before a run of minutes, not after it
@@ -151,6 +137,31 @@ def optimize(
     with sigterm_as_exit():  # a launched server is stopped on SIGTERM too
         result = _run(plan, model, quality_text, backend, vllm_cmd, out, progress)
     paths = write_report(result, out)
+    _print_result(result, paths, as_json)
+    record_run(store, kind="optimize", result=to_json(result), name=store_opts["run_name"],
+               tags=store_opts["tags"], source_path=paths["json"])  # fmt: skip
+
+
+def _plan(
+    plan_path: str | None, backend: str, repeats: int | None, time_budget: float | None
+) -> Any:
+    """The plan file (or the backend's built-in plan) with --repeats and --time-budget."""
+    from latlab.optimize.lab_plan import default_plan, default_vllm_plan, load_plan
+
+    if plan_path:
+        plan = load_plan(plan_path)
+    else:
+        plan = default_vllm_plan() if backend == "vllm" else default_plan()
+    if repeats is not None:
+        plan = dataclasses.replace(plan, repeats=repeats)
+    if time_budget is not None:
+        plan = dataclasses.replace(plan, time_budget_s=time_budget or None)
+    return plan
+
+
+def _print_result(result: Any, paths: dict[str, Any], as_json: bool) -> None:
+    from latlab.optimize.report import strategy_table, to_json, verdict_lines
+
     if as_json:
         click.echo(json.dumps(to_json(result), indent=2))
     else:
@@ -160,8 +171,6 @@ def optimize(
             click.echo(f"verdict: {line}")
     for what, path in paths.items():
         click.echo(f"wrote {what}: {path}", err=True)
-    record_run(store, kind="optimize", result=to_json(result), name=store_opts["run_name"],
-               tags=store_opts["tags"], source_path=paths["json"])  # fmt: skip
 
 
 def _run(

@@ -22,13 +22,14 @@ from typing import Any
 
 from latlab.deploy import Backend, Deployment, LaunchSettings, launch
 from latlab.optimize import http_quality as hq
-from latlab.optimize.lab import Lab, LabResult, Trial, _Baseline, run_lab
+from latlab.optimize.lab import Lab, _Baseline, run_lab
 from latlab.optimize.lab_plan import LabPlan
 from latlab.optimize.lab_workload import LabRequest, LabWorkload
 from latlab.optimize.passes import RunResult, _LabTarget, prepare, run_pass
 from latlab.optimize.quality import QualityResult, gate, greedy_agreement
 from latlab.optimize.recipes import Recipe
 from latlab.optimize.subject import Setup
+from latlab.optimize.trial import LabResult, Trial
 from latlab.optimize.vllm_recipes import BACKEND, for_servers
 from latlab.workload import BenchRequest
 

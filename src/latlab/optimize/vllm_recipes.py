@@ -119,8 +119,8 @@ def flag_recipe(
                             model_path=model_path or setup.model_path)  # fmt: skip
 
     return Recipe(name=name, level=level, changes=changes, backend=BACKEND, exact=False,
-                  changes_model=True, group=group, _why_not=_both(*checks),
-                  _apply=apply)  # fmt: skip
+                  changes_model=True, group=group, check=_both(*checks),
+                  build=apply)  # fmt: skip
 
 
 def max_num_seqs(value: int = 4) -> Recipe:
