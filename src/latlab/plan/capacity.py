@@ -113,20 +113,28 @@ def compute_capacity(
                 f"{longest:,} tokens"
             )
     if concurrency is not None:
-        if concurrency < 1:
-            raise ConfigError(f"concurrency must be at least 1 sequence, got {concurrency}")
-        cap.concurrency = concurrency
-        model_max = int(config.get("max_position_embeddings") or _UNBOUNDED_CONTEXT)
-        if concurrency * seq_bytes(1) > budget_bytes:
-            raise CapacityError(
-                f"{concurrency:,} concurrent sequences do not fit even at 1 token each: the "
-                f"KV budget of {format_bytes(budget_bytes)} holds {blocks:,} blocks of "
-                f"{block_size} tokens"
-            )
-        longest = _longest_context(seq_bytes, concurrency, budget_bytes, model_max)
-        cap.max_context = longest
-        cap.max_context_limited_by = "model" if longest == model_max else "memory"
+        _fill_concurrency(cap, config, concurrency, seq_bytes)
     return cap
+
+
+def _fill_concurrency(
+    cap: Capacity, config: Mapping[str, Any], concurrency: int, seq_bytes: Any
+) -> None:
+    """The longest context ``concurrency`` sequences fit in ``cap``'s budget, and its limit."""
+    if concurrency < 1:
+        raise ConfigError(f"concurrency must be at least 1 sequence, got {concurrency}")
+    cap.concurrency = concurrency
+    budget_bytes = cap.kv_budget_bytes
+    model_max = int(config.get("max_position_embeddings") or _UNBOUNDED_CONTEXT)
+    if concurrency * seq_bytes(1) > budget_bytes:
+        raise CapacityError(
+            f"{concurrency:,} concurrent sequences do not fit even at 1 token each: the "
+            f"KV budget of {format_bytes(budget_bytes)} holds {cap.num_blocks:,} blocks of "
+            f"{cap.block_size} tokens"
+        )
+    longest = _longest_context(seq_bytes, concurrency, budget_bytes, model_max)
+    cap.max_context = longest
+    cap.max_context_limited_by = "model" if longest == model_max else "memory"
 
 
 def _longest_context(seq_bytes, concurrency: int, budget: int, upper: int) -> int:
