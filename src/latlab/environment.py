@@ -17,7 +17,7 @@ from typing import Any
 _PACKAGES = ("latlab", "httpx", "torch", "transformers", "tokenizers", "numpy")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -69,7 +69,7 @@ def environment() -> dict[str, Any]:
     env: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "host": platform.node(),
         "threads": _threads(),

@@ -16,6 +16,7 @@ import torch
 
 from latlab.assets import bundled_model_path
 from latlab.engine import AsyncLLM, EngineConfig
+from latlab.engine.hardware import cpu_capabilities
 from latlab.model_files import load_causal_lm, load_tokenizer
 from latlab.optimize.http_quality import (
     ScoredText,
@@ -24,9 +25,8 @@ from latlab.optimize.http_quality import (
     greedy_texts,
     http_client,
     score_windows,
-    windows,
 )
-from latlab.optimize.quality import compare_logits, heldout_logits
+from latlab.optimize.quality import compare_logits, heldout_logits, windows
 from latlab.serve.app import create_app
 from latlab.serve.server import running_server
 
@@ -78,13 +78,25 @@ def text_ids() -> list[int]:
     return load_tokenizer(bundled_model_path()).encode(text, add_special_tokens=False)
 
 
+def _as_the_engine_runs_bf16(model):
+    """The bf16 model as latlab's engine computes it on this CPU.
+
+    With bf16 instructions the engine multiplies in bf16; without them (AVX2-only CPUs) it
+    multiplies float32 copies of the bf16-rounded weights (latlab.engine.weights), which is a
+    different and much smaller rounding than transformers' bf16 matmuls.
+    """
+    if cpu_capabilities().native_bf16:
+        return model.to(torch.bfloat16)
+    return model.to(torch.bfloat16).float()
+
+
 def test_http_gate_agrees_with_the_in_process_gate(servers, text_ids) -> None:
     chunks = windows(text_ids, WINDOW, MAX_WINDOWS)
     with http_client() as client:
         http = {dt: score_windows(client, url, "m", chunks) for dt, url in servers.items()}
     model = load_causal_lm(str(bundled_model_path()), dtype="float32")
     logits32, targets = heldout_logits(model, text_ids, WINDOW, MAX_WINDOWS)
-    logits16, _ = heldout_logits(model.to(torch.bfloat16), text_ids, WINDOW, MAX_WINDOWS)
+    logits16, _ = heldout_logits(_as_the_engine_runs_bf16(model), text_ids, WINDOW, MAX_WINDOWS)
     full = compare_logits(logits32, logits16.float(), targets)
     estimate, _ = compare_scores(http["float32"], http["bfloat16"])
     assert estimate.positions == full.positions == len(targets)

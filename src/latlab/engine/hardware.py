@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from latlab.environment import cpu_model
+
 
 @dataclass(kw_only=True, slots=True, frozen=True)
 class CpuCapabilities:
@@ -49,7 +51,7 @@ def cpu_capabilities() -> CpuCapabilities:
     else:
         int8_dot = "avx2" if cpu._is_avx2_supported() else "none"
     return CpuCapabilities(
-        model=_cpu_model(),
+        model=cpu_model(),
         isa=torch.backends.cpu.get_cpu_capability(),
         native_bf16=bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()),
         native_fp16=bool(cpu._is_amx_fp16_supported()),
@@ -64,17 +66,6 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - non-Linux
         return os.cpu_count() or 1
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)

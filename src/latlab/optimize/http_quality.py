@@ -55,21 +55,6 @@ class ScoredText:
         return math.exp(-sum(self.token_logprobs) / max(1, self.positions))
 
 
-def windows(token_ids: Sequence[int], window: int, max_windows: int) -> list[list[int]]:
-    """The in-process gate's windows: ``window`` + 1 tokens each, non-overlapping."""
-    ids = list(token_ids)
-    if len(ids) < 2:
-        raise ValueError("held-out text is too short: it needs at least 2 tokens")
-    window = max(2, min(window, len(ids)))
-    out = []
-    for start in range(0, len(ids) - 1, window):
-        chunk = ids[start : start + window + 1]
-        if len(chunk) < 2 or len(out) >= max_windows:
-            break
-        out.append(chunk)
-    return out
-
-
 def score_windows(
     client: httpx.Client,
     base_url: str,

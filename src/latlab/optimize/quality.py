@@ -249,8 +249,11 @@ def _failures(
     return out
 
 
-def _windows(token_ids: Sequence[int], window: int, max_windows: int) -> list[list[int]]:
-    """Non-overlapping windows of ``window`` inputs plus the next token (the last target)."""
+def windows(token_ids: Sequence[int], window: int, max_windows: int) -> list[list[int]]:
+    """Non-overlapping windows of ``window`` inputs plus the next token (the last target).
+
+    The in-process gate and the HTTP gate (http_quality) score the same windows.
+    """
     ids = list(token_ids)
     if len(ids) < 2:
         raise ValueError("held-out text is too short: it needs at least 2 tokens")
@@ -274,7 +277,7 @@ def heldout_logits(
     whatever the recipe changed.
     """
     all_logits, all_targets = [], []
-    for chunk in _windows(token_ids, window, max_windows):
+    for chunk in windows(token_ids, window, max_windows):
         inputs = torch.tensor([chunk[:-1]], dtype=torch.long, device=model.device)
         all_logits.append(model(input_ids=inputs).logits[0].float().cpu())
         all_targets.append(torch.tensor(chunk[1:], dtype=torch.long))
@@ -298,7 +301,7 @@ def engine_heldout_logits(
 
     engine = LLMEngine(EngineConfig(**{"model": model_path, **engine_options}))
     all_logits, all_targets = [], []
-    for chunk in _windows(token_ids, window, max_windows):
+    for chunk in windows(token_ids, window, max_windows):
         all_logits.append(engine.runner.score(chunk[:-1]).cpu())
         all_targets.append(torch.tensor(chunk[1:], dtype=torch.long))
     return torch.cat(all_logits), torch.cat(all_targets)

@@ -26,7 +26,7 @@ from latlab.optimize.lab import Lab, _Baseline, run_lab
 from latlab.optimize.lab_plan import LabPlan
 from latlab.optimize.lab_workload import LabRequest, LabWorkload
 from latlab.optimize.passes import RunResult, _LabTarget, prepare, run_pass
-from latlab.optimize.quality import QualityResult, gate, greedy_agreement
+from latlab.optimize.quality import QualityResult, gate, greedy_agreement, windows
 from latlab.optimize.recipes import Recipe
 from latlab.optimize.subject import Setup
 from latlab.optimize.trial import LabResult, Trial
@@ -104,7 +104,7 @@ class ServedLab(Lab):
         super().__init__(plan, model_path, quality_text, progress)
         self.backend = backend
         self.log_dir = log_dir
-        self.chunks = hq.windows(self.text_ids, plan.quality_window_tokens, plan.quality_windows)
+        self.chunks = windows(self.text_ids, plan.quality_window_tokens, plan.quality_windows)
         self.launch_s = 0.0  # the baseline's launch: what each candidate costs on top
         self._base_quality: tuple[hq.ScoredText, list[str]] | None = None
         self._candidate_quality: tuple[hq.ScoredText, list[str]] | None = None
