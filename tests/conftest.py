@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 
+# SIGTERM (a CI or `timeout` limit) tears fixtures down like Ctrl-C: no server outlives the run.
+pytest_plugins = ["latlab.testing.pytest_plugin"]
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
