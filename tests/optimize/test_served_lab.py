@@ -136,7 +136,7 @@ def test_one_vllm_recipe_measured_end_to_end(tmp_path: Path) -> None:
         "workload": SMALL, "quality": QUALITY,
         "engine": {"enforce_eager": True, "max_model_len": 512, "dtype": "float32"},
         "engine_env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
-    })  # fmt: skip
+    }, backend="vllm")  # fmt: skip
     result = run_served_lab(plan, None, None, backend=VllmBackend(command),
                             log_dir=tmp_path / "logs")  # fmt: skip
     (trial,) = result.trials
@@ -152,3 +152,10 @@ def test_one_vllm_recipe_measured_end_to_end(tmp_path: Path) -> None:
     logs = [log.read_text() for log in (tmp_path / "logs").glob("vllm-*.log")]
     assert len(logs) == 2  # the baseline and the candidate, each its own launch
     assert sum("'max_num_seqs': 1" in text for text in logs) == 1  # vLLM's non-default args
+
+
+def test_plan_engine_table_is_checked_against_the_backend_it_launches() -> None:
+    vllm_flags = {"recipes": ["vllm-enforce-eager"], "engine": {"enforce_eager": True}}
+    assert plan_from_dict(vllm_flags, backend="vllm").engine == {"enforce_eager": True}
+    with pytest.raises(ConfigError, match="no setting enforce_eager"):
+        plan_from_dict(vllm_flags)  # latlab's engine has no such field

@@ -149,7 +149,7 @@ def _plan(
     from latlab.optimize.lab_plan import default_plan, default_vllm_plan, load_plan
 
     if plan_path:
-        plan = load_plan(plan_path)
+        plan = load_plan(plan_path, backend=backend)
     else:
         plan = default_vllm_plan() if backend == "vllm" else default_plan()
     if repeats is not None:

@@ -215,10 +215,10 @@ def default_vllm_plan() -> LabPlan:
         if not cpu_has_native_bf16():
             data["engine"] = {"dtype": "float32"}
             source = "built-in default plan (--backend vllm; --dtype float32: no native bf16)"
-    return plan_from_dict(data, text="", source=source)
+    return plan_from_dict(data, text="", source=source, backend="vllm")
 
 
-def load_plan(path: str | Path) -> LabPlan:
+def load_plan(path: str | Path, *, backend: str = "latlab") -> LabPlan:
     """Read a TOML or YAML plan; ConfigError with the file, the line and what to fix."""
     path = Path(path)
     try:
@@ -232,7 +232,7 @@ def load_plan(path: str | Path) -> LabPlan:
     data = _parse(path, text)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a plan must be a table of settings, not {type(data).__name__}")
-    return plan_from_dict(data, text=text, source=str(path))
+    return plan_from_dict(data, text=text, source=str(path), backend=backend)
 
 
 def _parse(path: Path, text: str) -> Any:
@@ -388,8 +388,14 @@ def _check_engine(source: str, text: str, engine: dict[str, Any]) -> None:
         raise ConfigError(f"{_where(source, line)}: [engine]: {exc}") from None
 
 
-def plan_from_dict(data: dict[str, Any], text: str = "", source: str = "plan") -> LabPlan:
-    """Validate a parsed plan; every error names the source, the line and the fix."""
+def plan_from_dict(
+    data: dict[str, Any], text: str = "", source: str = "plan", *, backend: str = "latlab"
+) -> LabPlan:
+    """Validate a parsed plan; every error names the source, the line and the fix.
+
+    ``backend`` says whose settings the [engine] table holds: latlab's EngineConfig fields are
+    checked here; vLLM's flags are its own to refuse (its preflight and launch log say why).
+    """
     for key in data:
         if key not in _TOP_KEYS:
             raise ConfigError(_unknown_key(source, text, key, _TOP_KEYS, None))
@@ -411,7 +417,8 @@ def plan_from_dict(data: dict[str, Any], text: str = "", source: str = "plan") -
             f"{_where(source, _line_of(text, 'engine'))}: [engine] must be a "
             "table of EngineConfig fields"
         )
-    _check_engine(source, text, engine)
+    if backend != "vllm":
+        _check_engine(source, text, engine)
     thresholds = QualityThresholds(**quality_kwargs)
     if thresholds.budget is not None:
         try:
