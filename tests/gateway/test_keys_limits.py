@@ -45,6 +45,8 @@ cache_sampled = true
     (f'[[keys]]\nsha256 = "{hash_key(KEY)}"\ntenant = "a"\nrequests_per_minute = 0\n',
      "positive integer"),
     (f'[[keys]]\nsha256 = "{hash_key(KEY)}"\ntenant = "a"\nrpm = 5\n', "unknown field"),
+    (f'[[keys]]\nsha256 = "{hash_key(KEY)}"\ntenant = "a"\ncount_cache_hits = "no"\n',
+     "true or false"),
     ("keys = []\n", "non-empty list"),
     ("[[keys]\n", "not valid TOML"),
 ])  # fmt: skip

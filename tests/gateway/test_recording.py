@@ -1,6 +1,12 @@
 import pytest
 
-from latlab.gateway.recording import Recording, SSESplitter, is_error_event, usage_of
+from latlab.gateway.recording import (
+    Recording,
+    SSESplitter,
+    is_error_event,
+    tokens_spent,
+    usage_of,
+)
 
 
 def test_splitter_returns_whole_events_across_reads():
@@ -34,3 +40,19 @@ def test_error_and_usage_events():
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":2,"total_tokens":5}}\n\n'
     assert usage_of(usage) == {"prompt_tokens": 2, "total_tokens": 5}
     assert usage_of(b'data: {"choices":[],"usage":null}\n\n') is None
+
+
+@pytest.mark.parametrize("usage,expected", [
+    ({"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}, 12),
+    ({"prompt_tokens": 5, "completion_tokens": 7}, 12),  # no total: the parts
+    ({"completion_tokens": 7}, 3 + 4),  # incomplete: the estimate
+    (None, 3 + 4),  # a stream without include_usage: prompt estimate + answer events
+])  # fmt: skip
+def test_tokens_spent_prefers_usage_and_estimates_without_it(usage, expected):
+    assert tokens_spent(usage, prompt=3, answer=4) == expected
+
+
+def test_a_recordings_tokens_count_its_answer_events_when_it_has_no_usage():
+    events = [b'data: {"choices":[{"text":" a"}]}\n\n'] * 5 + [b"data: [DONE]\n\n"]
+    rec = Recording(stream=True, events=events, offsets_ms=[0.0] * 6)
+    assert rec.tokens(10) == 15

@@ -67,6 +67,27 @@ class _Plan:
     control: CacheControl = field(default_factory=CacheControl)
 
 
+@dataclass(kw_only=True, slots=True)
+class _Request:
+    """One accepted generation request, as the later steps need it."""
+
+    endpoint: str  # "/completions" or "/chat/completions"
+    arrival: int  # perf_counter_ns when it arrived (the gateway's TTFT starts here)
+    headers: dict[str, str]
+    tenant: Tenant
+    body: dict[str, Any]
+    raw: bytes  # what is sent upstream (re-encoded only when trimming changed it)
+    extra: dict[str, str]  # response headers trimming adds
+    prompt: str | list[int] | None
+    plan: _Plan
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt's length in tokens: exact for token ids, else 4 characters a token."""
+        prompt = self.prompt or ()
+        return len(prompt) if isinstance(prompt, list) else len(prompt) // 4
+
+
 class Gateway:
     """The gateway: an ASGI app (``await gateway(scope, receive, send)``) with its state."""
 
@@ -167,6 +188,31 @@ class Gateway:
     async def _generate(
         self, scope: asgi.Scope, receive: Any, send: Any, endpoint: str, model_type: Any
     ) -> None:
+        req = await self._accept(scope, receive, endpoint, model_type)
+        plan = req.plan
+        client = asgi.ClientWatch(receive)
+        try:
+            recording = await self.cache.get(plan.key, plan.control) if plan.read else None
+            if recording is not None:
+                self.metrics.cache.labels("hit").inc()
+                await self._charge_reused(req, recording.tokens(req.prompt_tokens))  # known now
+                await self._replay(req, recording, client, send)
+                return
+            flight = self.flights.join(plan.key) if plan.coalesce else None
+            label = "coalesced" if flight else ("miss" if plan.read else "bypass")
+            self.metrics.cache.labels(label).inc()
+            if flight is None:
+                flight = self._launch(req)
+            await self._follow(req, flight, client, send, label)
+            if label == "coalesced" and flight.complete:
+                await self._charge_reused(req, flight.tokens(req.prompt_tokens))
+        finally:
+            client.close()
+
+    async def _accept(
+        self, scope: asgi.Scope, receive: Any, endpoint: str, model_type: Any
+    ) -> _Request:
+        """Key, body, limits, model, trimming: everything checked before any answer is sought."""
         arrival = _now()
         headers = asgi.request_headers(scope)
         tenant = self._tenant(headers)
@@ -183,24 +229,16 @@ class Gateway:
             raise RequestError(str(exc), code="trim_failed") from None
         if changed:
             raw = json.dumps(body, ensure_ascii=False).encode()
-        plan = self._plan(endpoint, body, headers, tenant)
-        client = asgi.ClientWatch(receive)
-        try:
-            recording = await self.cache.get(plan.key, plan.control) if plan.read else None
-            if recording is not None:
-                self.metrics.cache.labels("hit").inc()
-                await self._replay(recording, client, send, arrival, headers, endpoint, extra)
-                return
-            flight = self.flights.join(plan.key) if plan.coalesce else None
-            label = "coalesced" if flight else ("miss" if plan.read else "bypass")
-            self.metrics.cache.labels(label).inc()
-            if flight is None:
-                flight = self._launch(endpoint, body, raw, headers, tenant, plan)
-            await self._follow(
-                flight, client, send, arrival, endpoint, {CACHE_HEADER: label, **extra}
-            )
-        finally:
-            client.close()
+        return _Request(
+            endpoint=endpoint, arrival=arrival, headers=headers, tenant=tenant, body=body,
+            raw=raw, extra=extra, prompt=prompt_text(body),
+            plan=self._plan(endpoint, body, headers, tenant),
+        )  # fmt: skip
+
+    async def _charge_reused(self, req: _Request, tokens: int) -> None:
+        """A cached or coalesced answer spends the key's tokens too (latlab.gateway.keys)."""
+        if req.tenant.count_cache_hits:
+            await self.limiter.charge(req.tenant, tokens)
 
     def _tenant(self, headers: dict[str, str]) -> Tenant:
         if self.keys is None:
@@ -268,30 +306,22 @@ class Gateway:
 
     # ---- upstream call ----------------------------------------------------------------------
 
-    def _launch(
-        self,
-        endpoint: str,
-        body: dict[str, Any],
-        raw: bytes,
-        headers: dict[str, str],
-        tenant: Tenant,
-        plan: _Plan,
-    ) -> Flight:
-        prompt = prompt_text(body)
+    def _launch(self, req: _Request) -> Flight:
+        body, headers, plan = req.body, req.headers, req.plan
         call = Call(
-            endpoint=endpoint,
-            body=raw,
+            endpoint=req.endpoint,
+            body=req.raw,
             headers={
                 "Content-Type": "application/json",
                 "Accept": headers.get("accept", "*/*"),
                 "X-Request-Id": headers.get("x-request-id") or uuid.uuid4().hex,
             },
-            tokens=len(prompt or ()) // 4 + int(body.get("max_tokens") or _DEFAULT_MAX_TOKENS),
+            tokens=req.prompt_tokens + int(body.get("max_tokens") or _DEFAULT_MAX_TOKENS),
             timeout_s=self.config.upstream_timeout_s,
         )
         prefix = None
         if self.router.name == "prefix":
-            prefix = prefix_key(prompt, block=self.config.prefix_chars)
+            prefix = prefix_key(req.prompt, block=self.config.prefix_chars)
         model = body.get("model") if isinstance(body.get("model"), str) else None
         flight = Flight(key=plan.key if plan.coalesce else None, metrics=self.metrics)
 
@@ -304,10 +334,7 @@ class Gateway:
             return up, len(candidates) > 1
 
         async def after(done: Flight) -> None:
-            usage = done.usage or {}
-            tokens = usage.get("total_tokens")
-            if isinstance(tokens, int):
-                await self.limiter.charge(tenant, tokens)
+            await self.limiter.charge(req.tenant, done.tokens(req.prompt_tokens))
             if plan.write and self.cache is not None and plan.key and done.complete:
                 await self.cache.put(plan.key, done.recording())
 
@@ -318,13 +345,7 @@ class Gateway:
     # ---- writing the response ---------------------------------------------------------------
 
     async def _follow(
-        self,
-        flight: Flight,
-        client: asgi.ClientWatch,
-        send: Any,
-        arrival: int,
-        endpoint: str,
-        extra: dict[str, str],
+        self, req: _Request, flight: Flight, client: asgi.ClientWatch, send: Any, label: str
     ) -> None:
         """Stream ``flight`` to one client from its first byte until it ends or the client goes.
 
@@ -340,15 +361,15 @@ class Gateway:
                 return
             if not flight.head_ready or (flight.error and not flight.streaming):
                 failure = flight.failure or UpstreamFailure(flight.error or "no response")
-                await self._upstream_failed(send, endpoint, failure)
+                await self._upstream_failed(send, req.endpoint, failure)
                 return
-            self.metrics.requests.labels(endpoint, str(flight.status)).inc()
-            head = {"content-type": flight.content_type, **extra}
+            self.metrics.requests.labels(req.endpoint, str(flight.status)).inc()
+            head = {"content-type": flight.content_type, **req.extra, CACHE_HEADER: label}
             if flight.upstream is not None:
                 head["x-latlab-upstream"] = flight.upstream.url
             await send({"type": "http.response.start", "status": flight.status,
                         "headers": asgi.encode_headers(head)})  # fmt: skip
-            await self._pieces(flight, client, send, arrival, extra[CACHE_HEADER])
+            await self._pieces(flight, client, send, req.arrival, label)
         finally:
             self.flights.leave(flight)
 
@@ -387,24 +408,17 @@ class Gateway:
         await asgi.send_json(send, failure.status, body, {CACHE_HEADER: "bypass"})
 
     async def _replay(
-        self,
-        rec: Recording,
-        client: asgi.ClientWatch,
-        send: Any,
-        arrival: int,
-        headers: dict[str, str],
-        endpoint: str,
-        extra: dict[str, str],
+        self, req: _Request, rec: Recording, client: asgi.ClientWatch, send: Any
     ) -> None:
         """A cached response: the same events, at once or paced as they were recorded."""
-        head = {"content-type": rec.content_type, **extra, CACHE_HEADER: "hit"}
-        self.metrics.requests.labels(endpoint, str(rec.status)).inc()
+        head = {"content-type": rec.content_type, **req.extra, CACHE_HEADER: "hit"}
+        self.metrics.requests.labels(req.endpoint, str(rec.status)).inc()
         await send({"type": "http.response.start", "status": rec.status,
                     "headers": asgi.encode_headers(head)})  # fmt: skip
         if not rec.stream:
             await send({"type": "http.response.body", "body": rec.body, "more_body": False})
             return
-        paced = headers.get(REPLAY_HEADER, self.config.replay) == "paced"
+        paced = req.headers.get(REPLAY_HEADER, self.config.replay) == "paced"
         start, ttft_seen = _now(), False
         for event, offset_ms in zip(rec.events, rec.offsets_ms, strict=True):
             if client.gone:
@@ -415,6 +429,6 @@ class Gateway:
                     await asyncio.sleep(delay_s)
             if not ttft_seen and has_content(event):
                 ttft_seen = True
-                self.metrics.ttft.labels("hit").observe((_now() - arrival) / 1e9)
+                self.metrics.ttft.labels("hit").observe((_now() - req.arrival) / 1e9)
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -25,7 +25,9 @@ from latlab.gateway.recording import (
     DONE_EVENT,
     Recording,
     SSESplitter,
+    answer_events,
     is_error_event,
+    tokens_spent,
     usage_of,
 )
 from latlab.gateway.upstreams import Upstream
@@ -275,6 +277,16 @@ class Flight:
         except ValueError:
             return False
         return isinstance(obj, dict) and "error" not in obj
+
+    def tokens(self, prompt_estimate: int) -> int:
+        """What this answer spends from a tokens/min budget; 0 unless it was a 200."""
+        if not self.head_ready or self.status != 200:
+            return 0
+        if self._splitter is not None:
+            answer = answer_events(self._events)
+        else:
+            answer = sum(len(piece) for piece in self.pieces) // 4
+        return tokens_spent(self.usage, prompt=prompt_estimate, answer=answer)
 
     def recording(self) -> Recording:
         stream = self._splitter is not None

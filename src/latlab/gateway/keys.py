@@ -8,8 +8,16 @@ random strings, so a plain SHA-256 is enough (a slow password hash protects gues
     sha256 = "9f86d0..."          # of the key the client sends as "Authorization: Bearer KEY"
     tenant = "team-a"             # cache entries and limits are per tenant
     requests_per_minute = 600     # optional; none = unlimited
-    tokens_per_minute = 200000    # optional; prompt + completion tokens that reached a model
+    tokens_per_minute = 200000    # optional; prompt + completion tokens of every answer
+    count_cache_hits = true       # optional; false: cached and coalesced answers spend no tokens
     cache_sampled = false         # optional; true lets this tenant's sampled requests be cached
+
+What ``tokens_per_minute`` counts: the tokens of every answer the key receives, whether a model
+computed it, the cache replayed it, or it was shared with an identical request in flight. A
+quota is what a tenant may consume, and a client cannot choose whether its answer is cached:
+counting only misses would let the same workload pass or fail depending on other traffic and
+on which gateway (with which cache) it reached. ``count_cache_hits = false`` is for operators
+whose token limit only protects the upstreams' capacity, which cached answers do not use.
 """
 
 from __future__ import annotations
@@ -22,8 +30,16 @@ from typing import Any
 
 from latlab.errors import ConfigError
 
+_FLAGS = {"cache_sampled": False, "count_cache_hits": True}  # boolean fields, their defaults
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_FIELDS = {"sha256", "tenant", "requests_per_minute", "tokens_per_minute", "cache_sampled"}
+_FIELDS = {
+    "sha256",
+    "tenant",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "cache_sampled",
+    "count_cache_hits",
+}
 
 
 def hash_key(key: str) -> str:
@@ -38,6 +54,7 @@ class Tenant:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     cache_sampled: bool = False
+    count_cache_hits: bool = True  # cached and coalesced answers spend tokens_per_minute too
 
 
 # Without a keys file every request is this tenant (one team, no limits).
@@ -124,7 +141,8 @@ def _entry(path: Path, i: int, entry: Any) -> tuple[str, Tenant]:
         ):
             raise ConfigError(f"{where}: '{name}' must be a positive integer")
         limits[name] = value
-    sampled = entry.get("cache_sampled", False)
-    if not isinstance(sampled, bool):
-        raise ConfigError(f"{where}: 'cache_sampled' must be true or false")
-    return digest, Tenant(name=tenant, cache_sampled=sampled, **limits)
+    flags = {name: entry.get(name, default) for name, default in _FLAGS.items()}
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: '{name}' must be true or false")
+    return digest, Tenant(name=tenant, **flags, **limits)

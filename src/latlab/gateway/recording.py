@@ -64,6 +64,28 @@ def usage_of(event: bytes) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
+def tokens_spent(usage: dict[str, Any] | None, *, prompt: int, answer: int) -> int:
+    """Tokens an answer spends from a tokens/min budget: its ``usage``, else an estimate.
+
+    A stream sent without ``stream_options.include_usage`` carries no usage; counting it as
+    free would let any client step around the limit, so it is charged the prompt's estimate
+    plus one token per answer event (servers send about one token per event).
+    """
+    if usage is not None:
+        total = usage.get("total_tokens")
+        if isinstance(total, int) and total >= 0:
+            return total
+        parts = (usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        if all(isinstance(n, int) and n >= 0 for n in parts):
+            return sum(parts)  # type: ignore[arg-type]
+    return max(0, prompt) + max(0, answer)
+
+
+def answer_events(events: list[bytes]) -> int:
+    """Events of a stream other than its ``[DONE]`` marker."""
+    return sum(1 for event in events if not event.startswith(DONE_EVENT))
+
+
 @dataclass(kw_only=True, slots=True)
 class Recording:
     """One complete response: status, content type, and events (stream) or body (JSON)."""
@@ -116,6 +138,11 @@ class Recording:
             body=body,
             created_s=float(head["created_s"]),
         )
+
+    def tokens(self, prompt_estimate: int) -> int:
+        """What replaying this answer spends from a tokens/min budget (``tokens_spent``)."""
+        answer = answer_events(self.events) if self.stream else len(self.body) // 4
+        return tokens_spent(self.usage, prompt=prompt_estimate, answer=answer)
 
     @property
     def usage(self) -> dict[str, Any] | None:
