@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the real servers the tests start, when they are missing: Redis (gateway cache and
-# shared rate limits), Prometheus + promtool (alert rules, end-to-end alerting) and headless
-# Chromium (the HTML report), all from Debian's packages. The tests start their own copies on
+# shared rate limits), Prometheus + promtool (alert rules, end-to-end alerting), headless
+# Chromium (the HTML report) and openssl (a throw-away CA for the gateway's TLS tests), all from
+# Debian's packages. The tests start their own copies on
 # free loopback ports and stop them; nothing here starts a service.
 # Usage: bash scripts/setup_services.sh   (make test runs it; idempotent, quick when all present)
 set -euo pipefail
@@ -13,6 +14,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the gateway's TLS tests make a CA
 
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then
@@ -31,4 +33,4 @@ if ((${#missing[@]})); then
       || { tail -20 /tmp/latlab-apt.log; exit 1; }
   fi
 fi
-log "redis-server, prometheus, promtool, chromium present"
+log "redis-server, prometheus, promtool, chromium, openssl present"

@@ -7,8 +7,9 @@ event loop calls ``data_received`` the moment a socket is readable: the timestam
 thing taken, the body is de-chunked with two ``find`` calls, and nothing else happens until the
 response ends. Keep-alive connections are pooled per host, so ``N`` users hold ``N`` sockets.
 
-Scope: plain ``http://`` POST with a JSON body (what OpenAI-compatible servers take), chunked
-or Content-Length or read-to-close bodies. HTTPS, proxies and redirects go through httpx.
+Scope: POST with a JSON body (what OpenAI-compatible servers take), chunked or Content-Length
+or read-to-close bodies, over plain TCP or TLS (``ssl=`` a client context: the gateway's
+``https://`` upstreams). Proxies and redirects go through httpx.
 
 ``latlab gateway`` forwards through the same client: its ``reads`` is an object with ``append``
 and ``len`` that passes each read on at once, and ``on_head`` tells it the status and headers
@@ -18,6 +19,7 @@ as soon as they arrive.
 from __future__ import annotations
 
 import asyncio
+import ssl as _ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -197,9 +199,19 @@ class _Conn(asyncio.Protocol):
 class RawHTTPPool:
     """Keep-alive connections to one ``host:port``; one in use per in-flight request."""
 
-    def __init__(self, host: str, port: int, connect_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        connect_timeout_s: float = 10.0,
+        *,
+        ssl: _ssl.SSLContext | None = None,
+        host_header: str | None = None,
+    ) -> None:
         self.host, self.port = host, port
         self.connect_timeout_s = connect_timeout_s
+        self.ssl = ssl  # TLS to the server, verified as the context says
+        self.host_header = host_header or f"{host}:{port}"
         self._idle: deque[_Conn] = deque()
 
     async def _acquire(self) -> _Conn:
@@ -208,9 +220,10 @@ class RawHTTPPool:
             if not conn.closed:
                 return conn
         loop = asyncio.get_running_loop()
+        tls = {"ssl": self.ssl, "server_hostname": self.host} if self.ssl is not None else {}
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(_Conn, self.host, self.port), self.connect_timeout_s
+                loop.create_connection(_Conn, self.host, self.port, **tls), self.connect_timeout_s
             )
         except (OSError, asyncio.TimeoutError) as exc:
             raise HTTPStreamError("connect_error", f"{type(exc).__name__}: {exc}") from None
@@ -239,7 +252,7 @@ class RawHTTPPool:
         Returns ``(status, last_byte_ns)``. ``timeout_s`` is an idle timeout: the request
         fails when no byte arrives for that long. Raises HTTPStreamError with a ``.reason``.
         """
-        head = [f"POST {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
+        head = [f"POST {path} HTTP/1.1", f"Host: {self.host_header}",
                 f"Content-Length: {len(body)}"]  # fmt: skip
         head += [f"{k}: {v}" for k, v in headers.items()]
         payload = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body

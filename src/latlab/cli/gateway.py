@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -122,6 +123,25 @@ _NOT_HERE = ("ttft_buckets", "itl_buckets", "e2e_buckets")
     help="Give up on an upstream silent this long.",
 )
 @click.option(
+    "--upstream-key-file",
+    "upstream_key_files",
+    multiple=True,
+    metavar="[URL=]FILE",
+    help="The gateway's own API key for upstreams, read from FILE (URL=FILE: for that upstream "
+    "only); clients' keys are never sent upstream.",
+)
+@click.option(
+    "--upstream-ca-bundle",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="PEM CA certificates for https:// upstreams [default: the system's trust store].",
+)
+@click.option(
+    "--upstream-no-verify",
+    is_flag=True,
+    help="Do not check https:// upstreams' certificates (test rigs only).",
+)
+@click.option(
     "--hash-key",
     is_flag=True,
     help="Read an API key from stdin, print the line for the keys file, and exit.",
@@ -136,6 +156,8 @@ def gateway_command(
     cache_ttl: float,
     cache_max_bytes: str,
     no_coalesce: bool,
+    upstream_key_files: tuple[str, ...],
+    upstream_no_verify: bool,
     hash_key: bool,
     log_level: str,
     **options: object,
@@ -166,8 +188,29 @@ def gateway_command(
         cache_ttl_s=cache_ttl,
         cache_max_bytes=parse_bytes(cache_max_bytes),
         coalesce=not no_coalesce,
+        upstream_keys=read_upstream_keys(upstream_key_files),
+        upstream_verify=not upstream_no_verify,
         health_interval_s=options.pop("health_interval"),  # type: ignore[arg-type]
         upstream_timeout_s=options.pop("upstream_timeout"),  # type: ignore[arg-type]
         **options,  # type: ignore[arg-type]
     )
     serve(config, http)
+
+
+def read_upstream_keys(specs: tuple[str, ...]) -> dict[str, str]:
+    """``[URL=]FILE`` specs -> {URL or "*": the key on FILE's first line}."""
+    keys: dict[str, str] = {}
+    for spec in specs:
+        url, sep, path = spec.partition("=")
+        if not sep or "://" not in url:
+            url, path = "*", spec
+        try:
+            key = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"--upstream-key-file {path}: {exc.strerror or exc}") from None
+        if not key:
+            raise ConfigError(f"--upstream-key-file {path} is empty; put the key on its first line")
+        if url in keys:
+            raise ConfigError(f"--upstream-key-file gives two keys for {url}")
+        keys[url] = key
+    return keys

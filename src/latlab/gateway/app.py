@@ -88,6 +88,23 @@ class _Request:
         return len(prompt) if isinstance(prompt, list) else len(prompt) // 4
 
 
+def _failure_of(flight: Flight) -> UpstreamFailure | None:
+    """Why a finished flight's answer cannot be passed on as it is; None when it can.
+
+    An upstream refusing the gateway's own credentials (401/403) is the operator's to fix, not
+    the client's: it becomes a 502 that says so, never a 401 the client would take as its own.
+    """
+    if not flight.head_ready or (flight.error and not flight.streaming):
+        return flight.failure or UpstreamFailure(flight.error or "no response")
+    if flight.status in (401, 403):
+        where = flight.upstream.url if flight.upstream is not None else "the upstream"
+        return UpstreamFailure(
+            f"{where} refused the gateway's credentials (HTTP {flight.status}): give its API "
+            "key with --upstream-key-file", code="upstream_auth_failed",
+        )  # fmt: skip
+    return None
+
+
 class Gateway:
     """The gateway: an ASGI app (``await gateway(scope, receive, send)``) with its state."""
 
@@ -97,6 +114,7 @@ class Gateway:
             config.upstreams,
             health_interval_s=config.health_interval_s,
             eject_after=config.eject_after,
+            access=config.upstream_access(),
         )
         self.metrics = GatewayMetrics(lambda: self.upstreams.all)
         self.router = make_router(config.route, self.upstreams.all, load_factor=config.load_factor)
@@ -359,8 +377,8 @@ class Gateway:
                 await client.wait(flight.waiter())
             if client.gone:
                 return
-            if not flight.head_ready or (flight.error and not flight.streaming):
-                failure = flight.failure or UpstreamFailure(flight.error or "no response")
+            failure = _failure_of(flight)
+            if failure is not None:
                 await self._upstream_failed(send, req.endpoint, failure)
                 return
             self.metrics.requests.labels(req.endpoint, str(flight.status)).inc()

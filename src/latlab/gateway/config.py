@@ -13,6 +13,7 @@ from pathlib import Path
 
 from latlab.errors import ConfigError
 from latlab.gateway.routing import POLICIES
+from latlab.gateway.upstreams import UpstreamAccess
 
 REPLAY_MODES = ("immediate", "paced")
 
@@ -41,6 +42,10 @@ class GatewayConfig:
     health_interval_s: float = 2.0
     eject_after: int = 2  # failures in a row that eject an upstream
     upstream_timeout_s: float = 600.0  # no byte from an upstream for this long: give up
+    upstream_ca_bundle: str | None = None  # PEM CAs for https:// upstreams; None = system's
+    upstream_verify: bool = True  # False: https:// upstreams' certificates are not checked
+    # The gateway's own API key per upstream URL ("*": every upstream without one of its own).
+    upstream_keys: dict[str, str] = field(default_factory=dict, repr=False)
     max_body_bytes: int = 32 * 2**20
 
     def __post_init__(self) -> None:
@@ -59,6 +64,12 @@ class GatewayConfig:
             raise ConfigError("--trim-to must be at least 1 token")
         if self.prefix_chars < 1 or self.eject_after < 1:
             raise ConfigError("--prefix-chars and --eject-after must be at least 1")
+
+    def upstream_access(self) -> UpstreamAccess:
+        keys = dict(self.upstream_keys)
+        default = keys.pop("*", None)
+        return UpstreamAccess(ca_bundle=self.upstream_ca_bundle, verify=self.upstream_verify,
+                              api_keys=keys, default_api_key=default)  # fmt: skip
 
     @property
     def limits_store(self) -> str | None:

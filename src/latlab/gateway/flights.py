@@ -229,7 +229,8 @@ class Flight:
         up.begin(call.tokens)
         self.send_ns = _now()
         try:
-            await up.pool.post(up.path(call.endpoint), call.body, call.headers, sink,  # type: ignore[arg-type]
+            headers = {**call.headers, **up.auth} if up.auth else call.headers
+            await up.pool.post(up.path(call.endpoint), call.body, headers, sink,  # type: ignore[arg-type]
                                call.timeout_s, on_head=sink.on_head)  # fmt: skip
         except HTTPStreamError as exc:
             self.metrics.upstream_requests.labels(up.url, exc.reason).inc()

@@ -5,13 +5,19 @@ own hot path) and counts its outstanding requests and tokens, which least-load a
 router's load bound read. A health loop asks every upstream for ``/v1/models`` (liveness and
 the model list in one call); ``eject_after`` failures in a row, from the loop or from real
 requests, eject an upstream, and one good answer readmits it.
+
+``https://`` upstreams are reached over TLS, verified against the system's trust store or a CA
+bundle; an upstream's API key (the gateway's own, per upstream) is sent as ``Authorization:
+Bearer``. A client's own ``Authorization`` header is never sent upstream: it is a gateway key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,26 +27,77 @@ from latlab.bench.rawhttp import RawHTTPPool
 from latlab.errors import ConfigError
 
 log = logging.getLogger("latlab.gateway")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(kw_only=True, slots=True)
+class UpstreamAccess:
+    """How the gateway reaches its upstreams: TLS verification and its own API keys."""
+
+    ca_bundle: str | None = None  # PEM file of CAs for https:// upstreams; None = system store
+    verify: bool = True  # False skips certificate checks (a test rig, never production)
+    api_keys: dict[str, str] = field(default_factory=dict, repr=False)  # upstream URL -> key
+    default_api_key: str | None = field(default=None, repr=False)  # for the others
+
+    def __post_init__(self) -> None:
+        self.api_keys = {normalize_url(url): key for url, key in self.api_keys.items()}
+        for key in (*self.api_keys.values(), self.default_api_key):
+            if key is not None and (not key or any(c in key for c in "\r\n ")):
+                raise ConfigError("an upstream API key must be one line without spaces")
+
+    def tls_context(self) -> ssl.SSLContext:
+        """Certificates and host names checked (unless ``verify`` is off), TLS 1.2 or newer."""
+        try:
+            context = ssl.create_default_context(cafile=self.ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"--upstream-ca-bundle {self.ca_bundle}: cannot load it as PEM CA "
+                f"certificates ({exc})"
+            ) from None
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def key_for(self, url: str) -> str | None:
+        return self.api_keys.get(normalize_url(url), self.default_api_key)
+
+
+def normalize_url(url: str) -> str:
+    """``scheme://host:port[/prefix]`` without a trailing ``/v1``: how upstreams are named."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ConfigError(f"--upstream {url!r}: give an http://HOST:PORT or https://HOST:PORT URL")
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[:-3]
+    return f"{parts.scheme}://{parts.netloc}{path}"
 
 
 class Upstream:
     """One OpenAI-compatible server: where it is, how loaded, whether admitted."""
 
-    def __init__(self, url: str, *, connect_timeout_s: float = 5.0) -> None:
-        parts = urlsplit(url.strip())
-        if parts.scheme != "http" or not parts.hostname:
-            raise ConfigError(
-                f"--upstream {url!r}: give a plain http://HOST:PORT URL (TLS to upstreams is "
-                "not supported; keep the gateway next to its servers)"
-            )
-        path = parts.path.rstrip("/")
-        if path.endswith("/v1"):
-            path = path[:-3]
-        self.host = parts.hostname
-        self.port = parts.port or 80
-        self.prefix = path  # anything before /v1 (a server mounted under a path)
-        self.url = f"http://{parts.netloc}{path}"
-        self.pool = RawHTTPPool(self.host, self.port, connect_timeout_s)
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout_s: float = 5.0,
+        tls: ssl.SSLContext | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        self.url = normalize_url(url)
+        parts = urlsplit(self.url)
+        self.host = parts.hostname or ""
+        self.port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        self.prefix = parts.path  # anything before /v1 (a server mounted under a path)
+        self.tls = tls if parts.scheme == "https" else None
+        if parts.scheme == "https" and tls is None:
+            self.tls = UpstreamAccess().tls_context()
+        # The gateway's own key for this upstream; never the client's (that is a gateway key).
+        self.auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.pool = RawHTTPPool(self.host, self.port, connect_timeout_s, ssl=self.tls,
+                                host_header=parts.netloc)  # fmt: skip
         self.healthy = True
         self.failures = 0
         self.last_error = ""
@@ -87,13 +144,28 @@ class UpstreamSet:
     """All upstreams, the health loop, and which of them may take a request for a model."""
 
     def __init__(
-        self, urls: list[str], *, health_interval_s: float = 2.0, eject_after: int = 2
+        self,
+        urls: list[str],
+        *,
+        health_interval_s: float = 2.0,
+        eject_after: int = 2,
+        access: UpstreamAccess | None = None,
     ) -> None:
         if not urls:
             raise ConfigError("give at least one --upstream URL")
-        self.all = [Upstream(u) for u in urls]
+        access = access or UpstreamAccess()
+        tls = access.tls_context() if any(u.strip().startswith("https:") for u in urls) else None
+        if not access.verify:
+            log.warning("TLS certificates of https:// upstreams are NOT verified")
+        names = [normalize_url(u) for u in urls]
+        unknown = set(access.api_keys) - set(names)
+        if unknown:
+            raise ConfigError(f"an upstream key names {', '.join(sorted(unknown))}, which is "
+                              "not an --upstream; use the same URL")  # fmt: skip
+        self.all = [Upstream(u, tls=tls, api_key=access.key_for(u)) for u in names]
         if len({u.url for u in self.all}) != len(self.all):
             raise ConfigError("the same --upstream is listed twice")
+        self._tls = tls
         self.health_interval_s = health_interval_s
         self.eject_after = eject_after
         self._client: httpx.AsyncClient | None = None
@@ -101,7 +173,7 @@ class UpstreamSet:
 
     async def start(self) -> None:
         """One health round now (so /v1/models is known), then one every interval."""
-        self._client = httpx.AsyncClient(timeout=2.0, trust_env=False)
+        self._client = httpx.AsyncClient(timeout=2.0, trust_env=False, verify=self._tls or True)
         await self.check_all()
         self._task = asyncio.create_task(self._loop(), name="latlab-gateway-health")
 
@@ -116,7 +188,10 @@ class UpstreamSet:
     async def _check(self, up: Upstream) -> None:
         assert self._client is not None
         try:
-            resp = await self._client.get(f"{up.url}/v1/models")
+            resp = await self._client.get(f"{up.url}/v1/models", headers=up.auth)
+            if resp.status_code in (401, 403):
+                raise ValueError(f"HTTP {resp.status_code}: the upstream refused the gateway's "
+                                 "key (--upstream-key-file)")  # fmt: skip
             if resp.status_code != 200:
                 raise ValueError(f"HTTP {resp.status_code}")
             cards = resp.json().get("data")

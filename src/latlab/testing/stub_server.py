@@ -21,6 +21,7 @@ import functools
 import json
 import math
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -57,6 +58,8 @@ class StubConfig:
     # Serve at most this many generations at once; the rest wait in arrival order, and their
     # TTFT schedule starts when a slot frees (a server with K sequences of capacity).
     max_concurrent: int | None = None
+    # /v1/* answers 401 unless "Authorization: Bearer <api_key>" (an upstream that needs a key).
+    api_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULTS:
@@ -108,8 +111,11 @@ class _Handler:
                 if req is None:
                     break
                 t_read = time.perf_counter_ns()
-                method, path, body, request_id = req
-                keep = await self._dispatch(method, path, body, writer, (request_id, t_read))
+                method, path, body, request_id, auth = req
+                if self._refused(path, auth):
+                    keep = await self._send_json(writer, 401, {"error": {"message": "bad key"}})
+                else:
+                    keep = await self._dispatch(method, path, body, writer, (request_id, t_read))
                 if not keep:
                     break
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -118,10 +124,14 @@ class _Handler:
             with contextlib.suppress(Exception):
                 writer.close()
 
+    def _refused(self, path: str, authorization: str) -> bool:
+        key = self.cfg.api_key
+        return key is not None and path.startswith("/v1/") and authorization != f"Bearer {key}"
+
     async def _read_request(
         self, reader: asyncio.StreamReader
-    ) -> tuple[str, str, bytes, str] | None:
-        """(method, path, body, X-Request-Id) of the next request; None at end of stream."""
+    ) -> tuple[str, str, bytes, str, str] | None:
+        """(method, path, body, X-Request-Id, Authorization) of the next request; None at end."""
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -129,15 +139,17 @@ class _Handler:
         lines = head.decode("latin-1").split("\r\n")
         method, path, _ = lines[0].split(" ", 2)
         length = 0
-        request_id = ""
+        request_id = auth = ""
         for line in lines[1:]:
             low = line.lower()
             if low.startswith("content-length:"):
                 length = int(line.split(":", 1)[1])
             elif low.startswith("x-request-id:"):
                 request_id = line.split(":", 1)[1].strip()
+            elif low.startswith("authorization:"):
+                auth = line.split(":", 1)[1].strip()
         body = await reader.readexactly(length) if length else b""
-        return method, path.split("?", 1)[0], body, request_id
+        return method, path.split("?", 1)[0], body, request_id, auth
 
     async def _dispatch(
         self, method: str, path: str, body: bytes, w: asyncio.StreamWriter, read: tuple[str, int]
@@ -380,9 +392,17 @@ class StubServer:
     (``http://127.0.0.1:PORT/v1``); ``.stats()`` gives the server's own first-chunk times.
     """
 
-    def __init__(self, config: StubConfig | None = None, *, port: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        config: StubConfig | None = None,
+        *,
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.config = config or StubConfig(**kwargs)
         self.port = port
+        self.tls = tls  # a server context: the stub speaks HTTPS
         self._stats = _Stats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -395,7 +415,8 @@ class StubServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/v1"
 
     # -- stats
     def next_request_number(self) -> int:
@@ -433,7 +454,7 @@ class StubServer:
             self.slots = asyncio.Semaphore(self.config.max_concurrent)
         handler = _Handler(self)
         self._server = await asyncio.start_server(
-            handler.serve, "127.0.0.1", self.port, backlog=4096, limit=1 << 20
+            handler.serve, "127.0.0.1", self.port, backlog=4096, limit=1 << 20, ssl=self.tls
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
