@@ -78,8 +78,12 @@ def test_make_router_refuses_unknown_policies_and_bad_factors():
         make_router("prefix", ups(1), load_factor=0.5)
 
 
-def test_upstream_urls_are_plain_http():
+def test_upstream_urls_are_named_without_v1_and_https_gets_tls():
     assert Upstream("http://h:8000/v1/").url == "http://h:8000"
     assert Upstream("http://h:8000/api/v1").path("/completions") == "/api/v1/completions"
-    with pytest.raises(ConfigError, match="plain http"):
-        Upstream("https://h:8000")
+    secure = Upstream("https://h/v1")
+    assert (secure.url, secure.port, secure.pool.host_header) == ("https://h", 443, "h")
+    assert secure.tls is not None and secure.tls.check_hostname
+    assert Upstream("http://h:8000").tls is None
+    with pytest.raises(ConfigError, match="http://HOST:PORT or https://"):
+        Upstream("h:8000")
