@@ -388,6 +388,27 @@ def _check_engine(source: str, text: str, engine: dict[str, Any]) -> None:
         raise ConfigError(f"{_where(source, line)}: [engine]: {exc}") from None
 
 
+def _engine_tables(
+    source: str, text: str, data: dict[str, Any], backend: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The [engine] flags (latlab's checked here, vLLM's by vLLM) and [engine_env] strings."""
+    engine = data.get("engine", {})
+    if not isinstance(engine, dict):
+        raise ConfigError(
+            f"{_where(source, _line_of(text, 'engine'))}: [engine] must be a "
+            "table of EngineConfig fields"
+        )
+    if backend != "vllm":
+        _check_engine(source, text, engine)
+    engine_env = data.get("engine_env", {})
+    if not isinstance(engine_env, dict) or not all(isinstance(v, str) for v in engine_env.values()):
+        raise ConfigError(
+            f"{_where(source, _line_of(text, 'engine_env'))}: [engine_env] must be a table "
+            'of environment settings with string values, e.g. VLLM_CPU_KVCACHE_SPACE = "1"'
+        )
+    return engine, engine_env
+
+
 def plan_from_dict(
     data: dict[str, Any], text: str = "", source: str = "plan", *, backend: str = "latlab"
 ) -> LabPlan:
@@ -411,26 +432,13 @@ def plan_from_dict(
     quality_kwargs, quality_extra = _section(
         source, text, data.get("quality", {}), QualityThresholds, "quality", _QUALITY_EXTRA
     )
-    engine = data.get("engine", {})
-    if not isinstance(engine, dict):
-        raise ConfigError(
-            f"{_where(source, _line_of(text, 'engine'))}: [engine] must be a "
-            "table of EngineConfig fields"
-        )
-    if backend != "vllm":
-        _check_engine(source, text, engine)
+    engine, engine_env = _engine_tables(source, text, data, backend)
     thresholds = QualityThresholds(**quality_kwargs)
     if thresholds.budget is not None:
         try:
             thresholds = parse_quality_budget(thresholds.budget)
         except ConfigError as exc:
             raise ConfigError(f"{_where(source, _line_of(text, 'budget'))}: {exc}") from None
-    engine_env = data.get("engine_env", {})
-    if not isinstance(engine_env, dict) or not all(isinstance(v, str) for v in engine_env.values()):
-        raise ConfigError(
-            f"{_where(source, _line_of(text, 'engine_env'))}: [engine_env] must be a table "
-            'of environment settings with string values, e.g. VLLM_CPU_KVCACHE_SPACE = "1"'
-        )
     plan = LabPlan(
         recipes=_recipes(source, text, data.get("recipes", DEFAULT_RECIPES)),
         workload=LabWorkload(**workload_kwargs),
