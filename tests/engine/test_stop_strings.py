@@ -67,3 +67,19 @@ def test_stops_sharing_prefixes_and_suffixes():
     assert matcher.feed("s") is None and matcher.partial == 1  # may begin "she"
     assert matcher.feed("h") is None and matcher.partial == 2
     assert matcher.feed("e") == -2  # "she" (and "he") end here; "she" began 2 chars back
+
+
+def test_a_long_stop_string_slides_along_text_that_keeps_beginning_it():
+    """The window drops characters from its front as the text runs past a stop's start."""
+    stop = "a" * 50 + "b"
+    matcher = StopStrings([stop, "zz"]).matcher()
+    for _ in range(4):
+        assert matcher.feed("a" * 50) is None
+        assert matcher.partial == 50  # only the last 50 a's can still begin the stop
+    assert matcher.feed("ab") == 1 - 50
+
+
+def test_duplicates_and_empty_strings_in_the_list():
+    matcher = StopStrings(["", "ab", "ab", "b"]).matcher()
+    assert matcher.feed("xa") is None and matcher.partial == 1
+    assert matcher.feed("b") == -1  # "ab" and "b" end together: the longer one wins

@@ -2,8 +2,8 @@
 
 Each new token is decoded together with a few tokens before it and only the text that
 grew is emitted; while the decoded tail ends in U+FFFD (half a UTF-8 character), nothing
-is emitted until the next token completes it. Stop strings are matched by an automaton
-(latlab.engine.stop_strings) that reads each character once, however many there are.
+is emitted until the next token completes it. Stop strings are matched a character at a time
+(latlab.engine.stop_strings) at a cost per character that does not grow with their number.
 """
 
 from __future__ import annotations
