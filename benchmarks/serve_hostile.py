@@ -4,13 +4,19 @@ For each scenario a probe stream (greedy, EOS ignored) runs while the hostile re
 over and over, and ``GET /health`` is polled every 10 ms. Figures per scenario: the probe's
 largest gap between chunks and /health's slowest answer, as ratios to the quiet scenario of
 the same run (goal: within 2x), plus what the hostile requests got back and the server's
-peak RSS. Scenarios are interleaved across repeats; medians are reported.
+peak RSS. Scenarios are interleaved across repeats, and with the anchor's (both servers run
+at once; the idle one costs nothing); medians are reported.
 
 Anchor (``--anchor-ref``): the same scenarios against latlab serve built from an older commit
 (before the guard), launched the same way in the same run.
 
     nice -n 10 .venv/bin/python benchmarks/serve_hostile.py --repeats 3 \\
         --anchor-ref baaf37c --json benchmarks/results/serve_hostile.json
+
+``--header-timeout S`` (passed to both servers, which must know the flag) makes the half-sent
+requests time out while the probe runs: their sockets open ``S - 0.5`` seconds before it
+starts, so the heads' timeouts fire half a second into the probe (and the bodies' too when
+``--body-timeout`` is short enough).
 """
 
 from __future__ import annotations
@@ -213,7 +219,7 @@ def _send_hostile(base: str, scenario: Scenario, stop: threading.Event, out: dic
     out.update(statuses=dict(statuses), durations=durations)
 
 
-def measure(base: str, pid: int, scenario: Scenario, tokens: int) -> Sample:
+def measure(base: str, pid: int, scenario: Scenario, tokens: int, lead_s: float = 0.3) -> Sample:
     stop = threading.Event()
     health: dict = {}
     hostile: dict = {}
@@ -224,7 +230,7 @@ def measure(base: str, pid: int, scenario: Scenario, tokens: int) -> Sample:
     with holder:
         for thread in threads:
             thread.start()
-        time.sleep(0.3)  # the hostile request is in flight before the probe starts
+        time.sleep(lead_s)  # the hostile request is in flight before the probe starts
         arrivals = _probe(base, tokens)
         stop.set()
         for thread in threads:
@@ -249,9 +255,10 @@ def measure(base: str, pid: int, scenario: Scenario, tokens: int) -> Sample:
 
 
 @contextlib.contextmanager
-def server(src: Path, model: str | None, label: str) -> Iterator[tuple[str, int]]:
+def server(src: Path, model: str | None, label: str, flags: list[str]) -> Iterator[tuple[str, int]]:
     port = free_port()
     argv = [sys.executable, "-c", _CLI, "serve", *([model] if model else []), "--port", str(port)]
+    argv += flags
     spec = ProcessSpec(argv=argv, name=label, env={"PYTHONPATH": str(src)})
     with ManagedProcess(spec) as proc:
         base = f"http://127.0.0.1:{port}"
@@ -319,19 +326,35 @@ def print_table(label: str, rows: list[dict]) -> None:
         )
 
 
-def run_side(src: Path, label: str, args: argparse.Namespace, repeats: int) -> list[dict]:
+@dataclass(kw_only=True, slots=True)
+class Side:
+    label: str
+    src: Path
+    repeats: int
+    samples: list[Sample] = field(default_factory=list)
+
+
+def run_sides(sides: list[Side], args: argparse.Namespace) -> None:
+    """Both servers up at once (an idle one costs nothing), scenarios interleaved A/B."""
     chosen = [s for s in scenarios() if not args.only or s.name in args.only or s.name == "quiet"]
-    samples = []
-    with server(src, args.model, label) as (base, pid):
-        _probe(base, 8)  # warm up
-        for repeat in range(repeats):
-            for scenario in chosen:
-                sample = measure(base, pid, scenario, args.tokens)
-                print(
-                    f"  {label} repeat {repeat + 1}: {scenario.name}: {asdict(sample)}", flush=True
-                )
-                samples.append(sample)
-    return summarize(samples)
+    flags = [f"--{name.replace('_', '-')}={getattr(args, name)}"
+             for name in ("header_timeout", "body_timeout") if getattr(args, name)]  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        up = [(side, stack.enter_context(server(side.src, args.model, side.label, flags)))
+              for side in sides]  # fmt: skip
+        for _, (base, _pid) in up:
+            _probe(base, 8)  # warm up
+        for repeat, scenario in itertools.product(range(max(s.repeats for s in sides)), chosen):
+            for side, (base, pid) in up:
+                if repeat >= side.repeats:
+                    continue
+                lead = 0.3
+                if scenario.sockets and args.header_timeout:
+                    lead = max(lead, args.header_timeout - 0.5)
+                sample = measure(base, pid, scenario, args.tokens, lead)
+                print(f"  {side.label} repeat {repeat + 1}: {scenario.name}: {asdict(sample)}",
+                      flush=True)  # fmt: skip
+                side.samples.append(sample)
 
 
 def main() -> None:
@@ -342,16 +365,26 @@ def main() -> None:
     parser.add_argument("--anchor-ref", default=None, help="git ref of the anchor server")
     parser.add_argument("--anchor-repeats", type=int, default=1)
     parser.add_argument("--only", nargs="*", help="scenario names (quiet always runs)")
+    parser.add_argument("--header-timeout", type=float, default=None, help="serve flag, both")
+    parser.add_argument("--body-timeout", type=float, default=None, help="serve flag, both")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     result = {
         "load_before": os.getloadavg(),
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    result["latlab"] = run_side(REPO / "src", "latlab serve", args, args.repeats)
+    sides = [Side(label="latlab serve", src=REPO / "src", repeats=args.repeats)]
+    with contextlib.ExitStack() as stack:
+        if args.anchor_ref:
+            src = stack.enter_context(checkout(args.anchor_ref))
+            sides.append(
+                Side(label=f"anchor {args.anchor_ref}", src=src, repeats=args.anchor_repeats)
+            )
+        run_sides(sides, args)
+    result["latlab"] = summarize(sides[0].samples)
     if args.anchor_ref:
-        with checkout(args.anchor_ref) as src:
-            result["anchor"] = run_side(src, f"anchor {args.anchor_ref}", args, args.anchor_repeats)
+        result["anchor"] = summarize(sides[1].samples)
+    result["args"] = {k: v for k, v in vars(args).items() if k != "json"}
     result["load_after"] = os.getloadavg()
     print_table("latlab serve (this tree)", result["latlab"])
     if "anchor" in result:
