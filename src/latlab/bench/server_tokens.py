@@ -9,6 +9,7 @@ counts are exactly as long as asked in the server's own tokens (latlab.prompt_wo
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
 import httpx
@@ -53,14 +54,14 @@ class ServerTokenCounter:
 
     async def count(self, texts: list[str]) -> list[int]:
         """Tokens of each text sent as a prompt (as the user message with --api chat)."""
-        return list(await asyncio.gather(*(self._one(t) for t in texts)))
+        return await _all_or_none([self._one(t) for t in texts])
 
     async def count_plain(self, texts: list[str]) -> list[int] | None:
         """Tokens of each text alone, no special tokens (a recorded reply's length); None
         when only probes can count (then: prompt count minus the per-prompt offset)."""
         if self.method != TOKENIZE:
             return None
-        return list(await asyncio.gather(*(self._one(t, plain=True) for t in texts)))
+        return await _all_or_none([self._one(t, plain=True) for t in texts])
 
     async def _one(self, text: str, plain: bool = False) -> int:
         async with self._gate:
@@ -99,6 +100,23 @@ class ServerTokenCounter:
             raise TargetError(f"a probe request answered HTTP {resp.status_code}")
         usage = _json(resp).get("usage")
         return _positive(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
+
+
+async def _all_or_none(probes: list[Coroutine[Any, Any, int]]) -> list[int]:
+    """Every probe's count, or the first failure with the other probes cancelled and awaited.
+
+    A bare ``asyncio.gather`` leaves the siblings of a failed probe running: they went on
+    sending calibration requests into the measured run (found as probe requests between the
+    benchmark's own, which also shifted a fault stub's every-Nth pattern).
+    """
+    tasks = [asyncio.ensure_future(p) for p in probes]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _json(resp: httpx.Response) -> dict[str, Any]:
