@@ -106,7 +106,7 @@ def serve(stack: ExitStack, *flags: str) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def litellm(stack: ExitStack, upstream: str, work: Path) -> str | None:
+def litellm(stack: ExitStack, upstream: str, work: Path) -> tuple[str, int] | None:
     if not LITELLM.exists():
         return None
     port = free_port()
@@ -119,18 +119,18 @@ def litellm(stack: ExitStack, upstream: str, work: Path) -> str | None:
             "--num_workers", "1"]  # fmt: skip
     env = {"LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true", "LITELLM_LOG": "ERROR"}
     health = f"http://127.0.0.1:{port}/health/liveliness"
-    stack.enter_context(process(argv, "litellm", health, env))
-    return f"http://127.0.0.1:{port}"
+    proc = stack.enter_context(process(argv, "litellm", health, env))
+    return f"http://127.0.0.1:{port}", proc.pid
 
 
-def sglang_router(stack: ExitStack, upstream: str) -> str | None:
+def sglang_router(stack: ExitStack, upstream: str) -> tuple[str, int] | None:
     if not SGLANG_PY.exists():
         return None
     port = free_port()
     argv = [str(SGLANG_PY), "-m", "sglang_router.launch_router", "--worker-urls", upstream,
             "--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin"]  # fmt: skip
-    stack.enter_context(process(argv, "sglang-router", f"http://127.0.0.1:{port}/health"))
-    return f"http://127.0.0.1:{port}"
+    proc = stack.enter_context(process(argv, "sglang-router", f"http://127.0.0.1:{port}/health"))
+    return f"http://127.0.0.1:{port}", proc.pid
 
 
 # ---- measuring ---------------------------------------------------------------------------
@@ -146,7 +146,8 @@ def bench(url: str, out: Path, *, concurrency: int, requests: int, extra: list[s
     done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"latlab bench failed: {done.stderr.strip()[-400:]}")
-    return json.loads(out.read_text())["levels"][0]
+    data = json.loads(out.read_text())
+    return {**data["levels"][0], "warmup_requests": data.get("warmup_requests", 0)}
 
 
 def get(url: str) -> str:
@@ -184,33 +185,61 @@ def machine() -> dict[str, Any]:
 # ---- overhead ----------------------------------------------------------------------------
 
 
+def overhead_targets(
+    args: argparse.Namespace, stack: ExitStack, upstream: str, work: Path
+) -> dict[str, tuple[str, int | None]]:
+    """name -> (URL, process id whose CPU is counted): direct, latlab gateway, the others."""
+    targets: dict[str, tuple[str, int | None]] = {
+        "direct": (upstream, None),
+        "latlab-gateway": gateway_process(stack, [upstream], "--cache", "off"),
+    }
+    if args.baseline_src:  # the same gateway from another checkout's src/, A/B in one run
+        env = {"PYTHONPATH": str(Path(args.baseline_src).resolve())}
+        targets["latlab-gateway@base"] = gateway_process(stack, [upstream], "--cache", "off",
+                                                         env=env)  # fmt: skip
+    for name, start in (("sglang-router", lambda: sglang_router(stack, upstream)),
+                        ("litellm", lambda: litellm(stack, upstream, work))):  # fmt: skip
+        if name in args.others:
+            started = start()
+            if started is not None:
+                targets[name] = started
+    return targets
+
+
 def overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     levels = [int(x) for x in args.levels.split(",")]
     with ExitStack() as stack:
         upstream = stub(stack)
-        targets = {
-            "direct": upstream,
-            "latlab-gateway": gateway(stack, [upstream], "--cache", "off"),
-        }
-        for name, start in (("sglang-router", lambda: sglang_router(stack, upstream)),
-                            ("litellm", lambda: litellm(stack, upstream, work))):  # fmt: skip
-            if name in args.others:
-                url = start()
-                if url is not None:
-                    targets[name] = url
+        targets = overhead_targets(args, stack, upstream, work)
         rows = []
         for c in levels:
             for r in range(args.repeats):
-                for name, url in targets.items():  # interleaved: A B C A B C ...
+                for name, (url, pid) in targets.items():  # interleaved: A B C A B C ...
                     post(upstream + "/stub/reset")
                     extra = ["--warmup", str(min(c, 16)), "--input-len", "32", "--output-len",
                              "64", "--tokenizer", str(TOKENIZER)]  # fmt: skip
+                    before = cpu_seconds(pid) if pid else 0.0
                     level = bench(url, work / f"o-{name}-{c}-{r}.json", concurrency=c,
                                   requests=REQUESTS.get(c, 4 * c), extra=extra)  # fmt: skip
                     truth = json.loads(get(upstream + "/stub/stats"))["first_chunk_ms"]
                     rows.append(_overhead_row(name, c, r, level, truth))
+                    rows[-1]["cpu_us_per_chunk"] = _cpu_per_chunk(pid, before, level)
                     print(_fmt_overhead(rows[-1]), flush=True)
-    return {"rows": rows, "summary": _overhead_summary(rows, levels, list(targets))}
+    summary = _overhead_summary(rows, levels, list(targets))
+    for item in summary:
+        mine = [r["cpu_us_per_chunk"] for r in rows if r["target"] == item["target"]
+                and r["concurrency"] == item["concurrency"]]  # fmt: skip
+        item["cpu_us_per_chunk"] = med(mine)
+    return {"rows": rows, "summary": summary}
+
+
+def _cpu_per_chunk(pid: int | None, before: float, level: dict) -> float | None:
+    """The proxy process's CPU time per forwarded chunk (64 chunks a request), warm-up included
+    in both the time and the count."""
+    if not pid:
+        return None
+    chunks = (level["summary"]["completed"] + level.get("warmup_requests", 0)) * 64
+    return round(1e6 * (cpu_seconds(pid) - before) / max(1, chunks), 1)
 
 
 def _overhead_row(name: str, c: int, r: int, level: dict, truth: list[float]) -> dict:
@@ -223,9 +252,11 @@ def _overhead_row(name: str, c: int, r: int, level: dict, truth: list[float]) ->
 
 
 def _fmt_overhead(row: dict) -> str:
-    return (f"  {row['target']:>15} c={row['concurrency']:<4} r{row['repeat']} "
+    cpu = row.get("cpu_us_per_chunk")
+    return (f"  {row['target']:>19} c={row['concurrency']:<4} r{row['repeat']} "
             f"TTFT p50 {row['ttft_p50']:.2f} p99 {row['ttft_p99']:.2f} gap p50 "
-            f"{row['gap_p50']:.2f} ms ok {row['completed']} fail {row['failed']}")  # fmt: skip
+            f"{row['gap_p50']:.2f} ms ok {row['completed']} fail {row['failed']}"
+            + (f" cpu {cpu} us/chunk" if cpu else ""))  # fmt: skip
 
 
 def _overhead_summary(rows: list[dict], levels: list[int], names: list[str]) -> list[dict]:
@@ -528,6 +559,9 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=96,
                    help="cache/routing/parser: requests per run")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=8, help="routing: concurrent streams")
+    p.add_argument("--baseline-src", default=None, metavar="DIR",
+                   help="overhead: also run the gateway from DIR (another checkout's src/), "
+                   "interleaved with this one")  # fmt: skip
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     if args.study == "report":

@@ -66,6 +66,20 @@ def test_each_read_gets_its_own_timestamp():
     assert (status, body, n_reads) == (200, b"abcd", 2)
 
 
+def test_one_whole_chunk_per_read_and_chunk_extensions_both_parse():
+    # The usual stream read (exactly one chunk) is sliced directly; an extension, a bad size
+    # or a read holding less or more than one chunk takes the careful path.
+    reads = [CHUNKED, b"3\r\nabc\r\n", b"2;x=y\r\nde\r\n", b"1\r\nf\r\n1\r\n", b"g\r\n",
+             b"0\r\n\r\n"]  # fmt: skip
+    handler, _ = serve([reads], pause_s=0.01)
+    status, body, n_reads = asyncio.run(_post(handler))[0]
+    assert (status, body, n_reads) == (200, b"abcdefg", 4)
+    handler, _ = serve([[CHUNKED, b"zz\r\nab\r\n"]])
+    with pytest.raises(HTTPStreamError) as err:
+        asyncio.run(_post(handler))
+    assert err.value.reason == "malformed_http"
+
+
 def test_content_length_and_read_to_close_bodies():
     handler, _ = serve([[b"HTTP/1.1 429 Too Many\r\nContent-Length: 4\r\n\r\nslow"]])
     assert asyncio.run(_post(handler))[0][:2] == (429, b"slow")

@@ -86,7 +86,8 @@ class _Conn(asyncio.Protocol):
             if not data:
                 return
         if self.mode == "chunked":
-            self._chunked(ns, data)
+            if self.cbuf or self.left or not self._one_chunk(ns, data):
+                self._chunked(ns, data)
         elif self.mode == "length":
             self.reads.append((ns, data))
             self.left -= len(data)
@@ -128,6 +129,22 @@ class _Conn(asyncio.Protocol):
             self._finish()
             return b""
         return rest
+
+    def _one_chunk(self, ns: int, data: bytes) -> bool:
+        """The usual read of a stream, exactly one whole ``SIZE CRLF payload CRLF``: sliced
+        straight out of ``data`` (no buffer). False leaves anything else to ``_chunked``."""
+        i = data.find(b"\r\n", 0, 20)
+        if i <= 0:
+            return False
+        try:
+            size = int(data[:i], 16)
+        except ValueError:  # a chunk extension or a bad size line: the careful path decides
+            return False
+        end = i + 2 + size
+        if size == 0 or len(data) != end + 2 or not data.endswith(b"\r\n"):
+            return False
+        self.reads.append((ns, data[i + 2 : end]))  # type: ignore[union-attr]
+        return True
 
     def _chunked(self, ns: int, data: bytes) -> None:
         buf = self.cbuf
@@ -283,19 +300,31 @@ class RawHTTPPool:
 
     @staticmethod
     async def _wait(conn: _Conn, timeout_s: float) -> None:
+        """Until the response ends; a timer (re-armed, never per read) fails it when idle.
+
+        One ``call_later`` per request instead of ``asyncio.wait(timeout=)``, whose set, waiter
+        future and callbacks cost a measurable share of the gateway's per-request CPU.
+        """
         done = conn.done_fut
         if done is None:
             raise HTTPStreamError("connection_error", "connection closed before the request")
-        wait_s = timeout_s
-        while True:
-            await asyncio.wait((done,), timeout=wait_s)
+        loop = asyncio.get_running_loop()
+
+        def check() -> None:
+            nonlocal timer
             if done.done():
-                done.result()  # raises the stream's error, if any
                 return
             idle_s = (_now() - conn.last_ns) / 1e9
             if idle_s >= timeout_s:
-                raise HTTPStreamError("timeout", f"no byte for {timeout_s:g} s")
-            wait_s = timeout_s - idle_s
+                done.set_exception(HTTPStreamError("timeout", f"no byte for {timeout_s:g} s"))
+            else:
+                timer = loop.call_later(timeout_s - idle_s, check)
+
+        timer = loop.call_later(timeout_s, check)
+        try:
+            await done  # raises the stream's error, if any
+        finally:
+            timer.cancel()
 
     def close(self) -> None:
         while self._idle:

@@ -33,6 +33,7 @@ from latlab.gateway.keys import ANONYMOUS, KeyRing, Tenant, load_keys
 from latlab.gateway.limits import MemoryLimiter, RedisLimiter
 from latlab.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from latlab.gateway.recording import Recording
+from latlab.gateway.relay import Relay
 from latlab.gateway.routing import make_router
 from latlab.gateway.trim import TrimError, Trimmer
 from latlab.gateway.upstreams import Upstream, UpstreamSet
@@ -86,6 +87,36 @@ class _Request:
         """The prompt's length in tokens: exact for token ids, else 4 characters a token."""
         prompt = self.prompt or ()
         return len(prompt) if isinstance(prompt, list) else len(prompt) // 4
+
+
+class _FirstContent:
+    """The gateway's TTFT, observed once: when the first piece with content is written."""
+
+    __slots__ = ("arrival", "flight", "histogram", "seen")
+
+    def __init__(self, flight: Flight, histogram: Any, arrival: int) -> None:
+        self.flight, self.histogram, self.arrival = flight, histogram, arrival
+        self.seen = False
+
+    def check(self, written: int) -> None:
+        if not self.seen and 0 <= self.flight.first_content < written:
+            self.seen = True
+            self.histogram.observe((_now() - self.arrival) / 1e9)
+
+
+async def _relayed(
+    flight: Flight, client: asgi.ClientWatch, send: Any, sent: int, on_content: Any
+) -> int:
+    """The flight writes to this client until it ends, a send stalls or the client leaves;
+    the pieces written by then (latlab.gateway.relay)."""
+    relay = Relay(send, sent, on_content)
+    flight.attach(relay)
+    try:
+        await client.wait(relay.wake)
+    finally:
+        flight.detach(relay)
+    await relay.settle(abandon=client.gone)
+    return relay.sent
 
 
 def _failure_of(flight: Flight) -> UpstreamFailure | None:
@@ -394,19 +425,20 @@ class Gateway:
     async def _pieces(
         self, flight: Flight, client: asgi.ClientWatch, send: Any, arrival: int, label: str
     ) -> None:
-        sent, ttft_seen = 0, False
+        sent = 0
         pieces = flight.pieces
+        first = _FirstContent(flight, self.metrics.ttft.labels(label), arrival)
         while not client.gone:
             n = len(pieces)
             if sent < n:
                 data = pieces[sent] if n - sent == 1 else b"".join(pieces[sent:n])
-                if not ttft_seen and 0 <= flight.first_content < n:
-                    ttft_seen = True
-                    self.metrics.ttft.labels(label).observe((_now() - arrival) / 1e9)
+                first.check(n)
                 sent = n
                 await send({"type": "http.response.body", "body": data, "more_body": True})
             elif flight.done:
                 break
+            elif flight.streaming:  # caught up: the flight writes the next pieces itself
+                sent = await _relayed(flight, client, send, sent, first.check)
             else:
                 await client.wait(flight.waiter())
         if client.gone:

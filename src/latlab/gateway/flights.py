@@ -30,6 +30,7 @@ from latlab.gateway.recording import (
     tokens_spent,
     usage_of,
 )
+from latlab.gateway.relay import Relay
 from latlab.gateway.upstreams import Upstream
 
 # Statuses that mean "this upstream cannot take it now": retried once on another upstream.
@@ -132,6 +133,7 @@ class Flight:
         self._saw_done = False
         self._bad_event = False
         self._waiters: list[asyncio.Future[None]] = []
+        self._relays: list[Relay] = []  # caught-up followers this flight writes to itself
 
     # ---- followers ---------------------------------------------------------------------------
 
@@ -146,6 +148,28 @@ class Flight:
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         return fut
+
+    def attach(self, relay: Relay) -> None:
+        """Each new piece is written to ``relay`` as it arrives (latlab.gateway.relay)."""
+        if self.done:
+            relay.release()
+        else:
+            self._relays.append(relay)
+
+    def detach(self, relay: Relay) -> None:
+        if relay in self._relays:
+            self._relays.remove(relay)
+
+    def _push(self) -> None:
+        relays = self._relays
+        for relay in relays[:] if len(relays) > 1 else relays:
+            if not relay.push(self.pieces):
+                self.detach(relay)
+
+    def _release(self) -> None:
+        relays, self._relays = self._relays, []
+        for relay in relays:
+            relay.release()
 
     # ---- the sink ----------------------------------------------------------------------------
 
@@ -181,7 +205,10 @@ class Flight:
                 self.first_content = len(self.pieces)
             self._inspect(event)
         self.pieces.append(events[0] if len(events) == 1 else b"".join(events))
-        self._notify()
+        if self._relays:
+            self._push()
+        if self._waiters:
+            self._notify()
 
     def _inspect(self, event: bytes) -> None:
         """Note the end marker, error events and usage (the usage chunk is the last but one)."""
@@ -257,6 +284,7 @@ class Flight:
         self.done = True
         if self.usage is None and self.status == 200 and self._splitter is None:
             self.usage = self.recording().usage
+        self._release()
         self._notify()
 
     # ---- results -----------------------------------------------------------------------------
@@ -306,6 +334,7 @@ class Flight:
             self.task.cancel()
         self.error = self.error or "cancelled: every client left"
         self.done = True
+        self._release()
 
 
 class Flights:

@@ -103,7 +103,8 @@ class Upstream:
         self.last_error = ""
         self.outstanding = 0
         self.outstanding_tokens = 0
-        self.model_cards: list[dict[str, Any]] = []
+        self._cards: list[dict[str, Any]] = []
+        self.models: frozenset[str] = frozenset()  # the cards' ids, read on every request
         self.checked = False  # True once a health check answered
 
     def __repr__(self) -> str:
@@ -113,8 +114,14 @@ class Upstream:
         return f"{self.prefix}/v1{endpoint}"
 
     @property
-    def models(self) -> set[str]:
-        return {str(c.get("id")) for c in self.model_cards}
+    def model_cards(self) -> list[dict[str, Any]]:
+        """The upstream's ``/v1/models`` entries, as its last health check returned them."""
+        return self._cards
+
+    @model_cards.setter
+    def model_cards(self, cards: list[dict[str, Any]]) -> None:
+        self._cards = cards
+        self.models = frozenset(str(c.get("id")) for c in cards)
 
     def begin(self, tokens: int) -> None:
         self.outstanding += 1
