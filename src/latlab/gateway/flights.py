@@ -129,7 +129,7 @@ class Flight:
         self.usage: dict[str, Any] | None = None
         self._splitter: SSESplitter | None = None
         self._events: list[bytes] = []
-        self._offsets_ms: list[float] = []
+        self._arrivals_ns: list[int] = []  # each event's arrival (offsets made when recorded)
         self._saw_done = False
         self._bad_event = False
         self._waiters: list[asyncio.Future[None]] = []
@@ -191,32 +191,32 @@ class Flight:
             self.pieces.append(data)
             self._notify()
             return
-        if not splitter.pending and data.endswith(b"\n\n") and data.find(b"\n\n") == len(data) - 2:
-            events = [data]  # the usual read: exactly one whole event
-        else:
+        if splitter.pending or data.find(b"\n\n") != len(data) - 2:
             events = splitter.feed(data)
             if not events:
                 return
-        offset_ms = (ns - self.send_ns) / 1e6
-        for event in events:
-            self._events.append(event)
-            self._offsets_ms.append(offset_ms)
-            if self.first_content < 0 and has_content(event):
-                self.first_content = len(self.pieces)
-            self._inspect(event)
-        self.pieces.append(events[0] if len(events) == 1 else b"".join(events))
+            for event in events:
+                self._keep(ns, event)
+            data = events[0] if len(events) == 1 else b"".join(events)
+        else:  # the usual read: exactly one whole event
+            self._keep(ns, data)
+        self.pieces.append(data)
         if self._relays:
             self._push()
         if self._waiters:
             self._notify()
 
-    def _inspect(self, event: bytes) -> None:
-        """Note the end marker, error events and usage (the usage chunk is the last but one)."""
+    def _keep(self, ns: int, event: bytes) -> None:
+        """Record one event; note the first content, the end marker, errors and usage."""
+        self._events.append(event)
+        self._arrivals_ns.append(ns)
+        if self.first_content < 0 and has_content(event):
+            self.first_content = len(self.pieces)
         if event.startswith(DONE_EVENT):
             self._saw_done = True
         elif is_error_event(event):
             self._bad_event = True
-        elif b'"usage":{' in event or b'"usage": {' in event:
+        elif b'"usage"' in event:  # the usage chunk (the last but one), or a null usage
             usage = usage_of(event)
             if usage is not None:
                 self.usage = usage
@@ -324,7 +324,7 @@ class Flight:
             content_type=self.content_type,
             stream=stream,
             events=list(self._events) if stream else [],
-            offsets_ms=list(self._offsets_ms) if stream else [],
+            offsets_ms=[(t - self.send_ns) / 1e6 for t in self._arrivals_ns] if stream else [],
             body=b"" if stream else b"".join(self.pieces),
             created_s=time.time(),
         )
