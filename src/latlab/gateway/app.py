@@ -244,7 +244,7 @@ class Gateway:
             recording = await self.cache.get(plan.key, plan.control) if plan.read else None
             if recording is not None:
                 self.metrics.cache.labels("hit").inc()
-                await self._charge_reused(req, recording.tokens(req.prompt_tokens))  # known now
+                await self._charge_reused(req, recording)  # its tokens are known now
                 await self._replay(req, recording, client, send)
                 return
             flight = self.flights.join(plan.key) if plan.coalesce else None
@@ -254,7 +254,7 @@ class Gateway:
                 flight = self._launch(req)
             await self._follow(req, flight, client, send, label)
             if label == "coalesced" and flight.complete:
-                await self._charge_reused(req, flight.tokens(req.prompt_tokens))
+                await self._charge_reused(req, flight)
         finally:
             client.close()
 
@@ -284,10 +284,10 @@ class Gateway:
             plan=self._plan(endpoint, body, headers, tenant),
         )  # fmt: skip
 
-    async def _charge_reused(self, req: _Request, tokens: int) -> None:
+    async def _charge_reused(self, req: _Request, answer: Recording | Flight) -> None:
         """A cached or coalesced answer spends the key's tokens too (latlab.gateway.keys)."""
-        if req.tenant.count_cache_hits:
-            await self.limiter.charge(req.tenant, tokens)
+        if req.tenant.count_cache_hits and req.tenant.tokens_per_minute:
+            await self.limiter.charge(req.tenant, answer.tokens(req.prompt_tokens))
 
     def _tenant(self, headers: dict[str, str]) -> Tenant:
         if self.keys is None:
@@ -383,7 +383,8 @@ class Gateway:
             return up, len(candidates) > 1
 
         async def after(done: Flight) -> None:
-            await self.limiter.charge(req.tenant, done.tokens(req.prompt_tokens))
+            if req.tenant.tokens_per_minute:
+                await self.limiter.charge(req.tenant, done.tokens(req.prompt_tokens))
             if plan.write and self.cache is not None and plan.key and done.complete:
                 await self.cache.put(plan.key, done.recording())
 
