@@ -52,12 +52,31 @@ def test_settings_route_to_one_backend_by_prefix() -> None:
         (["--engine-env", "A=1"], "--engine-env applies to launched servers"),
         (["--backend", "latlab-server", "--engine-env", "A"], "must look like NAME=VALUE"),
         (["--backend", "vllm", "--vllm-cmd", "/nowhere/vllm"], "vLLM not found"),
+        (["--compare-model", "/m/pruned"], "--compare-model launches servers"),
+        (["--backend", "vllm", "--model", "/a/m", "--compare-model", "/b/m"], "distinct folder"),
     ],
 )
 def test_bad_server_options_fail_in_one_line(args: list[str], message: str) -> None:
     with pytest.raises(LatlabError, match=message) as err:
         _bench(*args, *SMALL)
     assert "\n" not in str(err.value)
+
+
+def test_each_model_is_launched_on_each_server_and_labelled(tmp_path: Path) -> None:
+    import sys
+
+    from latlab.cli.bench import _server_runs
+
+    opts = {"engine_arg": ("vllm:dtype=float32",), "engine_env": (), "vllm_cmd": sys.executable}
+    runs = _server_runs(opts, ["vllm", "latlab-server"], ["/m/tiny", "/m/pruned3/"], tmp_path)
+    assert [(r.label, r.settings.model) for r in runs] == [
+        ("vllm-tiny", "/m/tiny"), ("latlab-server-tiny", "/m/tiny"),
+        ("vllm-pruned3", "/m/pruned3/"), ("latlab-server-pruned3", "/m/pruned3/"),
+    ]  # fmt: skip
+    assert runs[2].settings.engine_args == {"dtype": "float32"}
+    assert runs[3].settings.engine_args == {}
+    alone = _server_runs(opts, ["vllm"], ["/m/tiny"], tmp_path)
+    assert [r.label for r in alone] == ["vllm"]
 
 
 @pytest.mark.slow

@@ -148,3 +148,31 @@ def test_a_capacity_search_draws_its_frontier(sweeps):
     assert [r.label for r in chart.refs] == ["SLO TTFT 100 ms", "answer 6"]
     assert [row[0] for row in section.plots[0].table.rows] == ["1", "2", "4", "6", "7", "8"]
     assert "Status found; answer 6 concurrent users" in section.intro
+
+
+def test_the_strategy_table_shows_the_seeds_claim_beside_the_measured_figure(tmp_path):
+    from latlab.optimize.seed_claims import seed_column
+    from tests.report.conftest import as_run
+
+    ttft = {"baseline": 100.0, "candidate": 70.0, "change_pct": -30.0, "noise_pct": 2.0,
+            "significant": True, "improved": True, "worsened": False}  # fmt: skip
+    trials = [{"name": "prune-layers-1", "level": "model", "verdict": "reject", "reason": "",
+               "deltas": {"ttft": ttft}, "quality": None},
+              {"name": "int4-weight-only", "level": "model", "verdict": "skip",
+               "reason": "needs CUDA", "deltas": {}, "quality": None},
+              {"name": "tf32", "level": "system", "verdict": "skip", "reason": "CUDA only",
+               "deltas": {}, "quality": None}]  # fmt: skip
+    for trial in trials:
+        trial["seed_claim"] = seed_column(trial["name"], trial["verdict"], trial["deltas"])
+    result = {"kind": "latlab.optimize", "model": "bundled", "figures": {"ttft": {}},
+              "trials": trials, "adopted": []}  # fmt: skip
+    write_report([as_run(result, "lab", kind="optimize")], tmp_path / "r.html")
+    html = tmp_path / "r.html"
+    table = re.search(r'<table class="strategy">.*?</table>', html.read_text(), re.S).group(0)
+    rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)
+    assert "<th>seed's claim</th>" in rows[0]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for row in rows[1:]]
+    claims = {row[0]: row[-2] for row in cells}
+    assert claims == {"prune-layers-1": "TTFT -20-40%, quality low -&gt; -30%: within",
+                      "int4-weight-only": "TTFT -30-50%, quality low -&gt; not measured",
+                      "tf32": "-"}  # fmt: skip

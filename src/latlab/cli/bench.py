@@ -171,6 +171,14 @@ def _tokenizer(name: str) -> Any:
     "vllm | latlab-server: launch that server on --model, measure it over HTTP, stop it; "
     "several servers comma-separated (vllm,latlab-server) are compared on one workload.",
 )
+@click.option(
+    "--compare-model",
+    "compare_models",
+    multiple=True,
+    metavar="PATH",
+    help="With a server --backend: also launch it on this model (a pruned or distilled "
+    "checkpoint, say) and compare with --model on the same workload (repeatable).",
+)
 @click.option("--concurrency", metavar="LIST", help="Closed loop users per level, e.g. 1,4,16.")
 @click.option("--rate", metavar="LIST", help="Open loop requests/s per level, e.g. 1,2,4 or inf.")
 @click.option(
@@ -316,6 +324,9 @@ def bench(**opts: Any) -> int:
     backends = _backends(opts["backend"])
     config = _config(opts)
     show = not opts["no_progress"] and sys.stderr.isatty()
+    if opts["compare_models"] and backends[0] not in SERVER_BACKENDS:
+        raise ConfigError("--compare-model launches servers: give --backend "
+                          f"{' or '.join(SERVER_BACKENDS)}")  # fmt: skip
     if backends[0] in SERVER_BACKENDS:
         if opts["find"]:
             raise ConfigError("--find measures one server: give --url, or one --backend at a time")
@@ -485,10 +496,9 @@ def _per_backend(settings: dict[str, Any], names: list[str]) -> dict[str, dict[s
 
 
 def _bench_servers(opts: dict[str, Any], config: Any, names: list[str], show: bool) -> int:
-    """Launch each server (latlab.deploy), measure it over HTTP, stop it; compare them."""
-    from latlab.bench.served import ServerRun, bench_servers, comparison_table
-    from latlab.deploy import LaunchSettings, make_backend
-    from latlab.deploy.flags import parse_env
+    """Launch each server (latlab.deploy) on each model, measure it over HTTP, stop it; compare
+    them."""
+    from latlab.bench.served import bench_servers, comparison_table
 
     if opts["url"] or opts["callable_spec"]:
         raise ConfigError("--backend vllm / latlab-server launches its own server: drop --url")
@@ -496,25 +506,41 @@ def _bench_servers(opts: dict[str, Any], config: Any, names: list[str], show: bo
     if store is not None:
         store.close()  # opened now so a bad store fails before minutes of launches
     model = opts["model"] or str(_bundled())
-    args = _per_backend(_engine_args(opts["engine_arg"]), names)
-    env = _per_backend(parse_env(opts["engine_env"], "--engine-env"), names)
     run_dir = Path(opts["run_dir"] or _default_run_dir())
-    runs = [ServerRun(backend=make_backend(name, vllm_cmd=opts["vllm_cmd"]),
-                      settings=LaunchSettings(model=model, engine_args=args[name],
-                                              env=env[name], log_dir=run_dir))
-            for name in names]  # fmt: skip
+    runs = _server_runs(opts, names, [model, *opts["compare_models"]], run_dir)
     tokenizer = _tokenizer(opts["tokenizer"] or model) if _has_tokenizer(opts, model) else None
     say = (lambda m: click.echo(m, err=True)) if not opts["no_progress"] else None
     results = bench_servers(config, runs, tokenizer=tokenizer, progress=show, say=say)
-    for name, result in zip(names, results, strict=False):
+    for run, result in zip(runs, results, strict=False):
         result.render()
-        _keep_server_run(result, name, opts, run_dir, several=len(names) > 1)
+        _keep_server_run(result, run.label or "", opts, run_dir, several=len(runs) > 1)
     if len(results) > 1:
         from rich.console import Console
 
         Console(width=None if sys.stdout.isatty() else 140).print(comparison_table(results))
     click.echo(f"logs and results: {run_dir}")
     return _exit_code(results, opts, None)
+
+
+def _server_runs(
+    opts: dict[str, Any], names: list[str], models: list[str], run_dir: Path
+) -> list[Any]:
+    """One launch per (model, backend), labelled ``backend`` or, with several models,
+    ``backend-<model folder name>`` (the label names its result files and its run)."""
+    from latlab.bench.served import ServerRun
+    from latlab.deploy import LaunchSettings, make_backend
+    from latlab.deploy.flags import parse_env
+
+    args = _per_backend(_engine_args(opts["engine_arg"]), names)
+    env = _per_backend(parse_env(opts["engine_env"], "--engine-env"), names)
+    tags = [Path(m.rstrip("/")).name or m for m in models]
+    if len(set(tags)) != len(tags):
+        raise ConfigError(f"--model and --compare-model need distinct folder names: {tags}")
+    return [ServerRun(backend=make_backend(name, vllm_cmd=opts["vllm_cmd"]),
+                      settings=LaunchSettings(model=m, engine_args=args[name], env=env[name],
+                                              log_dir=run_dir),
+                      label=f"{name}-{tag}" if len(models) > 1 else name)
+            for m, tag in zip(models, tags, strict=True) for name in names]  # fmt: skip
 
 
 def _keep_server_run(
