@@ -27,10 +27,12 @@ def test_the_division_a_reader_can_redo() -> None:
 
 
 def test_catalog_prices_carry_source_and_date() -> None:
-    price = resolve_price(None, "l4-24gb")
-    assert price is not None and price.device == "L4-24GB" and price.usd_per_hour > 0
-    assert "AWS" in price.source and price.as_of
-    assert "L4-24GB" in price.describe() and "as of" in price.describe()
+    price = resolve_price(None, "h100-80gb")
+    assert price is not None and price.device == "H100-80GB" and price.usd_per_hour > 0
+    assert "AWS" in price.source and price.as_of and price.page.startswith("https://")
+    assert "H100-80GB" in price.describe() and "as of" in price.describe()
+    undated = resolve_price(None, "L4-24GB")  # its page shows no date: none is invented
+    assert undated.as_of is None and "as of" not in undated.describe() and undated.page
 
 
 @pytest.mark.parametrize(

@@ -28,8 +28,9 @@ class Price:
 
     usd_per_hour: float
     source: str  # "--price-per-hour" or the catalog's publisher and page
-    as_of: str | None = None  # when the catalog price was published (None: the user's own)
+    as_of: str | None = None  # the date its page shows (None: the user's own, or undated)
     device: str | None = None
+    page: str | None = None  # where the catalog price was read
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,7 +57,8 @@ def resolve_price(price_per_hour: float | None, device: str | None) -> Price | N
 
     entry = get_device_price(device)
     return Price(usd_per_hour=float(entry["usd_per_hour"]), source=entry["source"],
-                 as_of=entry.get("as_of"), device=entry["device"])  # fmt: skip
+                 as_of=entry.get("as_of"), device=entry["device"],
+                 page=entry.get("page"))  # fmt: skip
 
 
 def usd_per_million_tokens(price: Price, tokens_per_s: float | None) -> float | None:
