@@ -13,7 +13,7 @@ import torch
 
 from latlab.compress.api import build_student, distill_checkpoint, heal, spread_layers
 from latlab.compress.corpus import load_corpus
-from latlab.compress.distill import DistillInterrupted, DistillSpec, distill_loss
+from latlab.compress.distill import DistillInterrupted, DistillSpec, distill_loss, step_lr
 from latlab.errors import ConfigError
 from latlab.model_files import load_causal_lm, load_tokenizer
 
@@ -53,6 +53,16 @@ def test_defaults_and_settings_checks() -> None:
         DistillSpec(kl_weight=1.5)
     with pytest.raises(ConfigError, match="init"):
         DistillSpec(init="random")
+
+
+def test_the_learning_rate_warms_up_from_the_first_step_and_decays_to_a_tenth() -> None:
+    spec = DistillSpec(steps=100, lr=1e-3, warmup_fraction=0.1)
+    rates = [step_lr(spec, step, 0.0) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-4)  # not 0: the first step trains
+    assert rates[9] == pytest.approx(1e-3) and max(rates) == pytest.approx(1e-3)
+    assert rates[-1] == pytest.approx(1e-4) and rates[50] > rates[90]
+    timed = DistillSpec(steps=100_000, lr=1e-3, warmup_fraction=0.1, time_budget_s=100.0)
+    assert 0 < step_lr(timed, 0, 0.0) < step_lr(timed, 5, 5.0) == pytest.approx(5e-4)
 
 
 @pytest.mark.parametrize("init", ["prune", "spread"])

@@ -176,6 +176,15 @@ class _CtrlC:
             signal.signal(signal.SIGINT, self.previous)
 
 
+def step_lr(spec: DistillSpec, step: int, elapsed_s: float) -> float:
+    """The learning rate of training step ``step`` (0-based): the schedule where the step ends,
+    so warm-up starts above zero instead of spending the first step at learning rate 0."""
+    progress = (step + 1) / spec.steps
+    if spec.time_budget_s:
+        progress = max(progress, elapsed_s / spec.time_budget_s)
+    return lr_at(min(progress, 1.0), spec.warmup_fraction, spec.lr, spec.lr * 0.1)
+
+
 @dataclass(kw_only=True)
 class Distiller:
     """Trains ``student`` on ``teacher`` over random windows of ``stream``."""
@@ -231,10 +240,7 @@ class Distiller:
     def _step(self) -> None:
         spec, state = self.spec, self.state
         started = time.perf_counter()
-        progress = state.step / spec.steps
-        if spec.time_budget_s:
-            progress = max(progress, state.elapsed_s / spec.time_budget_s)
-        lr = lr_at(min(progress, 1.0), spec.warmup_fraction, spec.lr, spec.lr * 0.1)
+        lr = step_lr(spec, state.step, state.elapsed_s)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         inputs, targets = sample_batch(self.stream, spec.batch_size, spec.seq_len, self.generator)
