@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from live_vllm import vllm_command_or_skip
@@ -126,19 +127,16 @@ def test_served_lab_launches_each_configuration_and_gates_over_http(tmp_path: Pa
 
 
 @pytest.mark.slow
-@pytest.mark.vllm
-def test_one_vllm_recipe_measured_end_to_end(tmp_path: Path) -> None:
+def test_one_vllm_recipe_measured_end_to_end(vllm_server: Any, tmp_path: Path) -> None:
+    """The session's vLLM is the baseline (lent, left running); the candidate is launched."""
+    from latlab.assets import bundled_model_path
     from latlab.deploy.vllm import VllmBackend
 
-    command = vllm_command_or_skip()
-    plan = plan_from_dict({
-        "recipes": [{"name": "vllm-max-num-seqs", "value": 1}],
-        "workload": SMALL, "quality": QUALITY,
-        "engine": {"enforce_eager": True, "max_model_len": 512, "dtype": "float32"},
-        "engine_env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
-    }, backend="vllm")  # fmt: skip
-    result = run_served_lab(plan, None, None, backend=VllmBackend(command),
-                            log_dir=tmp_path / "logs")  # fmt: skip
+    plan = plan_from_dict({"recipes": [{"name": "vllm-max-num-seqs", "value": 1}],
+                           "workload": SMALL, "quality": QUALITY}, backend="vllm")  # fmt: skip
+    result = run_served_lab(plan, str(bundled_model_path()), None,
+                            backend=VllmBackend(vllm_command_or_skip()),
+                            log_dir=tmp_path / "logs", baseline_server=vllm_server)  # fmt: skip
     (trial,) = result.trials
     assert trial.verdict in ("adopt", "reject"), trial.reason
     assert trial.quality is not None and trial.quality.logits is not None
@@ -147,11 +145,22 @@ def test_one_vllm_recipe_measured_end_to_end(tmp_path: Path) -> None:
     assert "ttft" in trial.deltas and "throughput" in trial.deltas
     paths = write_report(result, tmp_path / "out")
     assert "vllm-max-num-seqs-1" in strategy_table(result.trials)
-    data = json.loads(Path(paths["json"]).read_text())
-    assert data["plan"]["engine_env"] == {"VLLM_CPU_KVCACHE_SPACE": "1"}
-    logs = [log.read_text() for log in (tmp_path / "logs").glob("vllm-*.log")]
-    assert len(logs) == 2  # the baseline and the candidate, each its own launch
-    assert sum("'max_num_seqs': 1" in text for text in logs) == 1  # vLLM's non-default args
+    (record,) = json.loads(Path(paths["json"]).read_text())["trials"]
+    assert record["baseline"]["extra"]["launched_by_lab"] is False  # says whose baseline it was
+    assert record["baseline"]["extra"]["url"] == vllm_server.url
+    assert record["candidate"]["extra"]["launched_by_lab"] is True
+    (log,) = (tmp_path / "logs").glob("vllm-*.log")  # only the candidate was launched
+    assert "'max_num_seqs': 1" in log.read_text()  # vLLM's non-default args
+    assert not http_ok(f"http://127.0.0.1:{log.stem.rsplit('-', 1)[1]}/health")  # stopped
+    assert http_ok(vllm_server.base_url + "/health")  # the lent baseline is left running
+
+
+def test_a_lent_baseline_takes_no_engine_table() -> None:
+    plan = plan_from_dict({"recipes": ["vllm-enforce-eager"], "engine": {"dtype": "float32"}},
+                          backend="vllm")  # fmt: skip
+    with pytest.raises(ConfigError, match="already running"):
+        run_served_lab(plan, None, None, backend=LatlabServerBackend(),
+                       baseline_server=object())  # type: ignore[arg-type]  # fmt: skip
 
 
 def test_plan_engine_table_is_checked_against_the_backend_it_launches() -> None:

@@ -11,6 +11,10 @@ by the same noise rule and written into the same table and decision record. What
   logged are recorded with its measurement;
 - quality is the HTTP gate (latlab.optimize.http_quality): prompt log-probabilities of the
   held-out windows and greedy completions of the workload's prompts, candidate vs baseline.
+
+``baseline_server`` lends the lab a server latlab already launched (a ``Deployment``) as the
+baseline instead of launching one: its flags and environment are the baseline configuration
+each recipe changes, and the lab leaves it running. The live tests share one vLLM this way.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from latlab.deploy import Backend, Deployment, LaunchSettings, launch
+from latlab.errors import ConfigError
 from latlab.optimize import http_quality as hq
 from latlab.optimize.lab import Lab, _Baseline, run_lab
 from latlab.optimize.lab_plan import LabPlan
@@ -40,17 +45,22 @@ class ServedRunner:
     """One launched server for one setup: passes over HTTP, quality data, then stop."""
 
     def __init__(self, setup: Setup, workload: LabWorkload, backend: Backend,
-                 log_dir: Path | None, say: Any) -> None:  # fmt: skip
+                 log_dir: Path | None, say: Any,
+                 server: Deployment | None = None) -> None:  # fmt: skip
         from latlab.bench.targets import GenOptions, OpenAITarget
 
         self.setup = setup
         self.workload = workload
-        settings = LaunchSettings(model=setup.model_path, served_model_name=SERVED_NAME,
-                                  engine_args=dict(setup.engine_options),
-                                  env=dict(setup.engine_env), log_dir=log_dir)  # fmt: skip
-        self.server: Deployment = launch(backend, settings, progress=say)
+        self.owned = server is None  # a lent server is left running by close()
+        if server is None:
+            settings = LaunchSettings(model=setup.model_path, served_model_name=SERVED_NAME,
+                                      engine_args=dict(setup.engine_options),
+                                      env=dict(setup.engine_env), log_dir=log_dir)  # fmt: skip
+            server = launch(backend, settings, progress=say)
+        self.server: Deployment = server
+        self.name = server.model
         self.loop = asyncio.new_event_loop()
-        self.http = OpenAITarget(self.server.url, model=SERVED_NAME)
+        self.http = OpenAITarget(self.server.url, model=self.name)
         self.opts = GenOptions(ignore_eos=True, temperature=0.0, stream=True)
         self.target = _LabTarget(setup, self._generate)
 
@@ -69,7 +79,8 @@ class ServedRunner:
         cold, facts = self.server.cold_start, self.server.facts
         return {"cold_start_s": round(cold.first_token_s or 0.0, 2),
                 "healthy_s": round(cold.healthy_s, 2),
-                "kv_cache_tokens": facts.kv_cache_tokens}  # fmt: skip
+                "kv_cache_tokens": facts.kv_cache_tokens,
+                "launched_by_lab": self.owned, "url": self.server.url}  # fmt: skip
 
     def run(self, requests: list[LabRequest]) -> RunResult:
         items = prepare(self.setup, requests, self.workload.shared_prefix_len)
@@ -80,18 +91,19 @@ class ServedRunner:
 
     def scores(self, chunks: list[list[int]]) -> hq.ScoredText:
         with hq.http_client() as client:
-            return hq.score_windows(client, self.server.url, SERVED_NAME, chunks)
+            return hq.score_windows(client, self.server.url, self.name, chunks)
 
     def greedy(self, prompts: list[list[int]], max_tokens: int) -> list[str]:
         with hq.http_client() as client:
-            return hq.greedy_texts(client, self.server.url, SERVED_NAME, prompts, max_tokens)
+            return hq.greedy_texts(client, self.server.url, self.name, prompts, max_tokens)
 
     def close(self) -> None:
         try:
             self.loop.run_until_complete(self.http.aclose())
             self.loop.close()
         finally:
-            self.server.stop()
+            if self.owned:
+                self.server.stop()
 
 
 class ServedLab(Lab):
@@ -100,10 +112,12 @@ class ServedLab(Lab):
     BACKENDS = (BACKEND,)
 
     def __init__(self, plan: LabPlan, model_path: str, quality_text: str, *, backend: Backend,
-                 progress: Any = None, log_dir: Path | None = None) -> None:  # fmt: skip
+                 progress: Any = None, log_dir: Path | None = None,
+                 baseline_server: Deployment | None = None) -> None:  # fmt: skip
         super().__init__(plan, model_path, quality_text, progress)
         self.backend = backend
         self.log_dir = log_dir
+        self.baseline_server = baseline_server
         self.chunks = windows(self.text_ids, plan.quality_window_tokens, plan.quality_windows)
         self.launch_s = 0.0  # the baseline's launch: what each candidate costs on top
         self._base_quality: tuple[hq.ScoredText, list[str]] | None = None
@@ -111,13 +125,20 @@ class ServedLab(Lab):
 
     def _setup(self, backend: str) -> Setup:
         if backend not in self.setups:
+            lent = self.baseline_server
+            flags = dict(self.plan.engine) if lent is None else dict(lent.engine_args)
+            env = dict(self.plan.engine_env) if lent is None else dict(lent.env)
             self.setups[backend] = Setup(backend=backend, model_path=self.model_path,
-                                         tokenizer=self.tokenizer,
-                                         engine_options=dict(self.plan.engine),
-                                         engine_env=dict(self.plan.engine_env))  # fmt: skip
+                                         tokenizer=self.tokenizer, engine_options=flags,
+                                         engine_env=env)  # fmt: skip
         return self.setups[backend]
 
     def _runner(self, setup: Setup) -> ServedRunner:
+        lent = self.baseline_server
+        if lent is not None and setup is self.setups.get(BACKEND):
+            self.launch_s = lent.cold_start.healthy_s  # what each candidate launch will cost
+            return ServedRunner(setup, self.plan.workload, self.backend, self.log_dir,
+                                self.progress, server=lent)  # fmt: skip
         started = time.perf_counter()
         runner = ServedRunner(setup, self.plan.workload, self.backend, self.log_dir,
                               self.progress)  # fmt: skip
@@ -175,11 +196,16 @@ def run_served_lab(
     backend: Backend,
     progress: Any = None,
     log_dir: Path | None = None,
+    baseline_server: Deployment | None = None,
 ) -> LabResult:
     """``run_lab`` with one server launch per configuration (see the module docstring)."""
+    if baseline_server is not None and (plan.engine or plan.engine_env):
+        raise ConfigError("a plan's [engine] / [engine_env] tables cannot change a baseline "
+                          "server that is already running: drop them, or let the lab launch "
+                          "the baseline")  # fmt: skip
 
     def make_lab(lab_plan: LabPlan, model_path: str, text: str) -> Lab:
         return ServedLab(lab_plan, model_path, text, backend=backend, progress=progress,
-                         log_dir=log_dir)  # fmt: skip
+                         log_dir=log_dir, baseline_server=baseline_server)  # fmt: skip
 
     return run_lab(plan, model, quality_text, progress, make_lab=make_lab)
