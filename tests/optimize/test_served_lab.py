@@ -104,7 +104,7 @@ def test_plan_engine_env_must_be_strings() -> None:
 
 
 @pytest.mark.slow
-def test_served_lab_launches_each_configuration_and_gates_over_http(tmp_path: Path) -> None:
+def test_served_lab_measures_request_recipes_on_the_baseline_server_and_gates_over_http(tmp_path: Path) -> None:
     plan = plan_from_dict({"recipes": ["response-cache", {"name": "prompt-trim", "budget": 12}],
                            "workload": SMALL, "quality": QUALITY,
                            "engine": {"num_threads": 1}})  # fmt: skip
@@ -118,12 +118,12 @@ def test_served_lab_launches_each_configuration_and_gates_over_http(tmp_path: Pa
         assert trial.candidate is not None and trial.candidate.extra["cold_start_s"] > 0
         assert trial.candidate.extra["kv_cache_tokens"] > 0
         assert len(trial.candidate.reps) == len(trial.baseline.reps) == plan.repeats
+        # request-level recipes change no flag: measured on the baseline's server
+        assert trial.candidate.extra["launched_by_lab"] is False
+        assert trial.candidate.extra["url"] == trial.baseline.extra["url"]
     assert trim.quality is not None and trim.quality.logits is None  # judged by its outputs
-    logs = sorted((tmp_path / "logs").glob("latlab-server-*.log"))
-    assert len(logs) == 3  # baseline, then one launch per recipe
-    for log in logs:
-        port = log.stem.rsplit("-", 1)[1]
-        assert not http_ok(f"http://127.0.0.1:{port}/health")  # every launch stopped
+    (log,) = (tmp_path / "logs").glob("latlab-server-*.log")  # the baseline's launch only
+    assert not http_ok(f"http://127.0.0.1:{log.stem.rsplit('-', 1)[1]}/health")  # stopped
 
 
 @pytest.mark.slow

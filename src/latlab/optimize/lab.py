@@ -169,7 +169,9 @@ class Lab:
         for _ in range(self.plan.warmup - 1):
             runner.run(self.requests)
         trial.baseline = Measurement(
-            memory_bytes=base.measurement.memory_bytes, memory_what=base.measurement.memory_what
+            memory_bytes=base.measurement.memory_bytes,
+            memory_what=base.measurement.memory_what,
+            extra=dict(base.measurement.extra),  # e.g. which server, its cold start
         )
         trial.candidate = Measurement(extra=first.extra)
         trial.candidate.memory_bytes, trial.candidate.memory_what = self._memory(setup, runner)

@@ -6,7 +6,8 @@ runner under the lab's request-level recipes), interleaved with the baseline lau
 by the same noise rule and written into the same table and decision record. What differs:
 
 - each candidate is launched, warmed up, measured and stopped; the baseline launch stays up
-  for the whole run, so every candidate repetition has a baseline repetition beside it;
+  for the whole run, so every candidate repetition has a baseline repetition beside it; a
+  request-level recipe (it changes no flag) is measured on the baseline's server, no launch;
 - each launch's cold start (launch -> healthy -> first token) and the KV capacity the engine
   logged are recorded with its measurement;
 - quality is the HTTP gate (latlab.optimize.http_quality): prompt log-probabilities of the
@@ -139,6 +140,12 @@ class ServedLab(Lab):
             self.launch_s = lent.cold_start.healthy_s  # what each candidate launch will cost
             return ServedRunner(setup, self.plan.workload, self.backend, self.log_dir,
                                 self.progress, server=lent)  # fmt: skip
+        base = self.baselines.get(BACKEND)
+        if base is not None and _same_server(setup, base.setup):
+            # A request-level recipe (response cache, trimming, grouping) acts in the client:
+            # the baseline's server serves it too, no launch.
+            return ServedRunner(setup, self.plan.workload, self.backend, self.log_dir,
+                                self.progress, server=base.runner.server)  # fmt: skip
         started = time.perf_counter()
         runner = ServedRunner(setup, self.plan.workload, self.backend, self.log_dir,
                               self.progress)  # fmt: skip
@@ -186,6 +193,12 @@ class ServedLab(Lab):
     def run(self, recipes: list[Recipe]) -> list[Trial]:
         """Request-level recipes act in the client here, unchanged; the rest must be vLLM's."""
         return super().run([r if r.backend == BACKEND else for_servers(r) for r in recipes])
+
+
+def _same_server(setup: Setup, other: Setup) -> bool:
+    """Whether two setups launch the same server (flags, environment and weights)."""
+    return (setup.engine_options, setup.engine_env, setup.model_path) == (
+        other.engine_options, other.engine_env, other.model_path)  # fmt: skip
 
 
 def run_served_lab(
