@@ -253,8 +253,15 @@ def cpu_kv_space(gib: int = 4) -> Recipe:
 
 
 def cpu_threads(bind: str = "all", reserved: int = 0) -> Recipe:
-    """vLLM CPU pins its OpenMP threads and keeps cores back (one of two here) for serving."""
-    env = {"VLLM_CPU_OMP_THREADS_BIND": bind, "VLLM_CPU_NUM_OF_RESERVED_CPU": str(reserved)}
+    """vLLM CPU pins its OpenMP threads and keeps cores back (one of two here) for serving.
+
+    ``all`` binds the one rank to every core this process may use, spelled as the core list
+    vLLM parses ("0,1"): vLLM 0.32 takes a list, ``auto`` or ``nobind``, and fails to start on
+    the word ``all``.
+    """
+    value = cpu_binding(1, sorted(os.sched_getaffinity(0)))["VLLM_CPU_OMP_THREADS_BIND"]
+    env = {"VLLM_CPU_OMP_THREADS_BIND": value if bind == "all" else bind,
+           "VLLM_CPU_NUM_OF_RESERVED_CPU": str(reserved)}  # fmt: skip
     return flag_recipe(f"vllm-cpu-threads-{bind}", f"VLLM_CPU_OMP_THREADS_BIND={bind}, "
                        f"VLLM_CPU_NUM_OF_RESERVED_CPU={reserved}", "cpu_threads", {},
                        _needs_cpu("thread binding"), level="system", env=env)  # fmt: skip
