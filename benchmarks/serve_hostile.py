@@ -130,13 +130,13 @@ def scenarios() -> list[Scenario]:
         Scenario(
             name="slowloris-400",
             what="400 connections holding half-sent request heads, 400 holding half-sent bodies",
-            sockets=_half_sent,
+            sockets=half_sent,
         ),
     ]
 
 
 @contextlib.contextmanager
-def _half_sent(base: str, count: int = 400) -> Iterator[None]:
+def half_sent(base: str, count: int = 400) -> Iterator[None]:
     host, port = base.removeprefix("http://").split(":")
     head = b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     body = head + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
