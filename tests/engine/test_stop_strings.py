@@ -1,4 +1,4 @@
-"""The stop-string automaton agrees with a brute-force search, however the text is chunked."""
+"""The stop-string matcher agrees with a brute-force search, however the text is chunked."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _feed_in_chunks(text: str, stops: list[str], cuts: list[int]) -> tuple[int |
 
 @settings(max_examples=400, deadline=None)
 @given(texts, stop_lists, st.lists(st.integers(0, 40), max_size=8))
-def test_automaton_matches_brute_force(text, stops, cuts):
+def test_matcher_matches_brute_force(text, stops, cuts):
     cuts = [c for c in cuts if c <= len(text)]
     found, _ = _feed_in_chunks(text, stops, cuts)
     assert found == _first_stop(text, stops)
