@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from latlab.gateway.relay import Relay
+from latlab.gateway.relay import Relay, start_eagerly
 
 
 class _Client:
@@ -74,4 +74,39 @@ def test_a_send_that_raises_is_raised_in_the_followers_task_not_the_callers():
         await relay.settle()
 
     with pytest.raises(RuntimeError, match="socket gone"):
+        asyncio.run(go())
+
+
+def test_start_eagerly_runs_the_first_step_now_and_the_rest_in_a_task():
+    async def go():
+        steps = []
+        gate = asyncio.get_running_loop().create_future()
+
+        async def work():
+            steps.append("sent upstream")  # before any wait: must happen in the caller's step
+            await gate
+            steps.append("done")
+
+        task = start_eagerly(work())
+        first = list(steps)
+        gate.set_result(None)
+        await task
+        return first, steps, start_eagerly(_instant())
+
+    async def _instant():
+        return None
+
+    first, steps, instant = asyncio.run(go())
+    assert first == ["sent upstream"] and steps == ["sent upstream", "done"]
+    assert instant is None  # finished without waiting: no task at all
+
+
+def test_start_eagerly_raises_a_first_step_error_to_the_caller():
+    async def broken():
+        raise ValueError("no upstream")
+
+    async def go():
+        start_eagerly(broken())
+
+    with pytest.raises(ValueError, match="no upstream"):
         asyncio.run(go())

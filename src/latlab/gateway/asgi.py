@@ -10,6 +10,7 @@ import asyncio
 import json
 from typing import Any
 
+from latlab.serve.guard import HEADERS_KEY
 from latlab.serve.protocol import RequestError
 
 Scope = dict[str, Any]
@@ -20,8 +21,12 @@ class ClientGone(Exception):
 
 
 def request_headers(scope: Scope) -> dict[str, str]:
-    """Lower-cased request headers (the last value wins for repeats)."""
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+    """Lower-cased request headers (the last value wins for repeats): the guard's, when it
+    decoded them already."""
+    decoded = scope.get("state", {}).get(HEADERS_KEY)
+    if decoded is not None:
+        return decoded
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
 
 
 async def read_body(receive: Any, headers: dict[str, str], limit: int) -> bytes:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from latlab.gateway.recording import (
     tokens_spent,
     usage_of,
 )
-from latlab.gateway.relay import Relay
+from latlab.gateway.relay import Relay, start_eagerly
 from latlab.gateway.upstreams import Upstream
 
 # Statuses that mean "this upstream cannot take it now": retried once on another upstream.
@@ -353,12 +353,20 @@ class Flights:
         flight.followers += 1
         return flight
 
-    def start(self, flight: Flight, work: Awaitable[None]) -> None:
+    def start(self, flight: Flight, work: Coroutine[Any, Any, None]) -> None:
+        """Register ``flight`` and run ``work`` eagerly (its upstream request is sent now)."""
         flight.followers = 1
         if flight.key is not None:
             self._by_key[flight.key] = flight
-        flight.task = asyncio.ensure_future(work)
-        flight.task.add_done_callback(lambda _: self._forget(flight))
+        try:
+            flight.task = start_eagerly(work)
+        except BaseException:
+            self._forget(flight)
+            raise
+        if flight.task is None:
+            self._forget(flight)
+        else:
+            flight.task.add_done_callback(lambda _: self._forget(flight))
 
     def leave(self, flight: Flight) -> None:
         flight.followers -= 1

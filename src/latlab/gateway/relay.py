@@ -76,6 +76,23 @@ class Relay:
                 await resume(coro, yielded)
 
 
+def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """Run ``coro`` up to its first real wait now, in the caller's step; a task finishes it.
+
+    What Python 3.12's eager tasks do: the upstream request of a new flight is written in the
+    step that accepted it, not one event-loop turn later behind every chunk read in between.
+    None when it finished without waiting; its exceptions in the first step reach the caller.
+    """
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return None
+    except BaseException:
+        coro.close()
+        raise
+    return asyncio.ensure_future(resume(coro, yielded))
+
+
 async def resume(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
     """Run ``coro`` to its end from where one ``coro.send(None)`` left it (it yielded
     ``yielded``: the future it waits for, or None for a bare yield)."""
