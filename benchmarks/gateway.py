@@ -5,7 +5,12 @@ Three studies, each against an anchor measured in the same run (figures in docs/
     overhead  `latlab bench` direct to the deterministic stub server vs through `latlab gateway`
               (cache off), and through LiteLLM's proxy / SGLang's router when their venvs exist
               (/tmp/litellm-venv, /tmp/sglang-router-venv), at 1 / 64 / 256 streams, A/B
-              interleaved, medians of --repeats; the stub's own first-chunk p50 is the truth.
+              interleaved, medians of --repeats; the stub's own first-chunk p50 is the truth;
+              each proxy's own CPU per forwarded chunk. --baseline-src DIR adds the gateway of
+              another checkout (its src/) to the same run: before/after, interleaved.
+    waves     the same targets hit by bursts of N simultaneous streams from latlab's raw HTTP
+              client in this process (no bench process per run, order rotated each repeat):
+              TTFT p50 added and CPU per chunk, quicker and less noisy than `overhead`.
     cache     `latlab serve` (bundled model) behind the gateway: TTFT of a hit vs a miss, and the
               hit rate of a workload where 25% of requests repeat an earlier one.
     parser    the gateway's own CPU time per forwarded chunk and its added TTFT with uvicorn's
@@ -30,6 +35,7 @@ Every process is started through latlab.procs and stopped (whole process group) 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -277,6 +283,74 @@ def _overhead_summary(rows: list[dict], levels: list[int], names: list[str]) -> 
     return out
 
 
+# ---- waves ------------------------------------------------------------------------------
+
+_WAVE_BODY = json.dumps({"model": "stub-model", "prompt": "hello " * 32, "max_tokens": 64,
+                         "temperature": 0, "stream": True}).encode()  # fmt: skip
+
+
+async def _first_byte_ms(pool: Any) -> float:
+    reads: list = []
+    t0 = time.perf_counter_ns()
+    await pool.post("/v1/completions", _WAVE_BODY, {"Content-Type": "application/json"}, reads, 60)
+    return (reads[0][0] - t0) / 1e6
+
+
+async def _waves(url: str, streams: int, count: int) -> list[float]:
+    """``count`` waves of ``streams`` requests sent at once; each request's TTFT."""
+    from latlab.bench.rawhttp import RawHTTPPool
+
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    pool = RawHTTPPool(host, int(port))
+    await pool.prewarm(streams)
+    ttfts: list[float] = []
+    try:
+        for _ in range(count):
+            ttfts += await asyncio.gather(*(_first_byte_ms(pool) for _ in range(streams)))
+    finally:
+        pool.close()
+    return ttfts
+
+
+def waves(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Bursts of N simultaneous streams from a light raw client (latlab's own HTTP/1.1 client,
+    no bench process per run): TTFT p50 added and the proxies' CPU per chunk, the targets'
+    order rotated every repeat so none always runs after another."""
+    c = int(args.levels.split(",")[-1])
+    with ExitStack() as stack:
+        upstream = stub(stack)
+        targets = overhead_targets(args, stack, upstream, work)
+        names = list(targets)
+        asyncio.run(_waves(upstream, c, 1))
+        rows = []
+        for r in range(args.repeats):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                url, pid = targets[name]
+                before = cpu_seconds(pid) if pid else 0.0
+                ttfts = asyncio.run(_waves(url, c, args.waves))
+                cpu = cpu_seconds(pid) - before if pid else None
+                rows.append({"target": name, "concurrency": c, "repeat": r,
+                             "ttft_p50": statistics.median(ttfts),
+                             "ttft_p99": sorted(ttfts)[int(0.99 * (len(ttfts) - 1))],
+                             "cpu_us_per_chunk": round(1e6 * cpu / (len(ttfts) * 64), 1)
+                             if cpu is not None else None})  # fmt: skip
+                print(json.dumps(rows[-1]), flush=True)
+    return {"rows": rows, "summary": _waves_summary(rows, names)}
+
+
+def _waves_summary(rows: list[dict], names: list[str]) -> list[dict]:
+    direct = {r["repeat"]: r["ttft_p50"] for r in rows if r["target"] == "direct"}
+    out = []
+    for name in names:
+        mine = [r for r in rows if r["target"] == name]
+        out.append({"target": name, "concurrency": mine[0]["concurrency"],
+                    "ttft_p50": med([r["ttft_p50"] for r in mine]),
+                    "ttft_p99": med([r["ttft_p99"] for r in mine]),
+                    "ttft_p50_added": med([r["ttft_p50"] - direct[r["repeat"]] for r in mine]),
+                    "cpu_us_per_chunk": med([r["cpu_us_per_chunk"] for r in mine])})  # fmt: skip
+    return out
+
+
 # ---- HTTP parser --------------------------------------------------------------------------
 
 
@@ -496,13 +570,15 @@ def report(paths: list[Path]) -> str:
 
 
 def _overhead_table(rows: list[dict]) -> str:
-    lines = ["| target | streams | TTFT p50 | added | TTFT p99 | chunk gap p50 | gap added |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| target | streams | TTFT p50 | added | TTFT p99 | chunk gap p50 | gap added |"
+             " proxy CPU per chunk |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
+        cpu = r.get("cpu_us_per_chunk")
         lines.append(f"| {r['target']} | {r['concurrency']} | {_cell(r['ttft_p50'])} ms | "
                      f"{_cell(r['ttft_p50_added'], 1, True)} ms | {_cell(r['ttft_p99'])} ms | "
                      f"{_cell(r['gap_p50'], 2)} ms | "
-                     f"{_cell(r['gap_p50_added'], 2, True)} ms |")  # fmt: skip
+                     f"{_cell(r['gap_p50_added'], 2, True)} ms | "
+                     f"{_cell(cpu) + ' us' if cpu else '-'} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -542,8 +618,8 @@ def _parser_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_TABLES = {"overhead": _overhead_table, "cache": _cache_table, "routing": _routing_table,
-           "parser": _parser_table}  # fmt: skip
+_TABLES = {"overhead": _overhead_table, "waves": _parser_table, "cache": _cache_table,
+           "routing": _routing_table, "parser": _parser_table}  # fmt: skip
 
 
 # ---- main --------------------------------------------------------------------------------
@@ -551,7 +627,7 @@ _TABLES = {"overhead": _overhead_table, "cache": _cache_table, "routing": _routi
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("study", choices=["overhead", "cache", "routing", "parser", "report"])
+    p.add_argument("study", choices=["overhead", "waves", "cache", "routing", "parser", "report"])
     p.add_argument("results", nargs="*", type=Path, help="report: the studies' JSON files")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--levels", default="1,64,256", help="overhead: concurrency levels")
@@ -559,6 +635,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=96,
                    help="cache/routing/parser: requests per run")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=8, help="routing: concurrent streams")
+    p.add_argument("--waves", type=int, default=3, help="waves: bursts per target and repeat")
     p.add_argument("--baseline-src", default=None, metavar="DIR",
                    help="overhead: also run the gateway from DIR (another checkout's src/), "
                    "interleaved with this one")  # fmt: skip
@@ -569,7 +646,8 @@ def main() -> None:
         return
     started = machine()
     with sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="latlab-gw-bench-") as tmp:
-        studies = {"overhead": overhead, "cache": cache, "routing": routing, "parser": parser}
+        studies = {"overhead": overhead, "waves": waves, "cache": cache, "routing": routing,
+                   "parser": parser}  # fmt: skip
         study = studies[args.study]
         t0 = time.perf_counter()
         result = study(args, Path(tmp))

@@ -44,3 +44,19 @@ def test_metric_sums_the_matching_samples():
     assert gw.metric(text, "latlab:prefix_cache_hits") == 0.0  # a different name
     assert gw.metric(text, "latlab:prefix_cache_hits_total") == 3.0
     assert gw.metric(text, "latlab:gateway_upstream_requests_total", 'upstream="a"') == 5.0
+
+
+def test_waves_time_each_stream_of_a_burst_and_tables_show_cpu():
+    import asyncio
+
+    from latlab.testing.stub_server import StubServer
+
+    with StubServer(ttft_s=0.02, itl_s=0.001, chunks=4) as url:
+        ttfts = asyncio.run(gw._waves(url.rsplit("/v1", 1)[0], 4, 2))
+    assert len(ttfts) == 8 and all(15 < t < 5000 for t in ttfts)
+    runs = (("direct", 20, None), ("gw", 23, 30.0))
+    rows = [{"target": t, "concurrency": 4, "repeat": 0, "ttft_p50": v, "ttft_p99": v,
+             "cpu_us_per_chunk": cpu} for t, v, cpu in runs]  # fmt: skip
+    summary = gw._waves_summary(rows, ["direct", "gw"])
+    assert summary[1]["ttft_p50_added"] == 3 and summary[1]["cpu_us_per_chunk"] == 30.0
+    assert "| gw | 4 | 30.0 us | 23.0 ms | +3.0 ms |" in gw._parser_table(summary)

@@ -210,7 +210,7 @@ class Gateway:
                 raise RequestError(f"no route {method} {path}", status=404, code="not_found")
         except RequestError as exc:
             label = ENDPOINTS.get(path, (path,))[0]
-            self.metrics.requests.labels(label, str(exc.status)).inc()
+            self.metrics.child(self.metrics.requests, label, str(exc.status)).inc()
             await asgi.send_json(send, exc.status, exc.body(), exc.headers)
         except asgi.ClientGone:
             return
@@ -251,13 +251,13 @@ class Gateway:
         try:
             recording = await self.cache.get(plan.key, plan.control) if plan.read else None
             if recording is not None:
-                self.metrics.cache.labels("hit").inc()
+                self.metrics.child(self.metrics.cache, "hit").inc()
                 await self._charge_reused(req, recording)  # its tokens are known now
                 await self._replay(req, recording, client, send)
                 return
             flight = self.flights.join(plan.key) if plan.coalesce else None
             label = "coalesced" if flight else ("miss" if plan.read else "bypass")
-            self.metrics.cache.labels(label).inc()
+            self.metrics.child(self.metrics.cache, label).inc()
             if flight is None:
                 flight = self._launch(req)
             await self._follow(req, flight, client, send, label)
@@ -317,7 +317,7 @@ class Gateway:
         if refused is None:
             return
         retry_s, which = refused
-        self.metrics.rate_limited.labels(which).inc()
+        self.metrics.child(self.metrics.rate_limited, which).inc()
         per = "requests" if which == "requests" else "tokens"
         raise RequestError(
             f"rate limit reached: {per} per minute for this key; retry after {retry_s:.1f} s",
@@ -387,7 +387,7 @@ class Gateway:
             if not candidates:
                 return None
             up, how = self.router.choose(candidates, prefix)
-            self.metrics.routes.labels(self.router.name, how).inc()
+            self.metrics.child(self.metrics.routes, self.router.name, how).inc()
             return up, len(candidates) > 1
 
         async def after(done: Flight) -> None:
@@ -421,7 +421,7 @@ class Gateway:
             if failure is not None:
                 await self._upstream_failed(send, req.endpoint, failure)
                 return
-            self.metrics.requests.labels(req.endpoint, str(flight.status)).inc()
+            self.metrics.child(self.metrics.requests, req.endpoint, str(flight.status)).inc()
             head = {"content-type": flight.content_type, **req.extra, CACHE_HEADER: label}
             if flight.upstream is not None:
                 head["x-latlab-upstream"] = flight.upstream.url
@@ -436,7 +436,7 @@ class Gateway:
     ) -> None:
         sent = 0
         pieces = flight.pieces
-        first = _FirstContent(flight, self.metrics.ttft.labels(label), arrival)
+        first = _FirstContent(flight, self.metrics.child(self.metrics.ttft, label), arrival)
         while not client.gone:
             n = len(pieces)
             if sent < n:
@@ -462,7 +462,7 @@ class Gateway:
         self, send: Any, endpoint: str, failure: UpstreamFailure | None
     ) -> None:
         failure = failure or UpstreamFailure("the upstream call was cancelled")
-        self.metrics.requests.labels(endpoint, str(failure.status)).inc()
+        self.metrics.child(self.metrics.requests, endpoint, str(failure.status)).inc()
         body = error_body(failure.message, "upstream_error", code=failure.code)
         await asgi.send_json(send, failure.status, body, {CACHE_HEADER: "bypass"})
 
@@ -471,7 +471,7 @@ class Gateway:
     ) -> None:
         """A cached response: the same events, at once or paced as they were recorded."""
         head = {"content-type": rec.content_type, **req.extra, CACHE_HEADER: "hit"}
-        self.metrics.requests.labels(req.endpoint, str(rec.status)).inc()
+        self.metrics.child(self.metrics.requests, req.endpoint, str(rec.status)).inc()
         await send({"type": "http.response.start", "status": rec.status,
                     "headers": asgi.encode_headers(head)})  # fmt: skip
         if not rec.stream:
@@ -488,6 +488,6 @@ class Gateway:
                     await asyncio.sleep(delay_s)
             if not ttft_seen and has_content(event):
                 ttft_seen = True
-                self.metrics.ttft.labels("hit").observe((_now() - req.arrival) / 1e9)
+                self.metrics.child(self.metrics.ttft, "hit").observe((_now() - req.arrival) / 1e9)
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

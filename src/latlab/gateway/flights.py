@@ -180,7 +180,7 @@ class Flight:
             self._splitter = SSESplitter()
         self.head_ready = True
         if self.upstream is not None:
-            self.metrics.upstream_latency.labels(self.upstream.url).observe(
+            self.metrics.child(self.metrics.upstream_latency, self.upstream.url).observe(
                 (_now() - self.send_ns) / 1e9
             )
         self._notify()
@@ -260,7 +260,7 @@ class Flight:
             await up.pool.post(up.path(call.endpoint), call.body, headers, sink,  # type: ignore[arg-type]
                                call.timeout_s, on_head=sink.on_head)  # fmt: skip
         except HTTPStreamError as exc:
-            self.metrics.upstream_requests.labels(up.url, exc.reason).inc()
+            self.metrics.child(self.metrics.upstream_requests, up.url, exc.reason).inc()
             if not self.head_ready:
                 up.failed(f"{exc.reason}: {exc}", eject_after=eject_after)
                 return UpstreamFailure(
@@ -271,7 +271,7 @@ class Flight:
             return None
         finally:
             up.end(call.tokens)
-        self.metrics.upstream_requests.labels(up.url, f"http_{sink.status}").inc()
+        self.metrics.child(self.metrics.upstream_requests, up.url, f"http_{sink.status}").inc()
         if sink.discarded:
             return UpstreamFailure(f"upstream {up.url} answered HTTP {sink.status}", status=503)
         up.succeeded()
