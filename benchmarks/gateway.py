@@ -79,10 +79,10 @@ def process(
         proc.stop()
 
 
-def stub(stack: ExitStack) -> str:
+def stub(stack: ExitStack, chunks: int = 64) -> str:
     port = free_port()
     argv = [str(BIN / "python"), "-m", "latlab.testing.stub_server", "--port", str(port),
-            "--ttft-ms", "50", "--itl-ms", "10", "--chunks", "64"]  # fmt: skip
+            "--ttft-ms", "50", "--itl-ms", "10", "--chunks", str(chunks)]  # fmt: skip
     stack.enter_context(process(argv, "stub", f"http://127.0.0.1:{port}/health"))
     return f"http://127.0.0.1:{port}"
 
@@ -316,9 +316,9 @@ def waves(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Bursts of N simultaneous streams from a light raw client (latlab's own HTTP/1.1 client,
     no bench process per run): TTFT p50 added and the proxies' CPU per chunk, the targets'
     order rotated every repeat so none always runs after another."""
-    c = int(args.levels.split(",")[-1])
+    c, chunks = int(args.levels.split(",")[-1]), args.stub_chunks
     with ExitStack() as stack:
-        upstream = stub(stack)
+        upstream = stub(stack, chunks)
         targets = overhead_targets(args, stack, upstream, work)
         names = list(targets)
         asyncio.run(_waves(upstream, c, 1))
@@ -332,7 +332,7 @@ def waves(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 rows.append({"target": name, "concurrency": c, "repeat": r,
                              "ttft_p50": statistics.median(ttfts),
                              "ttft_p99": sorted(ttfts)[int(0.99 * (len(ttfts) - 1))],
-                             "cpu_us_per_chunk": round(1e6 * cpu / (len(ttfts) * 64), 1)
+                             "cpu_us_per_chunk": round(1e6 * cpu / (len(ttfts) * chunks), 1)
                              if cpu is not None else None})  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
     return {"rows": rows, "summary": _waves_summary(rows, names)}
@@ -608,12 +608,13 @@ def _routing_table(rows: list[dict]) -> str:
 
 
 def _parser_table(rows: list[dict]) -> str:
-    lines = ["| target | streams | gateway CPU per chunk | TTFT p50 | added | TTFT p99 |",
+    lines = ["| target | streams | proxy CPU per chunk | TTFT p50 | added | TTFT p99 |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         added = _cell(r["ttft_p50_added"], 1, True)
+        cpu = r["cpu_us_per_chunk"]
         lines.append(f"| {r['target']} | {r['concurrency']} | "
-                     f"{_cell(r['cpu_us_per_chunk'])} us | {_cell(r['ttft_p50'])} ms | "
+                     f"{_cell(cpu) + ' us' if cpu else '-'} | {_cell(r['ttft_p50'])} ms | "
                      f"{added} ms | {_cell(r['ttft_p99'])} ms |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -636,6 +637,8 @@ def main() -> None:
                    help="cache/routing/parser: requests per run")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=8, help="routing: concurrent streams")
     p.add_argument("--waves", type=int, default=3, help="waves: bursts per target and repeat")
+    p.add_argument("--stub-chunks", type=int, default=64,
+                   help="waves: chunks per answer (1: CPU per chunk = per request)")  # fmt: skip
     p.add_argument("--baseline-src", default=None, metavar="DIR",
                    help="overhead: also run the gateway from DIR (another checkout's src/), "
                    "interleaved with this one")  # fmt: skip
