@@ -13,6 +13,9 @@ finishes at once, nothing was scheduled; when it suspends, the relay keeps the c
 the flight, and wakes its follower, whose task finishes the send and carries on piece by piece
 until it has caught up again. A send that raises never reaches the flight's read callback (the
 upstream connection serves every follower): the follower re-raises it in its own task.
+
+``start_eagerly`` applies the same one-step idea to a new flight: its upstream request is
+written in the step that accepted the client's, and a task finishes the call.
 """
 
 from __future__ import annotations
