@@ -162,7 +162,7 @@ class UpstreamSet:
             raise ConfigError("give at least one --upstream URL")
         access = access or UpstreamAccess()
         tls = access.tls_context() if any(u.strip().startswith("https:") for u in urls) else None
-        if not access.verify:
+        if tls is not None and not access.verify:
             log.warning("TLS certificates of https:// upstreams are NOT verified")
         names = [normalize_url(u) for u in urls]
         unknown = set(access.api_keys) - set(names)
