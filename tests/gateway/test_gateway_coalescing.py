@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 
 import httpx
@@ -126,3 +128,43 @@ def test_the_upstream_call_is_cancelled_when_the_last_client_leaves(gw):
     waited = asyncio.run(go())
     assert upstream.outstanding == 0 and len(g.flights) == 0
     assert waited < 0.5  # well before the stream's own end (about 1 s)
+
+
+def test_a_client_that_reads_slowly_still_gets_every_chunk_in_order(monkeypatch):
+    """Its socket fills, uvicorn pauses writing, the relay hands the send to the client's task
+    (latlab.gateway.relay), and the stream still arrives whole and in order."""
+    from latlab.gateway.relay import Relay
+
+    stalls = []
+    push = Relay.push
+
+    def watched(self, pieces):
+        kept = push(self, pieces)
+        stalls.append(self.pending is not None)
+        return kept
+
+    monkeypatch.setattr(Relay, "push", watched)
+    payload = json.dumps(body("slow reader", max_tokens=64, stream_options=None)).encode()
+    with (
+        StubServer(ttft_s=0.01, itl_s=0.001, tokens_per_chunk=8000, chunks=192) as upstream,
+        gateway(upstreams=[upstream]) as (url, _),
+    ):
+        host, port = url.split("//")[1].split(":")
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((host, int(port)))
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(payload), payload))  # fmt: skip
+            # 6 MB on their way, more than a socket buffer holds (4 MB), and none read yet:
+            deadline = time.monotonic() + 20
+            while not any(stalls) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            data = bytearray()
+            while not data.endswith(b"\r\n0\r\n\r\n"):
+                chunk = sock.recv(1 << 20)
+                assert chunk, "the gateway closed the stream early"
+                data += chunk
+    events = data.count(b"data: {")
+    assert events == 192 and data.count(b"data: [DONE]") == 1
+    assert any(stalls)  # a send really was suspended, then finished by the client's task
