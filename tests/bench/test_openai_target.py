@@ -19,6 +19,7 @@ def bench(url, n=4, c=1, target_kw=None, **cfg):
     return run_bench(config, target, progress=False).levels[0]
 
 
+@pytest.mark.timing
 def test_ttft_and_itl_medians_within_2ms_of_the_stub_at_concurrency_1():
     """The truth is the server's own request-read to first-chunk-written time.
 
@@ -250,8 +251,11 @@ def test_an_empty_text_first_token_chunk_gives_ttft_at_that_chunk(api):
     assert s.ttft_ms.max < 90.0  # the empty chunk at 20 ms, not the text at 120 ms
     for r in level.records:
         assert r.chunk_tokens == [1, 1, 1, 1]
-        assert (r.first_text_ns - r.ttft_ns) / 1e6 >= 80.0
-    assert 80.0 <= s.chunk_gap_ms.p50 <= 150.0  # one 100 ms step each, never two
+        # The stub keeps an absolute schedule (20 ms, then every 100 ms), so a first chunk sent
+        # late on a busy machine shortens the next gap (79.7 ms seen): half a step still proves
+        # the text came one step after the token, not in the same chunk.
+        assert (r.first_text_ns - r.ttft_ns) / 1e6 >= 50.0
+    assert 50.0 <= s.chunk_gap_ms.p50 <= 150.0  # one 100 ms step each, never two
 
 
 def test_a_closing_chunk_after_the_last_token_is_not_a_token():

@@ -14,7 +14,7 @@ from latlab.procs import ManagedProcess, ProcessSpec, free_port
 
 pytest.importorskip("fastapi")
 pytest.importorskip("torch")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timing]  # a frontier of TTFT percentiles
 
 WORKLOAD = {"input_len": "32", "output_len": "8", "warmup": 4}
 

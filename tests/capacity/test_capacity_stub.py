@@ -9,7 +9,8 @@ from latlab.bench import BenchConfig, OpenAITarget, run_bench
 from latlab.capacity import CapacitySearch, SearchSpec
 from latlab.testing import stub_process
 
-pytestmark = pytest.mark.slow
+# timing: p99s against a 60 ms objective; make test runs them without a parallel neighbour.
+pytestmark = [pytest.mark.slow, pytest.mark.timing]
 
 TTFT_S, ITL_S, TOKENS = 0.015, 0.0375, 3  # one request: 15 ms + 2 x 37.5 ms = 90 ms
 # A request that waits for a slot waits about a full request (TTFT ~105 ms); the margin below
@@ -31,7 +32,9 @@ def find(url: str, **spec_kw) -> CapacitySearch:
     return search
 
 
-@pytest.mark.parametrize("k", [2, 3, 5])
+# k = 5 walks the whole search (doubling 2 -> 4 -> 8, then bisecting 6, 5); other k are the
+# search unit tests' (tests/capacity/test_search.py), without a server.
+@pytest.mark.parametrize("k", [5])
 def test_finds_the_servers_concurrency_limit(k):
     with stub_process(ttft_s=TTFT_S, itl_s=ITL_S, max_concurrent=k) as url:
         search = find(url, start=2)

