@@ -30,7 +30,8 @@ def test_hash_key_reads_stdin_and_prints_the_keys_file_line():
 
 @pytest.mark.parametrize("args,message", [
     ((), "at least one --upstream"),
-    (("--upstream", "https://x:1"), "plain http"),
+    (("--upstream", "ftp://x:1"), "give an http://HOST:PORT or https://HOST:PORT URL"),
+    (("--upstream", "http://127.0.0.1:1", "--upstream-ca-bundle", "/no/such/ca.pem"), "ca.pem"),
     (("--upstream", "http://127.0.0.1:1", "--cache", "memcached://x"), "sqlite:FILE"),
     (("--upstream", "http://127.0.0.1:1", "--api-keys", "/no/such/keys.toml"), "cannot read"),
     (("--upstream", "http://127.0.0.1:1", "--cache-max-bytes", "lots"), "lots"),
