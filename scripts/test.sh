@@ -35,13 +35,14 @@ trap 'exit 143' TERM
 
 if ((prep)); then "${MAKE:-make}" --no-print-directory lint services; fi
 export LATLAB_VLLM_INSTALL_STATE="$state" LATLAB_REQUIRE_VLLM=1
-# Three phases. (1) The suite without the live vLLM and timing tests, in parallel
-# (LATLAB_TEST_WORKERS pytest-xdist workers, default 2): much of it waits on servers, stub sleeps
-# and subprocess start-up, so two cores finish it in far less wall time (a test file is one unit
-# of work, tests/conftest.py). (2) The tests marked `timing` (percentiles against an SLO) alone,
-# no parallel neighbour taking their cores. (3) The live vLLM tests (marker live_vllm), which
-# wait for the background install first. A failure in one phase does not skip the next: the
-# log shows every failure. LATLAB_TEST_WORKERS=0: one plain pytest, one process.
+# Two phases. (1) The suite without the `timing` tests on LATLAB_TEST_WORKERS pytest-xdist
+# workers (default 2): much of it waits on servers, stub sleeps and subprocess start-up, so two
+# cores finish it in far less wall time. A test file is one unit of work; the live vLLM tests
+# are one more, handed out first (tests/conftest.py), so one worker runs them while the other
+# runs the rest; they wait for the background install if it is not done (uv installs in about
+# 80 s, while the lint and services above take longer). (2) The tests marked `timing`
+# (percentiles against an SLO) alone, no neighbour taking their cores. A failure in phase 1
+# does not skip phase 2: the log shows every failure. LATLAB_TEST_WORKERS=0: one plain pytest.
 workers=${LATLAB_TEST_WORKERS:-2}
 if ((workers == 0)); then
     "$VENV/bin/python" -m pytest --durations=25 "$@"
@@ -49,9 +50,8 @@ if ((workers == 0)); then
 fi
 codes=()
 phase() { "$VENV/bin/python" -m pytest "$@" && codes+=(0) || codes+=($?); }
-phase -n "$workers" --dist loadgroup -m "not timing and not live_vllm" --durations=25 "$@"
-phase -m "timing and not live_vllm" --durations=10 "$@"
-phase -m live_vllm --durations=10 "$@"
+phase -n "$workers" --dist loadgroup -m "not timing" --durations=25 "$@"
+phase -m timing --durations=10 "$@"
 # 5: no test selected (a PYTEST ARGS filter that leaves a phase empty) is not a failure.
 empty=0
 for code in "${codes[@]}"; do

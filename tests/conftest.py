@@ -5,13 +5,15 @@ one: the bundled model, launched with the flags ``latlab plan --backend vllm --d
 gives, plus ``--enforce-eager`` (torch.compile's warm-up would add minutes and changes nothing
 a test asserts). Without vLLM they skip, or fail under ``make test`` (tests/live_vllm.py).
 
-The live vLLM tests run last: ``make test`` installs vLLM in the background meanwhile
-(scripts/test.sh). Those that launch their own vLLM (marked ``vllm``) come before those sharing
-the session server, so that server is up only at the very end.
+The live vLLM tests run together: last in one process (``make test`` installs vLLM in the
+background meanwhile, scripts/test.sh), on one worker from the start under pytest-xdist. Those
+that launch their own vLLM (marked ``vllm``) come before those sharing the session server, so
+that server is up only at the end of the group.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,12 +30,18 @@ def _vllm_rank(item: pytest.Item) -> int:
     return 1 if item.get_closest_marker("vllm") else 0
 
 
-@pytest.hookimpl(tryfirst=True)  # before -m selects: make test selects on live_vllm
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the live_vllm marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Live vLLM tests last and marked ``live_vllm`` (make test runs them in a phase of their
-    own, after the install); under ``pytest -n N --dist loadgroup`` a test file is one unit of
-    work, so its module fixtures start once."""
-    items.sort(key=_vllm_rank)  # stable: the rest keep their order
+    """Live vLLM tests marked ``live_vllm`` and kept together. In one process they run last
+    (``make test``'s background install has the rest of the suite to finish). Under
+    ``pytest -n N --dist loadgroup`` (make test) they are one unit of work handed out first, so
+    one worker runs them while the others run the rest (a test file per unit of work, its
+    module fixtures started once); the install, started before lint, is done by then."""
+    parallel = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+    if parallel:  # the live vLLM tests first, own launches before the shared server's users
+        items.sort(key=lambda item: (_vllm_rank(item) == 0, _vllm_rank(item)))
+    else:
+        items.sort(key=_vllm_rank)  # stable: the rest keep their order
     for item in items:
         if _vllm_rank(item):
             item.add_marker(pytest.mark.live_vllm)

@@ -4,6 +4,8 @@ the server is made slow and fast again. Every dashboard query resolves on that P
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from latlab.monitor.dashboard import build_dashboard, concrete
@@ -78,13 +80,19 @@ def test_every_dashboard_query_resolves_on_a_live_scrape(stack):
                     what="the recording rules")  # fmt: skip
     prom.wait_until(lambda api: api.query("latlab_watch_server_gap_seconds"), timeout_s=60,
                     what="the watch's server gap")  # fmt: skip
-    empty = []
-    for panel in board.panels:
-        for query in panel.queries:
-            expr = concrete(query.expr, rate_interval="15s")
-            if not prom.api.query(expr):
-                empty.append(f"{panel.title}: {expr}")
-    assert not empty, "\n".join(empty)
+    # A rate() needs two scrapes of a series: the watch's first sample alone resolves nothing
+    # (seen once when this test ran first, right after the gauge appeared), so poll until every
+    # query resolves, then name the ones that never did.
+    empty = [(panel.title, concrete(query.expr, rate_interval="15s"))
+             for panel in board.panels for query in panel.queries]  # fmt: skip
+
+    def every_query_resolves(api) -> bool:
+        empty[:] = [(title, expr) for title, expr in empty if not api.query(expr)]
+        return not empty
+
+    with contextlib.suppress(AssertionError):
+        prom.wait_until(every_query_resolves, timeout_s=60, what="every dashboard query")
+    assert not empty, "\n".join(f"{title}: {expr}" for title, expr in empty)
 
 
 def test_preview_renders_every_panel_from_the_live_prometheus(stack, tmp_path):
