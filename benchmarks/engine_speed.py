@@ -22,7 +22,9 @@ as ratios from this run.
 other jobs leave free) and the run records its choice. ``--dtype`` is the compute dtype of every
 system (default: bfloat16 where the CPU has bf16 instructions, else float32, since emulated bf16
 GEMMs are ~150x slower there and vLLM's bf16 run would take most of an hour); the checkpoint
-stays bf16. ``--vllm-dtypes bfloat16,float32`` runs vLLM in both and anchors on the faster.
+stays bf16. ``--vllm-dtypes bfloat16,float32`` runs vLLM in both and anchors on the faster;
+``--vllm-binds`` does the same for its thread binding (default: its own ``auto``, which computes
+on one core of two here, and every core).
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "instructions, else float32: emulated bf16 GEMMs run ~150x slower than float32 there)",
     )
     p.add_argument("--vllm-dtypes", default=None, help="default: --dtype (e.g. bfloat16,float32)")
+    p.add_argument(
+        "--vllm-binds",
+        default="auto,all",
+        help="vLLM thread bindings to run (VLLM_CPU_OMP_THREADS_BIND; 'all' = every usable core); "
+        "the anchor is the fastest",
+    )
     p.add_argument("--vllm-timeout", type=float, default=3600.0, help="seconds per vLLM run")
     p.add_argument("--no-prefix", action="store_true", help="skip the shared-prefix workload")
     p.add_argument("--prefix-len", type=int, default=512)
@@ -274,7 +282,7 @@ def run_anchor(argv: list[str], out: Path, env: dict[str, str], timeout_s: float
     return json.loads(out.read_text())
 
 
-def run_vllm(args, model_dir: Path, dtype: str) -> dict | None:
+def run_vllm(args, model_dir: Path, dtype: str, bind: str) -> dict | None:
     if args.no_vllm or not VLLM_PYTHON.exists():
         return None
     with tempfile.TemporaryDirectory() as tmp:
@@ -282,22 +290,37 @@ def run_vllm(args, model_dir: Path, dtype: str) -> dict | None:
         cmd = [str(VLLM_PYTHON), str(VLLM_SCRIPT), str(model_dir), "--batches", args.batches]
         cmd += ["--repeats", str(args.repeats), "--output-len", str(args.output_len)]
         cmd += ["--prompt-len", str(args.prompt_len), "--dtype", dtype, "--out", str(out)]
+        cmd += ["--omp-bind", vllm_bind(bind)]
         return run_anchor(cmd, out, {"VLLM_CPU_KVCACHE_SPACE": "1"}, args.vllm_timeout)
 
 
+def vllm_bind(bind: str) -> str:
+    """``all`` as the core list vLLM 0.32 parses (it takes a list, ``auto`` or ``nobind``)."""
+    if bind != "all":
+        return bind
+    return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+
+
 def vllm_anchor(args, model_dir: Path) -> dict:
-    """vLLM in each dtype; the anchor per batch is its fastest dtype in this run."""
+    """vLLM in each dtype and thread binding; the anchor per batch is its fastest run.
+
+    vLLM CPU's default binding (``auto``) computes on one core of two and keeps the other for
+    its front end; ``all`` gives it every core, as latlab's engine takes on an idle machine.
+    """
     runs = {}
     for dtype in [d for d in args.vllm_dtypes.split(",") if d]:
-        result = run_vllm(args, model_dir, dtype)
-        if result is not None:
-            tok_s = {r["batch"]: r["tok_per_s_median"] for r in result["throughput"]}
-            runs[dtype] = {"tok_s": tok_s, "load_s": result.get("load_s"), "raw": result}
+        for bind in [b for b in args.vllm_binds.split(",") if b]:
+            result = run_vllm(args, model_dir, dtype, bind)
+            if result is not None:
+                tok_s = {r["batch"]: r["tok_per_s_median"] for r in result["throughput"]}
+                runs[f"{dtype} bind={bind}"] = {
+                    "tok_s": tok_s, "load_s": result.get("load_s"), "raw": result,
+                }  # fmt: skip
     best: dict[int, tuple[float, str]] = {}
-    for dtype, run in runs.items():
+    for label, run in runs.items():
         for batch, tok_s in run["tok_s"].items():
             if tok_s > best.get(batch, (0.0, ""))[0]:
-                best[batch] = (tok_s, dtype)
+                best[batch] = (tok_s, label)
     if not best:
         doc = DOC_ANCHORS["vllm_cpu"]
         return {"not_from_this_run": True, "best": {b: (v, "bfloat16") for b, v in doc.items()}}
@@ -435,6 +458,8 @@ def goals(result: dict) -> dict:
         anchor = vllm_best.get(r["batch"])
         out[key] = {
             "x_vllm": r["tok_s"] / anchor[0] if anchor else None,
+            # the ratio this engine would reach running every FLOP at the same-shape GEMM rate
+            "x_vllm_at_gemm_rate": r["gemm_limit_tok_s"] / anchor[0] if anchor else None,
             "vllm_dtype": anchor[1] if anchor else None,
             "gemm_fraction": r["achieved_flop_s"] / r["gemm_flop_s"],
             "bandwidth_fraction": r["tok_s"] / r["bandwidth_limit_tok_s"],
@@ -454,7 +479,7 @@ def print_summary(result: dict) -> None:
     vllm = result["vllm"]
     label = "NOT from this run (benchmarks.md)" if vllm.get("not_from_this_run") else "this run"
     runs = {d: r["tok_s"] for d, r in vllm.get("runs", {}).items()} or vllm["best"]
-    print(f"vLLM CPU tok/s per dtype ({label}); the anchor is the fastest per batch: {runs}")
+    print(f"vLLM CPU tok/s per dtype and binding ({label}); the anchor is the fastest: {runs}")
     head = ("engine", "batch", "tok/s", "x vLLM", "x gen", "GFLOP/tok", "GEMM GF/s", "got GF/s",
             "GEMM %", "MB/tok", "BW lim", "BW %", "out-fwd %")  # fmt: skip
     print(("{:>16} {:>5} {:>8} {:>6} {:>5} {:>9} {:>9} {:>8} {:>6} {:>7} {:>7} {:>5} {:>9}")
@@ -492,7 +517,8 @@ def print_goals(result: dict) -> None:
             f"{name}: batch {top} {x:.2f}x vLLM ({big['vllm_dtype']}; goal >= {GOAL_VS_VLLM}x: "
             f"{_verdict(x >= GOAL_VS_VLLM)}), {100 * gemm:.0f}% of its GEMM rate (goal >= 75%: "
             f"{_verdict(gemm >= GOAL_GEMM_FRACTION)}); batch {low} at {100 * bw:.0f}% of the "
-            f"bandwidth limit (goal >= 90%: {_verdict(bw >= GOAL_BANDWIDTH_FRACTION)})"
+            f"bandwidth limit (goal >= 90%: {_verdict(bw >= GOAL_BANDWIDTH_FRACTION)}); at 100% "
+            f"of its GEMM rate it would be {big['x_vllm_at_gemm_rate'] or 0:.2f}x vLLM"
         )
     fewer_bytes(result, low)
     if "shared_prefix" in result:

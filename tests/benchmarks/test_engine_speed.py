@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -54,3 +55,25 @@ def test_anchor_timeout_stops_the_group(tmp_path):
     argv = [sys.executable, "-c", slow, str(pgid_file)]
     assert engine_speed.run_anchor(argv, out, {}, 5.0) is None
     assert group_members(int(pgid_file.read_text())) == []
+
+
+def test_vllm_binding_all_is_spelled_as_the_core_list_vllm_parses():
+    cores = sorted(os.sched_getaffinity(0))
+    assert engine_speed.vllm_bind("all") == ",".join(map(str, cores))
+    assert engine_speed.vllm_bind("auto") == "auto"
+
+
+def test_goals_anchor_on_vllms_fastest_run_and_state_the_gemm_ceiling():
+    result = {
+        "vllm": {"best": {64: (200.0, "float32 bind=all")}},
+        "roofline": [
+            {
+                "engine": "latlab", "batch": 64, "tok_s": 250.0, "achieved_flop_s": 50e9,
+                "gemm_flop_s": 62.5e9, "bandwidth_limit_tok_s": 2500.0,
+                "gemm_limit_tok_s": 312.5,
+            }
+        ],
+    }  # fmt: skip
+    goal = engine_speed.goals(result)["latlab@64"]
+    assert goal["x_vllm"] == 1.25 and goal["vllm_dtype"] == "float32 bind=all"
+    assert goal["gemm_fraction"] == 0.8 and goal["x_vllm_at_gemm_rate"] == 1.5625

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from torch import nn
 
-from latlab.engine import LLM, EngineConfig, SamplingParams
-from latlab.engine.hardware import CpuCapabilities, choose_threads, cpu_capabilities
+from latlab.engine import LLM, EngineConfig, SamplingParams, hardware
+from latlab.engine.hardware import (
+    CoreLoad,
+    CpuCapabilities,
+    choose_threads,
+    cpu_capabilities,
+)
 from latlab.engine.models.int8_linear import (
     Int8Linear,
     fbgemm_ready,
@@ -90,11 +98,35 @@ def test_engine_config_rejects_unknown_quantization():
 
 
 def test_threads_requested_wins_and_load_takes_cores_away():
-    assert choose_threads(3, cores=2, load_average=9.0).threads == 3
-    assert choose_threads(None, cores=2, load_average=0.2).threads == 2
-    busy = choose_threads(None, cores=2, load_average=12.0)
-    assert busy.threads == 1 and "load average 12.0" in busy.reason
-    assert choose_threads(None, cores=8, load_average=3.0).threads == 5
+    def load(busy):
+        return CoreLoad(busy=busy, source="over the last 0.2 s")
+
+    assert choose_threads(3, cores=2, load=load(9.0)).threads == 3
+    assert choose_threads(None, cores=2, load=load(0.2)).threads == 2
+    busy = choose_threads(None, cores=2, load=load(12.0))
+    assert busy.threads == 1 and "busy on 12.0 cores, over the last 0.2 s" in busy.reason
+    assert choose_threads(None, cores=8, load=load(3.0)).threads == 5
+
+
+def test_busy_cores_sample_sees_another_process():
+    """A spinning child process counts as other jobs' load on our cores."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.1)
+        seen = hardware.sample_busy_cores(0.3)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert seen is not None and seen >= 0.3
+
+
+def test_thread_choice_falls_back_to_the_load_average_without_proc_stat(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_jiffies", lambda cpus: None)
+    monkeypatch.setattr(hardware, "_last_sample", None)
+    assert hardware.other_load().source == "1-minute load average"
+    monkeypatch.setattr(hardware, "cpu_jiffies", lambda cpus: {c: (1, 1) for c in cpus})
+    # one sample serves every engine started within 10 s
+    assert hardware.other_load().source == "1-minute load average"
 
 
 def test_cpu_capabilities_are_consistent():

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -78,12 +80,19 @@ class ThreadChoice:
     omp_wait_policy: str | None
 
 
-def choose_threads(requested: int | None, cores: int, load_average: float) -> ThreadChoice:
+@dataclass(kw_only=True, slots=True, frozen=True)
+class CoreLoad:
+    """How many of this process's cores other jobs keep busy, and how that was measured."""
+
+    busy: float  # cores' worth of other processes' CPU time
+    source: str  # "over the last 0.2 s" or "1-minute load average"
+
+
+def choose_threads(requested: int | None, cores: int, load: CoreLoad) -> ThreadChoice:
     """``requested`` when given; else one thread per core that other jobs leave free.
 
-    ``load_average`` is the 1-minute load before the engine runs (other jobs' runnable
-    threads). OpenMP threads synchronise at every parallel op, so a thread placed on a busy
-    core stalls the others; on a loaded machine fewer threads finish sooner.
+    OpenMP threads synchronise at every parallel op, so a thread placed on a busy core stalls
+    the others; on a loaded machine fewer threads finish sooner.
     """
     env = os.environ
     bind, wait = env.get("OMP_PROC_BIND"), env.get("OMP_WAIT_POLICY")
@@ -91,15 +100,76 @@ def choose_threads(requested: int | None, cores: int, load_average: float) -> Th
         return ThreadChoice(
             threads=requested, reason="num_threads set", omp_proc_bind=bind, omp_wait_policy=wait
         )
-    free = max(1, min(cores, round(cores - load_average)))
+    free = max(1, min(cores, round(cores - load.busy)))
+    seen = f"other processes busy on {load.busy:.1f} cores, {load.source}"
     if free == cores:
-        reason = f"all {cores} cores (load average {load_average:.1f})"
+        reason = f"all {cores} cores ({seen})"
     else:
         reason = (
-            f"{free} of {cores} cores: load average {load_average:.1f} says other jobs hold "
-            "the rest, and an OpenMP thread on a busy core stalls every parallel op"
+            f"{free} of {cores} cores: {seen}, and an OpenMP thread on a busy core stalls "
+            "every parallel op"
         )
     return ThreadChoice(threads=free, reason=reason, omp_proc_bind=bind, omp_wait_policy=wait)
+
+
+_SAMPLE_S = 0.2
+_SAMPLE_REUSE_S = 10.0
+_last_sample: tuple[float, CoreLoad] | None = None
+
+
+def other_load() -> CoreLoad:
+    """Other processes' CPU use on our cores now, from ``/proc/stat`` over 0.2 s.
+
+    The 1-minute load average lags by a minute: right after a benchmark ends it still says the
+    cores are busy (the engine once chose 1 of 2 idle cores from it). A short sample sees the
+    machine as it is; the load average is the fallback where ``/proc/stat`` is not readable.
+    One sample serves every engine a process starts within 10 s (tests start many).
+    """
+    global _last_sample
+    now = time.monotonic()
+    if _last_sample is not None and now - _last_sample[0] < _SAMPLE_REUSE_S:
+        return _last_sample[1]
+    busy = sample_busy_cores(_SAMPLE_S)
+    if busy is None:
+        load = CoreLoad(busy=load_average(), source="1-minute load average")
+    else:
+        load = CoreLoad(busy=busy, source=f"over the last {_SAMPLE_S:g} s")
+    _last_sample = (now, load)
+    return load
+
+
+def sample_busy_cores(window_s: float) -> float | None:
+    """Cores' worth of CPU time others used on our affinity cores during ``window_s``."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    before, own_before = cpu_jiffies(cpus), time.process_time()
+    time.sleep(window_s)
+    after, own_after = cpu_jiffies(cpus), time.process_time()
+    if before is None or after is None:
+        return None
+    busy = sum(after[c][0] - before[c][0] for c in cpus)
+    total = sum(after[c][1] - before[c][1] for c in cpus)
+    if total <= 0:
+        return None
+    cores_busy = len(cpus) * busy / total
+    own = (own_after - own_before) / window_s
+    return max(0.0, cores_busy - own)
+
+
+def cpu_jiffies(cpus: list[int]) -> dict[int, tuple[int, int]] | None:
+    """Per CPU: (busy, total) jiffies from ``/proc/stat``; None where it cannot be read."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    out: dict[int, tuple[int, int]] = {}
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+        idle = values[3] + values[4]
+        out[int(name[3:])] = (sum(values) - idle, sum(values))
+    return out if cpus and all(c in out for c in cpus) else None
 
 
 def load_average() -> float:

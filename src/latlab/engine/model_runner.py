@@ -19,7 +19,7 @@ from latlab.engine.hardware import (
     ThreadChoice,
     choose_threads,
     cpu_capabilities,
-    load_average,
+    other_load,
     usable_cores,
 )
 from latlab.engine.kernels import paged_decode_attention
@@ -44,7 +44,7 @@ def _set_threads(config: EngineConfig) -> ThreadChoice:
             threads=torch.get_num_threads(), reason="not a CPU", omp_proc_bind=None,
             omp_wait_policy=None,
         )  # fmt: skip
-    choice = choose_threads(config.num_threads, usable_cores(), load_average())
+    choice = choose_threads(config.num_threads, usable_cores(), other_load())
     torch.set_num_threads(choice.threads)
     return choice
 
