@@ -40,6 +40,7 @@ from latlab.serve.prometheus import (
     ServeMetrics,
     count_http_status,
 )
+from latlab.serve.prompt_tokens import count_past, cutter_for
 from latlab.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -236,6 +237,8 @@ class _Server:
         # One worker: large requests are prepared in turn, never several at once.
         self._prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latlab-prep")
         self._token_text: lp.Decode | None = None
+        # Where prompts can be cut to count their tokens only as far as the context allows.
+        self._cutter = cutter_for(engine.tokenizer)
 
     # ---- validation and tokenization ------------------------------------------------------
 
@@ -276,12 +279,22 @@ class _Server:
         ids = self._chat_ids(req.messages, req.add_generation_prompt)
         return self._job(req, ids, req.requested_max_tokens, chat=True, prefix="chatcmpl")
 
-    def _prompt_ids(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
+    def _prompt_ids(
+        self, prompt: str, add_special_tokens: bool = True, *, bounded: bool = True
+    ) -> list[int]:
         self._check_chars(len(prompt))
-        return self._encode(_unicode(prompt, "prompt"), add_special_tokens=add_special_tokens)
+        text = _unicode(prompt, "prompt")
+        if bounded:
+            self._check_count(text, add_special_tokens, "prompt")
+        return self._encode(text, add_special_tokens=add_special_tokens)
 
     def _chat_ids(
-        self, chat: list[Any], add_generation_prompt: bool, add_special_tokens: bool = False
+        self,
+        chat: list[Any],
+        add_generation_prompt: bool,
+        add_special_tokens: bool = False,
+        *,
+        bounded: bool = True,
     ) -> list[int]:
         messages = [m.as_template_dict() for m in chat]
         for message in messages:
@@ -296,6 +309,8 @@ class _Server:
             raise RequestError(
                 f"could not apply the model's chat template: {exc}", param="messages"
             ) from None
+        if bounded:
+            self._check_count(text, add_special_tokens, "messages")
         # The template already wrote any BOS token; adding special tokens would double it.
         return self._encode(text, add_special_tokens=add_special_tokens)
 
@@ -306,10 +321,10 @@ class _Server:
             raise RequestError("give exactly one of 'prompt' or 'messages'", param="prompt")
         if req.prompt is not None:
             special = True if req.add_special_tokens is None else req.add_special_tokens
-            ids = self._prompt_ids(req.prompt, special)
+            ids = self._prompt_ids(req.prompt, special, bounded=False)
         else:
             ids = self._chat_ids(req.messages or [], req.add_generation_prompt,
-                                 bool(req.add_special_tokens))  # fmt: skip
+                                 bool(req.add_special_tokens), bounded=False)  # fmt: skip
         out: dict[str, Any] = {"count": len(ids), "max_model_len": int(self.engine.max_model_len),
                                "tokens": ids}  # fmt: skip
         if req.return_token_strs:
@@ -326,6 +341,26 @@ class _Server:
             return list(self.engine.tokenizer.encode(text, **kwargs))
         except Exception as exc:  # what the tokenizer cannot take is the client's to fix
             raise RequestError(f"could not tokenize the prompt: {exc}", param="prompt") from None
+
+    def _check_count(self, text: str, add_special_tokens: bool, param: str) -> None:
+        """Refuse a prompt with no room for output after tokenizing only about a context's worth
+        of it (latlab.serve.prompt_tokens), so a huge prompt costs what a full one does."""
+        if self._cutter is None:
+            return  # a tokenizer not known to keep its tokens across cuts: encoded whole
+        limit = int(self.engine.max_model_len)
+        try:
+            counted = count_past(self.engine.tokenizer, self._cutter, text, limit - 1,
+                                 add_special_tokens=add_special_tokens)  # fmt: skip
+        except Exception as exc:  # as _encode: what the tokenizer cannot take is the client's
+            raise RequestError(f"could not tokenize the prompt: {exc}", param=param) from None
+        if counted is not None:
+            raise RequestError(
+                f"this model's maximum context length is {limit} tokens; the prompt has at least "
+                f"{counted} tokens (counting stopped there), which leaves no room for output; "
+                "shorten it",
+                param=param,
+                code="context_length_exceeded",
+            )
 
     def _check_chars(self, chars: int) -> None:
         limit = int(self.engine.max_model_len)
