@@ -34,6 +34,7 @@ def _engine_tokens(model_dir: Path, prompts: list[list[int]], **config) -> tuple
         pytest.param({"enable_prefix_caching": False, "block_size": 4}, id="no-prefix-cache"),
         pytest.param({"max_num_seqs": 2, "block_size": 4}, id="max-num-seqs-2"),
         pytest.param({"native_attention": False}, id="torch-decode-attention"),
+        pytest.param({"native_decode": False, "max_num_seqs": 2}, id="torch-decode-layers"),
     ],
 )
 def test_greedy_matches_transformers_concurrent_mixed_lengths(tiny_model_dir, config):

@@ -92,6 +92,25 @@ class EngineConfig:
         help="Native paged decode attention on CPU (--no-native-attention: gathered K/V).",
         default_text="when its kernel is already built",
     )
+    # Decode steps of 1-4 sequences on CPU with float32 weights run each decoder layer as one
+    # native call (decode_layer.cpp: GEMVs streaming the weights, the elementwise work inline),
+    # same build as native_attention; None = when built, True = build it now or fail, False =
+    # torch ops. Sums each dot product in its own order (logits differ from F.linear's in the
+    # last bits; greedy parity with transformers is tested with it on).
+    native_decode: bool | None = setting(
+        None,
+        help="Decode steps of 1-4 sequences (CPU, float32 weights) as one native call per "
+        "layer (--no-native-decode: torch ops).",
+        default_text="when its kernel is already built",
+    )
+    # Large weight tensors (>= 2 MiB) copied into memory madvise'd for transparent huge pages
+    # on CPU: a batch-1 step streams every weight, and 4 KiB pages cost a TLB miss each
+    # (huge_pages.py). None = where the kernel's THP mode allows it, True = or fail.
+    huge_pages: bool | None = setting(
+        None,
+        help="Weights in transparent huge pages on CPU (--no-huge-pages: 4 KiB pages).",
+        default_text="where the kernel allows (THP always or madvise)",
+    )
     # Prompt-lookup speculative decoding (0 = off): up to this many draft tokens, found by
     # matching the last prompt_lookup_max..prompt_lookup_min tokens earlier in the sequence,
     # verified in one forward pass. Greedy output stays the plain greedy output (float32

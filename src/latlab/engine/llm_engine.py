@@ -284,6 +284,7 @@ class LLMEngine:
         return (
             f"{d['threads']} thread(s) ({d['threads_reason']}); weights {d['dtype']}, compute "
             f"{d['compute_dtype']}, linear {d['linear']} ({d['reason']}); KV {d['kv_cache_dtype']}"
+            f"; decode layers: {d['decode_layers']}; huge pages: {d['huge_pages']}"
         )
 
     def stats(self) -> EngineStats:

@@ -22,7 +22,8 @@ from latlab.engine.hardware import (
     other_load,
     usable_cores,
 )
-from latlab.engine.kernels import paged_decode_attention
+from latlab.engine.huge_pages import HugePages, move_to_huge_pages
+from latlab.engine.kernels import decode_layer, paged_decode_attention, small_linear
 from latlab.engine.models.config import ModelArgs
 from latlab.engine.models.llama import AttentionMetadata, load_llama
 from latlab.engine.outputs import Logprob, PositionLogprobs
@@ -31,6 +32,8 @@ from latlab.engine.scheduler import SchedulerOutput
 from latlab.engine.sequence import Sequence
 from latlab.engine.weights import WeightPlan, apply_weight_plan, plan_weights
 from latlab.errors import CapacityError, ConfigError
+
+NATIVE_DECODE_MAX_ROWS = 4  # decode_layer.cpp's register blocking covers 1-4 rows
 
 
 def num_kv_blocks(budget_bytes: int, block_size: int, bytes_per_token: int) -> int:
@@ -65,6 +68,7 @@ class ModelRunner:
             raise CapacityError("the KV cache budget holds no block at all; raise kv_cache_bytes")
         self.weight_plan = self._prepare_model(model_dir, args)
         self.decode_kernel, self.attention_reason = self._decode_kernel()
+        self.native_layer, self.native_linear, self.decode_reason = self._native_decode()
         self.packed_linear = self.weight_plan.linear == "onednn-packed"
         shape = (args.num_key_value_heads, num_blocks, config.block_size, args.head_dim)
         self.kv_caches = [
@@ -92,7 +96,20 @@ class ModelRunner:
             caps=cpu_capabilities(),
         )
         self.model = load_llama(model_dir, args, self.dtype, config.device)
-        return apply_weight_plan(self.model, plan, batch_hint=config.max_num_seqs)
+        plan = apply_weight_plan(self.model, plan, batch_hint=config.max_num_seqs)
+        self.huge_pages = self._huge_pages()
+        return plan
+
+    def _huge_pages(self) -> HugePages:
+        """Move the weights into huge-page memory where wanted and possible (CPU), say why."""
+        wanted = self.config.huge_pages
+        if wanted is False or self.device.type != "cpu":
+            why = "huge_pages=False" if wanted is False else "not a CPU"
+            return HugePages(moved_bytes=0, reason=f"off: {why}")
+        moved = move_to_huge_pages(self.model)
+        if wanted and not moved.moved_bytes:
+            raise ConfigError(f"huge_pages=True but {moved.reason}")
+        return moved
 
     def _decode_kernel(self) -> tuple[Callable[..., torch.Tensor] | None, str]:
         """The native paged decode attention where wanted and available (CPU), and why."""
@@ -108,6 +125,29 @@ class ModelRunner:
             raise ConfigError(f"native_attention=True but {kernel.reason}")
         return kernel.fn, kernel.reason
 
+    def _native_decode(self) -> tuple[Callable | None, Callable | None, str]:
+        """The native decode layer and GEMV for decode steps of 1-4 rows, where wanted and
+        possible (CPU, plain float32 linears, native attention), and why."""
+        wanted = self.config.native_decode
+        model = self.model.layers[0].self_attn.qkv_proj
+        why_not = None
+        if wanted is False:
+            why_not = "native_decode=False"
+        elif self.decode_kernel is None:
+            why_not = f"no native attention ({self.attention_reason})"
+        elif self.weight_plan.linear != "plain" or not isinstance(model, torch.nn.Linear):
+            why_not = f"{self.weight_plan.linear} linears (the native GEMV reads plain float32)"
+        elif model.weight.dtype != torch.float32:
+            why_not = f"{dtype_name(model.weight.dtype)} weights (the native GEMV reads float32)"
+        if why_not is not None:
+            if wanted:
+                raise ConfigError(f"native_decode=True but {why_not}")
+            return None, None, f"torch ops per layer: {why_not}"
+        layer, linear = decode_layer(wait=bool(wanted)), small_linear(wait=bool(wanted))
+        if layer.fn is None and wanted:
+            raise ConfigError(f"native_decode=True but {layer.reason}")
+        return layer.fn, linear.fn, layer.reason
+
     def describe(self) -> dict:
         """What the runner chose (threads, dtypes, linear kernels) and why: the start-up report."""
         caps = cpu_capabilities()
@@ -120,6 +160,8 @@ class ModelRunner:
             "omp_wait_policy": self.threads.omp_wait_policy,
             "kv_cache_dtype": dtype_name(self.kv_dtype),
             "decode_attention": self.attention_reason,
+            "decode_layers": self.decode_reason,
+            **self.huge_pages.as_dict(),
             **self.weight_plan.as_dict(),
         }
 
@@ -258,10 +300,13 @@ class ModelRunner:
             q_pos = pos_t[q_index]
             out_index = (torch.arange(b, device=dev).unsqueeze(1) * max_q + j)[j < n]
         if max_q == 1 and self.decode_kernel is not None:
+            native = self.native_layer is not None and b <= NATIVE_DECODE_MAX_ROWS
             return AttentionMetadata(
                 torch.tensor(slots, dtype=torch.long, device=dev), block_tables,
                 block_tables.view(-1), None, None, None, None, 1,
                 seq_lens=q_pos.view(b) + 1, decode_kernel=self.decode_kernel,
+                native_layer=self.native_layer if native else None,
+                native_linear=self.native_linear if native else None,
             )  # fmt: skip
         keys = torch.arange(max_blocks * self.block_size, device=dev)
         mask = keys.view(1, 1, 1, -1) <= q_pos.view(b, 1, max_q, 1)

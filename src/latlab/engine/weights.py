@@ -78,7 +78,7 @@ def plan_weights(
         why = "packed_linear=False" if packed_linear is False else "compile=True"
         return WeightPlan(dtype=dtype, compute_dtype=dtype, linear="plain", reason=why)
     if dtype == torch.float32 and not packed_linear:
-        why = "float32: plain F.linear, bit-identical to transformers (packed_linear=True packs)"
+        why = "float32: plain F.linear, transformers' own kernel (packed_linear=True packs)"
         return WeightPlan(dtype=dtype, compute_dtype=dtype, linear="plain", reason=why)
     why = "weights reordered once for oneDNN's GEMM" + widened
     return WeightPlan(dtype=dtype, compute_dtype=compute, linear="onednn-packed", reason=why)

@@ -1,11 +1,15 @@
 """Native CPU kernels of the engine, compiled once per machine and cached.
 
-torch's C++ extension JIT builds them (a C++ compiler and ninja must be present; about a minute
-of CPU on two cores, once: the build lands in torch's extension cache, keyed by the source, the
-flags and this CPU). Building is never on an engine's start-up path: ``make setup`` starts the
-build in the background and ``python -m latlab.engine.kernels`` builds in the foreground. Until
-the build exists the engine runs its pure-torch path and says why (``native_attention=True``
-waits for the build instead); ``LATLAB_NATIVE_KERNELS=0`` forces the torch path.
+torch's C++ extension JIT builds them (a C++ compiler and ninja must be present; about two
+minutes of CPU on two cores, once: the build lands in torch's extension cache, keyed by the
+sources, the flags and this CPU). Building is never on an engine's start-up path: ``make setup``
+starts the build in the background and ``python -m latlab.engine.kernels`` builds in the
+foreground. Until the build exists the engine runs its pure-torch path and says why
+(``native_attention=True`` / ``native_decode=True`` wait for the build instead);
+``LATLAB_NATIVE_KERNELS=0`` forces the torch path.
+
+One module holds every kernel: the in-place paged decode attention (paged_attention.cpp) and
+the small-batch decode layer with its GEMV (decode_layer.cpp), which calls that attention.
 """
 
 from __future__ import annotations
@@ -16,10 +20,16 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
-SOURCE = Path(__file__).with_name("paged_attention.cpp")
+HERE = Path(__file__).parent
+SOURCE = HERE / "paged_attention.cpp"  # holds the module's registrations
+SOURCES = (SOURCE, HERE / "decode_layer.cpp")
+HEADERS = (HERE / "kernels.h",)
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
 BUILD_HINT = "`python -m latlab.engine.kernels` builds it; `make setup` does in the background"
+ATTENTION = "native paged decode attention (in place)"
+DECODE = "native decode layers (one call per layer, streaming GEMVs) for 1-4 rows"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,20 +40,28 @@ class Kernel:
     reason: str
 
 
-_loaded: dict[str, Kernel] = {}
+@dataclass(frozen=True, slots=True)
+class _Build:
+    module: ModuleType | None
+    reason: str  # why the module is missing ("" when loaded)
+
+
+_loaded: dict[str, _Build] = {}
 
 
 def _build_name() -> str:
     from latlab.engine.hardware import cpu_capabilities
 
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256()
+    for path in (*SOURCES, *HEADERS):
+        digest.update(path.read_bytes())
     digest.update(" ".join(FLAGS).encode())
     digest.update(cpu_capabilities().model.encode())
     return f"latlab_paged_attention_{digest.hexdigest()[:12]}"
 
 
 def build_directory() -> Path:
-    """Where torch builds (and caches) this kernel for this source, these flags and this CPU."""
+    """Where torch builds (and caches) the kernels for these sources, flags and this CPU."""
     from torch.utils.cpp_extension import _get_build_directory
 
     return Path(_get_build_directory(_build_name(), verbose=False))
@@ -56,27 +74,47 @@ def is_built() -> bool:
     return library.is_file() and not (directory / "lock").exists()
 
 
-def paged_decode_attention(*, wait: bool = True) -> Kernel:
-    """The in-place paged decode attention kernel (see paged_attention.cpp).
-
-    ``wait=False`` loads it only when already built (never compiles: what an engine start
-    does); ``wait=True`` builds it when missing, or waits for a build in progress.
-    """
+def _module(*, wait: bool) -> _Build:
+    """The kernels' module. ``wait=False`` loads it only when already built (never compiles:
+    what an engine start does); ``wait=True`` builds it when missing, or waits for a build in
+    progress."""
     if os.environ.get("LATLAB_NATIVE_KERNELS", "1") == "0":
-        return Kernel(None, "LATLAB_NATIVE_KERNELS=0")
+        return _Build(None, "LATLAB_NATIVE_KERNELS=0")
     name = _build_name()
     if name in _loaded:
         return _loaded[name]
     if not wait:
         if not is_built():
-            return Kernel(None, f"native kernel not built yet ({BUILD_HINT})")
+            return _Build(None, f"native kernel not built yet ({BUILD_HINT})")
         _loaded[name] = _import_built(name)
     else:
         _loaded[name] = _build_and_load(name)
     return _loaded[name]
 
 
-def _import_built(name: str) -> Kernel:
+def _kernel(attribute: str, what: str, *, wait: bool) -> Kernel:
+    build = _module(wait=wait)
+    if build.module is None:
+        return Kernel(None, build.reason)
+    return Kernel(getattr(build.module, attribute), what)
+
+
+def paged_decode_attention(*, wait: bool = True) -> Kernel:
+    """The in-place paged decode attention kernel (see paged_attention.cpp)."""
+    return _kernel("paged_decode_attention", ATTENTION, wait=wait)
+
+
+def decode_layer(*, wait: bool = True) -> Kernel:
+    """One decoder layer of a decode step of 1-4 float32 rows (see decode_layer.cpp)."""
+    return _kernel("decode_layer", DECODE, wait=wait)
+
+
+def small_linear(*, wait: bool = True) -> Kernel:
+    """``x @ w.T (+ bias)`` for 1-4 float32 rows, streaming ``w`` once (decode_layer.cpp)."""
+    return _kernel("small_linear", "native GEMV for 1-4 rows", wait=wait)
+
+
+def _import_built(name: str) -> _Build:
     """Import the cached library as it is: no ninja run, so a source whose mtime changed (a git
     checkout) but whose content did not (same name) is not rebuilt on an engine's start."""
     import torch  # noqa: F401  (the library links against libtorch's symbols)
@@ -89,22 +127,22 @@ def _import_built(name: str) -> Kernel:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     except Exception as exc:  # a library from another torch build: the torch path stays
-        return Kernel(None, f"native kernel in {path} does not load ({exc}; {BUILD_HINT})")
-    return Kernel(module.paged_decode_attention, "native paged decode attention (in place)")
+        return _Build(None, f"native kernel in {path} does not load ({exc}; {BUILD_HINT})")
+    return _Build(module, "")
 
 
-def _build_and_load(name: str) -> Kernel:
+def _build_and_load(name: str) -> _Build:
     try:
         from torch.utils.cpp_extension import load
 
         module = load(
             name=name,
-            sources=[str(SOURCE)],
+            sources=[str(s) for s in SOURCES],
             extra_cflags=FLAGS,
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
     except Exception as exc:  # no compiler, no ninja, a build error: the torch path stays
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return Kernel(None, f"native kernel unavailable ({first[:160]})")
-    return Kernel(module.paged_decode_attention, "native paged decode attention (in place)")
+        return _Build(None, f"native kernel unavailable ({first[:160]})")
+    return _Build(module, "")

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import sys
 
-from latlab.engine.kernels import build_directory, paged_decode_attention
+from latlab.engine.kernels import build_directory, decode_layer, paged_decode_attention
 
 
 def main() -> int:
-    kernel = paged_decode_attention(wait=True)
-    print(f"engine kernel: {kernel.reason} ({build_directory()})")
-    return 0 if kernel.fn is not None else 1
+    kernels = (paged_decode_attention(wait=True), decode_layer(wait=True))
+    for kernel in kernels:
+        print(f"engine kernel: {kernel.reason} ({build_directory()})")
+    return 0 if all(k.fn is not None for k in kernels) else 1
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@
 // block_tables [B, max_blocks] int64; seq_lens [B] int64 = keys to attend (the new one included).
 // Query head h uses KV head h / (H / KVH), as transformers' repeat_kv does.
 
-#include <torch/extension.h>
+#include "kernels.h"
+
 #include <ATen/Parallel.h>
 
 #include <cmath>
@@ -159,4 +160,6 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention,
         "decode attention over the paged KV cache, read in place");
+  m.def("small_linear", &small_linear, "x @ w.T (+ bias) for up to 4 float32 rows (GEMV)");
+  m.def("decode_layer", &decode_layer, "one decoder layer of a decode step of up to 4 rows");
 }

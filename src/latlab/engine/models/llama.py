@@ -34,6 +34,8 @@ class AttentionMetadata:
     out_index: [N] position of each real token in the flattened [B * max_q] output.
     seq_lens: [B] keys each sequence attends to (decode steps run by ``decode_kernel``).
     decode_kernel: the native in-place paged decode attention for this step, or None.
+    native_layer, native_linear: the native decode layer and GEMV when this step is a decode
+        step of 1-4 rows that the runner hands to them (one call per layer), else None.
     """
 
     slot_mapping: torch.Tensor
@@ -46,6 +48,8 @@ class AttentionMetadata:
     max_q: int
     seq_lens: torch.Tensor | None = None
     decode_kernel: Callable[..., torch.Tensor] | None = None
+    native_layer: Callable[..., torch.Tensor] | None = None
+    native_linear: Callable[..., torch.Tensor] | None = None
 
 
 class RMSNorm(nn.Module):
@@ -186,6 +190,26 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, meta)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def native_decode(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """The same layer as one native call (decode_layer.cpp): at 1-4 rows the ~100 torch ops
+        around the linears cost more than their arithmetic, and F.linear streams the weights
+        slower than the native GEMV (docs/engine.md, lever table)."""
+        attn, mlp, norm = self.self_attn, self.mlp, self.input_layernorm
+        return meta.native_layer(
+            x, cos, sin, norm.weight, attn.qkv_proj.weight, attn.qkv_proj.bias,
+            attn.o_proj.weight, self.post_attention_layernorm.weight, mlp.gate_up_proj.weight,
+            mlp.down_proj.weight, k_cache, v_cache, meta.slot_mapping, meta.block_tables,
+            meta.seq_lens, attn.num_heads, norm.eps, attn.scale,
+        )  # fmt: skip
+
 
 class LlamaForCausalLM(nn.Module):
     def __init__(self, args: ModelArgs):
@@ -218,12 +242,29 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Run the new tokens; returns float32 logits of the rows in ``logits_index``."""
         x = self.embed_tokens(input_ids)
+        if meta.native_layer is not None:
+            return self._native_decode(x, positions, kv_caches, meta, logits_index)
         cos = self.cos_table[positions].unsqueeze(1)
         sin = self.sin_table[positions].unsqueeze(1)
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
             x = layer(x, cos, sin, k_cache, v_cache, meta)
         x = self.norm(x[logits_index])
         return self.lm_head(x).float()
+
+    def _native_decode(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        meta: AttentionMetadata,
+        logits_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """A decode step of 1-4 rows: one native call per layer, the head as a native GEMV."""
+        cos, sin = self.cos_table[positions], self.sin_table[positions]
+        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
+            x = layer.native_decode(x, cos, sin, k_cache, v_cache, meta)
+        x = self.norm(x[logits_index])
+        return meta.native_linear(x, self.lm_head.weight, None)
 
 
 def load_llama(

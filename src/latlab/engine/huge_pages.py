@@ -1,0 +1,89 @@
+"""Model weights in transparent huge pages (CPU): fewer TLB misses while a step streams them.
+
+A batch-1 decode step reads every weight once, hundreds of MB in 4 KiB pages by default: one
+TLB miss and page walk every 4 KiB. On the AVX2 EPYC of docs/engine.md a streaming read of a
+buffer madvise'd for 2 MiB pages ran 1.11x faster than the same read on 4 KiB pages (one
+thread; 1.13x with two), and the engine's batch-1 step gained with it (lever table). Linux
+hands out huge pages for such a region when ``transparent_hugepage/enabled`` is ``always`` or
+``madvise``; with ``never`` (or off Linux) the weights stay where they are and the engine says
+so. Only contiguous tensors of at least 2 MiB move (small ones would waste the alignment).
+"""
+
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+HUGE_PAGE = 2 << 20
+PAGE = 4096
+THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class HugePages:
+    """What was moved into huge-page memory, and why (the engine's start-up report)."""
+
+    moved_bytes: int
+    reason: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"huge_page_bytes": self.moved_bytes, "huge_pages": self.reason}
+
+
+def thp_mode(path: Path = THP_SETTING) -> str:
+    """The kernel's transparent huge page mode: always, madvise, never, or unavailable."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return "unavailable"
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else "unavailable"
+
+
+def _large_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Distinct (tied weights once) contiguous CPU tensors of at least one huge page."""
+    seen: set[int] = set()
+    found = []
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor is None or id(tensor) in seen or tensor.device.type != "cpu":
+            continue
+        seen.add(id(tensor))
+        big = tensor.numel() * tensor.element_size() >= HUGE_PAGE
+        if big and tensor.layout == torch.strided and tensor.is_contiguous():
+            found.append(tensor)
+    return found
+
+
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def move_to_huge_pages(model: nn.Module, *, mode: str | None = None) -> HugePages:
+    """Copy the model's large tensors into one region madvise'd for huge pages (in place:
+    ``tensor.data`` is swapped, so modules and tied weights keep working)."""
+    mode = thp_mode() if mode is None else mode
+    if mode not in ("always", "madvise") or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return HugePages(moved_bytes=0, reason=f"off: transparent huge pages {mode} here")
+    tensors = _large_tensors(model)
+    sizes = [t.numel() * t.element_size() for t in tensors]
+    total = sum(_round_up(n, PAGE) for n in sizes)
+    if not total:
+        return HugePages(moved_bytes=0, reason="off: no tensor of 2 MiB or more")
+    # private anonymous memory: shared mappings are shmem, whose huge pages follow another knob
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    arena = mmap.mmap(-1, _round_up(total, HUGE_PAGE), flags=flags)
+    arena.madvise(mmap.MADV_HUGEPAGE)
+    base = torch.frombuffer(arena, dtype=torch.uint8)  # keeps the mapping alive
+    offset = 0
+    with torch.no_grad():
+        for tensor, n in zip(tensors, sizes, strict=True):
+            view = base[offset : offset + n].view(tensor.dtype).view(tensor.shape)
+            view.copy_(tensor)
+            tensor.data = view
+            offset += _round_up(n, PAGE)
+    why = f"{len(tensors)} weight tensors in memory madvise'd for 2 MiB pages (THP {mode})"
+    return HugePages(moved_bytes=offset, reason=why)

@@ -1,0 +1,83 @@
+"""The native decode layer and its GEMV (kernels/decode_layer.cpp) against the torch path:
+F.linear at every row count and awkward shape, and whole decode steps (logprobs and tokens)
+with and without a q/k/v bias, in float32 and bf16 KV caches; the runner says when it is used."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latlab.engine import LLM, SamplingParams
+from latlab.engine.kernels import decode_layer, small_linear
+from latlab.errors import ConfigError
+
+from ._reference import mixed_prompts
+
+
+@pytest.fixture(scope="module")
+def gemv():
+    """The built GEMV (waits for setup's background build, or builds it), else a skip."""
+    built = small_linear(wait=True)
+    if built.fn is None:
+        pytest.skip(built.reason)
+    return built.fn
+
+
+@pytest.fixture(scope="module")
+def native_layer():
+    built = decode_layer(wait=True)
+    if built.fn is None:
+        pytest.skip(built.reason)
+    return built.fn
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize(("n", "k"), [(64, 64), (37, 300), (5, 13), (2304, 768)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemv_matches_f_linear(gemv, rows, n, k, bias):
+    gen = torch.Generator().manual_seed(n * k + rows)
+    x, w = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen)
+    b = torch.randn(n, generator=gen) if bias else None
+    torch.testing.assert_close(gemv(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+
+
+def test_gemv_refuses_what_it_does_not_compute(gemv):
+    w = torch.randn(8, 16)
+    with pytest.raises(RuntimeError, match="1 to 4 rows"):
+        gemv(torch.randn(5, 16), w, None)
+    with pytest.raises(RuntimeError, match="float32"):
+        gemv(torch.randn(1, 16, dtype=torch.float64), w, None)
+    with pytest.raises(RuntimeError, match=r"\[M, K\]"):
+        gemv(torch.randn(1, 15), w, None)
+
+
+def _steps(model_dir, prompts, **config) -> tuple[list, list]:
+    llm = LLM(str(model_dir), max_num_seqs=4, **config)
+    outs = llm.generate(prompts, SamplingParams(max_tokens=8, logprobs=3, ignore_eos=True))
+    logprobs = [[lp for pos in o.logprobs for lp in pos.values()] for o in outs]
+    return [o.token_ids for o in outs], logprobs
+
+
+@pytest.mark.parametrize("kv", ["float32", "bfloat16"])
+@pytest.mark.parametrize("model", ["tiny_model_dir", "qwen2_model_dir"])
+def test_native_decode_steps_match_the_torch_ops(native_layer, request, model, kv):
+    model_dir = request.getfixturevalue(model)  # qwen2: non-zero q/k/v biases
+    prompts = mixed_prompts(3)
+    torch_tokens, torch_lp = _steps(model_dir, prompts, native_decode=False, kv_cache_dtype=kv)
+    tokens, lp = _steps(model_dir, prompts, native_decode=True, kv_cache_dtype=kv)
+    assert tokens == torch_tokens
+    for got, want in zip(lp, torch_lp, strict=True):
+        assert [g.rank for g in got] == [w.rank for w in want]
+        assert max(abs(g.logprob - w.logprob) for g, w in zip(got, want, strict=True)) < 1e-4
+
+
+def test_runner_says_when_decode_layers_are_native(native_layer, tiny_model_dir):
+    native = LLM(str(tiny_model_dir)).engine.describe()
+    assert native["decode_layers"].startswith("native decode layers")
+    off = LLM(str(tiny_model_dir), native_decode=False).engine.describe()
+    assert off["decode_layers"] == "torch ops per layer: native_decode=False"
+    torch_attention = LLM(str(tiny_model_dir), native_attention=False).engine.describe()
+    assert "no native attention" in torch_attention["decode_layers"]
+    with pytest.raises(ConfigError, match="native_decode=True but int8"):
+        LLM(str(tiny_model_dir), native_decode=True, quantization="int8")
