@@ -13,6 +13,11 @@ Anchor (``--anchor-ref``): the same scenarios against latlab serve built from an
     nice -n 10 .venv/bin/python benchmarks/serve_hostile.py --repeats 3 \\
         --anchor-ref baaf37c --json benchmarks/results/serve_hostile.json
 
+``--hostile-every S`` sends the hostile request once every S seconds instead of back to back:
+back to back, a server that refuses faster is sent more requests in the same time, so the two
+servers are not under the same load; at a fixed rate they are, and the figures compare the cost
+of one request.
+
 ``--header-timeout S`` (passed to both servers, which must know the flag) makes the half-sent
 requests time out while the probe runs: their sockets open ``S - 0.5`` seconds before it
 starts, so the heads' timeouts fire half a second into the probe (and the bodies' too when
@@ -200,11 +205,20 @@ def _poll_health(base: str, pid: int, stop: threading.Event, out: dict) -> None:
     out.update(latencies=latencies, rss=rss)
 
 
-def _send_hostile(base: str, scenario: Scenario, stop: threading.Event, out: dict) -> None:
+def _send_hostile(
+    base: str, scenario: Scenario, stop: threading.Event, out: dict, every_s: float | None = None
+) -> None:
+    """Send the hostile request back to back, or one every ``every_s`` seconds (open loop: the
+    same rate whatever the server's answer time, so two servers get the same load)."""
     statuses: Counter[str] = Counter()
     durations = []
+    due = time.perf_counter()
     with httpx.Client(timeout=300) as client:
         while not stop.is_set():
+            if every_s:
+                if stop.wait(max(0.0, due - time.perf_counter())):
+                    break
+                due += every_s
             start = time.perf_counter()
             try:
                 status = str(
@@ -219,13 +233,22 @@ def _send_hostile(base: str, scenario: Scenario, stop: threading.Event, out: dic
     out.update(statuses=dict(statuses), durations=durations)
 
 
-def measure(base: str, pid: int, scenario: Scenario, tokens: int, lead_s: float = 0.3) -> Sample:
+def measure(
+    base: str,
+    pid: int,
+    scenario: Scenario,
+    tokens: int,
+    lead_s: float = 0.3,
+    every_s: float | None = None,
+) -> Sample:
     stop = threading.Event()
     health: dict = {}
     hostile: dict = {}
     threads = [threading.Thread(target=_poll_health, args=(base, pid, stop, health))]
     if scenario.body is not None:
-        threads.append(threading.Thread(target=_send_hostile, args=(base, scenario, stop, hostile)))
+        threads.append(
+            threading.Thread(target=_send_hostile, args=(base, scenario, stop, hostile, every_s))
+        )
     holder = scenario.sockets(base) if scenario.sockets else contextlib.nullcontext()
     with holder:
         for thread in threads:
@@ -351,7 +374,7 @@ def run_sides(sides: list[Side], args: argparse.Namespace) -> None:
                 lead = 0.3
                 if scenario.sockets and args.header_timeout:
                     lead = max(lead, args.header_timeout - 0.5)
-                sample = measure(base, pid, scenario, args.tokens, lead)
+                sample = measure(base, pid, scenario, args.tokens, lead, args.hostile_every)
                 print(f"  {side.label} repeat {repeat + 1}: {scenario.name}: {asdict(sample)}",
                       flush=True)  # fmt: skip
                 side.samples.append(sample)
@@ -367,6 +390,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="scenario names (quiet always runs)")
     parser.add_argument("--header-timeout", type=float, default=None, help="serve flag, both")
     parser.add_argument("--body-timeout", type=float, default=None, help="serve flag, both")
+    parser.add_argument(
+        "--hostile-every",
+        type=float,
+        default=None,
+        help="seconds between hostile requests (open loop) [default: back to back]",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     result = {
