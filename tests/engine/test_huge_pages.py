@@ -41,7 +41,7 @@ def test_nothing_moves_where_the_kernel_says_never():
     module = _module()
     ptr = module.big.weight.data_ptr()
     moved = move_to_huge_pages(module, mode="never")
-    assert moved.moved_bytes == 0 and "never" in moved.reason
+    assert moved.moved_bytes == 0 and "never" in moved.reason and not moved.available
     assert module.big.weight.data_ptr() == ptr
 
 
@@ -57,3 +57,5 @@ def test_engine_reports_its_choice(tiny_model_dir):
     assert off["huge_pages"] == "off: huge_pages=False" and off["huge_page_bytes"] == 0
     auto = LLM(str(tiny_model_dir)).engine.describe()  # its tensors are all under 2 MiB
     assert auto["huge_page_bytes"] == 0 and auto["huge_pages"].startswith("off")
+    forced = LLM(str(tiny_model_dir), huge_pages=True).engine.describe()  # nothing to move: fine
+    assert forced["huge_pages"] == "off: no tensor of 2 MiB or more"

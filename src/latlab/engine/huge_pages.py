@@ -29,6 +29,7 @@ class HugePages:
 
     moved_bytes: int
     reason: str
+    available: bool = True  # False: the kernel (or the platform) gives no huge pages here
 
     def as_dict(self) -> dict[str, object]:
         return {"huge_page_bytes": self.moved_bytes, "huge_pages": self.reason}
@@ -67,7 +68,8 @@ def move_to_huge_pages(model: nn.Module, *, mode: str | None = None) -> HugePage
     ``tensor.data`` is swapped, so modules and tied weights keep working)."""
     mode = thp_mode() if mode is None else mode
     if mode not in ("always", "madvise") or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return HugePages(moved_bytes=0, reason=f"off: transparent huge pages {mode} here")
+        why = f"off: transparent huge pages {mode} here"
+        return HugePages(moved_bytes=0, reason=why, available=False)
     tensors = _large_tensors(model)
     sizes = [t.numel() * t.element_size() for t in tensors]
     total = sum(_round_up(n, PAGE) for n in sizes)

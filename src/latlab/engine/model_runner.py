@@ -107,7 +107,7 @@ class ModelRunner:
             why = "huge_pages=False" if wanted is False else "not a CPU"
             return HugePages(moved_bytes=0, reason=f"off: {why}")
         moved = move_to_huge_pages(self.model)
-        if wanted and not moved.moved_bytes:
+        if wanted and not moved.available:
             raise ConfigError(f"huge_pages=True but {moved.reason}")
         return moved
 
