@@ -42,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=6, help="decode steps timed per round")
     p.add_argument("--context", type=int, default=64, help="prompt tokens before timing")
     p.add_argument("--probe-mb", type=int, default=512, help="bandwidth probe buffer size")
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also split the default engine's batch-1 step: forward, its GEMVs alone over its "
+        "own weights, a torch sum over the same weights",
+    )
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -148,6 +154,52 @@ def shape_rates(args, rows: int) -> dict[str, Callable[[], float]]:
     return fns
 
 
+def breakdown(args, probes: dict[str, Callable[[], float]]) -> dict:
+    """Milliseconds of a batch-1 step of the default engine next to what it must do: its own
+    linear weights streamed by the native GEMV alone and by a torch sum, and the probe's time
+    for the same bytes; interleaved rounds."""
+    import torch
+
+    from latlab.engine import EngineConfig, SamplingParams
+    from latlab.engine.kernels import small_linear
+    from latlab.engine.llm_engine import LLMEngine
+    from latlab.engine.roofline import decode_cost, linear_layers
+
+    engine = LLMEngine(EngineConfig(model=str(args.model_dir), dtype="float32",
+                                    num_threads=args.threads, max_num_seqs=1))  # fmt: skip
+    engine.add_request(list(range(10, 10 + args.context)), SamplingParams(max_tokens=1800))
+    for _ in range(4):
+        engine.step()
+    model, gemv = engine.runner.model, small_linear(wait=True).fn
+    layers = linear_layers(model)
+    xs = {m.in_features: torch.randn(1, m.in_features) for m in layers}
+    weight_bytes = decode_cost(model, batch=1, context=0, kv_bytes_per_cached_token=0).weight_bytes
+
+    def timed(fn: Callable[[], object]) -> Callable[[], float]:
+        def run() -> float:
+            start = time.perf_counter()
+            fn()
+            return 1e3 * (time.perf_counter() - start)
+
+        return run
+
+    def forward_ms() -> float:
+        before = engine.stats().forward_seconds_total
+        engine.step()
+        return 1e3 * (engine.stats().forward_seconds_total - before)
+
+    fns = {
+        "step": timed(engine.step),
+        "forward": forward_ms,
+        "native GEMVs alone": timed(
+            lambda: [gemv(xs[m.in_features], m.weight, None) for m in layers]
+        ),
+        "torch sum of the same weights": timed(lambda: [m.weight.sum() for m in layers]),
+        "probe, same bytes": lambda: 1e3 * weight_bytes / probes["measure_read_bandwidth"](),
+    }
+    return {name: summary(v) for name, v in interleaved(fns, args.rounds).items()}
+
+
 def measure(args) -> dict:
     import os
 
@@ -166,6 +218,8 @@ def measure(args) -> dict:
     for r in [int(r) for r in args.rows.split(",")]:
         rows[r] = {n: summary(v) for n, v in interleaved(shape_rates(args, r), args.rounds).items()}
     result["shapes_bytes_per_s"] = rows
+    if args.breakdown:
+        result["breakdown_ms"] = breakdown(args, probes)
     result["loadavg_at_end"] = os.getloadavg()
     return result
 
@@ -191,6 +245,14 @@ def report(result: dict) -> None:
             print(f"  {name:44s} {s['median'] / 1e9:5.1f} GB/s (best {s['best'] / 1e9:5.1f})")
 
 
+def report_breakdown(result: dict) -> None:
+    if "breakdown_ms" not in result:
+        return
+    print("batch-1 step of the default engine, ms (median, best):")
+    for name, s in result["breakdown_ms"].items():
+        print(f"  {name:30s} {s['median']:6.2f}  {min(s['all']):6.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
@@ -198,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     result = measure(args)
     report(result)
+    report_breakdown(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
 

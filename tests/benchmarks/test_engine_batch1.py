@@ -32,7 +32,7 @@ def test_smoke_on_the_bundled_model(tmp_path, capsys):
     out = tmp_path / "b1.json"
     bench.main([
         "--model-dir", str(model_dir), "--rounds", "1", "--steps", "1", "--context", "4",
-        "--rows", "4", "--batches", "2", "--probe-mb", "8", "--json", str(out),
+        "--rows", "4", "--batches", "2", "--probe-mb", "8", "--breakdown", "--json", str(out),
     ])  # fmt: skip
     result = json.loads(out.read_text())
     assert set(result["batches"]["2"]["seconds_per_step"]) == set(bench.VARIANTS)
@@ -40,4 +40,5 @@ def test_smoke_on_the_bundled_model(tmp_path, capsys):
     assert engines["native, huge pages"]["decode_layers"].startswith("native decode layers")
     assert engines["torch ops, 4 KiB pages"]["decode_layers"].endswith("native_decode=False")
     assert len(result["shapes_bytes_per_s"]["4"]) == 8  # 4 shapes x (F.linear, native GEMV)
+    assert set(result["breakdown_ms"]) >= {"step", "native GEMVs alone", "probe, same bytes"}
     assert "of the limit" in capsys.readouterr().out
