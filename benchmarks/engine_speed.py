@@ -147,15 +147,20 @@ def time_hf(model, prompts, output_len: int) -> tuple[float, float]:
 
 
 def gemm_rates(engines: dict, batch: int) -> dict[str, float]:
-    """FLOP/s of each variant's own linear layers at ``batch`` rows (the same-shape GEMM rate)."""
+    """FLOP/s of each variant's own linear kernels at ``batch`` rows (the same-shape GEMM rate):
+    the native GEMV where the engine's decode steps of this many rows use it, else the layers'
+    own forward."""
+    from latlab.engine.model_runner import NATIVE_DECODE_MAX_ROWS
     from latlab.engine.roofline import measure_linear_rate
 
     rates = {}
     for name, llm in engines.items():
         runner = llm.engine.runner
+        native = runner.native_linear if batch <= NATIVE_DECODE_MAX_ROWS else None
         rates[name] = measure_linear_rate(
-            runner.model, batch=batch, dtype=runner.weight_plan.compute_dtype, device=runner.device
-        )
+            runner.model, batch=batch, dtype=runner.weight_plan.compute_dtype,
+            device=runner.device, linear=native,
+        )  # fmt: skip
     return rates
 
 

@@ -7,6 +7,7 @@ import torch
 from latlab.engine import LLM
 from latlab.engine.roofline import (
     decode_cost,
+    linear_layers,
     measure_linear_rate,
     measure_matmul_rate,
     measure_read_bandwidth,
@@ -49,3 +50,20 @@ def test_measurements_return_rates(tiny_model_dir):
     assert measure_read_bandwidth(CPU, nbytes=8 << 20, repeats=2) > 1e8
     assert measure_linear_rate(model, batch=4, dtype=torch.float32, device=CPU, repeats=2) > 1e6
     assert measure_matmul_rate(64, dtype=torch.float32, device=CPU, repeats=2) > 1e6
+
+
+def test_linear_rate_runs_the_kernel_it_is_given_on_every_layer(tiny_model_dir):
+    """The rate of the kernel the engine really uses (the native GEMV of small decode steps)."""
+    model, _ = _model(tiny_model_dir)
+    shapes = []
+
+    def linear(x, weight, bias):
+        shapes.append((x.shape[0], tuple(weight.shape)))
+        return torch.nn.functional.linear(x, weight, bias)
+
+    rate = measure_linear_rate(
+        model, batch=2, dtype=torch.float32, device=CPU, repeats=1, linear=linear
+    )
+    layers = linear_layers(model)
+    assert rate > 1e6 and len(shapes) >= len(layers)
+    assert set(shapes) == {(2, tuple(m.weight.shape)) for m in layers}

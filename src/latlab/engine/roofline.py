@@ -115,9 +115,19 @@ def measure_read_bandwidth(
 
 
 def measure_linear_rate(
-    model: nn.Module, *, batch: int, dtype: torch.dtype, device: torch.device, repeats: int = 5
+    model: nn.Module,
+    *,
+    batch: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    repeats: int = 5,
+    linear: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
 ) -> float:
-    """FLOP/s of the model's own linear layers (same kernels, same shapes) at ``batch`` rows."""
+    """FLOP/s of the model's own linear layers (same kernels, same shapes) at ``batch`` rows.
+
+    ``linear(x, weight, bias)`` replaces the modules' own forward where the engine runs these
+    shapes through another kernel (the native GEMV of 1-4 row decode steps).
+    """
     layers = linear_layers(model)
     inputs = {m.in_features: torch.randn(batch, m.in_features, dtype=dtype, device=device)
               for m in layers}  # fmt: skip
@@ -125,7 +135,11 @@ def measure_linear_rate(
     def run() -> None:
         with torch.inference_mode():
             for m in layers:
-                m(inputs[m.in_features])
+                x = inputs[m.in_features]
+                if linear is None:
+                    m(x)
+                else:
+                    linear(x, m.weight, m.bias)
 
     seconds = _median_seconds(run, device, repeats)
     return 2 * batch * sum(m.in_features * m.out_features for m in layers) / seconds
