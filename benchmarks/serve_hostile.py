@@ -286,7 +286,22 @@ def server(src: Path, model: str | None, label: str, flags: list[str]) -> Iterat
     with ManagedProcess(spec) as proc:
         base = f"http://127.0.0.1:{port}"
         proc.wait_http(f"{base}/health", timeout_s=180)
+        _wait_for_prep_process(proc)
         yield base, proc.pid  # type: ignore[misc]
+
+
+def _wait_for_prep_process(proc: ManagedProcess) -> None:
+    """A server that prepares large requests in a child process (latlab.serve.prep) starts it
+    in the background; measuring before it is up would measure the thread path, and its
+    tokenizer load (~6 s of one core) on top. Older servers print no such line."""
+    proc.wait_ready(lambda: "latlab serve: engine: " in proc.log_tail(50), timeout_s=60)
+    time.sleep(0.2)  # the next line, when there is one, is printed right after that one
+    if "until the preparation process is up" not in proc.log_tail(50):
+        return
+    proc.wait_ready(lambda: "preparation process ready" in proc.log_tail(50), timeout_s=180,
+                    what="preparing in its child process")  # fmt: skip
+    line = next(x for x in proc.log_tail(50).splitlines() if "preparation process ready" in x)
+    print(f"  {line}", flush=True)
 
 
 @contextlib.contextmanager

@@ -387,3 +387,43 @@ def test_engine_flag_values_reach_the_config():
     assert (config.model, config.enable_prefix_caching, config.num_threads) == ("m", False, 2)
     assert (config.kv_cache_bytes, config.compile, config.max_num_seqs) == (2**30, True, 64)
     assert (options.port, options.served_model_name, options.host) == (0, "x", "127.0.0.1")
+
+
+def _group_gone(pgid: int, timeout_s: float = 10.0) -> list[int]:
+    from latlab.procs import group_members
+
+    deadline = time.monotonic() + timeout_s
+    while (left := group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["loading", "ready"])
+def test_sigterm_leaves_no_preparation_process(tiny_model, when):
+    """The preparation process (latlab.serve.prep) is stopped on the way out, whether it was
+    still loading its tokenizer or serving, and nothing else of the server's is left."""
+    cmd = [sys.executable, "-c", _CLI, "serve", tiny_model, "--port", "0"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert lines[0].startswith(READY_PREFIX), "".join(lines) + proc.stderr.read()
+        assert "until the preparation process is up" in lines[2], lines
+        if when == "ready":
+            line = proc.stdout.readline()
+            assert "preparation process ready" in line, line
+            base = lines[0][len(READY_PREFIX) :].split()[0]
+            body = {"prompt": "the " * 1100}  # large: tokenized in the child
+            tokenize = base.removesuffix("/v1") + "/tokenize"
+            assert httpx.post(tokenize, json=body, timeout=60).json()["count"] > 1000
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        log = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _group_gone(proc.pid) == []
+    assert "Traceback" not in log and len(log.strip().splitlines()) == 1, log

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from latlab.errors import CapacityError, ConfigError, LatlabError, OverloadedErr
 from latlab.serve import logprobs as lp
 from latlab.serve import sse
 from latlab.serve.guard import Drain, Guard, GuardConfig, RequestLimits, parsed_body
+from latlab.serve.prep import PrepProcess, Refusal, Tokens, WorkerDied
 from latlab.serve.prometheus import (
     CONTENT_TYPE,
     HistogramBuckets,
@@ -40,7 +42,6 @@ from latlab.serve.prometheus import (
     ServeMetrics,
     count_http_status,
 )
-from latlab.serve.prompt_tokens import count_past, cutter_for
 from latlab.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -62,15 +63,19 @@ Outputs = AsyncGenerator[RequestOutput, None]  # one request's stream from the e
 # Seconds a client is told to wait after a 503 (the queue drains in about that long at
 # typical CPU decode rates; clients with backoff retry sooner or later anyway).
 RETRY_AFTER_S = 1
-# A prompt with more characters than this per context token cannot fit (tokens average about
-# four characters); refusing it before tokenizing keeps a huge prompt off the event loop.
-MAX_CHARS_PER_TOKEN = 64
 # Requests whose preparation handles more than this many characters (or token ids) are
 # tokenized, rendered and checked on a worker thread, so the event loop keeps every stream
 # flowing meanwhile; smaller ones (under about a millisecond) are cheaper inline than a
 # thread hop. A chat message counts as this many characters of template work besides its text.
 OFFLOAD_ABOVE = 4096
 MESSAGE_COST = 64
+# Set on the preparation thread: what runs there is large, and goes to the preparation process
+# when one is up (latlab.serve.prep); small requests are prepared inline, as before.
+_PREP_THREAD = threading.local()
+
+
+def _mark_large() -> None:
+    _PREP_THREAD.large = True
 
 
 @dataclass(slots=True)
@@ -94,6 +99,7 @@ def create_app(
     guard: GuardConfig | None = None,
     drain: Drain | None = None,
     buckets: HistogramBuckets | None = None,
+    prep_process: PrepProcess | None = None,
 ) -> FastAPI:
     """Build the app serving ``engine`` (``latlab.engine.AsyncLLM``, or anything keeping the
     ``latlab.engine.protocol.Engine`` contract) as ``served_model_name``.
@@ -103,12 +109,15 @@ def create_app(
     ``guard`` defaults to no key, any Host, and request limits derived from the model's
     context; ``drain`` is shared with the server so shutdown can refuse new requests.
     ``buckets`` sets the latency histograms' edges (``latlab serve --ttft-buckets``).
+    ``prep_process`` (started, owned and closed by the caller) prepares large requests in
+    another process once it is up (latlab.serve.prep); without it they go to a thread.
     """
     app = FastAPI(title="latlab serve", docs_url=None, redoc_url=None, openapi_url=None)
     drain = drain or Drain()
     server = _Server(
-        engine, served_model_name, make_params or _default_make_params(), drain, buckets
-    )
+        engine, served_model_name, make_params or _default_make_params(), drain, buckets,
+        prep_process,
+    )  # fmt: skip
     app.state.latlab = server
     _add_error_handlers(app)
     guard = guard or GuardConfig(limits=RequestLimits.for_context(int(engine.max_model_len)))
@@ -228,6 +237,7 @@ class _Server:
         make_params: Callable[..., Any],
         drain: Drain,
         buckets: HistogramBuckets | None = None,
+        prep_process: PrepProcess | None = None,
     ) -> None:
         self.engine = engine
         self.drain = drain
@@ -235,10 +245,12 @@ class _Server:
         self.make_params = make_params
         self.metrics = ServeMetrics(engine.stats, model_name, buckets=buckets)
         # One worker: large requests are prepared in turn, never several at once.
-        self._prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latlab-prep")
+        self._prep = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="latlab-prep", initializer=_mark_large
+        )
         self._token_text: lp.Decode | None = None
-        # Where prompts can be cut to count their tokens only as far as the context allows.
-        self._cutter = cutter_for(engine.tokenizer)
+        self.tokens = Tokens(engine.tokenizer, int(engine.max_model_len))
+        self.prep_process = prep_process
 
     # ---- validation and tokenization ------------------------------------------------------
 
@@ -282,11 +294,7 @@ class _Server:
     def _prompt_ids(
         self, prompt: str, add_special_tokens: bool = True, *, bounded: bool = True
     ) -> list[int]:
-        self._check_chars(len(prompt))
-        text = _unicode(prompt, "prompt")
-        if bounded:
-            self._check_count(text, add_special_tokens, "prompt")
-        return self._encode(text, add_special_tokens=add_special_tokens)
+        return self._ids("prompt_ids", prompt, add_special_tokens, bounded=bounded)
 
     def _chat_ids(
         self,
@@ -297,22 +305,28 @@ class _Server:
         bounded: bool = True,
     ) -> list[int]:
         messages = [m.as_template_dict() for m in chat]
-        for message in messages:
-            _unicode(message["content"], "messages")
-        self._check_chars(sum(len(m["content"]) for m in messages))
-        tokenizer = self.engine.tokenizer
+        return self._ids(
+            "chat_ids", messages, add_generation_prompt, add_special_tokens, bounded=bounded
+        )
+
+    def _ids(self, method: str, *args: Any, **kwargs: Any) -> list[int]:
+        """``Tokens.<method>``: in the preparation process for a large request once it is up
+        (its GIL is not the engine's), else here; refusals become the same 400s either way."""
+        process = self.prep_process
         try:
-            text = tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt
-            )
-        except Exception as exc:  # jinja errors, missing template: all the client's to fix
+            if process is not None and process.ready and getattr(_PREP_THREAD, "large", False):
+                return process.call(method, *args, **kwargs)
+            return getattr(self.tokens, method)(*args, **kwargs)
+        except Refusal as exc:
+            raise RequestError(exc.message, param=exc.param, code=exc.code) from None
+        except WorkerDied as exc:
             raise RequestError(
-                f"could not apply the model's chat template: {exc}", param="messages"
+                f"{exc}; retry the request",
+                status=503,
+                type="service_unavailable",
+                code="preparation_failed",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
             ) from None
-        if bounded:
-            self._check_count(text, add_special_tokens, "messages")
-        # The template already wrote any BOS token; adding special tokens would double it.
-        return self._encode(text, add_special_tokens=add_special_tokens)
 
     def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
         """The token ids this server would run for a prompt or chat, as vLLM's /tokenize."""
@@ -335,42 +349,6 @@ class _Server:
         self._check_model(req.model)
         ids = self._check_token_ids(req.tokens)
         return {"prompt": self.engine.tokenizer.decode(ids)}
-
-    def _encode(self, text: str, **kwargs: Any) -> list[int]:
-        try:
-            return list(self.engine.tokenizer.encode(text, **kwargs))
-        except Exception as exc:  # what the tokenizer cannot take is the client's to fix
-            raise RequestError(f"could not tokenize the prompt: {exc}", param="prompt") from None
-
-    def _check_count(self, text: str, add_special_tokens: bool, param: str) -> None:
-        """Refuse a prompt with no room for output after tokenizing only about a context's worth
-        of it (latlab.serve.prompt_tokens), so a huge prompt costs what a full one does."""
-        if self._cutter is None:
-            return  # a tokenizer not known to keep its tokens across cuts: encoded whole
-        limit = int(self.engine.max_model_len)
-        try:
-            counted = count_past(self.engine.tokenizer, self._cutter, text, limit - 1,
-                                 add_special_tokens=add_special_tokens)  # fmt: skip
-        except Exception as exc:  # as _encode: what the tokenizer cannot take is the client's
-            raise RequestError(f"could not tokenize the prompt: {exc}", param=param) from None
-        if counted is not None:
-            raise RequestError(
-                f"this model's maximum context length is {limit} tokens; the prompt has at least "
-                f"{counted} tokens (counting stopped there), which leaves no room for output; "
-                "shorten it",
-                param=param,
-                code="context_length_exceeded",
-            )
-
-    def _check_chars(self, chars: int) -> None:
-        limit = int(self.engine.max_model_len)
-        if chars > limit * MAX_CHARS_PER_TOKEN:
-            raise RequestError(
-                f"the prompt has {chars} characters, far more than fit in this model's "
-                f"maximum context of {limit} tokens; shorten it",
-                param="prompt",
-                code="context_length_exceeded",
-            )
 
     def _check_token_ids(self, ids: list[int]) -> list[int]:
         try:
@@ -535,18 +513,6 @@ class _Server:
             "max_model_len": int(self.engine.max_model_len),
         }
         return {"object": "list", "data": [card]}
-
-
-def _unicode(text: str, param: str) -> str:
-    """``text`` if it can be UTF-8 encoded; JSON can carry lone surrogates ("\\ud800")."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise RequestError(
-            f"{param} is not valid Unicode: a lone surrogate at character {exc.start}",
-            param=param,
-        ) from None
-    return text
 
 
 def _size(value: Any) -> int:

@@ -37,6 +37,7 @@ from latlab.errors import ConfigError
 from latlab.serve.connections import protocol_class
 from latlab.serve.guard import Drain, GuardConfig
 from latlab.serve.options import ServeOptions
+from latlab.serve.prep import PrepProcess
 
 READY_PREFIX = "latlab serve: ready at "
 # After on_deadline, requests get this long to write their final event before being cancelled.
@@ -235,13 +236,15 @@ async def _serve_engine(
     from latlab.serve.app import create_app
 
     engine = AsyncLLM(engine_config)
+    prep = start_prep_process(engine)
     try:
         served = options.served_model_name or default_served_name(engine_config.model)
         drain = Drain()
         guard = options.guard_for_context(int(engine.max_model_len))
         app = create_app(
-            engine, served, guard=guard, drain=drain, buckets=options.histogram_buckets()
-        )
+            engine, served, guard=guard, drain=drain, buckets=options.histogram_buckets(),
+            prep_process=prep,
+        )  # fmt: skip
         server = uvicorn_server(
             app,
             guard=guard,
@@ -259,14 +262,33 @@ async def _serve_engine(
                 flush=True,
             )
             print(f"latlab serve: engine: {engine.summary()}", flush=True)
+            if prep is not None and not prep.ready:
+                print(PREP_STARTING, flush=True)
             hint = tokenizer_hint(served, engine_config.model)
             if hint:
                 print(hint, file=sys.stderr, flush=True)
 
         report = await serve_app(server, sock, ready)
     finally:
+        if prep is not None:
+            prep.close()
         await engine.shutdown()
     print(report.line("latlab serve"), file=sys.stderr, flush=True)
+
+
+PREP_STARTING = (
+    "latlab serve: large requests are prepared on a thread until the preparation process "
+    "is up (starting in the background)"
+)
+
+
+def start_prep_process(engine: Any) -> PrepProcess | None:
+    """The process that prepares large requests, loading the engine's tokenizer files in the
+    background (latlab.serve.prep); None when the engine does not say where they are."""
+    model_dir = getattr(getattr(engine, "engine", None), "model_dir", None)
+    if model_dir is None:
+        return None
+    return PrepProcess(str(model_dir), int(engine.max_model_len)).start()
 
 
 def capacity_text(engine: Any) -> str:
