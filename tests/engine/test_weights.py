@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 import time
@@ -238,3 +239,70 @@ def test_score_gives_the_logits_greedy_decoding_follows(tiny_model_dir):
     assert logits.dtype == torch.float32
     assert logits[len(prompt) - 1 :].argmax(-1).tolist() == out.token_ids
     assert llm.engine.stats().kv_cache_usage == 0.0  # the engine's own cache untouched
+
+
+class _Machine:
+    """A scripted /proc/stat and clock: per look, other processes' busy cores and our own."""
+
+    def __init__(self, cpus: list[int]) -> None:
+        self.cpus, self.now, self.own, self.jiffies = cpus, 0.0, 0.0, {c: (0, 0) for c in cpus}
+
+    def advance(self, *, others: float, own: float, seconds: float = 1.0) -> None:
+        per_cpu = (others + own) / len(self.cpus)  # busy share of each CPU
+        ticks = 100 * seconds
+        self.jiffies = {
+            c: (busy + round(per_cpu * ticks), total + round(ticks))
+            for c, (busy, total) in self.jiffies.items()
+        }
+        self.now += seconds
+        self.own += own * seconds
+
+
+def _follower(threads: int) -> tuple[hardware.ThreadFollower, _Machine]:
+    cpus = sorted(os.sched_getaffinity(0))
+    machine = _Machine(cpus)
+    follower = hardware.ThreadFollower(
+        threads=threads,
+        read=lambda _: dict(machine.jiffies),
+        clock=lambda: machine.now,
+        own_cpu=lambda: machine.own,
+    )
+    return follower, machine
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) != 2, reason="scripted for a 2-core machine")
+def test_threads_follow_other_jobs_after_two_agreeing_looks():
+    follower, machine = _follower(threads=2)
+    machine.advance(others=0.0, own=2.0)
+    assert follower.check() is None  # nobody else: stay at 2
+    machine.advance(others=0.7, own=1.3)  # a job arrives and gets 0.7 of a core
+    assert follower.check() is None  # one look is not enough (bursts do not flap)
+    machine.advance(others=0.7, own=1.3)
+    assert follower.check() == 1 and follower.threads == 1
+    machine.advance(others=1.0, own=1.0)
+    assert follower.check() is None  # still busy: stay at 1
+    machine.advance(others=0.0, own=1.0)
+    assert follower.check() is None
+    machine.advance(others=0.0, own=1.0)  # the job left: back to both cores
+    assert follower.check() == 2 and follower.changes == 2
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) != 2, reason="scripted for a 2-core machine")
+def test_follower_waits_for_its_interval_and_ignores_a_long_idle_gap():
+    follower, machine = _follower(threads=2)
+    machine.advance(others=2.0, own=0.0, seconds=0.5)
+    assert follower.check() is None  # not due yet
+    machine.advance(others=2.0, own=0.0, seconds=30.0)  # idle engine: this gap says nothing
+    assert follower.check() is None
+    machine.advance(others=1.0, own=1.0)
+    assert follower.check() is None and follower.threads == 2  # the first look of two
+
+
+def test_engine_threads_follow_load_only_when_it_chose_them(tiny_model_dir):
+    chosen = LLM(str(tiny_model_dir), kv_cache_bytes=1 << 20).engine
+    pinned = LLM(str(tiny_model_dir), kv_cache_bytes=1 << 20, num_threads=1).engine
+    many_cores = len(os.sched_getaffinity(0)) > 1
+    assert chosen.describe()["threads_follow_load"] is many_cores
+    assert pinned.describe()["threads_follow_load"] is False
+    if many_cores:
+        assert "as other jobs come and go" in chosen.summary()

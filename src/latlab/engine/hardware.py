@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +171,60 @@ def cpu_jiffies(cpus: list[int]) -> dict[int, tuple[int, int]] | None:
         idle = values[3] + values[4]
         out[int(name[3:])] = (sum(values) - idle, sum(values))
     return out if cpus and all(c in out for c in cpus) else None
+
+
+class ThreadFollower:
+    """Re-decides the thread count between engine steps as other jobs come and go.
+
+    The choice at start is right only until another job starts: two OpenMP threads with a busy
+    second core measured 3-10x slower than one thread. Every ``interval_s`` of stepping this
+    reads ``/proc/stat`` (about 50 us; the deltas since the last look, no sleep), subtracts this
+    process's own CPU time, and moves to the new count once two looks in a row agree, so one
+    burst of someone else's work does not make the engine flap.
+    """
+
+    def __init__(
+        self,
+        *,
+        threads: int,
+        interval_s: float = 1.0,
+        read: Callable[[list[int]], dict[int, tuple[int, int]] | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        own_cpu: Callable[[], float] = time.process_time,
+    ) -> None:
+        self.cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self.threads, self.interval_s, self.changes = threads, interval_s, 0
+        self._read, self._clock, self._own_cpu = read or cpu_jiffies, clock, own_cpu
+        self._pending: int | None = None
+        self._mark = self._snapshot()
+
+    def reset(self, threads: int) -> None:
+        """Start over from ``threads`` (a benchmark setting the count by hand)."""
+        self.threads, self.changes, self._pending = threads, 0, None
+        self._mark = self._snapshot()
+
+    def _snapshot(self) -> tuple[float, float, dict[int, tuple[int, int]] | None]:
+        return self._clock(), self._own_cpu(), self._read(self.cpus)
+
+    def check(self) -> int | None:
+        """The new thread count when it should change now, else None (cheap when not due)."""
+        if self._clock() - self._mark[0] < self.interval_s:
+            return None
+        (t0, own0, before), (t1, own1, after) = self._mark, self._snapshot()
+        self._mark = (t1, own1, after)
+        if before is None or after is None or t1 - t0 > 5 * self.interval_s:
+            return None  # unreadable, or idle for a while: the next interval decides
+        busy = sum(after[c][0] - before[c][0] for c in self.cpus)
+        total = sum(after[c][1] - before[c][1] for c in self.cpus)
+        if total <= 0:
+            return None
+        others = len(self.cpus) * busy / total - (own1 - own0) / (t1 - t0)
+        wanted = max(1, min(len(self.cpus), round(len(self.cpus) - max(0.0, others))))
+        if wanted == self.threads or wanted != self._pending:
+            self._pending = None if wanted == self.threads else wanted
+            return None
+        self.threads, self._pending, self.changes = wanted, None, self.changes + 1
+        return wanted
 
 
 def load_average() -> float:

@@ -171,6 +171,7 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
+        self.runner.follow_load()
         seqs, candidates = self.runner.execute(sched)
         for seq, n in zip(sched.seqs, sched.num_new_tokens, strict=True):
             seq.num_computed_tokens += n - len(seq.draft_token_ids)  # drafts count once accepted
@@ -281,10 +282,12 @@ class LLMEngine:
     def summary(self) -> str:
         """One line for logs: threads, dtypes and kernels with the reasons."""
         d = self.runner.describe()
+        follows = "; re-checked every second as other jobs come and go" * d["threads_follow_load"]
         return (
-            f"{d['threads']} thread(s) ({d['threads_reason']}); weights {d['dtype']}, compute "
-            f"{d['compute_dtype']}, linear {d['linear']} ({d['reason']}); KV {d['kv_cache_dtype']}"
-            f"; decode layers: {d['decode_layers']}; huge pages: {d['huge_pages']}"
+            f"{d['threads']} thread(s) ({d['threads_reason']}{follows}); weights {d['dtype']}, "
+            f"compute {d['compute_dtype']}, linear {d['linear']} ({d['reason']}); "
+            f"KV {d['kv_cache_dtype']}; decode layers: {d['decode_layers']}; "
+            f"huge pages: {d['huge_pages']}"
         )
 
     def stats(self) -> EngineStats:

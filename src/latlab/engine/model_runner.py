@@ -7,6 +7,7 @@ formula), so ``latlab plan`` and the engine agree on capacity.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from latlab.dtypes import dtype_name, torch_dtype
 from latlab.engine.config import EngineConfig
 from latlab.engine.hardware import (
     ThreadChoice,
+    ThreadFollower,
     choose_threads,
     cpu_capabilities,
     other_load,
@@ -36,6 +38,9 @@ from latlab.errors import CapacityError, ConfigError
 NATIVE_DECODE_MAX_ROWS = 4  # decode_layer.cpp's register blocking covers 1-4 rows
 
 
+logger = logging.getLogger(__name__)
+
+
 def num_kv_blocks(budget_bytes: int, block_size: int, bytes_per_token: int) -> int:
     return budget_bytes // (block_size * bytes_per_token)
 
@@ -52,6 +57,13 @@ def _set_threads(config: EngineConfig) -> ThreadChoice:
     return choice
 
 
+def _thread_follower(config: EngineConfig, choice: ThreadChoice) -> ThreadFollower | None:
+    """Threads follow the machine's load only where the engine chose them (CPU, unset)."""
+    if config.device != "cpu" or config.num_threads is not None or usable_cores() < 2:
+        return None
+    return ThreadFollower(threads=choice.threads)
+
+
 class ModelRunner:
     def __init__(
         self, config: EngineConfig, model_dir: Path, args: ModelArgs, num_blocks: int
@@ -59,6 +71,7 @@ class ModelRunner:
         if config.device != "cpu" and not torch.cuda.is_available():
             raise ConfigError(f"device {config.device!r} is not available here; use device='cpu'")
         self.threads = _set_threads(config)
+        self.follower = _thread_follower(config, self.threads)
         self.config = config
         self.device = torch.device(config.device)
         self.block_size = config.block_size
@@ -158,12 +171,23 @@ class ModelRunner:
             "threads_reason": self.threads.reason,
             "omp_proc_bind": self.threads.omp_proc_bind,
             "omp_wait_policy": self.threads.omp_wait_policy,
+            "threads_follow_load": self.follower is not None,
+            "thread_changes": self.follower.changes if self.follower is not None else 0,
             "kv_cache_dtype": dtype_name(self.kv_dtype),
             "decode_attention": self.attention_reason,
             "decode_layers": self.decode_reason,
             **self.huge_pages.as_dict(),
             **self.weight_plan.as_dict(),
         }
+
+    def follow_load(self) -> None:
+        """Between steps: fewer threads when another job takes a core, more when it leaves."""
+        if self.follower is None:
+            return
+        threads = self.follower.check()
+        if threads is not None:
+            torch.set_num_threads(threads)
+            logger.info("engine threads -> %d: other processes' load changed", threads)
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> tuple[list[Sequence], list[list[int]]]:
