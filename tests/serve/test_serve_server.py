@@ -85,3 +85,18 @@ def test_serve_app_freezes_the_startup_heap_before_accepting():
     )
     assert done.returncode == 0, done.stderr
     assert "frozen at ready: True" in done.stdout
+
+
+def test_a_preparation_process_that_cannot_spawn_leaves_the_thread_path(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from latlab.serve import prep, server
+
+    def refuse(self):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(prep.PrepProcess, "start", refuse)
+    engine = SimpleNamespace(engine=SimpleNamespace(model_dir="/m"), max_model_len=64)
+    assert server.start_prep_process(engine) is None
+    assert "no preparation process" in capsys.readouterr().err
+    assert server.start_prep_process(SimpleNamespace(max_model_len=64)) is None  # fakes

@@ -236,8 +236,9 @@ async def _serve_engine(
     from latlab.serve.app import create_app
 
     engine = AsyncLLM(engine_config)
-    prep = start_prep_process(engine)
+    prep: PrepProcess | None = None
     try:
+        prep = start_prep_process(engine)
         served = options.served_model_name or default_served_name(engine_config.model)
         drain = Drain()
         guard = options.guard_for_context(int(engine.max_model_len))
@@ -288,7 +289,14 @@ def start_prep_process(engine: Any) -> PrepProcess | None:
     model_dir = getattr(getattr(engine, "engine", None), "model_dir", None)
     if model_dir is None:
         return None
-    return PrepProcess(str(model_dir), int(engine.max_model_len)).start()
+    prep = PrepProcess(str(model_dir), int(engine.max_model_len))
+    try:
+        return prep.start()
+    except OSError as exc:  # cannot spawn (process or file limits): serve without it
+        prep.close()
+        print(f"latlab serve: no preparation process ({exc}); large requests are prepared on "
+              "a thread", file=sys.stderr, flush=True)  # fmt: skip
+        return None
 
 
 def capacity_text(engine: Any) -> str:
