@@ -182,9 +182,16 @@ def test_logit_bias_penalties_and_64_bit_seeds_reach_the_engine(served):
     assert first["choices"][0]["text"] == again["choices"][0]["text"]
 
 
-def test_disconnect_mid_stream_frees_kv(served):
+def test_disconnect_mid_stream_frees_kv(served, monkeypatch):
     engine, url = served
     _wait_until(lambda: engine.stats().num_running == 0)
+    step = engine.engine.step
+
+    def paced_step():  # 200 tokens take >= 2 s: the client disconnects mid-stream, not after
+        time.sleep(0.01)
+        return step()
+
+    monkeypatch.setattr(engine.engine, "step", paced_step)
     before = engine.stats().kv_cache_usage
     body = {"prompt": "a b c", "max_tokens": 200, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
