@@ -3,29 +3,18 @@ client_accuracy reads each tool's output and nets out start-up CPU. No vLLM or a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str, path: Path):  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
+from .scripts import BENCH, load_script
 
 sys.path.insert(0, str(BENCH / "anchors"))
-shim = _load("vllm_shim", BENCH / "anchors" / "vllm_shim.py")
-offline = _load("vllm_offline", BENCH / "anchors" / "vllm_offline.py")
-ca = _load("client_accuracy", BENCH / "client_accuracy.py")
+shim = load_script("vllm_shim", BENCH / "anchors" / "vllm_shim.py")
+offline = load_script("vllm_offline", BENCH / "anchors" / "vllm_offline.py")
+ca = load_script("client_accuracy", BENCH / "client_accuracy.py")
 
 # The line vLLM CPU 0.32 logged here for the reference model with VLLM_CPU_KVCACHE_SPACE=1.
 KV_LINE = (

@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from latlab.assets import bundled_model_path
 from latlab.engine.kernels import decode_layer
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str):  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from .scripts import load_script
 
 
 def test_smoke_on_the_bundled_model(tmp_path, capsys):
     if decode_layer(wait=True).fn is None:
         pytest.skip(decode_layer(wait=True).reason)
     model_dir = bundled_model_path()  # float32, and no transformers import needed
-    bench = _load("engine_batch1")
+    bench = load_script("engine_batch1")
     out = tmp_path / "b1.json"
     bench.main([
         "--model-dir", str(model_dir), "--rounds", "1", "--steps", "1", "--context", "4",

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
 from latlab.procs import group_members
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from .scripts import load_script
 
-
-def _load(name: str):  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-engine_speed = _load("engine_speed")
+engine_speed = load_script("engine_speed")
 
 # Like vLLM's offline script: write the result, leave a worker running, leave with os._exit.
 _LIKE_VLLM = """

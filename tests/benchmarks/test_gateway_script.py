@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
+from .scripts import load_script
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gateway.py"
-spec = importlib.util.spec_from_file_location("gateway_bench", SCRIPT)
-gw = importlib.util.module_from_spec(spec)
-sys.modules["gateway_bench"] = gw
-spec.loader.exec_module(gw)
+gw = load_script("gateway_bench", SCRIPT)
 
 
 def test_repeats_dataset_repeats_exactly_the_share_asked_and_only_earlier_prompts(tmp_path):

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from .scripts import load_script
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
-
-
-def _module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_smoke_run_on_cpu_passes_and_prints_one_json_summary(tmp_path):
@@ -42,7 +34,7 @@ def test_smoke_run_on_cpu_passes_and_prints_one_json_summary(tmp_path):
 
 
 def test_a_failing_section_makes_the_exit_code_one(monkeypatch, capsys):
-    gpu_check = _module()
+    gpu_check = load_script("gpu_check")
 
     def broken(run):  # type: ignore[no-untyped-def]
         raise RuntimeError("kernel exploded")
@@ -58,7 +50,7 @@ def test_a_failing_section_makes_the_exit_code_one(monkeypatch, capsys):
 
 
 def test_a_difference_passes_only_at_a_rounding_tie():
-    gpu_check = _module()
+    gpu_check = load_script("gpu_check")
     import torch
 
     class Model:  # logits: token 5 and 6 within 1e-4, token 7 far behind
