@@ -10,7 +10,8 @@ every decode step, so a client sending such chats back to back stretched every o
 chunk gaps (issue 18, docs/serve.md). vLLM keeps tokenization in its API-server process, apart
 from the engine core, for the same reason. The child loads the tokenizer exactly as the engine
 does (``latlab.model_files.load_tokenizer``: from_pretrained, trust_remote_code=False), so its
-ids are the engine's ids; it never imports torch nor loads the model.
+ids are the engine's ids; it loads no model (transformers itself still imports torch:
+about 5 s and 300 MB at start, docs/serve.md).
 
 The child starts in the background (spawn: a fresh interpreter, no copy of the engine's
 threads or memory) and the app keeps preparing on its thread until the child answers, so
