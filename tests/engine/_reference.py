@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
+
+from latlab.engine.kernels import Kernel
 
 
 @functools.cache
@@ -43,3 +47,12 @@ def mixed_prompts(count: int = 6, vocab: int = 4000, seed: int = 0) -> list[list
     gen = torch.Generator().manual_seed(seed)
     lengths = [3, 40, 9, 17, 1, 26, 33, 5][:count]
     return [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in lengths]
+
+
+def built_or_skip(kernel: Callable[..., Kernel]) -> Callable[..., torch.Tensor]:
+    """A native kernel's function, waiting for setup's background build (or building it);
+    a skip with its reason where it cannot be built here."""
+    built = kernel(wait=True)
+    if built.fn is None:
+        pytest.skip(built.reason)
+    return built.fn

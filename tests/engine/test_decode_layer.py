@@ -12,24 +12,17 @@ from latlab.engine import LLM, SamplingParams
 from latlab.engine.kernels import decode_layer, small_linear
 from latlab.errors import ConfigError
 
-from ._reference import mixed_prompts
+from ._reference import built_or_skip, mixed_prompts
 
 
 @pytest.fixture(scope="module")
 def gemv():
-    """The built GEMV (waits for setup's background build, or builds it), else a skip."""
-    built = small_linear(wait=True)
-    if built.fn is None:
-        pytest.skip(built.reason)
-    return built.fn
+    return built_or_skip(small_linear)
 
 
 @pytest.fixture(scope="module")
 def native_layer():
-    built = decode_layer(wait=True)
-    if built.fn is None:
-        pytest.skip(built.reason)
-    return built.fn
+    return built_or_skip(decode_layer)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])

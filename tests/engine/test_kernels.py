@@ -9,14 +9,12 @@ import torch
 from latlab.engine import LLM, kernels
 from latlab.engine.kernels import paged_decode_attention
 
+from ._reference import built_or_skip
+
 
 @pytest.fixture(scope="module")
 def kernel():
-    """The built kernel (waits for setup's background build, or builds it), else a skip."""
-    built = paged_decode_attention(wait=True)
-    if built.fn is None:
-        pytest.skip(built.reason)
-    return built.fn
+    return built_or_skip(paged_decode_attention)
 
 
 def _reference(q, k_cache, v_cache, tables, lens, scale):

@@ -101,7 +101,7 @@ def choose_threads(requested: int | None, cores: int, load: CoreLoad) -> ThreadC
         return ThreadChoice(
             threads=requested, reason="num_threads set", omp_proc_bind=bind, omp_wait_policy=wait
         )
-    free = max(1, min(cores, round(cores - load.busy)))
+    free = free_cores(cores, load.busy)
     seen = f"other processes busy on {load.busy:.1f} cores, {load.source}"
     if free == cores:
         reason = f"all {cores} cores ({seen})"
@@ -111,6 +111,11 @@ def choose_threads(requested: int | None, cores: int, load: CoreLoad) -> ThreadC
             "every parallel op"
         )
     return ThreadChoice(threads=free, reason=reason, omp_proc_bind=bind, omp_wait_policy=wait)
+
+
+def free_cores(cores: int, busy: float) -> int:
+    """Threads to run: the cores others leave free, at least one."""
+    return max(1, min(cores, round(cores - busy)))
 
 
 _SAMPLE_S = 0.2
@@ -141,19 +146,35 @@ def other_load() -> CoreLoad:
 
 def sample_busy_cores(window_s: float) -> float | None:
     """Cores' worth of CPU time others used on our affinity cores during ``window_s``."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    before, own_before = cpu_jiffies(cpus), time.process_time()
+    cpus = affinity_cpus()
+    t0, own0, before = time.monotonic(), time.process_time(), cpu_jiffies(cpus)
     time.sleep(window_s)
-    after, own_after = cpu_jiffies(cpus), time.process_time()
-    if before is None or after is None:
+    t1, own1, after = time.monotonic(), time.process_time(), cpu_jiffies(cpus)
+    return others_busy_cores(cpus, before, after, own_s=own1 - own0, wall_s=t1 - t0)
+
+
+def others_busy_cores(
+    cpus: list[int],
+    before: dict[int, tuple[int, int]] | None,
+    after: dict[int, tuple[int, int]] | None,
+    *,
+    own_s: float,
+    wall_s: float,
+) -> float | None:
+    """Cores' worth of other processes' CPU time between two ``/proc/stat`` readings: all the
+    busy time on ``cpus`` less this process's own (``own_s`` of CPU over ``wall_s``)."""
+    if before is None or after is None or wall_s <= 0:
         return None
     busy = sum(after[c][0] - before[c][0] for c in cpus)
     total = sum(after[c][1] - before[c][1] for c in cpus)
     if total <= 0:
         return None
-    cores_busy = len(cpus) * busy / total
-    own = (own_after - own_before) / window_s
-    return max(0.0, cores_busy - own)
+    return max(0.0, len(cpus) * busy / total - own_s / wall_s)
+
+
+def affinity_cpus() -> list[int]:
+    """The CPUs this process may run on (empty where the platform does not say)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
 def cpu_jiffies(cpus: list[int]) -> dict[int, tuple[int, int]] | None:
@@ -192,7 +213,7 @@ class ThreadFollower:
         clock: Callable[[], float] = time.monotonic,
         own_cpu: Callable[[], float] = time.process_time,
     ) -> None:
-        self.cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self.cpus = affinity_cpus()
         self.threads, self.interval_s, self.changes = threads, interval_s, 0
         self._read, self._clock, self._own_cpu = read or cpu_jiffies, clock, own_cpu
         self._pending: int | None = None
@@ -212,14 +233,12 @@ class ThreadFollower:
             return None
         (t0, own0, before), (t1, own1, after) = self._mark, self._snapshot()
         self._mark = (t1, own1, after)
-        if before is None or after is None or t1 - t0 > 5 * self.interval_s:
-            return None  # unreadable, or idle for a while: the next interval decides
-        busy = sum(after[c][0] - before[c][0] for c in self.cpus)
-        total = sum(after[c][1] - before[c][1] for c in self.cpus)
-        if total <= 0:
+        if t1 - t0 > 5 * self.interval_s:
+            return None  # idle for a while: the next interval decides
+        others = others_busy_cores(self.cpus, before, after, own_s=own1 - own0, wall_s=t1 - t0)
+        if others is None:
             return None
-        others = len(self.cpus) * busy / total - (own1 - own0) / (t1 - t0)
-        wanted = max(1, min(len(self.cpus), round(len(self.cpus) - max(0.0, others))))
+        wanted = free_cores(len(self.cpus), others)
         if wanted == self.threads or wanted != self._pending:
             self._pending = None if wanted == self.threads else wanted
             return None
