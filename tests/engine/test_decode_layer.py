@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from latlab.engine import LLM, SamplingParams
 from latlab.engine.kernels import decode_layer, small_linear
+from latlab.engine.models.packed_linear import PackedLinear
 from latlab.errors import ConfigError
 
 from ._reference import built_or_skip, mixed_prompts
@@ -74,3 +75,26 @@ def test_runner_says_when_decode_layers_are_native(native_layer, tiny_model_dir)
     assert "no native attention" in torch_attention["decode_layers"]
     with pytest.raises(ConfigError, match="native_decode=True but int8"):
         LLM(str(tiny_model_dir), native_decode=True, quantization="int8")
+
+
+def test_packed_float32_engine_decodes_small_steps_natively_on_the_plain_weights(
+    native_layer, tiny_model_dir
+):
+    """float32 with steps beyond 4 rows: oneDNN-packed copies for those, the plain weights kept
+    for the native decode layers; the tokens and log-probabilities are the plain engine's."""
+    packed = LLM(str(tiny_model_dir))  # max_num_seqs 64
+    runner = packed.engine.runner
+    qkv = runner.model.layers[0].self_attn.qkv_proj
+    assert runner.weight_plan.keep_plain and isinstance(qkv, PackedLinear)
+    assert qkv.weight is not None and runner.native_layer is not None
+    prompts = mixed_prompts(6)
+    params = SamplingParams(max_tokens=8, logprobs=3, ignore_eos=True)
+    plain = LLM(str(tiny_model_dir), packed_linear=False)
+    for batch in (prompts[:2], prompts):  # 2 rows: native; 6 rows: the packed GEMM
+        got = packed.generate(batch, params)
+        want = plain.generate(batch, params)
+        assert [o.token_ids for o in got] == [o.token_ids for o in want]
+        for g, w in zip(got, want, strict=True):
+            gl = [lp.logprob for pos in g.logprobs for lp in pos.values()]
+            wl = [lp.logprob for pos in w.logprobs for lp in pos.values()]
+            assert max(abs(a - b) for a, b in zip(gl, wl, strict=True)) < 1e-4

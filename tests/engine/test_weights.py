@@ -25,6 +25,7 @@ from latlab.engine.models.int8_linear import (
     quantize_linears,
     quantize_per_channel,
 )
+from latlab.engine.models.packed_linear import PackedLinear
 from latlab.engine.weights import plan_weights
 from latlab.errors import ConfigError
 
@@ -55,9 +56,15 @@ def test_bf16_with_bf16_instructions_stays_bf16_and_packed():
     assert (plan.compute_dtype, plan.linear) == (torch.bfloat16, "onednn-packed")
 
 
-def test_float32_stays_plain_for_exact_parity_unless_asked():
-    assert _plan(torch.float32).linear == "plain"
-    assert _plan(torch.float32, packed_linear=True).linear == "onednn-packed"
+def test_float32_packs_copies_beside_the_plain_weights_when_steps_can_exceed_four_rows():
+    small = _plan(torch.float32, max_rows=4)
+    assert (small.linear, small.keep_plain) == ("plain", False)
+    for plan in (_plan(torch.float32, max_rows=64), _plan(torch.float32, packed_linear=True)):
+        assert plan.compute_dtype == torch.float32 and plan.keep_plain
+        assert plan.linear == "onednn-packed"
+        assert "twice the linear weights' memory" in plan.reason
+    assert _plan(torch.float32, max_rows=64, packed_linear=False).linear == "plain"
+    assert not _plan(max_rows=64).keep_plain  # bf16: the packed float32 copies only
 
 
 def test_packed_linear_false_or_compile_keep_the_requested_dtype_plain():
@@ -224,10 +231,19 @@ def test_engine_logits_with_int8_weights_stay_close(tiny_model_dir):
 
 
 def test_engine_report_names_threads_and_dtypes(tiny_model_dir):
-    report = LLM(str(tiny_model_dir), num_threads=1).engine.describe()
+    report = LLM(str(tiny_model_dir), num_threads=1, max_num_seqs=4).engine.describe()
     assert report["threads"] == 1 and report["threads_reason"] == "num_threads set"
     assert report["dtype"] == report["compute_dtype"] == "float32"
     assert report["linear"] == "plain" and report["kv_cache_dtype"] == "float32"
+    assert LLM(str(tiny_model_dir)).engine.describe()["linear"] == "onednn-packed"
+
+
+def test_plain_weights_are_released_when_no_native_layer_reads_them(tiny_model_dir):
+    runner = LLM(str(tiny_model_dir), native_decode=False).engine.runner
+    assert runner.weight_plan.keep_plain
+    packed = [m for m in runner.model.modules() if isinstance(m, PackedLinear)]
+    assert packed and all(m.weight is None for m in packed)
+    assert runner.model.embed_tokens.weight.numel() > 0  # a tied head's embedding stays
 
 
 def test_score_gives_the_logits_greedy_decoding_follows(tiny_model_dir):

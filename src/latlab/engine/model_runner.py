@@ -25,9 +25,15 @@ from latlab.engine.hardware import (
     usable_cores,
 )
 from latlab.engine.huge_pages import HugePages, move_to_huge_pages
-from latlab.engine.kernels import decode_layer, paged_decode_attention, small_linear
+from latlab.engine.kernels import (
+    DECODE_MAX_ROWS,
+    decode_layer,
+    paged_decode_attention,
+    small_linear,
+)
 from latlab.engine.models.config import ModelArgs
 from latlab.engine.models.llama import AttentionMetadata, load_llama
+from latlab.engine.models.packed_linear import drop_plain_weights
 from latlab.engine.outputs import Logprob, PositionLogprobs
 from latlab.engine.sampler import Sampler
 from latlab.engine.scheduler import SchedulerOutput
@@ -35,7 +41,7 @@ from latlab.engine.sequence import Sequence
 from latlab.engine.weights import WeightPlan, apply_weight_plan, plan_weights
 from latlab.errors import CapacityError, ConfigError
 
-NATIVE_DECODE_MAX_ROWS = 4  # decode_layer.cpp's register blocking covers 1-4 rows
+NATIVE_DECODE_MAX_ROWS = DECODE_MAX_ROWS
 
 
 logger = logging.getLogger(__name__)
@@ -82,6 +88,8 @@ class ModelRunner:
         self.weight_plan = self._prepare_model(model_dir, args)
         self.decode_kernel, self.attention_reason = self._decode_kernel()
         self.native_layer, self.native_linear, self.decode_reason = self._native_decode()
+        if self.native_layer is None and self.weight_plan.keep_plain:
+            drop_plain_weights(self.model)  # only the native decode layers read them
         self.packed_linear = self.weight_plan.linear == "onednn-packed"
         shape = (args.num_key_value_heads, num_blocks, config.block_size, args.head_dim)
         self.kv_caches = [
@@ -107,6 +115,7 @@ class ModelRunner:
             packed_linear=config.packed_linear,
             compile=config.compile,
             caps=cpu_capabilities(),
+            max_rows=config.max_num_seqs,
         )
         self.model = load_llama(model_dir, args, self.dtype, config.device)
         plan = apply_weight_plan(self.model, plan, batch_hint=config.max_num_seqs)
@@ -148,7 +157,7 @@ class ModelRunner:
             why_not = "native_decode=False"
         elif self.decode_kernel is None:
             why_not = f"no native attention ({self.attention_reason})"
-        elif self.weight_plan.linear != "plain" or not isinstance(model, torch.nn.Linear):
+        elif not (self.weight_plan.linear == "plain" or self.weight_plan.keep_plain):
             why_not = f"{self.weight_plan.linear} linears (the native GEMV reads plain float32)"
         elif model.weight.dtype != torch.float32:
             why_not = f"{dtype_name(model.weight.dtype)} weights (the native GEMV reads float32)"

@@ -10,11 +10,12 @@ the choice and the reason; the engine's start-up report prints it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 
 import torch
 
 from latlab.engine.hardware import CpuCapabilities
+from latlab.engine.kernels import DECODE_MAX_ROWS
 from latlab.engine.models.int8_linear import kernels_in, quantize_linears
 from latlab.engine.models.llama import LlamaForCausalLM
 from latlab.engine.models.packed_linear import onednn_available, pack_linears
@@ -24,7 +25,7 @@ LINEAR_KERNELS = ("plain", "onednn-packed", "int8", "int8-weight-only")
 QUANTIZATIONS = ("int8", "int8-weight-only")
 
 
-@dataclass(kw_only=True, slots=True, frozen=True)
+@dataclasses.dataclass(kw_only=True, slots=True, frozen=True)
 class WeightPlan:
     """What the engine does with the weights, and why."""
 
@@ -32,6 +33,7 @@ class WeightPlan:
     compute_dtype: torch.dtype  # activations and the weights left in floating point
     linear: str  # one of LINEAR_KERNELS
     reason: str
+    keep_plain: bool = False  # packed copies beside the plain weights (the native decode reads)
 
     def as_dict(self) -> dict[str, str]:
         return {
@@ -62,8 +64,14 @@ def plan_weights(
     packed_linear: bool | None,
     compile: bool,
     caps: CpuCapabilities,
+    max_rows: int = 1,
 ) -> WeightPlan:
-    """The plan for these settings on this CPU (ConfigError for combinations that cannot run)."""
+    """The plan for these settings on this CPU (ConfigError for combinations that cannot run).
+
+    ``max_rows``: the most rows a step can have (max_num_seqs). float32 packs by default only
+    when steps can be larger than the native decode layers' (``DECODE_MAX_ROWS``): below that the
+    plain weights are all a step reads, and a packed copy would be memory for nothing.
+    """
     _refuse_conflicts(quantization, packed_linear, compile)
     if device.type != "cpu":
         linear = quantization or "plain"
@@ -77,11 +85,27 @@ def plan_weights(
     if packed_linear is False or compile:
         why = "packed_linear=False" if packed_linear is False else "compile=True"
         return WeightPlan(dtype=dtype, compute_dtype=dtype, linear="plain", reason=why)
-    if dtype == torch.float32 and not packed_linear:
-        why = "float32: plain F.linear, transformers' own kernel (packed_linear=True packs)"
-        return WeightPlan(dtype=dtype, compute_dtype=dtype, linear="plain", reason=why)
+    if dtype == torch.float32:
+        return _float32_plan(packed_linear, max_rows)
     why = "weights reordered once for oneDNN's GEMM" + widened
     return WeightPlan(dtype=dtype, compute_dtype=compute, linear="onednn-packed", reason=why)
+
+
+def _float32_plan(packed_linear: bool | None, max_rows: int) -> WeightPlan:
+    """float32: plain weights for steps of 1-4 rows (the native GEMV), plus oneDNN-packed
+    copies for larger steps (1.47x decode throughput at batch 64 on the AVX2 EPYC, measured)."""
+    f32 = torch.float32
+    if packed_linear is None and max_rows <= DECODE_MAX_ROWS:
+        why = f"float32, steps of at most {max_rows} rows: plain weights (the native GEMV's)"
+        return WeightPlan(dtype=f32, compute_dtype=f32, linear="plain", reason=why)
+    why = (
+        f"float32: plain weights for steps of 1-{DECODE_MAX_ROWS} rows, copies reordered once for "
+        "oneDNN's GEMM for larger ones (twice the linear weights' memory; packed_linear=False "
+        "keeps one copy)"
+    )
+    return WeightPlan(
+        dtype=f32, compute_dtype=f32, linear="onednn-packed", reason=why, keep_plain=True
+    )
 
 
 def _refuse_conflicts(quantization: str | None, packed_linear: bool | None, compile: bool) -> None:
@@ -109,24 +133,16 @@ def apply_weight_plan(model: LlamaForCausalLM, plan: WeightPlan, batch_hint: int
     if plan.linear in QUANTIZATIONS:
         quantize_linears(model, plan.linear)
         kernels = ", ".join(kernels_in(model))
-        plan = _replace(plan, reason=f"{plan.reason}; kernel: {kernels}")
+        plan = dataclasses.replace(plan, reason=f"{plan.reason}; kernel: {kernels}")
     elif plan.linear == "onednn-packed":
-        packed = onednn_available() and pack_linears(model, batch_hint, plan.compute_dtype) > 0
+        packed = onednn_available() and (
+            pack_linears(model, batch_hint, plan.compute_dtype, keep_plain=plan.keep_plain) > 0
+        )
         if not packed:
             why = f"oneDNN cannot pack {_name(plan.compute_dtype)} linears here: plain F.linear"
-            plan = _replace(plan, linear="plain", reason=why)
+            plan = dataclasses.replace(plan, linear="plain", reason=why, keep_plain=False)
     _cast_floating(model, plan.compute_dtype)
     return plan
-
-
-def _replace(plan: WeightPlan, **changes: object) -> WeightPlan:
-    fields = plan.as_dict() | changes
-    return WeightPlan(
-        dtype=plan.dtype,
-        compute_dtype=plan.compute_dtype,
-        linear=str(fields["linear"]),
-        reason=str(fields["reason"]),
-    )
 
 
 def _cast_floating(model: LlamaForCausalLM, dtype: torch.dtype) -> None:

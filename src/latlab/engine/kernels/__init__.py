@@ -29,6 +29,7 @@ HEADERS = (HERE / "kernels.h",)
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
 BUILD_HINT = "`python -m latlab.engine.kernels` builds it; `make setup` does in the background"
 ATTENTION = "native paged decode attention (in place)"
+DECODE_MAX_ROWS = 4  # decode_layer.cpp's register blocking covers steps of 1-4 rows
 DECODE = "native decode layers (one call per layer, streaming GEMVs) for 1-4 rows"
 
 
