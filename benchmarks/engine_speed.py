@@ -435,6 +435,9 @@ def roofline(args, engines: dict, result: dict) -> list[dict]:
 
     bw = statistics.median(result["bandwidth_bytes_s"])
     context = args.prompt_len + args.output_len // 2  # mean context over the decode
+    # The timed run prefills every prompt too: each output token stands for this many tokens
+    # through the linears (FLOPs), while the weights are read once per step (bytes).
+    through = (args.prompt_len + args.output_len) / args.output_len
     rows = []
     for row in result["throughput"]:
         for name, got in row["engines"].items():
@@ -449,8 +452,9 @@ def roofline(args, engines: dict, result: dict) -> list[dict]:
             rows.append({
                 "engine": name, **cost.as_dict(), "tok_s": tok_s,
                 "bandwidth_bytes_s": bw, "bandwidth_limit_tok_s": bw / cost.bytes_per_token,
-                "gemm_flop_s": gemm, "achieved_flop_s": tok_s * cost.flops_per_token,
-                "gemm_limit_tok_s": gemm / cost.flops_per_token,
+                "gemm_flop_s": gemm, "achieved_flop_s": tok_s * through * cost.flops_per_token,
+                "gemm_limit_tok_s": gemm / (through * cost.flops_per_token),
+                "prompt_tokens_per_output_token": through - 1,
             })  # fmt: skip
     return rows
 

@@ -66,3 +66,26 @@ def test_goals_anchor_on_vllms_fastest_run_and_state_the_gemm_ceiling():
     goal = engine_speed.goals(result)["latlab@64"]
     assert goal["x_vllm"] == 1.25 and goal["vllm_dtype"] == "float32 bind=all"
     assert goal["gemm_fraction"] == 0.8 and goal["x_vllm_at_gemm_rate"] == 1.5625
+
+
+def test_roofline_counts_the_prompt_tokens_flops_but_reads_weights_once_a_step(monkeypatch):
+    """The timed run prefills the prompts: their FLOPs are work done (and a ceiling's cost),
+    the weight bytes are not (read once per step either way)."""
+    import argparse
+    import types
+
+    from latlab.engine import roofline as rl
+
+    cost = types.SimpleNamespace(flops_per_token=1e9, bytes_per_token=1e8, as_dict=dict)
+    monkeypatch.setattr(rl, "decode_cost", lambda model, **kw: cost)
+    engine = types.SimpleNamespace(runner=types.SimpleNamespace(model=None), kv_bytes_per_token=1)
+    args = argparse.Namespace(prompt_len=8, output_len=32)
+    result = {
+        "bandwidth_bytes_s": [1e10],
+        "throughput": [{"batch": 64, "engines": {"e": {"tok_s_median": 100.0}},
+                        "gemm_flop_s": {"e": 250e9}}],
+    }  # fmt: skip
+    row = engine_speed.roofline(args, {"e": types.SimpleNamespace(engine=engine)}, result)[0]
+    assert row["achieved_flop_s"] == 125e9  # 100 output tok/s x 40/32 tokens through
+    assert row["gemm_limit_tok_s"] == 200.0  # 250 GFLOP/s / (1.25 x 1 GFLOP)
+    assert row["bandwidth_limit_tok_s"] == 100.0  # bytes per step: no prompt factor
