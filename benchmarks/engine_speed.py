@@ -164,6 +164,31 @@ def gemm_rates(engines: dict, batch: int) -> dict[str, float]:
     return rates
 
 
+def usable_threads() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def fma_peak(threads: int) -> dict[int, float]:
+    """The CPU's float32 FMA peak at 1..``threads`` threads (benchmarks/cpu_peak.py); empty
+    (and said) where it cannot be measured."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cpu_peak import measure as measure_peak
+
+    got = measure_peak(list(range(1, threads + 1)))
+    if isinstance(got, str):
+        print(f"FMA peak not measured: {got}")
+        return {}
+    return got
+
+
+def peak_at(threads: int, before: dict[int, float]) -> float | None:
+    """The peak at the engines' thread count: the larger of a measurement before the engines
+    loaded and one after the run (a ceiling: anything lower was another job's doing)."""
+    after = fma_peak(threads).get(threads)
+    got = [v for v in (before.get(threads), after) if v]
+    return max(got) if got else None
+
+
 def bandwidth() -> float:
     import torch
 
@@ -373,6 +398,7 @@ def machine_notes() -> dict:
 def measure(args, model_dir: Path) -> dict:
     import torch
 
+    peak_before = fma_peak(usable_threads())  # before any engine's threads exist
     engines = load_engines(args, model_dir)
     some = next(iter(engines.values())).engine
     hf_model = None
@@ -396,6 +422,7 @@ def measure(args, model_dir: Path) -> dict:
     result["vocab_size"] = some.model_args.vocab_size
     result["throughput"] = throughput(args, engines, hf_model, result["vocab_size"])
     result["bandwidth_bytes_s"].append(bandwidth())
+    result["fma_peak_flop_s"] = peak_at(result["threads"], peak_before)
     result["roofline"] = roofline(args, engines, result)
     return result
 
@@ -530,12 +557,38 @@ def print_goals(result: dict) -> None:
             f"of its GEMM rate it would be {big['x_vllm_at_gemm_rate'] or 0:.2f}x vLLM"
         )
     fewer_bytes(result, low)
+    peak_lines(result, top)
     if "shared_prefix" in result:
         on, off = result["shared_prefix"]
         print(
             f"shared prefix TTFT p50: caching on {on['ttft_p50_ms_median']:.0f} ms, off "
             f"{off['ttft_p50_ms_median']:.0f} ms, ratio {result['shared_prefix_ttft_ratio']:.3f}"
         )
+
+
+def peak_lines(result: dict, batch: int) -> None:
+    """Each engine's and vLLM's FLOP rate at ``batch`` against the CPU's FMA peak, and what
+    the 1.5x goal would need: whether it is within reach of any GEMM on this CPU."""
+    peak = result.get("fma_peak_flop_s")
+    rows = {r["engine"]: r for r in result["roofline"] if r["batch"] == batch}
+    anchor = result["vllm"]["best"].get(batch) or result["vllm"]["best"].get(str(batch))
+    if not peak or "latlab" not in rows:
+        return
+    base = rows["latlab"]
+    per_token = base["achieved_flop_s"] / base["tok_s"]  # FLOPs per output token, prompts in
+    print(f"float32 FMA peak at {result['threads']} thread(s): {peak / 1e9:.1f} GFLOP/s")
+    for name, r in rows.items():
+        if "int8" in name:  # integer GEMMs: not bounded by the float32 FMA rate
+            continue
+        print(f"  {name}: {r['achieved_flop_s'] / 1e9:.1f} GFLOP/s = "
+              f"{100 * r['achieved_flop_s'] / peak:.0f}% of peak (its GEMMs alone "
+              f"{100 * r['gemm_flop_s'] / peak:.0f}%)")  # fmt: skip
+    if anchor:
+        vllm = anchor[0] * per_token
+        need = GOAL_VS_VLLM * vllm
+        print(f"  vLLM ({anchor[1]}): {vllm / 1e9:.1f} GFLOP/s = {100 * vllm / peak:.0f}% of "
+              f"peak; {GOAL_VS_VLLM}x vLLM in float32 needs {need / 1e9:.1f} GFLOP/s = "
+              f"{100 * need / peak:.0f}% of peak over the whole run")  # fmt: skip
 
 
 def fewer_bytes(result: dict, batch: int) -> None:

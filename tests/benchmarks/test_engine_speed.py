@@ -89,3 +89,17 @@ def test_roofline_counts_the_prompt_tokens_flops_but_reads_weights_once_a_step(m
     assert row["achieved_flop_s"] == 125e9  # 100 output tok/s x 40/32 tokens through
     assert row["gemm_limit_tok_s"] == 200.0  # 250 GFLOP/s / (1.25 x 1 GFLOP)
     assert row["bandwidth_limit_tok_s"] == 100.0  # bytes per step: no prompt factor
+
+
+def test_peak_lines_put_both_engines_and_the_goal_against_the_fma_peak(capsys):
+    result = {
+        "fma_peak_flop_s": 200e9, "threads": 2,
+        "vllm": {"best": {"64": [100.0, "float32 bind=all"]}},
+        "roofline": [{"engine": "latlab", "batch": 64, "tok_s": 120.0,
+                      "achieved_flop_s": 120e9, "gemm_flop_s": 150e9}],
+    }  # fmt: skip
+    engine_speed.peak_lines(result, 64)
+    out = capsys.readouterr().out
+    assert "latlab: 120.0 GFLOP/s = 60% of peak (its GEMMs alone 75%)" in out
+    assert "vLLM (float32 bind=all): 100.0 GFLOP/s = 50% of peak" in out
+    assert "1.5x vLLM in float32 needs 150.0 GFLOP/s = 75% of peak" in out
