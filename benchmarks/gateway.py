@@ -4,7 +4,8 @@ Three studies, each against an anchor measured in the same run (figures in docs/
 
     overhead  `latlab bench` direct to the deterministic stub server vs through `latlab gateway`
               (cache off), and through LiteLLM's proxy / SGLang's router when their venvs exist
-              (/tmp/litellm-venv, /tmp/sglang-router-venv), at 1 / 64 / 256 streams, A/B
+              (/tmp/litellm-venv, /tmp/sglang-router-venv) and nginx as a plain streaming
+              reverse proxy (the floor of one HTTP hop), at 1 / 64 / 256 streams, A/B
               interleaved, medians of --repeats; the stub's own first-chunk p50 is the truth;
               each proxy's own CPU per forwarded chunk. --baseline-src DIR adds the gateway of
               another checkout (its src/) to the same run: before/after, interleaved.
@@ -57,6 +58,7 @@ BIN = REPO / ".venv" / "bin"
 TOKENIZER = REPO / "src" / "latlab" / "assets" / "tiny-llama"
 LITELLM = Path("/tmp/litellm-venv/bin/litellm")
 SGLANG_PY = Path("/tmp/sglang-router-venv/bin/python")
+NGINX = Path("/usr/sbin/nginx")
 REQUESTS = {1: 30, 64: 256, 256: 768}
 WORDS = ("alpha", "river", "stone", "cloud", "metal", "green", "quiet", "table", "north",
          "light", "paper", "ocean", "swift", "amber", "field", "glass", "tiger", "maple",
@@ -139,6 +141,47 @@ def sglang_router(stack: ExitStack, upstream: str) -> tuple[str, int] | None:
     return f"http://127.0.0.1:{port}", proc.pid
 
 
+NGINX_CONF = """daemon off;
+master_process off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/nginx-body;
+    proxy_temp_path {work}/nginx-proxy;
+    upstream stub {{ server {upstream}; keepalive 512; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://stub;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 600s;
+        }}
+    }}
+}}
+"""
+
+
+def nginx(stack: ExitStack, upstream: str, work: Path) -> tuple[str, int] | None:
+    """nginx as a plain streaming reverse proxy (one process, unbuffered, keep-alive upstream
+    connections): no cache, keys or routing, so its added latency is what one HTTP hop in a C
+    proxy costs on this machine, the floor any gateway sits on. ``master_process off`` keeps it
+    one process, whose CPU time is then the proxy's."""
+    if not NGINX.exists():
+        return None
+    port = free_port()
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(work=work, port=port, upstream=upstream.split("//", 1)[1]))
+    argv = [str(NGINX), "-c", str(conf), "-p", str(work), "-e", str(work / "nginx-error.log")]
+    proc = stack.enter_context(process(argv, "nginx", f"http://127.0.0.1:{port}/health"))
+    return f"http://127.0.0.1:{port}", proc.pid
+
+
 # ---- measuring ---------------------------------------------------------------------------
 
 
@@ -203,7 +246,8 @@ def overhead_targets(
         env = {"PYTHONPATH": str(Path(args.baseline_src).resolve())}
         targets["latlab-gateway@base"] = gateway_process(stack, [upstream], "--cache", "off",
                                                          env=env)  # fmt: skip
-    for name, start in (("sglang-router", lambda: sglang_router(stack, upstream)),
+    for name, start in (("nginx", lambda: nginx(stack, upstream, work)),
+                        ("sglang-router", lambda: sglang_router(stack, upstream)),
                         ("litellm", lambda: litellm(stack, upstream, work))):  # fmt: skip
         if name in args.others:
             started = start()
@@ -632,7 +676,8 @@ def main() -> None:
     p.add_argument("results", nargs="*", type=Path, help="report: the studies' JSON files")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--levels", default="1,64,256", help="overhead: concurrency levels")
-    p.add_argument("--others", default="litellm,sglang-router", help="overhead: other gateways")
+    p.add_argument("--others", default="nginx,litellm,sglang-router",
+                   help="overhead/waves: other proxies measured in the same run")  # fmt: skip
     p.add_argument("--requests", type=int, default=96,
                    help="cache/routing/parser: requests per run")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=8, help="routing: concurrent streams")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the outside anchors latlab is measured against, each in its own venv (never a project
 # dependency): vLLM CPU 0.32.0 in /tmp/vllm-venv, aiperf in /tmp/aiperf-venv and guidellm 0.8.1
-# in /tmp/guidellm-venv; `gateways` adds LiteLLM's proxy and SGLang's router (not in `all`).
+# in /tmp/guidellm-venv; `gateways` adds LiteLLM's proxy, SGLang's router and nginx (not in `all`).
 # Idempotent: a venv whose package already imports is left alone. Takes 5-15 min the first time.
 # Usage: nohup nice -n 10 benchmarks/anchors/install.sh > /tmp/anchors-install.log 2>&1 &
 set -euo pipefail
@@ -84,14 +84,27 @@ install_sglang_router() {
     "$SGLANG_ROUTER_VENV/bin/pip" install "sglang-router==0.3.2"
 }
 
+# nginx (Debian's package) as the plain streaming reverse proxy of the gateway overhead study.
+install_nginx() {
+    if [[ -x /usr/sbin/nginx ]]; then
+        log "nginx already installed"
+        return
+    fi
+    log "installing nginx (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx-light \
+        || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx
+}
+
 case "${1:-all}" in
     vllm) install_vllm ;;
     aiperf) install_aiperf ;;
     guidellm) install_guidellm ;;
     litellm) install_litellm ;;
     sglang-router) install_sglang_router ;;
+    nginx) install_nginx ;;
     all) install_aiperf; install_guidellm; install_vllm ;;
-    gateways) install_litellm; install_sglang_router ;;
-    *) echo "usage: $0 [all|vllm|aiperf|guidellm|litellm|sglang-router|gateways]" >&2; exit 2 ;;
+    gateways) install_litellm; install_sglang_router; install_nginx ;;
+    *) echo "usage: $0 [all|vllm|aiperf|guidellm|litellm|sglang-router|nginx|gateways]" >&2
+       exit 2 ;;
 esac
 log "done"
