@@ -36,6 +36,7 @@ from latlab.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from latlab.gateway.recording import Recording
 from latlab.gateway.relay import Relay
 from latlab.gateway.routing import make_router
+from latlab.gateway.saturation import LoopLagMonitor
 from latlab.gateway.trim import TrimError, Trimmer
 from latlab.gateway.upstreams import Upstream, UpstreamSet
 from latlab.serve.guard import PARSED_BODY_KEY
@@ -169,10 +170,12 @@ class Gateway:
             config.tokenizer, default_budget=config.trim_to, metrics=self.metrics
         )
         self._background: set[asyncio.Task[Any]] = set()
+        self.loop_lag = LoopLagMonitor(self.metrics.loop_lag)
 
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.loop_lag.start()
         await self.upstreams.start()
         if self.cache is not None:
             await self.cache.open()
@@ -181,6 +184,7 @@ class Gateway:
                 log.warning("upstream %s is not answering yet: %s", up.url, up.last_error)
 
     async def close(self) -> None:
+        self.loop_lag.stop()
         for flight_task in list(self._background):
             flight_task.cancel()
         await self.upstreams.close()

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from latlab.gateway.saturation import LAG_BUCKETS
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # vLLM's TTFT edges below 1 s plus finer steps near zero: a cache hit takes well under 1 ms.
 _TTFT_BUCKETS = (
@@ -83,6 +85,13 @@ class GatewayMetrics:
             "latlab:gateway_retries", "Requests retried on another upstream before any byte.",
             registry=r,
         )  # fmt: skip
+        self._add_request_outcomes(r)
+        self.cache_available.set(0)
+        r.register(_UpstreamCollector(upstreams))
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _add_request_outcomes(self, r: CollectorRegistry) -> None:
+        """Routing, refusals, trimming and the process's own load."""
         self.routes = Counter(
             "latlab:gateway_route_decisions",
             "Routing decisions: home (the prefix's upstream), spill (load bound), fallback "
@@ -103,9 +112,12 @@ class GatewayMetrics:
         self.trimmed_tokens = Counter(
             "latlab:gateway_trimmed_tokens", "Prompt tokens removed by trimming.", registry=r
         )
-        self.cache_available.set(0)
-        r.register(_UpstreamCollector(upstreams))
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self.loop_lag = Histogram(
+            "latlab:gateway_event_loop_lag_seconds",
+            "How late a callback due every 0.25 s ran: the time the process was busy. Lags of "
+            "tens of milliseconds mean one gateway process is CPU-bound.",
+            buckets=LAG_BUCKETS, registry=r,
+        )  # fmt: skip
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, kept: prometheus_client's ``labels()`` costs a few

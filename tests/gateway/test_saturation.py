@@ -1,0 +1,67 @@
+"""The event-loop lag monitor: a busy loop shows up in the histogram and in one log line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import httpx
+from prometheus_client import CollectorRegistry, Histogram
+
+from gateway.conftest import gateway
+from latlab.gateway.saturation import LAG_BUCKETS, LoopLagMonitor
+
+
+def _histogram() -> tuple[Histogram, CollectorRegistry]:
+    registry = CollectorRegistry()
+    return Histogram("lag", "lag", buckets=LAG_BUCKETS, registry=registry), registry
+
+
+def test_a_blocked_loop_is_measured_and_said_once(caplog):
+    histogram, registry = _histogram()
+
+    async def go() -> LoopLagMonitor:
+        monitor = LoopLagMonitor(histogram, interval_s=0.02, warn_s=0.05)
+        monitor.start()
+        await asyncio.sleep(0.05)
+        time.sleep(0.3)  # the loop is busy: the monitor's callback cannot run
+        await asyncio.sleep(0.05)
+        time.sleep(0.3)  # busy again within the minute: measured, not logged again
+        await asyncio.sleep(0.05)
+        monitor.stop()
+        return monitor
+
+    with caplog.at_level(logging.WARNING, logger="latlab.gateway"):
+        monitor = asyncio.run(go())
+    late = registry.get_sample_value("lag_count") - registry.get_sample_value(
+        "lag_bucket", {"le": "0.25"}
+    )
+    assert late == 2  # the two blocks, each at least 250 ms late
+    assert monitor.warnings == 1
+    said = [r.getMessage() for r in caplog.records if "event loop" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("the event loop ran")
+
+
+def test_stop_cancels_the_timer():
+    histogram, registry = _histogram()
+
+    async def go() -> None:
+        monitor = LoopLagMonitor(histogram, interval_s=0.01)
+        monitor.start()
+        await asyncio.sleep(0.05)
+        monitor.stop()
+        seen = registry.get_sample_value("lag_count")
+        await asyncio.sleep(0.05)
+        assert registry.get_sample_value("lag_count") == seen
+
+    asyncio.run(go())
+
+
+def test_the_gateway_exports_its_loop_lag(stub):
+    with gateway(upstreams=[stub.url], cache="off") as (url, _):
+        time.sleep(0.6)  # at least two ticks of the 0.25 s monitor
+        text = httpx.get(url + "/metrics", trust_env=False).text
+    name = "latlab:gateway_event_loop_lag_seconds_count"
+    count = [line for line in text.splitlines() if line.startswith(name)]
+    assert count and float(count[0].split()[1]) >= 2
