@@ -43,12 +43,13 @@ def test_a_blocked_loop_is_measured_and_said_once(caplog):
     assert len(said) == 1 and said[0].startswith("the event loop ran")
 
 
-def test_stop_cancels_the_timer():
+def test_stop_cancels_the_timer_even_after_a_second_start():
     histogram, registry = _histogram()
 
     async def go() -> None:
         monitor = LoopLagMonitor(histogram, interval_s=0.01)
         monitor.start()
+        monitor.start()  # one timer, not two: stop() below must leave none behind
         await asyncio.sleep(0.05)
         monitor.stop()
         seen = registry.get_sample_value("lag_count")

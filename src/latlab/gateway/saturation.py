@@ -41,6 +41,7 @@ class LoopLagMonitor:
         self._due = 0.0
 
     def start(self) -> None:
+        self.stop()  # a second start (an app's lifespan and its server both) keeps one timer
         self._schedule(asyncio.get_running_loop())
 
     def stop(self) -> None:
