@@ -98,3 +98,16 @@ def test_packed_float32_engine_decodes_small_steps_natively_on_the_plain_weights
             gl = [lp.logprob for pos in g.logprobs for lp in pos.values()]
             wl = [lp.logprob for pos in w.logprobs for lp in pos.values()]
             assert max(abs(a - b) for a, b in zip(gl, wl, strict=True)) < 1e-4
+
+
+def test_the_report_counts_the_weights_memory_packed_copies_included(native_layer, tiny_model_dir):
+    def held(**config) -> int:
+        return LLM(str(tiny_model_dir), **config).engine.describe()["weight_memory_bytes"]
+
+    plain, both = held(packed_linear=False), held(packed_linear=True)
+    runner = LLM(str(tiny_model_dir), packed_linear=False).engine.runner
+    layers = [m for m in runner.model.modules() if isinstance(m, torch.nn.Linear)]
+    linears = sum(m.weight.numel() * 4 for m in layers)
+    assert both - plain == linears  # one packed float32 copy of every linear, head included
+    assert held(packed_linear=True, native_decode=False) == plain  # plain copies released
+    assert "MB of weights in memory" in LLM(str(tiny_model_dir)).engine.summary()

@@ -286,6 +286,7 @@ class LLMEngine:
         return (
             f"{d['threads']} thread(s) ({d['threads_reason']}{follows}); weights {d['dtype']}, "
             f"compute {d['compute_dtype']}, linear {d['linear']} ({d['reason']}); "
+            f"{d['weight_memory_bytes'] / 1e6:,.0f} MB of weights in memory; "
             f"KV {d['kv_cache_dtype']}; decode layers: {d['decode_layers']}; "
             f"huge pages: {d['huge_pages']}"
         )

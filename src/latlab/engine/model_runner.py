@@ -38,7 +38,7 @@ from latlab.engine.outputs import Logprob, PositionLogprobs
 from latlab.engine.sampler import Sampler
 from latlab.engine.scheduler import SchedulerOutput
 from latlab.engine.sequence import Sequence
-from latlab.engine.weights import WeightPlan, apply_weight_plan, plan_weights
+from latlab.engine.weights import WeightPlan, apply_weight_plan, held_bytes, plan_weights
 from latlab.errors import CapacityError, ConfigError
 
 NATIVE_DECODE_MAX_ROWS = DECODE_MAX_ROWS
@@ -185,6 +185,7 @@ class ModelRunner:
             "kv_cache_dtype": dtype_name(self.kv_dtype),
             "decode_attention": self.attention_reason,
             "decode_layers": self.decode_reason,
+            "weight_memory_bytes": held_bytes(self.model),
             **self.huge_pages.as_dict(),
             **self.weight_plan.as_dict(),
         }

@@ -145,6 +145,13 @@ def apply_weight_plan(model: LlamaForCausalLM, plan: WeightPlan, batch_hint: int
     return plan
 
 
+def held_bytes(model: torch.nn.Module) -> int:
+    """Bytes the model's parameters and buffers hold, each tensor once (a tied head counts
+    once; packed copies and int8 weights count as stored): the weights' real memory."""
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def _cast_floating(model: LlamaForCausalLM, dtype: torch.dtype) -> None:
     """Move parameters and the RoPE tables to ``dtype``; packed/int8 buffers stay as built."""
     with torch.no_grad():
