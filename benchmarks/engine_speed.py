@@ -150,13 +150,13 @@ def gemm_rates(engines: dict, batch: int) -> dict[str, float]:
     """FLOP/s of each variant's own linear kernels at ``batch`` rows (the same-shape GEMM rate):
     the native GEMV where the engine's decode steps of this many rows use it, else the layers'
     own forward."""
-    from latlab.engine.model_runner import NATIVE_DECODE_MAX_ROWS
+    from latlab.engine.kernels import DECODE_MAX_ROWS
     from latlab.engine.roofline import measure_linear_rate
 
     rates = {}
     for name, llm in engines.items():
         runner = llm.engine.runner
-        native = runner.native_linear if batch <= NATIVE_DECODE_MAX_ROWS else None
+        native = runner.native_linear if batch <= DECODE_MAX_ROWS else None
         rates[name] = measure_linear_rate(
             runner.model, batch=batch, dtype=runner.weight_plan.compute_dtype,
             device=runner.device, linear=native,
@@ -171,7 +171,9 @@ def usable_threads() -> int:
 def fma_peak(threads: int) -> dict[int, float]:
     """The CPU's float32 FMA peak at 1..``threads`` threads (benchmarks/cpu_peak.py); empty
     (and said) where it cannot be measured."""
-    sys.path.insert(0, str(Path(__file__).parent))
+    here = str(Path(__file__).parent)
+    if here not in sys.path:  # cpu_peak.py sits beside this script
+        sys.path.insert(0, here)
     from cpu_peak import measure as measure_peak
 
     got = measure_peak(list(range(1, threads + 1)))

@@ -41,9 +41,6 @@ from latlab.engine.sequence import Sequence
 from latlab.engine.weights import WeightPlan, apply_weight_plan, held_bytes, plan_weights
 from latlab.errors import CapacityError, ConfigError
 
-NATIVE_DECODE_MAX_ROWS = DECODE_MAX_ROWS
-
-
 logger = logging.getLogger(__name__)
 
 
@@ -90,6 +87,7 @@ class ModelRunner:
         self.native_layer, self.native_linear, self.decode_reason = self._native_decode()
         if self.native_layer is None and self.weight_plan.keep_plain:
             drop_plain_weights(self.model)  # only the native decode layers read them
+        self.weight_memory_bytes = held_bytes(self.model)  # fixed from here on
         self.packed_linear = self.weight_plan.linear == "onednn-packed"
         shape = (args.num_key_value_heads, num_blocks, config.block_size, args.head_dim)
         self.kv_caches = [
@@ -185,7 +183,7 @@ class ModelRunner:
             "kv_cache_dtype": dtype_name(self.kv_dtype),
             "decode_attention": self.attention_reason,
             "decode_layers": self.decode_reason,
-            "weight_memory_bytes": held_bytes(self.model),
+            "weight_memory_bytes": self.weight_memory_bytes,
             **self.huge_pages.as_dict(),
             **self.weight_plan.as_dict(),
         }
@@ -334,7 +332,7 @@ class ModelRunner:
             q_pos = pos_t[q_index]
             out_index = (torch.arange(b, device=dev).unsqueeze(1) * max_q + j)[j < n]
         if max_q == 1 and self.decode_kernel is not None:
-            native = self.native_layer is not None and b <= NATIVE_DECODE_MAX_ROWS
+            native = self.native_layer is not None and b <= DECODE_MAX_ROWS
             return AttentionMetadata(
                 torch.tensor(slots, dtype=torch.long, device=dev), block_tables,
                 block_tables.view(-1), None, None, None, None, 1,
