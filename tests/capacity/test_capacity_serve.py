@@ -43,10 +43,15 @@ def test_a_frontier_the_sweep_confirms(serve_url):
     search = CapacitySearch(spec=spec)
     config = BenchConfig(concurrency=[1], num_requests=spec.requests_for(1), **WORKLOAD)
     run_bench(config, OpenAITarget(serve_url), progress=False, plan=search.next_probe)
-    assert search.status == "found", search.to_dict()
-    answer, hi = int(search.answer), int(search.hi)
+    # "undetermined" is a frontier too: the load whose p90 interval still straddles the SLO
+    # after two re-measures is where the TTFT crosses it, to within the machine's noise (CI saw
+    # this once on a 2-core runner). Anything else (none, above-limit) is a wrong answer.
+    assert search.status in ("found", "undetermined"), search.to_dict()
+    assert search.answer is not None, search.to_dict()
+    answer = int(search.answer)
+    frontier = int(search.hi if search.status == "found" else search.last_probed)
     # A quarter of the answer, not half: on a shared 2-core machine the TTFT at one level moves
     # by a third from one minute to the next (seen: 240 ms objective, 320 ms at answer / 2).
-    below, beyond = max(1, answer // 4), 2 * hi
+    below, beyond = max(1, answer // 4), 2 * frontier
     sweep = {c: p90_ttft(serve_url, c, max(80, 8 * c)) for c in (below, beyond)}
-    assert sweep[below] <= slo_ms < sweep[beyond], (slo_ms, answer, hi, sweep)
+    assert sweep[below] <= slo_ms < sweep[beyond], (slo_ms, answer, frontier, sweep)
