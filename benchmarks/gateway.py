@@ -269,18 +269,45 @@ def overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     extra = ["--warmup", str(min(c, 16)), "--input-len", "32", "--output-len",
                              "64", "--tokenizer", str(TOKENIZER)]  # fmt: skip
                     before = cpu_seconds(pid) if pid else 0.0
+                    view = _gateway_view(url) if name.startswith("latlab-gateway") else None
                     level = bench(url, work / f"o-{name}-{c}-{r}.json", concurrency=c,
                                   requests=REQUESTS.get(c, 4 * c), extra=extra)  # fmt: skip
                     truth = json.loads(get(upstream + "/stub/stats"))["first_chunk_ms"]
                     rows.append(_overhead_row(name, c, r, level, truth))
                     rows[-1]["cpu_us_per_chunk"] = _cpu_per_chunk(pid, before, level)
+                    if view is not None:
+                        rows[-1].update(_view_means(view, _gateway_view(url)))
                     print(_fmt_overhead(rows[-1]), flush=True)
     summary = _overhead_summary(rows, levels, list(targets))
     for item in summary:
         mine = [r["cpu_us_per_chunk"] for r in rows if r["target"] == item["target"]
                 and r["concurrency"] == item["concurrency"]]  # fmt: skip
         item["cpu_us_per_chunk"] = med(mine)
+        for key in _VIEW:
+            item[key] = med([r.get(key) for r in rows if r["target"] == item["target"]
+                             and r["concurrency"] == item["concurrency"]])  # fmt: skip
     return {"rows": rows, "summary": summary}
+
+
+# The gateway's own view of a run, from its /metrics: mean wait from a request's first byte to
+# its handler, and mean TTFT from that first byte (row key -> histogram name).
+_VIEW = {"gw_wait_ms": "latlab:gateway_request_wait_seconds",
+         "gw_ttft_ms": "latlab:gateway_time_to_first_token_seconds"}  # fmt: skip
+
+
+def _gateway_view(url: str) -> dict[str, float]:
+    text = get(url + "/metrics")
+    return {f"{h}_{part}": metric(text, f"{h}_{part}") for h in _VIEW.values()
+            for part in ("sum", "count")}  # fmt: skip
+
+
+def _view_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key, h in _VIEW.items():
+        n = after[f"{h}_count"] - before[f"{h}_count"]
+        total = after[f"{h}_sum"] - before[f"{h}_sum"]
+        out[key] = round(1e3 * total / n, 3) if n else None
+    return out
 
 
 def _cpu_per_chunk(pid: int | None, before: float, level: dict) -> float | None:
@@ -306,7 +333,9 @@ def _fmt_overhead(row: dict) -> str:
     return (f"  {row['target']:>19} c={row['concurrency']:<4} r{row['repeat']} "
             f"TTFT p50 {row['ttft_p50']:.2f} p99 {row['ttft_p99']:.2f} gap p50 "
             f"{row['gap_p50']:.2f} ms ok {row['completed']} fail {row['failed']}"
-            + (f" cpu {cpu} us/chunk" if cpu else ""))  # fmt: skip
+            + (f" cpu {cpu} us/chunk" if cpu else "")
+            + (f" | own view: wait {row['gw_wait_ms']} ms, TTFT {row['gw_ttft_ms']} ms (means)"
+               if row.get("gw_wait_ms") is not None else ""))  # fmt: skip
 
 
 def _overhead_summary(rows: list[dict], levels: list[int], names: list[str]) -> list[dict]:
@@ -437,7 +466,31 @@ def parser(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for item in summary:
         mine = [r["cpu_us_per_chunk"] for r in rows if r["target"] == item["target"]]
         item["cpu_us_per_chunk"] = med(mine)
+        for key in _VIEW:
+            item[key] = med([r.get(key) for r in rows if r["target"] == item["target"]
+                             and r["concurrency"] == item["concurrency"]])  # fmt: skip
     return {"rows": rows, "summary": summary}
+
+
+# The gateway's own view of a run, from its /metrics: mean wait from a request's first byte to
+# its handler, and mean TTFT from that first byte (row key -> histogram name).
+_VIEW = {"gw_wait_ms": "latlab:gateway_request_wait_seconds",
+         "gw_ttft_ms": "latlab:gateway_time_to_first_token_seconds"}  # fmt: skip
+
+
+def _gateway_view(url: str) -> dict[str, float]:
+    text = get(url + "/metrics")
+    return {f"{h}_{part}": metric(text, f"{h}_{part}") for h in _VIEW.values()
+            for part in ("sum", "count")}  # fmt: skip
+
+
+def _view_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key, h in _VIEW.items():
+        n = after[f"{h}_count"] - before[f"{h}_count"]
+        total = after[f"{h}_sum"] - before[f"{h}_sum"]
+        out[key] = round(1e3 * total / n, 3) if n else None
+    return out
 
 
 # ---- cache -------------------------------------------------------------------------------
@@ -615,14 +668,16 @@ def report(paths: list[Path]) -> str:
 
 def _overhead_table(rows: list[dict]) -> str:
     lines = ["| target | streams | TTFT p50 | added | TTFT p99 | chunk gap p50 | gap added |"
-             " proxy CPU per chunk |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             " proxy CPU per chunk | gateway's own: wait / TTFT (means) |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        cpu = r.get("cpu_us_per_chunk")
+        cpu, wait = r.get("cpu_us_per_chunk"), r.get("gw_wait_ms")
+        own = f"{_cell(wait, 2)} / {_cell(r.get('gw_ttft_ms'))} ms" if wait is not None else "-"
         lines.append(f"| {r['target']} | {r['concurrency']} | {_cell(r['ttft_p50'])} ms | "
                      f"{_cell(r['ttft_p50_added'], 1, True)} ms | {_cell(r['ttft_p99'])} ms | "
                      f"{_cell(r['gap_p50'], 2)} ms | "
                      f"{_cell(r['gap_p50_added'], 2, True)} ms | "
-                     f"{_cell(cpu) + ' us' if cpu else '-'} |")  # fmt: skip
+                     f"{_cell(cpu) + ' us' if cpu else '-'} | {own} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -68,6 +68,18 @@ def _private_run_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     return path
 
 
+@pytest.fixture(params=["h11", "httptools"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each of uvicorn's HTTP parsers in turn, for the servers a test starts (latlab serve's
+    connection rules, the gateway's request stamps): both must behave the same."""
+    if request.param == "httptools":
+        pytest.importorskip("httptools", reason="httptools is not installed")
+    from latlab.serve import connections
+
+    monkeypatch.setattr(connections, "PREFERRED_PARSER", request.param)
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A running ``vllm serve`` of the bundled model (a latlab.deploy.Deployment)."""

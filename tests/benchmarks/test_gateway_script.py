@@ -58,3 +58,21 @@ def test_waves_time_each_stream_of_a_burst_and_tables_show_cpu():
     assert summary[1]["ttft_p50_added"] == 3 and summary[1]["cpu_us_per_chunk"] == 30.0
     table = gw._parser_table(summary)
     assert "| gw | 4 | 30.0 us | 23.0 ms | +3.0 ms |" in table and "| direct | 4 | - |" in table
+
+
+def test_the_gateways_own_view_is_the_mean_over_the_run_and_shows_in_the_table():
+    def scrape(wait_n: int, wait_s: float, ttft: tuple[float, float]) -> dict[str, float]:
+        h = "latlab:gateway_time_to_first_token_seconds"
+        w = "latlab:gateway_request_wait_seconds"
+        return {f"{w}_count": wait_n, f"{w}_sum": wait_s,
+                f"{h}_count": ttft[0], f"{h}_sum": ttft[1]}  # fmt: skip
+
+    means = gw._view_means(scrape(10, 0.5, (10, 1.0)), scrape(14, 0.508, (13, 1.156)))
+    assert means == {"gw_wait_ms": 2.0, "gw_ttft_ms": 52.0}
+    assert gw._view_means(scrape(3, 0.1, (3, 1)), scrape(3, 0.1, (3, 1)))["gw_wait_ms"] is None
+    row = {"target": "latlab-gateway", "concurrency": 64, "ttft_p50": 55.0, "ttft_p50_added": 3.0,
+           "ttft_p99": 80.0, "gap_p50": 10.0, "gap_p50_added": 0.0, "cpu_us_per_chunk": 57.0,
+           **means}  # fmt: skip
+    direct = {**row, "target": "direct", "gw_wait_ms": None, "cpu_us_per_chunk": None}
+    table = gw._overhead_table([direct, row])
+    assert "| 57.0 us | 2.00 / 52.0 ms |" in table and table.splitlines()[2].endswith("| - | - |")

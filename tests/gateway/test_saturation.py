@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import socket
 import time
 
 import httpx
 from prometheus_client import CollectorRegistry, Histogram
 
 from gateway.conftest import gateway
+from gateway.helpers import body
 from latlab.gateway.saturation import LAG_BUCKETS, LoopLagMonitor
 
 
@@ -66,3 +69,36 @@ def test_the_gateway_exports_its_loop_lag(stub):
     name = "latlab:gateway_event_loop_lag_seconds_count"
     count = [line for line in text.splitlines() if line.startswith(name)]
     assert count and float(count[0].split()[1]) >= 2
+
+
+def _sample(text: str, name: str) -> float:
+    """The value of one unlabelled sample, or the sum over a metric's label sets."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(name) and line[len(name)] in " {"]  # fmt: skip
+    return sum(values)
+
+
+def test_waits_count_from_the_requests_first_byte(stub, parser):
+    """A body that arrives 0.3 s after its head: the wait before the handler and the gateway's
+    TTFT both include those 0.3 s (stamped when the head was parsed, on either parser)."""
+    payload = json.dumps(body(max_tokens=2)).encode()
+    head = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(payload)
+    )
+    with gateway(upstreams=[stub.url], cache="off") as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(head)
+            time.sleep(0.3)
+            sock.sendall(payload)
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        text = httpx.get(url + "/metrics", trust_env=False).text
+    assert reply.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in reply
+    assert _sample(text, "latlab:gateway_request_wait_seconds_count") == 1
+    wait = _sample(text, "latlab:gateway_request_wait_seconds_sum")
+    ttft = _sample(text, "latlab:gateway_time_to_first_token_seconds_sum")
+    assert 0.3 <= wait < ttft  # the stub's own TTFT (20 ms) comes after the wait
+    assert ttft >= 0.3 + 0.02

@@ -308,15 +308,6 @@ def test_limits_for_context_scale_with_the_model():
     assert RequestLimits.for_context(2048, max_body_bytes=10).max_body_bytes == 10
 
 
-@pytest.fixture(params=["h11", "httptools"])
-def parser(request, monkeypatch):
-    """Each of uvicorn's HTTP parsers in turn: the connection rules hold on both."""
-    if request.param == "httptools":
-        pytest.importorskip("httptools", reason="httptools is not installed")
-    monkeypatch.setattr(connections, "PREFERRED_PARSER", request.param)
-    return request.param
-
-
 def _raw_connection(url: str) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
     return socket.create_connection((host, int(port)), timeout=10)

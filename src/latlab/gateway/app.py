@@ -39,7 +39,7 @@ from latlab.gateway.routing import make_router
 from latlab.gateway.saturation import LoopLagMonitor
 from latlab.gateway.trim import TrimError, Trimmer
 from latlab.gateway.upstreams import Upstream, UpstreamSet
-from latlab.serve.guard import PARSED_BODY_KEY
+from latlab.serve.guard import HEAD_NS_KEY, PARSED_BODY_KEY
 from latlab.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -274,7 +274,7 @@ class Gateway:
         self, scope: asgi.Scope, receive: Any, endpoint: str, model_type: Any
     ) -> _Request:
         """Key, body, limits, model, trimming: everything checked before any answer is sought."""
-        arrival = _now()
+        arrival = self._arrival(scope)
         headers = asgi.request_headers(scope)
         tenant = self._tenant(headers)
         raw = await asgi.read_body(receive, headers, self.config.max_body_bytes)
@@ -295,6 +295,16 @@ class Gateway:
             raw=raw, extra=extra, prompt=prompt_text(body),
             plan=self._plan(endpoint, body, headers, tenant),
         )  # fmt: skip
+
+    def _arrival(self, scope: asgi.Scope) -> int:
+        """When the request's first byte was parsed (the server's stamp), else now; the wait
+        until here (the body's upload, then the event loop's queue) is recorded."""
+        now = _now()
+        head = scope.get("state", {}).get(HEAD_NS_KEY)
+        if not head or head > now:
+            return now
+        self.metrics.request_wait.observe((now - head) / 1e9)
+        return head
 
     async def _charge_reused(self, req: _Request, answer: Recording | Flight) -> None:
         """A cached or coalesced answer spends the key's tokens too (latlab.gateway.keys)."""

@@ -68,8 +68,15 @@ class GatewayMetrics:
         )  # fmt: skip
         self.ttft = Histogram(
             "latlab:gateway_time_to_first_token_seconds",
-            "Request arrival at the gateway to its first content chunk sent, by cache outcome.",
+            "The request's first byte at the gateway to its first content chunk sent, by cache "
+            "outcome.",
             ["cache"], buckets=_TTFT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.request_wait = Histogram(
+            "latlab:gateway_request_wait_seconds",
+            "A generation request's first byte to its handler: the body's upload, then the "
+            "wait for the event loop (milliseconds when one process is busy with other streams).",
+            buckets=_TTFT_BUCKETS, registry=r,
         )  # fmt: skip
         self.upstream_latency = Histogram(
             "latlab:gateway_upstream_latency_seconds",

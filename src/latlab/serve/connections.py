@@ -8,6 +8,10 @@ else the connection gets a 408 and is closed; beyond ``max_connections`` open co
 new one is answered 503 as soon as its head arrives and closed. The body's own deadline is the
 ASGI guard's (latlab.serve.guard), which can answer with a JSON error.
 
+Each request's scope also carries when its first byte was parsed (``HEAD_NS_KEY`` in its
+state): a handler starts one event-loop turn after that at best, and behind every other
+callback of that turn when the process is busy, so what a request waited is ``now - head``.
+
 Both of uvicorn's parsers get the same rules. httptools (C) is used when it is installed: it
 costs about a third less CPU per streamed chunk than h11 (pure Python), which is what a proxy
 forwarding thousands of chunks a second spends its time on; h11 is the fallback.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from typing import Any
 
 import h11
@@ -30,6 +35,7 @@ except ImportError:  # httptools is optional (latlab[gateway] installs it)
 
 from latlab.errors import ConfigError
 from latlab.serve.guard import (
+    HEAD_NS_KEY,
     RETRY_AFTER_S,
     GuardConfig,
     Receive,
@@ -115,12 +121,20 @@ class _HeadDeadline:
 
 
 class GuardedH11Protocol(_HeadDeadline, H11Protocol):
+    _head_ns = 0  # when the first byte of the head being read arrived
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._limit_connection()
 
     def data_received(self, data: bytes) -> None:
+        if not self._head_ns and self._awaiting_head():
+            self._head_ns = time.perf_counter_ns()
+        scope = getattr(self, "scope", None)
         super().data_received(data)
+        if self._head_ns and getattr(self, "scope", None) is not scope:  # a request began
+            self.scope.setdefault("state", {})[HEAD_NS_KEY] = self._head_ns
+            self._head_ns = 0
         if self._awaiting_head():
             self._arm_head_timer()
         else:
@@ -156,6 +170,7 @@ class GuardedHttpToolsProtocol(_HeadDeadline, HttpToolsProtocol or object):  # t
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope.setdefault("state", {})[HEAD_NS_KEY] = time.perf_counter_ns()
         self._in_head = True
         if not self._answering():
             self._arm_head_timer()

@@ -47,6 +47,9 @@ PUBLIC_PATHS = ("/health", "/metrics")
 # Key of the parsed JSON body in the ASGI scope's state.
 PARSED_BODY_KEY = "latlab.parsed_body"
 HEADERS_KEY = "latlab.headers"  # the lower-cased header dict the guard decoded, for the app
+# perf_counter_ns when the request's first byte was parsed (latlab.serve.connections): what
+# a request waited before its handler ran counts from here.
+HEAD_NS_KEY = "latlab.request_head_ns"
 # A refused client may retry after this many seconds (drain, connection cap).
 RETRY_AFTER_S = 1
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
