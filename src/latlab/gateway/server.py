@@ -4,8 +4,6 @@ The same rules as ``latlab serve`` (latlab.serve.guard): Host and Origin allow-l
 bodies with size, depth and shape limits, a body read timeout, a request-head deadline and a
 connection cap, drain-then-end shutdown. The socket is bound first, so a port in use fails at
 once; the ready line is printed once the upstreams have been checked and connections are taken.
-Each request's handler starts in the read that parsed it (latlab.serve.eager): a request that
-arrives during a burst of chunks does not wait for the rest of the burst.
 """
 
 from __future__ import annotations
@@ -50,8 +48,7 @@ async def _serve(gateway: Gateway, sock: Any, options: ServeOptions) -> None:
     drain = Drain()
     app, guard = guarded(gateway, options, drain)
     server = uvicorn_server(app, guard=guard, drain=drain, log_level=options.log_level,
-                            shutdown_timeout_s=options.shutdown_timeout_s,
-                            eager_start=True)  # fmt: skip
+                            shutdown_timeout_s=options.shutdown_timeout_s)  # fmt: skip
     await gateway.start()
     try:
 
@@ -94,7 +91,7 @@ def running_gateway(
     gateway = Gateway(config)
     sock = bind_socket(options.host, options.port)
     app, guard = guarded(gateway, options, Drain())
-    server = uvicorn_server(app, guard=guard, drain=app.drain, eager_start=True)
+    server = uvicorn_server(app, guard=guard, drain=app.drain)
     started = threading.Event()
 
     async def run() -> None:

@@ -34,7 +34,6 @@ except ImportError:  # httptools is optional (latlab[gateway] installs it)
     HttpToolsProtocol = None
 
 from latlab.errors import ConfigError
-from latlab.serve import eager as eager_mod
 from latlab.serve.guard import (
     HEAD_NS_KEY,
     RETRY_AFTER_S,
@@ -51,20 +50,13 @@ from latlab.serve.guard import (
 PREFERRED_PARSER = os.environ.get("LATLAB_HTTP_PARSER", "auto")
 
 
-def protocol_class(
-    config: GuardConfig, parser: str | None = None, *, eager: bool = False
-) -> type[asyncio.Protocol]:
-    """A uvicorn HTTP protocol enforcing ``config``'s head timeout and connection cap;
-    ``eager`` starts each request's handler in the read that parsed it (latlab.serve.eager)."""
+def protocol_class(config: GuardConfig, parser: str | None = None) -> type[asyncio.Protocol]:
+    """A uvicorn HTTP protocol enforcing ``config``'s head timeout and connection cap."""
     base = _parser_class(parser or PREFERRED_PARSER)
     return type(
         f"Guarded{base.__name__}",
         (base,),
-        {
-            "header_timeout_s": config.header_timeout_s,
-            "max_connections": config.max_connections,
-            "eager_start": eager and eager_mod.SUPPORTED,
-        },
+        {"header_timeout_s": config.header_timeout_s, "max_connections": config.max_connections},
     )
 
 
@@ -83,7 +75,7 @@ def _parser_class(parser: str) -> type[asyncio.Protocol]:
 
 
 class _HeadDeadline:
-    """The connection cap, the head deadline and eager starts, for either parser's protocol.
+    """The connection cap and the head deadline, for either parser's protocol.
 
     The parser-specific part is ``_awaiting_head``: whether the connection is between requests
     or inside a request head (no request is being answered).
@@ -91,22 +83,7 @@ class _HeadDeadline:
 
     header_timeout_s: float = 10.0
     max_connections: int = 1024
-    eager_start: bool = False
     _head_timer: asyncio.TimerHandle | None = None
-
-    def _parse(self: Any, parse: Any, data: bytes) -> None:
-        """``parse(data)`` (the parser's own ``data_received``); with ``eager_start``, the tasks
-        it makes start once the whole read is parsed, before this callback returns."""
-        if not self.eager_start:
-            parse(data)
-            return
-        loop = self.loop
-        self.loop = holding = eager_mod.HoldingLoop(loop)
-        try:
-            parse(data)
-        finally:
-            self.loop = loop
-            holding.start_held()
 
     def _limit_connection(self: Any) -> None:
         if len(self.connections) > self.max_connections:
@@ -154,7 +131,7 @@ class GuardedH11Protocol(_HeadDeadline, H11Protocol):
         if not self._head_ns and self._awaiting_head():
             self._head_ns = time.perf_counter_ns()
         scope = getattr(self, "scope", None)
-        self._parse(super().data_received, data)
+        super().data_received(data)
         if self._head_ns and getattr(self, "scope", None) is not scope:  # a request began
             self.scope.setdefault("state", {})[HEAD_NS_KEY] = self._head_ns
             self._head_ns = 0
@@ -190,9 +167,6 @@ class GuardedHttpToolsProtocol(_HeadDeadline, HttpToolsProtocol or object):  # t
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._limit_connection()
-
-    def data_received(self, data: bytes) -> None:
-        self._parse(super().data_received, data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -162,13 +162,11 @@ def uvicorn_server(
     log_level: str = "warning",
     shutdown_timeout_s: float = 5.0,
     on_deadline: Callable[[], Awaitable[None]] | None = None,
-    eager_start: bool = False,
 ) -> _Uvicorn:
-    """A uvicorn server with the guard's connection limits and our drain-then-end shutdown;
-    ``eager_start``: each request's handler starts in the read that parsed it."""
+    """A uvicorn server with the guard's connection limits and our drain-then-end shutdown."""
     config = uvicorn.Config(
         app,
-        http=protocol_class(guard, eager=eager_start),
+        http=protocol_class(guard),
         log_level=log_level,
         access_log=False,
         lifespan="off",
