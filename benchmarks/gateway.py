@@ -466,31 +466,7 @@ def parser(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for item in summary:
         mine = [r["cpu_us_per_chunk"] for r in rows if r["target"] == item["target"]]
         item["cpu_us_per_chunk"] = med(mine)
-        for key in _VIEW:
-            item[key] = med([r.get(key) for r in rows if r["target"] == item["target"]
-                             and r["concurrency"] == item["concurrency"]])  # fmt: skip
     return {"rows": rows, "summary": summary}
-
-
-# The gateway's own view of a run, from its /metrics: mean wait from a request's first byte to
-# its handler, and mean TTFT from that first byte (row key -> histogram name).
-_VIEW = {"gw_wait_ms": "latlab:gateway_request_wait_seconds",
-         "gw_ttft_ms": "latlab:gateway_time_to_first_token_seconds"}  # fmt: skip
-
-
-def _gateway_view(url: str) -> dict[str, float]:
-    text = get(url + "/metrics")
-    return {f"{h}_{part}": metric(text, f"{h}_{part}") for h in _VIEW.values()
-            for part in ("sum", "count")}  # fmt: skip
-
-
-def _view_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for key, h in _VIEW.items():
-        n = after[f"{h}_count"] - before[f"{h}_count"]
-        total = after[f"{h}_sum"] - before[f"{h}_sum"]
-        out[key] = round(1e3 * total / n, 3) if n else None
-    return out
 
 
 # ---- cache -------------------------------------------------------------------------------

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 
 import httpx
 from prometheus_client import CollectorRegistry, Histogram
+from raw_http import post_with_pause
 
 from gateway.conftest import gateway
 from gateway.helpers import body
@@ -82,19 +82,8 @@ def test_waits_count_from_the_requests_first_byte(stub, parser):
     """A body that arrives 0.3 s after its head: the wait before the handler and the gateway's
     TTFT both include those 0.3 s (stamped when the head was parsed, on either parser)."""
     payload = json.dumps(body(max_tokens=2)).encode()
-    head = (
-        b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(payload)
-    )
     with gateway(upstreams=[stub.url], cache="off") as (url, _):
-        host, port = url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=10) as sock:
-            sock.sendall(head)
-            time.sleep(0.3)
-            sock.sendall(payload)
-            reply = b""
-            while chunk := sock.recv(65536):
-                reply += chunk
+        reply = post_with_pause(url, "/v1/completions", payload, 0.3)
         text = httpx.get(url + "/metrics", trust_env=False).text
     assert reply.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in reply
     assert _sample(text, "latlab:gateway_request_wait_seconds_count") == 1

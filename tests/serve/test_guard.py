@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import time
 
 import httpx
 import pytest
+from raw_http import connect, read_to_close
 
 from latlab.errors import ConfigError
 from latlab.serve import connections
@@ -308,26 +308,14 @@ def test_limits_for_context_scale_with_the_model():
     assert RequestLimits.for_context(2048, max_body_bytes=10).max_body_bytes == 10
 
 
-def _raw_connection(url: str) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=10)
-
-
-def _read_all(sock: socket.socket) -> bytes:
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
-
-
 def test_slow_body_gets_408_and_the_server_keeps_serving(parser):
-    with guarded(body_timeout_s=0.5) as url, _raw_connection(url) as sock:
+    with guarded(body_timeout_s=0.5) as url, connect(url) as sock:
         sock.sendall(
             b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"prompt":'
         )
         started = time.monotonic()
-        reply = _read_all(sock)  # the server answers, then closes
+        reply = read_to_close(sock)  # the server answers, then closes
         assert time.monotonic() - started < 5
         head, _, body = reply.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408")
@@ -337,10 +325,10 @@ def test_slow_body_gets_408_and_the_server_keeps_serving(parser):
 
 @pytest.mark.parametrize("sent", [b"", b"POST /v1/completions HTTP/1.1\r\nHost: 127.0."])
 def test_unfinished_request_head_gets_408_and_is_closed(sent, parser):
-    with guarded(header_timeout_s=0.5) as url, _raw_connection(url) as sock:
+    with guarded(header_timeout_s=0.5) as url, connect(url) as sock:
         sock.sendall(sent)
         started = time.monotonic()
-        reply = _read_all(sock)
+        reply = read_to_close(sock)
         assert time.monotonic() - started < 5
         head, _, body = reply.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408")
@@ -349,7 +337,7 @@ def test_unfinished_request_head_gets_408_and_is_closed(sent, parser):
 
 @pytest.mark.parametrize("pipelined", [True, False])
 def test_head_timeout_applies_to_the_next_request_on_a_kept_alive_connection(pipelined, parser):
-    with guarded(header_timeout_s=0.5) as url, _raw_connection(url) as sock:
+    with guarded(header_timeout_s=0.5) as url, connect(url) as sock:
         body = json.dumps(HELLO).encode()
         request = (
             b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
@@ -363,14 +351,14 @@ def test_head_timeout_applies_to_the_next_request_on_a_kept_alive_connection(pip
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
             sock.sendall(partial)
         started = time.monotonic()
-        reply = _read_all(sock)
+        reply = read_to_close(sock)
         assert time.monotonic() - started < 3  # uvicorn's keep-alive would take 5 s
         assert reply.count(b"HTTP/1.1 408") == 1
 
 
 def test_connections_beyond_the_cap_get_503_then_service_resumes(parser):
     with guarded(max_connections=2, header_timeout_s=30) as url:
-        idle = [_raw_connection(url) for _ in range(2)]
+        idle = [connect(url) for _ in range(2)]
         time.sleep(0.2)  # let the server accept them
         with httpx.Client() as client:
             r = client.post(url + COMPLETIONS, json=HELLO)

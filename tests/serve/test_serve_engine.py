@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from raw_http import post_with_pause
 
 from latlab.engine import AsyncLLM, EngineConfig
 from latlab.serve.app import create_app
@@ -355,10 +356,7 @@ def test_the_servers_ttft_starts_when_the_http_request_arrives(served):
     """A client whose body arrives 300 ms after its headers waits those 300 ms: the server's
     TTFT (and E2E) count them, its engine queue time does not. (Stamped at the engine's
     pickup, the server once read 49-65 ms below every client at 16 streams.)"""
-    import socket
-
     _, url = served
-    host, port = url.removeprefix("http://").split(":")
 
     def metric(text: str, name: str) -> float:
         line = next(x for x in text.splitlines() if x.startswith(name + "{"))
@@ -368,16 +366,7 @@ def test_the_servers_ttft_starts_when_the_http_request_arrives(served):
              "latlab:request_queue_time_seconds_sum")  # fmt: skip
     before = httpx.get(f"{url}/metrics").text
     body = json.dumps({"prompt": "a b c", "max_tokens": 2, "ignore_eos": True}).encode()
-    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n").encode()  # fmt: skip
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(head)
-        time.sleep(0.3)
-        sock.sendall(body)
-        reply = b""
-        while chunk := sock.recv(65536):
-            reply += chunk
+    reply = post_with_pause(url, "/v1/completions", body, 0.3)
     assert reply.startswith(b"HTTP/1.1 200")
     after = httpx.get(f"{url}/metrics").text
     ttft, e2e, queue = (metric(after, n) - metric(before, n) for n in names)
