@@ -280,12 +280,10 @@ def overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     print(_fmt_overhead(rows[-1]), flush=True)
     summary = _overhead_summary(rows, levels, list(targets))
     for item in summary:
-        mine = [r["cpu_us_per_chunk"] for r in rows if r["target"] == item["target"]
+        mine = [r for r in rows if r["target"] == item["target"]
                 and r["concurrency"] == item["concurrency"]]  # fmt: skip
-        item["cpu_us_per_chunk"] = med(mine)
-        for key in _VIEW:
-            item[key] = med([r.get(key) for r in rows if r["target"] == item["target"]
-                             and r["concurrency"] == item["concurrency"]])  # fmt: skip
+        for key in ("cpu_us_per_chunk", *_VIEW):
+            item[key] = med([r.get(key) for r in mine])
     return {"rows": rows, "summary": summary}
 
 

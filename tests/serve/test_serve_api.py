@@ -146,3 +146,24 @@ def test_unknown_route_is_openai_style_404(url):
     r = httpx.get(f"{url}/v1/nope")
     assert r.status_code == 404
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_arrival_is_the_first_byte_where_the_protocol_stamped_it_else_the_apps_call():
+    """The server's TTFT starts at the protocol's first-byte stamp (it includes the wait for
+    the event loop); an app served by another server stamps when it is called."""
+    import asyncio
+    import time
+
+    from latlab.serve.app import ARRIVAL_KEY, _StampArrival
+    from latlab.serve.guard import HEAD_NS_KEY
+
+    seen: list[int] = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["state"][ARRIVAL_KEY])
+
+    stamped = {"type": "http", "state": {HEAD_NS_KEY: 123}}
+    before = time.perf_counter_ns()
+    asyncio.run(_StampArrival(app)(stamped, None, None))
+    asyncio.run(_StampArrival(app)({"type": "http"}, None, None))
+    assert seen[0] == 123 and seen[1] >= before

@@ -33,7 +33,7 @@ from latlab.engine.protocol import Engine
 from latlab.errors import CapacityError, ConfigError, LatlabError, OverloadedError
 from latlab.serve import logprobs as lp
 from latlab.serve import sse
-from latlab.serve.guard import Drain, Guard, GuardConfig, RequestLimits, parsed_body
+from latlab.serve.guard import HEAD_NS_KEY, Drain, Guard, GuardConfig, RequestLimits, parsed_body
 from latlab.serve.prep import PrepProcess, Refusal, Tokens, WorkerDied
 from latlab.serve.prometheus import (
     CONTENT_TYPE,
@@ -600,10 +600,12 @@ ARRIVAL_KEY = "latlab.arrival_ns"
 
 
 class _StampArrival:
-    """Stamps each HTTP request the moment the app receives it (``perf_counter_ns``).
+    """Stamps each HTTP request's arrival (``perf_counter_ns``): when its first byte was parsed,
+    where latlab's HTTP protocols say so (``HEAD_NS_KEY``), else the moment the app receives it.
 
     The server's TTFT and E2E start here, as a client's do when it sends: reading the body,
-    validation, tokenization and waiting for the engine's next step are all the server's time.
+    waiting for the event loop, validation, tokenization and waiting for the engine's next step
+    are all the server's time.
     """
 
     def __init__(self, app: Any) -> None:
@@ -611,7 +613,8 @@ class _StampArrival:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            scope.setdefault("state", {})[ARRIVAL_KEY] = time.perf_counter_ns()
+            state = scope.setdefault("state", {})
+            state[ARRIVAL_KEY] = state.get(HEAD_NS_KEY) or time.perf_counter_ns()
         await self.app(scope, receive, send)
 
 
