@@ -5,7 +5,9 @@ Three studies, each against an anchor measured in the same run (figures in docs/
     overhead  `latlab bench` direct to the deterministic stub server vs through `latlab gateway`
               (cache off), and through LiteLLM's proxy / SGLang's router when their venvs exist
               (/tmp/litellm-venv, /tmp/sglang-router-venv) and nginx as a plain streaming
-              reverse proxy (the floor of one HTTP hop), at 1 / 64 / 256 streams, A/B
+              reverse proxy (the floor of one HTTP hop) and a layer-4 byte relay in one Python
+              process (benchmarks/anchors/pyrelay.py: the floor of Python in the path), at
+              1 / 64 / 256 streams, A/B
               interleaved, medians of --repeats; the stub's own first-chunk p50 is the truth;
               each proxy's own CPU per forwarded chunk. --baseline-src DIR adds the gateway of
               another checkout (its src/) to the same run: before/after, interleaved.
@@ -59,6 +61,7 @@ TOKENIZER = REPO / "src" / "latlab" / "assets" / "tiny-llama"
 LITELLM = Path("/tmp/litellm-venv/bin/litellm")
 SGLANG_PY = Path("/tmp/sglang-router-venv/bin/python")
 NGINX = Path("/usr/sbin/nginx")
+PYRELAY = REPO / "benchmarks" / "anchors" / "pyrelay.py"
 REQUESTS = {1: 30, 64: 256, 256: 768}
 WORDS = ("alpha", "river", "stone", "cloud", "metal", "green", "quiet", "table", "north",
          "light", "paper", "ocean", "swift", "amber", "field", "glass", "tiger", "maple",
@@ -138,6 +141,16 @@ def sglang_router(stack: ExitStack, upstream: str) -> tuple[str, int] | None:
     argv = [str(SGLANG_PY), "-m", "sglang_router.launch_router", "--worker-urls", upstream,
             "--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin"]  # fmt: skip
     proc = stack.enter_context(process(argv, "sglang-router", f"http://127.0.0.1:{port}/health"))
+    return f"http://127.0.0.1:{port}", proc.pid
+
+
+def pyrelay(stack: ExitStack, upstream: str) -> tuple[str, int]:
+    """The layer-4 Python relay (benchmarks/anchors/pyrelay.py) in front of ``upstream``: what
+    one event loop costs per chunk when it only moves bytes."""
+    port = free_port()
+    argv = [str(BIN / "python"), str(PYRELAY), "--upstream", upstream.split("//", 1)[1],
+            "--port", str(port)]  # fmt: skip
+    proc = stack.enter_context(process(argv, "pyrelay", f"http://127.0.0.1:{port}/health"))
     return f"http://127.0.0.1:{port}", proc.pid
 
 
@@ -247,6 +260,7 @@ def overhead_targets(
         targets["latlab-gateway@base"] = gateway_process(stack, [upstream], "--cache", "off",
                                                          env=env)  # fmt: skip
     for name, start in (("nginx", lambda: nginx(stack, upstream, work)),
+                        ("pyrelay", lambda: pyrelay(stack, upstream)),
                         ("sglang-router", lambda: sglang_router(stack, upstream)),
                         ("litellm", lambda: litellm(stack, upstream, work))):  # fmt: skip
         if name in args.others:
@@ -705,7 +719,7 @@ def main() -> None:
     p.add_argument("results", nargs="*", type=Path, help="report: the studies' JSON files")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--levels", default="1,64,256", help="overhead: concurrency levels")
-    p.add_argument("--others", default="nginx,litellm,sglang-router",
+    p.add_argument("--others", default="nginx,pyrelay,litellm,sglang-router",
                    help="overhead/waves: other proxies measured in the same run")  # fmt: skip
     p.add_argument("--requests", type=int, default=96,
                    help="cache/routing/parser: requests per run")  # fmt: skip

@@ -6,6 +6,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from .scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gateway.py"
@@ -76,3 +78,61 @@ def test_the_gateways_own_view_is_the_mean_over_the_run_and_shows_in_the_table()
     direct = {**row, "target": "direct", "gw_wait_ms": None, "cpu_us_per_chunk": None}
     table = gw._overhead_table([direct, row])
     assert "| 57.0 us | 2.00 / 52.0 ms |" in table and table.splitlines()[2].endswith("| - | - |")
+
+
+def _stream_events(base: str, max_tokens: int) -> list[bytes]:
+    """A streaming completion's SSE events, read to the end over a fresh connection."""
+    import urllib.request
+
+    body = json.dumps({"model": "stub-model", "prompt": "hi", "max_tokens": max_tokens,
+                       "stream": True}).encode()  # fmt: skip
+    req = urllib.request.Request(base + "/v1/completions", data=body,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(req, timeout=30) as resp:
+        return [e for e in resp.read().split(b"\n\n") if e.strip()]
+
+
+def test_the_python_relay_passes_streams_through_whole_and_stops_with_its_stack():
+    from contextlib import ExitStack
+
+    from latlab.testing.stub_server import StubServer
+
+    with StubServer(ttft_s=0.001, itl_s=0.001, chunks=40) as url:
+        base = url.rsplit("/v1", 1)[0]
+        with ExitStack() as stack:
+            relay_url, pid = gw.pyrelay(stack, base)
+            direct, relayed = _stream_events(base, 40), _stream_events(relay_url, 40)
+            assert relayed[-1] == b"data: [DONE]" and len(relayed) == len(direct) > 40
+            assert _texts(relayed) == _texts(direct)
+        assert not Path(f"/proc/{pid}").exists()  # stopped (and reaped) with its stack
+
+
+def test_the_python_relay_closes_the_client_when_the_upstream_is_down():
+    import urllib.error
+
+    from latlab.procs import ManagedProcess, ProcessSpec, free_port
+
+    port = free_port()
+    argv = [str(gw.BIN / "python"), str(gw.PYRELAY), "--upstream", f"127.0.0.1:{free_port()}",
+            "--port", str(port)]  # fmt: skip
+    proc = ManagedProcess(ProcessSpec(argv=argv, name="pyrelay")).start()
+    try:
+        proc.wait_ready(lambda: _listening(port), timeout_s=30)
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            _stream_events(f"http://127.0.0.1:{port}", 4)  # nothing listens upstream
+        assert proc.proc is not None and proc.proc.poll() is None  # the relay itself lives on
+    finally:
+        assert proc.stop() == 0  # SIGTERM: a clean exit
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _texts(events: list[bytes]) -> list[str]:
+    objs = [json.loads(e[len(b"data: ") :]) for e in events if e != b"data: [DONE]"]
+    return [c.get("text", "") for o in objs for c in o["choices"]]
