@@ -80,34 +80,6 @@ def test_one_whole_chunk_per_read_and_chunk_extensions_both_parse():
     assert err.value.reason == "malformed_http"
 
 
-def test_a_sink_with_append_chunk_gets_whole_chunks_as_read():
-    class Sink(list):
-        def __init__(self):
-            super().__init__()
-            self.chunks = []
-
-        def append_chunk(self, ns, data, start, end):
-            self.chunks.append((data, data[start:end]))
-
-    one, split = b"5\r\nhello\r\n", [b"6\r\n wo", b"rld\r\n"]
-    handler, _ = serve([[CHUNKED, one, *split, b"0\r\n\r\n"]], pause_s=0.01)
-
-    async def go():
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        pool = RawHTTPPool("127.0.0.1", server.sockets[0].getsockname()[1])
-        sink = Sink()
-        try:
-            await pool.post("/v1/completions", b"{}", {}, sink, 2.0)
-        finally:
-            pool.close()
-            server.close()
-        return sink
-
-    sink = asyncio.run(go())
-    assert sink.chunks == [(one, b"hello")]  # the whole chunk, framing and all
-    assert b"".join(d for _, d in sink) == b" world"  # a chunk split over reads: payloads
-
-
 def test_content_length_and_read_to_close_bodies():
     handler, _ = serve([[b"HTTP/1.1 429 Too Many\r\nContent-Length: 4\r\n\r\nslow"]])
     assert asyncio.run(_post(handler))[0][:2] == (429, b"slow")

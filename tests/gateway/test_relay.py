@@ -110,20 +110,3 @@ def test_start_eagerly_raises_a_first_step_error_to_the_caller():
 
     with pytest.raises(ValueError, match="no upstream"):
         asyncio.run(go())
-
-
-def test_a_chunk_goes_out_as_it_arrived_when_the_server_takes_it():
-    async def go(takes: bool):
-        client, raw, seen = _Client(), [], []
-
-        def write_chunk(chunk: bytes) -> bool:
-            if takes:
-                raw.append(chunk)
-            return takes
-
-        relay = Relay(client.send, 1, seen.append, write_chunk)
-        assert relay.push_chunk(b"1\r\nb\r\n", [b"a", b"b"])
-        return client.bodies, raw, relay.sent, seen
-
-    assert asyncio.run(go(True)) == ([], [b"1\r\nb\r\n"], 2, [2])
-    assert asyncio.run(go(False)) == ([b"b"], [], 2, [2])  # declined: the ASGI send

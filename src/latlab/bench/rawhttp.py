@@ -13,9 +13,7 @@ or read-to-close bodies, over plain TCP or TLS (``ssl=`` a client context: the g
 
 ``latlab gateway`` forwards through the same client: its ``reads`` is an object with ``append``
 and ``len`` that passes each read on at once, and ``on_head`` tells it the status and headers
-as soon as they arrive. Such a sink may also have ``append_chunk(ns, data, start, end)``: a read
-that is exactly one whole chunk then goes there instead, as read (its size line and CRLFs
-included) with its payload's bounds, so a proxy can pass the chunk on without framing it again.
+as soon as they arrive.
 """
 
 from __future__ import annotations
@@ -51,7 +49,6 @@ class _Conn(asyncio.Protocol):
 
     def _reset(self, reads: list[tuple[int, bytes]] | None, on_head: OnHead | None = None) -> None:
         self.reads = reads
-        self.chunk_sink = getattr(reads, "append_chunk", None)  # whole chunks as read
         self.on_head = on_head
         self.head = bytearray()
         self.status = 0
@@ -146,10 +143,7 @@ class _Conn(asyncio.Protocol):
         end = i + 2 + size
         if size == 0 or len(data) != end + 2 or not data.endswith(b"\r\n"):
             return False
-        if self.chunk_sink is not None:
-            self.chunk_sink(ns, data, i + 2, end)
-        else:
-            self.reads.append((ns, data[i + 2 : end]))  # type: ignore[union-attr]
+        self.reads.append((ns, data[i + 2 : end]))  # type: ignore[union-attr]
         return True
 
     def _chunked(self, ns: int, data: bytes) -> None:
@@ -296,7 +290,7 @@ class RawHTTPPool:
                 conn.abort()
                 raise
             finally:
-                conn.reads = conn.chunk_sink = None
+                conn.reads = None
             break
         if conn.reusable:
             self._idle.append(conn)

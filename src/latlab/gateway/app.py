@@ -21,7 +21,6 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +39,7 @@ from latlab.gateway.routing import make_router
 from latlab.gateway.saturation import LoopLagMonitor
 from latlab.gateway.trim import TrimError, Trimmer
 from latlab.gateway.upstreams import Upstream, UpstreamSet
-from latlab.serve.guard import CHUNK_WRITER_KEY, HEAD_NS_KEY, PARSED_BODY_KEY
+from latlab.serve.guard import HEAD_NS_KEY, PARSED_BODY_KEY
 from latlab.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -91,7 +90,6 @@ class _Request:
     extra: dict[str, str]  # response headers trimming adds
     prompt: str | list[int] | None
     plan: _Plan
-    write_chunk: Callable[[bytes], bool] | None = None  # the server's ChunkWriter.write
 
     @property
     def prompt_tokens(self) -> int:
@@ -116,16 +114,11 @@ class _FirstContent:
 
 
 async def _relayed(
-    flight: Flight,
-    client: asgi.ClientWatch,
-    send: Any,
-    sent: int,
-    on_content: Any,
-    write_chunk: Callable[[bytes], bool] | None,
+    flight: Flight, client: asgi.ClientWatch, send: Any, sent: int, on_content: Any
 ) -> int:
     """The flight writes to this client until it ends, a send stalls or the client leaves;
     the pieces written by then (latlab.gateway.relay)."""
-    relay = Relay(send, sent, on_content, write_chunk)
+    relay = Relay(send, sent, on_content)
     flight.attach(relay)
     try:
         await client.wait(relay.wake)
@@ -297,12 +290,10 @@ class Gateway:
             raise RequestError(str(exc), code="trim_failed") from None
         if changed:
             raw = json.dumps(body, ensure_ascii=False).encode()
-        writer = scope.get("extensions", {}).get(CHUNK_WRITER_KEY)
         return _Request(
             endpoint=endpoint, arrival=arrival, headers=headers, tenant=tenant, body=body,
             raw=raw, extra=extra, prompt=prompt_text(body),
             plan=self._plan(endpoint, body, headers, tenant),
-            write_chunk=writer.write if writer is not None else None,
         )  # fmt: skip
 
     def _arrival(self, scope: asgi.Scope) -> int:
@@ -450,16 +441,16 @@ class Gateway:
                 head["x-latlab-upstream"] = flight.upstream.url
             await send({"type": "http.response.start", "status": flight.status,
                         "headers": asgi.encode_headers(head)})  # fmt: skip
-            await self._pieces(flight, client, send, req, label)
+            await self._pieces(flight, client, send, req.arrival, label)
         finally:
             self.flights.leave(flight)
 
     async def _pieces(
-        self, flight: Flight, client: asgi.ClientWatch, send: Any, req: _Request, label: str
+        self, flight: Flight, client: asgi.ClientWatch, send: Any, arrival: int, label: str
     ) -> None:
         sent = 0
         pieces = flight.pieces
-        first = _FirstContent(flight, self.metrics.child(self.metrics.ttft, label), req.arrival)
+        first = _FirstContent(flight, self.metrics.child(self.metrics.ttft, label), arrival)
         while not client.gone:
             n = len(pieces)
             if sent < n:
@@ -470,7 +461,7 @@ class Gateway:
             elif flight.done:
                 break
             elif flight.streaming:  # caught up: the flight writes the next pieces itself
-                sent = await _relayed(flight, client, send, sent, first.check, req.write_chunk)
+                sent = await _relayed(flight, client, send, sent, first.check)
             else:
                 await client.wait(flight.waiter())
         if client.gone:

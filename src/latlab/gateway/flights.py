@@ -104,11 +104,6 @@ class _Attempt:
         if not self.discarded:
             self.flight.add(item[0], item[1])
 
-    def append_chunk(self, ns: int, chunk: bytes, start: int, end: int) -> None:
-        self.count += 1
-        if not self.discarded:
-            self.flight.add_chunk(ns, chunk, start, end)
-
     def __len__(self) -> int:
         return self.count
 
@@ -210,42 +205,6 @@ class Flight:
             self._push()
         if self._waiters:
             self._notify()
-
-    def add_chunk(self, ns: int, chunk: bytes, start: int, end: int) -> None:
-        """A read that was one whole HTTP chunk, as read (payload ``chunk[start:end]``).
-
-        The usual piece of a stream, one plain content event after the first, is kept and
-        written to the caught-up followers as the same bytes it arrived in (see
-        ``Relay.push_chunk``); anything else takes ``add``'s way.
-        """
-        payload = chunk[start:end]
-        if not self._plain_event(payload):
-            self.add(ns, payload)
-            return
-        self._events.append(payload)
-        self._arrivals_ns.append(ns)
-        pieces = self.pieces
-        pieces.append(payload)
-        relays = self._relays
-        for relay in relays[:] if len(relays) > 1 else relays:
-            if not relay.push_chunk(chunk, pieces):
-                self.detach(relay)
-        if self._waiters:
-            self._notify()
-
-    def _plain_event(self, payload: bytes) -> bool:
-        """One whole SSE event of a stream already past its first content that ``_keep`` would
-        only record: not the end marker, an error or the usage chunk."""
-        splitter = self._splitter
-        return (
-            splitter is not None
-            and not splitter.pending
-            and self.first_content >= 0
-            and payload.find(b"\n\n") == len(payload) - 2
-            and not payload.startswith(DONE_EVENT)
-            and not is_error_event(payload)
-            and b'"usage"' not in payload
-        )
 
     def _keep(self, ns: int, event: bytes) -> None:
         """Record one event; note the first content, the end marker, errors and usage."""

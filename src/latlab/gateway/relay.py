@@ -14,10 +14,6 @@ the flight, and wakes its follower, whose task finishes the send and carries on 
 until it has caught up again. A send that raises never reaches the flight's read callback (the
 upstream connection serves every follower): the follower re-raises it in its own task.
 
-Where the client's server offers a ``ChunkWriter`` (latlab.serve.connections), ``push_chunk``
-writes an upstream chunk as it was read, framing and all, without a send coroutine; when the
-writer declines (flow control, or the response's state) the relay falls back to ``push``.
-
 ``start_eagerly`` applies the same one-step idea to a new flight: its upstream request is
 written in the step that accepted the client's, and a task finishes the call.
 """
@@ -34,17 +30,10 @@ Send = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 class Relay:
     """One follower's cursor while the flight writes to it directly."""
 
-    __slots__ = ("_on_content", "error", "pending", "send", "sent", "wake", "write_chunk")
+    __slots__ = ("_on_content", "error", "pending", "send", "sent", "wake")
 
-    def __init__(
-        self,
-        send: Send,
-        sent: int,
-        on_content: Callable[[int], None],
-        write_chunk: Callable[[bytes], bool] | None = None,
-    ) -> None:
+    def __init__(self, send: Send, sent: int, on_content: Callable[[int], None]) -> None:
         self.send = send
-        self.write_chunk = write_chunk  # the server's ChunkWriter.write, when it has one
         self.sent = sent  # pieces already written to this client
         self.wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pending: tuple[Coroutine[Any, Any, None], Any] | None = None  # a suspended send
@@ -70,17 +59,6 @@ class Relay:
         self.pending = (coro, yielded)
         self.release()
         return False
-
-    def push_chunk(self, chunk: bytes, pieces: list[bytes]) -> bool:
-        """Write the newest piece as ``chunk``, the HTTP chunk it arrived in, when this client
-        has every piece before it and its server takes raw chunks now; else ``push``."""
-        n = len(pieces)
-        write = self.write_chunk
-        if write is not None and self.sent == n - 1 and write(chunk):
-            self.sent = n
-            self._on_content(n)
-            return True
-        return self.push(pieces)
 
     def release(self) -> None:
         """Wake the follower's task (the flight ended, or this relay left it)."""

@@ -12,10 +12,6 @@ Each request's scope also carries when its first byte was parsed (``HEAD_NS_KEY`
 state): a handler starts one event-loop turn after that at best, and behind every other
 callback of that turn when the process is busy, so what a request waited is ``now - head``.
 
-On httptools connections a response being streamed with chunked encoding can also take whole
-chunks framed by the caller (``ChunkWriter``, offered as the scope extension
-``CHUNK_WRITER_KEY``): a proxy holding an upstream's chunk as read writes it as it is.
-
 Both of uvicorn's parsers get the same rules. httptools (C) is used when it is installed: it
 costs about a third less CPU per streamed chunk than h11 (pure Python), which is what a proxy
 forwarding thousands of chunks a second spends its time on; h11 is the fallback.
@@ -39,7 +35,6 @@ except ImportError:  # httptools is optional (latlab[gateway] installs it)
 
 from latlab.errors import ConfigError
 from latlab.serve.guard import (
-    CHUNK_WRITER_KEY,
     HEAD_NS_KEY,
     RETRY_AFTER_S,
     GuardConfig,
@@ -184,9 +179,6 @@ class GuardedHttpToolsProtocol(_HeadDeadline, HttpToolsProtocol or object):  # t
         self._in_head = False
         self._cancel_head_timer()
         super().on_headers_complete()
-        cycle = self.cycle  # this request's, unless uvicorn stopped early (an upgrade)
-        if cycle is not None and cycle.scope is self.scope and self.scope["method"] != "HEAD":
-            self.scope.setdefault("extensions", {})[CHUNK_WRITER_KEY] = ChunkWriter(cycle)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -202,39 +194,6 @@ class GuardedHttpToolsProtocol(_HeadDeadline, HttpToolsProtocol or object):  # t
 
     def _awaiting_head(self) -> bool:
         return self._in_head and not self._answering()
-
-
-class ChunkWriter:
-    """Whole chunks of a chunked response, framed by the caller, written straight to the socket.
-
-    ASGI's ``send`` takes a payload, and for each one the caller builds a message dict and runs
-    a coroutine that checks the response's state and frames the payload again: most of the
-    Python a proxy spends on a forwarded chunk. A proxy that holds the upstream's chunk as read
-    (``SIZE CRLF payload CRLF``) writes it here as it is. ``write`` takes one or more whole,
-    non-empty chunks and returns False, writing nothing, whenever the response cannot take raw
-    chunks now: not started, not chunked, complete, the client gone, or its write buffer above
-    the high-water mark (flow control); the caller then uses ``send``, which waits. Only
-    httptools connections offer it: h11 keeps its own framing state, which raw writes would
-    bypass.
-    """
-
-    __slots__ = ("_cycle",)
-
-    def __init__(self, cycle: Any) -> None:
-        self._cycle = cycle
-
-    def write(self, chunks: bytes) -> bool:
-        cycle = self._cycle
-        if (
-            not cycle.response_started
-            or cycle.response_complete
-            or not cycle.chunked_encoding
-            or cycle.flow.write_paused
-            or cycle.disconnected
-        ):
-            return False
-        cycle.transport.write(chunks)
-        return True
 
 
 async def _over_capacity(scope: Scope, receive: Receive, send: Send) -> Any:

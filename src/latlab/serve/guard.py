@@ -50,9 +50,6 @@ HEADERS_KEY = "latlab.headers"  # the lower-cased header dict the guard decoded,
 # perf_counter_ns when the request's first byte was parsed (latlab.serve.connections): what
 # a request waited before its handler ran counts from here.
 HEAD_NS_KEY = "latlab.request_head_ns"
-# The scope extension under which a server offers a ChunkWriter for the response
-# (latlab.serve.connections: httptools connections do).
-CHUNK_WRITER_KEY = "latlab.chunk_writer"
 # A refused client may retry after this many seconds (drain, connection cap).
 RETRY_AFTER_S = 1
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
