@@ -273,7 +273,7 @@ def overhead_targets(
 def overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     levels = [int(x) for x in args.levels.split(",")]
     with ExitStack() as stack:
-        upstream = stub(stack)
+        upstream = stub(stack, args.stub_chunks)
         targets = overhead_targets(args, stack, upstream, work)
         rows = []
         for c in levels:
@@ -288,7 +288,8 @@ def overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                   requests=REQUESTS.get(c, 4 * c), extra=extra)  # fmt: skip
                     truth = json.loads(get(upstream + "/stub/stats"))["first_chunk_ms"]
                     rows.append(_overhead_row(name, c, r, level, truth))
-                    rows[-1]["cpu_us_per_chunk"] = _cpu_per_chunk(pid, before, level)
+                    rows[-1]["cpu_us_per_chunk"] = _cpu_per_chunk(pid, before, level,
+                                                                  args.stub_chunks)  # fmt: skip
                     if view is not None:
                         rows[-1].update(_view_means(view, _gateway_view(url)))
                     print(_fmt_overhead(rows[-1]), flush=True)
@@ -322,20 +323,21 @@ def _view_means(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     return out
 
 
-def _cpu_per_chunk(pid: int | None, before: float, level: dict) -> float | None:
-    """The proxy process's CPU time per forwarded chunk (64 chunks a request), warm-up included
-    in both the time and the count."""
+def _cpu_per_chunk(pid: int | None, before: float, level: dict, per_request: int) -> float | None:
+    """The proxy process's CPU time per forwarded chunk (``per_request`` chunks a request: with
+    1, its CPU per request), warm-up included in both the time and the count."""
     if not pid:
         return None
-    chunks = (level["summary"]["completed"] + level.get("warmup_requests", 0)) * 64
+    chunks = (level["summary"]["completed"] + level.get("warmup_requests", 0)) * per_request
     return round(1e6 * (cpu_seconds(pid) - before) / max(1, chunks), 1)
 
 
 def _overhead_row(name: str, c: int, r: int, level: dict, truth: list[float]) -> dict:
     s = level["summary"]
+    gap = s.get("chunk_gap_ms") or {}  # none when each answer is one chunk (--stub-chunks 1)
     return {"target": name, "concurrency": c, "repeat": r, "completed": s["completed"],
             "failed": s["failed"], "ttft_p50": s["ttft_ms"]["p50"], "ttft_p99": s["ttft_ms"]["p99"],
-            "gap_p50": s["chunk_gap_ms"]["p50"], "gap_p99": s["chunk_gap_ms"]["p99"],
+            "gap_p50": gap.get("p50"), "gap_p99": gap.get("p99"),
             "server_first_chunk_p50": statistics.median(truth) if truth else None,
             "client_bound": level["client"]["client_bound"]}  # fmt: skip
 
@@ -344,7 +346,7 @@ def _fmt_overhead(row: dict) -> str:
     cpu = row.get("cpu_us_per_chunk")
     return (f"  {row['target']:>19} c={row['concurrency']:<4} r{row['repeat']} "
             f"TTFT p50 {row['ttft_p50']:.2f} p99 {row['ttft_p99']:.2f} gap p50 "
-            f"{row['gap_p50']:.2f} ms ok {row['completed']} fail {row['failed']}"
+            f"{_cell(row['gap_p50'], 2)} ms ok {row['completed']} fail {row['failed']}"
             + (f" cpu {cpu} us/chunk" if cpu else "")
             + (f" | own view: wait {row['gw_wait_ms']} ms, TTFT {row['gw_ttft_ms']} ms (means)"
                if row.get("gw_wait_ms") is not None else ""))  # fmt: skip
@@ -358,7 +360,11 @@ def _overhead_summary(rows: list[dict], levels: list[int], names: list[str]) -> 
         for name in names:
             mine = [r for r in rows if r["target"] == name and r["concurrency"] == c]
             added = [r["ttft_p50"] - direct[r["repeat"]]["ttft_p50"] for r in mine]
-            gap_added = [r["gap_p50"] - direct[r["repeat"]]["gap_p50"] for r in mine]
+            gap_added = [
+                r["gap_p50"] - direct[r["repeat"]]["gap_p50"]
+                for r in mine
+                if r["gap_p50"] is not None and direct[r["repeat"]]["gap_p50"] is not None
+            ]
             out.append({"target": name, "concurrency": c,
                         "ttft_p50": med([r["ttft_p50"] for r in mine]),
                         "ttft_p99": med([r["ttft_p99"] for r in mine]),
@@ -726,7 +732,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=8, help="routing: concurrent streams")
     p.add_argument("--waves", type=int, default=3, help="waves: bursts per target and repeat")
     p.add_argument("--stub-chunks", type=int, default=64,
-                   help="waves: chunks per answer (1: CPU per chunk = per request)")  # fmt: skip
+                   help="overhead/waves: chunks per answer (1: CPU per chunk = per "
+                   "request)")  # fmt: skip
     p.add_argument("--baseline-src", default=None, metavar="DIR",
                    help="overhead: also run the gateway from DIR (another checkout's src/), "
                    "interleaved with this one")  # fmt: skip

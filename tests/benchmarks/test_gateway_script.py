@@ -136,3 +136,17 @@ def _listening(port: int) -> bool:
 def _texts(events: list[bytes]) -> list[str]:
     objs = [json.loads(e[len(b"data: ") :]) for e in events if e != b"data: [DONE]"]
     return [c.get("text", "") for o in objs for c in o["choices"]]
+
+
+def test_one_chunk_answers_have_no_gap_and_cpu_counts_per_request(monkeypatch):
+    def level(ttft: float) -> dict:
+        summary = {"completed": 9, "failed": 0, "ttft_ms": {"p50": ttft, "p99": ttft},
+                   "chunk_gap_ms": None}  # fmt: skip
+        return {"summary": summary, "client": {"client_bound": False}, "warmup_requests": 1}
+
+    rows = [gw._overhead_row(name, 64, 0, level(t), []) for name, t in (("direct", 50), ("gw", 54))]
+    summary = gw._overhead_summary(rows, [64], ["direct", "gw"])
+    assert summary[1]["ttft_p50_added"] == 4 and summary[1]["gap_p50_added"] is None
+    assert "gap p50 - ms" in gw._fmt_overhead(rows[1])
+    monkeypatch.setattr(gw, "cpu_seconds", lambda pid: 1.01)
+    assert gw._cpu_per_chunk(7, 1.0, level(54), 1) == 1000.0  # 10 ms over 10 requests
