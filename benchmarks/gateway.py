@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -376,14 +377,23 @@ def _overhead_summary(rows: list[dict], levels: list[int], names: list[str]) -> 
 
 # ---- waves ------------------------------------------------------------------------------
 
-_WAVE_BODY = json.dumps({"model": "stub-model", "prompt": "hello " * 32, "max_tokens": 64,
-                         "temperature": 0, "stream": True}).encode()  # fmt: skip
+_WAVE_IDS = itertools.count()
+
+
+def _wave_body() -> bytes:
+    """A request of its own: identical deterministic requests in flight would share one upstream
+    call in the gateway (coalescing), and a burst of them would measure its fan-out, not its
+    forwarding (as this study did before 2026-11-30 15:45 UTC)."""
+    prompt = f"request {next(_WAVE_IDS)}: " + "hello " * 32
+    return json.dumps({"model": "stub-model", "prompt": prompt, "max_tokens": 64,
+                       "temperature": 0, "stream": True}).encode()  # fmt: skip
 
 
 async def _first_byte_ms(pool: Any) -> float:
     reads: list = []
     t0 = time.perf_counter_ns()
-    await pool.post("/v1/completions", _WAVE_BODY, {"Content-Type": "application/json"}, reads, 60)
+    await pool.post("/v1/completions", _wave_body(), {"Content-Type": "application/json"}, reads,
+                    60)  # fmt: skip
     return (reads[0][0] - t0) / 1e6
 
 

@@ -150,3 +150,21 @@ def test_one_chunk_answers_have_no_gap_and_cpu_counts_per_request(monkeypatch):
     assert "gap p50 - ms" in gw._fmt_overhead(rows[1])
     monkeypatch.setattr(gw, "cpu_seconds", lambda pid: 1.01)
     assert gw._cpu_per_chunk(7, 1.0, level(54), 1) == 1000.0  # 10 ms over 10 requests
+
+
+def test_waves_requests_are_each_their_own_so_the_gateway_forwards_every_one():
+    """Identical deterministic requests would be coalesced into one upstream call: a burst of
+    them measured the gateway's fan-out, not its forwarding."""
+    import asyncio
+
+    from latlab.gateway.config import GatewayConfig
+    from latlab.gateway.server import running_gateway
+    from latlab.testing.stub_server import StubServer
+
+    with StubServer(ttft_s=0.02, itl_s=0.001, chunks=2) as url:
+        base = url.rsplit("/v1", 1)[0]
+        with running_gateway(GatewayConfig(upstreams=[url])) as (gw_url, _):
+            assert len(asyncio.run(gw._waves(gw_url, 4, 2))) == 8
+            text = gw.get(gw_url + "/metrics")
+    assert gw.metric(text, "latlab:gateway_cache_requests_total", 'result="coalesced"') == 0
+    assert gw.metric(text, "latlab:gateway_upstream_requests_total", base) == 8
