@@ -99,10 +99,10 @@ async def relay(upstream: str, port: int) -> None:
     """Serve on 127.0.0.1:``port`` until SIGTERM or SIGINT."""
     host, _, up_port = upstream.rpartition(":")
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Client(host, int(up_port)), "127.0.0.1", port)
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before listening: a stop never comes too early
         loop.add_signal_handler(sig, stop.set)
+    server = await loop.create_server(lambda: _Client(host, int(up_port)), "127.0.0.1", port)
     print(f"{READY}http://127.0.0.1:{port}", flush=True)
     async with server:
         await stop.wait()
