@@ -52,7 +52,8 @@ class _Side(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    # The peer's buffer is full: stop reading this side until it drains.
+    # This side's write buffer is full (the peer's reads are written here): stop reading the
+    # peer until it drains.
     def pause_writing(self) -> None:
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.pause_reading()
