@@ -111,26 +111,19 @@ def test_the_python_relay_passes_streams_through_whole_and_stops_with_its_stack(
 def test_the_python_relay_closes_the_client_when_the_upstream_is_down():
     import urllib.error
 
-    from latlab.procs import ManagedProcess, ProcessSpec, free_port
+    from latlab.procs import ManagedProcess, ProcessSpec, free_port, group_listens_on
 
     port = free_port()
     argv = [str(gw.BIN / "python"), str(gw.PYRELAY), "--upstream", f"127.0.0.1:{free_port()}",
             "--port", str(port)]  # fmt: skip
     proc = ManagedProcess(ProcessSpec(argv=argv, name="pyrelay")).start()
     try:
-        proc.wait_ready(lambda: _listening(port), timeout_s=30)
+        proc.wait_ready(lambda: group_listens_on(proc.pid, port), timeout_s=30)
         with pytest.raises((urllib.error.URLError, ConnectionError)):
             _stream_events(f"http://127.0.0.1:{port}", 4)  # nothing listens upstream
         assert proc.proc is not None and proc.proc.poll() is None  # the relay itself lives on
     finally:
         assert proc.stop() == 0  # SIGTERM: a clean exit
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _texts(events: list[bytes]) -> list[str]:

@@ -14,6 +14,7 @@ from raw_http import post_with_pause
 from gateway.conftest import gateway
 from gateway.helpers import body
 from latlab.gateway.saturation import LAG_BUCKETS, LoopLagMonitor
+from latlab.monitor.scrape import Scrape
 
 
 def _histogram() -> tuple[Histogram, CollectorRegistry]:
@@ -71,13 +72,6 @@ def test_the_gateway_exports_its_loop_lag(stub):
     assert count and float(count[0].split()[1]) >= 2
 
 
-def _sample(text: str, name: str) -> float:
-    """The value of one unlabelled sample, or the sum over a metric's label sets."""
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith(name) and line[len(name)] in " {"]  # fmt: skip
-    return sum(values)
-
-
 def test_waits_count_from_the_requests_first_byte(stub, parser):
     """A body that arrives 0.3 s after its head: the wait before the handler and the gateway's
     TTFT both include those 0.3 s (stamped when the head was parsed, on either parser)."""
@@ -86,8 +80,9 @@ def test_waits_count_from_the_requests_first_byte(stub, parser):
         reply = post_with_pause(url, "/v1/completions", payload, 0.3)
         text = httpx.get(url + "/metrics", trust_env=False).text
     assert reply.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in reply
-    assert _sample(text, "latlab:gateway_request_wait_seconds_count") == 1
-    wait = _sample(text, "latlab:gateway_request_wait_seconds_sum")
-    ttft = _sample(text, "latlab:gateway_time_to_first_token_seconds_sum")
+    scrape = Scrape.parse(text)
+    assert scrape.total("latlab:gateway_request_wait_seconds_count") == 1
+    wait = scrape.total("latlab:gateway_request_wait_seconds_sum")
+    ttft = scrape.total("latlab:gateway_time_to_first_token_seconds_sum")
     assert 0.3 <= wait < ttft  # the stub's own TTFT (20 ms) comes after the wait
     assert ttft >= 0.3 + 0.02
