@@ -9,6 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -96,3 +97,33 @@ def test_dashboard_check_metrics(fixture_metrics_url, tmp_path):
 def test_dashboard_unknown_version_warns():
     out = _cli("dashboard", "--backend", "vllm", "--vllm-version", "0.99")
     assert out.returncode == 0 and "warning: vLLM 0.99 is newer" in out.stderr
+
+
+def test_dashboard_gateway_row_checked_against_a_real_gateway(fixture_metrics_url):
+    from latlab.gateway.config import GatewayConfig
+    from latlab.gateway.server import running_gateway
+    from latlab.testing.stub_server import StubServer
+
+    request = {"model": "stub-model", "prompt": "hi", "max_tokens": 2, "temperature": 0}
+    with (
+        StubServer(ttft_s=0.001, itl_s=0.001) as stub_url,
+        running_gateway(GatewayConfig(upstreams=[stub_url])) as (base, _),
+    ):
+        httpx.post(f"{base}/v1/completions", json=request, trust_env=False).raise_for_status()
+        ok = _cli("dashboard", "--check-gateway-metrics", f"{base}/metrics")
+    assert ok.returncode == 0 and "0 missing series" in ok.stderr, ok.stderr
+    wrong = _cli("dashboard", "--check-gateway-metrics", fixture_metrics_url)  # a vLLM server
+    assert wrong.returncode == 1
+    assert "missing series: Upstream health: latlab:gateway_upstream_healthy" in wrong.stderr
+    doc = json.loads(_cli("dashboard", "--gateway").stdout)
+    assert doc["panels"][-1]["targets"][0]["expr"].count("$gateway_job") == 1
+
+
+def test_alerts_with_a_gateway_job(tmp_path):
+    out = _cli("alerts", "--slo-ttft-ms", "500", "--gateway-job", "latlab-gateway", "-o",
+               str(tmp_path / "r.yml"))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    groups = yaml.safe_load((tmp_path / "r.yml").read_text())["groups"]
+    assert groups[-1]["name"] == "latlab-latlab-gateway" and len(groups[-1]["rules"]) == 7
+    bad = _cli("alerts", "--slo-ttft-ms", "500", "--gateway-job", "g", "--gateway-lag-ms", "-1")
+    assert bad.returncode == 2 and "--gateway-lag-ms must be above 0" in bad.stderr

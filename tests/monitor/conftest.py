@@ -36,3 +36,23 @@ def latlab_server_url():
     app = create_app(FakeEngine(), MODEL, make_params=FakeParams, buckets=buckets)
     with running_server(app) as base:
         yield base
+
+
+@pytest.fixture(scope="session")
+def gateway_scrape(tmp_path_factory) -> Scrape:
+    """A real latlab gateway's /metrics (SQLite cache, in front of the stub server) after a
+    miss, a hit and an error: every gateway series a dashboard or alert reads is there."""
+    from latlab.gateway.config import GatewayConfig
+    from latlab.gateway.server import running_gateway
+    from latlab.testing.stub_server import StubServer
+
+    cache = tmp_path_factory.mktemp("gateway") / "cache.sqlite"
+    request = {"model": "stub-model", "prompt": "monitor me", "max_tokens": 4, "temperature": 0,
+               "stream": True}  # fmt: skip
+    with StubServer(ttft_s=0.005, itl_s=0.001) as stub_url:
+        config = GatewayConfig(upstreams=[stub_url], cache=f"sqlite:{cache}", route="prefix")
+        with running_gateway(config) as (base, _), httpx.Client(trust_env=False) as client:
+            for _ in range(2):  # a miss, then a hit
+                client.post(f"{base}/v1/completions", json=request).raise_for_status()
+            client.post(f"{base}/v1/completions", json={"prompt": 1})  # a 400
+            return Scrape.parse(client.get(f"{base}/metrics").text)

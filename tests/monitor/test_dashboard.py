@@ -4,7 +4,12 @@ import json
 
 import pytest
 
-from latlab.monitor.dashboard import build_dashboard, check_against_scrape, concrete
+from latlab.monitor.dashboard import (
+    build_dashboard,
+    check_against_scrape,
+    check_gateway_scrape,
+    concrete,
+)
 from latlab.monitor.names import LATLAB, VLLM_VERSIONS, resolve
 from latlab.monitor.scrape import Scrape
 from monitor.helpers import FIXTURES
@@ -57,3 +62,30 @@ def test_grafana_json_shape():
 def test_concrete_fills_grafana_variables():
     expr = 'rate(x{job=~"$job",model_name=~"$model_name"}[$__rate_interval])'
     assert concrete(expr, rate_interval="15s") == 'rate(x{job=~".+",model_name=~".+"}[15s])'
+
+
+def test_the_gateway_row_resolves_on_a_real_gateway(gateway_scrape, latlab_scrape):
+    board = build_dashboard(LATLAB, gateway=True)
+    gateway = [p for p in board.panels if p.requires == "gateway"]
+    assert len(gateway) == 12
+    assert check_gateway_scrape(board, gateway_scrape.names()) == []
+    # the server's check ignores the gateway row, and the gateway's check finds it on a server
+    assert check_against_scrape(board, latlab_scrape.names()) == []
+    missing = check_gateway_scrape(board, latlab_scrape.names())
+    assert "Upstream health: latlab:gateway_upstream_healthy" in missing
+    # what no traffic creates is not required (429s), what every gateway has is
+    assert not any("rate_limited" in m for m in check_gateway_scrape(board, set()))
+
+
+def test_the_gateway_row_only_when_asked():
+    plain = json.loads(build_dashboard(LATLAB).to_json())
+    doc = json.loads(build_dashboard(LATLAB, gateway=True).to_json())
+    rows = [p["title"] for p in doc["panels"] if p["type"] == "row"]
+    assert rows[-1] == "latlab gateway: cache, routing, upstreams"
+    assert len(rows) == len([p for p in plain["panels"] if p["type"] == "row"]) + 1
+    assert [v["name"] for v in doc["templating"]["list"]][-1] == "gateway_job"
+    assert "gateway" in doc["tags"] and "gateway" not in plain["tags"]
+    exprs = [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
+    gateway = [e for e in exprs if "latlab:gateway_" in e]
+    assert gateway and all('job=~"$gateway_job"' in e for e in gateway)
+    assert 'job=~"$gateway_job"' not in concrete(gateway[0])

@@ -3,7 +3,14 @@
 import pytest
 
 from latlab.errors import ConfigError
-from latlab.monitor.names import LATLAB, NEWEST_CHECKED_VLLM, match_scrape, parse_version, resolve
+from latlab.monitor.names import (
+    GATEWAY,
+    LATLAB,
+    NEWEST_CHECKED_VLLM,
+    match_scrape,
+    parse_version,
+    resolve,
+)
 from latlab.monitor.scrape import Scrape
 from monitor.helpers import FIXTURES
 
@@ -74,3 +81,12 @@ def test_match_scrape_on_something_else():
 def test_latlab_names_match_its_own_server(latlab_scrape):
     assert LATLAB.missing_from(latlab_scrape.names()) == []
     assert match_scrape(latlab_scrape.names()).names is LATLAB
+
+
+def test_the_gateway_names_are_what_a_real_gateway_exports(gateway_scrape):
+    assert GATEWAY.missing_from(gateway_scrape.names()) == []
+    # ... and nothing it exports is left out (a new gateway metric must be added here too).
+    exported = {f for f in gateway_scrape.types
+                if f.startswith("latlab:gateway_") and not f.endswith("_created")}  # fmt: skip
+    known = {n.removesuffix("_total").removesuffix("_count") for n in GATEWAY.series()}
+    assert exported == known

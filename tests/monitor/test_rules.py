@@ -95,3 +95,28 @@ def test_promtool_accepts_every_backend_and_version(tmp_path, version):
                          str(tmp_path / "r.yml"))  # fmt: skip
     assert "promtool check rules: SUCCESS" in out.summary
     assert check_rules(tmp_path / "r.yml").ok
+
+
+def test_gateway_alerts_only_with_a_gateway_job():
+    assert len(_generate().rules.groups) == 4
+    out = _generate(gateway_job="gw", matchers='model_name="x"', gateway_lag_ms=80)
+    group = out.rules.groups[-1]
+    assert group["name"] == "latlab-latlab-gateway"
+    assert [r["alert"] for r in group["rules"]] == [
+        "LatlabGatewayDown", "LatlabGatewayNoHealthyUpstream", "LatlabGatewayUpstreamEjected",
+        "LatlabGatewayServerErrors", "LatlabGatewaySaturated", "LatlabGatewayCacheFailing",
+        "LatlabGatewayLimitStoreFailing"]  # fmt: skip
+    for rule in group["rules"]:
+        # the gateway's own job, never the server's job or model matchers
+        assert 'job="gw"' in rule["expr"] and "model_name" not in rule["expr"]
+        assert 'job="llm"' not in rule["expr"] and rule["for"] == "5m"
+    assert "# Gateway alerts: job gw, CPU-bound past 80 ms of event-loop lag (p99)" in out.text
+    saturated = group["rules"][4]["expr"]
+    assert (
+        saturated.endswith("> 0.08") and "latlab:gateway_event_loop_lag_seconds_bucket" in saturated
+    )
+
+
+def test_gateway_lag_must_be_positive():
+    with pytest.raises(ConfigError, match="--gateway-lag-ms"):
+        _generate(gateway_job="gw", gateway_lag_ms=0)

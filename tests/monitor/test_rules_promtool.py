@@ -131,3 +131,59 @@ def test_availability_slo_counts_5xx_of_generation_requests_only(tmp_path):
     checks = [_firing("LatlabAvailabilityBurnRatePage", "45m", False, "availability"),
               _firing("LatlabAvailabilityBurnRateTicket", "45m", True, "availability")]  # fmt: skip
     _run(tmp_path, _rules(tmp_path), series, checks)
+
+
+def _gateway_rules(tmp_path):
+    spec = RuleSpec(names=LATLAB, job="latlab", gateway_job="gw", windows=default_windows(),
+                    latency=(LatencySLO(role="ttft", threshold_s=0.5, target=0.99),),
+                    edges={"ttft": default_edges(LATLAB, "ttft")})  # fmt: skip
+    path = tmp_path / "rules.yml"
+    path.write_text(to_yaml(build_rules(spec)))
+    return path
+
+
+def _gateway_alert(alert: str, at: str, firing: list[str]) -> dict:
+    """``alert`` is firing at ``at`` for exactly the series with these extra labels."""
+    severity = "page" if alert in ("LatlabGatewayNoHealthyUpstream", "LatlabGatewayServerErrors",
+                                   "LatlabGatewayDown") else "ticket"  # fmt: skip
+    samples = [{"labels": f'ALERTS{{alertname="{alert}",alertstate="firing",instance="i",'
+                          f'job="gw",severity="{severity}"{extra}}}', "value": 1}
+               for extra in firing]  # fmt: skip
+    return {"expr": f'ALERTS{{alertname="{alert}",alertstate="firing"}}', "eval_time": at,
+            "exp_samples": samples}  # fmt: skip
+
+
+def test_gateway_upstream_alerts(tmp_path):
+    # Upstream a is ejected from minute 10 on, b from minute 30: a ticket for each upstream
+    # while any remains, a page once none does (after the 5-minute `for`).
+    healthy = 'latlab:gateway_upstream_healthy{{job="gw",instance="i",upstream="{u}"}}'
+    series = {healthy.format(u="a"): "1x9 0x50", healthy.format(u="b"): "1x29 0x30"}
+    ejected = "LatlabGatewayUpstreamEjected"
+    checks = [_gateway_alert(ejected, "12m", []),
+              _gateway_alert(ejected, "20m", [',upstream="a"']),
+              _gateway_alert("LatlabGatewayNoHealthyUpstream", "20m", []),
+              _gateway_alert("LatlabGatewayNoHealthyUpstream", "40m", [""])]  # fmt: skip
+    _run(tmp_path, _gateway_rules(tmp_path), series, checks)
+
+
+def test_gateway_errors_lag_and_stores(tmp_path):
+    # From minute 20: 10% of answers are 502 (over the 5% threshold), the loop lags 100 ms at
+    # p99, and the cache store fails; the limit store never does.
+    req = ('latlab:gateway_requests_total{{job="gw",instance="i",endpoint="/completions",'
+           'status="{s}"}}')  # fmt: skip
+    lag = 'latlab:gateway_event_loop_lag_seconds_bucket{{job="gw",instance="i",le="{le}"}}'
+    series = {
+        req.format(s="200"): "0+100x60",
+        req.format(s="502"): "0x20 0+11x40",
+        lag.format(le="0.05"): "0+240x20 4800+100x40",
+        lag.format(le="0.1"): "0+240x60",
+        lag.format(le="+Inf"): "0+240x60",
+        'latlab:gateway_cache_errors_total{job="gw",instance="i"}': "0x20 0+5x40",
+        'latlab:gateway_limit_store_errors_total{job="gw",instance="i"}': "0x60",
+    }
+    checks = [_gateway_alert(a, at, [""] if fires else [])
+              for a in ("LatlabGatewayServerErrors", "LatlabGatewaySaturated",
+                        "LatlabGatewayCacheFailing")
+              for at, fires in (("15m", False), ("40m", True))]  # fmt: skip
+    checks.append(_gateway_alert("LatlabGatewayLimitStoreFailing", "40m", []))
+    _run(tmp_path, _gateway_rules(tmp_path), series, checks)

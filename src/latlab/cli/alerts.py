@@ -78,6 +78,19 @@ from latlab.errors import ConfigError
     help="Prometheus job of latlab watch (probe alerts); '' for none.",
 )
 @click.option(
+    "--gateway-job",
+    default=None,
+    help="Prometheus job of latlab gateway: adds its alerts (down, no healthy upstream, "
+    "upstream ejected, 5xx, CPU-bound, cache or limit store failing).",
+)
+@click.option(
+    "--gateway-lag-ms",
+    type=float,
+    default=50.0,
+    show_default=True,
+    help="Gateway event-loop lag p99 that counts as CPU-bound.",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False),
@@ -100,6 +113,7 @@ def alerts_command(**opts: Any) -> None:
         metrics_url=opts["metrics_url"], rounding=opts["bucket_rounding"],
         saturation_window=opts["saturation_window"], kv_usage=opts["kv_usage"],
         error_rate=opts["error_rate"], watch_job=opts["watch_job"] or None,
+        gateway_job=opts["gateway_job"] or None, gateway_lag_ms=opts["gateway_lag_ms"],
         command="latlab alerts " + shlex.join(sys.argv[2:]),
     )  # fmt: skip
     out = generate_rules(options, opts["output"])

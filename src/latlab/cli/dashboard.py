@@ -17,6 +17,11 @@ from latlab.errors import ConfigError
 @click.option("--vllm-version", default=None, help="vLLM version [default: newest known].")
 @click.option("--title", default=None, help="Dashboard title.")
 @click.option(
+    "--gateway",
+    is_flag=True,
+    help="Add the row of the latlab gateway in front of the servers (cache, routing, upstreams).",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False),
@@ -30,6 +35,12 @@ from latlab.errors import ConfigError
     help="Check every panel's series against a live server's /metrics; exit 1 if any is missing.",
 )
 @click.option(
+    "--check-gateway-metrics",
+    default=None,
+    metavar="URL",
+    help="Check the gateway row's series against a live gateway's /metrics (implies --gateway).",
+)
+@click.option(
     "--preview",
     default=None,
     metavar="PROMETHEUS_URL",
@@ -41,32 +52,45 @@ from latlab.errors import ConfigError
 )
 def dashboard_command(**opts: Any) -> int:
     """Grafana dashboard: latency percentiles, the watch probe beside the server, token rates,
-    queue, KV cache, prefix cache, preemptions, spec decoding, HTTP status, error budget."""
-    from latlab.monitor.dashboard import build_dashboard, check_against_scrape
+    queue, KV cache, prefix cache, preemptions, spec decoding, HTTP status, error budget; with
+    --gateway the gateway's cache, routing and upstreams."""
+    from latlab.monitor.dashboard import (
+        build_dashboard,
+        check_against_scrape,
+        check_gateway_scrape,
+    )
     from latlab.monitor.names import resolve
 
     resolved = resolve(opts["backend"], opts["vllm_version"])
     if resolved.warning:
         click.echo(f"latlab dashboard: warning: {resolved.warning}", err=True)
-    board = build_dashboard(resolved.names, title=opts["title"])
+    gateway = opts["gateway"] or bool(opts["check_gateway_metrics"])
+    board = build_dashboard(resolved.names, title=opts["title"], gateway=gateway)
     if opts["output"]:
         with open(opts["output"], "w", encoding="utf-8") as fh:
             fh.write(board.to_json())
         click.echo(f"wrote {opts['output']}: {len(board.panels)} panels", err=True)
-    elif not opts["check_metrics"] and not opts["preview"]:
+    elif not (opts["check_metrics"] or opts["check_gateway_metrics"] or opts["preview"]):
         click.echo(board.to_json(), nl=False)
     code = 0
     if opts["check_metrics"]:
-        from latlab.monitor.scrape import fetch
-
-        problems = check_against_scrape(board, fetch(opts["check_metrics"]).names())
-        for problem in problems:
-            click.echo(f"latlab dashboard: missing series: {problem}", err=True)
-        click.echo(f"{len(problems)} missing series on {opts['check_metrics']}", err=True)
-        code = 1 if problems else 0
+        code |= _check(board, opts["check_metrics"], check_against_scrape)
+    if opts["check_gateway_metrics"]:
+        code |= _check(board, opts["check_gateway_metrics"], check_gateway_scrape)
     if opts["preview"]:
         _preview(board, opts)
     return code
+
+
+def _check(board: Any, url: str, check: Any) -> int:
+    """Print each panel series missing from ``url``'s scrape; 1 when any is."""
+    from latlab.monitor.scrape import fetch
+
+    problems = check(board, fetch(url).names())
+    for problem in problems:
+        click.echo(f"latlab dashboard: missing series: {problem}", err=True)
+    click.echo(f"{len(problems)} missing series on {url}", err=True)
+    return 1 if problems else 0
 
 
 def _preview(board: Any, opts: dict[str, Any]) -> None:

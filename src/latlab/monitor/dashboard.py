@@ -5,8 +5,13 @@ client-side TTFT beside the server's, token and request rates, running and waiti
 KV cache use, prefix cache hit rate, preemptions, speculative decoding acceptance, HTTP status
 classes, and the SLO error budget from ``latlab alerts``' recording rules.
 
-Every query is built from ``MetricNames`` and records the series it reads, so a test (or
-``latlab dashboard --check-metrics URL``) can prove each panel resolves on a real server.
+With ``gateway=True`` a row for ``latlab gateway`` in front of the servers: its TTFT by cache
+outcome, cache outcomes and hit share, responses by status, upstream latency, calls, load and
+health, routing decisions, the event loop's lag, and refusals (401, 429).
+
+Every query is built from ``MetricNames`` (``GatewayNames``) and records the series it reads, so a
+test (or ``latlab dashboard --check-metrics URL`` / ``--check-gateway-metrics URL``) can prove
+each panel resolves on a real server and a real gateway.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from latlab.monitor.names import MetricNames
+from latlab.monitor.names import GATEWAY, GATEWAY_OPTIONAL, GatewayNames, MetricNames
 
 SEL = '{job=~"$job",model_name=~"$model_name"}'
 WATCH = '{job=~"$watch_job"}'
+GW = '{job=~"$gateway_job"}'
 RATE = "$__rate_interval"
 # Feature a panel needs beyond the server's core metrics; checks skip what is not configured.
-REQUIRES = ("watch", "rules", "spec_decode", "http")
+REQUIRES = ("watch", "rules", "spec_decode", "http", "gateway")
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)
@@ -256,8 +262,76 @@ def budget_panels() -> list[Panel]:
     ]
 
 
-def build_dashboard(names: MetricNames, *, title: str | None = None) -> Dashboard:
+def _quantile_by(hist: str, label: str, q: float, sel: str = GW) -> Query:
+    expr = f"histogram_quantile({q}, sum by (le, {label}) (rate({hist}_bucket{sel}[{RATE}])))"
+    return Query(expr=expr, legend=f"{{{{{label}}}}} p{q * 100:g}", series=(f"{hist}_bucket",))
+
+
+def _gw(title: str, unit: str, queries: list[Query], description: str = "") -> Panel:
+    return Panel(title=title, unit=unit, queries=queries, requires="gateway",
+                 description=description)  # fmt: skip
+
+
+def gateway_panels(g: GatewayNames = GATEWAY) -> list[Panel]:
+    """The ``latlab gateway`` row: what it adds, what its cache saves, how its upstreams fare."""
+    hit = '{job=~"$gateway_job",result=~"hit|coalesced"}'
+    cacheable = '{job=~"$gateway_job",result=~"hit|coalesced|miss"}'
+    share = f"sum(rate({g.cache}{hit}[{RATE}])) / sum(rate({g.cache}{cacheable}[{RATE}]))"
+    return [
+        _gw("Gateway TTFT by cache outcome", "s",
+            [_quantile_by(g.ttft, "cache", 0.5), _quantile_by(g.ttft, "cache", 0.99)],
+            "The request's first byte at the gateway to its first content chunk sent: hits "
+            "and coalesced requests beside misses (what the cache saves)."),
+        _gw("Cache outcomes", "reqps", [_rate(g.cache, "{{result}}", "result", GW)],
+            "bypass: not cacheable (sampled, no-store) or the cache is off."),
+        _gw("Cache hit share (of cacheable requests)", "percentunit",
+            [Query(expr=share, legend="hit + coalesced", series=(g.cache,))]),
+        _gw("Cache store", "short",
+            [Query(expr=f"min({g.cache_available}{GW})", legend="available (1 = yes)",
+                   series=(g.cache_available,)),
+             _rate(g.cache_errors, "store errors/s", sel=GW)],
+            "0 while the store (SQLite, Redis) fails and the gateway serves uncached; also 0 "
+            "with --cache off."),
+        _gw("Gateway responses by status", "reqps",
+            [_rate(g.requests, "{{status}}", "status", GW)]),
+        _gw("Upstream response head latency", "s",
+            [_quantile_by(g.upstream_latency, "upstream", 0.5),
+             _quantile_by(g.upstream_latency, "upstream", 0.99)],
+            "Request written upstream to the upstream's response headers."),
+        _gw("Upstream calls by outcome", "reqps",
+            [_rate(g.upstream_requests, "{{upstream}} {{outcome}}", "upstream, outcome", GW),
+             _rate(g.retries, "retried elsewhere/s", sel=GW)]),
+        _gw("Requests in flight per upstream (as the gateway sees them)", "short",
+            [Query(expr=f"sum by (upstream) ({g.outstanding}{GW})", legend="{{upstream}}",
+                   series=(g.outstanding,))]),
+        _gw("Upstream health", "short",
+            [Query(expr=f"min by (upstream) ({g.healthy}{GW})", legend="{{upstream}}",
+                   series=(g.healthy,))],
+            "1 admitted, 0 ejected after failed health checks or calls."),
+        _gw("Routing decisions", "reqps",
+            [_rate(g.routes, "{{policy}} {{choice}}", "policy, choice", GW)],
+            "prefix routing: home (the prefix's upstream), spill (the load bound at work), "
+            "fallback (no prefix)."),
+        _gw("Is one gateway process keeping up?", "s",
+            [_quantile_by(g.loop_lag, "instance", 0.99),
+             _quantile_by(g.request_wait, "instance", 0.99)],
+            "Event-loop lag p99 (first) and a request's wait before its handler (second): tens "
+            "of milliseconds mean the process is CPU-bound and TTFT grows by as much."),
+        _gw("Keys, limits and trimming", "short",
+            [_rate(g.auth_failures, "401/s", sel=GW),
+             _rate(g.rate_limited, "429 {{limit}}/s", "limit", GW),
+             _rate(g.limit_store_errors, "limits decided in-process/s", sel=GW),
+             _rate(g.trimmed_tokens, "trimmed tokens/s", sel=GW)]),
+    ]  # fmt: skip
+
+
+def build_dashboard(
+    names: MetricNames, *, title: str | None = None, gateway: bool = False
+) -> Dashboard:
+    """The server's panels; with ``gateway`` also the row of the ``latlab gateway`` in front."""
     panels = latency_panels(names) + probe_panels(names) + load_panels(names) + budget_panels()
+    if gateway:
+        panels += gateway_panels()
     version = f" {names.since}" if names.backend == "vllm" else ""
     return Dashboard(title=title or f"latlab: {names.backend}{version}", names=names, panels=panels)
 
@@ -267,11 +341,12 @@ _ROWS = (
     ("What users see (latlab watch)", "watch"),
     ("Load and saturation", "load"),
     ("SLO error budget (latlab alerts rules)", "rules"),
+    ("latlab gateway: cache, routing, upstreams", "gateway"),
 )
 
 
 def _row_of(panel: Panel) -> str | None:
-    if panel.requires in ("watch", "rules"):
+    if panel.requires in ("watch", "rules", "gateway"):
         return panel.requires
     if panel.unit == "s":
         return None
@@ -296,8 +371,11 @@ def _variable(name: str, query: str, *, all_value: str = ".*", default: str | No
     }
 
 
-def _templating(names: MetricNames) -> dict[str, Any]:
+def _templating(names: MetricNames, *, gateway: bool) -> dict[str, Any]:
     ttft = f"{names.ttft}_count"
+    gateway_job = _variable(
+        "gateway_job", f"label_values({GATEWAY.requests}, job)", default="latlab-gateway"
+    )
     return {
         "list": [
             {
@@ -314,6 +392,7 @@ def _templating(names: MetricNames) -> dict[str, Any]:
                 default="latlab-watch",
             ),
             _variable("service", "label_values(slo:objective:ratio, service)"),
+            *([gateway_job] if gateway else []),
         ]
     }
 
@@ -346,6 +425,10 @@ def _grafana_panel(panel: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
     }
 
 
+def _has_gateway(d: Dashboard) -> bool:
+    return any(p.requires == "gateway" for p in d.panels)
+
+
 def _grafana(d: Dashboard) -> dict[str, Any]:
     panels: list[dict[str, Any]] = []
     y, pid = 0, 1
@@ -374,7 +457,7 @@ def _grafana(d: Dashboard) -> dict[str, Any]:
     return {
         "title": d.title,
         "uid": f"latlab-{uid}",
-        "tags": ["latlab", d.names.backend],
+        "tags": ["latlab", d.names.backend, *(["gateway"] if _has_gateway(d) else [])],
         "schemaVersion": 39,
         "version": 1,
         "editable": True,
@@ -383,19 +466,32 @@ def _grafana(d: Dashboard) -> dict[str, Any]:
         "refresh": "30s",
         "description": f"Generated by latlab dashboard for {d.names.backend} "
         f"(metric names of {d.names.since}).",
-        "templating": _templating(d.names),
+        "templating": _templating(d.names, gateway=_has_gateway(d)),
         "annotations": {"list": []},
         "panels": panels,
     }
 
 
 def check_against_scrape(dashboard: Dashboard, present: set[str]) -> list[str]:
-    """Panels whose series a scrape lacks: '<panel>: <series>' (optional features skipped)."""
+    """Panels whose series a server's scrape lacks: '<panel>: <series>' (optional features,
+    the gateway's row included, skipped)."""
     problems = []
     for panel in dashboard.panels:
-        if panel.requires in ("watch", "rules", "spec_decode", "http"):
+        if panel.requires in REQUIRES:
             continue
         problems += [f"{panel.title}: {s}" for s in sorted(panel.series() - present)]
+    return problems
+
+
+def check_gateway_scrape(dashboard: Dashboard, present: set[str]) -> list[str]:
+    """The gateway row's panels whose series a gateway's scrape lacks (a counter that appears
+    only with its first event, such as 429s, is not required)."""
+    optional = {getattr(GATEWAY, name) for name in GATEWAY_OPTIONAL}
+    problems = []
+    for panel in dashboard.panels:
+        if panel.requires != "gateway":
+            continue
+        problems += [f"{panel.title}: {s}" for s in sorted(panel.series() - present - optional)]
     return problems
 
 
@@ -407,4 +503,5 @@ def concrete(expr: str, *, rate_interval: str = "1m") -> str:
         .replace('=~"$model_name"', '=~".+"')
         .replace('=~"$watch_job"', '=~".+"')
         .replace('=~"$service"', '=~".+"')
+        .replace('=~"$gateway_job"', '=~".+"')
     )

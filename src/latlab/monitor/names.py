@@ -152,6 +152,54 @@ NEWEST_CHECKED_VLLM = _VLLM_0_32.since
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)
+class GatewayNames:
+    """Series of ``latlab gateway`` (latlab.gateway.metrics), for its dashboard row and alerts.
+
+    Kept here as names, not imported from the gateway, so the monitor loads without the
+    gateway's dependencies; tests/monitor/test_gateway_monitoring.py scrapes a real gateway to
+    prove every name below is what it exports. Histograms are base names.
+    """
+
+    requests: str = "latlab:gateway_requests_total"  # by endpoint and exact status ("502")
+    cache: str = "latlab:gateway_cache_requests_total"  # by result: hit, miss, coalesced, bypass
+    cache_errors: str = "latlab:gateway_cache_errors_total"
+    cache_available: str = "latlab:gateway_cache_available"
+    ttft: str = "latlab:gateway_time_to_first_token_seconds"  # by cache outcome
+    request_wait: str = "latlab:gateway_request_wait_seconds"
+    upstream_latency: str = "latlab:gateway_upstream_latency_seconds"  # by upstream
+    upstream_requests: str = "latlab:gateway_upstream_requests_total"  # by upstream, outcome
+    retries: str = "latlab:gateway_retries_total"
+    routes: str = "latlab:gateway_route_decisions_total"  # by policy, choice
+    auth_failures: str = "latlab:gateway_auth_failures_total"
+    rate_limited: str = "latlab:gateway_rate_limited_total"  # by limit
+    limit_store_errors: str = "latlab:gateway_limit_store_errors_total"
+    trimmed_tokens: str = "latlab:gateway_trimmed_tokens_total"
+    loop_lag: str = "latlab:gateway_event_loop_lag_seconds"
+    outstanding: str = "latlab:gateway_upstream_outstanding_requests"  # by upstream
+    outstanding_tokens: str = "latlab:gateway_upstream_outstanding_tokens"
+    healthy: str = "latlab:gateway_upstream_healthy"  # 1 admitted, 0 ejected
+
+    def series(self, *, optional: bool = True) -> set[str]:
+        """Every series these names stand for, as a scrape shows them (histograms as _count)."""
+        names = set()
+        for f in dataclasses.fields(self):
+            if not optional and f.name in GATEWAY_OPTIONAL:
+                continue
+            value = getattr(self, f.name)
+            names.add(f"{value}_count" if f.name in GATEWAY_HISTOGRAMS else value)
+        return names
+
+    def missing_from(self, present: set[str]) -> list[str]:
+        return sorted(self.series(optional=False) - present)
+
+
+GATEWAY_HISTOGRAMS = frozenset({"ttft", "request_wait", "upstream_latency", "loop_lag"})
+# Labelled counters with no child until their first event (a 429).
+GATEWAY_OPTIONAL = frozenset({"rate_limited"})
+GATEWAY = GatewayNames()
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
 class Resolved:
     """The names chosen for a backend and version, and why, when it was a guess."""
 

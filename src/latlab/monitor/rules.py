@@ -7,7 +7,9 @@ Layout (one file, four groups, the shape Sloth and Pyrra generate, written for L
 - metadata: objective, error budget, current burn rate, budget left in the period;
 - one page and one ticket alert per SLO, each an OR of (long AND short window) pairs;
 - saturation alerts: waiting queue growing, KV cache nearly full, preemptions, 5xx rate,
-  server down, and the ``latlab watch`` probe failing or seeing its SLO breached.
+  server down, and the ``latlab watch`` probe failing or seeing its SLO breached;
+- with a gateway job, a fifth group for ``latlab gateway``: down, no healthy upstream, an
+  upstream ejected, 5xx answers, a CPU-bound process, cache or limit store failing.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from latlab.monitor.buckets import EdgeChoice, check_threshold, le_matcher
 from latlab.monitor.durations import format_duration
 from latlab.monitor.names import MetricNames
 from latlab.monitor.promql import job_matcher, rate, ratio_over, selector
-from latlab.monitor.saturation import saturation_rules
+from latlab.monitor.saturation import gateway_rules, saturation_rules
 from latlab.monitor.slo import BurnWindow, LatencySLO, check_fireable
 from latlab.monitor.spec import RuleSpec
 
@@ -63,6 +65,8 @@ def build_rules(spec: RuleSpec) -> RuleFile:
         _alert_group(spec, slis),
         _saturation_group(spec, notes),
     ]
+    if spec.gateway_job:
+        groups.append({"name": f"latlab-{spec.service}-gateway", "rules": gateway_rules(spec)})
     return RuleFile(groups=groups, notes=notes, edges=choices)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from latlab.monitor.durations import format_duration
+from latlab.monitor.names import GATEWAY
 from latlab.monitor.promql import job_matcher, selector
 from latlab.monitor.spec import RuleSpec
 
@@ -100,3 +101,48 @@ def _probe_rules(spec: RuleSpec, w: str) -> list[dict[str, Any]]:
             "Nothing checks what users see while the probe is down.",
         ),
     ]
+
+
+def gateway_rules(spec: RuleSpec) -> list[dict[str, Any]]:
+    """Alerts on ``latlab gateway`` (job ``spec.gateway_job``): down, no upstream left, an
+    upstream ejected, 5xx answers, a CPU-bound process, the cache or the limit store failing."""
+    if not spec.gateway_job:
+        return []
+    g, w = GATEWAY, format_duration(spec.saturation_window_s)
+    sel = selector(job_matcher(spec.gateway_job))
+    fivexx = selector(job_matcher(spec.gateway_job), 'status=~"5.."')
+    by = "sum by (job, instance)"
+    errors = f"{by} (rate({g.requests}{fivexx}[{w}])) / {by} (rate({g.requests}{sel}[{w}]))"
+    lag_rate = f"rate({g.loop_lag}_bucket{sel}[{w}])"
+    lag = f"histogram_quantile(0.99, sum by (job, instance, le) ({lag_rate}))"
+    name = spec.service
+    return [
+        _alert("LatlabGatewayDown", f"up{sel} == 0", w, "page",
+               f"{name}: Prometheus cannot scrape latlab gateway",
+               "Its /metrics did not answer: the gateway is down or unreachable, and so is "
+               "every model behind it for clients that use it."),
+        _alert("LatlabGatewayNoHealthyUpstream", f"max by (job, instance) ({g.healthy}{sel}) == 0",
+               w, "page", f"{name}: latlab gateway has no healthy upstream",
+               "Every upstream is ejected: generation requests are answered 503. GET /health on "
+               "the gateway says why each failed."),
+        _alert("LatlabGatewayUpstreamEjected", f"{g.healthy}{sel} == 0", w, "ticket",
+               f"{name}: upstream {{{{ $labels.upstream }}}} is ejected by latlab gateway",
+               "Its health checks or calls failed; the others take its traffic until it "
+               "answers again."),
+        _alert("LatlabGatewayServerErrors", f"{errors} > {spec.error_rate_threshold:g}", w,
+               "page", f"{name}: over {spec.error_rate_threshold:.0%} of gateway answers are 5xx",
+               "Upstreams fail or are unreachable (502/503 with the reason in the body)."),
+        _alert("LatlabGatewaySaturated", f"{lag} > {spec.gateway_lag_s:g}", w, "ticket",
+               f"{name}: a latlab gateway process is CPU-bound (event-loop lag p99 over "
+               f"{spec.gateway_lag_s * 1000:g} ms)",
+               "Every request and chunk through it waits that long: TTFT grows while nothing "
+               "fails. Spread the traffic over more gateway processes or hosts."),
+        _alert("LatlabGatewayCacheFailing", f"rate({g.cache_errors}{sel}[{w}]) > 0", w,
+               "ticket", f"{name}: latlab gateway's response cache store fails",
+               "SQLite or Redis does not answer: the gateway serves uncached, so repeated "
+               "requests take a miss's TTFT."),
+        _alert("LatlabGatewayLimitStoreFailing", f"rate({g.limit_store_errors}{sel}[{w}]) > 0",
+               w, "ticket", f"{name}: latlab gateway decides rate limits per process",
+               "Redis does not answer: each gateway process counts a key's requests on its own, "
+               "so a key can exceed its limit by the number of processes."),
+    ]  # fmt: skip

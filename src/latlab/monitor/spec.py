@@ -26,6 +26,9 @@ class RuleSpec:
     kv_usage_threshold: float = 0.9
     error_rate_threshold: float = 0.05
     watch_job: str | None = "latlab-watch"  # None: no probe alerts
+    gateway_job: str | None = None  # Prometheus job of latlab gateway; None: no gateway alerts
+    # The gateway logs a warning past 50 ms of event-loop lag (latlab.gateway.saturation).
+    gateway_lag_s: float = 0.05
     # Default windows only: drop (with a note) a pair that a loose objective makes unfireable,
     # e.g. 14.4x a 10% budget; windows the user chose are refused instead.
     drop_unfireable: bool = False
