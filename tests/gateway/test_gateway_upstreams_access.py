@@ -50,6 +50,40 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
+def _leaf(work: Path, name: str, usage: str, ca: str = "ca") -> None:
+    """``name``.pem/.key: a P-256 certificate for ``usage`` (serverAuth, clientAuth) by ``ca``."""
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+    _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj",
+             f"/CN=latlab {name}", cwd=work)  # fmt: skip
+    (work / f"{name}.ext").write_text(_LEAF_EXTENSIONS.replace("serverAuth", usage))
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem",
+             cwd=work)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def client_certs(certs: Path) -> Path:
+    """The gateway's client certificate from the test CA, and one from a CA nobody trusts."""
+    _leaf(certs, "client", "clientAuth")
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", "other-ca.key", "-out", "other-ca.pem", "-days", "2", "-subj",
+             "/CN=another CA", cwd=certs)  # fmt: skip
+    _leaf(certs, "stranger", "clientAuth", ca="other-ca")
+    return certs
+
+
+@pytest.fixture(scope="module")
+def mtls_stub(certs: Path) -> Iterator[StubServer]:
+    """An HTTPS upstream that wants a client certificate signed by the test CA."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(certs / "ca.pem"))
+    context.load_cert_chain(certs / "leaf.pem", certs / "leaf.key")
+    context.verify_mode = ssl.CERT_REQUIRED
+    server = StubServer(ttft_s=0.01, itl_s=0.002, tls=context)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="module")
 def tls_stub(certs: Path) -> Iterator[StubServer]:
     """An HTTPS upstream that also wants the gateway's own key."""
@@ -116,3 +150,62 @@ def test_bad_upstream_access_settings_say_what_is_wrong(fields, match):
     fields.setdefault("upstreams", ["http://127.0.0.1:8"])
     with pytest.raises(ConfigError, match=match):
         Gateway(GatewayConfig(**fields))
+
+
+def test_mutual_tls_with_the_gateways_own_certificate(mtls_stub, client_certs):
+    ca, c = str(client_certs / "ca.pem"), client_certs
+    with gateway(upstreams=[mtls_stub.url], upstream_ca_bundle=ca,
+                 upstream_client_cert=str(c / "client.pem"),
+                 upstream_client_key=str(c / "client.key")) as (url, gw):  # fmt: skip
+        reply = post(url, body("mutual"))
+        assert reply.status == 200 and reply.events[-1] == b"data: [DONE]\n\n"
+        assert gw.upstreams.all[0].healthy  # the health checks show the certificate too
+    # one PEM file holding both the certificate and its key
+    both = c / "client-both.pem"
+    both.write_bytes((c / "client.pem").read_bytes() + (c / "client.key").read_bytes())
+    with gateway(upstreams=[mtls_stub.url], upstream_ca_bundle=ca,
+                 upstream_client_cert=str(both)) as (url, _):  # fmt: skip
+        assert post(url, body("one file")).status == 200
+
+
+@pytest.mark.parametrize("cert", [None, "stranger"])
+def test_an_upstream_that_wants_a_client_certificate_refuses_none_or_a_strangers(
+    mtls_stub, client_certs, cert
+):
+    c = client_certs
+    pair = {"upstream_client_cert": str(c / f"{cert}.pem"),
+            "upstream_client_key": str(c / f"{cert}.key")} if cert else {}  # fmt: skip
+    with gateway(upstreams=[mtls_stub.url], upstream_ca_bundle=str(c / "ca.pem"),
+                 health_interval_s=60, **pair) as (url, gw):  # fmt: skip
+        refused = post(url, body(f"no entry {cert}"))
+        reason = gw.upstreams.all[0].last_error or ""
+        assert not gw.upstreams.all[0].healthy
+    assert refused.status in (502, 503), refused.body
+    message = refused.json()["error"]["message"]
+    assert refused.json()["error"]["type"] == "upstream_error"
+    # Without a certificate of its own, the gateway says what to try; with one, it does not.
+    assert ("--upstream-client-cert" in message + reason) == (cert is None), message + reason
+
+
+def test_bad_client_certificate_settings_say_what_is_wrong(client_certs):
+    from latlab.gateway.app import Gateway
+
+    c = client_certs
+    encrypted = c / "encrypted.key"
+    _openssl("pkey", "-in", "client.key", "-aes256", "-passout", "pass:secret", "-out",
+             encrypted.name, cwd=c)  # fmt: skip
+    https = ["https://127.0.0.1:9"]
+    cases = [
+        ({"upstream_client_cert": str(c / "client.pem"), "upstream_client_key":
+          str(c / "leaf.key")}, "cannot load them"),  # a key of another certificate
+        ({"upstream_client_cert": str(c / "client.pem"), "upstream_client_key": str(encrypted)},
+         "encrypted"),
+        ({"upstream_client_cert": str(c / "missing.pem")}, "missing.pem: no such file"),
+        ({"upstream_client_cert": str(c / "client.pem"), "upstreams": ["http://127.0.0.1:9"]},
+         "for https:// upstreams"),
+        ({"upstream_client_key": str(c / "client.key")}, "needs --upstream-client-cert"),
+    ]  # fmt: skip
+    for fields, match in cases:
+        fields.setdefault("upstreams", https)
+        with pytest.raises(ConfigError, match=match):
+            Gateway(GatewayConfig(**fields))

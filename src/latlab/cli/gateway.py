@@ -137,6 +137,19 @@ _NOT_HERE = ("ttft_buckets", "itl_buckets", "e2e_buckets")
     help="PEM CA certificates for https:// upstreams [default: the system's trust store].",
 )
 @click.option(
+    "--upstream-client-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Mutual TLS: the gateway's own certificate (PEM) for https:// upstreams that ask.",
+)
+@click.option(
+    "--upstream-client-key",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="The private key of --upstream-client-cert (PEM, no passphrase) [default: in the "
+    "certificate file].",
+)
+@click.option(
     "--upstream-no-verify",
     is_flag=True,
     help="Do not check https:// upstreams' certificates (test rigs only).",

@@ -44,6 +44,8 @@ class GatewayConfig:
     upstream_timeout_s: float = 600.0  # no byte from an upstream for this long: give up
     upstream_ca_bundle: str | None = None  # PEM CAs for https:// upstreams; None = system's
     upstream_verify: bool = True  # False: https:// upstreams' certificates are not checked
+    upstream_client_cert: str | None = None  # mutual TLS: the gateway's certificate (PEM)
+    upstream_client_key: str | None = None  # its private key; None: inside the cert file
     # The gateway's own API key per upstream URL ("*": every upstream without one of its own).
     upstream_keys: dict[str, str] = field(default_factory=dict, repr=False)
     max_body_bytes: int = 32 * 2**20
@@ -69,6 +71,8 @@ class GatewayConfig:
         keys = dict(self.upstream_keys)
         default = keys.pop("*", None)
         return UpstreamAccess(ca_bundle=self.upstream_ca_bundle, verify=self.upstream_verify,
+                              client_cert=self.upstream_client_cert,
+                              client_key=self.upstream_client_key,
                               api_keys=keys, default_api_key=default)  # fmt: skip
 
     @property

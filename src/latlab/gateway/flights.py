@@ -263,9 +263,8 @@ class Flight:
             self.metrics.child(self.metrics.upstream_requests, up.url, exc.reason).inc()
             if not self.head_ready:
                 up.failed(f"{exc.reason}: {exc}", eject_after=eject_after)
-                return UpstreamFailure(
-                    f"upstream {up.url} failed before responding ({exc.reason}: {exc})"
-                )
+                return UpstreamFailure(f"upstream {up.url} failed before responding "
+                                       f"({up.last_error})")  # fmt: skip
             self.error = f"upstream {up.url} broke off the response ({exc.reason}: {exc})"
             self._finish()
             return None

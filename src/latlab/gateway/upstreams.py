@@ -7,7 +7,8 @@ the model list in one call); ``eject_after`` failures in a row, from the loop or
 requests, eject an upstream, and one good answer readmits it.
 
 ``https://`` upstreams are reached over TLS, verified against the system's trust store or a CA
-bundle; an upstream's API key (the gateway's own, per upstream) is sent as ``Authorization:
+bundle, the gateway showing its own certificate to those that ask (mutual TLS); an upstream's
+API key (the gateway's own, per upstream) is sent as ``Authorization:
 Bearer``. A client's own ``Authorization`` header is never sent upstream: it is a gateway key.
 """
 
@@ -18,6 +19,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +30,11 @@ from latlab.errors import ConfigError
 
 log = logging.getLogger("latlab.gateway")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_CLOSED = ("closed the connection", "disconnected", "connection_reset")
+_CLIENT_CERT_HINT = (
+    "; an https upstream that closes connections before answering may want a client "
+    "certificate: give the gateway one with --upstream-client-cert"
+)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -36,6 +43,10 @@ class UpstreamAccess:
 
     ca_bundle: str | None = None  # PEM file of CAs for https:// upstreams; None = system store
     verify: bool = True  # False skips certificate checks (a test rig, never production)
+    # Mutual TLS: the gateway's own certificate (PEM, chain allowed) and its private key (PEM;
+    # None when the certificate file holds the key too), shown to upstreams that ask for one.
+    client_cert: str | None = None
+    client_key: str | None = None
     api_keys: dict[str, str] = field(default_factory=dict, repr=False)  # upstream URL -> key
     default_api_key: str | None = field(default=None, repr=False)  # for the others
 
@@ -58,10 +69,32 @@ class UpstreamAccess:
         if not self.verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        if self.client_cert:
+            self._load_client_certificate(context)
         return context
+
+    def _load_client_certificate(self, context: ssl.SSLContext) -> None:
+        """The gateway's certificate for mutual TLS; a ConfigError that says which file is
+        wrong (missing, not PEM, a key that does not match, a key with a passphrase)."""
+        for flag, path in (("cert", self.client_cert), ("key", self.client_key)):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"--upstream-client-{flag} {path}: no such file")
+        try:
+            context.load_cert_chain(self.client_cert, self.client_key, password=_no_passphrase)
+        except (OSError, ssl.SSLError, TypeError) as exc:
+            key = self.client_key or self.client_cert
+            raise ConfigError(
+                f"--upstream-client-cert {self.client_cert} with key {key}: cannot load them as "
+                f"a PEM certificate and its unencrypted private key ({exc})"
+            ) from None
 
     def key_for(self, url: str) -> str | None:
         return self.api_keys.get(normalize_url(url), self.default_api_key)
+
+
+def _no_passphrase() -> str:
+    """Asked only for an encrypted key: the gateway runs unattended, so it cannot prompt."""
+    raise TypeError("the private key is encrypted; give it without a passphrase")
 
 
 def normalize_url(url: str) -> str:
@@ -85,6 +118,7 @@ class Upstream:
         connect_timeout_s: float = 5.0,
         tls: ssl.SSLContext | None = None,
         api_key: str | None = None,
+        client_cert: bool = False,
     ) -> None:
         self.url = normalize_url(url)
         parts = urlsplit(self.url)
@@ -98,6 +132,9 @@ class Upstream:
         self.auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.pool = RawHTTPPool(self.host, self.port, connect_timeout_s, ssl=self.tls,
                                 host_header=parts.netloc)  # fmt: skip
+        # A TLS upstream that wants a client certificate it did not get just closes the
+        # connection; with none configured, its failures say what to try.
+        self._hint = _CLIENT_CERT_HINT if self.tls is not None and not client_cert else ""
         self.healthy = True
         self.failures = 0
         self.last_error = ""
@@ -133,6 +170,8 @@ class Upstream:
 
     def failed(self, reason: str, *, eject_after: int) -> None:
         self.failures += 1
+        if self._hint and any(marker in reason.lower() for marker in _CLOSED):
+            reason += self._hint
         self.last_error = reason
         if self.healthy and self.failures >= eject_after:
             self.healthy = False
@@ -161,7 +200,12 @@ class UpstreamSet:
         if not urls:
             raise ConfigError("give at least one --upstream URL")
         access = access or UpstreamAccess()
-        tls = access.tls_context() if any(u.strip().startswith("https:") for u in urls) else None
+        has_https = any(u.strip().startswith("https:") for u in urls)
+        if access.client_cert and not has_https:
+            raise ConfigError("--upstream-client-cert is for https:// upstreams; none is given")
+        if access.client_key and not access.client_cert:
+            raise ConfigError("--upstream-client-key needs --upstream-client-cert")
+        tls = access.tls_context() if has_https else None
         if tls is not None and not access.verify:
             log.warning("TLS certificates of https:// upstreams are NOT verified")
         names = [normalize_url(u) for u in urls]
@@ -169,7 +213,8 @@ class UpstreamSet:
         if unknown:
             raise ConfigError(f"an upstream key names {', '.join(sorted(unknown))}, which is "
                               "not an --upstream; use the same URL")  # fmt: skip
-        self.all = [Upstream(u, tls=tls, api_key=access.key_for(u)) for u in names]
+        self.all = [Upstream(u, tls=tls, api_key=access.key_for(u),
+                             client_cert=bool(access.client_cert)) for u in names]  # fmt: skip
         if len({u.url for u in self.all}) != len(self.all):
             raise ConfigError("the same --upstream is listed twice")
         self._tls = tls
