@@ -54,7 +54,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from latlab.procs import ManagedProcess, ProcessSpec, free_port, sigterm_as_exit
+from latlab.procs import ManagedProcess, ProcessSpec, free_port, group_members, sigterm_as_exit
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
@@ -256,6 +256,10 @@ def overhead_targets(
         "direct": (upstream, None),
         "latlab-gateway": gateway_process(stack, [upstream], "--cache", "off"),
     }
+    if args.gateway_workers > 1:  # latlab gateway --workers N beside the single process
+        targets[f"latlab-gateway-w{args.gateway_workers}"] = gateway_process(
+            stack, [upstream], "--cache", "off", "--workers", str(args.gateway_workers)
+        )
     if args.baseline_src:  # the same gateway from another checkout's src/, A/B in one run
         env = {"PYTHONPATH": str(Path(args.baseline_src).resolve())}
         targets["latlab-gateway@base"] = gateway_process(stack, [upstream], "--cache", "off",
@@ -456,9 +460,16 @@ def _waves_summary(rows: list[dict], names: list[str]) -> list[dict]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of process ``pid`` and the rest of its process group
+    (``latlab gateway --workers N``'s workers; each process here leads its own group)."""
+    total = 0
+    for member in {pid, *group_members(pid)}:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # it ended between the listing and the read
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def parser(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -744,6 +755,13 @@ def main() -> None:
     p.add_argument("--stub-chunks", type=int, default=64,
                    help="overhead/waves: chunks per answer (1: CPU per chunk = per "
                    "request)")  # fmt: skip
+    p.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="overhead: also run latlab gateway --workers N (N > 1)",
+    )
     p.add_argument("--baseline-src", default=None, metavar="DIR",
                    help="overhead: also run the gateway from DIR (another checkout's src/), "
                    "interleaved with this one")  # fmt: skip

@@ -53,6 +53,14 @@ _NOT_HERE = ("ttft_buckets", "itl_buckets", "e2e_buckets")
               show_default=True, help="Cached streams: at once, or paced as recorded "
               "(per request: header x-latlab-cache-replay).")  # fmt: skip
 @click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Gateway processes on the port (each one core); the cache, limits (Redis) and "
+    "metrics are shared, coalescing is per process.",
+)
+@click.option(
     "--no-coalesce",
     is_flag=True,
     help="Do not share one upstream call between identical deterministic requests.",
@@ -207,7 +215,12 @@ def gateway_command(
         upstream_timeout_s=options.pop("upstream_timeout"),  # type: ignore[arg-type]
         **options,  # type: ignore[arg-type]
     )
-    serve(config, http)
+    if config.workers > 1:
+        from latlab.gateway.workers import serve_workers
+
+        serve_workers(config, http)
+    else:
+        serve(config, http)
 
 
 def read_upstream_keys(specs: tuple[str, ...]) -> dict[str, str]:

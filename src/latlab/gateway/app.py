@@ -177,6 +177,7 @@ class Gateway:
     async def start(self) -> None:
         self.loop_lag.start()
         await self.upstreams.start()
+        self.metrics.start()
         if self.cache is not None:
             await self.cache.open()
         for up in self.upstreams.all:
@@ -185,6 +186,7 @@ class Gateway:
 
     async def close(self) -> None:
         self.loop_lag.stop()
+        self.metrics.stop()
         for flight_task in list(self._background):
             flight_task.cancel()
         await self.upstreams.close()

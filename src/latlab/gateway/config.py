@@ -16,6 +16,7 @@ from latlab.gateway.routing import POLICIES
 from latlab.gateway.upstreams import UpstreamAccess
 
 REPLAY_MODES = ("immediate", "paced")
+MAX_WORKERS = 64
 
 
 def default_cache_spec() -> str:
@@ -49,6 +50,7 @@ class GatewayConfig:
     # The gateway's own API key per upstream URL ("*": every upstream without one of its own).
     upstream_keys: dict[str, str] = field(default_factory=dict, repr=False)
     max_body_bytes: int = 32 * 2**20
+    workers: int = 1  # gateway processes on the port (latlab.gateway.workers)
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -64,6 +66,8 @@ class GatewayConfig:
             raise ConfigError("--cache-max-bytes must be positive")
         if self.trim_to is not None and self.trim_to < 1:
             raise ConfigError("--trim-to must be at least 1 token")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"--workers must be between 1 and {MAX_WORKERS}, got {self.workers}")
         if self.prefix_chars < 1 or self.eject_after < 1:
             raise ConfigError("--prefix-chars and --eject-after must be at least 1")
 

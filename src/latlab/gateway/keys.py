@@ -70,6 +70,11 @@ class KeyRing:
     def __len__(self) -> int:
         return len(self._by_hash)
 
+    @property
+    def limited(self) -> bool:
+        """Does any key have a requests/min or tokens/min limit?"""
+        return any(t.requests_per_minute or t.tokens_per_minute for t in self._by_hash.values())
+
     def lookup(self, authorization: str | None) -> Tenant | None:
         """The tenant of an ``Authorization: Bearer KEY`` header; None when it is not valid."""
         if not authorization:

@@ -1,12 +1,20 @@
 """Prometheus metrics of ``latlab gateway``, all named ``latlab:gateway_*``.
 
 Per-upstream load and health are read from the upstreams at scrape time (never mirrored, so
-they cannot drift). Counters and histograms are per process; with several gateway processes,
-sum them in PromQL. Each gateway gets its own registry, so tests can run several in one process.
+they cannot drift). Each gateway gets its own registry, so tests can run several in one process.
+Separate gateways (hosts, containers) are separate targets: sum them in PromQL.
+
+Under ``--workers N`` (latlab.gateway.workers) prometheus_client runs in multiprocess mode and
+any worker's ``/metrics`` answers for all: counters and histograms summed over the workers, the
+cache's availability the lowest, and the per-upstream gauges (requests and tokens in flight
+summed, health the lowest) copied from each worker's upstreams every ``SYNC_INTERVAL_S``, since
+a scrape-time collector could only see the worker that answers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +25,23 @@ from prometheus_client.registry import Collector
 from latlab.gateway.saturation import LAG_BUCKETS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SYNC_INTERVAL_S = 1.0
+_UPSTREAM_GAUGES = (
+    ("latlab:gateway_upstream_outstanding_requests",
+     "Requests in flight to each upstream, as the gateway sees them.", "outstanding", "livesum"),
+    ("latlab:gateway_upstream_outstanding_tokens",
+     "Prompt + max tokens of the requests in flight to each upstream.", "outstanding_tokens",
+     "livesum"),
+    ("latlab:gateway_upstream_healthy", "1 while an upstream is admitted, 0 ejected.", "healthy",
+     "livemin"),
+)  # fmt: skip
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus_client's multiprocess mode, when it is on."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 # vLLM's TTFT edges below 1 s plus finer steps near zero: a cache hit takes well under 1 ms.
 _TTFT_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
@@ -29,16 +54,7 @@ class _UpstreamCollector(Collector):
         self._upstreams = upstreams
 
     def collect(self) -> Iterator[Any]:
-        families = (
-            ("latlab:gateway_upstream_outstanding_requests",
-             "Requests in flight to each upstream, as the gateway sees them.", "outstanding"),
-            ("latlab:gateway_upstream_outstanding_tokens",
-             "Prompt + max tokens of the requests in flight to each upstream.",
-             "outstanding_tokens"),
-            ("latlab:gateway_upstream_healthy", "1 while an upstream is admitted, 0 ejected.",
-             "healthy"),
-        )  # fmt: skip
-        for name, doc, attr in families:
+        for name, doc, attr, _mode in _UPSTREAM_GAUGES:
             family = GaugeMetricFamily(name, doc, labels=["upstream"])
             for up in self._upstreams():
                 family.add_metric([up.url], float(getattr(up, attr)))
@@ -65,6 +81,7 @@ class GatewayMetrics:
         self.cache_available = Gauge(
             "latlab:gateway_cache_available",
             "1 while the cache store answers, 0 while the gateway serves uncached.", registry=r,
+            multiprocess_mode="livemin",
         )  # fmt: skip
         self.ttft = Histogram(
             "latlab:gateway_time_to_first_token_seconds",
@@ -94,8 +111,16 @@ class GatewayMetrics:
         )  # fmt: skip
         self._add_request_outcomes(r)
         self.cache_available.set(0)
-        r.register(_UpstreamCollector(upstreams))
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._upstreams = upstreams
+        self.shared_dir = multiprocess_dir()
+        self._synced: list[tuple[Gauge, str]] = []
+        self._sync_handle: asyncio.TimerHandle | None = None
+        if self.shared_dir is None:
+            r.register(_UpstreamCollector(upstreams))
+        else:
+            self._synced = [(Gauge(name, doc, ["upstream"], registry=r, multiprocess_mode=mode),
+                             attr) for name, doc, attr, mode in _UPSTREAM_GAUGES]  # fmt: skip
 
     def _add_request_outcomes(self, r: CollectorRegistry) -> None:
         """Routing, refusals, trimming and the process's own load."""
@@ -136,4 +161,36 @@ class GatewayMetrics:
         return found
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.sync_upstreams()
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.shared_dir)
+        return generate_latest(merged)
+
+    # ---- multiprocess mode -------------------------------------------------------------------
+
+    def sync_upstreams(self) -> None:
+        """Copy this worker's view of its upstreams into the shared gauges."""
+        for gauge, attr in self._synced:
+            for up in self._upstreams():
+                gauge.labels(up.url).set(float(getattr(up, attr)))
+
+    def start(self) -> None:
+        """In multiprocess mode, sync the upstream gauges every SYNC_INTERVAL_S."""
+        if not self._synced:
+            return
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            self.sync_upstreams()
+            self._sync_handle = loop.call_later(SYNC_INTERVAL_S, tick)
+
+        tick()
+
+    def stop(self) -> None:
+        if self._sync_handle is not None:
+            self._sync_handle.cancel()
+            self._sync_handle = None

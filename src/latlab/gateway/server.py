@@ -34,7 +34,8 @@ def guarded(gateway: Gateway, options: ServeOptions, drain: Drain) -> tuple[Guar
     return Guard(gateway, guard, drain), guard
 
 
-def _describe(gateway: Gateway) -> str:
+def describe(gateway: Gateway) -> str:
+    """What the ready line says about the gateway's settings."""
     config = gateway.config
     cache = config.cache if gateway.cache is None else gateway.cache.store.label
     keys = f"{len(gateway.keys)} keys" if gateway.keys is not None else "no keys"
@@ -44,21 +45,20 @@ def _describe(gateway: Gateway) -> str:
     )
 
 
-async def _serve(gateway: Gateway, sock: Any, options: ServeOptions) -> None:
+async def _serve(
+    gateway: Gateway, sock: Any, options: ServeOptions, on_ready: Any, name: str
+) -> None:
+    """Serve ``gateway`` on ``sock`` until a signal; ``on_ready(url)`` once it accepts."""
     drain = Drain()
     app, guard = guarded(gateway, options, drain)
     server = uvicorn_server(app, guard=guard, drain=drain, log_level=options.log_level,
                             shutdown_timeout_s=options.shutdown_timeout_s)  # fmt: skip
     await gateway.start()
     try:
-
-        def ready(url: str) -> None:
-            print(f"{READY_PREFIX}{url}/v1 ({_describe(gateway)})", flush=True)
-
-        report = await serve_app(server, sock, ready)
+        report = await serve_app(server, sock, on_ready)
     finally:
         await gateway.close()
-    print(report.line("latlab gateway"), file=sys.stderr, flush=True)
+    print(report.line(name), file=sys.stderr, flush=True)
 
 
 def serve(config: GatewayConfig, options: ServeOptions | None = None) -> None:
@@ -67,8 +67,23 @@ def serve(config: GatewayConfig, options: ServeOptions | None = None) -> None:
     logging.basicConfig(format="latlab gateway: %(message)s", level=logging.WARNING)
     gateway = Gateway(config)
     sock = bind_socket(options.host, options.port)
+
+    def ready(url: str) -> None:
+        print(f"{READY_PREFIX}{url}/v1 ({describe(gateway)})", flush=True)
+
     try:
-        _run(_serve(gateway, sock, options))
+        _run(_serve(gateway, sock, options, ready, "latlab gateway"))
+    finally:
+        sock.close()
+
+
+def serve_worker(
+    config: GatewayConfig, options: ServeOptions, sock: Any, *, on_ready: Any, name: str
+) -> None:
+    """One of ``latlab gateway --workers N``'s processes (latlab.gateway.workers)."""
+    logging.basicConfig(format=f"{name}: %(message)s", level=logging.WARNING)
+    try:
+        _run(_serve(Gateway(config), sock, options, lambda _url: on_ready(), name))
     finally:
         sock.close()
 
