@@ -178,3 +178,18 @@ def test_what_workers_cannot_do_is_refused(tmp_path, flags, why):
             "off", *[str(keys) if f == "KEYS" else f for f in flags]]  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and why in out.stderr
+
+
+def test_workers_die_with_a_killed_supervisor(stub, tmp_path):
+    proc, _ = _start(tmp_path, stub.url, "--cache", "off")
+    workers = _workers(proc)
+    os.kill(proc.pid, signal.SIGKILL)  # no chance to stop them itself
+    deadline = time.monotonic() + 30
+    try:
+        while any(Path(f"/proc/{pid}").exists() for pid in workers):
+            assert time.monotonic() < deadline, "workers outlived their killed supervisor"
+            time.sleep(0.1)
+    finally:
+        proc.stop()
+    log = (tmp_path / "gateway.log").read_text()
+    assert "worker 0: stopped" in log and "worker 1: stopped" in log  # drained, not killed
