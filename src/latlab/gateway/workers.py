@@ -105,8 +105,7 @@ def enable_shared_metrics() -> Path:
 class _Worker:
     index: int
     process: Any  # multiprocessing.Process
-    reader: Connection
-    started_s: float
+    reader: Connection  # the worker says "ready" on it once it serves
 
 
 @dataclass(kw_only=True, slots=True)
@@ -144,8 +143,7 @@ class Supervisor:
         )  # fmt: skip
         process.start()
         writer.close()
-        self.workers[index] = _Worker(index=index, process=process, reader=reader,
-                                      started_s=time.monotonic())  # fmt: skip
+        self.workers[index] = _Worker(index=index, process=process, reader=reader)
 
     def _all_ready(self) -> bool:
         waiting = dict(self.workers)
@@ -181,6 +179,7 @@ class Supervisor:
         from prometheus_client import multiprocess
 
         code = worker.process.exitcode
+        worker.reader.close()
         multiprocess.mark_process_dead(worker.process.pid)
         now = time.monotonic()
         self.deaths = [t for t in self.deaths if now - t < DEATH_WINDOW_S] + [now]
