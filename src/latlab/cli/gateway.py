@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -18,6 +19,13 @@ _HTTP = "http_"
 _OWN = ("host", "port", "log_level", "served_model_name")
 # The gateway keeps no latency histograms of its own (its replicas do).
 _NOT_HERE = ("ttft_buckets", "itl_buckets", "e2e_buckets")
+
+
+def _pem_file(flag: str, help_text: str) -> Any:
+    """An option naming a PEM file that must exist."""
+    return click.option(
+        flag, type=click.Path(dir_okay=False, exists=True), default=None, help=help_text
+    )
 
 
 @main.command("gateway")
@@ -138,23 +146,17 @@ _NOT_HERE = ("ttft_buckets", "itl_buckets", "e2e_buckets")
     help="The gateway's own API key for upstreams, read from FILE (URL=FILE: for that upstream "
     "only); clients' keys are never sent upstream.",
 )
-@click.option(
+@_pem_file(
     "--upstream-ca-bundle",
-    type=click.Path(dir_okay=False, exists=True),
-    default=None,
-    help="PEM CA certificates for https:// upstreams [default: the system's trust store].",
+    "PEM CA certificates for https:// upstreams [default: the system's trust store].",
 )
-@click.option(
+@_pem_file(
     "--upstream-client-cert",
-    type=click.Path(dir_okay=False, exists=True),
-    default=None,
-    help="Mutual TLS: the gateway's own certificate (PEM) for https:// upstreams that ask.",
+    "Mutual TLS: the gateway's own certificate (PEM) for https:// upstreams that ask.",
 )
-@click.option(
+@_pem_file(
     "--upstream-client-key",
-    type=click.Path(dir_okay=False, exists=True),
-    default=None,
-    help="The private key of --upstream-client-cert (PEM, no passphrase) [default: in the "
+    "The private key of --upstream-client-cert (PEM, no passphrase) [default: in the "
     "certificate file].",
 )
 @click.option(
