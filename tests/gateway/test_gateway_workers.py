@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,11 +23,16 @@ pytestmark = pytest.mark.slow
 LATLAB = str(Path(sys.executable).parent / "latlab")
 
 
-def _start(tmp: Path, upstream: str, *flags: str, workers: int = 2) -> tuple[ManagedProcess, str]:
+def _start(
+    tmp: Path, upstream: str, *flags: str, workers: int = 2, tmpdir: Path | None = None
+) -> tuple[ManagedProcess, str]:
     port = free_port()
     argv = [LATLAB, "gateway", "--upstream", upstream, "--port", str(port),
             "--workers", str(workers), "--health-interval", "0.5", *flags]  # fmt: skip
-    spec = ProcessSpec(argv=argv, name="gateway-workers", log_path=tmp / "gateway.log")
+    # TMPDIR: the shared metrics' directory goes here, where the test can see it (not /tmp,
+    # where gateways of tests running beside this one make theirs)
+    spec = ProcessSpec(argv=argv, name="gateway-workers", log_path=tmp / "gateway.log",
+                       env={"TMPDIR": str(tmpdir or tmp)})  # fmt: skip
     proc = ManagedProcess(spec).start()
     url = f"http://127.0.0.1:{port}"
     proc.wait_http(url + "/health", timeout_s=60)
@@ -61,8 +65,11 @@ def _requests_total(url: str) -> float:
     return scrape.total("latlab:gateway_requests_total") or 0.0
 
 
+def _metrics_dirs(tmp: Path) -> list[Path]:
+    return list(tmp.glob("latlab-gateway-metrics-*"))
+
+
 def test_workers_share_the_port_cache_and_metrics_and_stop_together(stub, tmp_path):
-    before = set(Path(tempfile.gettempdir()).glob("latlab-gateway-metrics-*"))
     proc, url = _start(tmp_path, stub.url, "--cache", f"sqlite:{tmp_path / 'c.sqlite'}")
     port = int(url.rsplit(":", 1)[1])
     try:
@@ -90,7 +97,7 @@ def test_workers_share_the_port_cache_and_metrics_and_stop_together(stub, tmp_pa
     assert not group_members(proc.pid), "a worker outlived its supervisor"
     log = (tmp_path / "gateway.log").read_text()
     assert "no keys, 2 workers)" in log and "latlab gateway worker 1: stopped" in log
-    assert set(Path(tempfile.gettempdir()).glob("latlab-gateway-metrics-*")) == before
+    assert not _metrics_dirs(tmp_path), "the shared metrics' directory was left behind"
 
 
 def test_a_dead_worker_is_replaced_and_its_counts_are_kept(stub, tmp_path):
@@ -196,6 +203,12 @@ def test_workers_die_with_a_killed_supervisor(stub, tmp_path):
         proc.stop()
     log = (tmp_path / "gateway.log").read_text()
     assert "worker 0: stopped" in log and "worker 1: stopped" in log  # drained, not killed
+    # what the killed supervisor left, the next one removes
+    assert [d.name.split("-")[3] for d in _metrics_dirs(tmp_path)] == [str(proc.pid)]
+    (tmp_path / "next").mkdir()
+    again, _ = _start(tmp_path / "next", stub.url, "--cache", "off", tmpdir=tmp_path)
+    again.stop()
+    assert not _metrics_dirs(tmp_path)
 
 
 def test_a_supervisor_whose_workers_keep_dying_stops(stub, tmp_path):

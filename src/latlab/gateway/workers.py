@@ -49,6 +49,7 @@ MAX_DEATHS = 5  # worker deaths within DEATH_WINDOW_S that stop the supervisor
 DEATH_WINDOW_S = 60.0
 READY_TIMEOUT_S = 120.0
 _PR_SET_PDEATHSIG = 1
+_METRICS_PREFIX = "latlab-gateway-metrics-"
 
 
 def check_workers(config: GatewayConfig) -> None:
@@ -91,14 +92,35 @@ def enable_shared_metrics() -> Path:
     """Switch prometheus_client to multiprocess mode, in a fresh private directory.
 
     Must run before any metric is made (workers make theirs after the fork); the value class
-    is re-chosen here because prometheus_client picked it from the environment at import.
+    is re-chosen here because prometheus_client picked it from the environment at import. The
+    directory is named after this process, so a later supervisor removes the one a killed
+    supervisor could not.
     """
     from prometheus_client import values
 
-    path = Path(tempfile.mkdtemp(prefix="latlab-gateway-metrics-"))
+    _remove_orphaned_metrics(Path(tempfile.gettempdir()))
+    path = Path(tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-"))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     values.ValueClass = values.get_value_class()
     return path
+
+
+def _remove_orphaned_metrics(tmp: Path) -> None:
+    """Metrics directories of supervisors that no longer run (killed with SIGKILL)."""
+    for path in tmp.glob(f"{_METRICS_PREFIX}*-*"):
+        pid = path.name[len(_METRICS_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @dataclass(kw_only=True, slots=True)
