@@ -121,7 +121,10 @@ def test_a_dead_worker_is_replaced_and_its_counts_are_kept(stub, tmp_path):
     assert not group_members(proc.pid)
 
 
-def test_ctrl_c_to_the_process_group_drains_each_worker_once(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_whole_process_group_drains_each_worker(tmp_path, sig):
+    # SIGINT: a terminal's Ctrl-C; SIGTERM: systemd's default KillMode, or `pkill -f`. Either
+    # way every worker hears it from the supervisor too, and it must count once (a drain).
     from latlab.testing.stub_server import StubServer
 
     slow = StubServer(ttft_s=0.05, itl_s=0.05)  # a 2.5 s answer in flight at the Ctrl-C
@@ -135,7 +138,7 @@ def test_ctrl_c_to_the_process_group_drains_each_worker_once(tmp_path):
         ):
             chunks = resp.iter_bytes()
             first = next(chunks)
-            os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+            os.killpg(proc.pid, sig)
             rest = b"".join(chunks)
         assert first and rest.endswith(b"data: [DONE]\n\n")  # drained, not cut
         assert proc.proc.wait(timeout=30) == 0

@@ -100,3 +100,35 @@ def test_a_preparation_process_that_cannot_spawn_leaves_the_thread_path(monkeypa
     assert server.start_prep_process(engine) is None
     assert "no preparation process" in capsys.readouterr().err
     assert server.start_prep_process(SimpleNamespace(max_model_len=64)) is None  # fakes
+
+
+def test_a_stop_signal_delivered_twice_drains_and_a_later_second_one_forces():
+    import asyncio
+    import os
+    import signal
+    import time
+    from types import SimpleNamespace
+
+    from latlab.serve.server import REPEAT_WINDOW_S, _install_signals
+
+    async def run() -> list[tuple[bool, bool]]:
+        server = SimpleNamespace(should_exit=False, force_exit=False)
+        loop = asyncio.get_running_loop()
+        _install_signals(server)
+        seen = []
+        try:
+            for pause_s in (0.0, 0.01, REPEAT_WINDOW_S + 0.1):  # two at once, then one later
+                await asyncio.sleep(pause_s)
+                started = time.monotonic()
+                os.kill(os.getpid(), signal.SIGTERM)
+                while time.monotonic() - started < 0.05:
+                    await asyncio.sleep(0.005)
+                seen.append((server.should_exit, server.force_exit))
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        return seen
+
+    # systemd and a supervisor each sending SIGTERM is one request to drain; a second request
+    # half a second later stops the waiting.
+    assert asyncio.run(run()) == [(True, False), (True, False), (True, True)]

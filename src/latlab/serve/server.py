@@ -40,6 +40,8 @@ from latlab.serve.options import ServeOptions
 from latlab.serve.prep import PrepProcess
 
 READY_PREFIX = "latlab serve: ready at "
+# A stop signal repeated within this long counts once (see _install_signals).
+REPEAT_WINDOW_S = 0.5
 # After on_deadline, requests get this long to write their final event before being cancelled.
 _END_GRACE_S = 2.0
 
@@ -142,11 +144,21 @@ class _Uvicorn(uvicorn.Server):
 
 
 def _install_signals(server: uvicorn.Server) -> None:
+    """SIGINT/SIGTERM: drain; a second one, REPEAT_WINDOW_S or more later: stop waiting.
+
+    A repeat within the window is the same request delivered twice (systemd's default
+    KillMode signals every process of the service, and ``latlab gateway --workers``' supervisor
+    passes the signal on too), so it must not cut the streams a drain would finish.
+    """
     loop = asyncio.get_running_loop()
+    first: list[float] = []
 
     def stop() -> None:
-        if server.should_exit:  # second Ctrl-C: stop waiting for open requests
-            server.force_exit = True
+        now = time.monotonic()
+        if server.should_exit and first and now - first[0] >= REPEAT_WINDOW_S:
+            server.force_exit = True  # a second Ctrl-C: stop waiting for open requests
+        if not first:
+            first.append(now)
         server.should_exit = True
 
     for sig in (signal.SIGINT, signal.SIGTERM):
