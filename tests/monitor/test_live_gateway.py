@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -120,8 +121,14 @@ def test_every_gateway_panel_query_resolves_on_a_live_scrape(stack):
 def test_upstream_alerts_fire_when_the_upstream_stops(stack):
     prom, stub, _ = stack
     assert prom.rule_state(NO_UPSTREAM) == "inactive" and prom.rule_state(EJECTED) == "inactive"
+    started = time.monotonic()
     stub.stop()
+    prom.wait_until(lambda api: api.query(f"{GATEWAY.healthy} == 0"), timeout_s=60,
+                    what="the gateway saying it ejected the upstream", poll_s=0.1)  # fmt: skip
+    ejected_s = time.monotonic() - started
     prom.wait_until(lambda api: "firing" in prom.alert_states(NO_UPSTREAM), timeout_s=60,
-                    what=f"{NO_UPSTREAM} firing")  # fmt: skip
+                    what=f"{NO_UPSTREAM} firing", poll_s=0.1)  # fmt: skip
     assert "firing" in prom.alert_states(EJECTED)
-    assert prom.api.query(f"{GATEWAY.healthy} == 0"), "the gateway should say it ejected it"
+    # the figure docs/monitoring.md quotes (pytest -s shows it); never asserted on
+    print(f"\nupstream stopped -> ejected in Prometheus {ejected_s:.2f} s, {NO_UPSTREAM} "
+          f"firing {time.monotonic() - started:.2f} s")  # fmt: skip
