@@ -24,13 +24,11 @@ streams, then stops what is left.
 from __future__ import annotations
 
 import ctypes
-import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -41,10 +39,11 @@ from typing import Any
 
 from latlab.errors import ConfigError
 from latlab.gateway.config import GatewayConfig
+from latlab.gateway.keys import KeyRing
 from latlab.gateway.server import READY_PREFIX, describe
 from latlab.serve.options import ServeOptions
+from latlab.serve.server import bind_socket, url_of
 
-log = logging.getLogger("latlab.gateway")
 MAX_DEATHS = 5  # worker deaths within DEATH_WINDOW_S that stop the supervisor
 DEATH_WINDOW_S = 60.0
 READY_TIMEOUT_S = 120.0
@@ -52,40 +51,15 @@ _PR_SET_PDEATHSIG = 1
 _METRICS_PREFIX = "latlab-gateway-metrics-"
 
 
-def check_workers(config: GatewayConfig) -> None:
+def check_workers(config: GatewayConfig, keys: KeyRing | None) -> None:
     """Refuse what several processes cannot do correctly; ConfigError says what to give."""
-    workers = config.workers
-    if workers == 1 or config.limits_store or not config.api_keys:
+    if config.workers == 1 or config.limits_store or keys is None or not keys.limited:
         return
-    from latlab.gateway.keys import load_keys
-
-    if load_keys(config.api_keys).limited:
-        raise ConfigError(
-            f"--workers {workers} with per-key limits needs a shared limit store: each process "
-            "would count a key's requests alone. Give --limits-redis redis://HOST:PORT/DB (or "
-            "a redis:// --cache)"
-        )
-
-
-def reuseport_socket(host: str, port: int, *, listen: bool) -> socket.socket:
-    """A TCP socket on ``host:port`` with SO_REUSEPORT (a worker's, or the supervisor's
-    reservation when ``listen`` is False); ConfigError when the port is taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets whose proto says TCP
-    # (latlab.serve.server.bind_socket explains the 40 ms it costs otherwise).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-        if listen:
-            sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port or --host"
-        ) from None
-    return sock
+    raise ConfigError(
+        f"--workers {config.workers} with per-key limits needs a shared limit store: each "
+        "process would count a key's requests alone. Give --limits-redis redis://HOST:PORT/DB "
+        "(or a redis:// --cache)"
+    )
 
 
 def enable_shared_metrics() -> Path:
@@ -143,16 +117,17 @@ class Supervisor:
     stopping: int = 0  # signals received
     _ctx: Any = field(default_factory=lambda: multiprocessing.get_context("fork"))
 
-    def run(self, port: int) -> int:
-        """Serve on ``port`` (already reserved); the exit code (0 after a signal)."""
-        self.options.port = port
+    def run(self, reservation: Any) -> int:
+        """Serve on the port ``reservation`` (a bound socket) holds; the exit code (0 after a
+        signal)."""
+        self.options.port = reservation.getsockname()[1]
         for index in range(self.count):
             self._start(index)
         if not self._all_ready():
             self._stop_all()
             return 1
-        print(f"{READY_PREFIX}http://{_url_host(self.options.host)}:{port}/v1 "
-              f"({self.summary}, {self.count} workers)", flush=True)  # fmt: skip
+        print(f"{READY_PREFIX}{url_of(reservation)}/v1 ({self.summary}, {self.count} workers)",
+              flush=True)  # fmt: skip
         code = self._watch()
         self._stop_all()
         return code
@@ -258,10 +233,6 @@ def _ready_without_sigint(ready: Connection) -> None:
     ready.send("ready")
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 def _die_with_parent() -> None:
     """SIGTERM this worker when the supervisor dies, even by SIGKILL (Linux prctl)."""
     try:
@@ -281,7 +252,7 @@ def _worker_main(
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until the event loop installs its own
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor passes Ctrl-C on as SIGTERM
     try:
-        sock = reuseport_socket(options.host, options.port, listen=True)
+        sock = bind_socket(options.host, options.port, reuse_port=True)  # the server listens
         serve_worker(config, options, sock, on_ready=lambda: _ready_without_sigint(ready),
                      name=f"latlab gateway worker {index}")  # fmt: skip
     except ConfigError as exc:
@@ -293,15 +264,16 @@ def serve_workers(config: GatewayConfig, options: ServeOptions) -> None:
     """Run ``latlab gateway --workers N`` until SIGINT/SIGTERM (blocking)."""
     from latlab.gateway.app import Gateway
 
-    check_workers(config)
-    summary = describe(Gateway(config))  # every setting checked here, before any fork
-    reservation = reuseport_socket(options.host, options.port, listen=False)
+    gateway = Gateway(config)  # every setting checked here, before any fork
+    check_workers(config, gateway.keys)
+    summary = describe(gateway)
+    reservation = bind_socket(options.host, options.port, reuse_port=True)  # never listens
     metrics_dir = enable_shared_metrics()
     supervisor = Supervisor(config=config, options=options, count=config.workers, summary=summary)
     previous = {sig: signal.signal(sig, lambda s, _f: supervisor.signal(s))
                 for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
     try:
-        code = supervisor.run(reservation.getsockname()[1])
+        code = supervisor.run(reservation)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
