@@ -98,6 +98,32 @@ def test_sqlite_file_is_shared_safely_by_several_processes(tmp_path):
     assert run(go()) == {"entries": 150, "bytes": 150 * 100}
 
 
+def _open_at_once(path: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        SQLiteStore(path, max_bytes=1 << 20)._conn()
+        results.put("ok")
+    except Exception as exc:  # what the test reports
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_opening_a_new_sqlite_file_at_once_all_get_it(tmp_path):
+    # Gateways (or --workers) starting together on a new cache file: switching it to WAL took a
+    # lock SQLite's busy timeout does not wait for, and 12 of 180 such opens failed before.
+    ctx, outcomes = multiprocessing.get_context("fork"), []
+    for round_ in range(30):
+        barrier, results = ctx.Barrier(3), ctx.Queue()
+        path = str(tmp_path / f"new{round_}.sqlite")
+        procs = [ctx.Process(target=_open_at_once, args=(path, barrier, results))
+                 for _ in range(3)]  # fmt: skip
+        for proc in procs:
+            proc.start()
+        outcomes += [results.get(timeout=30) for _ in procs]
+        for proc in procs:
+            proc.join(30)
+    assert [o for o in outcomes if o != "ok"] == []
+
+
 def test_make_store_parses_the_flag(tmp_path):
     assert make_store("off", max_bytes=1) is None
     assert isinstance(make_store(f"sqlite:{tmp_path}/x.db", max_bytes=1), SQLiteStore)

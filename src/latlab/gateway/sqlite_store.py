@@ -37,6 +37,28 @@ CREATE TRIGGER IF NOT EXISTS entries_upd AFTER UPDATE OF size ON entries
 # A hit refreshes the entry's LRU time at most this often (a write per hit would make every
 # hot entry a write).
 _TOUCH_EVERY_S = 1.0
+_BUSY_TIMEOUT_S = 5.0  # how long a process waits for another's lock on the file
+
+
+def _prepare(db: sqlite3.Connection) -> None:
+    """WAL mode and the schema, retried while another process holds the file's lock.
+
+    Several gateways (or ``--workers``) opening a new file at once: switching it to WAL takes
+    a lock that SQLite's busy timeout does not wait for, and one of them got "database is
+    locked" at start (12 of 180 processes, three at a time, here), then served uncached. Every
+    step is idempotent, so the whole is retried until the busy timeout.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 class SQLiteStore:
@@ -60,11 +82,9 @@ class SQLiteStore:
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
             try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.executescript(_SCHEMA)
+                _prepare(db)
             except sqlite3.Error:
                 db.close()
                 raise
