@@ -209,3 +209,21 @@ def test_bad_client_certificate_settings_say_what_is_wrong(client_certs):
         fields.setdefault("upstreams", https)
         with pytest.raises(ConfigError, match=match):
             Gateway(GatewayConfig(**fields))
+
+
+@pytest.mark.parametrize("reason", [
+    "connection_error: server closed the connection",
+    "connection_error: ConnectionResetError: [Errno 104] Connection reset by peer",
+    "health check: RemoteProtocolError: Server disconnected without sending a response.",
+])  # fmt: skip
+def test_every_way_a_tls_upstream_hangs_up_gets_the_client_certificate_hint(reason):
+    from latlab.gateway.upstreams import Upstream
+
+    bare, with_cert = (
+        Upstream("https://127.0.0.1:9"),
+        Upstream("https://127.0.0.1:9", client_cert=True),
+    )
+    for up in (bare, with_cert, Upstream("http://127.0.0.1:9")):
+        up.failed(reason, eject_after=2)
+    assert bare.last_error.endswith("give the gateway one with --upstream-client-cert")
+    assert with_cert.last_error == reason

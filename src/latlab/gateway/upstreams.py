@@ -30,7 +30,13 @@ from latlab.errors import ConfigError
 
 log = logging.getLogger("latlab.gateway")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_CLOSED = ("closed the connection", "disconnected", "connection_reset")
+_CLOSED = (
+    "closed the connection",
+    "disconnected",
+    "connection_reset",
+    "reset by peer",
+    "broken pipe",
+)
 _CLIENT_CERT_HINT = (
     "; an https upstream that closes connections before answering may want a client "
     "certificate: give the gateway one with --upstream-client-cert"
