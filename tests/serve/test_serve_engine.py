@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -186,25 +187,37 @@ def test_logit_bias_penalties_and_64_bit_seeds_reach_the_engine(served):
 def test_disconnect_mid_stream_frees_kv(served, monkeypatch):
     engine, url = served
     _wait_until(lambda: engine.stats().num_running == 0)
-    step = engine.engine.step
+    step, steps, gate = engine.engine.step, [0], threading.Event()
 
-    def paced_step():  # 200 tokens take >= 2 s: the client disconnects mid-stream, not after
-        time.sleep(0.01)
+    def gated_step():
+        # After 3 steps the engine waits for the test: the request cannot finish while the
+        # client is connected, however slowly the test thread is scheduled (CI once read its
+        # 3 lines only after all 200 paced tokens were done).
+        steps[0] += 1
+        if steps[0] > 3:
+            assert gate.wait(30), "the test never released the engine"
         return step()
 
-    monkeypatch.setattr(engine.engine, "step", paced_step)
-    before = engine.stats().kv_cache_usage
+    monkeypatch.setattr(engine.engine, "step", gated_step)
+    before = engine.stats()
     body = {"prompt": "a b c", "max_tokens": 200, "ignore_eos": True, "stream": True}
-    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
-        got = 0
-        for line in r.iter_lines():
-            got += line.startswith("data: ")
-            if got == 3:
-                break
-        assert engine.stats().kv_cache_usage > before
+    try:
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
+            got = 0
+            for line in r.iter_lines():
+                got += line.startswith("data: ")
+                if got == 3:
+                    break
+            assert engine.stats().kv_cache_usage > before.kv_cache_usage
+        # The stream leaves the engine's table and queues its abort in one synchronous step.
+        _wait_until(lambda: not engine._streams)
+    finally:
+        gate.set()
     _wait_until(lambda: engine.stats().num_running == 0)
-    assert engine.stats().kv_cache_usage == before
-    assert engine.stats().num_waiting == 0
+    after = engine.stats()
+    assert after.kv_cache_usage == before.kv_cache_usage
+    assert after.num_waiting == 0
+    assert after.generation_tokens_total - before.generation_tokens_total < 200  # aborted
 
 
 def test_metrics_move_with_requests(served):
