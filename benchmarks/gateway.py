@@ -6,8 +6,11 @@ Three studies, each against an anchor measured in the same run (figures in docs/
               (cache off), and through LiteLLM's proxy / SGLang's router when their venvs exist
               (/tmp/litellm-venv, /tmp/sglang-router-venv) and nginx as a plain streaming
               reverse proxy (the floor of one HTTP hop) and a layer-4 byte relay in one Python
-              process (benchmarks/anchors/pyrelay.py: the floor of Python in the path), at
-              1 / 64 / 256 streams, A/B
+              process (benchmarks/anchors/pyrelay.py: the floor of Python in the path) and an
+              HTTP proxy in one Python process that parses each request and splices the answer
+              (benchmarks/anchors/pyproxy.py, `pyproxy`; `pyproxy-checked` also validates
+              bodies as latlab serve does: the floor of a Python gateway), at 1 / 64 / 256
+              streams, A/B
               interleaved, medians of --repeats; the stub's own first-chunk p50 is the truth;
               each proxy's own CPU per forwarded chunk. --baseline-src DIR adds the gateway of
               another checkout (its src/) to the same run: before/after, interleaved.
@@ -63,6 +66,7 @@ LITELLM = Path("/tmp/litellm-venv/bin/litellm")
 SGLANG_PY = Path("/tmp/sglang-router-venv/bin/python")
 NGINX = Path("/usr/sbin/nginx")
 PYRELAY = REPO / "benchmarks" / "anchors" / "pyrelay.py"
+PYPROXY = REPO / "benchmarks" / "anchors" / "pyproxy.py"
 REQUESTS = {1: 30, 64: 256, 256: 768}
 WORDS = ("alpha", "river", "stone", "cloud", "metal", "green", "quiet", "table", "north",
          "light", "paper", "ocean", "swift", "amber", "field", "glass", "tiger", "maple",
@@ -152,6 +156,16 @@ def pyrelay(stack: ExitStack, upstream: str) -> tuple[str, int]:
     argv = [str(BIN / "python"), str(PYRELAY), "--upstream", upstream.split("//", 1)[1],
             "--port", str(port)]  # fmt: skip
     proc = stack.enter_context(process(argv, "pyrelay", f"http://127.0.0.1:{port}/health"))
+    return f"http://127.0.0.1:{port}", proc.pid
+
+
+def pyproxy(stack: ExitStack, upstream: str, *, checked: bool = False) -> tuple[str, int]:
+    """The HTTP-reading Python proxy (benchmarks/anchors/pyproxy.py) in front of ``upstream``:
+    requests parsed (and with ``checked``, validated as latlab serve does), answers spliced."""
+    port = free_port()
+    argv = [str(BIN / "python"), str(PYPROXY), "--upstream", upstream.split("//", 1)[1],
+            "--port", str(port)] + (["--checked"] if checked else [])  # fmt: skip
+    proc = stack.enter_context(process(argv, "pyproxy", f"http://127.0.0.1:{port}/health"))
     return f"http://127.0.0.1:{port}", proc.pid
 
 
@@ -266,9 +280,11 @@ def overhead_targets(
                                                          env=env)  # fmt: skip
     for name, start in (("nginx", lambda: nginx(stack, upstream, work)),
                         ("pyrelay", lambda: pyrelay(stack, upstream)),
+                        ("pyproxy", lambda: pyproxy(stack, upstream)),
+                        ("pyproxy-checked", lambda: pyproxy(stack, upstream, checked=True)),
                         ("sglang-router", lambda: sglang_router(stack, upstream)),
                         ("litellm", lambda: litellm(stack, upstream, work))):  # fmt: skip
-        if name in args.others:
+        if name in args.others.split(","):
             started = start()
             if started is not None:
                 targets[name] = started
@@ -746,7 +762,7 @@ def main() -> None:
     p.add_argument("results", nargs="*", type=Path, help="report: the studies' JSON files")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--levels", default="1,64,256", help="overhead: concurrency levels")
-    p.add_argument("--others", default="nginx,pyrelay,litellm,sglang-router",
+    p.add_argument("--others", default="nginx,pyrelay,pyproxy-checked,litellm,sglang-router",
                    help="overhead/waves: other proxies measured in the same run")  # fmt: skip
     p.add_argument("--requests", type=int, default=96,
                    help="cache/routing/parser: requests per run")  # fmt: skip

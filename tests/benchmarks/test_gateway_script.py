@@ -126,6 +126,62 @@ def test_the_python_relay_closes_the_client_when_the_upstream_is_down():
         assert proc.stop() == 0  # SIGTERM: a clean exit
 
 
+def test_the_python_proxy_splices_streams_checks_bodies_and_stops_with_its_stack():
+    import urllib.error
+    from contextlib import ExitStack
+
+    from latlab.testing.stub_server import StubServer
+
+    with StubServer(ttft_s=0.001, itl_s=0.001, chunks=40) as url:
+        base = url.rsplit("/v1", 1)[0]
+        with ExitStack() as stack:
+            plain_url, plain_pid = gw.pyproxy(stack, base)
+            checked_url, checked_pid = gw.pyproxy(stack, base, checked=True)
+            direct = _stream_events(base, 40)
+            for proxy_url in (plain_url, checked_url):
+                for _ in range(3):  # the pooled upstream connection is reused whole
+                    proxied = _stream_events(proxy_url, 40)
+                    assert proxied[-1] == b"data: [DONE]" and _texts(proxied) == _texts(direct)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                _post(checked_url, {"model": "stub-model", "prompt": "hi", "max_tokens": -3})
+            assert refused.value.code == 400 and b"max_tokens" in refused.value.read()
+            with pytest.raises(urllib.error.HTTPError) as not_json:
+                _post(plain_url, b"{nope")
+            assert not_json.value.code == 400
+        for pid in (plain_pid, checked_pid):
+            assert not Path(f"/proc/{pid}").exists()  # stopped (and reaped) with its stack
+
+
+def test_the_python_proxy_answers_502_when_the_upstream_is_down():
+    import urllib.error
+
+    from latlab.procs import ManagedProcess, ProcessSpec, free_port, group_listens_on
+
+    port = free_port()
+    argv = [str(gw.BIN / "python"), str(gw.PYPROXY), "--upstream", f"127.0.0.1:{free_port()}",
+            "--port", str(port)]  # fmt: skip
+    proc = ManagedProcess(ProcessSpec(argv=argv, name="pyproxy")).start()
+    try:
+        proc.wait_ready(lambda: group_listens_on(proc.pid, port), timeout_s=30)
+        with pytest.raises(urllib.error.HTTPError) as down:
+            _post(f"http://127.0.0.1:{port}", {"model": "stub-model", "prompt": "hi"})
+        assert down.value.code == 502 and b"upstream unreachable" in down.value.read()
+        assert proc.proc is not None and proc.proc.poll() is None  # the proxy itself lives on
+    finally:
+        assert proc.stop() == 0  # SIGTERM: a clean exit
+
+
+def _post(base: str, body: dict | bytes) -> bytes:
+    import urllib.request
+
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(base + "/v1/completions", data=data,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(req, timeout=30) as resp:
+        return resp.read()
+
+
 def _texts(events: list[bytes]) -> list[str]:
     objs = [json.loads(e[len(b"data: ") :]) for e in events if e != b"data: [DONE]"]
     return [c.get("text", "") for o in objs for c in o["choices"]]
