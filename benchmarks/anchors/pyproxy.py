@@ -82,7 +82,27 @@ class _Checker:
         return None
 
 
-class _Upstream(asyncio.Protocol):
+class _Paired(asyncio.Protocol):
+    """Flow control between a connection and its peer: while this side's write buffer is
+    full, the peer (whose reads are written here) stops reading."""
+
+    transport: asyncio.Transport | None
+
+    def peer(self) -> _Paired | None:
+        raise NotImplementedError
+
+    def pause_writing(self) -> None:
+        peer = self.peer()
+        if peer is not None and peer.transport is not None:
+            peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.peer()
+        if peer is not None and peer.transport is not None:
+            peer.transport.resume_reading()
+
+
+class _Upstream(_Paired):
     """One pooled upstream connection: the response goes to ``client`` as read."""
 
     def __init__(self, proxy: Proxy) -> None:
@@ -121,16 +141,11 @@ class _Upstream(asyncio.Protocol):
         if client is not None and client.transport is not None:
             client.transport.close()  # mid-answer: the client cannot get a whole response
 
-    def pause_writing(self) -> None:  # the request side: stop reading the client
-        if self.client is not None and self.client.transport is not None:
-            self.client.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.client is not None and self.client.transport is not None:
-            self.client.transport.resume_reading()
+    def peer(self) -> _Paired | None:
+        return self.client
 
 
-class _Client(asyncio.Protocol):
+class _Client(_Paired):
     """One client connection: requests parsed and answered in order."""
 
     def __init__(self, proxy: Proxy) -> None:
@@ -186,13 +201,8 @@ class _Client(asyncio.Protocol):
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()  # its answer has nowhere to go
 
-    def pause_writing(self) -> None:  # the answer side: stop reading the upstream
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.resume_reading()
+    def peer(self) -> _Paired | None:
+        return self.upstream
 
 
 class Proxy:

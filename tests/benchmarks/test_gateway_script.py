@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -108,22 +109,31 @@ def test_the_python_relay_passes_streams_through_whole_and_stops_with_its_stack(
         assert not Path(f"/proc/{pid}").exists()  # stopped (and reaped) with its stack
 
 
-def test_the_python_relay_closes_the_client_when_the_upstream_is_down():
-    import urllib.error
-
+@contextlib.contextmanager
+def _anchor_before_a_dead_upstream(script: Path, name: str):
+    """The anchor at ``script`` relaying to a port where nothing listens: its base URL."""
     from latlab.procs import ManagedProcess, ProcessSpec, free_port, group_listens_on
 
     port = free_port()
-    argv = [str(gw.BIN / "python"), str(gw.PYRELAY), "--upstream", f"127.0.0.1:{free_port()}",
+    argv = [str(gw.BIN / "python"), str(script), "--upstream", f"127.0.0.1:{free_port()}",
             "--port", str(port)]  # fmt: skip
-    proc = ManagedProcess(ProcessSpec(argv=argv, name="pyrelay")).start()
+    proc = ManagedProcess(ProcessSpec(argv=argv, name=name)).start()
     try:
         proc.wait_ready(lambda: group_listens_on(proc.pid, port), timeout_s=30)
-        with pytest.raises((urllib.error.URLError, ConnectionError)):
-            _stream_events(f"http://127.0.0.1:{port}", 4)  # nothing listens upstream
-        assert proc.proc is not None and proc.proc.poll() is None  # the relay itself lives on
+        yield f"http://127.0.0.1:{port}"
+        assert proc.proc is not None and proc.proc.poll() is None  # the anchor itself lives on
     finally:
         assert proc.stop() == 0  # SIGTERM: a clean exit
+
+
+def test_the_python_relay_closes_the_client_when_the_upstream_is_down():
+    import urllib.error
+
+    with (
+        _anchor_before_a_dead_upstream(gw.PYRELAY, "pyrelay") as base,
+        pytest.raises((urllib.error.URLError, ConnectionError)),
+    ):
+        _stream_events(base, 4)  # nothing listens upstream
 
 
 def test_the_python_proxy_splices_streams_checks_bodies_and_stops_with_its_stack():
@@ -152,23 +162,16 @@ def test_the_python_proxy_splices_streams_checks_bodies_and_stops_with_its_stack
             assert not Path(f"/proc/{pid}").exists()  # stopped (and reaped) with its stack
 
 
-def test_the_python_proxy_answers_502_when_the_upstream_is_down():
+def test_the_python_proxy_answers_502_when_the_upstream_is_down_and_400_without_it():
     import urllib.error
 
-    from latlab.procs import ManagedProcess, ProcessSpec, free_port, group_listens_on
-
-    port = free_port()
-    argv = [str(gw.BIN / "python"), str(gw.PYPROXY), "--upstream", f"127.0.0.1:{free_port()}",
-            "--port", str(port)]  # fmt: skip
-    proc = ManagedProcess(ProcessSpec(argv=argv, name="pyproxy")).start()
-    try:
-        proc.wait_ready(lambda: group_listens_on(proc.pid, port), timeout_s=30)
+    with _anchor_before_a_dead_upstream(gw.PYPROXY, "pyproxy") as base:
         with pytest.raises(urllib.error.HTTPError) as down:
-            _post(f"http://127.0.0.1:{port}", {"model": "stub-model", "prompt": "hi"})
+            _post(base, {"model": "stub-model", "prompt": "hi"})
         assert down.value.code == 502 and b"upstream unreachable" in down.value.read()
-        assert proc.proc is not None and proc.proc.poll() is None  # the proxy itself lives on
-    finally:
-        assert proc.stop() == 0  # SIGTERM: a clean exit
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            _post(base, {"prompt": "hi"})  # refused here: never sent on (that would be a 502)
+        assert bad.value.code == 400 and b"naming a model" in bad.value.read()
 
 
 def _post(base: str, body: dict | bytes) -> bytes:
