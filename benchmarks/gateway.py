@@ -159,12 +159,16 @@ def pyrelay(stack: ExitStack, upstream: str) -> tuple[str, int]:
     return f"http://127.0.0.1:{port}", proc.pid
 
 
-def pyproxy(stack: ExitStack, upstream: str, *, checked: bool = False) -> tuple[str, int]:
+def pyproxy(
+    stack: ExitStack, upstream: str, *, checked: bool = False, burn: tuple[float, float] = (0, 0)
+) -> tuple[str, int]:
     """The HTTP-reading Python proxy (benchmarks/anchors/pyproxy.py) in front of ``upstream``:
-    requests parsed (and with ``checked``, validated as latlab serve does), answers spliced."""
+    requests parsed (and with ``checked``, validated as latlab serve does), answers spliced;
+    ``burn``: extra spinning per request and per upstream read, in microseconds."""
     port = free_port()
     argv = [str(BIN / "python"), str(PYPROXY), "--upstream", upstream.split("//", 1)[1],
-            "--port", str(port)] + (["--checked"] if checked else [])  # fmt: skip
+            "--port", str(port), "--request-cpu-us", str(burn[0]), "--chunk-cpu-us",
+            str(burn[1])] + (["--checked"] if checked else [])  # fmt: skip
     proc = stack.enter_context(process(argv, "pyproxy", f"http://127.0.0.1:{port}/health"))
     return f"http://127.0.0.1:{port}", proc.pid
 
@@ -288,6 +292,9 @@ def overhead_targets(
             started = start()
             if started is not None:
                 targets[name] = started
+    for spec in filter(None, args.pyproxy_burn.split(",")):  # the work budget study
+        req_us, chunk_us = (float(x) for x in spec.split(":"))
+        targets[f"pyproxy+{spec}"] = pyproxy(stack, upstream, burn=(req_us, chunk_us))
     return targets
 
 
@@ -764,6 +771,9 @@ def main() -> None:
     p.add_argument("--levels", default="1,64,256", help="overhead: concurrency levels")
     p.add_argument("--others", default="nginx,pyrelay,pyproxy-checked,litellm,sglang-router",
                    help="overhead/waves: other proxies measured in the same run")  # fmt: skip
+    p.add_argument("--pyproxy-burn", default="",
+                   help="overhead/waves: REQ_US:CHUNK_US,... pyproxy runs spinning that long per "
+                        "request and per upstream read (what the gateway may spend)")  # fmt: skip
     p.add_argument("--requests", type=int, default=96,
                    help="cache/routing/parser: requests per run")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=8, help="routing: concurrent streams")

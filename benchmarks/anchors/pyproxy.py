@@ -11,7 +11,9 @@ its connection can return to the pool). Beside pyrelay (bytes only, nothing pars
 gateway's added latency its design, not its language, adds.
 
 Flow control both ways; an unreachable upstream answers 502; an upstream that drops mid-answer
-closes the client's connection. SIGTERM or SIGINT ends it.
+closes the client's connection. SIGTERM or SIGINT ends it. ``--request-cpu-us`` and
+``--chunk-cpu-us`` add that much spinning to each request and each upstream read: what a
+gateway may spend on its own work before the added latency passes a goal.
 
     .venv/bin/python benchmarks/anchors/pyproxy.py --upstream 127.0.0.1:8000 --port 8200 [--checked]
 """
@@ -23,6 +25,7 @@ import asyncio
 import json
 import signal
 import socket
+import time
 from collections import deque
 from typing import Any
 
@@ -34,6 +37,14 @@ CHAT_PATH = b"/v1/chat/completions"
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:
     transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _burn(ns: int) -> None:
+    """Spin for ``ns`` nanoseconds of the loop's time (the budget study's stand-in for work)."""
+    if ns:
+        end = time.perf_counter_ns() + ns
+        while time.perf_counter_ns() < end:
+            pass
 
 
 def _answer(status: str, body: bytes) -> bytes:
@@ -117,6 +128,7 @@ class _Upstream(_Paired):
 
     def data_received(self, data: bytes) -> None:
         client = self.client
+        _burn(self.proxy.chunk_cpu_ns)
         if client is not None and client.transport is not None:
             client.transport.write(data)
         try:
@@ -193,6 +205,7 @@ class _Client(_Paired):
             if problem is not None:
                 self.transport.write(problem)
                 continue
+            _burn(self.proxy.request_cpu_ns)
             self.proxy.forward(self, method, url, body)
             return
 
@@ -208,8 +221,13 @@ class _Client(_Paired):
 class Proxy:
     """The upstream address, its idle kept-alive connections and the request checks."""
 
-    def __init__(self, host: str, port: int, checked: bool) -> None:
+    def __init__(
+        self, host: str, port: int, checked: bool, *, request_cpu_us: float = 0,
+        chunk_cpu_us: float = 0,
+    ) -> None:  # fmt: skip
         self.target = (host, port)
+        self.request_cpu_ns = int(request_cpu_us * 1000)  # extra work: the budget study
+        self.chunk_cpu_ns = int(chunk_cpu_us * 1000)
         self.idle: list[_Upstream] = []
         self.checker = _Checker(checked)
         self.connecting: set[asyncio.Task[None]] = set()
@@ -245,14 +263,14 @@ class Proxy:
         up.transport.write(data)  # type: ignore[union-attr]
 
 
-async def serve(upstream: str, port: int, checked: bool) -> None:
+async def serve(upstream: str, port: int, checked: bool, burn: tuple[float, float]) -> None:
     """Serve on 127.0.0.1:``port`` until SIGTERM or SIGINT."""
     host, _, up_port = upstream.rpartition(":")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before listening: a stop never comes too early
         loop.add_signal_handler(sig, stop.set)
-    proxy = Proxy(host, int(up_port), checked)
+    proxy = Proxy(host, int(up_port), checked, request_cpu_us=burn[0], chunk_cpu_us=burn[1])
     server = await loop.create_server(lambda: _Client(proxy), "127.0.0.1", port)
     print(f"{READY}http://127.0.0.1:{port}", flush=True)
     async with server:
@@ -265,13 +283,22 @@ def main(argv: Any = None) -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--checked", action="store_true",
                    help="check bodies as latlab serve does (depth pass, validation)")  # fmt: skip
+    p.add_argument(
+        "--request-cpu-us",
+        type=float,
+        default=0.0,
+        help="spin this long per request before forwarding it (a work budget study)",
+    )
+    p.add_argument("--chunk-cpu-us", type=float, default=0.0,
+                   help="spin this long per upstream read before writing it on")  # fmt: skip
     args = p.parse_args(argv)
+    burn = (args.request_cpu_us, args.chunk_cpu_us)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args.upstream, args.port, args.checked))
+        asyncio.run(serve(args.upstream, args.port, args.checked, burn))
     else:
-        uvloop.run(serve(args.upstream, args.port, args.checked))
+        uvloop.run(serve(args.upstream, args.port, args.checked, burn))
 
 
 if __name__ == "__main__":

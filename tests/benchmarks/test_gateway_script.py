@@ -147,8 +147,9 @@ def test_the_python_proxy_splices_streams_checks_bodies_and_stops_with_its_stack
         with ExitStack() as stack:
             plain_url, plain_pid = gw.pyproxy(stack, base)
             checked_url, checked_pid = gw.pyproxy(stack, base, checked=True)
+            slowed_url, slowed_pid = gw.pyproxy(stack, base, burn=(200, 20))  # budget study
             direct = _stream_events(base, 40)
-            for proxy_url in (plain_url, checked_url):
+            for proxy_url in (plain_url, checked_url, slowed_url):
                 for _ in range(3):  # the pooled upstream connection is reused whole
                     proxied = _stream_events(proxy_url, 40)
                     assert proxied[-1] == b"data: [DONE]" and _texts(proxied) == _texts(direct)
@@ -158,7 +159,7 @@ def test_the_python_proxy_splices_streams_checks_bodies_and_stops_with_its_stack
             with pytest.raises(urllib.error.HTTPError) as not_json:
                 _post(plain_url, b"{nope")
             assert not_json.value.code == 400
-        for pid in (plain_pid, checked_pid):
+        for pid in (plain_pid, checked_pid, slowed_pid):
             assert not Path(f"/proc/{pid}").exists()  # stopped (and reaped) with its stack
 
 
