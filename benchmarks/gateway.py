@@ -292,10 +292,27 @@ def overhead_targets(
             started = start()
             if started is not None:
                 targets[name] = started
-    for spec in filter(None, args.pyproxy_burn.split(",")):  # the work budget study
-        req_us, chunk_us = (float(x) for x in spec.split(":"))
+    for spec, req_us, chunk_us in args.pyproxy_burn:  # the work budget study
         targets[f"pyproxy+{spec}"] = pyproxy(stack, upstream, burn=(req_us, chunk_us))
     return targets
+
+
+def burn_specs(text: str) -> list[tuple[str, float, float]]:
+    """``--pyproxy-burn REQ_US:CHUNK_US,...`` as (spec, request us, chunk us) triples."""
+    specs = []
+    for spec in filter(None, text.split(",")):
+        parts = spec.split(":")
+        try:
+            req_us, chunk_us = (float(x) for x in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{spec!r}: write REQ_US:CHUNK_US, microseconds of spinning per request and per "
+                "upstream read, e.g. 300:0 or 0:15"
+            ) from None
+        if req_us < 0 or chunk_us < 0:
+            raise argparse.ArgumentTypeError(f"{spec!r}: microseconds cannot be negative")
+        specs.append((spec, req_us, chunk_us))
+    return specs
 
 
 def overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -771,7 +788,7 @@ def main() -> None:
     p.add_argument("--levels", default="1,64,256", help="overhead: concurrency levels")
     p.add_argument("--others", default="nginx,pyrelay,pyproxy-checked,litellm,sglang-router",
                    help="overhead/waves: other proxies measured in the same run")  # fmt: skip
-    p.add_argument("--pyproxy-burn", default="",
+    p.add_argument("--pyproxy-burn", default=[], type=burn_specs,
                    help="overhead/waves: REQ_US:CHUNK_US,... pyproxy runs spinning that long per "
                         "request and per upstream read (what the gateway may spend)")  # fmt: skip
     p.add_argument("--requests", type=int, default=96,

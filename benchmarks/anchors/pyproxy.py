@@ -66,23 +66,22 @@ class _Checker:
     def __init__(self, checked: bool) -> None:
         self.checked = checked
         if checked:
+            from latlab.serve import protocol
             from latlab.serve.guard import json_depth_exceeds
-            from latlab.serve.protocol import ChatCompletionRequest, CompletionRequest
 
             self._too_deep = json_depth_exceeds
-            self._models = {CHAT_PATH: ChatCompletionRequest}
-            self._default = CompletionRequest
+            self._parse, self._refusal = protocol.parse_request, protocol.RequestError
+            self._models = {CHAT_PATH: protocol.ChatCompletionRequest}
+            self._default = protocol.CompletionRequest
 
     def problem(self, url: bytes, body: bytes) -> bytes | None:
         """The 400 answer for a bad body, or None."""
         if self.checked:
-            from latlab.serve.protocol import RequestError, parse_request
-
             if self._too_deep(body, 32):
                 return _bad_request("the request body nests too deep")
             try:
-                parse_request(self._models.get(url, self._default), body)
-            except RequestError as exc:
+                self._parse(self._models.get(url, self._default), body)
+            except self._refusal as exc:
                 return _bad_request(str(exc))
         try:
             request = json.loads(body)

@@ -175,6 +175,18 @@ def test_the_python_proxy_answers_502_when_the_upstream_is_down_and_400_without_
         assert bad.value.code == 400 and b"naming a model" in bad.value.read()
 
 
+def test_budget_specs_are_read_or_refused_with_the_form_to_use():
+    import argparse
+
+    assert gw.burn_specs("300:0,0:15") == [("300:0", 300.0, 0.0), ("0:15", 0.0, 15.0)]
+    assert gw.burn_specs("") == []
+    for bad in ("300", "a:b", "1:2:3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="REQ_US:CHUNK_US"):
+            gw.burn_specs(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="negative"):
+        gw.burn_specs("-5:0")
+
+
 def _post(base: str, body: dict | bytes) -> bytes:
     import urllib.request
 
