@@ -282,7 +282,10 @@ def overhead_targets(
         env = {"PYTHONPATH": str(Path(args.baseline_src).resolve())}
         targets["latlab-gateway@base"] = gateway_process(stack, [upstream], "--cache", "off",
                                                          env=env)  # fmt: skip
-    for name, start in (("nginx", lambda: nginx(stack, upstream, work)),
+    for name, start in (("latlab-gateway-asgi",  # every request through the ASGI path
+                         lambda: gateway_process(stack, [upstream], "--cache", "off",
+                                                 "--no-direct-lane")),
+                        ("nginx", lambda: nginx(stack, upstream, work)),
                         ("pyrelay", lambda: pyrelay(stack, upstream)),
                         ("pyproxy", lambda: pyproxy(stack, upstream)),
                         ("pyproxy-checked", lambda: pyproxy(stack, upstream, checked=True)),

@@ -130,24 +130,35 @@ def test_the_upstream_call_is_cancelled_when_the_last_client_leaves(gw):
     assert waited < 0.5  # well before the stream's own end (about 1 s)
 
 
-def test_a_client_that_reads_slowly_still_gets_every_chunk_in_order(monkeypatch):
-    """Its socket fills, uvicorn pauses writing, the relay hands the send to the client's task
-    (latlab.gateway.relay), and the stream still arrives whole and in order."""
+def _watch_stalls(monkeypatch, lane: bool) -> list[bool]:
+    """Each write of a new piece: whether it found the client's buffer full (and so left the
+    flight for the client's own task, or for the lane's ``resume``)."""
+    from latlab.gateway.lane import DirectResponse
     from latlab.gateway.relay import Relay
 
-    stalls = []
-    push = Relay.push
+    stalls: list[bool] = []
+    cls = DirectResponse if lane else Relay
+    push = cls.push
 
     def watched(self, pieces):
         kept = push(self, pieces)
-        stalls.append(self.pending is not None)
+        stalls.append(not kept and (lane or self.pending is not None))
         return kept
 
-    monkeypatch.setattr(Relay, "push", watched)
+    monkeypatch.setattr(cls, "push", watched)
+    return stalls
+
+
+@pytest.mark.parametrize("lane", [True, False], ids=["direct-lane", "asgi"])
+def test_a_client_that_reads_slowly_still_gets_every_chunk_in_order(monkeypatch, lane):
+    """Its socket fills and uvicorn pauses writing. On the ASGI path the relay hands the send to
+    the client's task (latlab.gateway.relay); on the direct lane the response leaves the flight
+    and catches up when the buffer drains. Either way the stream arrives whole and in order."""
+    stalls = _watch_stalls(monkeypatch, lane)
     payload = json.dumps(body("slow reader", max_tokens=64, stream_options=None)).encode()
     with (
         StubServer(ttft_s=0.01, itl_s=0.001, tokens_per_chunk=8000, chunks=192) as upstream,
-        gateway(upstreams=[upstream]) as (url, _),
+        gateway(upstreams=[upstream], direct_lane=lane) as (url, _),
     ):
         host, port = url.split("//")[1].split(":")
         with socket.socket() as sock:
@@ -167,4 +178,4 @@ def test_a_client_that_reads_slowly_still_gets_every_chunk_in_order(monkeypatch)
                 data += chunk
     events = data.count(b"data: {")
     assert events == 192 and data.count(b"data: [DONE]") == 1
-    assert any(stalls)  # a send really was suspended, then finished by the client's task
+    assert any(stalls)  # a write really found the buffer full, and the stream still completed

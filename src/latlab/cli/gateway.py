@@ -74,6 +74,12 @@ def _pem_file(flag: str, help_text: str) -> Any:
     help="Do not share one upstream call between identical deterministic requests.",
 )
 @click.option(
+    "--no-direct-lane",
+    is_flag=True,
+    help="Send every request through the ASGI path; by default a request that needs no limit, "
+    "trimming or cache read is answered from the HTTP protocol's callbacks (less CPU a request).",
+)
+@click.option(
     "--route",
     type=click.Choice(["least-load", "round-robin", "prefix"]),
     default="least-load",
@@ -179,6 +185,7 @@ def gateway_command(
     cache_ttl: float,
     cache_max_bytes: str,
     no_coalesce: bool,
+    no_direct_lane: bool,
     upstream_key_files: tuple[str, ...],
     upstream_no_verify: bool,
     hash_key: bool,
@@ -211,6 +218,7 @@ def gateway_command(
         cache_ttl_s=cache_ttl,
         cache_max_bytes=parse_bytes(cache_max_bytes),
         coalesce=not no_coalesce,
+        direct_lane=not no_direct_lane,
         upstream_keys=read_upstream_keys(upstream_key_files),
         upstream_verify=not upstream_no_verify,
         health_interval_s=options.pop("health_interval"),  # type: ignore[arg-type]

@@ -78,7 +78,7 @@ class _Plan:
 
 
 @dataclass(kw_only=True, slots=True)
-class _Request:
+class GenerationRequest:
     """One accepted generation request, as the later steps need it."""
 
     endpoint: str  # "/completions" or "/chat/completions"
@@ -98,7 +98,7 @@ class _Request:
         return len(prompt) if isinstance(prompt, list) else len(prompt) // 4
 
 
-class _FirstContent:
+class FirstContent:
     """The gateway's TTFT, observed once: when the first piece with content is written."""
 
     __slots__ = ("arrival", "flight", "histogram", "seen")
@@ -128,7 +128,7 @@ async def _relayed(
     return relay.sent
 
 
-def _failure_of(flight: Flight) -> UpstreamFailure | None:
+def failure_of(flight: Flight) -> UpstreamFailure | None:
     """Why a finished flight's answer cannot be passed on as it is; None when it can.
 
     An upstream refusing the gateway's own credentials (401/403) is the operator's to fix, not
@@ -143,6 +143,22 @@ def _failure_of(flight: Flight) -> UpstreamFailure | None:
             "key with --upstream-key-file", code="upstream_auth_failed",
         )  # fmt: skip
     return None
+
+
+def response_head(req: GenerationRequest, flight: Flight, label: str) -> dict[str, str]:
+    """The headers of a response passed on from ``flight``."""
+    head = {"content-type": flight.content_type, **req.extra, CACHE_HEADER: label}
+    if flight.upstream is not None:
+        head["x-latlab-upstream"] = flight.upstream.url
+    return head
+
+
+def broken_stream_event(flight: Flight) -> bytes:
+    """What ends a stream the upstream broke off: an error event, then ``[DONE]``; else b""."""
+    if flight.error is None or not flight.content_type.startswith("text/event-stream"):
+        return b""
+    err = error_body(flight.error, "upstream_error", code="upstream_disconnected")
+    return b"data: " + json.dumps(err).encode() + b"\n\ndata: [DONE]\n\n"
 
 
 class Gateway:
@@ -261,11 +277,7 @@ class Gateway:
                 await self._charge_reused(req, recording)  # its tokens are known now
                 await self._replay(req, recording, client, send)
                 return
-            flight = self.flights.join(plan.key) if plan.coalesce else None
-            label = "coalesced" if flight else ("miss" if plan.read else "bypass")
-            self.metrics.child(self.metrics.cache, label).inc()
-            if flight is None:
-                flight = self._launch(req)
+            flight, label = self.flight_for(req)
             await self._follow(req, flight, client, send, label)
             if label == "coalesced" and flight.complete:
                 await self._charge_reused(req, flight)
@@ -274,7 +286,7 @@ class Gateway:
 
     async def _accept(
         self, scope: asgi.Scope, receive: Any, endpoint: str, model_type: Any
-    ) -> _Request:
+    ) -> GenerationRequest:
         """Key, body, limits, model, trimming: everything checked before any answer is sought."""
         arrival = self._arrival(scope)
         headers = asgi.request_headers(scope)
@@ -292,10 +304,37 @@ class Gateway:
             raise RequestError(str(exc), code="trim_failed") from None
         if changed:
             raw = json.dumps(body, ensure_ascii=False).encode()
-        return _Request(
+        return GenerationRequest(
             endpoint=endpoint, arrival=arrival, headers=headers, tenant=tenant, body=body,
             raw=raw, extra=extra, prompt=prompt_text(body),
             plan=self._plan(endpoint, body, headers, tenant),
+        )  # fmt: skip
+
+    def accept_now(
+        self, scope: asgi.Scope, headers: dict[str, str], raw: bytes, body: dict[str, Any]
+    ) -> GenerationRequest | None:
+        """``_accept`` without awaiting, for the direct lane (latlab.gateway.lane): the request
+        when nothing before the upstream call needs to wait (no limit to ask, no trimming, no
+        cache to read); None hands it to the ASGI path, which also answers every refusal.
+        Nothing is counted or charged before the request is taken."""
+        endpoint, model_type = ENDPOINTS[scope["path"]]
+        keys = self.keys
+        tenant = ANONYMOUS if keys is None else keys.lookup(headers.get("authorization"))
+        if tenant is None or tenant.requests_per_minute or tenant.tokens_per_minute:
+            return None
+        try:
+            parse_request(model_type, raw)
+            self._check_model(body.get("model"))
+            if self.trimmer.budget(headers) is not None:
+                return None
+        except (RequestError, TrimError):
+            return None
+        plan = self._plan(endpoint, body, headers, tenant)
+        if plan.read:
+            return None
+        return GenerationRequest(
+            endpoint=endpoint, arrival=self._arrival(scope), headers=headers, tenant=tenant,
+            body=body, raw=raw, extra={}, prompt=prompt_text(body), plan=plan,
         )  # fmt: skip
 
     def _arrival(self, scope: asgi.Scope) -> int:
@@ -308,7 +347,7 @@ class Gateway:
         self.metrics.request_wait.observe((now - head) / 1e9)
         return head
 
-    async def _charge_reused(self, req: _Request, answer: Recording | Flight) -> None:
+    async def _charge_reused(self, req: GenerationRequest, answer: Recording | Flight) -> None:
         """A cached or coalesced answer spends the key's tokens too (latlab.gateway.keys)."""
         if req.tenant.count_cache_hits and req.tenant.tokens_per_minute:
             await self.limiter.charge(req.tenant, answer.tokens(req.prompt_tokens))
@@ -379,7 +418,18 @@ class Gateway:
 
     # ---- upstream call ----------------------------------------------------------------------
 
-    def _launch(self, req: _Request) -> Flight:
+    def flight_for(self, req: GenerationRequest) -> tuple[Flight, str]:
+        """An identical request's flight to follow (coalescing), else a new upstream call; and
+        what the response's cache header says (the cache was read already, when it is on)."""
+        plan = req.plan
+        flight = self.flights.join(plan.key) if plan.coalesce else None
+        label = "coalesced" if flight else ("miss" if plan.read else "bypass")
+        self.metrics.child(self.metrics.cache, label).inc()
+        if flight is None:
+            flight = self._launch(req)
+        return flight, label
+
+    def _launch(self, req: GenerationRequest) -> Flight:
         body, headers, plan = req.body, req.headers, req.plan
         call = Call(
             endpoint=req.endpoint,
@@ -419,8 +469,9 @@ class Gateway:
     # ---- writing the response ---------------------------------------------------------------
 
     async def _follow(
-        self, req: _Request, flight: Flight, client: asgi.ClientWatch, send: Any, label: str
-    ) -> None:
+        self, req: GenerationRequest, flight: Flight, client: asgi.ClientWatch, send: Any,
+        label: str,
+    ) -> None:  # fmt: skip
         """Stream ``flight`` to one client from its first byte until it ends or the client goes.
 
         A response that is not a stream is sent whole once it is complete (its client sees
@@ -433,16 +484,13 @@ class Gateway:
                 await client.wait(flight.waiter())
             if client.gone:
                 return
-            failure = _failure_of(flight)
+            failure = failure_of(flight)
             if failure is not None:
                 await self._upstream_failed(send, req.endpoint, failure)
                 return
             self.metrics.child(self.metrics.requests, req.endpoint, str(flight.status)).inc()
-            head = {"content-type": flight.content_type, **req.extra, CACHE_HEADER: label}
-            if flight.upstream is not None:
-                head["x-latlab-upstream"] = flight.upstream.url
-            await send({"type": "http.response.start", "status": flight.status,
-                        "headers": asgi.encode_headers(head)})  # fmt: skip
+            head = asgi.encode_headers(response_head(req, flight, label))
+            await send({"type": "http.response.start", "status": flight.status, "headers": head})
             await self._pieces(flight, client, send, req.arrival, label)
         finally:
             self.flights.leave(flight)
@@ -452,7 +500,7 @@ class Gateway:
     ) -> None:
         sent = 0
         pieces = flight.pieces
-        first = _FirstContent(flight, self.metrics.child(self.metrics.ttft, label), arrival)
+        first = FirstContent(flight, self.metrics.child(self.metrics.ttft, label), arrival)
         while not client.gone:
             n = len(pieces)
             if sent < n:
@@ -468,22 +516,27 @@ class Gateway:
                 await client.wait(flight.waiter())
         if client.gone:
             return
-        if flight.error is not None and flight.content_type.startswith("text/event-stream"):
-            err = error_body(flight.error, "upstream_error", code="upstream_disconnected")
-            event = b"data: " + json.dumps(err).encode() + b"\n\ndata: [DONE]\n\n"
+        event = broken_stream_event(flight)
+        if event:
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _upstream_failed(
         self, send: Any, endpoint: str, failure: UpstreamFailure | None
     ) -> None:
+        status, body = self.failure_answer(endpoint, failure)
+        await asgi.send_json(send, status, body, {CACHE_HEADER: "bypass"})
+
+    def failure_answer(
+        self, endpoint: str, failure: UpstreamFailure | None
+    ) -> tuple[int, dict[str, Any]]:
+        """The status and error body for a request no upstream answered, counted."""
         failure = failure or UpstreamFailure("the upstream call was cancelled")
         self.metrics.child(self.metrics.requests, endpoint, str(failure.status)).inc()
-        body = error_body(failure.message, "upstream_error", code=failure.code)
-        await asgi.send_json(send, failure.status, body, {CACHE_HEADER: "bypass"})
+        return failure.status, error_body(failure.message, "upstream_error", code=failure.code)
 
     async def _replay(
-        self, req: _Request, rec: Recording, client: asgi.ClientWatch, send: Any
+        self, req: GenerationRequest, rec: Recording, client: asgi.ClientWatch, send: Any
     ) -> None:
         """A cached response: the same events, at once or paced as they were recorded."""
         head = {"content-type": rec.content_type, **req.extra, CACHE_HEADER: "hit"}

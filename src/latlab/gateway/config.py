@@ -33,6 +33,9 @@ class GatewayConfig:
     cache_max_bytes: int = 1 << 30
     replay: str = "immediate"  # how cached streams are sent: at once, or paced as recorded
     coalesce: bool = True
+    # Requests that need no wait before their upstream call skip the ASGI path
+    # (latlab.gateway.lane); False sends every request through it (for comparison).
+    direct_lane: bool = True
     route: str = "least-load"
     load_factor: float = 1.25  # prefix routing: no upstream above this x the mean load
     prefix_chars: int = 256  # prefix routing: the leading block hashed

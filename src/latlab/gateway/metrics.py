@@ -123,7 +123,7 @@ class GatewayMetrics:
                              attr) for name, doc, attr, mode in _UPSTREAM_GAUGES]  # fmt: skip
 
     def _add_request_outcomes(self, r: CollectorRegistry) -> None:
-        """Routing, refusals, trimming and the process's own load."""
+        """Routing, refusals, trimming, the direct lane and the process's own load."""
         self.routes = Counter(
             "latlab:gateway_route_decisions",
             "Routing decisions: home (the prefix's upstream), spill (load bound), fallback "
@@ -144,6 +144,12 @@ class GatewayMetrics:
         self.trimmed_tokens = Counter(
             "latlab:gateway_trimmed_tokens", "Prompt tokens removed by trimming.", registry=r
         )
+        self.direct_lane = Counter(
+            "latlab:gateway_direct_lane_requests",
+            "Generation requests answered by the direct lane (latlab.gateway.lane); the others "
+            "went the ASGI path (limits, trimming, cache reads, bodies still arriving).",
+            registry=r,
+        )  # fmt: skip
         self.loop_lag = Histogram(
             "latlab:gateway_event_loop_lag_seconds",
             "How late a callback due every 0.25 s ran: the time the process was busy. Lags of "

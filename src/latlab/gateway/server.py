@@ -19,6 +19,8 @@ from typing import Any
 
 from latlab.gateway.app import Gateway
 from latlab.gateway.config import GatewayConfig
+from latlab.gateway.lane import DirectLane, lane_protocol
+from latlab.serve.connections import GuardedHttpToolsProtocol, protocol_class
 from latlab.serve.guard import Drain, Guard, GuardConfig
 from latlab.serve.options import ServeOptions
 from latlab.serve.server import bind_socket, serve_app, url_of, uvicorn_server
@@ -32,6 +34,23 @@ LIMITS_CONTEXT = 131072
 def guarded(gateway: Gateway, options: ServeOptions, drain: Drain) -> tuple[Guard, GuardConfig]:
     guard = options.guard_for_context(LIMITS_CONTEXT)
     return Guard(gateway, guard, drain), guard
+
+
+def http_protocol(gateway: Gateway, app: Guard, guard: GuardConfig) -> type[asyncio.Protocol]:
+    """The HTTP protocol: with the direct lane (latlab.gateway.lane) unless it is turned off
+    or the parser is h11 (the lane rides on the httptools protocol's callbacks)."""
+    base = protocol_class(guard)
+    if not gateway.config.direct_lane or not issubclass(base, GuardedHttpToolsProtocol):
+        return base
+    return lane_protocol(base, DirectLane(gateway, app))
+
+
+def gateway_server(gateway: Gateway, options: ServeOptions, drain: Drain) -> Any:
+    """The uvicorn server answering for ``gateway`` behind the guard."""
+    app, guard = guarded(gateway, options, drain)
+    return uvicorn_server(app, guard=guard, drain=drain, log_level=options.log_level,
+                          shutdown_timeout_s=options.shutdown_timeout_s,
+                          protocol=http_protocol(gateway, app, guard))  # fmt: skip
 
 
 def describe(gateway: Gateway) -> str:
@@ -49,10 +68,7 @@ async def _serve(
     gateway: Gateway, sock: Any, options: ServeOptions, on_ready: Any, name: str
 ) -> None:
     """Serve ``gateway`` on ``sock`` until a signal; ``on_ready(url)`` once it accepts."""
-    drain = Drain()
-    app, guard = guarded(gateway, options, drain)
-    server = uvicorn_server(app, guard=guard, drain=drain, log_level=options.log_level,
-                            shutdown_timeout_s=options.shutdown_timeout_s)  # fmt: skip
+    server = gateway_server(gateway, options, Drain())
     await gateway.start()
     try:
         report = await serve_app(server, sock, on_ready)
@@ -105,8 +121,7 @@ def running_gateway(
     options = options or ServeOptions(port=0, allowed_hosts=("127.0.0.1",))
     gateway = Gateway(config)
     sock = bind_socket(options.host, options.port)
-    app, guard = guarded(gateway, options, Drain())
-    server = uvicorn_server(app, guard=guard, drain=app.drain)
+    server = gateway_server(gateway, options, Drain())
     started = threading.Event()
 
     async def run() -> None:

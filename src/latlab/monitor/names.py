@@ -169,6 +169,7 @@ class GatewayNames:
     upstream_latency: str = "latlab:gateway_upstream_latency_seconds"  # by upstream
     upstream_requests: str = "latlab:gateway_upstream_requests_total"  # by upstream, outcome
     retries: str = "latlab:gateway_retries_total"
+    direct_lane: str = "latlab:gateway_direct_lane_requests_total"  # answered by the lane
     routes: str = "latlab:gateway_route_decisions_total"  # by policy, choice
     auth_failures: str = "latlab:gateway_auth_failures_total"
     rate_limited: str = "latlab:gateway_rate_limited_total"  # by limit

@@ -58,7 +58,7 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _FOLD_BRACKETS = bytes.maketrans(b"{}", b"[]")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 # Bodies larger than this give the event loop a turn between depth passes.
-_YIELD_ABOVE = 64 << 10
+SMALL_BODY_BYTES = 64 << 10
 
 
 def error_body(
@@ -230,7 +230,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         try:
-            headers = _headers(scope)
+            headers = decoded_headers(scope)
             scope.setdefault("state", {})[HEADERS_KEY] = headers
             self.check_head(scope, headers)
             if scope["method"] in _BODY_METHODS:
@@ -243,6 +243,16 @@ class Guard:
             await refusal.send(send)
             return
         await self.app(scope, receive, send)
+
+    def check_complete(self, scope: Scope, headers: dict[str, str], body: bytes) -> Any:
+        """Every check ``__call__`` makes, for a request whose (small) body is all here, without
+        awaiting: the parsed body, or the Refusal ``__call__`` would send. CORS is not applied:
+        a caller serving a request with an Origin header must go through ``__call__``."""
+        self.check_head(scope, headers)
+        limit = self.config.limits.max_body_bytes
+        if len(body) > limit:
+            raise _too_large(limit)
+        return check_small_json(body, self.config.limits)
 
     def check_head(self, scope: Scope, headers: dict[str, str]) -> None:
         """Everything decided by the request line and headers, cheapest first."""
@@ -306,7 +316,7 @@ class Guard:
             )
 
 
-def _headers(scope: Scope) -> dict[str, str]:
+def decoded_headers(scope: Scope) -> dict[str, str]:
     # latin-1 maps every byte, so a hostile header cannot make decoding fail.
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
@@ -468,7 +478,7 @@ async def _depth_exceeds_yielding(raw: bytes, limit: int) -> bool:
     for verdict in _depth_passes(raw, limit):
         if verdict is not None:
             return verdict
-        if len(raw) > _YIELD_ABOVE:
+        if len(raw) > SMALL_BODY_BYTES:
             await asyncio.sleep(0)
     return False
 
@@ -479,14 +489,38 @@ def _no_constants(name: str) -> Any:
 
 async def check_json(raw: bytes, limits: RequestLimits) -> Any:
     """Parse a request body after checking its depth; then check its shape."""
+    _check_not_empty(raw)
+    if await _depth_exceeds_yielding(raw, limits.max_json_depth):
+        raise _too_deep(limits)
+    return _parse_checked(raw, limits)
+
+
+def check_small_json(raw: bytes, limits: RequestLimits) -> Any:
+    """check_json without awaiting, for a body of at most ``SMALL_BODY_BYTES`` (no pass over
+    it is long enough to need a turn of the event loop in between)."""
+    if len(raw) > SMALL_BODY_BYTES:
+        raise ValueError(f"check_small_json takes at most {SMALL_BODY_BYTES} bytes")
+    _check_not_empty(raw)
+    if json_depth_exceeds(raw, limits.max_json_depth):
+        raise _too_deep(limits)
+    return _parse_checked(raw, limits)
+
+
+def _check_not_empty(raw: bytes) -> None:
     if not raw.strip():
         raise Refusal(400, "the request body is empty; send a JSON object", code="invalid_json")
-    if await _depth_exceeds_yielding(raw, limits.max_json_depth):
-        raise Refusal(
-            400,
-            f"the request body nests deeper than {limits.max_json_depth} levels (--max-json-depth)",
-            code="json_too_deep",
-        )
+
+
+def _too_deep(limits: RequestLimits) -> Refusal:
+    return Refusal(
+        400,
+        f"the request body nests deeper than {limits.max_json_depth} levels (--max-json-depth)",
+        code="json_too_deep",
+    )
+
+
+def _parse_checked(raw: bytes, limits: RequestLimits) -> Any:
+    """The JSON object in ``raw``, its shape checked (its depth was)."""
     try:
         body = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, NaN, huge ints

@@ -180,11 +180,13 @@ def uvicorn_server(
     log_level: str = "warning",
     shutdown_timeout_s: float = 5.0,
     on_deadline: Callable[[], Awaitable[None]] | None = None,
+    protocol: type[asyncio.Protocol] | None = None,
 ) -> _Uvicorn:
-    """A uvicorn server with the guard's connection limits and our drain-then-end shutdown."""
+    """A uvicorn server with the guard's connection limits and our drain-then-end shutdown;
+    ``protocol``: an HTTP protocol class of one's own (built on ``protocol_class(guard)``)."""
     config = uvicorn.Config(
         app,
-        http=protocol_class(guard),
+        http=protocol or protocol_class(guard),
         log_level=log_level,
         access_log=False,
         lifespan="off",
