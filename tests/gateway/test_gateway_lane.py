@@ -102,6 +102,26 @@ def test_a_body_after_its_head_is_waited_for_briefly(pause_s, taken):
     assert count == taken
 
 
+def test_a_client_waiting_for_100_continue_is_answered_at_once():
+    """The ASGI path sends ``100 Continue``; the lane must not hold such a request."""
+    with (
+        StubServer(ttft_s=0.005, itl_s=0.001) as upstream,
+        gateway(upstreams=[upstream], cache="off") as (url, _),
+    ):
+        payload = json.dumps(body("expecting", stream=False)).encode()
+        with socket.create_connection(_address(url), timeout=10) as sock:
+            sock.sendall(_head(len(payload), close=True).replace(
+                b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))  # fmt: skip
+            started = time.monotonic()
+            interim = sock.recv(65536)
+            waited = time.monotonic() - started
+            sock.sendall(payload)
+            reply = interim + _read_all(sock)
+        count = lane_count(url)
+    assert interim.startswith(b"HTTP/1.1 100 Continue") and waited < 0.2
+    assert b"HTTP/1.1 200 OK" in reply and b'"text"' in reply and count == 0
+
+
 @pytest.mark.parametrize(
     ("raw", "content_type", "status"),
     [

@@ -62,6 +62,8 @@ class _Conn(asyncio.Protocol):
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Kept: on Python 3.11 every asyncio.get_running_loop() is a getpid() system call.
+        self.loop = asyncio.get_running_loop()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -191,9 +193,8 @@ class _Conn(asyncio.Protocol):
     def start(
         self, payload: bytes, reads: list[tuple[int, bytes]], on_head: OnHead | None = None
     ) -> None:
-        loop = asyncio.get_running_loop()
         self._reset(reads, on_head)
-        self.done_fut = loop.create_future()
+        self.done_fut = self.loop.create_future()
         self.transport.write(payload)  # type: ignore[union-attr]
 
     @property
@@ -308,7 +309,7 @@ class RawHTTPPool:
         done = conn.done_fut
         if done is None:
             raise HTTPStreamError("connection_error", "connection closed before the request")
-        loop = asyncio.get_running_loop()
+        loop = conn.loop
 
         def check() -> None:
             nonlocal timer

@@ -186,11 +186,13 @@ class Gateway:
             config.tokenizer, default_budget=config.trim_to, metrics=self.metrics
         )
         self._background: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started
         self.loop_lag = LoopLagMonitor(self.metrics.loop_lag)
 
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.loop_lag.start()
         await self.upstreams.start()
         self.metrics.start()
@@ -446,7 +448,8 @@ class Gateway:
         if self.router.name == "prefix":
             prefix = prefix_key(req.prompt, block=self.config.prefix_chars)
         model = body.get("model") if isinstance(body.get("model"), str) else None
-        flight = Flight(key=plan.key if plan.coalesce else None, metrics=self.metrics)
+        flight = Flight(key=plan.key if plan.coalesce else None, metrics=self.metrics,
+                        loop=self._loop)  # fmt: skip
 
         def pick(tried: Any) -> tuple[Upstream, bool] | None:
             candidates = [u for u in self.upstreams.candidates(model) if u not in tried]

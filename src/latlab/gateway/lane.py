@@ -54,8 +54,12 @@ class DirectLane:
         self.guard = guard
 
     @staticmethod
-    def candidate(scope: dict[str, Any]) -> bool:
-        return scope["method"] == "POST" and scope["path"] in ENDPOINTS
+    def candidate(cycle: Any) -> bool:
+        """A generation request whose client is not waiting for ``100 Continue`` (the ASGI
+        path sends it) before it sends the body."""
+        scope = cycle.scope
+        return (scope["method"] == "POST" and scope["path"] in ENDPOINTS
+                and not cycle.waiting_for_100_continue)  # fmt: skip
 
     def take(self, protocol: Any, cycle: Any) -> bool:
         """Answer ``cycle``'s request on the lane; False: the ASGI path must (nothing done)."""
@@ -74,7 +78,7 @@ class DirectLane:
 
     def _admit(self, cycle: Any) -> GenerationRequest | None:
         scope = cycle.scope
-        if cycle.waiting_for_100_continue or len(cycle.body) > _MAX_BODY:
+        if len(cycle.body) > _MAX_BODY:
             return None
         headers = decoded_headers(scope)
         if "origin" in headers:
@@ -129,27 +133,39 @@ class DirectResponse:
         """Write whatever the flight has that this client has not got; end with the flight."""
         if self.ended:
             return
+        if self.protocol.transport.is_closing():  # closed by the server (a parse error, a drain)
+            self.client_gone()
+            return
         flight = self.flight
+        head = b""
         if not self.head_sent:
             if not (flight.done or (flight.head_ready and flight.streaming)):
                 flight.waiter().add_done_callback(self.advance)
                 return
-            if not self._head():
+            head = self._head()
+            if head is None:
                 return
         if self.protocol.flow.write_paused:
+            self.protocol.transport.write(head)
             return  # ``resume`` picks up from here
-        self._write_new()
+        out = head + self._new_bytes()  # one write (one system call) where it can be
         if flight.done:
-            self._end_stream()
-        elif not self.attached:
+            self._end_stream(out)
+            return
+        self.protocol.transport.write(out)
+        if not self.attached:
             self.attached = True
             flight.attach(self)
 
     # ---- the flight's relay interface (latlab.gateway.relay) --------------------------------
 
     def push(self, pieces: list[bytes]) -> bool:
-        """A new piece arrived; False detaches this client (its connection's buffer is full)."""
-        self._write_new()
+        """A new piece arrived; False detaches this client (its connection's buffer is full,
+        or the connection is closing)."""
+        if self.protocol.transport.is_closing():
+            self.client_gone()
+            return False
+        self.protocol.transport.write(self._new_bytes())
         if self.protocol.flow.write_paused:
             self.attached = False
             return False
@@ -184,47 +200,46 @@ class DirectResponse:
 
     # ---- writing ----------------------------------------------------------------------------
 
-    def _head(self) -> bool:
-        """The response head (or the whole response); False once the response is complete."""
+    def _head(self) -> bytes | None:
+        """A stream's head, to be written; None once a whole response has been written."""
         flight, req = self.flight, self.req
         failure = failure_of(flight)
         if failure is not None:
             status, body = self.gateway.failure_answer(req.endpoint, failure)
             payload = json.dumps(body, separators=(",", ":")).encode()
             self._whole(status, payload, "application/json", {CACHE_HEADER: "bypass"})
-            return False
+            return None
         metrics = self.gateway.metrics
         metrics.child(metrics.requests, req.endpoint, str(flight.status)).inc()
         head = response_head(req, flight, self.label)
         if not flight.streaming:  # sent whole once complete, as the ASGI path does
             content_type = head.pop("content-type")
             self._whole(flight.status, b"".join(flight.pieces), content_type, head)
-            return False
+            return None
         self.head_sent = True
-        self.protocol.transport.write(
-            head_bytes(self.protocol, self.cycle, flight.status, head, chunked=True)
-        )
-        return True
+        return head_bytes(self.protocol, self.cycle, flight.status, head, chunked=True)
 
     def _whole(self, status: int, body: bytes, content_type: str, extra: dict[str, str]) -> None:
         self._leave()
         write_whole(self.protocol, self.cycle, status, body, content_type, extra)
 
-    def _write_new(self) -> None:
+    def _new_bytes(self) -> bytes:
+        """The pieces this client has not got, as one HTTP chunk (b"" when none)."""
         pieces = self.flight.pieces
         n = len(pieces)
         if self.sent >= n:
-            return
+            return b""
         data = pieces[self.sent] if n - self.sent == 1 else b"".join(pieces[self.sent : n])
         self.first.check(n)
         self.sent = n
-        self.protocol.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        return b"%x\r\n%b\r\n" % (len(data), data)
 
-    def _end_stream(self) -> None:
+    def _end_stream(self, out: bytes) -> None:
+        """Write ``out``, the error event of a broken stream, and the stream's end."""
         event = broken_stream_event(self.flight)
         self._leave()
         tail = b"%x\r\n%b\r\n0\r\n\r\n" % (len(event), event) if event else b"0\r\n\r\n"
-        self.protocol.transport.write(tail)
+        self.protocol.transport.write(out + tail)
         end_response(self.protocol, self.cycle)
 
     def _leave(self) -> None:
@@ -291,7 +306,7 @@ class _DirectLaneProtocol:
     _hold_timer: Any = None
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        if app is self.config.loaded_app and self.lane.candidate(cycle.scope):  # type: ignore[attr-defined]
+        if app is self.config.loaded_app and self.lane.candidate(cycle):  # type: ignore[attr-defined]
             if cycle.more_body:
                 self._held = (cycle, app)
                 self._hold_timer = self.loop.call_later(HOLD_S, self._hand_over)  # type: ignore[attr-defined]

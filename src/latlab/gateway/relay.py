@@ -79,7 +79,9 @@ class Relay:
                 await resume(coro, yielded)
 
 
-def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+def start_eagerly(
+    coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop | None = None
+) -> asyncio.Task[None] | None:
     """Run ``coro`` up to its first real wait now, in the caller's step; a task finishes it.
 
     What Python 3.12's eager tasks do: the upstream request of a new flight is written in the
@@ -93,7 +95,7 @@ def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
     except BaseException:
         coro.close()
         raise
-    return asyncio.ensure_future(resume(coro, yielded))
+    return (loop or asyncio.get_running_loop()).create_task(resume(coro, yielded))
 
 
 async def resume(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
