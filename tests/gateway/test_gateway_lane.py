@@ -3,6 +3,7 @@ exactly as the ASGI path answers them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from gateway.conftest import gateway
-from gateway.helpers import body, post, root
+from gateway.helpers import apost, body, post, root
 from latlab.gateway.server import READY_PREFIX
 from latlab.testing.stub_server import StubServer
 
@@ -62,6 +63,33 @@ def test_the_lane_answers_plain_requests_as_the_asgi_path_does(stream):
     else:
         assert by_lane.json()["choices"][0]["text"] and "content-length" in by_lane.headers
     assert counts == (2, 0)
+
+
+@pytest.mark.parametrize("first", ["lane", "asgi"])
+def test_requests_on_the_two_paths_share_one_upstream_call(first):
+    """An identical request joins a flight whichever path started it (an Origin header sends a
+    request the ASGI path)."""
+    with (
+        StubServer(ttft_s=0.2, itl_s=0.01) as upstream,
+        gateway(upstreams=[upstream], cache="off") as (url, _),
+    ):
+        on_asgi = {"origin": url}
+        leader_headers, joiner_headers = ({}, on_asgi) if first == "lane" else (on_asgi, {})
+
+        async def go():
+            async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+                leader = asyncio.create_task(
+                    apost(client, url, body("both paths"), **leader_headers)
+                )
+                await asyncio.sleep(0.05)
+                joiner = apost(client, url, body("both paths"), **joiner_headers)
+                return await asyncio.gather(leader, joiner)
+
+        leader, joiner = asyncio.run(go())
+        count, forwarded = lane_count(url), stub_requests(upstream)
+    assert (leader.cache, joiner.cache) == ("bypass", "coalesced")
+    assert leader.events == joiner.events and leader.events[-1] == b"data: [DONE]\n\n"
+    assert forwarded == 1 and count == 1
 
 
 def test_requests_that_must_wait_go_the_asgi_path(tmp_path):
