@@ -1,21 +1,21 @@
 """The direct lane: a generation request answered from the HTTP protocol's own callbacks.
 
-Through the ASGI path a request costs the gateway about 1 ms of CPU before its upstream call:
-uvicorn's request task and cycle, the guard's and the handler's coroutines, a task watching for
-the client leaving, and an ASGI message for every write. At 64 streams on two cores that work
-queues the other streams' chunks and the added TTFT grows to several milliseconds
-(docs/gateway.md, "The budget"). Most requests need none of it: their body arrives with their
-head, and nothing before the upstream call has to wait (no rate limit to ask, no trimming, no
-cache to read). The lane takes exactly those. In the callback that parsed the request it runs
+Through the ASGI path a request passes uvicorn's request task and cycle, the guard's and the
+handler's coroutines, a task watching for the client leaving, and an ASGI message for every
+write; and each request waits its turn in the event loop's queue before any of it, behind every
+chunk read meanwhile (2 ms at 64 streams, 9 ms at 256 on the measured host: docs/gateway.md,
+"The direct lane"). Most requests need none of it: their body arrives with their head, and
+nothing before the upstream call has to wait (no rate limit to ask, no trimming, no cache to
+read). The lane takes exactly those. In the callback that parsed the request it runs
 the same checks (the guard's, then the gateway's validation, model and plan), joins or starts
 the flight, and from then on writes to the connection from the flight's own callbacks: the head
 once the upstream's head is in, each piece as the upstream read delivers it.
 
 Everything else goes the ASGI path, untouched: a body not all here within ``HOLD_S`` of the
-head or larger than 64 KiB, an ``Origin`` header
-(CORS), ``Expect: 100-continue``, a refusal of any kind (the ASGI path checks again and sends
-the same error body), a limited key, a trimming budget, a cache read. Taking a request commits
-nothing before it is taken, so a request handed over is counted once.
+head or larger than 64 KiB, an ``Origin`` header (CORS), ``Expect: 100-continue``, a refusal
+of any kind (the ASGI path checks again and sends the same error body), a limited key, a
+trimming budget, a cache read. Deciding commits nothing, so a request handed over is counted
+once.
 
 Both paths share the flight: retries before the first byte, health accounting, coalescing with
 requests on either path, the cache write, the error event after a broken stream, metrics.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from latlab.gateway.app import (
@@ -41,9 +42,7 @@ from latlab.gateway.flights import Flight
 from latlab.serve.guard import Guard, Refusal, decoded_headers
 
 log = logging.getLogger("latlab.gateway")
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 422: b"Unprocessable Entity",
-            429: b"Too Many Requests", 500: b"Internal Server Error", 502: b"Bad Gateway",
-            503: b"Service Unavailable", 504: b"Gateway Timeout"}  # fmt: skip
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
 class DirectLane:

@@ -92,7 +92,8 @@ class GatewayMetrics:
         self.request_wait = Histogram(
             "latlab:gateway_request_wait_seconds",
             "A generation request's first byte to its handler: the body's upload, then the "
-            "wait for the event loop (milliseconds when one process is busy with other streams).",
+            "wait for the event loop (milliseconds when one process is busy with other streams); "
+            "on the direct lane, to the end of its checks.",
             buckets=_TTFT_BUCKETS, registry=r,
         )  # fmt: skip
         self.upstream_latency = Histogram(
