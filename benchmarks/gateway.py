@@ -13,7 +13,9 @@ Three studies, each against an anchor measured in the same run (figures in docs/
               streams, A/B
               interleaved, medians of --repeats; the stub's own first-chunk p50 is the truth;
               each proxy's own CPU per forwarded chunk. --baseline-src DIR adds the gateway of
-              another checkout (its src/) to the same run: before/after, interleaved.
+              another checkout (its src/) to the same run: before/after, interleaved;
+              `--others latlab-gateway-asgi` the gateway without its direct lane;
+              --proxy-cpus 1 gives every proxy CPU 1 and the stub and bench the others.
     waves     the same targets hit by bursts of N simultaneous streams from latlab's raw HTTP
               client in this process (no bench process per run, order rotated each repeat):
               TTFT p50 added and CPU per chunk, quicker and less noisy than `overhead`.
@@ -318,11 +320,48 @@ def burn_specs(text: str) -> list[tuple[str, float, float]]:
     return specs
 
 
+def cpu_list(text: str) -> set[int]:
+    """``--proxy-cpus 1`` or ``2,3`` or ``2-3``: CPUs this process may use, leaving others."""
+    cpus: set[int] = set()
+    try:
+        for part in filter(None, text.split(",")):
+            low, _, high = part.partition("-")
+            cpus.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: write CPU numbers, e.g. 1 or 2,3 or 2-3"
+        ) from None
+    allowed = os.sched_getaffinity(0)
+    if not cpus or not cpus <= allowed or cpus == allowed:
+        raise argparse.ArgumentTypeError(
+            f"--proxy-cpus {text!r}: name some, not all, of the CPUs this process may use "
+            f"({', '.join(map(str, sorted(allowed)))})"
+        )
+    return cpus
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` and of the rest of its process group onto ``cpus``."""
+    for member in {pid, *group_members(pid)}:
+        for tid in Path(f"/proc/{member}/task").iterdir():
+            try:
+                os.sched_setaffinity(int(tid.name), cpus)
+            except (ProcessLookupError, FileNotFoundError):  # it ended meanwhile
+                continue
+
+
 def overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """``--proxy-cpus``: the proxies on those CPUs, the stub and ``latlab bench`` (this process's
+    children) on the others, so each proxy is measured with a core of its own."""
     levels = [int(x) for x in args.levels.split(",")]
+    if args.proxy_cpus:
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - args.proxy_cpus)
     with ExitStack() as stack:
         upstream = stub(stack, args.stub_chunks)
         targets = overhead_targets(args, stack, upstream, work)
+        for _url, pid in targets.values():
+            if pid and args.proxy_cpus:
+                pin(pid, args.proxy_cpus)
         rows = []
         for c in levels:
             for r in range(args.repeats):
@@ -811,6 +850,9 @@ def main() -> None:
     p.add_argument("--baseline-src", default=None, metavar="DIR",
                    help="overhead: also run the gateway from DIR (another checkout's src/), "
                    "interleaved with this one")  # fmt: skip
+    p.add_argument("--proxy-cpus", type=cpu_list, default=None, metavar="CPUS",
+                   help="overhead: pin every proxy to these CPUs and the stub and latlab bench "
+                   "to the others (a proxy with a core of its own)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     if args.study == "report":

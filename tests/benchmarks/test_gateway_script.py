@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import os
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -176,8 +181,6 @@ def test_the_python_proxy_answers_502_when_the_upstream_is_down_and_400_without_
 
 
 def test_budget_specs_are_read_or_refused_with_the_form_to_use():
-    import argparse
-
     assert gw.burn_specs("300:0,0:15") == [("300:0", 300.0, 0.0), ("0:15", 0.0, 15.0)]
     assert gw.burn_specs("") == []
     for bad in ("300", "a:b", "1:2:3"):
@@ -185,6 +188,37 @@ def test_budget_specs_are_read_or_refused_with_the_form_to_use():
             gw.burn_specs(bad)
     with pytest.raises(argparse.ArgumentTypeError, match="negative"):
         gw.burn_specs("-5:0")
+
+
+_TWO_THREADS = (
+    "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); "
+    "time.sleep(30)"
+)
+
+
+def test_proxy_cpus_are_some_of_the_allowed_ones_and_pin_moves_every_thread():
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("one CPU: nothing to split between the proxies and the rest")
+    last = allowed[-1]
+    assert gw.cpu_list(str(last)) == {last}
+    assert gw.cpu_list(f"{allowed[0]}-{allowed[0]}") == {allowed[0]}
+    for bad, message in (("x", "CPU numbers"), (",".join(map(str, allowed)), "not all"),
+                         (str(max(allowed) + 1), "not all")):  # fmt: skip
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            gw.cpu_list(bad)
+    child = subprocess.Popen([sys.executable, "-c", _TWO_THREADS], start_new_session=True)
+    tasks = Path(f"/proc/{child.pid}/task")
+    try:
+        deadline = time.monotonic() + 10
+        while len(list(tasks.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        gw.pin(child.pid, {last})
+        tids = [int(t.name) for t in tasks.iterdir()]
+        assert len(tids) == 2 and all(os.sched_getaffinity(t) == {last} for t in tids)
+    finally:
+        child.kill()
+        child.wait()
 
 
 def _post(base: str, body: dict | bytes) -> bytes:
