@@ -67,7 +67,7 @@ def test_concrete_fills_grafana_variables():
 def test_the_gateway_row_resolves_on_a_real_gateway(gateway_scrape, latlab_scrape):
     board = build_dashboard(LATLAB, gateway=True)
     gateway = [p for p in board.panels if p.requires == "gateway"]
-    assert len(gateway) == 12
+    assert len(gateway) == 13
     assert check_gateway_scrape(board, gateway_scrape.names()) == []
     # the server's check ignores the gateway row, and the gateway's check finds it on a server
     assert check_against_scrape(board, latlab_scrape.names()) == []

@@ -73,7 +73,8 @@ def stack(tmp_path_factory):
 @contextlib.contextmanager
 def _traffic(base: str, limit: int = 400) -> Iterator[None]:
     """Requests through the gateway until the block ends (bounded): half repeat (cache hits),
-    half are new (upstream calls all along, so rates over any window have samples)."""
+    half are new (upstream calls all along, so rates over any window have samples); one in
+    eight is sampled, so nothing reads the cache for it and the direct lane answers it."""
     stop = threading.Event()
 
     def run() -> None:
@@ -83,7 +84,7 @@ def _traffic(base: str, limit: int = 400) -> Iterator[None]:
                     return
                 prompt = f"repeated {i % 4}" if i % 2 else f"new {i}"  # hits and misses
                 body = {"model": "stub-model", "prompt": prompt, "max_tokens": 3,
-                        "temperature": 0, "stream": i % 4 < 2}  # fmt: skip
+                        "temperature": 0.7 if i % 8 == 0 else 0, "stream": i % 4 < 2}  # fmt: skip
                 with contextlib.suppress(httpx.HTTPError):
                     client.post(f"{base}/v1/completions", json=body)
 
@@ -112,6 +113,7 @@ def test_every_gateway_panel_query_resolves_on_a_live_scrape(stack):
     assert not empty, "\n".join(f"{title}: {expr}" for title, expr in empty)
     hits = prom.api.query(f'{GATEWAY.cache}{{result="hit"}} > 0')
     assert hits, "repeated deterministic requests should have hit the cache"
+    assert prom.api.query(f"{GATEWAY.direct_lane} > 0"), "sampled requests take the direct lane"
     board = build_dashboard(LATLAB, gateway=True)
     board.panels = panels
     page = render_preview(board, prom.url, range_s=120)  # latlab dashboard --gateway --preview

@@ -277,6 +277,7 @@ def gateway_panels(g: GatewayNames = GATEWAY) -> list[Panel]:
     hit = '{job=~"$gateway_job",result=~"hit|coalesced"}'
     cacheable = '{job=~"$gateway_job",result=~"hit|coalesced|miss"}'
     share = f"sum(rate({g.cache}{hit}[{RATE}])) / sum(rate({g.cache}{cacheable}[{RATE}]))"
+    lane = f"sum(rate({g.direct_lane}{GW}[{RATE}])) / sum(rate({g.cache}{GW}[{RATE}]))"
     return [
         _gw("Gateway TTFT by cache outcome", "s",
             [_quantile_by(g.ttft, "cache", 0.5), _quantile_by(g.ttft, "cache", 0.99)],
@@ -317,6 +318,10 @@ def gateway_panels(g: GatewayNames = GATEWAY) -> list[Panel]:
              _quantile_by(g.request_wait, "instance", 0.99)],
             "Event-loop lag p99 (first) and a request's wait before its handler (second): tens "
             "of milliseconds mean the process is CPU-bound and TTFT grows by as much."),
+        _gw("Requests on the direct lane", "percentunit",
+            [Query(expr=lane, legend="direct lane", series=(g.direct_lane, g.cache))],
+            "Share of generation requests answered from the HTTP protocol's callbacks; the "
+            "rest waited for a limit, trimming or a cache read, or came with an Origin header."),
         _gw("Keys, limits and trimming", "short",
             [_rate(g.auth_failures, "401/s", sel=GW),
              _rate(g.rate_limited, "429 {{limit}}/s", "limit", GW),
