@@ -17,6 +17,7 @@ import pytest
 
 from gateway.conftest import gateway
 from gateway.helpers import apost, body, post, root
+from latlab.gateway import lane
 from latlab.gateway.server import READY_PREFIX
 from latlab.testing.stub_server import StubServer
 
@@ -70,8 +71,8 @@ def test_requests_on_the_two_paths_share_one_upstream_call(first):
     """An identical request joins a flight whichever path started it (an Origin header sends a
     request the ASGI path)."""
     with (
-        StubServer(ttft_s=0.2, itl_s=0.01) as upstream,
-        gateway(upstreams=[upstream], cache="off") as (url, _),
+        StubServer(ttft_s=0.5, itl_s=0.01) as upstream,
+        gateway(upstreams=[upstream], cache="off") as (url, g),
     ):
         on_asgi = {"origin": url}
         leader_headers, joiner_headers = ({}, on_asgi) if first == "lane" else (on_asgi, {})
@@ -81,7 +82,9 @@ def test_requests_on_the_two_paths_share_one_upstream_call(first):
                 leader = asyncio.create_task(
                     apost(client, url, body("both paths"), **leader_headers)
                 )
-                await asyncio.sleep(0.05)
+                deadline = time.monotonic() + 10
+                while not len(g.flights) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)  # the leader's flight is in the air
                 joiner = apost(client, url, body("both paths"), **joiner_headers)
                 return await asyncio.gather(leader, joiner)
 
@@ -110,10 +113,13 @@ def test_requests_that_must_wait_go_the_asgi_path(tmp_path):
     assert count == 1
 
 
-@pytest.mark.parametrize(("pause_s", "taken"), [(0.02, 1), (0.5, 0)], ids=["soon", "late"])
-def test_a_body_after_its_head_is_waited_for_briefly(pause_s, taken):
+@pytest.mark.parametrize(("pause_s", "hold_s", "taken"), [(0.02, 5.0, 1), (0.6, 0.1, 0)],
+                         ids=["soon", "late"])  # fmt: skip
+def test_a_body_after_its_head_is_waited_for_briefly(monkeypatch, pause_s, hold_s, taken):
     """httpx writes the head and the body separately: the lane waits for the body up to HOLD_S,
-    then hands the request to the ASGI path (and its body deadline)."""
+    then hands the request to the ASGI path (and its body deadline). The margins are wide so a
+    busy machine cannot turn one case into the other."""
+    monkeypatch.setattr(lane, "HOLD_S", hold_s)
     with (
         StubServer(ttft_s=0.005, itl_s=0.001) as upstream,
         gateway(upstreams=[upstream], cache="off") as (url, _),
@@ -130,8 +136,10 @@ def test_a_body_after_its_head_is_waited_for_briefly(pause_s, taken):
     assert count == taken
 
 
-def test_a_client_waiting_for_100_continue_is_answered_at_once():
-    """The ASGI path sends ``100 Continue``; the lane must not hold such a request."""
+def test_a_client_waiting_for_100_continue_is_answered_at_once(monkeypatch):
+    """The ASGI path sends ``100 Continue``; the lane must not hold such a request (held, the
+    client would wait HOLD_S, made 30 s here, for its ``100 Continue``)."""
+    monkeypatch.setattr(lane, "HOLD_S", 30.0)
     with (
         StubServer(ttft_s=0.005, itl_s=0.001) as upstream,
         gateway(upstreams=[upstream], cache="off") as (url, _),
@@ -146,7 +154,7 @@ def test_a_client_waiting_for_100_continue_is_answered_at_once():
             sock.sendall(payload)
             reply = interim + _read_all(sock)
         count = lane_count(url)
-    assert interim.startswith(b"HTTP/1.1 100 Continue") and waited < 0.2
+    assert interim.startswith(b"HTTP/1.1 100 Continue") and waited < 10
     assert b"HTTP/1.1 200 OK" in reply and b'"text"' in reply and count == 0
 
 
