@@ -343,10 +343,14 @@ def cpu_list(text: str) -> set[int]:
 def pin(pid: int, cpus: set[int]) -> None:
     """Every thread of ``pid`` and of the rest of its process group onto ``cpus``."""
     for member in {pid, *group_members(pid)}:
-        for tid in Path(f"/proc/{member}/task").iterdir():
+        try:
+            tids = [int(t.name) for t in Path(f"/proc/{member}/task").iterdir()]
+        except FileNotFoundError:  # it ended meanwhile
+            continue
+        for tid in tids:
             try:
-                os.sched_setaffinity(int(tid.name), cpus)
-            except (ProcessLookupError, FileNotFoundError):  # it ended meanwhile
+                os.sched_setaffinity(tid, cpus)
+            except ProcessLookupError:  # that thread ended meanwhile
                 continue
 
 
@@ -359,9 +363,10 @@ def overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     with ExitStack() as stack:
         upstream = stub(stack, args.stub_chunks)
         targets = overhead_targets(args, stack, upstream, work)
-        for _url, pid in targets.values():
-            if pid and args.proxy_cpus:
-                pin(pid, args.proxy_cpus)
+        if args.proxy_cpus:
+            for _url, pid in targets.values():
+                if pid:  # the direct target has no proxy
+                    pin(pid, args.proxy_cpus)
         rows = []
         for c in levels:
             for r in range(args.repeats):

@@ -39,7 +39,7 @@ from latlab.gateway.app import (
     response_head,
 )
 from latlab.gateway.flights import Flight
-from latlab.serve.guard import Guard, Refusal, decoded_headers
+from latlab.serve.guard import SMALL_BODY_BYTES, Guard, Refusal, decoded_headers
 
 log = logging.getLogger("latlab.gateway")
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
@@ -77,7 +77,7 @@ class DirectLane:
 
     def _admit(self, cycle: Any) -> GenerationRequest | None:
         scope = cycle.scope
-        if len(cycle.body) > _MAX_BODY:
+        if len(cycle.body) > SMALL_BODY_BYTES:
             return None
         headers = decoded_headers(scope)
         if "origin" in headers:
@@ -90,7 +90,6 @@ class DirectLane:
         return self.gateway.accept_now(scope, headers, raw, body)
 
 
-_MAX_BODY = 64 << 10  # latlab.serve.guard.SMALL_BODY_BYTES: larger bodies take the ASGI path
 # How long a candidate's body may take after its head before the ASGI path takes the request.
 HOLD_S = 0.25
 
@@ -330,7 +329,7 @@ class _DirectLaneProtocol:
     def on_body(self, body: bytes) -> None:
         super().on_body(body)  # type: ignore[misc]
         held = self._held
-        if held is not None and len(held[0].body) > _MAX_BODY:
+        if held is not None and len(held[0].body) > SMALL_BODY_BYTES:
             self._hand_over()  # uvicorn pauses reading above 64 KiB: the ASGI path resumes it
 
     def on_message_complete(self) -> None:
