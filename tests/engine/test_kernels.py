@@ -54,6 +54,22 @@ def test_kernel_matches_gathered_attention(kernel, q_dtype, kv_dtype, tol, group
     assert (got.float() - want).abs().max() < tol
 
 
+@pytest.mark.parametrize("dim", [64, 128, 40])  # the AVX-512 path's sizes, and the portable one
+@pytest.mark.parametrize("group", [1, 2, 7])
+def test_kernel_matches_over_long_ragged_sequences(kernel, dim, group):
+    """Many blocks per sequence (the next block is prefetched), scores past a 16-lane vector."""
+    gen = torch.Generator().manual_seed(dim + group)
+    kv_heads, blocks, block = 2, 64, 16
+    k_cache = (3 * torch.randn(kv_heads, blocks, block, dim, generator=gen)).bfloat16()
+    v_cache = torch.randn(kv_heads, blocks, block, dim, generator=gen).bfloat16()
+    lens = torch.tensor([1, 17, 160, 255, 33])
+    tables = torch.stack([torch.randperm(blocks, generator=gen)[:16] for _ in range(5)])
+    q = torch.randn(5, kv_heads * group, dim, generator=gen)
+    got = kernel(q, k_cache, v_cache, tables, lens, dim**-0.5)
+    want = _reference(q, k_cache, v_cache, tables, lens, dim**-0.5)
+    assert (got - want).abs().max() < 1e-5
+
+
 def test_kernel_rejects_what_it_cannot_read(kernel):
     q = torch.randn(2, 4, 8)
     cache = torch.randn(2, 3, 4, 8)

@@ -27,9 +27,11 @@ from latlab.engine.hardware import (
 from latlab.engine.huge_pages import HugePages, move_to_huge_pages
 from latlab.engine.kernels import (
     DECODE_MAX_ROWS,
+    StepOps,
     decode_layer,
     paged_decode_attention,
     small_linear,
+    step_ops,
 )
 from latlab.engine.models.config import ModelArgs
 from latlab.engine.models.llama import AttentionMetadata, load_llama
@@ -84,6 +86,7 @@ class ModelRunner:
             raise CapacityError("the KV cache budget holds no block at all; raise kv_cache_bytes")
         self.weight_plan = self._prepare_model(model_dir, args)
         self.decode_kernel, self.attention_reason = self._decode_kernel()
+        self.step_ops, self.step_ops_reason = self._step_ops()
         self.native_layer, self.native_linear, self.decode_reason = self._native_decode()
         if self.native_layer is None and self.weight_plan.keep_plain:
             drop_plain_weights(self.model)  # only the native decode layers read them
@@ -145,6 +148,13 @@ class ModelRunner:
             raise ConfigError(f"native_attention=True but {kernel.reason}")
         return kernel.fn, kernel.reason
 
+    def _step_ops(self) -> tuple[StepOps | None, str]:
+        """The fused elementwise ops (same build and switch as the native attention), and why."""
+        if self.decode_kernel is None:
+            return None, f"torch ops ({self.attention_reason})"
+        ops, reason = step_ops(wait=False)
+        return ops, reason if ops is not None else f"torch ops ({reason})"
+
     def _native_decode(self) -> tuple[Callable | None, Callable | None, str]:
         """The native decode layer and GEMV for decode steps of 1-4 rows, where wanted and
         possible (CPU, plain float32 linears, native attention), and why."""
@@ -183,6 +193,7 @@ class ModelRunner:
             "kv_cache_dtype": dtype_name(self.kv_dtype),
             "decode_attention": self.attention_reason,
             "decode_layers": self.decode_reason,
+            "step_ops": self.step_ops_reason,
             "weight_memory_bytes": self.weight_memory_bytes,
             **self.huge_pages.as_dict(),
             **self.weight_plan.as_dict(),
@@ -338,7 +349,7 @@ class ModelRunner:
                 block_tables.view(-1), None, None, None, None, 1,
                 seq_lens=q_pos.view(b) + 1, decode_kernel=self.decode_kernel,
                 native_layer=self.native_layer if native else None,
-                native_linear=self.native_linear if native else None,
+                native_linear=self.native_linear if native else None, step_ops=self.step_ops,
             )  # fmt: skip
         keys = torch.arange(max_blocks * self.block_size, device=dev)
         mask = keys.view(1, 1, 1, -1) <= q_pos.view(b, 1, max_q, 1)
@@ -350,8 +361,9 @@ class ModelRunner:
             mask = None
         slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
         return AttentionMetadata(
-            slot_mapping, block_tables, block_tables.view(-1), mask, bias, q_index, out_index, max_q
-        )
+            slot_mapping, block_tables, block_tables.view(-1), mask, bias, q_index, out_index,
+            max_q, step_ops=self.step_ops,
+        )  # fmt: skip
 
 
 def _prompt_logprob_rows(

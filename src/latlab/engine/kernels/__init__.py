@@ -8,8 +8,9 @@ foreground. Until the build exists the engine runs its pure-torch path and says 
 (``native_attention=True`` / ``native_decode=True`` wait for the build instead);
 ``LATLAB_NATIVE_KERNELS=0`` forces the torch path.
 
-One module holds every kernel: the in-place paged decode attention (paged_attention.cpp) and
-the small-batch decode layer with its GEMV (decode_layer.cpp), which calls that attention.
+One module holds every kernel: the in-place paged decode attention (paged_attention.cpp), the
+small-batch decode layer with its GEMV (decode_layer.cpp), which calls that attention, and the
+fused elementwise work of steps of any size (step_ops.cpp).
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 HERE = Path(__file__).parent
 SOURCE = HERE / "paged_attention.cpp"  # holds the module's registrations
-SOURCES = (SOURCE, HERE / "decode_layer.cpp")
-HEADERS = (HERE / "kernels.h",)
+SOURCES = (SOURCE, HERE / "decode_layer.cpp", HERE / "step_ops.cpp")
+HEADERS = (HERE / "kernels.h", HERE / "vec512.h")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
 BUILD_HINT = "`python -m latlab.engine.kernels` builds it; `make setup` does in the background"
 ATTENTION = "native paged decode attention (in place)"
 DECODE_MAX_ROWS = 4  # decode_layer.cpp's register blocking covers steps of 1-4 rows
 DECODE = "native decode layers (one call per layer, streaming GEMVs) for 1-4 rows"
+STEP_OPS = "native fused norms, RoPE + cache writes and SiLU * up"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,29 @@ def decode_layer(*, wait: bool = True) -> Kernel:
 def small_linear(*, wait: bool = True) -> Kernel:
     """``x @ w.T (+ bias)`` for 1-4 float32 rows, streaming ``w`` once (decode_layer.cpp)."""
     return _kernel("small_linear", "native GEMV for 1-4 rows", wait=wait)
+
+
+@dataclass(frozen=True, slots=True)
+class StepOps:
+    """The fused elementwise ops of a step of any size (step_ops.cpp)."""
+
+    rms_norm: Callable[..., Any]
+    add_rms_norm: Callable[..., Any]
+    rope_cache: Callable[..., Any]
+    silu_mul: Callable[..., Any]
+
+
+def step_ops(*, wait: bool = True) -> tuple[StepOps | None, str]:
+    """The fused norm, RoPE + cache write and SiLU * up ops, or None and why not."""
+    build = _module(wait=wait)
+    if build.module is None:
+        return None, build.reason
+    m = build.module
+    ops = StepOps(
+        rms_norm=m.rms_norm, add_rms_norm=m.add_rms_norm, rope_cache=m.rope_cache,
+        silu_mul=m.silu_mul,
+    )  # fmt: skip
+    return ops, STEP_OPS
 
 
 def _import_built(name: str) -> _Build:

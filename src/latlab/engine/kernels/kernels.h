@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include <optional>
+#include <vector>
 
 // Decode attention over the paged KV cache, read in place (paged_attention.cpp).
 torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor& k_cache,
@@ -25,3 +26,12 @@ torch::Tensor decode_layer(const torch::Tensor& x, const torch::Tensor& cos,
                            const torch::Tensor& slot_mapping, const torch::Tensor& block_tables,
                            const torch::Tensor& seq_lens, int64_t num_heads, double eps,
                            double scale);
+
+// The elementwise work of a step of any size, fused (step_ops.cpp).
+torch::Tensor rms_norm_rows(const torch::Tensor& x, const torch::Tensor& w, double eps);
+std::vector<torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Tensor& delta,
+                                        const torch::Tensor& w, double eps);
+torch::Tensor rope_cache(const torch::Tensor& qkv, const torch::Tensor& cos,
+                         const torch::Tensor& sin, torch::Tensor k_cache, torch::Tensor v_cache,
+                         const torch::Tensor& slot_mapping, int64_t heads);
+torch::Tensor silu_mul(const torch::Tensor& gate_up);

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latlab.engine.kernels import StepOps
 from latlab.engine.models.config import ModelArgs
 from latlab.errors import ModelLoadError
 
@@ -36,6 +37,7 @@ class AttentionMetadata:
     decode_kernel: the native in-place paged decode attention for this step, or None.
     native_layer, native_linear: the native decode layer and GEMV when this step is a decode
         step of 1-4 rows that the runner hands to them (one call per layer), else None.
+    step_ops: the native fused norms, RoPE + cache writes and SiLU * up (any step), or None.
     """
 
     slot_mapping: torch.Tensor
@@ -50,6 +52,7 @@ class AttentionMetadata:
     decode_kernel: Callable[..., torch.Tensor] | None = None
     native_layer: Callable[..., torch.Tensor] | None = None
     native_linear: Callable[..., torch.Tensor] | None = None
+    step_ops: StepOps | None = None
 
 
 class RMSNorm(nn.Module):
@@ -113,6 +116,12 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         n, heads, kv_heads = x.shape[0], self.num_heads, self.num_kv_heads
+        if meta.step_ops is not None:  # RoPE, cache writes and q's copy in one native pass
+            q = meta.step_ops.rope_cache(
+                self.qkv_proj(x), cos.view(n, -1), sin.view(n, -1), k_cache, v_cache,
+                meta.slot_mapping, heads,
+            )  # fmt: skip
+            return self.o_proj(self._paged_attention(q, k_cache, v_cache, meta))
         qkv = self.qkv_proj(x).view(n, heads + 2 * kv_heads, self.head_dim)
         qk = apply_rope(qkv[:, : heads + kv_heads], cos, sin)  # q and k heads in one go
         q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads :]
@@ -173,7 +182,9 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(args.hidden_size, 2 * args.intermediate_size, bias=False)
         self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step_ops: StepOps | None = None) -> torch.Tensor:
+        if step_ops is not None:
+            return self.down_proj(step_ops.silu_mul(self.gate_up_proj(x)))
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
@@ -187,8 +198,15 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(args)
 
     def forward(self, x, cos, sin, k_cache, v_cache, meta):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        ops = meta.step_ops
+        if ops is None:
+            x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, meta)
+            return x + self.mlp(self.post_attention_layernorm(x))
+        norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
+        attn = self.self_attn(ops.rms_norm(x, norm1.weight, norm1.eps), cos, sin, k_cache, v_cache,
+                              meta)  # fmt: skip
+        x, h = ops.add_rms_norm(x, attn, norm2.weight, norm2.eps)  # the residual add fused
+        return x + self.mlp(h, ops)
 
     def native_decode(
         self,

@@ -1,0 +1,280 @@
+// The elementwise work of a step of any size, fused (latlab engine, CPU).
+//
+// Between its GEMMs a decoder layer runs ~20 small torch ops: RMSNorm (F.rms_norm dispatches
+// ~10 on CPU), RoPE (a roll, two multiplies, an add), the K/V cache writes (two index_copy_ of
+// transposed views), a contiguous copy of q, SiLU and the gate multiply, the residual adds. In
+// bf16 every one of them also converts to float32 and back. At batch 64 on a 2-core Xeon they
+// took about a quarter of a bf16 decode step (docs/engine.md); here each group is one pass over
+// its rows, in float32 registers, rounded once to the tensor's dtype, rows split over torch's
+// intra-op threads.
+//
+// Numerics: float32 inside, like F.rms_norm; RoPE and SiLU * up are rounded once where torch's
+// bf16 ops round after each op, so bf16 results can differ from the torch path in the last bit.
+//
+// Layouts (the engine's): x, delta [N, hidden]; qkv [N, (H + 2 KVH) * D] (q, k, v heads);
+// cos, sin [N, D] (sin with rotate_half's sign folded in); k_cache, v_cache [KVH, NB, BS, D];
+// slot_mapping [N] (flat cache slot of each token); gate_up [N, 2 I].
+
+#include "kernels.h"
+#include "vec512.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+// Rows per thread at least, so small steps do not pay a fork and join.
+int64_t grain(int64_t row_elems) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_elems)); }
+
+template <typename T>
+inline float f32(T x) {
+  return static_cast<float>(x);
+}
+
+// The row-wise primitives, 16 lanes at a time where the CPU has AVX-512.
+template <typename T>
+void widen_row(const T* src, float* dst, int64_t n) {
+#ifdef LATLAB_AVX512
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 m = latlab::tail_mask(n - j);
+    _mm512_mask_storeu_ps(dst + j, m, latlab::load16(src + j, m));
+  }
+#else
+  for (int64_t j = 0; j < n; ++j) dst[j] = f32(src[j]);
+#endif
+}
+
+template <typename T>
+void narrow_row(const float* src, T* dst, int64_t n) {
+#ifdef LATLAB_AVX512
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 m = latlab::tail_mask(n - j);
+    latlab::store16(dst + j, _mm512_maskz_loadu_ps(m, src + j), m);
+  }
+#else
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<T>(src[j]);
+#endif
+}
+
+template <typename T>
+void norm_row(const float* x, const T* w, T* out, int64_t dim, float eps) {
+#ifdef LATLAB_AVX512
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t j = 0; j < dim; j += 16) {
+    const __m512 v = _mm512_maskz_loadu_ps(latlab::tail_mask(dim - j), x + j);
+    acc = _mm512_fmadd_ps(v, v, acc);
+  }
+  const float ss = _mm512_reduce_add_ps(acc);
+  const __m512 inv = _mm512_set1_ps(1.f / std::sqrt(ss / static_cast<float>(dim) + eps));
+  for (int64_t j = 0; j < dim; j += 16) {
+    const __mmask16 m = latlab::tail_mask(dim - j);
+    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + j), inv);
+    latlab::store16(out + j, _mm512_mul_ps(v, latlab::load16(w + j, m)), m);
+  }
+#else
+  float ss = 0.f;
+  for (int64_t j = 0; j < dim; ++j) ss += x[j] * x[j];
+  const float inv = 1.f / std::sqrt(ss / static_cast<float>(dim) + eps);
+  for (int64_t j = 0; j < dim; ++j) out[j] = static_cast<T>(x[j] * inv * f32(w[j]));
+#endif
+}
+
+template <typename T>
+void rms_norm_impl(const torch::Tensor& x, const torch::Tensor& w, torch::Tensor& out, float eps) {
+  const int64_t n = x.size(0), dim = x.size(1);
+  const T* xp = x.data_ptr<T>();
+  const T* wp = w.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, n, grain(dim), [&](int64_t lo, int64_t hi) {
+    std::vector<float> row(dim);
+    for (int64_t i = lo; i < hi; ++i) {
+      widen_row(xp + i * dim, row.data(), dim);
+      norm_row(row.data(), wp, op + i * dim, dim, eps);
+    }
+  });
+}
+
+// sum = x + delta (rounded to T, as torch's add), normed = RMSNorm(sum).
+template <typename T>
+void add_rms_norm_impl(const torch::Tensor& x, const torch::Tensor& delta, const torch::Tensor& w,
+                       torch::Tensor& sum, torch::Tensor& normed, float eps) {
+  const int64_t n = x.size(0), dim = x.size(1);
+  const T* xp = x.data_ptr<T>();
+  const T* dp = delta.data_ptr<T>();
+  const T* wp = w.data_ptr<T>();
+  T* sp = sum.data_ptr<T>();
+  T* np = normed.data_ptr<T>();
+  at::parallel_for(0, n, grain(dim), [&](int64_t lo, int64_t hi) {
+    std::vector<float> row(dim), other(dim);
+    for (int64_t i = lo; i < hi; ++i) {
+      widen_row(xp + i * dim, row.data(), dim);
+      widen_row(dp + i * dim, other.data(), dim);
+      for (int64_t j = 0; j < dim; ++j) row[j] += other[j];
+      narrow_row(row.data(), sp + i * dim, dim);
+      widen_row(sp + i * dim, row.data(), dim);  // the norm reads the sum as stored
+      norm_row(row.data(), wp, np + i * dim, dim, eps);
+    }
+  });
+}
+
+// x * cos + rotate_half(x) * sin for one head, all in float32 (x widened by the caller).
+inline void rope(const float* x, const float* cos, const float* sin, float* out, int64_t d) {
+  const int64_t half = d / 2;
+#pragma omp simd
+  for (int64_t i = 0; i < half; ++i) out[i] = x[i] * cos[i] + x[i + half] * sin[i];
+#pragma omp simd
+  for (int64_t i = half; i < d; ++i) out[i] = x[i] * cos[i] + x[i - half] * sin[i];
+}
+
+template <typename T, typename KV>
+void rope_cache_impl(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                     torch::Tensor& k_cache, torch::Tensor& v_cache, const torch::Tensor& slots,
+                     torch::Tensor& q, int64_t heads) {
+  const int64_t n = qkv.size(0), d = k_cache.size(3), kv_heads = k_cache.size(0);
+  const int64_t width = qkv.size(1), cache_tokens = k_cache.size(1) * k_cache.size(2);
+  const T* xp = qkv.data_ptr<T>();
+  const T* cp = cos.data_ptr<T>();
+  const T* sp = sin.data_ptr<T>();
+  KV* kp = k_cache.data_ptr<KV>();
+  KV* vp = v_cache.data_ptr<KV>();
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  T* qp = q.data_ptr<T>();
+  at::parallel_for(0, n, grain(width), [&](int64_t lo, int64_t hi) {
+    std::vector<float> buf(width + 3 * d);
+    float *x = buf.data(), *c = x + width, *sn = c + d, *tmp = sn + d;
+    for (int64_t i = lo; i < hi; ++i) {
+      widen_row(xp + i * width, x, width);
+      widen_row(cp + i * d, c, d);
+      widen_row(sp + i * d, sn, d);
+      for (int64_t h = 0; h < heads + kv_heads; ++h) {
+        rope(x + h * d, c, sn, tmp, d);
+        if (h < heads) {
+          narrow_row(tmp, qp + (i * heads + h) * d, d);
+        } else {
+          narrow_row(tmp, kp + ((h - heads) * cache_tokens + slot[i]) * d, d);
+        }
+      }
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        narrow_row(x + (heads + kv_heads + h) * d, vp + (h * cache_tokens + slot[i]) * d, d);
+      }
+    }
+  });
+}
+
+template <typename T>
+void silu_mul_impl(const torch::Tensor& gate_up, torch::Tensor& out) {
+  const int64_t n = out.size(0), inter = out.size(1);
+  const T* gp = gate_up.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, n, grain(2 * inter), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const T* gate = gp + i * 2 * inter;
+      const T* up = gate + inter;
+#ifdef LATLAB_AVX512
+      const __m512 one = _mm512_set1_ps(1.f);
+      for (int64_t j = 0; j < inter; j += 16) {
+        const __mmask16 m = latlab::tail_mask(inter - j);
+        const __m512 g = latlab::load16(gate + j, m);
+        const __m512 e = latlab::exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, e));
+        latlab::store16(op + i * inter + j, _mm512_mul_ps(silu, latlab::load16(up + j, m)), m);
+      }
+#else
+      for (int64_t j = 0; j < inter; ++j) {
+        const float g = f32(gate[j]);
+        op[i * inter + j] = static_cast<T>(g / (1.f + std::exp(-g)) * f32(up[j]));
+      }
+#endif
+    }
+  });
+}
+
+void check_rows(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 2 && t.is_contiguous() && t.device().is_cpu(), name,
+              ": contiguous 2-D CPU tensor expected");
+}
+
+void check_same(const torch::Tensor& a, const torch::Tensor& b, const char* name) {
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), name, ": dtypes differ (", a.scalar_type(),
+              " and ", b.scalar_type(), ")");
+}
+
+template <typename F>
+void by_dtype(at::ScalarType type, const char* name, F&& f) {
+  switch (type) {
+    case at::kFloat: return f(float{});
+    case at::kBFloat16: return f(c10::BFloat16{});
+    case at::kHalf: return f(c10::Half{});
+    default: TORCH_CHECK(false, name, ": unsupported dtype ", type);
+  }
+}
+
+}  // namespace
+
+torch::Tensor rms_norm_rows(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+  check_rows(x, "rms_norm");
+  check_same(x, w, "rms_norm");
+  TORCH_CHECK(w.numel() == x.size(1) && w.is_contiguous(), "rms_norm: weight size != row size");
+  auto out = torch::empty_like(x);
+  by_dtype(x.scalar_type(), "rms_norm", [&](auto t) {
+    rms_norm_impl<decltype(t)>(x, w, out, static_cast<float>(eps));
+  });
+  return out;
+}
+
+std::vector<torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Tensor& delta,
+                                        const torch::Tensor& w, double eps) {
+  check_rows(x, "add_rms_norm");
+  check_rows(delta, "add_rms_norm");
+  check_same(x, delta, "add_rms_norm");
+  check_same(x, w, "add_rms_norm");
+  TORCH_CHECK(x.sizes() == delta.sizes(), "add_rms_norm: x and delta differ in shape");
+  TORCH_CHECK(w.numel() == x.size(1) && w.is_contiguous(), "add_rms_norm: weight size != row size");
+  auto sum = torch::empty_like(x);
+  auto normed = torch::empty_like(x);
+  by_dtype(x.scalar_type(), "add_rms_norm", [&](auto t) {
+    add_rms_norm_impl<decltype(t)>(x, delta, w, sum, normed, static_cast<float>(eps));
+  });
+  return {sum, normed};
+}
+
+torch::Tensor rope_cache(const torch::Tensor& qkv, const torch::Tensor& cos,
+                         const torch::Tensor& sin, torch::Tensor k_cache, torch::Tensor v_cache,
+                         const torch::Tensor& slot_mapping, int64_t heads) {
+  check_rows(qkv, "rope_cache");
+  check_rows(cos, "rope_cache");
+  check_rows(sin, "rope_cache");
+  check_same(qkv, cos, "rope_cache");
+  check_same(qkv, sin, "rope_cache");
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
+                  k_cache.sizes() == v_cache.sizes(),
+              "rope_cache: caches [KVH, NB, BS, D], contiguous, of one shape");
+  const int64_t d = k_cache.size(3), kv_heads = k_cache.size(0), n = qkv.size(0);
+  TORCH_CHECK(qkv.size(1) == (heads + 2 * kv_heads) * d && cos.size(1) == d && cos.size(0) == n &&
+                  sin.sizes() == cos.sizes(),
+              "rope_cache: qkv, cos or sin do not match the heads and the cache");
+  TORCH_CHECK(slot_mapping.scalar_type() == at::kLong && slot_mapping.numel() == n,
+              "rope_cache: one int64 slot per token");
+  auto q = torch::empty({n, heads, d}, qkv.options());
+  by_dtype(qkv.scalar_type(), "rope_cache", [&](auto t) {
+    using T = decltype(t);
+    by_dtype(k_cache.scalar_type(), "rope_cache", [&](auto kv) {
+      rope_cache_impl<T, decltype(kv)>(qkv, cos, sin, k_cache, v_cache, slot_mapping, q, heads);
+    });
+  });
+  return q;
+}
+
+torch::Tensor silu_mul(const torch::Tensor& gate_up) {
+  check_rows(gate_up, "silu_mul");
+  TORCH_CHECK(gate_up.size(1) % 2 == 0, "silu_mul: gate and up halves of one size expected");
+  auto out = torch::empty({gate_up.size(0), gate_up.size(1) / 2}, gate_up.options());
+  by_dtype(gate_up.scalar_type(), "silu_mul", [&](auto t) {
+    silu_mul_impl<decltype(t)>(gate_up, out);
+  });
+  return out;
+}

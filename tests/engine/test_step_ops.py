@@ -1,0 +1,109 @@
+"""The fused elementwise ops (step_ops.cpp) equal the torch ops they replace, for float32, bf16
+and fp16, odd sizes included; they refuse what they cannot read; engines report them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latlab.engine import LLM
+from latlab.engine.kernels import step_ops
+from latlab.engine.models.llama import apply_rope
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.fixture(scope="module")
+def ops():
+    built, reason = step_ops(wait=True)
+    if built is None:
+        pytest.skip(reason)
+    return built
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
+    """float32: summation order only; bf16/fp16: one rounding step of the dtype at most."""
+    assert got.dtype == want.dtype == dtype and got.shape == want.shape
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        return
+    ulp = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
+    bound = 2 * ulp * want.float().abs() + 1e-3
+    assert ((got.float() - want.float()).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows, dim", [(1, 64), (7, 100), (64, 768)])
+def test_norms_match_torch(ops, dtype, rows, dim):
+    gen = torch.Generator().manual_seed(rows + dim)
+    x = torch.randn(rows, dim, generator=gen).to(dtype)
+    delta = torch.randn(rows, dim, generator=gen).to(dtype)
+    w = (1 + 0.1 * torch.randn(dim, generator=gen)).to(dtype)
+    _close(ops.rms_norm(x, w, 1e-6), F.rms_norm(x, (dim,), w, 1e-6), dtype)
+    total, normed = ops.add_rms_norm(x, delta, w, 1e-5)
+    assert torch.equal(total, x + delta)  # the residual as torch's add rounds it
+    _close(normed, F.rms_norm(x + delta, (dim,), w, 1e-5), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows, inter", [(1, 16), (5, 40), (64, 3072)])
+def test_silu_mul_matches_torch(ops, dtype, rows, inter):
+    gen = torch.Generator().manual_seed(inter)
+    gate_up = (4 * torch.randn(rows, 2 * inter, generator=gen)).to(dtype)
+    gate, up = gate_up.float().chunk(2, dim=-1)
+    want = (F.silu(gate) * up).to(dtype)  # one rounding, as the fused op
+    _close(ops.silu_mul(gate_up), want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads, kv_heads, dim", [(4, 2, 16), (12, 6, 64), (3, 1, 40)])
+def test_rope_cache_matches_torch(ops, dtype, kv_dtype, heads, kv_heads, dim):
+    gen = torch.Generator().manual_seed(heads * dim)
+    n, blocks, block = 9, 6, 4
+    qkv = torch.randn(n, (heads + 2 * kv_heads) * dim, generator=gen).to(dtype)
+    cos = torch.randn(n, dim, generator=gen).to(dtype)
+    sin = torch.randn(n, dim, generator=gen).to(dtype)
+    slots = torch.randperm(blocks * block, generator=gen)[:n]
+    k_cache = torch.zeros(kv_heads, blocks, block, dim, dtype=kv_dtype)
+    v_cache = torch.zeros_like(k_cache)
+    q = ops.rope_cache(qkv, cos, sin, k_cache, v_cache, slots, heads)
+
+    heads_in = qkv.float().view(n, heads + 2 * kv_heads, dim)
+    cos_f, sin_f = cos.float()[:, None], sin.float()[:, None]
+    rotated = apply_rope(heads_in[:, : heads + kv_heads], cos_f, sin_f)
+    _close(q, rotated[:, :heads].to(dtype), dtype)
+    k_want = torch.zeros(kv_heads, blocks * block, dim)
+    v_want = torch.zeros_like(k_want)
+    k_want.index_copy_(1, slots, rotated[:, heads:].transpose(0, 1))
+    v_want.index_copy_(1, slots, heads_in[:, heads + kv_heads :].transpose(0, 1))
+    _close(k_cache.view_as(k_want), k_want.to(kv_dtype), kv_dtype)
+    assert torch.equal(v_cache.view_as(v_want), v_want.to(kv_dtype))  # v is copied, not rounded
+
+
+def test_ops_refuse_what_they_cannot_read(ops):
+    x = torch.randn(4, 8)
+    with pytest.raises(RuntimeError, match="dtypes differ"):
+        ops.rms_norm(x, torch.ones(8, dtype=torch.bfloat16), 1e-6)
+    with pytest.raises(RuntimeError, match="weight size"):
+        ops.rms_norm(x, torch.ones(7), 1e-6)
+    with pytest.raises(RuntimeError, match="contiguous 2-D"):
+        ops.silu_mul(torch.randn(4, 8).t())
+    with pytest.raises(RuntimeError, match="halves"):
+        ops.silu_mul(torch.randn(4, 7))
+    with pytest.raises(RuntimeError, match="unsupported dtype"):
+        ops.silu_mul(torch.ones(2, 4, dtype=torch.int32))
+    cache = torch.zeros(2, 3, 4, 8)
+    cos = torch.ones(4, 8)
+    with pytest.raises(RuntimeError, match="do not match"):
+        ops.rope_cache(torch.randn(4, 40), cos, cos, cache, cache.clone(), torch.arange(4), 4)
+    with pytest.raises(RuntimeError, match="int64 slot"):
+        ops.rope_cache(torch.randn(4, 64), cos, cos, cache, cache.clone(), torch.arange(4).int(), 4)
+
+
+def test_engine_reports_the_elementwise_path(ops, tiny_model_dir):
+    native = LLM(str(tiny_model_dir)).engine.describe()
+    assert native["step_ops"].startswith("native fused")
+    plain = LLM(str(tiny_model_dir), native_attention=False).engine.describe()
+    assert plain["step_ops"].startswith("torch ops (native_attention=False")
