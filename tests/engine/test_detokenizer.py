@@ -57,3 +57,23 @@ def test_real_tokenizer_multibyte_roundtrip():
         deltas.append(detok.take_new_text(False))
     assert all("\ufffd" not in d for d in deltas)
     assert "".join(deltas) + detok.take_new_text(True) == tok.decode(ids, skip_special_tokens=True)
+
+
+def test_fast_tokenizers_decode_through_their_backend_with_the_same_text():
+    from latlab.engine.detokenizer import text_decoder
+    from latlab.model_files import load_tokenizer
+
+    tok = load_tokenizer(None)
+    calls = []
+    real_decode = tok.decode
+    tok.decode = lambda *a, **k: calls.append(a) or real_decode(*a, **k)
+    ids = tok.encode("naïve café — 世界 🙂 <s> done", add_special_tokens=False)
+    ids += [tok.eos_token_id or 0]  # a special token, skipped by both
+    decode = text_decoder(tok)
+    texts = [decode(ids[:n]) for n in range(len(ids) + 1)]
+    assert calls == []  # the backend answered, not transformers' wrapper
+    assert texts == [real_decode(ids[:n], skip_special_tokens=True) for n in range(len(ids) + 1)]
+    tok.clean_up_tokenization_spaces = True  # a clean-up only transformers' decode does
+    text_decoder(tok)(ids)
+    assert len(calls) == 1
+    assert text_decoder(ByteTokenizer())(list(b"ok")) == "ok"  # any object with decode()
