@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from latlab.engine import LLM, SamplingParams
+from latlab.engine.hardware import cpu_capabilities
 from latlab.engine.kernels import decode_layer, small_linear
 from latlab.engine.models.packed_linear import PackedLinear
 from latlab.errors import ConfigError
+from latlab.testing.random_model import TINY_TEST, save_random_llama
 
 from ._reference import built_or_skip, mixed_prompts
 
@@ -36,6 +38,15 @@ def test_gemv_matches_f_linear(gemv, rows, n, k, bias):
     torch.testing.assert_close(gemv(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("rows", [1, 4])
+@pytest.mark.parametrize(("n", "k"), [(37, 300), (2304, 768)])
+def test_gemv_reads_bf16_weights_exactly(gemv, rows, n, k):
+    """bf16 weights are widened exactly and summed in float32: F.linear on their float32 value."""
+    gen = torch.Generator().manual_seed(n + rows)
+    x, w = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen).bfloat16()
+    torch.testing.assert_close(gemv(x, w, None), F.linear(x, w.float()), rtol=1e-5, atol=1e-4)
+
+
 def test_gemv_refuses_what_it_does_not_compute(gemv):
     w = torch.randn(8, 16)
     with pytest.raises(RuntimeError, match="1 to 4 rows"):
@@ -44,10 +55,12 @@ def test_gemv_refuses_what_it_does_not_compute(gemv):
         gemv(torch.randn(1, 16, dtype=torch.float64), w, None)
     with pytest.raises(RuntimeError, match=r"\[M, K\]"):
         gemv(torch.randn(1, 15), w, None)
+    with pytest.raises(RuntimeError, match="float32 or bf16"):
+        gemv(torch.randn(1, 16), w.half(), None)
 
 
-def _steps(model_dir, prompts, **config) -> tuple[list, list]:
-    llm = LLM(str(model_dir), max_num_seqs=4, **config)
+def _steps(model_dir, prompts, max_num_seqs=4, **config) -> tuple[list, list]:
+    llm = LLM(str(model_dir), max_num_seqs=max_num_seqs, **config)
     outs = llm.generate(prompts, SamplingParams(max_tokens=8, logprobs=3, ignore_eos=True))
     logprobs = [[lp for pos in o.logprobs for lp in pos.values()] for o in outs]
     return [o.token_ids for o in outs], logprobs
@@ -111,3 +124,21 @@ def test_the_report_counts_the_weights_memory_packed_copies_included(native_laye
     assert both - plain == linears  # one packed float32 copy of every linear, head included
     assert held(packed_linear=True, native_decode=False) == plain  # plain copies released
     assert "MB of weights in memory" in LLM(str(tiny_model_dir)).engine.summary()
+
+
+@pytest.mark.skipif(not cpu_capabilities().native_bf16, reason="no bf16 GEMMs on this CPU")
+def test_bf16_decode_steps_stream_bf16_weights_with_float32_activations(native_layer, tmp_path):
+    """A bf16 model's native decode steps read its bf16 weights and keep the activations in
+    float32: tokens are those of float32 arithmetic on the same weights (the bf16 torch ops,
+    rounding after every op, drifted from it by up to 0.26 in logprob on three seeds)."""
+    model_dir = save_random_llama(tmp_path, TINY_TEST, seed=1, dtype="bfloat16")
+    prompts = mixed_prompts(3)
+    want, want_lp = _steps(model_dir, prompts, dtype="float32")
+    for rows in (4, 64):  # plain bf16 weights only; beside oneDNN-packed copies
+        llm = LLM(str(model_dir), dtype="bfloat16", max_num_seqs=rows)
+        assert llm.engine.describe()["decode_layers"].startswith("native decode layers")
+        assert llm.engine.runner.weight_plan.keep_plain == (rows > 4)
+        got, got_lp = _steps(model_dir, prompts, max_num_seqs=rows, dtype="bfloat16")
+        assert got == want
+        for g, w in zip(got_lp, want_lp, strict=True):
+            assert max(abs(a.logprob - b.logprob) for a, b in zip(g, w, strict=True)) < 5e-3

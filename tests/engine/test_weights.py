@@ -51,9 +51,16 @@ def test_bf16_without_bf16_instructions_computes_in_float32_on_packed_copies():
     assert "no bfloat16 GEMM" in plan.reason
 
 
-def test_bf16_with_bf16_instructions_stays_bf16_and_packed():
-    plan = _plan(caps=AMX)
-    assert (plan.compute_dtype, plan.linear) == (torch.bfloat16, "onednn-packed")
+def test_bf16_with_bf16_instructions_stays_bf16_packed_beside_the_plain_weights():
+    plan = _plan(caps=AMX, max_rows=64)
+    assert (plan.compute_dtype, plan.linear, plan.keep_plain) == (
+        torch.bfloat16, "onednn-packed", True
+    )  # fmt: skip
+    assert "bfloat16: plain weights for steps of 1-4 rows" in plan.reason
+    small = _plan(caps=AMX, max_rows=4)
+    assert (small.compute_dtype, small.linear, small.keep_plain) == (
+        torch.bfloat16, "plain", False
+    )  # fmt: skip
 
 
 def test_float32_packs_copies_beside_the_plain_weights_when_steps_can_exceed_four_rows():

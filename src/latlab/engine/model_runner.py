@@ -166,9 +166,10 @@ class ModelRunner:
         elif self.decode_kernel is None:
             why_not = f"no native attention ({self.attention_reason})"
         elif not (self.weight_plan.linear == "plain" or self.weight_plan.keep_plain):
-            why_not = f"{self.weight_plan.linear} linears (the native GEMV reads plain float32)"
-        elif model.weight.dtype != torch.float32:
-            why_not = f"{dtype_name(model.weight.dtype)} weights (the native GEMV reads float32)"
+            why_not = f"{self.weight_plan.linear} linears (the native GEMV reads plain weights)"
+        elif model.weight.dtype not in (torch.float32, torch.bfloat16):
+            name = dtype_name(model.weight.dtype)
+            why_not = f"{name} weights (the native GEMV reads float32 or bf16)"
         if why_not is not None:
             if wanted:
                 raise ConfigError(f"native_decode=True but {why_not}")
@@ -176,6 +177,8 @@ class ModelRunner:
         layer, linear = decode_layer(wait=bool(wanted)), small_linear(wait=bool(wanted))
         if layer.fn is None and wanted:
             raise ConfigError(f"native_decode=True but {layer.reason}")
+        if layer.fn is not None:
+            self.model.prepare_native()
         return layer.fn, linear.fn, layer.reason
 
     def describe(self) -> dict:

@@ -129,17 +129,19 @@ def measure_linear_rate(
     shapes through another kernel (the native GEMV of 1-4 row decode steps).
     """
     layers = linear_layers(model)
-    inputs = {m.in_features: torch.randn(batch, m.in_features, dtype=dtype, device=device)
+    act = dtype if linear is None else torch.float32  # the native GEMV's rows are float32
+    inputs = {m.in_features: torch.randn(batch, m.in_features, dtype=act, device=device)
               for m in layers}  # fmt: skip
+    biases = [None if m.bias is None else m.bias.float() for m in layers]
 
     def run() -> None:
         with torch.inference_mode():
-            for m in layers:
+            for m, bias in zip(layers, biases, strict=True):
                 x = inputs[m.in_features]
                 if linear is None:
                     m(x)
                 else:
-                    linear(x, m.weight, m.bias)
+                    linear(x, m.weight, bias)
 
     seconds = _median_seconds(run, device, repeats)
     return 2 * batch * sum(m.in_features * m.out_features for m in layers) / seconds

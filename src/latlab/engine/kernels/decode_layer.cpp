@@ -20,6 +20,7 @@
 // seq_lens [M] (keys to attend, the new one included).
 
 #include "kernels.h"
+#include "vec512.h"
 
 #include <ATen/Parallel.h>
 
@@ -27,6 +28,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -49,23 +51,79 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Rows n..n+R of w against the M rows of x: R*M*U independent accumulators, each weight
-// vector loaded once for all M rows.
+// 8 weights as float32: float32 as they are, bf16 widened exactly (its bits are float32's top half).
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const c10::BFloat16* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+
+#ifdef LATLAB_AVX512
+// bf16 weights on an AVX-512 CPU: 16 lanes a step, and each weight row asked for 2 KiB ahead.
+// Without the prefetch a bf16 GEMV (and torch's own sum over bf16) read at ~70% of the float32
+// rate on a Xeon with AMX (9 against 13 GB/s a core: the hardware prefetcher runs out ahead of
+// half-width rows); with it 11.4 and 22-24 GB/s at 1 and 2 threads (512 B-4 KiB ahead measured
+// alike; docs/engine.md).
+constexpr int64_t kPrefetchBytes = 2048;
+
 template <int M, int R, int U>
-inline void dot_rows(const float* x, int64_t k_dim, const float* w, int64_t n, int64_t n_dim,
+inline void dot_rows_bf16(const float* x, int64_t k_dim, const c10::BFloat16* w, int64_t n,
+                          int64_t n_dim, float* y, const float* bias) {
+  __m512 acc[M][R][U];
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < U; ++u) acc[m][r][u] = _mm512_setzero_ps();
+  const c10::BFloat16* wr = w + n * k_dim;
+  int64_t k = 0;
+  for (; k + 16 * U <= k_dim; k += 16 * U) {
+    for (int u = 0; u < U; ++u) {
+      __m512 xv[M];
+      for (int m = 0; m < M; ++m) xv[m] = _mm512_loadu_ps(x + m * k_dim + k + 16 * u);
+      for (int r = 0; r < R; ++r) {
+        if (u == 0) {
+          const char* row = reinterpret_cast<const char*>(wr + r * k_dim + k);
+          _mm_prefetch(row + kPrefetchBytes, _MM_HINT_T0);
+        }
+        const __m512 wv = latlab::load16(wr + r * k_dim + k + 16 * u);
+        for (int m = 0; m < M; ++m) acc[m][r][u] = _mm512_fmadd_ps(wv, xv[m], acc[m][r][u]);
+      }
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    for (int r = 0; r < R; ++r) {
+      for (int u = 1; u < U; ++u) acc[m][r][0] = _mm512_add_ps(acc[m][r][0], acc[m][r][u]);
+      float s = _mm512_reduce_add_ps(acc[m][r][0]);
+      for (int64_t kk = k; kk < k_dim; ++kk) {
+        s += x[m * k_dim + kk] * static_cast<float>(wr[r * k_dim + kk]);
+      }
+      y[m * n_dim + n + r] = bias ? s + bias[n + r] : s;
+    }
+  }
+}
+#endif
+
+// Rows n..n+R of w against the M rows of x: R*M*U independent accumulators, each weight
+// vector loaded once for all M rows. W: the weights' type (float32 or bf16; sums in float32).
+template <int M, int R, int U, typename W>
+inline void dot_rows(const float* x, int64_t k_dim, const W* w, int64_t n, int64_t n_dim,
                      float* y, const float* bias) {
+#ifdef LATLAB_AVX512
+  if constexpr (std::is_same_v<W, c10::BFloat16>) {
+    return dot_rows_bf16<M, R, U>(x, k_dim, w, n, n_dim, y, bias);
+  }
+#endif
   __m256 acc[M][R][U];
   for (int m = 0; m < M; ++m)
     for (int r = 0; r < R; ++r)
       for (int u = 0; u < U; ++u) acc[m][r][u] = _mm256_setzero_ps();
-  const float* wr = w + n * k_dim;
+  const W* wr = w + n * k_dim;
   int64_t k = 0;
   for (; k + 8 * U <= k_dim; k += 8 * U) {
     for (int u = 0; u < U; ++u) {
       __m256 xv[M];
       for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(x + m * k_dim + k + 8 * u);
       for (int r = 0; r < R; ++r) {
-        const __m256 wv = _mm256_loadu_ps(wr + r * k_dim + k + 8 * u);
+        const __m256 wv = load8(wr + r * k_dim + k + 8 * u);
         for (int m = 0; m < M; ++m) acc[m][r][u] = _mm256_fmadd_ps(wv, xv[m], acc[m][r][u]);
       }
     }
@@ -74,33 +132,36 @@ inline void dot_rows(const float* x, int64_t k_dim, const float* w, int64_t n, i
     for (int r = 0; r < R; ++r) {
       for (int u = 1; u < U; ++u) acc[m][r][0] = _mm256_add_ps(acc[m][r][0], acc[m][r][u]);
       float s = hsum(acc[m][r][0]);
-      for (int64_t kk = k; kk < k_dim; ++kk) s += x[m * k_dim + kk] * wr[r * k_dim + kk];
+      for (int64_t kk = k; kk < k_dim; ++kk) {
+        s += x[m * k_dim + kk] * static_cast<float>(wr[r * k_dim + kk]);
+      }
       y[m * n_dim + n + r] = bias ? s + bias[n + r] : s;
     }
   }
 }
 #else
-template <int M, int R, int U>
-inline void dot_rows(const float* x, int64_t k_dim, const float* w, int64_t n, int64_t n_dim,
+template <int M, int R, int U, typename W>
+inline void dot_rows(const float* x, int64_t k_dim, const W* w, int64_t n, int64_t n_dim,
                      float* y, const float* bias) {
   for (int m = 0; m < M; ++m) {
     for (int r = 0; r < R; ++r) {
-      const float* wr = w + (n + r) * k_dim;
+      const W* wr = w + (n + r) * k_dim;
       const float* xm = x + m * k_dim;
       float s = 0.f;
 #pragma omp simd reduction(+ : s)
-      for (int64_t k = 0; k < k_dim; ++k) s += xm[k] * wr[k];
+      for (int64_t k = 0; k < k_dim; ++k) s += xm[k] * static_cast<float>(wr[k]);
       y[m * n_dim + n + r] = bias ? s + bias[n + r] : s;
     }
   }
 }
 #endif
 
-template <int M, int R, int U>
-void gemv_rows(const float* x, const float* w, const float* bias, float* y, int64_t n_dim,
+template <int M, int R, int U, typename W>
+void gemv_rows(const float* x, const W* w, const float* bias, float* y, int64_t n_dim,
                int64_t k_dim) {
   const int64_t blocks = n_dim / R;
-  const int64_t grain = std::max<int64_t>(1, kGrainBytes / (R * k_dim * 4));
+  const int64_t row_bytes = k_dim * static_cast<int64_t>(sizeof(W));
+  const int64_t grain = std::max<int64_t>(1, kGrainBytes / (R * row_bytes));
   at::parallel_for(0, blocks, grain, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) dot_rows<M, R, U>(x, k_dim, w, i * R, n_dim, y, bias);
   });
@@ -109,7 +170,8 @@ void gemv_rows(const float* x, const float* w, const float* bias, float* y, int6
 
 // y [m, n_dim] = x [m, k_dim] @ w[n_dim, k_dim]^T (+ bias); register blocking per row count
 // (measured: 4 rows of W x 2 accumulators at M=1; fewer W rows as M grows, 16 ymm registers).
-void gemv(const float* x, int64_t m, const float* w, const float* bias, float* y, int64_t n_dim,
+template <typename W>
+void gemv(const float* x, int64_t m, const W* w, const float* bias, float* y, int64_t n_dim,
           int64_t k_dim) {
   switch (m) {
     case 1: return gemv_rows<1, 4, 2>(x, w, bias, y, n_dim, k_dim);
@@ -170,12 +232,21 @@ void check_f32(const torch::Tensor& t, const char* name) {
               ": contiguous float32 CPU tensor expected");
 }
 
+// Weights: contiguous CPU float32 or bf16 (a bf16 model's plain weights, streamed at half the
+// bytes; the activations and sums stay float32).
+void check_weight(const torch::Tensor& t, at::ScalarType type, const char* name) {
+  TORCH_CHECK((type == at::kFloat || type == at::kBFloat16) && t.scalar_type() == type &&
+                  t.is_contiguous() && t.device().is_cpu(),
+              name, ": contiguous CPU weights, float32 or bf16, all of one dtype expected");
+}
+
 struct Dims {
   int64_t m, hidden, heads, kv_heads, d, inter;
 };
 
 // RMSNorm, the fused QKV GEMV, RoPE on q and k, the K/V cache writes and paged attention:
 // returns the attention output [M, H * D].
+template <typename W>
 torch::Tensor attention_block(const torch::Tensor& x, const Dims& s, const torch::Tensor& cos,
                               const torch::Tensor& sin, const torch::Tensor& norm1, float eps,
                               const torch::Tensor& w_qkv, const float* b_qkv,
@@ -189,7 +260,7 @@ torch::Tensor attention_block(const torch::Tensor& x, const Dims& s, const torch
   auto q = torch::empty({s.m, s.heads, s.d}, x.options());
   rms_norm(x.data_ptr<float>(), norm1.data_ptr<float>(), h.data_ptr<float>(), s.m, s.hidden,
            eps);
-  gemv(h.data_ptr<float>(), s.m, w_qkv.data_ptr<float>(), b_qkv, qkv.data_ptr<float>(), qkv_dim,
+  gemv(h.data_ptr<float>(), s.m, w_qkv.data_ptr<W>(), b_qkv, qkv.data_ptr<float>(), qkv_dim,
        s.hidden);
   std::vector<float> tmp(s.d);
   const int64_t* slot = slots.data_ptr<int64_t>();
@@ -206,6 +277,7 @@ torch::Tensor attention_block(const torch::Tensor& x, const Dims& s, const torch
 }
 
 // out = x + o, then out += down(silu(gate) * up) of the post-attention norm of out.
+template <typename W>
 torch::Tensor mlp_block(const torch::Tensor& x, const torch::Tensor& attn, const Dims& s,
                         const torch::Tensor& w_o, const torch::Tensor& norm2, float eps,
                         const torch::Tensor& w_gate_up, const torch::Tensor& w_down) {
@@ -214,20 +286,19 @@ torch::Tensor mlp_block(const torch::Tensor& x, const torch::Tensor& attn, const
   auto gu = torch::empty({s.m, 2 * s.inter}, x.options());
   auto act = torch::empty({s.m, s.inter}, x.options());
   float* o = out.data_ptr<float>();
-  gemv(attn.data_ptr<float>(), s.m, w_o.data_ptr<float>(), nullptr, o, s.hidden,
-       s.heads * s.d);
+  gemv(attn.data_ptr<float>(), s.m, w_o.data_ptr<W>(), nullptr, o, s.hidden, s.heads * s.d);
   const float* xp = x.data_ptr<float>();
   for (int64_t j = 0; j < s.m * s.hidden; ++j) o[j] += xp[j];
   rms_norm(o, norm2.data_ptr<float>(), h.data_ptr<float>(), s.m, s.hidden, eps);
-  gemv(h.data_ptr<float>(), s.m, w_gate_up.data_ptr<float>(), nullptr, gu.data_ptr<float>(),
+  gemv(h.data_ptr<float>(), s.m, w_gate_up.data_ptr<W>(), nullptr, gu.data_ptr<float>(),
        2 * s.inter, s.hidden);
   for (int64_t i = 0; i < s.m; ++i) {
     const float* g = gu.data_ptr<float>() + i * 2 * s.inter;
     float* a = act.data_ptr<float>() + i * s.inter;
     for (int64_t j = 0; j < s.inter; ++j) a[j] = g[j] / (1.f + std::exp(-g[j])) * g[s.inter + j];
   }
-  gemv(act.data_ptr<float>(), s.m, w_down.data_ptr<float>(), nullptr, h.data_ptr<float>(),
-       s.hidden, s.inter);
+  gemv(act.data_ptr<float>(), s.m, w_down.data_ptr<W>(), nullptr, h.data_ptr<float>(), s.hidden,
+       s.inter);
   const float* dp = h.data_ptr<float>();
   for (int64_t j = 0; j < s.m * s.hidden; ++j) o[j] += dp[j];
   return out;
@@ -238,7 +309,7 @@ torch::Tensor mlp_block(const torch::Tensor& x, const torch::Tensor& attn, const
 torch::Tensor small_linear(const torch::Tensor& x, const torch::Tensor& w,
                            const std::optional<torch::Tensor>& bias) {
   check_f32(x, "small_linear x");
-  check_f32(w, "small_linear weight");
+  check_weight(w, w.scalar_type(), "small_linear weight");
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
               "small_linear: x [M, K] and weight [N, K] expected");
   TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= kMaxRows, "small_linear: 1 to ", kMaxRows,
@@ -250,8 +321,13 @@ torch::Tensor small_linear(const torch::Tensor& x, const torch::Tensor& w,
     b = bias->data_ptr<float>();
   }
   auto y = torch::empty({x.size(0), w.size(0)}, x.options());
-  gemv(x.data_ptr<float>(), x.size(0), w.data_ptr<float>(), b, y.data_ptr<float>(), w.size(0),
-       w.size(1));
+  if (w.scalar_type() == at::kBFloat16) {
+    gemv(x.data_ptr<float>(), x.size(0), w.data_ptr<c10::BFloat16>(), b, y.data_ptr<float>(),
+         w.size(0), w.size(1));
+  } else {
+    gemv(x.data_ptr<float>(), x.size(0), w.data_ptr<float>(), b, y.data_ptr<float>(), w.size(0),
+         w.size(1));
+  }
   return y;
 }
 
@@ -264,8 +340,9 @@ torch::Tensor decode_layer(const torch::Tensor& x, const torch::Tensor& cos,
                            const torch::Tensor& slot_mapping, const torch::Tensor& block_tables,
                            const torch::Tensor& seq_lens, int64_t num_heads, double eps,
                            double scale) {
-  for (const auto* t : {&x, &cos, &sin, &norm1, &w_qkv, &w_o, &norm2, &w_gate_up, &w_down})
-    check_f32(*t, "decode_layer");
+  for (const auto* t : {&x, &cos, &sin, &norm1, &norm2}) check_f32(*t, "decode_layer");
+  for (const auto* t : {&w_qkv, &w_o, &w_gate_up, &w_down})
+    check_weight(*t, w_qkv.scalar_type(), "decode_layer");
   TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
                   v_cache.scalar_type() == k_cache.scalar_type(),
               "decode_layer: contiguous caches [KVH, NB, BS, D] of one dtype expected");
@@ -284,7 +361,13 @@ torch::Tensor decode_layer(const torch::Tensor& x, const torch::Tensor& cos,
     bias = b_qkv->data_ptr<float>();
   }
   const float e = static_cast<float>(eps);
-  auto attn = attention_block(x, s, cos, sin, norm1, e, w_qkv, bias, k_cache, v_cache,
-                              slot_mapping, block_tables, seq_lens, scale);
-  return mlp_block(x, attn, s, w_o, norm2, e, w_gate_up, w_down);
+  if (w_qkv.scalar_type() == at::kBFloat16) {
+    using W = c10::BFloat16;
+    auto attn = attention_block<W>(x, s, cos, sin, norm1, e, w_qkv, bias, k_cache, v_cache,
+                                   slot_mapping, block_tables, seq_lens, scale);
+    return mlp_block<W>(x, attn, s, w_o, norm2, e, w_gate_up, w_down);
+  }
+  auto attn = attention_block<float>(x, s, cos, sin, norm1, e, w_qkv, bias, k_cache, v_cache,
+                                     slot_mapping, block_tables, seq_lens, scale);
+  return mlp_block<float>(x, attn, s, w_o, norm2, e, w_gate_up, w_down);
 }

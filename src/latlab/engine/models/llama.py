@@ -219,13 +219,23 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         """The same layer as one native call (decode_layer.cpp): at 1-4 rows the ~100 torch ops
         around the linears cost more than their arithmetic, and F.linear streams the weights
-        slower than the native GEMV (docs/engine.md, lever table)."""
-        attn, mlp, norm = self.self_attn, self.mlp, self.input_layernorm
+        slower than the native GEMV (docs/engine.md, lever table). ``x``, ``cos``, ``sin`` are
+        float32; the weights float32 or bf16 (``prepare_native`` made the small ones float32)."""
+        attn, mlp, eps = self.self_attn, self.mlp, self.input_layernorm.eps
+        norm1, norm2, bias = self.native_small
         return meta.native_layer(
-            x, cos, sin, norm.weight, attn.qkv_proj.weight, attn.qkv_proj.bias,
-            attn.o_proj.weight, self.post_attention_layernorm.weight, mlp.gate_up_proj.weight,
-            mlp.down_proj.weight, k_cache, v_cache, meta.slot_mapping, meta.block_tables,
-            meta.seq_lens, attn.num_heads, norm.eps, attn.scale,
+            x, cos, sin, norm1, attn.qkv_proj.weight, bias, attn.o_proj.weight, norm2,
+            mlp.gate_up_proj.weight, mlp.down_proj.weight, k_cache, v_cache, meta.slot_mapping,
+            meta.block_tables, meta.seq_lens, attn.num_heads, eps, attn.scale,
+        )  # fmt: skip
+
+    def prepare_native(self) -> None:
+        """float32 copies of the norms and the qkv bias for the native layer: the same tensors
+        in a float32 model, converted once here (not per step) in a bf16 one."""
+        bias = self.self_attn.qkv_proj.bias
+        self.native_small = (
+            self.input_layernorm.weight.float(), self.post_attention_layernorm.weight.float(),
+            None if bias is None else bias.float(),
         )  # fmt: skip
 
 
@@ -277,12 +287,23 @@ class LlamaForCausalLM(nn.Module):
         meta: AttentionMetadata,
         logits_index: torch.Tensor,
     ) -> torch.Tensor:
-        """A decode step of 1-4 rows: one native call per layer, the head as a native GEMV."""
-        cos, sin = self.cos_table[positions], self.sin_table[positions]
+        """A decode step of 1-4 rows: one native call per layer, the head as a native GEMV.
+
+        The residual stream is float32 from the embedding to the head whatever the weights'
+        dtype: a bf16 model streams its bf16 weights and rounds no activation to bf16 between
+        ops, so its tokens here can differ from the torch ops' in the last bits."""
+        x = x.float()
+        cos, sin = self.cos_table[positions].float(), self.sin_table[positions].float()
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
             x = layer.native_decode(x, cos, sin, k_cache, v_cache, meta)
-        x = self.norm(x[logits_index])
+        x = F.rms_norm(x[logits_index], self.native_norm.shape, self.native_norm, self.norm.eps)
         return meta.native_linear(x, self.lm_head.weight, None)
+
+    def prepare_native(self) -> None:
+        """float32 copies of the small tensors the native decode layers read (see there)."""
+        for layer in self.layers:
+            layer.prepare_native()
+        self.native_norm = self.norm.weight.float()
 
 
 def load_llama(
