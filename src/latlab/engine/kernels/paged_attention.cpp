@@ -207,7 +207,10 @@ void attend_one_avx512(const Q* q, Q* out, const KV* k_cache, const KV* v_cache,
   float* qf = scratch.data();
   float* acc = qf + group * d;
   float* scores = acc + group * d;
-  for (int64_t i = 0; i < group * d; ++i) qf[i] = to_float(q[i]) * scale;
+  const __m512 sv = _mm512_set1_ps(scale);
+  for (int64_t i = 0; i < group * d; i += 16) {
+    _mm512_storeu_ps(qf + i, _mm512_mul_ps(load16(q + i), sv));
+  }
   const int64_t head_base = kvh * nb;
   prefetch_rows(k_cache + (head_base + table[0]) * bs * d, std::min(bs, seq_len), d);
   score_keys<C>(qf, k_cache, table, seq_len, head_base, group, bs, scores, stride);
@@ -215,8 +218,12 @@ void attend_one_avx512(const Q* q, Q* out, const KV* k_cache, const KV* v_cache,
   float inv[kMaxGroup];
   for (int64_t g = 0; g < group; ++g) inv[g] = 1.f / exp_less_max(scores + g * stride, seq_len);
   weigh_values<C>(scores, v_cache, table, seq_len, head_base, group, bs, acc, stride);
-  for (int64_t g = 0; g < group; ++g) {
-    for (int64_t i = 0; i < d; ++i) out[g * d + i] = static_cast<Q>(acc[g * d + i] * inv[g]);
+  for (int64_t g = 0; g < group; ++g) {  // vector conversions: scalar bf16 rounding cost more
+    const __m512 iv = _mm512_set1_ps(inv[g]);  // than the whole item at short contexts
+    for (int64_t i = 0; i < d; i += 16) {
+      latlab::store16(out + g * d + i, _mm512_mul_ps(_mm512_loadu_ps(acc + g * d + i), iv),
+                      static_cast<__mmask16>(0xFFFF));
+    }
   }
 }
 #endif
