@@ -35,7 +35,8 @@ AVX2 = CpuCapabilities(
     model="test", isa="AVX2", native_bf16=False, native_fp16=False, int8_dot="avx2",
     fbgemm=True, cores=2,
 )  # fmt: skip
-AMX = dataclasses.replace(AVX2, isa="AVX512", native_bf16=True, native_fp16=True, int8_dot="amx")
+AVX512_BF16 = dataclasses.replace(AVX2, isa="AVX512", native_bf16=True, int8_dot="vnni")
+AMX = dataclasses.replace(AVX512_BF16, native_fp16=True, int8_dot="amx", amx_bf16=True)
 CPU = torch.device("cpu")
 
 
@@ -52,11 +53,14 @@ def test_bf16_without_bf16_instructions_computes_in_float32_on_packed_copies():
 
 
 def test_bf16_with_bf16_instructions_stays_bf16_packed_beside_the_plain_weights():
-    plan = _plan(caps=AMX, max_rows=64)
+    plan = _plan(caps=AVX512_BF16, max_rows=64)
     assert (plan.compute_dtype, plan.linear, plan.keep_plain) == (
         torch.bfloat16, "onednn-packed", True
     )  # fmt: skip
     assert "bfloat16: plain weights for steps of 1-4 rows" in plan.reason
+    amx = _plan(caps=AMX, max_rows=64)
+    assert (amx.linear, amx.keep_plain) == ("amx-packed", True)
+    assert "packed once for AMX tiles" in amx.reason
     small = _plan(caps=AMX, max_rows=4)
     assert (small.compute_dtype, small.linear, small.keep_plain) == (
         torch.bfloat16, "plain", False

@@ -34,6 +34,7 @@ class CpuCapabilities:
     int8_dot: str  # "amx", "vnni" or "avx2" (vpmaddubsw, 16-bit intermediate sums)
     fbgemm: bool  # torch's fbgemm int8 GEMMs are built in
     cores: int  # cores this process may run on (its affinity mask)
+    amx_bf16: bool = False  # AMX tiles (bf16 tile multiplies: every AMX CPU so far has them)
 
     def summary(self) -> str:
         bf16 = "native bf16" if self.native_bf16 else "no bf16 instructions"
@@ -61,6 +62,7 @@ def cpu_capabilities() -> CpuCapabilities:
         int8_dot=int8_dot,
         fbgemm="fbgemm" in torch.backends.quantized.supported_engines,
         cores=usable_cores(),
+        amx_bf16=bool(cpu._is_amx_tile_supported()),
     )
 
 

@@ -91,7 +91,7 @@ class ModelRunner:
         if self.native_layer is None and self.weight_plan.keep_plain:
             drop_plain_weights(self.model)  # only the native decode layers read them
         self.weight_memory_bytes = held_bytes(self.model)  # fixed from here on
-        self.packed_linear = self.weight_plan.linear == "onednn-packed"
+        self.packed_linear = self.weight_plan.linear in ("onednn-packed", "amx-packed")
         shape = (args.num_key_value_heads, num_blocks, config.block_size, args.head_dim)
         self.kv_caches = [
             (

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from latlab.engine.models.amx_linear import AmxPackedLinear
 from latlab.engine.models.int8_linear import Int8Linear
 from latlab.engine.models.packed_linear import PackedLinear
 
-LINEAR_TYPES = (nn.Linear, PackedLinear, Int8Linear)
+LINEAR_TYPES = (nn.Linear, PackedLinear, AmxPackedLinear, Int8Linear)
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)

@@ -15,13 +15,14 @@ import dataclasses
 import torch
 
 from latlab.engine.hardware import CpuCapabilities
-from latlab.engine.kernels import DECODE_MAX_ROWS
+from latlab.engine.kernels import DECODE_MAX_ROWS, amx_linear
+from latlab.engine.models.amx_linear import pack_linears_amx
 from latlab.engine.models.int8_linear import kernels_in, quantize_linears
 from latlab.engine.models.llama import LlamaForCausalLM
 from latlab.engine.models.packed_linear import onednn_available, pack_linears
 from latlab.errors import ConfigError
 
-LINEAR_KERNELS = ("plain", "onednn-packed", "int8", "int8-weight-only")
+LINEAR_KERNELS = ("plain", "onednn-packed", "amx-packed", "int8", "int8-weight-only")
 QUANTIZATIONS = ("int8", "int8-weight-only")
 
 
@@ -86,28 +87,31 @@ def plan_weights(
         why = "packed_linear=False" if packed_linear is False else "compile=True"
         return WeightPlan(dtype=dtype, compute_dtype=dtype, linear="plain", reason=why)
     if dtype == torch.float32 or (dtype == torch.bfloat16 and native):
-        return _streamed_plan(dtype, packed_linear, max_rows)
+        return _streamed_plan(dtype, packed_linear, max_rows, amx=caps.amx_bf16)
     why = "weights reordered once for oneDNN's GEMM" + widened
     return WeightPlan(dtype=dtype, compute_dtype=compute, linear="onednn-packed", reason=why)
 
 
-def _streamed_plan(dtype: torch.dtype, packed_linear: bool | None, max_rows: int) -> WeightPlan:
+def _streamed_plan(
+    dtype: torch.dtype, packed_linear: bool | None, max_rows: int, *, amx: bool
+) -> WeightPlan:
     """float32, or bf16 on a CPU with bf16 GEMMs: plain weights for steps of 1-4 rows (the
-    native GEMV streams them), plus oneDNN-packed copies for larger steps (1.47x decode
-    throughput at batch 64 in float32 on the AVX2 EPYC; bf16 GEMMs on packed weights 1.5-1.8x
-    plain F.linear's at 64 rows on a Xeon with AMX; docs/engine.md)."""
+    native GEMV streams them), plus packed copies for larger steps: AMX tiles for bf16 where the
+    CPU has them (1.23x oneDNN's packed GEMM at 8-64 rows), else oneDNN's (1.47x decode
+    throughput at batch 64 in float32 on the AVX2 EPYC; docs/engine.md)."""
     name = _name(dtype)
     if packed_linear is None and max_rows <= DECODE_MAX_ROWS:
         why = f"{name}, steps of at most {max_rows} rows: plain weights (the native GEMV's)"
         return WeightPlan(dtype=dtype, compute_dtype=dtype, linear="plain", reason=why)
+    if amx and dtype == torch.bfloat16:
+        linear, copies = "amx-packed", "copies packed once for AMX tiles for larger ones"
+    else:
+        linear, copies = "onednn-packed", "copies reordered once for oneDNN's GEMM for larger ones"
     why = (
-        f"{name}: plain weights for steps of 1-{DECODE_MAX_ROWS} rows, copies reordered once for "
-        "oneDNN's GEMM for larger ones (twice the linear weights' memory; packed_linear=False "
-        "keeps one copy)"
+        f"{name}: plain weights for steps of 1-{DECODE_MAX_ROWS} rows, {copies} (twice the "
+        "linear weights' memory; packed_linear=False keeps one copy)"
     )
-    return WeightPlan(
-        dtype=dtype, compute_dtype=dtype, linear="onednn-packed", reason=why, keep_plain=True
-    )
+    return WeightPlan(dtype=dtype, compute_dtype=dtype, linear=linear, reason=why, keep_plain=True)
 
 
 def _refuse_conflicts(quantization: str | None, packed_linear: bool | None, compile: bool) -> None:
@@ -136,7 +140,9 @@ def apply_weight_plan(model: LlamaForCausalLM, plan: WeightPlan, batch_hint: int
         quantize_linears(model, plan.linear)
         kernels = ", ".join(kernels_in(model))
         plan = dataclasses.replace(plan, reason=f"{plan.reason}; kernel: {kernels}")
-    elif plan.linear == "onednn-packed":
+    if plan.linear == "amx-packed":
+        plan = _pack_amx(model, plan)
+    if plan.linear == "onednn-packed":
         packed = onednn_available() and (
             pack_linears(model, batch_hint, plan.compute_dtype, keep_plain=plan.keep_plain) > 0
         )
@@ -145,6 +151,18 @@ def apply_weight_plan(model: LlamaForCausalLM, plan: WeightPlan, batch_hint: int
             plan = dataclasses.replace(plan, linear="plain", reason=why, keep_plain=False)
     _cast_floating(model, plan.compute_dtype)
     return plan
+
+
+def _pack_amx(model: LlamaForCausalLM, plan: WeightPlan) -> WeightPlan:
+    """AMX-packed copies where the kernel is built; else oneDNN's, saying why."""
+    kernel, why_not = amx_linear(wait=False)
+    if kernel is None:
+        why = f"{_name(plan.dtype)}: AMX kernel unavailable ({why_not}); oneDNN-packed copies"
+        return dataclasses.replace(plan, linear="onednn-packed", reason=why)
+    packed = pack_linears_amx(model, kernel)
+    total = sum(isinstance(m, torch.nn.Linear) for m in model.modules()) + packed
+    why = f"{plan.reason}; {packed} of {total} layers fit the tiles"
+    return dataclasses.replace(plan, reason=why)
 
 
 def held_bytes(model: torch.nn.Module) -> int:

@@ -9,8 +9,9 @@ foreground. Until the build exists the engine runs its pure-torch path and says 
 ``LATLAB_NATIVE_KERNELS=0`` forces the torch path.
 
 One module holds every kernel: the in-place paged decode attention (paged_attention.cpp), the
-small-batch decode layer with its GEMV (decode_layer.cpp), which calls that attention, and the
-fused elementwise work of steps of any size (step_ops.cpp).
+small-batch decode layer with its GEMV (decode_layer.cpp), which calls that attention, the
+fused elementwise work of steps of any size (step_ops.cpp) and bf16 linear layers on AMX tiles
+(amx_linear.cpp).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 HERE = Path(__file__).parent
 SOURCE = HERE / "paged_attention.cpp"  # holds the module's registrations
-SOURCES = (SOURCE, HERE / "decode_layer.cpp", HERE / "step_ops.cpp")
+SOURCES = (SOURCE, HERE / "decode_layer.cpp", HERE / "step_ops.cpp", HERE / "amx_linear.cpp")
 HEADERS = (HERE / "kernels.h", HERE / "vec512.h")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
 BUILD_HINT = "`python -m latlab.engine.kernels` builds it; `make setup` does in the background"
@@ -34,6 +35,7 @@ ATTENTION = "native paged decode attention (in place)"
 DECODE_MAX_ROWS = 4  # decode_layer.cpp's register blocking covers steps of 1-4 rows
 DECODE = "native decode layers (one call per layer, streaming GEMVs) for 1-4 rows"
 STEP_OPS = "native fused norms, RoPE + cache writes and SiLU * up"
+AMX = "bf16 GEMMs on AMX tiles (weights packed once, streamed once a step)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,24 @@ def step_ops(*, wait: bool = True) -> tuple[StepOps | None, str]:
         silu_mul=m.silu_mul,
     )  # fmt: skip
     return ops, STEP_OPS
+
+
+@dataclass(frozen=True, slots=True)
+class AmxLinear:
+    """bf16 linear layers on AMX tiles (amx_linear.cpp): pack a weight once, then multiply."""
+
+    pack: Callable[..., Any]
+    linear: Callable[..., Any]
+
+
+def amx_linear(*, wait: bool = True) -> tuple[AmxLinear | None, str]:
+    """The AMX linear kernel where the build has it and the OS grants AMX state, or why not."""
+    build = _module(wait=wait)
+    if build.module is None:
+        return None, build.reason
+    if not build.module.amx_available():
+        return None, "no AMX-BF16 here (CPU, compiler or the kernel's permission)"
+    return AmxLinear(pack=build.module.amx_pack, linear=build.module.amx_linear), AMX
 
 
 def _import_built(name: str) -> _Build:

@@ -35,3 +35,9 @@ torch::Tensor rope_cache(const torch::Tensor& qkv, const torch::Tensor& cos,
                          const torch::Tensor& sin, torch::Tensor k_cache, torch::Tensor v_cache,
                          const torch::Tensor& slot_mapping, int64_t heads);
 torch::Tensor silu_mul(const torch::Tensor& gate_up);
+
+// bf16 linear layers on AMX tiles (amx_linear.cpp).
+bool amx_available();
+torch::Tensor amx_pack(const torch::Tensor& weight);
+torch::Tensor amx_linear(const torch::Tensor& x, const torch::Tensor& packed,
+                         const std::optional<torch::Tensor>& bias);
