@@ -107,3 +107,14 @@ def test_stop_string_is_trimmed_from_text(tiny_model_dir):
     assert out.finish_reason == "stop"
     assert out.text == text[: text.index(stop)]
     assert stop not in out.text
+
+
+def test_greedy_tokens_are_argmax_first_of_ties():
+    from latlab.engine.sampler import greedy_tokens
+
+    logits = torch.randn(64, 4096)
+    logits[3, [7, 9, 4000]] = 50.0  # a tie: the first index wins, as argmax says
+    logits[5] = float("-inf")
+    logits[5, 11] = 0.0
+    assert torch.equal(greedy_tokens(logits), logits.argmax(dim=-1))
+    assert greedy_tokens(logits)[3] == 7 and greedy_tokens(logits)[5] == 11

@@ -260,7 +260,7 @@ class LLMEngine:
         return RequestOutput(
             request_id=seq.request_id,
             prompt=seq.prompt,
-            prompt_token_ids=seq.token_ids[: seq.num_prompt_tokens],
+            prompt_token_ids=seq.prompt_token_ids,
             text=seq.detok.emitted_text,
             token_ids=seq.output_token_ids,
             new_text=new_text,

@@ -37,7 +37,7 @@ from latlab.engine.models.config import ModelArgs
 from latlab.engine.models.llama import AttentionMetadata, load_llama
 from latlab.engine.models.packed_linear import drop_plain_weights
 from latlab.engine.outputs import Logprob, PositionLogprobs
-from latlab.engine.sampler import Sampler
+from latlab.engine.sampler import Sampler, greedy_tokens
 from latlab.engine.scheduler import SchedulerOutput
 from latlab.engine.sequence import Sequence
 from latlab.engine.weights import WeightPlan, apply_weight_plan, held_bytes, plan_weights
@@ -250,7 +250,7 @@ class ModelRunner:
         if len(last_rows) == logits.shape[0]:  # no drafts: one row per sequence
             return [[t] for t in self.sampler(logits, sampling_seqs)]
         sampled = self.sampler(logits[last_rows], sampling_seqs)
-        greedy = logits.argmax(dim=-1).tolist()
+        greedy = greedy_tokens(logits).tolist()
         candidates = []
         for seq, row, token in zip(sampling_seqs, last_rows, sampled, strict=True):
             draft = seq.draft_token_ids

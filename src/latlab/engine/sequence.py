@@ -58,9 +58,13 @@ class Sequence:
     logprobs: list[Any] = field(default_factory=list)  # per generated token (if requested)
     prompt_logprobs: list[Any] = field(default_factory=list)  # per prompt token (if requested)
     step_logprobs: list[Any] = field(default_factory=list)  # this step's, until accepted
+    # The prompt's ids, copied once: every step's RequestOutput shares this list (not to be
+    # modified) where a slice per step per sequence cost O(prompt) each time.
+    prompt_token_ids: list[int] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)
+        self.prompt_token_ids = list(self.token_ids)
         if not self.metrics.arrival_ns:
             self.metrics.arrival_ns = time.perf_counter_ns()
 
