@@ -35,6 +35,7 @@ VARIANTS = {  # name -> engine settings
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", type=Path, default=Path("/tmp/latlab-serve-bench/ref106m"))
+    p.add_argument("--dtype", default="float32", help="the engines' dtype (bfloat16: bf16 GEMVs)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batches", default="1", help="decode batch sizes (1-4 use the native path)")
     p.add_argument("--rows", default="1,2,4", help="rows for the per-shape GEMV comparison")
@@ -102,7 +103,7 @@ def engine_steps(args, batch: int) -> tuple[dict[str, Callable[[], float]], dict
     params = SamplingParams(max_tokens=1800, ignore_eos=True)
     for name, settings in VARIANTS.items():
         engine = LLMEngine(EngineConfig(
-            model=str(args.model_dir), dtype="float32", num_threads=args.threads,
+            model=str(args.model_dir), dtype=args.dtype, num_threads=args.threads,
             max_num_seqs=batch, **settings,
         ))  # fmt: skip
         for i in range(batch):
@@ -165,7 +166,7 @@ def breakdown(args, probes: dict[str, Callable[[], float]]) -> dict:
     from latlab.engine.llm_engine import LLMEngine
     from latlab.engine.roofline import decode_cost, linear_layers
 
-    engine = LLMEngine(EngineConfig(model=str(args.model_dir), dtype="float32",
+    engine = LLMEngine(EngineConfig(model=str(args.model_dir), dtype=args.dtype,
                                     num_threads=args.threads, max_num_seqs=1))  # fmt: skip
     engine.add_request(list(range(10, 10 + args.context)), SamplingParams(max_tokens=1800))
     for _ in range(4):
