@@ -198,15 +198,21 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(args)
 
     def forward(self, x, cos, sin, k_cache, v_cache, meta):
-        ops = meta.step_ops
-        if ops is None:
-            x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, meta)
-            return x + self.mlp(self.post_attention_layernorm(x))
-        norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
-        attn = self.self_attn(ops.rms_norm(x, norm1.weight, norm1.eps), cos, sin, k_cache, v_cache,
-                              meta)  # fmt: skip
-        x, h = ops.add_rms_norm(x, attn, norm2.weight, norm2.eps)  # the residual add fused
-        return x + self.mlp(h, ops)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def fused_forward(self, x, pending, cos, sin, k_cache, v_cache, meta):
+        """The layer on the native step ops, residual adds fused into the norms: ``pending`` is
+        the previous layer's MLP output, not yet added to ``x``. Returns (x, this MLP's output),
+        the same numbers as ``forward`` (each sum rounded to the dtype, as torch's add does)."""
+        ops, norm1, norm2 = meta.step_ops, self.input_layernorm, self.post_attention_layernorm
+        if pending is None:
+            h = ops.rms_norm(x, norm1.weight, norm1.eps)
+        else:
+            x, h = ops.add_rms_norm(x, pending, norm1.weight, norm1.eps)
+        attn = self.self_attn(h, cos, sin, k_cache, v_cache, meta)
+        x, h = ops.add_rms_norm(x, attn, norm2.weight, norm2.eps)
+        return x, self.mlp(h, ops)
 
     def native_decode(
         self,
@@ -274,10 +280,20 @@ class LlamaForCausalLM(nn.Module):
             return self._native_decode(x, positions, kv_caches, meta, logits_index)
         cos = self.cos_table[positions].unsqueeze(1)
         sin = self.sin_table[positions].unsqueeze(1)
+        if meta.step_ops is not None:
+            return self._fused_forward(x, cos, sin, kv_caches, meta, logits_index)
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
             x = layer(x, cos, sin, k_cache, v_cache, meta)
         x = self.norm(x[logits_index])
         return self.lm_head(x).float()
+
+    def _fused_forward(self, x, cos, sin, kv_caches, meta, logits_index) -> torch.Tensor:
+        """Every layer on the native step ops; the last residual add fused into the final norm."""
+        pending = None
+        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
+            x, pending = layer.fused_forward(x, pending, cos, sin, k_cache, v_cache, meta)
+        _, h = meta.step_ops.add_rms_norm(x, pending, self.norm.weight, self.norm.eps)
+        return self.lm_head(h[logits_index]).float()
 
     def _native_decode(
         self,
