@@ -67,14 +67,15 @@ class EngineConfig:
     )
     compile: bool = setting(False, help="torch.compile the model.")
     seed: int = setting(0, help="Engine seed.")
-    # oneDNN-prepacked linear weights on CPU; None = on for bf16/fp16 (measured 1.4-2.5x on
-    # the matmuls, bit-identical there); float32: packed copies beside the plain weights when a
-    # step can have more than 4 rows (1.47x decode throughput at batch 64; the native decode
-    # layers keep reading the plain weights at 1-4 rows), plain only otherwise.
+    # Packed linear weights on CPU: copies reordered once for oneDNN's GEMM, or for the engine's
+    # AMX-tile GEMM (bf16 on a CPU with AMX: 1.23x oneDNN's at 8-64 rows). float32 and bf16
+    # with bf16 GEMMs keep them beside the plain weights when a step can have more than 4 rows
+    # (the native decode layers read the plain ones at 1-4 rows), plain only otherwise; fp16
+    # packs only. False = plain weights only (one copy).
     packed_linear: bool | None = setting(
         None,
-        help="oneDNN-prepacked linear weights on CPU (float32: copies beside the plain ones).",
-        default_text="on for bfloat16/float16 weights; float32: on when max_num_seqs > 4",
+        help="Packed linear weights on CPU (oneDNN's, or AMX tiles for bf16), beside plain ones.",
+        default_text="on when max_num_seqs > 4 (float16: always)",
     )
     # int8 linear weights (one scale per output channel; the output head stays as is):
     # "int8" also quantizes activations per token and runs int8 GEMMs (fbgemm on x86),
