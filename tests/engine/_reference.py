@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -56,3 +57,12 @@ def built_or_skip(kernel: Callable[..., Kernel]) -> Callable[..., torch.Tensor]:
     if built.fn is None:
         pytest.skip(built.reason)
     return built.fn
+
+
+def available_or_skip(getter: Callable[..., tuple[Any, str]]) -> Any:
+    """A native kernel object from a ``(kernel or None, reason)`` getter, built if needed; a
+    skip with the reason where this machine cannot have it (no compiler, no AMX)."""
+    built, reason = getter(wait=True)
+    if built is None:
+        pytest.skip(reason)
+    return built

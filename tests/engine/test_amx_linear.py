@@ -12,13 +12,12 @@ from latlab.engine import LLM
 from latlab.engine.kernels import amx_linear
 from latlab.engine.models.amx_linear import AmxPackedLinear, pack_linears_amx
 
+from ._reference import available_or_skip
+
 
 @pytest.fixture(scope="module")
 def amx():
-    kernel, reason = amx_linear(wait=True)
-    if kernel is None:
-        pytest.skip(reason)
-    return kernel
+    return available_or_skip(amx_linear)
 
 
 def _within_bf16_rounding(got: torch.Tensor, want: torch.Tensor) -> None:

@@ -11,15 +11,14 @@ from latlab.engine import LLM
 from latlab.engine.kernels import step_ops
 from latlab.engine.models.llama import apply_rope
 
+from ._reference import available_or_skip
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
 @pytest.fixture(scope="module")
 def ops():
-    built, reason = step_ops(wait=True)
-    if built is None:
-        pytest.skip(reason)
-    return built
+    return available_or_skip(step_ops)
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:

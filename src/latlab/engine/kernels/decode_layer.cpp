@@ -58,41 +58,72 @@ inline __m256 load8(const c10::BFloat16* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
 
+// The vector width of a GEMV: 8 float32 lanes (AVX2) or 16 (AVX-512), as one set of names.
+struct Ymm {
+  using T = __m256;
+  static constexpr int kLanes = 8;
+  static T zero() { return _mm256_setzero_ps(); }
+  static T rows(const float* p) { return _mm256_loadu_ps(p); }
+  template <typename W>
+  static T weights(const W* p) { return load8(p); }
+  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static float sum(T v) { return hsum(v); }
+};
+
 #ifdef LATLAB_AVX512
-// bf16 weights on an AVX-512 CPU: 16 lanes a step, and each weight row asked for 2 KiB ahead.
+struct Zmm {
+  using T = __m512;
+  static constexpr int kLanes = 16;
+  static T zero() { return _mm512_setzero_ps(); }
+  static T rows(const float* p) { return _mm512_loadu_ps(p); }
+  template <typename W>
+  static T weights(const W* p) { return latlab::load16(p); }
+  static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static float sum(T v) { return _mm512_reduce_add_ps(v); }
+};
+#endif
+
+// bf16 weights on an AVX-512 CPU go 16 lanes a step, each weight row asked for 2 KiB ahead.
 // Without the prefetch a bf16 GEMV (and torch's own sum over bf16) read at ~70% of the float32
 // rate on a Xeon with AMX (9 against 13 GB/s a core: the hardware prefetcher runs out ahead of
 // half-width rows); with it 11.4 and 22-24 GB/s at 1 and 2 threads (512 B-4 KiB ahead measured
 // alike; docs/engine.md).
 constexpr int64_t kPrefetchBytes = 2048;
 
-template <int M, int R, int U>
-inline void dot_rows_bf16(const float* x, int64_t k_dim, const c10::BFloat16* w, int64_t n,
-                          int64_t n_dim, float* y, const float* bias) {
-  __m512 acc[M][R][U];
+// Rows n..n+R of w against the M rows of x: R*M*U independent accumulators, each weight
+// vector loaded once for all M rows. W: the weights' type (float32 or bf16; sums in float32).
+template <typename V, bool kPrefetch, int M, int R, int U, typename W>
+inline void dot_rows_with(const float* x, int64_t k_dim, const W* w, int64_t n, int64_t n_dim,
+                          float* y, const float* bias) {
+  constexpr int L = V::kLanes;
+  typename V::T acc[M][R][U];
   for (int m = 0; m < M; ++m)
     for (int r = 0; r < R; ++r)
-      for (int u = 0; u < U; ++u) acc[m][r][u] = _mm512_setzero_ps();
-  const c10::BFloat16* wr = w + n * k_dim;
+      for (int u = 0; u < U; ++u) acc[m][r][u] = V::zero();
+  const W* wr = w + n * k_dim;
   int64_t k = 0;
-  for (; k + 16 * U <= k_dim; k += 16 * U) {
+  for (; k + L * U <= k_dim; k += L * U) {
     for (int u = 0; u < U; ++u) {
-      __m512 xv[M];
-      for (int m = 0; m < M; ++m) xv[m] = _mm512_loadu_ps(x + m * k_dim + k + 16 * u);
+      typename V::T xv[M];
+      for (int m = 0; m < M; ++m) xv[m] = V::rows(x + m * k_dim + k + L * u);
       for (int r = 0; r < R; ++r) {
-        if (u == 0) {
-          const char* row = reinterpret_cast<const char*>(wr + r * k_dim + k);
-          _mm_prefetch(row + kPrefetchBytes, _MM_HINT_T0);
+        if constexpr (kPrefetch) {
+          if (u == 0) {
+            const char* row = reinterpret_cast<const char*>(wr + r * k_dim + k);
+            _mm_prefetch(row + kPrefetchBytes, _MM_HINT_T0);
+          }
         }
-        const __m512 wv = latlab::load16(wr + r * k_dim + k + 16 * u);
-        for (int m = 0; m < M; ++m) acc[m][r][u] = _mm512_fmadd_ps(wv, xv[m], acc[m][r][u]);
+        const auto wv = V::weights(wr + r * k_dim + k + L * u);
+        for (int m = 0; m < M; ++m) acc[m][r][u] = V::fma(wv, xv[m], acc[m][r][u]);
       }
     }
   }
   for (int m = 0; m < M; ++m) {
     for (int r = 0; r < R; ++r) {
-      for (int u = 1; u < U; ++u) acc[m][r][0] = _mm512_add_ps(acc[m][r][0], acc[m][r][u]);
-      float s = _mm512_reduce_add_ps(acc[m][r][0]);
+      for (int u = 1; u < U; ++u) acc[m][r][0] = V::add(acc[m][r][0], acc[m][r][u]);
+      float s = V::sum(acc[m][r][0]);
       for (int64_t kk = k; kk < k_dim; ++kk) {
         s += x[m * k_dim + kk] * static_cast<float>(wr[r * k_dim + kk]);
       }
@@ -100,44 +131,16 @@ inline void dot_rows_bf16(const float* x, int64_t k_dim, const c10::BFloat16* w,
     }
   }
 }
-#endif
 
-// Rows n..n+R of w against the M rows of x: R*M*U independent accumulators, each weight
-// vector loaded once for all M rows. W: the weights' type (float32 or bf16; sums in float32).
 template <int M, int R, int U, typename W>
 inline void dot_rows(const float* x, int64_t k_dim, const W* w, int64_t n, int64_t n_dim,
                      float* y, const float* bias) {
 #ifdef LATLAB_AVX512
   if constexpr (std::is_same_v<W, c10::BFloat16>) {
-    return dot_rows_bf16<M, R, U>(x, k_dim, w, n, n_dim, y, bias);
+    return dot_rows_with<Zmm, true, M, R, U>(x, k_dim, w, n, n_dim, y, bias);
   }
 #endif
-  __m256 acc[M][R][U];
-  for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r)
-      for (int u = 0; u < U; ++u) acc[m][r][u] = _mm256_setzero_ps();
-  const W* wr = w + n * k_dim;
-  int64_t k = 0;
-  for (; k + 8 * U <= k_dim; k += 8 * U) {
-    for (int u = 0; u < U; ++u) {
-      __m256 xv[M];
-      for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(x + m * k_dim + k + 8 * u);
-      for (int r = 0; r < R; ++r) {
-        const __m256 wv = load8(wr + r * k_dim + k + 8 * u);
-        for (int m = 0; m < M; ++m) acc[m][r][u] = _mm256_fmadd_ps(wv, xv[m], acc[m][r][u]);
-      }
-    }
-  }
-  for (int m = 0; m < M; ++m) {
-    for (int r = 0; r < R; ++r) {
-      for (int u = 1; u < U; ++u) acc[m][r][0] = _mm256_add_ps(acc[m][r][0], acc[m][r][u]);
-      float s = hsum(acc[m][r][0]);
-      for (int64_t kk = k; kk < k_dim; ++kk) {
-        s += x[m * k_dim + kk] * static_cast<float>(wr[r * k_dim + kk]);
-      }
-      y[m * n_dim + n + r] = bias ? s + bias[n + r] : s;
-    }
-  }
+  dot_rows_with<Ymm, false, M, R, U>(x, k_dim, w, n, n_dim, y, bias);
 }
 #else
 template <int M, int R, int U, typename W>
