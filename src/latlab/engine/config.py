@@ -95,15 +95,16 @@ class EngineConfig:
         help="Native paged decode attention on CPU (--no-native-attention: gathered K/V).",
         default_text="when its kernel is already built",
     )
-    # Decode steps of 1-4 sequences on CPU with float32 weights run each decoder layer as one
-    # native call (decode_layer.cpp: GEMVs streaming the weights, the elementwise work inline),
+    # Decode steps of 1-4 sequences on CPU with float32 or bf16 weights run each decoder layer as
+    # one native call (decode_layer.cpp: GEMVs streaming the weights, the elementwise work inline,
+    # activations in float32),
     # same build as native_attention; None = when built, True = build it now or fail, False =
     # torch ops. Sums each dot product in its own order (logits differ from F.linear's in the
     # last bits; greedy parity with transformers is tested with it on).
     native_decode: bool | None = setting(
         None,
-        help="Decode steps of 1-4 sequences (CPU, float32 weights) as one native call per "
-        "layer (--no-native-decode: torch ops).",
+        help="Decode steps of 1-4 sequences (CPU, float32 or bf16 weights) as one native call "
+        "per layer (--no-native-decode: torch ops).",
         default_text="when its kernel is already built",
     )
     # Large weight tensors (>= 2 MiB) copied into memory madvise'd for transparent huge pages
