@@ -99,6 +99,8 @@ def test_ops_refuse_what_they_cannot_read(ops):
         ops.rope_cache(torch.randn(4, 40), cos, cos, cache, cache.clone(), torch.arange(4), 4)
     with pytest.raises(RuntimeError, match="int64 slot"):
         ops.rope_cache(torch.randn(4, 64), cos, cos, cache, cache.clone(), torch.arange(4).int(), 4)
+    with pytest.raises(RuntimeError, match="outside the cache's 12 token slots"):
+        ops.rope_cache(torch.randn(4, 64), cos, cos, cache, cache.clone(), torch.arange(9, 13), 4)
 
 
 def test_engine_reports_the_elementwise_path(ops, tiny_model_dir):

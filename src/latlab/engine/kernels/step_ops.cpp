@@ -257,8 +257,15 @@ torch::Tensor rope_cache(const torch::Tensor& qkv, const torch::Tensor& cos,
   TORCH_CHECK(qkv.size(1) == (heads + 2 * kv_heads) * d && cos.size(1) == d && cos.size(0) == n &&
                   sin.sizes() == cos.sizes(),
               "rope_cache: qkv, cos or sin do not match the heads and the cache");
-  TORCH_CHECK(slot_mapping.scalar_type() == at::kLong && slot_mapping.numel() == n,
+  TORCH_CHECK(slot_mapping.scalar_type() == at::kLong && slot_mapping.numel() == n &&
+                  slot_mapping.is_contiguous(),
               "rope_cache: one int64 slot per token");
+  const int64_t cache_tokens = k_cache.size(1) * k_cache.size(2);
+  const int64_t* slots = slot_mapping.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {  // written in place: a bad slot would land outside the cache
+    TORCH_CHECK(slots[i] >= 0 && slots[i] < cache_tokens, "rope_cache: slot ", slots[i],
+                " outside the cache's ", cache_tokens, " token slots");
+  }
   auto q = torch::empty({n, heads, d}, qkv.options());
   by_dtype(qkv.scalar_type(), "rope_cache", [&](auto t) {
     using T = decltype(t);
