@@ -88,7 +88,9 @@ class ModelRunner:
         self.decode_kernel, self.attention_reason = self._decode_kernel()
         self.step_ops, self.step_ops_reason = self._step_ops()
         self.native_layer, self.native_linear, self.decode_reason = self._native_decode()
-        if self.native_layer is None and self.weight_plan.keep_plain:
+        if self.native_layer is not None:
+            self.model.prepare_native()  # float32 norms and bias, converted once
+        elif self.weight_plan.keep_plain:
             drop_plain_weights(self.model)  # only the native decode layers read them
         self.weight_memory_bytes = held_bytes(self.model)  # fixed from here on
         self.packed_linear = self.weight_plan.linear in ("onednn-packed", "amx-packed")
@@ -177,8 +179,6 @@ class ModelRunner:
         layer, linear = decode_layer(wait=bool(wanted)), small_linear(wait=bool(wanted))
         if layer.fn is None and wanted:
             raise ConfigError(f"native_decode=True but {layer.reason}")
-        if layer.fn is not None:
-            self.model.prepare_native()
         return layer.fn, linear.fn, layer.reason
 
     def describe(self) -> dict:
