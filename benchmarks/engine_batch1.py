@@ -4,7 +4,7 @@ Issue 16's batch-1 goal is a decode step within 10% of the time it takes to read
 must read (the weights once, plus the KV cache) at the read bandwidth measured in the same run.
 This script measures, in one process and interleaved round by round (A B C D A B C D ...):
 
-- the engine's decode step at ``--batches`` (default 1) with the native decode layers
+- the engine's decode step at ``--batches`` (default 1) with the native decode steps
   (``native_decode``) and huge-page weights (``huge_pages``) each on and off;
 - the read bandwidth: ``latlab.engine.roofline.measure_read_bandwidth`` (the figure
   engine_speed.py divides by, a torch sum over a 512 MB buffer in 4 KiB pages) and the same sum

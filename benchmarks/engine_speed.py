@@ -150,13 +150,14 @@ def gemm_rates(engines: dict, batch: int) -> dict[str, float]:
     """FLOP/s of each variant's own linear kernels at ``batch`` rows (the same-shape GEMM rate):
     the native GEMV where the engine's decode steps of this many rows use it, else the layers'
     own forward."""
-    from latlab.engine.kernels import DECODE_MAX_ROWS
+    from latlab.engine.kernels import DECODE_MAX_ROWS, small_linear
     from latlab.engine.roofline import measure_linear_rate
 
     rates = {}
     for name, llm in engines.items():
         runner = llm.engine.runner
-        native = runner.native_linear if batch <= DECODE_MAX_ROWS else None
+        steps_native = runner.native_step is not None and batch <= DECODE_MAX_ROWS
+        native = small_linear(wait=False).fn if steps_native else None
         rates[name] = measure_linear_rate(
             runner.model, batch=batch, dtype=runner.weight_plan.compute_dtype,
             device=runner.device, linear=native,

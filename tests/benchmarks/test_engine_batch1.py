@@ -7,14 +7,14 @@ import json
 import pytest
 
 from latlab.assets import bundled_model_path
-from latlab.engine.kernels import decode_layer
+from latlab.engine.kernels import decode_model
 
 from .scripts import load_script
 
 
 def test_smoke_on_the_bundled_model(tmp_path, capsys):
-    if decode_layer(wait=True).fn is None:
-        pytest.skip(decode_layer(wait=True).reason)
+    if decode_model(wait=True).fn is None:
+        pytest.skip(decode_model(wait=True).reason)
     model_dir = bundled_model_path()  # float32, and no transformers import needed
     bench = load_script("engine_batch1")
     out = tmp_path / "b1.json"
@@ -25,7 +25,7 @@ def test_smoke_on_the_bundled_model(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert set(result["batches"]["2"]["seconds_per_step"]) == set(bench.VARIANTS)
     engines = result["batches"]["2"]["engines"]
-    assert engines["native, huge pages"]["decode_layers"].startswith("native decode layers")
+    assert engines["native, huge pages"]["decode_layers"].startswith("native decode steps")
     assert engines["torch ops, 4 KiB pages"]["decode_layers"].endswith("native_decode=False")
     assert len(result["shapes_bytes_per_s"]["4"]) == 8  # 4 shapes x (F.linear, native GEMV)
     assert set(result["breakdown_ms"]) >= {"step", "native GEMVs alone", "probe, same bytes"}

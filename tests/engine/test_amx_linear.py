@@ -59,7 +59,7 @@ def test_packing_replaces_the_layers_that_fit_and_keeps_their_plain_weights(amx)
     first = model[0].weight
     assert pack_linears_amx(model, amx) == 1
     assert isinstance(model[0], AmxPackedLinear) and isinstance(model[1], nn.Linear)
-    assert model[0].weight is first  # the native decode layers stream this one
+    assert model[0].weight is first  # the native decode steps stream this one
     x = torch.randn(3, 64).bfloat16()
     _within_bf16_rounding(model[0](x), F.linear(x.float(), first.float(), model[0].bias.float()))
 
@@ -68,4 +68,4 @@ def test_bf16_engine_packs_for_amx_and_says_so(amx, tiny_model_dir):
     described = LLM(str(tiny_model_dir), dtype="bfloat16").engine.describe()
     assert described["linear"] == "amx-packed"
     assert "AMX tiles" in described["reason"] and "layers fit the tiles" in described["reason"]
-    assert described["decode_layers"].startswith("native decode layers")
+    assert described["decode_layers"].startswith("native decode steps")

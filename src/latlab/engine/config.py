@@ -70,7 +70,7 @@ class EngineConfig:
     # Packed linear weights on CPU: copies reordered once for oneDNN's GEMM, or for the engine's
     # AMX-tile GEMM (bf16 on a CPU with AMX: 1.23x oneDNN's at 8-64 rows). float32 and bf16
     # with bf16 GEMMs keep them beside the plain weights when a step can have more than 4 rows
-    # (the native decode layers read the plain ones at 1-4 rows), plain only otherwise; fp16
+    # (the native decode steps read the plain ones at 1-4 rows), plain only otherwise; fp16
     # packs only. False = plain weights only (one copy).
     packed_linear: bool | None = setting(
         None,
@@ -95,9 +95,9 @@ class EngineConfig:
         help="Native paged decode attention on CPU (--no-native-attention: gathered K/V).",
         default_text="when its kernel is already built",
     )
-    # Decode steps of 1-4 sequences on CPU with float32 or bf16 weights run each decoder layer as
-    # one native call (decode_layer.cpp: GEMVs streaming the weights, the elementwise work inline,
-    # activations in float32),
+    # Decode steps of 1-4 sequences on CPU with float32 or bf16 weights run as one native call
+    # (decode_step.cpp: every layer and the head in one parallel region, GEMVs streaming the
+    # weights, the elementwise work inline, activations in float32),
     # same build as native_attention; None = when built, True = build it now or fail, False =
     # torch ops. Sums each dot product in its own order (logits differ from F.linear's in the
     # last bits; greedy parity with transformers is tested with it on).

@@ -28,9 +28,8 @@ from latlab.engine.huge_pages import HugePages, move_to_huge_pages
 from latlab.engine.kernels import (
     DECODE_MAX_ROWS,
     StepOps,
-    decode_layer,
+    decode_model,
     paged_decode_attention,
-    small_linear,
     step_ops,
 )
 from latlab.engine.models.config import ModelArgs
@@ -87,11 +86,9 @@ class ModelRunner:
         self.weight_plan = self._prepare_model(model_dir, args)
         self.decode_kernel, self.attention_reason = self._decode_kernel()
         self.step_ops, self.step_ops_reason = self._step_ops()
-        self.native_layer, self.native_linear, self.decode_reason = self._native_decode()
-        if self.native_layer is not None:
-            self.model.prepare_native()  # float32 norms and bias, converted once
-        elif self.weight_plan.keep_plain:
-            drop_plain_weights(self.model)  # only the native decode layers read them
+        decoder_class, self.decode_reason = self._native_decode()
+        if decoder_class is None and self.weight_plan.keep_plain:
+            drop_plain_weights(self.model)  # only the native decode steps read them
         self.weight_memory_bytes = held_bytes(self.model)  # fixed from here on
         self.packed_linear = self.weight_plan.linear in ("onednn-packed", "amx-packed")
         shape = (args.num_key_value_heads, num_blocks, config.block_size, args.head_dim)
@@ -102,6 +99,9 @@ class ModelRunner:
             )
             for _ in range(args.num_hidden_layers)
         ]
+        self.native_step: Callable[..., torch.Tensor] | None = None  # decode steps of 1-4 rows
+        if decoder_class is not None:
+            self.native_step = self.model.native_decoder(decoder_class, self.kv_caches).step
         self.sampler = Sampler(args.eos_token_ids, seed=config.seed)
         self.forward_seconds_total = 0.0  # the model's forward passes (EngineStats)
         self._forward = self.model.forward
@@ -157,9 +157,9 @@ class ModelRunner:
         ops, reason = step_ops(wait=False)
         return ops, reason if ops is not None else f"torch ops ({reason})"
 
-    def _native_decode(self) -> tuple[Callable | None, Callable | None, str]:
-        """The native decode layer and GEMV for decode steps of 1-4 rows, where wanted and
-        possible (CPU, plain float32 linears, native attention), and why."""
+    def _native_decode(self) -> tuple[type | None, str]:
+        """The native decode step's class for decode steps of 1-4 rows, where wanted and
+        possible (CPU, plain float32 or bf16 linears, native attention), and why."""
         wanted = self.config.native_decode
         model = self.model.layers[0].self_attn.qkv_proj
         why_not = None
@@ -175,11 +175,11 @@ class ModelRunner:
         if why_not is not None:
             if wanted:
                 raise ConfigError(f"native_decode=True but {why_not}")
-            return None, None, f"torch ops per layer: {why_not}"
-        layer, linear = decode_layer(wait=bool(wanted)), small_linear(wait=bool(wanted))
-        if layer.fn is None and wanted:
-            raise ConfigError(f"native_decode=True but {layer.reason}")
-        return layer.fn, linear.fn, layer.reason
+            return None, f"torch ops per layer: {why_not}"
+        decoder = decode_model(wait=bool(wanted))
+        if decoder.fn is None and wanted:
+            raise ConfigError(f"native_decode=True but {decoder.reason}")
+        return decoder.fn, decoder.reason
 
     def describe(self) -> dict:
         """What the runner chose (threads, dtypes, linear kernels) and why: the start-up report."""
@@ -346,13 +346,12 @@ class ModelRunner:
             q_pos = pos_t[q_index]
             out_index = (torch.arange(b, device=dev).unsqueeze(1) * max_q + j)[j < n]
         if max_q == 1 and self.decode_kernel is not None:
-            native = self.native_layer is not None and b <= DECODE_MAX_ROWS
+            native = self.native_step is not None and b <= DECODE_MAX_ROWS
             return AttentionMetadata(
                 torch.tensor(slots, dtype=torch.long, device=dev), block_tables,
                 block_tables.view(-1), None, None, None, None, 1,
                 seq_lens=q_pos.view(b) + 1, decode_kernel=self.decode_kernel,
-                native_layer=self.native_layer if native else None,
-                native_linear=self.native_linear if native else None, step_ops=self.step_ops,
+                native_step=self.native_step if native else None, step_ops=self.step_ops,
             )  # fmt: skip
         keys = torch.arange(max_blocks * self.block_size, device=dev)
         mask = keys.view(1, 1, 1, -1) <= q_pos.view(b, 1, max_q, 1)

@@ -5,7 +5,7 @@ to be what the CPU multiplies. On a CPU without bf16 instructions a bf16 GEMM me
 slower than a float32 one at batch 64 (docs/engine.md), so there the engine computes in float32
 on packed float32 copies of the bf16 weights (twice the weight memory) while the KV cache stays
 in the requested dtype. Where the CPU has AMX, bf16 linears get copies packed for the engine's
-AMX-tile GEMM (1.23x oneDNN's at decode sizes) beside the plain weights the native decode layers
+AMX-tile GEMM (1.23x oneDNN's at decode sizes) beside the plain weights the native decode steps
 stream. ``quantization`` stores linear weights as int8 instead. The plan records the choice and
 the reason; the engine's start-up report prints it.
 """
@@ -72,7 +72,7 @@ def plan_weights(
     """The plan for these settings on this CPU (ConfigError for combinations that cannot run).
 
     ``max_rows``: the most rows a step can have (max_num_seqs). float32 packs by default only
-    when steps can be larger than the native decode layers' (``DECODE_MAX_ROWS``): below that the
+    when steps can be larger than the native decode steps' (``DECODE_MAX_ROWS``): below that the
     plain weights are all a step reads, and a packed copy would be memory for nothing.
     """
     _refuse_conflicts(quantization, packed_linear, compile)

@@ -9,7 +9,7 @@ foreground. Until the build exists the engine runs its pure-torch path and says 
 ``LATLAB_NATIVE_KERNELS=0`` forces the torch path.
 
 One module holds every kernel: the in-place paged decode attention (paged_attention.cpp), the
-small-batch decode layer with its GEMV (decode_layer.cpp), which calls that attention, the
+small-batch decode step with its GEMV (decode_step.cpp), which calls that attention, the
 fused elementwise work of steps of any size (step_ops.cpp) and bf16 linear layers on AMX tiles
 (amx_linear.cpp).
 """
@@ -27,13 +27,13 @@ from typing import Any
 
 HERE = Path(__file__).parent
 SOURCE = HERE / "paged_attention.cpp"  # holds the module's registrations
-SOURCES = (SOURCE, HERE / "decode_layer.cpp", HERE / "step_ops.cpp", HERE / "amx_linear.cpp")
+SOURCES = (SOURCE, HERE / "decode_step.cpp", HERE / "step_ops.cpp", HERE / "amx_linear.cpp")
 HEADERS = (HERE / "kernels.h", HERE / "vec512.h")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
 BUILD_HINT = "`python -m latlab.engine.kernels` builds it; `make setup` does in the background"
 ATTENTION = "native paged decode attention (in place)"
-DECODE_MAX_ROWS = 4  # decode_layer.cpp's register blocking covers steps of 1-4 rows
-DECODE = "native decode layers (one call per layer, streaming GEMVs) for 1-4 rows"
+DECODE_MAX_ROWS = 4  # decode_step.cpp's register blocking covers steps of 1-4 rows
+DECODE = "native decode steps (one call, one parallel region, streaming GEMVs) for 1-4 rows"
 STEP_OPS = "native fused norms, RoPE + cache writes and SiLU * up"
 AMX = "bf16 GEMMs on AMX tiles (weights packed once, streamed once a step)"
 
@@ -110,13 +110,14 @@ def paged_decode_attention(*, wait: bool = True) -> Kernel:
     return _kernel("paged_decode_attention", ATTENTION, wait=wait)
 
 
-def decode_layer(*, wait: bool = True) -> Kernel:
-    """One decoder layer of a decode step of 1-4 float32 rows (see decode_layer.cpp)."""
-    return _kernel("decode_layer", DECODE, wait=wait)
+def decode_model(*, wait: bool = True) -> Kernel:
+    """The class ``DecodeModel(model, layers, num_heads, eps, scale)`` whose ``step`` runs a
+    whole decode step of 1-4 rows as one native call (see decode_step.cpp)."""
+    return _kernel("DecodeModel", DECODE, wait=wait)
 
 
 def small_linear(*, wait: bool = True) -> Kernel:
-    """``x @ w.T (+ bias)`` for 1-4 float32 rows, streaming ``w`` once (decode_layer.cpp)."""
+    """``x @ w.T (+ bias)`` for 1-4 float32 rows, streaming ``w`` once (decode_step.cpp)."""
     return _kernel("small_linear", "native GEMV for 1-4 rows", wait=wait)
 
 

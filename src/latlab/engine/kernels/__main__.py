@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import sys
 
-from latlab.engine.kernels import build_directory, decode_layer, paged_decode_attention, step_ops
+from latlab.engine.kernels import build_directory, decode_model, paged_decode_attention, step_ops
 
 
 def main() -> int:
-    kernels = (paged_decode_attention(wait=True), decode_layer(wait=True))
+    kernels = (paged_decode_attention(wait=True), decode_model(wait=True))
     for kernel in kernels:
         print(f"engine kernel: {kernel.reason} ({build_directory()})")
     ops, reason = step_ops(wait=True)

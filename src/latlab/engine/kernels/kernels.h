@@ -12,20 +12,20 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
                                      const torch::Tensor& block_tables,
                                      const torch::Tensor& seq_lens, double scale);
 
-// x [M, K] @ w[N, K]^T (+ bias) for M <= 4 float32 rows, streaming w once (decode_layer.cpp).
+// x [M, K] @ w[N, K]^T (+ bias) for M <= 4 float32 rows, streaming w once (decode_step.cpp).
 torch::Tensor small_linear(const torch::Tensor& x, const torch::Tensor& w,
                            const std::optional<torch::Tensor>& bias);
 
-// One Llama decoder layer for a pure decode step of M <= 4 sequences (decode_layer.cpp).
-torch::Tensor decode_layer(const torch::Tensor& x, const torch::Tensor& cos,
-                           const torch::Tensor& sin, const torch::Tensor& norm1,
-                           const torch::Tensor& w_qkv, const std::optional<torch::Tensor>& b_qkv,
-                           const torch::Tensor& w_o, const torch::Tensor& norm2,
-                           const torch::Tensor& w_gate_up, const torch::Tensor& w_down,
-                           const torch::Tensor& k_cache, const torch::Tensor& v_cache,
-                           const torch::Tensor& slot_mapping, const torch::Tensor& block_tables,
-                           const torch::Tensor& seq_lens, int64_t num_heads, double eps,
-                           double scale);
+// A whole decode step of M <= 4 sequences as one native call: the class DecodeModel, holding
+// the model's weights and caches (decode_step.cpp).
+void register_decode_model(pybind11::module_& m);
+
+// One (sequence, KV head) item of decode attention: float32 query rows of the GQA group in,
+// their float32 outputs out (paged_attention.cpp).
+template <typename KV>
+void attend_group(const float* q, float* out, const KV* k_cache, const KV* v_cache,
+                  const int64_t* table, int64_t seq_len, int64_t kvh, int64_t group, int64_t nb,
+                  int64_t bs, int64_t d, float scale, std::vector<float>& scratch);
 
 // The elementwise work of a step of any size, fused (step_ops.cpp).
 torch::Tensor rms_norm_rows(const torch::Tensor& x, const torch::Tensor& w, double eps);

@@ -228,6 +228,37 @@ void attend_one_avx512(const Q* q, Q* out, const KV* k_cache, const KV* v_cache,
 }
 #endif
 
+// One (sequence, KV head) item with a uniform signature: the vector path for the common head
+// sizes (the head size a template argument there), else the portable one.
+template <typename Q, typename KV>
+using AttendFn = void (*)(const Q*, Q*, const KV*, const KV*, const int64_t*, int64_t, int64_t,
+                          int64_t, int64_t, int64_t, int64_t, float, std::vector<float>&);
+
+#ifdef LATLAB_AVX512
+template <int C, typename Q, typename KV>
+void attend_vector(const Q* q, Q* out, const KV* k, const KV* v, const int64_t* table,
+                   int64_t seq_len, int64_t kvh, int64_t group, int64_t nb, int64_t bs, int64_t,
+                   float scale, std::vector<float>& scratch) {
+  attend_one_avx512<C, Q, KV>(q, out, k, v, table, seq_len, kvh, group, nb, bs, scale, scratch);
+}
+#endif
+
+template <typename Q, typename KV>
+AttendFn<Q, KV> choose_attend(int64_t d, int64_t group) {
+#ifdef LATLAB_AVX512
+  if (group <= kMaxGroup) {
+    switch (d) {
+      case 32: return &attend_vector<2, Q, KV>;
+      case 64: return &attend_vector<4, Q, KV>;
+      case 128: return &attend_vector<8, Q, KV>;
+      case 256: return &attend_vector<16, Q, KV>;
+      default: break;
+    }
+  }
+#endif
+  return &attend_one<Q, KV>;
+}
+
 template <typename Q, typename KV>
 void run(torch::Tensor& out, const torch::Tensor& q, const torch::Tensor& k_cache,
          const torch::Tensor& v_cache, const torch::Tensor& block_tables,
@@ -241,35 +272,15 @@ void run(torch::Tensor& out, const torch::Tensor& q, const torch::Tensor& k_cach
   const KV* vp = v_cache.data_ptr<KV>();
   const int64_t* tables = block_tables.data_ptr<int64_t>();
   const int64_t* lens = seq_lens.data_ptr<int64_t>();
-#ifdef LATLAB_AVX512
-  using Vector = void (*)(const Q*, Q*, const KV*, const KV*, const int64_t*, int64_t, int64_t,
-                          int64_t, int64_t, int64_t, float, std::vector<float>&);
-  Vector vector = nullptr;  // the AVX-512 path for the common head sizes, else the portable one
-  if (group <= kMaxGroup) {
-    switch (d) {
-      case 32: vector = &attend_one_avx512<2, Q, KV>; break;
-      case 64: vector = &attend_one_avx512<4, Q, KV>; break;
-      case 128: vector = &attend_one_avx512<8, Q, KV>; break;
-      case 256: vector = &attend_one_avx512<16, Q, KV>; break;
-      default: break;
-    }
-  }
-#endif
+  const AttendFn<Q, KV> attend = choose_attend<Q, KV>(d, group);
+  const float sc = static_cast<float>(scale);
   at::parallel_for(0, b * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t s = item / kv_heads, kvh = item % kv_heads;
       const int64_t offset = (s * h + kvh * group) * d;
-      const float sc = static_cast<float>(scale);
-#ifdef LATLAB_AVX512
-      if (vector != nullptr) {
-        vector(qp + offset, op + offset, kp, vp, tables + s * max_blocks, lens[s], kvh, group, nb,
-               bs, sc, scratch);
-        continue;
-      }
-#endif
-      attend_one<Q, KV>(qp + offset, op + offset, kp, vp, tables + s * max_blocks, lens[s], kvh,
-                        group, nb, bs, d, sc, scratch);
+      attend(qp + offset, op + offset, kp, vp, tables + s * max_blocks, lens[s], kvh, group, nb,
+             bs, d, sc, scratch);
     }
   });
 }
@@ -310,11 +321,30 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
   return out;
 }
 
+template <typename KV>
+void attend_group(const float* q, float* out, const KV* k_cache, const KV* v_cache,
+                  const int64_t* table, int64_t seq_len, int64_t kvh, int64_t group, int64_t nb,
+                  int64_t bs, int64_t d, float scale, std::vector<float>& scratch) {
+  choose_attend<float, KV>(d, group)(q, out, k_cache, v_cache, table, seq_len, kvh, group, nb, bs,
+                                     d, scale, scratch);
+}
+
+template void attend_group<float>(const float*, float*, const float*, const float*,
+                                  const int64_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                  int64_t, float, std::vector<float>&);
+template void attend_group<c10::BFloat16>(const float*, float*, const c10::BFloat16*,
+                                          const c10::BFloat16*, const int64_t*, int64_t, int64_t,
+                                          int64_t, int64_t, int64_t, int64_t, float,
+                                          std::vector<float>&);
+template void attend_group<c10::Half>(const float*, float*, const c10::Half*, const c10::Half*,
+                                      const int64_t*, int64_t, int64_t, int64_t, int64_t,
+                                      int64_t, int64_t, float, std::vector<float>&);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention,
         "decode attention over the paged KV cache, read in place");
   m.def("small_linear", &small_linear, "x @ w.T (+ bias) for up to 4 float32 rows (GEMV)");
-  m.def("decode_layer", &decode_layer, "one decoder layer of a decode step of up to 4 rows");
+  register_decode_model(m);
   m.def("rms_norm", &rms_norm_rows, "RMSNorm of each row, float32 inside");
   m.def("add_rms_norm", &add_rms_norm, "x + delta and the RMSNorm of that sum");
   m.def("rope_cache", &rope_cache, "RoPE on q and k, k and v written to the paged cache; returns q");

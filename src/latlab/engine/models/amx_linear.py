@@ -1,10 +1,10 @@
-"""bf16 linear layers on AMX tiles, beside the plain weight the native decode layers stream.
+"""bf16 linear layers on AMX tiles, beside the plain weight the native decode steps stream.
 
 On a Xeon with AMX a bf16 decode step at batch 64 is bound by reading the weights; the engine's
 AMX kernel (kernels/amx_linear.cpp) streamed the reference model's weights 1.23x faster than
 oneDNN's packed GEMM at 8-64 rows and 1.15x at 128, about as fast at 384-1024 (prefill), and
 0.87-0.95x at 192-256 rows; always at least plain ``F.linear``'s speed (docs/engine.md). Each
-layer keeps its plain weight (the native decode layers read it at 1-4 rows) and one AMX-packed
+layer keeps its plain weight (the native decode steps read it at 1-4 rows) and one AMX-packed
 copy: two copies, as the oneDNN plan held.
 """
 

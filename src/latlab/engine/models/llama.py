@@ -35,8 +35,8 @@ class AttentionMetadata:
     out_index: [N] position of each real token in the flattened [B * max_q] output.
     seq_lens: [B] keys each sequence attends to (decode steps run by ``decode_kernel``).
     decode_kernel: the native in-place paged decode attention for this step, or None.
-    native_layer, native_linear: the native decode layer and GEMV when this step is a decode
-        step of 1-4 rows that the runner hands to them (one call per layer), else None.
+    native_step: the native decode step (decode_step.cpp: the whole model in one call) when
+        this step is a decode step of 1-4 rows that the runner hands to it, else None.
     step_ops: the native fused norms, RoPE + cache writes and SiLU * up (any step), or None.
     """
 
@@ -50,8 +50,7 @@ class AttentionMetadata:
     max_q: int
     seq_lens: torch.Tensor | None = None
     decode_kernel: Callable[..., torch.Tensor] | None = None
-    native_layer: Callable[..., torch.Tensor] | None = None
-    native_linear: Callable[..., torch.Tensor] | None = None
+    native_step: Callable[..., torch.Tensor] | None = None
     step_ops: StepOps | None = None
 
 
@@ -214,35 +213,18 @@ class DecoderLayer(nn.Module):
         x, h = ops.add_rms_norm(x, attn, norm2.weight, norm2.eps)
         return x, self.mlp(h, ops)
 
-    def native_decode(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        meta: AttentionMetadata,
-    ) -> torch.Tensor:
-        """The same layer as one native call (decode_layer.cpp): at 1-4 rows the ~100 torch ops
-        around the linears cost more than their arithmetic, and F.linear streams the weights
-        slower than the native GEMV (docs/engine.md, lever table). ``x``, ``cos``, ``sin`` are
-        float32; the weights float32 or bf16 (``prepare_native`` made the small ones float32)."""
-        attn, mlp, eps = self.self_attn, self.mlp, self.input_layernorm.eps
-        norm1, norm2, bias = self.native_small
-        return meta.native_layer(
-            x, cos, sin, norm1, attn.qkv_proj.weight, bias, attn.o_proj.weight, norm2,
-            mlp.gate_up_proj.weight, mlp.down_proj.weight, k_cache, v_cache, meta.slot_mapping,
-            meta.block_tables, meta.seq_lens, attn.num_heads, eps, attn.scale,
-        )  # fmt: skip
-
-    def prepare_native(self) -> None:
-        """float32 copies of the norms and the qkv bias for the native layer: the same tensors
-        in a float32 model, converted once here (not per step) in a bf16 one."""
-        bias = self.self_attn.qkv_proj.bias
-        self.native_small = (
-            self.input_layernorm.weight.float(), self.post_attention_layernorm.weight.float(),
-            None if bias is None else bias.float(),
-        )  # fmt: skip
+    def native_tensors(self, k_cache: torch.Tensor, v_cache: torch.Tensor) -> list[torch.Tensor]:
+        """What the native decode step reads of this layer (decode_step.cpp), in its order: the
+        norms and the qkv bias as float32 (copies, made once, in a bf16 model; an empty tensor
+        for no bias), the plain weights in the model's dtype, the layer's caches."""
+        attn, mlp = self.self_attn, self.mlp
+        bias = attn.qkv_proj.bias
+        return [
+            self.input_layernorm.weight.float(), attn.qkv_proj.weight,
+            torch.empty(0) if bias is None else bias.float(), attn.o_proj.weight,
+            self.post_attention_layernorm.weight.float(), mlp.gate_up_proj.weight,
+            mlp.down_proj.weight, k_cache, v_cache,
+        ]  # fmt: skip
 
 
 class LlamaForCausalLM(nn.Module):
@@ -275,9 +257,10 @@ class LlamaForCausalLM(nn.Module):
         logits_index: torch.Tensor,
     ) -> torch.Tensor:
         """Run the new tokens; returns float32 logits of the rows in ``logits_index``."""
+        if meta.native_step is not None:  # a decode step of 1-4 rows: one native call
+            return meta.native_step(input_ids, positions, meta.slot_mapping, meta.block_tables,
+                                    meta.seq_lens, logits_index)  # fmt: skip
         x = self.embed_tokens(input_ids)
-        if meta.native_layer is not None:
-            return self._native_decode(x, positions, kv_caches, meta, logits_index)
         cos = self.cos_table[positions].unsqueeze(1)
         sin = self.sin_table[positions].unsqueeze(1)
         if meta.step_ops is not None:
@@ -295,31 +278,22 @@ class LlamaForCausalLM(nn.Module):
         _, h = meta.step_ops.add_rms_norm(x, pending, self.norm.weight, self.norm.eps)
         return self.lm_head(h[logits_index]).float()
 
-    def _native_decode(
-        self,
-        x: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-        meta: AttentionMetadata,
-        logits_index: torch.Tensor,
-    ) -> torch.Tensor:
-        """A decode step of 1-4 rows: one native call per layer, the head as a native GEMV.
+    def native_decoder(
+        self, decoder_class: type, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> object:
+        """The model as one native decode step over these caches (decode_step.cpp), built once.
 
+        At 1-4 rows the torch ops around the linears cost more than their arithmetic and
+        F.linear streams the weights slower than the native GEMV (docs/engine.md, lever table).
         The residual stream is float32 from the embedding to the head whatever the weights'
         dtype: a bf16 model streams its bf16 weights and rounds no activation to bf16 between
-        ops, so its tokens here can differ from the torch ops' in the last bits."""
-        x = x.float()
-        cos, sin = self.cos_table[positions].float(), self.sin_table[positions].float()
-        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
-            x = layer.native_decode(x, cos, sin, k_cache, v_cache, meta)
-        x = F.rms_norm(x[logits_index], self.native_norm.shape, self.native_norm, self.norm.eps)
-        return meta.native_linear(x, self.lm_head.weight, None)
-
-    def prepare_native(self) -> None:
-        """float32 copies of the small tensors the native decode layers read (see there)."""
-        for layer in self.layers:
-            layer.prepare_native()
-        self.native_norm = self.norm.weight.float()
+        ops, so its tokens there can differ from the torch ops' in the last bits."""
+        model = [self.embed_tokens.weight, self.cos_table, self.sin_table,
+                 self.norm.weight.float(), self.lm_head.weight]  # fmt: skip
+        pairs = zip(self.layers, kv_caches, strict=True)
+        layers = [layer.native_tensors(k, v) for layer, (k, v) in pairs]
+        attn = self.layers[0].self_attn
+        return decoder_class(model, layers, attn.num_heads, self.norm.eps, attn.scale)
 
 
 def load_llama(

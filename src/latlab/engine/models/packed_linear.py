@@ -59,11 +59,11 @@ class PackedLinear(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # The plain weight, shared with the model (a tied head keeps the embedding's), for the
-        # native decode layers; None when only the packed copy is kept.
+        # native decode steps; None when only the packed copy is kept.
         self.weight: nn.Parameter | None = linear.weight if keep_plain else None
 
     def drop_plain(self) -> None:
-        """Release the plain weight (nothing reads it: no native decode layers here)."""
+        """Release the plain weight (nothing reads it: no native decode steps here)."""
         self.weight = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

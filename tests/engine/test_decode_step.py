@@ -1,6 +1,7 @@
-"""The native decode layer and its GEMV (kernels/decode_layer.cpp) against the torch path:
+"""The native decode step and its GEMV (kernels/decode_step.cpp) against the torch path:
 F.linear at every row count and awkward shape, and whole decode steps (logprobs and tokens)
-with and without a q/k/v bias, in float32 and bf16 KV caches; the runner says when it is used."""
+with and without a q/k/v bias, in float32 and bf16 KV caches, at any thread count; what it
+refuses; the runner says when it is used."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 from latlab.engine import LLM, SamplingParams
 from latlab.engine.hardware import cpu_capabilities
-from latlab.engine.kernels import decode_layer, small_linear
+from latlab.engine.kernels import decode_model, small_linear
 from latlab.engine.models.packed_linear import PackedLinear
 from latlab.errors import ConfigError
 from latlab.testing.random_model import TINY_TEST, save_random_llama
@@ -24,8 +25,8 @@ def gemv():
 
 
 @pytest.fixture(scope="module")
-def native_layer():
-    return built_or_skip(decode_layer)
+def native_step():
+    return built_or_skip(decode_model)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])
@@ -68,7 +69,7 @@ def _steps(model_dir, prompts, max_num_seqs=4, **config) -> tuple[list, list]:
 
 @pytest.mark.parametrize("kv", ["float32", "bfloat16"])
 @pytest.mark.parametrize("model", ["tiny_model_dir", "qwen2_model_dir"])
-def test_native_decode_steps_match_the_torch_ops(native_layer, request, model, kv):
+def test_native_decode_steps_match_the_torch_ops(native_step, request, model, kv):
     model_dir = request.getfixturevalue(model)  # qwen2: non-zero q/k/v biases
     prompts = mixed_prompts(3)
     torch_tokens, torch_lp = _steps(model_dir, prompts, native_decode=False, kv_cache_dtype=kv)
@@ -79,9 +80,9 @@ def test_native_decode_steps_match_the_torch_ops(native_layer, request, model, k
         assert max(abs(g.logprob - w.logprob) for g, w in zip(got, want, strict=True)) < 1e-4
 
 
-def test_runner_says_when_decode_layers_are_native(native_layer, tiny_model_dir):
+def test_runner_says_when_decode_steps_are_native(native_step, tiny_model_dir):
     native = LLM(str(tiny_model_dir)).engine.describe()
-    assert native["decode_layers"].startswith("native decode layers")
+    assert native["decode_layers"].startswith("native decode steps")
     off = LLM(str(tiny_model_dir), native_decode=False).engine.describe()
     assert off["decode_layers"] == "torch ops per layer: native_decode=False"
     torch_attention = LLM(str(tiny_model_dir), native_attention=False).engine.describe()
@@ -91,15 +92,15 @@ def test_runner_says_when_decode_layers_are_native(native_layer, tiny_model_dir)
 
 
 def test_packed_float32_engine_decodes_small_steps_natively_on_the_plain_weights(
-    native_layer, tiny_model_dir
+    native_step, tiny_model_dir
 ):
     """float32 with steps beyond 4 rows: oneDNN-packed copies for those, the plain weights kept
-    for the native decode layers; the tokens and log-probabilities are the plain engine's."""
+    for the native decode steps; the tokens and log-probabilities are the plain engine's."""
     packed = LLM(str(tiny_model_dir))  # max_num_seqs 64
     runner = packed.engine.runner
     qkv = runner.model.layers[0].self_attn.qkv_proj
     assert runner.weight_plan.keep_plain and isinstance(qkv, PackedLinear)
-    assert qkv.weight is not None and runner.native_layer is not None
+    assert qkv.weight is not None and runner.native_step is not None
     prompts = mixed_prompts(6)
     params = SamplingParams(max_tokens=8, logprobs=3, ignore_eos=True)
     plain = LLM(str(tiny_model_dir), packed_linear=False)
@@ -113,7 +114,7 @@ def test_packed_float32_engine_decodes_small_steps_natively_on_the_plain_weights
             assert max(abs(a - b) for a, b in zip(gl, wl, strict=True)) < 1e-4
 
 
-def test_the_report_counts_the_weights_memory_packed_copies_included(native_layer, tiny_model_dir):
+def test_the_report_counts_the_weights_memory_packed_copies_included(native_step, tiny_model_dir):
     def held(**config) -> int:
         return LLM(str(tiny_model_dir), **config).engine.describe()["weight_memory_bytes"]
 
@@ -127,7 +128,7 @@ def test_the_report_counts_the_weights_memory_packed_copies_included(native_laye
 
 
 @pytest.mark.skipif(not cpu_capabilities().native_bf16, reason="no bf16 GEMMs on this CPU")
-def test_bf16_decode_steps_stream_bf16_weights_with_float32_activations(native_layer, tmp_path):
+def test_bf16_decode_steps_stream_bf16_weights_with_float32_activations(native_step, tmp_path):
     """A bf16 model's native decode steps read its bf16 weights and keep the activations in
     float32: tokens are those of float32 arithmetic on the same weights (the bf16 torch ops,
     rounding after every op, drifted from it by up to 0.26 in logprob on three seeds)."""
@@ -136,9 +137,95 @@ def test_bf16_decode_steps_stream_bf16_weights_with_float32_activations(native_l
     want, want_lp = _steps(model_dir, prompts, dtype="float32")
     for rows in (4, 64):  # plain bf16 weights only; beside oneDNN-packed copies
         llm = LLM(str(model_dir), dtype="bfloat16", max_num_seqs=rows)
-        assert llm.engine.describe()["decode_layers"].startswith("native decode layers")
+        assert llm.engine.describe()["decode_layers"].startswith("native decode steps")
         assert llm.engine.runner.weight_plan.keep_plain == (rows > 4)
         got, got_lp = _steps(model_dir, prompts, max_num_seqs=rows, dtype="bfloat16")
         assert got == want
         for g, w in zip(got_lp, want_lp, strict=True):
             assert max(abs(a.logprob - b.logprob) for a, b in zip(g, w, strict=True)) < 5e-3
+
+
+@pytest.mark.parametrize("kv", ["float32", "bfloat16"])
+def test_a_step_gives_the_same_logits_at_any_thread_count(native_step, tiny_model_dir, kv):
+    """Each GEMV row is one thread's whole dot product and each attention item one thread's, so
+    the thread count changes who computes a number, never how: the logprobs are bit-identical."""
+    prompts = mixed_prompts(3)
+    before = torch.get_num_threads()
+    try:
+        runs = [
+            _steps(tiny_model_dir, prompts, num_threads=n, kv_cache_dtype=kv) for n in (1, 2, 3)
+        ]
+    finally:
+        torch.set_num_threads(before)
+    assert runs[0] == runs[1] == runs[2]
+
+
+def _decoder(model_dir):
+    """A runner's native decode step, and the step inputs of one sequence at position 0."""
+    runner = LLM(str(model_dir), max_num_seqs=4).engine.runner
+    zero = torch.tensor([0])
+    inputs = {"ids": torch.tensor([5]), "positions": zero, "slots": zero, "logit_rows": zero,
+              "block_tables": torch.tensor([[0]]), "seq_lens": zero + 1}  # fmt: skip
+    return runner.native_step, inputs
+
+
+def test_a_step_computes_the_logit_rows_it_is_asked_for(native_step, tiny_model_dir):
+    step, inputs = _decoder(tiny_model_dir)
+    logits = step(**inputs)
+    assert logits.shape == (1, 4096) and logits.dtype == torch.float32  # the tokenizer's vocab
+    five = step(**{**inputs, "logit_rows": torch.tensor([0, 0, 0, 0, 0])})  # two head chunks
+    assert five.shape == (5, 4096)
+    for row in five:  # a 4-row chunk sums in another register blocking: last bits differ
+        torch.testing.assert_close(row, logits[0])
+
+
+def _longs(*values):
+    return torch.tensor(values, dtype=torch.long)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ids": _longs(10**6)}, "token id 1000000 outside the vocabulary"),
+        ({"ids": _longs(-1)}, "token id -1 outside the vocabulary"),
+        ({"positions": _longs(10**6)}, "position 1000000 outside the RoPE tables"),
+        ({"slots": _longs(10**9)}, "slot 1000000000 outside the cache"),
+        ({"block_tables": torch.tensor([[10**6]])}, "block 1000000 outside the cache"),
+        ({"seq_lens": _longs(17)}, "sequence length 17 beyond its block table"),
+        ({"seq_lens": _longs(0)}, "sequence length 0 beyond its block table"),
+        ({"logit_rows": _longs(1)}, "logit row 1 is not one of the step's 1 rows"),
+        ({"ids": _longs(5, 6)}, r"positions must be int64 \[2\]"),
+        ({"ids": torch.tensor([5.0])}, r"ids must be int64 \[1\]"),
+        ({"block_tables": _longs(0)}, r"block tables must be int64 \[1, max_blocks\]"),
+        (
+            {
+                k: torch.zeros(5, dtype=torch.long)
+                for k in ("ids", "positions", "slots", "seq_lens")
+            },
+            "1 to 4 sequences, got 5",
+        ),
+    ],
+)
+def test_a_step_refuses_inputs_that_would_read_or_write_outside_its_tensors(
+    native_step, tiny_model_dir, change, message
+):
+    step, inputs = _decoder(tiny_model_dir)
+    with pytest.raises(RuntimeError, match=message):
+        step(**{**inputs, **change})
+
+
+def test_the_decoder_refuses_weights_that_do_not_fit_together(native_step, tiny_model_dir):
+    runner = LLM(str(tiny_model_dir), max_num_seqs=4).engine.runner
+    model = runner.model
+    layer = model.layers[0].native_tensors(*runner.kv_caches[0])
+    parts = [model.embed_tokens.weight, model.cos_table, model.sin_table,
+             model.norm.weight.float(), model.lm_head.weight]  # fmt: skip
+    heads, eps, scale = model.args.num_attention_heads, 1e-6, 0.125
+    with pytest.raises(RuntimeError, match="weight shapes do not match"):
+        native_step(parts, [[*layer[:3], layer[1], *layer[4:]]], heads, eps, scale)  # o = qkv
+    with pytest.raises(RuntimeError, match="all of one dtype"):
+        native_step(parts, [[layer[0], layer[1].bfloat16(), *layer[2:]]], heads, eps, scale)
+    with pytest.raises(RuntimeError, match="9 tensors per layer"):
+        native_step(parts, [layer[:8]], heads, eps, scale)
+    with pytest.raises(RuntimeError, match="no layers"):
+        native_step(parts, [], heads, eps, scale)

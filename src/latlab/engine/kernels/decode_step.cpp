@@ -1,0 +1,608 @@
+// Decode steps of 1-4 sequences on CPU (latlab engine): the whole step is one native call.
+//
+// At batch 1 a decode step must stream every weight once; everything else is overhead. On the
+// ~106M bf16 model (2 threads, a Xeon with AMX; docs/engine.md) a step with one native call per
+// layer spent ~1.2 ms of its ~9 ms outside the GEMVs: 12 Python calls and their tensors, five
+// fork/joins of the thread pool a layer, and ~10 torch ops around the layers (embedding, RoPE
+// tables, the final norm, ~0.1 ms each on a thread pool that had gone to sleep). Here one
+// OpenMP parallel region runs the embedding, every layer and the head: each thread keeps its
+// own copy of the residual stream (the norms and the SiLU are recomputed per thread, cheaper
+// than a barrier), the GEMVs split their rows over the threads (each weight streamed once, 4
+// rows of W at a time, every row prefetched ahead), and the threads meet at one barrier after
+// each GEMV and after attention; a thread arriving early asks for the start of its next share
+// of weights, so memory keeps streaming while it waits. Attention is the same paged kernel as
+// the other paths (paged_attention.cpp), one (sequence, KV head) item per thread, which also
+// rotates and writes that item's new K/V, so no barrier sits between the cache write and its
+// read.
+//
+// Numerics: float32 activations from the embedding to the logits whatever the weights' dtype
+// (bf16 weights widen exactly); a GEMV sums each dot product in its own order (8 or 16 lanes,
+// then across lanes), so logits differ from F.linear's in the last bits; greedy outputs stay
+// those of transformers in the engine's parity tests.
+//
+// Layouts (the engine's): w_qkv [(H + 2 KVH) * D, hidden] (q, k, v rows); w_gate_up
+// [2 I, hidden]; cos/sin tables [positions, D] (sin with rotate_half's sign folded in); k_cache,
+// v_cache [KVH, NB, BS, D]; block_tables [M, max_blocks]; seq_lens [M] (keys to attend, the new
+// one included).
+
+#include "kernels.h"
+#include "vec512.h"
+
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define LATLAB_AVX2 1
+#endif
+
+namespace {
+
+constexpr int64_t kMaxRows = 4;
+// Rows of W handed to one thread at least: ~64 KiB of weights, so a small matrix is not
+// split into pieces whose fork/join costs more than reading them.
+constexpr int64_t kGrainBytes = 64 * 1024;
+
+#ifdef LATLAB_AVX2
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// 8 weights as float32: float32 as they are, bf16 widened exactly (its bits are float32's top half).
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const c10::BFloat16* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+
+// The vector width of a GEMV: 8 float32 lanes (AVX2) or 16 (AVX-512), as one set of names.
+struct Ymm {
+  using T = __m256;
+  static constexpr int kLanes = 8;
+  static T zero() { return _mm256_setzero_ps(); }
+  static T rows(const float* p) { return _mm256_loadu_ps(p); }
+  template <typename W>
+  static T weights(const W* p) { return load8(p); }
+  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static float sum(T v) { return hsum(v); }
+};
+
+#ifdef LATLAB_AVX512
+struct Zmm {
+  using T = __m512;
+  static constexpr int kLanes = 16;
+  static T zero() { return _mm512_setzero_ps(); }
+  static T rows(const float* p) { return _mm512_loadu_ps(p); }
+  template <typename W>
+  static T weights(const W* p) { return latlab::load16(p); }
+  static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static float sum(T v) { return _mm512_reduce_add_ps(v); }
+};
+#endif
+
+// bf16 weights on an AVX-512 CPU go 16 lanes a step, each weight row asked for 2 KiB ahead.
+// Without the prefetch a bf16 GEMV (and torch's own sum over bf16) read at ~70% of the float32
+// rate on a Xeon with AMX (9 against 13 GB/s a core: the hardware prefetcher runs out ahead of
+// half-width rows); with it 11.4 and 22-24 GB/s at 1 and 2 threads (512 B-4 KiB ahead measured
+// alike; docs/engine.md).
+constexpr int64_t kPrefetchBytes = 2048;
+
+// Rows n..n+R of w against the M rows of x: R*M*U independent accumulators, each weight
+// vector loaded once for all M rows. W: the weights' type (float32 or bf16; sums in float32).
+template <typename V, bool kPrefetch, int M, int R, int U, typename W>
+inline void dot_rows_with(const float* x, int64_t k_dim, const W* w, int64_t n, int64_t n_dim,
+                          float* y, const float* bias) {
+  constexpr int L = V::kLanes;
+  typename V::T acc[M][R][U];
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < U; ++u) acc[m][r][u] = V::zero();
+  const W* wr = w + n * k_dim;
+  int64_t k = 0;
+  for (; k + L * U <= k_dim; k += L * U) {
+    for (int u = 0; u < U; ++u) {
+      typename V::T xv[M];
+      for (int m = 0; m < M; ++m) xv[m] = V::rows(x + m * k_dim + k + L * u);
+      for (int r = 0; r < R; ++r) {
+        if constexpr (kPrefetch) {
+          if (u == 0) {
+            const char* row = reinterpret_cast<const char*>(wr + r * k_dim + k);
+            _mm_prefetch(row + kPrefetchBytes, _MM_HINT_T0);
+          }
+        }
+        const auto wv = V::weights(wr + r * k_dim + k + L * u);
+        for (int m = 0; m < M; ++m) acc[m][r][u] = V::fma(wv, xv[m], acc[m][r][u]);
+      }
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    for (int r = 0; r < R; ++r) {
+      for (int u = 1; u < U; ++u) acc[m][r][0] = V::add(acc[m][r][0], acc[m][r][u]);
+      float s = V::sum(acc[m][r][0]);
+      for (int64_t kk = k; kk < k_dim; ++kk) {
+        s += x[m * k_dim + kk] * static_cast<float>(wr[r * k_dim + kk]);
+      }
+      y[m * n_dim + n + r] = bias ? s + bias[n + r] : s;
+    }
+  }
+}
+
+template <int M, int R, int U, typename W>
+inline void dot_rows(const float* x, int64_t k_dim, const W* w, int64_t n, int64_t n_dim,
+                     float* y, const float* bias) {
+#ifdef LATLAB_AVX512
+  if constexpr (std::is_same_v<W, c10::BFloat16>) {
+    return dot_rows_with<Zmm, true, M, R, U>(x, k_dim, w, n, n_dim, y, bias);
+  }
+#endif
+  dot_rows_with<Ymm, false, M, R, U>(x, k_dim, w, n, n_dim, y, bias);
+}
+#else
+template <int M, int R, int U, typename W>
+inline void dot_rows(const float* x, int64_t k_dim, const W* w, int64_t n, int64_t n_dim,
+                     float* y, const float* bias) {
+  for (int m = 0; m < M; ++m) {
+    for (int r = 0; r < R; ++r) {
+      const W* wr = w + (n + r) * k_dim;
+      const float* xm = x + m * k_dim;
+      float s = 0.f;
+#pragma omp simd reduction(+ : s)
+      for (int64_t k = 0; k < k_dim; ++k) s += xm[k] * static_cast<float>(wr[k]);
+      y[m * n_dim + n + r] = bias ? s + bias[n + r] : s;
+    }
+  }
+}
+#endif
+
+
+// Rows [lo, hi) of w against the M rows of x, R rows of W at a time (the tail one by one).
+template <int M, int R, int U, typename W>
+void gemv_span(const float* x, const W* w, const float* bias, float* y, int64_t n_dim,
+               int64_t k_dim, int64_t lo, int64_t hi) {
+  int64_t n = lo;
+  for (; n + R <= hi; n += R) dot_rows<M, R, U>(x, k_dim, w, n, n_dim, y, bias);
+  for (; n < hi; ++n) dot_rows<M, 1, 1>(x, k_dim, w, n, n_dim, y, bias);
+}
+
+// y [m, n_dim] rows [lo, hi) = x [m, k_dim] @ w[lo:hi]^T (+ bias); register blocking per row
+// count (measured: 4 rows of W x 2 accumulators at M=1; fewer W rows as M grows).
+template <typename W>
+void gemv_part(const float* x, int64_t m, const W* w, const float* bias, float* y,
+               int64_t n_dim, int64_t k_dim, int64_t lo, int64_t hi) {
+  switch (m) {
+    case 1: return gemv_span<1, 4, 2>(x, w, bias, y, n_dim, k_dim, lo, hi);
+    case 2: return gemv_span<2, 4, 1>(x, w, bias, y, n_dim, k_dim, lo, hi);
+    case 3: return gemv_span<3, 2, 1>(x, w, bias, y, n_dim, k_dim, lo, hi);
+    case 4: return gemv_span<4, 2, 1>(x, w, bias, y, n_dim, k_dim, lo, hi);
+    default: TORCH_CHECK(false, "native GEMV: 1 to ", kMaxRows, " rows, got ", m);
+  }
+}
+
+// The whole GEMV on torch's intra-op threads (small_linear: one call, one fork/join).
+template <typename W>
+void gemv(const float* x, int64_t m, const W* w, const float* bias, float* y, int64_t n_dim,
+          int64_t k_dim) {
+  const int64_t blocks = (n_dim + 3) / 4;
+  const int64_t grain = std::max<int64_t>(1, kGrainBytes / (4 * k_dim * int64_t(sizeof(W))));
+  at::parallel_for(0, blocks, grain, [&](int64_t lo, int64_t hi) {
+    gemv_part(x, m, w, bias, y, n_dim, k_dim, lo * 4, std::min(n_dim, hi * 4));
+  });
+}
+
+// Thread t's share of n items among `threads`, in whole blocks of `block` items.
+struct Span {
+  int64_t lo, hi;
+};
+inline Span share(int64_t n, int64_t block, int t, int threads) {
+  const int64_t blocks = (n + block - 1) / block;
+  return {std::min(n, blocks * t / threads * block), std::min(n, blocks * (t + 1) / threads * block)};
+}
+
+// Ask for the first bytes of rows [lo, ...) of w: issued by a thread that waits at a barrier,
+// so the memory system streams its next share meanwhile.
+template <typename W>
+inline void prefetch_share(const W* w, int64_t k_dim, Span span, int64_t bytes) {
+#ifdef LATLAB_AVX2
+  const char* p = reinterpret_cast<const char*>(w + span.lo * k_dim);
+  const int64_t n = std::min(bytes, (span.hi - span.lo) * k_dim * int64_t(sizeof(W)));
+  for (int64_t off = 0; off < n; off += 64) _mm_prefetch(p + off, _MM_HINT_T1);
+#endif
+}
+
+// transformers' LlamaRMSNorm in float32: w * (x * rsqrt(mean(x^2) + eps)).
+void rms_norm(const float* x, const float* w, float* out, int64_t m, int64_t dim, float eps) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float* xi = x + i * dim;
+    float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t j = 0; j < dim; ++j) ss += xi[j] * xi[j];
+    const float inv = 1.f / std::sqrt(ss / static_cast<float>(dim) + eps);
+    for (int64_t j = 0; j < dim; ++j) out[i * dim + j] = w[j] * (xi[j] * inv);
+  }
+}
+
+// out = x * cos + rotate_half(x) * sin for one head (sin carries rotate_half's sign).
+inline void rope_head(const float* x, const float* cos, const float* sin, float* out, int64_t d) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < d; ++i) out[i] = x[i] * cos[i] + x[(i + half) % d] * sin[i];
+}
+
+// silu(gate) * up over one row of a fused gate_up output.
+void silu_mul_row(const float* g, float* a, int64_t inter) {
+  int64_t j = 0;
+#ifdef LATLAB_AVX512  // a vector exp: scalar expf over the MLP width was ~4% of a batch-1 step
+  for (; j + 16 <= inter; j += 16) {
+    _mm512_storeu_ps(a + j, latlab::silu_times(_mm512_loadu_ps(g + j),
+                                               _mm512_loadu_ps(g + inter + j)));
+  }
+#endif
+  for (; j < inter; ++j) a[j] = g[j] / (1.f + std::exp(-g[j])) * g[inter + j];
+}
+
+inline float widen(float v) { return v; }
+inline float widen(c10::BFloat16 v) { return static_cast<float>(v); }
+
+void check_cpu(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_contiguous() && t.device().is_cpu(), name, ": contiguous CPU tensor expected");
+}
+
+void check_f32(const torch::Tensor& t, const char* name) {
+  check_cpu(t, name);
+  TORCH_CHECK(t.scalar_type() == at::kFloat, name, ": float32 expected");
+}
+
+void check_long(const torch::Tensor& t, int64_t n, const char* name) {
+  check_cpu(t, name);
+  TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == 1 && t.numel() == n, "decode step: ",
+              name, " must be int64 [", n, "]");
+}
+
+// Weights: contiguous CPU float32 or bf16 (a bf16 model's plain weights, streamed at half the
+// bytes; the activations and sums stay float32).
+void check_weight(const torch::Tensor& t, at::ScalarType type, const char* name) {
+  check_cpu(t, name);
+  TORCH_CHECK((type == at::kFloat || type == at::kBFloat16) && t.scalar_type() == type, name,
+              ": weights float32 or bf16, all of one dtype expected");
+}
+
+}  // namespace
+
+torch::Tensor small_linear(const torch::Tensor& x, const torch::Tensor& w,
+                           const std::optional<torch::Tensor>& bias) {
+  check_f32(x, "small_linear x");
+  check_weight(w, w.scalar_type(), "small_linear weight");
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
+              "small_linear: x [M, K] and weight [N, K] expected");
+  TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= kMaxRows, "small_linear: 1 to ", kMaxRows,
+              " rows, got ", x.size(0));
+  const float* b = nullptr;
+  if (bias.has_value()) {
+    check_f32(*bias, "small_linear bias");
+    TORCH_CHECK(bias->numel() == w.size(0), "small_linear: bias of the weight's rows expected");
+    b = bias->data_ptr<float>();
+  }
+  auto y = torch::empty({x.size(0), w.size(0)}, x.options());
+  if (w.scalar_type() == at::kBFloat16) {
+    gemv(x.data_ptr<float>(), x.size(0), w.data_ptr<c10::BFloat16>(), b, y.data_ptr<float>(),
+         w.size(0), w.size(1));
+  } else {
+    gemv(x.data_ptr<float>(), x.size(0), w.data_ptr<float>(), b, y.data_ptr<float>(), w.size(0),
+         w.size(1));
+  }
+  return y;
+}
+
+namespace {
+
+// What one decoder layer's step reads: float32 norms and qkv bias (copies in a bf16 model),
+// the plain weights in the model's dtype and the layer's two caches.
+struct Layer {
+  torch::Tensor norm1, w_qkv, b_qkv, w_o, norm2, w_gate_up, w_down, k_cache, v_cache;
+};
+
+struct Dims {
+  int64_t hidden, heads, kv_heads, d, inter, vocab, positions, blocks, block_size;
+  int64_t q_dim() const { return heads * d; }
+  int64_t kv_dim() const { return kv_heads * d; }
+  int64_t qkv_dim() const { return q_dim() + 2 * kv_dim(); }
+};
+
+// The step's own inputs, checked, as pointers.
+struct StepInputs {
+  int64_t m, rows, max_blocks;
+  const int64_t *ids, *positions, *slots, *tables, *lens, *logit_rows;
+};
+
+// Activations the threads share: each GEMV's output (written in row shares, read whole after
+// the barrier) and attention's output.
+struct Shared {
+  std::vector<float> qkv, attn, o, gate_up, down;
+  Shared(const Dims& s, int64_t m)
+      : qkv(m * s.qkv_dim()), attn(m * s.q_dim()), o(m * s.hidden), gate_up(m * 2 * s.inter),
+        down(m * s.hidden) {}
+};
+
+// The thread's own: residual stream, normed rows, the MLP activation, rotated q and k, the
+// position tables' rows widened and attention's scratch.
+struct Local {
+  std::vector<float> x, h, act, q, k, cos, sin, scratch;
+  Local(const Dims& s, int64_t m)
+      : x(m * s.hidden), h(std::max(m, kMaxRows) * s.hidden), act(m * s.inter), q(s.q_dim()), k(s.d), cos(m * s.d),
+        sin(m * s.d) {}
+};
+
+// Bytes of its next share a thread asks for while it waits at a barrier (measured: 0, 16, 32
+// and 64 KiB; docs/engine.md).
+constexpr int64_t kBarrierPrefetch = 32 * 1024;
+
+class DecodeModel {
+ public:
+  DecodeModel(std::vector<torch::Tensor> model, std::vector<std::vector<torch::Tensor>> layers,
+              int64_t num_heads, double eps, double scale);
+  torch::Tensor step(const torch::Tensor& ids, const torch::Tensor& positions,
+                     const torch::Tensor& slots, const torch::Tensor& tables,
+                     const torch::Tensor& lens, const torch::Tensor& logit_rows) const;
+
+ private:
+  template <typename W, typename KV>
+  void run(const StepInputs& in, float* logits) const;
+  template <typename W, typename KV>
+  void layer_step(const Layer& layer, const StepInputs& in, Shared& sh, Local& lo, int t,
+                  int nt, const W* next_qkv) const;
+  template <typename W>
+  void embed(const StepInputs& in, Local& lo) const;
+  template <typename W>
+  void head(const StepInputs& in, Local& lo, float* logits, int t, int nt) const;
+  template <typename KV>
+  void attend_items(const Layer& layer, const StepInputs& in, Shared& sh, Local& lo, int t,
+                    int nt) const;
+
+  torch::Tensor embed_, cos_, sin_, norm_, head_;
+  std::vector<Layer> layers_;
+  Dims dims_{};
+  float eps_, scale_;
+};
+
+DecodeModel::DecodeModel(std::vector<torch::Tensor> model,
+                         std::vector<std::vector<torch::Tensor>> layers, int64_t num_heads,
+                         double eps, double scale)
+    : eps_(static_cast<float>(eps)), scale_(static_cast<float>(scale)) {
+  TORCH_CHECK(model.size() == 5, "DecodeModel: [embed, cos, sin, norm, head] expected");
+  TORCH_CHECK(!layers.empty(), "DecodeModel: no layers");
+  embed_ = model[0], cos_ = model[1], sin_ = model[2], norm_ = model[3], head_ = model[4];
+  const auto type = embed_.scalar_type();
+  for (const auto* t : {&embed_, &head_}) check_weight(*t, type, "DecodeModel embedding/head");
+  TORCH_CHECK(cos_.scalar_type() == sin_.scalar_type() && cos_.sizes() == sin_.sizes() &&
+                  (cos_.scalar_type() == type || cos_.scalar_type() == at::kFloat),
+              "DecodeModel: cos/sin tables of one shape, in float32 or the weights' dtype");
+  check_cpu(cos_, "DecodeModel cos"), check_cpu(sin_, "DecodeModel sin");
+  check_f32(norm_, "DecodeModel final norm");
+  for (const auto& l : layers) {
+    TORCH_CHECK(l.size() == 9, "DecodeModel: 9 tensors per layer expected");
+    Layer layer{l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], l[8]};
+    check_f32(layer.norm1, "DecodeModel norm1"), check_f32(layer.norm2, "DecodeModel norm2");
+    if (layer.b_qkv.numel() > 0) check_f32(layer.b_qkv, "DecodeModel qkv bias");
+    for (const auto* t : {&layer.w_qkv, &layer.w_o, &layer.w_gate_up, &layer.w_down})
+      check_weight(*t, type, "DecodeModel layer weights");
+    TORCH_CHECK(layer.k_cache.dim() == 4 && layer.k_cache.is_contiguous() &&
+                    layer.v_cache.is_contiguous() && layer.v_cache.sizes() == layer.k_cache.sizes() &&
+                    layer.v_cache.scalar_type() == layer.k_cache.scalar_type(),
+                "DecodeModel: contiguous caches [KVH, NB, BS, D] of one dtype expected");
+    layers_.push_back(std::move(layer));
+  }
+  const Layer& first = layers_.front();
+  dims_ = Dims{embed_.size(1), num_heads, first.k_cache.size(0), first.k_cache.size(3),
+               first.w_down.size(1), head_.size(0), cos_.size(0), first.k_cache.size(1),
+               first.k_cache.size(2)};
+  const Dims& s = dims_;
+  for (const auto& layer : layers_) {
+    TORCH_CHECK(layer.w_qkv.size(0) == s.qkv_dim() && layer.w_qkv.size(1) == s.hidden &&
+                    layer.w_o.size(0) == s.hidden && layer.w_o.size(1) == s.q_dim() &&
+                    layer.w_gate_up.size(0) == 2 * s.inter &&
+                    layer.w_gate_up.size(1) == s.hidden && layer.w_down.size(0) == s.hidden &&
+                    layer.k_cache.sizes() == first.k_cache.sizes() &&
+                    layer.norm1.numel() == s.hidden && layer.norm2.numel() == s.hidden &&
+                    (layer.b_qkv.numel() == 0 || layer.b_qkv.numel() == s.qkv_dim()),
+                "DecodeModel: weight shapes do not match the heads and the cache");
+  }
+  TORCH_CHECK(head_.size(1) == s.hidden && norm_.numel() == s.hidden && cos_.size(1) == s.d &&
+                  s.d % 2 == 0 && s.heads % s.kv_heads == 0,
+              "DecodeModel: head, norm or RoPE tables do not match the model");
+}
+
+template <typename W>
+void DecodeModel::embed(const StepInputs& in, Local& lo) const {
+  const Dims& s = dims_;
+  const W* table = embed_.data_ptr<W>();
+  const bool float_tables = cos_.scalar_type() == at::kFloat;
+  for (int64_t i = 0; i < in.m; ++i) {
+    const W* row = table + in.ids[i] * s.hidden;
+    for (int64_t j = 0; j < s.hidden; ++j) lo.x[i * s.hidden + j] = widen(row[j]);
+    const int64_t at = in.positions[i] * s.d;
+    for (int64_t j = 0; j < s.d; ++j) {
+      if (float_tables) {
+        lo.cos[i * s.d + j] = cos_.data_ptr<float>()[at + j];
+        lo.sin[i * s.d + j] = sin_.data_ptr<float>()[at + j];
+      } else {
+        lo.cos[i * s.d + j] = widen(cos_.data_ptr<W>()[at + j]);
+        lo.sin[i * s.d + j] = widen(sin_.data_ptr<W>()[at + j]);
+      }
+    }
+  }
+}
+
+// This thread's (sequence, KV head) items: rotate the new k, write k and v to the cache,
+// rotate the group's queries and attend. The item's own thread writes the slot it then reads.
+template <typename KV>
+void DecodeModel::attend_items(const Layer& layer, const StepInputs& in, Shared& sh, Local& lo,
+                               int t, int nt) const {
+  const Dims& s = dims_;
+  const int64_t group = s.heads / s.kv_heads, cache_tokens = s.blocks * s.block_size;
+  KV* k_cache = layer.k_cache.data_ptr<KV>();
+  KV* v_cache = layer.v_cache.data_ptr<KV>();
+  const Span items = share(in.m * s.kv_heads, 1, t, nt);
+  for (int64_t item = items.lo; item < items.hi; ++item) {
+    const int64_t i = item / s.kv_heads, kvh = item % s.kv_heads;
+    const float* row = sh.qkv.data() + i * s.qkv_dim();
+    const float *c = lo.cos.data() + i * s.d, *sn = lo.sin.data() + i * s.d;
+    rope_head(row + s.q_dim() + kvh * s.d, c, sn, lo.k.data(), s.d);
+    const float* v = row + s.q_dim() + s.kv_dim() + kvh * s.d;
+    KV* k_dst = k_cache + (kvh * cache_tokens + in.slots[i]) * s.d;
+    KV* v_dst = v_cache + (kvh * cache_tokens + in.slots[i]) * s.d;
+    for (int64_t j = 0; j < s.d; ++j) {
+      k_dst[j] = static_cast<KV>(lo.k[j]);
+      v_dst[j] = static_cast<KV>(v[j]);
+    }
+    for (int64_t g = 0; g < group; ++g) {
+      const int64_t head = kvh * group + g;
+      rope_head(row + head * s.d, c, sn, lo.q.data() + g * s.d, s.d);
+    }
+    attend_group<KV>(lo.q.data(), sh.attn.data() + i * s.q_dim() + kvh * group * s.d, k_cache,
+                     v_cache, in.tables + i * in.max_blocks, in.lens[i], kvh, group, s.blocks,
+                     s.block_size, s.d, scale_, lo.scratch);
+  }
+}
+
+// One layer on thread t of nt: a barrier after each GEMV and after attention. `next_qkv` (the
+// next layer's, or null) is what a thread asks for at the last barrier.
+template <typename W, typename KV>
+void DecodeModel::layer_step(const Layer& layer, const StepInputs& in, Shared& sh, Local& lo,
+                             int t, int nt, const W* next_qkv) const {
+  const Dims& s = dims_;
+  const int64_t m = in.m, h = s.hidden;
+  const float* b_qkv = layer.b_qkv.numel() > 0 ? layer.b_qkv.data_ptr<float>() : nullptr;
+  const W *w_qkv = layer.w_qkv.data_ptr<W>(), *w_o = layer.w_o.data_ptr<W>();
+  const W *w_gu = layer.w_gate_up.data_ptr<W>(), *w_down = layer.w_down.data_ptr<W>();
+  const Span qkv = share(s.qkv_dim(), 4, t, nt), o = share(h, 4, t, nt);
+  const Span gu = share(2 * s.inter, 4, t, nt), down = share(h, 4, t, nt);
+
+  rms_norm(lo.x.data(), layer.norm1.data_ptr<float>(), lo.h.data(), m, h, eps_);
+  gemv_part(lo.h.data(), m, w_qkv, b_qkv, sh.qkv.data(), s.qkv_dim(), h, qkv.lo, qkv.hi);
+  prefetch_share(w_o, s.q_dim(), o, kBarrierPrefetch);
+#pragma omp barrier
+  attend_items<KV>(layer, in, sh, lo, t, nt);
+#pragma omp barrier
+  gemv_part(sh.attn.data(), m, w_o, nullptr, sh.o.data(), h, s.q_dim(), o.lo, o.hi);
+  prefetch_share(w_gu, h, gu, kBarrierPrefetch);
+#pragma omp barrier
+  for (int64_t j = 0; j < m * h; ++j) lo.x[j] += sh.o[j];
+  rms_norm(lo.x.data(), layer.norm2.data_ptr<float>(), lo.h.data(), m, h, eps_);
+  gemv_part(lo.h.data(), m, w_gu, nullptr, sh.gate_up.data(), 2 * s.inter, h, gu.lo, gu.hi);
+  prefetch_share(w_down, s.inter, down, kBarrierPrefetch);
+#pragma omp barrier
+  for (int64_t i = 0; i < m; ++i) {
+    silu_mul_row(sh.gate_up.data() + i * 2 * s.inter, lo.act.data() + i * s.inter, s.inter);
+  }
+  gemv_part(lo.act.data(), m, w_down, nullptr, sh.down.data(), h, s.inter, down.lo, down.hi);
+  if (next_qkv != nullptr) prefetch_share(next_qkv, h, qkv, kBarrierPrefetch);
+#pragma omp barrier
+  for (int64_t j = 0; j < m * h; ++j) lo.x[j] += sh.down[j];
+}
+
+// The final norm of the rows whose logits are wanted, then the head's share of the vocabulary.
+template <typename W>
+void DecodeModel::head(const StepInputs& in, Local& lo, float* logits, int t, int nt) const {
+  const Dims& s = dims_;
+  const Span span = share(s.vocab, 4, t, nt);
+  for (int64_t r0 = 0; r0 < in.rows; r0 += kMaxRows) {
+    const int64_t n = std::min(kMaxRows, in.rows - r0);
+    for (int64_t r = 0; r < n; ++r) {
+      rms_norm(lo.x.data() + in.logit_rows[r0 + r] * s.hidden, norm_.data_ptr<float>(),
+               lo.h.data() + r * s.hidden, 1, s.hidden, eps_);
+    }
+    gemv_part(lo.h.data(), n, head_.data_ptr<W>(), nullptr, logits + r0 * s.vocab, s.vocab,
+              s.hidden, span.lo, span.hi);
+  }
+}
+
+template <typename W, typename KV>
+void DecodeModel::run(const StepInputs& in, float* logits) const {
+  Shared sh(dims_, in.m);
+  const int threads = at::get_num_threads();
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    Local lo(dims_, in.m);
+    embed<W>(in, lo);
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      const W* next = l + 1 < layers_.size() ? layers_[l + 1].w_qkv.data_ptr<W>() : nullptr;
+      layer_step<W, KV>(layers_[l], in, sh, lo, t, nt, next);
+    }
+    head<W>(in, lo, logits, t, nt);
+  }
+}
+
+torch::Tensor DecodeModel::step(const torch::Tensor& ids, const torch::Tensor& positions,
+                                const torch::Tensor& slots, const torch::Tensor& tables,
+                                const torch::Tensor& lens, const torch::Tensor& logit_rows) const {
+  const Dims& s = dims_;
+  const int64_t m = ids.numel();
+  TORCH_CHECK(m >= 1 && m <= kMaxRows, "decode step: 1 to ", kMaxRows, " sequences, got ", m);
+  check_long(ids, m, "ids"), check_long(positions, m, "positions"), check_long(slots, m, "slots");
+  check_long(lens, m, "seq_lens"), check_long(logit_rows, logit_rows.numel(), "logit rows");
+  check_cpu(tables, "block tables");
+  TORCH_CHECK(tables.scalar_type() == at::kLong && tables.dim() == 2 && tables.size(0) == m,
+              "decode step: block tables must be int64 [", m, ", max_blocks]");
+  const StepInputs in{m, logit_rows.numel(), tables.size(1), ids.data_ptr<int64_t>(),
+                      positions.data_ptr<int64_t>(), slots.data_ptr<int64_t>(),
+                      tables.data_ptr<int64_t>(), lens.data_ptr<int64_t>(),
+                      logit_rows.data_ptr<int64_t>()};
+  for (int64_t i = 0; i < m; ++i) {
+    TORCH_CHECK(in.ids[i] >= 0 && in.ids[i] < embed_.size(0), "decode step: token id ",
+                in.ids[i], " outside the vocabulary");
+    TORCH_CHECK(in.positions[i] >= 0 && in.positions[i] < s.positions, "decode step: position ",
+                in.positions[i], " outside the RoPE tables");
+    TORCH_CHECK(in.slots[i] >= 0 && in.slots[i] < s.blocks * s.block_size, "decode step: slot ",
+                in.slots[i], " outside the cache");
+    TORCH_CHECK(in.lens[i] >= 1 && in.lens[i] <= in.max_blocks * s.block_size,
+                "decode step: sequence length ", in.lens[i], " beyond its block table");
+    for (int64_t b = 0; b < (in.lens[i] + s.block_size - 1) / s.block_size; ++b) {
+      const int64_t block = in.tables[i * in.max_blocks + b];
+      TORCH_CHECK(block >= 0 && block < s.blocks, "decode step: block ", block, " outside the cache");
+    }
+  }
+  for (int64_t r = 0; r < in.rows; ++r) {
+    TORCH_CHECK(in.logit_rows[r] >= 0 && in.logit_rows[r] < m, "decode step: logit row ",
+                in.logit_rows[r], " is not one of the step's ", m, " rows");
+  }
+  auto logits = torch::empty({in.rows, s.vocab}, torch::dtype(torch::kFloat));
+  float* out = logits.data_ptr<float>();
+  const bool bf16 = embed_.scalar_type() == at::kBFloat16;
+  switch (layers_.front().k_cache.scalar_type()) {
+    case at::kFloat: bf16 ? run<c10::BFloat16, float>(in, out) : run<float, float>(in, out); break;
+    case at::kBFloat16:
+      bf16 ? run<c10::BFloat16, c10::BFloat16>(in, out) : run<float, c10::BFloat16>(in, out);
+      break;
+    case at::kHalf:
+      bf16 ? run<c10::BFloat16, c10::Half>(in, out) : run<float, c10::Half>(in, out);
+      break;
+    default: TORCH_CHECK(false, "decode step: unsupported KV dtype");
+  }
+  return logits;
+}
+
+}  // namespace
+
+void register_decode_model(pybind11::module_& m) {
+  pybind11::class_<DecodeModel>(m, "DecodeModel",
+                                "a whole decode step of 1-4 sequences as one native call")
+      .def(pybind11::init<std::vector<torch::Tensor>, std::vector<std::vector<torch::Tensor>>,
+                          int64_t, double, double>(),
+           pybind11::arg("model"), pybind11::arg("layers"), pybind11::arg("num_heads"),
+           pybind11::arg("eps"), pybind11::arg("scale"))
+      .def("step", &DecodeModel::step, pybind11::arg("ids"), pybind11::arg("positions"),
+           pybind11::arg("slots"), pybind11::arg("block_tables"), pybind11::arg("seq_lens"),
+           pybind11::arg("logit_rows"), pybind11::call_guard<pybind11::gil_scoped_release>());
+}
