@@ -9,11 +9,11 @@
 // own copy of the residual stream (the norms and the SiLU are recomputed per thread, cheaper
 // than a barrier), the GEMVs split their rows over the threads (each weight streamed once, 4
 // rows of W at a time, every row prefetched ahead), and the threads meet at one barrier after
-// each GEMV and after attention; a thread arriving early asks for the start of its next share
-// of weights, so memory keeps streaming while it waits. Attention is the same paged kernel as
-// the other paths (paged_attention.cpp), one (sequence, KV head) item per thread, which also
-// rotates and writes that item's new K/V, so no barrier sits between the cache write and its
-// read.
+// each GEMV and after attention (a thread that reaches a barrier early asking for its next
+// share of weights meanwhile measured no gain: 0-128 KiB ahead, docs/engine.md). Attention is
+// the same paged kernel as the other paths (paged_attention.cpp), one (sequence, KV head) item
+// per thread, which also rotates and writes that item's new K/V, so no barrier sits between
+// the cache write and its read.
 //
 // Numerics: float32 activations from the embedding to the logits whatever the weights' dtype
 // (bf16 weights widen exactly); a GEMV sums each dot product in its own order (8 or 16 lanes,
@@ -210,17 +210,6 @@ inline Span share(int64_t n, int64_t block, int t, int threads) {
   return {std::min(n, blocks * t / threads * block), std::min(n, blocks * (t + 1) / threads * block)};
 }
 
-// Ask for the first bytes of rows [lo, ...) of w: issued by a thread that waits at a barrier,
-// so the memory system streams its next share meanwhile.
-template <typename W>
-inline void prefetch_share(const W* w, int64_t k_dim, Span span, int64_t bytes) {
-#ifdef LATLAB_AVX2
-  const char* p = reinterpret_cast<const char*>(w + span.lo * k_dim);
-  const int64_t n = std::min(bytes, (span.hi - span.lo) * k_dim * int64_t(sizeof(W)));
-  for (int64_t off = 0; off < n; off += 64) _mm_prefetch(p + off, _MM_HINT_T1);
-#endif
-}
-
 // transformers' LlamaRMSNorm in float32: w * (x * rsqrt(mean(x^2) + eps)).
 void rms_norm(const float* x, const float* w, float* out, int64_t m, int64_t dim, float eps) {
   for (int64_t i = 0; i < m; ++i) {
@@ -343,10 +332,6 @@ struct Local {
         sin(m * s.d) {}
 };
 
-// Bytes of its next share a thread asks for while it waits at a barrier (measured: 0, 16, 32
-// and 64 KiB; docs/engine.md).
-constexpr int64_t kBarrierPrefetch = 32 * 1024;
-
 class DecodeModel {
  public:
   DecodeModel(std::vector<torch::Tensor> model, std::vector<std::vector<torch::Tensor>> layers,
@@ -360,7 +345,7 @@ class DecodeModel {
   void run(const StepInputs& in, float* logits) const;
   template <typename W, typename KV>
   void layer_step(const Layer& layer, const StepInputs& in, Shared& sh, Local& lo, int t,
-                  int nt, const W* next_qkv) const;
+                  int nt) const;
   template <typename W>
   void embed(const StepInputs& in, Local& lo) const;
   template <typename W>
@@ -475,11 +460,10 @@ void DecodeModel::attend_items(const Layer& layer, const StepInputs& in, Shared&
   }
 }
 
-// One layer on thread t of nt: a barrier after each GEMV and after attention. `next_qkv` (the
-// next layer's, or null) is what a thread asks for at the last barrier.
+// One layer on thread t of nt: a barrier after each GEMV and after attention.
 template <typename W, typename KV>
 void DecodeModel::layer_step(const Layer& layer, const StepInputs& in, Shared& sh, Local& lo,
-                             int t, int nt, const W* next_qkv) const {
+                             int t, int nt) const {
   const Dims& s = dims_;
   const int64_t m = in.m, h = s.hidden;
   const float* b_qkv = layer.b_qkv.numel() > 0 ? layer.b_qkv.data_ptr<float>() : nullptr;
@@ -490,23 +474,19 @@ void DecodeModel::layer_step(const Layer& layer, const StepInputs& in, Shared& s
 
   rms_norm(lo.x.data(), layer.norm1.data_ptr<float>(), lo.h.data(), m, h, eps_);
   gemv_part(lo.h.data(), m, w_qkv, b_qkv, sh.qkv.data(), s.qkv_dim(), h, qkv.lo, qkv.hi);
-  prefetch_share(w_o, s.q_dim(), o, kBarrierPrefetch);
 #pragma omp barrier
   attend_items<KV>(layer, in, sh, lo, t, nt);
 #pragma omp barrier
   gemv_part(sh.attn.data(), m, w_o, nullptr, sh.o.data(), h, s.q_dim(), o.lo, o.hi);
-  prefetch_share(w_gu, h, gu, kBarrierPrefetch);
 #pragma omp barrier
   for (int64_t j = 0; j < m * h; ++j) lo.x[j] += sh.o[j];
   rms_norm(lo.x.data(), layer.norm2.data_ptr<float>(), lo.h.data(), m, h, eps_);
   gemv_part(lo.h.data(), m, w_gu, nullptr, sh.gate_up.data(), 2 * s.inter, h, gu.lo, gu.hi);
-  prefetch_share(w_down, s.inter, down, kBarrierPrefetch);
 #pragma omp barrier
   for (int64_t i = 0; i < m; ++i) {
     silu_mul_row(sh.gate_up.data() + i * 2 * s.inter, lo.act.data() + i * s.inter, s.inter);
   }
   gemv_part(lo.act.data(), m, w_down, nullptr, sh.down.data(), h, s.inter, down.lo, down.hi);
-  if (next_qkv != nullptr) prefetch_share(next_qkv, h, qkv, kBarrierPrefetch);
 #pragma omp barrier
   for (int64_t j = 0; j < m * h; ++j) lo.x[j] += sh.down[j];
 }
@@ -536,10 +516,7 @@ void DecodeModel::run(const StepInputs& in, float* logits) const {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     Local lo(dims_, in.m);
     embed<W>(in, lo);
-    for (size_t l = 0; l < layers_.size(); ++l) {
-      const W* next = l + 1 < layers_.size() ? layers_[l + 1].w_qkv.data_ptr<W>() : nullptr;
-      layer_step<W, KV>(layers_[l], in, sh, lo, t, nt, next);
-    }
+    for (const Layer& layer : layers_) layer_step<W, KV>(layer, in, sh, lo, t, nt);
     head<W>(in, lo, logits, t, nt);
   }
 }
