@@ -159,19 +159,10 @@ class ModelRunner:
 
     def _native_decode(self) -> tuple[type | None, str]:
         """The native decode step's class for decode steps of 1-4 rows, where wanted and
-        possible (CPU, plain float32 or bf16 linears, native attention), and why."""
+        possible (CPU, native attention, plain float32 / bf16 or weight-only int8 linears), and
+        why."""
         wanted = self.config.native_decode
-        model = self.model.layers[0].self_attn.qkv_proj
-        why_not = None
-        if wanted is False:
-            why_not = "native_decode=False"
-        elif self.decode_kernel is None:
-            why_not = f"no native attention ({self.attention_reason})"
-        elif not (self.weight_plan.linear == "plain" or self.weight_plan.keep_plain):
-            why_not = f"{self.weight_plan.linear} linears (the native GEMV reads plain weights)"
-        elif model.weight.dtype not in (torch.float32, torch.bfloat16):
-            name = dtype_name(model.weight.dtype)
-            why_not = f"{name} weights (the native GEMV reads float32 or bf16)"
+        why_not = "native_decode=False" if wanted is False else self._why_not_native()
         if why_not is not None:
             if wanted:
                 raise ConfigError(f"native_decode=True but {why_not}")
@@ -180,6 +171,16 @@ class ModelRunner:
         if decoder.fn is None and wanted:
             raise ConfigError(f"native_decode=True but {decoder.reason}")
         return decoder.fn, decoder.reason
+
+    def _why_not_native(self) -> str | None:
+        plan, dtype = self.weight_plan, self.model.embed_tokens.weight.dtype
+        if self.decode_kernel is None:
+            return f"no native attention ({self.attention_reason})"
+        if not (plan.linear in ("plain", "int8-weight-only") or plan.keep_plain):
+            return f"{plan.linear} linears (the native GEMV reads plain or weight-only int8 ones)"
+        if dtype not in (torch.float32, torch.bfloat16):
+            return f"{dtype_name(dtype)} weights (the native GEMV reads float32, bf16 or int8)"
+        return None
 
     def describe(self) -> dict:
         """What the runner chose (threads, dtypes, linear kernels) and why: the start-up report."""

@@ -43,6 +43,7 @@
 #define LATLAB_AVX2 1
 #endif
 
+
 namespace {
 
 constexpr int64_t kMaxRows = 4;
@@ -58,11 +59,16 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// 8 weights as float32: float32 as they are, bf16 widened exactly (its bits are float32's top half).
+// 8 weights as float32: float32 as they are, bf16 widened exactly (its bits are float32's top
+// half), int8 converted exactly (its row's scale applied once to the sum).
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const c10::BFloat16* p) {
   const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+inline __m256 load8(const int8_t* p) {
+  const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw));
 }
 
 // The vector width of a GEMV: 8 float32 lanes (AVX2) or 16 (AVX-512), as one set of names.
@@ -84,32 +90,53 @@ struct Zmm {
   static constexpr int kLanes = 16;
   static T zero() { return _mm512_setzero_ps(); }
   static T rows(const float* p) { return _mm512_loadu_ps(p); }
-  template <typename W>
-  static T weights(const W* p) { return latlab::load16(p); }
+  static T weights(const float* p) { return latlab::load16(p); }
+  static T weights(const c10::BFloat16* p) { return latlab::load16(p); }
+  static T weights(const int8_t* p) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw));
+  }
   static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static float sum(T v) { return _mm512_reduce_add_ps(v); }
 };
 #endif
 
-// bf16 weights on an AVX-512 CPU go 16 lanes a step, each weight row asked for 2 KiB ahead.
-// Without the prefetch a bf16 GEMV (and torch's own sum over bf16) read at ~70% of the float32
-// rate on a Xeon with AMX (9 against 13 GB/s a core: the hardware prefetcher runs out ahead of
-// half-width rows); with it 11.4 and 22-24 GB/s at 1 and 2 threads (512 B-4 KiB ahead measured
-// alike; docs/engine.md).
+// bf16 and int8 weights on an AVX-512 CPU go 16 lanes a step, each weight row asked for 2 KiB
+// ahead. Without the prefetch a bf16 GEMV (and torch's own sum over bf16) read at ~70% of the
+// float32 rate on a Xeon with AMX (9 against 13 GB/s a core: the hardware prefetcher runs out
+// ahead of half-width rows); with it 11.4 and 22-24 GB/s at 1 and 2 threads (512 B-4 KiB ahead
+// measured alike; docs/engine.md).
 constexpr int64_t kPrefetchBytes = 2048;
+#endif  // LATLAB_AVX2
 
+// A weight matrix as a GEMV reads it: rows [n_dim, k_dim] of W (float32, bf16 or int8), the
+// int8 rows' scales (else null) and a bias (or null): y = scale * (x . w_row) + bias.
+template <typename W>
+struct Matrix {
+  const W* w;
+  const float* scale;
+  const float* bias;
+  int64_t n_dim, k_dim;
+};
+
+inline float finish(float sum, const float* scale, const float* bias, int64_t row) {
+  if (scale) sum *= scale[row];
+  return bias ? sum + bias[row] : sum;
+}
+
+#ifdef LATLAB_AVX2
 // Rows n..n+R of w against the M rows of x: R*M*U independent accumulators, each weight
-// vector loaded once for all M rows. W: the weights' type (float32 or bf16; sums in float32).
+// vector loaded once for all M rows (sums in float32).
 template <typename V, bool kPrefetch, int M, int R, int U, typename W>
-inline void dot_rows_with(const float* x, int64_t k_dim, const W* w, int64_t n, int64_t n_dim,
-                          float* y, const float* bias) {
+inline void dot_rows_with(const float* x, const Matrix<W>& mat, int64_t n, float* y) {
   constexpr int L = V::kLanes;
+  const int64_t k_dim = mat.k_dim;
   typename V::T acc[M][R][U];
   for (int m = 0; m < M; ++m)
     for (int r = 0; r < R; ++r)
       for (int u = 0; u < U; ++u) acc[m][r][u] = V::zero();
-  const W* wr = w + n * k_dim;
+  const W* wr = mat.w + n * k_dim;
   int64_t k = 0;
   for (; k + L * U <= k_dim; k += L * U) {
     for (int u = 0; u < U; ++u) {
@@ -134,70 +161,67 @@ inline void dot_rows_with(const float* x, int64_t k_dim, const W* w, int64_t n, 
       for (int64_t kk = k; kk < k_dim; ++kk) {
         s += x[m * k_dim + kk] * static_cast<float>(wr[r * k_dim + kk]);
       }
-      y[m * n_dim + n + r] = bias ? s + bias[n + r] : s;
+      y[m * mat.n_dim + n + r] = finish(s, mat.scale, mat.bias, n + r);
     }
   }
 }
 
 template <int M, int R, int U, typename W>
-inline void dot_rows(const float* x, int64_t k_dim, const W* w, int64_t n, int64_t n_dim,
-                     float* y, const float* bias) {
+inline void dot_rows(const float* x, const Matrix<W>& mat, int64_t n, float* y) {
 #ifdef LATLAB_AVX512
-  if constexpr (std::is_same_v<W, c10::BFloat16>) {
-    return dot_rows_with<Zmm, true, M, R, U>(x, k_dim, w, n, n_dim, y, bias);
+  if constexpr (!std::is_same_v<W, float>) {
+    return dot_rows_with<Zmm, true, M, R, U>(x, mat, n, y);
   }
 #endif
-  dot_rows_with<Ymm, false, M, R, U>(x, k_dim, w, n, n_dim, y, bias);
+  dot_rows_with<Ymm, false, M, R, U>(x, mat, n, y);
 }
 #else
 template <int M, int R, int U, typename W>
-inline void dot_rows(const float* x, int64_t k_dim, const W* w, int64_t n, int64_t n_dim,
-                     float* y, const float* bias) {
+inline void dot_rows(const float* x, const Matrix<W>& mat, int64_t n, float* y) {
   for (int m = 0; m < M; ++m) {
     for (int r = 0; r < R; ++r) {
-      const W* wr = w + (n + r) * k_dim;
-      const float* xm = x + m * k_dim;
+      const W* wr = mat.w + (n + r) * mat.k_dim;
+      const float* xm = x + m * mat.k_dim;
       float s = 0.f;
 #pragma omp simd reduction(+ : s)
-      for (int64_t k = 0; k < k_dim; ++k) s += xm[k] * static_cast<float>(wr[k]);
-      y[m * n_dim + n + r] = bias ? s + bias[n + r] : s;
+      for (int64_t k = 0; k < mat.k_dim; ++k) s += xm[k] * static_cast<float>(wr[k]);
+      y[m * mat.n_dim + n + r] = finish(s, mat.scale, mat.bias, n + r);
     }
   }
 }
 #endif
 
-
-// Rows [lo, hi) of w against the M rows of x, R rows of W at a time (the tail one by one).
+// Rows [lo, hi) of the matrix against the M rows of x, R rows of W at a time (the tail one by
+// one).
 template <int M, int R, int U, typename W>
-void gemv_span(const float* x, const W* w, const float* bias, float* y, int64_t n_dim,
-               int64_t k_dim, int64_t lo, int64_t hi) {
+void gemv_span(const float* x, const Matrix<W>& mat, float* y, int64_t lo, int64_t hi) {
   int64_t n = lo;
-  for (; n + R <= hi; n += R) dot_rows<M, R, U>(x, k_dim, w, n, n_dim, y, bias);
-  for (; n < hi; ++n) dot_rows<M, 1, 1>(x, k_dim, w, n, n_dim, y, bias);
+  for (; n + R <= hi; n += R) dot_rows<M, R, U>(x, mat, n, y);
+  for (; n < hi; ++n) dot_rows<M, 1, 1>(x, mat, n, y);
 }
 
-// y [m, n_dim] rows [lo, hi) = x [m, k_dim] @ w[lo:hi]^T (+ bias); register blocking per row
-// count (measured: 4 rows of W x 2 accumulators at M=1; fewer W rows as M grows).
+// y [m, n_dim] rows [lo, hi) = x [m, k_dim] @ w[lo:hi]^T, scaled, + bias; register blocking per
+// row count (measured: 4 rows of W x 2 accumulators at M=1; fewer W rows as M grows).
 template <typename W>
-void gemv_part(const float* x, int64_t m, const W* w, const float* bias, float* y,
-               int64_t n_dim, int64_t k_dim, int64_t lo, int64_t hi) {
+void gemv_part(const float* x, int64_t m, const Matrix<W>& mat, float* y, int64_t lo,
+               int64_t hi) {
   switch (m) {
-    case 1: return gemv_span<1, 4, 2>(x, w, bias, y, n_dim, k_dim, lo, hi);
-    case 2: return gemv_span<2, 4, 1>(x, w, bias, y, n_dim, k_dim, lo, hi);
-    case 3: return gemv_span<3, 2, 1>(x, w, bias, y, n_dim, k_dim, lo, hi);
-    case 4: return gemv_span<4, 2, 1>(x, w, bias, y, n_dim, k_dim, lo, hi);
+    case 1: return gemv_span<1, 4, 2>(x, mat, y, lo, hi);
+    case 2: return gemv_span<2, 4, 1>(x, mat, y, lo, hi);
+    case 3: return gemv_span<3, 2, 1>(x, mat, y, lo, hi);
+    case 4: return gemv_span<4, 2, 1>(x, mat, y, lo, hi);
     default: TORCH_CHECK(false, "native GEMV: 1 to ", kMaxRows, " rows, got ", m);
   }
 }
 
 // The whole GEMV on torch's intra-op threads (small_linear: one call, one fork/join).
 template <typename W>
-void gemv(const float* x, int64_t m, const W* w, const float* bias, float* y, int64_t n_dim,
-          int64_t k_dim) {
-  const int64_t blocks = (n_dim + 3) / 4;
-  const int64_t grain = std::max<int64_t>(1, kGrainBytes / (4 * k_dim * int64_t(sizeof(W))));
+void gemv(const float* x, int64_t m, const Matrix<W>& mat, float* y) {
+  const int64_t blocks = (mat.n_dim + 3) / 4;
+  const int64_t row_bytes = mat.k_dim * static_cast<int64_t>(sizeof(W));
+  const int64_t grain = std::max<int64_t>(1, kGrainBytes / (4 * row_bytes));
   at::parallel_for(0, blocks, grain, [&](int64_t lo, int64_t hi) {
-    gemv_part(x, m, w, bias, y, n_dim, k_dim, lo * 4, std::min(n_dim, hi * 4));
+    gemv_part(x, m, mat, y, lo * 4, std::min(mat.n_dim, hi * 4));
   });
 }
 
@@ -258,47 +282,73 @@ void check_long(const torch::Tensor& t, int64_t n, const char* name) {
               name, " must be int64 [", n, "]");
 }
 
-// Weights: contiguous CPU float32 or bf16 (a bf16 model's plain weights, streamed at half the
-// bytes; the activations and sums stay float32).
+// Weights: contiguous CPU float32, bf16 (a bf16 model's plain weights, streamed at half the
+// bytes) or int8 with a scale per row (weight-only int8: a quarter of float32's bytes); the
+// activations and sums stay float32.
 void check_weight(const torch::Tensor& t, at::ScalarType type, const char* name) {
   check_cpu(t, name);
-  TORCH_CHECK((type == at::kFloat || type == at::kBFloat16) && t.scalar_type() == type, name,
-              ": weights float32 or bf16, all of one dtype expected");
+  TORCH_CHECK((type == at::kFloat || type == at::kBFloat16 || type == at::kChar) &&
+                  t.scalar_type() == type,
+              name, ": weights float32, bf16 or int8, all of one dtype expected");
+}
+
+// An int8 weight's scales: float32, one per row.
+void check_scale(const torch::Tensor& scale, const torch::Tensor& w, const char* name) {
+  check_f32(scale, name);
+  TORCH_CHECK(scale.numel() == w.size(0), name, ": one float32 scale per weight row expected");
+}
+
+template <typename W>
+Matrix<W> matrix(const torch::Tensor& w, const torch::Tensor& scale, const torch::Tensor& bias) {
+  const auto given = [](const torch::Tensor& t) { return t.defined() && t.numel() > 0; };
+  return {w.data_ptr<W>(), given(scale) ? scale.data_ptr<float>() : nullptr,
+          given(bias) ? bias.data_ptr<float>() : nullptr, w.size(0), w.size(1)};
+}
+
+template <typename W>
+torch::Tensor run_small_linear(const torch::Tensor& x, const torch::Tensor& w,
+                               const torch::Tensor& scale, const torch::Tensor& bias) {
+  auto y = torch::empty({x.size(0), w.size(0)}, x.options());
+  gemv(x.data_ptr<float>(), x.size(0), matrix<W>(w, scale, bias), y.data_ptr<float>());
+  return y;
 }
 
 }  // namespace
 
 torch::Tensor small_linear(const torch::Tensor& x, const torch::Tensor& w,
-                           const std::optional<torch::Tensor>& bias) {
+                           const std::optional<torch::Tensor>& bias,
+                           const std::optional<torch::Tensor>& scale) {
   check_f32(x, "small_linear x");
   check_weight(w, w.scalar_type(), "small_linear weight");
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
               "small_linear: x [M, K] and weight [N, K] expected");
   TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= kMaxRows, "small_linear: 1 to ", kMaxRows,
               " rows, got ", x.size(0));
-  const float* b = nullptr;
+  const auto none = torch::empty({0});
+  const torch::Tensor& b = bias.has_value() ? *bias : none;
   if (bias.has_value()) {
-    check_f32(*bias, "small_linear bias");
-    TORCH_CHECK(bias->numel() == w.size(0), "small_linear: bias of the weight's rows expected");
-    b = bias->data_ptr<float>();
+    check_f32(b, "small_linear bias");
+    TORCH_CHECK(b.numel() == w.size(0), "small_linear: bias of the weight's rows expected");
   }
-  auto y = torch::empty({x.size(0), w.size(0)}, x.options());
-  if (w.scalar_type() == at::kBFloat16) {
-    gemv(x.data_ptr<float>(), x.size(0), w.data_ptr<c10::BFloat16>(), b, y.data_ptr<float>(),
-         w.size(0), w.size(1));
-  } else {
-    gemv(x.data_ptr<float>(), x.size(0), w.data_ptr<float>(), b, y.data_ptr<float>(), w.size(0),
-         w.size(1));
+  const bool int8 = w.scalar_type() == at::kChar;
+  TORCH_CHECK(int8 == scale.has_value(), "small_linear: int8 weights take a scale per row, "
+              "float32 and bf16 weights none");
+  if (int8) check_scale(*scale, w, "small_linear scale");
+  switch (w.scalar_type()) {
+    case at::kChar: return run_small_linear<int8_t>(x, w, *scale, b);
+    case at::kBFloat16: return run_small_linear<c10::BFloat16>(x, w, none, b);
+    default: return run_small_linear<float>(x, w, none, b);
   }
-  return y;
 }
 
 namespace {
 
 // What one decoder layer's step reads: float32 norms and qkv bias (copies in a bf16 model),
-// the plain weights in the model's dtype and the layer's two caches.
+// the plain weights in the model's dtype (or int8 with their float32 scales: else empty), the
+// layer's two caches.
 struct Layer {
   torch::Tensor norm1, w_qkv, b_qkv, w_o, norm2, w_gate_up, w_down, k_cache, v_cache;
+  torch::Tensor s_qkv, s_o, s_gate_up, s_down;
 };
 
 struct Dims {
@@ -341,8 +391,12 @@ class DecodeModel {
                      const torch::Tensor& lens, const torch::Tensor& logit_rows) const;
 
  private:
-  template <typename W, typename KV>
+  void add_layer(const std::vector<torch::Tensor>& tensors);
+  void check_shapes() const;
+  template <typename WM, typename WL, typename KV>
   void run(const StepInputs& in, float* logits) const;
+  template <typename WM, typename KV>
+  void run_layers(const StepInputs& in, float* logits) const;
   template <typename W, typename KV>
   void layer_step(const Layer& layer, const StepInputs& in, Shared& sh, Local& lo, int t,
                   int nt) const;
@@ -368,30 +422,55 @@ DecodeModel::DecodeModel(std::vector<torch::Tensor> model,
   TORCH_CHECK(!layers.empty(), "DecodeModel: no layers");
   embed_ = model[0], cos_ = model[1], sin_ = model[2], norm_ = model[3], head_ = model[4];
   const auto type = embed_.scalar_type();
-  for (const auto* t : {&embed_, &head_}) check_weight(*t, type, "DecodeModel embedding/head");
+  TORCH_CHECK(type == at::kFloat || type == at::kBFloat16,
+              "DecodeModel: a float32 or bf16 embedding expected");
+  check_weight(embed_, type, "DecodeModel embedding"), check_weight(head_, type, "DecodeModel head");
   TORCH_CHECK(cos_.scalar_type() == sin_.scalar_type() && cos_.sizes() == sin_.sizes() &&
                   (cos_.scalar_type() == type || cos_.scalar_type() == at::kFloat),
               "DecodeModel: cos/sin tables of one shape, in float32 or the weights' dtype");
   check_cpu(cos_, "DecodeModel cos"), check_cpu(sin_, "DecodeModel sin");
   check_f32(norm_, "DecodeModel final norm");
-  for (const auto& l : layers) {
-    TORCH_CHECK(l.size() == 9, "DecodeModel: 9 tensors per layer expected");
-    Layer layer{l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], l[8]};
-    check_f32(layer.norm1, "DecodeModel norm1"), check_f32(layer.norm2, "DecodeModel norm2");
-    if (layer.b_qkv.numel() > 0) check_f32(layer.b_qkv, "DecodeModel qkv bias");
-    for (const auto* t : {&layer.w_qkv, &layer.w_o, &layer.w_gate_up, &layer.w_down})
-      check_weight(*t, type, "DecodeModel layer weights");
-    TORCH_CHECK(layer.k_cache.dim() == 4 && layer.k_cache.is_contiguous() &&
-                    layer.v_cache.is_contiguous() && layer.v_cache.sizes() == layer.k_cache.sizes() &&
-                    layer.v_cache.scalar_type() == layer.k_cache.scalar_type(),
-                "DecodeModel: contiguous caches [KVH, NB, BS, D] of one dtype expected");
-    layers_.push_back(std::move(layer));
-  }
+  for (const auto& l : layers) add_layer(l);
   const Layer& first = layers_.front();
   dims_ = Dims{embed_.size(1), num_heads, first.k_cache.size(0), first.k_cache.size(3),
                first.w_down.size(1), head_.size(0), cos_.size(0), first.k_cache.size(1),
                first.k_cache.size(2)};
+  check_shapes();
+}
+
+// 9 tensors (norm1, w_qkv, b_qkv, w_o, norm2, w_gate_up, w_down, k_cache, v_cache), or 13 with
+// int8 weights: then their 4 scales follow. Layer weights are the model's dtype or int8.
+void DecodeModel::add_layer(const std::vector<torch::Tensor>& l) {
+  TORCH_CHECK(l.size() == 9 || l.size() == 13,
+              "DecodeModel: 9 tensors per layer expected (13 with int8 weights' scales)");
+  const auto none = torch::empty({0});
+  Layer layer{l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], l[8], none, none, none, none};
+  const auto type = layers_.empty() ? layer.w_qkv.scalar_type() : layers_[0].w_qkv.scalar_type();
+  for (const auto* t : {&layer.w_qkv, &layer.w_o, &layer.w_gate_up, &layer.w_down})
+    check_weight(*t, type, "DecodeModel layer weights");
+  TORCH_CHECK(type == embed_.scalar_type() || type == at::kChar,
+              "DecodeModel: layer weights in the embedding's dtype or int8 expected");
+  TORCH_CHECK((type == at::kChar) == (l.size() == 13),
+              "DecodeModel: int8 layer weights take 4 scales, other weights none");
+  if (l.size() == 13) {
+    layer.s_qkv = l[9], layer.s_o = l[10], layer.s_gate_up = l[11], layer.s_down = l[12];
+    check_scale(layer.s_qkv, layer.w_qkv, "DecodeModel qkv scale");
+    check_scale(layer.s_o, layer.w_o, "DecodeModel o scale");
+    check_scale(layer.s_gate_up, layer.w_gate_up, "DecodeModel gate_up scale");
+    check_scale(layer.s_down, layer.w_down, "DecodeModel down scale");
+  }
+  check_f32(layer.norm1, "DecodeModel norm1"), check_f32(layer.norm2, "DecodeModel norm2");
+  if (layer.b_qkv.numel() > 0) check_f32(layer.b_qkv, "DecodeModel qkv bias");
+  TORCH_CHECK(layer.k_cache.dim() == 4 && layer.k_cache.is_contiguous() &&
+                  layer.v_cache.is_contiguous() && layer.v_cache.sizes() == layer.k_cache.sizes() &&
+                  layer.v_cache.scalar_type() == layer.k_cache.scalar_type(),
+              "DecodeModel: contiguous caches [KVH, NB, BS, D] of one dtype expected");
+  layers_.push_back(std::move(layer));
+}
+
+void DecodeModel::check_shapes() const {
   const Dims& s = dims_;
+  const Layer& first = layers_.front();
   for (const auto& layer : layers_) {
     TORCH_CHECK(layer.w_qkv.size(0) == s.qkv_dim() && layer.w_qkv.size(1) == s.hidden &&
                     layer.w_o.size(0) == s.hidden && layer.w_o.size(1) == s.q_dim() &&
@@ -466,27 +545,29 @@ void DecodeModel::layer_step(const Layer& layer, const StepInputs& in, Shared& s
                              int t, int nt) const {
   const Dims& s = dims_;
   const int64_t m = in.m, h = s.hidden;
-  const float* b_qkv = layer.b_qkv.numel() > 0 ? layer.b_qkv.data_ptr<float>() : nullptr;
-  const W *w_qkv = layer.w_qkv.data_ptr<W>(), *w_o = layer.w_o.data_ptr<W>();
-  const W *w_gu = layer.w_gate_up.data_ptr<W>(), *w_down = layer.w_down.data_ptr<W>();
-  const Span qkv = share(s.qkv_dim(), 4, t, nt), o = share(h, 4, t, nt);
-  const Span gu = share(2 * s.inter, 4, t, nt), down = share(h, 4, t, nt);
+  const auto none = torch::Tensor();
+  const Matrix<W> qkv = matrix<W>(layer.w_qkv, layer.s_qkv, layer.b_qkv);
+  const Matrix<W> o = matrix<W>(layer.w_o, layer.s_o, none);
+  const Matrix<W> gu = matrix<W>(layer.w_gate_up, layer.s_gate_up, none);
+  const Matrix<W> down = matrix<W>(layer.w_down, layer.s_down, none);
+  const Span qkv_rows = share(qkv.n_dim, 4, t, nt), o_rows = share(h, 4, t, nt);
+  const Span gu_rows = share(gu.n_dim, 4, t, nt), down_rows = share(h, 4, t, nt);
 
   rms_norm(lo.x.data(), layer.norm1.data_ptr<float>(), lo.h.data(), m, h, eps_);
-  gemv_part(lo.h.data(), m, w_qkv, b_qkv, sh.qkv.data(), s.qkv_dim(), h, qkv.lo, qkv.hi);
+  gemv_part(lo.h.data(), m, qkv, sh.qkv.data(), qkv_rows.lo, qkv_rows.hi);
 #pragma omp barrier
   attend_items<KV>(layer, in, sh, lo, t, nt);
 #pragma omp barrier
-  gemv_part(sh.attn.data(), m, w_o, nullptr, sh.o.data(), h, s.q_dim(), o.lo, o.hi);
+  gemv_part(sh.attn.data(), m, o, sh.o.data(), o_rows.lo, o_rows.hi);
 #pragma omp barrier
   for (int64_t j = 0; j < m * h; ++j) lo.x[j] += sh.o[j];
   rms_norm(lo.x.data(), layer.norm2.data_ptr<float>(), lo.h.data(), m, h, eps_);
-  gemv_part(lo.h.data(), m, w_gu, nullptr, sh.gate_up.data(), 2 * s.inter, h, gu.lo, gu.hi);
+  gemv_part(lo.h.data(), m, gu, sh.gate_up.data(), gu_rows.lo, gu_rows.hi);
 #pragma omp barrier
   for (int64_t i = 0; i < m; ++i) {
     silu_mul_row(sh.gate_up.data() + i * 2 * s.inter, lo.act.data() + i * s.inter, s.inter);
   }
-  gemv_part(lo.act.data(), m, w_down, nullptr, sh.down.data(), h, s.inter, down.lo, down.hi);
+  gemv_part(lo.act.data(), m, down, sh.down.data(), down_rows.lo, down_rows.hi);
 #pragma omp barrier
   for (int64_t j = 0; j < m * h; ++j) lo.x[j] += sh.down[j];
 }
@@ -502,12 +583,13 @@ void DecodeModel::head(const StepInputs& in, Local& lo, float* logits, int t, in
       rms_norm(lo.x.data() + in.logit_rows[r0 + r] * s.hidden, norm_.data_ptr<float>(),
                lo.h.data() + r * s.hidden, 1, s.hidden, eps_);
     }
-    gemv_part(lo.h.data(), n, head_.data_ptr<W>(), nullptr, logits + r0 * s.vocab, s.vocab,
-              s.hidden, span.lo, span.hi);
+    const Matrix<W> mat{head_.data_ptr<W>(), nullptr, nullptr, s.vocab, s.hidden};
+    gemv_part(lo.h.data(), n, mat, logits + r0 * s.vocab, span.lo, span.hi);
   }
 }
 
-template <typename W, typename KV>
+// WM: the embedding's and head's type (float32, bf16); WL: the layers' (WM or int8).
+template <typename WM, typename WL, typename KV>
 void DecodeModel::run(const StepInputs& in, float* logits) const {
   Shared sh(dims_, in.m);
   const int threads = at::get_num_threads();
@@ -515,10 +597,16 @@ void DecodeModel::run(const StepInputs& in, float* logits) const {
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     Local lo(dims_, in.m);
-    embed<W>(in, lo);
-    for (const Layer& layer : layers_) layer_step<W, KV>(layer, in, sh, lo, t, nt);
-    head<W>(in, lo, logits, t, nt);
+    embed<WM>(in, lo);
+    for (const Layer& layer : layers_) layer_step<WL, KV>(layer, in, sh, lo, t, nt);
+    head<WM>(in, lo, logits, t, nt);
   }
+}
+
+template <typename WM, typename KV>
+void DecodeModel::run_layers(const StepInputs& in, float* logits) const {
+  if (layers_.front().w_qkv.scalar_type() == at::kChar) return run<WM, int8_t, KV>(in, logits);
+  run<WM, WM, KV>(in, logits);
 }
 
 torch::Tensor DecodeModel::step(const torch::Tensor& ids, const torch::Tensor& positions,
@@ -558,12 +646,15 @@ torch::Tensor DecodeModel::step(const torch::Tensor& ids, const torch::Tensor& p
   float* out = logits.data_ptr<float>();
   const bool bf16 = embed_.scalar_type() == at::kBFloat16;
   switch (layers_.front().k_cache.scalar_type()) {
-    case at::kFloat: bf16 ? run<c10::BFloat16, float>(in, out) : run<float, float>(in, out); break;
+    case at::kFloat:
+      bf16 ? run_layers<c10::BFloat16, float>(in, out) : run_layers<float, float>(in, out);
+      break;
     case at::kBFloat16:
-      bf16 ? run<c10::BFloat16, c10::BFloat16>(in, out) : run<float, c10::BFloat16>(in, out);
+      bf16 ? run_layers<c10::BFloat16, c10::BFloat16>(in, out)
+           : run_layers<float, c10::BFloat16>(in, out);
       break;
     case at::kHalf:
-      bf16 ? run<c10::BFloat16, c10::Half>(in, out) : run<float, c10::Half>(in, out);
+      bf16 ? run_layers<c10::BFloat16, c10::Half>(in, out) : run_layers<float, c10::Half>(in, out);
       break;
     default: TORCH_CHECK(false, "decode step: unsupported KV dtype");
   }

@@ -12,9 +12,11 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
                                      const torch::Tensor& block_tables,
                                      const torch::Tensor& seq_lens, double scale);
 
-// x [M, K] @ w[N, K]^T (+ bias) for M <= 4 float32 rows, streaming w once (decode_step.cpp).
+// x [M, K] @ w[N, K]^T (* scale) (+ bias) for M <= 4 float32 rows, streaming w once: w float32,
+// bf16, or int8 with a float32 scale per row (decode_step.cpp).
 torch::Tensor small_linear(const torch::Tensor& x, const torch::Tensor& w,
-                           const std::optional<torch::Tensor>& bias);
+                           const std::optional<torch::Tensor>& bias,
+                           const std::optional<torch::Tensor>& scale);
 
 // A whole decode step of M <= 4 sequences as one native call: the class DecodeModel, holding
 // the model's weights and caches (decode_step.cpp).

@@ -343,7 +343,10 @@ template void attend_group<c10::Half>(const float*, float*, const c10::Half*, co
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention,
         "decode attention over the paged KV cache, read in place");
-  m.def("small_linear", &small_linear, "x @ w.T (+ bias) for up to 4 float32 rows (GEMV)");
+  m.def("small_linear", &small_linear,
+        "x @ w.T (* scale, for int8 w) (+ bias) for up to 4 float32 rows (GEMV)",
+        pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias") = pybind11::none(),
+        pybind11::arg("scale") = pybind11::none());
   register_decode_model(m);
   m.def("rms_norm", &rms_norm_rows, "RMSNorm of each row, float32 inside");
   m.def("add_rms_norm", &add_rms_norm, "x + delta and the RMSNorm of that sum");

@@ -18,6 +18,7 @@ from torch import nn
 
 from latlab.engine.kernels import StepOps
 from latlab.engine.models.config import ModelArgs
+from latlab.engine.models.int8_linear import Int8Linear
 from latlab.errors import ModelLoadError
 
 
@@ -216,15 +217,19 @@ class DecoderLayer(nn.Module):
     def native_tensors(self, k_cache: torch.Tensor, v_cache: torch.Tensor) -> list[torch.Tensor]:
         """What the native decode step reads of this layer (decode_step.cpp), in its order: the
         norms and the qkv bias as float32 (copies, made once, in a bf16 model; an empty tensor
-        for no bias), the plain weights in the model's dtype, the layer's caches."""
+        for no bias), the plain weights in the model's dtype, the layer's caches; for
+        weight-only int8 layers their int8 weights, then their float32 scales after the caches."""
         attn, mlp = self.self_attn, self.mlp
+        linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+        int8 = isinstance(attn.qkv_proj, Int8Linear)
+        qkv, o, gate_up, down = (m.qweight if int8 else m.weight for m in linears)
         bias = attn.qkv_proj.bias
-        return [
-            self.input_layernorm.weight.float(), attn.qkv_proj.weight,
-            torch.empty(0) if bias is None else bias.float(), attn.o_proj.weight,
-            self.post_attention_layernorm.weight.float(), mlp.gate_up_proj.weight,
-            mlp.down_proj.weight, k_cache, v_cache,
+        tensors = [
+            self.input_layernorm.weight.float(), qkv,
+            torch.empty(0) if bias is None else bias.float(), o,
+            self.post_attention_layernorm.weight.float(), gate_up, down, k_cache, v_cache,
         ]  # fmt: skip
+        return tensors + [m.scale for m in linears] if int8 else tensors
 
 
 class LlamaForCausalLM(nn.Module):
