@@ -67,3 +67,19 @@ def test_linear_rate_runs_the_kernel_it_is_given_on_every_layer(tiny_model_dir):
     layers = linear_layers(model)
     assert rate > 1e6 and len(shapes) >= len(layers)
     assert set(shapes) == {(2, tuple(m.weight.shape)) for m in layers}
+
+
+def test_linear_rate_hands_int8_layers_their_rows_and_scales(tiny_model_dir):
+    """Weight-only int8 engines' small decode steps run the native GEMV on the int8 rows and
+    their scales: the rate is measured on those, the head on its plain weight."""
+    model, _ = _model(tiny_model_dir, quantization="int8-weight-only")
+    calls = []
+
+    def linear(x, weight, bias, scale=None):
+        calls.append((weight.dtype, scale is not None))
+        return torch.nn.functional.linear(
+            x, weight.float() * (1 if scale is None else scale[:, None]), bias
+        )
+
+    measure_linear_rate(model, batch=1, dtype=torch.float32, device=CPU, repeats=1, linear=linear)
+    assert set(calls) == {(torch.int8, True), (torch.float32, False)}

@@ -122,12 +122,13 @@ def measure_linear_rate(
     dtype: torch.dtype,
     device: torch.device,
     repeats: int = 5,
-    linear: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+    linear: Callable[..., torch.Tensor] | None = None,
 ) -> float:
     """FLOP/s of the model's own linear layers (same kernels, same shapes) at ``batch`` rows.
 
-    ``linear(x, weight, bias)`` replaces the modules' own forward where the engine runs these
-    shapes through another kernel (the native GEMV of 1-4 row decode steps).
+    ``linear(x, weight, bias[, scale])`` replaces the modules' own forward where the engine runs
+    these shapes through another kernel (the native GEMV of 1-4 row decode steps; int8 layers
+    pass their int8 rows and scales).
     """
     layers = linear_layers(model)
     act = dtype if linear is None else torch.float32  # the native GEMV's rows are float32
@@ -141,6 +142,8 @@ def measure_linear_rate(
                 x = inputs[m.in_features]
                 if linear is None:
                     m(x)
+                elif hasattr(m, "qweight"):  # weight-only int8: the rows and their scales
+                    linear(x, m.qweight, bias, m.scale)
                 else:
                     linear(x, m.weight, bias)
 
