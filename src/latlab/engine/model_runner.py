@@ -26,8 +26,10 @@ from latlab.engine.hardware import (
 )
 from latlab.engine.huge_pages import HugePages, move_to_huge_pages
 from latlab.engine.kernels import (
+    BATCH_MAX_ROWS,
     DECODE_MAX_ROWS,
     StepOps,
+    batch_decode_model,
     decode_model,
     paged_decode_attention,
     step_ops,
@@ -102,6 +104,7 @@ class ModelRunner:
         self.native_step: Callable[..., torch.Tensor] | None = None  # decode steps of 1-4 rows
         if decoder_class is not None:
             self.native_step = self.model.native_decoder(decoder_class, self.kv_caches).step
+        self.native_batch_step, self.batch_reason = self._native_batch()  # 5-64 rows
         self.sampler = Sampler(args.eos_token_ids, seed=config.seed)
         self.forward_seconds_total = 0.0  # the model's forward passes (EngineStats)
         self._forward = self.model.forward
@@ -172,6 +175,24 @@ class ModelRunner:
             raise ConfigError(f"native_decode=True but {decoder.reason}")
         return decoder.fn, decoder.reason
 
+    def _native_batch(self) -> tuple[Callable[..., torch.Tensor] | None, str]:
+        """The one-call bf16 decode step on AMX tiles for 5-64 rows, where the plan packed
+        every linear for the AMX kernel (the step-ops path's numbers, bit for bit), and why."""
+        if self.config.native_decode is False:
+            return None, "native_decode=False"
+        if self.step_ops is None or self.weight_plan.linear != "amx-packed":
+            return None, f"the step ops per op ({self.weight_plan.linear} linears)"
+        if self.config.max_num_seqs <= DECODE_MAX_ROWS:
+            return None, f"max_num_seqs <= {DECODE_MAX_ROWS}"
+        tensors, why_not = self.model.batch_decoder_tensors(self.kv_caches)
+        kernel = batch_decode_model(wait=False)
+        if tensors is None or kernel.fn is None:
+            return None, why_not or kernel.reason
+        model, layers = tensors
+        attn = self.model.layers[0].self_attn
+        decoder = kernel.fn(model, layers, attn.num_heads, self.model.norm.eps, attn.scale)
+        return decoder.step, kernel.reason
+
     def _why_not_native(self) -> str | None:
         plan, dtype = self.weight_plan, self.model.embed_tokens.weight.dtype
         if self.decode_kernel is None:
@@ -197,6 +218,7 @@ class ModelRunner:
             "kv_cache_dtype": dtype_name(self.kv_dtype),
             "decode_attention": self.attention_reason,
             "decode_layers": self.decode_reason,
+            "decode_batches": self.batch_reason,
             "step_ops": self.step_ops_reason,
             "weight_memory_bytes": self.weight_memory_bytes,
             **self.huge_pages.as_dict(),
@@ -347,12 +369,14 @@ class ModelRunner:
             q_pos = pos_t[q_index]
             out_index = (torch.arange(b, device=dev).unsqueeze(1) * max_q + j)[j < n]
         if max_q == 1 and self.decode_kernel is not None:
-            native = self.native_step is not None and b <= DECODE_MAX_ROWS
+            step = self.native_step if b <= DECODE_MAX_ROWS else None
+            if DECODE_MAX_ROWS < b <= BATCH_MAX_ROWS:
+                step = self.native_batch_step
             return AttentionMetadata(
                 torch.tensor(slots, dtype=torch.long, device=dev), block_tables,
                 block_tables.view(-1), None, None, None, None, 1,
                 seq_lens=q_pos.view(b) + 1, decode_kernel=self.decode_kernel,
-                native_step=self.native_step if native else None, step_ops=self.step_ops,
+                native_step=step, step_ops=self.step_ops,
             )  # fmt: skip
         keys = torch.arange(max_blocks * self.block_size, device=dev)
         mask = keys.view(1, 1, 1, -1) <= q_pos.view(b, 1, max_q, 1)

@@ -27,13 +27,21 @@ from typing import Any
 
 HERE = Path(__file__).parent
 SOURCE = HERE / "paged_attention.cpp"  # holds the module's registrations
-SOURCES = (SOURCE, HERE / "decode_step.cpp", HERE / "step_ops.cpp", HERE / "amx_linear.cpp")
-HEADERS = (HERE / "kernels.h", HERE / "vec512.h")
+SOURCES = (
+    SOURCE,
+    HERE / "decode_step.cpp",
+    HERE / "decode_batch.cpp",
+    HERE / "step_ops.cpp",
+    HERE / "amx_linear.cpp",
+)
+HEADERS = (HERE / "kernels.h", HERE / "vec512.h", HERE / "rows.h")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
 BUILD_HINT = "`python -m latlab.engine.kernels` builds it; `make setup` does in the background"
 ATTENTION = "native paged decode attention (in place)"
 DECODE_MAX_ROWS = 4  # decode_step.cpp's register blocking covers steps of 1-4 rows
+BATCH_MAX_ROWS = 64  # decode_batch.cpp: the AMX kernel's one-pass form, 4 row tiles
 DECODE = "native decode steps (one call, one parallel region, streaming GEMVs) for 1-4 rows"
+BATCH = f"native bf16 decode steps on AMX tiles (one call a step) for 5-{BATCH_MAX_ROWS} rows"
 STEP_OPS = "native fused norms, RoPE + cache writes and SiLU * up"
 AMX = "bf16 GEMMs on AMX tiles (weights packed once, streamed once a step)"
 
@@ -114,6 +122,18 @@ def decode_model(*, wait: bool = True) -> Kernel:
     """The class ``DecodeModel(model, layers, num_heads, eps, scale)`` whose ``step`` runs a
     whole decode step of 1-4 rows as one native call (see decode_step.cpp)."""
     return _kernel("DecodeModel", DECODE, wait=wait)
+
+
+def batch_decode_model(*, wait: bool = True) -> Kernel:
+    """The class ``BatchDecodeModel(model, layers, num_heads, eps, scale)`` whose ``step`` runs a
+    whole bf16 decode step of 5-64 rows on AMX tiles as one native call (decode_batch.cpp), or
+    None where the build or the CPU has no AMX."""
+    build = _module(wait=wait)
+    if build.module is None:
+        return Kernel(None, build.reason)
+    if not build.module.amx_available():
+        return Kernel(None, "no AMX-BF16 here (CPU, compiler or the kernel's permission)")
+    return Kernel(build.module.BatchDecodeModel, BATCH)
 
 
 def small_linear(*, wait: bool = True) -> Kernel:

@@ -53,15 +53,22 @@ bool amx_permitted() {
 
 // Tiles 0-3: float32 sums of 16 rows x 16 columns; 4-5: 16 rows of x (or 4: rows, 5: weights);
 // 6-7: weight tiles (the two-block form).
-void configure_tiles() {
+constexpr TileConfig tile_config() {
   TileConfig cfg{};
   cfg.palette_id = 1;
   for (int t = 0; t < 8; ++t) {
     cfg.rows[t] = 16;
     cfg.colsb[t] = 64;
   }
-  _tile_loadconfig(&cfg);
+  return cfg;
 }
+
+// A constant in memory, not a stack copy: GCC 12 drops the stores of a local config before
+// ldtilecfg when the function is inlined (it does not see the instruction read them; the
+// process then died of a general protection fault in the batched decode step's threads).
+alignas(64) constexpr TileConfig kTileConfig = tile_config();
+
+void configure_tiles() { _tile_loadconfig(&kTileConfig); }
 
 // Sums of MB x 16 rows of x (row stride `stride` bytes) against column block `b`, all of K.
 template <int MB>
@@ -179,6 +186,36 @@ void check_shapes(int64_t n, int64_t k, const char* name) {
 }
 
 }  // namespace
+
+bool amx_thread_begin() {
+#ifdef LATLAB_AMX
+  if (!amx_permitted()) return false;
+  configure_tiles();
+  return true;
+#else
+  return false;
+#endif
+}
+
+void amx_thread_end() {
+#ifdef LATLAB_AMX
+  _tile_release();
+#endif
+}
+
+void amx_columns(const c10::BFloat16* x, int64_t rows, int64_t k_dim, const c10::BFloat16* packed,
+                 const c10::BFloat16* bias, int64_t nb_lo, int64_t nb_hi, int64_t n_dim,
+                 c10::BFloat16* y) {
+#ifdef LATLAB_AMX
+  const char* w = reinterpret_cast<const char*>(packed);
+  const int64_t block_bytes = (k_dim / 32) * kTileBytes;
+  for (int64_t nb = nb_lo; nb < nb_hi; ++nb) {
+    column_block(x, rows, k_dim, w + nb * block_bytes, bias, nb, n_dim, y);
+  }
+#else
+  TORCH_CHECK(false, "amx_columns: built without AMX");
+#endif
+}
 
 bool amx_available() {
 #ifdef LATLAB_AMX

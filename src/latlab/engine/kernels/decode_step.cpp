@@ -533,7 +533,7 @@ void DecodeModel::attend_items(const Layer& layer, const StepInputs& in, Shared&
       const int64_t head = kvh * group + g;
       rope_head(row + head * s.d, c, sn, lo.q.data() + g * s.d, s.d);
     }
-    attend_group<KV>(lo.q.data(), sh.attn.data() + i * s.q_dim() + kvh * group * s.d, k_cache,
+    attend_group<float, KV>(lo.q.data(), sh.attn.data() + i * s.q_dim() + kvh * group * s.d, k_cache,
                      v_cache, in.tables + i * in.max_blocks, in.lens[i], kvh, group, s.blocks,
                      s.block_size, s.d, scale_, lo.scratch);
   }

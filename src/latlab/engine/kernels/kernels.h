@@ -22,10 +22,14 @@ torch::Tensor small_linear(const torch::Tensor& x, const torch::Tensor& w,
 // the model's weights and caches (decode_step.cpp).
 void register_decode_model(pybind11::module_& m);
 
-// One (sequence, KV head) item of decode attention: float32 query rows of the GQA group in,
-// their float32 outputs out (paged_attention.cpp).
-template <typename KV>
-void attend_group(const float* q, float* out, const KV* k_cache, const KV* v_cache,
+// A whole bf16 decode step of 5-64 sequences on AMX tiles as one native call: the class
+// BatchDecodeModel (decode_batch.cpp).
+void register_batch_decode_model(pybind11::module_& m);
+
+// One (sequence, KV head) item of decode attention: the query rows of the GQA group in (float32
+// or bf16), their outputs out in the same dtype (paged_attention.cpp).
+template <typename Q, typename KV>
+void attend_group(const Q* q, Q* out, const KV* k_cache, const KV* v_cache,
                   const int64_t* table, int64_t seq_len, int64_t kvh, int64_t group, int64_t nb,
                   int64_t bs, int64_t d, float scale, std::vector<float>& scratch);
 
@@ -43,3 +47,11 @@ bool amx_available();
 torch::Tensor amx_pack(const torch::Tensor& weight);
 torch::Tensor amx_linear(const torch::Tensor& x, const torch::Tensor& packed,
                          const std::optional<torch::Tensor>& bias);
+// For a caller's own parallel region: each thread configures its tiles (false without AMX),
+// computes column blocks [nb_lo, nb_hi) of y = x @ w.T + bias (bf16; x padded with zero rows
+// to whole 16-row tiles), and releases its tiles.
+bool amx_thread_begin();
+void amx_thread_end();
+void amx_columns(const c10::BFloat16* x, int64_t rows, int64_t k_dim, const c10::BFloat16* packed,
+                 const c10::BFloat16* bias, int64_t nb_lo, int64_t nb_hi, int64_t n_dim,
+                 c10::BFloat16* y);

@@ -321,24 +321,25 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
   return out;
 }
 
-template <typename KV>
-void attend_group(const float* q, float* out, const KV* k_cache, const KV* v_cache,
-                  const int64_t* table, int64_t seq_len, int64_t kvh, int64_t group, int64_t nb,
-                  int64_t bs, int64_t d, float scale, std::vector<float>& scratch) {
-  choose_attend<float, KV>(d, group)(q, out, k_cache, v_cache, table, seq_len, kvh, group, nb, bs,
-                                     d, scale, scratch);
+template <typename Q, typename KV>
+void attend_group(const Q* q, Q* out, const KV* k_cache, const KV* v_cache, const int64_t* table,
+                  int64_t seq_len, int64_t kvh, int64_t group, int64_t nb, int64_t bs, int64_t d,
+                  float scale, std::vector<float>& scratch) {
+  choose_attend<Q, KV>(d, group)(q, out, k_cache, v_cache, table, seq_len, kvh, group, nb, bs, d,
+                                 scale, scratch);
 }
 
-template void attend_group<float>(const float*, float*, const float*, const float*,
-                                  const int64_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                  int64_t, float, std::vector<float>&);
-template void attend_group<c10::BFloat16>(const float*, float*, const c10::BFloat16*,
-                                          const c10::BFloat16*, const int64_t*, int64_t, int64_t,
-                                          int64_t, int64_t, int64_t, int64_t, float,
-                                          std::vector<float>&);
-template void attend_group<c10::Half>(const float*, float*, const c10::Half*, const c10::Half*,
-                                      const int64_t*, int64_t, int64_t, int64_t, int64_t,
-                                      int64_t, int64_t, float, std::vector<float>&);
+#define LATLAB_ATTEND_GROUP(Q, KV)                                                             \
+  template void attend_group<Q, KV>(const Q*, Q*, const KV*, const KV*, const int64_t*, int64_t, \
+                                    int64_t, int64_t, int64_t, int64_t, int64_t, float,          \
+                                    std::vector<float>&);
+LATLAB_ATTEND_GROUP(float, float)
+LATLAB_ATTEND_GROUP(float, c10::BFloat16)
+LATLAB_ATTEND_GROUP(float, c10::Half)
+LATLAB_ATTEND_GROUP(c10::BFloat16, float)
+LATLAB_ATTEND_GROUP(c10::BFloat16, c10::BFloat16)
+LATLAB_ATTEND_GROUP(c10::BFloat16, c10::Half)
+#undef LATLAB_ATTEND_GROUP
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention,
@@ -348,6 +349,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias") = pybind11::none(),
         pybind11::arg("scale") = pybind11::none());
   register_decode_model(m);
+  register_batch_decode_model(m);
   m.def("rms_norm", &rms_norm_rows, "RMSNorm of each row, float32 inside");
   m.def("add_rms_norm", &add_rms_norm, "x + delta and the RMSNorm of that sum");
   m.def("rope_cache", &rope_cache, "RoPE on q and k, k and v written to the paged cache; returns q");

@@ -16,6 +16,7 @@
 // slot_mapping [N] (flat cache slot of each token); gate_up [N, 2 I].
 
 #include "kernels.h"
+#include "rows.h"
 #include "vec512.h"
 
 #include <ATen/Parallel.h>
@@ -30,58 +31,12 @@ namespace {
 // Rows per thread at least, so small steps do not pay a fork and join.
 int64_t grain(int64_t row_elems) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_elems)); }
 
-template <typename T>
-inline float f32(T x) {
-  return static_cast<float>(x);
-}
-
-// The row-wise primitives, 16 lanes at a time where the CPU has AVX-512.
-template <typename T>
-void widen_row(const T* src, float* dst, int64_t n) {
-#ifdef LATLAB_AVX512
-  for (int64_t j = 0; j < n; j += 16) {
-    const __mmask16 m = latlab::tail_mask(n - j);
-    _mm512_mask_storeu_ps(dst + j, m, latlab::load16(src + j, m));
-  }
-#else
-  for (int64_t j = 0; j < n; ++j) dst[j] = f32(src[j]);
-#endif
-}
-
-template <typename T>
-void narrow_row(const float* src, T* dst, int64_t n) {
-#ifdef LATLAB_AVX512
-  for (int64_t j = 0; j < n; j += 16) {
-    const __mmask16 m = latlab::tail_mask(n - j);
-    latlab::store16(dst + j, _mm512_maskz_loadu_ps(m, src + j), m);
-  }
-#else
-  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<T>(src[j]);
-#endif
-}
-
-template <typename T>
-void norm_row(const float* x, const T* w, T* out, int64_t dim, float eps) {
-#ifdef LATLAB_AVX512
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t j = 0; j < dim; j += 16) {
-    const __m512 v = _mm512_maskz_loadu_ps(latlab::tail_mask(dim - j), x + j);
-    acc = _mm512_fmadd_ps(v, v, acc);
-  }
-  const float ss = _mm512_reduce_add_ps(acc);
-  const __m512 inv = _mm512_set1_ps(1.f / std::sqrt(ss / static_cast<float>(dim) + eps));
-  for (int64_t j = 0; j < dim; j += 16) {
-    const __mmask16 m = latlab::tail_mask(dim - j);
-    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + j), inv);
-    latlab::store16(out + j, _mm512_mul_ps(v, latlab::load16(w + j, m)), m);
-  }
-#else
-  float ss = 0.f;
-  for (int64_t j = 0; j < dim; ++j) ss += x[j] * x[j];
-  const float inv = 1.f / std::sqrt(ss / static_cast<float>(dim) + eps);
-  for (int64_t j = 0; j < dim; ++j) out[j] = static_cast<T>(x[j] * inv * f32(w[j]));
-#endif
-}
+using latlab::f32;
+using latlab::narrow_row;
+using latlab::norm_row;
+using latlab::rope;
+using latlab::silu_mul_row;
+using latlab::widen_row;
 
 template <typename T>
 void rms_norm_impl(const torch::Tensor& x, const torch::Tensor& w, torch::Tensor& out, float eps) {
@@ -119,15 +74,6 @@ void add_rms_norm_impl(const torch::Tensor& x, const torch::Tensor& delta, const
       norm_row(row.data(), wp, np + i * dim, dim, eps);
     }
   });
-}
-
-// x * cos + rotate_half(x) * sin for one head, all in float32 (x widened by the caller).
-inline void rope(const float* x, const float* cos, const float* sin, float* out, int64_t d) {
-  const int64_t half = d / 2;
-#pragma omp simd
-  for (int64_t i = 0; i < half; ++i) out[i] = x[i] * cos[i] + x[i + half] * sin[i];
-#pragma omp simd
-  for (int64_t i = half; i < d; ++i) out[i] = x[i] * cos[i] + x[i - half] * sin[i];
 }
 
 template <typename T, typename KV>
@@ -171,22 +117,7 @@ void silu_mul_impl(const torch::Tensor& gate_up, torch::Tensor& out) {
   const T* gp = gate_up.data_ptr<T>();
   T* op = out.data_ptr<T>();
   at::parallel_for(0, n, grain(2 * inter), [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const T* gate = gp + i * 2 * inter;
-      const T* up = gate + inter;
-#ifdef LATLAB_AVX512
-      for (int64_t j = 0; j < inter; j += 16) {
-        const __mmask16 m = latlab::tail_mask(inter - j);
-        const __m512 v = latlab::silu_times(latlab::load16(gate + j, m), latlab::load16(up + j, m));
-        latlab::store16(op + i * inter + j, v, m);
-      }
-#else
-      for (int64_t j = 0; j < inter; ++j) {
-        const float g = f32(gate[j]);
-        op[i * inter + j] = static_cast<T>(g / (1.f + std::exp(-g)) * f32(up[j]));
-      }
-#endif
-    }
+    for (int64_t i = lo; i < hi; ++i) silu_mul_row(gp + i * 2 * inter, op + i * inter, inter);
   });
 }
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latlab.engine.kernels import StepOps
+from latlab.engine.models.amx_linear import AmxPackedLinear
 from latlab.engine.models.config import ModelArgs
 from latlab.engine.models.int8_linear import Int8Linear
 from latlab.errors import ModelLoadError
@@ -299,6 +300,30 @@ class LlamaForCausalLM(nn.Module):
         layers = [layer.native_tensors(k, v) for layer, (k, v) in pairs]
         attn = self.layers[0].self_attn
         return decoder_class(model, layers, attn.num_heads, self.norm.eps, attn.scale)
+
+    def batch_decoder_tensors(
+        self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[tuple[list, list] | None, str]:
+        """What the one-call bf16 decode step of 5-64 rows reads (decode_batch.cpp): the bf16
+        embedding, RoPE tables and norms, the AMX-packed weights of every linear (the head
+        included), the caches; or None and why, when a linear is not AMX-packed."""
+        head = self.lm_head
+        layers = []
+        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
+            attn, mlp = layer.self_attn, layer.mlp
+            linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj, head)
+            if not all(isinstance(m, AmxPackedLinear) for m in linears):
+                return None, "a linear layer does not fit the AMX tiles"
+            bias = attn.qkv_proj.bias
+            layers.append([
+                layer.input_layernorm.weight, attn.qkv_proj.packed_weight,
+                torch.empty(0) if bias is None else bias, attn.o_proj.packed_weight,
+                layer.post_attention_layernorm.weight, mlp.gate_up_proj.packed_weight,
+                mlp.down_proj.packed_weight, k_cache, v_cache,
+            ])  # fmt: skip
+        model = [self.embed_tokens.weight, self.cos_table, self.sin_table, self.norm.weight,
+                 head.packed_weight]  # fmt: skip
+        return (model, layers), ""
 
 
 def load_llama(

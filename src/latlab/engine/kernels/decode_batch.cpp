@@ -1,0 +1,383 @@
+// Decode steps of 5-64 sequences in bf16 on AMX tiles (latlab engine, CPU): one native call.
+//
+// At batch 64 a bf16 decode step of the ~106M model took ~26 ms, of which the native calls (the
+// AMX GEMMs, attention, the fused norms, RoPE and SiLU) were ~23 ms; ~3 ms went to Python and
+// torch dispatch between them, ~100 calls a step, each also forking and joining the thread pool
+// (docs/engine.md). Here one OpenMP parallel region runs the whole step: the elementwise work
+// splits the rows over the threads, the GEMMs split their 16-column blocks (amx_linear.cpp's
+// kernel), attention splits its (sequence, KV head) items, and the threads meet at a barrier
+// between phases that read what other threads wrote.
+//
+// Numerics: exactly the step-ops path's (models/llama.py, step_ops.cpp): a bf16 residual stream
+// and every op rounded to bf16 where that path rounds, through the same row primitives
+// (rows.h), the same AMX column kernel and the same attention kernel, so both give the same
+// logits bit for bit (tested).
+//
+// Layouts (the engine's): packed weights as amx_pack makes them ([N/16, K/32, 16, 16, 2]);
+// cos/sin tables [positions, D] (sin with rotate_half's sign folded in); k_cache, v_cache
+// [KVH, NB, BS, D]; block_tables [M, max_blocks]; seq_lens [M] (the new key included).
+
+#include "kernels.h"
+#include "rows.h"
+
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+using BF16 = c10::BFloat16;
+using latlab::narrow_row;
+using latlab::norm_row;
+using latlab::widen_row;
+
+constexpr int64_t kMinRows = 5;   // 1-4 rows: the GEMV step (decode_step.cpp)
+constexpr int64_t kMaxRows = 64;  // the AMX kernel's one-pass form: 4 row tiles
+
+struct Span {
+  int64_t lo, hi;
+};
+inline Span share(int64_t n, int t, int nt) { return {n * t / nt, n * (t + 1) / nt}; }
+
+// One decoder layer: bf16 norms and qkv bias (empty for none), AMX-packed weights, caches.
+struct Layer {
+  torch::Tensor norm1, qkv, b_qkv, o, norm2, gate_up, down, k_cache, v_cache;
+};
+
+struct Dims {
+  int64_t hidden, heads, kv_heads, d, inter, vocab, positions, blocks, block_size;
+  int64_t q_dim() const { return heads * d; }
+  int64_t qkv_dim() const { return (heads + 2 * kv_heads) * d; }
+};
+
+struct Inputs {
+  int64_t m, rows, max_blocks;
+  const int64_t *ids, *positions, *slots, *tables, *lens, *logit_rows;
+};
+
+// The step's activations, bf16. GEMM inputs hold whole 16-row tiles: their padding rows stay
+// zero (only the first m rows are written).
+struct Buffers {
+  torch::Tensor x, h, qkv, attn, o, gate_up, act, down, head_in, head_out;
+  Buffers(const Dims& s, int64_t m, int64_t rows) {
+    const auto bf16 = torch::dtype(torch::kBFloat16);
+    const int64_t padded = (m + 15) / 16 * 16, head_rows = (rows + 15) / 16 * 16;
+    x = torch::empty({m, s.hidden}, bf16), h = torch::zeros({padded, s.hidden}, bf16);
+    qkv = torch::empty({m, s.qkv_dim()}, bf16), attn = torch::zeros({padded, s.q_dim()}, bf16);
+    o = torch::empty({m, s.hidden}, bf16), gate_up = torch::empty({m, 2 * s.inter}, bf16);
+    act = torch::zeros({padded, s.inter}, bf16), down = torch::empty({m, s.hidden}, bf16);
+    head_in = torch::zeros({head_rows, s.hidden}, bf16);
+    head_out = torch::empty({rows, s.vocab}, bf16);
+  }
+};
+
+BF16* ptr(const torch::Tensor& t) { return t.data_ptr<BF16>(); }
+
+// Each thread's scratch rows.
+struct Scratch {
+  std::vector<float> row, other, head, cos, sin;
+  std::vector<BF16> q;
+  std::vector<float> attention;
+  Scratch(const Dims& s)
+      : row(s.hidden), other(s.hidden), head(s.d), cos(s.d), sin(s.d),
+        q(s.heads / s.kv_heads * s.d) {}
+};
+
+// Rows [lo, hi): x += delta rounded to bf16 (no delta: x as it is), then h = RMSNorm(x), as
+// the step ops' rms_norm and add_rms_norm do.
+void add_norm_rows(BF16* x, const BF16* delta, const BF16* w, BF16* h, int64_t dim, float eps,
+                   Span rows, Scratch& sc) {
+  for (int64_t i = rows.lo; i < rows.hi; ++i) {
+    widen_row(x + i * dim, sc.row.data(), dim);
+    if (delta != nullptr) {
+      widen_row(delta + i * dim, sc.other.data(), dim);
+      for (int64_t j = 0; j < dim; ++j) sc.row[j] += sc.other[j];
+      narrow_row(sc.row.data(), x + i * dim, dim);
+      widen_row(x + i * dim, sc.row.data(), dim);  // the norm reads the sum as stored
+    }
+    norm_row(sc.row.data(), w, h + i * dim, dim, eps);
+  }
+}
+
+// This thread's share of the 16-column blocks of y [m, n] = x @ w.T (+ bias).
+void gemm_share(const BF16* x, int64_t m, const torch::Tensor& packed, const BF16* bias, BF16* y,
+                int t, int nt) {
+  const int64_t n = packed.size(0) * 16, k = packed.size(1) * 32;
+  const Span blocks = share(packed.size(0), t, nt);
+  amx_columns(x, m, k, ptr(packed), bias, blocks.lo, blocks.hi, n, y);
+}
+
+void check_bf16(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.is_contiguous() && t.device().is_cpu(), name,
+              ": a contiguous bf16 CPU tensor expected");
+}
+
+void check_packed(const torch::Tensor& t, int64_t n, int64_t k, const char* name) {
+  check_bf16(t, name);
+  TORCH_CHECK(t.dim() == 5 && t.size(0) * 16 == n && t.size(1) * 32 == k, name,
+              ": an AMX-packed weight of ", n, " x ", k, " expected");
+}
+
+void check_long(const torch::Tensor& t, int64_t n, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == 1 && t.numel() == n &&
+                  t.is_contiguous() && t.device().is_cpu(),
+              "batch decode step: ", name, " must be int64 [", n, "]");
+}
+
+class BatchDecodeModel {
+ public:
+  BatchDecodeModel(std::vector<torch::Tensor> model,
+                   std::vector<std::vector<torch::Tensor>> layers, int64_t num_heads,
+                   double eps, double scale);
+  torch::Tensor step(const torch::Tensor& ids, const torch::Tensor& positions,
+                     const torch::Tensor& slots, const torch::Tensor& tables,
+                     const torch::Tensor& lens, const torch::Tensor& logit_rows) const;
+
+ private:
+  void check_layer(const Layer& layer) const;
+  Inputs checked(const torch::Tensor& ids, const torch::Tensor& positions,
+                 const torch::Tensor& slots, const torch::Tensor& tables,
+                 const torch::Tensor& lens, const torch::Tensor& logit_rows) const;
+  template <typename KV>
+  void run(const Inputs& in, const Buffers& b, float* logits) const;
+  template <typename KV>
+  void layer_step(const Layer& layer, const Inputs& in, const Buffers& b, const BF16* pending,
+                  Scratch& sc, int t, int nt) const;
+  template <typename KV>
+  void attend_items(const Layer& layer, const Inputs& in, const Buffers& b, Scratch& sc, int t,
+                    int nt) const;
+  void head(const Inputs& in, const Buffers& b, float* logits, Scratch& sc, int t, int nt) const;
+
+  torch::Tensor embed_, cos_, sin_, norm_, head_;
+  std::vector<Layer> layers_;
+  Dims dims_{};
+  float eps_, scale_;
+};
+
+BatchDecodeModel::BatchDecodeModel(std::vector<torch::Tensor> model,
+                                   std::vector<std::vector<torch::Tensor>> layers,
+                                   int64_t num_heads, double eps, double scale)
+    : eps_(static_cast<float>(eps)), scale_(static_cast<float>(scale)) {
+  TORCH_CHECK(amx_available(), "BatchDecodeModel: no AMX-BF16 here");
+  TORCH_CHECK(model.size() == 5, "BatchDecodeModel: [embed, cos, sin, norm, packed head] expected");
+  TORCH_CHECK(!layers.empty(), "BatchDecodeModel: no layers");
+  embed_ = model[0], cos_ = model[1], sin_ = model[2], norm_ = model[3], head_ = model[4];
+  for (const auto* t : {&embed_, &cos_, &sin_, &norm_}) check_bf16(*t, "BatchDecodeModel");
+  for (const auto& l : layers) {
+    TORCH_CHECK(l.size() == 9, "BatchDecodeModel: 9 tensors per layer expected");
+    layers_.push_back(Layer{l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], l[8]});
+  }
+  const Layer& first = layers_.front();
+  TORCH_CHECK(first.k_cache.dim() == 4 && first.down.dim() == 5,
+              "BatchDecodeModel: caches [KVH, NB, BS, D] and packed weights expected");
+  dims_ = Dims{embed_.size(1), num_heads, first.k_cache.size(0), first.k_cache.size(3),
+               first.down.size(1) * 32, embed_.size(0), cos_.size(0), first.k_cache.size(1),
+               first.k_cache.size(2)};
+  check_packed(head_, dims_.vocab, dims_.hidden, "BatchDecodeModel head");
+  TORCH_CHECK(norm_.numel() == dims_.hidden && cos_.size(1) == dims_.d && sin_.sizes() == cos_.sizes() &&
+                  dims_.heads % dims_.kv_heads == 0 && dims_.d % 16 == 0,
+              "BatchDecodeModel: norm, RoPE tables or heads do not match the model");
+  for (const auto& layer : layers_) check_layer(layer);
+}
+
+void BatchDecodeModel::check_layer(const Layer& layer) const {
+  const Dims& s = dims_;
+  for (const auto* t : {&layer.norm1, &layer.norm2}) check_bf16(*t, "BatchDecodeModel norm");
+  TORCH_CHECK(layer.norm1.numel() == s.hidden && layer.norm2.numel() == s.hidden,
+              "BatchDecodeModel: norms of the hidden size expected");
+  check_packed(layer.qkv, s.qkv_dim(), s.hidden, "BatchDecodeModel qkv");
+  check_packed(layer.o, s.hidden, s.q_dim(), "BatchDecodeModel o");
+  check_packed(layer.gate_up, 2 * s.inter, s.hidden, "BatchDecodeModel gate_up");
+  check_packed(layer.down, s.hidden, s.inter, "BatchDecodeModel down");
+  if (layer.b_qkv.numel() > 0) {
+    check_bf16(layer.b_qkv, "BatchDecodeModel qkv bias");
+    TORCH_CHECK(layer.b_qkv.numel() == s.qkv_dim(), "BatchDecodeModel: a qkv bias per column");
+  }
+  const auto& first = layers_.front().k_cache;
+  TORCH_CHECK(layer.k_cache.sizes() == first.sizes() && layer.v_cache.sizes() == first.sizes() &&
+                  layer.k_cache.scalar_type() == first.scalar_type() &&
+                  layer.v_cache.scalar_type() == first.scalar_type() &&
+                  layer.k_cache.is_contiguous() && layer.v_cache.is_contiguous(),
+              "BatchDecodeModel: contiguous caches of one shape and dtype expected");
+}
+
+Inputs BatchDecodeModel::checked(const torch::Tensor& ids, const torch::Tensor& positions,
+                                 const torch::Tensor& slots, const torch::Tensor& tables,
+                                 const torch::Tensor& lens, const torch::Tensor& logit_rows) const {
+  const Dims& s = dims_;
+  const int64_t m = ids.numel(), rows = logit_rows.numel();
+  TORCH_CHECK(m >= kMinRows && m <= kMaxRows, "batch decode step: ", kMinRows, " to ", kMaxRows,
+              " sequences, got ", m);
+  TORCH_CHECK(rows <= kMaxRows, "batch decode step: at most ", kMaxRows, " logit rows");
+  check_long(ids, m, "ids"), check_long(positions, m, "positions"), check_long(slots, m, "slots");
+  check_long(lens, m, "seq_lens"), check_long(logit_rows, rows, "logit rows");
+  TORCH_CHECK(tables.scalar_type() == at::kLong && tables.dim() == 2 && tables.size(0) == m &&
+                  tables.is_contiguous(),
+              "batch decode step: block tables must be int64 [", m, ", max_blocks]");
+  const Inputs in{m, rows, tables.size(1), ids.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
+                  slots.data_ptr<int64_t>(), tables.data_ptr<int64_t>(), lens.data_ptr<int64_t>(),
+                  logit_rows.data_ptr<int64_t>()};
+  for (int64_t i = 0; i < m; ++i) {
+    TORCH_CHECK(in.ids[i] >= 0 && in.ids[i] < s.vocab, "batch decode step: token id ", in.ids[i],
+                " outside the vocabulary");
+    TORCH_CHECK(in.positions[i] >= 0 && in.positions[i] < s.positions, "batch decode step: ",
+                "position ", in.positions[i], " outside the RoPE tables");
+    TORCH_CHECK(in.slots[i] >= 0 && in.slots[i] < s.blocks * s.block_size, "batch decode step: ",
+                "slot ", in.slots[i], " outside the cache");
+    TORCH_CHECK(in.lens[i] >= 1 && in.lens[i] <= in.max_blocks * s.block_size,
+                "batch decode step: sequence length ", in.lens[i], " beyond its block table");
+    for (int64_t b = 0; b < (in.lens[i] + s.block_size - 1) / s.block_size; ++b) {
+      const int64_t block = in.tables[i * in.max_blocks + b];
+      TORCH_CHECK(block >= 0 && block < s.blocks, "batch decode step: block ", block,
+                  " outside the cache");
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(in.logit_rows[r] >= 0 && in.logit_rows[r] < m, "batch decode step: logit row ",
+                in.logit_rows[r], " is not one of the step's ", m, " rows");
+  }
+  return in;
+}
+
+// This thread's (sequence, KV head) items: RoPE on the new k (into the cache, with v) and on
+// the group's queries, then attention; as rope_cache and paged attention do, item by item.
+template <typename KV>
+void BatchDecodeModel::attend_items(const Layer& layer, const Inputs& in, const Buffers& b,
+                                    Scratch& sc, int t, int nt) const {
+  const Dims& s = dims_;
+  const int64_t group = s.heads / s.kv_heads, d = s.d, cache_tokens = s.blocks * s.block_size;
+  KV* k_cache = layer.k_cache.data_ptr<KV>();
+  KV* v_cache = layer.v_cache.data_ptr<KV>();
+  const Span items = share(in.m * s.kv_heads, t, nt);
+  for (int64_t item = items.lo; item < items.hi; ++item) {
+    const int64_t i = item / s.kv_heads, kvh = item % s.kv_heads;
+    const BF16* row = ptr(b.qkv) + i * s.qkv_dim();
+    widen_row(ptr(cos_) + in.positions[i] * d, sc.cos.data(), d);
+    widen_row(ptr(sin_) + in.positions[i] * d, sc.sin.data(), d);
+    const int64_t slot = kvh * cache_tokens + in.slots[i];
+    widen_row(row + (s.heads + kvh) * d, sc.other.data(), d);
+    latlab::rope(sc.other.data(), sc.cos.data(), sc.sin.data(), sc.head.data(), d);
+    narrow_row(sc.head.data(), k_cache + slot * d, d);
+    widen_row(row + (s.heads + s.kv_heads + kvh) * d, sc.other.data(), d);
+    narrow_row(sc.other.data(), v_cache + slot * d, d);
+    for (int64_t g = 0; g < group; ++g) {
+      widen_row(row + (kvh * group + g) * d, sc.other.data(), d);
+      latlab::rope(sc.other.data(), sc.cos.data(), sc.sin.data(), sc.head.data(), d);
+      narrow_row(sc.head.data(), sc.q.data() + g * d, d);
+    }
+    attend_group<BF16, KV>(sc.q.data(), ptr(b.attn) + i * s.q_dim() + kvh * group * d, k_cache,
+                           v_cache, in.tables + i * in.max_blocks, in.lens[i], kvh, group,
+                           s.blocks, s.block_size, d, scale_, sc.attention);
+  }
+}
+
+// One layer: `pending` is the previous layer's MLP output (null for the first layer), added to
+// the residual stream inside the first norm, as the step-ops path fuses it.
+template <typename KV>
+void BatchDecodeModel::layer_step(const Layer& layer, const Inputs& in, const Buffers& b,
+                                  const BF16* pending, Scratch& sc, int t, int nt) const {
+  const Dims& s = dims_;
+  const int64_t m = in.m, h = s.hidden;
+  const Span rows = share(m, t, nt);
+  const BF16* bias = layer.b_qkv.numel() > 0 ? ptr(layer.b_qkv) : nullptr;
+  add_norm_rows(ptr(b.x), pending, ptr(layer.norm1), ptr(b.h), h, eps_, rows, sc);
+#pragma omp barrier
+  gemm_share(ptr(b.h), m, layer.qkv, bias, ptr(b.qkv), t, nt);
+#pragma omp barrier
+  attend_items<KV>(layer, in, b, sc, t, nt);
+#pragma omp barrier
+  gemm_share(ptr(b.attn), m, layer.o, nullptr, ptr(b.o), t, nt);
+#pragma omp barrier
+  add_norm_rows(ptr(b.x), ptr(b.o), ptr(layer.norm2), ptr(b.h), h, eps_, rows, sc);
+#pragma omp barrier
+  gemm_share(ptr(b.h), m, layer.gate_up, nullptr, ptr(b.gate_up), t, nt);
+#pragma omp barrier
+  for (int64_t i = rows.lo; i < rows.hi; ++i) {
+    latlab::silu_mul_row(ptr(b.gate_up) + i * 2 * s.inter, ptr(b.act) + i * s.inter, s.inter);
+  }
+#pragma omp barrier
+  gemm_share(ptr(b.act), m, layer.down, nullptr, ptr(b.down), t, nt);
+#pragma omp barrier
+}
+
+// The last residual add and the final norm of the logit rows, then the head's column blocks,
+// widened to float32 by the thread that computed them.
+void BatchDecodeModel::head(const Inputs& in, const Buffers& b, float* logits, Scratch& sc, int t,
+                            int nt) const {
+  const Dims& s = dims_;
+  const int64_t h = s.hidden;
+  const Span rows = share(in.rows, t, nt);
+  for (int64_t r = rows.lo; r < rows.hi; ++r) {
+    const int64_t i = in.logit_rows[r];
+    widen_row(ptr(b.x) + i * h, sc.row.data(), h);
+    widen_row(ptr(b.down) + i * h, sc.other.data(), h);
+    for (int64_t j = 0; j < h; ++j) sc.row[j] += sc.other[j];
+    narrow_row(sc.row.data(), ptr(b.head_in) + r * h, h);  // the sum as stored, then its norm
+    widen_row(ptr(b.head_in) + r * h, sc.row.data(), h);
+    norm_row(sc.row.data(), ptr(norm_), ptr(b.head_in) + r * h, h, eps_);
+  }
+#pragma omp barrier
+  const Span blocks = share(head_.size(0), t, nt);
+  amx_columns(ptr(b.head_in), in.rows, h, ptr(head_), nullptr, blocks.lo, blocks.hi, s.vocab,
+              ptr(b.head_out));
+  for (int64_t r = 0; r < in.rows; ++r) {
+    widen_row(ptr(b.head_out) + r * s.vocab + blocks.lo * 16,
+              logits + r * s.vocab + blocks.lo * 16, (blocks.hi - blocks.lo) * 16);
+  }
+}
+
+template <typename KV>
+void BatchDecodeModel::run(const Inputs& in, const Buffers& b, float* logits) const {
+  const int threads = at::get_num_threads();
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    Scratch sc(dims_);
+    amx_thread_begin();  // tile state is per thread; AMX was checked at construction
+    const Span rows = share(in.m, t, nt);
+    for (int64_t i = rows.lo; i < rows.hi; ++i) {
+      std::copy_n(ptr(embed_) + in.ids[i] * dims_.hidden, dims_.hidden,
+                  ptr(b.x) + i * dims_.hidden);
+    }
+    const BF16* pending = nullptr;
+    for (const Layer& layer : layers_) {
+      layer_step<KV>(layer, in, b, pending, sc, t, nt);
+      pending = ptr(b.down);
+    }
+    head(in, b, logits, sc, t, nt);
+    amx_thread_end();
+  }
+}
+
+torch::Tensor BatchDecodeModel::step(const torch::Tensor& ids, const torch::Tensor& positions,
+                                     const torch::Tensor& slots, const torch::Tensor& tables,
+                                     const torch::Tensor& lens,
+                                     const torch::Tensor& logit_rows) const {
+  const Inputs in = checked(ids, positions, slots, tables, lens, logit_rows);
+  const Buffers b(dims_, in.m, in.rows);
+  auto logits = torch::empty({in.rows, dims_.vocab}, torch::dtype(torch::kFloat));
+  switch (layers_.front().k_cache.scalar_type()) {
+    case at::kFloat: run<float>(in, b, logits.data_ptr<float>()); break;
+    case at::kBFloat16: run<BF16>(in, b, logits.data_ptr<float>()); break;
+    case at::kHalf: run<c10::Half>(in, b, logits.data_ptr<float>()); break;
+    default: TORCH_CHECK(false, "batch decode step: unsupported KV dtype");
+  }
+  return logits;
+}
+
+}  // namespace
+
+void register_batch_decode_model(pybind11::module_& m) {
+  pybind11::class_<BatchDecodeModel>(
+      m, "BatchDecodeModel", "a whole bf16 decode step of 5-64 sequences on AMX tiles, one call")
+      .def(pybind11::init<std::vector<torch::Tensor>, std::vector<std::vector<torch::Tensor>>,
+                          int64_t, double, double>(),
+           pybind11::arg("model"), pybind11::arg("layers"), pybind11::arg("num_heads"),
+           pybind11::arg("eps"), pybind11::arg("scale"))
+      .def("step", &BatchDecodeModel::step, pybind11::arg("ids"), pybind11::arg("positions"),
+           pybind11::arg("slots"), pybind11::arg("block_tables"), pybind11::arg("seq_lens"),
+           pybind11::arg("logit_rows"), pybind11::call_guard<pybind11::gil_scoped_release>());
+}

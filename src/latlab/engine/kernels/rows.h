@@ -1,0 +1,92 @@
+// Row primitives shared by the step ops (step_ops.cpp) and the batched decode step
+// (decode_batch.cpp), so both round a bf16 step at the same points with the same arithmetic:
+// widen a row to float32, narrow it back (round to nearest even), RMSNorm a float32 row, RoPE
+// one head, 16 lanes at a time where the CPU has AVX-512.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "vec512.h"
+
+namespace latlab {
+
+template <typename T>
+inline float f32(T x) {
+  return static_cast<float>(x);
+}
+
+template <typename T>
+void widen_row(const T* src, float* dst, int64_t n) {
+#ifdef LATLAB_AVX512
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 m = latlab::tail_mask(n - j);
+    _mm512_mask_storeu_ps(dst + j, m, latlab::load16(src + j, m));
+  }
+#else
+  for (int64_t j = 0; j < n; ++j) dst[j] = f32(src[j]);
+#endif
+}
+
+template <typename T>
+void narrow_row(const float* src, T* dst, int64_t n) {
+#ifdef LATLAB_AVX512
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 m = latlab::tail_mask(n - j);
+    latlab::store16(dst + j, _mm512_maskz_loadu_ps(m, src + j), m);
+  }
+#else
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<T>(src[j]);
+#endif
+}
+
+template <typename T>
+void norm_row(const float* x, const T* w, T* out, int64_t dim, float eps) {
+#ifdef LATLAB_AVX512
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t j = 0; j < dim; j += 16) {
+    const __m512 v = _mm512_maskz_loadu_ps(latlab::tail_mask(dim - j), x + j);
+    acc = _mm512_fmadd_ps(v, v, acc);
+  }
+  const float ss = _mm512_reduce_add_ps(acc);
+  const __m512 inv = _mm512_set1_ps(1.f / std::sqrt(ss / static_cast<float>(dim) + eps));
+  for (int64_t j = 0; j < dim; j += 16) {
+    const __mmask16 m = latlab::tail_mask(dim - j);
+    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + j), inv);
+    latlab::store16(out + j, _mm512_mul_ps(v, latlab::load16(w + j, m)), m);
+  }
+#else
+  float ss = 0.f;
+  for (int64_t j = 0; j < dim; ++j) ss += x[j] * x[j];
+  const float inv = 1.f / std::sqrt(ss / static_cast<float>(dim) + eps);
+  for (int64_t j = 0; j < dim; ++j) out[j] = static_cast<T>(x[j] * inv * f32(w[j]));
+#endif
+}
+
+// x * cos + rotate_half(x) * sin for one head, all in float32 (x widened by the caller).
+inline void rope(const float* x, const float* cos, const float* sin, float* out, int64_t d) {
+  const int64_t half = d / 2;
+#pragma omp simd
+  for (int64_t i = 0; i < half; ++i) out[i] = x[i] * cos[i] + x[i + half] * sin[i];
+#pragma omp simd
+  for (int64_t i = half; i < d; ++i) out[i] = x[i] * cos[i] + x[i - half] * sin[i];
+}
+
+// silu(gate) * up of one row of a fused gate_up projection [gate (inter), up (inter)].
+template <typename T>
+void silu_mul_row(const T* gate, T* out, int64_t inter) {
+  const T* up = gate + inter;
+#ifdef LATLAB_AVX512
+  for (int64_t j = 0; j < inter; j += 16) {
+    const __mmask16 m = latlab::tail_mask(inter - j);
+    latlab::store16(out + j, latlab::silu_times(latlab::load16(gate + j, m), latlab::load16(up + j, m)), m);
+  }
+#else
+  for (int64_t j = 0; j < inter; ++j) {
+    const float g = f32(gate[j]);
+    out[j] = static_cast<T>(g / (1.f + std::exp(-g)) * f32(up[j]));
+  }
+#endif
+}
+
+}  // namespace latlab
