@@ -180,10 +180,10 @@ class ModelRunner:
         every linear for the AMX kernel (the step-ops path's numbers, bit for bit), and why."""
         if self.config.native_decode is False:
             return None, "native_decode=False"
-        if self.step_ops is None or self.weight_plan.linear != "amx-packed":
-            return None, f"the step ops per op ({self.weight_plan.linear} linears)"
         if self.config.max_num_seqs <= DECODE_MAX_ROWS:
             return None, f"max_num_seqs <= {DECODE_MAX_ROWS}"
+        if self.step_ops is None or self.weight_plan.linear != "amx-packed":
+            return None, f"the step ops per op ({self.weight_plan.linear} linears)"
         tensors, why_not = self.model.batch_decoder_tensors(self.kv_caches)
         kernel = batch_decode_model(wait=False)
         if tensors is None or kernel.fn is None:

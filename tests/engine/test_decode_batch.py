@@ -1,0 +1,132 @@
+"""The one-call bf16 decode step of 5-64 rows on AMX tiles (kernels/decode_batch.cpp): the
+step-ops path's tokens and logprobs bit for bit, at any thread count and KV dtype, with and
+without a q/k/v bias; when the engine uses it and why not; what it refuses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from latlab.engine import LLM, SamplingParams
+from latlab.engine.kernels import batch_decode_model
+from latlab.testing.random_model import TINY_TEST, save_random_llama
+
+from ._reference import built_or_skip
+
+
+@pytest.fixture(scope="module")
+def batch_step():
+    return built_or_skip(batch_decode_model)
+
+
+def _prompts(count: int) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(count)
+    return [
+        torch.randint(3, 4000, (3 + (7 * i) % 19,), generator=gen).tolist() for i in range(count)
+    ]
+
+
+def _generate(model_dir, prompts, **config) -> tuple[list, list]:
+    llm = LLM(str(model_dir), dtype="bfloat16", max_num_seqs=64, **config)
+    outs = llm.generate(prompts, SamplingParams(max_tokens=8, logprobs=3, ignore_eos=True))
+    logprobs = [[(t, lp.logprob) for pos in o.logprobs for t, lp in pos.items()] for o in outs]
+    return [o.token_ids for o in outs], logprobs
+
+
+@pytest.mark.parametrize("kv", ["bfloat16", "float32"])
+@pytest.mark.parametrize("model", ["tiny_model_dir", "qwen2_model_dir"])
+@pytest.mark.parametrize("count", [5, 12, 64])
+def test_batch_steps_give_the_step_ops_numbers_bit_for_bit(batch_step, request, model, kv, count):
+    """Same rounding points, same row primitives, same AMX and attention kernels: the batch step
+    changes how many calls a step makes, not one bit of its logits."""
+    model_dir = request.getfixturevalue(model)  # qwen2: non-zero q/k/v biases
+    prompts = _prompts(count)
+    llm = LLM(str(model_dir), dtype="bfloat16", max_num_seqs=64, kv_cache_dtype=kv)
+    assert llm.engine.describe()["decode_batches"].startswith("native bf16 decode steps")
+    want = _generate(model_dir, prompts, kv_cache_dtype=kv, native_decode=False)
+    assert _generate(model_dir, prompts, kv_cache_dtype=kv) == want
+
+
+def test_batch_steps_are_bit_identical_at_any_thread_count(batch_step, tiny_model_dir):
+    prompts = _prompts(9)
+    before = torch.get_num_threads()
+    try:
+        runs = [_generate(tiny_model_dir, prompts, num_threads=n) for n in (1, 2, 3)]
+    finally:
+        torch.set_num_threads(before)
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_the_engine_says_when_batch_steps_are_not_native(batch_step, tiny_model_dir, tmp_path):
+    def reason(model_dir, **config) -> str:
+        return LLM(str(model_dir), **config).engine.describe()["decode_batches"]
+
+    assert reason(tiny_model_dir, dtype="bfloat16", native_decode=False) == "native_decode=False"
+    float32 = reason(tiny_model_dir, packed_linear=False)  # the batch step is bf16 on AMX only
+    assert float32 == "the step ops per op (plain linears)"
+    assert reason(tiny_model_dir, dtype="bfloat16", max_num_seqs=4) == "max_num_seqs <= 4"
+    odd = save_random_llama(tmp_path, dataclasses.replace(TINY_TEST, intermediate_size=80))
+    assert reason(odd, dtype="bfloat16") == "a linear layer does not fit the AMX tiles"  # K 80
+
+
+def _runner_step(model_dir):
+    runner = LLM(str(model_dir), dtype="bfloat16", max_num_seqs=64).engine.runner
+    rows = torch.arange(5)
+    tables = torch.zeros(5, 1, dtype=torch.long)
+    inputs = {"ids": rows + 5, "positions": rows * 0, "slots": rows, "logit_rows": rows,
+              "block_tables": tables, "seq_lens": rows * 0 + 1}  # fmt: skip
+    return runner.native_batch_step, inputs
+
+
+def test_a_batch_step_computes_the_rows_it_is_asked_for(batch_step, tiny_model_dir):
+    step, inputs = _runner_step(tiny_model_dir)
+    logits = step(**inputs)
+    assert logits.shape == (5, 4096) and logits.dtype == torch.float32
+    again = step(**{**inputs, "logit_rows": torch.tensor([4, 4, 0])})
+    torch.testing.assert_close(again, logits[[4, 4, 0]], rtol=0, atol=0)
+
+
+def _longs(*values):
+    return torch.tensor(values, dtype=torch.long)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ids": _longs(5, 6, 7, 8, 10**6)}, "token id 1000000 outside the vocabulary"),
+        ({"positions": _longs(0, 0, 0, 0, -1)}, "position -1 outside the RoPE tables"),
+        ({"slots": _longs(0, 1, 2, 3, 10**9)}, "slot 1000000000 outside the cache"),
+        ({"block_tables": torch.full((5, 1), 10**6)}, "block 1000000 outside the cache"),
+        ({"seq_lens": _longs(1, 1, 1, 1, 17)}, "sequence length 17 beyond its block table"),
+        ({"logit_rows": _longs(5)}, "logit row 5 is not one of the step's 5 rows"),
+        ({"logit_rows": torch.zeros(65, dtype=torch.long)}, "at most 64 logit rows"),
+        (
+            {k: _longs(0, 0, 0, 0) for k in ("ids", "positions", "slots", "seq_lens")},
+            "5 to 64 sequences, got 4",
+        ),
+        ({"seq_lens": _longs(1, 1, 1, 1)}, r"seq_lens must be int64 \[5\]"),
+        ({"block_tables": _longs(0, 0, 0, 0, 0)}, r"block tables must be int64 \[5, max_blocks\]"),
+    ],
+)
+def test_a_batch_step_refuses_inputs_outside_its_tensors(
+    batch_step, tiny_model_dir, change, message
+):
+    step, inputs = _runner_step(tiny_model_dir)
+    with pytest.raises(RuntimeError, match=message):
+        step(**{**inputs, **change})
+
+
+def test_the_batch_decoder_refuses_tensors_that_do_not_fit(batch_step, tiny_model_dir):
+    runner = LLM(str(tiny_model_dir), dtype="bfloat16", max_num_seqs=64).engine.runner
+    (model, layers), _ = runner.model.batch_decoder_tensors(runner.kv_caches)
+    heads = runner.model.args.num_attention_heads
+    with pytest.raises(RuntimeError, match="9 tensors per layer"):
+        batch_step(model, [layers[0][:8]], heads, 1e-6, 0.25)
+    with pytest.raises(RuntimeError, match="an AMX-packed weight of 128 x 64 expected"):
+        batch_step(model, [[layers[0][0], layers[0][3], *layers[0][2:]]], heads, 1e-6, 0.25)
+    with pytest.raises(RuntimeError, match="a contiguous bf16 CPU tensor expected"):
+        batch_step([model[0].float(), *model[1:]], layers, heads, 1e-6, 0.25)
+    with pytest.raises(RuntimeError, match="no layers"):
+        batch_step(model, [], heads, 1e-6, 0.25)
