@@ -95,16 +95,18 @@ class EngineConfig:
         help="Native paged decode attention on CPU (--no-native-attention: gathered K/V).",
         default_text="when its kernel is already built",
     )
-    # Decode steps of 1-4 sequences on CPU with float32 or bf16 weights run as one native call
-    # (decode_step.cpp: every layer and the head in one parallel region, GEMVs streaming the
-    # weights, the elementwise work inline, activations in float32),
-    # same build as native_attention; None = when built, True = build it now or fail, False =
-    # torch ops. Sums each dot product in its own order (logits differ from F.linear's in the
-    # last bits; greedy parity with transformers is tested with it on).
+    # Decode steps of 1-4 sequences on CPU with float32, bf16 or weight-only int8 weights run as
+    # one native call (decode_step.cpp: every layer and the head in one parallel region, GEMVs
+    # streaming the weights, the elementwise work inline, activations in float32), and bf16
+    # decode steps of 5-64 sequences on an AMX CPU too (decode_batch.cpp: the step ops' numbers
+    # bit for bit); same build as native_attention; None = when built, True = build it now or
+    # fail, False = torch ops / step ops. The small steps sum each dot product in their own
+    # order (logits differ from F.linear's in the last bits; greedy parity with transformers
+    # is tested with it on).
     native_decode: bool | None = setting(
         None,
-        help="Decode steps of 1-4 sequences (CPU, float32 or bf16 weights) as one native call "
-        "per layer (--no-native-decode: torch ops).",
+        help="Decode steps of 1-4 sequences (CPU; float32, bf16 or int8-weight-only weights) and "
+        "bf16 ones of 5-64 on AMX CPUs as one native call (--no-native-decode: torch ops).",
         default_text="when its kernel is already built",
     )
     # Large weight tensors (>= 2 MiB) copied into memory madvise'd for transparent huge pages
