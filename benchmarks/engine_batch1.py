@@ -64,8 +64,10 @@ def interleaved(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, l
     return out
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "best": max(values), "all": values}
+def summary(values: list[float], *, times: bool = False) -> dict[str, float]:
+    """Median, best (the lowest time, or the highest rate) and every value."""
+    best = min(values) if times else max(values)
+    return {"median": statistics.median(values), "best": best, "all": values}
 
 
 def bandwidth_probes(nbytes: int) -> dict[str, Callable[[], float]]:
@@ -198,7 +200,7 @@ def breakdown(args, probes: dict[str, Callable[[], float]]) -> dict:
         "torch sum of the same weights": timed(lambda: [m.weight.sum() for m in layers]),
         "probe, same bytes": lambda: 1e3 * weight_bytes / probes["measure_read_bandwidth"](),
     }
-    return {name: summary(v) for name, v in interleaved(fns, args.rounds).items()}
+    return {name: summary(v, times=True) for name, v in interleaved(fns, args.rounds).items()}
 
 
 def measure(args) -> dict:
@@ -212,7 +214,8 @@ def measure(args) -> dict:
         fns, described, result["weight_bytes"] = engine_steps(args, batch)
         torch.set_num_threads(args.threads)
         rounds = interleaved({**probes, **fns}, args.rounds)
-        result["batches"][batch] = {"seconds_per_step": {n: summary(rounds[n]) for n in fns},
+        result["batches"][batch] = {"seconds_per_step": {n: summary(rounds[n], times=True)
+                                                         for n in fns},
                                     "bandwidth": {n: summary(rounds[n]) for n in probes},
                                     "engines": described}  # fmt: skip
     rows = {}
