@@ -73,10 +73,10 @@ def test_the_engine_says_when_batch_steps_are_not_native(batch_step, tiny_model_
 
 def _runner_step(model_dir):
     runner = LLM(str(model_dir), dtype="bfloat16", max_num_seqs=64).engine.runner
-    rows = torch.arange(5)
-    tables = torch.zeros(5, 1, dtype=torch.long)
-    inputs = {"ids": rows + 5, "positions": rows * 0, "slots": rows, "logit_rows": rows,
-              "block_tables": tables, "seq_lens": rows * 0 + 1}  # fmt: skip
+    rows = torch.arange(5)  # five sequences at position 0, each in a block of its own
+    tables = rows.view(5, 1).clone()
+    inputs = {"ids": rows + 5, "positions": rows * 0, "slots": rows * runner.block_size,
+              "logit_rows": rows, "block_tables": tables, "seq_lens": rows * 0 + 1}  # fmt: skip
     return runner.native_batch_step, inputs
 
 
@@ -97,7 +97,7 @@ def _longs(*values):
     [
         ({"ids": _longs(5, 6, 7, 8, 10**6)}, "token id 1000000 outside the vocabulary"),
         ({"positions": _longs(0, 0, 0, 0, -1)}, "position -1 outside the RoPE tables"),
-        ({"slots": _longs(0, 1, 2, 3, 10**9)}, "slot 1000000000 outside the cache"),
+        ({"slots": _longs(0, 16, 32, 48, 10**9)}, "slot 1000000000 outside the cache"),
         ({"block_tables": torch.full((5, 1), 10**6)}, "block 1000000 outside the cache"),
         ({"seq_lens": _longs(1, 1, 1, 1, 17)}, "sequence length 17 beyond its block table"),
         ({"logit_rows": _longs(5)}, "logit row 5 is not one of the step's 5 rows"),

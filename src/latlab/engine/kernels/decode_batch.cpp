@@ -53,10 +53,7 @@ struct Dims {
   int64_t qkv_dim() const { return (heads + 2 * kv_heads) * d; }
 };
 
-struct Inputs {
-  int64_t m, rows, max_blocks;
-  const int64_t *ids, *positions, *slots, *tables, *lens, *logit_rows;
-};
+using Inputs = StepIndices;
 
 // The step's activations, bf16. GEMM inputs hold whole 16-row tiles: their padding rows stay
 // zero (only the first m rows are written).
@@ -119,12 +116,6 @@ void check_packed(const torch::Tensor& t, int64_t n, int64_t k, const char* name
   check_bf16(t, name);
   TORCH_CHECK(t.dim() == 5 && t.size(0) * 16 == n && t.size(1) * 32 == k, name,
               ": an AMX-packed weight of ", n, " x ", k, " expected");
-}
-
-void check_long(const torch::Tensor& t, int64_t n, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == 1 && t.numel() == n &&
-                  t.is_contiguous() && t.device().is_cpu(),
-              "batch decode step: ", name, " must be int64 [", n, "]");
 }
 
 class BatchDecodeModel {
@@ -208,38 +199,9 @@ Inputs BatchDecodeModel::checked(const torch::Tensor& ids, const torch::Tensor& 
                                  const torch::Tensor& slots, const torch::Tensor& tables,
                                  const torch::Tensor& lens, const torch::Tensor& logit_rows) const {
   const Dims& s = dims_;
-  const int64_t m = ids.numel(), rows = logit_rows.numel();
-  TORCH_CHECK(m >= kMinRows && m <= kMaxRows, "batch decode step: ", kMinRows, " to ", kMaxRows,
-              " sequences, got ", m);
-  TORCH_CHECK(rows <= kMaxRows, "batch decode step: at most ", kMaxRows, " logit rows");
-  check_long(ids, m, "ids"), check_long(positions, m, "positions"), check_long(slots, m, "slots");
-  check_long(lens, m, "seq_lens"), check_long(logit_rows, rows, "logit rows");
-  TORCH_CHECK(tables.scalar_type() == at::kLong && tables.dim() == 2 && tables.size(0) == m &&
-                  tables.is_contiguous(),
-              "batch decode step: block tables must be int64 [", m, ", max_blocks]");
-  const Inputs in{m, rows, tables.size(1), ids.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
-                  slots.data_ptr<int64_t>(), tables.data_ptr<int64_t>(), lens.data_ptr<int64_t>(),
-                  logit_rows.data_ptr<int64_t>()};
-  for (int64_t i = 0; i < m; ++i) {
-    TORCH_CHECK(in.ids[i] >= 0 && in.ids[i] < s.vocab, "batch decode step: token id ", in.ids[i],
-                " outside the vocabulary");
-    TORCH_CHECK(in.positions[i] >= 0 && in.positions[i] < s.positions, "batch decode step: ",
-                "position ", in.positions[i], " outside the RoPE tables");
-    TORCH_CHECK(in.slots[i] >= 0 && in.slots[i] < s.blocks * s.block_size, "batch decode step: ",
-                "slot ", in.slots[i], " outside the cache");
-    TORCH_CHECK(in.lens[i] >= 1 && in.lens[i] <= in.max_blocks * s.block_size,
-                "batch decode step: sequence length ", in.lens[i], " beyond its block table");
-    for (int64_t b = 0; b < (in.lens[i] + s.block_size - 1) / s.block_size; ++b) {
-      const int64_t block = in.tables[i * in.max_blocks + b];
-      TORCH_CHECK(block >= 0 && block < s.blocks, "batch decode step: block ", block,
-                  " outside the cache");
-    }
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK(in.logit_rows[r] >= 0 && in.logit_rows[r] < m, "batch decode step: logit row ",
-                in.logit_rows[r], " is not one of the step's ", m, " rows");
-  }
-  return in;
+  const StepLimits limits{"batch decode step", kMinRows, kMaxRows, kMaxRows, s.vocab,
+                          s.positions, s.blocks, s.block_size};
+  return check_step_indices(limits, ids, positions, slots, tables, lens, logit_rows);
 }
 
 // This thread's (sequence, KV head) items: RoPE on the new k (into the cache, with v) and on

@@ -34,6 +34,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -276,10 +277,10 @@ void check_f32(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat, name, ": float32 expected");
 }
 
-void check_long(const torch::Tensor& t, int64_t n, const char* name) {
-  check_cpu(t, name);
-  TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == 1 && t.numel() == n, "decode step: ",
-              name, " must be int64 [", n, "]");
+void check_long(const torch::Tensor& t, int64_t n, const char* who, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == 1 && t.numel() == n &&
+                  t.is_contiguous() && t.device().is_cpu(),
+              who, ": ", name, " must be int64 [", n, "]");
 }
 
 // Weights: contiguous CPU float32, bf16 (a bf16 model's plain weights, streamed at half the
@@ -314,6 +315,46 @@ torch::Tensor run_small_linear(const torch::Tensor& x, const torch::Tensor& w,
 }
 
 }  // namespace
+
+StepIndices check_step_indices(const StepLimits& lim, const torch::Tensor& ids,
+                               const torch::Tensor& positions, const torch::Tensor& slots,
+                               const torch::Tensor& tables, const torch::Tensor& lens,
+                               const torch::Tensor& logit_rows) {
+  const int64_t m = ids.numel(), rows = logit_rows.numel();
+  TORCH_CHECK(m >= lim.min_rows && m <= lim.max_rows, lim.who, ": ", lim.min_rows, " to ",
+              lim.max_rows, " sequences, got ", m);
+  TORCH_CHECK(rows <= lim.max_logit_rows, lim.who, ": at most ", lim.max_logit_rows, " logit rows");
+  check_long(ids, m, lim.who, "ids"), check_long(positions, m, lim.who, "positions");
+  check_long(slots, m, lim.who, "slots"), check_long(lens, m, lim.who, "seq_lens");
+  check_long(logit_rows, rows, lim.who, "logit rows");
+  TORCH_CHECK(tables.scalar_type() == at::kLong && tables.dim() == 2 && tables.size(0) == m &&
+                  tables.is_contiguous() && tables.device().is_cpu(),
+              lim.who, ": block tables must be int64 [", m, ", max_blocks]");
+  const StepIndices in{m, rows, tables.size(1), ids.data_ptr<int64_t>(),
+                       positions.data_ptr<int64_t>(), slots.data_ptr<int64_t>(),
+                       tables.data_ptr<int64_t>(), lens.data_ptr<int64_t>(),
+                       logit_rows.data_ptr<int64_t>()};
+  for (int64_t i = 0; i < m; ++i) {
+    TORCH_CHECK(in.ids[i] >= 0 && in.ids[i] < lim.vocab, lim.who, ": token id ", in.ids[i],
+                " outside the vocabulary");
+    TORCH_CHECK(in.positions[i] >= 0 && in.positions[i] < lim.positions, lim.who, ": position ",
+                in.positions[i], " outside the RoPE tables");
+    TORCH_CHECK(in.slots[i] >= 0 && in.slots[i] < lim.blocks * lim.block_size, lim.who,
+                ": slot ", in.slots[i], " outside the cache");
+    TORCH_CHECK(in.lens[i] >= 1 && in.lens[i] <= in.max_blocks * lim.block_size, lim.who,
+                ": sequence length ", in.lens[i], " beyond its block table");
+    for (int64_t b = 0; b < (in.lens[i] + lim.block_size - 1) / lim.block_size; ++b) {
+      const int64_t block = in.tables[i * in.max_blocks + b];
+      TORCH_CHECK(block >= 0 && block < lim.blocks, lim.who, ": block ", block,
+                  " outside the cache");
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(in.logit_rows[r] >= 0 && in.logit_rows[r] < m, lim.who, ": logit row ",
+                in.logit_rows[r], " is not one of the step's ", m, " rows");
+  }
+  return in;
+}
 
 torch::Tensor small_linear(const torch::Tensor& x, const torch::Tensor& w,
                            const std::optional<torch::Tensor>& bias,
@@ -358,11 +399,7 @@ struct Dims {
   int64_t qkv_dim() const { return q_dim() + 2 * kv_dim(); }
 };
 
-// The step's own inputs, checked, as pointers.
-struct StepInputs {
-  int64_t m, rows, max_blocks;
-  const int64_t *ids, *positions, *slots, *tables, *lens, *logit_rows;
-};
+using StepInputs = StepIndices;
 
 // Activations the threads share: each GEMV's output (written in row shares, read whole after
 // the barrier) and attention's output.
@@ -613,35 +650,9 @@ torch::Tensor DecodeModel::step(const torch::Tensor& ids, const torch::Tensor& p
                                 const torch::Tensor& slots, const torch::Tensor& tables,
                                 const torch::Tensor& lens, const torch::Tensor& logit_rows) const {
   const Dims& s = dims_;
-  const int64_t m = ids.numel();
-  TORCH_CHECK(m >= 1 && m <= kMaxRows, "decode step: 1 to ", kMaxRows, " sequences, got ", m);
-  check_long(ids, m, "ids"), check_long(positions, m, "positions"), check_long(slots, m, "slots");
-  check_long(lens, m, "seq_lens"), check_long(logit_rows, logit_rows.numel(), "logit rows");
-  check_cpu(tables, "block tables");
-  TORCH_CHECK(tables.scalar_type() == at::kLong && tables.dim() == 2 && tables.size(0) == m,
-              "decode step: block tables must be int64 [", m, ", max_blocks]");
-  const StepInputs in{m, logit_rows.numel(), tables.size(1), ids.data_ptr<int64_t>(),
-                      positions.data_ptr<int64_t>(), slots.data_ptr<int64_t>(),
-                      tables.data_ptr<int64_t>(), lens.data_ptr<int64_t>(),
-                      logit_rows.data_ptr<int64_t>()};
-  for (int64_t i = 0; i < m; ++i) {
-    TORCH_CHECK(in.ids[i] >= 0 && in.ids[i] < embed_.size(0), "decode step: token id ",
-                in.ids[i], " outside the vocabulary");
-    TORCH_CHECK(in.positions[i] >= 0 && in.positions[i] < s.positions, "decode step: position ",
-                in.positions[i], " outside the RoPE tables");
-    TORCH_CHECK(in.slots[i] >= 0 && in.slots[i] < s.blocks * s.block_size, "decode step: slot ",
-                in.slots[i], " outside the cache");
-    TORCH_CHECK(in.lens[i] >= 1 && in.lens[i] <= in.max_blocks * s.block_size,
-                "decode step: sequence length ", in.lens[i], " beyond its block table");
-    for (int64_t b = 0; b < (in.lens[i] + s.block_size - 1) / s.block_size; ++b) {
-      const int64_t block = in.tables[i * in.max_blocks + b];
-      TORCH_CHECK(block >= 0 && block < s.blocks, "decode step: block ", block, " outside the cache");
-    }
-  }
-  for (int64_t r = 0; r < in.rows; ++r) {
-    TORCH_CHECK(in.logit_rows[r] >= 0 && in.logit_rows[r] < m, "decode step: logit row ",
-                in.logit_rows[r], " is not one of the step's ", m, " rows");
-  }
+  const StepLimits limits{"decode step", 1, kMaxRows, std::numeric_limits<int64_t>::max(), embed_.size(0), s.positions,
+                          s.blocks, s.block_size};
+  const StepInputs in = check_step_indices(limits, ids, positions, slots, tables, lens, logit_rows);
   auto logits = torch::empty({in.rows, s.vocab}, torch::dtype(torch::kFloat));
   float* out = logits.data_ptr<float>();
   const bool bf16 = embed_.scalar_type() == at::kBFloat16;

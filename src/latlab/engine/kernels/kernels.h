@@ -18,6 +18,24 @@ torch::Tensor small_linear(const torch::Tensor& x, const torch::Tensor& w,
                            const std::optional<torch::Tensor>& bias,
                            const std::optional<torch::Tensor>& scale);
 
+// The index inputs of a native decode step (token ids, positions, cache slots, block tables,
+// sequence lengths, the rows whose logits are wanted) as pointers, once checked against what
+// they index: a bad one would make the step read or write outside its tensors. Each sequence's
+// new slot must lie in its own blocks (the block manager's invariant): its (sequence, KV head)
+// items write and read it on one thread, with no barrier between.
+struct StepIndices {
+  int64_t m, rows, max_blocks;
+  const int64_t *ids, *positions, *slots, *tables, *lens, *logit_rows;
+};
+struct StepLimits {
+  const char* who;  // the step's name in error messages
+  int64_t min_rows, max_rows, max_logit_rows, vocab, positions, blocks, block_size;
+};
+StepIndices check_step_indices(const StepLimits& limits, const torch::Tensor& ids,
+                               const torch::Tensor& positions, const torch::Tensor& slots,
+                               const torch::Tensor& tables, const torch::Tensor& lens,
+                               const torch::Tensor& logit_rows);
+
 // A whole decode step of M <= 4 sequences as one native call: the class DecodeModel, holding
 // the model's weights and caches (decode_step.cpp).
 void register_decode_model(pybind11::module_& m);
