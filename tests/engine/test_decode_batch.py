@@ -59,7 +59,9 @@ def test_batch_steps_are_bit_identical_at_any_thread_count(batch_step, tiny_mode
     assert runs[0] == runs[1] == runs[2]
 
 
-def test_the_engine_says_when_batch_steps_are_not_native(batch_step, tiny_model_dir, tmp_path):
+def test_the_engine_says_when_batch_steps_are_not_native(
+    batch_step, tiny_model_dir, tmp_path, monkeypatch
+):
     def reason(model_dir, **config) -> str:
         return LLM(str(model_dir), **config).engine.describe()["decode_batches"]
 
@@ -69,6 +71,8 @@ def test_the_engine_says_when_batch_steps_are_not_native(batch_step, tiny_model_
     assert reason(tiny_model_dir, dtype="bfloat16", max_num_seqs=4) == "max_num_seqs <= 4"
     odd = save_random_llama(tmp_path, dataclasses.replace(TINY_TEST, intermediate_size=80))
     assert reason(odd, dtype="bfloat16") == "a linear layer does not fit the AMX tiles"  # K 80
+    monkeypatch.setenv("LATLAB_NATIVE_KERNELS", "0")
+    assert reason(tiny_model_dir, dtype="bfloat16") == "torch ops (LATLAB_NATIVE_KERNELS=0)"
 
 
 def _runner_step(model_dir):

@@ -182,7 +182,9 @@ class ModelRunner:
             return None, "native_decode=False"
         if self.config.max_num_seqs <= DECODE_MAX_ROWS:
             return None, f"max_num_seqs <= {DECODE_MAX_ROWS}"
-        if self.step_ops is None or self.weight_plan.linear != "amx-packed":
+        if self.step_ops is None:
+            return None, self.step_ops_reason  # the kernels are not built, or are turned off
+        if self.weight_plan.linear != "amx-packed":
             return None, f"the step ops per op ({self.weight_plan.linear} linears)"
         tensors, why_not = self.model.batch_decoder_tensors(self.kv_caches)
         kernel = batch_decode_model(wait=False)

@@ -37,8 +37,8 @@ class AttentionMetadata:
     out_index: [N] position of each real token in the flattened [B * max_q] output.
     seq_lens: [B] keys each sequence attends to (decode steps run by ``decode_kernel``).
     decode_kernel: the native in-place paged decode attention for this step, or None.
-    native_step: the native decode step (decode_step.cpp: the whole model in one call) when
-        this step is a decode step of 1-4 rows that the runner hands to it, else None.
+    native_step: the native decode step that runs this whole step in one call, when the runner
+        hands it one: 1-4 rows (decode_step.cpp) or bf16 5-64 rows on AMX (decode_batch.cpp).
     step_ops: the native fused norms, RoPE + cache writes and SiLU * up (any step), or None.
     """
 
@@ -263,7 +263,7 @@ class LlamaForCausalLM(nn.Module):
         logits_index: torch.Tensor,
     ) -> torch.Tensor:
         """Run the new tokens; returns float32 logits of the rows in ``logits_index``."""
-        if meta.native_step is not None:  # a decode step of 1-4 rows: one native call
+        if meta.native_step is not None:  # a decode step the runner gave a native step to
             return meta.native_step(input_ids, positions, meta.slot_mapping, meta.block_tables,
                                     meta.seq_lens, logits_index)  # fmt: skip
         x = self.embed_tokens(input_ids)
