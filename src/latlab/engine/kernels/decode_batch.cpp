@@ -37,10 +37,9 @@ using latlab::widen_row;
 constexpr int64_t kMinRows = 5;   // 1-4 rows: the GEMV step (decode_step.cpp)
 constexpr int64_t kMaxRows = 64;  // the AMX kernel's one-pass form: 4 row tiles
 
-struct Span {
-  int64_t lo, hi;
-};
-inline Span share(int64_t n, int t, int nt) { return {n * t / nt, n * (t + 1) / nt}; }
+using latlab::Span;
+// Thread t's share of n items, item by item.
+inline Span share(int64_t n, int t, int nt) { return latlab::share(n, 1, t, nt); }
 
 // One decoder layer: bf16 norms and qkv bias (empty for none), AMX-packed weights, caches.
 struct Layer {

@@ -26,6 +26,7 @@
 // one included).
 
 #include "kernels.h"
+#include "rows.h"
 #include "vec512.h"
 
 #include <ATen/Parallel.h>
@@ -226,47 +227,14 @@ void gemv(const float* x, int64_t m, const Matrix<W>& mat, float* y) {
   });
 }
 
-// Thread t's share of n items among `threads`, in whole blocks of `block` items.
-struct Span {
-  int64_t lo, hi;
-};
-inline Span share(int64_t n, int64_t block, int t, int threads) {
-  const int64_t blocks = (n + block - 1) / block;
-  return {std::min(n, blocks * t / threads * block), std::min(n, blocks * (t + 1) / threads * block)};
-}
+using latlab::share;
+using latlab::Span;
+using latlab::widen_row;
 
-// transformers' LlamaRMSNorm in float32: w * (x * rsqrt(mean(x^2) + eps)).
+// transformers' LlamaRMSNorm in float32 over m rows: w * (x * rsqrt(mean(x^2) + eps)).
 void rms_norm(const float* x, const float* w, float* out, int64_t m, int64_t dim, float eps) {
-  for (int64_t i = 0; i < m; ++i) {
-    const float* xi = x + i * dim;
-    float ss = 0.f;
-#pragma omp simd reduction(+ : ss)
-    for (int64_t j = 0; j < dim; ++j) ss += xi[j] * xi[j];
-    const float inv = 1.f / std::sqrt(ss / static_cast<float>(dim) + eps);
-    for (int64_t j = 0; j < dim; ++j) out[i * dim + j] = w[j] * (xi[j] * inv);
-  }
+  for (int64_t i = 0; i < m; ++i) latlab::norm_row(x + i * dim, w, out + i * dim, dim, eps);
 }
-
-// out = x * cos + rotate_half(x) * sin for one head (sin carries rotate_half's sign).
-inline void rope_head(const float* x, const float* cos, const float* sin, float* out, int64_t d) {
-  const int64_t half = d / 2;
-  for (int64_t i = 0; i < d; ++i) out[i] = x[i] * cos[i] + x[(i + half) % d] * sin[i];
-}
-
-// silu(gate) * up over one row of a fused gate_up output.
-void silu_mul_row(const float* g, float* a, int64_t inter) {
-  int64_t j = 0;
-#ifdef LATLAB_AVX512  // a vector exp: scalar expf over the MLP width was ~4% of a batch-1 step
-  for (; j + 16 <= inter; j += 16) {
-    _mm512_storeu_ps(a + j, latlab::silu_times(_mm512_loadu_ps(g + j),
-                                               _mm512_loadu_ps(g + inter + j)));
-  }
-#endif
-  for (; j < inter; ++j) a[j] = g[j] / (1.f + std::exp(-g[j])) * g[inter + j];
-}
-
-inline float widen(float v) { return v; }
-inline float widen(c10::BFloat16 v) { return static_cast<float>(v); }
 
 void check_cpu(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_contiguous() && t.device().is_cpu(), name, ": contiguous CPU tensor expected");
@@ -526,20 +494,17 @@ void DecodeModel::check_shapes() const {
 template <typename W>
 void DecodeModel::embed(const StepInputs& in, Local& lo) const {
   const Dims& s = dims_;
-  const W* table = embed_.data_ptr<W>();
   const bool float_tables = cos_.scalar_type() == at::kFloat;
   for (int64_t i = 0; i < in.m; ++i) {
-    const W* row = table + in.ids[i] * s.hidden;
-    for (int64_t j = 0; j < s.hidden; ++j) lo.x[i * s.hidden + j] = widen(row[j]);
+    widen_row(embed_.data_ptr<W>() + in.ids[i] * s.hidden, lo.x.data() + i * s.hidden, s.hidden);
     const int64_t at = in.positions[i] * s.d;
-    for (int64_t j = 0; j < s.d; ++j) {
-      if (float_tables) {
-        lo.cos[i * s.d + j] = cos_.data_ptr<float>()[at + j];
-        lo.sin[i * s.d + j] = sin_.data_ptr<float>()[at + j];
-      } else {
-        lo.cos[i * s.d + j] = widen(cos_.data_ptr<W>()[at + j]);
-        lo.sin[i * s.d + j] = widen(sin_.data_ptr<W>()[at + j]);
-      }
+    float *cos = lo.cos.data() + i * s.d, *sin = lo.sin.data() + i * s.d;
+    if (float_tables) {
+      widen_row(cos_.data_ptr<float>() + at, cos, s.d);
+      widen_row(sin_.data_ptr<float>() + at, sin, s.d);
+    } else {
+      widen_row(cos_.data_ptr<W>() + at, cos, s.d);
+      widen_row(sin_.data_ptr<W>() + at, sin, s.d);
     }
   }
 }
@@ -558,7 +523,7 @@ void DecodeModel::attend_items(const Layer& layer, const StepInputs& in, Shared&
     const int64_t i = item / s.kv_heads, kvh = item % s.kv_heads;
     const float* row = sh.qkv.data() + i * s.qkv_dim();
     const float *c = lo.cos.data() + i * s.d, *sn = lo.sin.data() + i * s.d;
-    rope_head(row + s.q_dim() + kvh * s.d, c, sn, lo.k.data(), s.d);
+    latlab::rope(row + s.q_dim() + kvh * s.d, c, sn, lo.k.data(), s.d);
     const float* v = row + s.q_dim() + s.kv_dim() + kvh * s.d;
     KV* k_dst = k_cache + (kvh * cache_tokens + in.slots[i]) * s.d;
     KV* v_dst = v_cache + (kvh * cache_tokens + in.slots[i]) * s.d;
@@ -568,7 +533,7 @@ void DecodeModel::attend_items(const Layer& layer, const StepInputs& in, Shared&
     }
     for (int64_t g = 0; g < group; ++g) {
       const int64_t head = kvh * group + g;
-      rope_head(row + head * s.d, c, sn, lo.q.data() + g * s.d, s.d);
+      latlab::rope(row + head * s.d, c, sn, lo.q.data() + g * s.d, s.d);
     }
     attend_group<float, KV>(lo.q.data(), sh.attn.data() + i * s.q_dim() + kvh * group * s.d, k_cache,
                      v_cache, in.tables + i * in.max_blocks, in.lens[i], kvh, group, s.blocks,
@@ -602,7 +567,7 @@ void DecodeModel::layer_step(const Layer& layer, const StepInputs& in, Shared& s
   gemv_part(lo.h.data(), m, gu, sh.gate_up.data(), gu_rows.lo, gu_rows.hi);
 #pragma omp barrier
   for (int64_t i = 0; i < m; ++i) {
-    silu_mul_row(sh.gate_up.data() + i * 2 * s.inter, lo.act.data() + i * s.inter, s.inter);
+    latlab::silu_mul_row(sh.gate_up.data() + i * 2 * s.inter, lo.act.data() + i * s.inter, s.inter);
   }
   gemv_part(lo.act.data(), m, down, sh.down.data(), down_rows.lo, down_rows.hi);
 #pragma omp barrier

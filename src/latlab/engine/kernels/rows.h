@@ -1,15 +1,26 @@
-// Row primitives shared by the step ops (step_ops.cpp) and the batched decode step
-// (decode_batch.cpp), so both round a bf16 step at the same points with the same arithmetic:
-// widen a row to float32, narrow it back (round to nearest even), RMSNorm a float32 row, RoPE
-// one head, 16 lanes at a time where the CPU has AVX-512.
+// Row primitives shared by the step ops (step_ops.cpp) and the native decode steps
+// (decode_step.cpp, decode_batch.cpp), so a bf16 step rounds at the same points with the same
+// arithmetic on every path: widen a row to float32, narrow it back (round to nearest even),
+// RMSNorm a float32 row, RoPE one head, SiLU * up, 16 lanes at a time where the CPU has AVX-512;
+// and the split of a parallel region's work over its threads.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
 #include "vec512.h"
 
 namespace latlab {
+
+// Thread t's share of n items among `threads`, in whole blocks of `block` items.
+struct Span {
+  int64_t lo, hi;
+};
+inline Span share(int64_t n, int64_t block, int t, int threads) {
+  const int64_t blocks = (n + block - 1) / block;
+  return {std::min(n, blocks * t / threads * block), std::min(n, blocks * (t + 1) / threads * block)};
+}
 
 template <typename T>
 inline float f32(T x) {
