@@ -110,11 +110,13 @@ class EngineConfig:
         default_text="when its kernel is already built",
     )
     # Large weight tensors (>= 2 MiB) copied into memory madvise'd for transparent huge pages
-    # on CPU: a batch-1 step streams every weight, and 4 KiB pages cost a TLB miss each
+    # on CPU, and the KV cache allocated there: a batch-1 step streams every weight, decode
+    # attention reads blocks scattered over the cache, and 4 KiB pages cost a TLB miss each
     # (huge_pages.py). None = where the kernel's THP mode allows it, True = or fail.
     huge_pages: bool | None = setting(
         None,
-        help="Weights in transparent huge pages on CPU (--no-huge-pages: 4 KiB pages).",
+        help="Weights and the KV cache in transparent huge pages on CPU (--no-huge-pages: "
+        "4 KiB pages).",
         default_text="where the kernel allows (THP always or madvise)",
     )
     # Prompt-lookup speculative decoding (0 = off): up to this many draft tokens, found by

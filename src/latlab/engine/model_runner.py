@@ -24,7 +24,7 @@ from latlab.engine.hardware import (
     other_load,
     usable_cores,
 )
-from latlab.engine.huge_pages import HugePages, move_to_huge_pages
+from latlab.engine.huge_pages import HugePages, move_to_huge_pages, zeros_in_huge_pages
 from latlab.engine.kernels import (
     BATCH_MAX_ROWS,
     DECODE_MAX_ROWS,
@@ -94,13 +94,7 @@ class ModelRunner:
         self.weight_memory_bytes = held_bytes(self.model)  # fixed from here on
         self.packed_linear = self.weight_plan.linear in ("onednn-packed", "amx-packed")
         shape = (args.num_key_value_heads, num_blocks, config.block_size, args.head_dim)
-        self.kv_caches = [
-            (
-                torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
-                torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
-            )
-            for _ in range(args.num_hidden_layers)
-        ]
+        self.kv_caches, self.kv_cache_pages = self._kv_caches(shape, args.num_hidden_layers)
         self.native_step: Callable[..., torch.Tensor] | None = None  # decode steps of 1-4 rows
         if decoder_class is not None:
             self.native_step = self.model.native_decoder(decoder_class, self.kv_caches).step
@@ -127,6 +121,26 @@ class ModelRunner:
         plan = apply_weight_plan(self.model, plan, batch_hint=config.max_num_seqs)
         self.huge_pages = self._huge_pages()
         return plan
+
+    def _kv_caches(
+        self, shape: tuple[int, ...], layers: int
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
+        """Each layer's K and V cache, zeroed, and the pages they are in: on CPU one huge-page
+        arena wherever the weights may use huge pages (decode attention reads scattered
+        blocks; huge_pages.py)."""
+        huge = (
+            self.config.huge_pages is not False
+            and self.device.type == "cpu"
+            and self.huge_pages.available
+        )
+        if huge:
+            flat = zeros_in_huge_pages(2 * layers, shape, self.kv_dtype)
+            pages = "huge pages (memory madvise'd for 2 MiB pages)"
+        else:
+            flat = [torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
+                    for _ in range(2 * layers)]  # fmt: skip
+            pages = "4 KiB pages" if self.device.type == "cpu" else f"{self.device.type} memory"
+        return [(flat[2 * i], flat[2 * i + 1]) for i in range(layers)], pages
 
     def _huge_pages(self) -> HugePages:
         """Move the weights into huge-page memory where wanted and possible (CPU), say why."""
@@ -218,6 +232,7 @@ class ModelRunner:
             "threads_follow_load": self.follower is not None,
             "thread_changes": self.follower.changes if self.follower is not None else 0,
             "kv_cache_dtype": dtype_name(self.kv_dtype),
+            "kv_cache_pages": self.kv_cache_pages,
             "decode_attention": self.attention_reason,
             "decode_layers": self.decode_reason,
             "decode_batches": self.batch_reason,
