@@ -10,8 +10,9 @@ so. Only contiguous tensors of at least 2 MiB move (small ones would waste the a
 
 The KV cache is allocated there too. Decode attention reads each sequence's blocks wherever the
 block manager put them (2 KiB blocks scattered over a cache of GBs): with 4 KiB pages nearly
-every block costs a TLB miss. The cold attention of 12 layers at batch 64 ran 1.28-1.31x faster
-on a huge-page cache at 256-1024 tokens of context (docs/engine.md, lever table).
+every block costs a TLB miss. The cold attention of 12 layers at batch 64 over scattered blocks
+ran 1.28-1.33x faster on a huge-page cache at 26-1,024 tokens of context; a fresh engine's
+batch-64 step, whose blocks are still in order, 1.04-1.06x (docs/engine.md, session 13).
 """
 
 from __future__ import annotations
