@@ -291,7 +291,7 @@ class LLMEngine:
             f"decode layers: {d['decode_layers']}; "
             f"decode batches: {d['decode_batches']}; "
             f"elementwise: {d['step_ops']}; "
-            f"huge pages: {d['huge_pages']}"
+            f"weights in huge pages: {d['huge_pages']}"
         )
 
     def stats(self) -> EngineStats:
