@@ -35,6 +35,7 @@ class LLM:
         params = _params_per_prompt(sampling_params, len(prompts))
         seqs = [self.engine.make_sequence(p, sp) for p, sp in zip(prompts, params, strict=True)]
         for seq in seqs:
+            seq.final_output_only = True  # the steps in between are not looked at
             self.engine.add_sequence(seq, check_queue=False)
         done: dict[str, RequestOutput] = {}
         bar = _progress(len(seqs)) if use_tqdm else None

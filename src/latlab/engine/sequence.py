@@ -58,6 +58,9 @@ class Sequence:
     logprobs: list[Any] = field(default_factory=list)  # per generated token (if requested)
     prompt_logprobs: list[Any] = field(default_factory=list)  # per prompt token (if requested)
     step_logprobs: list[Any] = field(default_factory=list)  # this step's, until accepted
+    # Only the finished output is wanted (LLM.generate, as vLLM's RequestOutputKind.FINAL_ONLY):
+    # the engine builds no RequestOutput for this sequence's other steps.
+    final_output_only: bool = False
     # The prompt's ids, copied once: every step's RequestOutput shares this list (not to be
     # modified) where a slice per step per sequence cost O(prompt) each time.
     prompt_token_ids: list[int] = field(default_factory=list, init=False)
