@@ -53,9 +53,12 @@ def attention_runs(args, context: int) -> dict[str, Callable[[], float]]:
     import torch
 
     from latlab.engine.huge_pages import zeros_in_huge_pages
-    from latlab.engine.kernels import _module
+    from latlab.engine.kernels import paged_decode_attention
 
-    attend = _module(wait=True).module.paged_decode_attention
+    kernel = paged_decode_attention(wait=True)
+    if kernel.fn is None:
+        raise SystemExit(f"no native attention kernel: {kernel.reason}")
+    attend = kernel.fn
     shape = (KV_HEADS, args.cache_blocks, BLOCK, HEAD_DIM)
     per_seq = -(-context // BLOCK)
     order = random.Random(0).sample(range(args.cache_blocks), args.batch * per_seq)
