@@ -1,4 +1,4 @@
-"""Model weights in transparent huge pages (CPU): fewer TLB misses while a step streams them.
+"""Weights and the KV cache in transparent huge pages (CPU): fewer TLB misses as steps read them.
 
 A batch-1 decode step reads every weight once, hundreds of MB in 4 KiB pages by default: one
 TLB miss and page walk every 4 KiB. On the AVX2 EPYC of docs/engine.md a streaming read of a
