@@ -385,5 +385,8 @@ def test_the_servers_ttft_starts_when_the_http_request_arrives(served):
     assert reply.startswith(b"HTTP/1.1 200")
     after = httpx.get(f"{url}/metrics").text
     ttft, e2e, queue = (metric(after, n) - metric(before, n) for n in names)
-    assert ttft >= 0.3 and e2e >= ttft
+    # The server stamps the request when its loop reads the head, a little after the client
+    # sent it and began its pause (one CI run read 0.2986 s); a stamp at the engine's pickup
+    # would leave the pause out entirely (a few ms).
+    assert ttft >= 0.25 and e2e >= ttft
     assert queue < 0.3
