@@ -223,7 +223,8 @@ def test_sigterm_lets_requests_in_flight_finish(tiny_model):
     import concurrent.futures
 
     with _Served(tiny_model, "--shutdown-timeout", "60") as served:
-        body = {"prompt": "hi", "max_tokens": 200, "ignore_eos": True, "stream": True}
+        # Long enough to be in flight when SIGTERM lands: 200 tokens once finished first.
+        body = {"prompt": "hi", "max_tokens": 1000, "ignore_eos": True, "stream": True}
         with (
             concurrent.futures.ThreadPoolExecutor(1) as pool,
             httpx.stream("POST", f"{served.base}/completions", json=body, timeout=60) as r,
