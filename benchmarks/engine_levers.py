@@ -23,6 +23,7 @@ from torch import nn
 
 from latlab.engine.kernels import paged_decode_attention
 from latlab.engine.models.int8_linear import Int8Linear
+from latlab.engine.models.llama import gather_heads
 from latlab.engine.models.packed_linear import PackedLinear, onednn_packs
 
 H, INTER, L, HEADS, KV_HEADS, D = 768, 3072, 12, 12, 6, 64
@@ -107,8 +108,8 @@ def _paged_cache(b: int, context: int, kv_dtype: torch.dtype):  # type: ignore[n
     block, per_seq = 16, -(-context // 16)
     cache_blocks = b * per_seq + 8
     gen = torch.Generator().manual_seed(0)
-    k = torch.randn(KV_HEADS, cache_blocks, block, D, generator=gen).to(kv_dtype)
-    v = torch.randn(KV_HEADS, cache_blocks, block, D, generator=gen).to(kv_dtype)
+    k = torch.randn(cache_blocks, KV_HEADS, block, D, generator=gen).to(kv_dtype)  # the engine's
+    v = torch.randn(cache_blocks, KV_HEADS, block, D, generator=gen).to(kv_dtype)  # layout
     tables = torch.randperm(cache_blocks, generator=gen)[: b * per_seq].view(b, per_seq)
     lens = torch.full((b,), context, dtype=torch.long)
     return k, v, tables, lens, block
@@ -124,8 +125,8 @@ def _decode_attention_variants(context: int, kernel_fn: Callable | None) -> dict
         torch.arange(t).view(1, 1, 1, t) >= lens.view(1, b, 1, 1), float("-inf"))  # fmt: skip
 
     def gathered() -> torch.Tensor:
-        keys = k.index_select(1, tables.view(-1)).view(KV_HEADS, b, t, D).float()
-        values = v.index_select(1, tables.view(-1)).view(KV_HEADS, b, t, D).float()
+        keys = gather_heads(k, tables.view(-1), b).float()
+        values = gather_heads(v, tables.view(-1), b).float()
         qg = q.view(b, KV_HEADS, HEADS // KV_HEADS, D).transpose(0, 1)
         scores = torch.matmul(qg, keys.transpose(2, 3)) * D**-0.5 + bias
         return torch.matmul(scores.softmax(-1), values)

@@ -59,7 +59,7 @@ def attention_runs(args, context: int) -> dict[str, Callable[[], float]]:
     if kernel.fn is None:
         raise SystemExit(f"no native attention kernel: {kernel.reason}")
     attend = kernel.fn
-    shape = (KV_HEADS, args.cache_blocks, BLOCK, HEAD_DIM)
+    shape = (args.cache_blocks, KV_HEADS, BLOCK, HEAD_DIM)  # the engine's layout
     per_seq = -(-context // BLOCK)
     order = random.Random(0).sample(range(args.cache_blocks), args.batch * per_seq)
     tables = torch.tensor(order, dtype=torch.long).view(args.batch, per_seq)

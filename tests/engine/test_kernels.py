@@ -17,12 +17,19 @@ def kernel():
     return built_or_skip(paged_decode_attention)
 
 
+def _gathered(cache, tables):
+    """[kv_heads, B, T, dim] from a [blocks, kv_heads, block, dim] cache."""
+    _, kv_heads, block, dim = cache.shape
+    b = tables.shape[0]
+    blocks = cache.index_select(0, tables.reshape(-1)).view(b, -1, kv_heads, block, dim)
+    return blocks.permute(2, 0, 1, 3, 4).reshape(kv_heads, b, -1, dim).float()
+
+
 def _reference(q, k_cache, v_cache, tables, lens, scale):
-    kv_heads, _, block, dim = k_cache.shape
+    _, kv_heads, block, dim = k_cache.shape
     b, heads = q.shape[:2]
     t = tables.shape[1] * block
-    keys = k_cache.index_select(1, tables.reshape(-1)).view(kv_heads, b, t, dim).float()
-    values = v_cache.index_select(1, tables.reshape(-1)).view(kv_heads, b, t, dim).float()
+    keys, values = _gathered(k_cache, tables), _gathered(v_cache, tables)
     qg = q.float().view(b, kv_heads, heads // kv_heads, dim).transpose(0, 1)
     scores = torch.matmul(qg, keys.transpose(2, 3)) * scale
     visible = torch.arange(t).view(1, 1, 1, t) < lens.view(1, b, 1, 1)
@@ -43,8 +50,8 @@ def _reference(q, k_cache, v_cache, tables, lens, scale):
 def test_kernel_matches_gathered_attention(kernel, q_dtype, kv_dtype, tol, group):
     gen = torch.Generator().manual_seed(0)
     kv_heads, dim, blocks, block, b = 2, 32, 40, 4, 5
-    k_cache = torch.randn(kv_heads, blocks, block, dim, generator=gen).to(kv_dtype)
-    v_cache = torch.randn(kv_heads, blocks, block, dim, generator=gen).to(kv_dtype)
+    k_cache = torch.randn(blocks, kv_heads, block, dim, generator=gen).to(kv_dtype)
+    v_cache = torch.randn(blocks, kv_heads, block, dim, generator=gen).to(kv_dtype)
     lens = torch.tensor([1, 4, 5, 13, 16])  # one key, a full block, block edges, ragged
     tables = torch.stack([torch.randperm(blocks, generator=gen)[:4] for _ in range(b)])
     q = torch.randn(b, kv_heads * group, dim, generator=gen).to(q_dtype)
@@ -60,8 +67,8 @@ def test_kernel_matches_over_long_ragged_sequences(kernel, dim, group):
     """Many blocks per sequence (the next block is prefetched), scores past a 16-lane vector."""
     gen = torch.Generator().manual_seed(dim + group)
     kv_heads, blocks, block = 2, 64, 16
-    k_cache = (3 * torch.randn(kv_heads, blocks, block, dim, generator=gen)).bfloat16()
-    v_cache = torch.randn(kv_heads, blocks, block, dim, generator=gen).bfloat16()
+    k_cache = (3 * torch.randn(blocks, kv_heads, block, dim, generator=gen)).bfloat16()
+    v_cache = torch.randn(blocks, kv_heads, block, dim, generator=gen).bfloat16()
     lens = torch.tensor([1, 17, 160, 255, 33])
     tables = torch.stack([torch.randperm(blocks, generator=gen)[:16] for _ in range(5)])
     q = torch.randn(5, kv_heads * group, dim, generator=gen)
@@ -72,7 +79,7 @@ def test_kernel_matches_over_long_ragged_sequences(kernel, dim, group):
 
 def test_kernel_rejects_what_it_cannot_read(kernel):
     q = torch.randn(2, 4, 8)
-    cache = torch.randn(2, 3, 4, 8)
+    cache = torch.randn(3, 2, 4, 8)  # 3 blocks of 2 KV heads
     tables, lens = torch.zeros(2, 1, dtype=torch.long), torch.ones(2, dtype=torch.long)
     with pytest.raises(RuntimeError, match="int64"):
         kernel(q, cache, cache, tables.int(), lens, 1.0)

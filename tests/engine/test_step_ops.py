@@ -65,7 +65,7 @@ def test_rope_cache_matches_torch(ops, dtype, kv_dtype, heads, kv_heads, dim):
     cos = torch.randn(n, dim, generator=gen).to(dtype)
     sin = torch.randn(n, dim, generator=gen).to(dtype)
     slots = torch.randperm(blocks * block, generator=gen)[:n]
-    k_cache = torch.zeros(kv_heads, blocks, block, dim, dtype=kv_dtype)
+    k_cache = torch.zeros(blocks, kv_heads, block, dim, dtype=kv_dtype)
     v_cache = torch.zeros_like(k_cache)
     q = ops.rope_cache(qkv, cos, sin, k_cache, v_cache, slots, heads)
 
@@ -73,12 +73,12 @@ def test_rope_cache_matches_torch(ops, dtype, kv_dtype, heads, kv_heads, dim):
     cos_f, sin_f = cos.float()[:, None], sin.float()[:, None]
     rotated = apply_rope(heads_in[:, : heads + kv_heads], cos_f, sin_f)
     _close(q, rotated[:, :heads].to(dtype), dtype)
-    k_want = torch.zeros(kv_heads, blocks * block, dim)
+    k_want = torch.zeros(blocks, kv_heads, block, dim)  # slot s: block s // block, row s % block
     v_want = torch.zeros_like(k_want)
-    k_want.index_copy_(1, slots, rotated[:, heads:].transpose(0, 1))
-    v_want.index_copy_(1, slots, heads_in[:, heads + kv_heads :].transpose(0, 1))
-    _close(k_cache.view_as(k_want), k_want.to(kv_dtype), kv_dtype)
-    assert torch.equal(v_cache.view_as(v_want), v_want.to(kv_dtype))  # v is copied, not rounded
+    k_want[slots // block, :, slots % block] = rotated[:, heads:]
+    v_want[slots // block, :, slots % block] = heads_in[:, heads + kv_heads :]
+    _close(k_cache, k_want.to(kv_dtype), kv_dtype)
+    assert torch.equal(v_cache, v_want.to(kv_dtype))  # v is copied, not rounded
 
 
 def test_ops_refuse_what_they_cannot_read(ops):
@@ -93,7 +93,7 @@ def test_ops_refuse_what_they_cannot_read(ops):
         ops.silu_mul(torch.randn(4, 7))
     with pytest.raises(RuntimeError, match="unsupported dtype"):
         ops.silu_mul(torch.ones(2, 4, dtype=torch.int32))
-    cache = torch.zeros(2, 3, 4, 8)
+    cache = torch.zeros(3, 2, 4, 8)  # 3 blocks of 2 KV heads, 4 slots each
     cos = torch.ones(4, 8)
     with pytest.raises(RuntimeError, match="do not match"):
         ops.rope_cache(torch.randn(4, 40), cos, cos, cache, cache.clone(), torch.arange(4), 4)

@@ -1,8 +1,9 @@
 """Turns a scheduled step into tensors, runs the model over the paged KV cache, samples.
 
-The KV cache is one K and one V tensor per layer, [kv_heads, num_blocks, block_size,
-head_dim]; its block count comes from the byte budget and latlab.plan.kv (the planner's
-formula), so ``latlab plan`` and the engine agree on capacity.
+The KV cache is one K and one V tensor per layer, [num_blocks, kv_heads, block_size,
+head_dim] (a block's heads side by side: kernels.h); its block count comes from the byte
+budget and latlab.plan.kv (the planner's formula), so ``latlab plan`` and the engine agree on
+capacity.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class ModelRunner:
             drop_plain_weights(self.model)  # only the native decode steps read them
         self.weight_memory_bytes = held_bytes(self.model)  # fixed from here on
         self.packed_linear = self.weight_plan.linear in ("onednn-packed", "amx-packed")
-        shape = (args.num_key_value_heads, num_blocks, config.block_size, args.head_dim)
+        shape = (num_blocks, args.num_key_value_heads, config.block_size, args.head_dim)
         self.kv_caches, self.kv_cache_pages = self._kv_caches(shape, args.num_hidden_layers)
         self.native_step: Callable[..., torch.Tensor] | None = None  # decode steps of 1-4 rows
         if decoder_class is not None:
@@ -310,7 +311,7 @@ class ModelRunner:
         """
         n, bs = len(token_ids), self.block_size
         blocks = -(-n // bs)
-        shape = (self.kv_caches[0][0].shape[0], blocks, bs, self.kv_caches[0][0].shape[-1])
+        shape = (blocks, *self.kv_caches[0][0].shape[1:])
         caches = [
             (torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
              torch.zeros(shape, dtype=self.kv_dtype, device=self.device))

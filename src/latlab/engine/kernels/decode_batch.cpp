@@ -15,7 +15,7 @@
 //
 // Layouts (the engine's): packed weights as amx_pack makes them ([N/16, K/32, 16, 16, 2]);
 // cos/sin tables [positions, D] (sin with rotate_half's sign folded in); k_cache, v_cache
-// [KVH, NB, BS, D]; block_tables [M, max_blocks]; seq_lens [M] (the new key included).
+// [NB, KVH, BS, D]; block_tables [M, max_blocks]; seq_lens [M] (the new key included).
 
 #include "kernels.h"
 #include "rows.h"
@@ -162,9 +162,9 @@ BatchDecodeModel::BatchDecodeModel(std::vector<torch::Tensor> model,
   }
   const Layer& first = layers_.front();
   TORCH_CHECK(first.k_cache.dim() == 4 && first.down.dim() == 5,
-              "BatchDecodeModel: caches [KVH, NB, BS, D] and packed weights expected");
-  dims_ = Dims{embed_.size(1), num_heads, first.k_cache.size(0), first.k_cache.size(3),
-               first.down.size(1) * 32, embed_.size(0), cos_.size(0), first.k_cache.size(1),
+              "BatchDecodeModel: caches [NB, KVH, BS, D] and packed weights expected");
+  dims_ = Dims{embed_.size(1), num_heads, first.k_cache.size(1), first.k_cache.size(3),
+               first.down.size(1) * 32, embed_.size(0), cos_.size(0), first.k_cache.size(0),
                first.k_cache.size(2)};
   check_packed(head_, dims_.vocab, dims_.hidden, "BatchDecodeModel head");
   TORCH_CHECK(norm_.numel() == dims_.hidden && cos_.size(1) == dims_.d && sin_.sizes() == cos_.sizes() &&
@@ -209,7 +209,7 @@ template <typename KV>
 void BatchDecodeModel::attend_items(const Layer& layer, const Inputs& in, const Buffers& b,
                                     Scratch& sc, int t, int nt) const {
   const Dims& s = dims_;
-  const int64_t group = s.heads / s.kv_heads, d = s.d, cache_tokens = s.blocks * s.block_size;
+  const int64_t group = s.heads / s.kv_heads, d = s.d;
   KV* k_cache = layer.k_cache.data_ptr<KV>();
   KV* v_cache = layer.v_cache.data_ptr<KV>();
   const Span items = share(in.m * s.kv_heads, t, nt);
@@ -218,7 +218,7 @@ void BatchDecodeModel::attend_items(const Layer& layer, const Inputs& in, const 
     const BF16* row = ptr(b.qkv) + i * s.qkv_dim();
     widen_row(ptr(cos_) + in.positions[i] * d, sc.cos.data(), d);
     widen_row(ptr(sin_) + in.positions[i] * d, sc.sin.data(), d);
-    const int64_t slot = kvh * cache_tokens + in.slots[i];
+    const int64_t slot = kv_row(in.slots[i], kvh, s.kv_heads, s.block_size);
     widen_row(row + (s.heads + kvh) * d, sc.other.data(), d);
     latlab::rope(sc.other.data(), sc.cos.data(), sc.sin.data(), sc.head.data(), d);
     narrow_row(sc.head.data(), k_cache + slot * d, d);
@@ -231,7 +231,7 @@ void BatchDecodeModel::attend_items(const Layer& layer, const Inputs& in, const 
     }
     attend_group<BF16, KV>(sc.q.data(), ptr(b.attn) + i * s.q_dim() + kvh * group * d, k_cache,
                            v_cache, in.tables + i * in.max_blocks, in.lens[i], kvh, group,
-                           s.blocks, s.block_size, d, scale_, sc.attention);
+                           s.kv_heads, s.block_size, d, scale_, sc.attention);
   }
 }
 

@@ -22,7 +22,7 @@
 //
 // Layouts (the engine's): w_qkv [(H + 2 KVH) * D, hidden] (q, k, v rows); w_gate_up
 // [2 I, hidden]; cos/sin tables [positions, D] (sin with rotate_half's sign folded in); k_cache,
-// v_cache [KVH, NB, BS, D]; block_tables [M, max_blocks]; seq_lens [M] (keys to attend, the new
+// v_cache [NB, KVH, BS, D]; block_tables [M, max_blocks]; seq_lens [M] (keys to attend, the new
 // one included).
 
 #include "kernels.h"
@@ -437,8 +437,8 @@ DecodeModel::DecodeModel(std::vector<torch::Tensor> model,
   check_f32(norm_, "DecodeModel final norm");
   for (const auto& l : layers) add_layer(l);
   const Layer& first = layers_.front();
-  dims_ = Dims{embed_.size(1), num_heads, first.k_cache.size(0), first.k_cache.size(3),
-               first.w_down.size(1), head_.size(0), cos_.size(0), first.k_cache.size(1),
+  dims_ = Dims{embed_.size(1), num_heads, first.k_cache.size(1), first.k_cache.size(3),
+               first.w_down.size(1), head_.size(0), cos_.size(0), first.k_cache.size(0),
                first.k_cache.size(2)};
   check_shapes();
 }
@@ -469,7 +469,7 @@ void DecodeModel::add_layer(const std::vector<torch::Tensor>& l) {
   TORCH_CHECK(layer.k_cache.dim() == 4 && layer.k_cache.is_contiguous() &&
                   layer.v_cache.is_contiguous() && layer.v_cache.sizes() == layer.k_cache.sizes() &&
                   layer.v_cache.scalar_type() == layer.k_cache.scalar_type(),
-              "DecodeModel: contiguous caches [KVH, NB, BS, D] of one dtype expected");
+              "DecodeModel: contiguous caches [NB, KVH, BS, D] of one dtype expected");
   layers_.push_back(std::move(layer));
 }
 
@@ -515,7 +515,7 @@ template <typename KV>
 void DecodeModel::attend_items(const Layer& layer, const StepInputs& in, Shared& sh, Local& lo,
                                int t, int nt) const {
   const Dims& s = dims_;
-  const int64_t group = s.heads / s.kv_heads, cache_tokens = s.blocks * s.block_size;
+  const int64_t group = s.heads / s.kv_heads;
   KV* k_cache = layer.k_cache.data_ptr<KV>();
   KV* v_cache = layer.v_cache.data_ptr<KV>();
   const Span items = share(in.m * s.kv_heads, 1, t, nt);
@@ -525,8 +525,9 @@ void DecodeModel::attend_items(const Layer& layer, const StepInputs& in, Shared&
     const float *c = lo.cos.data() + i * s.d, *sn = lo.sin.data() + i * s.d;
     latlab::rope(row + s.q_dim() + kvh * s.d, c, sn, lo.k.data(), s.d);
     const float* v = row + s.q_dim() + s.kv_dim() + kvh * s.d;
-    KV* k_dst = k_cache + (kvh * cache_tokens + in.slots[i]) * s.d;
-    KV* v_dst = v_cache + (kvh * cache_tokens + in.slots[i]) * s.d;
+    const int64_t cache_row = kv_row(in.slots[i], kvh, s.kv_heads, s.block_size);
+    KV* k_dst = k_cache + cache_row * s.d;
+    KV* v_dst = v_cache + cache_row * s.d;
     for (int64_t j = 0; j < s.d; ++j) {
       k_dst[j] = static_cast<KV>(lo.k[j]);
       v_dst[j] = static_cast<KV>(v[j]);
@@ -536,7 +537,7 @@ void DecodeModel::attend_items(const Layer& layer, const StepInputs& in, Shared&
       latlab::rope(row + head * s.d, c, sn, lo.q.data() + g * s.d, s.d);
     }
     attend_group<float, KV>(lo.q.data(), sh.attn.data() + i * s.q_dim() + kvh * group * s.d, k_cache,
-                     v_cache, in.tables + i * in.max_blocks, in.lens[i], kvh, group, s.blocks,
+                     v_cache, in.tables + i * in.max_blocks, in.lens[i], kvh, group, s.kv_heads,
                      s.block_size, s.d, scale_, lo.scratch);
   }
 }

@@ -6,7 +6,7 @@
 // the longest sequence, no dtype-converted copy. Work items (sequence x KV head) are spread over
 // torch's own intra-op threads (at::parallel_for).
 //
-// Layouts (the engine's): q and out [B, H, D]; k_cache and v_cache [KVH, NB, BS, D] contiguous;
+// Layouts (the engine's): q and out [B, H, D]; k_cache and v_cache [NB, KVH, BS, D] contiguous;
 // block_tables [B, max_blocks] int64; seq_lens [B] int64 = keys to attend (the new one included).
 // Query head h uses KV head h / (H / KVH), as transformers' repeat_kv does.
 
@@ -59,10 +59,11 @@ inline void axpy(float alpha, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
-// The portable path (any head size, any CPU): one widened K/V row at a time.
+// The portable path (any head size, any CPU): one widened K/V row at a time. k_head and v_head:
+// the item's KV head in block 0; block b starts `block_stride` elements further per block id.
 template <typename Q, typename KV>
-void attend_one(const Q* q, Q* out, const KV* k_cache, const KV* v_cache, const int64_t* table,
-                int64_t seq_len, int64_t kvh, int64_t group, int64_t nb, int64_t bs, int64_t d,
+void attend_one(const Q* q, Q* out, const KV* k_head, const KV* v_head, const int64_t* table,
+                int64_t seq_len, int64_t group, int64_t block_stride, int64_t bs, int64_t d,
                 float scale, std::vector<float>& scratch) {
   // scratch: group query rows, group score rows (seq_len each), one widened K/V row, group accs
   scratch.resize(group * d + group * seq_len + d + group * d);
@@ -73,10 +74,8 @@ void attend_one(const Q* q, Q* out, const KV* k_cache, const KV* v_cache, const 
   for (int64_t g = 0; g < group; ++g) {
     for (int64_t i = 0; i < d; ++i) qf[g * d + i] = to_float(q[g * d + i]) * scale;
   }
-  const int64_t head_base = kvh * nb;
   for (int64_t t = 0; t < seq_len; ++t) {
-    const int64_t slot = (head_base + table[t / bs]) * bs + t % bs;
-    widen(k_cache + slot * d, row, d);
+    widen(k_head + table[t / bs] * block_stride + (t % bs) * d, row, d);
     for (int64_t g = 0; g < group; ++g) scores[g * seq_len + t] = dot(qf + g * d, row, d);
   }
   std::fill(acc, acc + group * d, 0.f);
@@ -93,8 +92,7 @@ void attend_one(const Q* q, Q* out, const KV* k_cache, const KV* v_cache, const 
     denom[g] = sum;
   }
   for (int64_t t = 0; t < seq_len; ++t) {
-    const int64_t slot = (head_base + table[t / bs]) * bs + t % bs;
-    widen(v_cache + slot * d, row, d);
+    widen(v_head + table[t / bs] * block_stride + (t % bs) * d, row, d);
     for (int64_t g = 0; g < group; ++g) axpy(scores[g * seq_len + t], row, acc + g * d, d);
   }
   for (int64_t g = 0; g < group; ++g) {
@@ -145,15 +143,14 @@ inline float exp_less_max(float* s, int64_t n) {
 // scores[g * stride + t] = q_g . k_t for every key t of the sequence, block by block. C: the
 // head size in 16-lane chunks, a template argument so a key row stays in C registers.
 template <int C, typename KV>
-void score_keys(const float* qf, const KV* k_cache, const int64_t* table, int64_t seq_len,
-                int64_t head_base, int64_t group, int64_t bs, float* scores, int64_t stride) {
+void score_keys(const float* qf, const KV* k_head, const int64_t* table, int64_t seq_len,
+                int64_t block_stride, int64_t group, int64_t bs, float* scores, int64_t stride) {
   constexpr int64_t d = 16 * C;
   for (int64_t t0 = 0; t0 < seq_len; t0 += bs) {
-    const KV* block = k_cache + (head_base + table[t0 / bs]) * bs * d;
+    const KV* block = k_head + table[t0 / bs] * block_stride;
     const int64_t n = std::min(bs, seq_len - t0);
     if (t0 + bs < seq_len) {
-      prefetch_rows(k_cache + (head_base + table[t0 / bs + 1]) * bs * d,
-                    std::min(bs, seq_len - t0 - bs), d);
+      prefetch_rows(k_head + table[t0 / bs + 1] * block_stride, std::min(bs, seq_len - t0 - bs), d);
     }
     for (int64_t j = 0; j < n; ++j) {
       __m512 kv[C];
@@ -172,18 +169,18 @@ void score_keys(const float* qf, const KV* k_cache, const int64_t* table, int64_
 // out_g = sum_t probs[g * stride + t] * v_t, one query head at a time so its sum stays in C
 // registers (the sequence's values stay in L1 between heads).
 template <int C, typename KV>
-void weigh_values(const float* probs, const KV* v_cache, const int64_t* table, int64_t seq_len,
-                  int64_t head_base, int64_t group, int64_t bs, float* out, int64_t stride) {
+void weigh_values(const float* probs, const KV* v_head, const int64_t* table, int64_t seq_len,
+                  int64_t block_stride, int64_t group, int64_t bs, float* out, int64_t stride) {
   constexpr int64_t d = 16 * C;
   for (int64_t g = 0; g < group; ++g) {
     __m512 acc[C];
     for (int c = 0; c < C; ++c) acc[c] = _mm512_setzero_ps();
     for (int64_t t0 = 0; t0 < seq_len; t0 += bs) {
-      const KV* block = v_cache + (head_base + table[t0 / bs]) * bs * d;
+      const KV* block = v_head + table[t0 / bs] * block_stride;
       const int64_t n = std::min(bs, seq_len - t0);
       if (g == 0 && t0 + bs < seq_len) {
-        prefetch_rows(v_cache + (head_base + table[t0 / bs + 1]) * bs * d,
-                      std::min(bs, seq_len - t0 - bs), d);
+        prefetch_rows(v_head + table[t0 / bs + 1] * block_stride, std::min(bs, seq_len - t0 - bs),
+                      d);
       }
       const float* p = probs + g * stride + t0;
       for (int64_t j = 0; j < n; ++j) {
@@ -196,9 +193,9 @@ void weigh_values(const float* probs, const KV* v_cache, const int64_t* table, i
 }
 
 template <int C, typename Q, typename KV>
-void attend_one_avx512(const Q* q, Q* out, const KV* k_cache, const KV* v_cache,
-                       const int64_t* table, int64_t seq_len, int64_t kvh, int64_t group,
-                       int64_t nb, int64_t bs, float scale, std::vector<float>& scratch) {
+void attend_one_avx512(const Q* q, Q* out, const KV* k_head, const KV* v_head,
+                       const int64_t* table, int64_t seq_len, int64_t group,
+                       int64_t block_stride, int64_t bs, float scale, std::vector<float>& scratch) {
   constexpr int64_t d = 16 * C;
   const int64_t stride = (seq_len + 15) / 16 * 16;
   if (static_cast<int64_t>(scratch.size()) < 2 * group * d + group * stride) {
@@ -211,13 +208,12 @@ void attend_one_avx512(const Q* q, Q* out, const KV* k_cache, const KV* v_cache,
   for (int64_t i = 0; i < group * d; i += 16) {
     _mm512_storeu_ps(qf + i, _mm512_mul_ps(load16(q + i), sv));
   }
-  const int64_t head_base = kvh * nb;
-  prefetch_rows(k_cache + (head_base + table[0]) * bs * d, std::min(bs, seq_len), d);
-  score_keys<C>(qf, k_cache, table, seq_len, head_base, group, bs, scores, stride);
-  prefetch_rows(v_cache + (head_base + table[0]) * bs * d, std::min(bs, seq_len), d);
+  prefetch_rows(k_head + table[0] * block_stride, std::min(bs, seq_len), d);
+  score_keys<C>(qf, k_head, table, seq_len, block_stride, group, bs, scores, stride);
+  prefetch_rows(v_head + table[0] * block_stride, std::min(bs, seq_len), d);
   float inv[kMaxGroup];
   for (int64_t g = 0; g < group; ++g) inv[g] = 1.f / exp_less_max(scores + g * stride, seq_len);
-  weigh_values<C>(scores, v_cache, table, seq_len, head_base, group, bs, acc, stride);
+  weigh_values<C>(scores, v_head, table, seq_len, block_stride, group, bs, acc, stride);
   for (int64_t g = 0; g < group; ++g) {  // vector conversions: scalar bf16 rounding cost more
     const __m512 iv = _mm512_set1_ps(inv[g]);  // than the whole item at short contexts
     for (int64_t i = 0; i < d; i += 16) {
@@ -232,14 +228,15 @@ void attend_one_avx512(const Q* q, Q* out, const KV* k_cache, const KV* v_cache,
 // sizes (the head size a template argument there), else the portable one.
 template <typename Q, typename KV>
 using AttendFn = void (*)(const Q*, Q*, const KV*, const KV*, const int64_t*, int64_t, int64_t,
-                          int64_t, int64_t, int64_t, int64_t, float, std::vector<float>&);
+                          int64_t, int64_t, int64_t, float, std::vector<float>&);
 
 #ifdef LATLAB_AVX512
 template <int C, typename Q, typename KV>
 void attend_vector(const Q* q, Q* out, const KV* k, const KV* v, const int64_t* table,
-                   int64_t seq_len, int64_t kvh, int64_t group, int64_t nb, int64_t bs, int64_t,
+                   int64_t seq_len, int64_t group, int64_t block_stride, int64_t bs, int64_t,
                    float scale, std::vector<float>& scratch) {
-  attend_one_avx512<C, Q, KV>(q, out, k, v, table, seq_len, kvh, group, nb, bs, scale, scratch);
+  attend_one_avx512<C, Q, KV>(q, out, k, v, table, seq_len, group, block_stride, bs, scale,
+                              scratch);
 }
 #endif
 
@@ -264,7 +261,7 @@ void run(torch::Tensor& out, const torch::Tensor& q, const torch::Tensor& k_cach
          const torch::Tensor& v_cache, const torch::Tensor& block_tables,
          const torch::Tensor& seq_lens, double scale) {
   const int64_t b = q.size(0), h = q.size(1), d = q.size(2);
-  const int64_t kv_heads = k_cache.size(0), nb = k_cache.size(1), bs = k_cache.size(2);
+  const int64_t kv_heads = k_cache.size(1), bs = k_cache.size(2), block_stride = kv_heads * bs * d;
   const int64_t group = h / kv_heads, max_blocks = block_tables.size(1);
   const Q* qp = q.data_ptr<Q>();
   Q* op = out.data_ptr<Q>();
@@ -279,8 +276,8 @@ void run(torch::Tensor& out, const torch::Tensor& q, const torch::Tensor& k_cach
     for (int64_t item = begin; item < end; ++item) {
       const int64_t s = item / kv_heads, kvh = item % kv_heads;
       const int64_t offset = (s * h + kvh * group) * d;
-      attend(qp + offset, op + offset, kp, vp, tables + s * max_blocks, lens[s], kvh, group, nb,
-             bs, d, sc, scratch);
+      attend(qp + offset, op + offset, kp + kvh * bs * d, vp + kvh * bs * d, tables + s * max_blocks,
+             lens[s], group, block_stride, bs, d, sc, scratch);
     }
   });
 }
@@ -303,12 +300,12 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
                                      const torch::Tensor& v_cache,
                                      const torch::Tensor& block_tables,
                                      const torch::Tensor& seq_lens, double scale) {
-  TORCH_CHECK(q.dim() == 3 && k_cache.dim() == 4, "paged attention: q [B,H,D], cache [KVH,NB,BS,D]");
+  TORCH_CHECK(q.dim() == 3 && k_cache.dim() == 4, "paged attention: q [B,H,D], cache [NB,KVH,BS,D]");
   TORCH_CHECK(q.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous(),
               "paged attention: contiguous tensors only");
   TORCH_CHECK(block_tables.scalar_type() == at::kLong && seq_lens.scalar_type() == at::kLong,
               "paged attention: int64 block tables and lengths");
-  TORCH_CHECK(q.size(1) % k_cache.size(0) == 0 && q.size(2) == k_cache.size(3),
+  TORCH_CHECK(q.size(1) % k_cache.size(1) == 0 && q.size(2) == k_cache.size(3),
               "paged attention: head counts or sizes do not match the cache");
   auto out = torch::empty_like(q);
   switch (q.scalar_type()) {
@@ -323,10 +320,11 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
 
 template <typename Q, typename KV>
 void attend_group(const Q* q, Q* out, const KV* k_cache, const KV* v_cache, const int64_t* table,
-                  int64_t seq_len, int64_t kvh, int64_t group, int64_t nb, int64_t bs, int64_t d,
-                  float scale, std::vector<float>& scratch) {
-  choose_attend<Q, KV>(d, group)(q, out, k_cache, v_cache, table, seq_len, kvh, group, nb, bs, d,
-                                 scale, scratch);
+                  int64_t seq_len, int64_t kvh, int64_t group, int64_t kv_heads, int64_t bs,
+                  int64_t d, float scale, std::vector<float>& scratch) {
+  const int64_t head = kvh * bs * d;
+  choose_attend<Q, KV>(d, group)(q, out, k_cache + head, v_cache + head, table, seq_len, group,
+                                 kv_heads * bs * d, bs, d, scale, scratch);
 }
 
 #define LATLAB_ATTEND_GROUP(Q, KV)                                                             \

@@ -12,7 +12,7 @@
 // bf16 ops round after each op, so bf16 results can differ from the torch path in the last bit.
 //
 // Layouts (the engine's): x, delta [N, hidden]; qkv [N, (H + 2 KVH) * D] (q, k, v heads);
-// cos, sin [N, D] (sin with rotate_half's sign folded in); k_cache, v_cache [KVH, NB, BS, D];
+// cos, sin [N, D] (sin with rotate_half's sign folded in); k_cache, v_cache [NB, KVH, BS, D];
 // slot_mapping [N] (flat cache slot of each token); gate_up [N, 2 I].
 
 #include "kernels.h"
@@ -80,8 +80,8 @@ template <typename T, typename KV>
 void rope_cache_impl(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
                      torch::Tensor& k_cache, torch::Tensor& v_cache, const torch::Tensor& slots,
                      torch::Tensor& q, int64_t heads) {
-  const int64_t n = qkv.size(0), d = k_cache.size(3), kv_heads = k_cache.size(0);
-  const int64_t width = qkv.size(1), cache_tokens = k_cache.size(1) * k_cache.size(2);
+  const int64_t n = qkv.size(0), d = k_cache.size(3), kv_heads = k_cache.size(1);
+  const int64_t width = qkv.size(1), bs = k_cache.size(2);
   const T* xp = qkv.data_ptr<T>();
   const T* cp = cos.data_ptr<T>();
   const T* sp = sin.data_ptr<T>();
@@ -101,11 +101,11 @@ void rope_cache_impl(const torch::Tensor& qkv, const torch::Tensor& cos, const t
         if (h < heads) {
           narrow_row(tmp, qp + (i * heads + h) * d, d);
         } else {
-          narrow_row(tmp, kp + ((h - heads) * cache_tokens + slot[i]) * d, d);
+          narrow_row(tmp, kp + kv_row(slot[i], h - heads, kv_heads, bs) * d, d);
         }
       }
       for (int64_t h = 0; h < kv_heads; ++h) {
-        narrow_row(x + (heads + kv_heads + h) * d, vp + (h * cache_tokens + slot[i]) * d, d);
+        narrow_row(x + (heads + kv_heads + h) * d, vp + kv_row(slot[i], h, kv_heads, bs) * d, d);
       }
     }
   });
@@ -180,15 +180,15 @@ torch::Tensor rope_cache(const torch::Tensor& qkv, const torch::Tensor& cos,
   check_same(qkv, sin, "rope_cache");
   TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
                   k_cache.sizes() == v_cache.sizes(),
-              "rope_cache: caches [KVH, NB, BS, D], contiguous, of one shape");
-  const int64_t d = k_cache.size(3), kv_heads = k_cache.size(0), n = qkv.size(0);
+              "rope_cache: caches [NB, KVH, BS, D], contiguous, of one shape");
+  const int64_t d = k_cache.size(3), kv_heads = k_cache.size(1), n = qkv.size(0);
   TORCH_CHECK(qkv.size(1) == (heads + 2 * kv_heads) * d && cos.size(1) == d && cos.size(0) == n &&
                   sin.sizes() == cos.sizes(),
               "rope_cache: qkv, cos or sin do not match the heads and the cache");
   TORCH_CHECK(slot_mapping.scalar_type() == at::kLong && slot_mapping.numel() == n &&
                   slot_mapping.is_contiguous(),
               "rope_cache: one int64 slot per token");
-  const int64_t cache_tokens = k_cache.size(1) * k_cache.size(2);
+  const int64_t cache_tokens = k_cache.size(0) * k_cache.size(2);
   const int64_t* slots = slot_mapping.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) {  // written in place: a bad slot would land outside the cache
     TORCH_CHECK(slots[i] >= 0 && slots[i] < cache_tokens, "rope_cache: slot ", slots[i],

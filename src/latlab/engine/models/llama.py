@@ -126,14 +126,12 @@ class Attention(nn.Module):
         qkv = self.qkv_proj(x).view(n, heads + 2 * kv_heads, self.head_dim)
         qk = apply_rope(qkv[:, : heads + kv_heads], cos, sin)  # q and k heads in one go
         q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads :]
-        # cache layout [kv_heads, blocks, block_size, head_dim]: a gather along the block dim
-        # yields [kv_heads, B, T, head_dim], which batched matmuls read without a copy
-        k_cache.view(kv_heads, -1, self.head_dim).index_copy_(
-            1, meta.slot_mapping, k.transpose(0, 1).to(k_cache.dtype)
-        )
-        v_cache.view(kv_heads, -1, self.head_dim).index_copy_(
-            1, meta.slot_mapping, v.transpose(0, 1).to(v_cache.dtype)
-        )
+        # cache layout [blocks, kv_heads, block_size, head_dim] (kernels.h): token slot s of
+        # head h is row (s // block_size, h, s % block_size)
+        bs = k_cache.shape[2]
+        blocks, offsets = meta.slot_mapping // bs, meta.slot_mapping % bs
+        k_cache[blocks, :, offsets] = k.to(k_cache.dtype)
+        v_cache[blocks, :, offsets] = v.to(v_cache.dtype)
         out = self._paged_attention(q, k_cache, v_cache, meta)
         return self.o_proj(out)
 
@@ -146,9 +144,8 @@ class Attention(nn.Module):
                 q.contiguous(), k_cache, v_cache, meta.block_tables, meta.seq_lens, self.scale
             )
             return out.view(b, self.num_heads * self.head_dim)
-        shape = (self.num_kv_heads, b, -1, self.head_dim)  # [kv_heads, B, T, head_dim]
-        keys = k_cache.index_select(1, meta.flat_blocks).view(shape).to(q.dtype)
-        values = v_cache.index_select(1, meta.flat_blocks).view(shape).to(q.dtype)
+        keys = gather_heads(k_cache, meta.flat_blocks, b).to(q.dtype)
+        values = gather_heads(v_cache, meta.flat_blocks, b).to(q.dtype)
         if meta.q_index is None:
             out = self._decode_attention(q, keys, values, meta.decode_bias)
         else:
@@ -175,6 +172,16 @@ class Attention(nn.Module):
         probs = scores.softmax(dim=-1).to(values.dtype)
         out = torch.matmul(probs, values)  # [kv_heads, B, group, head_dim]
         return out.transpose(0, 1).reshape(b, self.num_heads, 1, self.head_dim)
+
+
+def gather_heads(cache: torch.Tensor, flat_blocks: torch.Tensor, b: int) -> torch.Tensor:
+    """The blocks of ``b`` sequences' tables as [kv_heads, B, T, head_dim], the layout the batched
+    matmuls and SDPA read. Whole blocks are gathered, then their heads moved to the front: 1.08x
+    the time of one gather from a head-major cache ([64 x 8 blocks], 6 heads, bf16); gathering
+    through a head-major view of this cache took 27x (index_select's strided path)."""
+    _, kv_heads, bs, d = cache.shape
+    blocks = cache.index_select(0, flat_blocks).view(b, -1, kv_heads, bs, d)
+    return blocks.permute(2, 0, 1, 3, 4).reshape(kv_heads, b, -1, d)
 
 
 class MLP(nn.Module):
