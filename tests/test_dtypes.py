@@ -34,6 +34,20 @@ def test_torch_names_round_trip():
     assert dtypes.torch_dtype("bfloat16") is torch.bfloat16
 
 
+def test_the_kv_cache_may_also_hold_fp8_e5m2():
+    assert dtypes.check_kv_dtype("fp8_e5m2") == "fp8_e5m2"
+    assert dtypes.kv_torch_dtype("fp8_e5m2") is torch.float8_e5m2
+    assert dtypes.dtype_name(torch.float8_e5m2) == "fp8_e5m2"
+    for name in dtypes.DTYPES:
+        assert dtypes.kv_torch_dtype(name) is dtypes.torch_dtype(name)
+    with pytest.raises(ConfigError, match="fp8_e5m2"):
+        dtypes.check_kv_dtype("fp8_e4m3")
+    with pytest.raises(ConfigError):  # weights are never fp8
+        dtypes.check_dtype("fp8_e5m2")
+    with pytest.raises(ConfigError):
+        dtypes.torch_dtype("fp8_e5m2")
+
+
 @pytest.mark.parametrize("bad", ["int4", "fp16", "", "Float32"])
 def test_unknown_names_are_refused_with_the_choices(bad):
     with pytest.raises(ConfigError, match="float32"):

@@ -17,12 +17,26 @@ AUTO = "auto"
 DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_CHOICES = (AUTO, *DTYPES)
 _FALLBACK = "float32"
+# The KV cache may also hold 8-bit floats: e5m2 (5 exponent bits, 2 mantissa bits, the top byte
+# of a float16, no scale), vLLM's ``--kv-cache-dtype fp8_e5m2``. It halves the cache's bytes and
+# changes the model's numbers.
+FP8_E5M2 = "fp8_e5m2"
+KV_DTYPES = (*DTYPES, FP8_E5M2)
+KV_DTYPE_CHOICES = (AUTO, *KV_DTYPES)
+_TORCH_NAMES = {FP8_E5M2: "float8_e5m2"}
 
 
 def check_dtype(name: str, what: str = "dtype") -> str:
     """``name`` if it is "auto" or a known dtype; else ConfigError naming ``what`` and choices."""
     if name not in DTYPE_CHOICES:
         raise ConfigError(f"{what} must be one of {DTYPE_CHOICES}, got {name!r}")
+    return name
+
+
+def check_kv_dtype(name: str) -> str:
+    """``name`` if it is "auto" or a dtype the KV cache can hold; else ConfigError."""
+    if name not in KV_DTYPE_CHOICES:
+        raise ConfigError(f"kv_cache_dtype must be one of {KV_DTYPE_CHOICES}, got {name!r}")
     return name
 
 
@@ -49,9 +63,20 @@ def torch_dtype(name: str) -> Any:
     return getattr(torch, name)
 
 
+def kv_torch_dtype(name: str) -> Any:
+    """The ``torch.dtype`` a KV cache of ``name`` is held in (fp8_e5m2: ``torch.float8_e5m2``)."""
+    if name not in KV_DTYPES:
+        raise ConfigError(f"kv_cache_dtype must be one of {KV_DTYPES}, got {name!r}")
+    import torch
+
+    return getattr(torch, _TORCH_NAMES.get(name, name))
+
+
 def dtype_name(dtype: Any) -> str:
-    """The table's name of a ``torch.dtype`` (``torch.bfloat16`` -> "bfloat16")."""
+    """The table's name of a ``torch.dtype`` (``torch.bfloat16`` -> "bfloat16",
+    ``torch.float8_e5m2`` -> "fp8_e5m2")."""
     name = str(dtype).removeprefix("torch.")
-    if name not in DTYPES:
+    name = {torch_name: ours for ours, torch_name in _TORCH_NAMES.items()}.get(name, name)
+    if name not in KV_DTYPES:
         raise ConfigError(f"latlab runs models in {DTYPES}, not {dtype}")
     return name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from latlab.engine import LLM, EngineConfig
 from latlab.errors import ConfigError
@@ -49,6 +50,25 @@ def test_config_is_keyword_only():
 def test_kv_dtype_auto_is_the_weight_dtype(dtype, kv, checkpoint, expected):
     config = EngineConfig(dtype=dtype, kv_cache_dtype=kv)
     assert (config.weight_dtype(checkpoint), config.kv_dtype(checkpoint)) == expected
+
+
+def test_fp8_kv_cache_holds_twice_the_tokens_at_a_small_cost_in_logits(tiny_model_dir):
+    """fp8_e5m2 halves a token's bytes, so a budget holds twice the tokens; the logits over a
+    text stay close to a float32 cache's (the tiny model's logits are near-flat, so the bound is
+    on their distance, not on top-1)."""
+    budget = 2_000_000
+    fp8 = LLM(str(tiny_model_dir), kv_cache_bytes=budget, kv_cache_dtype="fp8_e5m2").engine
+    full = LLM(str(tiny_model_dir), kv_cache_bytes=budget, kv_cache_dtype="float32").engine
+    assert fp8.describe()["kv_cache_dtype"] == "fp8_e5m2"
+    assert fp8.kv_bytes_per_token * 4 == full.kv_bytes_per_token
+    assert fp8.stats().kv_cache_tokens >= 4 * full.stats().kv_cache_tokens - 16
+    ids = [(7 * i + 3) % 200 + 10 for i in range(40)]
+    got, want = fp8.runner.score(ids), full.runner.score(ids)
+    assert torch.isfinite(got).all()
+    kl = torch.nn.functional.kl_div(
+        got.log_softmax(-1), want.log_softmax(-1), log_target=True, reduction="batchmean"
+    )
+    assert 0 < float(kl) < 0.05
 
 
 def test_stats_report_the_kv_cache_the_engine_allocated(tiny_model_dir):

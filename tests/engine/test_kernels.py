@@ -43,7 +43,9 @@ def _reference(q, k_cache, v_cache, tables, lens, scale):
         (torch.float32, torch.float32, 1e-5),
         (torch.float32, torch.bfloat16, 1e-5),
         (torch.float32, torch.float16, 1e-5),
+        (torch.float32, torch.float8_e5m2, 1e-5),
         (torch.bfloat16, torch.bfloat16, 2e-2),
+        (torch.bfloat16, torch.float8_e5m2, 2e-2),
     ],
 )
 @pytest.mark.parametrize("group", [1, 4])

@@ -27,7 +27,7 @@ def _close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
     if dtype == torch.float32:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         return
-    ulp = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
+    ulp = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10, torch.float8_e5m2: 2.0**-2}[dtype]
     bound = 2 * ulp * want.float().abs() + 1e-3
     assert ((got.float() - want.float()).abs() <= bound).all()
 
@@ -56,7 +56,7 @@ def test_silu_mul_matches_torch(ops, dtype, rows, inter):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16, torch.float8_e5m2])
 @pytest.mark.parametrize("heads, kv_heads, dim", [(4, 2, 16), (12, 6, 64), (3, 1, 40)])
 def test_rope_cache_matches_torch(ops, dtype, kv_dtype, heads, kv_heads, dim):
     gen = torch.Generator().manual_seed(heads * dim)
@@ -78,7 +78,26 @@ def test_rope_cache_matches_torch(ops, dtype, kv_dtype, heads, kv_heads, dim):
     k_want[slots // block, :, slots % block] = rotated[:, heads:]
     v_want[slots // block, :, slots % block] = heads_in[:, heads + kv_heads :]
     _close(k_cache, k_want.to(kv_dtype), kv_dtype)
-    assert torch.equal(v_cache, v_want.to(kv_dtype))  # v is copied, not rounded
+    # v is converted once, as torch converts it
+    assert torch.equal(v_cache.view(torch.uint8), v_want.to(kv_dtype).view(torch.uint8))
+
+
+def test_fp8_cache_writes_round_as_torch_does(ops):
+    """e5m2 by the vector path: nearest even from float32, subnormals, the largest finite value,
+    halfway to infinity and beyond, inf and NaN: the same bytes as torch's conversion."""
+    heads, kv_heads, dim, n = 2, 1, 16, 64
+    edges = torch.tensor([0.0, -0.0, 1e-6, -1e-5, 2.0**-14, 1.5 * 2.0**-15, 3e-5, 6.1e-5,
+                          57344.0, 61439.0, 61440.0, -65536.0, 1e5, float("inf"), float("-inf"),
+                          float("nan")])  # fmt: skip
+    values = torch.cat([edges, 40 * torch.randn(n * dim - edges.numel())]).view(n, dim)
+    qkv = torch.randn(n, (heads + 2 * kv_heads) * dim)
+    qkv[:, (heads + kv_heads) * dim :] = values
+    cache = torch.zeros(n // 4, kv_heads, 4, dim, dtype=torch.float8_e5m2)
+    v_cache = torch.zeros_like(cache)
+    ones = torch.ones(n, dim)
+    ops.rope_cache(qkv, ones, torch.zeros(n, dim), cache, v_cache, torch.arange(n), heads)
+    want = values.view(n // 4, 4, kv_heads, dim).transpose(1, 2).to(torch.float8_e5m2)
+    assert torch.equal(v_cache.view(torch.uint8), want.view(torch.uint8))
 
 
 def test_ops_refuse_what_they_cannot_read(ops):

@@ -51,7 +51,10 @@ class EngineConfig:
         default_text="unset: kv-cache-bytes or the default sizing applies",
     )
     kv_cache_dtype: str = setting(
-        "auto", help="KV cache dtype (auto: the weight dtype).", choices=dtypes.DTYPE_CHOICES
+        "auto",
+        help="KV cache dtype (auto: the weight dtype; fp8_e5m2: 8-bit floats, half the bytes "
+        "of bf16, changes the model's numbers).",
+        choices=dtypes.KV_DTYPE_CHOICES,
     )
     max_num_seqs: int = setting(64, help="Most sequences in one batch.")
     max_num_batched_tokens: int = setting(
@@ -152,7 +155,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         dtypes.check_dtype(self.dtype, "dtype")
-        dtypes.check_dtype(self.kv_cache_dtype, "kv_cache_dtype")
+        dtypes.check_kv_dtype(self.kv_cache_dtype)
         if self.quantization is not None and self.quantization not in QUANTIZATIONS:
             raise ConfigError(
                 f"quantization must be one of {QUANTIZATIONS} or None, got {self.quantization!r}"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from latlab.dtypes import dtype_name, torch_dtype
+from latlab.dtypes import dtype_name, kv_torch_dtype, torch_dtype
 from latlab.engine.config import EngineConfig
 from latlab.engine.hardware import (
     ThreadChoice,
@@ -83,7 +83,7 @@ class ModelRunner:
         self.device = torch.device(config.device)
         self.block_size = config.block_size
         self.dtype = torch_dtype(config.weight_dtype(args.torch_dtype))
-        self.kv_dtype = torch_dtype(config.kv_dtype(args.torch_dtype))
+        self.kv_dtype = kv_torch_dtype(config.kv_dtype(args.torch_dtype))
         if num_blocks < 1:
             raise CapacityError("the KV cache budget holds no block at all; raise kv_cache_bytes")
         self.weight_plan = self._prepare_model(model_dir, args)

@@ -324,6 +324,7 @@ torch::Tensor BatchDecodeModel::step(const torch::Tensor& ids, const torch::Tens
     case at::kFloat: run<float>(in, b, logits.data_ptr<float>()); break;
     case at::kBFloat16: run<BF16>(in, b, logits.data_ptr<float>()); break;
     case at::kHalf: run<c10::Half>(in, b, logits.data_ptr<float>()); break;
+    case at::kFloat8_e5m2: run<c10::Float8_e5m2>(in, b, logits.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "batch decode step: unsupported KV dtype");
   }
   return logits;

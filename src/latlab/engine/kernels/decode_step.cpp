@@ -633,6 +633,10 @@ torch::Tensor DecodeModel::step(const torch::Tensor& ids, const torch::Tensor& p
     case at::kHalf:
       bf16 ? run_layers<c10::BFloat16, c10::Half>(in, out) : run_layers<float, c10::Half>(in, out);
       break;
+    case at::kFloat8_e5m2:
+      bf16 ? run_layers<c10::BFloat16, c10::Float8_e5m2>(in, out)
+           : run_layers<float, c10::Float8_e5m2>(in, out);
+      break;
     default: TORCH_CHECK(false, "decode step: unsupported KV dtype");
   }
   return logits;

@@ -35,6 +35,7 @@ inline float to_float(c10::BFloat16 x) {
   return out;
 }
 inline float to_float(c10::Half x) { return static_cast<float>(x); }
+inline float to_float(c10::Float8_e5m2 x) { return static_cast<float>(x); }
 
 template <typename KV>
 inline void widen(const KV* src, float* dst, int64_t n) {
@@ -290,6 +291,7 @@ void dispatch_kv(torch::Tensor& out, const torch::Tensor& q, const torch::Tensor
     case at::kFloat: return run<Q, float>(out, q, k, v, tables, lens, scale);
     case at::kBFloat16: return run<Q, c10::BFloat16>(out, q, k, v, tables, lens, scale);
     case at::kHalf: return run<Q, c10::Half>(out, q, k, v, tables, lens, scale);
+    case at::kFloat8_e5m2: return run<Q, c10::Float8_e5m2>(out, q, k, v, tables, lens, scale);
     default: TORCH_CHECK(false, "paged attention: unsupported KV dtype ", k.scalar_type());
   }
 }
@@ -334,9 +336,11 @@ void attend_group(const Q* q, Q* out, const KV* k_cache, const KV* v_cache, cons
 LATLAB_ATTEND_GROUP(float, float)
 LATLAB_ATTEND_GROUP(float, c10::BFloat16)
 LATLAB_ATTEND_GROUP(float, c10::Half)
+LATLAB_ATTEND_GROUP(float, c10::Float8_e5m2)
 LATLAB_ATTEND_GROUP(c10::BFloat16, float)
 LATLAB_ATTEND_GROUP(c10::BFloat16, c10::BFloat16)
 LATLAB_ATTEND_GROUP(c10::BFloat16, c10::Half)
+LATLAB_ATTEND_GROUP(c10::BFloat16, c10::Float8_e5m2)
 #undef LATLAB_ATTEND_GROUP
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

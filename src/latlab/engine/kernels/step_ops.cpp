@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -141,6 +142,13 @@ void by_dtype(at::ScalarType type, const char* name, F&& f) {
   }
 }
 
+// A KV cache's dtypes: the activations' and fp8 e5m2.
+template <typename F>
+void by_kv_dtype(at::ScalarType type, const char* name, F&& f) {
+  if (type == at::kFloat8_e5m2) return f(c10::Float8_e5m2{});
+  by_dtype(type, name, std::forward<F>(f));
+}
+
 }  // namespace
 
 torch::Tensor rms_norm_rows(const torch::Tensor& x, const torch::Tensor& w, double eps) {
@@ -197,7 +205,7 @@ torch::Tensor rope_cache(const torch::Tensor& qkv, const torch::Tensor& cos,
   auto q = torch::empty({n, heads, d}, qkv.options());
   by_dtype(qkv.scalar_type(), "rope_cache", [&](auto t) {
     using T = decltype(t);
-    by_dtype(k_cache.scalar_type(), "rope_cache", [&](auto kv) {
+    by_kv_dtype(k_cache.scalar_type(), "rope_cache", [&](auto kv) {
       rope_cache_impl<T, decltype(kv)>(qkv, cos, sin, k_cache, v_cache, slot_mapping, q, heads);
     });
   });

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <c10/util/BFloat16.h>
+#include <c10/util/Float8_e5m2.h>
 #include <c10/util/Half.h>
 
 #include <cstdint>
@@ -21,6 +22,11 @@ inline __m512 load16(const c10::BFloat16* p) {
 }
 inline __m512 load16(const c10::Half* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+// fp8 e5m2 is the top byte of a float16: widen each byte to 16 bits, shift it up, convert.
+inline __m512 load16(const c10::Float8_e5m2* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(raw), 8));
 }
 
 // exp(x) (x clamped to [-87, 88]): 2^n * e^r with |r| <= ln 2 / 2, e^r by its
@@ -46,6 +52,9 @@ inline __m512 load16(const c10::BFloat16* p, __mmask16 m) {
 inline __m512 load16(const c10::Half* p, __mmask16 m) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
 }
+inline __m512 load16(const c10::Float8_e5m2* p, __mmask16 m) {
+  return _mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(m, p)), 8));
+}
 
 // Round to nearest even, as c10::BFloat16's conversion does (NaNs stay NaNs).
 inline __m256i to_bf16(__m512 v) {
@@ -63,6 +72,29 @@ inline void store16(c10::BFloat16* p, __m512 v, __mmask16 m) {
 }
 inline void store16(c10::Half* p, __m512 v, __mmask16 m) {
   _mm256_mask_storeu_epi16(p, m, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// Round to fp8 e5m2 as c10::Float8_e5m2's conversion does, 16 lanes: nearest even from float32
+// (no float16 step, which would round twice); 65,536 and beyond become inf, NaN stays NaN;
+// below the smallest normal (2^-14) an add of a magic number rounds to the subnormal grid.
+inline __m128i to_e5m2(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i sign = _mm512_and_si512(bits, _mm512_set1_epi32(static_cast<int>(0x80000000u)));
+  const __m512i mag = _mm512_xor_si512(bits, sign);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(mag, 21), _mm512_set1_epi32(1));
+  const __m512i bias = _mm512_set1_epi32(static_cast<int>((static_cast<uint32_t>(15 - 127) << 23) + 0xFFFFFu));
+  const __m512i normal = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(mag, bias), odd), 21);
+  const __m512i magic = _mm512_set1_epi32(134 << 23);
+  const __m512 shifted = _mm512_add_ps(_mm512_castsi512_ps(mag), _mm512_castsi512_ps(magic));
+  const __m512i small = _mm512_sub_epi32(_mm512_castps_si512(shifted), magic);
+  __m512i out = _mm512_mask_mov_epi32(normal, _mm512_cmplt_epu32_mask(mag, _mm512_set1_epi32(113 << 23)), small);
+  out = _mm512_mask_mov_epi32(out, _mm512_cmpge_epu32_mask(mag, _mm512_set1_epi32(143 << 23)), _mm512_set1_epi32(0x7C));
+  out = _mm512_mask_mov_epi32(out, _mm512_cmpgt_epu32_mask(mag, _mm512_set1_epi32(255 << 23)), _mm512_set1_epi32(0x7F));
+  out = _mm512_or_si512(_mm512_and_si512(out, _mm512_set1_epi32(0xFF)), _mm512_srli_epi32(sign, 24));
+  return _mm512_cvtepi32_epi8(out);
+}
+inline void store16(c10::Float8_e5m2* p, __m512 v, __mmask16 m) {
+  _mm_mask_storeu_epi8(p, m, to_e5m2(v));
 }
 
 // silu(gate) * up, 16 lanes: gate / (1 + e^-gate) * up (the MLP's activation, float32).
