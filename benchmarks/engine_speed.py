@@ -57,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="default: the engine's choice")
     p.add_argument("--quantization", default="none,int8", help="engine variants, e.g. none,int8")
+    p.add_argument(
+        "--kv-cache-dtypes",
+        default="auto",
+        help="KV cache variants of each engine, e.g. auto,fp8_e5m2 (auto: the weights' dtype)",
+    )
     p.add_argument("--compile", action="store_true", help="engine with torch.compile")
     p.add_argument("--no-hf", action="store_true", help="skip transformers generate")
     p.add_argument("--no-vllm", action="store_true", help="skip vLLM even if installed")
@@ -367,12 +372,15 @@ def load_engines(args, model_dir: Path) -> dict:
     from latlab.engine import LLM
 
     engines = {}
-    for q in [q for q in args.quantization.split(",") if q]:
-        name = "latlab" if q == "none" else f"latlab-{q}"
+    variants = [(q, kv) for q in args.quantization.split(",") if q
+                for kv in args.kv_cache_dtypes.split(",") if kv]  # fmt: skip
+    for q, kv in variants:
+        name = ("latlab" if q == "none" else f"latlab-{q}") + ("" if kv == "auto" else f"-kv-{kv}")
         engines[name] = LLM(
             str(model_dir),
             dtype=args.dtype,
             quantization=None if q == "none" else q,
+            kv_cache_dtype=kv,
             kv_cache_bytes=1 << 30,
             num_threads=args.threads,
             compile=args.compile,
