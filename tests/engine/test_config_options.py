@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latlab.engine import LLM, EngineConfig
+from latlab.engine import LLM, EngineConfig, SamplingParams
 from latlab.errors import ConfigError
 from latlab.model_files import load_model_config
 from latlab.plan.kv import kv_bytes_per_token
@@ -63,12 +63,18 @@ def test_fp8_kv_cache_holds_twice_the_tokens_at_a_small_cost_in_logits(tiny_mode
     assert fp8.kv_bytes_per_token * 4 == full.kv_bytes_per_token
     assert fp8.stats().kv_cache_tokens >= 4 * full.stats().kv_cache_tokens - 16
     ids = [(7 * i + 3) % 200 + 10 for i in range(40)]
-    got, want = fp8.runner.score(ids), full.runner.score(ids)
-    assert torch.isfinite(got).all()
-    kl = torch.nn.functional.kl_div(
-        got.log_softmax(-1), want.log_softmax(-1), log_target=True, reduction="batchmean"
-    )
-    assert 0 < float(kl) < 0.05
+    want = full.runner.score(ids)
+    plain_llm = LLM(str(tiny_model_dir), kv_cache_dtype="fp8_e5m2", native_attention=False)
+    for engine in (fp8, plain_llm.engine):  # the native kernels' fp8 writes and reads; torch's
+        got = engine.runner.score(ids)
+        assert torch.isfinite(got).all()
+        kl = torch.nn.functional.kl_div(
+            got.log_softmax(-1), want.log_softmax(-1), log_target=True, reduction="batchmean"
+        )
+        assert 0 < float(kl) < 0.05
+    # decode steps on the torch path over an fp8 cache
+    (done,) = plain_llm.generate([ids[:8]], SamplingParams(max_tokens=12, ignore_eos=True))
+    assert len(done.token_ids) == 12
 
 
 def test_stats_report_the_kv_cache_the_engine_allocated(tiny_model_dir):
