@@ -82,16 +82,23 @@ inline __m128i to_e5m2(__m512 v) {
   const __m512i sign = _mm512_and_si512(bits, _mm512_set1_epi32(static_cast<int>(0x80000000u)));
   const __m512i mag = _mm512_xor_si512(bits, sign);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(mag, 21), _mm512_set1_epi32(1));
-  const __m512i bias = _mm512_set1_epi32(static_cast<int>((static_cast<uint32_t>(15 - 127) << 23) + 0xFFFFFu));
+  // normal range: drop 21 mantissa bits, rebias the exponent (127 -> 15), round to nearest even
+  const uint32_t rebias = (static_cast<uint32_t>(15 - 127) << 23) + 0xFFFFFu;
+  const __m512i bias = _mm512_set1_epi32(static_cast<int>(rebias));
   const __m512i normal = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(mag, bias), odd), 21);
+  // below 2^-14: adding 128.0f (biased exponent 134, an ulp of 2^-16, e5m2's subnormal step)
+  // rounds the value to that grid, and the sum's low bits are the code
   const __m512i magic = _mm512_set1_epi32(134 << 23);
   const __m512 shifted = _mm512_add_ps(_mm512_castsi512_ps(mag), _mm512_castsi512_ps(magic));
   const __m512i small = _mm512_sub_epi32(_mm512_castps_si512(shifted), magic);
-  __m512i out = _mm512_mask_mov_epi32(normal, _mm512_cmplt_epu32_mask(mag, _mm512_set1_epi32(113 << 23)), small);
-  out = _mm512_mask_mov_epi32(out, _mm512_cmpge_epu32_mask(mag, _mm512_set1_epi32(143 << 23)), _mm512_set1_epi32(0x7C));
-  out = _mm512_mask_mov_epi32(out, _mm512_cmpgt_epu32_mask(mag, _mm512_set1_epi32(255 << 23)), _mm512_set1_epi32(0x7F));
-  out = _mm512_or_si512(_mm512_and_si512(out, _mm512_set1_epi32(0xFF)), _mm512_srli_epi32(sign, 24));
-  return _mm512_cvtepi32_epi8(out);
+  const __mmask16 is_small = _mm512_cmplt_epu32_mask(mag, _mm512_set1_epi32(113 << 23));
+  const __mmask16 is_inf = _mm512_cmpge_epu32_mask(mag, _mm512_set1_epi32(143 << 23));
+  const __mmask16 is_nan = _mm512_cmpgt_epu32_mask(mag, _mm512_set1_epi32(255 << 23));
+  __m512i out = _mm512_mask_mov_epi32(normal, is_small, small);
+  out = _mm512_mask_mov_epi32(out, is_inf, _mm512_set1_epi32(0x7C));
+  out = _mm512_mask_mov_epi32(out, is_nan, _mm512_set1_epi32(0x7F));
+  out = _mm512_and_si512(out, _mm512_set1_epi32(0xFF));
+  return _mm512_cvtepi32_epi8(_mm512_or_si512(out, _mm512_srli_epi32(sign, 24)));
 }
 inline void store16(c10::Float8_e5m2* p, __m512 v, __mmask16 m) {
   _mm_mask_storeu_epi8(p, m, to_e5m2(v));
