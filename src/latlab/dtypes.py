@@ -24,6 +24,7 @@ FP8_E5M2 = "fp8_e5m2"
 KV_DTYPES = (*DTYPES, FP8_E5M2)
 KV_DTYPE_CHOICES = (AUTO, *KV_DTYPES)
 _TORCH_NAMES = {FP8_E5M2: "float8_e5m2"}
+_OUR_NAMES = {torch_name: ours for ours, torch_name in _TORCH_NAMES.items()}
 
 
 def check_dtype(name: str, what: str = "dtype") -> str:
@@ -76,7 +77,7 @@ def dtype_name(dtype: Any) -> str:
     """The table's name of a ``torch.dtype`` (``torch.bfloat16`` -> "bfloat16",
     ``torch.float8_e5m2`` -> "fp8_e5m2")."""
     name = str(dtype).removeprefix("torch.")
-    name = {torch_name: ours for ours, torch_name in _TORCH_NAMES.items()}.get(name, name)
+    name = _OUR_NAMES.get(name, name)
     if name not in KV_DTYPES:
         raise ConfigError(f"latlab runs models in {DTYPES}, not {dtype}")
     return name

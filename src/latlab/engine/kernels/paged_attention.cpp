@@ -167,39 +167,11 @@ void score_keys(const float* qf, const KV* k_head, const int64_t* table, int64_t
   }
 }
 
-// out_g = sum_t probs[g * stride + t] * v_t, one query head at a time so its sum stays in C
-// registers (the sequence's values stay in L1 between heads).
-template <int C, typename KV>
-void weigh_values(const float* probs, const KV* v_head, const int64_t* table, int64_t seq_len,
-                  int64_t block_stride, int64_t group, int64_t bs, float* out, int64_t stride) {
-  constexpr int64_t d = 16 * C;
-  for (int64_t g = 0; g < group; ++g) {
-    __m512 acc[C];
-    for (int c = 0; c < C; ++c) acc[c] = _mm512_setzero_ps();
-    for (int64_t t0 = 0; t0 < seq_len; t0 += bs) {
-      const KV* block = v_head + table[t0 / bs] * block_stride;
-      const int64_t n = std::min(bs, seq_len - t0);
-      if (g == 0 && t0 + bs < seq_len) {
-        prefetch_rows(v_head + table[t0 / bs + 1] * block_stride, std::min(bs, seq_len - t0 - bs),
-                      d);
-      }
-      const float* p = probs + g * stride + t0;
-      for (int64_t j = 0; j < n; ++j) {
-        const __m512 pj = _mm512_set1_ps(p[j]);
-        for (int c = 0; c < C; ++c) acc[c] = _mm512_fmadd_ps(pj, load16(block + j * d + 16 * c), acc[c]);
-      }
-    }
-    for (int c = 0; c < C; ++c) _mm512_storeu_ps(out + g * d + 16 * c, acc[c]);
-  }
-}
-
-// The same sums for G query heads at once (G * C accumulators in registers): each value row is
-// loaded and widened once for the whole group instead of once per head. Every sum adds the same
-// products in the same order as weigh_values, so the outputs are the same bits.
+// out_g = sum_t probs[g * stride + t] * v_t for G query heads at once (G * C accumulators in
+// registers): each value row is loaded and widened once for the G heads, not once per head.
 template <int C, int G, typename KV>
-void weigh_values_group(const float* probs, const KV* v_head, const int64_t* table,
-                        int64_t seq_len, int64_t block_stride, int64_t bs, float* out,
-                        int64_t stride) {
+void weigh_values(const float* probs, const KV* v_head, const int64_t* table, int64_t seq_len,
+                  int64_t block_stride, int64_t bs, float* out, int64_t stride) {
   constexpr int64_t d = 16 * C;
   __m512 acc[G][C];
   for (int g = 0; g < G; ++g) {
@@ -226,22 +198,33 @@ void weigh_values_group(const float* probs, const KV* v_head, const int64_t* tab
   }
 }
 
-// Value sums for the group: together where the accumulators fit in registers (G * C <= 16),
-// else head by head. Together: attention 1.03-1.05x over cold caches, 1.06-1.10x over hot ones
-// (batch 64, 6 KV heads of 2 query heads, head size 64, 26-256 tokens; docs/engine.md).
+// The value sums of a GQA group, as many heads at a time as keep their accumulators in registers
+// (at most 16: 4 heads of head size 64 or less, 2 of 128, 1 of 256). Each head's sum adds the
+// same products in the same order whatever the chunk. Against one head at a time: attention
+// 1.03-1.05x over cold caches, 1.06-1.10x over hot ones (batch 64, 2 query heads per KV head,
+// head size 64, 26-256 tokens; docs/engine.md).
 template <int C, typename KV>
 void weigh_group(const float* probs, const KV* v_head, const int64_t* table, int64_t seq_len,
                  int64_t block_stride, int64_t group, int64_t bs, float* out, int64_t stride) {
-  if (C <= 8 && group == 2) {
-    return weigh_values_group<C, 2>(probs, v_head, table, seq_len, block_stride, bs, out, stride);
-  }
-  if (C <= 4 && (group == 3 || group == 4)) {
-    if (group == 3) {
-      return weigh_values_group<C, 3>(probs, v_head, table, seq_len, block_stride, bs, out, stride);
+  constexpr int64_t kMost = C <= 4 ? 4 : C <= 8 ? 2 : 1;
+  for (int64_t g0 = 0; g0 < group; g0 += kMost) {
+    const int64_t n = std::min(kMost, group - g0);
+    const float* p = probs + g0 * stride;
+    float* o = out + g0 * 16 * C;
+    if (n == 1) {
+      weigh_values<C, 1>(p, v_head, table, seq_len, block_stride, bs, o, stride);
+    } else if constexpr (kMost >= 2) {
+      if (n == 2) {
+        weigh_values<C, 2>(p, v_head, table, seq_len, block_stride, bs, o, stride);
+      } else if constexpr (kMost >= 4) {
+        if (n == 3) {
+          weigh_values<C, 3>(p, v_head, table, seq_len, block_stride, bs, o, stride);
+        } else {
+          weigh_values<C, 4>(p, v_head, table, seq_len, block_stride, bs, o, stride);
+        }
+      }
     }
-    return weigh_values_group<C, 4>(probs, v_head, table, seq_len, block_stride, bs, out, stride);
   }
-  weigh_values<C>(probs, v_head, table, seq_len, block_stride, group, bs, out, stride);
 }
 
 template <int C, typename Q, typename KV>

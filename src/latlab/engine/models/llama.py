@@ -54,6 +54,14 @@ class AttentionMetadata:
     decode_kernel: Callable[..., torch.Tensor] | None = None
     native_step: Callable[..., torch.Tensor] | None = None
     step_ops: StepOps | None = None
+    slot_rows: tuple[torch.Tensor, torch.Tensor] | None = None  # see cache_rows
+
+    def cache_rows(self, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each new token's (block, row in the block): worked out by the first layer that asks,
+        then shared by the others (the torch path's cache writes)."""
+        if self.slot_rows is None:
+            self.slot_rows = (self.slot_mapping // block_size, self.slot_mapping % block_size)
+        return self.slot_rows
 
 
 class RMSNorm(nn.Module):
@@ -128,8 +136,7 @@ class Attention(nn.Module):
         q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads :]
         # cache layout [blocks, kv_heads, block_size, head_dim] (kernels.h): token slot s of
         # head h is row (s // block_size, h, s % block_size)
-        bs = k_cache.shape[2]
-        blocks, offsets = meta.slot_mapping // bs, meta.slot_mapping % bs
+        blocks, offsets = meta.cache_rows(k_cache.shape[2])
         k_cache[blocks, :, offsets] = k.to(k_cache.dtype)
         v_cache[blocks, :, offsets] = v.to(v_cache.dtype)
         out = self._paged_attention(q, k_cache, v_cache, meta)
