@@ -79,6 +79,32 @@ def test_kernel_matches_over_long_ragged_sequences(kernel, dim, group):
     assert (got - want).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("dim", [32, 64, 128, 256])
+@pytest.mark.parametrize(("group", "block"), [(1, 16), (2, 16), (7, 32), (16, 16)])
+def test_scores_on_amx_tiles_match_the_vector_path(kernel, dim, group, block):
+    """bf16 q.K on AMX tiles (where the CPU has them): whole 16-key tiles, then the vector way for
+    a sequence's last keys; the unused rows of a last block (NaN here) are never read into a
+    score."""
+    gen = torch.Generator().manual_seed(dim * group + block)
+    kv_heads, blocks = 2, 6 * 13
+    k_cache = (3 * torch.randn(blocks, kv_heads, block, dim, generator=gen)).bfloat16()
+    v_cache = torch.randn(blocks, kv_heads, block, dim, generator=gen).bfloat16()
+    lens = torch.tensor([1, 15, 16, 17, 47, 200])
+    tables = torch.randperm(blocks, generator=gen).view(6, 13)  # no block shared
+    for row, n in enumerate(lens.tolist()):  # the rows past each sequence's end: NaN
+        last = tables[row, (n - 1) // block]
+        k_cache[last, :, (n - 1) % block + 1 :] = float("nan")
+        v_cache[last, :, (n - 1) % block + 1 :] = float("nan")
+    q = torch.randn(6, kv_heads * group, dim, generator=gen).bfloat16()
+    tiles = kernel(q, k_cache, v_cache, tables, lens, dim**-0.5, tiles=True)
+    vector = kernel(q, k_cache, v_cache, tables, lens, dim**-0.5, tiles=False)
+    want = _reference(q, k_cache.nan_to_num(), v_cache.nan_to_num(), tables, lens, dim**-0.5)
+    assert not tiles.isnan().any()
+    assert (tiles.float() - want).abs().max() < 2e-2
+    vector_error = (vector.float() - want).abs().max()
+    assert (tiles.float() - vector.float()).abs().max() <= vector_error + 1e-2
+
+
 def test_kernel_rejects_what_it_cannot_read(kernel):
     q = torch.randn(2, 4, 8)
     cache = torch.randn(3, 2, 4, 8)  # 3 blocks of 2 KV heads

@@ -25,8 +25,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(LATLAB_AVX512)
-#define LATLAB_AMX 1
+#ifdef LATLAB_AMX
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif

@@ -77,6 +77,7 @@ struct Scratch {
   std::vector<float> row, other, head, cos, sin;
   std::vector<BF16> q;
   std::vector<float> attention;
+  bool tiles = false;  // this thread's AMX tiles are configured
   Scratch(const Dims& s)
       : row(s.hidden), other(s.hidden), head(s.d), cos(s.d), sin(s.d),
         q(s.heads / s.kv_heads * s.d) {}
@@ -231,7 +232,7 @@ void BatchDecodeModel::attend_items(const Layer& layer, const Inputs& in, const 
     }
     attend_group<BF16, KV>(sc.q.data(), ptr(b.attn) + i * s.q_dim() + kvh * group * d, k_cache,
                            v_cache, in.tables + i * in.max_blocks, in.lens[i], kvh, group,
-                           s.kv_heads, s.block_size, d, scale_, sc.attention);
+                           s.kv_heads, s.block_size, d, scale_, sc.tiles, sc.attention);
   }
 }
 
@@ -297,7 +298,7 @@ void BatchDecodeModel::run(const Inputs& in, const Buffers& b, float* logits) co
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     Scratch sc(dims_);
-    amx_thread_begin();  // tile state is per thread; AMX was checked at construction
+    sc.tiles = amx_thread_begin();  // tile state is per thread; AMX was checked at construction
     const Span rows = share(in.m, t, nt);
     for (int64_t i = rows.lo; i < rows.hi; ++i) {
       std::copy_n(ptr(embed_) + in.ids[i] * dims_.hidden, dims_.hidden,

@@ -538,7 +538,7 @@ void DecodeModel::attend_items(const Layer& layer, const StepInputs& in, Shared&
     }
     attend_group<float, KV>(lo.q.data(), sh.attn.data() + i * s.q_dim() + kvh * group * s.d, k_cache,
                      v_cache, in.tables + i * in.max_blocks, in.lens[i], kvh, group, s.kv_heads,
-                     s.block_size, s.d, scale_, lo.scratch);
+                     s.block_size, s.d, scale_, false, lo.scratch);
   }
 }
 

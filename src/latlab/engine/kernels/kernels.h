@@ -10,7 +10,7 @@
 torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor& k_cache,
                                      const torch::Tensor& v_cache,
                                      const torch::Tensor& block_tables,
-                                     const torch::Tensor& seq_lens, double scale);
+                                     const torch::Tensor& seq_lens, double scale, bool tiles);
 
 // x [M, K] @ w[N, K]^T (* scale) (+ bias) for M <= 4 float32 rows, streaming w once: w float32,
 // bf16, or int8 with a float32 scale per row (decode_step.cpp).
@@ -54,11 +54,13 @@ inline int64_t kv_row(int64_t slot, int64_t kvh, int64_t kv_heads, int64_t bs) {
 }
 
 // One (sequence, KV head) item of decode attention: the query rows of the GQA group in (float32
-// or bf16), their outputs out in the same dtype (paged_attention.cpp).
+// or bf16), their outputs out in the same dtype (paged_attention.cpp). tiles: the calling thread
+// has configured AMX tiles (amx_thread_begin), so bf16 scores may run on them.
 template <typename Q, typename KV>
 void attend_group(const Q* q, Q* out, const KV* k_cache, const KV* v_cache,
                   const int64_t* table, int64_t seq_len, int64_t kvh, int64_t group,
-                  int64_t kv_heads, int64_t bs, int64_t d, float scale, std::vector<float>& scratch);
+                  int64_t kv_heads, int64_t bs, int64_t d, float scale, bool tiles,
+                  std::vector<float>& scratch);
 
 // The elementwise work of a step of any size, fused (step_ops.cpp).
 torch::Tensor rms_norm_rows(const torch::Tensor& x, const torch::Tensor& w, double eps);

@@ -12,6 +12,9 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define LATLAB_AVX512 1
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#define LATLAB_AMX 1  // AMX-BF16 tiles; the OS must still grant their state (amx_thread_begin)
+#endif
 
 namespace latlab {
 
