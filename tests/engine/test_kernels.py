@@ -82,14 +82,14 @@ def test_kernel_matches_over_long_ragged_sequences(kernel, dim, group):
 @pytest.mark.parametrize("dim", [32, 64, 128, 256])
 @pytest.mark.parametrize(("group", "block"), [(1, 16), (2, 16), (7, 32), (16, 16)])
 def test_scores_on_amx_tiles_match_the_vector_path(kernel, dim, group, block):
-    """bf16 q.K on AMX tiles (where the CPU has them): whole 16-key tiles, then the vector way for
-    a sequence's last keys; the unused rows of a last block (NaN here) are never read into a
-    score."""
+    """bf16 q.K on AMX tiles (where the CPU has them, from 64 keys): whole 16-key tiles, then the
+    vector way for a sequence's last keys; the unused rows of a last block (NaN here) are never
+    read into a score."""
     gen = torch.Generator().manual_seed(dim * group + block)
     kv_heads, blocks = 2, 6 * 13
     k_cache = (3 * torch.randn(blocks, kv_heads, block, dim, generator=gen)).bfloat16()
     v_cache = torch.randn(blocks, kv_heads, block, dim, generator=gen).bfloat16()
-    lens = torch.tensor([1, 15, 16, 17, 47, 200])
+    lens = torch.tensor([1, 17, 64, 79, 80, 200])
     tables = torch.randperm(blocks, generator=gen).view(6, 13)  # no block shared
     for row, n in enumerate(lens.tolist()):  # the rows past each sequence's end: NaN
         last = tables[row, (n - 1) // block]

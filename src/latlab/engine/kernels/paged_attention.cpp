@@ -27,6 +27,10 @@
 namespace {
 
 constexpr int64_t kMaxGroup = 16;  // query heads per KV head the vector path keeps in registers
+// Sequences this long and longer score their keys on AMX tiles (where the thread has them).
+// Over cold caches, batch 64: 1.11-1.13x the vector path at 128-1,024 tokens of context,
+// 1.0x at 48-70, 0.91-0.99x at 26 (four runs; docs/engine.md).
+constexpr int64_t kTileKeysFrom = 64;
 
 inline float to_float(float x) { return x; }
 inline float to_float(c10::BFloat16 x) {
@@ -296,7 +300,8 @@ inline int64_t front_floats(int64_t group, int64_t d, bool tiles) {
   return group * d + (tiles ? d / 32 * 256 + 256 : 0);
 }
 
-// Tiles: the scores on AMX (score_keys_tiles), for bf16 queries and keys; else the vector path.
+// Tiles: the scores on AMX (score_keys_tiles) for bf16 queries and keys from kTileKeysFrom keys;
+// else the vector path.
 template <int C, bool Tiles, typename Q, typename KV>
 void attend_one_avx512(const Q* q, Q* out, const KV* k_head, const KV* v_head,
                        const int64_t* table, int64_t seq_len, int64_t group,
@@ -314,17 +319,19 @@ void attend_one_avx512(const Q* q, Q* out, const KV* k_head, const KV* v_head,
   for (int64_t i = 0; i < group * d; i += 16) {
     _mm512_storeu_ps(qf + i, _mm512_mul_ps(load16(q + i), sv));
   }
+  bool scored = false;
 #ifdef LATLAB_AMX
   if constexpr (Tiles) {
-    uint32_t* qtiles = reinterpret_cast<uint32_t*>(qf + group * d);
-    query_tiles(q, group, d, qtiles);
-    score_keys_tiles<C>(qtiles, qf, k_head, table, seq_len, block_stride, group, bs, scale,
-                        qf + group * d + d / 32 * 256, scores, stride);
+    if (seq_len >= kTileKeysFrom) {
+      uint32_t* qtiles = reinterpret_cast<uint32_t*>(qf + group * d);
+      query_tiles(q, group, d, qtiles);
+      score_keys_tiles<C>(qtiles, qf, k_head, table, seq_len, block_stride, group, bs, scale,
+                          qf + group * d + d / 32 * 256, scores, stride);
+      scored = true;
+    }
   }
 #endif
-  if constexpr (!Tiles) {
-    score_keys<C>(qf, k_head, table, seq_len, block_stride, group, bs, scores, stride);
-  }
+  if (!scored) score_keys<C>(qf, k_head, table, seq_len, block_stride, group, bs, scores, stride);
   prefetch_rows(v_head + table[0] * block_stride, std::min(bs, seq_len), d);
   float inv[kMaxGroup];
   for (int64_t g = 0; g < group; ++g) inv[g] = 1.f / exp_less_max(scores + g * stride, seq_len);
