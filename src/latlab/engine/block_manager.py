@@ -124,7 +124,15 @@ class BlockManager:
         ``cached_blocks`` (admission only) become the head of the block table and count as
         computed tokens.
         """
-        cached_blocks = cached_blocks or []
+        if not cached_blocks:  # every decode step of every sequence: the short way
+            table = seq.block_table
+            need = -(-(seq.num_computed_tokens + num_new_tokens) // self.block_size) - len(table)
+            if need > len(self._free):
+                return False
+            seq.num_registered_blocks = len(table)
+            for _ in range(need):
+                table.append(self._take_free_block())
+            return True
         reviving = sum(1 for b in cached_blocks if self.blocks[b].ref_count == 0)
         have = len(seq.block_table) + len(cached_blocks)
         computed = seq.num_computed_tokens + len(cached_blocks) * self.block_size

@@ -14,7 +14,7 @@ from latlab.engine.config import EngineConfig
 from latlab.engine.detokenizer import IncrementalDetokenizer
 from latlab.engine.model_runner import ModelRunner, num_kv_blocks
 from latlab.engine.models.config import parse_model_args, read_config_json
-from latlab.engine.outputs import EngineStats, RequestOutput
+from latlab.engine.outputs import EngineStats, RequestOutput, Snapshot
 from latlab.engine.sampling_params import SamplingParams
 from latlab.engine.scheduler import Scheduler
 from latlab.engine.sequence import Sequence
@@ -189,7 +189,7 @@ class LLMEngine:
         """Append the sampled token, or a draft's accepted prefix plus the token after it; the
         step's output (none for an unfinished sequence that wants its final output only)."""
         draft, seq.draft_token_ids = seq.draft_token_ids, []
-        accepted = accepted_length(draft, candidates)
+        accepted = accepted_length(draft, candidates) if draft else 0
         if draft:
             self._record_draft(seq, len(draft), accepted)
         new_tokens = []
@@ -261,23 +261,30 @@ class LLMEngine:
         return reason is not None
 
     def output_of(self, seq: Sequence, new_token_ids: list[int]) -> RequestOutput:
+        """The step's output: the delta, and the cumulative lists as ``Snapshot``s (sliced
+        when read), since copying them every step grew with the output's length."""
         finished = seq.is_finished
         new_text = seq.detok.take_new_text(finished)
+        params, logprobs, prompt_logprobs = seq.params, seq.logprobs, seq.prompt_logprobs
         return RequestOutput(
             request_id=seq.request_id,
             prompt=seq.prompt,
             prompt_token_ids=seq.prompt_token_ids,
             text=seq.detok.emitted_text,
-            token_ids=seq.output_token_ids,
+            token_ids=Snapshot((seq.token_ids, seq.num_prompt_tokens, len(seq.token_ids))),
             new_text=new_text,
             new_token_ids=new_token_ids,
             finished=finished,
             finish_reason=seq.finish_reason,
             num_cached_tokens=seq.num_cached_tokens,
             metrics=seq.metrics,
-            logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None,
+            logprobs=(
+                Snapshot((logprobs, 0, len(logprobs))) if params.logprobs is not None else None
+            ),
             prompt_logprobs=(
-                list(seq.prompt_logprobs) if seq.params.prompt_logprobs is not None else None
+                Snapshot((prompt_logprobs, 0, len(prompt_logprobs)))
+                if params.prompt_logprobs is not None
+                else None
             ),
         )
 

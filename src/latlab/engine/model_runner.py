@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from latlab.dtypes import dtype_name, kv_torch_dtype, torch_dtype
+from latlab.engine.block_tables import BlockTables
 from latlab.engine.config import EngineConfig
 from latlab.engine.hardware import (
     ThreadChoice,
@@ -101,6 +102,7 @@ class ModelRunner:
             self.native_step = self.model.native_decoder(decoder_class, self.kv_caches).step
         self.native_batch_step, self.batch_reason = self._native_batch()  # 5-64 rows
         self.sampler = Sampler(args.eos_token_ids, seed=config.seed)
+        self.block_tables = BlockTables(config.max_num_seqs)
         self.forward_seconds_total = 0.0  # the model's forward passes (EngineStats)
         self._forward = self.model.forward
         if config.compile:
@@ -318,7 +320,8 @@ class ModelRunner:
             for _ in self.kv_caches
         ]  # fmt: skip
         positions = list(range(n))
-        meta = self._metadata([n], positions, [0], positions, [list(range(blocks))])
+        table = torch.arange(blocks, dtype=torch.long).unsqueeze(0)
+        meta = self._metadata([n], positions, [0], positions, table)
         ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         rows = torch.arange(n, device=self.device)
@@ -329,7 +332,8 @@ class ModelRunner:
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        tables: list[list[int]] = []
+        tables: list[list[int]] = []  # each sequence's block table (the list itself)
+        needed: list[int] = []  # of it, the blocks this step's tokens reach
         logits_rows: list[int] = []
         last_rows: list[int] = []  # per sampled sequence, its last row among logits_rows
         sampling: list[Sequence] = []
@@ -345,12 +349,18 @@ class ModelRunner:
                     prompt_inputs.extend(rows)
                     prompt_rows.append((seq, targets))
             q_starts.append(len(input_ids))
-            input_ids.extend(seq.token_ids[start : end - len(draft)])
-            input_ids.extend(draft)
-            positions.extend(range(start, end))
             table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            tables.append(table[: -(-end // bs)])
+            if n == 1 and not draft:  # a decode step: one token, no ranges to build
+                input_ids.append(seq.token_ids[start])
+                positions.append(start)
+                slots.append(table[start // bs] * bs + start % bs)
+            else:
+                input_ids.extend(seq.token_ids[start : end - len(draft)])
+                input_ids.extend(draft)
+                positions.extend(range(start, end))
+                slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            tables.append(table)
+            needed.append(-(-end // bs))
             if end - len(draft) == seq.num_tokens:
                 logits_rows.extend(range(len(input_ids) - 1 - len(draft), len(input_ids)))
                 last_rows.append(len(logits_rows) - 1)
@@ -358,18 +368,19 @@ class ModelRunner:
         if not sampling and not input_ids:
             return None
         logits_rows.extend(prompt_inputs)
-        meta = self._metadata(sched.num_new_tokens, positions, q_starts, slots, tables)
+        block_tables = self.block_tables.build(tables, needed)
+        meta = self._metadata(sched.num_new_tokens, positions, q_starts, slots, block_tables)
         dev = self.device
         ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
         rows = torch.tensor(logits_rows, dtype=torch.long, device=dev)
         return (ids, pos, self.kv_caches, meta, rows), sampling, last_rows, prompt_rows
 
-    def _metadata(self, counts, positions, q_starts, slots, tables) -> AttentionMetadata:
+    def _metadata(self, counts, positions, q_starts, slots, block_tables) -> AttentionMetadata:
+        """``block_tables``: [batch, max_blocks] int64 on the CPU, rows zero-padded."""
         dev = self.device
-        max_blocks = max(len(t) for t in tables)
-        padded = [t + [0] * (max_blocks - len(t)) for t in tables]
-        block_tables = torch.tensor(padded, dtype=torch.long, device=dev)
+        max_blocks = block_tables.shape[1]
+        block_tables = block_tables.to(dev)
         max_q = max(counts)
         b = len(counts)
         if max_q == 1:

@@ -69,7 +69,7 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            draft = self._draft(seq, budget, len(self.running) - i)
+            draft = self._draft(seq, budget, len(self.running) - i) if self.propose_draft else []
             if draft and self.block_manager.allocate_slots(seq, n + len(draft)):
                 seq.draft_token_ids = draft
                 n += len(draft)
