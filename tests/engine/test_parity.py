@@ -59,6 +59,19 @@ def test_greedy_matches_with_prefix_cache_hits(tiny_model_dir):
     assert stats.prefix_cache_hits <= stats.prefix_cache_queries
 
 
+def test_a_reply_s_blocks_are_cached_for_the_next_turn(tiny_model_dir):
+    """A chat's next prompt holds the last reply: the blocks its generated tokens filled are
+    shared too (they once never were: only the prompt's blocks were registered)."""
+    first_prompt = (mixed_prompts(1, seed=9)[0] * 8)[:8]
+    llm = LLM(str(tiny_model_dir), block_size=4)
+    reply = llm.generate([first_prompt], SamplingParams(max_tokens=20, ignore_eos=True))[0]
+    next_prompt = first_prompt + reply.token_ids + [5, 6, 7]  # 31 tokens
+    second = llm.generate([next_prompt], SamplingParams(max_tokens=MAX_NEW))[0]
+    # the reply's last token was sampled, never computed: 27 computed tokens, 6 full blocks
+    assert second.num_cached_tokens == 24
+    assert second.token_ids == hf_greedy(tiny_model_dir, [next_prompt], MAX_NEW)[0]
+
+
 def test_greedy_matches_under_forced_preemption(tiny_model_dir):
     prompts = mixed_prompts(6)
     # 14 blocks of 4 tokens: the longest request (40 + 10 tokens) needs 13 alone, so the six

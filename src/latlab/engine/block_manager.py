@@ -129,7 +129,6 @@ class BlockManager:
             need = -(-(seq.num_computed_tokens + num_new_tokens) // self.block_size) - len(table)
             if need > len(self._free):
                 return False
-            seq.num_registered_blocks = len(table)
             for _ in range(need):
                 table.append(self._take_free_block())
             return True
