@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from latlab.engine import LLM, SamplingParams
-from latlab.engine.kernels import batch_decode_model
+from latlab.engine.kernels import BATCH_INT8, amx_int8, batch_decode_model
 from latlab.testing.random_model import TINY_TEST, save_random_llama
 
 from ._reference import built_or_skip
@@ -49,6 +49,24 @@ def test_batch_steps_give_the_step_ops_numbers_bit_for_bit(batch_step, request, 
     assert _generate(model_dir, prompts, kv_cache_dtype=kv) == want
 
 
+@pytest.mark.parametrize("model", ["tiny_model_dir", "qwen2_model_dir"])
+def test_w8a8_batch_steps_give_the_step_ops_numbers_bit_for_bit(batch_step, request, model):
+    """W8A8 on AMX int8 tiles: the batch step quantizes each GEMM input row as the torch path's
+    int8 linears do and runs the same column kernel, so the numbers are the same bits."""
+    if amx_int8(wait=True)[0] is None:
+        pytest.skip("no AMX-INT8 here")
+    model_dir = request.getfixturevalue(model)  # qwen2: a q/k/v bias through the int8 GEMM
+    prompts = _prompts(12)
+    llm = LLM(str(model_dir), dtype="bfloat16", max_num_seqs=64, quantization="int8")
+    assert llm.engine.describe()["decode_batches"] == BATCH_INT8
+    assert "kernel: amx-int8" in llm.engine.describe()["reason"]
+    want = _generate(model_dir, prompts, quantization="int8", native_decode=False)
+    got = _generate(model_dir, prompts, quantization="int8")
+    assert got == want
+    bf16 = _generate(model_dir, prompts)
+    assert got != bf16  # the int8 numbers, not bf16 ones
+
+
 def test_batch_steps_are_bit_identical_at_any_thread_count(batch_step, tiny_model_dir):
     prompts = _prompts(9)
     before = torch.get_num_threads()
@@ -70,7 +88,8 @@ def test_the_engine_says_when_batch_steps_are_not_native(
     assert float32 == "the step ops per op (plain linears)"
     assert reason(tiny_model_dir, dtype="bfloat16", max_num_seqs=4) == "max_num_seqs <= 4"
     odd = save_random_llama(tmp_path, dataclasses.replace(TINY_TEST, intermediate_size=80))
-    assert reason(odd, dtype="bfloat16") == "a linear layer does not fit the AMX tiles"  # K 80
+    odd_reason = reason(odd, dtype="bfloat16")  # K 80
+    assert odd_reason == "a linear layer fits neither the AMX bf16 nor the AMX int8 tiles"
     monkeypatch.setenv("LATLAB_NATIVE_KERNELS", "0")
     assert reason(tiny_model_dir, dtype="bfloat16") == "torch ops (LATLAB_NATIVE_KERNELS=0)"
 

@@ -28,6 +28,7 @@ from latlab.engine.hardware import (
 )
 from latlab.engine.huge_pages import HugePages, move_to_huge_pages, zeros_in_huge_pages
 from latlab.engine.kernels import (
+    BATCH_INT8,
     BATCH_MAX_ROWS,
     DECODE_MAX_ROWS,
     StepOps,
@@ -193,15 +194,16 @@ class ModelRunner:
         return decoder.fn, decoder.reason
 
     def _native_batch(self) -> tuple[Callable[..., torch.Tensor] | None, str]:
-        """The one-call bf16 decode step on AMX tiles for 5-64 rows, where the plan packed
-        every linear for the AMX kernel (the step-ops path's numbers, bit for bit), and why."""
+        """The one-call decode step on AMX tiles for 5-64 rows, where the plan packed every
+        linear for the AMX kernels, bf16 or W8A8 int8 (the step-ops path's numbers, bit for
+        bit), and why."""
         if self.config.native_decode is False:
             return None, "native_decode=False"
         if self.config.max_num_seqs <= DECODE_MAX_ROWS:
             return None, f"max_num_seqs <= {DECODE_MAX_ROWS}"
         if self.step_ops is None:
             return None, self.step_ops_reason  # the kernels are not built, or are turned off
-        if self.weight_plan.linear != "amx-packed":
+        if self.weight_plan.linear not in ("amx-packed", "int8"):
             return None, f"the step ops per op ({self.weight_plan.linear} linears)"
         tensors, why_not = self.model.batch_decoder_tensors(self.kv_caches)
         kernel = batch_decode_model(wait=False)
@@ -210,7 +212,7 @@ class ModelRunner:
         model, layers = tensors
         attn = self.model.layers[0].self_attn
         decoder = kernel.fn(model, layers, attn.num_heads, self.model.norm.eps, attn.scale)
-        return decoder.step, kernel.reason
+        return decoder.step, BATCH_INT8 if len(layers[0]) > 9 else kernel.reason
 
     def _why_not_native(self) -> str | None:
         plan, dtype = self.weight_plan, self.model.embed_tokens.weight.dtype

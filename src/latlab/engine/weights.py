@@ -17,8 +17,8 @@ import dataclasses
 import torch
 
 from latlab.engine.hardware import CpuCapabilities
-from latlab.engine.kernels import DECODE_MAX_ROWS, amx_linear
-from latlab.engine.models.amx_linear import pack_linears_amx
+from latlab.engine.kernels import DECODE_MAX_ROWS, amx_int8, amx_linear
+from latlab.engine.models.amx_linear import AmxPackedLinear, amx_fits, pack_linears_amx
 from latlab.engine.models.int8_linear import kernels_in, quantize_linears
 from latlab.engine.models.llama import LlamaForCausalLM
 from latlab.engine.models.packed_linear import onednn_available, pack_linears
@@ -139,9 +139,7 @@ def apply_weight_plan(model: LlamaForCausalLM, plan: WeightPlan, batch_hint: int
     dtype. If oneDNN turns the packing down, the plan falls back to plain linears and says so.
     """
     if plan.linear in QUANTIZATIONS:
-        quantize_linears(model, plan.linear)
-        kernels = ", ".join(kernels_in(model))
-        plan = dataclasses.replace(plan, reason=f"{plan.reason}; kernel: {kernels}")
+        plan = _quantize(model, plan)
     if plan.linear == "amx-packed":
         plan = _pack_amx(model, plan)
     if plan.linear == "onednn-packed":
@@ -152,6 +150,24 @@ def apply_weight_plan(model: LlamaForCausalLM, plan: WeightPlan, batch_hint: int
             why = f"oneDNN cannot pack {_name(plan.compute_dtype)} linears here: plain F.linear"
             plan = dataclasses.replace(plan, linear="plain", reason=why, keep_plain=False)
     _cast_floating(model, plan.compute_dtype)
+    return plan
+
+
+def _quantize(model: LlamaForCausalLM, plan: WeightPlan) -> WeightPlan:
+    """int8 linears; for W8A8 on bf16 weights, on the AMX int8 kernel where it is built, the
+    head then packed for AMX bf16 tiles too (it stays bf16), so the native batch decode step
+    can run every linear of a step."""
+    amx = None
+    if plan.linear == "int8" and plan.compute_dtype == torch.bfloat16:
+        amx, _ = amx_int8(wait=False)
+    quantize_linears(model, plan.linear, amx=amx)
+    kernels = ", ".join(kernels_in(model))
+    plan = dataclasses.replace(plan, reason=f"{plan.reason}; kernel: {kernels}")
+    bf16_tiles, _ = amx_linear(wait=False)
+    head = model.lm_head
+    if "amx-int8" in kernels and bf16_tiles is not None and amx_fits(head):
+        model.lm_head = AmxPackedLinear(head, bf16_tiles)
+        plan = dataclasses.replace(plan, reason=f"{plan.reason}; head packed for AMX tiles")
     return plan
 
 

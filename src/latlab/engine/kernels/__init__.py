@@ -10,8 +10,8 @@ foreground. Until the build exists the engine runs its pure-torch path and says 
 
 One module holds every kernel: the in-place paged decode attention (paged_attention.cpp), the
 small-batch decode step with its GEMV (decode_step.cpp), which calls that attention, the
-fused elementwise work of steps of any size (step_ops.cpp) and bf16 linear layers on AMX tiles
-(amx_linear.cpp).
+fused elementwise work of steps of any size (step_ops.cpp), bf16 linear layers on AMX tiles
+(amx_linear.cpp) and W8A8 ones on AMX int8 tiles (amx_int8.cpp).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ SOURCES = (
     HERE / "decode_batch.cpp",
     HERE / "step_ops.cpp",
     HERE / "amx_linear.cpp",
+    HERE / "amx_int8.cpp",
 )
 HEADERS = (HERE / "kernels.h", HERE / "vec512.h", HERE / "rows.h")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
@@ -42,8 +43,12 @@ DECODE_MAX_ROWS = 4  # decode_step.cpp's register blocking covers steps of 1-4 r
 BATCH_MAX_ROWS = 64  # decode_batch.cpp: the AMX kernel's one-pass form, 4 row tiles
 DECODE = "native decode steps (one call, one parallel region, streaming GEMVs) for 1-4 rows"
 BATCH = f"native bf16 decode steps on AMX tiles (one call a step) for 5-{BATCH_MAX_ROWS} rows"
+BATCH_INT8 = (
+    f"native W8A8 decode steps on AMX int8 tiles (one call a step) for 5-{BATCH_MAX_ROWS} rows"
+)
 STEP_OPS = "native fused norms, RoPE + cache writes and SiLU * up"
 AMX = "bf16 GEMMs on AMX tiles (weights packed once, streamed once a step)"
+AMX_INT8 = "int8 GEMMs on AMX tiles (activations quantized per row, weights packed once)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +185,26 @@ def amx_linear(*, wait: bool = True) -> tuple[AmxLinear | None, str]:
     if not build.module.amx_available():
         return None, "no AMX-BF16 here (CPU, compiler or the kernel's permission)"
     return AmxLinear(pack=build.module.amx_pack, linear=build.module.amx_linear), AMX
+
+
+@dataclass(frozen=True, slots=True)
+class AmxInt8:
+    """W8A8 linear layers on AMX int8 tiles (amx_int8.cpp): ``pack(int8 weight)`` once, then
+    ``linear(bf16 x, packed, float32 scale per channel, bf16 bias or None)``."""
+
+    pack: Callable[..., Any]
+    linear: Callable[..., Any]
+
+
+def amx_int8(*, wait: bool = True) -> tuple[AmxInt8 | None, str]:
+    """The AMX int8 linear kernel where the build has it and the OS grants AMX state, or why
+    not."""
+    build = _module(wait=wait)
+    if build.module is None:
+        return None, build.reason
+    if not build.module.amx_int8_available():
+        return None, "no AMX-INT8 here (CPU, compiler or the kernel's permission)"
+    return AmxInt8(pack=build.module.amx_pack_int8, linear=build.module.amx_int8_linear), AMX_INT8
 
 
 def _import_built(name: str) -> _Build:

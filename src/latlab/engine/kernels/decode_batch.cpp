@@ -1,4 +1,6 @@
 // Decode steps of 5-64 sequences in bf16 on AMX tiles (latlab engine, CPU): one native call.
+// With W8A8 weights (int8, a scale per output channel) the GEMMs run on AMX int8 tiles, each
+// GEMM input quantized per row as it is produced (amx_int8.cpp); everything else as in bf16.
 //
 // At batch 64 a bf16 decode step of the ~106M model took ~26 ms, of which the native calls (the
 // AMX GEMMs, attention, the fused norms, RoPE and SiLU) were ~23 ms; ~3 ms went to Python and
@@ -41,9 +43,13 @@ using latlab::Span;
 // Thread t's share of n items, item by item.
 inline Span share(int64_t n, int t, int nt) { return latlab::share(n, 1, t, nt); }
 
-// One decoder layer: bf16 norms and qkv bias (empty for none), AMX-packed weights, caches.
+// One decoder layer: bf16 norms and qkv bias (empty for none), AMX-packed weights, caches;
+// for W8A8, int8 weights packed by amx_pack_int8 and their float32 scales per output channel
+// (empty for bf16 weights).
 struct Layer {
   torch::Tensor norm1, qkv, b_qkv, o, norm2, gate_up, down, k_cache, v_cache;
+  torch::Tensor s_qkv, s_o, s_gate_up, s_down;
+  bool int8() const { return s_qkv.numel() > 0; }
 };
 
 struct Dims {
@@ -54,11 +60,21 @@ struct Dims {
 
 using Inputs = StepIndices;
 
+// A GEMM input's int8 rows (whole 16-row tiles, padding rows zero) and their scales (W8A8).
+struct Quantized {
+  torch::Tensor q, scale;
+  Quantized() = default;
+  Quantized(int64_t padded, int64_t dim)
+      : q(torch::zeros({padded, dim}, torch::dtype(torch::kChar))),
+        scale(torch::ones({padded}, torch::dtype(torch::kFloat))) {}
+};
+
 // The step's activations, bf16. GEMM inputs hold whole 16-row tiles: their padding rows stay
-// zero (only the first m rows are written).
+// zero (only the first m rows are written). With int8 weights, the GEMM inputs as int8 too.
 struct Buffers {
   torch::Tensor x, h, qkv, attn, o, gate_up, act, down, head_in, head_out;
-  Buffers(const Dims& s, int64_t m, int64_t rows) {
+  Quantized hq, attnq, actq;
+  Buffers(const Dims& s, int64_t m, int64_t rows, bool int8) {
     const auto bf16 = torch::dtype(torch::kBFloat16);
     const int64_t padded = (m + 15) / 16 * 16, head_rows = (rows + 15) / 16 * 16;
     x = torch::empty({m, s.hidden}, bf16), h = torch::zeros({padded, s.hidden}, bf16);
@@ -67,6 +83,10 @@ struct Buffers {
     act = torch::zeros({padded, s.inter}, bf16), down = torch::empty({m, s.hidden}, bf16);
     head_in = torch::zeros({head_rows, s.hidden}, bf16);
     head_out = torch::empty({rows, s.vocab}, bf16);
+    if (int8) {
+      hq = Quantized(padded, s.hidden), attnq = Quantized(padded, s.q_dim());
+      actq = Quantized(padded, s.inter);
+    }
   }
 };
 
@@ -99,12 +119,28 @@ void add_norm_rows(BF16* x, const BF16* delta, const BF16* w, BF16* h, int64_t d
   }
 }
 
-// This thread's share of the 16-column blocks of y [m, n] = x @ w.T (+ bias).
-void gemm_share(const BF16* x, int64_t m, const torch::Tensor& packed, const BF16* bias, BF16* y,
-                int t, int nt) {
-  const int64_t n = packed.size(0) * 16, k = packed.size(1) * 32;
+// This thread's share of the 16-column blocks of y [m, n] = x @ w.T (+ bias): bf16 tiles, or
+// with int8 weights (a scale per output channel) the rows of x as quantized in `xq`.
+void gemm_share(const BF16* x, const Quantized& xq, int64_t m, const torch::Tensor& packed,
+                const torch::Tensor& scale, const BF16* bias, BF16* y, int t, int nt) {
   const Span blocks = share(packed.size(0), t, nt);
-  amx_columns(x, m, k, ptr(packed), bias, blocks.lo, blocks.hi, n, y);
+  const int64_t n = packed.size(0) * 16;
+  if (scale.numel() == 0) {
+    amx_columns(x, m, packed.size(1) * 32, ptr(packed), bias, blocks.lo, blocks.hi, n, y);
+    return;
+  }
+  amx_int8_columns(xq.q.data_ptr<int8_t>(), xq.scale.data_ptr<float>(), m, packed.size(1) * 64,
+                   packed.data_ptr<int8_t>(), scale.data_ptr<float>(), bias, blocks.lo,
+                   blocks.hi, n, y);
+}
+
+// Rows [lo, hi) of x [., dim] as int8 with a scale each (a no-op without int8 weights).
+void quantize_rows(const BF16* x, const Quantized& xq, int64_t dim, Span rows) {
+  if (!xq.q.defined()) return;
+  for (int64_t i = rows.lo; i < rows.hi; ++i) {
+    quantize_row_int8(x + i * dim, dim, xq.q.data_ptr<int8_t>() + i * dim,
+                      xq.scale.data_ptr<float>() + i);
+  }
 }
 
 void check_bf16(const torch::Tensor& t, const char* name) {
@@ -116,6 +152,17 @@ void check_packed(const torch::Tensor& t, int64_t n, int64_t k, const char* name
   check_bf16(t, name);
   TORCH_CHECK(t.dim() == 5 && t.size(0) * 16 == n && t.size(1) * 32 == k, name,
               ": an AMX-packed weight of ", n, " x ", k, " expected");
+}
+
+// A bf16 weight packed by amx_pack, or (with a scale) an int8 one packed by amx_pack_int8.
+void check_weight(const torch::Tensor& t, const torch::Tensor& scale, int64_t n, int64_t k,
+                  const char* name) {
+  if (scale.numel() == 0) return check_packed(t, n, k, name);
+  TORCH_CHECK(t.scalar_type() == at::kChar && t.is_contiguous() && t.dim() == 4 &&
+                  t.size(0) * 16 == n && t.size(1) * 64 == k,
+              name, ": an int8 weight packed by amx_pack_int8 of ", n, " x ", k, " expected");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == n,
+              name, ": a float32 scale per output channel expected");
 }
 
 class BatchDecodeModel {
@@ -158,14 +205,17 @@ BatchDecodeModel::BatchDecodeModel(std::vector<torch::Tensor> model,
   embed_ = model[0], cos_ = model[1], sin_ = model[2], norm_ = model[3], head_ = model[4];
   for (const auto* t : {&embed_, &cos_, &sin_, &norm_}) check_bf16(*t, "BatchDecodeModel");
   for (const auto& l : layers) {
-    TORCH_CHECK(l.size() == 9, "BatchDecodeModel: 9 tensors per layer expected");
-    layers_.push_back(Layer{l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], l[8]});
+    TORCH_CHECK(l.size() == 9 || l.size() == 13,
+                "BatchDecodeModel: 9 tensors per layer expected (13 with int8 weights' scales)");
+    Layer layer{l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], l[8]};
+    if (l.size() == 13) layer.s_qkv = l[9], layer.s_o = l[10], layer.s_gate_up = l[11], layer.s_down = l[12];
+    layers_.push_back(layer);
   }
   const Layer& first = layers_.front();
-  TORCH_CHECK(first.k_cache.dim() == 4 && first.down.dim() == 5,
+  TORCH_CHECK(first.k_cache.dim() == 4 && first.down.dim() == (first.int8() ? 4 : 5),
               "BatchDecodeModel: caches [NB, KVH, BS, D] and packed weights expected");
   dims_ = Dims{embed_.size(1), num_heads, first.k_cache.size(1), first.k_cache.size(3),
-               first.down.size(1) * 32, embed_.size(0), cos_.size(0), first.k_cache.size(0),
+               first.down.size(1) * (first.int8() ? 64 : 32), embed_.size(0), cos_.size(0), first.k_cache.size(0),
                first.k_cache.size(2)};
   check_packed(head_, dims_.vocab, dims_.hidden, "BatchDecodeModel head");
   TORCH_CHECK(norm_.numel() == dims_.hidden && cos_.size(1) == dims_.d && sin_.sizes() == cos_.sizes() &&
@@ -179,10 +229,13 @@ void BatchDecodeModel::check_layer(const Layer& layer) const {
   for (const auto* t : {&layer.norm1, &layer.norm2}) check_bf16(*t, "BatchDecodeModel norm");
   TORCH_CHECK(layer.norm1.numel() == s.hidden && layer.norm2.numel() == s.hidden,
               "BatchDecodeModel: norms of the hidden size expected");
-  check_packed(layer.qkv, s.qkv_dim(), s.hidden, "BatchDecodeModel qkv");
-  check_packed(layer.o, s.hidden, s.q_dim(), "BatchDecodeModel o");
-  check_packed(layer.gate_up, 2 * s.inter, s.hidden, "BatchDecodeModel gate_up");
-  check_packed(layer.down, s.hidden, s.inter, "BatchDecodeModel down");
+  TORCH_CHECK(layer.int8() == layers_.front().int8(), "BatchDecodeModel: int8 weights in every "
+              "layer or in none");
+  TORCH_CHECK(!layer.int8() || amx_int8_available(), "BatchDecodeModel: no AMX-INT8 here");
+  check_weight(layer.qkv, layer.s_qkv, s.qkv_dim(), s.hidden, "BatchDecodeModel qkv");
+  check_weight(layer.o, layer.s_o, s.hidden, s.q_dim(), "BatchDecodeModel o");
+  check_weight(layer.gate_up, layer.s_gate_up, 2 * s.inter, s.hidden, "BatchDecodeModel gate_up");
+  check_weight(layer.down, layer.s_down, s.hidden, s.inter, "BatchDecodeModel down");
   if (layer.b_qkv.numel() > 0) {
     check_bf16(layer.b_qkv, "BatchDecodeModel qkv bias");
     TORCH_CHECK(layer.b_qkv.numel() == s.qkv_dim(), "BatchDecodeModel: a qkv bias per column");
@@ -246,22 +299,29 @@ void BatchDecodeModel::layer_step(const Layer& layer, const Inputs& in, const Bu
   const Span rows = share(m, t, nt);
   const BF16* bias = layer.b_qkv.numel() > 0 ? ptr(layer.b_qkv) : nullptr;
   add_norm_rows(ptr(b.x), pending, ptr(layer.norm1), ptr(b.h), h, eps_, rows, sc);
+  quantize_rows(ptr(b.h), b.hq, h, rows);
 #pragma omp barrier
-  gemm_share(ptr(b.h), m, layer.qkv, bias, ptr(b.qkv), t, nt);
+  gemm_share(ptr(b.h), b.hq, m, layer.qkv, layer.s_qkv, bias, ptr(b.qkv), t, nt);
 #pragma omp barrier
   attend_items<KV>(layer, in, b, sc, t, nt);
 #pragma omp barrier
-  gemm_share(ptr(b.attn), m, layer.o, nullptr, ptr(b.o), t, nt);
+  if (layer.int8()) {  // a row's heads came from several threads: quantize once all are in
+    quantize_rows(ptr(b.attn), b.attnq, s.q_dim(), rows);
+#pragma omp barrier
+  }
+  gemm_share(ptr(b.attn), b.attnq, m, layer.o, layer.s_o, nullptr, ptr(b.o), t, nt);
 #pragma omp barrier
   add_norm_rows(ptr(b.x), ptr(b.o), ptr(layer.norm2), ptr(b.h), h, eps_, rows, sc);
+  quantize_rows(ptr(b.h), b.hq, h, rows);
 #pragma omp barrier
-  gemm_share(ptr(b.h), m, layer.gate_up, nullptr, ptr(b.gate_up), t, nt);
+  gemm_share(ptr(b.h), b.hq, m, layer.gate_up, layer.s_gate_up, nullptr, ptr(b.gate_up), t, nt);
 #pragma omp barrier
   for (int64_t i = rows.lo; i < rows.hi; ++i) {
     latlab::silu_mul_row(ptr(b.gate_up) + i * 2 * s.inter, ptr(b.act) + i * s.inter, s.inter);
   }
+  quantize_rows(ptr(b.act), b.actq, s.inter, rows);
 #pragma omp barrier
-  gemm_share(ptr(b.act), m, layer.down, nullptr, ptr(b.down), t, nt);
+  gemm_share(ptr(b.act), b.actq, m, layer.down, layer.s_down, nullptr, ptr(b.down), t, nt);
 #pragma omp barrier
 }
 
@@ -319,7 +379,7 @@ torch::Tensor BatchDecodeModel::step(const torch::Tensor& ids, const torch::Tens
                                      const torch::Tensor& lens,
                                      const torch::Tensor& logit_rows) const {
   const Inputs in = checked(ids, positions, slots, tables, lens, logit_rows);
-  const Buffers b(dims_, in.m, in.rows);
+  const Buffers b(dims_, in.m, in.rows, layers_.front().int8());
   auto logits = torch::empty({in.rows, dims_.vocab}, torch::dtype(torch::kFloat));
   switch (layers_.front().k_cache.scalar_type()) {
     case at::kFloat: run<float>(in, b, logits.data_ptr<float>()); break;

@@ -84,3 +84,19 @@ void amx_thread_end();
 void amx_columns(const c10::BFloat16* x, int64_t rows, int64_t k_dim, const c10::BFloat16* packed,
                  const c10::BFloat16* bias, int64_t nb_lo, int64_t nb_hi, int64_t n_dim,
                  c10::BFloat16* y);
+
+// W8A8 linear layers on AMX int8 tiles (amx_int8.cpp): an int8 weight [N, K] packed once, with
+// a float32 scale per output channel; activation rows quantized per row (symmetric int8).
+bool amx_int8_available();
+torch::Tensor amx_pack_int8(const torch::Tensor& weight);
+torch::Tensor amx_int8_linear(const torch::Tensor& x, const torch::Tensor& packed,
+                              const torch::Tensor& w_scale,
+                              const std::optional<torch::Tensor>& bias);
+// One bf16 row as int8 and its scale (absmax / 127; values rounded to nearest even).
+void quantize_row_int8(const c10::BFloat16* x, int64_t k, int8_t* q, float* scale);
+// For a caller's own parallel region with its tiles configured (amx_thread_begin): column
+// blocks [nb_lo, nb_hi) of y = (xq @ w.T) * xs * ws (+ bias), bf16; xq padded to whole 16-row
+// tiles.
+void amx_int8_columns(const int8_t* xq, const float* xs, int64_t rows, int64_t k_dim,
+                      const int8_t* packed, const float* ws, const c10::BFloat16* bias,
+                      int64_t nb_lo, int64_t nb_hi, int64_t n_dim, c10::BFloat16* y);

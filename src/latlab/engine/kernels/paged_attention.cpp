@@ -507,4 +507,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amx_available", &amx_available, "built with AMX-BF16 and the OS grants its state");
   m.def("amx_pack", &amx_pack, "a bf16 weight [N, K] in AMX B-tile layout");
   m.def("amx_linear", &amx_linear, "x @ w.T (+ bias) in bf16 on AMX tiles");
+  m.def("amx_int8_available", &amx_int8_available, "built with AMX-INT8 and the OS grants it");
+  m.def("amx_pack_int8", &amx_pack_int8, "an int8 weight [N, K] in AMX int8 B-tile layout");
+  m.def("amx_int8_linear", &amx_int8_linear,
+        "bf16 rows quantized per row to int8, times an int8 weight on AMX tiles, scaled back",
+        pybind11::arg("x"), pybind11::arg("packed"), pybind11::arg("w_scale"),
+        pybind11::arg("bias") = pybind11::none());
 }

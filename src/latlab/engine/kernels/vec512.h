@@ -14,6 +14,9 @@
 #define LATLAB_AVX512 1
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #define LATLAB_AMX 1  // AMX-BF16 tiles; the OS must still grant their state (amx_thread_begin)
+#if defined(__AMX_INT8__)
+#define LATLAB_AMX_INT8 1
+#endif
 #endif
 
 namespace latlab {

@@ -4,7 +4,11 @@ Weights are stored once as int8 with one scale per output channel (symmetric, ab
 Two ways to run them, chosen by ``mode``:
 
 - ``"int8"`` (W8A8): each step's activations are quantized too, one scale per token (row), and
-  the product runs as an int8 GEMM (fbgemm's AVX2/AVX-512/VNNI kernels on x86). fbgemm
+  the product runs as an int8 GEMM. For bf16 models on a CPU with AMX-INT8 that is the
+  engine's own AMX kernel (kernels/amx_int8.cpp: rows quantized symmetric int8, absmax / 127,
+  as the weights; 1.5x the bf16 AMX kernel over the reference model's GEMMs at 64 rows), which
+  the native batch decode step calls too, so both give the same numbers. Elsewhere fbgemm's
+  AVX2/AVX-512/VNNI kernels on x86. fbgemm
   quantizes its input with one scale per tensor; dividing every row by its own absmax first
   makes that one scale fit every row, which is per-token quantization with fbgemm's kernel,
   and the rows are scaled back after. A single row (batch-1 decode) skips the division.
@@ -27,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latlab.engine.hardware import cpu_capabilities
+from latlab.engine.kernels import AmxInt8
 
 MODES = ("int8", "int8-weight-only")
 _EPS = 1e-8
@@ -49,9 +54,10 @@ def int8pack_ready() -> bool:
 
 
 class Int8Linear(nn.Module):
-    """Drop-in for an ``nn.Linear`` with int8 weights (see the module docstring)."""
+    """Drop-in for an ``nn.Linear`` with int8 weights (see the module docstring). ``amx``: the
+    AMX int8 kernel, used for W8A8 on bf16 weights whose shape fits its tiles."""
 
-    def __init__(self, linear: nn.Linear, mode: str):
+    def __init__(self, linear: nn.Linear, mode: str, amx: AmxInt8 | None = None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -61,9 +67,14 @@ class Int8Linear(nn.Module):
         device = linear.weight.device
         bias = None if linear.bias is None else linear.bias.detach().float()
         self.register_buffer("bias", bias, persistent=False)
-        self.kernel = _pick_kernel(mode, device)
+        self.kernel = _pick_kernel(mode, device, linear, amx)
         self.reduce_range = cpu_capabilities().int8_dot not in ("vnni", "amx")
         self._packed = None
+        self._amx = amx if self.kernel == "amx-int8" else None
+        if self._amx is not None:
+            q = self._amx.pack(q)  # [N/16, K/64, 16, 64]: the only copy the kernel reads
+            if bias is not None:
+                self.register_buffer("bias_bf16", bias.to(torch.bfloat16), persistent=False)
         if self.kernel == "fbgemm":
             self._packed = _fbgemm_pack(q, scale)
             q = torch.empty(0, dtype=torch.int8)  # the packed copy is all the kernel reads
@@ -74,6 +85,10 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
+        if self._amx is not None:
+            bias = self.bias_bf16 if self.bias is not None else None
+            y = self._amx.linear(x2.to(torch.bfloat16).contiguous(), self.qweight, self.scale, bias)
+            return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
         if self.kernel == "fbgemm":
             y = self._fbgemm(x2)
         elif self.kernel == "int8pack":
@@ -98,9 +113,17 @@ class Int8Linear(nn.Module):
         return f"{self.in_features}, {self.out_features}, mode={self.mode}, kernel={self.kernel}"
 
 
-def _pick_kernel(mode: str, device: torch.device) -> str:
+def amx_int8_fits(linear: nn.Linear) -> bool:
+    """The AMX int8 kernel's shapes: bf16 activations, 16 outputs and 64 inputs at a time."""
+    w = linear.weight
+    return w.dtype == torch.bfloat16 and w.shape[0] % 16 == 0 and w.shape[1] % 64 == 0
+
+
+def _pick_kernel(mode: str, device: torch.device, linear: nn.Linear, amx: AmxInt8 | None) -> str:
     if device.type != "cpu":
         return "dequant"
+    if mode == "int8" and amx is not None and amx_int8_fits(linear):
+        return "amx-int8"
     if mode == "int8" and fbgemm_ready():
         return "fbgemm"
     if mode == "int8-weight-only" and int8pack_ready():
@@ -117,8 +140,15 @@ def _fbgemm_pack(q: torch.Tensor, scale: torch.Tensor):  # type: ignore[no-untyp
         return torch.ops.quantized.linear_prepack(qweight, None)
 
 
-def quantize_linears(model: nn.Module, mode: str, *, skip: tuple[str, ...] = ("lm_head",)) -> int:
-    """Replace every ``nn.Linear`` under ``model`` (except names in ``skip``) by an Int8Linear.
+def quantize_linears(
+    model: nn.Module,
+    mode: str,
+    *,
+    skip: tuple[str, ...] = ("lm_head",),
+    amx: AmxInt8 | None = None,
+) -> int:
+    """Replace every ``nn.Linear`` under ``model`` (except names in ``skip``) by an Int8Linear
+    (``amx``: the AMX int8 kernel for the layers it fits).
 
     The output head stays in floating point by default: it decides the sampled token directly,
     and its bytes are a small share of a decoder's.
@@ -130,7 +160,7 @@ def quantize_linears(model: nn.Module, mode: str, *, skip: tuple[str, ...] = ("l
         if isinstance(child, nn.Linear) and name not in skip
     ]
     for parent, name, child in targets:
-        setattr(parent, name, Int8Linear(child, mode))
+        setattr(parent, name, Int8Linear(child, mode, amx))
     return len(targets)
 
 

@@ -318,26 +318,42 @@ class LlamaForCausalLM(nn.Module):
     def batch_decoder_tensors(
         self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
     ) -> tuple[tuple[list, list] | None, str]:
-        """What the one-call bf16 decode step of 5-64 rows reads (decode_batch.cpp): the bf16
-        embedding, RoPE tables and norms, the AMX-packed weights of every linear (the head
-        included), the caches; or None and why, when a linear is not AMX-packed."""
-        head = self.lm_head
+        """What the one-call decode step of 5-64 rows reads (decode_batch.cpp): the bf16
+        embedding, RoPE tables and norms, the packed weights of every linear (AMX bf16, or W8A8
+        on AMX int8 with their scales; the head AMX bf16), the caches; or None and why, when a
+        linear is neither."""
+        if not isinstance(self.lm_head, AmxPackedLinear):
+            return None, "the head does not fit the AMX tiles"
         layers = []
-        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
-            attn, mlp = layer.self_attn, layer.mlp
-            linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj, head)
-            if not all(isinstance(m, AmxPackedLinear) for m in linears):
-                return None, "a linear layer does not fit the AMX tiles"
-            bias = attn.qkv_proj.bias
-            layers.append([
-                layer.input_layernorm.weight, attn.qkv_proj.packed_weight,
-                torch.empty(0) if bias is None else bias, attn.o_proj.packed_weight,
-                layer.post_attention_layernorm.weight, mlp.gate_up_proj.packed_weight,
-                mlp.down_proj.packed_weight, k_cache, v_cache,
-            ])  # fmt: skip
+        for layer, caches in zip(self.layers, kv_caches, strict=True):
+            tensors = _batch_layer_tensors(layer, caches)
+            if tensors is None:
+                return None, "a linear layer fits neither the AMX bf16 nor the AMX int8 tiles"
+            layers.append(tensors)
         model = [self.embed_tokens.weight, self.cos_table, self.sin_table, self.norm.weight,
-                 head.packed_weight]  # fmt: skip
+                 self.lm_head.packed_weight]  # fmt: skip
         return (model, layers), ""
+
+
+def _batch_layer_tensors(
+    layer: DecoderLayer, caches: tuple[torch.Tensor, torch.Tensor]
+) -> list[torch.Tensor] | None:
+    """One layer's tensors for the batch decode step: 9 (AMX bf16 linears) or 13 (AMX int8
+    linears, then their scales), or None."""
+    attn, mlp = layer.self_attn, layer.mlp
+    linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+    if all(isinstance(m, AmxPackedLinear) for m in linears):
+        weights, scales, bias = [m.packed_weight for m in linears], [], attn.qkv_proj.bias
+    elif all(isinstance(m, Int8Linear) and m.kernel == "amx-int8" for m in linears):
+        weights, scales = [m.qweight for m in linears], [m.scale for m in linears]
+        bias = attn.qkv_proj.bias_bf16 if attn.qkv_proj.bias is not None else None
+    else:
+        return None
+    qkv, o, gate_up, down = weights
+    return [
+        layer.input_layernorm.weight, qkv, torch.empty(0) if bias is None else bias, o,
+        layer.post_attention_layernorm.weight, gate_up, down, *caches, *scales,
+    ]  # fmt: skip
 
 
 def load_llama(

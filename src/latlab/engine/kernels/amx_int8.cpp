@@ -1,0 +1,201 @@
+// W8A8 linear layers on Intel AMX int8 tiles (latlab engine, CPU).
+//
+// At batch 64 a decode step's GEMMs are bound by reading the weights (amx_linear.cpp): int8
+// weights are half of bf16's bytes, and AMX multiplies int8 at twice its bf16 rate. fbgemm's
+// int8 GEMM (the torch path's W8A8 kernel) ran at 441-533 GFLOP/s on this CPU against 1,000+
+// for the bf16 tiles (docs/engine.md), so W8A8 was the slower choice at batch 64.
+//
+// Numerics: the weight is int8 with one float32 scale per output channel (symmetric, absmax /
+// 127: int8_linear.py's quantize_per_channel); each activation row is quantized on the fly the
+// same way, one scale per row (per token). Sums are exact int32; y = sum * x_scale * w_scale
+// (+ bias), rounded to bf16.
+//
+// Layouts: x rows [M, K] bf16; the quantized rows [M padded to 16, K] int8 and their scales
+// [M]; packed [N/16, K/64, 16, 64]: for column block nb and K block kb a 1 KiB tile whose row r
+// holds, for each of the 16 columns, the 4 bytes k = 64 kb + 4r .. 4r + 3. K must be a multiple
+// of 64, N of 16.
+
+#include "kernels.h"
+#include "vec512.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+namespace {
+
+constexpr int64_t kTileBytes = 1024;  // 16 rows x 64 bytes
+constexpr int64_t kPrefetchTiles = 2;  // as the bf16 kernel: two weight tiles ahead, into L2
+
+#ifdef LATLAB_AMX_INT8
+// int32 sums of MB x 16 rows of xq (row stride `stride` bytes) against column block `b`.
+template <int MB>
+void tile_sums(const int8_t* a, int64_t stride, const int8_t* b, int64_t kblocks, int32_t* sums) {
+  _tile_zero(0);
+  if constexpr (MB > 1) _tile_zero(1);
+  if constexpr (MB > 2) _tile_zero(2);
+  if constexpr (MB > 3) _tile_zero(3);
+  for (int64_t kb = 0; kb < kblocks; ++kb) {
+    const int8_t* ahead = b + (kb + kPrefetchTiles) * kTileBytes;
+    for (int64_t line = 0; line < kTileBytes; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T1);
+    _tile_loadd(5, b + kb * kTileBytes, 64);
+    _tile_loadd(4, a + kb * 64, stride);
+    _tile_dpbssd(0, 4, 5);
+    if constexpr (MB > 1) {
+      _tile_loadd(4, a + 16 * stride + kb * 64, stride);
+      _tile_dpbssd(1, 4, 5);
+    }
+    if constexpr (MB > 2) {
+      _tile_loadd(4, a + 32 * stride + kb * 64, stride);
+      _tile_dpbssd(2, 4, 5);
+    }
+    if constexpr (MB > 3) {
+      _tile_loadd(4, a + 48 * stride + kb * 64, stride);
+      _tile_dpbssd(3, 4, 5);
+    }
+  }
+  _tile_stored(0, sums, 64);
+  if constexpr (MB > 1) _tile_stored(1, sums + 256, 64);
+  if constexpr (MB > 2) _tile_stored(2, sums + 512, 64);
+  if constexpr (MB > 3) _tile_stored(3, sums + 768, 64);
+}
+
+using TileSums = void (*)(const int8_t*, int64_t, const int8_t*, int64_t, int32_t*);
+constexpr TileSums kTileSums[4] = {&tile_sums<1>, &tile_sums<2>, &tile_sums<3>, &tile_sums<4>};
+
+// y[:, 16 nb : 16 nb + 16] for `rows` quantized rows (whole tiles read), scaled back, bias added.
+void column_block(const int8_t* xq, const float* xs, int64_t rows, int64_t k_dim, const int8_t* b,
+                  const float* ws, const c10::BFloat16* bias, int64_t nb, int64_t n_dim,
+                  c10::BFloat16* y) {
+  alignas(64) int32_t sums[4 * 256];
+  const __m512 wv = _mm512_loadu_ps(ws + nb * 16);
+  const __m512 bv = bias ? latlab::load16(bias + nb * 16) : _mm512_setzero_ps();
+  for (int64_t r0 = 0; r0 < rows; r0 += 64) {
+    const int64_t tiles = std::min<int64_t>(4, (rows - r0 + 15) / 16);
+    kTileSums[tiles - 1](xq + r0 * k_dim, k_dim, b, k_dim / 64, sums);
+    for (int64_t r = 0; r < std::min<int64_t>(64, rows - r0); ++r) {
+      const __m512 s = _mm512_cvtepi32_ps(_mm512_load_si512(sums + r * 16));
+      const __m512 v = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(xs[r0 + r])), wv, bv);
+      latlab::store16(y + (r0 + r) * n_dim + nb * 16, v, static_cast<__mmask16>(0xFFFF));
+    }
+  }
+}
+#endif
+
+void check_int8_shapes(int64_t n, int64_t k, const char* name) {
+  TORCH_CHECK(n % 16 == 0 && k % 64 == 0, name, ": N a multiple of 16 and K of 64 expected, got ",
+              n, " x ", k);
+}
+
+}  // namespace
+
+bool amx_int8_available() {
+#ifdef LATLAB_AMX_INT8
+  return amx_available();
+#else
+  return false;
+#endif
+}
+
+void quantize_row_int8(const c10::BFloat16* x, int64_t k, int8_t* q, float* scale) {
+#ifdef LATLAB_AVX512
+  __m512 top = _mm512_setzero_ps();
+  for (int64_t j = 0; j < k; j += 16) {
+    const __mmask16 m = latlab::tail_mask(k - j);
+    top = _mm512_max_ps(top, _mm512_abs_ps(latlab::load16(x + j, m)));
+  }
+  const float amax = std::max(_mm512_reduce_max_ps(top), 1e-8f);
+  const __m512 inv = _mm512_set1_ps(127.f / amax);
+  for (int64_t j = 0; j < k; j += 16) {  // round to nearest even, as torch.round; within +-127
+    const __mmask16 m = latlab::tail_mask(k - j);
+    const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(latlab::load16(x + j, m), inv));
+    _mm_mask_storeu_epi8(q + j, m, _mm512_cvtsepi32_epi8(v));
+  }
+  *scale = amax / 127.f;
+#else
+  float amax = 1e-8f;
+  for (int64_t j = 0; j < k; ++j) amax = std::max(amax, std::fabs(static_cast<float>(x[j])));
+  for (int64_t j = 0; j < k; ++j) {
+    q[j] = static_cast<int8_t>(std::nearbyint(static_cast<float>(x[j]) * (127.f / amax)));
+  }
+  *scale = amax / 127.f;
+#endif
+}
+
+void amx_int8_columns(const int8_t* xq, const float* xs, int64_t rows, int64_t k_dim,
+                      const int8_t* packed, const float* ws, const c10::BFloat16* bias,
+                      int64_t nb_lo, int64_t nb_hi, int64_t n_dim, c10::BFloat16* y) {
+#ifdef LATLAB_AMX_INT8
+  const int64_t block_bytes = (k_dim / 64) * kTileBytes;
+  for (int64_t nb = nb_lo; nb < nb_hi; ++nb) {
+    column_block(xq, xs, rows, k_dim, packed + nb * block_bytes, ws, bias, nb, n_dim, y);
+  }
+#else
+  TORCH_CHECK(false, "amx_int8_columns: built without AMX-INT8");
+#endif
+}
+
+torch::Tensor amx_pack_int8(const torch::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.device().is_cpu(),
+              "amx_pack_int8: an int8 CPU weight [N, K] expected");
+  const int64_t n = weight.size(0), k = weight.size(1);
+  check_int8_shapes(n, k, "amx_pack_int8");
+  auto w = weight.contiguous();
+  auto out = torch::empty({n / 16, k / 64, 16, 64}, w.options());
+  const int8_t* src = w.data_ptr<int8_t>();
+  int8_t* dst = out.data_ptr<int8_t>();
+  at::parallel_for(0, n / 16, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t nb = lo; nb < hi; ++nb) {
+      for (int64_t kb = 0; kb < k / 64; ++kb) {
+        int8_t* tile = dst + (nb * (k / 64) + kb) * kTileBytes;
+        for (int64_t r = 0; r < 16; ++r) {
+          for (int64_t c = 0; c < 16; ++c) {
+            std::copy_n(src + (nb * 16 + c) * k + kb * 64 + 4 * r, 4, tile + r * 64 + c * 4);
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+
+torch::Tensor amx_int8_linear(const torch::Tensor& x, const torch::Tensor& packed,
+                              const torch::Tensor& w_scale,
+                              const std::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.device().is_cpu(),
+              "amx_int8_linear: bf16 CPU rows [M, K] expected");
+  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kChar && packed.is_contiguous(),
+              "amx_int8_linear: a weight packed by amx_pack_int8 expected");
+  const int64_t m = x.size(0), k = x.size(1), n = packed.size(0) * 16;
+  TORCH_CHECK(packed.size(1) * 64 == k, "amx_int8_linear: x has ", k, " columns, the weight ",
+              packed.size(1) * 64);
+  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.numel() == n && w_scale.is_contiguous(),
+              "amx_int8_linear: a float32 scale per output channel expected");
+  const c10::BFloat16* b = nullptr;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == at::kBFloat16 && bias->numel() == n && bias->is_contiguous(),
+                "amx_int8_linear: a bf16 bias of N values expected");
+    b = bias->data_ptr<c10::BFloat16>();
+  }
+  TORCH_CHECK(amx_int8_available(), "amx_int8_linear: no AMX-INT8 here (CPU, build or kernel)");
+  auto rows = x.contiguous();
+  const int64_t padded = (m + 15) / 16 * 16;
+  auto xq = torch::zeros({padded, k}, torch::dtype(torch::kChar));
+  auto xs = torch::empty({m}, torch::dtype(torch::kFloat));
+  at::parallel_for(0, m, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      quantize_row_int8(rows.data_ptr<c10::BFloat16>() + i * k, k, xq.data_ptr<int8_t>() + i * k,
+                        xs.data_ptr<float>() + i);
+    }
+  });
+  auto y = torch::empty({m, n}, x.options());
+  at::parallel_for(0, n / 16, 1, [&](int64_t lo, int64_t hi) {
+    amx_thread_begin();  // tile state is per thread
+    amx_int8_columns(xq.data_ptr<int8_t>(), xs.data_ptr<float>(), m, k, packed.data_ptr<int8_t>(),
+                     w_scale.data_ptr<float>(), b, lo, hi, n, y.data_ptr<c10::BFloat16>());
+    amx_thread_end();
+  });
+  return y;
+}
