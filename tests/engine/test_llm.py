@@ -74,3 +74,24 @@ def test_final_outputs_trim_stop_strings_as_streaming_does(tiny_model_dir):
     assert stepped[0].finish_reason == "stop" and stop not in stepped[0].text
     for a, b in zip(generated, stepped, strict=True):
         _same(a, b)
+
+
+def test_final_text_decoded_at_the_end_matches_streaming(tiny_model_dir):
+    """Without stop strings, LLM.generate decodes a request's tokens once it finishes: the same
+    text as step-by-step decoding, whether it ends by length or by a stop token (not text),
+    including one that came before min_tokens (text then)."""
+    llm = LLM(str(tiny_model_dir))
+    free = _stepped(llm, SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True))
+    stop_token = free[0].token_ids[5]  # the first prompt reaches it at its sixth token
+    by_token = SamplingParams(max_tokens=16, temperature=0.0, stop_token_ids=[stop_token])
+    for params in (
+        SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True),
+        by_token,
+        SamplingParams(max_tokens=16, temperature=0.0, stop_token_ids=[stop_token], min_tokens=8),
+    ):
+        stepped = _stepped(llm, params)
+        generated, _ = _generated(llm, params)
+        for a, b in zip(generated, stepped, strict=True):
+            _same(a, b)
+        if params is by_token:
+            assert stepped[0].finish_reason == "stop" and len(stepped[0].token_ids) <= 6

@@ -63,6 +63,15 @@ class IncrementalDetokenizer:
         self.text += delta
         return self._find_stop(len(delta))
 
+    @property
+    def has_stop_strings(self) -> bool:
+        return self._stops is not None
+
+    def extend(self, token_ids: list[int]) -> None:
+        """Add tokens one by one, as ``append`` would have step by step (no stop strings)."""
+        for token_id in token_ids:
+            self.append(token_id)
+
     def flush(self) -> None:
         """At the end, emit whatever is still held back (even an incomplete character)."""
         prefix = self._decode(self._tokens[self._prefix_offset : self._read_offset])

@@ -247,14 +247,21 @@ class LLMEngine:
         is_stop_token = token in params.stop_token_set or (
             not params.ignore_eos and token in self.eos_token_ids
         )
+        # A final-output-only request without stop strings reads no text until it finishes:
+        # its tokens are decoded then, in one loop (detokenizing per step took ~230 us of a
+        # batch-64 step, the same loop at the end ~80 us: the objects are still in cache).
+        later = seq.final_output_only and not seq.detok.has_stop_strings
         reason = None
-        if (is_stop_token and seq.num_output_tokens >= params.min_tokens) or seq.detok.append(
-            token
+        if (is_stop_token and seq.num_output_tokens >= params.min_tokens) or (
+            not later and seq.detok.append(token)
         ):
             reason = "stop"
         elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
-            seq.detok.flush()
             reason = "length"
+        if later and reason is not None:  # a stop token is not text, as below
+            seq.detok.extend(seq.output_token_ids[: -1 if reason == "stop" else None])
+        if reason == "length":
+            seq.detok.flush()
         if reason is not None:
             self.scheduler.finish(seq, reason)
             self._requests.pop(seq.request_id, None)
