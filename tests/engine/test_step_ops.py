@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from latlab.engine import LLM
 from latlab.engine.kernels import step_ops
 from latlab.engine.models.llama import apply_rope
+from latlab.engine.sampler import Sampler, greedy_tokens
 
 from ._reference import available_or_skip
 
@@ -98,6 +99,29 @@ def test_fp8_cache_writes_round_as_torch_does(ops):
     ops.rope_cache(qkv, ones, torch.zeros(n, dim), cache, v_cache, torch.arange(n), heads)
     want = values.view(n // 4, 4, kv_heads, dim).transpose(1, 2).to(torch.float8_e5m2)
     assert torch.equal(v_cache.view(torch.uint8), want.view(torch.uint8))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(("rows", "vocab"), [(1, 1), (3, 17), (64, 4096), (5, 32001)])
+def test_greedy_argmax_is_torch_s_first_largest(ops, threads, rows, vocab):
+    """Columns split over the threads, then merged: the first of tied maxima wins, as with
+    torch's max, including ties across two threads' columns and rows of -inf."""
+    gen = torch.Generator().manual_seed(rows * vocab + threads)
+    logits = torch.randn(rows, vocab, generator=gen) - 10.0  # all negative: no zero may win
+    logits[0, vocab - 1] = 50.0
+    if vocab > 1:
+        logits[0, vocab // 2] = 50.0  # a tie across the threads' halves
+        logits[-1] = float("-inf")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = ops.greedy_argmax(logits)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got, logits.max(dim=-1).indices)
+    sampler = Sampler([0], argmax=ops.greedy_argmax)
+    assert torch.equal(sampler.greedy(logits), greedy_tokens(logits))
+    assert torch.equal(sampler.greedy(logits.bfloat16()), greedy_tokens(logits.bfloat16()))
 
 
 def test_ops_refuse_what_they_cannot_read(ops):

@@ -41,7 +41,7 @@ from latlab.engine.models.config import ModelArgs
 from latlab.engine.models.llama import AttentionMetadata, load_llama
 from latlab.engine.models.packed_linear import drop_plain_weights
 from latlab.engine.outputs import Logprob, PositionLogprobs
-from latlab.engine.sampler import Sampler, greedy_tokens
+from latlab.engine.sampler import Sampler
 from latlab.engine.scheduler import SchedulerOutput
 from latlab.engine.sequence import Sequence
 from latlab.engine.weights import WeightPlan, apply_weight_plan, held_bytes, plan_weights
@@ -102,7 +102,8 @@ class ModelRunner:
         if decoder_class is not None:
             self.native_step = self.model.native_decoder(decoder_class, self.kv_caches).step
         self.native_batch_step, self.batch_reason = self._native_batch()  # 5-64 rows
-        self.sampler = Sampler(args.eos_token_ids, seed=config.seed)
+        argmax = self.step_ops.greedy_argmax if self.step_ops is not None else None
+        self.sampler = Sampler(args.eos_token_ids, seed=config.seed, argmax=argmax)
         self.block_tables = BlockTables(config.max_num_seqs)
         self.forward_seconds_total = 0.0  # the model's forward passes (EngineStats)
         self._forward = self.model.forward
@@ -295,7 +296,7 @@ class ModelRunner:
         if len(last_rows) == logits.shape[0]:  # no drafts: one row per sequence
             return [[t] for t in self.sampler(logits, sampling_seqs)]
         sampled = self.sampler(logits[last_rows], sampling_seqs)
-        greedy = greedy_tokens(logits).tolist()
+        greedy = self.sampler.greedy(logits).tolist()
         candidates = []
         for seq, row, token in zip(sampling_seqs, last_rows, sampled, strict=True):
             draft = seq.draft_token_ids

@@ -10,6 +10,7 @@ A random request that carried a speculative draft is verified by speculative sam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
 
 import torch
@@ -19,18 +20,35 @@ from latlab.engine.sequence import Sequence
 
 
 class Sampler:
-    def __init__(self, eos_token_ids: Seq[int], seed: int = 0):
+    """``argmax``: a native ``greedy_argmax(logits)`` (step_ops.cpp) for contiguous float32 CPU
+    logits: it splits the vocabulary over the threads as the batch decode step's head writes it,
+    so each thread reads logits from its own core's cache."""
+
+    def __init__(
+        self,
+        eos_token_ids: Seq[int],
+        seed: int = 0,
+        argmax: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         self.eos_token_ids = list(eos_token_ids)
         self.generator = torch.Generator().manual_seed(seed)
+        self._argmax = argmax
+
+    def greedy(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each row's highest logit's index, the first of ties (as ``greedy_tokens``)."""
+        native = self._argmax is not None and logits.dim() == 2 and logits.dtype == torch.float32
+        if native and logits.device.type == "cpu" and logits.is_contiguous():
+            return self._argmax(logits)
+        return greedy_tokens(logits)
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         adjust_logits(logits, seqs, self.eos_token_ids)  # bias, penalties, min_tokens
         if all(s.params.temperature == 0.0 for s in seqs):
-            return greedy_tokens(logits).tolist()
+            return self.greedy(logits).tolist()
         return self._sample_random(logits, seqs).tolist()
 
     def _sample_random(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        greedy = greedy_tokens(logits)
+        greedy = self.greedy(logits)
         dev = logits.device
         temps = torch.tensor(
             [s.params.temperature or 1.0 for s in seqs], dtype=logits.dtype, device=dev

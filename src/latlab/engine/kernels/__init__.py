@@ -154,6 +154,7 @@ class StepOps:
     add_rms_norm: Callable[..., Any]
     rope_cache: Callable[..., Any]
     silu_mul: Callable[..., Any]
+    greedy_argmax: Callable[..., Any]
 
 
 def step_ops(*, wait: bool = True) -> tuple[StepOps | None, str]:
@@ -164,7 +165,7 @@ def step_ops(*, wait: bool = True) -> tuple[StepOps | None, str]:
     m = build.module
     ops = StepOps(
         rms_norm=m.rms_norm, add_rms_norm=m.add_rms_norm, rope_cache=m.rope_cache,
-        silu_mul=m.silu_mul,
+        silu_mul=m.silu_mul, greedy_argmax=m.greedy_argmax,
     )  # fmt: skip
     return ops, STEP_OPS
 

@@ -70,6 +70,9 @@ torch::Tensor rope_cache(const torch::Tensor& qkv, const torch::Tensor& cos,
                          const torch::Tensor& sin, torch::Tensor k_cache, torch::Tensor v_cache,
                          const torch::Tensor& slot_mapping, int64_t heads);
 torch::Tensor silu_mul(const torch::Tensor& gate_up);
+// Each row's first largest logit's column (greedy sampling; float32 [rows, vocab]), columns
+// split over the threads as the batch decode step's head phase splits them.
+torch::Tensor greedy_argmax(const torch::Tensor& logits);
 
 // bf16 linear layers on AMX tiles (amx_linear.cpp).
 bool amx_available();

@@ -504,6 +504,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_rms_norm", &add_rms_norm, "x + delta and the RMSNorm of that sum");
   m.def("rope_cache", &rope_cache, "RoPE on q and k, k and v written to the paged cache; returns q");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate_up projection");
+  m.def("greedy_argmax", &greedy_argmax, "each row's first largest logit's column");
   m.def("amx_available", &amx_available, "built with AMX-BF16 and the OS grants its state");
   m.def("amx_pack", &amx_pack, "a bf16 weight [N, K] in AMX B-tile layout");
   m.def("amx_linear", &amx_linear, "x @ w.T (+ bias) in bf16 on AMX tiles");
