@@ -16,7 +16,6 @@ each of ``--contexts``:
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -25,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # engine_batch1.py sits beside this script
-from engine_batch1 import interleaved
+from engine_batch1 import interleaved, run_benchmark
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK = 12, 6, 64, 16  # the reference model's attention
 PATHS = {"vector": False, "tiles": True}
@@ -109,11 +108,7 @@ def report(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    result = measure(args)
-    report(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    run_benchmark(parse_args, measure, report, argv)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 VARIANTS = {  # name -> engine settings
     "torch ops, 4 KiB pages": {"native_decode": False, "huge_pages": False},
@@ -62,6 +63,20 @@ def interleaved(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, l
         for name, fn in fns.items():
             out[name].append(fn())
     return out
+
+
+def run_benchmark(
+    parse_args: Callable[[list[str] | None], Any],
+    measure: Callable[[Any], dict],
+    report: Callable[[dict], None],
+    argv: list[str] | None = None,
+) -> None:
+    """A benchmark's main: parse, measure, print the report, and write ``--json`` if given."""
+    args = parse_args(argv)
+    result = measure(args)
+    report(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
 
 
 def summary(values: list[float], *, times: bool = False) -> dict[str, float]:

@@ -35,7 +35,7 @@ SOURCES = (
     HERE / "amx_linear.cpp",
     HERE / "amx_int8.cpp",
 )
-HEADERS = (HERE / "kernels.h", HERE / "vec512.h", HERE / "rows.h")
+HEADERS = (HERE / "kernels.h", HERE / "vec512.h", HERE / "rows.h", HERE / "amx_tiles.h")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
 BUILD_HINT = "`python -m latlab.engine.kernels` builds it; `make setup` does in the background"
 ATTENTION = "native paged decode attention (in place)"
@@ -178,14 +178,21 @@ class AmxLinear:
     linear: Callable[..., Any]
 
 
-def amx_linear(*, wait: bool = True) -> tuple[AmxLinear | None, str]:
-    """The AMX linear kernel where the build has it and the OS grants AMX state, or why not."""
+def _amx_module(wait: bool, available: str, what: str) -> tuple[ModuleType | None, str]:
+    """The built module where its ``available()`` check passes (AMX in the CPU, the compiler
+    and the OS's grant), else None and why."""
     build = _module(wait=wait)
     if build.module is None:
         return None, build.reason
-    if not build.module.amx_available():
-        return None, "no AMX-BF16 here (CPU, compiler or the kernel's permission)"
-    return AmxLinear(pack=build.module.amx_pack, linear=build.module.amx_linear), AMX
+    if not getattr(build.module, available)():
+        return None, f"no {what} here (CPU, compiler or the kernel's permission)"
+    return build.module, ""
+
+
+def amx_linear(*, wait: bool = True) -> tuple[AmxLinear | None, str]:
+    """The AMX linear kernel where the build has it and the OS grants AMX state, or why not."""
+    m, why = _amx_module(wait, "amx_available", "AMX-BF16")
+    return (AmxLinear(pack=m.amx_pack, linear=m.amx_linear), AMX) if m else (None, why)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,12 +207,8 @@ class AmxInt8:
 def amx_int8(*, wait: bool = True) -> tuple[AmxInt8 | None, str]:
     """The AMX int8 linear kernel where the build has it and the OS grants AMX state, or why
     not."""
-    build = _module(wait=wait)
-    if build.module is None:
-        return None, build.reason
-    if not build.module.amx_int8_available():
-        return None, "no AMX-INT8 here (CPU, compiler or the kernel's permission)"
-    return AmxInt8(pack=build.module.amx_pack_int8, linear=build.module.amx_int8_linear), AMX_INT8
+    m, why = _amx_module(wait, "amx_int8_available", "AMX-INT8")
+    return (AmxInt8(pack=m.amx_pack_int8, linear=m.amx_int8_linear), AMX_INT8) if m else (None, why)
 
 
 def _import_built(name: str) -> _Build:

@@ -15,6 +15,7 @@
 // holds, for each of the 16 columns, the 4 bytes k = 64 kb + 4r .. 4r + 3. K must be a multiple
 // of 64, N of 16.
 
+#include "amx_tiles.h"
 #include "kernels.h"
 #include "vec512.h"
 
@@ -26,44 +27,11 @@
 
 namespace {
 
-constexpr int64_t kTileBytes = 1024;  // 16 rows x 64 bytes
-constexpr int64_t kPrefetchTiles = 2;  // as the bf16 kernel: two weight tiles ahead, into L2
+using latlab::kTileBytes;
 
 #ifdef LATLAB_AMX_INT8
-// int32 sums of MB x 16 rows of xq (row stride `stride` bytes) against column block `b`.
-template <int MB>
-void tile_sums(const int8_t* a, int64_t stride, const int8_t* b, int64_t kblocks, int32_t* sums) {
-  _tile_zero(0);
-  if constexpr (MB > 1) _tile_zero(1);
-  if constexpr (MB > 2) _tile_zero(2);
-  if constexpr (MB > 3) _tile_zero(3);
-  for (int64_t kb = 0; kb < kblocks; ++kb) {
-    const int8_t* ahead = b + (kb + kPrefetchTiles) * kTileBytes;
-    for (int64_t line = 0; line < kTileBytes; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T1);
-    _tile_loadd(5, b + kb * kTileBytes, 64);
-    _tile_loadd(4, a + kb * 64, stride);
-    _tile_dpbssd(0, 4, 5);
-    if constexpr (MB > 1) {
-      _tile_loadd(4, a + 16 * stride + kb * 64, stride);
-      _tile_dpbssd(1, 4, 5);
-    }
-    if constexpr (MB > 2) {
-      _tile_loadd(4, a + 32 * stride + kb * 64, stride);
-      _tile_dpbssd(2, 4, 5);
-    }
-    if constexpr (MB > 3) {
-      _tile_loadd(4, a + 48 * stride + kb * 64, stride);
-      _tile_dpbssd(3, 4, 5);
-    }
-  }
-  _tile_stored(0, sums, 64);
-  if constexpr (MB > 1) _tile_stored(1, sums + 256, 64);
-  if constexpr (MB > 2) _tile_stored(2, sums + 512, 64);
-  if constexpr (MB > 3) _tile_stored(3, sums + 768, 64);
-}
-
-using TileSums = void (*)(const int8_t*, int64_t, const int8_t*, int64_t, int32_t*);
-constexpr TileSums kTileSums[4] = {&tile_sums<1>, &tile_sums<2>, &tile_sums<3>, &tile_sums<4>};
+using latlab::Int8Quads;
+using latlab::kTileSums;
 
 // y[:, 16 nb : 16 nb + 16] for `rows` quantized rows (whole tiles read), scaled back, bias added.
 void column_block(const int8_t* xq, const float* xs, int64_t rows, int64_t k_dim, const int8_t* b,
@@ -74,7 +42,8 @@ void column_block(const int8_t* xq, const float* xs, int64_t rows, int64_t k_dim
   const __m512 bv = bias ? latlab::load16(bias + nb * 16) : _mm512_setzero_ps();
   for (int64_t r0 = 0; r0 < rows; r0 += 64) {
     const int64_t tiles = std::min<int64_t>(4, (rows - r0 + 15) / 16);
-    kTileSums[tiles - 1](xq + r0 * k_dim, k_dim, b, k_dim / 64, sums);
+    kTileSums<Int8Quads>[tiles - 1](reinterpret_cast<const char*>(xq + r0 * k_dim), k_dim,
+                                    reinterpret_cast<const char*>(b), k_dim / 64, sums);
     for (int64_t r = 0; r < std::min<int64_t>(64, rows - r0); ++r) {
       const __m512 s = _mm512_cvtepi32_ps(_mm512_load_si512(sums + r * 16));
       const __m512 v = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(xs[r0 + r])), wv, bv);

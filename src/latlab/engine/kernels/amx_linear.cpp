@@ -16,6 +16,7 @@
 // 16, 2]: for column block nb and K block kb a 1 KiB tile whose row r holds, for each of the
 // 16 columns, the pair (k = 32 kb + 2r, 2r + 1). K must be a multiple of 32, N of 16.
 
+#include "amx_tiles.h"
 #include "kernels.h"
 #include "vec512.h"
 
@@ -32,8 +33,7 @@
 
 namespace {
 
-constexpr int64_t kTileBytes = 1024;  // 16 rows x 64 bytes
-constexpr int64_t kPrefetchTiles = 2;
+using latlab::kTileBytes;
 
 #ifdef LATLAB_AMX
 struct TileConfig {
@@ -69,40 +69,8 @@ alignas(64) constexpr TileConfig kTileConfig = tile_config();
 
 void configure_tiles() { _tile_loadconfig(&kTileConfig); }
 
-// Sums of MB x 16 rows of x (row stride `stride` bytes) against column block `b`, all of K.
-template <int MB>
-void tile_sums(const char* a, int64_t stride, const char* b, int64_t kblocks, float* sums) {
-  _tile_zero(0);
-  if constexpr (MB > 1) _tile_zero(1);
-  if constexpr (MB > 2) _tile_zero(2);
-  if constexpr (MB > 3) _tile_zero(3);
-  for (int64_t kb = 0; kb < kblocks; ++kb) {
-    const char* ahead = b + (kb + kPrefetchTiles) * kTileBytes;
-    for (int64_t line = 0; line < kTileBytes; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T1);
-    _tile_loadd(5, b + kb * kTileBytes, 64);
-    _tile_loadd(4, a + kb * 64, stride);
-    _tile_dpbf16ps(0, 4, 5);
-    if constexpr (MB > 1) {
-      _tile_loadd(4, a + 16 * stride + kb * 64, stride);
-      _tile_dpbf16ps(1, 4, 5);
-    }
-    if constexpr (MB > 2) {
-      _tile_loadd(4, a + 32 * stride + kb * 64, stride);
-      _tile_dpbf16ps(2, 4, 5);
-    }
-    if constexpr (MB > 3) {
-      _tile_loadd(4, a + 48 * stride + kb * 64, stride);
-      _tile_dpbf16ps(3, 4, 5);
-    }
-  }
-  _tile_stored(0, sums, 64);
-  if constexpr (MB > 1) _tile_stored(1, sums + 256, 64);
-  if constexpr (MB > 2) _tile_stored(2, sums + 512, 64);
-  if constexpr (MB > 3) _tile_stored(3, sums + 768, 64);
-}
-
-using TileSums = void (*)(const char*, int64_t, const char*, int64_t, float*);
-constexpr TileSums kTileSums[4] = {&tile_sums<1>, &tile_sums<2>, &tile_sums<3>, &tile_sums<4>};
+using latlab::Bf16Pairs;
+using latlab::kTileSums;
 
 // Larger steps: MT x 16 rows against two column blocks at once (4 sum tiles, 2 row tiles, 2
 // weight tiles), so a row tile feeds two multiplies; the pair's weights, read from memory for
@@ -170,7 +138,8 @@ void column_block(const c10::BFloat16* x, int64_t rows, int64_t k_dim, const cha
   const __m512 bv = bias ? latlab::load16(bias + nb * 16) : _mm512_setzero_ps();
   for (int64_t r0 = 0; r0 < rows; r0 += 64) {
     const int64_t tiles = std::min<int64_t>(4, (rows - r0 + 15) / 16);
-    kTileSums[tiles - 1](reinterpret_cast<const char*>(x + r0 * k_dim), stride, b, kblocks, sums);
+    kTileSums<Bf16Pairs>[tiles - 1](reinterpret_cast<const char*>(x + r0 * k_dim), stride, b,
+                                    kblocks, sums);
     for (int64_t r = 0; r < std::min<int64_t>(64, rows - r0); ++r) {
       const __m512 v = _mm512_add_ps(_mm512_load_ps(sums + r * 16), bv);
       latlab::store16(y + (r0 + r) * n_dim + nb * 16, v, static_cast<__mmask16>(0xFFFF));
