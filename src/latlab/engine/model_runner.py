@@ -213,7 +213,7 @@ class ModelRunner:
         model, layers = tensors
         attn = self.model.layers[0].self_attn
         decoder = kernel.fn(model, layers, attn.num_heads, self.model.norm.eps, attn.scale)
-        return decoder.step, BATCH_INT8 if len(layers[0]) > 9 else kernel.reason
+        return decoder.step, BATCH_INT8 if self.weight_plan.linear == "int8" else kernel.reason
 
     def _why_not_native(self) -> str | None:
         plan, dtype = self.weight_plan, self.model.embed_tokens.weight.dtype

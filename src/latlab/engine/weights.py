@@ -163,10 +163,11 @@ def _quantize(model: LlamaForCausalLM, plan: WeightPlan) -> WeightPlan:
     quantize_linears(model, plan.linear, amx=amx)
     kernels = ", ".join(kernels_in(model))
     plan = dataclasses.replace(plan, reason=f"{plan.reason}; kernel: {kernels}")
+    if "amx-int8" not in kernels or not amx_fits(model.lm_head):
+        return plan
     bf16_tiles, _ = amx_linear(wait=False)
-    head = model.lm_head
-    if "amx-int8" in kernels and bf16_tiles is not None and amx_fits(head):
-        model.lm_head = AmxPackedLinear(head, bf16_tiles)
+    if bf16_tiles is not None:
+        model.lm_head = AmxPackedLinear(model.lm_head, bf16_tiles)
         plan = dataclasses.replace(plan, reason=f"{plan.reason}; head packed for AMX tiles")
     return plan
 

@@ -71,10 +71,10 @@ class Int8Linear(nn.Module):
         self.reduce_range = cpu_capabilities().int8_dot not in ("vnni", "amx")
         self._packed = None
         self._amx = amx if self.kernel == "amx-int8" else None
+        bias_bf16 = None if self._amx is None or bias is None else bias.to(torch.bfloat16)
+        self.register_buffer("bias_bf16", bias_bf16, persistent=False)  # the AMX kernel's
         if self._amx is not None:
             q = self._amx.pack(q)  # [N/16, K/64, 16, 64]: the only copy the kernel reads
-            if bias is not None:
-                self.register_buffer("bias_bf16", bias.to(torch.bfloat16), persistent=False)
         if self.kernel == "fbgemm":
             self._packed = _fbgemm_pack(q, scale)
             q = torch.empty(0, dtype=torch.int8)  # the packed copy is all the kernel reads
@@ -86,8 +86,8 @@ class Int8Linear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         if self._amx is not None:
-            bias = self.bias_bf16 if self.bias is not None else None
-            y = self._amx.linear(x2.to(torch.bfloat16).contiguous(), self.qweight, self.scale, bias)
+            x2 = x2.to(torch.bfloat16).contiguous()
+            y = self._amx.linear(x2, self.qweight, self.scale, self.bias_bf16)
             return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
         if self.kernel == "fbgemm":
             y = self._fbgemm(x2)

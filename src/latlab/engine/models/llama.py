@@ -346,7 +346,7 @@ def _batch_layer_tensors(
         weights, scales, bias = [m.packed_weight for m in linears], [], attn.qkv_proj.bias
     elif all(isinstance(m, Int8Linear) and m.kernel == "amx-int8" for m in linears):
         weights, scales = [m.qweight for m in linears], [m.scale for m in linears]
-        bias = attn.qkv_proj.bias_bf16 if attn.qkv_proj.bias is not None else None
+        bias = attn.qkv_proj.bias_bf16
     else:
         return None
     qkv, o, gate_up, down = weights
