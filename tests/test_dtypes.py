@@ -55,4 +55,14 @@ def test_unknown_names_are_refused_with_the_choices(bad):
     with pytest.raises(ConfigError):
         dtypes.torch_dtype(bad)
     with pytest.raises(ConfigError, match="latlab runs models in"):
-        dtypes.dtype_name(torch.int8)
+        dtypes.dtype_name(torch.int16)
+
+
+def test_the_kv_cache_may_hold_int8_with_row_scales():
+    assert dtypes.check_kv_dtype("int8") == "int8"
+    assert dtypes.kv_torch_dtype("int8") is torch.int8
+    assert dtypes.dtype_name(torch.int8) == "int8"
+    assert dtypes.kv_scales("int8") == "token-head"  # a float32 scale per token and KV head
+    assert {dtypes.kv_scales(name) for name in ("bfloat16", "fp8_e5m2")} == {"tensor"}
+    with pytest.raises(ConfigError):  # int8 weights are a quantization, not a dtype
+        dtypes.check_dtype("int8")

@@ -21,7 +21,10 @@ _FALLBACK = "float32"
 # of a float16, no scale), vLLM's ``--kv-cache-dtype fp8_e5m2``. It halves the cache's bytes and
 # changes the model's numbers.
 FP8_E5M2 = "fp8_e5m2"
-KV_DTYPES = (*DTYPES, FP8_E5M2)
+# Or int8 with a float32 scale per (token, KV head) row (engine/kv_int8.py): ~half the bytes of
+# bf16, about 7 bits of each row kept relative to its largest value. latlab's engine only.
+INT8 = "int8"
+KV_DTYPES = (*DTYPES, FP8_E5M2, INT8)
 KV_DTYPE_CHOICES = (AUTO, *KV_DTYPES)
 _TORCH_NAMES = {FP8_E5M2: "float8_e5m2"}
 _OUR_NAMES = {torch_name: ours for ours, torch_name in _TORCH_NAMES.items()}
@@ -71,6 +74,12 @@ def kv_torch_dtype(name: str) -> Any:
     import torch
 
     return getattr(torch, _TORCH_NAMES.get(name, name))
+
+
+def kv_scales(name: str) -> str:
+    """The scale kind of a KV dtype for latlab.plan.kv: "token-head" for int8 (a float32 scale
+    per row), "tensor" (nothing per token) for the others."""
+    return "token-head" if name == INT8 else "tensor"
 
 
 def dtype_name(dtype: Any) -> str:

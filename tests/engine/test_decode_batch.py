@@ -35,7 +35,7 @@ def _generate(model_dir, prompts, **config) -> tuple[list, list]:
     return [o.token_ids for o in outs], logprobs
 
 
-@pytest.mark.parametrize("kv", ["bfloat16", "float32", "fp8_e5m2"])
+@pytest.mark.parametrize("kv", ["bfloat16", "float32", "fp8_e5m2", "int8"])
 @pytest.mark.parametrize("model", ["tiny_model_dir", "qwen2_model_dir"])
 @pytest.mark.parametrize("count", [5, 12, 64])
 def test_batch_steps_give_the_step_ops_numbers_bit_for_bit(batch_step, request, model, kv, count):

@@ -70,7 +70,7 @@ def _steps(model_dir, prompts, max_num_seqs=4, **config) -> tuple[list, list]:
     return [o.token_ids for o in outs], logprobs
 
 
-@pytest.mark.parametrize("kv", ["float32", "bfloat16", "fp8_e5m2"])
+@pytest.mark.parametrize("kv", ["float32", "bfloat16", "fp8_e5m2", "int8"])
 @pytest.mark.parametrize("model", ["tiny_model_dir", "qwen2_model_dir"])
 def test_native_decode_steps_match_the_torch_ops(native_step, request, model, kv):
     model_dir = request.getfixturevalue(model)  # qwen2: non-zero q/k/v biases

@@ -53,7 +53,8 @@ class EngineConfig:
     kv_cache_dtype: str = setting(
         "auto",
         help="KV cache dtype (auto: the weight dtype; fp8_e5m2: 8-bit floats, half the bytes "
-        "of bf16, changes the model's numbers).",
+        "of bf16; int8: 8-bit values with a float32 scale per token and KV head, ~0.53x the "
+        "bytes of bf16 at head size 64; both 8-bit caches change the model's numbers).",
         choices=dtypes.KV_DTYPE_CHOICES,
     )
     max_num_seqs: int = setting(64, help="Most sequences in one batch.")

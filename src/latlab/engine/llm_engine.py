@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from latlab.dtypes import kv_scales
 from latlab.engine.block_manager import BlockManager
 from latlab.engine.config import EngineConfig
 from latlab.engine.detokenizer import IncrementalDetokenizer
@@ -37,7 +38,7 @@ class LLMEngine:
         self.max_model_len = self._max_model_len()
         self.tokenizer = _load_tokenizer(self.model_dir)
         kv_dtype = config.kv_dtype(self.model_args.torch_dtype)
-        self.kv_bytes_per_token = kv_bytes_per_token(raw, kv_dtype)
+        self.kv_bytes_per_token = kv_bytes_per_token(raw, kv_dtype, kv_scales=kv_scales(kv_dtype))
         self.kv_cache_bytes = config.kv_budget_bytes(self.kv_bytes_per_token, self.max_model_len)
         blocks = num_kv_blocks(self.kv_cache_bytes, config.block_size, self.kv_bytes_per_token)
         self.runner = ModelRunner(config, self.model_dir, self.model_args, blocks)

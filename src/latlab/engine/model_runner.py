@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from latlab.dtypes import dtype_name, kv_torch_dtype, torch_dtype
+from latlab.engine import kv_int8
 from latlab.engine.block_tables import BlockTables
 from latlab.engine.config import EngineConfig
 from latlab.engine.hardware import (
@@ -138,14 +139,23 @@ class ModelRunner:
             and self.device.type == "cpu"
             and self.huge_pages.available
         )
+        flat = self._zero_caches(2 * layers, shape, zeros_in_huge_pages if huge else None)
         if huge:
-            flat = zeros_in_huge_pages(2 * layers, shape, self.kv_dtype)
             pages = "huge pages (memory madvise'd for 2 MiB pages)"
         else:
-            flat = [torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
-                    for _ in range(2 * layers)]  # fmt: skip
             pages = "4 KiB pages" if self.device.type == "cpu" else f"{self.device.type} memory"
         return [(flat[2 * i], flat[2 * i + 1]) for i in range(layers)], pages
+
+    def _zero_caches(
+        self, count: int, shape: tuple[int, ...], allocate: Callable | None = None
+    ) -> list[torch.Tensor]:
+        """``count`` zeroed caches of ``shape`` in the KV dtype (an int8 cache with its row
+        scales, kv_int8.py); ``allocate(count, shape, dtype)`` where not plain memory."""
+        if self.kv_dtype == torch.int8:
+            return kv_int8.zeros(count, shape, self.device, allocate)
+        if allocate is not None:
+            return allocate(count, shape, self.kv_dtype)
+        return [torch.zeros(shape, dtype=self.kv_dtype, device=self.device) for _ in range(count)]
 
     def _huge_pages(self) -> HugePages:
         """Move the weights into huge-page memory where wanted and possible (CPU), say why."""
@@ -317,11 +327,8 @@ class ModelRunner:
         n, bs = len(token_ids), self.block_size
         blocks = -(-n // bs)
         shape = (blocks, *self.kv_caches[0][0].shape[1:])
-        caches = [
-            (torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
-             torch.zeros(shape, dtype=self.kv_dtype, device=self.device))
-            for _ in self.kv_caches
-        ]  # fmt: skip
+        flat = self._zero_caches(2 * len(self.kv_caches), shape)
+        caches = [(flat[2 * i], flat[2 * i + 1]) for i in range(len(self.kv_caches))]
         positions = list(range(n))
         table = torch.arange(blocks, dtype=torch.long).unsqueeze(0)
         meta = self._metadata([n], positions, [0], positions, table)

@@ -246,6 +246,7 @@ void BatchDecodeModel::check_layer(const Layer& layer) const {
                   layer.v_cache.scalar_type() == first.scalar_type() &&
                   layer.k_cache.is_contiguous() && layer.v_cache.is_contiguous(),
               "BatchDecodeModel: contiguous caches of one shape and dtype expected");
+  kv_row_scales(layer.k_cache), kv_row_scales(layer.v_cache);  // an int8 cache's scales: checked
 }
 
 Inputs BatchDecodeModel::checked(const torch::Tensor& ids, const torch::Tensor& positions,
@@ -266,6 +267,8 @@ void BatchDecodeModel::attend_items(const Layer& layer, const Inputs& in, const 
   const int64_t group = s.heads / s.kv_heads, d = s.d;
   KV* k_cache = layer.k_cache.data_ptr<KV>();
   KV* v_cache = layer.v_cache.data_ptr<KV>();
+  float* ks = kv_row_scales(layer.k_cache);
+  float* vs = kv_row_scales(layer.v_cache);
   const Span items = share(in.m * s.kv_heads, t, nt);
   for (int64_t item = items.lo; item < items.hi; ++item) {
     const int64_t i = item / s.kv_heads, kvh = item % s.kv_heads;
@@ -275,16 +278,16 @@ void BatchDecodeModel::attend_items(const Layer& layer, const Inputs& in, const 
     const int64_t slot = kv_row(in.slots[i], kvh, s.kv_heads, s.block_size);
     widen_row(row + (s.heads + kvh) * d, sc.other.data(), d);
     latlab::rope(sc.other.data(), sc.cos.data(), sc.sin.data(), sc.head.data(), d);
-    narrow_row(sc.head.data(), k_cache + slot * d, d);
+    latlab::store_kv_row(sc.head.data(), k_cache + slot * d, latlab::row_scale(ks, slot), d);
     widen_row(row + (s.heads + s.kv_heads + kvh) * d, sc.other.data(), d);
-    narrow_row(sc.other.data(), v_cache + slot * d, d);
+    latlab::store_kv_row(sc.other.data(), v_cache + slot * d, latlab::row_scale(vs, slot), d);
     for (int64_t g = 0; g < group; ++g) {
       widen_row(row + (kvh * group + g) * d, sc.other.data(), d);
       latlab::rope(sc.other.data(), sc.cos.data(), sc.sin.data(), sc.head.data(), d);
       narrow_row(sc.head.data(), sc.q.data() + g * d, d);
     }
     attend_group<BF16, KV>(sc.q.data(), ptr(b.attn) + i * s.q_dim() + kvh * group * d, k_cache,
-                           v_cache, in.tables + i * in.max_blocks, in.lens[i], kvh, group,
+                           v_cache, ks, vs, in.tables + i * in.max_blocks, in.lens[i], kvh, group,
                            s.kv_heads, s.block_size, d, scale_, sc.tiles, sc.attention);
   }
 }
@@ -386,6 +389,7 @@ torch::Tensor BatchDecodeModel::step(const torch::Tensor& ids, const torch::Tens
     case at::kBFloat16: run<BF16>(in, b, logits.data_ptr<float>()); break;
     case at::kHalf: run<c10::Half>(in, b, logits.data_ptr<float>()); break;
     case at::kFloat8_e5m2: run<c10::Float8_e5m2>(in, b, logits.data_ptr<float>()); break;
+    case at::kChar: run<int8_t>(in, b, logits.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "batch decode step: unsupported KV dtype");
   }
   return logits;

@@ -470,6 +470,7 @@ void DecodeModel::add_layer(const std::vector<torch::Tensor>& l) {
                   layer.v_cache.is_contiguous() && layer.v_cache.sizes() == layer.k_cache.sizes() &&
                   layer.v_cache.scalar_type() == layer.k_cache.scalar_type(),
               "DecodeModel: contiguous caches [NB, KVH, BS, D] of one dtype expected");
+  kv_row_scales(layer.k_cache), kv_row_scales(layer.v_cache);  // an int8 cache's scales: checked
   layers_.push_back(std::move(layer));
 }
 
@@ -518,6 +519,8 @@ void DecodeModel::attend_items(const Layer& layer, const StepInputs& in, Shared&
   const int64_t group = s.heads / s.kv_heads;
   KV* k_cache = layer.k_cache.data_ptr<KV>();
   KV* v_cache = layer.v_cache.data_ptr<KV>();
+  float* ks = kv_row_scales(layer.k_cache);
+  float* vs = kv_row_scales(layer.v_cache);
   const Span items = share(in.m * s.kv_heads, 1, t, nt);
   for (int64_t item = items.lo; item < items.hi; ++item) {
     const int64_t i = item / s.kv_heads, kvh = item % s.kv_heads;
@@ -528,16 +531,21 @@ void DecodeModel::attend_items(const Layer& layer, const StepInputs& in, Shared&
     const int64_t cache_row = kv_row(in.slots[i], kvh, s.kv_heads, s.block_size);
     KV* k_dst = k_cache + cache_row * s.d;
     KV* v_dst = v_cache + cache_row * s.d;
-    for (int64_t j = 0; j < s.d; ++j) {
-      k_dst[j] = static_cast<KV>(lo.k[j]);
-      v_dst[j] = static_cast<KV>(v[j]);
+    if constexpr (std::is_same_v<KV, int8_t>) {
+      latlab::store_kv_row(lo.k.data(), k_dst, ks + cache_row, s.d);
+      latlab::store_kv_row(v, v_dst, vs + cache_row, s.d);
+    } else {
+      for (int64_t j = 0; j < s.d; ++j) {
+        k_dst[j] = static_cast<KV>(lo.k[j]);
+        v_dst[j] = static_cast<KV>(v[j]);
+      }
     }
     for (int64_t g = 0; g < group; ++g) {
       const int64_t head = kvh * group + g;
       latlab::rope(row + head * s.d, c, sn, lo.q.data() + g * s.d, s.d);
     }
     attend_group<float, KV>(lo.q.data(), sh.attn.data() + i * s.q_dim() + kvh * group * s.d, k_cache,
-                     v_cache, in.tables + i * in.max_blocks, in.lens[i], kvh, group, s.kv_heads,
+                     v_cache, ks, vs, in.tables + i * in.max_blocks, in.lens[i], kvh, group, s.kv_heads,
                      s.block_size, s.d, scale_, false, lo.scratch);
   }
 }
@@ -636,6 +644,9 @@ torch::Tensor DecodeModel::step(const torch::Tensor& ids, const torch::Tensor& p
     case at::kFloat8_e5m2:
       bf16 ? run_layers<c10::BFloat16, c10::Float8_e5m2>(in, out)
            : run_layers<float, c10::Float8_e5m2>(in, out);
+      break;
+    case at::kChar:
+      bf16 ? run_layers<c10::BFloat16, int8_t>(in, out) : run_layers<float, int8_t>(in, out);
       break;
     default: TORCH_CHECK(false, "decode step: unsupported KV dtype");
   }

@@ -53,12 +53,20 @@ inline int64_t kv_row(int64_t slot, int64_t kvh, int64_t kv_heads, int64_t bs) {
   return ((slot / bs) * kv_heads + kvh) * bs + slot % bs;
 }
 
+// An int8 KV cache (kv_cache_dtype="int8") keeps one float32 scale per row (token, KV head):
+// its storage holds, right after the cache's NB*KVH*BS*D values, NB*KVH*BS float32 scales in
+// the rows' order (row r's scale at index r, r as kv_row gives it). A value is int8 * its row's
+// scale; the scale is the row's absmax / 127 (rows.h's store_kv_row, kv_int8.py). The scales of
+// such a cache (checked to lie inside its storage); nullptr for a cache of any other dtype.
+float* kv_row_scales(const torch::Tensor& cache);
+
 // One (sequence, KV head) item of decode attention: the query rows of the GQA group in (float32
 // or bf16), their outputs out in the same dtype (paged_attention.cpp). tiles: the calling thread
 // has configured AMX tiles (amx_thread_begin), so bf16 scores may run on them.
+// k_scales, v_scales: an int8 cache's row scales (kv_row_scales), else nullptr.
 template <typename Q, typename KV>
 void attend_group(const Q* q, Q* out, const KV* k_cache, const KV* v_cache,
-                  const int64_t* table, int64_t seq_len, int64_t kvh, int64_t group,
+                  const float* k_scales, const float* v_scales, const int64_t* table, int64_t seq_len, int64_t kvh, int64_t group,
                   int64_t kv_heads, int64_t bs, int64_t d, float scale, bool tiles,
                   std::vector<float>& scratch);
 

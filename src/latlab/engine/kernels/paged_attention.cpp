@@ -41,6 +41,12 @@ inline float to_float(c10::BFloat16 x) {
 }
 inline float to_float(c10::Half x) { return static_cast<float>(x); }
 inline float to_float(c10::Float8_e5m2 x) { return static_cast<float>(x); }
+inline float to_float(int8_t x) { return static_cast<float>(x); }
+
+// An int8 cache's values are scaled per row (kernels.h): scores and value weights take the
+// row's scale; other dtypes hold the values themselves.
+template <typename KV>
+constexpr bool kScaled = std::is_same_v<KV, int8_t>;
 
 template <typename KV>
 inline void widen(const KV* src, float* dst, int64_t n) {
@@ -68,9 +74,11 @@ inline void axpy(float alpha, const float* x, float* y, int64_t n) {
 // The portable path (any head size, any CPU): one widened K/V row at a time. k_head and v_head:
 // the item's KV head in block 0; block b starts `block_stride` elements further per block id.
 template <typename Q, typename KV>
-void attend_one(const Q* q, Q* out, const KV* k_head, const KV* v_head, const int64_t* table,
-                int64_t seq_len, int64_t group, int64_t block_stride, int64_t bs, int64_t d,
-                float scale, std::vector<float>& scratch) {
+void attend_one(const Q* q, Q* out, const KV* k_head, const KV* v_head, const float* ks,
+                const float* vs, const int64_t* table, int64_t seq_len, int64_t group,
+                int64_t block_stride, int64_t bs, int64_t d, float scale,
+                std::vector<float>& scratch) {
+  const int64_t scale_stride = block_stride / d;  // an int8 cache's scales per block
   // scratch: group query rows, group score rows (seq_len each), one widened K/V row, group accs
   scratch.resize(group * d + group * seq_len + d + group * d);
   float* qf = scratch.data();
@@ -82,7 +90,11 @@ void attend_one(const Q* q, Q* out, const KV* k_head, const KV* v_head, const in
   }
   for (int64_t t = 0; t < seq_len; ++t) {
     widen(k_head + table[t / bs] * block_stride + (t % bs) * d, row, d);
-    for (int64_t g = 0; g < group; ++g) scores[g * seq_len + t] = dot(qf + g * d, row, d);
+    float row_scale = 1.f;
+    if constexpr (kScaled<KV>) row_scale = ks[table[t / bs] * scale_stride + t % bs];
+    for (int64_t g = 0; g < group; ++g) {
+      scores[g * seq_len + t] = dot(qf + g * d, row, d) * row_scale;
+    }
   }
   std::fill(acc, acc + group * d, 0.f);
   std::vector<float> denom(group);
@@ -99,7 +111,11 @@ void attend_one(const Q* q, Q* out, const KV* k_head, const KV* v_head, const in
   }
   for (int64_t t = 0; t < seq_len; ++t) {
     widen(v_head + table[t / bs] * block_stride + (t % bs) * d, row, d);
-    for (int64_t g = 0; g < group; ++g) axpy(scores[g * seq_len + t], row, acc + g * d, d);
+    float row_scale = 1.f;
+    if constexpr (kScaled<KV>) row_scale = vs[table[t / bs] * scale_stride + t % bs];
+    for (int64_t g = 0; g < group; ++g) {
+      axpy(scores[g * seq_len + t] * row_scale, row, acc + g * d, d);
+    }
   }
   for (int64_t g = 0; g < group; ++g) {
     const float inv = 1.f / denom[g];
@@ -146,11 +162,12 @@ inline float exp_less_max(float* s, int64_t n) {
   return _mm512_reduce_add_ps(sum);
 }
 
-// scores[g * stride + j] = q_g . k_j for n key rows in a row. C: the head size in 16-lane
-// chunks, a template argument so a key row stays in C registers.
+// scores[g * stride + j] = q_g . k_j for n key rows in a row (times each row's scale for an
+// int8 cache). C: the head size in 16-lane chunks, a template argument so a key row stays in C
+// registers.
 template <int C, typename KV>
-void score_rows(const float* qf, const KV* rows, int64_t n, int64_t group, float* scores,
-                int64_t stride) {
+void score_rows(const float* qf, const KV* rows, const float* row_scales, int64_t n,
+                int64_t group, float* scores, int64_t stride) {
   constexpr int64_t d = 16 * C;
   for (int64_t j = 0; j < n; ++j) {
     __m512 kv[C];
@@ -160,7 +177,9 @@ void score_rows(const float* qf, const KV* rows, int64_t n, int64_t group, float
       for (int c = 1; c < C; ++c) {
         acc = _mm512_fmadd_ps(kv[c], _mm512_loadu_ps(qf + g * d + 16 * c), acc);
       }
-      scores[g * stride + j] = _mm512_reduce_add_ps(acc);
+      float sum = _mm512_reduce_add_ps(acc);
+      if constexpr (kScaled<KV>) sum *= row_scales[j];
+      scores[g * stride + j] = sum;
     }
   }
 }
@@ -168,8 +187,9 @@ void score_rows(const float* qf, const KV* rows, int64_t n, int64_t group, float
 // scores[g * stride + t] = q_g . k_t for every key t of the sequence, block by block (qf: the
 // queries times the scale, float32).
 template <int C, typename KV>
-void score_keys(const float* qf, const KV* k_head, const int64_t* table, int64_t seq_len,
-                int64_t block_stride, int64_t group, int64_t bs, float* scores, int64_t stride) {
+void score_keys(const float* qf, const KV* k_head, const float* ks, const int64_t* table,
+                int64_t seq_len, int64_t block_stride, int64_t group, int64_t bs, float* scores,
+                int64_t stride) {
   constexpr int64_t d = 16 * C;
   for (int64_t t0 = 0; t0 < seq_len; t0 += bs) {
     const KV* block = k_head + table[t0 / bs] * block_stride;
@@ -177,7 +197,8 @@ void score_keys(const float* qf, const KV* k_head, const int64_t* table, int64_t
     if (t0 + bs < seq_len) {
       prefetch_rows(k_head + table[t0 / bs + 1] * block_stride, std::min(bs, seq_len - t0 - bs), d);
     }
-    score_rows<C>(qf, block, n, group, scores + t0, stride);
+    const float* row_scales = kScaled<KV> ? ks + table[t0 / bs] * (block_stride / d) : nullptr;
+    score_rows<C>(qf, block, row_scales, n, group, scores + t0, stride);
   }
 }
 
@@ -214,7 +235,8 @@ void score_keys_tiles(const uint32_t* qtiles, const float* qf, const c10::BFloat
     }
     for (int64_t j0 = 0; j0 < std::min(bs, seq_len - t0); j0 += 16) {
       if (seq_len - t0 - j0 < 16) {
-        score_rows<C>(qf, block + j0 * d, seq_len - t0 - j0, group, scores + t0 + j0, stride);
+        score_rows<C>(qf, block + j0 * d, nullptr, seq_len - t0 - j0, group, scores + t0 + j0,
+                      stride);
         break;
       }
       _tile_zero(0);
@@ -237,8 +259,9 @@ void score_keys_tiles(const uint32_t* qtiles, const float* qf, const c10::BFloat
 // out_g = sum_t probs[g * stride + t] * v_t for G query heads at once (G * C accumulators in
 // registers): each value row is loaded and widened once for the G heads, not once per head.
 template <int C, int G, typename KV>
-void weigh_values(const float* probs, const KV* v_head, const int64_t* table, int64_t seq_len,
-                  int64_t block_stride, int64_t bs, float* out, int64_t stride) {
+void weigh_values(const float* probs, const KV* v_head, const float* vs, const int64_t* table,
+                  int64_t seq_len, int64_t block_stride, int64_t bs, float* out,
+                  int64_t stride) {
   constexpr int64_t d = 16 * C;
   __m512 acc[G][C];
   for (int g = 0; g < G; ++g) {
@@ -251,11 +274,14 @@ void weigh_values(const float* probs, const KV* v_head, const int64_t* table, in
       prefetch_rows(v_head + table[t0 / bs + 1] * block_stride, std::min(bs, seq_len - t0 - bs),
                     d);
     }
+    const float* row_scales = kScaled<KV> ? vs + table[t0 / bs] * (block_stride / d) : nullptr;
     for (int64_t j = 0; j < n; ++j) {
       __m512 row[C];
       for (int c = 0; c < C; ++c) row[c] = load16(block + j * d + 16 * c);
       for (int g = 0; g < G; ++g) {
-        const __m512 pj = _mm512_set1_ps(probs[g * stride + t0 + j]);
+        float p = probs[g * stride + t0 + j];
+        if constexpr (kScaled<KV>) p *= row_scales[j];
+        const __m512 pj = _mm512_set1_ps(p);
         for (int c = 0; c < C; ++c) acc[g][c] = _mm512_fmadd_ps(pj, row[c], acc[g][c]);
       }
     }
@@ -271,23 +297,24 @@ void weigh_values(const float* probs, const KV* v_head, const int64_t* table, in
 // 1.03-1.05x over cold caches, 1.06-1.10x over hot ones (batch 64, 2 query heads per KV head,
 // head size 64, 26-256 tokens; docs/engine.md).
 template <int C, typename KV>
-void weigh_group(const float* probs, const KV* v_head, const int64_t* table, int64_t seq_len,
-                 int64_t block_stride, int64_t group, int64_t bs, float* out, int64_t stride) {
+void weigh_group(const float* probs, const KV* v_head, const float* vs, const int64_t* table,
+                 int64_t seq_len, int64_t block_stride, int64_t group, int64_t bs, float* out,
+                 int64_t stride) {
   constexpr int64_t kMost = C <= 4 ? 4 : C <= 8 ? 2 : 1;
   for (int64_t g0 = 0; g0 < group; g0 += kMost) {
     const int64_t n = std::min(kMost, group - g0);
     const float* p = probs + g0 * stride;
     float* o = out + g0 * 16 * C;
     if (n == 1) {
-      weigh_values<C, 1>(p, v_head, table, seq_len, block_stride, bs, o, stride);
+      weigh_values<C, 1>(p, v_head, vs, table, seq_len, block_stride, bs, o, stride);
     } else if constexpr (kMost >= 2) {
       if (n == 2) {
-        weigh_values<C, 2>(p, v_head, table, seq_len, block_stride, bs, o, stride);
+        weigh_values<C, 2>(p, v_head, vs, table, seq_len, block_stride, bs, o, stride);
       } else if constexpr (kMost >= 4) {
         if (n == 3) {
-          weigh_values<C, 3>(p, v_head, table, seq_len, block_stride, bs, o, stride);
+          weigh_values<C, 3>(p, v_head, vs, table, seq_len, block_stride, bs, o, stride);
         } else {
-          weigh_values<C, 4>(p, v_head, table, seq_len, block_stride, bs, o, stride);
+          weigh_values<C, 4>(p, v_head, vs, table, seq_len, block_stride, bs, o, stride);
         }
       }
     }
@@ -303,8 +330,8 @@ inline int64_t front_floats(int64_t group, int64_t d, bool tiles) {
 // Tiles: the scores on AMX (score_keys_tiles) for bf16 queries and keys from kTileKeysFrom keys;
 // else the vector path.
 template <int C, bool Tiles, typename Q, typename KV>
-void attend_one_avx512(const Q* q, Q* out, const KV* k_head, const KV* v_head,
-                       const int64_t* table, int64_t seq_len, int64_t group,
+void attend_one_avx512(const Q* q, Q* out, const KV* k_head, const KV* v_head, const float* ks,
+                       const float* vs, const int64_t* table, int64_t seq_len, int64_t group,
                        int64_t block_stride, int64_t bs, float scale, std::vector<float>& scratch) {
   constexpr int64_t d = 16 * C;
   const int64_t stride = (seq_len + 15) / 16 * 16, front = front_floats(group, d, Tiles);
@@ -331,11 +358,13 @@ void attend_one_avx512(const Q* q, Q* out, const KV* k_head, const KV* v_head,
     }
   }
 #endif
-  if (!scored) score_keys<C>(qf, k_head, table, seq_len, block_stride, group, bs, scores, stride);
+  if (!scored) {
+    score_keys<C>(qf, k_head, ks, table, seq_len, block_stride, group, bs, scores, stride);
+  }
   prefetch_rows(v_head + table[0] * block_stride, std::min(bs, seq_len), d);
   float inv[kMaxGroup];
   for (int64_t g = 0; g < group; ++g) inv[g] = 1.f / exp_less_max(scores + g * stride, seq_len);
-  weigh_group<C>(scores, v_head, table, seq_len, block_stride, group, bs, acc, stride);
+  weigh_group<C>(scores, v_head, vs, table, seq_len, block_stride, group, bs, acc, stride);
   for (int64_t g = 0; g < group; ++g) {  // vector conversions: scalar bf16 rounding cost more
     const __m512 iv = _mm512_set1_ps(inv[g]);  // than the whole item at short contexts
     for (int64_t i = 0; i < d; i += 16) {
@@ -349,16 +378,18 @@ void attend_one_avx512(const Q* q, Q* out, const KV* k_head, const KV* v_head,
 // One (sequence, KV head) item with a uniform signature: the vector path for the common head
 // sizes (the head size a template argument there), else the portable one.
 template <typename Q, typename KV>
-using AttendFn = void (*)(const Q*, Q*, const KV*, const KV*, const int64_t*, int64_t, int64_t,
-                          int64_t, int64_t, int64_t, float, std::vector<float>&);
+using AttendFn = void (*)(const Q*, Q*, const KV*, const KV*, const float*, const float*,
+                          const int64_t*, int64_t, int64_t, int64_t, int64_t, int64_t, float,
+                          std::vector<float>&);
 
 #ifdef LATLAB_AVX512
 template <int C, bool Tiles, typename Q, typename KV>
-void attend_vector(const Q* q, Q* out, const KV* k, const KV* v, const int64_t* table,
-                   int64_t seq_len, int64_t group, int64_t block_stride, int64_t bs, int64_t,
-                   float scale, std::vector<float>& scratch) {
-  attend_one_avx512<C, Tiles, Q, KV>(q, out, k, v, table, seq_len, group, block_stride, bs,
-                                     scale, scratch);
+void attend_vector(const Q* q, Q* out, const KV* k, const KV* v, const float* ks,
+                   const float* vs, const int64_t* table, int64_t seq_len, int64_t group,
+                   int64_t block_stride, int64_t bs, int64_t, float scale,
+                   std::vector<float>& scratch) {
+  attend_one_avx512<C, Tiles, Q, KV>(q, out, k, v, ks, vs, table, seq_len, group, block_stride,
+                                     bs, scale, scratch);
 }
 
 // The tile path for bf16 queries and keys when the thread has its tiles, else the vector path.
@@ -406,6 +437,8 @@ void run(torch::Tensor& out, const torch::Tensor& q, const torch::Tensor& k_cach
   Q* op = out.data_ptr<Q>();
   const KV* kp = k_cache.data_ptr<KV>();
   const KV* vp = v_cache.data_ptr<KV>();
+  const float* ks = kv_row_scales(k_cache);
+  const float* vs = kv_row_scales(v_cache);
   const int64_t* tables = block_tables.data_ptr<int64_t>();
   const int64_t* lens = seq_lens.data_ptr<int64_t>();
   const float sc = static_cast<float>(scale);
@@ -417,7 +450,8 @@ void run(torch::Tensor& out, const torch::Tensor& q, const torch::Tensor& k_cach
     for (int64_t item = begin; item < end; ++item) {
       const int64_t s = item / kv_heads, kvh = item % kv_heads;
       const int64_t offset = (s * h + kvh * group) * d;
-      attend(qp + offset, op + offset, kp + kvh * bs * d, vp + kvh * bs * d, tables + s * max_blocks,
+      attend(qp + offset, op + offset, kp + kvh * bs * d, vp + kvh * bs * d,
+             ks ? ks + kvh * bs : nullptr, vs ? vs + kvh * bs : nullptr, tables + s * max_blocks,
              lens[s], group, block_stride, bs, d, sc, scratch);
     }
     if (mine) amx_thread_end();
@@ -434,6 +468,7 @@ void dispatch_kv(torch::Tensor& out, const torch::Tensor& q, const torch::Tensor
     case at::kHalf: return run<Q, c10::Half>(out, q, k, v, tables, lens, scale, tiles);
     case at::kFloat8_e5m2:
       return run<Q, c10::Float8_e5m2>(out, q, k, v, tables, lens, scale, tiles);
+    case at::kChar: return run<Q, int8_t>(out, q, k, v, tables, lens, scale, tiles);
     default: TORCH_CHECK(false, "paged attention: unsupported KV dtype ", k.scalar_type());
   }
 }
@@ -465,26 +500,31 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
 }
 
 template <typename Q, typename KV>
-void attend_group(const Q* q, Q* out, const KV* k_cache, const KV* v_cache, const int64_t* table,
+void attend_group(const Q* q, Q* out, const KV* k_cache, const KV* v_cache,
+                  const float* k_scales, const float* v_scales, const int64_t* table,
                   int64_t seq_len, int64_t kvh, int64_t group, int64_t kv_heads, int64_t bs,
                   int64_t d, float scale, bool tiles, std::vector<float>& scratch) {
   const int64_t head = kvh * bs * d;
-  choose_attend<Q, KV>(d, group, bs, tiles)(q, out, k_cache + head, v_cache + head, table, seq_len, group,
-                                 kv_heads * bs * d, bs, d, scale, scratch);
+  choose_attend<Q, KV>(d, group, bs, tiles)(
+      q, out, k_cache + head, v_cache + head, k_scales ? k_scales + kvh * bs : nullptr,
+      v_scales ? v_scales + kvh * bs : nullptr, table, seq_len, group, kv_heads * bs * d, bs, d,
+      scale, scratch);
 }
 
 #define LATLAB_ATTEND_GROUP(Q, KV)                                                             \
-  template void attend_group<Q, KV>(const Q*, Q*, const KV*, const KV*, const int64_t*, int64_t, \
-                                    int64_t, int64_t, int64_t, int64_t, int64_t, float, bool,    \
-                                    std::vector<float>&);
+  template void attend_group<Q, KV>(const Q*, Q*, const KV*, const KV*, const float*,           \
+                                    const float*, const int64_t*, int64_t, int64_t, int64_t,     \
+                                    int64_t, int64_t, int64_t, float, bool, std::vector<float>&);
 LATLAB_ATTEND_GROUP(float, float)
 LATLAB_ATTEND_GROUP(float, c10::BFloat16)
 LATLAB_ATTEND_GROUP(float, c10::Half)
 LATLAB_ATTEND_GROUP(float, c10::Float8_e5m2)
+LATLAB_ATTEND_GROUP(float, int8_t)
 LATLAB_ATTEND_GROUP(c10::BFloat16, float)
 LATLAB_ATTEND_GROUP(c10::BFloat16, c10::BFloat16)
 LATLAB_ATTEND_GROUP(c10::BFloat16, c10::Half)
 LATLAB_ATTEND_GROUP(c10::BFloat16, c10::Float8_e5m2)
+LATLAB_ATTEND_GROUP(c10::BFloat16, int8_t)
 #undef LATLAB_ATTEND_GROUP
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -51,6 +51,40 @@ void narrow_row(const float* src, T* dst, int64_t n) {
 #endif
 }
 
+// Row r's scale slot in an int8 cache's scales (kv_row_scales); nullptr for other caches.
+inline float* row_scale(float* scales, int64_t r) { return scales ? scales + r : nullptr; }
+
+// One new K or V row into the cache: narrowed to the cache's dtype; `scale` (the row's slot in
+// an int8 cache's scales, kernels.h) is unused there.
+template <typename KV>
+void store_kv_row(const float* src, KV* dst, float*, int64_t n) {
+  narrow_row(src, dst, n);
+}
+
+// An int8 cache's row: scale = absmax / 127, values = x / scale rounded to nearest even (0 for a
+// zero row), with float32 arithmetic in the order of the torch path's kv_int8.quantize, so
+// every path writes the same bytes.
+inline void store_kv_row(const float* src, int8_t* dst, float* scale, int64_t n) {
+  float amax = 0.f;
+  for (int64_t j = 0; j < n; ++j) amax = std::max(amax, std::fabs(src[j]));
+  *scale = amax / 127.f;
+  const float div = *scale > 0.f ? *scale : 1.f;
+#ifdef LATLAB_AVX512
+  const __m512 dv = _mm512_set1_ps(div), lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 m = latlab::tail_mask(n - j);
+    const __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(m, src + j), dv),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512i v = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, lo), hi));
+    _mm_mask_storeu_epi8(dst + j, m, _mm512_cvtepi32_epi8(v));
+  }
+#else
+  for (int64_t j = 0; j < n; ++j) {
+    dst[j] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(src[j] / div))));
+  }
+#endif
+}
+
 template <typename T>
 void norm_row(const float* x, const T* w, T* out, int64_t dim, float eps) {
 #ifdef LATLAB_AVX512

@@ -39,6 +39,7 @@ using latlab::narrow_row;
 using latlab::norm_row;
 using latlab::rope;
 using latlab::silu_mul_row;
+using latlab::store_kv_row;
 using latlab::widen_row;
 
 template <typename T>
@@ -90,6 +91,8 @@ void rope_cache_impl(const torch::Tensor& qkv, const torch::Tensor& cos, const t
   const T* sp = sin.data_ptr<T>();
   KV* kp = k_cache.data_ptr<KV>();
   KV* vp = v_cache.data_ptr<KV>();
+  float* ks = kv_row_scales(k_cache);
+  float* vs = kv_row_scales(v_cache);
   const int64_t* slot = slots.data_ptr<int64_t>();
   T* qp = q.data_ptr<T>();
   at::parallel_for(0, n, grain(width), [&](int64_t lo, int64_t hi) {
@@ -104,11 +107,13 @@ void rope_cache_impl(const torch::Tensor& qkv, const torch::Tensor& cos, const t
         if (h < heads) {
           narrow_row(tmp, qp + (i * heads + h) * d, d);
         } else {
-          narrow_row(tmp, kp + kv_row(slot[i], h - heads, kv_heads, bs) * d, d);
+          const int64_t r = kv_row(slot[i], h - heads, kv_heads, bs);
+          store_kv_row(tmp, kp + r * d, latlab::row_scale(ks, r), d);
         }
       }
       for (int64_t h = 0; h < kv_heads; ++h) {
-        narrow_row(x + (heads + kv_heads + h) * d, vp + kv_row(slot[i], h, kv_heads, bs) * d, d);
+        const int64_t r = kv_row(slot[i], h, kv_heads, bs);
+        store_kv_row(x + (heads + kv_heads + h) * d, vp + r * d, latlab::row_scale(vs, r), d);
       }
     }
   });
@@ -144,14 +149,27 @@ void by_dtype(at::ScalarType type, const char* name, F&& f) {
   }
 }
 
-// A KV cache's dtypes: the activations' and fp8 e5m2.
+// A KV cache's dtypes: the activations', fp8 e5m2 and int8 (with row scales).
 template <typename F>
 void by_kv_dtype(at::ScalarType type, const char* name, F&& f) {
   if (type == at::kFloat8_e5m2) return f(c10::Float8_e5m2{});
+  if (type == at::kChar) return f(int8_t{});
   by_dtype(type, name, std::forward<F>(f));
 }
 
 }  // namespace
+
+float* kv_row_scales(const torch::Tensor& cache) {
+  if (cache.scalar_type() != at::kChar) return nullptr;
+  TORCH_CHECK(cache.dim() == 4 && cache.is_contiguous() && cache.size(3) > 0,
+              "int8 KV cache: a contiguous [NB, KVH, BS, D] tensor expected");
+  const int64_t values = cache.numel(), rows = values / cache.size(3);
+  const int64_t used = cache.storage_offset() + values + rows * static_cast<int64_t>(sizeof(float));
+  TORCH_CHECK(static_cast<int64_t>(cache.storage().nbytes()) >= used && values % 4 == 0,
+              "int8 KV cache: its storage must hold one float32 scale per row after the values "
+              "(allocate it with latlab.engine.kv_int8.zeros)");
+  return reinterpret_cast<float*>(cache.data_ptr<int8_t>() + values);
+}
 
 torch::Tensor rms_norm_rows(const torch::Tensor& x, const torch::Tensor& w, double eps) {
   check_rows(x, "rms_norm");

@@ -35,6 +35,11 @@ inline __m512 load16(const c10::Float8_e5m2* p) {
   return _mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(raw), 8));
 }
 
+// int8 (an int8 KV cache's values, before their row's scale).
+inline __m512 load16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
 // exp(x) (x clamped to [-87, 88]): 2^n * e^r with |r| <= ln 2 / 2, e^r by its
 // degree-6 Taylor polynomial (relative error ~1e-7, float32's own precision).
 inline __m512 exp16(__m512 x) {
@@ -60,6 +65,10 @@ inline __m512 load16(const c10::Half* p, __mmask16 m) {
 }
 inline __m512 load16(const c10::Float8_e5m2* p, __mmask16 m) {
   return _mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(m, p)), 8));
+}
+
+inline __m512 load16(const int8_t* p, __mmask16 m) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
 }
 
 // Round to nearest even, as c10::BFloat16's conversion does (NaNs stay NaNs).

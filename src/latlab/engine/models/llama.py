@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latlab.engine import kv_int8
 from latlab.engine.kernels import StepOps
 from latlab.engine.models.amx_linear import AmxPackedLinear
 from latlab.engine.models.config import ModelArgs
@@ -137,8 +138,12 @@ class Attention(nn.Module):
         # cache layout [blocks, kv_heads, block_size, head_dim] (kernels.h): token slot s of
         # head h is row (s // block_size, h, s % block_size)
         blocks, offsets = meta.cache_rows(k_cache.shape[2])
-        k_cache[blocks, :, offsets] = k.to(k_cache.dtype)
-        v_cache[blocks, :, offsets] = v.to(v_cache.dtype)
+        if k_cache.dtype == torch.int8:  # values and their row scales (kv_int8.py)
+            kv_int8.write(k_cache, blocks, offsets, k)
+            kv_int8.write(v_cache, blocks, offsets, v)
+        else:
+            k_cache[blocks, :, offsets] = k.to(k_cache.dtype)
+            v_cache[blocks, :, offsets] = v.to(v_cache.dtype)
         out = self._paged_attention(q, k_cache, v_cache, meta)
         return self.o_proj(out)
 
@@ -151,8 +156,8 @@ class Attention(nn.Module):
                 q.contiguous(), k_cache, v_cache, meta.block_tables, meta.seq_lens, self.scale
             )
             return out.view(b, self.num_heads * self.head_dim)
-        keys = gather_heads(k_cache, meta.flat_blocks, b).to(q.dtype)
-        values = gather_heads(v_cache, meta.flat_blocks, b).to(q.dtype)
+        keys = gather_cache(k_cache, meta.flat_blocks, b, q.dtype)
+        values = gather_cache(v_cache, meta.flat_blocks, b, q.dtype)
         if meta.q_index is None:
             out = self._decode_attention(q, keys, values, meta.decode_bias)
         else:
@@ -189,6 +194,17 @@ def gather_heads(cache: torch.Tensor, flat_blocks: torch.Tensor, b: int) -> torc
     _, kv_heads, bs, d = cache.shape
     blocks = cache.index_select(0, flat_blocks).view(b, -1, kv_heads, bs, d)
     return blocks.permute(2, 0, 1, 3, 4).reshape(kv_heads, b, -1, d)
+
+
+def gather_cache(
+    cache: torch.Tensor, flat_blocks: torch.Tensor, b: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """gather_heads in ``dtype``; an int8 cache's values times their row scales."""
+    rows = gather_heads(cache, flat_blocks, b)
+    if cache.dtype != torch.int8:
+        return rows.to(dtype)
+    scales = gather_heads(kv_int8.row_scales(cache).unsqueeze(-1), flat_blocks, b)
+    return kv_int8.dequantize(rows, scales, dtype)
 
 
 class MLP(nn.Module):
