@@ -77,41 +77,6 @@ def test_batch_steps_are_bit_identical_at_any_thread_count(batch_step, tiny_mode
     assert runs[0] == runs[1] == runs[2]
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_batch_steps_find_each_row_s_greedy_token_as_they_make_the_logits(
-    batch_step, tiny_model_dir, threads
-):
-    """The head phase's argmax (each thread over its columns, then merged) is torch's max over
-    the logits the step returns, first of ties; greedy requests take it, so the sampler makes no
-    pass of its own; requests that adjust their logits (min_tokens) still get one."""
-    before = torch.get_num_threads()
-    llm = LLM(str(tiny_model_dir), dtype="bfloat16", max_num_seqs=64, num_threads=threads)
-    runner = llm.engine.runner
-    step, seen = runner.native_batch_step, []
-
-    def recording_step(*args):
-        logits = step(*args)
-        seen.append((logits, runner._step_argmax[: logits.shape[0]].clone()))
-        return logits
-
-    passes = []
-    greedy = runner.sampler.greedy
-    runner.sampler.greedy = lambda logits: passes.append(logits.shape[0]) or greedy(logits)
-    runner.native_batch_step = recording_step
-    try:
-        params = SamplingParams(max_tokens=6, ignore_eos=True)
-        steps = llm.engine.steps_total
-        llm.generate(_prompts(12), params)
-        assert len(seen) == 5 and len(passes) == llm.engine.steps_total - steps - 5  # prefill
-        passes.clear()
-        llm.generate(_prompts(12), dataclasses.replace(params, min_tokens=6))
-        assert len(seen) == 10 and len(passes) > 5  # EOS masked: the sampler's own passes
-    finally:
-        torch.set_num_threads(before)
-    for logits, argmax in seen:
-        assert torch.equal(argmax, logits.max(dim=-1).indices)
-
-
 def test_the_engine_says_when_batch_steps_are_not_native(
     batch_step, tiny_model_dir, tmp_path, monkeypatch
 ):

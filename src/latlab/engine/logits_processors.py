@@ -34,16 +34,13 @@ class LogitsState:
     counted: int = 0  # output tokens already in ``counts``
 
 
-def adjust_logits(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: Seq[int]) -> bool:
-    """Apply every row's bias, penalties and min_tokens mask to ``logits`` in place; whether any
-    row had one to apply."""
-    adjusted = False
+def adjust_logits(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: Seq[int]) -> None:
+    """Apply every row's bias, penalties and min_tokens mask to ``logits`` in place."""
     for row, seq in enumerate(seqs):
         params = seq.params
         early = params.min_tokens and seq.num_output_tokens < params.min_tokens
         if not (early or params.adjusts_logits):
             continue
-        adjusted = True
         state = _state_of(seq, logits, eos_token_ids)
         if state.bias_ids is not None:
             logits[row].index_add_(0, state.bias_ids, state.bias_values.to(logits.dtype))
@@ -51,7 +48,6 @@ def adjust_logits(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: Seq
             _penalize(logits[row], seq, state)
         if early and state.banned_early is not None:
             logits[row, state.banned_early] = float("-inf")
-    return adjusted
 
 
 def _state_of(seq: Sequence, logits: torch.Tensor, eos_token_ids: Seq[int]) -> LogitsState:

@@ -8,7 +8,6 @@ capacity.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -103,10 +102,6 @@ class ModelRunner:
         self.native_step: Callable[..., torch.Tensor] | None = None  # decode steps of 1-4 rows
         if decoder_class is not None:
             self.native_step = self.model.native_decoder(decoder_class, self.kv_caches).step
-        # The batch step writes each logit row's greedy token here too (its head phase finds
-        # it in the logits' columns as they are made); _greedy_rows says when that is this step's.
-        self._step_argmax = torch.empty(BATCH_MAX_ROWS, dtype=torch.long)
-        self._greedy_rows: int | None = None
         self.native_batch_step, self.batch_reason = self._native_batch()  # 5-64 rows
         argmax = self.step_ops.greedy_argmax if self.step_ops is not None else None
         self.sampler = Sampler(args.eos_token_ids, seed=config.seed, argmax=argmax)
@@ -228,8 +223,7 @@ class ModelRunner:
         model, layers = tensors
         attn = self.model.layers[0].self_attn
         decoder = kernel.fn(model, layers, attn.num_heads, self.model.norm.eps, attn.scale)
-        step = functools.partial(decoder.step, argmax=self._step_argmax)
-        return step, BATCH_INT8 if self.weight_plan.linear == "int8" else kernel.reason
+        return decoder.step, BATCH_INT8 if self.weight_plan.linear == "int8" else kernel.reason
 
     def _why_not_native(self) -> str | None:
         plan, dtype = self.weight_plan, self.model.embed_tokens.weight.dtype
@@ -282,7 +276,6 @@ class ModelRunner:
         requests, which stops at the first rejection); the engine keeps the matching prefix
         plus one.
         """
-        self._greedy_rows = None
         inputs = self._prepare(sched)
         if inputs is None:
             return [], []
@@ -311,9 +304,7 @@ class ModelRunner:
         self, logits: torch.Tensor, sampling_seqs: list[Sequence], last_rows: list[int]
     ) -> list[list[int]]:
         if len(last_rows) == logits.shape[0]:  # no drafts: one row per sequence
-            rows = self._greedy_rows
-            argmax = self._step_argmax[:rows] if rows == logits.shape[0] else None
-            return [[t] for t in self.sampler(logits, sampling_seqs, argmax)]
+            return [[t] for t in self.sampler(logits, sampling_seqs)]
         sampled = self.sampler(logits[last_rows], sampling_seqs)
         greedy = self.sampler.greedy(logits).tolist()
         candidates = []
@@ -420,7 +411,6 @@ class ModelRunner:
             step = self.native_step if b <= DECODE_MAX_ROWS else None
             if DECODE_MAX_ROWS < b <= BATCH_MAX_ROWS:
                 step = self.native_batch_step
-                self._greedy_rows = b if step is not None else None
             return AttentionMetadata(
                 torch.tensor(slots, dtype=torch.long, device=dev), block_tables,
                 block_tables.view(-1), None, None, None, None, 1,

@@ -41,16 +41,9 @@ class Sampler:
             return self._argmax(logits)
         return greedy_tokens(logits)
 
-    def __call__(
-        self, logits: torch.Tensor, seqs: list[Sequence], argmax: torch.Tensor | None = None
-    ) -> list[int]:
-        """One token per row. ``argmax``: each row's greedy token, found where the logits were
-        made (the batch decode step's head); used when every row is greedy and none has its
-        logits adjusted."""
-        adjusted = adjust_logits(logits, seqs, self.eos_token_ids)  # bias, penalties, min_tokens
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        adjust_logits(logits, seqs, self.eos_token_ids)  # bias, penalties, min_tokens
         if all(s.params.temperature == 0.0 for s in seqs):
-            if argmax is not None and not adjusted:
-                return argmax.tolist()
             return self.greedy(logits).tolist()
         return self._sample_random(logits, seqs).tolist()
 

@@ -165,14 +165,6 @@ void check_weight(const torch::Tensor& t, const torch::Tensor& scale, int64_t n,
               name, ": a float32 scale per output channel expected");
 }
 
-// A step's outputs: the logits [rows, vocab] float32, and where asked each row's greedy token
-// (argmax, or null), merged from one part per thread.
-struct Logits {
-  float* values;
-  int64_t* argmax;
-  std::vector<latlab::Best> parts;
-};
-
 class BatchDecodeModel {
  public:
   BatchDecodeModel(std::vector<torch::Tensor> model,
@@ -180,8 +172,7 @@ class BatchDecodeModel {
                    double eps, double scale);
   torch::Tensor step(const torch::Tensor& ids, const torch::Tensor& positions,
                      const torch::Tensor& slots, const torch::Tensor& tables,
-                     const torch::Tensor& lens, const torch::Tensor& logit_rows,
-                     const std::optional<torch::Tensor>& argmax) const;
+                     const torch::Tensor& lens, const torch::Tensor& logit_rows) const;
 
  private:
   void check_layer(const Layer& layer) const;
@@ -189,14 +180,14 @@ class BatchDecodeModel {
                  const torch::Tensor& slots, const torch::Tensor& tables,
                  const torch::Tensor& lens, const torch::Tensor& logit_rows) const;
   template <typename KV>
-  void run(const Inputs& in, const Buffers& b, Logits& out) const;
+  void run(const Inputs& in, const Buffers& b, float* logits) const;
   template <typename KV>
   void layer_step(const Layer& layer, const Inputs& in, const Buffers& b, const BF16* pending,
                   Scratch& sc, int t, int nt) const;
   template <typename KV>
   void attend_items(const Layer& layer, const Inputs& in, const Buffers& b, Scratch& sc, int t,
                     int nt) const;
-  void head(const Inputs& in, const Buffers& b, Logits& out, Scratch& sc, int t, int nt) const;
+  void head(const Inputs& in, const Buffers& b, float* logits, Scratch& sc, int t, int nt) const;
 
   torch::Tensor embed_, cos_, sin_, norm_, head_;
   std::vector<Layer> layers_;
@@ -338,10 +329,8 @@ void BatchDecodeModel::layer_step(const Layer& layer, const Inputs& in, const Bu
 }
 
 // The last residual add and the final norm of the logit rows, then the head's column blocks,
-// widened to float32 by the thread that computed them; where asked, each row's greedy token
-// from those columns while they are in this core's cache (greedy_argmax's rule and numbers,
-// without another pass over the logits: that pass was ~0.7-1% of a batch-64 step).
-void BatchDecodeModel::head(const Inputs& in, const Buffers& b, Logits& out, Scratch& sc, int t,
+// widened to float32 by the thread that computed them.
+void BatchDecodeModel::head(const Inputs& in, const Buffers& b, float* logits, Scratch& sc, int t,
                             int nt) const {
   const Dims& s = dims_;
   const int64_t h = s.hidden;
@@ -359,22 +348,15 @@ void BatchDecodeModel::head(const Inputs& in, const Buffers& b, Logits& out, Scr
   const Span blocks = share(head_.size(0), t, nt);
   amx_columns(ptr(b.head_in), in.rows, h, ptr(head_), nullptr, blocks.lo, blocks.hi, s.vocab,
               ptr(b.head_out));
-  const int64_t lo = blocks.lo * 16, hi = std::min(s.vocab, blocks.hi * 16);
   for (int64_t r = 0; r < in.rows; ++r) {
-    float* row = out.values + r * s.vocab;
-    widen_row(ptr(b.head_out) + r * s.vocab + lo, row + lo, (blocks.hi - blocks.lo) * 16);
-    if (out.argmax != nullptr) out.parts[t * in.rows + r] = latlab::best_of(row, lo, hi);
+    widen_row(ptr(b.head_out) + r * s.vocab + blocks.lo * 16,
+              logits + r * s.vocab + blocks.lo * 16, (blocks.hi - blocks.lo) * 16);
   }
-  if (out.argmax == nullptr) return;
-#pragma omp barrier
-#pragma omp single
-  latlab::merge_best(out.parts.data(), nt, in.rows, out.argmax);
 }
 
 template <typename KV>
-void BatchDecodeModel::run(const Inputs& in, const Buffers& b, Logits& out) const {
+void BatchDecodeModel::run(const Inputs& in, const Buffers& b, float* logits) const {
   const int threads = at::get_num_threads();
-  if (out.argmax != nullptr) out.parts.resize(static_cast<size_t>(threads) * in.rows);
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -390,31 +372,24 @@ void BatchDecodeModel::run(const Inputs& in, const Buffers& b, Logits& out) cons
       layer_step<KV>(layer, in, b, pending, sc, t, nt);
       pending = ptr(b.down);
     }
-    head(in, b, out, sc, t, nt);
+    head(in, b, logits, sc, t, nt);
     amx_thread_end();
   }
 }
 
 torch::Tensor BatchDecodeModel::step(const torch::Tensor& ids, const torch::Tensor& positions,
                                      const torch::Tensor& slots, const torch::Tensor& tables,
-                                     const torch::Tensor& lens, const torch::Tensor& logit_rows,
-                                     const std::optional<torch::Tensor>& argmax) const {
+                                     const torch::Tensor& lens,
+                                     const torch::Tensor& logit_rows) const {
   const Inputs in = checked(ids, positions, slots, tables, lens, logit_rows);
-  if (argmax) {
-    TORCH_CHECK(argmax->scalar_type() == at::kLong && argmax->is_contiguous() &&
-                    argmax->device().is_cpu() && argmax->numel() >= in.rows,
-                "batch decode step: argmax must be a contiguous int64 CPU tensor of at least ",
-                in.rows, " entries (one per logit row)");
-  }
   const Buffers b(dims_, in.m, in.rows, layers_.front().int8());
   auto logits = torch::empty({in.rows, dims_.vocab}, torch::dtype(torch::kFloat));
-  Logits out{logits.data_ptr<float>(), argmax ? argmax->data_ptr<int64_t>() : nullptr, {}};
   switch (layers_.front().k_cache.scalar_type()) {
-    case at::kFloat: run<float>(in, b, out); break;
-    case at::kBFloat16: run<BF16>(in, b, out); break;
-    case at::kHalf: run<c10::Half>(in, b, out); break;
-    case at::kFloat8_e5m2: run<c10::Float8_e5m2>(in, b, out); break;
-    case at::kChar: run<int8_t>(in, b, out); break;
+    case at::kFloat: run<float>(in, b, logits.data_ptr<float>()); break;
+    case at::kBFloat16: run<BF16>(in, b, logits.data_ptr<float>()); break;
+    case at::kHalf: run<c10::Half>(in, b, logits.data_ptr<float>()); break;
+    case at::kFloat8_e5m2: run<c10::Float8_e5m2>(in, b, logits.data_ptr<float>()); break;
+    case at::kChar: run<int8_t>(in, b, logits.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "batch decode step: unsupported KV dtype");
   }
   return logits;
@@ -431,8 +406,5 @@ void register_batch_decode_model(pybind11::module_& m) {
            pybind11::arg("eps"), pybind11::arg("scale"))
       .def("step", &BatchDecodeModel::step, pybind11::arg("ids"), pybind11::arg("positions"),
            pybind11::arg("slots"), pybind11::arg("block_tables"), pybind11::arg("seq_lens"),
-           pybind11::arg("logit_rows"), pybind11::arg("argmax") = pybind11::none(),
-           pybind11::call_guard<pybind11::gil_scoped_release>(),
-           "logits [rows, vocab] float32; argmax (int64, >= rows entries): each row's greedy "
-           "token written there too");
+           pybind11::arg("logit_rows"), pybind11::call_guard<pybind11::gil_scoped_release>());
 }

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 
 #include "vec512.h"
 
@@ -133,47 +132,6 @@ void silu_mul_row(const T* gate, T* out, int64_t inter) {
     out[j] = static_cast<T>(g / (1.f + std::exp(-g)) * f32(up[j]));
   }
 #endif
-}
-
-// Greedy sampling's argmax in parts: each thread takes the best of its columns of a row (from
-// logits it has just written, in its own cache), then one thread merges the parts.
-struct Best {
-  float value;
-  int64_t index;  // -1: no column in the part
-};
-
-// The first column of [lo, hi) holding the row's largest value (NaNs never win; an empty range
-// is no candidate).
-inline Best best_of(const float* row, int64_t lo, int64_t hi) {
-  if (lo >= hi) return Best{0.f, -1};
-  Best best{-std::numeric_limits<float>::infinity(), lo};
-#ifdef LATLAB_AVX512
-  const __m512 lowest = _mm512_set1_ps(best.value);  // the lanes past the end: no candidate
-  __m512 top = lowest;
-  for (int64_t j = lo; j < hi; j += 16) {
-    top = _mm512_max_ps(top, _mm512_mask_loadu_ps(lowest, latlab::tail_mask(hi - j), row + j));
-  }
-  best.value = _mm512_reduce_max_ps(top);
-#else
-  for (int64_t j = lo; j < hi; ++j) best.value = row[j] > best.value ? row[j] : best.value;
-#endif
-  for (int64_t j = lo; j < hi; ++j) {
-    if (row[j] == best.value) return Best{best.value, j};
-  }
-  return best;
-}
-
-// out[r] = the best of parts[u * rows + r] over the threads u < nt, whose columns come in order:
-// among equal values the earlier thread's (the first column) wins, as torch's max picks.
-inline void merge_best(const Best* parts, int nt, int64_t rows, int64_t* out) {
-  for (int64_t r = 0; r < rows; ++r) {
-    Best best{0.f, -1};
-    for (int u = 0; u < nt; ++u) {
-      const Best& p = parts[u * rows + r];
-      if (p.index >= 0 && (best.index < 0 || p.value > best.value)) best = p;
-    }
-    out[r] = best.index;
-  }
 }
 
 }  // namespace latlab

@@ -242,13 +242,41 @@ torch::Tensor silu_mul(const torch::Tensor& gate_up) {
   return out;
 }
 
+namespace {
+
+struct Best {
+  float value;
+  int64_t index;
+};
+
+// The first column of [lo, hi) holding the row's largest value (NaNs never win).
+Best best_of(const float* row, int64_t lo, int64_t hi) {
+  Best best{-std::numeric_limits<float>::infinity(), lo};
+#ifdef LATLAB_AVX512
+  const __m512 lowest = _mm512_set1_ps(best.value);  // the lanes past the end: no candidate
+  __m512 top = lowest;
+  for (int64_t j = lo; j < hi; j += 16) {
+    top = _mm512_max_ps(top, _mm512_mask_loadu_ps(lowest, latlab::tail_mask(hi - j), row + j));
+  }
+  best.value = _mm512_reduce_max_ps(top);
+#else
+  for (int64_t j = lo; j < hi; ++j) best.value = row[j] > best.value ? row[j] : best.value;
+#endif
+  for (int64_t j = lo; j < hi; ++j) {
+    if (row[j] == best.value) return Best{best.value, j};
+  }
+  return best;
+}
+
+}  // namespace
+
 torch::Tensor greedy_argmax(const torch::Tensor& logits) {
   TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat && logits.is_contiguous() &&
                   logits.device().is_cpu() && logits.size(1) > 0,
               "greedy_argmax: contiguous float32 CPU logits [rows, vocab] expected");
   const int64_t rows = logits.size(0), vocab = logits.size(1);
   const int threads = at::get_num_threads();
-  std::vector<latlab::Best> part(static_cast<size_t>(threads) * rows);
+  std::vector<Best> part(static_cast<size_t>(threads) * rows);
   auto out = torch::empty({rows}, torch::dtype(torch::kLong));
   const float* lp = logits.data_ptr<float>();
   // The columns split in 16-wide blocks as the batch decode step's head phase splits them:
@@ -259,11 +287,18 @@ torch::Tensor greedy_argmax(const torch::Tensor& logits) {
     const latlab::Span blocks = latlab::share((vocab + 15) / 16, 1, t, nt);
     const int64_t lo = blocks.lo * 16, hi = std::min(vocab, blocks.hi * 16);
     for (int64_t r = 0; r < rows; ++r) {
-      part[t * rows + r] = latlab::best_of(lp + r * vocab, lo, hi);
+      part[t * rows + r] = lo < hi ? best_of(lp + r * vocab, lo, hi) : Best{0.f, -1};
     }
 #pragma omp barrier
 #pragma omp single
-    latlab::merge_best(part.data(), nt, rows, out.data_ptr<int64_t>());
+    for (int64_t r = 0; r < rows; ++r) {  // earlier threads hold earlier columns: ties stay first
+      Best best{0.f, -1};
+      for (int u = 0; u < nt; ++u) {
+        const Best& p = part[u * rows + r];
+        if (p.index >= 0 && (best.index < 0 || p.value > best.value)) best = p;
+      }
+      out.data_ptr<int64_t>()[r] = best.index;
+    }
   }
   return out;
 }
