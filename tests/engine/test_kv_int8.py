@@ -4,11 +4,15 @@ writes, and an engine that holds ~1.9x the tokens of bf16 with logits near a flo
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from latlab.engine import LLM, SamplingParams, kv_int8
 from latlab.engine.kernels import paged_decode_attention, step_ops
+from latlab.errors import ConfigError
+from latlab.testing.random_model import TINY_TEST, save_random_llama
 
 from ._reference import available_or_skip, built_or_skip
 from .test_kernels import _reference
@@ -58,7 +62,7 @@ def test_a_cache_without_scales_is_refused(kernel, ops):
     with pytest.raises(RuntimeError, match=r"kv_int8\.zeros"):
         ops.rope_cache(torch.randn(1, 48), torch.ones(1, 8), torch.zeros(1, 8), plain, plain,
                        torch.zeros(1, dtype=torch.long), 2)  # fmt: skip
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with pytest.raises(ConfigError, match="divisible by 4"):
         kv_int8.zeros(1, (2, 1, 4, 6), torch.device("cpu"))
 
 
@@ -150,3 +154,12 @@ def test_int8_cache_holds_nearly_twice_bf16_s_tokens_with_logits_near_float32(ti
     for llm in (LLM(str(tiny_model_dir), kv_cache_dtype="int8"), plain_llm):
         (done,) = llm.generate([ids[:8]], SamplingParams(max_tokens=12, ignore_eos=True))
         assert len(done.token_ids) == 12
+
+
+def test_a_head_size_the_scales_cannot_follow_is_refused_at_start(tmp_path):
+    """Head size 6 (hidden 24, 4 heads): the scales would start off a float32 boundary."""
+    odd = save_random_llama(tmp_path, dataclasses.replace(TINY_TEST, hidden_size=24))
+    with pytest.raises(ConfigError, match="head size divisible by 4; this model's is 6"):
+        LLM(str(odd), kv_cache_dtype="int8")
+    (done,) = LLM(str(odd), kv_cache_dtype="fp8_e5m2").generate([[5, 6, 7]])
+    assert done.token_ids

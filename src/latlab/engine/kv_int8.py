@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import torch
 
+from latlab.errors import ConfigError
+
 SCALE_BYTES = 4  # a float32 scale per row
 
 
@@ -37,8 +39,11 @@ def zeros(
     """``count`` zeroed int8 caches of ``shape``, each with its scales after its values.
     ``allocate(count, (nbytes,), torch.int8)`` gives the flat regions (huge pages); default
     plain ``torch.zeros``."""
-    if shape[-1] % SCALE_BYTES:
-        raise ValueError(f"an int8 KV cache needs a head size divisible by 4, got {shape[-1]}")
+    if shape[-1] % SCALE_BYTES:  # the scales must start on a float32 boundary
+        raise ConfigError(
+            f"kv_cache_dtype='int8' needs a head size divisible by 4; this model's is "
+            f"{shape[-1]} (use kv_cache_dtype='auto' or 'fp8_e5m2')"
+        )
     nbytes = storage_bytes(shape)
     if allocate is None:
         flat = [torch.zeros(nbytes, dtype=torch.int8, device=device) for _ in range(count)]
