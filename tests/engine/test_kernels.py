@@ -113,6 +113,8 @@ def test_kernel_rejects_what_it_cannot_read(kernel):
         kernel(q, cache, cache, tables.int(), lens, 1.0)
     with pytest.raises(RuntimeError, match="head"):
         kernel(torch.randn(2, 3, 8), cache, cache, tables, lens, 1.0)
+    with pytest.raises(RuntimeError, match="K and V caches differ"):  # V would be misread
+        kernel(q, cache, cache.bfloat16(), tables, lens, 1.0)
 
 
 def test_engine_reports_the_attention_path(kernel, tiny_model_dir):

@@ -66,9 +66,9 @@ float* kv_row_scales(const torch::Tensor& cache);
 // k_scales, v_scales: an int8 cache's row scales (kv_row_scales), else nullptr.
 template <typename Q, typename KV>
 void attend_group(const Q* q, Q* out, const KV* k_cache, const KV* v_cache,
-                  const float* k_scales, const float* v_scales, const int64_t* table, int64_t seq_len, int64_t kvh, int64_t group,
-                  int64_t kv_heads, int64_t bs, int64_t d, float scale, bool tiles,
-                  std::vector<float>& scratch);
+                  const float* k_scales, const float* v_scales, const int64_t* table,
+                  int64_t seq_len, int64_t kvh, int64_t group, int64_t kv_heads, int64_t bs,
+                  int64_t d, float scale, bool tiles, std::vector<float>& scratch);
 
 // The elementwise work of a step of any size, fused (step_ops.cpp).
 torch::Tensor rms_norm_rows(const torch::Tensor& x, const torch::Tensor& w, double eps);

@@ -486,6 +486,8 @@ torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor
               "paged attention: int64 block tables and lengths");
   TORCH_CHECK(q.size(1) % k_cache.size(1) == 0 && q.size(2) == k_cache.size(3),
               "paged attention: head counts or sizes do not match the cache");
+  TORCH_CHECK(v_cache.sizes() == k_cache.sizes() && v_cache.scalar_type() == k_cache.scalar_type(),
+              "paged attention: the K and V caches differ in shape or dtype");
   auto out = torch::empty_like(q);
   switch (q.scalar_type()) {
     case at::kFloat:
