@@ -167,7 +167,11 @@ class _Served:
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
-        line = self.proc.stdout.readline()
+        try:  # an interrupt while it starts (Ctrl-C) must not leave it running either
+            line = self.proc.stdout.readline()
+        except BaseException:
+            self.__exit__()
+            raise
         if not line.startswith(READY_PREFIX):
             self.proc.kill()
             raise AssertionError(line + self.proc.stderr.read())
