@@ -49,6 +49,7 @@ inline Span share(int64_t n, int t, int nt) { return latlab::share(n, 1, t, nt);
 struct Layer {
   torch::Tensor norm1, qkv, b_qkv, o, norm2, gate_up, down, k_cache, v_cache;
   torch::Tensor s_qkv, s_o, s_gate_up, s_down;
+  float *k_scales = nullptr, *v_scales = nullptr;  // an int8 cache's row scales (kv_row_scales)
   bool int8() const { return s_qkv.numel() > 0; }
 };
 
@@ -209,6 +210,7 @@ BatchDecodeModel::BatchDecodeModel(std::vector<torch::Tensor> model,
                 "BatchDecodeModel: 9 tensors per layer expected (13 with int8 weights' scales)");
     Layer layer{l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], l[8]};
     if (l.size() == 13) layer.s_qkv = l[9], layer.s_o = l[10], layer.s_gate_up = l[11], layer.s_down = l[12];
+    layer.k_scales = kv_row_scales(layer.k_cache), layer.v_scales = kv_row_scales(layer.v_cache);
     layers_.push_back(layer);
   }
   const Layer& first = layers_.front();
@@ -246,7 +248,6 @@ void BatchDecodeModel::check_layer(const Layer& layer) const {
                   layer.v_cache.scalar_type() == first.scalar_type() &&
                   layer.k_cache.is_contiguous() && layer.v_cache.is_contiguous(),
               "BatchDecodeModel: contiguous caches of one shape and dtype expected");
-  kv_row_scales(layer.k_cache), kv_row_scales(layer.v_cache);  // an int8 cache's scales: checked
 }
 
 Inputs BatchDecodeModel::checked(const torch::Tensor& ids, const torch::Tensor& positions,
@@ -267,8 +268,7 @@ void BatchDecodeModel::attend_items(const Layer& layer, const Inputs& in, const 
   const int64_t group = s.heads / s.kv_heads, d = s.d;
   KV* k_cache = layer.k_cache.data_ptr<KV>();
   KV* v_cache = layer.v_cache.data_ptr<KV>();
-  float* ks = kv_row_scales(layer.k_cache);
-  float* vs = kv_row_scales(layer.v_cache);
+  float *ks = layer.k_scales, *vs = layer.v_scales;
   const Span items = share(in.m * s.kv_heads, t, nt);
   for (int64_t item = items.lo; item < items.hi; ++item) {
     const int64_t i = item / s.kv_heads, kvh = item % s.kv_heads;

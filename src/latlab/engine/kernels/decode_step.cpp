@@ -358,6 +358,7 @@ namespace {
 struct Layer {
   torch::Tensor norm1, w_qkv, b_qkv, w_o, norm2, w_gate_up, w_down, k_cache, v_cache;
   torch::Tensor s_qkv, s_o, s_gate_up, s_down;
+  float *k_scales = nullptr, *v_scales = nullptr;  // an int8 cache's row scales (kv_row_scales)
 };
 
 struct Dims {
@@ -470,7 +471,7 @@ void DecodeModel::add_layer(const std::vector<torch::Tensor>& l) {
                   layer.v_cache.is_contiguous() && layer.v_cache.sizes() == layer.k_cache.sizes() &&
                   layer.v_cache.scalar_type() == layer.k_cache.scalar_type(),
               "DecodeModel: contiguous caches [NB, KVH, BS, D] of one dtype expected");
-  kv_row_scales(layer.k_cache), kv_row_scales(layer.v_cache);  // an int8 cache's scales: checked
+  layer.k_scales = kv_row_scales(layer.k_cache), layer.v_scales = kv_row_scales(layer.v_cache);
   layers_.push_back(std::move(layer));
 }
 
@@ -519,8 +520,7 @@ void DecodeModel::attend_items(const Layer& layer, const StepInputs& in, Shared&
   const int64_t group = s.heads / s.kv_heads;
   KV* k_cache = layer.k_cache.data_ptr<KV>();
   KV* v_cache = layer.v_cache.data_ptr<KV>();
-  float* ks = kv_row_scales(layer.k_cache);
-  float* vs = kv_row_scales(layer.v_cache);
+  float *ks = layer.k_scales, *vs = layer.v_scales;
   const Span items = share(in.m * s.kv_heads, 1, t, nt);
   for (int64_t item = items.lo; item < items.hi; ++item) {
     const int64_t i = item / s.kv_heads, kvh = item % s.kv_heads;
@@ -531,15 +531,8 @@ void DecodeModel::attend_items(const Layer& layer, const StepInputs& in, Shared&
     const int64_t cache_row = kv_row(in.slots[i], kvh, s.kv_heads, s.block_size);
     KV* k_dst = k_cache + cache_row * s.d;
     KV* v_dst = v_cache + cache_row * s.d;
-    if constexpr (std::is_same_v<KV, int8_t>) {
-      latlab::store_kv_row(lo.k.data(), k_dst, ks + cache_row, s.d);
-      latlab::store_kv_row(v, v_dst, vs + cache_row, s.d);
-    } else {
-      for (int64_t j = 0; j < s.d; ++j) {
-        k_dst[j] = static_cast<KV>(lo.k[j]);
-        v_dst[j] = static_cast<KV>(v[j]);
-      }
-    }
+    latlab::store_kv_row(lo.k.data(), k_dst, latlab::row_scale(ks, cache_row), s.d);
+    latlab::store_kv_row(v, v_dst, latlab::row_scale(vs, cache_row), s.d);
     for (int64_t g = 0; g < group; ++g) {
       const int64_t head = kvh * group + g;
       latlab::rope(row + head * s.d, c, sn, lo.q.data() + g * s.d, s.d);

@@ -22,6 +22,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "rows.h"
 #include "vec512.h"
 
 namespace {
@@ -451,8 +452,8 @@ void run(torch::Tensor& out, const torch::Tensor& q, const torch::Tensor& k_cach
       const int64_t s = item / kv_heads, kvh = item % kv_heads;
       const int64_t offset = (s * h + kvh * group) * d;
       attend(qp + offset, op + offset, kp + kvh * bs * d, vp + kvh * bs * d,
-             ks ? ks + kvh * bs : nullptr, vs ? vs + kvh * bs : nullptr, tables + s * max_blocks,
-             lens[s], group, block_stride, bs, d, sc, scratch);
+             latlab::row_scale(ks, kvh * bs), latlab::row_scale(vs, kvh * bs),
+             tables + s * max_blocks, lens[s], group, block_stride, bs, d, sc, scratch);
     }
     if (mine) amx_thread_end();
   });
@@ -508,8 +509,8 @@ void attend_group(const Q* q, Q* out, const KV* k_cache, const KV* v_cache,
                   int64_t d, float scale, bool tiles, std::vector<float>& scratch) {
   const int64_t head = kvh * bs * d;
   choose_attend<Q, KV>(d, group, bs, tiles)(
-      q, out, k_cache + head, v_cache + head, k_scales ? k_scales + kvh * bs : nullptr,
-      v_scales ? v_scales + kvh * bs : nullptr, table, seq_len, group, kv_heads * bs * d, bs, d,
+      q, out, k_cache + head, v_cache + head, latlab::row_scale(k_scales, kvh * bs),
+      latlab::row_scale(v_scales, kvh * bs), table, seq_len, group, kv_heads * bs * d, bs, d,
       scale, scratch);
 }
 

@@ -53,6 +53,9 @@ void narrow_row(const float* src, T* dst, int64_t n) {
 
 // Row r's scale slot in an int8 cache's scales (kv_row_scales); nullptr for other caches.
 inline float* row_scale(float* scales, int64_t r) { return scales ? scales + r : nullptr; }
+inline const float* row_scale(const float* scales, int64_t r) {
+  return scales ? scales + r : nullptr;
+}
 
 // One new K or V row into the cache: narrowed to the cache's dtype; `scale` (the row's slot in
 // an int8 cache's scales, kernels.h) is unused there.
