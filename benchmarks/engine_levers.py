@@ -165,7 +165,7 @@ def lever_compile(calls: int, repeats: int) -> dict:
     bias = torch.zeros(1, b, 1, t).masked_fill(
         torch.arange(t).view(1, 1, 1, t) >= lens.view(1, b, 1, 1), float("-inf"))  # fmt: skip
     slots = tables[:, -1] * block + (context - 1) % block
-    meta = AttentionMetadata(slots, tables, tables.view(-1), None, bias, None, None, 1)
+    meta = AttentionMetadata(slots, tables, None, bias, None, None, 1)
     x, cos, sin = torch.randn(b, H), torch.randn(b, 1, D), torch.randn(b, 1, D)
     compiled = torch.compile(layer, dynamic=False)
     start = time.perf_counter()

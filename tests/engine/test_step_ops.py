@@ -124,6 +124,18 @@ def test_greedy_argmax_is_torch_s_first_largest(ops, threads, rows, vocab):
     assert torch.equal(sampler.greedy(logits.bfloat16()), greedy_tokens(logits.bfloat16()))
 
 
+@pytest.mark.parametrize("vocab", [7, 16, 37, 4096])
+def test_greedy_argmax_finds_ties_within_a_vector_and_in_the_tail(ops, vocab):
+    """The index pass reads 16 columns at a time: the first of two maxima in one vector, a
+    maximum in a partial last vector, and a row of -inf (column 0, as torch) still come out."""
+    logits = torch.full((4, vocab), -5.0)
+    logits[0, [3, 5]] = 9.0  # two maxima in one vector
+    logits[1, vocab - 1] = 9.0  # in the last, partial vector
+    logits[2] = float("-inf")
+    logits[3, vocab // 2 :] = 9.0  # a run of ties: its first
+    assert torch.equal(ops.greedy_argmax(logits), logits.max(dim=-1).indices)
+
+
 def test_ops_refuse_what_they_cannot_read(ops):
     x = torch.randn(4, 8)
     with pytest.raises(RuntimeError, match="dtypes differ"):

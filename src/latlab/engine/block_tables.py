@@ -23,6 +23,7 @@ class BlockTables:
         self._array = np.zeros((rows, cols), dtype=np.int64)
         self._sources: list[list[int] | None] = [None] * rows  # the list a row was copied from
         self._lengths = [0] * rows  # entries copied into each row; past them it is all 0
+        self._tensor = torch.from_numpy(self._array)
 
     def build(self, tables: list[list[int]], needed: list[int]) -> torch.Tensor:
         """[len(tables), max(needed)] int64 (a new tensor): row i is ``tables[i][:needed[i]]``
@@ -42,6 +43,20 @@ class BlockTables:
             lengths[row] = n
         return torch.from_numpy(array[: len(tables), : max(needed)].copy())
 
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The whole kept array as a tensor sharing its memory (rows past the batch, columns
+        past each row's blocks included): what ``decode_inputs`` cuts a step's tables from."""
+        return self._tensor
+
+    def extend_row(self, row: int, needed: int, table: list[int]) -> None:
+        """Row ``row`` of the last batch now needs ``needed`` blocks of ``table``, its sequence's
+        list (the same list as before: a repeated decode step, steady_batch.py)."""
+        self._fit(row + 1, needed)
+        have = self._lengths[row]
+        self._array[row, have:needed] = table[have:needed]
+        self._lengths[row] = needed
+
     def _fit(self, rows: int, cols: int) -> None:
         """Grow the array (copying what it holds) to at least ``rows`` x ``cols``."""
         have_rows, have_cols = self._array.shape
@@ -51,5 +66,6 @@ class BlockTables:
         grown = np.zeros((max(rows, have_rows), cols), dtype=np.int64)
         grown[:have_rows, :have_cols] = self._array
         self._array = grown
+        self._tensor = torch.from_numpy(grown)
         self._sources += [None] * (grown.shape[0] - have_rows)
         self._lengths += [0] * (grown.shape[0] - have_rows)

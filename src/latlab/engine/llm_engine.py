@@ -130,6 +130,9 @@ class LLMEngine:
         if params.seed is not None:
             seq.generator = torch.Generator().manual_seed(params.seed)
         seq.detok = IncrementalDetokenizer(self.tokenizer, token_ids, params.stop_strings)
+        if not params.ignore_eos:
+            seq.stop_ids = seq.stop_ids.union(self.eos_token_ids)
+        seq.length_limit = min(seq.length_limit, self.max_model_len)
         return seq
 
     def add_sequence(self, seq: Sequence, check_queue: bool = True) -> None:
@@ -189,15 +192,19 @@ class LLMEngine:
     def _accept(self, seq: Sequence, candidates: list[int], now: int) -> RequestOutput | None:
         """Append the sampled token, or a draft's accepted prefix plus the token after it; the
         step's output (none for an unfinished sequence that wants its final output only)."""
-        draft, seq.draft_token_ids = seq.draft_token_ids, []
-        accepted = accepted_length(draft, candidates) if draft else 0
+        draft, accepted = seq.draft_token_ids, 0
         if draft:
+            seq.draft_token_ids = []
+            accepted = accepted_length(draft, candidates)
             self._record_draft(seq, len(draft), accepted)
-        new_tokens = []
-        for token in candidates[: accepted + 1]:
-            new_tokens.append(token)
-            if self._append_token(seq, token, now):
-                break
+            new_tokens = []
+            for token in candidates[: accepted + 1]:
+                new_tokens.append(token)
+                if self._append_token(seq, token, now):
+                    break
+        else:  # one candidate: the sampled token
+            new_tokens = candidates
+            self._append_token(seq, candidates[0], now)
         if seq.params.logprobs is not None:  # no drafts then: one token, one entry
             seq.logprobs.extend(seq.step_logprobs[: len(new_tokens)])
             seq.step_logprobs = []
@@ -240,24 +247,21 @@ class LLMEngine:
 
     def _append_token(self, seq: Sequence, token: int, now: int) -> bool:
         """Add one generated token; True when it finished the request."""
-        params = seq.params
-        seq.token_ids.append(token)
+        token_ids = seq.token_ids
+        token_ids.append(token)
         self.generation_tokens_total += 1
-        if not seq.metrics.first_token_ns:
+        if len(token_ids) == seq.num_prompt_tokens + 1:
             seq.metrics.first_token_ns = now
-        is_stop_token = token in params.stop_token_set or (
-            not params.ignore_eos and token in self.eos_token_ids
-        )
         # A final-output-only request without stop strings reads no text until it finishes:
         # its tokens are decoded then, in one loop (detokenizing per step took ~230 us of a
         # batch-64 step, the same loop at the end ~80 us: the objects are still in cache).
         later = seq.final_output_only and not seq.detok.has_stop_strings
         reason = None
-        if (is_stop_token and seq.num_output_tokens >= params.min_tokens) or (
+        if (token in seq.stop_ids and seq.num_output_tokens >= seq.params.min_tokens) or (
             not later and seq.detok.append(token)
         ):
             reason = "stop"
-        elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+        elif len(token_ids) >= seq.length_limit:
             reason = "length"
         if later and reason is not None:  # a stop token is not text, as below
             seq.detok.extend(seq.output_token_ids[: -1 if reason == "stop" else None])

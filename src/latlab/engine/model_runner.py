@@ -42,9 +42,10 @@ from latlab.engine.models.config import ModelArgs
 from latlab.engine.models.llama import AttentionMetadata, load_llama
 from latlab.engine.models.packed_linear import drop_plain_weights
 from latlab.engine.outputs import Logprob, PositionLogprobs
-from latlab.engine.sampler import Sampler
+from latlab.engine.sampler import Sampler, argmax_only
 from latlab.engine.scheduler import SchedulerOutput
 from latlab.engine.sequence import Sequence
+from latlab.engine.steady_batch import SteadyBatch, SteadyInputs
 from latlab.engine.weights import WeightPlan, apply_weight_plan, held_bytes, plan_weights
 from latlab.errors import CapacityError, ConfigError
 
@@ -106,6 +107,11 @@ class ModelRunner:
         argmax = self.step_ops.greedy_argmax if self.step_ops is not None else None
         self.sampler = Sampler(args.eos_token_ids, seed=config.seed, argmax=argmax)
         self.block_tables = BlockTables(config.max_num_seqs)
+        self.steady = SteadyBatch(
+            block_size=self.block_size, tables=self.block_tables,
+            decode_inputs=self.step_ops.decode_inputs if self.step_ops is not None else None,
+        )  # fmt: skip
+        self._all_rows: dict[int, torch.Tensor] = {}  # logits rows 0..b-1, by batch size
         self.forward_seconds_total = 0.0  # the model's forward passes (EngineStats)
         self._forward = self.model.forward
         if config.compile:
@@ -279,10 +285,14 @@ class ModelRunner:
         inputs = self._prepare(sched)
         if inputs is None:
             return [], []
-        tensors, sampling_seqs, last_rows, prompt_rows = inputs
+        tensors, sampling_seqs, last_rows, prompt_rows, greedy_only = inputs
         start = time.perf_counter()
         logits = self._forward(*tensors)
         self.forward_seconds_total += time.perf_counter() - start
+        if greedy_only:  # a repeated step that wants each row's argmax and nothing else
+            sampled = self.sampler.greedy(logits)
+            self.steady.record(sampled)
+            return sampling_seqs, [[t] for t in sampled.tolist()]
         if prompt_rows:  # rows past the sampling ones: prompt positions whose logprobs we keep
             split = logits.shape[0] - sum(len(targets) for _, targets in prompt_rows)
             record_prompt_logprobs(logits[split:], prompt_rows)
@@ -294,7 +304,9 @@ class ModelRunner:
             if wanted
             else None
         )
-        candidates = self._candidates(logits, sampling_seqs, last_rows)
+        candidates, sampled = self._candidates(logits, sampling_seqs, last_rows)
+        if sampled is not None:  # one token a sequence: the next step may repeat this one
+            self.steady.record(sampled)
         if raw is not None:
             record_sampled_logprobs(raw, [sampling_seqs[i] for i in wanted],
                                     [candidates[i] for i in wanted])  # fmt: skip
@@ -302,10 +314,12 @@ class ModelRunner:
 
     def _candidates(
         self, logits: torch.Tensor, sampling_seqs: list[Sequence], last_rows: list[int]
-    ) -> list[list[int]]:
+    ) -> tuple[list[list[int]], torch.Tensor | None]:
+        """Each sequence's candidates; with no drafts, also the sampled tokens as a tensor."""
         if len(last_rows) == logits.shape[0]:  # no drafts: one row per sequence
-            return [[t] for t in self.sampler(logits, sampling_seqs)]
-        sampled = self.sampler(logits[last_rows], sampling_seqs)
+            sampled = self.sampler(logits, sampling_seqs)
+            return [[t] for t in sampled.tolist()], sampled
+        sampled = self.sampler(logits[last_rows], sampling_seqs).tolist()
         greedy = self.sampler.greedy(logits).tolist()
         candidates = []
         for seq, row, token in zip(sampling_seqs, last_rows, sampled, strict=True):
@@ -315,7 +329,7 @@ class ModelRunner:
                 candidates.append(self.sampler.verify_draft(rows, draft, seq))
             else:
                 candidates.append([*greedy[row - len(draft) : row], token])
-        return candidates
+        return candidates, None
 
     @torch.inference_mode()
     def score(self, token_ids: list[int]) -> torch.Tensor:
@@ -329,16 +343,23 @@ class ModelRunner:
         shape = (blocks, *self.kv_caches[0][0].shape[1:])
         flat = self._zero_caches(2 * len(self.kv_caches), shape)
         caches = [(flat[2 * i], flat[2 * i + 1]) for i in range(len(self.kv_caches))]
-        positions = list(range(n))
         table = torch.arange(blocks, dtype=torch.long).unsqueeze(0)
-        meta = self._metadata([n], positions, [0], positions, table)
+        pos = torch.arange(n, device=self.device)  # the positions, and the slots in its blocks
+        meta = self._metadata([n], pos, [0], pos, table)
         ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
-        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         rows = torch.arange(n, device=self.device)
         return self._forward(ids, pos, caches, meta, rows).float()
 
     def _prepare(self, sched: SchedulerOutput):
+        """The step's model inputs, the sequences that sample and their last logits rows, the
+        prompt-logprob rows, and whether each row's argmax is all the step needs (only said of
+        a step that repeats the last one, which is built from what that one recorded)."""
+        steady = self.steady.take(sched.seqs, sched.num_new_tokens)
+        if steady is not None:
+            return self._steady_inputs(sched, steady)
         bs = self.block_size
+        ends: list[int] = []  # per sequence, its tokens with K/V after this step
+        drafted = False
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -371,6 +392,8 @@ class ModelRunner:
                 slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
             tables.append(table)
             needed.append(-(-end // bs))
+            ends.append(end)
+            drafted = drafted or bool(draft)
             if end - len(draft) == seq.num_tokens:
                 logits_rows.extend(range(len(input_ids) - 1 - len(draft), len(input_ids)))
                 last_rows.append(len(logits_rows) - 1)
@@ -379,23 +402,52 @@ class ModelRunner:
             return None
         logits_rows.extend(prompt_inputs)
         block_tables = self.block_tables.build(tables, needed)
-        meta = self._metadata(sched.num_new_tokens, positions, q_starts, slots, block_tables)
         dev = self.device
-        ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
+        slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
+        meta = self._metadata(sched.num_new_tokens, pos, q_starts, slot_mapping, block_tables)
+        ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
         rows = torch.tensor(logits_rows, dtype=torch.long, device=dev)
-        return (ids, pos, self.kv_caches, meta, rows), sampling, last_rows, prompt_rows
+        if not drafted and len(sampling) == len(sched.seqs):
+            greedy_only = argmax_only(sampling) and not any_logprobs(sampling)
+            self.steady.expect(seqs=sched.seqs, ends=ends, greedy_only=greedy_only)
+        return (ids, pos, self.kv_caches, meta, rows), sampling, last_rows, prompt_rows, False
 
-    def _metadata(self, counts, positions, q_starts, slots, block_tables) -> AttentionMetadata:
-        """``block_tables``: [batch, max_blocks] int64 on the CPU, rows zero-padded."""
+    def _steady_inputs(self, sched: SchedulerOutput, steady: SteadyInputs):
+        """``_prepare``'s answer for a step that repeats the last one (steady_batch.py): every
+        sequence decodes one token and samples, without reading a sequence."""
+        dev, b = self.device, len(sched.seqs)
+        pos, slots = steady.positions.to(dev), steady.slots.to(dev)
+        meta = self._metadata(sched.num_new_tokens, pos, None, slots, steady.block_tables,
+                              seq_lens=steady.seq_lens.to(dev))  # fmt: skip
+        rows = self._all_rows.get(b)
+        if rows is None:
+            rows = self._all_rows[b] = torch.arange(b, device=dev)
+        tensors = (steady.input_ids, pos, self.kv_caches, meta, rows)
+        return tensors, sched.seqs, list(range(b)), [], steady.greedy_only
+
+    def _metadata(
+        self, counts, positions, q_starts, slots, block_tables, seq_lens=None
+    ) -> AttentionMetadata:
+        """``positions`` and ``slots``: [tokens] int64 on the device; ``block_tables``: [batch,
+        max_blocks] int64 on the CPU, rows zero-padded; ``q_starts`` (a list) where a sequence
+        has more than one new token; ``seq_lens`` (decode steps) if known."""
         dev = self.device
-        max_blocks = block_tables.shape[1]
-        block_tables = block_tables.to(dev)
-        max_q = max(counts)
-        b = len(counts)
+        if dev.type != "cpu":
+            block_tables = block_tables.to(dev)
+        max_q, b = max(counts), len(counts)
+        if max_q == 1 and self.decode_kernel is not None:
+            step = self.native_step if b <= DECODE_MAX_ROWS else None
+            if DECODE_MAX_ROWS < b <= BATCH_MAX_ROWS:
+                step = self.native_batch_step
+            return AttentionMetadata(
+                slots, block_tables, None, None, None, None, 1,
+                seq_lens=seq_lens if seq_lens is not None else positions + 1,
+                decode_kernel=self.decode_kernel, native_step=step, step_ops=self.step_ops,
+            )  # fmt: skip
         if max_q == 1:
             q_index = out_index = None
-            q_pos = torch.tensor(positions, dtype=torch.long, device=dev).view(b, 1)
+            q_pos = positions.view(b, 1)
         else:
             # Padded query slot j of sequence i reads token min(j, n_i - 1): a real token,
             # so no softmax row is fully masked; its output is dropped by out_index.
@@ -404,20 +456,9 @@ class ModelRunner:
             j = torch.arange(max_q, device=dev).unsqueeze(0)
             clamped = torch.minimum(j, n - 1)
             q_index = starts + clamped
-            pos_t = torch.tensor(positions, dtype=torch.long, device=dev)
-            q_pos = pos_t[q_index]
+            q_pos = positions[q_index]
             out_index = (torch.arange(b, device=dev).unsqueeze(1) * max_q + j)[j < n]
-        if max_q == 1 and self.decode_kernel is not None:
-            step = self.native_step if b <= DECODE_MAX_ROWS else None
-            if DECODE_MAX_ROWS < b <= BATCH_MAX_ROWS:
-                step = self.native_batch_step
-            return AttentionMetadata(
-                torch.tensor(slots, dtype=torch.long, device=dev), block_tables,
-                block_tables.view(-1), None, None, None, None, 1,
-                seq_lens=q_pos.view(b) + 1, decode_kernel=self.decode_kernel,
-                native_step=step, step_ops=self.step_ops,
-            )  # fmt: skip
-        keys = torch.arange(max_blocks * self.block_size, device=dev)
+        keys = torch.arange(block_tables.shape[1] * self.block_size, device=dev)
         mask = keys.view(1, 1, 1, -1) <= q_pos.view(b, 1, max_q, 1)
         bias = None
         if max_q == 1:
@@ -425,11 +466,14 @@ class ModelRunner:
             bias.masked_fill_(~mask, float("-inf"))
             bias = bias.view(1, b, 1, -1)
             mask = None
-        slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
         return AttentionMetadata(
-            slot_mapping, block_tables, block_tables.view(-1), mask, bias, q_index, out_index,
-            max_q, step_ops=self.step_ops,
-        )  # fmt: skip
+            slots, block_tables, mask, bias, q_index, out_index, max_q, step_ops=self.step_ops
+        )
+
+
+def any_logprobs(seqs: list[Sequence]) -> bool:
+    """Whether a sequence asks for its sampled tokens' logprobs."""
+    return any(seq.params.logprobs is not None for seq in seqs)
 
 
 def _prompt_logprob_rows(

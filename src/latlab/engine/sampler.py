@@ -41,11 +41,12 @@ class Sampler:
             return self._argmax(logits)
         return greedy_tokens(logits)
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """Each row's token, [rows] int64 on the logits' device."""
         adjust_logits(logits, seqs, self.eos_token_ids)  # bias, penalties, min_tokens
         if all(s.params.temperature == 0.0 for s in seqs):
-            return self.greedy(logits).tolist()
-        return self._sample_random(logits, seqs).tolist()
+            return self.greedy(logits)
+        return self._sample_random(logits, seqs)
 
     def _sample_random(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         greedy = self.greedy(logits)
@@ -100,6 +101,18 @@ class Sampler:
             return out
         out.append(int(torch.multinomial(probs[len(draft)], 1, generator=generator)))
         return out
+
+
+def argmax_only(seqs: Seq[Sequence]) -> bool:
+    """Whether sampling these sequences' rows from now on is each row's argmax, with no logits
+    to adjust first: greedy, no bias or penalties, past ``min_tokens``."""
+    for seq in seqs:
+        params = seq.params
+        if params.temperature != 0.0 or params.adjusts_logits:
+            return False
+        if params.min_tokens and seq.num_output_tokens < params.min_tokens:
+            return False
+    return True
 
 
 def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:

@@ -64,10 +64,16 @@ class Sequence:
     # The prompt's ids, copied once: every step's RequestOutput shares this list (not to be
     # modified) where a slice per step per sequence cost O(prompt) each time.
     prompt_token_ids: list[int] = field(default_factory=list, init=False)
+    # What every generated token is checked against, worked out once (the engine adds its EOS
+    # ids and its max_model_len): the tokens that stop it, and the length that ends it.
+    stop_ids: frozenset[int] = field(default=frozenset(), init=False)
+    length_limit: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)
         self.prompt_token_ids = list(self.token_ids)
+        self.stop_ids = self.params.stop_token_set
+        self.length_limit = self.num_prompt_tokens + self.params.max_tokens
         if not self.metrics.arrival_ns:
             self.metrics.arrival_ns = time.perf_counter_ns()
 

@@ -155,6 +155,7 @@ class StepOps:
     rope_cache: Callable[..., Any]
     silu_mul: Callable[..., Any]
     greedy_argmax: Callable[..., Any]
+    decode_inputs: Callable[..., Any]
 
 
 def step_ops(*, wait: bool = True) -> tuple[StepOps | None, str]:
@@ -165,7 +166,7 @@ def step_ops(*, wait: bool = True) -> tuple[StepOps | None, str]:
     m = build.module
     ops = StepOps(
         rms_norm=m.rms_norm, add_rms_norm=m.add_rms_norm, rope_cache=m.rope_cache,
-        silu_mul=m.silu_mul, greedy_argmax=m.greedy_argmax,
+        silu_mul=m.silu_mul, greedy_argmax=m.greedy_argmax, decode_inputs=m.decode_inputs,
     )  # fmt: skip
     return ops, STEP_OPS
 

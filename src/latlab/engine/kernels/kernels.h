@@ -81,6 +81,12 @@ torch::Tensor silu_mul(const torch::Tensor& gate_up);
 // Each row's first largest logit's column (greedy sampling; float32 [rows, vocab]), columns
 // split over the threads as the batch decode step's head phase splits them.
 torch::Tensor greedy_argmax(const torch::Tensor& logits);
+// A repeated decode step's index tensors in one call (steady_batch.py): positions = ends +
+// offset, seq_lens = positions + 1, each position's cache slot from its row of `tables`
+// (int64 [rows, cols], rows >= len(ends)), and the first `width` columns of those rows copied.
+std::vector<torch::Tensor> decode_inputs(const torch::Tensor& ends, int64_t offset,
+                                         const torch::Tensor& tables, int64_t width,
+                                         int64_t block_size);
 
 // bf16 linear layers on AMX tiles (amx_linear.cpp).
 bool amx_available();

@@ -548,6 +548,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rope_cache", &rope_cache, "RoPE on q and k, k and v written to the paged cache; returns q");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused gate_up projection");
   m.def("greedy_argmax", &greedy_argmax, "each row's first largest logit's column");
+  m.def("decode_inputs", &decode_inputs,
+        "positions, slots, seq_lens and block tables of a repeated decode step",
+        pybind11::arg("ends"), pybind11::arg("offset"), pybind11::arg("tables"),
+        pybind11::arg("width"), pybind11::arg("block_size"));
   m.def("amx_available", &amx_available, "built with AMX-BF16 and the OS grants its state");
   m.def("amx_pack", &amx_pack, "a bf16 weight [N, K] in AMX B-tile layout");
   m.def("amx_linear", &amx_linear, "x @ w.T (+ bias) in bf16 on AMX tiles");

@@ -30,7 +30,6 @@ class AttentionMetadata:
 
     slot_mapping: [N] flat cache slot of each new token.
     block_tables: [B, max_blocks] block ids per sequence (padding points at block 0).
-    flat_blocks: block_tables flattened (the gather index).
     mask: [B, 1, max_q, max_blocks * block_size] True where a query may see a key (prefill).
     decode_bias: [1, B, 1, T] float32 0 / -inf, the same mask as an additive bias (decode).
     q_index: [B, max_q] flat token index per padded query slot; None when every sequence
@@ -45,7 +44,6 @@ class AttentionMetadata:
 
     slot_mapping: torch.Tensor
     block_tables: torch.Tensor
-    flat_blocks: torch.Tensor
     mask: torch.Tensor | None
     decode_bias: torch.Tensor | None
     q_index: torch.Tensor | None
@@ -56,6 +54,11 @@ class AttentionMetadata:
     native_step: Callable[..., torch.Tensor] | None = None
     step_ops: StepOps | None = None
     slot_rows: tuple[torch.Tensor, torch.Tensor] | None = None  # see cache_rows
+
+    @property
+    def flat_blocks(self) -> torch.Tensor:
+        """``block_tables`` flattened: the torch path's gather index."""
+        return self.block_tables.view(-1)
 
     def cache_rows(self, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each new token's (block, row in the block): worked out by the first layer that asks,
