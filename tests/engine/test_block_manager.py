@@ -56,6 +56,29 @@ def test_allocate_and_free_hand_counted():
     assert len(bm.cached_block_ids()) == 2  # still cached while free
 
 
+def test_a_step_s_sequences_register_each_block_as_it_fills():
+    """Decoding token by token, each block is shareable from the step that fills it."""
+    bm = BlockManager(num_blocks=16, block_size=BS)
+    seqs = [_seq([100 * n + t for t in range(n)], rid=str(n)) for n in (3, 4, 6)]  # unlike
+    for seq in seqs:
+        assert bm.allocate_slots(seq, seq.num_tokens)
+    for _ in range(9):
+        for seq in seqs:
+            seq.num_computed_tokens = seq.num_tokens  # the step wrote their K/V
+        bm.register_full_blocks_of(seqs)
+        for seq in seqs:
+            assert seq.num_registered_blocks == seq.num_tokens // BS
+            seq.token_ids.append(seq.token_ids[0] + seq.num_tokens)  # the sampled token
+            assert bm.allocate_slots(seq, 1)
+    assert len(bm.cached_block_ids()) == sum(seq.num_registered_blocks for seq in seqs) > 6
+    off = BlockManager(num_blocks=4, block_size=BS, enable_prefix_caching=False)
+    seq = _seq(list(range(8)))
+    assert off.allocate_slots(seq, 8)
+    seq.num_computed_tokens = 8
+    off.register_full_blocks_of([seq])
+    assert seq.num_registered_blocks == 0 and not off.cached_block_ids()
+
+
 def test_prefix_hit_shares_blocks_and_counts_refs():
     bm = BlockManager(num_blocks=8, block_size=BS)
     a = _seq([1, 2, 3, 4, 5, 6, 7, 8, 9], "a")

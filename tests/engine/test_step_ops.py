@@ -136,6 +136,14 @@ def test_greedy_argmax_finds_ties_within_a_vector_and_in_the_tail(ops, vocab):
     assert torch.equal(ops.greedy_argmax(logits), logits.max(dim=-1).indices)
 
 
+def test_greedy_argmax_takes_other_layouts_by_torch_s_max(ops):
+    logits = torch.randn(6, 40, generator=torch.Generator().manual_seed(5))
+    for other in (logits.t().contiguous().t(), logits.bfloat16(), logits.double(), logits[:, ::2]):
+        assert torch.equal(ops.greedy_argmax(other), other.max(dim=-1).indices)
+    with pytest.raises(RuntimeError, match="rows, vocab"):
+        ops.greedy_argmax(logits[0])
+
+
 def test_ops_refuse_what_they_cannot_read(ops):
     x = torch.randn(4, 8)
     with pytest.raises(RuntimeError, match="dtypes differ"):

@@ -93,6 +93,16 @@ class BlockManager:
         self.prefix_cache_queries += num_query_tokens
         self.prefix_cache_hits += num_hit_tokens
 
+    def register_full_blocks_of(self, seqs: list[Sequence]) -> None:
+        """``register_full_blocks`` for each of a step's sequences, in one call: in a decode step
+        all but about one in ``block_size`` filled no block, and are passed over on a compare."""
+        if not self.enable_prefix_caching:
+            return
+        bs = self.block_size
+        for seq in seqs:
+            if seq.num_computed_tokens // bs > seq.num_registered_blocks:
+                self.register_full_blocks(seq)
+
     def register_full_blocks(self, seq: Sequence) -> None:
         """Publish the computed full blocks of ``seq`` so later requests can share them.
 

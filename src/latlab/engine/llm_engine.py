@@ -179,7 +179,7 @@ class LLMEngine:
         seqs, candidates = self.runner.execute(sched)
         for seq, n in zip(sched.seqs, sched.num_new_tokens, strict=True):
             seq.num_computed_tokens += n - len(seq.draft_token_ids)  # drafts count once accepted
-            self.block_manager.register_full_blocks(seq)
+        self.block_manager.register_full_blocks_of(sched.seqs)
         now = time.perf_counter_ns()
         accepted = (
             self._accept(seq, tokens, now) for seq, tokens in zip(seqs, candidates, strict=True)

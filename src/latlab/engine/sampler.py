@@ -20,9 +20,9 @@ from latlab.engine.sequence import Sequence
 
 
 class Sampler:
-    """``argmax``: a native ``greedy_argmax(logits)`` (step_ops.cpp) for contiguous float32 CPU
-    logits: it splits the vocabulary over the threads as the batch decode step's head writes it,
-    so each thread reads logits from its own core's cache."""
+    """``argmax``: a native ``greedy_argmax(logits)`` (step_ops.cpp), which takes any 2-D logits
+    and splits contiguous float32 CPU ones over the threads as the batch decode step's head
+    writes them, so each thread reads logits from its own core's cache."""
 
     def __init__(
         self,
@@ -35,9 +35,9 @@ class Sampler:
         self._argmax = argmax
 
     def greedy(self, logits: torch.Tensor) -> torch.Tensor:
-        """Each row's highest logit's index, the first of ties (as ``greedy_tokens``)."""
-        native = self._argmax is not None and logits.dim() == 2 and logits.dtype == torch.float32
-        if native and logits.device.type == "cpu" and logits.is_contiguous():
+        """Each row of [rows, vocab] logits: its highest logit's index, the first of ties (as
+        ``greedy_tokens``)."""
+        if self._argmax is not None:
             return self._argmax(logits)
         return greedy_tokens(logits)
 

@@ -78,8 +78,9 @@ torch::Tensor rope_cache(const torch::Tensor& qkv, const torch::Tensor& cos,
                          const torch::Tensor& sin, torch::Tensor k_cache, torch::Tensor v_cache,
                          const torch::Tensor& slot_mapping, int64_t heads);
 torch::Tensor silu_mul(const torch::Tensor& gate_up);
-// Each row's first largest logit's column (greedy sampling; float32 [rows, vocab]), columns
-// split over the threads as the batch decode step's head phase splits them.
+// Each row's first largest logit's column (greedy sampling; [rows, vocab]): contiguous float32
+// CPU logits with the columns split over the threads as the batch decode step's head phase
+// splits them, other layouts by torch's max.
 torch::Tensor greedy_argmax(const torch::Tensor& logits);
 // A repeated decode step's index tensors in one call (steady_batch.py): positions = ends +
 // offset, seq_lens = positions + 1, each position's cache slot from its row of `tables`
