@@ -77,8 +77,9 @@ def test_argmax_only_says_when_the_logits_need_nothing_else(tiny_model_dir):
 
 
 def _checked_steady_steps(monkeypatch) -> list[int]:
-    """Build every repeated step both ways and compare; the number of repeated steps seen."""
-    seen = [0]
+    """Build every repeated step both ways and compare; the repeated steps seen, and of them
+    the ones that take the argmax alone."""
+    seen = [0, 0]
     steady_inputs = ModelRunner._steady_inputs
 
     def both_ways(self, sched, steady):
@@ -96,8 +97,10 @@ def _checked_steady_steps(monkeypatch) -> list[int]:
             assert torch.equal(g_meta.seq_lens, w_meta.seq_lens)
         assert g_meta.native_step is w_meta.native_step
         assert g_seqs == w_seqs and g_last == w_last and g_prompt == w_prompt == []
-        assert greedy == (argmax_only(w_seqs) and not any_logprobs(w_seqs))
+        if greedy:  # the argmax alone only where nothing adjusts the logits or reads them
+            assert argmax_only(w_seqs) and not any_logprobs(w_seqs)
         seen[0] += 1
+        seen[1] += greedy
         return got
 
     monkeypatch.setattr(ModelRunner, "_steady_inputs", both_ways)
@@ -147,6 +150,17 @@ def test_repeated_steps_equal_the_ordinary_path(tiny_model_dir, monkeypatch, nat
               max_num_batched_tokens=24, native_attention=native_attention)  # fmt: skip
     _run(llm, abort_at=12)
     assert llm.engine.stats().num_preemptions > 0 and seen[0] > 20
+
+
+def test_greedy_batches_take_the_argmax_alone(tiny_model_dir, monkeypatch):
+    """Only while no request in the batch has its logits adjusted or read."""
+    seen = _checked_steady_steps(monkeypatch)
+    plain = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    LLM(str(tiny_model_dir), block_size=4).generate([[3, 4, 5], [6, 7]], plain)
+    assert seen[1] == seen[0] > 5
+    seen[:] = [0, 0]
+    _run(LLM(str(tiny_model_dir), block_size=4), GREEDY_KINDS)
+    assert 0 < seen[1] < seen[0]  # not while a bias or a min_tokens mask is in the batch
 
 
 def test_repeated_steps_with_drafts(tiny_model_dir, monkeypatch):
