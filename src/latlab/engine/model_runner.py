@@ -351,9 +351,8 @@ class ModelRunner:
         return self._forward(ids, pos, caches, meta, rows).float()
 
     def _prepare(self, sched: SchedulerOutput):
-        """The step's model inputs, the sequences that sample and their last logits rows, the
-        prompt-logprob rows, and whether each row's argmax is all the step needs (only said of
-        a step that repeats the last one, which is built from what that one recorded)."""
+        """The step's model inputs, the sampling sequences and their last logits rows, the
+        prompt-logprob rows, and whether a repeated step (``_steady_inputs``) wants argmaxes."""
         steady = self.steady.take(sched.seqs, sched.num_new_tokens)
         if steady is not None:
             return self._steady_inputs(sched, steady)
@@ -408,10 +407,14 @@ class ModelRunner:
         meta = self._metadata(sched.num_new_tokens, pos, q_starts, slot_mapping, block_tables)
         ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
         rows = torch.tensor(logits_rows, dtype=torch.long, device=dev)
-        if not drafted and len(sampling) == len(sched.seqs):
-            greedy_only = argmax_only(sampling) and not any_logprobs(sampling)
-            self.steady.expect(seqs=sched.seqs, ends=ends, greedy_only=greedy_only)
+        if not drafted and len(sampling) == len(sched.seqs):  # the next step may repeat it
+            self._expect_repeat(sched.seqs, ends)
         return (ids, pos, self.kv_caches, meta, rows), sampling, last_rows, prompt_rows, False
+
+    def _expect_repeat(self, seqs: list[Sequence], ends: list[int]) -> None:
+        """Every sequence of this step samples one token: record what a repeat of it needs."""
+        greedy_only = argmax_only(seqs) and not any_logprobs(seqs)
+        self.steady.expect(seqs=seqs, ends=ends, greedy_only=greedy_only)
 
     def _steady_inputs(self, sched: SchedulerOutput, steady: SteadyInputs):
         """``_prepare``'s answer for a step that repeats the last one (steady_batch.py): every
