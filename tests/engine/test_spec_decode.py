@@ -188,7 +188,7 @@ def test_speculative_sampling_keeps_the_distribution():
     """Draft [0, 1] over hand-made p0, p1, p2: every emitted token follows p, whatever the draft."""
     p = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.1, 0.6, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25]])
     logits = p.clamp_min(1e-30).log()
-    sampler = Sampler([], seed=0)
+    sampler = Sampler(seed=0)
     seq = _sampled_seq(7)
     n = 20000
     runs = [sampler.verify_draft(logits, [0, 1], seq) for _ in range(n)]

@@ -119,7 +119,7 @@ def test_greedy_argmax_is_torch_s_first_largest(ops, threads, rows, vocab):
     finally:
         torch.set_num_threads(before)
     assert torch.equal(got, logits.max(dim=-1).indices)
-    sampler = Sampler([0], argmax=ops.greedy_argmax)
+    sampler = Sampler(argmax=ops.greedy_argmax)
     assert torch.equal(sampler.greedy(logits), greedy_tokens(logits))
     assert torch.equal(sampler.greedy(logits.bfloat16()), greedy_tokens(logits.bfloat16()))
 

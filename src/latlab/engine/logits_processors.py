@@ -14,7 +14,6 @@ stop list or the output length.
 
 from __future__ import annotations
 
-from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
 import torch
@@ -34,14 +33,14 @@ class LogitsState:
     counted: int = 0  # output tokens already in ``counts``
 
 
-def adjust_logits(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: Seq[int]) -> None:
+def adjust_logits(logits: torch.Tensor, seqs: list[Sequence]) -> None:
     """Apply every row's bias, penalties and min_tokens mask to ``logits`` in place."""
     for row, seq in enumerate(seqs):
         params = seq.params
         early = params.min_tokens and seq.num_output_tokens < params.min_tokens
         if not (early or params.adjusts_logits):
             continue
-        state = _state_of(seq, logits, eos_token_ids)
+        state = _state_of(seq, logits)
         if state.bias_ids is not None:
             logits[row].index_add_(0, state.bias_ids, state.bias_values.to(logits.dtype))
         if params.has_penalties:
@@ -50,22 +49,17 @@ def adjust_logits(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: Seq
             logits[row, state.banned_early] = float("-inf")
 
 
-def _state_of(seq: Sequence, logits: torch.Tensor, eos_token_ids: Seq[int]) -> LogitsState:
+def _state_of(seq: Sequence, logits: torch.Tensor) -> LogitsState:
     if seq.logits_state is None:
-        seq.logits_state = _build_state(seq, logits.shape[1], logits.device, eos_token_ids)
+        seq.logits_state = _build_state(seq, logits.shape[1], logits.device)
     return seq.logits_state
 
 
-def _build_state(
-    seq: Sequence, vocab: int, device: torch.device, eos_token_ids: Seq[int]
-) -> LogitsState:
+def _build_state(seq: Sequence, vocab: int, device: torch.device) -> LogitsState:
     params = seq.params
     state = LogitsState()
-    if params.min_tokens:
-        banned = set(params.stop_token_set)
-        if not params.ignore_eos:
-            banned.update(eos_token_ids)
-        ids = sorted(t for t in banned if t < vocab)
+    if params.min_tokens:  # the tokens that would stop it (EOS too unless ignored) wait
+        ids = sorted(t for t in seq.stop_ids if t < vocab)
         if ids:
             state.banned_early = torch.tensor(ids, dtype=torch.long, device=device)
     if params.logit_bias:

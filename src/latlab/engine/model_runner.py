@@ -105,7 +105,7 @@ class ModelRunner:
             self.native_step = self.model.native_decoder(decoder_class, self.kv_caches).step
         self.native_batch_step, self.batch_reason = self._native_batch()  # 5-64 rows
         argmax = self.step_ops.greedy_argmax if self.step_ops is not None else None
-        self.sampler = Sampler(args.eos_token_ids, seed=config.seed, argmax=argmax)
+        self.sampler = Sampler(seed=config.seed, argmax=argmax)
         self.block_tables = BlockTables(config.max_num_seqs)
         self.steady = SteadyBatch(
             block_size=self.block_size, tables=self.block_tables,

@@ -25,12 +25,8 @@ class Sampler:
     writes them, so each thread reads logits from its own core's cache."""
 
     def __init__(
-        self,
-        eos_token_ids: Seq[int],
-        seed: int = 0,
-        argmax: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        self, *, seed: int = 0, argmax: Callable[[torch.Tensor], torch.Tensor] | None = None
     ):
-        self.eos_token_ids = list(eos_token_ids)
         self.generator = torch.Generator().manual_seed(seed)
         self._argmax = argmax
 
@@ -43,7 +39,7 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """Each row's token, [rows] int64 on the logits' device."""
-        adjust_logits(logits, seqs, self.eos_token_ids)  # bias, penalties, min_tokens
+        adjust_logits(logits, seqs)  # bias, penalties, min_tokens (its stop ids: seq.stop_ids)
         if all(s.params.temperature == 0.0 for s in seqs):
             return self.greedy(logits)
         return self._sample_random(logits, seqs)
