@@ -5,6 +5,7 @@ without a q/k/v bias; when the engine uses it and why not; what it refuses."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -94,12 +95,17 @@ def test_the_engine_says_when_batch_steps_are_not_native(
     assert reason(tiny_model_dir, dtype="bfloat16") == "torch ops (LATLAB_NATIVE_KERNELS=0)"
 
 
-def _runner_step(model_dir):
-    runner = LLM(str(model_dir), dtype="bfloat16", max_num_seqs=64).engine.runner
+def _runner_inputs(model_dir, **config):
+    runner = LLM(str(model_dir), dtype="bfloat16", max_num_seqs=64, **config).engine.runner
     rows = torch.arange(5)  # five sequences at position 0, each in a block of its own
     tables = rows.view(5, 1).clone()
     inputs = {"ids": rows + 5, "positions": rows * 0, "slots": rows * runner.block_size,
               "logit_rows": rows, "block_tables": tables, "seq_lens": rows * 0 + 1}  # fmt: skip
+    return runner, inputs
+
+
+def _runner_step(model_dir):
+    runner, inputs = _runner_inputs(model_dir)
     return runner.native_batch_step, inputs
 
 
@@ -109,6 +115,40 @@ def test_a_batch_step_computes_the_rows_it_is_asked_for(batch_step, tiny_model_d
     assert logits.shape == (5, 4096) and logits.dtype == torch.float32
     again = step(**{**inputs, "logit_rows": torch.tensor([4, 4, 0])})
     torch.testing.assert_close(again, logits[[4, 4, 0]], rtol=0, atol=0)
+
+
+PHASES = ["embed", "norm", "quantize", "qkv", "attention", "o", "gate_up", "silu_mul", "down",
+          "head", "barrier"]  # fmt: skip
+
+
+@pytest.mark.parametrize("quantization", [None, "int8"])
+def test_timed_steps_account_for_each_phase_and_untimed_ones_for_none(
+    batch_step, tiny_model_dir, quantization
+):
+    """The phase clock: every phase a step runs is counted (quantizing GEMM inputs is W8A8's
+    alone), the sums stay within the threads' wall time, reading resets them, and timing off
+    counts nothing; the logits are the same either way."""
+    if quantization and amx_int8(wait=True)[0] is None:
+        pytest.skip("no AMX-INT8 here")
+    runner, inputs = _runner_inputs(tiny_model_dir, quantization=quantization)
+    decoder = runner.batch_decoder
+    untimed = decoder.step(**inputs)
+    assert dict(decoder.phase_seconds()) == dict.fromkeys(PHASES, 0.0)
+    decoder.time_phases(True)
+    start = time.perf_counter()
+    timed = [decoder.step(**inputs) for _ in range(3)]
+    wall = time.perf_counter() - start
+    phases = dict(decoder.phase_seconds())
+    assert list(phases) == PHASES
+    assert all(phases[p] > 0 for p in PHASES if p != "quantize")
+    assert (phases["quantize"] > 0) == (quantization == "int8")
+    assert sum(phases.values()) <= torch.get_num_threads() * wall
+    assert sum(dict(decoder.phase_seconds()).values()) == 0.0  # read: reset
+    decoder.time_phases(False)
+    decoder.step(**inputs)
+    assert sum(dict(decoder.phase_seconds()).values()) == 0.0
+    for logits in timed:
+        torch.testing.assert_close(logits, untimed, rtol=0, atol=0)
 
 
 def _longs(*values):

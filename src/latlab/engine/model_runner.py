@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -103,7 +104,8 @@ class ModelRunner:
         self.native_step: Callable[..., torch.Tensor] | None = None  # decode steps of 1-4 rows
         if decoder_class is not None:
             self.native_step = self.model.native_decoder(decoder_class, self.kv_caches).step
-        self.native_batch_step, self.batch_reason = self._native_batch()  # 5-64 rows
+        self.batch_decoder, self.batch_reason = self._native_batch()  # 5-64 rows
+        self.native_batch_step = None if self.batch_decoder is None else self.batch_decoder.step
         argmax = self.step_ops.greedy_argmax if self.step_ops is not None else None
         self.sampler = Sampler(seed=config.seed, argmax=argmax)
         self.block_tables = BlockTables(config.max_num_seqs)
@@ -210,10 +212,11 @@ class ModelRunner:
             raise ConfigError(f"native_decode=True but {decoder.reason}")
         return decoder.fn, decoder.reason
 
-    def _native_batch(self) -> tuple[Callable[..., torch.Tensor] | None, str]:
-        """The one-call decode step on AMX tiles for 5-64 rows, where the plan packed every
-        linear for the AMX kernels, bf16 or W8A8 int8 (the step-ops path's numbers, bit for
-        bit), and why."""
+    def _native_batch(self) -> tuple[Any | None, str]:
+        """The one-call decode step on AMX tiles for 5-64 rows (the native ``BatchDecodeModel``:
+        ``step``, and ``time_phases`` / ``phase_seconds`` for where its time goes), where the
+        plan packed every linear for the AMX kernels, bf16 or W8A8 int8 (the step-ops path's
+        numbers, bit for bit), and why."""
         if self.config.native_decode is False:
             return None, "native_decode=False"
         if self.config.max_num_seqs <= DECODE_MAX_ROWS:
@@ -229,7 +232,7 @@ class ModelRunner:
         model, layers = tensors
         attn = self.model.layers[0].self_attn
         decoder = kernel.fn(model, layers, attn.num_heads, self.model.norm.eps, attn.scale)
-        return decoder.step, BATCH_INT8 if self.weight_plan.linear == "int8" else kernel.reason
+        return decoder, BATCH_INT8 if self.weight_plan.linear == "int8" else kernel.reason
 
     def _why_not_native(self) -> str | None:
         plan, dtype = self.weight_plan, self.model.embed_tokens.weight.dtype

@@ -35,7 +35,13 @@ SOURCES = (
     HERE / "amx_linear.cpp",
     HERE / "amx_int8.cpp",
 )
-HEADERS = (HERE / "kernels.h", HERE / "vec512.h", HERE / "rows.h", HERE / "amx_tiles.h")
+HEADERS = (
+    HERE / "kernels.h",
+    HERE / "vec512.h",
+    HERE / "rows.h",
+    HERE / "amx_tiles.h",
+    HERE / "phase_clock.h",
+)
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
 BUILD_HINT = "`python -m latlab.engine.kernels` builds it; `make setup` does in the background"
 ATTENTION = "native paged decode attention (in place)"

@@ -33,6 +33,32 @@ using latlab::kTileBytes;
 using latlab::Int8Quads;
 using latlab::kTileSums;
 
+// y[:, 16 nb : 16 nb + 32] for `rows` quantized rows (whole tiles read), scaled back, bias added.
+void column_pair(const int8_t* xq, const float* xs, int64_t rows, int64_t k_dim, const int8_t* b,
+                 const float* ws, const c10::BFloat16* bias, int64_t nb, int64_t n_dim,
+                 c10::BFloat16* y) {
+  alignas(64) int32_t sums[32 * 32];
+  const int64_t kblocks = k_dim / 64;
+  const char* b0 = reinterpret_cast<const char*>(b);
+  const char* b1 = b0 + kblocks * kTileBytes;
+  const __m512 wv[2] = {_mm512_loadu_ps(ws + nb * 16), _mm512_loadu_ps(ws + nb * 16 + 16)};
+  __m512 bv[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  if (bias) bv[0] = latlab::load16(bias + nb * 16), bv[1] = latlab::load16(bias + nb * 16 + 16);
+  for (int64_t r0 = 0; r0 < rows; r0 += 32) {
+    latlab::pair_pass<Int8Quads>(reinterpret_cast<const char*>(xq + r0 * k_dim), k_dim, b0, b1,
+                                 kblocks, rows - r0, r0 == 0, sums);
+    for (int64_t r = 0; r < std::min<int64_t>(32, rows - r0); ++r) {
+      const __m512 xv = _mm512_set1_ps(xs[r0 + r]);
+      for (int half = 0; half < 2; ++half) {
+        const __m512 s = _mm512_cvtepi32_ps(_mm512_load_si512(sums + r * 32 + half * 16));
+        const __m512 v = _mm512_fmadd_ps(_mm512_mul_ps(s, xv), wv[half], bv[half]);
+        latlab::store16(y + (r0 + r) * n_dim + nb * 16 + half * 16, v,
+                        static_cast<__mmask16>(0xFFFF));
+      }
+    }
+  }
+}
+
 // y[:, 16 nb : 16 nb + 16] for `rows` quantized rows (whole tiles read), scaled back, bias added.
 void column_block(const int8_t* xq, const float* xs, int64_t rows, int64_t k_dim, const int8_t* b,
                   const float* ws, const c10::BFloat16* bias, int64_t nb, int64_t n_dim,
@@ -98,8 +124,13 @@ void amx_int8_columns(const int8_t* xq, const float* xs, int64_t rows, int64_t k
                       int64_t nb_lo, int64_t nb_hi, int64_t n_dim, c10::BFloat16* y) {
 #ifdef LATLAB_AMX_INT8
   const int64_t block_bytes = (k_dim / 64) * kTileBytes;
-  for (int64_t nb = nb_lo; nb < nb_hi; ++nb) {
-    column_block(xq, xs, rows, k_dim, packed + nb * block_bytes, ws, bias, nb, n_dim, y);
+  for (int64_t nb = nb_lo; nb < nb_hi; nb += 2) {
+    const int8_t* b = packed + nb * block_bytes;
+    if (nb + 1 < nb_hi) {
+      column_pair(xq, xs, rows, k_dim, b, ws, bias, nb, n_dim, y);
+    } else {  // an odd last block
+      column_block(xq, xs, rows, k_dim, b, ws, bias, nb, n_dim, y);
+    }
   }
 #else
   TORCH_CHECK(false, "amx_int8_columns: built without AMX-INT8");
@@ -160,10 +191,12 @@ torch::Tensor amx_int8_linear(const torch::Tensor& x, const torch::Tensor& packe
     }
   });
   auto y = torch::empty({m, n}, x.options());
-  at::parallel_for(0, n / 16, 1, [&](int64_t lo, int64_t hi) {
+  const int64_t blocks = n / 16;  // split in column pairs: an odd block only at the very end
+  at::parallel_for(0, (blocks + 1) / 2, 1, [&](int64_t lo, int64_t hi) {
     amx_thread_begin();  // tile state is per thread
     amx_int8_columns(xq.data_ptr<int8_t>(), xs.data_ptr<float>(), m, k, packed.data_ptr<int8_t>(),
-                     w_scale.data_ptr<float>(), b, lo, hi, n, y.data_ptr<c10::BFloat16>());
+                     w_scale.data_ptr<float>(), b, 2 * lo, std::min(2 * hi, blocks), n,
+                     y.data_ptr<c10::BFloat16>());
     amx_thread_end();
   });
   return y;

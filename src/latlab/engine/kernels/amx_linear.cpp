@@ -4,10 +4,10 @@
 // 64 rows make 64 multiply-adds per weight, far below what AMX does per byte. oneDNN's packed
 // GEMM read the reference model's weights at ~15 GB/s of a ~25 GB/s machine (docs/engine.md).
 // Here the weights are packed once into AMX's B-tile layout, each 16-column block contiguous
-// over K; a block is streamed once for all the step's rows (up to 64 rows in 4 accumulator
-// tiles, further rows reuse it from L2), and the next tiles are prefetched into L2 two tiles
-// ahead, which the hardware prefetcher does not do for tile loads (1.2x oneDNN on the model's
-// shapes at 64 rows; prefetching 1, 3, 4 tiles ahead or into L1 measured slower).
+// over K, and run two column blocks at a time against passes of 32 rows (amx_tiles.h): the
+// first pass streams the pair from memory, prefetched into L2 two tiles ahead, and later passes
+// find it in L2 (1.2x oneDNN on the model's shapes at 64 rows with one block at a time; the
+// pairs another 1.13x, docs/engine.md). An odd last block runs alone, in up to 4 row tiles.
 //
 // Numerics: products of bf16 pairs summed in float32 (as oneDNN's), in another order, so the
 // rounded bf16 outputs can differ from F.linear's in the last bit (~0.02% of them measured).
@@ -51,7 +51,7 @@ bool amx_permitted() {
 }
 
 // Tiles 0-3: float32 sums of 16 rows x 16 columns; 4-5: 16 rows of x (or 4: rows, 5: weights);
-// 6-7: weight tiles (the two-block form).
+// 6-7: the weight tiles of a column pair.
 constexpr TileConfig tile_config() {
   TileConfig cfg{};
   cfg.palette_id = 1;
@@ -72,39 +72,6 @@ void configure_tiles() { _tile_loadconfig(&kTileConfig); }
 using latlab::Bf16Pairs;
 using latlab::kTileSums;
 
-// Larger steps: MT x 16 rows against two column blocks at once (4 sum tiles, 2 row tiles, 2
-// weight tiles), so a row tile feeds two multiplies; the pair's weights, read from memory for
-// the first rows, come from L2 for the others. At 64 rows and fewer the one-block form above
-// streams the weights better (each weight tile feeds up to four multiplies).
-template <int MT>
-void tile_sums_pair(const char* a, int64_t stride, const char* b0, const char* b1,
-                    int64_t kblocks, float* sums) {
-  _tile_zero(0);
-  _tile_zero(1);
-  if constexpr (MT > 1) {
-    _tile_zero(2);
-    _tile_zero(3);
-  }
-  for (int64_t kb = 0; kb < kblocks; ++kb) {
-    _tile_loadd(6, b0 + kb * kTileBytes, 64);
-    _tile_loadd(7, b1 + kb * kTileBytes, 64);
-    _tile_loadd(4, a + kb * 64, stride);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    if constexpr (MT > 1) {
-      _tile_loadd(5, a + 16 * stride + kb * 64, stride);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
-    }
-  }
-  _tile_stored(0, sums, 128);  // [row][32 columns]: block 0 in columns 0-15, block 1 in 16-31
-  _tile_stored(1, sums + 16, 128);
-  if constexpr (MT > 1) {
-    _tile_stored(2, sums + 512, 128);
-    _tile_stored(3, sums + 528, 128);
-  }
-}
-
 // y[:, 16 nb : 16 nb + 32] for `rows` rows of x (padded to whole tiles), bias added, rounded.
 void column_pair(const c10::BFloat16* x, int64_t rows, int64_t k_dim, const char* b,
                  const c10::BFloat16* bias, int64_t nb, int64_t n_dim, c10::BFloat16* y) {
@@ -115,11 +82,7 @@ void column_pair(const c10::BFloat16* x, int64_t rows, int64_t k_dim, const char
   if (bias) bv[0] = latlab::load16(bias + nb * 16), bv[1] = latlab::load16(bias + nb * 16 + 16);
   for (int64_t r0 = 0; r0 < rows; r0 += 32) {
     const char* a = reinterpret_cast<const char*>(x + r0 * k_dim);
-    if (rows - r0 > 16) {
-      tile_sums_pair<2>(a, stride, b, b1, kblocks, sums);
-    } else {
-      tile_sums_pair<1>(a, stride, b, b1, kblocks, sums);
-    }
+    latlab::pair_pass<Bf16Pairs>(a, stride, b, b1, kblocks, rows - r0, r0 == 0, sums);
     for (int64_t r = 0; r < std::min<int64_t>(32, rows - r0); ++r) {
       for (int half = 0; half < 2; ++half) {
         const __m512 v = _mm512_add_ps(_mm512_load_ps(sums + r * 32 + half * 16), bv[half]);
@@ -177,8 +140,12 @@ void amx_columns(const c10::BFloat16* x, int64_t rows, int64_t k_dim, const c10:
 #ifdef LATLAB_AMX
   const char* w = reinterpret_cast<const char*>(packed);
   const int64_t block_bytes = (k_dim / 32) * kTileBytes;
-  for (int64_t nb = nb_lo; nb < nb_hi; ++nb) {
-    column_block(x, rows, k_dim, w + nb * block_bytes, bias, nb, n_dim, y);
+  for (int64_t nb = nb_lo; nb < nb_hi; nb += 2) {
+    if (nb + 1 < nb_hi) {
+      column_pair(x, rows, k_dim, w + nb * block_bytes, bias, nb, n_dim, y);
+    } else {  // an odd last block
+      column_block(x, rows, k_dim, w + nb * block_bytes, bias, nb, n_dim, y);
+    }
   }
 #else
   TORCH_CHECK(false, "amx_columns: built without AMX");
@@ -242,27 +209,12 @@ torch::Tensor amx_linear(const torch::Tensor& x, const torch::Tensor& packed,
   auto rows = x.contiguous();
   if (padded != m) rows = torch::cat({rows, torch::zeros({padded - m, k}, x.options())});
   const auto* xp = rows.data_ptr<c10::BFloat16>();
-  const char* wp = reinterpret_cast<const char*>(packed.data_ptr<c10::BFloat16>());
   auto* yp = y.data_ptr<c10::BFloat16>();
-  const int64_t block_bytes = (k / 32) * kTileBytes;
-  if (m <= 64) {
-    at::parallel_for(0, n / 16, 1, [&](int64_t lo, int64_t hi) {
-      configure_tiles();  // tile state is per thread
-      for (int64_t nb = lo; nb < hi; ++nb) column_block(xp, m, k, wp + nb * block_bytes, b, nb, n, yp);
-      _tile_release();
-    });
-    return y;
-  }
-  at::parallel_for(0, (n / 16 + 1) / 2, 1, [&](int64_t lo, int64_t hi) {
-    configure_tiles();
-    for (int64_t pair = lo; pair < hi; ++pair) {
-      const int64_t nb = 2 * pair;
-      if (nb + 1 < n / 16) {
-        column_pair(xp, m, k, wp + nb * block_bytes, b, nb, n, yp);
-      } else {  // an odd last block
-        column_block(xp, m, k, wp + nb * block_bytes, b, nb, n, yp);
-      }
-    }
+  const int64_t blocks = n / 16;  // split in column pairs: an odd block only at the very end
+  at::parallel_for(0, (blocks + 1) / 2, 1, [&](int64_t lo, int64_t hi) {
+    configure_tiles();  // tile state is per thread
+    amx_columns(xp, m, k, packed.data_ptr<c10::BFloat16>(), b, 2 * lo, std::min(2 * hi, blocks),
+                n, yp);
     _tile_release();
   });
 #else

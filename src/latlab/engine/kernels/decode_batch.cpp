@@ -20,6 +20,7 @@
 // [NB, KVH, BS, D]; block_tables [M, max_blocks]; seq_lens [M] (the new key included).
 
 #include "kernels.h"
+#include "phase_clock.h"
 #include "rows.h"
 
 #include <ATen/Parallel.h>
@@ -27,6 +28,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -34,6 +37,9 @@ namespace {
 using BF16 = c10::BFloat16;
 using latlab::narrow_row;
 using latlab::norm_row;
+using latlab::Phase;
+using latlab::PhaseClock;
+using latlab::sync;
 using latlab::widen_row;
 
 constexpr int64_t kMinRows = 5;   // 1-4 rows: the GEMV step (decode_step.cpp)
@@ -93,15 +99,16 @@ struct Buffers {
 
 BF16* ptr(const torch::Tensor& t) { return t.data_ptr<BF16>(); }
 
-// Each thread's scratch rows.
+// Each thread's scratch rows, and its phase clock (a no-op unless the step is timed).
 struct Scratch {
   std::vector<float> row, other, head, cos, sin;
   std::vector<BF16> q;
   std::vector<float> attention;
   bool tiles = false;  // this thread's AMX tiles are configured
-  Scratch(const Dims& s)
+  PhaseClock clock;
+  Scratch(const Dims& s, latlab::PhaseTotals* totals)
       : row(s.hidden), other(s.hidden), head(s.d), cos(s.d), sin(s.d),
-        q(s.heads / s.kv_heads * s.d) {}
+        q(s.heads / s.kv_heads * s.d), clock(totals) {}
 };
 
 // Rows [lo, hi): x += delta rounded to bf16 (no delta: x as it is), then h = RMSNorm(x), as
@@ -122,9 +129,10 @@ void add_norm_rows(BF16* x, const BF16* delta, const BF16* w, BF16* h, int64_t d
 
 // This thread's share of the 16-column blocks of y [m, n] = x @ w.T (+ bias): bf16 tiles, or
 // with int8 weights (a scale per output channel) the rows of x as quantized in `xq`.
+// Column blocks are shared in pairs (the AMX kernels' unit): only the very last can run alone.
 void gemm_share(const BF16* x, const Quantized& xq, int64_t m, const torch::Tensor& packed,
                 const torch::Tensor& scale, const BF16* bias, BF16* y, int t, int nt) {
-  const Span blocks = share(packed.size(0), t, nt);
+  const Span blocks = latlab::share(packed.size(0), 2, t, nt);
   const int64_t n = packed.size(0) * 16;
   if (scale.numel() == 0) {
     amx_columns(x, m, packed.size(1) * 32, ptr(packed), bias, blocks.lo, blocks.hi, n, y);
@@ -142,6 +150,15 @@ void quantize_rows(const BF16* x, const Quantized& xq, int64_t dim, Span rows) {
     quantize_row_int8(x + i * dim, dim, xq.q.data_ptr<int8_t>() + i * dim,
                       xq.scale.data_ptr<float>() + i);
   }
+}
+
+// The rows just made (by phase `done`) quantized for W8A8's next GEMM, then the barrier.
+void quantize_and_sync(const BF16* x, const Quantized& xq, int64_t dim, Span rows,
+                       PhaseClock& clock, Phase done) {
+  if (!xq.q.defined()) return sync(clock, done);
+  clock.mark(done);
+  quantize_rows(x, xq, dim, rows);
+  sync(clock, latlab::kQuantize);
 }
 
 void check_bf16(const torch::Tensor& t, const char* name) {
@@ -174,6 +191,10 @@ class BatchDecodeModel {
   torch::Tensor step(const torch::Tensor& ids, const torch::Tensor& positions,
                      const torch::Tensor& slots, const torch::Tensor& tables,
                      const torch::Tensor& lens, const torch::Tensor& logit_rows) const;
+  // Time the phases of the steps from here on (or stop), from zero.
+  void time_phases(bool on);
+  // Seconds per phase since timing started or was last read, summed over the threads.
+  std::vector<std::pair<std::string, double>> phase_seconds();
 
  private:
   void check_layer(const Layer& layer) const;
@@ -194,6 +215,8 @@ class BatchDecodeModel {
   std::vector<Layer> layers_;
   Dims dims_{};
   float eps_, scale_;
+  bool timed_ = false;
+  mutable latlab::PhaseTotals phase_ns_{};
 };
 
 BatchDecodeModel::BatchDecodeModel(std::vector<torch::Tensor> model,
@@ -301,31 +324,29 @@ void BatchDecodeModel::layer_step(const Layer& layer, const Inputs& in, const Bu
   const int64_t m = in.m, h = s.hidden;
   const Span rows = share(m, t, nt);
   const BF16* bias = layer.b_qkv.numel() > 0 ? ptr(layer.b_qkv) : nullptr;
+  PhaseClock& clock = sc.clock;
   add_norm_rows(ptr(b.x), pending, ptr(layer.norm1), ptr(b.h), h, eps_, rows, sc);
-  quantize_rows(ptr(b.h), b.hq, h, rows);
-#pragma omp barrier
+  quantize_and_sync(ptr(b.h), b.hq, h, rows, clock, latlab::kNorm);
   gemm_share(ptr(b.h), b.hq, m, layer.qkv, layer.s_qkv, bias, ptr(b.qkv), t, nt);
-#pragma omp barrier
+  sync(clock, latlab::kQkv);
   attend_items<KV>(layer, in, b, sc, t, nt);
-#pragma omp barrier
+  sync(clock, latlab::kAttention);
   if (layer.int8()) {  // a row's heads came from several threads: quantize once all are in
     quantize_rows(ptr(b.attn), b.attnq, s.q_dim(), rows);
-#pragma omp barrier
+    sync(clock, latlab::kQuantize);
   }
   gemm_share(ptr(b.attn), b.attnq, m, layer.o, layer.s_o, nullptr, ptr(b.o), t, nt);
-#pragma omp barrier
+  sync(clock, latlab::kO);
   add_norm_rows(ptr(b.x), ptr(b.o), ptr(layer.norm2), ptr(b.h), h, eps_, rows, sc);
-  quantize_rows(ptr(b.h), b.hq, h, rows);
-#pragma omp barrier
+  quantize_and_sync(ptr(b.h), b.hq, h, rows, clock, latlab::kNorm);
   gemm_share(ptr(b.h), b.hq, m, layer.gate_up, layer.s_gate_up, nullptr, ptr(b.gate_up), t, nt);
-#pragma omp barrier
+  sync(clock, latlab::kGateUp);
   for (int64_t i = rows.lo; i < rows.hi; ++i) {
     latlab::silu_mul_row(ptr(b.gate_up) + i * 2 * s.inter, ptr(b.act) + i * s.inter, s.inter);
   }
-  quantize_rows(ptr(b.act), b.actq, s.inter, rows);
-#pragma omp barrier
+  quantize_and_sync(ptr(b.act), b.actq, s.inter, rows, clock, latlab::kSiluMul);
   gemm_share(ptr(b.act), b.actq, m, layer.down, layer.s_down, nullptr, ptr(b.down), t, nt);
-#pragma omp barrier
+  sync(clock, latlab::kDown);
 }
 
 // The last residual add and the final norm of the logit rows, then the head's column blocks,
@@ -344,14 +365,15 @@ void BatchDecodeModel::head(const Inputs& in, const Buffers& b, float* logits, S
     widen_row(ptr(b.head_in) + r * h, sc.row.data(), h);
     norm_row(sc.row.data(), ptr(norm_), ptr(b.head_in) + r * h, h, eps_);
   }
-#pragma omp barrier
-  const Span blocks = share(head_.size(0), t, nt);
+  sync(sc.clock, latlab::kNorm);
+  const Span blocks = latlab::share(head_.size(0), 2, t, nt);
   amx_columns(ptr(b.head_in), in.rows, h, ptr(head_), nullptr, blocks.lo, blocks.hi, s.vocab,
               ptr(b.head_out));
   for (int64_t r = 0; r < in.rows; ++r) {
     widen_row(ptr(b.head_out) + r * s.vocab + blocks.lo * 16,
               logits + r * s.vocab + blocks.lo * 16, (blocks.hi - blocks.lo) * 16);
   }
+  sc.clock.mark(latlab::kHead);
 }
 
 template <typename KV>
@@ -360,13 +382,14 @@ void BatchDecodeModel::run(const Inputs& in, const Buffers& b, float* logits) co
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    Scratch sc(dims_);
+    Scratch sc(dims_, timed_ ? &phase_ns_ : nullptr);
     sc.tiles = amx_thread_begin();  // tile state is per thread; AMX was checked at construction
     const Span rows = share(in.m, t, nt);
     for (int64_t i = rows.lo; i < rows.hi; ++i) {
       std::copy_n(ptr(embed_) + in.ids[i] * dims_.hidden, dims_.hidden,
                   ptr(b.x) + i * dims_.hidden);
     }
+    sc.clock.mark(latlab::kEmbed);
     const BF16* pending = nullptr;
     for (const Layer& layer : layers_) {
       layer_step<KV>(layer, in, b, pending, sc, t, nt);
@@ -395,6 +418,19 @@ torch::Tensor BatchDecodeModel::step(const torch::Tensor& ids, const torch::Tens
   return logits;
 }
 
+void BatchDecodeModel::time_phases(bool on) {
+  for (auto& ns : phase_ns_) ns.store(0);
+  timed_ = on;
+}
+
+std::vector<std::pair<std::string, double>> BatchDecodeModel::phase_seconds() {
+  std::vector<std::pair<std::string, double>> out;
+  for (int p = 0; p < latlab::kPhases; ++p) {
+    out.emplace_back(latlab::kPhaseNames[p], 1e-9 * static_cast<double>(phase_ns_[p].exchange(0)));
+  }
+  return out;
+}
+
 }  // namespace
 
 void register_batch_decode_model(pybind11::module_& m) {
@@ -406,5 +442,10 @@ void register_batch_decode_model(pybind11::module_& m) {
            pybind11::arg("eps"), pybind11::arg("scale"))
       .def("step", &BatchDecodeModel::step, pybind11::arg("ids"), pybind11::arg("positions"),
            pybind11::arg("slots"), pybind11::arg("block_tables"), pybind11::arg("seq_lens"),
-           pybind11::arg("logit_rows"), pybind11::call_guard<pybind11::gil_scoped_release>());
+           pybind11::arg("logit_rows"), pybind11::call_guard<pybind11::gil_scoped_release>())
+      .def("time_phases", &BatchDecodeModel::time_phases, pybind11::arg("on"),
+           "time each phase of the steps from here on (off: stop), from zero")
+      .def("phase_seconds", &BatchDecodeModel::phase_seconds,
+           "[(phase, seconds summed over the threads)] since timing started or was last read; "
+           "reading resets them");
 }

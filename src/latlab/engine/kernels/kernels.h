@@ -96,7 +96,8 @@ torch::Tensor amx_linear(const torch::Tensor& x, const torch::Tensor& packed,
                          const std::optional<torch::Tensor>& bias);
 // For a caller's own parallel region: each thread configures its tiles (false without AMX),
 // computes column blocks [nb_lo, nb_hi) of y = x @ w.T + bias (bf16; x padded with zero rows
-// to whole 16-row tiles), and releases its tiles.
+// to whole 16-row tiles), two at a time (a range of odd length runs its last block alone),
+// and releases its tiles.
 bool amx_thread_begin();
 void amx_thread_end();
 void amx_columns(const c10::BFloat16* x, int64_t rows, int64_t k_dim, const c10::BFloat16* packed,
@@ -113,8 +114,8 @@ torch::Tensor amx_int8_linear(const torch::Tensor& x, const torch::Tensor& packe
 // One bf16 row as int8 and its scale (absmax / 127; values rounded to nearest even).
 void quantize_row_int8(const c10::BFloat16* x, int64_t k, int8_t* q, float* scale);
 // For a caller's own parallel region with its tiles configured (amx_thread_begin): column
-// blocks [nb_lo, nb_hi) of y = (xq @ w.T) * xs * ws (+ bias), bf16; xq padded to whole 16-row
-// tiles.
+// blocks [nb_lo, nb_hi) of y = (xq @ w.T) * xs * ws (+ bias), bf16, two at a time; xq padded
+// to whole 16-row tiles.
 void amx_int8_columns(const int8_t* xq, const float* xs, int64_t rows, int64_t k_dim,
                       const int8_t* packed, const float* ws, const c10::BFloat16* bias,
                       int64_t nb_lo, int64_t nb_hi, int64_t n_dim, c10::BFloat16* y);

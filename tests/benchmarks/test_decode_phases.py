@@ -1,0 +1,56 @@
+"""decode_phases: refuses batches the native batch step does not run, averages phases per decode
+step and thread, and runs end to end on a small model where the batch step exists."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from latlab.engine.kernels import batch_decode_model
+from latlab.testing.random_model import TINY_TEST, save_random_llama
+
+from .scripts import load_script
+
+decode_phases = load_script("decode_phases")
+
+
+@pytest.mark.parametrize("batch", ["4", "65"])
+def test_batches_outside_the_native_step_are_refused(batch, capsys):
+    with pytest.raises(SystemExit):
+        decode_phases.parse_args(["--batch", batch])
+    assert "the native batch step runs 5-64 rows" in capsys.readouterr().err
+
+
+def test_phases_are_per_decode_step_and_thread_medians_over_rounds():
+    rounds = [
+        {"phase_s": {"qkv": 0.4, "attention": 0.8}, "step_s": 1.1, "forward_s": 1.0,
+         "steps": 11, "tok_s": 100.0},
+        {"phase_s": {"qkv": 0.6, "attention": 1.0}, "step_s": 1.3, "forward_s": 1.2,
+         "steps": 11, "tok_s": 300.0},
+        {"phase_s": {"qkv": 0.2, "attention": 0.9}, "step_s": 1.2, "forward_s": 1.1,
+         "steps": 11, "tok_s": 200.0},
+    ]  # fmt: skip
+    got = decode_phases.per_step(rounds, threads=2, decode_steps=10)
+    assert got["phases_ms"] == pytest.approx({"qkv": 20.0, "attention": 45.0})  # 0.4 s / 2 / 10
+    assert got["step_ms"] == pytest.approx(1.2 / 11 * 1e3)
+    assert got["forward_ms"] == pytest.approx(1.1 / 11 * 1e3)
+    assert got["tok_s"] == 200.0
+
+
+def test_a_run_writes_every_phase_of_every_plan(tmp_path, capsys):
+    if batch_decode_model(wait=True).fn is None:
+        pytest.skip("no native batch decode step here (needs the kernels and AMX)")
+    model_dir = save_random_llama(tmp_path / "tiny", TINY_TEST, dtype="bfloat16", seed=1)
+    out = tmp_path / "phases.json"
+    decode_phases.main(["--model-dir", str(model_dir), "--batch", "5", "--output-len", "4",
+                        "--rounds", "1", "--quantization", "none", "--kv-cache-dtypes",
+                        "auto,int8", "--json", str(out)])  # fmt: skip
+    plans = json.loads(out.read_text())["plans"]
+    assert [p["plan"]["kv_cache_dtype"] for p in plans] == ["auto", "int8"]
+    for plan in plans:
+        phases = plan["phases_ms"]
+        assert phases["quantize"] == 0.0  # bf16 weights: nothing to quantize
+        assert all(phases[p] > 0 for p in ("qkv", "attention", "o", "gate_up", "down", "head"))
+        assert plan["kv_mb_per_step"] > 0 and plan["gemm_probe_ms"] > 0
+    assert "outside the forward pass" in capsys.readouterr().out
