@@ -7,7 +7,10 @@ request, 128 greedy output tokens, EOS ignored):
   engine variant's own linear kernels at every batch size, threads and load average;
 - latlab's engine in its default plan for this CPU and with each ``--quantization``, and
   transformers ``generate`` (static batch, sdpa), interleaved A B C A B C; tok/s medians;
-- the engine's CPU-side step overhead (step time outside the model's forward pass);
+- the engine's CPU-side step overhead (step time outside the model's forward pass), and where
+  its native batch step runs (5-64 rows on AMX), the GEMMs' share of its steps by the step's own
+  phase clock: the GEMM rate reached against the same kernels inside the step, beside the share
+  of the probe's rate;
 - vLLM CPU 0.32 in each of ``--vllm-dtypes`` (in its own process group, stopped whole when its
   script exits, EngineCore and Worker children included); the anchor is its best dtype;
 - shared-prefix TTFT with prefix caching on and off;
@@ -46,6 +49,7 @@ DOC_ANCHORS = {  # benchmarks.md, "Anchors measured here" (tok/s, bf16, an AVX-5
     "transformers_generate": {1: 60, 8: 345, 64: 739},
 }
 GOAL_VS_VLLM, GOAL_GEMM_FRACTION, GOAL_BANDWIDTH_FRACTION = 1.5, 0.75, 0.9
+GEMM_PHASES = ("qkv", "o", "gate_up", "down", "head")  # the native batch step's (phase_clock.h)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -111,20 +115,30 @@ def ensure_model(model_dir: Path) -> Path:
 
 
 def time_engine(llm, prompts, output_len: int) -> tuple[float, float, dict]:
-    """Wall tok/s, CPU tok/s, and the step-time split of this run (EngineStats deltas)."""
+    """Wall tok/s, CPU tok/s, and the step-time split of this run (EngineStats deltas; with the
+    native batch step, its GEMM phases' seconds per thread too, from its phase clock)."""
     from latlab.engine import SamplingParams
+    from latlab.engine.kernels import DECODE_MAX_ROWS
 
     params = SamplingParams(max_tokens=output_len, ignore_eos=True)
+    decoder = llm.engine.runner.batch_decoder if len(prompts) > DECODE_MAX_ROWS else None
+    if decoder is not None:
+        decoder.time_phases(True)  # ~20 ns a phase: ~5 us a step of ~15-20 ms
     before = llm.engine.stats()
     start, cpu = time.perf_counter(), time.process_time()
     outs = llm.generate(prompts, params)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     after = llm.engine.stats()
+    gemm_share = None  # of the native steps' time, all threads (the thread count may change)
+    if decoder is not None:
+        phases = dict(decoder.phase_seconds())
+        decoder.time_phases(False)
+        gemm_share = sum(phases[p] for p in GEMM_PHASES) / max(sum(phases.values()), 1e-12)
     assert all(len(o.token_ids) == output_len for o in outs)
     steps = after.steps_total - before.steps_total
     step_s = after.step_seconds_total - before.step_seconds_total
     forward_s = after.forward_seconds_total - before.forward_seconds_total
-    split = {"steps": steps, "step_s": step_s, "forward_s": forward_s}
+    split = {"steps": steps, "step_s": step_s, "forward_s": forward_s, "gemm_share": gemm_share}
     tokens = len(prompts) * output_len
     return tokens / elapsed, tokens / cpu, split
 
@@ -248,6 +262,12 @@ def summarise_runs(runs: list[tuple[float, float, dict]]) -> dict:
         "step_ms_mean": 1e3 * step_s / max(steps, 1),
         "outside_forward_ms_per_step": 1e3 * (step_s - forward_s) / max(steps, 1),
         "outside_forward_fraction": (step_s - forward_s) / step_s if step_s else 0.0,
+        # the GEMMs' own time inside the steps (phase clock), not a probe's: their share of it
+        "gemm_share_of_steps": (
+            sum(s["gemm_share"] * s["forward_s"] for s in splits) / step_s
+            if step_s and all(s["gemm_share"] is not None for s in splits)
+            else None
+        ),
     }
 
 
@@ -549,6 +569,15 @@ def print_summary(result: dict) -> None:
     print_goals(result)
 
 
+def _in_step_share(result: dict, name: str, batch: int) -> str:
+    """The GEMMs' share of the batch-``batch`` steps by the step's own phase clock: the GEMM rate
+    reached against what the same kernels do inside the step (a probe can be slower: W8A8's
+    quantizes inside each call)."""
+    row = next(r for r in result["throughput"] if r["batch"] == batch)
+    share = row["engines"][name].get("gemm_share_of_steps")
+    return "" if share is None else f"; its GEMMs are {100 * share:.0f}% of its steps' time"
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "missed"
 
@@ -566,6 +595,7 @@ def print_goals(result: dict) -> None:
             f"{_verdict(gemm >= GOAL_GEMM_FRACTION)}); batch {low} at {100 * bw:.0f}% of the "
             f"bandwidth limit (goal >= 90%: {_verdict(bw >= GOAL_BANDWIDTH_FRACTION)}); at 100% "
             f"of its GEMM rate it would be {big['x_vllm_at_gemm_rate'] or 0:.2f}x vLLM"
+            + _in_step_share(result, name, top)
         )
     fewer_bytes(result, low)
     peak_lines(result, top)

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from latlab.procs import group_members
 
 from .scripts import load_script
@@ -103,3 +105,33 @@ def test_peak_lines_put_both_engines_and_the_goal_against_the_fma_peak(capsys):
     assert "latlab: 120.0 GFLOP/s = 60% of peak (its GEMMs alone 75%)" in out
     assert "vLLM (float32 bind=all): 100.0 GFLOP/s = 50% of peak" in out
     assert "1.5x vLLM in float32 needs 150.0 GFLOP/s = 75% of peak" in out
+
+
+def test_the_gemms_share_of_steps_weighs_each_run_by_its_forward_time():
+    runs = [
+        (100.0, 50.0, {"steps": 10, "step_s": 1.0, "forward_s": 0.9, "gemm_share": 0.5}),
+        (110.0, 55.0, {"steps": 10, "step_s": 1.0, "forward_s": 0.8, "gemm_share": 0.75}),
+    ]
+    got = engine_speed.summarise_runs(runs)
+    assert got["gemm_share_of_steps"] == pytest.approx((0.45 + 0.6) / 2.0)
+    runs[1][2]["gemm_share"] = None  # a run without the native batch step: no share at all
+    assert engine_speed.summarise_runs(runs)["gemm_share_of_steps"] is None
+    result = {"throughput": [{"batch": 64, "engines": {"e": {"gemm_share_of_steps": 0.6}}}]}
+    assert engine_speed._in_step_share(result, "e", 64) == "; its GEMMs are 60% of its steps' time"
+
+
+def test_a_timed_batch_run_reads_its_gemm_share_from_the_phase_clock(tmp_path):
+    from latlab.engine import LLM
+    from latlab.engine.kernels import batch_decode_model
+    from latlab.testing.random_model import TINY_TEST, save_random_llama
+
+    if batch_decode_model(wait=True).fn is None:
+        pytest.skip("no native batch decode step here (needs the kernels and AMX)")
+    model_dir = save_random_llama(tmp_path / "tiny", TINY_TEST, dtype="bfloat16", seed=1)
+    llm = LLM(str(model_dir), dtype="bfloat16", max_num_seqs=8)
+    prompts = engine_speed.distinct_prompts(8, 6, 4096)
+    _, _, split = engine_speed.time_engine(llm, prompts, 4)
+    assert 0.0 < split["gemm_share"] < 1.0
+    assert dict(llm.engine.runner.batch_decoder.phase_seconds())["qkv"] == 0.0  # timing off again
+    _, _, small = engine_speed.time_engine(llm, prompts[:4], 4)  # 1-4 rows: the GEMV step
+    assert small["gemm_share"] is None

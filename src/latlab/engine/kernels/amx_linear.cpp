@@ -7,7 +7,7 @@
 // over K, and run two column blocks at a time against passes of 32 rows (amx_tiles.h): the
 // first pass streams the pair from memory, prefetched into L2 two tiles ahead, and later passes
 // find it in L2 (1.2x oneDNN on the model's shapes at 64 rows with one block at a time; the
-// pairs another 1.13x, docs/engine.md). An odd last block runs alone, in up to 4 row tiles.
+// pairs another 1.17x, docs/engine.md). An odd last block runs alone, in up to 4 row tiles.
 //
 // Numerics: products of bf16 pairs summed in float32 (as oneDNN's), in another order, so the
 // rounded bf16 outputs can differ from F.linear's in the last bit (~0.02% of them measured).

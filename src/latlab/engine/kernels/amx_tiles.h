@@ -6,10 +6,11 @@
 // Two column blocks at a time (tile_sums_pair): 2 row tiles x 2 weight tiles into 4 sum tiles,
 // so each tile loaded feeds two multiplies. A step's rows come in passes of 32; the pair's
 // weights are read from memory by the first pass (prefetched into L2 two tiles ahead, which
-// the hardware prefetcher does not do for tile loads) and from L2 by the others. At 64 rows the
-// GEMMs are bound by loading tiles, not by memory: the one-block form (one weight tile against
-// 4 row tiles, 5 loads for 4 multiplies) streamed the reference model's weights at 16.2-16.7
-// GB/s, this form (4 loads for 4) at 18.4-18.8 of the machine's 26-28 (docs/engine.md).
+// the hardware prefetcher does not do for tile loads) and from L2 by the others. At 64 rows
+// loading tiles costs more than the multiplies (~2 cycles a 64-byte line), and the one-block
+// form (one weight tile against 4 row tiles) loads 5 tiles for 4 multiplies where this form
+// loads 4: the model's GEMMs at 64 rows ran 1.17x faster (benchmarks/int8_gemm.py, bf16 and
+// int8; docs/engine.md). The one-block form stays for an odd last column block.
 #pragma once
 
 #include <cstdint>
@@ -26,9 +27,7 @@ constexpr int64_t kPrefetchTiles = 2;
 inline void prefetch_tile(const char* ahead) {
   for (int64_t line = 0; line < kTileBytes; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T1);
 }
-#endif
 
-#ifdef LATLAB_AMX
 // The tile multiply C += A . B. GCC's intrinsics paste the tile numbers into the instruction
 // text, so each (C, A, B) the loops below use is spelled out: the one-block form's (C, 4, 5) and
 // the pair form's (0, 4, 6), (1, 4, 7), (2, 5, 6), (3, 5, 7).

@@ -27,6 +27,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -43,7 +44,7 @@ using latlab::sync;
 using latlab::widen_row;
 
 constexpr int64_t kMinRows = 5;   // 1-4 rows: the GEMV step (decode_step.cpp)
-constexpr int64_t kMaxRows = 64;  // the AMX kernel's one-pass form: 4 row tiles
+constexpr int64_t kMaxRows = 64;  // the batches it was built and measured for
 
 using latlab::Span;
 // Thread t's share of n items, item by item.
@@ -215,7 +216,7 @@ class BatchDecodeModel {
   std::vector<Layer> layers_;
   Dims dims_{};
   float eps_, scale_;
-  bool timed_ = false;
+  std::atomic<bool> timed_{false};  // set between steps, maybe from another thread
   mutable latlab::PhaseTotals phase_ns_{};
 };
 
@@ -382,7 +383,7 @@ void BatchDecodeModel::run(const Inputs& in, const Buffers& b, float* logits) co
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    Scratch sc(dims_, timed_ ? &phase_ns_ : nullptr);
+    Scratch sc(dims_, timed_.load(std::memory_order_relaxed) ? &phase_ns_ : nullptr);
     sc.tiles = amx_thread_begin();  // tile state is per thread; AMX was checked at construction
     const Span rows = share(in.m, t, nt);
     for (int64_t i = rows.lo; i < rows.hi; ++i) {
@@ -420,7 +421,7 @@ torch::Tensor BatchDecodeModel::step(const torch::Tensor& ids, const torch::Tens
 
 void BatchDecodeModel::time_phases(bool on) {
   for (auto& ns : phase_ns_) ns.store(0);
-  timed_ = on;
+  timed_.store(on, std::memory_order_relaxed);
 }
 
 std::vector<std::pair<std::string, double>> BatchDecodeModel::phase_seconds() {
