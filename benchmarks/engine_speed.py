@@ -116,7 +116,7 @@ def ensure_model(model_dir: Path) -> Path:
 
 def time_engine(llm, prompts, output_len: int) -> tuple[float, float, dict]:
     """Wall tok/s, CPU tok/s, and the step-time split of this run (EngineStats deltas; with the
-    native batch step, its GEMM phases' seconds per thread too, from its phase clock)."""
+    native batch step, the GEMM phases' share of its time too, from its phase clock)."""
     from latlab.engine import SamplingParams
     from latlab.engine.kernels import DECODE_MAX_ROWS
 
