@@ -29,9 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # engine_speed.py sits beside this script
-from engine_speed import distinct_prompts, ensure_model
-
-GEMMS = ("qkv", "o", "gate_up", "down", "head")
+from engine_speed import GEMM_PHASES, distinct_prompts, ensure_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -133,11 +131,12 @@ def run_plan(args, quantization: str, kv: str, bandwidth: float) -> dict:
         print(f"  round {i + 1}/{args.rounds}: {rounds[-1]['tok_s']:,.1f} tok/s", flush=True)
     decode_steps = args.output_len - 1  # the first token comes from the prefill step
     summary = per_step(rounds, args.threads, decode_steps)
+    kv_per_step = kv_bytes_read(llm, args) / decode_steps
     summary.update({
         "plan": {"quantization": quantization, "kv_cache_dtype": kv},
         "gemm_probe_ms": 1e3 * probe_s,
-        "kv_read_ms_at_probe": 1e3 * kv_bytes_read(llm, args) / decode_steps / bandwidth,
-        "kv_mb_per_step": kv_bytes_read(llm, args) / decode_steps / 1e6,
+        "kv_read_ms_at_probe": 1e3 * kv_per_step / bandwidth,
+        "kv_mb_per_step": kv_per_step / 1e6,
         "rounds": rounds,
     })  # fmt: skip
     return summary
@@ -152,7 +151,7 @@ def print_plan(s: dict) -> None:
     for name, ms in phases.items():
         if ms > 0:
             print(f"{name:<12} {ms:>8.2f} {100 * ms / forward:>5.1f}%")
-    gemm = sum(phases[g] for g in GEMMS)
+    gemm = sum(phases[g] for g in GEMM_PHASES)
     print(f"GEMMs {gemm:.2f} ms ({100 * gemm / forward:.0f}% of the forward pass): "
           f"{100 * s['gemm_probe_ms'] / gemm:.0f}% of the same-shape probe's rate (it would take "
           f"{s['gemm_probe_ms']:.2f} ms)")  # fmt: skip

@@ -124,14 +124,14 @@ void amx_int8_columns(const int8_t* xq, const float* xs, int64_t rows, int64_t k
                       int64_t nb_lo, int64_t nb_hi, int64_t n_dim, c10::BFloat16* y) {
 #ifdef LATLAB_AMX_INT8
   const int64_t block_bytes = (k_dim / 64) * kTileBytes;
-  for (int64_t nb = nb_lo; nb < nb_hi; nb += 2) {
-    const int8_t* b = packed + nb * block_bytes;
-    if (nb + 1 < nb_hi) {
-      column_pair(xq, xs, rows, k_dim, b, ws, bias, nb, n_dim, y);
-    } else {  // an odd last block
-      column_block(xq, xs, rows, k_dim, b, ws, bias, nb, n_dim, y);
-    }
-  }
+  latlab::each_column_pair(
+      nb_lo, nb_hi,
+      [&](int64_t nb) {
+        column_pair(xq, xs, rows, k_dim, packed + nb * block_bytes, ws, bias, nb, n_dim, y);
+      },
+      [&](int64_t nb) {
+        column_block(xq, xs, rows, k_dim, packed + nb * block_bytes, ws, bias, nb, n_dim, y);
+      });
 #else
   TORCH_CHECK(false, "amx_int8_columns: built without AMX-INT8");
 #endif

@@ -140,13 +140,10 @@ void amx_columns(const c10::BFloat16* x, int64_t rows, int64_t k_dim, const c10:
 #ifdef LATLAB_AMX
   const char* w = reinterpret_cast<const char*>(packed);
   const int64_t block_bytes = (k_dim / 32) * kTileBytes;
-  for (int64_t nb = nb_lo; nb < nb_hi; nb += 2) {
-    if (nb + 1 < nb_hi) {
-      column_pair(x, rows, k_dim, w + nb * block_bytes, bias, nb, n_dim, y);
-    } else {  // an odd last block
-      column_block(x, rows, k_dim, w + nb * block_bytes, bias, nb, n_dim, y);
-    }
-  }
+  latlab::each_column_pair(
+      nb_lo, nb_hi,
+      [&](int64_t nb) { column_pair(x, rows, k_dim, w + nb * block_bytes, bias, nb, n_dim, y); },
+      [&](int64_t nb) { column_block(x, rows, k_dim, w + nb * block_bytes, bias, nb, n_dim, y); });
 #else
   TORCH_CHECK(false, "amx_columns: built without AMX");
 #endif

@@ -138,6 +138,19 @@ void pair_pass(const char* a, int64_t stride, const char* b0, const char* b1, in
   }
 }
 
+// Column blocks [lo, hi) two at a time: pair(nb) for blocks nb and nb + 1, block(nb) for an
+// odd last one.
+template <typename Pair, typename Block>
+void each_column_pair(int64_t lo, int64_t hi, Pair pair, Block block) {
+  for (int64_t nb = lo; nb < hi; nb += 2) {
+    if (nb + 1 < hi) {
+      pair(nb);
+    } else {
+      block(nb);
+    }
+  }
+}
+
 using TileSums = void (*)(const char*, int64_t, const char*, int64_t, void*);
 // The form for 1-4 row tiles.
 template <typename Dot>
