@@ -56,7 +56,11 @@ def test_a_ten_percent_slower_ttft_is_found_in_both_directions(runs):
 
 
 def test_the_same_configuration_shows_no_difference(runs):
-    cmp = compare_runs(runs["base"], runs["again"], FIGURES, fail_on_regression_pct=5)
+    # Two runs of one stub on a loaded 2-core CI machine (vLLM installing beside the suite) have
+    # differed by 3-6% in TTFT with intervals excluding zero: between-run noise the per-request
+    # interval cannot see. So this A/A check asks for effects over 8%, the 10% test above at 3%.
+    cmp = compare_runs(runs["base"], runs["again"], FIGURES, min_effect_pct=8,
+                       fail_on_regression_pct=8)  # fmt: skip
     assert set(verdicts(cmp).values()) == {"no difference"}, [r.to_dict() for r in cmp.rows]
     assert cmp.regressions == []
     assert [k for k, _, _ in cmp.changed] == ["target.name"]  # each stub had its own port
