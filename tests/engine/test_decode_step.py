@@ -16,6 +16,7 @@ from latlab.engine.hardware import cpu_capabilities
 from latlab.engine.kernels import decode_model, small_linear
 from latlab.engine.models.int8_linear import quantize_per_channel
 from latlab.engine.models.packed_linear import PackedLinear
+from latlab.engine.models.panel_linear import PanelPackedLinear
 from latlab.errors import ConfigError
 from latlab.testing.random_model import TINY_TEST, save_random_llama
 
@@ -97,12 +98,13 @@ def test_runner_says_when_decode_steps_are_native(native_step, tiny_model_dir):
 def test_packed_float32_engine_decodes_small_steps_natively_on_the_plain_weights(
     native_step, tiny_model_dir
 ):
-    """float32 with steps beyond 4 rows: oneDNN-packed copies for those, the plain weights kept
+    """float32 with steps beyond 4 rows: packed copies for those (oneDNN's, or the AVX2 panel
+    GEMM's on an AVX2-only CPU), the plain weights kept
     for the native decode steps; the tokens and log-probabilities are the plain engine's."""
     packed = LLM(str(tiny_model_dir))  # max_num_seqs 64
     runner = packed.engine.runner
     qkv = runner.model.layers[0].self_attn.qkv_proj
-    assert runner.weight_plan.keep_plain and isinstance(qkv, PackedLinear)
+    assert runner.weight_plan.keep_plain and isinstance(qkv, (PackedLinear, PanelPackedLinear))
     assert qkv.weight is not None and runner.native_step is not None
     prompts = mixed_prompts(6)
     params = SamplingParams(max_tokens=8, logprobs=3, ignore_eos=True)

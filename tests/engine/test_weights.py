@@ -19,6 +19,7 @@ from latlab.engine.hardware import (
     choose_threads,
     cpu_capabilities,
 )
+from latlab.engine.kernels import f32_panels
 from latlab.engine.models.int8_linear import (
     Int8Linear,
     fbgemm_ready,
@@ -26,6 +27,7 @@ from latlab.engine.models.int8_linear import (
     quantize_per_channel,
 )
 from latlab.engine.models.packed_linear import PackedLinear
+from latlab.engine.models.panel_linear import PanelPackedLinear
 from latlab.engine.weights import plan_weights
 from latlab.errors import ConfigError
 
@@ -48,8 +50,10 @@ def _plan(dtype=torch.bfloat16, caps=AVX2, **options):
 def test_bf16_without_bf16_instructions_computes_in_float32_on_packed_copies():
     plan = _plan()
     assert plan.dtype == torch.bfloat16 and plan.compute_dtype == torch.float32
-    assert plan.linear == "onednn-packed"
-    assert "no bfloat16 GEMM" in plan.reason
+    assert plan.linear == "f32-panels"  # AVX2 only: the engine's panel GEMM
+    assert "no bfloat16 GEMM" in plan.reason and "AVX2 panel GEMM" in plan.reason
+    avx512 = _plan(caps=dataclasses.replace(AVX2, isa="AVX512"))  # 16 lanes: oneDNN's
+    assert (avx512.compute_dtype, avx512.linear) == (torch.float32, "onednn-packed")
 
 
 def test_bf16_with_bf16_instructions_stays_bf16_packed_beside_the_plain_weights():
@@ -72,8 +76,10 @@ def test_float32_packs_copies_beside_the_plain_weights_when_steps_can_exceed_fou
     assert (small.linear, small.keep_plain) == ("plain", False)
     for plan in (_plan(torch.float32, max_rows=64), _plan(torch.float32, packed_linear=True)):
         assert plan.compute_dtype == torch.float32 and plan.keep_plain
-        assert plan.linear == "onednn-packed"
+        assert plan.linear == "f32-panels"  # AVX2
         assert "twice the linear weights' memory" in plan.reason
+    for caps in (AVX512_BF16, AMX):  # float32 with AVX-512: oneDNN's 16-lane GEMM
+        assert _plan(torch.float32, caps=caps, max_rows=64).linear == "onednn-packed"
     assert _plan(torch.float32, max_rows=64, packed_linear=False).linear == "plain"
     assert not _plan(max_rows=64).keep_plain  # bf16: the packed float32 copies only
 
@@ -246,13 +252,15 @@ def test_engine_report_names_threads_and_dtypes(tiny_model_dir):
     assert report["threads"] == 1 and report["threads_reason"] == "num_threads set"
     assert report["dtype"] == report["compute_dtype"] == "float32"
     assert report["linear"] == "plain" and report["kv_cache_dtype"] == "float32"
-    assert LLM(str(tiny_model_dir)).engine.describe()["linear"] == "onednn-packed"
+    panels = cpu_capabilities().isa == "AVX2" and f32_panels()[0] is not None
+    packed = "f32-panels" if panels else "onednn-packed"
+    assert LLM(str(tiny_model_dir)).engine.describe()["linear"] == packed
 
 
 def test_plain_weights_are_released_when_no_native_layer_reads_them(tiny_model_dir):
     runner = LLM(str(tiny_model_dir), native_decode=False).engine.runner
     assert runner.weight_plan.keep_plain
-    packed = [m for m in runner.model.modules() if isinstance(m, PackedLinear)]
+    packed = [m for m in runner.model.modules() if isinstance(m, (PackedLinear, PanelPackedLinear))]
     assert packed and all(m.weight is None for m in packed)
     assert runner.model.embed_tokens.weight.numel() > 0  # a tied head's embedding stays
 

@@ -47,7 +47,13 @@ from latlab.engine.sampler import Sampler, argmax_only
 from latlab.engine.scheduler import SchedulerOutput
 from latlab.engine.sequence import Sequence
 from latlab.engine.steady_batch import SteadyBatch, SteadyInputs
-from latlab.engine.weights import WeightPlan, apply_weight_plan, held_bytes, plan_weights
+from latlab.engine.weights import (
+    PACKED_KERNELS,
+    WeightPlan,
+    apply_weight_plan,
+    held_bytes,
+    plan_weights,
+)
 from latlab.errors import CapacityError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -98,7 +104,7 @@ class ModelRunner:
         if decoder_class is None and self.weight_plan.keep_plain:
             drop_plain_weights(self.model)  # only the native decode steps read them
         self.weight_memory_bytes = held_bytes(self.model)  # fixed from here on
-        self.packed_linear = self.weight_plan.linear in ("onednn-packed", "amx-packed")
+        self.packed_linear = self.weight_plan.linear in PACKED_KERNELS
         shape = (num_blocks, args.num_key_value_heads, config.block_size, args.head_dim)
         self.kv_caches, self.kv_cache_pages = self._kv_caches(shape, args.num_hidden_layers)
         self.native_step: Callable[..., torch.Tensor] | None = None  # decode steps of 1-4 rows

@@ -21,8 +21,10 @@ from torch import nn
 from latlab.engine.models.amx_linear import AmxPackedLinear
 from latlab.engine.models.int8_linear import Int8Linear
 from latlab.engine.models.packed_linear import PackedLinear
+from latlab.engine.models.panel_linear import PanelPackedLinear
 
-LINEAR_TYPES = (nn.Linear, PackedLinear, AmxPackedLinear, Int8Linear)
+PACKED_TYPES = (PackedLinear, PanelPackedLinear)  # the copy a step reads: its bytes count
+LINEAR_TYPES = (nn.Linear, *PACKED_TYPES, AmxPackedLinear, Int8Linear)
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)
@@ -67,7 +69,7 @@ def _layer_bytes(module: nn.Module) -> int:
     extra = 0 if bias is None else bias.numel() * bias.element_size()
     if isinstance(module, Int8Linear):
         return n + module.out_features * 4 + extra
-    weight = module.packed_weight if isinstance(module, PackedLinear) else module.weight
+    weight = module.packed_weight if isinstance(module, PACKED_TYPES) else module.weight
     return n * weight.element_size() + extra
 
 

@@ -6,8 +6,10 @@ slower than a float32 one at batch 64 (docs/engine.md), so there the engine comp
 on packed float32 copies of the bf16 weights (twice the weight memory) while the KV cache stays
 in the requested dtype. Where the CPU has AMX, bf16 linears get copies packed for the engine's
 AMX-tile GEMM (1.23x oneDNN's at decode sizes) beside the plain weights the native decode steps
-stream. ``quantization`` stores linear weights as int8 instead. The plan records the choice and
-the reason; the engine's start-up report prints it.
+stream; where it has neither AVX-512 nor bf16 (an AVX2 EPYC), float32 linears get copies packed
+for the engine's AVX2 panel GEMM (1.3x oneDNN's at 64 rows). ``quantization`` stores linear
+weights as int8 instead. The plan records the choice and the reason; the engine's start-up
+report prints it.
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ import dataclasses
 import torch
 
 from latlab.engine.hardware import CpuCapabilities
-from latlab.engine.kernels import DECODE_MAX_ROWS, amx_int8, amx_linear
+from latlab.engine.kernels import DECODE_MAX_ROWS, amx_int8, amx_linear, f32_panels
 from latlab.engine.models.amx_linear import AmxPackedLinear, amx_fits, pack_linears_amx
 from latlab.engine.models.int8_linear import kernels_in, quantize_linears
 from latlab.engine.models.llama import LlamaForCausalLM
 from latlab.engine.models.packed_linear import onednn_available, pack_linears
+from latlab.engine.models.panel_linear import pack_linears_panels
 from latlab.errors import ConfigError
 
-LINEAR_KERNELS = ("plain", "onednn-packed", "amx-packed", "int8", "int8-weight-only")
+LINEAR_KERNELS = (
+    "plain", "onednn-packed", "amx-packed", "f32-panels", "int8", "int8-weight-only",
+)  # fmt: skip
+PACKED_KERNELS = ("onednn-packed", "amx-packed", "f32-panels")  # copies packed for the GEMMs
 QUANTIZATIONS = ("int8", "int8-weight-only")
 
 
@@ -89,24 +95,37 @@ def plan_weights(
         why = "packed_linear=False" if packed_linear is False else "compile=True"
         return WeightPlan(dtype=dtype, compute_dtype=dtype, linear="plain", reason=why)
     if dtype == torch.float32 or (dtype == torch.bfloat16 and native):
-        return _streamed_plan(dtype, packed_linear, max_rows, amx=caps.amx_bf16)
+        return _streamed_plan(dtype, packed_linear, max_rows, caps=caps)
+    if compute == torch.float32 and _panels_cpu(caps):
+        why = "weights packed once for the engine's AVX2 panel GEMM" + widened
+        return WeightPlan(dtype=dtype, compute_dtype=compute, linear="f32-panels", reason=why)
     why = "weights reordered once for oneDNN's GEMM" + widened
     return WeightPlan(dtype=dtype, compute_dtype=compute, linear="onednn-packed", reason=why)
 
 
+def _panels_cpu(caps: CpuCapabilities) -> bool:
+    """float32 GEMMs on the engine's AVX2 panels: on a CPU whose widest vectors are AVX2's
+    (1.3x oneDNN's packed GEMM at 64 rows on the AVX2 EPYC). With AVX-512 oneDNN's 16-lane
+    GEMM stays: the panels' 8 lanes were not measured against it."""
+    return caps.isa == "AVX2"
+
+
 def _streamed_plan(
-    dtype: torch.dtype, packed_linear: bool | None, max_rows: int, *, amx: bool
+    dtype: torch.dtype, packed_linear: bool | None, max_rows: int, *, caps: CpuCapabilities
 ) -> WeightPlan:
     """float32, or bf16 on a CPU with bf16 GEMMs: plain weights for steps of 1-4 rows (the
     native GEMV streams them), plus packed copies for larger steps: AMX tiles for bf16 where the
-    CPU has them (1.23x oneDNN's packed GEMM at 8-64 rows), else oneDNN's (1.47x decode
-    throughput at batch 64 in float32 on the AVX2 EPYC; docs/engine.md)."""
+    CPU has them (1.23x oneDNN's packed GEMM at 8-64 rows), AVX2 panels for float32 on an
+    AVX2-only CPU (1.3x oneDNN's at 64 rows), else oneDNN's (1.47x decode throughput at batch 64
+    over plain F.linear in float32 on the AVX2 EPYC; docs/engine.md)."""
     name = _name(dtype)
     if packed_linear is None and max_rows <= DECODE_MAX_ROWS:
         why = f"{name}, steps of at most {max_rows} rows: plain weights (the native GEMV's)"
         return WeightPlan(dtype=dtype, compute_dtype=dtype, linear="plain", reason=why)
-    if amx and dtype == torch.bfloat16:
+    if caps.amx_bf16 and dtype == torch.bfloat16:
         linear, copies = "amx-packed", "copies packed once for AMX tiles for larger ones"
+    elif dtype == torch.float32 and _panels_cpu(caps):
+        linear, copies = "f32-panels", "copies packed once for the AVX2 panel GEMM for larger ones"
     else:
         linear, copies = "onednn-packed", "copies reordered once for oneDNN's GEMM for larger ones"
     why = (
@@ -142,6 +161,8 @@ def apply_weight_plan(model: LlamaForCausalLM, plan: WeightPlan, batch_hint: int
         plan = _quantize(model, plan)
     if plan.linear == "amx-packed":
         plan = _pack_amx(model, plan)
+    if plan.linear == "f32-panels":
+        plan = _pack_panels(model, plan)
     if plan.linear == "onednn-packed":
         packed = onednn_available() and (
             pack_linears(model, batch_hint, plan.compute_dtype, keep_plain=plan.keep_plain) > 0
@@ -182,6 +203,17 @@ def _pack_amx(model: LlamaForCausalLM, plan: WeightPlan) -> WeightPlan:
     total = sum(isinstance(m, torch.nn.Linear) for m in model.modules()) + packed
     why = f"{plan.reason}; {packed} of {total} layers fit the tiles"
     return dataclasses.replace(plan, reason=why)
+
+
+def _pack_panels(model: LlamaForCausalLM, plan: WeightPlan) -> WeightPlan:
+    """Panel-packed float32 copies where the kernel is built; else oneDNN's, saying why."""
+    kernel, why_not = f32_panels(wait=False)
+    if kernel is None:
+        why = f"float32: panel GEMM unavailable ({why_not}); oneDNN-packed copies"
+        return dataclasses.replace(plan, linear="onednn-packed", reason=why)
+    packed = pack_linears_panels(model, kernel, keep_plain=plan.keep_plain)
+    total = sum(isinstance(m, torch.nn.Linear) for m in model.modules()) + packed
+    return dataclasses.replace(plan, reason=f"{plan.reason}; {packed} of {total} layers fit")
 
 
 def held_bytes(model: torch.nn.Module) -> int:

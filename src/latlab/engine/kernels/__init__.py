@@ -11,7 +11,8 @@ foreground. Until the build exists the engine runs its pure-torch path and says 
 One module holds every kernel: the in-place paged decode attention (paged_attention.cpp), the
 small-batch decode step with its GEMV (decode_step.cpp), which calls that attention, the
 fused elementwise work of steps of any size (step_ops.cpp), bf16 linear layers on AMX tiles
-(amx_linear.cpp) and W8A8 ones on AMX int8 tiles (amx_int8.cpp).
+(amx_linear.cpp), W8A8 ones on AMX int8 tiles (amx_int8.cpp) and float32 ones on AVX2 FMA
+(f32_panels.cpp).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ SOURCES = (
     HERE / "step_ops.cpp",
     HERE / "amx_linear.cpp",
     HERE / "amx_int8.cpp",
+    HERE / "f32_panels.cpp",
 )
 HEADERS = (
     HERE / "kernels.h",
@@ -55,6 +57,7 @@ BATCH_INT8 = (
 STEP_OPS = "native fused norms, RoPE + cache writes and SiLU * up"
 AMX = "bf16 GEMMs on AMX tiles (weights packed once, streamed once a step)"
 AMX_INT8 = "int8 GEMMs on AMX tiles (activations quantized per row, weights packed once)"
+F32_PANELS = "float32 GEMMs on AVX2 FMA (weights packed once in 16-column panels)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,11 +181,15 @@ def step_ops(*, wait: bool = True) -> tuple[StepOps | None, str]:
 
 
 @dataclass(frozen=True, slots=True)
-class AmxLinear:
-    """bf16 linear layers on AMX tiles (amx_linear.cpp): pack a weight once, then multiply."""
+class LinearKernel:
+    """A native linear kernel: ``pack(weight)`` once, then ``linear(x, packed, bias or None)``
+    (bf16 on AMX tiles, amx_linear.cpp; float32 on AVX2 FMA, f32_panels.cpp)."""
 
     pack: Callable[..., Any]
     linear: Callable[..., Any]
+
+
+AmxLinear = LinearKernel
 
 
 def _amx_module(wait: bool, available: str, what: str) -> tuple[ModuleType | None, str]:
@@ -200,6 +207,17 @@ def amx_linear(*, wait: bool = True) -> tuple[AmxLinear | None, str]:
     """The AMX linear kernel where the build has it and the OS grants AMX state, or why not."""
     m, why = _amx_module(wait, "amx_available", "AMX-BF16")
     return (AmxLinear(pack=m.amx_pack, linear=m.amx_linear), AMX) if m else (None, why)
+
+
+def f32_panels(*, wait: bool = True) -> tuple[LinearKernel | None, str]:
+    """The float32 panel GEMM where the build has AVX2 and FMA, or why not."""
+    build = _module(wait=wait)
+    if build.module is None:
+        return None, build.reason
+    m = build.module
+    if not m.f32_panels_available():
+        return None, "no AVX2 FMA in this build's CPU"
+    return LinearKernel(pack=m.f32_pack, linear=m.f32_panel_linear), F32_PANELS
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,6 +104,13 @@ void amx_columns(const c10::BFloat16* x, int64_t rows, int64_t k_dim, const c10:
                  const c10::BFloat16* bias, int64_t nb_lo, int64_t nb_hi, int64_t n_dim,
                  c10::BFloat16* y);
 
+// float32 linear layers on AVX2 FMA (f32_panels.cpp): a weight [N, K] packed once in 16-column
+// panels ([N/16, K, 16]), then y = x @ w.T (+ bias) for any number of float32 rows.
+bool f32_panels_available();
+torch::Tensor f32_pack(const torch::Tensor& weight);
+torch::Tensor f32_panel_linear(const torch::Tensor& x, const torch::Tensor& packed,
+                               const std::optional<torch::Tensor>& bias);
+
 // W8A8 linear layers on AMX int8 tiles (amx_int8.cpp): an int8 weight [N, K] packed once, with
 // a float32 scale per output channel; activation rows quantized per row (symmetric int8).
 bool amx_int8_available();

@@ -552,6 +552,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "positions, slots, seq_lens and block tables of a repeated decode step",
         pybind11::arg("ends"), pybind11::arg("offset"), pybind11::arg("tables"),
         pybind11::arg("width"), pybind11::arg("block_size"));
+  m.def("f32_panels_available", &f32_panels_available, "built with AVX2 and FMA");
+  m.def("f32_pack", &f32_pack, "a float32 weight [N, K] in 16-column panels [N/16, K, 16]");
+  m.def("f32_panel_linear", &f32_panel_linear, "x @ w.T (+ bias) in float32 on AVX2 FMA");
   m.def("amx_available", &amx_available, "built with AMX-BF16 and the OS grants its state");
   m.def("amx_pack", &amx_pack, "a bf16 weight [N, K] in AMX B-tile layout");
   m.def("amx_linear", &amx_linear, "x @ w.T (+ bias) in bf16 on AMX tiles");

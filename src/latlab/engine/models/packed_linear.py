@@ -104,8 +104,9 @@ def pack_linears(
 
 
 def drop_plain_weights(model: nn.Module) -> int:
-    """Release every packed layer's plain weight; returns how many were held."""
-    held = [m for m in model.modules() if isinstance(m, PackedLinear) and m.weight is not None]
+    """Release every packed layer's plain weight (oneDNN's or the panel GEMM's); returns how
+    many were held."""
+    held = [m for m in model.modules() if hasattr(m, "drop_plain") and m.weight is not None]
     for module in held:
         module.drop_plain()
     return len(held)

@@ -1,0 +1,180 @@
+// float32 linear layers on AVX2 FMA (latlab engine, CPUs without AVX-512 or bf16 instructions).
+//
+// On an AVX2-only EPYC the engine computes in float32, and at batch 64 a decode step is its
+// GEMMs: oneDNN's packed GEMM ran the reference model's shapes at 64 rows at 90-97 GFLOP/s on
+// two cores whose FMA peak is ~176 (54%; docs/engine.md). Its bare 6 x 16 register block runs
+// at ~90% of peak with everything in L1; what it lost was the first pass over each weight block,
+// which waits on memory: at full FMA speed one 16-column panel consumes a 64-byte line every 6
+// cycles (~32 GB/s a core), more than a core streams. Here each weight block (256 K x 16
+// columns, 16 KiB) is read from memory once and used by every 6-row group of x while the groups
+// ask, a slice each, for the next block to be brought into L2: 118-124 GFLOP/s on the same
+// shapes (1.3x oneDNN), measured with benchmarks/f32_gemm.py.
+//
+// Numerics: float32 products summed in float32, K in order within each block of 256 and the
+// blocks in order: the same sums as a plain loop over K, but a different order from oneDNN's
+// or F.linear's, so the last bits differ.
+//
+// Layouts: x [M, K] float32 row-major; weight [N, K] (nn.Linear's); packed [N/16, K, 16]: for
+// each 16-column panel, K rows of 16 weights. N must be a multiple of 16; K and M any.
+
+#include "kernels.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define LATLAB_F32_PANELS 1
+#endif
+
+namespace {
+
+constexpr int64_t kPanel = 16;   // columns of a panel: two 8-lane vectors
+constexpr int64_t kGroup = 6;    // rows of x a register block covers (12 sums, 2 weights, 1 x)
+constexpr int64_t kBlockK = 256; // K of a weight block: 16 KiB, held in L1 across row groups
+
+#ifdef LATLAB_F32_PANELS
+// Sums of MR rows of x (packed [K][MR]) against panel rows [k0, k1), added to y's 16 columns
+// (or written, for the first K block); `bias` (16 values, or null) added after the last block.
+template <int MR>
+void panel_block(const float* xg, const float* panel, int64_t k0, int64_t k1, float* y,
+                 int64_t n_dim, bool first, const float* bias) {
+  // Every loop over the block's rows fully unrolled: otherwise GCC 12 keeps the last row's
+  // sums in memory and stores them on every k (seen in the object code).
+  __m256 lo[MR], hi[MR];
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) lo[r] = _mm256_setzero_ps(), hi[r] = _mm256_setzero_ps();
+  const float* xp = xg + k0 * MR;
+  const float* w = panel + k0 * kPanel;
+  for (int64_t k = k0; k < k1; ++k, xp += MR, w += kPanel) {
+    const __m256 w0 = _mm256_load_ps(w), w1 = _mm256_load_ps(w + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      const __m256 b = _mm256_broadcast_ss(xp + r);
+      lo[r] = _mm256_fmadd_ps(w0, b, lo[r]);
+      hi[r] = _mm256_fmadd_ps(w1, b, hi[r]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) {
+    float* out = y + r * n_dim;
+    if (!first) lo[r] = _mm256_add_ps(lo[r], _mm256_loadu_ps(out));
+    if (!first) hi[r] = _mm256_add_ps(hi[r], _mm256_loadu_ps(out + 8));
+    if (bias) lo[r] = _mm256_add_ps(lo[r], _mm256_loadu_ps(bias));
+    if (bias) hi[r] = _mm256_add_ps(hi[r], _mm256_loadu_ps(bias + 8));
+    _mm256_storeu_ps(out, lo[r]);
+    _mm256_storeu_ps(out + 8, hi[r]);
+  }
+}
+
+using BlockFn = void (*)(const float*, const float*, int64_t, int64_t, float*, int64_t, bool,
+                         const float*);
+constexpr BlockFn kBlocks[kGroup] = {&panel_block<1>, &panel_block<2>, &panel_block<3>,
+                                     &panel_block<4>, &panel_block<5>, &panel_block<6>};
+
+// x [m, k] as groups of 6 rows (the last may have fewer), each [K][rows]: a group's values
+// for one k side by side, so a register block's broadcasts read one line.
+std::vector<float> group_rows(const float* x, int64_t m, int64_t k_dim) {
+  std::vector<float> xg(static_cast<size_t>(m * k_dim));
+  for (int64_t g0 = 0; g0 < m; g0 += kGroup) {
+    const int64_t rows = std::min(kGroup, m - g0);
+    float* dst = xg.data() + g0 * k_dim;
+    for (int64_t k = 0; k < k_dim; ++k) {
+      for (int64_t r = 0; r < rows; ++r) dst[k * rows + r] = x[(g0 + r) * k_dim + k];
+    }
+  }
+  return xg;
+}
+
+// One panel's 16 columns of y for all m rows, K block by K block. While a block is in L1, each
+// row group asks for a slice of the next block (this panel's next K, or the next panel's
+// first) to be brought into L2, so the next block's first group does not wait on memory.
+void panel_columns(const float* xg, int64_t m, int64_t k_dim, const float* panel,
+                   const float* next_panel, const float* bias, float* y, int64_t n_dim) {
+  const int64_t groups = (m + kGroup - 1) / kGroup;
+  for (int64_t k0 = 0; k0 < k_dim; k0 += kBlockK) {
+    const int64_t k1 = std::min(k_dim, k0 + kBlockK);
+    const char* next = reinterpret_cast<const char*>(k1 < k_dim ? panel + k1 * kPanel : next_panel);
+    const int64_t next_k = k1 < k_dim ? std::min(kBlockK, k_dim - k1) : std::min(kBlockK, k_dim);
+    const int64_t next_bytes = next != nullptr ? next_k * kPanel * 4 : 0;
+    for (int64_t g = 0; g < groups; ++g) {
+      for (int64_t at = next_bytes * g / groups; at < next_bytes * (g + 1) / groups; at += 64) {
+        _mm_prefetch(next + at, _MM_HINT_T1);
+      }
+      const int64_t rows = std::min(kGroup, m - g * kGroup);
+      kBlocks[rows - 1](xg + g * kGroup * k_dim, panel, k0, k1, y + g * kGroup * n_dim, n_dim,
+                        k0 == 0, k1 == k_dim ? bias : nullptr);
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+bool f32_panels_available() {
+#ifdef LATLAB_F32_PANELS
+  return true;
+#else
+  return false;
+#endif
+}
+
+torch::Tensor f32_pack(const torch::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat && weight.device().is_cpu(),
+              "f32_pack: a float32 CPU weight [N, K] expected");
+  const int64_t n = weight.size(0), k = weight.size(1);
+  TORCH_CHECK(n % kPanel == 0 && k > 0, "f32_pack: N a multiple of 16 expected, got ", n, " x ",
+              k);
+  const auto w = weight.contiguous();
+  auto out = torch::empty({n / kPanel, k, kPanel}, w.options());
+  const float* src = w.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, n / kPanel, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t p = lo; p < hi; ++p) {
+      for (int64_t kk = 0; kk < k; ++kk) {
+        for (int64_t c = 0; c < kPanel; ++c) dst[(p * k + kk) * kPanel + c] = src[(p * kPanel + c) * k + kk];
+      }
+    }
+  });
+  return out;
+}
+
+torch::Tensor f32_panel_linear(const torch::Tensor& x, const torch::Tensor& packed,
+                               const std::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
+              "f32_panel_linear: float32 CPU rows [M, K] expected");
+  TORCH_CHECK(packed.dim() == 3 && packed.scalar_type() == at::kFloat && packed.is_contiguous() &&
+                  packed.size(2) == kPanel,
+              "f32_panel_linear: a weight packed by f32_pack expected");
+  const int64_t m = x.size(0), k = x.size(1), n = packed.size(0) * kPanel;
+  TORCH_CHECK(packed.size(1) == k, "f32_panel_linear: x has ", k, " columns, the weight ",
+              packed.size(1));
+  const float* b = nullptr;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == n && bias->is_contiguous(),
+                "f32_panel_linear: a float32 bias of N values expected");
+    b = bias->data_ptr<float>();
+  }
+  auto y = torch::empty({m, n}, x.options());
+  if (m == 0) return y;
+#ifdef LATLAB_F32_PANELS
+  const auto rows = x.contiguous();
+  const std::vector<float> xg = group_rows(rows.data_ptr<float>(), m, k);
+  const float* w = packed.data_ptr<float>();
+  float* out = y.data_ptr<float>();
+  const int64_t panels = n / kPanel;
+  at::parallel_for(0, panels, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t p = lo; p < hi; ++p) {
+      const float* next = p + 1 < hi ? w + (p + 1) * k * kPanel : nullptr;
+      panel_columns(xg.data(), m, k, w + p * k * kPanel, next, b ? b + p * kPanel : nullptr,
+                    out + p * kPanel, n);
+    }
+  });
+#else
+  TORCH_CHECK(false, "f32_panel_linear: built without AVX2 and FMA");
+#endif
+  return y;
+}
