@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latlab.engine.kernels import AmxLinear as AmxKernel
+from latlab.engine.models.linears import replace_linears
 
 
 def amx_fits(linear: nn.Linear) -> bool:
@@ -48,12 +49,6 @@ class AmxPackedLinear(nn.Module):
 def pack_linears_amx(model: nn.Module, kernel: AmxKernel) -> int:
     """Replace every bf16 ``nn.Linear`` whose shape fits the tiles; returns how many (the rest
     stay plain ``nn.Linear``)."""
-    targets = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if isinstance(child, nn.Linear) and amx_fits(child)
-    ]
-    for parent, name, child in targets:
-        setattr(parent, name, AmxPackedLinear(child, kernel))
-    return len(targets)
+    return replace_linears(
+        model, lambda _, child: amx_fits(child), lambda child: AmxPackedLinear(child, kernel)
+    )

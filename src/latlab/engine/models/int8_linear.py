@@ -32,6 +32,7 @@ from torch import nn
 
 from latlab.engine.hardware import cpu_capabilities
 from latlab.engine.kernels import AmxInt8
+from latlab.engine.models.linears import replace_linears
 
 MODES = ("int8", "int8-weight-only")
 _EPS = 1e-8
@@ -153,15 +154,9 @@ def quantize_linears(
     The output head stays in floating point by default: it decides the sampled token directly,
     and its bytes are a small share of a decoder's.
     """
-    targets = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if isinstance(child, nn.Linear) and name not in skip
-    ]
-    for parent, name, child in targets:
-        setattr(parent, name, Int8Linear(child, mode, amx))
-    return len(targets)
+    return replace_linears(
+        model, lambda name, _: name not in skip, lambda child: Int8Linear(child, mode, amx)
+    )
 
 
 def kernels_in(model: nn.Module) -> list[str]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from latlab.engine.models.linears import linear_children
+
 
 def onednn_available() -> bool:
     ops = torch.ops.mkldnn
@@ -83,12 +85,7 @@ def pack_linears(
     plain weights too (PackedLinear.weight). All or nothing: if oneDNN cannot pack or run the
     dtype on this CPU (bf16 without AVX-512), the model is left untouched and 0 is returned.
     """
-    targets = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if isinstance(child, nn.Linear)
-    ]
+    targets = linear_children(model, lambda _, child: True)
     try:
         packed = []
         for parent, name, child in targets:

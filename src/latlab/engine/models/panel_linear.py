@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from latlab.engine.kernels import LinearKernel
+from latlab.engine.models.linears import replace_linears
 
 
 def panels_fit(linear: nn.Linear) -> bool:
@@ -52,12 +53,8 @@ class PanelPackedLinear(nn.Module):
 def pack_linears_panels(model: nn.Module, kernel: LinearKernel, *, keep_plain: bool) -> int:
     """Replace every ``nn.Linear`` whose shape fits the panels; returns how many (the
     rest stay plain ``nn.Linear``)."""
-    targets = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if isinstance(child, nn.Linear) and panels_fit(child)
-    ]
-    for parent, name, child in targets:
-        setattr(parent, name, PanelPackedLinear(child, kernel, keep_plain=keep_plain))
-    return len(targets)
+    return replace_linears(
+        model,
+        lambda _, child: panels_fit(child),
+        lambda child: PanelPackedLinear(child, kernel, keep_plain=keep_plain),
+    )
