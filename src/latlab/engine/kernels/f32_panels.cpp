@@ -7,8 +7,9 @@
 // which waits on memory: at full FMA speed one 16-column panel consumes a 64-byte line every 6
 // cycles (~32 GB/s a core), more than a core streams. Here each weight block (256 K x 16
 // columns, 16 KiB) is read from memory once and used by every 6-row group of x while the groups
-// ask, a slice each, for the next block to be brought into L2: 118-124 GFLOP/s on the same
-// shapes (1.3x oneDNN), measured with benchmarks/f32_gemm.py.
+// ask, a slice each, for the next block to be brought into L2: 108-114 GFLOP/s on the same
+// shapes against oneDNN's 84-93 in the same runs (1.23-1.29x; 1.6x at 8 rows, the same at 256;
+// benchmarks/f32_gemm.py, docs/engine.md).
 //
 // Numerics: float32 products summed in float32, K in order within each block of 256 and the
 // blocks in order: the same sums as a plain loop over K, but a different order from oneDNN's

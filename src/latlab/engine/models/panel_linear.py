@@ -3,10 +3,10 @@ decode steps stream.
 
 On a CPU without AVX-512 or bf16 instructions (the AVX2 EPYC of docs/engine.md) the engine
 computes in float32, and a decode step of 5 or more rows is its GEMMs. oneDNN's packed GEMM ran
-the reference model's shapes at 64 rows at about 54% of the two cores' FMA peak; the engine's
-panel GEMM (kernels/f32_panels.cpp) at about 70%, 1.3x oneDNN's on every shape
-(benchmarks/f32_gemm.py). Each layer keeps its plain weight where the native decode steps read
-it (1-4 rows) and one packed copy: two copies, as the oneDNN plan held.
+the reference model's shapes at 64 rows at about 50% of the two cores' FMA peak; the engine's
+panel GEMM (kernels/f32_panels.cpp) at about 61%: 1.23-1.29x oneDNN's at 64 rows, 1.6x at 8,
+the same at 256 (benchmarks/f32_gemm.py). Each layer keeps its plain weight where the native
+decode steps read it (1-4 rows) and one packed copy: two copies, as the oneDNN plan held.
 """
 
 from __future__ import annotations
