@@ -7,7 +7,7 @@ on packed float32 copies of the bf16 weights (twice the weight memory) while the
 in the requested dtype. Where the CPU has AMX, bf16 linears get copies packed for the engine's
 AMX-tile GEMM (1.23x oneDNN's at decode sizes) beside the plain weights the native decode steps
 stream; where it has neither AVX-512 nor bf16 (an AVX2 EPYC), float32 linears get copies packed
-for the engine's AVX2 panel GEMM (1.3x oneDNN's at 64 rows). ``quantization`` stores linear
+for the engine's AVX2 panel GEMM (1.23-1.29x oneDNN's at 64 rows). ``quantization`` stores linear
 weights as int8 instead. The plan records the choice and the reason; the engine's start-up
 report prints it.
 """
@@ -105,7 +105,7 @@ def plan_weights(
 
 def _panels_cpu(caps: CpuCapabilities) -> bool:
     """float32 GEMMs on the engine's AVX2 panels: on a CPU whose widest vectors are AVX2's
-    (1.3x oneDNN's packed GEMM at 64 rows on the AVX2 EPYC). With AVX-512 oneDNN's 16-lane
+    (1.23-1.29x oneDNN's packed GEMM at 64 rows on the AVX2 EPYC). With AVX-512 oneDNN's 16-lane
     GEMM stays: the panels' 8 lanes were not measured against it."""
     return caps.isa == "AVX2"
 
@@ -116,8 +116,8 @@ def _streamed_plan(
     """float32, or bf16 on a CPU with bf16 GEMMs: plain weights for steps of 1-4 rows (the
     native GEMV streams them), plus packed copies for larger steps: AMX tiles for bf16 where the
     CPU has them (1.23x oneDNN's packed GEMM at 8-64 rows), AVX2 panels for float32 on an
-    AVX2-only CPU (1.3x oneDNN's at 64 rows), else oneDNN's (1.47x decode throughput at batch 64
-    over plain F.linear in float32 on the AVX2 EPYC; docs/engine.md)."""
+    AVX2-only CPU (1.23-1.29x oneDNN's at 64 rows), else oneDNN's (1.47x decode throughput at
+    batch 64 over plain F.linear in float32 on the AVX2 EPYC; docs/engine.md)."""
     name = _name(dtype)
     if packed_linear is None and max_rows <= DECODE_MAX_ROWS:
         why = f"{name}, steps of at most {max_rows} rows: plain weights (the native GEMV's)"
@@ -209,7 +209,7 @@ def _pack_panels(model: LlamaForCausalLM, plan: WeightPlan) -> WeightPlan:
     """Panel-packed float32 copies where the kernel is built; else oneDNN's, saying why."""
     kernel, why_not = f32_panels(wait=False)
     if kernel is None:
-        why = f"float32: panel GEMM unavailable ({why_not}); oneDNN-packed copies"
+        why = f"{_name(plan.dtype)}: panel GEMM unavailable ({why_not}); oneDNN-packed copies"
         return dataclasses.replace(plan, linear="onednn-packed", reason=why)
     packed = pack_linears_panels(model, kernel, keep_plain=plan.keep_plain)
     total = sum(isinstance(m, torch.nn.Linear) for m in model.modules()) + packed
