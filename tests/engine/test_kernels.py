@@ -3,6 +3,8 @@ an engine start never compiles it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -63,7 +65,7 @@ def test_kernel_matches_gathered_attention(kernel, q_dtype, kv_dtype, tol, group
     assert (got.float() - want).abs().max() < tol
 
 
-@pytest.mark.parametrize("dim", [64, 128, 40])  # the AVX-512 path's sizes, and the portable one
+@pytest.mark.parametrize("dim", [64, 128, 40])  # the vector paths' sizes, and the portable one
 @pytest.mark.parametrize("group", [1, 2, 7])
 def test_kernel_matches_over_long_ragged_sequences(kernel, dim, group):
     """Many blocks per sequence (the next block is prefetched), scores past a 16-lane vector."""
@@ -122,6 +124,23 @@ def test_engine_reports_the_attention_path(kernel, tiny_model_dir):
     assert "native" in native["decode_attention"]
     plain = LLM(str(tiny_model_dir), native_attention=False).engine.describe()
     assert "native_attention=False" in plain["decode_attention"]
+
+
+def test_the_kernel_names_the_vector_path_the_cpu_gets(kernel):
+    """16 lanes on a CPU with AVX-512 (F and BW), 8 on one with AVX2 and FMA (the build targets
+    the machine it runs on): the report says which, as the two run 1.4-2.5x apart."""
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    reason = paged_decode_attention(wait=True).reason
+    if {"avx512f", "avx512bw"} <= flags:
+        assert "16-lane AVX-512" in reason
+    elif {"avx2", "fma"} <= flags:
+        assert "8-lane AVX2" in reason
+    else:
+        assert "portable" in reason
 
 
 def test_engine_start_uses_the_torch_path_until_the_kernel_is_built(

@@ -80,7 +80,7 @@ def test_rows_round_half_to_even_within_half_a_step():
 
 
 @pytest.mark.parametrize("q_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("dim", [32, 64, 40])  # the AVX-512 path's sizes and the portable one
+@pytest.mark.parametrize("dim", [32, 64, 40])  # the vector paths' sizes and the portable one
 @pytest.mark.parametrize("group", [1, 2, 7])
 def test_attention_over_int8_equals_attention_over_its_dequantized_cache(
     kernel, q_dtype, dim, group

@@ -39,7 +39,9 @@ SOURCES = (
 )
 HEADERS = (
     HERE / "kernels.h",
+    HERE / "vec256.h",
     HERE / "vec512.h",
+    HERE / "lanes.h",
     HERE / "rows.h",
     HERE / "amx_tiles.h",
     HERE / "phase_clock.h",
@@ -128,8 +130,20 @@ def _kernel(attribute: str, what: str, *, wait: bool) -> Kernel:
 
 
 def paged_decode_attention(*, wait: bool = True) -> Kernel:
-    """The in-place paged decode attention kernel (see paged_attention.cpp)."""
-    return _kernel("paged_decode_attention", ATTENTION, wait=wait)
+    """The in-place paged decode attention kernel (see paged_attention.cpp); its reason says
+    which vector path the build has, since the AVX2 and AVX-512 ones differ 1.4-2.5x from the
+    portable loops (docs/engine.md)."""
+    build = _module(wait=wait)
+    if build.module is None:
+        return Kernel(None, build.reason)
+    lanes = build.module.attention_lanes()
+    vectors = {16: "AVX-512", 8: "AVX2"}.get(lanes)
+    how = (
+        f"{lanes}-lane {vectors} vectors for head sizes 32/64/128/256"
+        if vectors
+        else "portable loops: no AVX2 in this build"
+    )
+    return Kernel(build.module.paged_decode_attention, f"{ATTENTION}; {how}")
 
 
 def decode_model(*, wait: bool = True) -> Kernel:

@@ -26,8 +26,8 @@
 // one included).
 
 #include "kernels.h"
+#include "lanes.h"
 #include "rows.h"
-#include "vec512.h"
 
 #include <ATen/Parallel.h>
 #include <omp.h>
@@ -40,12 +40,6 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define LATLAB_AVX2 1
-#endif
-
-
 namespace {
 
 constexpr int64_t kMaxRows = 4;
@@ -54,54 +48,10 @@ constexpr int64_t kMaxRows = 4;
 constexpr int64_t kGrainBytes = 64 * 1024;
 
 #ifdef LATLAB_AVX2
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// 8 weights as float32: float32 as they are, bf16 widened exactly (its bits are float32's top
-// half), int8 converted exactly (its row's scale applied once to the sum).
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const c10::BFloat16* p) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
-}
-inline __m256 load8(const int8_t* p) {
-  const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw));
-}
-
 // The vector width of a GEMV: 8 float32 lanes (AVX2) or 16 (AVX-512), as one set of names.
-struct Ymm {
-  using T = __m256;
-  static constexpr int kLanes = 8;
-  static T zero() { return _mm256_setzero_ps(); }
-  static T rows(const float* p) { return _mm256_loadu_ps(p); }
-  template <typename W>
-  static T weights(const W* p) { return load8(p); }
-  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
-  static T add(T a, T b) { return _mm256_add_ps(a, b); }
-  static float sum(T v) { return hsum(v); }
-};
-
+using latlab::Ymm;
 #ifdef LATLAB_AVX512
-struct Zmm {
-  using T = __m512;
-  static constexpr int kLanes = 16;
-  static T zero() { return _mm512_setzero_ps(); }
-  static T rows(const float* p) { return _mm512_loadu_ps(p); }
-  static T weights(const float* p) { return latlab::load16(p); }
-  static T weights(const c10::BFloat16* p) { return latlab::load16(p); }
-  static T weights(const int8_t* p) {
-    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw));
-  }
-  static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
-  static T add(T a, T b) { return _mm512_add_ps(a, b); }
-  static float sum(T v) { return _mm512_reduce_add_ps(v); }
-};
+using latlab::Zmm;
 #endif
 
 // bf16 and int8 weights on an AVX-512 CPU go 16 lanes a step, each weight row asked for 2 KiB

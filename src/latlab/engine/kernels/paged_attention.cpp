@@ -22,8 +22,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "lanes.h"
 #include "rows.h"
-#include "vec512.h"
 
 namespace {
 
@@ -124,16 +124,15 @@ void attend_one(const Q* q, Q* out, const KV* k_head, const KV* v_head, const fl
   }
 }
 
-#ifdef LATLAB_AVX512
-using latlab::exp16;
-using latlab::load16;
-using latlab::tail_mask;
-
-// The AVX-512 path (head size a multiple of 16, up to kMaxGroup query heads per KV head). At
-// batch 64 the portable path cost a third of a bf16 decode step on a Xeon with AMX (docs/engine.md):
-// each key row was widened into a buffer, each score summed on its own, each exp scalar. Here
-// a key row is converted in registers, 16 lanes at a time, once for the whole GQA group; a
-// block's rows are read in order; exp runs 16 scores at a time; no allocation per item.
+#ifdef LATLAB_AVX2
+// The vector path (head size a multiple of the vector's lanes, up to kMaxGroup query heads per
+// KV head), written once over V: latlab::Zmm (16 lanes) where the CPU has AVX-512, latlab::Ymm
+// (8 lanes) where its widest vectors are AVX2's. At batch 64 the portable path cost a third of
+// a bf16 decode step on a Xeon with AMX (docs/engine.md), and on an AVX2 EPYC it read a float32
+// cache at ~4.7 GB/s of ~19: each key row was widened into a buffer, each score summed on its
+// own, each exp scalar. Here a key row is converted in registers, a vector at a time, once for
+// the whole GQA group; a block's rows are read in order; exp runs a vector of scores at a time;
+// no allocation per item.
 
 // Ask for a cache block's rows before they are read: blocks lie anywhere in the cache, so the
 // hardware prefetcher cannot see the next one coming.
@@ -146,39 +145,36 @@ inline void prefetch_rows(const KV* rows, int64_t n, int64_t d) {
 }
 
 // Softmax numerators in place over n scores; returns their sum.
-inline float exp_less_max(float* s, int64_t n) {
-  const __m512 lowest = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  __m512 mv = lowest;
-  for (int64_t t = 0; t < n; t += 16) {
-    mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(lowest, tail_mask(n - t), s + t));
+template <class V>
+float exp_less_max(float* s, int64_t n) {
+  constexpr int64_t w = V::kLanes;
+  const float lowest = -std::numeric_limits<float>::infinity();
+  typename V::T mv = V::set1(lowest);
+  for (int64_t t = 0; t < n; t += w) mv = V::max(mv, V::load_tail(s + t, n - t, lowest));
+  const typename V::T m = V::set1(V::max_of(mv));
+  typename V::T sum = V::zero();
+  for (int64_t t = 0; t < n; t += w) {
+    const typename V::T e = V::exp(V::sub(V::load_tail(s + t, n - t, 0.f), m));
+    V::store_tail(s + t, e, n - t);
+    sum = V::add_tail(sum, e, n - t);
   }
-  const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
-  __m512 sum = _mm512_setzero_ps();
-  for (int64_t t = 0; t < n; t += 16) {
-    const __mmask16 mask = tail_mask(n - t);
-    const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, s + t), m));
-    _mm512_mask_storeu_ps(s + t, mask, e);
-    sum = _mm512_mask_add_ps(sum, mask, sum, e);
-  }
-  return _mm512_reduce_add_ps(sum);
+  return V::sum(sum);
 }
 
 // scores[g * stride + j] = q_g . k_j for n key rows in a row (times each row's scale for an
-// int8 cache). C: the head size in 16-lane chunks, a template argument so a key row stays in C
+// int8 cache). C: the head size in vectors, a template argument so a key row stays in C
 // registers.
-template <int C, typename KV>
+template <class V, int C, typename KV>
 void score_rows(const float* qf, const KV* rows, const float* row_scales, int64_t n,
                 int64_t group, float* scores, int64_t stride) {
-  constexpr int64_t d = 16 * C;
+  constexpr int64_t w = V::kLanes, d = w * C;
   for (int64_t j = 0; j < n; ++j) {
-    __m512 kv[C];
-    for (int c = 0; c < C; ++c) kv[c] = load16(rows + j * d + 16 * c);
+    typename V::T kv[C];
+    for (int c = 0; c < C; ++c) kv[c] = V::weights(rows + j * d + w * c);
     for (int64_t g = 0; g < group; ++g) {
-      __m512 acc = _mm512_mul_ps(kv[0], _mm512_loadu_ps(qf + g * d));
-      for (int c = 1; c < C; ++c) {
-        acc = _mm512_fmadd_ps(kv[c], _mm512_loadu_ps(qf + g * d + 16 * c), acc);
-      }
-      float sum = _mm512_reduce_add_ps(acc);
+      typename V::T acc = V::mul(kv[0], V::rows(qf + g * d));
+      for (int c = 1; c < C; ++c) acc = V::fma(kv[c], V::rows(qf + g * d + w * c), acc);
+      float sum = V::sum(acc);
       if constexpr (kScaled<KV>) sum *= row_scales[j];
       scores[g * stride + j] = sum;
     }
@@ -187,11 +183,11 @@ void score_rows(const float* qf, const KV* rows, const float* row_scales, int64_
 
 // scores[g * stride + t] = q_g . k_t for every key t of the sequence, block by block (qf: the
 // queries times the scale, float32).
-template <int C, typename KV>
+template <class V, int C, typename KV>
 void score_keys(const float* qf, const KV* k_head, const float* ks, const int64_t* table,
                 int64_t seq_len, int64_t block_stride, int64_t group, int64_t bs, float* scores,
                 int64_t stride) {
-  constexpr int64_t d = 16 * C;
+  constexpr int64_t d = V::kLanes * C;
   for (int64_t t0 = 0; t0 < seq_len; t0 += bs) {
     const KV* block = k_head + table[t0 / bs] * block_stride;
     const int64_t n = std::min(bs, seq_len - t0);
@@ -199,9 +195,10 @@ void score_keys(const float* qf, const KV* k_head, const float* ks, const int64_
       prefetch_rows(k_head + table[t0 / bs + 1] * block_stride, std::min(bs, seq_len - t0 - bs), d);
     }
     const float* row_scales = kScaled<KV> ? ks + table[t0 / bs] * (block_stride / d) : nullptr;
-    score_rows<C>(qf, block, row_scales, n, group, scores + t0, stride);
+    score_rows<V, C>(qf, block, row_scales, n, group, scores + t0, stride);
   }
 }
+#endif
 
 #ifdef LATLAB_AMX
 // The group's bf16 queries as AMX B tiles, one per 32 dims: row r of tile c holds, for each of
@@ -236,8 +233,8 @@ void score_keys_tiles(const uint32_t* qtiles, const float* qf, const c10::BFloat
     }
     for (int64_t j0 = 0; j0 < std::min(bs, seq_len - t0); j0 += 16) {
       if (seq_len - t0 - j0 < 16) {
-        score_rows<C>(qf, block + j0 * d, nullptr, seq_len - t0 - j0, group, scores + t0 + j0,
-                      stride);
+        score_rows<latlab::Zmm, C>(qf, block + j0 * d, nullptr, seq_len - t0 - j0, group,
+                                   scores + t0 + j0, stride);
         break;
       }
       _tile_zero(0);
@@ -257,16 +254,17 @@ void score_keys_tiles(const uint32_t* qtiles, const float* qf, const c10::BFloat
 }
 #endif
 
+#ifdef LATLAB_AVX2
 // out_g = sum_t probs[g * stride + t] * v_t for G query heads at once (G * C accumulators in
 // registers): each value row is loaded and widened once for the G heads, not once per head.
-template <int C, int G, typename KV>
+template <class V, int C, int G, typename KV>
 void weigh_values(const float* probs, const KV* v_head, const float* vs, const int64_t* table,
                   int64_t seq_len, int64_t block_stride, int64_t bs, float* out,
                   int64_t stride) {
-  constexpr int64_t d = 16 * C;
-  __m512 acc[G][C];
+  constexpr int64_t w = V::kLanes, d = w * C;
+  typename V::T acc[G][C];
   for (int g = 0; g < G; ++g) {
-    for (int c = 0; c < C; ++c) acc[g][c] = _mm512_setzero_ps();
+    for (int c = 0; c < C; ++c) acc[g][c] = V::zero();
   }
   for (int64_t t0 = 0; t0 < seq_len; t0 += bs) {
     const KV* block = v_head + table[t0 / bs] * block_stride;
@@ -277,45 +275,46 @@ void weigh_values(const float* probs, const KV* v_head, const float* vs, const i
     }
     const float* row_scales = kScaled<KV> ? vs + table[t0 / bs] * (block_stride / d) : nullptr;
     for (int64_t j = 0; j < n; ++j) {
-      __m512 row[C];
-      for (int c = 0; c < C; ++c) row[c] = load16(block + j * d + 16 * c);
+      typename V::T row[C];
+      for (int c = 0; c < C; ++c) row[c] = V::weights(block + j * d + w * c);
       for (int g = 0; g < G; ++g) {
         float p = probs[g * stride + t0 + j];
         if constexpr (kScaled<KV>) p *= row_scales[j];
-        const __m512 pj = _mm512_set1_ps(p);
-        for (int c = 0; c < C; ++c) acc[g][c] = _mm512_fmadd_ps(pj, row[c], acc[g][c]);
+        const typename V::T pj = V::set1(p);
+        for (int c = 0; c < C; ++c) acc[g][c] = V::fma(pj, row[c], acc[g][c]);
       }
     }
   }
   for (int g = 0; g < G; ++g) {
-    for (int c = 0; c < C; ++c) _mm512_storeu_ps(out + g * d + 16 * c, acc[g][c]);
+    for (int c = 0; c < C; ++c) V::store(out + g * d + w * c, acc[g][c]);
   }
 }
 
 // The value sums of a GQA group, as many heads at a time as keep their accumulators in registers
-// (at most 16: 4 heads of head size 64 or less, 2 of 128, 1 of 256). Each head's sum adds the
-// same products in the same order whatever the chunk. Against one head at a time: attention
-// 1.03-1.05x over cold caches, 1.06-1.10x over hot ones (batch 64, 2 query heads per KV head,
-// head size 64, 26-256 tokens; docs/engine.md).
-template <int C, typename KV>
+// (V::kAccumulators of them, at most 4 heads: with 16-lane vectors 4 heads of head size 64 or
+// less, 2 of 128, 1 of 256; with 8 lanes 2 of 32, 1 of 64 or more). Each head's sum adds the
+// same products in the same order whatever the chunk. Against one head at a time (16 lanes):
+// attention 1.03-1.05x over cold caches, 1.06-1.10x over hot ones (batch 64, 2 query heads per
+// KV head, head size 64, 26-256 tokens; docs/engine.md).
+template <class V, int C, typename KV>
 void weigh_group(const float* probs, const KV* v_head, const float* vs, const int64_t* table,
                  int64_t seq_len, int64_t block_stride, int64_t group, int64_t bs, float* out,
                  int64_t stride) {
-  constexpr int64_t kMost = C <= 4 ? 4 : C <= 8 ? 2 : 1;
+  constexpr int64_t kMost = std::clamp(V::kAccumulators / C, 1, 4);
   for (int64_t g0 = 0; g0 < group; g0 += kMost) {
     const int64_t n = std::min(kMost, group - g0);
     const float* p = probs + g0 * stride;
-    float* o = out + g0 * 16 * C;
+    float* o = out + g0 * V::kLanes * C;
     if (n == 1) {
-      weigh_values<C, 1>(p, v_head, vs, table, seq_len, block_stride, bs, o, stride);
+      weigh_values<V, C, 1>(p, v_head, vs, table, seq_len, block_stride, bs, o, stride);
     } else if constexpr (kMost >= 2) {
       if (n == 2) {
-        weigh_values<C, 2>(p, v_head, vs, table, seq_len, block_stride, bs, o, stride);
+        weigh_values<V, C, 2>(p, v_head, vs, table, seq_len, block_stride, bs, o, stride);
       } else if constexpr (kMost >= 4) {
         if (n == 3) {
-          weigh_values<C, 3>(p, v_head, vs, table, seq_len, block_stride, bs, o, stride);
+          weigh_values<V, C, 3>(p, v_head, vs, table, seq_len, block_stride, bs, o, stride);
         } else {
-          weigh_values<C, 4>(p, v_head, vs, table, seq_len, block_stride, bs, o, stride);
+          weigh_values<V, C, 4>(p, v_head, vs, table, seq_len, block_stride, bs, o, stride);
         }
       }
     }
@@ -328,13 +327,13 @@ inline int64_t front_floats(int64_t group, int64_t d, bool tiles) {
   return group * d + (tiles ? d / 32 * 256 + 256 : 0);
 }
 
-// Tiles: the scores on AMX (score_keys_tiles) for bf16 queries and keys from kTileKeysFrom keys;
-// else the vector path.
-template <int C, bool Tiles, typename Q, typename KV>
-void attend_one_avx512(const Q* q, Q* out, const KV* k_head, const KV* v_head, const float* ks,
+// Tiles (16-lane vectors only): the scores on AMX (score_keys_tiles) for bf16 queries and keys
+// from kTileKeysFrom keys; else the vector path.
+template <class V, int C, bool Tiles, typename Q, typename KV>
+void attend_one_vector(const Q* q, Q* out, const KV* k_head, const KV* v_head, const float* ks,
                        const float* vs, const int64_t* table, int64_t seq_len, int64_t group,
                        int64_t block_stride, int64_t bs, float scale, std::vector<float>& scratch) {
-  constexpr int64_t d = 16 * C;
+  constexpr int64_t w = V::kLanes, d = w * C;
   const int64_t stride = (seq_len + 15) / 16 * 16, front = front_floats(group, d, Tiles);
   if (static_cast<int64_t>(scratch.size()) < front + group * d + group * stride) {
     scratch.resize(front + group * d + group * stride);
@@ -343,10 +342,8 @@ void attend_one_avx512(const Q* q, Q* out, const KV* k_head, const KV* v_head, c
   float* acc = qf + front;
   float* scores = acc + group * d;
   prefetch_rows(k_head + table[0] * block_stride, std::min(bs, seq_len), d);
-  const __m512 sv = _mm512_set1_ps(scale);
-  for (int64_t i = 0; i < group * d; i += 16) {
-    _mm512_storeu_ps(qf + i, _mm512_mul_ps(load16(q + i), sv));
-  }
+  const typename V::T sv = V::set1(scale);
+  for (int64_t i = 0; i < group * d; i += w) V::store(qf + i, V::mul(V::weights(q + i), sv));
   bool scored = false;
 #ifdef LATLAB_AMX
   if constexpr (Tiles) {
@@ -360,17 +357,16 @@ void attend_one_avx512(const Q* q, Q* out, const KV* k_head, const KV* v_head, c
   }
 #endif
   if (!scored) {
-    score_keys<C>(qf, k_head, ks, table, seq_len, block_stride, group, bs, scores, stride);
+    score_keys<V, C>(qf, k_head, ks, table, seq_len, block_stride, group, bs, scores, stride);
   }
   prefetch_rows(v_head + table[0] * block_stride, std::min(bs, seq_len), d);
   float inv[kMaxGroup];
-  for (int64_t g = 0; g < group; ++g) inv[g] = 1.f / exp_less_max(scores + g * stride, seq_len);
-  weigh_group<C>(scores, v_head, vs, table, seq_len, block_stride, group, bs, acc, stride);
+  for (int64_t g = 0; g < group; ++g) inv[g] = 1.f / exp_less_max<V>(scores + g * stride, seq_len);
+  weigh_group<V, C>(scores, v_head, vs, table, seq_len, block_stride, group, bs, acc, stride);
   for (int64_t g = 0; g < group; ++g) {  // vector conversions: scalar bf16 rounding cost more
-    const __m512 iv = _mm512_set1_ps(inv[g]);  // than the whole item at short contexts
-    for (int64_t i = 0; i < d; i += 16) {
-      latlab::store16(out + g * d + i, _mm512_mul_ps(_mm512_loadu_ps(acc + g * d + i), iv),
-                      static_cast<__mmask16>(0xFFFF));
+    const typename V::T iv = V::set1(inv[g]);  // than the whole item at short contexts
+    for (int64_t i = 0; i < d; i += w) {
+      V::store(out + g * d + i, V::mul(V::rows(acc + g * d + i), iv));
     }
   }
 }
@@ -383,25 +379,40 @@ using AttendFn = void (*)(const Q*, Q*, const KV*, const KV*, const float*, cons
                           const int64_t*, int64_t, int64_t, int64_t, int64_t, int64_t, float,
                           std::vector<float>&);
 
-#ifdef LATLAB_AVX512
-template <int C, bool Tiles, typename Q, typename KV>
+#ifdef LATLAB_AVX2
+template <class V, int C, bool Tiles, typename Q, typename KV>
 void attend_vector(const Q* q, Q* out, const KV* k, const KV* v, const float* ks,
                    const float* vs, const int64_t* table, int64_t seq_len, int64_t group,
                    int64_t block_stride, int64_t bs, int64_t, float scale,
                    std::vector<float>& scratch) {
-  attend_one_avx512<C, Tiles, Q, KV>(q, out, k, v, ks, vs, table, seq_len, group, block_stride,
-                                     bs, scale, scratch);
+  attend_one_vector<V, C, Tiles, Q, KV>(q, out, k, v, ks, vs, table, seq_len, group,
+                                        block_stride, bs, scale, scratch);
 }
 
-// The tile path for bf16 queries and keys when the thread has its tiles, else the vector path.
-template <int C, typename Q, typename KV>
+// The tile path for bf16 queries and keys when the thread has its tiles, else the vector path
+// (the AVX2 one where the vectors are 8 lanes, or the KV dtype's loads need F16C and it is
+// missing: then the portable path).
+template <int Dim, typename Q, typename KV>
 AttendFn<Q, KV> vector_or_tiles(bool tiles) {
+#ifdef LATLAB_AVX512
+  constexpr int C = Dim / 16;
 #ifdef LATLAB_AMX
   if constexpr (std::is_same_v<Q, c10::BFloat16> && std::is_same_v<KV, c10::BFloat16>) {
-    if (tiles) return &attend_vector<C, true, Q, KV>;
+    if (tiles) return &attend_vector<latlab::Zmm, C, true, Q, KV>;
   }
 #endif
-  return &attend_vector<C, false, Q, KV>;
+  return &attend_vector<latlab::Zmm, C, false, Q, KV>;
+#else
+  (void)tiles;
+#ifndef LATLAB_AVX2_HALF
+  if constexpr (std::is_same_v<KV, c10::Half> || std::is_same_v<KV, c10::Float8_e5m2>) {
+    return &attend_one<Q, KV>;
+  } else
+#endif
+  {
+    return &attend_vector<latlab::Ymm, Dim / 8, false, Q, KV>;
+  }
+#endif
 }
 #endif
 
@@ -409,14 +420,14 @@ AttendFn<Q, KV> vector_or_tiles(bool tiles) {
 // and keys in blocks of whole 16-row tiles.
 template <typename Q, typename KV>
 AttendFn<Q, KV> choose_attend(int64_t d, int64_t group, int64_t bs, bool tiles) {
-#ifdef LATLAB_AVX512
+#ifdef LATLAB_AVX2
   tiles = tiles && bs % 16 == 0;
   if (group <= kMaxGroup) {
     switch (d) {
-      case 32: return vector_or_tiles<2, Q, KV>(tiles);
-      case 64: return vector_or_tiles<4, Q, KV>(tiles);
-      case 128: return vector_or_tiles<8, Q, KV>(tiles);
-      case 256: return vector_or_tiles<16, Q, KV>(tiles);
+      case 32: return vector_or_tiles<32, Q, KV>(tiles);
+      case 64: return vector_or_tiles<64, Q, KV>(tiles);
+      case 128: return vector_or_tiles<128, Q, KV>(tiles);
+      case 256: return vector_or_tiles<256, Q, KV>(tiles);
       default: break;
     }
   }
@@ -472,6 +483,17 @@ void dispatch_kv(torch::Tensor& out, const torch::Tensor& q, const torch::Tensor
     case at::kChar: return run<Q, int8_t>(out, q, k, v, tables, lens, scale, tiles);
     default: TORCH_CHECK(false, "paged attention: unsupported KV dtype ", k.scalar_type());
   }
+}
+
+// The vector path's float32 lanes in this build, for the engine's report.
+int64_t attention_lanes() {
+#if defined(LATLAB_AVX512)
+  return 16;
+#elif defined(LATLAB_AVX2)
+  return 8;
+#else
+  return 0;
+#endif
 }
 
 }  // namespace
@@ -537,6 +559,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("q"), pybind11::arg("k_cache"), pybind11::arg("v_cache"),
         pybind11::arg("block_tables"), pybind11::arg("seq_lens"), pybind11::arg("scale"),
         pybind11::arg("tiles") = true);
+  m.def("attention_lanes", &attention_lanes,
+        "float32 lanes of the attention's vector path in this build (16 AVX-512, 8 AVX2, 0 none)");
   m.def("small_linear", &small_linear,
         "x @ w.T (* scale, for int8 w) (+ bias) for up to 4 float32 rows (GEMV)",
         pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias") = pybind11::none(),

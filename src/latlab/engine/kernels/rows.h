@@ -1,14 +1,17 @@
 // Row primitives shared by the step ops (step_ops.cpp) and the native decode steps
 // (decode_step.cpp, decode_batch.cpp), so a bf16 step rounds at the same points with the same
 // arithmetic on every path: widen a row to float32, narrow it back (round to nearest even),
-// RMSNorm a float32 row, RoPE one head, SiLU * up, 16 lanes at a time where the CPU has AVX-512;
+// RMSNorm a float32 row, RoPE one head, SiLU * up, 16 lanes at a time where the CPU has AVX-512
+// (norms and SiLU 8 at a time where its widest vectors are AVX2's, for float32 and bf16 rows);
 // and the split of a parallel region's work over its threads.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
+#include "vec256.h"
 #include "vec512.h"
 
 namespace latlab {
@@ -88,6 +91,12 @@ inline void store_kv_row(const float* src, int8_t* dst, float* scale, int64_t n)
 #endif
 }
 
+#ifdef LATLAB_AVX2
+// Row dtypes with 8-lane loads and stores (vec256.h); fp16 rows take the scalar loops.
+template <typename T>
+constexpr bool kEightLanes = std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>;
+#endif
+
 template <typename T>
 void norm_row(const float* x, const T* w, T* out, int64_t dim, float eps) {
 #ifdef LATLAB_AVX512
@@ -105,9 +114,24 @@ void norm_row(const float* x, const T* w, T* out, int64_t dim, float eps) {
   }
 #else
   float ss = 0.f;
-  for (int64_t j = 0; j < dim; ++j) ss += x[j] * x[j];
+  int64_t j = 0;
+#ifdef LATLAB_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  for (; j + 8 <= dim; j += 8) acc = _mm256_fmadd_ps(load8(x + j), load8(x + j), acc);
+  ss = hsum8(acc);
+#endif
+  for (; j < dim; ++j) ss += x[j] * x[j];
   const float inv = 1.f / std::sqrt(ss / static_cast<float>(dim) + eps);
-  for (int64_t j = 0; j < dim; ++j) out[j] = static_cast<T>(x[j] * inv * f32(w[j]));
+  j = 0;
+#ifdef LATLAB_AVX2
+  if constexpr (kEightLanes<T>) {
+    const __m256 iv = _mm256_set1_ps(inv);
+    for (; j + 8 <= dim; j += 8) {
+      store8(out + j, _mm256_mul_ps(_mm256_mul_ps(load8(x + j), iv), load8(w + j)));
+    }
+  }
+#endif
+  for (; j < dim; ++j) out[j] = static_cast<T>(x[j] * inv * f32(w[j]));
 #endif
 }
 
@@ -130,7 +154,13 @@ void silu_mul_row(const T* gate, T* out, int64_t inter) {
     latlab::store16(out + j, latlab::silu_times(latlab::load16(gate + j, m), latlab::load16(up + j, m)), m);
   }
 #else
-  for (int64_t j = 0; j < inter; ++j) {
+  int64_t j = 0;
+#ifdef LATLAB_AVX2
+  if constexpr (kEightLanes<T>) {
+    for (; j + 8 <= inter; j += 8) store8(out + j, silu_times8(load8(gate + j), load8(up + j)));
+  }
+#endif
+  for (; j < inter; ++j) {
     const float g = f32(gate[j]);
     out[j] = static_cast<T>(g / (1.f + std::exp(-g)) * f32(up[j]));
   }
