@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import random
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # engine_batch1.py sits beside this script
+from attention_caches import BLOCK, HEAD_DIM, HEADS, KV_HEADS, layers_pass, scattered_tables
 from engine_batch1 import interleaved, run_benchmark
-
-HEADS, KV_HEADS, HEAD_DIM, BLOCK = 12, 6, 64, 16  # the reference model's attention
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,19 +65,12 @@ def passes(args, attends: dict[str, Callable], context: int, caches: list):
     """Seconds of one cold pass over ``--layers`` layers, per build."""
     import torch
 
-    per_seq = -(-context // BLOCK)
-    order = random.Random(context).sample(range(args.cache_blocks), args.batch * per_seq)
-    tables = torch.tensor(order, dtype=torch.long).view(args.batch, per_seq)
-    lens = torch.full((args.batch,), context, dtype=torch.long)
+    tables, lens = scattered_tables(args.batch, context, args.cache_blocks, seed=context)
     q = torch.randn(args.batch, HEADS, HEAD_DIM)
     flush = torch.ones(96 << 20 >> 2)
 
     def run(attend: Callable) -> float:
-        flush.add_(1.0)
-        start = time.perf_counter()
-        for layer in range(args.layers):
-            attend(q, caches[2 * layer], caches[2 * layer + 1], tables, lens, HEAD_DIM**-0.5)
-        return time.perf_counter() - start
+        return layers_pass(attend, q, caches, tables, lens, layers=args.layers, flush=flush)
 
     return {name: (lambda fn=fn: run(fn)) for name, fn in attends.items()}
 

@@ -16,17 +16,15 @@ each of ``--contexts``:
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # engine_batch1.py sits beside this script
+from attention_caches import BLOCK, HEAD_DIM, HEADS, KV_HEADS, layers_pass, scattered_tables
 from engine_batch1 import interleaved, run_benchmark
 
-HEADS, KV_HEADS, HEAD_DIM, BLOCK = 12, 6, 64, 16  # the reference model's attention
 PATHS = {"vector": False, "tiles": True}
 
 
@@ -49,21 +47,13 @@ def attention_runs(args, context: int, caches: list, hot: bool) -> dict[str, Cal
     from latlab.engine.kernels import paged_decode_attention
 
     attend = paged_decode_attention(wait=True).fn
-    per_seq = -(-context // BLOCK)
-    order = random.Random(context).sample(range(args.cache_blocks), args.batch * per_seq)
-    tables = torch.tensor(order, dtype=torch.long).view(args.batch, per_seq)
-    lens = torch.full((args.batch,), context, dtype=torch.long)
+    tables, lens = scattered_tables(args.batch, context, args.cache_blocks, seed=context)
     q = torch.randn(args.batch, HEADS, HEAD_DIM).bfloat16()
-    flush = torch.ones(96 << 20 >> 2)
+    flush = None if hot else torch.ones(96 << 20 >> 2)
 
     def run(tiles: bool) -> float:
-        if not hot:
-            flush.add_(1.0)
-        start = time.perf_counter()
-        for layer in range(args.layers):
-            k, v = caches[0:2] if hot else caches[2 * layer : 2 * layer + 2]
-            attend(q, k, v, tables, lens, HEAD_DIM**-0.5, tiles=tiles)
-        return time.perf_counter() - start
+        return layers_pass(attend, q, caches, tables, lens, layers=args.layers, flush=flush,
+                           hot=hot, tiles=tiles)  # fmt: skip
 
     return {name: (lambda tiles=tiles: run(tiles)) for name, tiles in PATHS.items()}
 

@@ -27,9 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # engine_batch1.py sits beside this script
+from attention_caches import BLOCK, HEAD_DIM, HEADS, KV_HEADS, layers_pass, scattered_tables
 from engine_batch1 import interleaved, run_benchmark
-
-HEADS, KV_HEADS, HEAD_DIM, BLOCK = 12, 6, 64, 16  # the reference model's attention
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,10 +58,7 @@ def attention_runs(args, context: int) -> dict[str, Callable[[], float]]:
         raise SystemExit(f"no native attention kernel: {kernel.reason}")
     attend = kernel.fn
     shape = (args.cache_blocks, KV_HEADS, BLOCK, HEAD_DIM)  # the engine's layout
-    per_seq = -(-context // BLOCK)
-    order = random.Random(0).sample(range(args.cache_blocks), args.batch * per_seq)
-    tables = torch.tensor(order, dtype=torch.long).view(args.batch, per_seq)
-    lens = torch.full((args.batch,), context, dtype=torch.long)
+    tables, lens = scattered_tables(args.batch, context, args.cache_blocks, seed=0)
     q = torch.randn(args.batch, HEADS, HEAD_DIM).bfloat16()
     flush = torch.ones(96 << 20 >> 2)
     caches = {
@@ -74,11 +70,7 @@ def attention_runs(args, context: int) -> dict[str, Callable[[], float]]:
             cache.normal_()
 
     def run(flat: list) -> float:
-        flush.add_(1.0)
-        start = time.perf_counter()
-        for layer in range(args.layers):
-            attend(q, flat[2 * layer], flat[2 * layer + 1], tables, lens, HEAD_DIM**-0.5)
-        return time.perf_counter() - start
+        return layers_pass(attend, q, flat, tables, lens, layers=args.layers, flush=flush)
 
     return {name: (lambda flat=flat: run(flat)) for name, flat in caches.items()}
 
