@@ -5,7 +5,10 @@ decode steps), profiles ``--steps`` decode steps and groups the CPU time of ever
 linear layers (GEMMs, whatever kernel the weight plan chose), attention math, KV gathers
 (``index_select`` of the paged cache), KV writes, elementwise work (norms, RoPE, SiLU, adds,
 casts) and the rest; the step time outside the model's forward pass (scheduling, input tensors,
-sampling, outputs) comes from the engine's own counters.
+sampling, outputs) comes from the engine's own counters. torch.profiler does not see the native
+kernels (pybind calls: the GEMMs, attention and fused step ops of the native paths), so
+``--steps`` more steps run under cProfile, which times each of them
+(``native_kernel_ms_per_step``, its own overhead included).
 
     nice -n 10 .venv/bin/python benchmarks/engine_profile.py --batch 64 --threads 1
     nice -n 10 .venv/bin/python benchmarks/engine_profile.py --batch 64 --quantization int8
@@ -63,13 +66,38 @@ def decode_engine(args):  # type: ignore[no-untyped-def]
         native_attention=False if args.no_native_attention else None,
         max_num_batched_tokens=max(512, args.batch * args.context),
     ))  # fmt: skip
-    params = SamplingParams(max_tokens=args.context + args.steps + 8, ignore_eos=True)
+    params = SamplingParams(max_tokens=args.context + 2 * args.steps + 8, ignore_eos=True)
     for i in range(args.batch):
         prompt = [10 + (i * 7919 + j * 104729 + 17) % 4000 for j in range(args.context)]
         engine.add_request(prompt, params)
     for _ in range(4):  # prefill, then warm decode steps
         engine.step()
     return engine
+
+
+def native_ms_per_step(stats: dict, steps: int) -> dict[str, float]:
+    """Milliseconds a step in each of the engine's native kernels, from a ``pstats`` table: they
+    are pybind functions, which torch.profiler does not see (on the native paths its groups
+    hold a few ms of a step), while cProfile times every built-in call."""
+    out: dict[str, float] = {}
+    for (_, _, func), (_, _, tottime, _, _) in stats.items():
+        module, _, name = func.removeprefix("<built-in method ").removesuffix(">").rpartition(".")
+        if module.startswith("latlab_paged_attention_"):
+            out[name] = out.get(name, 0.0) + tottime * 1e3 / steps
+    return dict(sorted(out.items(), key=lambda item: -item[1]))
+
+
+def native_kernels(engine, steps: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """``steps`` more decode steps under cProfile: each native kernel's ms a step."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        engine.step()
+    prof.disable()
+    return native_ms_per_step(pstats.Stats(prof).stats, steps)  # type: ignore[attr-defined]
 
 
 def profile(args) -> dict:  # type: ignore[no-untyped-def]
@@ -90,12 +118,14 @@ def profile(args) -> dict:  # type: ignore[no-untyped-def]
     total = sum(groups.values())
     step_s = after.step_seconds_total - before.step_seconds_total
     forward_s = after.forward_seconds_total - before.forward_seconds_total
+    native = native_kernels(engine, args.steps)
     return {
         "batch": args.batch, "context": args.context, "threads": args.threads,
         "plan": engine.describe(), "wall_ms_per_step_profiled": 1e3 * wall / args.steps,
         "op_cpu_ms_per_step": {g: t / 1e3 / args.steps for g, t in sorted(groups.items())},
         "op_share": {g: t / total for g, t in sorted(groups.items())},
         "outside_forward_share_of_step": (step_s - forward_s) / step_s,
+        "native_kernel_ms_per_step": native,
     }  # fmt: skip
 
 
