@@ -24,7 +24,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -38,23 +37,25 @@ constexpr int64_t kGroup = 6;    // rows of x a register block covers (12 sums, 
 constexpr int64_t kBlockK = 256; // K of a weight block: 16 KiB, held in L1 across row groups
 
 #ifdef LATLAB_F32_PANELS
-// Sums of MR rows of x (packed [K][MR]) against panel rows [k0, k1), added to y's 16 columns
-// (or written, for the first K block); `bias` (16 values, or null) added after the last block.
+// Sums of MR rows of x (row-major, `k_dim` apart) against panel rows [k0, k1), added to y's 16
+// columns (or written, for the first K block); `bias` (16 values, or null) added after the
+// last block. The broadcasts read x where it is: a copy of x regrouped [K][6] (the broadcasts
+// of one k on one line) cost more than it saved (0.91-0.96x at 64 rows, docs/engine.md).
 template <int MR>
-void panel_block(const float* xg, const float* panel, int64_t k0, int64_t k1, float* y,
-                 int64_t n_dim, bool first, const float* bias) {
+void panel_block(const float* x, const float* panel, int64_t k0, int64_t k1, float* y,
+                 int64_t n_dim, bool first, const float* bias, int64_t k_dim) {
   // Every loop over the block's rows fully unrolled: otherwise GCC 12 keeps the last row's
   // sums in memory and stores them on every k (seen in the object code).
   __m256 lo[MR], hi[MR];
 #pragma GCC unroll 6
   for (int r = 0; r < MR; ++r) lo[r] = _mm256_setzero_ps(), hi[r] = _mm256_setzero_ps();
-  const float* xp = xg + k0 * MR;
+  const float* xp = x + k0;
   const float* w = panel + k0 * kPanel;
-  for (int64_t k = k0; k < k1; ++k, xp += MR, w += kPanel) {
+  for (int64_t k = k0; k < k1; ++k, ++xp, w += kPanel) {
     const __m256 w0 = _mm256_load_ps(w), w1 = _mm256_load_ps(w + 8);
 #pragma GCC unroll 6
     for (int r = 0; r < MR; ++r) {
-      const __m256 b = _mm256_broadcast_ss(xp + r);
+      const __m256 b = _mm256_broadcast_ss(xp + r * k_dim);
       lo[r] = _mm256_fmadd_ps(w0, b, lo[r]);
       hi[r] = _mm256_fmadd_ps(w1, b, hi[r]);
     }
@@ -72,28 +73,14 @@ void panel_block(const float* xg, const float* panel, int64_t k0, int64_t k1, fl
 }
 
 using BlockFn = void (*)(const float*, const float*, int64_t, int64_t, float*, int64_t, bool,
-                         const float*);
+                         const float*, int64_t);
 constexpr BlockFn kBlocks[kGroup] = {&panel_block<1>, &panel_block<2>, &panel_block<3>,
                                      &panel_block<4>, &panel_block<5>, &panel_block<6>};
-
-// x [m, k] as groups of 6 rows (the last may have fewer), each [K][rows]: a group's values
-// for one k side by side, so a register block's broadcasts read one line.
-std::vector<float> group_rows(const float* x, int64_t m, int64_t k_dim) {
-  std::vector<float> xg(static_cast<size_t>(m * k_dim));
-  for (int64_t g0 = 0; g0 < m; g0 += kGroup) {
-    const int64_t rows = std::min(kGroup, m - g0);
-    float* dst = xg.data() + g0 * k_dim;
-    for (int64_t k = 0; k < k_dim; ++k) {
-      for (int64_t r = 0; r < rows; ++r) dst[k * rows + r] = x[(g0 + r) * k_dim + k];
-    }
-  }
-  return xg;
-}
 
 // One panel's 16 columns of y for all m rows, K block by K block. While a block is in L1, each
 // row group asks for a slice of the next block (this panel's next K, or the next panel's
 // first) to be brought into L2, so the next block's first group does not wait on memory.
-void panel_columns(const float* xg, int64_t m, int64_t k_dim, const float* panel,
+void panel_columns(const float* x, int64_t m, int64_t k_dim, const float* panel,
                    const float* next_panel, const float* bias, float* y, int64_t n_dim) {
   const int64_t groups = (m + kGroup - 1) / kGroup;
   for (int64_t k0 = 0; k0 < k_dim; k0 += kBlockK) {
@@ -106,8 +93,8 @@ void panel_columns(const float* xg, int64_t m, int64_t k_dim, const float* panel
         _mm_prefetch(next + at, _MM_HINT_T1);
       }
       const int64_t rows = std::min(kGroup, m - g * kGroup);
-      kBlocks[rows - 1](xg + g * kGroup * k_dim, panel, k0, k1, y + g * kGroup * n_dim, n_dim,
-                        k0 == 0, k1 == k_dim ? bias : nullptr);
+      kBlocks[rows - 1](x + g * kGroup * k_dim, panel, k0, k1, y + g * kGroup * n_dim, n_dim,
+                        k0 == 0, k1 == k_dim ? bias : nullptr, k_dim);
     }
   }
 }
@@ -163,14 +150,14 @@ torch::Tensor f32_panel_linear(const torch::Tensor& x, const torch::Tensor& pack
   if (m == 0) return y;
 #ifdef LATLAB_F32_PANELS
   const auto rows = x.contiguous();
-  const std::vector<float> xg = group_rows(rows.data_ptr<float>(), m, k);
+  const float* xs = rows.data_ptr<float>();
   const float* w = packed.data_ptr<float>();
   float* out = y.data_ptr<float>();
   const int64_t panels = n / kPanel;
   at::parallel_for(0, panels, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t p = lo; p < hi; ++p) {
       const float* next = p + 1 < hi ? w + (p + 1) * k * kPanel : nullptr;
-      panel_columns(xg.data(), m, k, w + p * k * kPanel, next, b ? b + p * kPanel : nullptr,
+      panel_columns(xs, m, k, w + p * k * kPanel, next, b ? b + p * kPanel : nullptr,
                     out + p * kPanel, n);
     }
   });
