@@ -17,7 +17,6 @@ side by side under ``$TORCH_EXTENSIONS_DIR``, one folder per source hash):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))  # engine_batch1.py sits beside this script
 from attention_caches import BLOCK, HEAD_DIM, HEADS, KV_HEADS, layers_pass, scattered_tables
 from engine_batch1 import interleaved, run_benchmark
+from kernel_builds import load_module
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,14 +51,9 @@ def load_build(entry: str) -> tuple[Callable, str]:
         if kernel.fn is None:
             raise SystemExit(f"no native attention kernel here: {kernel.reason}")
         return kernel.fn, kernel.reason
-    path = Path(entry)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    if spec is None or spec.loader is None or not path.is_file():
-        raise SystemExit(f"{entry}: not a built kernel module (.so)")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_module(entry)
     lanes = getattr(module, "attention_lanes", lambda: "?")()
-    return module.paged_decode_attention, f"{path.name} ({lanes} lanes reported)"
+    return module.paged_decode_attention, f"{Path(entry).name} ({lanes} lanes reported)"
 
 
 def passes(args, attends: dict[str, Callable], context: int, caches: list):
