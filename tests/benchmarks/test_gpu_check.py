@@ -67,3 +67,33 @@ def test_a_difference_passes_only_at_a_rounding_tie():
     )
     assert (exact, ties) == (1, 1)
     assert len(bad) == 1 and "7 vs 5" in bad[0]
+
+
+def test_a_bf16_tie_scales_with_the_logits_a_float32_tie_does_not():
+    gpu_check = load_script("gpu_check")
+    import torch
+
+    assert gpu_check.is_rounding_tie(torch.bfloat16, 0.125, 16.0)  # two bf16 steps near 16
+    assert not gpu_check.is_rounding_tie(torch.bfloat16, 0.5, 16.0)
+    assert gpu_check.is_rounding_tie(torch.bfloat16, 0.09, 0.5)  # small logits: the 0.1 floor
+    assert not gpu_check.is_rounding_tie(torch.bfloat16, 0.12, 0.5)
+    assert gpu_check.is_rounding_tie(torch.float32, 1e-3, 16.0)
+    assert not gpu_check.is_rounding_tie(torch.float32, 2e-3, 16.0)
+
+
+def test_the_json_is_written_after_every_section(monkeypatch, tmp_path, capsys):
+    gpu_check = load_script("gpu_check")
+    out, seen = tmp_path / "summary.json", []
+
+    def limits(run):  # type: ignore[no-untyped-def]
+        seen.append(json.loads(out.read_text()))  # what a kill here would have left
+        return {"read_bandwidth_bytes_s": 1.0}
+
+    monkeypatch.setattr(gpu_check, "parity", lambda run: [{"model": "m"}])
+    monkeypatch.setattr(gpu_check, "limits", limits)
+    monkeypatch.setattr(gpu_check, "speed", lambda run, lim: [])
+    monkeypatch.setattr(gpu_check, "recipes", lambda run: {})
+    assert gpu_check.main(["--device", "cpu", "--smoke", "--json", str(out)]) == 0
+    assert seen[0]["partial"] and seen[0]["parity"] == [{"model": "m"}] and "limits" not in seen[0]
+    final = json.loads(out.read_text())
+    assert not final["partial"] and final["ok"] and final == json.loads(capsys.readouterr().out)

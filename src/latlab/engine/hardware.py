@@ -44,25 +44,32 @@ class CpuCapabilities:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
+def _cpu_has(feature: str) -> bool:
+    """torch's private cpuinfo check ``torch.cpu._is_<feature>_supported``; False where this
+    torch lacks it (they come and go between releases; a GPU machine's torch may be older)."""
+    probe = getattr(torch.cpu, f"_is_{feature}_supported", None)
+    return bool(probe()) if probe is not None else False
+
+
 @functools.cache
 def cpu_capabilities() -> CpuCapabilities:
     """Probe once per process (torch's own cpuinfo checks; no subprocess)."""
-    cpu = torch.cpu
-    if cpu._is_amx_tile_supported():
+    amx = _cpu_has("amx_tile")
+    if amx:
         int8_dot = "amx"
-    elif cpu._is_vnni_supported():
+    elif _cpu_has("vnni"):
         int8_dot = "vnni"
     else:
-        int8_dot = "avx2" if cpu._is_avx2_supported() else "none"
+        int8_dot = "avx2" if _cpu_has("avx2") else "none"
     return CpuCapabilities(
         model=cpu_model(),
         isa=torch.backends.cpu.get_cpu_capability(),
-        native_bf16=bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()),
-        native_fp16=bool(cpu._is_amx_fp16_supported()),
+        native_bf16=_cpu_has("avx512_bf16") or amx,
+        native_fp16=_cpu_has("amx_fp16"),
         int8_dot=int8_dot,
         fbgemm="fbgemm" in torch.backends.quantized.supported_engines,
         cores=usable_cores(),
-        amx_bf16=bool(cpu._is_amx_tile_supported()),
+        amx_bf16=amx,
     )
 
 
