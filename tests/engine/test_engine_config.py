@@ -153,3 +153,15 @@ def test_compile_matches_eager(tiny_model_dir):
 def test_compile_with_packed_linear_is_refused(tiny_model_dir):
     with pytest.raises(ConfigError, match="packed_linear"):
         LLM(str(tiny_model_dir), compile=True, packed_linear=True, dtype="bfloat16")
+
+
+def test_on_cuda_the_kv_budget_comes_out_of_the_gpus_memory_not_the_hosts(monkeypatch):
+    from latlab.engine import config as config_module
+
+    card = type("Props", (), {"total_memory": 80 * 2**30})
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: card)
+    monkeypatch.setattr(config_module, "total_ram_bytes", lambda: 4 * 2**30)
+    on_gpu = EngineConfig(device="cuda", kv_cache_memory_fraction=0.5)
+    assert on_gpu.kv_budget_bytes(1024, 2048) == 40 * 2**30
+    assert EngineConfig(device="cuda:1").kv_budget_bytes(2**20, 2**20) == 20 * 2**30  # 25% cap
+    assert EngineConfig(kv_cache_memory_fraction=0.5).kv_budget_bytes(1024, 2048) == 2 * 2**30

@@ -26,8 +26,9 @@ QUANTIZATIONS = ("int8", "int8-weight-only")
 class EngineConfig:
     """Engine settings; defaults serve the bundled model on CPU.
 
-    KV budget: ``kv_cache_bytes`` wins, else ``kv_cache_memory_fraction`` of total RAM, else
-    enough for ``max_num_seqs`` x ``max_model_len`` tokens capped at 25% of RAM.
+    KV budget: ``kv_cache_bytes`` wins, else ``kv_cache_memory_fraction`` of the device's
+    memory (total RAM on CPU, the GPU's own on CUDA), else enough for ``max_num_seqs`` x
+    ``max_model_len`` tokens capped at 25% of it.
     """
 
     model: str | None = setting(
@@ -43,7 +44,7 @@ class EngineConfig:
         help="KV cache budget, e.g. 2GiB.",
         parse=parse_size,
         metavar="BYTES",
-        default_text="sized for max-num-seqs full contexts, capped at 25% of RAM",
+        default_text="max-num-seqs full contexts, capped at 25% of RAM (GPU memory on CUDA)",
     )
     kv_cache_memory_fraction: float | None = setting(
         None,
@@ -210,18 +211,29 @@ class EngineConfig:
 
     def kv_budget_bytes(self, bytes_per_token: int, max_model_len: int) -> int:
         """The KV cache size in bytes this config asks for (see the class docstring)."""
-        ram = total_ram_bytes()
         if self.kv_cache_bytes is not None:
             return int(self.kv_cache_bytes)
+        memory = device_memory_bytes(self.device)
         if self.kv_cache_memory_fraction is not None:
-            return int(ram * self.kv_cache_memory_fraction)
+            return int(memory * self.kv_cache_memory_fraction)
         wanted = self.max_num_seqs * max_model_len * bytes_per_token
-        return int(min(wanted, ram * DEFAULT_KV_RAM_CAP_FRACTION))
+        return int(min(wanted, memory * DEFAULT_KV_RAM_CAP_FRACTION))
 
 
 def _positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def device_memory_bytes(device: str) -> int:
+    """The memory the KV cache comes out of: RAM on CPU, the GPU's own on CUDA (its host's RAM
+    says nothing about what fits on an 80 GB card)."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = torch.device(device).index
+        return int(torch.cuda.get_device_properties(index or 0).total_memory)
+    return total_ram_bytes()
 
 
 def total_ram_bytes() -> int:
