@@ -8,7 +8,9 @@ casts) and the rest; the step time outside the model's forward pass (scheduling,
 sampling, outputs) comes from the engine's own counters. torch.profiler does not see the native
 kernels (pybind calls: the GEMMs, attention and fused step ops of the native paths), so
 ``--steps`` more steps run under cProfile, which times each of them
-(``native_kernel_ms_per_step``, its own overhead included).
+(``native_kernel_ms_per_step``, its own overhead included); ``--steps`` steps timed first with
+no profiler give ``plain_ms_per_step``, and the difference, ``outside_native_kernels_ms_per_step``,
+is what Python and torch dispatch cost a step (contexts a few tokens apart between the passes).
 
     nice -n 10 .venv/bin/python benchmarks/engine_profile.py --batch 64 --threads 1
     nice -n 10 .venv/bin/python benchmarks/engine_profile.py --batch 64 --quantization int8
@@ -66,7 +68,7 @@ def decode_engine(args):  # type: ignore[no-untyped-def]
         native_attention=False if args.no_native_attention else None,
         max_num_batched_tokens=max(512, args.batch * args.context),
     ))  # fmt: skip
-    params = SamplingParams(max_tokens=args.context + 2 * args.steps + 8, ignore_eos=True)
+    params = SamplingParams(max_tokens=args.context + 3 * args.steps + 8, ignore_eos=True)
     for i in range(args.batch):
         prompt = [10 + (i * 7919 + j * 104729 + 17) % 4000 for j in range(args.context)]
         engine.add_request(prompt, params)
@@ -100,11 +102,20 @@ def native_kernels(engine, steps: int) -> dict[str, float]:  # type: ignore[no-u
     return native_ms_per_step(pstats.Stats(prof).stats, steps)  # type: ignore[attr-defined]
 
 
+def plain_ms_per_step(engine, steps: int) -> float:  # type: ignore[no-untyped-def]
+    """Wall ms a step with no profiler attached: what the profiled figures are shares of."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    return 1e3 * (time.perf_counter() - start) / steps
+
+
 def profile(args) -> dict:  # type: ignore[no-untyped-def]
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     engine = decode_engine(args)
+    plain = plain_ms_per_step(engine, args.steps)
     before = engine.stats()
     start = time.perf_counter()
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -125,7 +136,9 @@ def profile(args) -> dict:  # type: ignore[no-untyped-def]
         "op_cpu_ms_per_step": {g: t / 1e3 / args.steps for g, t in sorted(groups.items())},
         "op_share": {g: t / total for g, t in sorted(groups.items())},
         "outside_forward_share_of_step": (step_s - forward_s) / step_s,
-        "native_kernel_ms_per_step": native,
+        "native_kernel_ms_per_step": native, "plain_ms_per_step": plain,
+        # Python, torch dispatch and the CPU side: what one native call per step could save
+        "outside_native_kernels_ms_per_step": plain - sum(native.values()),
     }  # fmt: skip
 
 
