@@ -8,9 +8,9 @@ casts) and the rest; the step time outside the model's forward pass (scheduling,
 sampling, outputs) comes from the engine's own counters. torch.profiler does not see the native
 kernels (pybind calls: the GEMMs, attention and fused step ops of the native paths), so
 ``--steps`` more steps run under cProfile, which times each of them
-(``native_kernel_ms_per_step``, its own overhead included); ``--steps`` steps timed first with
-no profiler give ``plain_ms_per_step``, and the difference, ``outside_native_kernels_ms_per_step``,
-is what Python and torch dispatch cost a step (contexts a few tokens apart between the passes).
+(``native_kernel_ms_per_step``, its own overhead included), each after a step timed with no
+profiler (``plain_ms_per_step``, over the same contexts); the difference,
+``outside_native_kernels_ms_per_step``, is what Python and torch dispatch cost a step.
 
     nice -n 10 .venv/bin/python benchmarks/engine_profile.py --batch 64 --threads 1
     nice -n 10 .venv/bin/python benchmarks/engine_profile.py --batch 64 --quantization int8
@@ -89,25 +89,22 @@ def native_ms_per_step(stats: dict, steps: int) -> dict[str, float]:
     return dict(sorted(out.items(), key=lambda item: -item[1]))
 
 
-def native_kernels(engine, steps: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """``steps`` more decode steps under cProfile: each native kernel's ms a step."""
+def native_kernels(engine, steps: int) -> tuple[dict[str, float], float]:  # type: ignore[no-untyped-def]
+    """``steps`` decode steps under cProfile (each native kernel's ms a step), each after a step
+    timed with no profiler attached (the plain wall ms a step, over the same contexts)."""
     import cProfile
     import pstats
 
-    prof = cProfile.Profile()
-    prof.enable()
+    prof, plain = cProfile.Profile(), 0.0
     for _ in range(steps):
+        start = time.perf_counter()
         engine.step()
-    prof.disable()
-    return native_ms_per_step(pstats.Stats(prof).stats, steps)  # type: ignore[attr-defined]
-
-
-def plain_ms_per_step(engine, steps: int) -> float:  # type: ignore[no-untyped-def]
-    """Wall ms a step with no profiler attached: what the profiled figures are shares of."""
-    start = time.perf_counter()
-    for _ in range(steps):
+        plain += time.perf_counter() - start
+        prof.enable()
         engine.step()
-    return 1e3 * (time.perf_counter() - start) / steps
+        prof.disable()
+    native = native_ms_per_step(pstats.Stats(prof).stats, steps)  # type: ignore[attr-defined]
+    return native, 1e3 * plain / steps
 
 
 def profile(args) -> dict:  # type: ignore[no-untyped-def]
@@ -115,7 +112,6 @@ def profile(args) -> dict:  # type: ignore[no-untyped-def]
     from torch.profiler import profile as torch_profile
 
     engine = decode_engine(args)
-    plain = plain_ms_per_step(engine, args.steps)
     before = engine.stats()
     start = time.perf_counter()
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -129,7 +125,7 @@ def profile(args) -> dict:  # type: ignore[no-untyped-def]
     total = sum(groups.values())
     step_s = after.step_seconds_total - before.step_seconds_total
     forward_s = after.forward_seconds_total - before.forward_seconds_total
-    native = native_kernels(engine, args.steps)
+    native, plain = native_kernels(engine, args.steps)
     return {
         "batch": args.batch, "context": args.context, "threads": args.threads,
         "plan": engine.describe(), "wall_ms_per_step_profiled": 1e3 * wall / args.steps,
