@@ -128,10 +128,12 @@ def add_biases(directory: Path) -> None:
 def hf_model(path: str, dtype: torch.dtype, device: torch.device, attn: str = "sdpa"):
     """transformers' model through the project's loader, which names the dtype the way the
     installed transformers expects (``torch_dtype`` before 4.56, ``dtype`` after)."""
+    from latlab.dtypes import dtype_name
     from latlab.model_files import load_causal_lm
 
-    name = next(key for key, value in DTYPES.items() if value == dtype)
-    return load_causal_lm(path, dtype=name, device=str(device), attn_implementation=attn)
+    return load_causal_lm(
+        path, dtype=dtype_name(dtype), device=str(device), attn_implementation=attn
+    )
 
 
 def prompts(count: int, vocab: int = 4000, seed: int = 0) -> list[list[int]]:
