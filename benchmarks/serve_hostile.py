@@ -71,9 +71,22 @@ def _dumps(value: object) -> bytes:
 
 def scenarios() -> list[Scenario]:
     """Issue 18's hostile requests, the guard's own cases, and the largest requests allowed."""
-    empty = {"role": "user", "content": ""}
     return [
         Scenario(name="quiet", what="no hostile request"),
+        *_oversized_scenarios(),
+        *_largest_allowed_scenarios(),
+        Scenario(
+            name="slowloris-400",
+            what="400 connections holding half-sent request heads, 400 holding half-sent bodies",
+            sockets=half_sent,
+        ),
+    ]
+
+
+def _oversized_scenarios() -> list[Scenario]:
+    """Requests far past the guard's limits: the figure is what each costs before its refusal."""
+    empty = {"role": "user", "content": ""}
+    return [
         Scenario(
             name="chat-700k-empty-messages",
             what="23 MB chat request of 700,000 empty messages",
@@ -107,6 +120,12 @@ def scenarios() -> list[Scenario]:
             what="200 KB of nested brackets",
             body=b'{"prompt": "hi", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
         ),
+    ]
+
+
+def _largest_allowed_scenarios() -> list[Scenario]:
+    """Requests at the guard's limits: the most work one request may make the server do."""
+    return [
         Scenario(
             name="chat-1024-messages",
             # 100 characters each stays under the 64-per-context-token character bound of
@@ -131,11 +150,6 @@ def scenarios() -> list[Scenario]:
                     "stop": [f"{i:03d}" + "x" * 997 for i in range(64)],
                 }
             ),
-        ),
-        Scenario(
-            name="slowloris-400",
-            what="400 connections holding half-sent request heads, 400 holding half-sent bodies",
-            sockets=half_sent,
         ),
     ]
 

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -250,7 +251,8 @@ def medians(runs: list[Run]) -> list[dict]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line: server and cache setting, clients, levels, repeats, workload, limits."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--server", choices=["latlab", "vllm"], default="latlab")
     p.add_argument("--prefix-caching", choices=["on", "off"], default="on")
@@ -271,36 +273,60 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--out", type=Path)
     p.add_argument("--workdir", type=Path)
-    args = p.parse_args(argv)
-    levels = [int(x) for x in args.levels.split(",")]
-    counts = {int(k): int(v) for k, v in (x.split("=") for x in args.requests.split(","))}
-    clients = [c for c in args.clients.split(",") if c]
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="server-ttft-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    return p.parse_args(argv)
+
+
+def planned_runs(
+    args: argparse.Namespace,
+    caching: bool,
+    levels: list[int],
+    counts: dict[int, int],
+    clients: list[str],
+) -> Iterator[Run]:
+    """The runs in order, made one at a time as they are due: client order reversed on
+    alternate repeats so neither client always goes first, and a fresh seed each so no run
+    re-sends an earlier run's prompts."""
+    seed = 1000
+    for rep in range(args.repeats):
+        for c in levels:
+            for client in clients if rep % 2 == 0 else list(reversed(clients)):
+                seed += 1
+                yield Run(server=args.server, prefix_caching=caching, client=client,
+                          streams=c, requests=counts[c], seed=seed)  # fmt: skip
+
+
+def measure_runs(
+    args: argparse.Namespace, caching: bool, workdir: Path, planned: Iterable[Run]
+) -> list[Run]:
+    """Every planned run against one server started here, each printed as it ends; the server
+    is stopped on every way out, SIGTERM included."""
     from latlab.procs import free_port, sigterm_as_exit
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    caching = args.prefix_caching == "on"
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    load0 = os.getloadavg()
     runs: list[Run] = []
     with sigterm_as_exit():
         server = start_server(args.server, args.model, caching, port, workdir, args.start_timeout)
         try:
             name = served_name(base)
-            seed = 1000
-            for rep in range(args.repeats):
-                for c in levels:
-                    for client in clients if rep % 2 == 0 else list(reversed(clients)):
-                        seed += 1
-                        run = Run(server=args.server, prefix_caching=caching, client=client,
-                                  streams=c, requests=counts[c], seed=seed)  # fmt: skip
-                        runs.append(run_client(base, name, run, args, workdir))
-                        print(row(run), file=sys.stderr, flush=True)
+            for run in planned:
+                runs.append(run_client(base, name, run, args, workdir))
+                print(row(run), file=sys.stderr, flush=True)
         finally:
             server.stop()
-    result = {
+    return runs
+
+
+def result_document(
+    args: argparse.Namespace,
+    caching: bool,
+    runs: list[Run],
+    started: str,
+    load0: tuple[float, float, float],
+    argv: list[str] | None,
+) -> dict:
+    """The JSON written by ``--out``: setup, machine, revision, command, medians and each run."""
+    return {
         "benchmark": "server_ttft_check",
         "date_utc": started,
         "server": args.server,
@@ -315,6 +341,21 @@ def main(argv: list[str] | None = None) -> None:
         "medians": medians(runs),
         "runs": [asdict(r) | {"diff_ms": r.diff_ms} for r in runs],
     }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    levels = [int(x) for x in args.levels.split(",")]
+    counts = {int(k): int(v) for k, v in (x.split("=") for x in args.requests.split(","))}
+    clients = [c for c in args.clients.split(",") if c]
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="server-ttft-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    caching = args.prefix_caching == "on"
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    load0 = os.getloadavg()
+    planned = planned_runs(args, caching, levels, counts, clients)
+    runs = measure_runs(args, caching, workdir, planned)
+    result = result_document(args, caching, runs, started, load0, argv)
     print(HEAD)
     print("\n".join(row(r) for r in runs))
     print(json.dumps(result["medians"], indent=1))

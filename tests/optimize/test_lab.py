@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from latlab.optimize.lab import Lab, read_quality_text, run_lab
 from latlab.optimize.lab_plan import plan_from_dict
@@ -184,11 +184,8 @@ def test_a_worse_figure_rejects_despite_gains():
     assert "worse: itl +100.0%" in trial.reason and "better: memory -75.0%" in trial.reason
 
 
-@pytest.mark.slow
-def test_end_to_end_cli_writes_table_record_and_json(tiny_model_dir, heldout_file, tmp_path):
-    from latlab.cli import main
-    from latlab.cli import optimize as _  # noqa: F401  registers the verb
-
+def _write_small_plan(tmp_path: Path) -> Path:
+    """A plan small enough for a test: three recipes, three requests, two quality windows."""
     plan = tmp_path / "plan.toml"
     plan.write_text(
         'threads = 1\nrecipes = ["response-cache", "tf32", {name = "max-num-seqs", value = 1}]\n'
@@ -196,16 +193,23 @@ def test_end_to_end_cli_writes_table_record_and_json(tiny_model_dir, heldout_fil
         "[quality]\nwindows = 2\nwindow_tokens = 32\n",
         encoding="utf-8",
     )
-    out = tmp_path / "run"
-    result = CliRunner().invoke(
+    return plan
+
+
+def _invoke_optimize(model_dir: Path, plan: Path, heldout: Path, out: Path) -> Result:
+    """``latlab optimize`` through the CLI, as a user runs it, named and tagged for the store."""
+    from latlab.cli import main
+    from latlab.cli import optimize as _  # noqa: F401  registers the verb
+
+    return CliRunner().invoke(
         main,
         [
             "optimize",
-            str(tiny_model_dir),
+            str(model_dir),
             "--plan",
             str(plan),
             "--quality-text",
-            str(heldout_file),
+            str(heldout),
             "--out",
             str(out),
             "--name",
@@ -214,10 +218,10 @@ def test_end_to_end_cli_writes_table_record_and_json(tiny_model_dir, heldout_fil
             "nightly",
         ],
     )
-    assert result.exit_code == 0, result.output
-    assert "| recipe | level | TTFT | ITL | throughput | memory |" in result.output
-    table = (out / "table.md").read_text()
-    assert "response-cache" in table and "tf32" in table and "max-num-seqs-1" in table
+
+
+def _assert_decision_record(out: Path, output: str) -> None:
+    """decision.md has every section, the command to reproduce, and the verdicts printed."""
     record = (out / "decision.md").read_text()
     for heading in (
         "## Environment",
@@ -229,8 +233,12 @@ def test_end_to_end_cli_writes_table_record_and_json(tiny_model_dir, heldout_fil
     ):
         assert heading in record
     assert f"--plan {out / 'plan.toml'}" in record
-    said = [x[len("verdict: ") :] for x in result.output.splitlines() if x.startswith("verdict: ")]
+    said = [x[len("verdict: ") :] for x in output.splitlines() if x.startswith("verdict: ")]
     assert said and all(f"- **{line}**" in record for line in said)  # one source of truth
+
+
+def _assert_result_json_recorded(out: Path) -> None:
+    """result.json holds the trials in plan order, and the run store keeps the same document."""
     data = json.loads((out / "result.json").read_text())
     assert data["kind"] == "latlab.optimize" and data["schema_version"] == 1
     assert [t["name"] for t in data["trials"]][:3] == ["response-cache", "tf32", "max-num-seqs-1"]
@@ -241,6 +249,18 @@ def test_end_to_end_cli_writes_table_record_and_json(tiny_model_dir, heldout_fil
     with RunStore.open() as store:  # recorded, as the same document
         run = store.find("lab")
     assert run.kind == "optimize" and run.info.tags == ["nightly"] and run.result == data
+
+
+@pytest.mark.slow
+def test_end_to_end_cli_writes_table_record_and_json(tiny_model_dir, heldout_file, tmp_path):
+    out = tmp_path / "run"
+    result = _invoke_optimize(tiny_model_dir, _write_small_plan(tmp_path), heldout_file, out)
+    assert result.exit_code == 0, result.output
+    assert "| recipe | level | TTFT | ITL | throughput | memory |" in result.output
+    table = (out / "table.md").read_text()
+    assert "response-cache" in table and "tf32" in table and "max-num-seqs-1" in table
+    _assert_decision_record(out, result.output)
+    _assert_result_json_recorded(out)
     # The written plan reads back.
     from latlab.optimize.lab_plan import load_plan
 
