@@ -1,6 +1,7 @@
 """Where a batch decode step's time goes: each phase of the native step beside the machine's probes.
 
-The native batch decode step (5-64 rows on AMX tiles, ``kernels/decode_batch.cpp``) times its
+The native batch decode step (5-64 rows on AMX tiles in bf16, or on the AVX2 FMA panels in
+float32 with ``--dtype float32``; ``kernels/decode_batch.cpp``) times its
 phases when asked (``BatchDecodeModel.time_phases``): the embedding, norms, W8A8's activation
 quantization, the four GEMMs, attention (RoPE, the new K and V written, the paged cache read),
 SiLU * up, the head, and the waits at barriers. For each plan (``--quantization`` x
@@ -36,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", type=Path, default=Path("/tmp/latlab-ref106m-bf16"))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", default="bfloat16",
+                   help="bfloat16 (AMX tiles) or float32 (the AVX2 FMA panels)")  # fmt: skip
     p.add_argument("--batch", type=int, default=64, help="5-64: the native batch step's rows")
     p.add_argument("--prompt-len", type=int, default=6)
     p.add_argument("--output-len", type=int, default=128)
@@ -53,7 +56,7 @@ def load_engine(args, quantization: str, kv: str):
     from latlab.engine import LLM
 
     llm = LLM(
-        str(args.model_dir), dtype="bfloat16", kv_cache_dtype=kv, kv_cache_bytes=1 << 30,
+        str(args.model_dir), dtype=args.dtype, kv_cache_dtype=kv, kv_cache_bytes=1 << 30,
         quantization=None if quantization == "none" else quantization,
         num_threads=args.threads, max_num_seqs=args.batch,
     )  # fmt: skip

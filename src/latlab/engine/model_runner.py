@@ -36,6 +36,7 @@ from latlab.engine.kernels import (
     StepOps,
     batch_decode_model,
     decode_model,
+    f32_batch_decode_model,
     paged_decode_attention,
     step_ops,
 )
@@ -219,9 +220,10 @@ class ModelRunner:
         return decoder.fn, decoder.reason
 
     def _native_batch(self) -> tuple[Any | None, str]:
-        """The one-call decode step on AMX tiles for 5-64 rows (the native ``BatchDecodeModel``:
-        ``step``, and ``time_phases`` / ``phase_seconds`` for where its time goes), where the
-        plan packed every linear for the AMX kernels, bf16 or W8A8 int8 (the step-ops path's
+        """The one-call decode step for 5-64 rows (the native ``BatchDecodeModel`` on AMX tiles,
+        or ``F32BatchDecodeModel`` on the float32 panels: ``step``, and ``time_phases`` /
+        ``phase_seconds`` for where its time goes), where the plan packed every linear for the
+        AMX kernels (bf16 or W8A8 int8) or the AVX2 panels (float32) (the step-ops path's
         numbers, bit for bit), and why."""
         if self.config.native_decode is False:
             return None, "native_decode=False"
@@ -229,10 +231,11 @@ class ModelRunner:
             return None, f"max_num_seqs <= {DECODE_MAX_ROWS}"
         if self.step_ops is None:
             return None, self.step_ops_reason  # the kernels are not built, or are turned off
-        if self.weight_plan.linear not in ("amx-packed", "int8"):
+        if self.weight_plan.linear not in ("amx-packed", "int8", "f32-panels"):
             return None, f"the step ops per op ({self.weight_plan.linear} linears)"
         tensors, why_not = self.model.batch_decoder_tensors(self.kv_caches)
-        kernel = batch_decode_model(wait=False)
+        panels = self.weight_plan.linear == "f32-panels"
+        kernel = (f32_batch_decode_model if panels else batch_decode_model)(wait=False)
         if tensors is None or kernel.fn is None:
             return None, why_not or kernel.reason
         model, layers = tensors

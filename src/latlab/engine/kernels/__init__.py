@@ -56,6 +56,10 @@ BATCH = f"native bf16 decode steps on AMX tiles (one call a step) for 5-{BATCH_M
 BATCH_INT8 = (
     f"native W8A8 decode steps on AMX int8 tiles (one call a step) for 5-{BATCH_MAX_ROWS} rows"
 )
+F32_BATCH = (
+    f"native float32 decode steps on the AVX2 FMA panels (one call a step) for 5-{BATCH_MAX_ROWS} "
+    "rows"
+)
 STEP_OPS = "native fused norms, RoPE + cache writes and SiLU * up"
 AMX = "bf16 GEMMs on AMX tiles (weights packed once, streamed once a step)"
 AMX_INT8 = "int8 GEMMs on AMX tiles (activations quantized per row, weights packed once)"
@@ -162,6 +166,18 @@ def batch_decode_model(*, wait: bool = True) -> Kernel:
     if not build.module.amx_available():
         return Kernel(None, "no AMX-BF16 here (CPU, compiler or the kernel's permission)")
     return Kernel(build.module.BatchDecodeModel, BATCH)
+
+
+def f32_batch_decode_model(*, wait: bool = True) -> Kernel:
+    """The class ``F32BatchDecodeModel(model, layers, num_heads, eps, scale)``: the same one-call
+    decode step of 5-64 rows in float32 on the panel GEMM (decode_batch.cpp), or None where the
+    build has no AVX2 FMA."""
+    build = _module(wait=wait)
+    if build.module is None:
+        return Kernel(None, build.reason)
+    if not build.module.f32_panels_available():
+        return Kernel(None, "no AVX2 FMA in this build's CPU")
+    return Kernel(build.module.F32BatchDecodeModel, F32_BATCH)
 
 
 def small_linear(*, wait: bool = True) -> Kernel:

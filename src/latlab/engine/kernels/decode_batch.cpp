@@ -1,4 +1,5 @@
-// Decode steps of 5-64 sequences in bf16 on AMX tiles (latlab engine, CPU): one native call.
+// Decode steps of 5-64 sequences as one native call (latlab engine, CPU): in bf16 on AMX tiles,
+// or in float32 on the AVX2 FMA panel GEMM (f32_panels.cpp) where the CPU has no bf16 GEMMs.
 // With W8A8 weights (int8, a scale per output channel) the GEMMs run on AMX int8 tiles, each
 // GEMM input quantized per row as it is produced (amx_int8.cpp); everything else as in bf16.
 //
@@ -10,12 +11,18 @@
 // kernel), attention splits its (sequence, KV head) items, and the threads meet at a barrier
 // between phases that read what other threads wrote.
 //
-// Numerics: exactly the step-ops path's (models/llama.py, step_ops.cpp): a bf16 residual stream
-// and every op rounded to bf16 where that path rounds, through the same row primitives
-// (rows.h), the same AMX column kernel and the same attention kernel, so both give the same
-// logits bit for bit (tested).
+// In float32 on an AVX2 EPYC a batch-64 step of the same model spent ~10 ms of ~132 outside its
+// native kernels and ~6 ms in the norms, RoPE and SiLU, each a call whose threads start cold
+// (benchmarks/engine_profile.py, docs/engine.md); the float32 step is the same region over the
+// panel GEMM's column panels.
 //
-// Layouts (the engine's): packed weights as amx_pack makes them ([N/16, K/32, 16, 16, 2]);
+// Numerics: exactly the step-ops path's (models/llama.py, step_ops.cpp): a residual stream in
+// the model's dtype and every op rounded to it where that path rounds, through the same row
+// primitives (rows.h), the same column kernels (AMX, or the float32 panels) and the same
+// attention kernel, so both give the same logits bit for bit (tested).
+//
+// Layouts (the engine's): packed weights as amx_pack makes them ([N/16, K/32, 16, 16, 2]) or
+// f32_pack ([N/16, K, 16]);
 // cos/sin tables [positions, D] (sin with rotate_half's sign folded in); k_cache, v_cache
 // [NB, KVH, BS, D]; block_tables [M, max_blocks]; seq_lens [M] (the new key included).
 
@@ -30,6 +37,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -50,7 +58,8 @@ using latlab::Span;
 // Thread t's share of n items, item by item.
 inline Span share(int64_t n, int t, int nt) { return latlab::share(n, 1, t, nt); }
 
-// One decoder layer: bf16 norms and qkv bias (empty for none), AMX-packed weights, caches;
+// One decoder layer: norms and qkv bias (empty for none) in the step's dtype, packed weights,
+// caches;
 // for W8A8, int8 weights packed by amx_pack_int8 and their float32 scales per output channel
 // (empty for bf16 weights).
 struct Layer {
@@ -59,6 +68,18 @@ struct Layer {
   float *k_scales = nullptr, *v_scales = nullptr;  // an int8 cache's row scales (kv_row_scales)
   bool int8() const { return s_qkv.numel() > 0; }
 };
+
+template <typename T>
+constexpr bool kBf16 = std::is_same_v<T, BF16>;
+// Column blocks are shared between threads in pairs on AMX (its kernels' unit), one by one
+// on the float32 panels.
+template <typename T>
+constexpr int64_t kShareBlocks = kBf16<T> ? 2 : 1;
+
+template <typename T>
+T* ptr(const torch::Tensor& t) {
+  return t.data_ptr<T>();
+}
 
 struct Dims {
   int64_t hidden, heads, kv_heads, d, inter, vocab, positions, blocks, block_size;
@@ -77,13 +98,15 @@ struct Quantized {
         scale(torch::ones({padded}, torch::dtype(torch::kFloat))) {}
 };
 
-// The step's activations, bf16. GEMM inputs hold whole 16-row tiles: their padding rows stay
-// zero (only the first m rows are written). With int8 weights, the GEMM inputs as int8 too.
+// The step's activations in its dtype. GEMM inputs hold whole 16-row tiles (AMX's; harmless
+// for the panels): their padding rows stay zero (only the first m rows are written). With int8
+// weights, the GEMM inputs as int8 too.
+template <typename T>
 struct Buffers {
   torch::Tensor x, h, qkv, attn, o, gate_up, act, down, head_in, head_out;
   Quantized hq, attnq, actq;
   Buffers(const Dims& s, int64_t m, int64_t rows, bool int8) {
-    const auto bf16 = torch::dtype(torch::kBFloat16);
+    const auto bf16 = torch::dtype(c10::CppTypeToScalarType<T>::value);
     const int64_t padded = (m + 15) / 16 * 16, head_rows = (rows + 15) / 16 * 16;
     x = torch::empty({m, s.hidden}, bf16), h = torch::zeros({padded, s.hidden}, bf16);
     qkv = torch::empty({m, s.qkv_dim()}, bf16), attn = torch::zeros({padded, s.q_dim()}, bf16);
@@ -98,12 +121,11 @@ struct Buffers {
   }
 };
 
-BF16* ptr(const torch::Tensor& t) { return t.data_ptr<BF16>(); }
-
 // Each thread's scratch rows, and its phase clock (a no-op unless the step is timed).
+template <typename T>
 struct Scratch {
   std::vector<float> row, other, head, cos, sin;
-  std::vector<BF16> q;
+  std::vector<T> q;
   std::vector<float> attention;
   bool tiles = false;  // this thread's AMX tiles are configured
   PhaseClock clock;
@@ -112,10 +134,11 @@ struct Scratch {
         q(s.heads / s.kv_heads * s.d), clock(totals) {}
 };
 
-// Rows [lo, hi): x += delta rounded to bf16 (no delta: x as it is), then h = RMSNorm(x), as
+// Rows [lo, hi): x += delta rounded to T (no delta: x as it is), then h = RMSNorm(x), as
 // the step ops' rms_norm and add_rms_norm do.
-void add_norm_rows(BF16* x, const BF16* delta, const BF16* w, BF16* h, int64_t dim, float eps,
-                   Span rows, Scratch& sc) {
+template <typename T>
+void add_norm_rows(T* x, const T* delta, const T* w, T* h, int64_t dim, float eps, Span rows,
+                   Scratch<T>& sc) {
   for (int64_t i = rows.lo; i < rows.hi; ++i) {
     widen_row(x + i * dim, sc.row.data(), dim);
     if (delta != nullptr) {
@@ -128,33 +151,58 @@ void add_norm_rows(BF16* x, const BF16* delta, const BF16* w, BF16* h, int64_t d
   }
 }
 
-// This thread's share of the 16-column blocks of y [m, n] = x @ w.T (+ bias): bf16 tiles, or
-// with int8 weights (a scale per output channel) the rows of x as quantized in `xq`.
-// Column blocks are shared in pairs (the AMX kernels' unit): only the very last can run alone.
-void gemm_share(const BF16* x, const Quantized& xq, int64_t m, const torch::Tensor& packed,
-                const torch::Tensor& scale, const BF16* bias, BF16* y, int t, int nt) {
-  const Span blocks = latlab::share(packed.size(0), 2, t, nt);
+// Column blocks [blocks.lo, blocks.hi) of y [m, n_dim] = x @ w.T (+ bias): AMX bf16 tiles,
+// or the float32 panels.
+void columns(const BF16* x, int64_t m, int64_t k_dim, const torch::Tensor& packed,
+             const BF16* bias, Span blocks, int64_t n_dim, BF16* y) {
+  amx_columns(x, m, k_dim, ptr<BF16>(packed), bias, blocks.lo, blocks.hi, n_dim, y);
+}
+void columns(const float* x, int64_t m, int64_t k_dim, const torch::Tensor& packed,
+             const float* bias, Span blocks, int64_t n_dim, float* y) {
+  f32_panel_columns(x, m, k_dim, ptr<float>(packed), bias, blocks.lo, blocks.hi, n_dim, y);
+}
+
+// K of a packed weight: AMX bf16 [N/16, K/32, ..], AMX int8 [N/16, K/64, ..], panels [N/16, K, 16].
+template <typename T>
+int64_t packed_k(const torch::Tensor& packed, bool int8) {
+  if constexpr (kBf16<T>) return packed.size(1) * (int8 ? 64 : 32);
+  return packed.size(1);
+}
+
+// This thread's share of the 16-column blocks of y [m, n] = x @ w.T (+ bias): bf16 tiles or
+// float32 panels, or with int8 weights (a scale per output channel, bf16 only) the rows of x
+// as quantized in `xq`. On AMX column blocks are shared in pairs (its kernels' unit): only the
+// very last can run alone.
+template <typename T>
+void gemm_share(const T* x, const Quantized& xq, int64_t m, const torch::Tensor& packed,
+                const torch::Tensor& scale, const T* bias, T* y, int t, int nt) {
+  const Span blocks = latlab::share(packed.size(0), kShareBlocks<T>, t, nt);
   const int64_t n = packed.size(0) * 16;
   if (scale.numel() == 0) {
-    amx_columns(x, m, packed.size(1) * 32, ptr(packed), bias, blocks.lo, blocks.hi, n, y);
-    return;
+    return columns(x, m, packed_k<T>(packed, false), packed, bias, blocks, n, y);
   }
-  amx_int8_columns(xq.q.data_ptr<int8_t>(), xq.scale.data_ptr<float>(), m, packed.size(1) * 64,
-                   packed.data_ptr<int8_t>(), scale.data_ptr<float>(), bias, blocks.lo,
-                   blocks.hi, n, y);
+  if constexpr (kBf16<T>) {
+    amx_int8_columns(xq.q.data_ptr<int8_t>(), xq.scale.data_ptr<float>(), m,
+                     packed_k<T>(packed, true), packed.data_ptr<int8_t>(),
+                     scale.data_ptr<float>(), bias, blocks.lo, blocks.hi, n, y);
+  }
 }
 
 // Rows [lo, hi) of x [., dim] as int8 with a scale each (a no-op without int8 weights).
-void quantize_rows(const BF16* x, const Quantized& xq, int64_t dim, Span rows) {
+template <typename T>
+void quantize_rows(const T* x, const Quantized& xq, int64_t dim, Span rows) {
   if (!xq.q.defined()) return;
-  for (int64_t i = rows.lo; i < rows.hi; ++i) {
-    quantize_row_int8(x + i * dim, dim, xq.q.data_ptr<int8_t>() + i * dim,
-                      xq.scale.data_ptr<float>() + i);
+  if constexpr (kBf16<T>) {
+    for (int64_t i = rows.lo; i < rows.hi; ++i) {
+      quantize_row_int8(x + i * dim, dim, xq.q.data_ptr<int8_t>() + i * dim,
+                        xq.scale.data_ptr<float>() + i);
+    }
   }
 }
 
 // The rows just made (by phase `done`) quantized for W8A8's next GEMM, then the barrier.
-void quantize_and_sync(const BF16* x, const Quantized& xq, int64_t dim, Span rows,
+template <typename T>
+void quantize_and_sync(const T* x, const Quantized& xq, int64_t dim, Span rows,
                        PhaseClock& clock, Phase done) {
   if (!xq.q.defined()) return sync(clock, done);
   clock.mark(done);
@@ -162,21 +210,31 @@ void quantize_and_sync(const BF16* x, const Quantized& xq, int64_t dim, Span row
   sync(clock, latlab::kQuantize);
 }
 
-void check_bf16(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.is_contiguous() && t.device().is_cpu(), name,
-              ": a contiguous bf16 CPU tensor expected");
+template <typename T>
+void check_dtype(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == c10::CppTypeToScalarType<T>::value && t.is_contiguous() &&
+                  t.device().is_cpu(),
+              name, ": a contiguous ", (kBf16<T> ? "bf16" : "float32"), " CPU tensor expected");
 }
 
+template <typename T>
 void check_packed(const torch::Tensor& t, int64_t n, int64_t k, const char* name) {
-  check_bf16(t, name);
-  TORCH_CHECK(t.dim() == 5 && t.size(0) * 16 == n && t.size(1) * 32 == k, name,
-              ": an AMX-packed weight of ", n, " x ", k, " expected");
+  check_dtype<T>(t, name);
+  if constexpr (kBf16<T>) {
+    TORCH_CHECK(t.dim() == 5 && t.size(0) * 16 == n && t.size(1) * 32 == k, name,
+                ": an AMX-packed weight of ", n, " x ", k, " expected");
+  } else {
+    TORCH_CHECK(t.dim() == 3 && t.size(0) * 16 == n && t.size(1) == k && t.size(2) == 16, name,
+                ": a weight of ", n, " x ", k, " packed by f32_pack expected");
+  }
 }
 
-// A bf16 weight packed by amx_pack, or (with a scale) an int8 one packed by amx_pack_int8.
+// A weight packed by amx_pack or f32_pack, or (bf16 steps, with a scale) an int8 one packed by
+// amx_pack_int8.
+template <typename T>
 void check_weight(const torch::Tensor& t, const torch::Tensor& scale, int64_t n, int64_t k,
                   const char* name) {
-  if (scale.numel() == 0) return check_packed(t, n, k, name);
+  if (scale.numel() == 0) return check_packed<T>(t, n, k, name);
   TORCH_CHECK(t.scalar_type() == at::kChar && t.is_contiguous() && t.dim() == 4 &&
                   t.size(0) * 16 == n && t.size(1) * 64 == k,
               name, ": an int8 weight packed by amx_pack_int8 of ", n, " x ", k, " expected");
@@ -184,6 +242,7 @@ void check_weight(const torch::Tensor& t, const torch::Tensor& scale, int64_t n,
               name, ": a float32 scale per output channel expected");
 }
 
+template <typename T>
 class BatchDecodeModel {
  public:
   BatchDecodeModel(std::vector<torch::Tensor> model,
@@ -203,14 +262,15 @@ class BatchDecodeModel {
                  const torch::Tensor& slots, const torch::Tensor& tables,
                  const torch::Tensor& lens, const torch::Tensor& logit_rows) const;
   template <typename KV>
-  void run(const Inputs& in, const Buffers& b, float* logits) const;
+  void run(const Inputs& in, const Buffers<T>& b, float* logits) const;
   template <typename KV>
-  void layer_step(const Layer& layer, const Inputs& in, const Buffers& b, const BF16* pending,
-                  Scratch& sc, int t, int nt) const;
+  void layer_step(const Layer& layer, const Inputs& in, const Buffers<T>& b, const T* pending,
+                  Scratch<T>& sc, int t, int nt) const;
   template <typename KV>
-  void attend_items(const Layer& layer, const Inputs& in, const Buffers& b, Scratch& sc, int t,
-                    int nt) const;
-  void head(const Inputs& in, const Buffers& b, float* logits, Scratch& sc, int t, int nt) const;
+  void attend_items(const Layer& layer, const Inputs& in, const Buffers<T>& b, Scratch<T>& sc,
+                    int t, int nt) const;
+  void head(const Inputs& in, const Buffers<T>& b, float* logits, Scratch<T>& sc, int t,
+            int nt) const;
 
   torch::Tensor embed_, cos_, sin_, norm_, head_;
   std::vector<Layer> layers_;
@@ -220,15 +280,20 @@ class BatchDecodeModel {
   mutable latlab::PhaseTotals phase_ns_{};
 };
 
-BatchDecodeModel::BatchDecodeModel(std::vector<torch::Tensor> model,
-                                   std::vector<std::vector<torch::Tensor>> layers,
-                                   int64_t num_heads, double eps, double scale)
+template <typename T>
+BatchDecodeModel<T>::BatchDecodeModel(std::vector<torch::Tensor> model,
+                                      std::vector<std::vector<torch::Tensor>> layers,
+                                      int64_t num_heads, double eps, double scale)
     : eps_(static_cast<float>(eps)), scale_(static_cast<float>(scale)) {
-  TORCH_CHECK(amx_available(), "BatchDecodeModel: no AMX-BF16 here");
+  if constexpr (kBf16<T>) {
+    TORCH_CHECK(amx_available(), "BatchDecodeModel: no AMX-BF16 here");
+  } else {
+    TORCH_CHECK(f32_panels_available(), "BatchDecodeModel: no AVX2 FMA panels in this build");
+  }
   TORCH_CHECK(model.size() == 5, "BatchDecodeModel: [embed, cos, sin, norm, packed head] expected");
   TORCH_CHECK(!layers.empty(), "BatchDecodeModel: no layers");
   embed_ = model[0], cos_ = model[1], sin_ = model[2], norm_ = model[3], head_ = model[4];
-  for (const auto* t : {&embed_, &cos_, &sin_, &norm_}) check_bf16(*t, "BatchDecodeModel");
+  for (const auto* t : {&embed_, &cos_, &sin_, &norm_}) check_dtype<T>(*t, "BatchDecodeModel");
   for (const auto& l : layers) {
     TORCH_CHECK(l.size() == 9 || l.size() == 13,
                 "BatchDecodeModel: 9 tensors per layer expected (13 with int8 weights' scales)");
@@ -238,32 +303,36 @@ BatchDecodeModel::BatchDecodeModel(std::vector<torch::Tensor> model,
     layers_.push_back(layer);
   }
   const Layer& first = layers_.front();
-  TORCH_CHECK(first.k_cache.dim() == 4 && first.down.dim() == (first.int8() ? 4 : 5),
+  const int64_t packed_dims = kBf16<T> ? (first.int8() ? 4 : 5) : 3;
+  TORCH_CHECK(first.k_cache.dim() == 4 && first.down.dim() == packed_dims,
               "BatchDecodeModel: caches [NB, KVH, BS, D] and packed weights expected");
   dims_ = Dims{embed_.size(1), num_heads, first.k_cache.size(1), first.k_cache.size(3),
-               first.down.size(1) * (first.int8() ? 64 : 32), embed_.size(0), cos_.size(0), first.k_cache.size(0),
-               first.k_cache.size(2)};
-  check_packed(head_, dims_.vocab, dims_.hidden, "BatchDecodeModel head");
+               packed_k<T>(first.down, first.int8()), embed_.size(0), cos_.size(0),
+               first.k_cache.size(0), first.k_cache.size(2)};
+  check_packed<T>(head_, dims_.vocab, dims_.hidden, "BatchDecodeModel head");
   TORCH_CHECK(norm_.numel() == dims_.hidden && cos_.size(1) == dims_.d && sin_.sizes() == cos_.sizes() &&
                   dims_.heads % dims_.kv_heads == 0 && dims_.d % 16 == 0,
               "BatchDecodeModel: norm, RoPE tables or heads do not match the model");
   for (const auto& layer : layers_) check_layer(layer);
 }
 
-void BatchDecodeModel::check_layer(const Layer& layer) const {
+template <typename T>
+void BatchDecodeModel<T>::check_layer(const Layer& layer) const {
   const Dims& s = dims_;
-  for (const auto* t : {&layer.norm1, &layer.norm2}) check_bf16(*t, "BatchDecodeModel norm");
+  for (const auto* t : {&layer.norm1, &layer.norm2}) check_dtype<T>(*t, "BatchDecodeModel norm");
   TORCH_CHECK(layer.norm1.numel() == s.hidden && layer.norm2.numel() == s.hidden,
               "BatchDecodeModel: norms of the hidden size expected");
   TORCH_CHECK(layer.int8() == layers_.front().int8(), "BatchDecodeModel: int8 weights in every "
               "layer or in none");
+  TORCH_CHECK(!layer.int8() || kBf16<T>, "BatchDecodeModel: int8 weights run in bf16 steps only");
   TORCH_CHECK(!layer.int8() || amx_int8_available(), "BatchDecodeModel: no AMX-INT8 here");
-  check_weight(layer.qkv, layer.s_qkv, s.qkv_dim(), s.hidden, "BatchDecodeModel qkv");
-  check_weight(layer.o, layer.s_o, s.hidden, s.q_dim(), "BatchDecodeModel o");
-  check_weight(layer.gate_up, layer.s_gate_up, 2 * s.inter, s.hidden, "BatchDecodeModel gate_up");
-  check_weight(layer.down, layer.s_down, s.hidden, s.inter, "BatchDecodeModel down");
+  check_weight<T>(layer.qkv, layer.s_qkv, s.qkv_dim(), s.hidden, "BatchDecodeModel qkv");
+  check_weight<T>(layer.o, layer.s_o, s.hidden, s.q_dim(), "BatchDecodeModel o");
+  check_weight<T>(layer.gate_up, layer.s_gate_up, 2 * s.inter, s.hidden,
+                  "BatchDecodeModel gate_up");
+  check_weight<T>(layer.down, layer.s_down, s.hidden, s.inter, "BatchDecodeModel down");
   if (layer.b_qkv.numel() > 0) {
-    check_bf16(layer.b_qkv, "BatchDecodeModel qkv bias");
+    check_dtype<T>(layer.b_qkv, "BatchDecodeModel qkv bias");
     TORCH_CHECK(layer.b_qkv.numel() == s.qkv_dim(), "BatchDecodeModel: a qkv bias per column");
   }
   const auto& first = layers_.front().k_cache;
@@ -274,9 +343,11 @@ void BatchDecodeModel::check_layer(const Layer& layer) const {
               "BatchDecodeModel: contiguous caches of one shape and dtype expected");
 }
 
-Inputs BatchDecodeModel::checked(const torch::Tensor& ids, const torch::Tensor& positions,
+template <typename T>
+Inputs BatchDecodeModel<T>::checked(const torch::Tensor& ids, const torch::Tensor& positions,
                                  const torch::Tensor& slots, const torch::Tensor& tables,
-                                 const torch::Tensor& lens, const torch::Tensor& logit_rows) const {
+                                    const torch::Tensor& lens,
+                                    const torch::Tensor& logit_rows) const {
   const Dims& s = dims_;
   const StepLimits limits{"batch decode step", kMinRows, kMaxRows, kMaxRows, s.vocab,
                           s.positions, s.blocks, s.block_size};
@@ -285,9 +356,10 @@ Inputs BatchDecodeModel::checked(const torch::Tensor& ids, const torch::Tensor& 
 
 // This thread's (sequence, KV head) items: RoPE on the new k (into the cache, with v) and on
 // the group's queries, then attention; as rope_cache and paged attention do, item by item.
+template <typename T>
 template <typename KV>
-void BatchDecodeModel::attend_items(const Layer& layer, const Inputs& in, const Buffers& b,
-                                    Scratch& sc, int t, int nt) const {
+void BatchDecodeModel<T>::attend_items(const Layer& layer, const Inputs& in, const Buffers<T>& b,
+                                       Scratch<T>& sc, int t, int nt) const {
   const Dims& s = dims_;
   const int64_t group = s.heads / s.kv_heads, d = s.d;
   KV* k_cache = layer.k_cache.data_ptr<KV>();
@@ -296,9 +368,9 @@ void BatchDecodeModel::attend_items(const Layer& layer, const Inputs& in, const 
   const Span items = share(in.m * s.kv_heads, t, nt);
   for (int64_t item = items.lo; item < items.hi; ++item) {
     const int64_t i = item / s.kv_heads, kvh = item % s.kv_heads;
-    const BF16* row = ptr(b.qkv) + i * s.qkv_dim();
-    widen_row(ptr(cos_) + in.positions[i] * d, sc.cos.data(), d);
-    widen_row(ptr(sin_) + in.positions[i] * d, sc.sin.data(), d);
+    const T* row = ptr<T>(b.qkv) + i * s.qkv_dim();
+    widen_row(ptr<T>(cos_) + in.positions[i] * d, sc.cos.data(), d);
+    widen_row(ptr<T>(sin_) + in.positions[i] * d, sc.sin.data(), d);
     const int64_t slot = kv_row(in.slots[i], kvh, s.kv_heads, s.block_size);
     widen_row(row + (s.heads + kvh) * d, sc.other.data(), d);
     latlab::rope(sc.other.data(), sc.cos.data(), sc.sin.data(), sc.head.data(), d);
@@ -310,7 +382,7 @@ void BatchDecodeModel::attend_items(const Layer& layer, const Inputs& in, const 
       latlab::rope(sc.other.data(), sc.cos.data(), sc.sin.data(), sc.head.data(), d);
       narrow_row(sc.head.data(), sc.q.data() + g * d, d);
     }
-    attend_group<BF16, KV>(sc.q.data(), ptr(b.attn) + i * s.q_dim() + kvh * group * d, k_cache,
+    attend_group<T, KV>(sc.q.data(), ptr<T>(b.attn) + i * s.q_dim() + kvh * group * d, k_cache,
                            v_cache, ks, vs, in.tables + i * in.max_blocks, in.lens[i], kvh, group,
                            s.kv_heads, s.block_size, d, scale_, sc.tiles, sc.attention);
   }
@@ -318,95 +390,103 @@ void BatchDecodeModel::attend_items(const Layer& layer, const Inputs& in, const 
 
 // One layer: `pending` is the previous layer's MLP output (null for the first layer), added to
 // the residual stream inside the first norm, as the step-ops path fuses it.
+template <typename T>
 template <typename KV>
-void BatchDecodeModel::layer_step(const Layer& layer, const Inputs& in, const Buffers& b,
-                                  const BF16* pending, Scratch& sc, int t, int nt) const {
+void BatchDecodeModel<T>::layer_step(const Layer& layer, const Inputs& in, const Buffers<T>& b,
+                                     const T* pending, Scratch<T>& sc, int t, int nt) const {
   const Dims& s = dims_;
   const int64_t m = in.m, h = s.hidden;
   const Span rows = share(m, t, nt);
-  const BF16* bias = layer.b_qkv.numel() > 0 ? ptr(layer.b_qkv) : nullptr;
+  const T* bias = layer.b_qkv.numel() > 0 ? ptr<T>(layer.b_qkv) : nullptr;
   PhaseClock& clock = sc.clock;
-  add_norm_rows(ptr(b.x), pending, ptr(layer.norm1), ptr(b.h), h, eps_, rows, sc);
-  quantize_and_sync(ptr(b.h), b.hq, h, rows, clock, latlab::kNorm);
-  gemm_share(ptr(b.h), b.hq, m, layer.qkv, layer.s_qkv, bias, ptr(b.qkv), t, nt);
+  add_norm_rows(ptr<T>(b.x), pending, ptr<T>(layer.norm1), ptr<T>(b.h), h, eps_, rows, sc);
+  quantize_and_sync(ptr<T>(b.h), b.hq, h, rows, clock, latlab::kNorm);
+  gemm_share<T>(ptr<T>(b.h), b.hq, m, layer.qkv, layer.s_qkv, bias, ptr<T>(b.qkv), t, nt);
   sync(clock, latlab::kQkv);
   attend_items<KV>(layer, in, b, sc, t, nt);
   sync(clock, latlab::kAttention);
   if (layer.int8()) {  // a row's heads came from several threads: quantize once all are in
-    quantize_rows(ptr(b.attn), b.attnq, s.q_dim(), rows);
+    quantize_rows(ptr<T>(b.attn), b.attnq, s.q_dim(), rows);
     sync(clock, latlab::kQuantize);
   }
-  gemm_share(ptr(b.attn), b.attnq, m, layer.o, layer.s_o, nullptr, ptr(b.o), t, nt);
+  gemm_share<T>(ptr<T>(b.attn), b.attnq, m, layer.o, layer.s_o, nullptr, ptr<T>(b.o), t, nt);
   sync(clock, latlab::kO);
-  add_norm_rows(ptr(b.x), ptr(b.o), ptr(layer.norm2), ptr(b.h), h, eps_, rows, sc);
-  quantize_and_sync(ptr(b.h), b.hq, h, rows, clock, latlab::kNorm);
-  gemm_share(ptr(b.h), b.hq, m, layer.gate_up, layer.s_gate_up, nullptr, ptr(b.gate_up), t, nt);
+  add_norm_rows(ptr<T>(b.x), ptr<T>(b.o), ptr<T>(layer.norm2), ptr<T>(b.h), h, eps_, rows, sc);
+  quantize_and_sync(ptr<T>(b.h), b.hq, h, rows, clock, latlab::kNorm);
+  gemm_share<T>(ptr<T>(b.h), b.hq, m, layer.gate_up, layer.s_gate_up, nullptr, ptr<T>(b.gate_up),
+                t, nt);
   sync(clock, latlab::kGateUp);
   for (int64_t i = rows.lo; i < rows.hi; ++i) {
-    latlab::silu_mul_row(ptr(b.gate_up) + i * 2 * s.inter, ptr(b.act) + i * s.inter, s.inter);
+    latlab::silu_mul_row(ptr<T>(b.gate_up) + i * 2 * s.inter, ptr<T>(b.act) + i * s.inter, s.inter);
   }
-  quantize_and_sync(ptr(b.act), b.actq, s.inter, rows, clock, latlab::kSiluMul);
-  gemm_share(ptr(b.act), b.actq, m, layer.down, layer.s_down, nullptr, ptr(b.down), t, nt);
+  quantize_and_sync(ptr<T>(b.act), b.actq, s.inter, rows, clock, latlab::kSiluMul);
+  gemm_share<T>(ptr<T>(b.act), b.actq, m, layer.down, layer.s_down, nullptr, ptr<T>(b.down), t, nt);
   sync(clock, latlab::kDown);
 }
 
 // The last residual add and the final norm of the logit rows, then the head's column blocks,
 // widened to float32 by the thread that computed them.
-void BatchDecodeModel::head(const Inputs& in, const Buffers& b, float* logits, Scratch& sc, int t,
-                            int nt) const {
+template <typename T>
+void BatchDecodeModel<T>::head(const Inputs& in, const Buffers<T>& b, float* logits,
+                               Scratch<T>& sc, int t, int nt) const {
   const Dims& s = dims_;
   const int64_t h = s.hidden;
   const Span rows = share(in.rows, t, nt);
   for (int64_t r = rows.lo; r < rows.hi; ++r) {
     const int64_t i = in.logit_rows[r];
-    widen_row(ptr(b.x) + i * h, sc.row.data(), h);
-    widen_row(ptr(b.down) + i * h, sc.other.data(), h);
+    widen_row(ptr<T>(b.x) + i * h, sc.row.data(), h);
+    widen_row(ptr<T>(b.down) + i * h, sc.other.data(), h);
     for (int64_t j = 0; j < h; ++j) sc.row[j] += sc.other[j];
-    narrow_row(sc.row.data(), ptr(b.head_in) + r * h, h);  // the sum as stored, then its norm
-    widen_row(ptr(b.head_in) + r * h, sc.row.data(), h);
-    norm_row(sc.row.data(), ptr(norm_), ptr(b.head_in) + r * h, h, eps_);
+    narrow_row(sc.row.data(), ptr<T>(b.head_in) + r * h, h);  // the sum as stored, then its norm
+    widen_row(ptr<T>(b.head_in) + r * h, sc.row.data(), h);
+    norm_row(sc.row.data(), ptr<T>(norm_), ptr<T>(b.head_in) + r * h, h, eps_);
   }
   sync(sc.clock, latlab::kNorm);
-  const Span blocks = latlab::share(head_.size(0), 2, t, nt);
-  amx_columns(ptr(b.head_in), in.rows, h, ptr(head_), nullptr, blocks.lo, blocks.hi, s.vocab,
-              ptr(b.head_out));
-  for (int64_t r = 0; r < in.rows; ++r) {
-    widen_row(ptr(b.head_out) + r * s.vocab + blocks.lo * 16,
-              logits + r * s.vocab + blocks.lo * 16, (blocks.hi - blocks.lo) * 16);
+  const Span blocks = latlab::share(head_.size(0), kShareBlocks<T>, t, nt);
+  if constexpr (kBf16<T>) {
+    columns(ptr<T>(b.head_in), in.rows, h, head_, nullptr, blocks, s.vocab, ptr<T>(b.head_out));
+    for (int64_t r = 0; r < in.rows; ++r) {
+      widen_row(ptr<T>(b.head_out) + r * s.vocab + blocks.lo * 16,
+                logits + r * s.vocab + blocks.lo * 16, (blocks.hi - blocks.lo) * 16);
+    }
+  } else {  // float32 logits: the panels write them where they go
+    columns(ptr<T>(b.head_in), in.rows, h, head_, nullptr, blocks, s.vocab, logits);
   }
   sc.clock.mark(latlab::kHead);
 }
 
+template <typename T>
 template <typename KV>
-void BatchDecodeModel::run(const Inputs& in, const Buffers& b, float* logits) const {
+void BatchDecodeModel<T>::run(const Inputs& in, const Buffers<T>& b, float* logits) const {
   const int threads = at::get_num_threads();
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    Scratch sc(dims_, timed_.load(std::memory_order_relaxed) ? &phase_ns_ : nullptr);
-    sc.tiles = amx_thread_begin();  // tile state is per thread; AMX was checked at construction
+    Scratch<T> sc(dims_, timed_.load(std::memory_order_relaxed) ? &phase_ns_ : nullptr);
+    if constexpr (kBf16<T>) sc.tiles = amx_thread_begin();  // per thread; checked at construction
     const Span rows = share(in.m, t, nt);
     for (int64_t i = rows.lo; i < rows.hi; ++i) {
-      std::copy_n(ptr(embed_) + in.ids[i] * dims_.hidden, dims_.hidden,
-                  ptr(b.x) + i * dims_.hidden);
+      std::copy_n(ptr<T>(embed_) + in.ids[i] * dims_.hidden, dims_.hidden,
+                  ptr<T>(b.x) + i * dims_.hidden);
     }
     sc.clock.mark(latlab::kEmbed);
-    const BF16* pending = nullptr;
+    const T* pending = nullptr;
     for (const Layer& layer : layers_) {
       layer_step<KV>(layer, in, b, pending, sc, t, nt);
-      pending = ptr(b.down);
+      pending = ptr<T>(b.down);
     }
     head(in, b, logits, sc, t, nt);
-    amx_thread_end();
+    if constexpr (kBf16<T>) amx_thread_end();
   }
 }
 
-torch::Tensor BatchDecodeModel::step(const torch::Tensor& ids, const torch::Tensor& positions,
-                                     const torch::Tensor& slots, const torch::Tensor& tables,
-                                     const torch::Tensor& lens,
-                                     const torch::Tensor& logit_rows) const {
+template <typename T>
+torch::Tensor BatchDecodeModel<T>::step(const torch::Tensor& ids, const torch::Tensor& positions,
+                                        const torch::Tensor& slots, const torch::Tensor& tables,
+                                        const torch::Tensor& lens,
+                                        const torch::Tensor& logit_rows) const {
   const Inputs in = checked(ids, positions, slots, tables, lens, logit_rows);
-  const Buffers b(dims_, in.m, in.rows, layers_.front().int8());
+  const Buffers<T> b(dims_, in.m, in.rows, layers_.front().int8());
   auto logits = torch::empty({in.rows, dims_.vocab}, torch::dtype(torch::kFloat));
   switch (layers_.front().k_cache.scalar_type()) {
     case at::kFloat: run<float>(in, b, logits.data_ptr<float>()); break;
@@ -419,12 +499,14 @@ torch::Tensor BatchDecodeModel::step(const torch::Tensor& ids, const torch::Tens
   return logits;
 }
 
-void BatchDecodeModel::time_phases(bool on) {
+template <typename T>
+void BatchDecodeModel<T>::time_phases(bool on) {
   for (auto& ns : phase_ns_) ns.store(0);
   timed_.store(on, std::memory_order_relaxed);
 }
 
-std::vector<std::pair<std::string, double>> BatchDecodeModel::phase_seconds() {
+template <typename T>
+std::vector<std::pair<std::string, double>> BatchDecodeModel<T>::phase_seconds() {
   std::vector<std::pair<std::string, double>> out;
   for (int p = 0; p < latlab::kPhases; ++p) {
     out.emplace_back(latlab::kPhaseNames[p], 1e-9 * static_cast<double>(phase_ns_[p].exchange(0)));
@@ -432,21 +514,30 @@ std::vector<std::pair<std::string, double>> BatchDecodeModel::phase_seconds() {
   return out;
 }
 
-}  // namespace
-
-void register_batch_decode_model(pybind11::module_& m) {
-  pybind11::class_<BatchDecodeModel>(
-      m, "BatchDecodeModel", "a whole bf16 decode step of 5-64 sequences on AMX tiles, one call")
+template <typename T>
+void register_batch_class(pybind11::module_& m, const char* name, const char* doc) {
+  using Model = BatchDecodeModel<T>;
+  pybind11::class_<Model>(m, name, doc)
       .def(pybind11::init<std::vector<torch::Tensor>, std::vector<std::vector<torch::Tensor>>,
                           int64_t, double, double>(),
            pybind11::arg("model"), pybind11::arg("layers"), pybind11::arg("num_heads"),
            pybind11::arg("eps"), pybind11::arg("scale"))
-      .def("step", &BatchDecodeModel::step, pybind11::arg("ids"), pybind11::arg("positions"),
+      .def("step", &Model::step, pybind11::arg("ids"), pybind11::arg("positions"),
            pybind11::arg("slots"), pybind11::arg("block_tables"), pybind11::arg("seq_lens"),
            pybind11::arg("logit_rows"), pybind11::call_guard<pybind11::gil_scoped_release>())
-      .def("time_phases", &BatchDecodeModel::time_phases, pybind11::arg("on"),
+      .def("time_phases", &Model::time_phases, pybind11::arg("on"),
            "time each phase of the steps from here on (off: stop), from zero")
-      .def("phase_seconds", &BatchDecodeModel::phase_seconds,
+      .def("phase_seconds", &Model::phase_seconds,
            "[(phase, seconds summed over the threads)] since timing started or was last read; "
            "reading resets them");
+}
+
+}  // namespace
+
+void register_batch_decode_model(pybind11::module_& m) {
+  register_batch_class<BF16>(m, "BatchDecodeModel",
+                             "a whole bf16 decode step of 5-64 sequences on AMX tiles, one call");
+  register_batch_class<float>(
+      m, "F32BatchDecodeModel",
+      "a whole float32 decode step of 5-64 sequences on the AVX2 FMA panels, one call");
 }

@@ -130,6 +130,20 @@ torch::Tensor f32_pack(const torch::Tensor& weight) {
   return out;
 }
 
+void f32_panel_columns(const float* x, int64_t m, int64_t k_dim, const float* packed,
+                       const float* bias, int64_t p_lo, int64_t p_hi, int64_t n_dim, float* y) {
+#ifdef LATLAB_F32_PANELS
+  for (int64_t p = p_lo; p < p_hi; ++p) {
+    const float* next = p + 1 < p_hi ? packed + (p + 1) * k_dim * kPanel : nullptr;
+    const float* panel_bias = bias ? bias + p * kPanel : nullptr;
+    panel_columns(x, m, k_dim, packed + p * k_dim * kPanel, next, panel_bias, y + p * kPanel,
+                  n_dim);
+  }
+#else
+  TORCH_CHECK(false, "f32_panel_columns: built without AVX2 and FMA");
+#endif
+}
+
 torch::Tensor f32_panel_linear(const torch::Tensor& x, const torch::Tensor& packed,
                                const std::optional<torch::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
@@ -153,13 +167,8 @@ torch::Tensor f32_panel_linear(const torch::Tensor& x, const torch::Tensor& pack
   const float* xs = rows.data_ptr<float>();
   const float* w = packed.data_ptr<float>();
   float* out = y.data_ptr<float>();
-  const int64_t panels = n / kPanel;
-  at::parallel_for(0, panels, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t p = lo; p < hi; ++p) {
-      const float* next = p + 1 < hi ? w + (p + 1) * k * kPanel : nullptr;
-      panel_columns(xs, m, k, w + p * k * kPanel, next, b ? b + p * kPanel : nullptr,
-                    out + p * kPanel, n);
-    }
+  at::parallel_for(0, n / kPanel, 1, [&](int64_t lo, int64_t hi) {
+    f32_panel_columns(xs, m, k, w, b, lo, hi, n, out);
   });
 #else
   TORCH_CHECK(false, "f32_panel_linear: built without AVX2 and FMA");

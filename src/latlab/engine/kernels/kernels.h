@@ -110,6 +110,10 @@ bool f32_panels_available();
 torch::Tensor f32_pack(const torch::Tensor& weight);
 torch::Tensor f32_panel_linear(const torch::Tensor& x, const torch::Tensor& packed,
                                const std::optional<torch::Tensor>& bias);
+// For a caller's own parallel region: panels [p_lo, p_hi) of y [m, n_dim] = x @ w.T (+ bias),
+// x [m, k_dim] row-major, w packed by f32_pack; the same sums as f32_panel_linear's.
+void f32_panel_columns(const float* x, int64_t m, int64_t k_dim, const float* packed,
+                       const float* bias, int64_t p_lo, int64_t p_hi, int64_t n_dim, float* y);
 
 // W8A8 linear layers on AMX int8 tiles (amx_int8.cpp): an int8 weight [N, K] packed once, with
 // a float32 scale per output channel; activation rows quantized per row (symmetric int8).

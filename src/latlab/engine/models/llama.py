@@ -21,6 +21,7 @@ from latlab.engine.kernels import StepOps
 from latlab.engine.models.amx_linear import AmxPackedLinear
 from latlab.engine.models.config import ModelArgs
 from latlab.engine.models.int8_linear import Int8Linear
+from latlab.engine.models.panel_linear import PanelPackedLinear
 from latlab.errors import ModelLoadError
 
 
@@ -337,17 +338,17 @@ class LlamaForCausalLM(nn.Module):
     def batch_decoder_tensors(
         self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
     ) -> tuple[tuple[list, list] | None, str]:
-        """What the one-call decode step of 5-64 rows reads (decode_batch.cpp): the bf16
-        embedding, RoPE tables and norms, the packed weights of every linear (AMX bf16, or W8A8
-        on AMX int8 with their scales; the head AMX bf16), the caches; or None and why, when a
-        linear is neither."""
-        if not isinstance(self.lm_head, AmxPackedLinear):
-            return None, "the head does not fit the AMX tiles"
+        """What the one-call decode step of 5-64 rows reads (decode_batch.cpp): the embedding,
+        RoPE tables and norms in the model's dtype, the packed weights of every linear (AMX bf16,
+        or W8A8 on AMX int8 with their scales, the head AMX bf16; or all on the float32 panels),
+        the caches; or None and why, when a linear is none of these."""
+        if not isinstance(self.lm_head, AmxPackedLinear | PanelPackedLinear):
+            return None, "the head fits neither the AMX tiles nor the float32 panels"
         layers = []
         for layer, caches in zip(self.layers, kv_caches, strict=True):
             tensors = _batch_layer_tensors(layer, caches)
             if tensors is None:
-                return None, "a linear layer fits neither the AMX bf16 nor the AMX int8 tiles"
+                return None, "a linear layer fits none of the AMX tiles or the float32 panels"
             layers.append(tensors)
         model = [self.embed_tokens.weight, self.cos_table, self.sin_table, self.norm.weight,
                  self.lm_head.packed_weight]  # fmt: skip
@@ -357,11 +358,12 @@ class LlamaForCausalLM(nn.Module):
 def _batch_layer_tensors(
     layer: DecoderLayer, caches: tuple[torch.Tensor, torch.Tensor]
 ) -> list[torch.Tensor] | None:
-    """One layer's tensors for the batch decode step: 9 (AMX bf16 linears) or 13 (AMX int8
-    linears, then their scales), or None."""
+    """One layer's tensors for the batch decode step: 9 (AMX bf16 or float32 panel linears) or
+    13 (AMX int8 linears, then their scales), or None."""
     attn, mlp = layer.self_attn, layer.mlp
     linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
-    if all(isinstance(m, AmxPackedLinear) for m in linears):
+    packed = (AmxPackedLinear, PanelPackedLinear)
+    if any(all(isinstance(m, kind) for m in linears) for kind in packed):
         weights, scales, bias = [m.packed_weight for m in linears], [], attn.qkv_proj.bias
     elif all(isinstance(m, Int8Linear) and m.kernel == "amx-int8" for m in linears):
         weights, scales = [m.qweight for m in linears], [m.scale for m in linears]
