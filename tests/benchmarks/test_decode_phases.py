@@ -7,10 +7,9 @@ import json
 
 import pytest
 
-from latlab.engine.kernels import batch_decode_model
 from latlab.testing.random_model import TINY_TEST, save_random_llama
 
-from .scripts import load_script
+from .scripts import batch_step_dtype, load_script
 
 decode_phases = load_script("decode_phases")
 
@@ -39,18 +38,17 @@ def test_phases_are_per_decode_step_and_thread_medians_over_rounds():
 
 
 def test_a_run_writes_every_phase_of_every_plan(tmp_path, capsys):
-    if batch_decode_model(wait=True).fn is None:
-        pytest.skip("no native batch decode step here (needs the kernels and AMX)")
+    dtype = batch_step_dtype()
     model_dir = save_random_llama(tmp_path / "tiny", TINY_TEST, dtype="bfloat16", seed=1)
     out = tmp_path / "phases.json"
-    decode_phases.main(["--model-dir", str(model_dir), "--batch", "5", "--output-len", "4",
-                        "--rounds", "1", "--quantization", "none", "--kv-cache-dtypes",
-                        "auto,int8", "--json", str(out)])  # fmt: skip
+    decode_phases.main(["--model-dir", str(model_dir), "--dtype", dtype, "--batch", "5",
+                        "--output-len", "4", "--rounds", "1", "--quantization", "none",
+                        "--kv-cache-dtypes", "auto,int8", "--json", str(out)])  # fmt: skip
     plans = json.loads(out.read_text())["plans"]
     assert [p["plan"]["kv_cache_dtype"] for p in plans] == ["auto", "int8"]
     for plan in plans:
         phases = plan["phases_ms"]
-        assert phases["quantize"] == 0.0  # bf16 weights: nothing to quantize
+        assert phases["quantize"] == 0.0  # bf16 or float32 weights: nothing to quantize
         assert all(phases[p] > 0 for p in ("qkv", "attention", "o", "gate_up", "down", "head"))
         assert plan["kv_mb_per_step"] > 0 and plan["gemm_probe_ms"] > 0
     assert "outside the forward pass" in capsys.readouterr().out

@@ -10,7 +10,7 @@ import pytest
 
 from latlab.procs import group_members
 
-from .scripts import load_script
+from .scripts import batch_step_dtype, load_script
 
 engine_speed = load_script("engine_speed")
 
@@ -122,13 +122,11 @@ def test_the_gemms_share_of_steps_weighs_each_run_by_its_forward_time():
 
 def test_a_timed_batch_run_reads_its_gemm_share_from_the_phase_clock(tmp_path):
     from latlab.engine import LLM
-    from latlab.engine.kernels import batch_decode_model
     from latlab.testing.random_model import TINY_TEST, save_random_llama
 
-    if batch_decode_model(wait=True).fn is None:
-        pytest.skip("no native batch decode step here (needs the kernels and AMX)")
+    dtype = batch_step_dtype()
     model_dir = save_random_llama(tmp_path / "tiny", TINY_TEST, dtype="bfloat16", seed=1)
-    llm = LLM(str(model_dir), dtype="bfloat16", max_num_seqs=8)
+    llm = LLM(str(model_dir), dtype=dtype, max_num_seqs=8)
     prompts = engine_speed.distinct_prompts(8, 6, 4096)
     _, _, split = engine_speed.time_engine(llm, prompts, 4)
     assert 0.0 < split["gemm_share"] < 1.0

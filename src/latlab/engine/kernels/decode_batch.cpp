@@ -36,6 +36,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -71,11 +72,6 @@ struct Layer {
 
 template <typename T>
 constexpr bool kBf16 = std::is_same_v<T, BF16>;
-// Column blocks are shared between threads in pairs on AMX (its kernels' unit), one by one
-// on the float32 panels.
-template <typename T>
-constexpr int64_t kShareBlocks = kBf16<T> ? 2 : 1;
-
 template <typename T>
 T* ptr(const torch::Tensor& t) {
   return t.data_ptr<T>();
@@ -98,6 +94,62 @@ struct Quantized {
         scale(torch::ones({padded}, torch::dtype(torch::kFloat))) {}
 };
 
+// The float32 panels of a GEMM, claimed one at a time: each thread takes its own share front to
+// back (the next one prefetched, as f32_panel_columns does), then the other threads' remaining
+// panels from the back. This VM's two cores run at speeds that differ from minute to minute
+// (other VMs' memory traffic), and with fixed shares the faster one waited at the barrier after
+// every GEMM (~5 ms of a ~108 ms batch-64 float32 step; benchmarks/decode_phases.py). Each
+// range is (lo << 32 | hi) in one atomic word: owner and thieves claim with one CAS. A thread
+// opens its range at a GEMM's start (after the barrier that ended the last GEMM, by which all
+// ranges are empty): a thief that looks earlier finds it empty and moves on. Which thread
+// computes a panel changes no bit of it.
+class PanelClaims {
+ public:
+  explicit PanelClaims(int threads) : ranges_(threads) {}
+  Span open(int64_t panels, int t, int nt) {
+    const Span own = latlab::share(panels, 1, t, nt);
+    ranges_[t].store(pack(own.lo, own.hi), std::memory_order_release);
+    return own;
+  }
+  // The next panel of thread v's range, from its front (the owner) or back (a thief); -1: none.
+  int64_t take(int v, bool front) {
+    auto& range = ranges_[v];
+    uint64_t seen = range.load(std::memory_order_acquire);
+    for (;;) {
+      const auto lo = static_cast<int64_t>(seen >> 32), hi = static_cast<int64_t>(seen & kLow);
+      if (lo >= hi) return -1;
+      const uint64_t claimed = front ? pack(lo + 1, hi) : pack(lo, hi - 1);
+      if (range.compare_exchange_weak(seen, claimed, std::memory_order_acq_rel)) {
+        return front ? lo : hi - 1;
+      }
+    }
+  }
+
+ private:
+  static constexpr uint64_t kLow = 0xffffffffu;
+  static uint64_t pack(int64_t lo, int64_t hi) {
+    return (static_cast<uint64_t>(lo) << 32) | static_cast<uint64_t>(hi);
+  }
+  std::vector<std::atomic<uint64_t>> ranges_;  // zero: empty
+};
+
+// y [m, n] = x @ w.T (+ bias) on the float32 panels, this thread's claims of them.
+void claimed_panels(const float* x, int64_t m, const torch::Tensor& packed, const float* bias,
+                    float* y, PanelClaims& claims, int t, int nt) {
+  const int64_t k = packed.size(1), n = packed.size(0) * 16;
+  const float* w = ptr<float>(packed);
+  const Span own = claims.open(packed.size(0), t, nt);
+  for (int64_t p = claims.take(t, true); p >= 0; p = claims.take(t, true)) {
+    f32_panel(x, m, k, w, bias, p, p + 1 < own.hi ? p + 1 : -1, n, y);
+  }
+  for (int i = 1; i < nt; ++i) {
+    const int v = (t + i) % nt;
+    for (int64_t p = claims.take(v, false); p >= 0; p = claims.take(v, false)) {
+      f32_panel(x, m, k, w, bias, p, p - 1, n, y);
+    }
+  }
+}
+
 // The step's activations in its dtype. GEMM inputs hold whole 16-row tiles (AMX's; harmless
 // for the panels): their padding rows stay zero (only the first m rows are written). With int8
 // weights, the GEMM inputs as int8 too.
@@ -105,7 +157,9 @@ template <typename T>
 struct Buffers {
   torch::Tensor x, h, qkv, attn, o, gate_up, act, down, head_in, head_out;
   Quantized hq, attnq, actq;
-  Buffers(const Dims& s, int64_t m, int64_t rows, bool int8) {
+  std::unique_ptr<PanelClaims> claims;  // float32: the GEMMs' panels, claimed (PanelClaims)
+  Buffers(const Dims& s, int64_t m, int64_t rows, bool int8, int threads)
+      : claims(std::make_unique<PanelClaims>(threads)) {
     const auto bf16 = torch::dtype(c10::CppTypeToScalarType<T>::value);
     const int64_t padded = (m + 15) / 16 * 16, head_rows = (rows + 15) / 16 * 16;
     x = torch::empty({m, s.hidden}, bf16), h = torch::zeros({padded, s.hidden}, bf16);
@@ -113,7 +167,7 @@ struct Buffers {
     o = torch::empty({m, s.hidden}, bf16), gate_up = torch::empty({m, 2 * s.inter}, bf16);
     act = torch::zeros({padded, s.inter}, bf16), down = torch::empty({m, s.hidden}, bf16);
     head_in = torch::zeros({head_rows, s.hidden}, bf16);
-    head_out = torch::empty({rows, s.vocab}, bf16);
+    if (kBf16<T>) head_out = torch::empty({rows, s.vocab}, bf16);  // float32: straight to logits
     if (int8) {
       hq = Quantized(padded, s.hidden), attnq = Quantized(padded, s.q_dim());
       actq = Quantized(padded, s.inter);
@@ -151,15 +205,10 @@ void add_norm_rows(T* x, const T* delta, const T* w, T* h, int64_t dim, float ep
   }
 }
 
-// Column blocks [blocks.lo, blocks.hi) of y [m, n_dim] = x @ w.T (+ bias): AMX bf16 tiles,
-// or the float32 panels.
+// Column blocks [blocks.lo, blocks.hi) of y [m, n_dim] = x @ w.T (+ bias) on AMX bf16 tiles.
 void columns(const BF16* x, int64_t m, int64_t k_dim, const torch::Tensor& packed,
              const BF16* bias, Span blocks, int64_t n_dim, BF16* y) {
   amx_columns(x, m, k_dim, ptr<BF16>(packed), bias, blocks.lo, blocks.hi, n_dim, y);
-}
-void columns(const float* x, int64_t m, int64_t k_dim, const torch::Tensor& packed,
-             const float* bias, Span blocks, int64_t n_dim, float* y) {
-  f32_panel_columns(x, m, k_dim, ptr<float>(packed), bias, blocks.lo, blocks.hi, n_dim, y);
 }
 
 // K of a packed weight: AMX bf16 [N/16, K/32, ..], AMX int8 [N/16, K/64, ..], panels [N/16, K, 16].
@@ -169,19 +218,22 @@ int64_t packed_k(const torch::Tensor& packed, bool int8) {
   return packed.size(1);
 }
 
-// This thread's share of the 16-column blocks of y [m, n] = x @ w.T (+ bias): bf16 tiles or
-// float32 panels, or with int8 weights (a scale per output channel, bf16 only) the rows of x
-// as quantized in `xq`. On AMX column blocks are shared in pairs (its kernels' unit): only the
-// very last can run alone.
+// This thread's part of y [m, n] = x @ w.T (+ bias): the float32 panels it claims, or its share
+// of the 16-column blocks on bf16 tiles, or with int8 weights (a scale per output channel) of
+// the rows of x as quantized in `xq`. On AMX column blocks are shared in pairs (its kernels'
+// unit): only the very last can run alone.
 template <typename T>
 void gemm_share(const T* x, const Quantized& xq, int64_t m, const torch::Tensor& packed,
-                const torch::Tensor& scale, const T* bias, T* y, int t, int nt) {
-  const Span blocks = latlab::share(packed.size(0), kShareBlocks<T>, t, nt);
-  const int64_t n = packed.size(0) * 16;
-  if (scale.numel() == 0) {
-    return columns(x, m, packed_k<T>(packed, false), packed, bias, blocks, n, y);
-  }
-  if constexpr (kBf16<T>) {
+                const torch::Tensor& scale, const T* bias, T* y, PanelClaims& claims, int t,
+                int nt) {
+  if constexpr (!kBf16<T>) {
+    claimed_panels(x, m, packed, bias, y, claims, t, nt);
+  } else {
+    const Span blocks = latlab::share(packed.size(0), 2, t, nt);
+    const int64_t n = packed.size(0) * 16;
+    if (scale.numel() == 0) {
+      return columns(x, m, packed_k<T>(packed, false), packed, bias, blocks, n, y);
+    }
     amx_int8_columns(xq.q.data_ptr<int8_t>(), xq.scale.data_ptr<float>(), m,
                      packed_k<T>(packed, true), packed.data_ptr<int8_t>(),
                      scale.data_ptr<float>(), bias, blocks.lo, blocks.hi, n, y);
@@ -401,7 +453,8 @@ void BatchDecodeModel<T>::layer_step(const Layer& layer, const Inputs& in, const
   PhaseClock& clock = sc.clock;
   add_norm_rows(ptr<T>(b.x), pending, ptr<T>(layer.norm1), ptr<T>(b.h), h, eps_, rows, sc);
   quantize_and_sync(ptr<T>(b.h), b.hq, h, rows, clock, latlab::kNorm);
-  gemm_share<T>(ptr<T>(b.h), b.hq, m, layer.qkv, layer.s_qkv, bias, ptr<T>(b.qkv), t, nt);
+  PanelClaims& claims = *b.claims;
+  gemm_share<T>(ptr<T>(b.h), b.hq, m, layer.qkv, layer.s_qkv, bias, ptr<T>(b.qkv), claims, t, nt);
   sync(clock, latlab::kQkv);
   attend_items<KV>(layer, in, b, sc, t, nt);
   sync(clock, latlab::kAttention);
@@ -409,18 +462,20 @@ void BatchDecodeModel<T>::layer_step(const Layer& layer, const Inputs& in, const
     quantize_rows(ptr<T>(b.attn), b.attnq, s.q_dim(), rows);
     sync(clock, latlab::kQuantize);
   }
-  gemm_share<T>(ptr<T>(b.attn), b.attnq, m, layer.o, layer.s_o, nullptr, ptr<T>(b.o), t, nt);
+  gemm_share<T>(ptr<T>(b.attn), b.attnq, m, layer.o, layer.s_o, nullptr, ptr<T>(b.o), claims, t,
+                nt);
   sync(clock, latlab::kO);
   add_norm_rows(ptr<T>(b.x), ptr<T>(b.o), ptr<T>(layer.norm2), ptr<T>(b.h), h, eps_, rows, sc);
   quantize_and_sync(ptr<T>(b.h), b.hq, h, rows, clock, latlab::kNorm);
   gemm_share<T>(ptr<T>(b.h), b.hq, m, layer.gate_up, layer.s_gate_up, nullptr, ptr<T>(b.gate_up),
-                t, nt);
+                claims, t, nt);
   sync(clock, latlab::kGateUp);
   for (int64_t i = rows.lo; i < rows.hi; ++i) {
     latlab::silu_mul_row(ptr<T>(b.gate_up) + i * 2 * s.inter, ptr<T>(b.act) + i * s.inter, s.inter);
   }
   quantize_and_sync(ptr<T>(b.act), b.actq, s.inter, rows, clock, latlab::kSiluMul);
-  gemm_share<T>(ptr<T>(b.act), b.actq, m, layer.down, layer.s_down, nullptr, ptr<T>(b.down), t, nt);
+  gemm_share<T>(ptr<T>(b.act), b.actq, m, layer.down, layer.s_down, nullptr, ptr<T>(b.down), claims,
+                t, nt);
   sync(clock, latlab::kDown);
 }
 
@@ -442,15 +497,15 @@ void BatchDecodeModel<T>::head(const Inputs& in, const Buffers<T>& b, float* log
     norm_row(sc.row.data(), ptr<T>(norm_), ptr<T>(b.head_in) + r * h, h, eps_);
   }
   sync(sc.clock, latlab::kNorm);
-  const Span blocks = latlab::share(head_.size(0), kShareBlocks<T>, t, nt);
   if constexpr (kBf16<T>) {
+    const Span blocks = latlab::share(head_.size(0), 2, t, nt);
     columns(ptr<T>(b.head_in), in.rows, h, head_, nullptr, blocks, s.vocab, ptr<T>(b.head_out));
     for (int64_t r = 0; r < in.rows; ++r) {
       widen_row(ptr<T>(b.head_out) + r * s.vocab + blocks.lo * 16,
                 logits + r * s.vocab + blocks.lo * 16, (blocks.hi - blocks.lo) * 16);
     }
   } else {  // float32 logits: the panels write them where they go
-    columns(ptr<T>(b.head_in), in.rows, h, head_, nullptr, blocks, s.vocab, logits);
+    claimed_panels(ptr<T>(b.head_in), in.rows, head_, nullptr, logits, *b.claims, t, nt);
   }
   sc.clock.mark(latlab::kHead);
 }
@@ -486,7 +541,7 @@ torch::Tensor BatchDecodeModel<T>::step(const torch::Tensor& ids, const torch::T
                                         const torch::Tensor& lens,
                                         const torch::Tensor& logit_rows) const {
   const Inputs in = checked(ids, positions, slots, tables, lens, logit_rows);
-  const Buffers<T> b(dims_, in.m, in.rows, layers_.front().int8());
+  const Buffers<T> b(dims_, in.m, in.rows, layers_.front().int8(), at::get_num_threads());
   auto logits = torch::empty({in.rows, dims_.vocab}, torch::dtype(torch::kFloat));
   switch (layers_.front().k_cache.scalar_type()) {
     case at::kFloat: run<float>(in, b, logits.data_ptr<float>()); break;

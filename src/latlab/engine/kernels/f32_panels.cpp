@@ -130,18 +130,23 @@ torch::Tensor f32_pack(const torch::Tensor& weight) {
   return out;
 }
 
+void f32_panel(const float* x, int64_t m, int64_t k_dim, const float* packed, const float* bias,
+               int64_t p, int64_t next, int64_t n_dim, float* y) {
+#ifdef LATLAB_F32_PANELS
+  const float* next_panel = next >= 0 ? packed + next * k_dim * kPanel : nullptr;
+  const float* panel_bias = bias ? bias + p * kPanel : nullptr;
+  panel_columns(x, m, k_dim, packed + p * k_dim * kPanel, next_panel, panel_bias, y + p * kPanel,
+                n_dim);
+#else
+  TORCH_CHECK(false, "f32_panel: built without AVX2 and FMA");
+#endif
+}
+
 void f32_panel_columns(const float* x, int64_t m, int64_t k_dim, const float* packed,
                        const float* bias, int64_t p_lo, int64_t p_hi, int64_t n_dim, float* y) {
-#ifdef LATLAB_F32_PANELS
   for (int64_t p = p_lo; p < p_hi; ++p) {
-    const float* next = p + 1 < p_hi ? packed + (p + 1) * k_dim * kPanel : nullptr;
-    const float* panel_bias = bias ? bias + p * kPanel : nullptr;
-    panel_columns(x, m, k_dim, packed + p * k_dim * kPanel, next, panel_bias, y + p * kPanel,
-                  n_dim);
+    f32_panel(x, m, k_dim, packed, bias, p, p + 1 < p_hi ? p + 1 : -1, n_dim, y);
   }
-#else
-  TORCH_CHECK(false, "f32_panel_columns: built without AVX2 and FMA");
-#endif
 }
 
 torch::Tensor f32_panel_linear(const torch::Tensor& x, const torch::Tensor& packed,

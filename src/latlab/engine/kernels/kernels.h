@@ -114,6 +114,10 @@ torch::Tensor f32_panel_linear(const torch::Tensor& x, const torch::Tensor& pack
 // x [m, k_dim] row-major, w packed by f32_pack; the same sums as f32_panel_linear's.
 void f32_panel_columns(const float* x, int64_t m, int64_t k_dim, const float* packed,
                        const float* bias, int64_t p_lo, int64_t p_hi, int64_t n_dim, float* y);
+// One panel p of the same; panel `next` (-1: none) is brought toward L2 while it runs, for the
+// caller to take next.
+void f32_panel(const float* x, int64_t m, int64_t k_dim, const float* packed, const float* bias,
+               int64_t p, int64_t next, int64_t n_dim, float* y);
 
 // W8A8 linear layers on AMX int8 tiles (amx_int8.cpp): an int8 weight [N, K] packed once, with
 // a float32 scale per output channel; activation rows quantized per row (symmetric int8).
