@@ -160,14 +160,14 @@ struct Buffers {
   std::unique_ptr<PanelClaims> claims;  // float32: the GEMMs' panels, claimed (PanelClaims)
   Buffers(const Dims& s, int64_t m, int64_t rows, bool int8, int threads)
       : claims(std::make_unique<PanelClaims>(threads)) {
-    const auto bf16 = torch::dtype(c10::CppTypeToScalarType<T>::value);
+    const auto opts = torch::dtype(c10::CppTypeToScalarType<T>::value);
     const int64_t padded = (m + 15) / 16 * 16, head_rows = (rows + 15) / 16 * 16;
-    x = torch::empty({m, s.hidden}, bf16), h = torch::zeros({padded, s.hidden}, bf16);
-    qkv = torch::empty({m, s.qkv_dim()}, bf16), attn = torch::zeros({padded, s.q_dim()}, bf16);
-    o = torch::empty({m, s.hidden}, bf16), gate_up = torch::empty({m, 2 * s.inter}, bf16);
-    act = torch::zeros({padded, s.inter}, bf16), down = torch::empty({m, s.hidden}, bf16);
-    head_in = torch::zeros({head_rows, s.hidden}, bf16);
-    if (kBf16<T>) head_out = torch::empty({rows, s.vocab}, bf16);  // float32: straight to logits
+    x = torch::empty({m, s.hidden}, opts), h = torch::zeros({padded, s.hidden}, opts);
+    qkv = torch::empty({m, s.qkv_dim()}, opts), attn = torch::zeros({padded, s.q_dim()}, opts);
+    o = torch::empty({m, s.hidden}, opts), gate_up = torch::empty({m, 2 * s.inter}, opts);
+    act = torch::zeros({padded, s.inter}, opts), down = torch::empty({m, s.hidden}, opts);
+    head_in = torch::zeros({head_rows, s.hidden}, opts);
+    if (kBf16<T>) head_out = torch::empty({rows, s.vocab}, opts);  // float32: straight to logits
     if (int8) {
       hq = Quantized(padded, s.hidden), attnq = Quantized(padded, s.q_dim());
       actq = Quantized(padded, s.inter);
