@@ -156,28 +156,35 @@ def decode_model(*, wait: bool = True) -> Kernel:
     return _kernel("DecodeModel", DECODE, wait=wait)
 
 
+def _checked_kernel(
+    attribute: str, available: str, missing: str, what: str, *, wait: bool
+) -> Kernel:
+    """The module's ``attribute`` where its ``available()`` check passes (the CPU, the compiler and
+    for AMX the OS's grant), else None and ``missing``."""
+    build = _module(wait=wait)
+    if build.module is None:
+        return Kernel(None, build.reason)
+    if not getattr(build.module, available)():
+        return Kernel(None, missing)
+    return Kernel(getattr(build.module, attribute), what)
+
+
 def batch_decode_model(*, wait: bool = True) -> Kernel:
     """The class ``BatchDecodeModel(model, layers, num_heads, eps, scale)`` whose ``step`` runs a
     whole bf16 decode step of 5-64 rows on AMX tiles as one native call (decode_batch.cpp), or
     None where the build or the CPU has no AMX."""
-    build = _module(wait=wait)
-    if build.module is None:
-        return Kernel(None, build.reason)
-    if not build.module.amx_available():
-        return Kernel(None, "no AMX-BF16 here (CPU, compiler or the kernel's permission)")
-    return Kernel(build.module.BatchDecodeModel, BATCH)
+    missing = "no AMX-BF16 here (CPU, compiler or the kernel's permission)"
+    return _checked_kernel("BatchDecodeModel", "amx_available", missing, BATCH, wait=wait)
 
 
 def f32_batch_decode_model(*, wait: bool = True) -> Kernel:
     """The class ``F32BatchDecodeModel(model, layers, num_heads, eps, scale)``: the same one-call
     decode step of 5-64 rows in float32 on the panel GEMM (decode_batch.cpp), or None where the
     build has no AVX2 FMA."""
-    build = _module(wait=wait)
-    if build.module is None:
-        return Kernel(None, build.reason)
-    if not build.module.f32_panels_available():
-        return Kernel(None, "no AVX2 FMA in this build's CPU")
-    return Kernel(build.module.F32BatchDecodeModel, F32_BATCH)
+    missing = "no AVX2 FMA in this build's CPU"
+    return _checked_kernel(
+        "F32BatchDecodeModel", "f32_panels_available", missing, F32_BATCH, wait=wait
+    )
 
 
 def small_linear(*, wait: bool = True) -> Kernel:
