@@ -117,6 +117,15 @@ def test_a_linear_that_fits_no_column_kernel_keeps_the_step_ops(batch_step, tmp_
     assert runner.batch_reason == "a linear layer fits none of the AMX tiles or the float32 panels"
 
 
+def test_int8_linears_outside_the_amx_tiles_keep_the_step_ops_and_say_so(tiny_model_dir):
+    """W8A8 on fbgemm (a CPU without AMX-INT8): the batch step runs no fbgemm kernel."""
+    runner = LLM(str(tiny_model_dir), quantization="int8", max_num_seqs=64).engine.runner
+    kernel = runner.model.layers[0].self_attn.qkv_proj.kernel
+    if kernel == "amx-int8":
+        pytest.skip("AMX-INT8 here: the batch step runs these int8 linears")
+    assert runner.batch_reason == f"the step ops per op (int8 linears on {kernel})"
+
+
 def test_the_float32_batch_step_is_the_default_at_batch_sizes_over_4(tiny_model_dir):
     """Where the CPU has the panels and no bf16 GEMMs the engine decodes float32 batches with it."""
     built_or_skip(f32_batch_decode_model)

@@ -342,6 +342,9 @@ class LlamaForCausalLM(nn.Module):
         RoPE tables and norms in the model's dtype, the packed weights of every linear (AMX bf16,
         or W8A8 on AMX int8 with their scales, the head AMX bf16; or all on the float32 panels),
         the caches; or None and why, when a linear is none of these."""
+        qkv = self.layers[0].self_attn.qkv_proj
+        if isinstance(qkv, Int8Linear) and qkv.kernel != "amx-int8":
+            return None, f"the step ops per op (int8 linears on {qkv.kernel})"
         if not isinstance(self.lm_head, AmxPackedLinear | PanelPackedLinear):
             return None, "the head fits neither the AMX tiles nor the float32 panels"
         layers = []
