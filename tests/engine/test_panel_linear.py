@@ -42,6 +42,24 @@ def test_kernel_matches_float64_arithmetic(panels, rows, n, k, bias):
     _close(panels.linear(x, panels.pack(w), b), x, w, b)
 
 
+@pytest.mark.parametrize("rows", [5, 13, 64])
+def test_threads_split_the_grouped_copy_and_the_panels_without_changing_a_bit(panels, rows):
+    """Each thread copies a share of x's rows into the 6-row groups, then runs its panels: two
+    threads may fill one group; the sums stay the same."""
+    gen = torch.Generator().manual_seed(rows)
+    x, w, b = torch.randn(rows, 600, generator=gen), torch.randn(96, 600, generator=gen), None
+    packed, before = panels.pack(w), torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(panels.linear(x, packed, b))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(results[0], r) for r in results[1:])
+    _close(results[0], x, w, b)
+
+
 def test_kernel_reads_strided_rows_and_returns_nothing_for_none(panels):
     w = torch.randn(32, 64)
     x = torch.randn(8, 128)[:, ::2]  # not contiguous

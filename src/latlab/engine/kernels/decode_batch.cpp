@@ -133,29 +133,32 @@ class PanelClaims {
   std::vector<std::atomic<uint64_t>> ranges_;  // zero: empty
 };
 
-// y [m, n] = x @ w.T (+ bias) on the float32 panels, this thread's claims of them.
+// y [m, n] = x @ w.T (+ bias) on the float32 panels, this thread's claims of them; x in the
+// panels' grouped layout (kernels.h).
 void claimed_panels(const float* x, int64_t m, const torch::Tensor& packed, const float* bias,
                     float* y, PanelClaims& claims, int t, int nt) {
   const int64_t k = packed.size(1), n = packed.size(0) * 16;
   const float* w = ptr<float>(packed);
   const Span own = claims.open(packed.size(0), t, nt);
   for (int64_t p = claims.take(t, true); p >= 0; p = claims.take(t, true)) {
-    f32_panel(x, m, k, w, bias, p, p + 1 < own.hi ? p + 1 : -1, n, y);
+    f32_panel(x, m, k, w, bias, p, p + 1 < own.hi ? p + 1 : -1, n, y, true);
   }
   for (int i = 1; i < nt; ++i) {
     const int v = (t + i) % nt;
     for (int64_t p = claims.take(v, false); p >= 0; p = claims.take(v, false)) {
-      f32_panel(x, m, k, w, bias, p, p - 1, n, y);
+      f32_panel(x, m, k, w, bias, p, p - 1, n, y, true);
     }
   }
 }
 
 // The step's activations in its dtype. GEMM inputs hold whole 16-row tiles (AMX's; harmless
 // for the panels): their padding rows stay zero (only the first m rows are written). With int8
-// weights, the GEMM inputs as int8 too.
+// weights, the GEMM inputs as int8 too. In float32 the GEMMs read their inputs from grouped
+// copies (kernels.h's layout), which the producers fill row by row.
 template <typename T>
 struct Buffers {
   torch::Tensor x, h, qkv, attn, o, gate_up, act, down, head_in, head_out;
+  torch::Tensor h_grouped, attn_grouped, act_grouped, head_grouped;  // float32 only
   Quantized hq, attnq, actq;
   std::unique_ptr<PanelClaims> claims;  // float32: the GEMMs' panels, claimed (PanelClaims)
   Buffers(const Dims& s, int64_t m, int64_t rows, bool int8, int threads)
@@ -168,6 +171,12 @@ struct Buffers {
     act = torch::zeros({padded, s.inter}, opts), down = torch::empty({m, s.hidden}, opts);
     head_in = torch::zeros({head_rows, s.hidden}, opts);
     if (kBf16<T>) head_out = torch::empty({rows, s.vocab}, opts);  // float32: straight to logits
+    if (!kBf16<T>) {
+      h_grouped = torch::zeros({f32_grouped_size(m, s.hidden)}, opts);
+      attn_grouped = torch::zeros({f32_grouped_size(m, s.q_dim())}, opts);
+      act_grouped = torch::zeros({f32_grouped_size(m, s.inter)}, opts);
+      head_grouped = torch::zeros({f32_grouped_size(rows, s.hidden)}, opts);
+    }
     if (int8) {
       hq = Quantized(padded, s.hidden), attnq = Quantized(padded, s.q_dim());
       actq = Quantized(padded, s.inter);
@@ -203,6 +212,23 @@ void add_norm_rows(T* x, const T* delta, const T* w, T* h, int64_t dim, float ep
     }
     norm_row(sc.row.data(), w, h + i * dim, dim, eps);
   }
+}
+
+// Rows [lo, hi) of x [., dim] into the panels' grouped copy (float32; bf16 GEMMs read the rows).
+template <typename T>
+void group_rows(const T* x, int64_t dim, Span rows, const torch::Tensor& grouped) {
+  if constexpr (!kBf16<T>) {
+    for (int64_t i = rows.lo; i < rows.hi; ++i) {
+      f32_group_row(x + i * dim, i, 0, dim, dim, grouped.data_ptr<float>());
+    }
+  }
+}
+
+// What a GEMM reads: in float32 the grouped copy of its input rows, in bf16 the rows.
+template <typename T>
+const T* gemm_input(const torch::Tensor& rows, const torch::Tensor& grouped) {
+  if constexpr (kBf16<T>) return ptr<T>(rows);
+  return ptr<T>(grouped);
 }
 
 // Column blocks [blocks.lo, blocks.hi) of y [m, n_dim] = x @ w.T (+ bias) on AMX bf16 tiles.
@@ -434,9 +460,14 @@ void BatchDecodeModel<T>::attend_items(const Layer& layer, const Inputs& in, con
       latlab::rope(sc.other.data(), sc.cos.data(), sc.sin.data(), sc.head.data(), d);
       narrow_row(sc.head.data(), sc.q.data() + g * d, d);
     }
-    attend_group<T, KV>(sc.q.data(), ptr<T>(b.attn) + i * s.q_dim() + kvh * group * d, k_cache,
-                           v_cache, ks, vs, in.tables + i * in.max_blocks, in.lens[i], kvh, group,
-                           s.kv_heads, s.block_size, d, scale_, sc.tiles, sc.attention);
+    T* out = ptr<T>(b.attn) + i * s.q_dim() + kvh * group * d;
+    attend_group<T, KV>(sc.q.data(), out, k_cache, v_cache, ks, vs, in.tables + i * in.max_blocks,
+                        in.lens[i], kvh, group, s.kv_heads, s.block_size, d, scale_, sc.tiles,
+                        sc.attention);
+    if constexpr (!kBf16<T>) {
+      float* grouped = ptr<float>(b.attn_grouped);
+      f32_group_row(out, i, kvh * group * d, group * d, s.q_dim(), grouped);
+    }
   }
 }
 
@@ -452,9 +483,11 @@ void BatchDecodeModel<T>::layer_step(const Layer& layer, const Inputs& in, const
   const T* bias = layer.b_qkv.numel() > 0 ? ptr<T>(layer.b_qkv) : nullptr;
   PhaseClock& clock = sc.clock;
   add_norm_rows(ptr<T>(b.x), pending, ptr<T>(layer.norm1), ptr<T>(b.h), h, eps_, rows, sc);
+  group_rows(ptr<T>(b.h), h, rows, b.h_grouped);
   quantize_and_sync(ptr<T>(b.h), b.hq, h, rows, clock, latlab::kNorm);
   PanelClaims& claims = *b.claims;
-  gemm_share<T>(ptr<T>(b.h), b.hq, m, layer.qkv, layer.s_qkv, bias, ptr<T>(b.qkv), claims, t, nt);
+  const T* h_in = gemm_input<T>(b.h, b.h_grouped);
+  gemm_share<T>(h_in, b.hq, m, layer.qkv, layer.s_qkv, bias, ptr<T>(b.qkv), claims, t, nt);
   sync(clock, latlab::kQkv);
   attend_items<KV>(layer, in, b, sc, t, nt);
   sync(clock, latlab::kAttention);
@@ -462,19 +495,21 @@ void BatchDecodeModel<T>::layer_step(const Layer& layer, const Inputs& in, const
     quantize_rows(ptr<T>(b.attn), b.attnq, s.q_dim(), rows);
     sync(clock, latlab::kQuantize);
   }
-  gemm_share<T>(ptr<T>(b.attn), b.attnq, m, layer.o, layer.s_o, nullptr, ptr<T>(b.o), claims, t,
-                nt);
+  gemm_share<T>(gemm_input<T>(b.attn, b.attn_grouped), b.attnq, m, layer.o, layer.s_o, nullptr,
+                ptr<T>(b.o), claims, t, nt);
   sync(clock, latlab::kO);
   add_norm_rows(ptr<T>(b.x), ptr<T>(b.o), ptr<T>(layer.norm2), ptr<T>(b.h), h, eps_, rows, sc);
+  group_rows(ptr<T>(b.h), h, rows, b.h_grouped);
   quantize_and_sync(ptr<T>(b.h), b.hq, h, rows, clock, latlab::kNorm);
-  gemm_share<T>(ptr<T>(b.h), b.hq, m, layer.gate_up, layer.s_gate_up, nullptr, ptr<T>(b.gate_up),
+  gemm_share<T>(h_in, b.hq, m, layer.gate_up, layer.s_gate_up, nullptr, ptr<T>(b.gate_up),
                 claims, t, nt);
   sync(clock, latlab::kGateUp);
   for (int64_t i = rows.lo; i < rows.hi; ++i) {
     latlab::silu_mul_row(ptr<T>(b.gate_up) + i * 2 * s.inter, ptr<T>(b.act) + i * s.inter, s.inter);
   }
+  group_rows(ptr<T>(b.act), s.inter, rows, b.act_grouped);
   quantize_and_sync(ptr<T>(b.act), b.actq, s.inter, rows, clock, latlab::kSiluMul);
-  gemm_share<T>(ptr<T>(b.act), b.actq, m, layer.down, layer.s_down, nullptr, ptr<T>(b.down), claims,
+  gemm_share<T>(gemm_input<T>(b.act, b.act_grouped), b.actq, m, layer.down, layer.s_down, nullptr, ptr<T>(b.down), claims,
                 t, nt);
   sync(clock, latlab::kDown);
 }
@@ -496,6 +531,7 @@ void BatchDecodeModel<T>::head(const Inputs& in, const Buffers<T>& b, float* log
     widen_row(ptr<T>(b.head_in) + r * h, sc.row.data(), h);
     norm_row(sc.row.data(), ptr<T>(norm_), ptr<T>(b.head_in) + r * h, h, eps_);
   }
+  group_rows(ptr<T>(b.head_in), h, rows, b.head_grouped);
   sync(sc.clock, latlab::kNorm);
   if constexpr (kBf16<T>) {
     const Span blocks = latlab::share(head_.size(0), 2, t, nt);
@@ -505,7 +541,7 @@ void BatchDecodeModel<T>::head(const Inputs& in, const Buffers<T>& b, float* log
                 logits + r * s.vocab + blocks.lo * 16, (blocks.hi - blocks.lo) * 16);
     }
   } else {  // float32 logits: the panels write them where they go
-    claimed_panels(ptr<T>(b.head_in), in.rows, head_, nullptr, logits, *b.claims, t, nt);
+    claimed_panels(ptr<T>(b.head_grouped), in.rows, head_, nullptr, logits, *b.claims, t, nt);
   }
   sc.clock.mark(latlab::kHead);
 }

@@ -15,12 +15,14 @@
 // blocks in order: the same sums as a plain loop over K, but a different order from oneDNN's
 // or F.linear's, so the last bits differ.
 //
-// Layouts: x [M, K] float32 row-major; weight [N, K] (nn.Linear's); packed [N/16, K, 16]: for
-// each 16-column panel, K rows of 16 weights. N must be a multiple of 16; K and M any.
+// Layouts: x [M, K] float32 row-major, or (f32_panel's callers that make their rows as they go)
+// grouped, [M/6][K][6] (kernels.h); weight [N, K] (nn.Linear's); packed [N/16, K, 16]: for each
+// 16-column panel, K rows of 16 weights. N must be a multiple of 16; K and M any.
 
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -33,29 +35,31 @@
 namespace {
 
 constexpr int64_t kPanel = 16;   // columns of a panel: two 8-lane vectors
-constexpr int64_t kGroup = 6;    // rows of x a register block covers (12 sums, 2 weights, 1 x)
+constexpr int64_t kGroup = kF32Group;  // rows a register block covers (12 sums, 2 weights, 1 x)
 constexpr int64_t kBlockK = 256; // K of a weight block: 16 KiB, held in L1 across row groups
 
 #ifdef LATLAB_F32_PANELS
-// Sums of MR rows of x (row-major, `k_dim` apart) against panel rows [k0, k1), added to y's 16
-// columns (or written, for the first K block); `bias` (16 values, or null) added after the
-// last block. The broadcasts read x where it is: a copy of x regrouped [K][6] (the broadcasts
-// of one k on one line) cost more than it saved (0.91-0.96x at 64 rows, docs/engine.md).
-template <int MR>
+// Sums of MR rows of x against panel rows [k0, k1), added to y's 16 columns (or written, for the
+// first K block); `bias` (16 values, or null) added after the last block. x is either rows
+// (row-major, `k_dim` apart: the broadcasts read the rows where they are) or one group of the
+// grouped layout (kernels.h: [K][6], so one k's six broadcasts read one line).
+template <int MR, bool Grouped>
 void panel_block(const float* x, const float* panel, int64_t k0, int64_t k1, float* y,
                  int64_t n_dim, bool first, const float* bias, int64_t k_dim) {
+  constexpr int64_t step = Grouped ? kF32Group : 1;
+  const int64_t row_stride = Grouped ? 1 : k_dim;
   // Every loop over the block's rows fully unrolled: otherwise GCC 12 keeps the last row's
   // sums in memory and stores them on every k (seen in the object code).
   __m256 lo[MR], hi[MR];
 #pragma GCC unroll 6
   for (int r = 0; r < MR; ++r) lo[r] = _mm256_setzero_ps(), hi[r] = _mm256_setzero_ps();
-  const float* xp = x + k0;
+  const float* xp = x + k0 * step;
   const float* w = panel + k0 * kPanel;
-  for (int64_t k = k0; k < k1; ++k, ++xp, w += kPanel) {
+  for (int64_t k = k0; k < k1; ++k, xp += step, w += kPanel) {
     const __m256 w0 = _mm256_load_ps(w), w1 = _mm256_load_ps(w + 8);
 #pragma GCC unroll 6
     for (int r = 0; r < MR; ++r) {
-      const __m256 b = _mm256_broadcast_ss(xp + r * k_dim);
+      const __m256 b = _mm256_broadcast_ss(xp + r * row_stride);
       lo[r] = _mm256_fmadd_ps(w0, b, lo[r]);
       hi[r] = _mm256_fmadd_ps(w1, b, hi[r]);
     }
@@ -74,14 +78,19 @@ void panel_block(const float* x, const float* panel, int64_t k0, int64_t k1, flo
 
 using BlockFn = void (*)(const float*, const float*, int64_t, int64_t, float*, int64_t, bool,
                          const float*, int64_t);
-constexpr BlockFn kBlocks[kGroup] = {&panel_block<1>, &panel_block<2>, &panel_block<3>,
-                                     &panel_block<4>, &panel_block<5>, &panel_block<6>};
+template <bool Grouped>
+constexpr BlockFn kBlocks[kGroup] = {
+    &panel_block<1, Grouped>, &panel_block<2, Grouped>, &panel_block<3, Grouped>,
+    &panel_block<4, Grouped>, &panel_block<5, Grouped>, &panel_block<6, Grouped>};
 
 // One panel's 16 columns of y for all m rows, K block by K block. While a block is in L1, each
 // row group asks for a slice of the next block (this panel's next K, or the next panel's
 // first) to be brought into L2, so the next block's first group does not wait on memory.
+// A group starts at x + g * 6 * k_dim in both layouts of x.
 void panel_columns(const float* x, int64_t m, int64_t k_dim, const float* panel,
-                   const float* next_panel, const float* bias, float* y, int64_t n_dim) {
+                   const float* next_panel, const float* bias, float* y, int64_t n_dim,
+                   bool grouped) {
+  const BlockFn* blocks = grouped ? kBlocks<true> : kBlocks<false>;
   const int64_t groups = (m + kGroup - 1) / kGroup;
   for (int64_t k0 = 0; k0 < k_dim; k0 += kBlockK) {
     const int64_t k1 = std::min(k_dim, k0 + kBlockK);
@@ -93,9 +102,37 @@ void panel_columns(const float* x, int64_t m, int64_t k_dim, const float* panel,
         _mm_prefetch(next + at, _MM_HINT_T1);
       }
       const int64_t rows = std::min(kGroup, m - g * kGroup);
-      kBlocks[rows - 1](x + g * kGroup * k_dim, panel, k0, k1, y + g * kGroup * n_dim, n_dim,
+      blocks[rows - 1](x + g * kGroup * k_dim, panel, k0, k1, y + g * kGroup * n_dim, n_dim,
                         k0 == 0, k1 == k_dim ? bias : nullptr, k_dim);
     }
+  }
+}
+
+// y = x @ w.T (+ bias) in one parallel region. From 32 rows up the threads first copy x's rows
+// into the grouped layout (a share of the rows each) and meet: the model's GEMMs ran 1.07x
+// faster so at 384 rows, 1.01x at 64 (f32_gemm.py against the build before, docs/engine.md).
+// Under 32 rows a K block of x fits in L1 and the copy does not pay (0.97x at 8 rows); there the
+// blocks read the rows. (On one thread while the others waited the copy cost more than it
+// saved at every size: session 21.)
+constexpr int64_t kGroupedRows = 32;
+void panels_linear(const float* x, int64_t m, int64_t k, const float* w, const float* bias,
+                   int64_t n, float* y) {
+  const bool grouped = m >= kGroupedRows;
+  auto copy = torch::empty({grouped ? f32_grouped_size(m, k) : 0}, torch::dtype(torch::kFloat));
+  float* rows = grouped ? copy.data_ptr<float>() : nullptr;  // a last group's gaps: never read
+  const int64_t panels = n / kPanel;
+  const int threads = static_cast<int>(std::min<int64_t>(at::get_num_threads(), panels));
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    if (grouped) {
+      for (int64_t i = m * t / nt; i < m * (t + 1) / nt; ++i) {
+        f32_group_row(x + i * k, i, 0, k, k, rows);
+      }
+#pragma omp barrier
+    }
+    const int64_t lo = panels * t / nt, hi = panels * (t + 1) / nt;
+    f32_panel_columns(grouped ? rows : x, m, k, w, bias, lo, hi, n, y, grouped);
   }
 }
 #endif
@@ -131,21 +168,22 @@ torch::Tensor f32_pack(const torch::Tensor& weight) {
 }
 
 void f32_panel(const float* x, int64_t m, int64_t k_dim, const float* packed, const float* bias,
-               int64_t p, int64_t next, int64_t n_dim, float* y) {
+               int64_t p, int64_t next, int64_t n_dim, float* y, bool grouped) {
 #ifdef LATLAB_F32_PANELS
   const float* next_panel = next >= 0 ? packed + next * k_dim * kPanel : nullptr;
   const float* panel_bias = bias ? bias + p * kPanel : nullptr;
   panel_columns(x, m, k_dim, packed + p * k_dim * kPanel, next_panel, panel_bias, y + p * kPanel,
-                n_dim);
+                n_dim, grouped);
 #else
   TORCH_CHECK(false, "f32_panel: built without AVX2 and FMA");
 #endif
 }
 
 void f32_panel_columns(const float* x, int64_t m, int64_t k_dim, const float* packed,
-                       const float* bias, int64_t p_lo, int64_t p_hi, int64_t n_dim, float* y) {
+                       const float* bias, int64_t p_lo, int64_t p_hi, int64_t n_dim, float* y,
+                       bool grouped) {
   for (int64_t p = p_lo; p < p_hi; ++p) {
-    f32_panel(x, m, k_dim, packed, bias, p, p + 1 < p_hi ? p + 1 : -1, n_dim, y);
+    f32_panel(x, m, k_dim, packed, bias, p, p + 1 < p_hi ? p + 1 : -1, n_dim, y, grouped);
   }
 }
 
@@ -169,12 +207,7 @@ torch::Tensor f32_panel_linear(const torch::Tensor& x, const torch::Tensor& pack
   if (m == 0) return y;
 #ifdef LATLAB_F32_PANELS
   const auto rows = x.contiguous();
-  const float* xs = rows.data_ptr<float>();
-  const float* w = packed.data_ptr<float>();
-  float* out = y.data_ptr<float>();
-  at::parallel_for(0, n / kPanel, 1, [&](int64_t lo, int64_t hi) {
-    f32_panel_columns(xs, m, k, w, b, lo, hi, n, out);
-  });
+  panels_linear(rows.data_ptr<float>(), m, k, packed.data_ptr<float>(), b, n, y.data_ptr<float>());
 #else
   TORCH_CHECK(false, "f32_panel_linear: built without AVX2 and FMA");
 #endif

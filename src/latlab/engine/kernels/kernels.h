@@ -113,11 +113,28 @@ torch::Tensor f32_panel_linear(const torch::Tensor& x, const torch::Tensor& pack
 // For a caller's own parallel region: panels [p_lo, p_hi) of y [m, n_dim] = x @ w.T (+ bias),
 // x [m, k_dim] row-major, w packed by f32_pack; the same sums as f32_panel_linear's.
 void f32_panel_columns(const float* x, int64_t m, int64_t k_dim, const float* packed,
-                       const float* bias, int64_t p_lo, int64_t p_hi, int64_t n_dim, float* y);
+                       const float* bias, int64_t p_lo, int64_t p_hi, int64_t n_dim, float* y,
+                       bool grouped = false);
 // One panel p of the same; panel `next` (-1: none) is brought toward L2 while it runs, for the
-// caller to take next.
+// caller to take next. grouped: x is in the grouped layout below, not rows.
 void f32_panel(const float* x, int64_t m, int64_t k_dim, const float* packed, const float* bias,
-               int64_t p, int64_t next, int64_t n_dim, float* y);
+               int64_t p, int64_t next, int64_t n_dim, float* y, bool grouped = false);
+// The panels' grouped layout of GEMM rows: the rows in groups of 6 (the register block's), each
+// group [K][6], row i's value k at ((i / 6) * K + k) * 6 + i % 6. A block's six broadcasts of one
+// k then read one cache line, where from rows they read six lines K apart (six streams from L2
+// per panel). The batch step's producers (norms, attention, SiLU) write their rows this way as
+// they make them, which costs the GEMMs nothing: 1.02-1.08x on the model's 64-row GEMMs
+// (docs/engine.md). Not worth a copy of its own on one thread (session 21).
+constexpr int64_t kF32Group = 6;
+inline int64_t f32_grouped_size(int64_t m, int64_t k_dim) {
+  return (m + kF32Group - 1) / kF32Group * kF32Group * k_dim;
+}
+// Values [c0, c0 + n) of row i (of rows K = k_dim long) into the grouped layout.
+inline void f32_group_row(const float* values, int64_t i, int64_t c0, int64_t n, int64_t k_dim,
+                          float* grouped) {
+  float* dst = grouped + ((i / kF32Group) * k_dim + c0) * kF32Group + i % kF32Group;
+  for (int64_t j = 0; j < n; ++j) dst[j * kF32Group] = values[j];
+}
 
 // W8A8 linear layers on AMX int8 tiles (amx_int8.cpp): an int8 weight [N, K] packed once, with
 // a float32 scale per output channel; activation rows quantized per row (symmetric int8).
