@@ -109,11 +109,11 @@ void panel_columns(const float* x, int64_t m, int64_t k_dim, const float* panel,
 }
 
 // y = x @ w.T (+ bias) in one parallel region. From 32 rows up the threads first copy x's rows
-// into the grouped layout (a share of the rows each) and meet: the model's GEMMs ran 1.07x
-// faster so at 384 rows, 1.01x at 64 (f32_gemm.py against the build before, docs/engine.md).
-// Under 32 rows a K block of x fits in L1 and the copy does not pay (0.97x at 8 rows); there the
-// blocks read the rows. (On one thread while the others waited the copy cost more than it
-// saved at every size: session 21.)
+// into the grouped layout (a share of the rows each) and meet: the model's GEMMs, copy
+// included, ran 1.05-1.07x faster so at 32 and 384 rows (a prompt's prefill), 0.89-1.07x at 64
+// (f32_gemm.py against the build before, in one process; docs/engine.md). Under 32 rows a K
+// block of x fits in L1 and the copy did not pay (0.97x at 8 rows): there the blocks read the
+// rows. (On one thread while the others waited, the copy cost more than it saved: session 21.)
 constexpr int64_t kGroupedRows = 32;
 void panels_linear(const float* x, int64_t m, int64_t k, const float* w, const float* bias,
                    int64_t n, float* y) {

@@ -123,8 +123,9 @@ void f32_panel(const float* x, int64_t m, int64_t k_dim, const float* packed, co
 // group [K][6], row i's value k at ((i / 6) * K + k) * 6 + i % 6. A block's six broadcasts of one
 // k then read one cache line, where from rows they read six lines K apart (six streams from L2
 // per panel). The batch step's producers (norms, attention, SiLU) write their rows this way as
-// they make them, which costs the GEMMs nothing: 1.02-1.08x on the model's 64-row GEMMs
-// (docs/engine.md). Not worth a copy of its own on one thread (session 21).
+// they make them (~1 ms of a ~100 ms batch-64 float32 step); its GEMMs then took 82 ms where
+// they took 86-88 (one A/B, 1.02-1.03x a step; docs/engine.md). A copy made on one thread per
+// call cost more than it saved (session 21); f32_panel_linear makes it on all of them.
 constexpr int64_t kF32Group = 6;
 inline int64_t f32_grouped_size(int64_t m, int64_t k_dim) {
   return (m + kF32Group - 1) / kF32Group * kF32Group * k_dim;
