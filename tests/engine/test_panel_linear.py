@@ -42,10 +42,11 @@ def test_kernel_matches_float64_arithmetic(panels, rows, n, k, bias):
     _close(panels.linear(x, panels.pack(w), b), x, w, b)
 
 
-@pytest.mark.parametrize("rows", [5, 13, 64])
+# 13 rows: read in place; from 32 up: copied into 6-row groups first (33, 131: a short last one)
+@pytest.mark.parametrize("rows", [13, 33, 64, 131])
 def test_threads_split_the_grouped_copy_and_the_panels_without_changing_a_bit(panels, rows):
-    """Each thread copies a share of x's rows into the 6-row groups, then runs its panels: two
-    threads may fill one group; the sums stay the same."""
+    """From 32 rows up each thread copies a share of x's rows into the 6-row groups (two threads
+    may fill one group), then runs its panels; the sums stay the same at any thread count."""
     gen = torch.Generator().manual_seed(rows)
     x, w, b = torch.randn(rows, 600, generator=gen), torch.randn(96, 600, generator=gen), None
     packed, before = panels.pack(w), torch.get_num_threads()

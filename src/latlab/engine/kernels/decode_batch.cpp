@@ -509,8 +509,8 @@ void BatchDecodeModel<T>::layer_step(const Layer& layer, const Inputs& in, const
   }
   group_rows(ptr<T>(b.act), s.inter, rows, b.act_grouped);
   quantize_and_sync(ptr<T>(b.act), b.actq, s.inter, rows, clock, latlab::kSiluMul);
-  gemm_share<T>(gemm_input<T>(b.act, b.act_grouped), b.actq, m, layer.down, layer.s_down, nullptr, ptr<T>(b.down), claims,
-                t, nt);
+  gemm_share<T>(gemm_input<T>(b.act, b.act_grouped), b.actq, m, layer.down, layer.s_down, nullptr,
+                ptr<T>(b.down), claims, t, nt);
   sync(clock, latlab::kDown);
 }
 
