@@ -171,11 +171,11 @@ struct Buffers {
     act = torch::zeros({padded, s.inter}, opts), down = torch::empty({m, s.hidden}, opts);
     head_in = torch::zeros({head_rows, s.hidden}, opts);
     if (kBf16<T>) head_out = torch::empty({rows, s.vocab}, opts);  // float32: straight to logits
-    if (!kBf16<T>) {
-      h_grouped = torch::zeros({f32_grouped_size(m, s.hidden)}, opts);
-      attn_grouped = torch::zeros({f32_grouped_size(m, s.q_dim())}, opts);
-      act_grouped = torch::zeros({f32_grouped_size(m, s.inter)}, opts);
-      head_grouped = torch::zeros({f32_grouped_size(rows, s.hidden)}, opts);
+    if (!kBf16<T>) {  // a last group's missing rows are never read: nothing to zero
+      h_grouped = torch::empty({f32_grouped_size(m, s.hidden)}, opts);
+      attn_grouped = torch::empty({f32_grouped_size(m, s.q_dim())}, opts);
+      act_grouped = torch::empty({f32_grouped_size(m, s.inter)}, opts);
+      head_grouped = torch::empty({f32_grouped_size(rows, s.hidden)}, opts);
     }
     if (int8) {
       hq = Quantized(padded, s.hidden), attnq = Quantized(padded, s.q_dim());
@@ -218,9 +218,8 @@ void add_norm_rows(T* x, const T* delta, const T* w, T* h, int64_t dim, float ep
 template <typename T>
 void group_rows(const T* x, int64_t dim, Span rows, const torch::Tensor& grouped) {
   if constexpr (!kBf16<T>) {
-    for (int64_t i = rows.lo; i < rows.hi; ++i) {
-      f32_group_row(x + i * dim, i, 0, dim, dim, grouped.data_ptr<float>());
-    }
+    float* out = grouped.data_ptr<float>();
+    for (int64_t i = rows.lo; i < rows.hi; ++i) f32_group_row(x + i * dim, i, 0, dim, dim, out);
   }
 }
 

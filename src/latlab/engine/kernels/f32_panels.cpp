@@ -118,8 +118,9 @@ constexpr int64_t kGroupedRows = 32;
 void panels_linear(const float* x, int64_t m, int64_t k, const float* w, const float* bias,
                    int64_t n, float* y) {
   const bool grouped = m >= kGroupedRows;
-  auto copy = torch::empty({grouped ? f32_grouped_size(m, k) : 0}, torch::dtype(torch::kFloat));
-  float* rows = grouped ? copy.data_ptr<float>() : nullptr;  // a last group's gaps: never read
+  torch::Tensor copy;  // a last group's missing rows are never read
+  if (grouped) copy = torch::empty({f32_grouped_size(m, k)}, torch::dtype(torch::kFloat));
+  float* rows = grouped ? copy.data_ptr<float>() : nullptr;
   const int64_t panels = n / kPanel;
   const int threads = static_cast<int>(std::min<int64_t>(at::get_num_threads(), panels));
 #pragma omp parallel num_threads(threads)
