@@ -11,8 +11,13 @@ request, 128 greedy output tokens, EOS ignored):
   its native batch step runs (5-64 rows on AMX), the GEMMs' share of its steps by the step's own
   phase clock: the GEMM rate reached against the same kernels inside the step, beside the share
   of the probe's rate;
-- vLLM CPU 0.32 in each of ``--vllm-dtypes`` (in its own process group, stopped whole when its
-  script exits, EngineCore and Worker children included); the anchor is its best dtype;
+- vLLM CPU 0.32 in each of ``--vllm-dtypes`` x ``--vllm-binds`` (each in its own process
+  group, stopped whole at the end, EngineCore children included); the anchor is its fastest
+  variant. By default (``--vllm-pairing interleaved``) each variant loads once before latlab,
+  waits paused (SIGSTOP: no CPU taken) and runs one round after each of latlab's, and a read
+  bandwidth and GEMM probe open every round: on a machine whose speed drifts by tens of percent
+  within minutes, every median, ratio and fraction then comes from the same minutes
+  (benchmarks/anchor_rounds.py). ``after`` runs vLLM's own repeats once latlab is done;
 - shared-prefix TTFT with prefix caching on and off;
 
 then a roofline table (bytes and FLOPs per token vs measured rates) and the goals of issue 16
@@ -33,6 +38,7 @@ on one core of two here, and every core).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -83,6 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the anchor is the fastest",
     )
     p.add_argument("--vllm-timeout", type=float, default=3600.0, help="seconds per vLLM run")
+    p.add_argument(
+        "--vllm-pairing",
+        choices=("interleaved", "after"),
+        default="interleaved",
+        help="interleaved: vLLM loads once per variant and runs one round after each of "
+        "latlab's (paused in between); after: vLLM's own repeats once latlab's are done",
+    )
     p.add_argument("--no-prefix", action="store_true", help="skip the shared-prefix workload")
     p.add_argument("--prefix-len", type=int, default=512)
     p.add_argument("--prefix-requests", type=int, default=64)
@@ -184,6 +197,16 @@ def gemm_rates(engines: dict, batch: int) -> dict[str, float]:
     return rates
 
 
+def beside(module: str):  # type: ignore[no-untyped-def]
+    """A script that sits beside this one in benchmarks/ (not a package), imported."""
+    import importlib
+
+    here = str(Path(__file__).parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module(module)
+
+
 def usable_threads() -> int:
     return len(os.sched_getaffinity(0))
 
@@ -191,10 +214,7 @@ def usable_threads() -> int:
 def fma_peak(threads: int) -> dict[int, float]:
     """The CPU's float32 FMA peak at 1..``threads`` threads (benchmarks/cpu_peak.py); empty
     (and said) where it cannot be measured."""
-    here = str(Path(__file__).parent)
-    if here not in sys.path:  # cpu_peak.py sits beside this script
-        sys.path.insert(0, here)
-    from cpu_peak import measure as measure_peak
+    measure_peak = beside("cpu_peak").measure
 
     got = measure_peak(list(range(1, threads + 1)))
     if isinstance(got, str):
@@ -222,7 +242,10 @@ def bandwidth() -> float:
 # ---- throughput -------------------------------------------------------------------------
 
 
-def throughput(args, engines: dict, hf_model, vocab: int) -> list[dict]:
+def throughput(args, engines: dict, hf_model, vocab: int, anchors: dict) -> list[dict]:
+    """Per batch, ``--repeats`` rounds of: the probes (read bandwidth, each variant's GEMM
+    rate), each latlab variant, ``generate``, then each paused anchor's round; so every
+    system's medians and every probe come from the same minutes."""
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
         prompts = distinct_prompts(batch, args.prompt_len, vocab)
@@ -230,22 +253,57 @@ def throughput(args, engines: dict, hf_model, vocab: int) -> list[dict]:
             time_engine(llm, prompts, 8)  # warm-up at this batch shape
         if hf_model is not None:
             time_hf(hf_model, prompts, 8)
-        row = {"batch": batch, "gemm_flop_s": gemm_rates(engines, batch), "engines": {}}
-        runs: dict[str, list] = {name: [] for name in engines}
-        hf_runs = []
-        for _ in range(args.repeats):  # interleaved A B C A B C
-            for name, llm in engines.items():
-                runs[name].append(time_engine(llm, prompts, args.output_len))
-            if hf_model is not None:
-                hf_runs.append(time_hf(hf_model, prompts, args.output_len))
-        for name, got in runs.items():
-            row["engines"][name] = summarise_runs(got)
-        if hf_runs:
-            row["hf_tok_s"] = [r[0] for r in hf_runs]
-            row["hf_tok_s_median"] = statistics.median(row["hf_tok_s"])
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        rounds = [time_round(args, engines, hf_model, anchors, prompts)
+                  for _ in range(args.repeats)]  # fmt: skip
+        rows.append(batch_row(batch, rounds))
+        print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def time_round(args, engines: dict, hf_model, anchors: dict, prompts) -> dict:
+    """One round at one batch: probes, then every system once, A B C A B C."""
+    batch = len(prompts)
+    got: dict = {"bandwidth_bytes_s": bandwidth(), "gemm_flop_s": gemm_rates(engines, batch)}
+    got["engines"] = {name: time_engine(llm, prompts, args.output_len)
+                      for name, llm in engines.items()}  # fmt: skip
+    if hf_model is not None:
+        got["hf"] = time_hf(hf_model, prompts, args.output_len)
+    got["anchors"] = anchor_rounds(anchors, batch)
+    return got
+
+
+def anchor_rounds(anchors: dict, batch: int) -> dict[str, float]:
+    """One round of each paused anchor; one that fails is reported, stopped and dropped from
+    ``anchors`` (its rounds so far stay out of this batch's figures, the others go on)."""
+    got = {}
+    for label, anchor in list(anchors.items()):
+        try:
+            got[label] = anchor.round(batch)["tok_per_s"]
+        except beside("anchor_rounds").AnchorError as exc:
+            print(f"vLLM {label} dropped: {exc}", flush=True)
+            anchor.close()
+            del anchors[label]
+    return got
+
+
+def batch_row(batch: int, rounds: list[dict]) -> dict:
+    """One batch's rounds summed up: medians per system and probe, the rounds kept."""
+    row: dict = {"batch": batch, "rounds": len(rounds)}
+    row["bandwidth_bytes_s"] = [r["bandwidth_bytes_s"] for r in rounds]
+    rates = {name: [r["gemm_flop_s"][name] for r in rounds] for name in rounds[0]["gemm_flop_s"]}
+    row["gemm_flop_s_rounds"] = rates
+    row["gemm_flop_s"] = {name: statistics.median(v) for name, v in rates.items()}
+    row["engines"] = {name: summarise_runs([r["engines"][name] for r in rounds])
+                      for name in rounds[0]["engines"]}  # fmt: skip
+    if "hf" in rounds[0]:
+        row["hf_tok_s"] = [r["hf"][0] for r in rounds]
+        row["hf_tok_s_median"] = statistics.median(row["hf_tok_s"])
+    every_round = [label for label in rounds[0]["anchors"]
+                   if all(label in r["anchors"] for r in rounds)]  # fmt: skip
+    if every_round:
+        row["vllm_rounds"] = {label: [r["anchors"][label] for r in rounds]
+                              for label in every_round}  # fmt: skip
+    return row
 
 
 def summarise_runs(runs: list[tuple[float, float, dict]]) -> dict:
@@ -359,21 +417,69 @@ def vllm_bind(bind: str) -> str:
     return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
 
 
-def vllm_anchor(args, model_dir: Path) -> dict:
+def vllm_variants(args) -> list[tuple[str, str, str]]:
+    """(label, dtype, binding) of each vLLM run: every ``--vllm-dtypes`` x ``--vllm-binds``."""
+    return [(f"{dtype} bind={bind}", dtype, bind)
+            for dtype in [d for d in args.vllm_dtypes.split(",") if d]
+            for bind in [b for b in args.vllm_binds.split(",") if b]]  # fmt: skip
+
+
+def start_anchors(args, model_dir: Path, stack: contextlib.ExitStack) -> dict:
+    """Each vLLM variant loaded, warmed up and paused, for ``time_round`` to run in turn with
+    latlab's; ``stack`` stops them. A variant that fails to load is reported and left out."""
+    rounds = beside("anchor_rounds")
+    if args.no_vllm or not VLLM_PYTHON.exists():
+        return {}
+    anchors = {}
+    for label, dtype, bind in vllm_variants(args):
+        argv = [str(VLLM_PYTHON), str(VLLM_SCRIPT), str(model_dir), "--batches", args.batches]
+        argv += ["--output-len", str(args.output_len), "--prompt-len", str(args.prompt_len)]
+        argv += ["--dtype", dtype, "--omp-bind", vllm_bind(bind)]
+        anchor = stack.enter_context(rounds.AnchorRounds(
+            argv, name=f"vllm {label}", env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+            round_timeout_s=args.vllm_timeout,
+        ))  # fmt: skip
+        try:
+            anchor.start(load_timeout_s=args.vllm_timeout)
+        except rounds.AnchorError as exc:
+            print(f"vLLM {label} left out: {exc}", flush=True)
+            anchor.close()
+            continue
+        print(f"vLLM {label}: loaded in {anchor.ready.get('load_s', 0):.0f} s, paused", flush=True)
+        anchors[label] = anchor
+    return anchors
+
+
+def interleaved_runs(result: dict, loads: dict) -> dict:
+    """vLLM's runs as ``vllm_anchor`` reports them, from the rounds timed between latlab's."""
+    runs: dict = {}
+    for row in result["throughput"]:
+        for label, rates in row.get("vllm_rounds", {}).items():
+            run = runs.setdefault(label, {"tok_s": {}, "load_s": loads[label].get("load_s"),
+                                          "raw": {**loads[label], "rounds": {}}})  # fmt: skip
+            run["tok_s"][row["batch"]] = statistics.median(rates)
+            run["raw"]["rounds"][row["batch"]] = rates
+    return runs
+
+
+def vllm_anchor(args, model_dir: Path, result: dict) -> dict:
     """vLLM in each dtype and thread binding; the anchor per batch is its fastest run.
 
     vLLM CPU's default binding (``auto``) computes on one core of two and keeps the other for
     its front end; ``all`` gives it every core, as latlab's engine takes on an idle machine.
+    Interleaved (the default), its rounds were timed between latlab's; ``after``, each variant
+    runs its own repeats now.
     """
-    runs = {}
-    for dtype in [d for d in args.vllm_dtypes.split(",") if d]:
-        for bind in [b for b in args.vllm_binds.split(",") if b]:
-            result = run_vllm(args, model_dir, dtype, bind)
-            if result is not None:
-                tok_s = {r["batch"]: r["tok_per_s_median"] for r in result["throughput"]}
-                runs[f"{dtype} bind={bind}"] = {
-                    "tok_s": tok_s, "load_s": result.get("load_s"), "raw": result,
-                }  # fmt: skip
+    loads = result.pop("vllm_loads", {})
+    if args.vllm_pairing == "interleaved":
+        runs = interleaved_runs(result, loads)
+    else:
+        runs = {}
+        for label, dtype, bind in vllm_variants(args):
+            got = run_vllm(args, model_dir, dtype, bind)
+            if got is not None:
+                tok_s = {r["batch"]: r["tok_per_s_median"] for r in got["throughput"]}
+                runs[label] = {"tok_s": tok_s, "load_s": got.get("load_s"), "raw": got}
     best: dict[int, tuple[float, str]] = {}
     for label, run in runs.items():
         for batch, tok_s in run["tok_s"].items():
@@ -382,7 +488,7 @@ def vllm_anchor(args, model_dir: Path) -> dict:
     if not best:
         doc = DOC_ANCHORS["vllm_cpu"]
         return {"not_from_this_run": True, "best": {b: (v, "bfloat16") for b, v in doc.items()}}
-    return {"runs": runs, "best": best}
+    return {"runs": runs, "best": best, "pairing": args.vllm_pairing}
 
 
 # ---- the run --------------------------------------------------------------------------------
@@ -427,9 +533,22 @@ def machine_notes() -> dict:
 
 
 def measure(args, model_dir: Path) -> dict:
+    """The machine, then every system at every batch in interleaved rounds (vLLM's variants
+    loaded first and paused between their rounds)."""
+    peak_before = fma_peak(usable_threads())  # before any engine's threads exist
+    with contextlib.ExitStack() as stack:
+        anchors = {}
+        if args.vllm_pairing == "interleaved":
+            anchors = start_anchors(args, model_dir, stack)
+        result = measure_with(args, model_dir, anchors)
+        result["vllm_loads"] = {label: a.ready for label, a in anchors.items()}
+    result["fma_peak_flop_s"] = peak_at(result["threads"], peak_before)
+    return result
+
+
+def measure_with(args, model_dir: Path, anchors: dict) -> dict:
     import torch
 
-    peak_before = fma_peak(usable_threads())  # before any engine's threads exist
     engines = load_engines(args, model_dir)
     some = next(iter(engines.values())).engine
     hf_model = None
@@ -451,9 +570,8 @@ def measure(args, model_dir: Path) -> dict:
         "bandwidth_bytes_s": [bandwidth()],
     }
     result["vocab_size"] = some.model_args.vocab_size
-    result["throughput"] = throughput(args, engines, hf_model, result["vocab_size"])
+    result["throughput"] = throughput(args, engines, hf_model, result["vocab_size"], anchors)
     result["bandwidth_bytes_s"].append(bandwidth())
-    result["fma_peak_flop_s"] = peak_at(result["threads"], peak_before)
     result["roofline"] = roofline(args, engines, result)
     return result
 
@@ -476,7 +594,7 @@ def main(argv: list[str] | None = None) -> None:
             on, off = (r["ttft_p50_ms_median"] for r in result["shared_prefix"])
             result["shared_prefix_ttft_ratio"] = on / off
         result["machine"]["loadavg_at_end_of_latlab"] = os.getloadavg()
-        result["vllm"] = vllm_anchor(args, model_dir)
+        result["vllm"] = vllm_anchor(args, model_dir, result)
         result["machine"]["loadavg_at_end"] = os.getloadavg()
     result["goals"] = goals(result)
     print_summary(result)
@@ -491,13 +609,14 @@ def roofline(args, engines: dict, result: dict) -> list[dict]:
     """Per variant and batch: bytes and FLOPs per token vs the rates measured in this run."""
     from latlab.engine.roofline import decode_cost
 
-    bw = statistics.median(result["bandwidth_bytes_s"])
+    whole_run_bw = statistics.median(result["bandwidth_bytes_s"])
     context = args.prompt_len + args.output_len // 2  # mean context over the decode
     # The timed run prefills every prompt too: each output token stands for this many tokens
     # through the linears (FLOPs), while the weights are read once per step (bytes).
     through = (args.prompt_len + args.output_len) / args.output_len
     rows = []
     for row in result["throughput"]:
+        bw = statistics.median(row.get("bandwidth_bytes_s") or [whole_run_bw])  # its rounds'
         for name, got in row["engines"].items():
             engine = engines[name].engine
             cost = decode_cost(
@@ -517,6 +636,17 @@ def roofline(args, engines: dict, result: dict) -> list[dict]:
     return rows
 
 
+def round_ratios(result: dict, name: str, batch: int) -> list[float] | None:
+    """``name``'s tok/s over vLLM's fastest variant round by round (interleaved runs only):
+    each ratio's two sides ran within the same minute or two."""
+    row = next((r for r in result.get("throughput", []) if r["batch"] == batch), {})
+    anchor = row.get("vllm_rounds")
+    if not anchor:
+        return None
+    best = [max(each) for each in zip(*anchor.values(), strict=True)]
+    return [ours / theirs for ours, theirs in zip(row["engines"][name]["tok_s"], best, strict=True)]
+
+
 def goals(result: dict) -> dict:
     vllm_best = {int(b): v for b, v in result["vllm"]["best"].items()}
     out = {}
@@ -525,6 +655,7 @@ def goals(result: dict) -> dict:
         anchor = vllm_best.get(r["batch"])
         out[key] = {
             "x_vllm": r["tok_s"] / anchor[0] if anchor else None,
+            "x_vllm_rounds": round_ratios(result, r["engine"], r["batch"]),
             # the ratio this engine would reach running every FLOP at the same-shape GEMM rate
             "x_vllm_at_gemm_rate": r["gemm_limit_tok_s"] / anchor[0] if anchor else None,
             "vllm_dtype": anchor[1] if anchor else None,
@@ -543,6 +674,13 @@ def print_summary(result: dict) -> None:
         f"load at start={m['loadavg_at_start']} end={m.get('loadavg_at_end')}; "
         f"read bandwidth {', '.join(bw)} GB/s (before, after)"
     )
+    for row in result["throughput"]:
+        probes = [b / 1e9 for b in row.get("bandwidth_bytes_s", [])]
+        if probes:
+            print(
+                f"batch {row['batch']}: read bandwidth {min(probes):.1f}-{max(probes):.1f} "
+                f"GB/s over its {len(probes)} rounds (the roofline takes their median)"
+            )
     vllm = result["vllm"]
     label = "NOT from this run (benchmarks.md)" if vllm.get("not_from_this_run") else "this run"
     runs = {d: r["tok_s"] for d, r in vllm.get("runs", {}).items()} or vllm["best"]
@@ -578,6 +716,12 @@ def _in_step_share(result: dict, name: str, batch: int) -> str:
     return "" if share is None else f"; its GEMMs are {100 * share:.0f}% of its steps' time"
 
 
+def _per_round(ratios: list[float] | None) -> str:
+    if not ratios:
+        return ""
+    return "; x vLLM round by round: " + " ".join(f"{x:.2f}" for x in ratios)
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "missed"
 
@@ -596,6 +740,7 @@ def print_goals(result: dict) -> None:
             f"bandwidth limit (goal >= 90%: {_verdict(bw >= GOAL_BANDWIDTH_FRACTION)}); at 100% "
             f"of its GEMM rate it would be {big['x_vllm_at_gemm_rate'] or 0:.2f}x vLLM"
             + _in_step_share(result, name, top)
+            + _per_round(big["x_vllm_rounds"])
         )
     fewer_bytes(result, low)
     peak_lines(result, top)

@@ -60,6 +60,48 @@ def test_stop_kills_the_whole_group_including_children_that_ignore_sigterm(tmp_p
     assert "children started" in (tmp_path / "tree.log").read_text()
 
 
+def _states(pgid: int) -> set[str]:
+    """The scheduler states ("S", "T", ...) of the group's processes."""
+    states = set()
+    for pid in group_members(pgid):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        states.add(stat.rsplit(")", 1)[1].split()[0])
+    return states
+
+
+def test_pause_stops_every_process_of_the_group_and_resume_continues_them(tmp_path):
+    port = free_port()
+    proc = _tree(port, tmp_path).start()
+    try:
+        proc.wait_http(f"http://127.0.0.1:{port}/health", timeout_s=30)
+        proc.pause()
+        time.sleep(0.2)
+        assert _states(proc.pid) == {"T"}
+        assert not http_ok(f"http://127.0.0.1:{port}/health", timeout_s=0.5)  # it cannot answer
+        proc.resume()
+        assert http_ok(f"http://127.0.0.1:{port}/health", timeout_s=5)
+        assert "T" not in _states(proc.pid)
+    finally:
+        proc.stop(grace_s=1.0)
+    assert group_members(proc.pid) == []
+
+
+def test_a_paused_group_acts_on_sigterm_at_once(tmp_path):
+    """Without the SIGCONT after the SIGTERM, stop() would wait its whole grace for a SIGKILL."""
+    code = "import time; print('up', flush=True); time.sleep(600)"
+    proc = ManagedProcess(ProcessSpec(argv=[sys.executable, "-c", code], name="paused",
+                                      log_path=tmp_path / "p.log")).start()  # fmt: skip
+    proc.wait_ready(lambda: "up" in proc.log_tail(), timeout_s=30)
+    proc.pause()
+    start = time.perf_counter()
+    assert proc.stop(grace_s=30.0) == -signal.SIGTERM
+    assert time.perf_counter() - start < 20.0  # by SIGTERM, not by the SIGKILL after 30 s
+    assert group_members(proc.pid) == []
+
+
 def test_context_manager_stops_on_error(tmp_path):
     port = free_port()
     with pytest.raises(RuntimeError), _tree(port, tmp_path) as proc:

@@ -14,6 +14,12 @@ after loading, for the planner's check of KV tokens per byte budget.
 vLLM starts its engine core in a spawned process, hence the ``__main__`` guard; its log (ours
 to parse for the KV figures) goes to a temporary file through the process's stdout/stderr fds,
 which the spawned workers inherit. ``--log FILE`` keeps that log.
+
+``--rounds-fds R,W`` (benchmarks/anchor_rounds.py drives it) loads once, warms up every batch,
+writes one JSON line ``{"ready": true, ...load figures}`` to fd W, then times one ``generate``
+per batch size it reads from fd R (a line each), answering a JSON line each, until ``quit`` or
+end of input: the caller interleaves these rounds with its own system's, and pauses this
+process group in between.
 """
 
 from __future__ import annotations
@@ -63,6 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kv-only", action="store_true", help="load, report KV size, no throughput")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--log", type=Path, default=None, help="keep vLLM's log in this file")
+    p.add_argument(
+        "--rounds-fds",
+        default=None,
+        help="R,W: after loading, time one generate per batch size read from fd R, answer on W",
+    )
     return p.parse_args(argv)
 
 
@@ -124,17 +135,26 @@ def kv_figures(log_text: str, llm) -> dict:  # type: ignore[no-untyped-def]
     return parse_kv_log(log_text, cache.block_size, blocks)
 
 
-def time_batch(llm, params, prompts, repeats: int) -> dict:  # type: ignore[no-untyped-def]
+def token_inputs(prompts: list[list[int]]) -> list:
     from vllm.inputs import TokensPrompt
 
-    inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+    return [TokensPrompt(prompt_token_ids=p) for p in prompts]
+
+
+def timed_generate(llm, params, inputs) -> tuple[int, float]:  # type: ignore[no-untyped-def]
+    """Output tokens and wall seconds of one ``generate`` over ``inputs``."""
+    t0 = time.perf_counter()
+    outs = llm.generate(inputs, params, use_tqdm=False)
+    dt = time.perf_counter() - t0
+    return sum(len(o.outputs[0].token_ids) for o in outs), dt
+
+
+def time_batch(llm, params, prompts, repeats: int) -> dict:  # type: ignore[no-untyped-def]
+    inputs = token_inputs(prompts)
     llm.generate(inputs, params, use_tqdm=False)  # warm-up at this batch shape
     rates, produced = [], 0
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        outs = llm.generate(inputs, params, use_tqdm=False)
-        dt = time.perf_counter() - t0
-        produced = sum(len(o.outputs[0].token_ids) for o in outs)
+        produced, dt = timed_generate(llm, params, inputs)
         rates.append(produced / dt)
     return {
         "batch": len(prompts),
@@ -142,6 +162,27 @@ def time_batch(llm, params, prompts, repeats: int) -> dict:  # type: ignore[no-u
         "tok_per_s": rates,
         "tok_per_s_median": statistics.median(rates),
     }
+
+
+def serve_rounds(llm, params, inputs: dict[int, list], fds: str, ready: dict) -> None:  # type: ignore[no-untyped-def]
+    """Warm up every batch, say ``ready`` on fd W, then time one generate per batch size read
+    from fd R (a JSON line back for each) until ``quit`` or end of input."""
+    r_fd, w_fd = (int(f) for f in fds.split(","))
+    for fd in (r_fd, w_fd):  # vLLM's spawned engine core must not hold our pipe ends
+        os.set_inheritable(fd, False)
+    for batch_inputs in inputs.values():
+        llm.generate(batch_inputs, params, use_tqdm=False)  # warm-up at this batch shape
+    with open(r_fd, encoding="utf-8") as requests, open(w_fd, "w", encoding="utf-8") as out:
+        out.write(json.dumps({"ready": True, **ready}) + "\n")
+        out.flush()
+        for line in requests:
+            if line.strip() in ("", "quit"):
+                break
+            batch = int(line)
+            produced, dt = timed_generate(llm, params, inputs[batch])
+            out.write(json.dumps({"batch": batch, "output_tokens": produced,
+                                  "tok_per_s": produced / dt}) + "\n")  # fmt: skip
+            out.flush()
 
 
 def machine_notes() -> dict:
@@ -216,10 +257,14 @@ def run(args: argparse.Namespace) -> dict:
             params = SamplingParams(
                 temperature=0.0, max_tokens=args.output_len, ignore_eos=True, seed=0
             )
-            result["throughput"] = [
-                time_batch(llm, params, distinct_prompts(b, args.prompt_len, vocab), args.repeats)
-                for b in batches
-            ]
+            prompts = {b: distinct_prompts(b, args.prompt_len, vocab) for b in batches}
+            if args.rounds_fds:
+                inputs = {b: token_inputs(p) for b, p in prompts.items()}
+                serve_rounds(llm, params, inputs, args.rounds_fds, result)
+            else:
+                result["throughput"] = [
+                    time_batch(llm, params, p, args.repeats) for p in prompts.values()
+                ]
     result["log"] = str(log_path)
     result["machine"]["loadavg_at_end"] = list(os.getloadavg())
     return result

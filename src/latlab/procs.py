@@ -226,12 +226,27 @@ class ManagedProcess:
         except subprocess.TimeoutExpired:
             return None
 
+    def pause(self) -> None:
+        """SIGSTOP the whole group: it keeps its memory and uses no CPU until ``resume()``
+        (a benchmark's anchor, loaded once, waits between rounds without competing)."""
+        if self.proc is not None:
+            _signal_group(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None:
+            _signal_group(self.proc.pid, signal.SIGCONT)
+
     def stop(self, grace_s: float = 10.0) -> int | None:
-        """SIGTERM the whole group, SIGKILL what is left after ``grace_s``; the exit code."""
+        """SIGTERM the whole group, SIGKILL what is left after ``grace_s``; the exit code.
+
+        SIGCONT follows the SIGTERM: a paused (or Ctrl-Z'd) group acts on it at once instead
+        of holding it until the SIGKILL.
+        """
         if self.proc is None:
             return None
         pgid = self.proc.pid  # a session leader's pgid is its pid
         _signal_group(pgid, signal.SIGTERM)
+        _signal_group(pgid, signal.SIGCONT)
         deadline = time.perf_counter() + grace_s
         while time.perf_counter() < deadline and (self.alive() or group_members(pgid)):
             time.sleep(0.05)

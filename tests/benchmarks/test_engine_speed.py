@@ -133,3 +133,96 @@ def test_a_timed_batch_run_reads_its_gemm_share_from_the_phase_clock(tmp_path):
     assert dict(llm.engine.runner.batch_decoder.phase_seconds())["qkv"] == 0.0  # timing off again
     _, _, small = engine_speed.time_engine(llm, prompts[:4], 4)  # 1-4 rows: the GEMV step
     assert small["gemm_share"] is None
+
+
+def test_every_round_probes_then_times_each_system_once_with_the_anchors_last(monkeypatch):
+    """A B A B: latlab's variants and each paused vLLM variant take turns within a round, and
+    the probes open each round, so medians and ratios come from the same minutes."""
+    import argparse
+    import types
+
+    calls = []
+    monkeypatch.setattr(engine_speed, "bandwidth", lambda: calls.append("bw") or 2e10)
+    monkeypatch.setattr(engine_speed, "gemm_rates", lambda engines, batch: calls.append("gemm")
+                        or {name: 1e11 for name in engines})  # fmt: skip
+
+    def time_engine(llm, prompts, output_len):
+        calls.append(f"{llm}@{len(prompts)}x{output_len}")
+        split = {"steps": 4, "step_s": 0.1, "forward_s": 0.09, "gemm_share": None}
+        return (100.0 if llm == "latlab" else 150.0), 50.0, split
+
+    class Anchor:
+        def __init__(self, label, rates):
+            self.label, self.rates = label, iter(rates)
+
+        def round(self, batch):
+            calls.append(f"{self.label}@{batch}")
+            return {"batch": batch, "tok_per_s": next(self.rates)}
+
+    monkeypatch.setattr(engine_speed, "time_engine", time_engine)
+    anchors = {"auto": Anchor("auto", [40.0, 60.0, 50.0]), "all": Anchor("all", [70, 90, 80])}
+    args = argparse.Namespace(batches="4", prompt_len=6, output_len=32, repeats=3)
+    engines = {"latlab": "latlab", "latlab-int8": "latlab-int8"}
+    rows = engine_speed.throughput(args, engines, None, 4096, anchors)
+    one_round = ["bw", "gemm", "latlab@4x32", "latlab-int8@4x32", "auto@4", "all@4"]
+    assert calls == ["latlab@4x8", "latlab-int8@4x8"] + one_round * 3  # warm-ups, then rounds
+    row = rows[0]
+    assert row["vllm_rounds"] == {"auto": [40.0, 60.0, 50.0], "all": [70, 90, 80]}
+    assert row["bandwidth_bytes_s"] == [2e10] * 3 and row["gemm_flop_s"]["latlab"] == 1e11
+    assert row["engines"]["latlab-int8"]["tok_s_median"] == 150.0
+
+    loads = {"auto": {"load_s": 120.0}, "all": {"load_s": 110.0}}
+    result = {"throughput": rows, "vllm_loads": loads}
+    pairing = types.SimpleNamespace(vllm_pairing="interleaved")
+    vllm = engine_speed.vllm_anchor(pairing, None, result)
+    assert vllm["best"] == {4: (80, "all")} and vllm["pairing"] == "interleaved"
+    assert vllm["runs"]["auto"]["tok_s"] == {4: 50.0} and vllm["runs"]["auto"]["load_s"] == 120
+    assert vllm["runs"]["all"]["raw"]["rounds"] == {4: [70, 90, 80]}
+    assert "vllm_loads" not in result  # folded into the runs
+
+
+def test_the_roofline_takes_each_batchs_own_bandwidth_probes(monkeypatch):
+    import argparse
+    import types
+
+    from latlab.engine import roofline as rl
+
+    cost = types.SimpleNamespace(flops_per_token=1e9, bytes_per_token=1e8, as_dict=dict)
+    monkeypatch.setattr(rl, "decode_cost", lambda model, **kw: cost)
+    engine = types.SimpleNamespace(runner=types.SimpleNamespace(model=None), kv_bytes_per_token=1)
+    row = {"batch": 1, "engines": {"e": {"tok_s_median": 90.0}}, "gemm_flop_s": {"e": 1e10},
+           "bandwidth_bytes_s": [9e9, 10e9, 30e9]}  # fmt: skip
+    result = {"bandwidth_bytes_s": [20e9, 20e9], "throughput": [row]}
+    args = argparse.Namespace(prompt_len=8, output_len=32)
+    got = engine_speed.roofline(args, {"e": types.SimpleNamespace(engine=engine)}, result)[0]
+    assert got["bandwidth_bytes_s"] == 10e9  # the median of its rounds, not the run's 20e9
+    assert got["bandwidth_limit_tok_s"] == 100.0
+
+
+def test_an_anchor_failing_in_a_round_is_dropped_and_the_others_go_on(monkeypatch, capsys):
+    error = engine_speed.beside("anchor_rounds").AnchorError
+
+    class Anchor:
+        def __init__(self, fail_at=None):
+            self.rounds, self.fail_at, self.closed = 0, fail_at, False
+
+        def round(self, batch):
+            self.rounds += 1
+            if self.rounds == self.fail_at:
+                raise error("vllm bind=auto ended before it sent a round at batch 64")
+            return {"batch": batch, "tok_per_s": 10.0 * self.rounds}
+
+        def close(self):
+            self.closed = True
+
+    flaky, steady = Anchor(fail_at=2), Anchor()
+    anchors = {"auto": flaky, "all": steady}
+    rounds = []
+    for _ in range(3):
+        got = {"bandwidth_bytes_s": 1.0, "gemm_flop_s": {}, "engines": {}}
+        got["anchors"] = engine_speed.anchor_rounds(anchors, 64)
+        rounds.append(got)
+    assert list(anchors) == ["all"] and flaky.closed and not steady.closed
+    assert "vLLM auto dropped: vllm bind=auto ended before" in capsys.readouterr().out
+    row = engine_speed.batch_row(64, rounds)
+    assert row["vllm_rounds"] == {"all": [10.0, 20.0, 30.0]}  # none of the dropped one's
