@@ -80,18 +80,22 @@ def test_an_anchor_dying_in_a_round_is_an_error_quoting_its_log_and_leaves_nothi
     assert group_members(anchor.proc.pid) == []
 
 
-def test_an_anchor_that_never_gets_ready_times_out_and_is_stopped(tmp_path):
-    argv = [sys.executable, "-c", "import time; print('loading', flush=True); time.sleep(600)"]
-    anchor = rounds.AnchorRounds(argv, name="slow-vllm", log_path=tmp_path / "slow.log")
-    want = r"sent no ready within 1 s(.|\n)*loading"
+@pytest.mark.parametrize(
+    ("code", "load_timeout_s", "want"),
+    [
+        # still loading at the deadline: timed out, stopped, its log quoted
+        ("import time; print('loading', flush=True); time.sleep(600)", 1,
+         r"sent no ready within 1 s(.|\n)*loading"),
+        # failed to load: ended, its reason quoted
+        ("import sys; sys.exit('no such model: /nope')", 60,
+         r"ended before it sent ready(.|\n)*/nope"),
+    ],
+)  # fmt: skip
+def test_an_anchor_that_never_gets_ready_says_why_and_is_stopped(
+    tmp_path, code, load_timeout_s, want
+):
+    argv = [sys.executable, "-c", code]
+    anchor = rounds.AnchorRounds(argv, name="vllm", log_path=tmp_path / "vllm.log")
     with pytest.raises(rounds.AnchorError, match=want), anchor:
-        anchor.start(load_timeout_s=1)
+        anchor.start(load_timeout_s=load_timeout_s)
     assert group_members(anchor.proc.pid) == []
-
-
-def test_an_anchor_that_fails_to_load_says_why(tmp_path):
-    argv = [sys.executable, "-c", "import sys; sys.exit('no such model: /nope')"]
-    anchor = rounds.AnchorRounds(argv, name="bad-vllm", log_path=tmp_path / "bad.log")
-    want = r"ended before it sent ready(.|\n)*/nope"
-    with pytest.raises(rounds.AnchorError, match=want), anchor:
-        anchor.start(load_timeout_s=60)
