@@ -647,6 +647,17 @@ def round_ratios(result: dict, name: str, batch: int) -> list[float] | None:
     return [ours / theirs for ours, theirs in zip(row["engines"][name]["tok_s"], best, strict=True)]
 
 
+def round_fractions(result: dict, r: dict) -> list[float] | None:
+    """Roofline row ``r``'s tok/s round by round against the bandwidth probe that opened the
+    same round (its own minute), as fractions of the limit; None without per-round probes."""
+    row = next((t for t in result.get("throughput", []) if t["batch"] == r["batch"]), {})
+    probes = row.get("bandwidth_bytes_s")
+    if not probes:
+        return None
+    tok_s = row["engines"][r["engine"]]["tok_s"]
+    return [t * r["bytes_per_token"] / bw for t, bw in zip(tok_s, probes, strict=True)]
+
+
 def goals(result: dict) -> dict:
     vllm_best = {int(b): v for b, v in result["vllm"]["best"].items()}
     out = {}
@@ -661,6 +672,7 @@ def goals(result: dict) -> dict:
             "vllm_dtype": anchor[1] if anchor else None,
             "gemm_fraction": r["achieved_flop_s"] / r["gemm_flop_s"],
             "bandwidth_fraction": r["tok_s"] / r["bandwidth_limit_tok_s"],
+            "bandwidth_fraction_rounds": round_fractions(result, r),
         }
     return out
 
@@ -716,10 +728,10 @@ def _in_step_share(result: dict, name: str, batch: int) -> str:
     return "" if share is None else f"; its GEMMs are {100 * share:.0f}% of its steps' time"
 
 
-def _per_round(ratios: list[float] | None) -> str:
+def _per_round(what: str, ratios: list[float] | None) -> str:
     if not ratios:
         return ""
-    return "; x vLLM round by round: " + " ".join(f"{x:.2f}" for x in ratios)
+    return f"; {what} round by round: " + " ".join(f"{x:.2f}" for x in ratios)
 
 
 def _verdict(ok: bool) -> str:
@@ -740,7 +752,10 @@ def print_goals(result: dict) -> None:
             f"bandwidth limit (goal >= 90%: {_verdict(bw >= GOAL_BANDWIDTH_FRACTION)}); at 100% "
             f"of its GEMM rate it would be {big['x_vllm_at_gemm_rate'] or 0:.2f}x vLLM"
             + _in_step_share(result, name, top)
-            + _per_round(big["x_vllm_rounds"])
+            + _per_round("x vLLM", big["x_vllm_rounds"])
+            + _per_round(
+                f"batch {low}'s share of the bandwidth limit", one.get("bandwidth_fraction_rounds")
+            )
         )
     fewer_bytes(result, low)
     peak_lines(result, top)

@@ -187,16 +187,21 @@ def test_the_roofline_takes_each_batchs_own_bandwidth_probes(monkeypatch):
 
     from latlab.engine import roofline as rl
 
-    cost = types.SimpleNamespace(flops_per_token=1e9, bytes_per_token=1e8, as_dict=dict)
+    cost = types.SimpleNamespace(flops_per_token=1e9, bytes_per_token=1e8)
+    cost.as_dict = lambda: {"batch": 1, "bytes_per_token": 1e8}  # as decode_cost's
     monkeypatch.setattr(rl, "decode_cost", lambda model, **kw: cost)
     engine = types.SimpleNamespace(runner=types.SimpleNamespace(model=None), kv_bytes_per_token=1)
-    row = {"batch": 1, "engines": {"e": {"tok_s_median": 90.0}}, "gemm_flop_s": {"e": 1e10},
+    row = {"batch": 1, "engines": {"e": {"tok_s_median": 90.0, "tok_s": [90.0, 80.0, 150.0]}},
+           "gemm_flop_s": {"e": 1e10},
            "bandwidth_bytes_s": [9e9, 10e9, 30e9]}  # fmt: skip
     result = {"bandwidth_bytes_s": [20e9, 20e9], "throughput": [row]}
     args = argparse.Namespace(prompt_len=8, output_len=32)
     got = engine_speed.roofline(args, {"e": types.SimpleNamespace(engine=engine)}, result)[0]
     assert got["bandwidth_bytes_s"] == 10e9  # the median of its rounds, not the run's 20e9
     assert got["bandwidth_limit_tok_s"] == 100.0
+    # each round against the probe that opened it: 90 / 90, 80 / 100, 150 / 300 tok/s
+    assert engine_speed.round_fractions(result, got) == pytest.approx([1.0, 0.8, 0.5])
+    assert engine_speed.round_fractions({"throughput": []}, got) is None
 
 
 def test_an_anchor_failing_in_a_round_is_dropped_and_the_others_go_on(monkeypatch, capsys):
