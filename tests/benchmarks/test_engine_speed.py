@@ -231,3 +231,25 @@ def test_an_anchor_failing_in_a_round_is_dropped_and_the_others_go_on(monkeypatc
     assert "vLLM auto dropped: vllm bind=auto ended before" in capsys.readouterr().out
     row = engine_speed.batch_row(64, rounds)
     assert row["vllm_rounds"] == {"all": [10.0, 20.0, 30.0]}  # none of the dropped one's
+
+
+def test_after_pairing_runs_each_vllm_variant_once_latlab_is_done(monkeypatch):
+    import types
+
+    ran = []
+
+    def run_vllm(args, model_dir, dtype, bind):
+        ran.append((dtype, bind))
+        if bind == "auto":
+            return None  # a failed run is left out
+        tok_s = 300.0 if dtype == "float32" else 250.0
+        return {"load_s": 90.0, "throughput": [{"batch": 64, "tok_per_s_median": tok_s}]}
+
+    monkeypatch.setattr(engine_speed, "run_vllm", run_vllm)
+    args = types.SimpleNamespace(vllm_pairing="after", vllm_dtypes="float32,bfloat16",
+                                 vllm_binds="auto,all")  # fmt: skip
+    vllm = engine_speed.vllm_anchor(args, None, {"vllm_loads": {}})
+    assert ran == [("float32", "auto"), ("float32", "all"), ("bfloat16", "auto"),
+                   ("bfloat16", "all")]  # fmt: skip
+    assert set(vllm["runs"]) == {"float32 bind=all", "bfloat16 bind=all"}
+    assert vllm["best"] == {64: (300.0, "float32 bind=all")} and vllm["pairing"] == "after"
