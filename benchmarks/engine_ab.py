@@ -35,6 +35,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-dir", type=Path, default=Path("/tmp/latlab-ref106m-bf16"))
     p.add_argument("--dtype", default="float32")
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=None,
+        help="the engines' max_num_seqs (default: --batch; above 4 a float32 engine "
+        "keeps packed copies beside the native decode steps' weights)",
+    )
     p.add_argument("--output-len", type=int, default=32)
     p.add_argument("--runs", type=int, default=4, help="timed runs in each process")
     p.add_argument("--threads", type=int, default=2)
@@ -62,7 +69,7 @@ def timed_runs(args: argparse.Namespace, step_ops: bool) -> dict:
     from latlab.engine import LLM, SamplingParams
 
     llm = LLM(str(args.model_dir), dtype=args.dtype, kv_cache_bytes=1 << 30,
-              num_threads=args.threads, max_num_seqs=args.batch,
+              num_threads=args.threads, max_num_seqs=args.max_num_seqs or args.batch,
               native_decode=False if step_ops else None)  # fmt: skip
     engine, prompts = llm.engine, distinct_prompts(args.batch, 6, 4096)
 
@@ -109,7 +116,8 @@ def child_process(args: argparse.Namespace, label: str, src: str, step_ops: bool
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "step-ops" if step_ops
            else "native", "--model-dir", str(args.model_dir), "--dtype", args.dtype,
            "--batch", str(args.batch), "--output-len", str(args.output_len),
-           "--runs", str(args.runs), "--threads", str(args.threads)]  # fmt: skip
+           "--runs", str(args.runs), "--threads", str(args.threads),
+           "--max-num-seqs", str(args.max_num_seqs or args.batch)]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"side {label} failed:\n{done.stderr[-2000:]}")

@@ -5,12 +5,14 @@ must read (the weights once, plus the KV cache) at the read bandwidth measured i
 This script measures, in one process and interleaved round by round (A B C D A B C D ...):
 
 - the engine's decode step at ``--batches`` (default 1) with the native decode steps
-  (``native_decode``) and huge-page weights (``huge_pages``) each on and off;
+  (``native_decode``) and huge-page weights (``huge_pages``) each on and off, and the default
+  engine of ``engine_speed.py`` (room for 64 sequences: its plain weights in GEMV blocks);
 - the read bandwidth: ``latlab.engine.roofline.measure_read_bandwidth`` (the figure
   engine_speed.py divides by, a torch sum over a 512 MB buffer in 4 KiB pages) and the same sum
   over a buffer in huge pages;
-- each of the model's linear shapes at ``--rows``: torch's ``F.linear`` and the native GEMV,
-  over 12 distinct weights per shape (as the model holds them), in GB/s of weights read.
+- each of the model's linear shapes at ``--rows``: torch's ``F.linear`` and the native GEMV on
+  plain rows and on GEMV blocks, over 12 distinct weights per shape (as the model holds them),
+  in GB/s of weights read.
 
     flock /work/wt/bench.lock nice -n 10 .venv/bin/python benchmarks/engine_batch1.py --threads 1
 """
@@ -30,6 +32,12 @@ VARIANTS = {  # name -> engine settings
     "torch ops, huge pages": {"native_decode": False, "huge_pages": True},
     "native, 4 KiB pages": {"native_decode": True, "huge_pages": False},
     "native, huge pages": {"native_decode": True, "huge_pages": True},
+    # room for 64 sequences: packed copies for larger steps, and these weights in GEMV blocks
+    "native, huge pages, GEMV blocks": {
+        "native_decode": True,
+        "huge_pages": True,
+        "max_num_seqs": 64,
+    },
 }
 
 
@@ -119,10 +127,10 @@ def engine_steps(args, batch: int) -> tuple[dict[str, Callable[[], float]], dict
     fns, described = {}, {}
     params = SamplingParams(max_tokens=1800, ignore_eos=True)
     for name, settings in VARIANTS.items():
-        engine = LLMEngine(EngineConfig(
-            model=str(args.model_dir), dtype=args.dtype, num_threads=args.threads,
-            max_num_seqs=batch, **settings,
-        ))  # fmt: skip
+        engine = LLMEngine(EngineConfig(**{
+            "model": str(args.model_dir), "dtype": args.dtype, "num_threads": args.threads,
+            "max_num_seqs": batch, **settings,
+        }))  # fmt: skip
         for i in range(batch):
             prompt = [10 + (i * 7919 + j * 104729 + 17) % 4000 for j in range(args.context)]
             engine.add_request(prompt, params)
@@ -142,11 +150,13 @@ def engine_steps(args, batch: int) -> tuple[dict[str, Callable[[], float]], dict
 
 
 def shape_rates(args, rows: int) -> dict[str, Callable[[], float]]:
-    """GB/s of weights read by F.linear and the native GEMV at each of the model's shapes."""
+    """GB/s of weights read by F.linear and the native GEMV (plain rows, GEMV blocks) at each
+    of the model's shapes."""
     import torch
     import torch.nn.functional as F
 
     from latlab.engine.kernels import small_linear
+    from latlab.engine.models.gemv_blocks import blocks_of
     from latlab.model_files import load_model_config
 
     cfg = load_model_config(str(args.model_dir))
@@ -158,9 +168,12 @@ def shape_rates(args, rows: int) -> dict[str, Callable[[], float]]:
     gemv = small_linear(wait=True).fn
     fns = {}
     for name, (n, k) in shapes.items():
-        weights = [torch.randn(n, k) for _ in range(cfg["num_hidden_layers"])]
+        plain = [torch.randn(n, k) for _ in range(cfg["num_hidden_layers"])]
+        blocks = [blocks_of(w) for w in plain]
         x = torch.randn(rows, k)
-        for label, linear in (("F.linear", F.linear), ("native GEMV", gemv)):
+        kinds = (("F.linear", F.linear, plain), ("native GEMV", gemv, plain),
+                 ("native GEMV, blocks", gemv, blocks))  # fmt: skip
+        for label, linear, weights in kinds:
 
             def run(weights=weights, x=x, linear=linear) -> float:
                 start = time.perf_counter()
@@ -173,7 +186,8 @@ def shape_rates(args, rows: int) -> dict[str, Callable[[], float]]:
 
 
 def breakdown(args, probes: dict[str, Callable[[], float]]) -> dict:
-    """Milliseconds of a batch-1 step of the default engine next to what it must do: its own
+    """Milliseconds of a batch-1 step of the default engine (room for 64 sequences, as
+    engine_speed.py runs it) next to what it must do: its own
     linear weights streamed by the native GEMV alone and by a torch sum, and the probe's time
     for the same bytes; interleaved rounds."""
     import torch
@@ -181,10 +195,11 @@ def breakdown(args, probes: dict[str, Callable[[], float]]) -> dict:
     from latlab.engine import EngineConfig, SamplingParams
     from latlab.engine.kernels import small_linear
     from latlab.engine.llm_engine import LLMEngine
+    from latlab.engine.models.gemv_blocks import gemv_weight
     from latlab.engine.roofline import decode_cost, linear_layers
 
     engine = LLMEngine(EngineConfig(model=str(args.model_dir), dtype=args.dtype,
-                                    num_threads=args.threads, max_num_seqs=1))  # fmt: skip
+                                    num_threads=args.threads, max_num_seqs=64))  # fmt: skip
     engine.add_request(list(range(10, 10 + args.context)), SamplingParams(max_tokens=1800))
     for _ in range(4):
         engine.step()
@@ -210,9 +225,9 @@ def breakdown(args, probes: dict[str, Callable[[], float]]) -> dict:
         "step": timed(engine.step),
         "forward": forward_ms,
         "native GEMVs alone": timed(
-            lambda: [gemv(xs[m.in_features], m.weight, None) for m in layers]
+            lambda: [gemv(xs[m.in_features], gemv_weight(m), None) for m in layers]
         ),
-        "torch sum of the same weights": timed(lambda: [m.weight.sum() for m in layers]),
+        "torch sum of the same weights": timed(lambda: [gemv_weight(m).sum() for m in layers]),
         "probe, same bytes": lambda: 1e3 * weight_bytes / probes["measure_read_bandwidth"](),
     }
     return {name: summary(v, times=True) for name, v in interleaved(fns, args.rounds).items()}

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from latlab.engine import LLM, SamplingParams
 from latlab.engine.hardware import cpu_capabilities
 from latlab.engine.kernels import decode_model, small_linear
+from latlab.engine.models.gemv_blocks import gemv_weight
 from latlab.engine.models.int8_linear import quantize_per_channel
 from latlab.engine.models.packed_linear import PackedLinear
 from latlab.engine.models.panel_linear import PanelPackedLinear
@@ -105,7 +106,7 @@ def test_packed_float32_engine_decodes_small_steps_natively_on_the_plain_weights
     runner = packed.engine.runner
     qkv = runner.model.layers[0].self_attn.qkv_proj
     assert runner.weight_plan.keep_plain and isinstance(qkv, (PackedLinear, PanelPackedLinear))
-    assert qkv.weight is not None and runner.native_step is not None
+    assert gemv_weight(qkv) is not None and runner.native_step is not None
     prompts = mixed_prompts(6)
     params = SamplingParams(max_tokens=8, logprobs=3, ignore_eos=True)
     plain = LLM(str(tiny_model_dir), packed_linear=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from latlab.engine import LLM
+from latlab.engine.models.gemv_blocks import gemv_weight, rows_of
 from latlab.engine.roofline import (
     decode_cost,
     linear_layers,
@@ -53,20 +54,23 @@ def test_measurements_return_rates(tiny_model_dir):
 
 
 def test_linear_rate_runs_the_kernel_it_is_given_on_every_layer(tiny_model_dir):
-    """The rate of the kernel the engine really uses (the native GEMV of small decode steps)."""
+    """The rate of the kernel the engine really uses (the native GEMV of small decode steps),
+    on the weights it reads (GEMV blocks for the layers laid out so; the tied head's rows)."""
     model, _ = _model(tiny_model_dir)
     shapes = []
 
     def linear(x, weight, bias):
         shapes.append((x.shape[0], tuple(weight.shape)))
-        return torch.nn.functional.linear(x, weight, bias)
+        rows = rows_of(weight) if weight.dim() == 3 else weight
+        return torch.nn.functional.linear(x, rows, bias)
 
     rate = measure_linear_rate(
         model, batch=2, dtype=torch.float32, device=CPU, repeats=1, linear=linear
     )
     layers = linear_layers(model)
     assert rate > 1e6 and len(shapes) >= len(layers)
-    assert set(shapes) == {(2, tuple(m.weight.shape)) for m in layers}
+    assert set(shapes) == {(2, tuple(gemv_weight(m).shape)) for m in layers}
+    assert 3 in {len(shape) for _, shape in shapes}  # GEMV blocks where laid out
 
 
 def test_linear_rate_hands_int8_layers_their_rows_and_scales(tiny_model_dir):

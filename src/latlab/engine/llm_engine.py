@@ -313,7 +313,7 @@ class LLMEngine:
             f"compute {d['compute_dtype']}, linear {d['linear']} ({d['reason']}); "
             f"{d['weight_memory_bytes'] / 1e6:,.0f} MB of weights in memory; "
             f"KV {d['kv_cache_dtype']} in {d['kv_cache_pages']}; "
-            f"decode layers: {d['decode_layers']}; "
+            f"decode layers: {d['decode_layers']}, their weights {d['gemv_weights']}; "
             f"decode batches: {d['decode_batches']}; "
             f"elementwise: {d['step_ops']}; "
             f"weights in huge pages: {d['huge_pages']}"

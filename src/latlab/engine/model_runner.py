@@ -41,6 +41,7 @@ from latlab.engine.kernels import (
     step_ops,
 )
 from latlab.engine.models.config import ModelArgs
+from latlab.engine.models.gemv_blocks import GemvBlocks, block_gemv_weights
 from latlab.engine.models.llama import AttentionMetadata, load_llama
 from latlab.engine.models.packed_linear import drop_plain_weights
 from latlab.engine.outputs import Logprob, PositionLogprobs
@@ -102,8 +103,7 @@ class ModelRunner:
         self.decode_kernel, self.attention_reason = self._decode_kernel()
         self.step_ops, self.step_ops_reason = self._step_ops()
         decoder_class, self.decode_reason = self._native_decode()
-        if decoder_class is None and self.weight_plan.keep_plain:
-            drop_plain_weights(self.model)  # only the native decode steps read them
+        self.gemv_blocks = self._gemv_layout(decoder_class is not None)
         self.weight_memory_bytes = held_bytes(self.model)  # fixed from here on
         self.packed_linear = self.weight_plan.linear in PACKED_KERNELS
         shape = (num_blocks, args.num_key_value_heads, config.block_size, args.head_dim)
@@ -182,6 +182,16 @@ class ModelRunner:
         if wanted and not moved.available:
             raise ConfigError(f"huge_pages=True but {moved.reason}")
         return moved
+
+    def _gemv_layout(self, native_decode: bool) -> GemvBlocks:
+        """The plain weights kept beside packed copies are read only by the native decode
+        steps: released without them, laid out in GEMV blocks for them."""
+        if not self.weight_plan.keep_plain:
+            return GemvBlocks(layers=0, bytes=0, reason="plain rows (no packed copies)")
+        if not native_decode:
+            drop_plain_weights(self.model)
+            return GemvBlocks(layers=0, bytes=0, reason="released (no native decode steps)")
+        return block_gemv_weights(self.model)
 
     def _decode_kernel(self) -> tuple[Callable[..., torch.Tensor] | None, str]:
         """The native paged decode attention where wanted and available (CPU), and why."""
@@ -273,6 +283,7 @@ class ModelRunner:
             "step_ops": self.step_ops_reason,
             "weight_memory_bytes": self.weight_memory_bytes,
             **self.huge_pages.as_dict(),
+            **self.gemv_blocks.as_dict(),
             **self.weight_plan.as_dict(),
         }
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from latlab.engine.models.amx_linear import AmxPackedLinear
+from latlab.engine.models.gemv_blocks import gemv_weight
 from latlab.engine.models.int8_linear import Int8Linear
 from latlab.engine.models.packed_linear import PackedLinear
 from latlab.engine.models.panel_linear import PanelPackedLinear
@@ -130,7 +131,8 @@ def measure_linear_rate(
 
     ``linear(x, weight, bias[, scale])`` replaces the modules' own forward where the engine runs
     these shapes through another kernel (the native GEMV of 1-4 row decode steps; int8 layers
-    pass their int8 rows and scales).
+    pass their int8 rows and scales; float32 layers the GEMV's own weights, GEMV blocks where
+    the engine laid them out so).
     """
     layers = linear_layers(model)
     act = dtype if linear is None else torch.float32  # the native GEMV's rows are float32
@@ -147,7 +149,7 @@ def measure_linear_rate(
                 elif hasattr(m, "qweight"):  # weight-only int8: the rows and their scales
                     linear(x, m.qweight, bias, m.scale)
                 else:
-                    linear(x, m.weight, bias)
+                    linear(x, gemv_weight(m), bias)
 
     seconds = _median_seconds(run, device, repeats)
     return 2 * batch * sum(m.in_features * m.out_features for m in layers) / seconds

@@ -62,14 +62,22 @@ using latlab::Zmm;
 constexpr int64_t kPrefetchBytes = 2048;
 #endif  // LATLAB_AVX2
 
-// A weight matrix as a GEMV reads it: rows [n_dim, k_dim] of W (float32, bf16 or int8), the
-// int8 rows' scales (else null) and a bias (or null): y = scale * (x . w_row) + bias.
+// Float32 weights in GEMV blocks (models/gemv_blocks.py): [N/4][K/8][4][8], each 4 rows
+// interleaved 8 floats at a time, so a thread streams one run of memory where 4 plain rows are
+// 4 runs at once. On the AVX2 EPYC that read 1.04-1.09x faster at 1 and 2 threads over the
+// reference model's shapes, and a single-row stream did not (docs/engine.md, lever table).
+constexpr int64_t kBlockRows = 4, kBlockLanes = 8;
+
+// A weight matrix as a GEMV reads it: [n_dim, k_dim] of W (float32, bf16 or int8: plain rows,
+// or float32 GEMV blocks), the int8 rows' scales (else null) and a bias (or null):
+// y = scale * (x . w_row) + bias.
 template <typename W>
 struct Matrix {
   const W* w;
   const float* scale;
   const float* bias;
   int64_t n_dim, k_dim;
+  bool blocked = false;
 };
 
 inline float finish(float sum, const float* scale, const float* bias, int64_t row) {
@@ -143,6 +151,70 @@ inline void dot_rows(const float* x, const Matrix<W>& mat, int64_t n, float* y) 
 }
 #endif
 
+#ifdef LATLAB_AVX2
+// GEMV block n..n+4 against the M rows of x: the same sums in the same order as dot_rows_with
+// on plain rows (U accumulators a row, 8 lanes each), so both layouts give the same bits.
+template <int M, int U>
+inline void dot_block(const float* x, const Matrix<float>& mat, int64_t n, float* y) {
+  const int64_t k_dim = mat.k_dim;
+  __m256 acc[M][kBlockRows][U];
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < kBlockRows; ++r)
+      for (int u = 0; u < U; ++u) acc[m][r][u] = Ymm::zero();
+  const float* block = mat.w + n * k_dim;
+  for (int64_t k = 0; k < k_dim; k += kBlockLanes * U) {
+    for (int u = 0; u < U; ++u) {
+      __m256 xv[M];
+      for (int m = 0; m < M; ++m) xv[m] = Ymm::rows(x + m * k_dim + k + kBlockLanes * u);
+      const float* wk = block + (k + kBlockLanes * u) * kBlockRows;
+      for (int r = 0; r < kBlockRows; ++r) {
+        const __m256 wv = Ymm::rows(wk + r * kBlockLanes);
+        for (int m = 0; m < M; ++m) acc[m][r][u] = Ymm::fma(wv, xv[m], acc[m][r][u]);
+      }
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    for (int r = 0; r < kBlockRows; ++r) {
+      for (int u = 1; u < U; ++u) acc[m][r][0] = Ymm::add(acc[m][r][0], acc[m][r][u]);
+      y[m * mat.n_dim + n + r] = finish(Ymm::sum(acc[m][r][0]), mat.scale, mat.bias, n + r);
+    }
+  }
+}
+#else
+template <int M, int U>
+inline void dot_block(const float* x, const Matrix<float>& mat, int64_t n, float* y) {
+  const float* block = mat.w + n * mat.k_dim;
+  for (int m = 0; m < M; ++m) {
+    for (int r = 0; r < kBlockRows; ++r) {
+      const float* xm = x + m * mat.k_dim;
+      float s = 0.f;
+      for (int64_t k = 0; k < mat.k_dim; ++k) {
+        s += xm[k] * block[(k / kBlockLanes) * kBlockRows * kBlockLanes + r * kBlockLanes +
+                           k % kBlockLanes];
+      }
+      y[m * mat.n_dim + n + r] = finish(s, mat.scale, mat.bias, n + r);
+    }
+  }
+}
+#endif
+
+// Rows [lo, hi) (whole blocks) of GEMV blocks against the M rows of x. The blocking of plain
+// rows per row count (4 rows x 2 accumulators at M=1, 4 x 1 at M=2, 2 x 1 at 3-4); 3-4 rows
+// of x take a block twice, two rows of x at a time (the second pass reads it from the cache).
+inline void gemv_blocks(const float* x, int64_t m, const Matrix<float>& mat, float* y,
+                        int64_t lo, int64_t hi) {
+  const int64_t k2 = 2 * mat.k_dim, n2 = 2 * mat.n_dim;
+  for (int64_t n = lo; n < hi; n += kBlockRows) {
+    switch (m) {
+      case 1: dot_block<1, 2>(x, mat, n, y); break;
+      case 2: dot_block<2, 1>(x, mat, n, y); break;
+      case 3: dot_block<2, 1>(x, mat, n, y), dot_block<1, 1>(x + k2, mat, n, y + n2); break;
+      case 4: dot_block<2, 1>(x, mat, n, y), dot_block<2, 1>(x + k2, mat, n, y + n2); break;
+      default: TORCH_CHECK(false, "native GEMV: 1 to ", kMaxRows, " rows, got ", m);
+    }
+  }
+}
+
 // Rows [lo, hi) of the matrix against the M rows of x, R rows of W at a time (the tail one by
 // one).
 template <int M, int R, int U, typename W>
@@ -157,6 +229,9 @@ void gemv_span(const float* x, const Matrix<W>& mat, float* y, int64_t lo, int64
 template <typename W>
 void gemv_part(const float* x, int64_t m, const Matrix<W>& mat, float* y, int64_t lo,
                int64_t hi) {
+  if constexpr (std::is_same_v<W, float>) {
+    if (mat.blocked) return gemv_blocks(x, m, mat, y, lo, hi);
+  }
   switch (m) {
     case 1: return gemv_span<1, 4, 2>(x, mat, y, lo, hi);
     case 2: return gemv_span<2, 4, 1>(x, mat, y, lo, hi);
@@ -203,31 +278,46 @@ void check_long(const torch::Tensor& t, int64_t n, const char* who, const char* 
 
 // Weights: contiguous CPU float32, bf16 (a bf16 model's plain weights, streamed at half the
 // bytes) or int8 with a scale per row (weight-only int8: a quarter of float32's bytes); the
-// activations and sums stay float32.
+// activations and sums stay float32. Plain rows [N, K], or float32 GEMV blocks [N/4, K/8, 32]
+// with K a multiple of 16.
 void check_weight(const torch::Tensor& t, at::ScalarType type, const char* name) {
   check_cpu(t, name);
   TORCH_CHECK((type == at::kFloat || type == at::kBFloat16 || type == at::kChar) &&
                   t.scalar_type() == type,
               name, ": weights float32, bf16 or int8, all of one dtype expected");
+  const bool blocks = t.dim() == 3 && type == at::kFloat && t.size(1) % 2 == 0 &&
+                      t.size(2) == kBlockRows * kBlockLanes;
+  TORCH_CHECK(t.dim() == 2 || blocks, name,
+              ": weight rows [N, K], or float32 GEMV blocks [N/4, K/8, 32] (K a multiple of 16)");
+}
+
+// A weight's rows and columns as the GEMV sees them (plain rows or GEMV blocks).
+int64_t weight_rows(const torch::Tensor& w) {
+  return w.dim() == 3 ? w.size(0) * kBlockRows : w.size(0);
+}
+int64_t weight_cols(const torch::Tensor& w) {
+  return w.dim() == 3 ? w.size(1) * kBlockLanes : w.size(1);
 }
 
 // An int8 weight's scales: float32, one per row.
 void check_scale(const torch::Tensor& scale, const torch::Tensor& w, const char* name) {
   check_f32(scale, name);
-  TORCH_CHECK(scale.numel() == w.size(0), name, ": one float32 scale per weight row expected");
+  TORCH_CHECK(scale.numel() == weight_rows(w), name,
+              ": one float32 scale per weight row expected");
 }
 
 template <typename W>
 Matrix<W> matrix(const torch::Tensor& w, const torch::Tensor& scale, const torch::Tensor& bias) {
   const auto given = [](const torch::Tensor& t) { return t.defined() && t.numel() > 0; };
   return {w.data_ptr<W>(), given(scale) ? scale.data_ptr<float>() : nullptr,
-          given(bias) ? bias.data_ptr<float>() : nullptr, w.size(0), w.size(1)};
+          given(bias) ? bias.data_ptr<float>() : nullptr, weight_rows(w), weight_cols(w),
+          w.dim() == 3};
 }
 
 template <typename W>
 torch::Tensor run_small_linear(const torch::Tensor& x, const torch::Tensor& w,
                                const torch::Tensor& scale, const torch::Tensor& bias) {
-  auto y = torch::empty({x.size(0), w.size(0)}, x.options());
+  auto y = torch::empty({x.size(0), weight_rows(w)}, x.options());
   gemv(x.data_ptr<float>(), x.size(0), matrix<W>(w, scale, bias), y.data_ptr<float>());
   return y;
 }
@@ -279,15 +369,15 @@ torch::Tensor small_linear(const torch::Tensor& x, const torch::Tensor& w,
                            const std::optional<torch::Tensor>& scale) {
   check_f32(x, "small_linear x");
   check_weight(w, w.scalar_type(), "small_linear weight");
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
-              "small_linear: x [M, K] and weight [N, K] expected");
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == weight_cols(w),
+              "small_linear: x [M, K] and weight [N, K] (or its GEMV blocks) expected");
   TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= kMaxRows, "small_linear: 1 to ", kMaxRows,
               " rows, got ", x.size(0));
   const auto none = torch::empty({0});
   const torch::Tensor& b = bias.has_value() ? *bias : none;
   if (bias.has_value()) {
     check_f32(b, "small_linear bias");
-    TORCH_CHECK(b.numel() == w.size(0), "small_linear: bias of the weight's rows expected");
+    TORCH_CHECK(b.numel() == weight_rows(w), "small_linear: bias of the weight's rows expected");
   }
   const bool int8 = w.scalar_type() == at::kChar;
   TORCH_CHECK(int8 == scale.has_value(), "small_linear: int8 weights take a scale per row, "
@@ -381,6 +471,7 @@ DecodeModel::DecodeModel(std::vector<torch::Tensor> model,
   TORCH_CHECK(type == at::kFloat || type == at::kBFloat16,
               "DecodeModel: a float32 or bf16 embedding expected");
   check_weight(embed_, type, "DecodeModel embedding"), check_weight(head_, type, "DecodeModel head");
+  TORCH_CHECK(embed_.dim() == 2, "DecodeModel: an embedding of rows [vocab, hidden] expected");
   TORCH_CHECK(cos_.scalar_type() == sin_.scalar_type() && cos_.sizes() == sin_.sizes() &&
                   (cos_.scalar_type() == type || cos_.scalar_type() == at::kFloat),
               "DecodeModel: cos/sin tables of one shape, in float32 or the weights' dtype");
@@ -389,7 +480,7 @@ DecodeModel::DecodeModel(std::vector<torch::Tensor> model,
   for (const auto& l : layers) add_layer(l);
   const Layer& first = layers_.front();
   dims_ = Dims{embed_.size(1), num_heads, first.k_cache.size(1), first.k_cache.size(3),
-               first.w_down.size(1), head_.size(0), cos_.size(0), first.k_cache.size(0),
+               weight_cols(first.w_down), weight_rows(head_), cos_.size(0), first.k_cache.size(0),
                first.k_cache.size(2)};
   check_shapes();
 }
@@ -429,16 +520,17 @@ void DecodeModel::check_shapes() const {
   const Dims& s = dims_;
   const Layer& first = layers_.front();
   for (const auto& layer : layers_) {
-    TORCH_CHECK(layer.w_qkv.size(0) == s.qkv_dim() && layer.w_qkv.size(1) == s.hidden &&
-                    layer.w_o.size(0) == s.hidden && layer.w_o.size(1) == s.q_dim() &&
-                    layer.w_gate_up.size(0) == 2 * s.inter &&
-                    layer.w_gate_up.size(1) == s.hidden && layer.w_down.size(0) == s.hidden &&
+    TORCH_CHECK(weight_rows(layer.w_qkv) == s.qkv_dim() && weight_cols(layer.w_qkv) == s.hidden &&
+                    weight_rows(layer.w_o) == s.hidden && weight_cols(layer.w_o) == s.q_dim() &&
+                    weight_rows(layer.w_gate_up) == 2 * s.inter &&
+                    weight_cols(layer.w_gate_up) == s.hidden &&
+                    weight_rows(layer.w_down) == s.hidden &&
                     layer.k_cache.sizes() == first.k_cache.sizes() &&
                     layer.norm1.numel() == s.hidden && layer.norm2.numel() == s.hidden &&
                     (layer.b_qkv.numel() == 0 || layer.b_qkv.numel() == s.qkv_dim()),
                 "DecodeModel: weight shapes do not match the heads and the cache");
   }
-  TORCH_CHECK(head_.size(1) == s.hidden && norm_.numel() == s.hidden && cos_.size(1) == s.d &&
+  TORCH_CHECK(weight_cols(head_) == s.hidden && norm_.numel() == s.hidden && cos_.size(1) == s.d &&
                   s.d % 2 == 0 && s.heads % s.kv_heads == 0,
               "DecodeModel: head, norm or RoPE tables do not match the model");
 }
@@ -537,7 +629,7 @@ void DecodeModel::head(const StepInputs& in, Local& lo, float* logits, int t, in
       rms_norm(lo.x.data() + in.logit_rows[r0 + r] * s.hidden, norm_.data_ptr<float>(),
                lo.h.data() + r * s.hidden, 1, s.hidden, eps_);
     }
-    const Matrix<W> mat{head_.data_ptr<W>(), nullptr, nullptr, s.vocab, s.hidden};
+    const Matrix<W> mat = matrix<W>(head_, torch::Tensor(), torch::Tensor());
     gemv_part(lo.h.data(), n, mat, logits + r0 * s.vocab, span.lo, span.hi);
   }
 }

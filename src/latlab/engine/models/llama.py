@@ -20,6 +20,7 @@ from latlab.engine import kv_int8
 from latlab.engine.kernels import StepOps
 from latlab.engine.models.amx_linear import AmxPackedLinear
 from latlab.engine.models.config import ModelArgs
+from latlab.engine.models.gemv_blocks import gemv_weight
 from latlab.engine.models.int8_linear import Int8Linear
 from latlab.engine.models.panel_linear import PanelPackedLinear
 from latlab.errors import ModelLoadError
@@ -252,12 +253,13 @@ class DecoderLayer(nn.Module):
     def native_tensors(self, k_cache: torch.Tensor, v_cache: torch.Tensor) -> list[torch.Tensor]:
         """What the native decode step reads of this layer (decode_step.cpp), in its order: the
         norms and the qkv bias as float32 (copies, made once, in a bf16 model; an empty tensor
-        for no bias), the plain weights in the model's dtype, the layer's caches; for
+        for no bias), the weights in the model's dtype (plain rows, or float32 GEMV blocks:
+        gemv_blocks.py), the layer's caches; for
         weight-only int8 layers their int8 weights, then their float32 scales after the caches."""
         attn, mlp = self.self_attn, self.mlp
         linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
         int8 = isinstance(attn.qkv_proj, Int8Linear)
-        qkv, o, gate_up, down = (m.qweight if int8 else m.weight for m in linears)
+        qkv, o, gate_up, down = (m.qweight if int8 else gemv_weight(m) for m in linears)
         bias = attn.qkv_proj.bias
         tensors = [
             self.input_layernorm.weight.float(), qkv,
@@ -329,7 +331,7 @@ class LlamaForCausalLM(nn.Module):
         dtype: a bf16 model streams its bf16 weights and rounds no activation to bf16 between
         ops, so its tokens there can differ from the torch ops' in the last bits."""
         model = [self.embed_tokens.weight, self.cos_table, self.sin_table,
-                 self.norm.weight.float(), self.lm_head.weight]  # fmt: skip
+                 self.norm.weight.float(), gemv_weight(self.lm_head)]  # fmt: skip
         pairs = zip(self.layers, kv_caches, strict=True)
         layers = [layer.native_tensors(k, v) for layer, (k, v) in pairs]
         attn = self.layers[0].self_attn
