@@ -55,9 +55,10 @@ def test_blocks_are_written_into_the_weights_own_memory():
 @pytest.mark.parametrize(
     ("shape", "dtype", "ok"),
     [((8, 32), torch.float32, True), ((6, 32), torch.float32, False),
-     ((8, 24), torch.float32, False), ((8, 32), torch.bfloat16, False)],
+     ((8, 24), torch.float32, False), ((8, 32), torch.bfloat16, False),
+     ((8, 1008), torch.float32, True), ((8, 1024), torch.float32, False)],
 )  # fmt: skip
-def test_only_float32_matrices_of_whole_blocks_fit(shape, dtype, ok):
+def test_only_float32_matrices_of_whole_blocks_with_rows_under_4_kib_fit(shape, dtype, ok):
     assert fits(torch.zeros(shape, dtype=dtype)) is ok
 
 
@@ -82,20 +83,24 @@ def test_gemv_refuses_malformed_blocks(gemv, blocks, message):
         gemv(torch.randn(1, blocks.shape[1] * 8), blocks, None)
 
 
-def test_a_tied_head_stays_plain_rows():
-    """The head of a tied model is the embedding, read by rows: it is not laid out."""
+def test_a_tied_head_and_long_rows_stay_plain_rows():
+    """The head of a tied model is the embedding, read by rows: it is not laid out; nor are
+    rows of 4 KiB or more."""
     model = nn.Module()
     model.embed = nn.Embedding(16, 32)
     model.head = nn.Linear(32, 16, bias=False)
     model.head.weight = model.embed.weight
     model.proj = nn.Linear(32, 8, bias=False)
-    for name in ("head", "proj"):
+    model.wide = nn.Linear(1024, 8, bias=False)  # rows of 4 KiB: faster read as rows
+    for name in ("head", "proj", "wide"):
         setattr(model, name, PackedLinear(getattr(model, name), 1, keep_plain=True))
     plain = model.proj.weight.detach().clone()
     report = block_gemv_weights(model)
     assert report.layers == 1 and report.bytes == plain.numel() * 4
+    assert report.reason.endswith("; 1 kept as rows (4 KiB rows or longer, or not float32)")
     assert model.proj.weight is None and torch.equal(rows_of(gemv_weight(model.proj)), plain)
     assert model.head.weight is model.embed.weight and gemv_weight(model.head).dim() == 2
+    assert gemv_weight(model.wide) is model.wide.weight
 
 
 @pytest.fixture(scope="module")

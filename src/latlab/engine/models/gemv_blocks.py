@@ -1,12 +1,14 @@
 """Float32 weights laid out for the native GEMV of decode steps of 1-4 rows: GEMV blocks.
 
-The GEMV reads 4 weight rows at a time (one load of each x vector feeds 4 rows). On plain rows
-those are 4 runs of memory read side by side, each 3-12 KiB long for the reference model's
-shapes, and the hardware prefetcher restarts on every new group of 4. In GEMV blocks,
-``[N/4, K/8, 32]`` (the 4 rows interleaved 8 floats at a time), the same reads are one run: on
-the AVX2 EPYC a pass over the reference model's weights ran 1.04-1.09x faster at 1 and 2
-threads, where one row at a time (also one run, 8 accumulators) did not gain (docs/engine.md,
-lever table). The sums are those of the plain rows, in the same order, bit for bit.
+The GEMV reads 4 weight rows at a time (one load of each x vector feeds 4 rows): on plain rows,
+4 runs of memory read side by side. Where a row is short (the reference model's 768 columns are
+3 KiB) each run ends before the hardware prefetcher has got far ahead, and it starts over on the
+next group of 4. In GEMV blocks, ``[N/4, K/8, 32]`` (the 4 rows interleaved 8 floats at a time),
+the same reads are one run. On the AVX2 EPYC, 2 threads, 12 weights a shape in huge pages: rows
+of 2 KiB read 1.41x faster as blocks, 3 KiB 1.12-1.20x, 4-5 KiB 0.97x, 6-24 KiB 0.84-0.95x
+(there 4 long runs keep more reads in flight than one). So only matrices whose rows are shorter
+than 4 KiB are laid out; the rest stay rows (docs/engine.md, lever table). The sums are those
+of the plain rows, in the same order, bit for bit.
 
 The blocks take the plain weight's own memory (rearranged in place, huge pages kept), so the
 module's plain ``weight`` is released: only the native decode steps read it, and larger steps
@@ -24,6 +26,7 @@ from torch import nn
 BLOCK_ROWS = 4  # weight rows a block interleaves
 BLOCK_LANES = 8  # floats of one row side by side (an AVX2 register)
 K_MULTIPLE = 16  # the GEMV's 1-row loop takes 16 columns at a time, with no tail
+MAX_ROW_BYTES = 4096  # rows this long or longer read faster as rows (measured, above)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -39,9 +42,11 @@ class GemvBlocks:
 
 
 def fits(weight: torch.Tensor) -> bool:
-    """A float32 CPU matrix of whole blocks: rows a multiple of 4, columns of 16."""
+    """A float32 CPU matrix of whole blocks (rows a multiple of 4, columns of 16) whose rows are
+    shorter than 4 KiB."""
     return (
         weight.dtype == torch.float32
+        and weight.shape[-1] * weight.element_size() < MAX_ROW_BYTES
         and weight.device.type == "cpu"
         and weight.dim() == 2
         and weight.is_contiguous()
@@ -92,21 +97,23 @@ def _shared_weights(model: nn.Module) -> set[int]:
 
 
 def block_gemv_weights(model: nn.Module) -> GemvBlocks:
-    """Lay out every packed linear's plain float32 weight (kept for the native decode steps)
-    in GEMV blocks, in place; the module keeps the blocks as ``gemv_weight``."""
+    """Lay out the plain float32 weights packed linears keep for the native decode steps in
+    GEMV blocks, in place, where they fit; such a module keeps the blocks as ``gemv_weight``."""
     shared = _shared_weights(model)
-    layers = moved = 0
+    layers = rows = moved = 0
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if not hasattr(module, "packed_weight") or weight is None:
+        if not hasattr(module, "packed_weight") or weight is None or id(weight) in shared:
             continue
-        if id(weight) in shared or not fits(weight):
+        if not fits(weight):
+            rows += 1
             continue
         blocks = to_blocks_in_place(weight)
         module.weight = None
         module.register_buffer("gemv_weight", blocks, persistent=False)
         layers, moved = layers + 1, moved + blocks.numel() * blocks.element_size()
+    kept = f"; {rows} kept as rows (4 KiB rows or longer, or not float32)" if rows else ""
     if not layers:
-        return GemvBlocks(layers=0, bytes=0, reason="plain rows (no float32 weight fits blocks)")
-    why = f"{layers} float32 linears in GEMV blocks of 4 rows (one read stream a thread)"
+        return GemvBlocks(layers=0, bytes=0, reason=f"plain rows (none fits GEMV blocks){kept}")
+    why = f"{layers} float32 linears in GEMV blocks of 4 rows (one read stream a thread){kept}"
     return GemvBlocks(layers=layers, bytes=moved, reason=why)
