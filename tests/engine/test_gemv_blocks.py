@@ -116,7 +116,7 @@ def test_the_engine_lays_out_what_the_native_decode_steps_read(untied_dir):
     described = runner.describe()
     assert described["gemv_weights"].startswith(f"{len(packed)} float32 linears in GEMV blocks")
     plain = LLM(str(untied_dir), packed_linear=False).engine.describe()
-    assert plain["gemv_weights"] == "plain rows (no packed copies)"
+    assert plain["gemv_weights"] == "the plan's own (no plain copies beside packed ones)"
     linears = sum(m.in_features * m.out_features * 4 for m in packed)
     assert described["weight_memory_bytes"] - plain["weight_memory_bytes"] == linears  # in place
     off = LLM(str(untied_dir), native_decode=False).engine.describe()

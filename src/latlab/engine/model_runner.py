@@ -187,7 +187,8 @@ class ModelRunner:
         """The plain weights kept beside packed copies are read only by the native decode
         steps: released without them, laid out in GEMV blocks for them."""
         if not self.weight_plan.keep_plain:
-            return GemvBlocks(layers=0, bytes=0, reason="plain rows (no packed copies)")
+            why = "the plan's own (no plain copies beside packed ones)"
+            return GemvBlocks(layers=0, bytes=0, reason=why)
         if not native_decode:
             drop_plain_weights(self.model)
             return GemvBlocks(layers=0, bytes=0, reason="released (no native decode steps)")
