@@ -4,6 +4,8 @@ it leaves (a tied head), what it says; malformed blocks are refused."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -160,3 +162,22 @@ def test_engine_tokens_and_logprobs_match_the_plain_rows_engine(untied_dir):
         got_lp = [lp.logprob for o in got for pos in o.logprobs for lp in pos.values()]
         want_lp = [lp.logprob for o in want for pos in o.logprobs for lp in pos.values()]
         torch.testing.assert_close(torch.tensor(got_lp), torch.tensor(want_lp), rtol=0, atol=1e-4)
+
+
+def test_a_layer_of_blocks_and_long_rows_decodes_as_the_plain_rows_engine(tmp_path):
+    """down's rows of 4 KiB stay rows beside the other weights' blocks, in one decode step."""
+    built_or_skip(decode_model)
+    shape = dataclasses.replace(TINY_TEST, intermediate_size=1024)
+    model_dir = save_random_llama(tmp_path, shape, seed=5)
+    mixed = LLM(str(model_dir))
+    down = mixed.engine.runner.model.layers[0].mlp.down_proj
+    qkv = mixed.engine.runner.model.layers[0].self_attn.qkv_proj
+    assert gemv_weight(down).dim() == 2 and gemv_weight(qkv).dim() == 3
+    params = SamplingParams(max_tokens=8, logprobs=2, ignore_eos=True)
+    batch = mixed_prompts(2)
+    got = mixed.generate(batch, params)
+    want = LLM(str(model_dir), packed_linear=False).generate(batch, params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in want]
+    got_lp = [lp.logprob for o in got for pos in o.logprobs for lp in pos.values()]
+    want_lp = [lp.logprob for o in want for pos in o.logprobs for lp in pos.values()]
+    torch.testing.assert_close(torch.tensor(got_lp), torch.tensor(want_lp), rtol=0, atol=1e-4)
