@@ -37,10 +37,13 @@ from pathlib import Path
 
 from latlab.procs import ManagedProcess, ProcessSpec, run_to_completion
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vllm_anchor import anchor_python, missing_note
+
 REPO = Path(__file__).resolve().parents[1]
 PY = REPO / ".venv" / "bin" / "python"
 LATLAB = REPO / ".venv" / "bin" / "latlab"
-VLLM_PY = Path("/tmp/vllm-venv/bin/python")
+VLLM_PY = anchor_python()
 AIPERF = Path("/tmp/aiperf-venv/bin/aiperf")
 GUIDELLM = Path("/tmp/guidellm-venv/bin/guidellm")
 SHIM = REPO / "benchmarks" / "anchors" / "vllm_shim.py"
@@ -222,7 +225,8 @@ def run_tool(tool: str, port: int, c: int, n: int, workdir: Path, timeout: float
     make_cmd, parse, out_name, exe = TOOLS[tool]
     run = ToolRun(tool=tool, concurrency=c, requests=n, ok=False)
     if not exe.exists():
-        run.note = f"{exe} missing: run benchmarks/anchors/install.sh"
+        install = f"{exe} missing: run benchmarks/anchors/install.sh"
+        run.note = missing_note(exe) if exe == VLLM_PY else install
         return run
     out = workdir / f"{tool}-c{c}-{time.monotonic_ns()}-{out_name}"
     log = out.with_suffix(".log")

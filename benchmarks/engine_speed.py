@@ -48,7 +48,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VLLM_PYTHON = Path("/tmp/vllm-venv/bin/python")
 VLLM_SCRIPT = REPO / "benchmarks" / "anchors" / "vllm_offline.py"
 DOC_ANCHORS = {  # benchmarks.md, "Anchors measured here" (tok/s, bf16, an AVX-512 BF16 EPYC)
     "vllm_cpu": {1: 97, 8: 562, 64: 1248},
@@ -75,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="engine with torch.compile")
     p.add_argument("--no-hf", action="store_true", help="skip transformers generate")
     p.add_argument("--no-vllm", action="store_true", help="skip vLLM even if installed")
+    p.add_argument(
+        "--vllm-python",
+        default=None,
+        help="the vLLM venv's python (default: beside LATLAB_VLLM_CMD / vllm on PATH / "
+        "scripts/install_vllm_cpu.sh's venv, else /tmp/vllm-venv from anchors/install.sh)",
+    )
     p.add_argument(
         "--dtype",
         default=None,
@@ -399,15 +404,30 @@ def run_anchor(argv: list[str], out: Path, env: dict[str, str], timeout_s: float
 
 
 def run_vllm(args, model_dir: Path, dtype: str, bind: str) -> dict | None:
-    if args.no_vllm or not VLLM_PYTHON.exists():
+    python = vllm_python(args)
+    if python is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "vllm.json"
-        cmd = [str(VLLM_PYTHON), str(VLLM_SCRIPT), str(model_dir), "--batches", args.batches]
+        cmd = [str(python), str(VLLM_SCRIPT), str(model_dir), "--batches", args.batches]
         cmd += ["--repeats", str(args.repeats), "--output-len", str(args.output_len)]
         cmd += ["--prompt-len", str(args.prompt_len), "--dtype", dtype, "--out", str(out)]
         cmd += ["--omp-bind", vllm_bind(bind)]
         return run_anchor(cmd, out, {"VLLM_CPU_KVCACHE_SPACE": "1"}, args.vllm_timeout)
+
+
+def vllm_python(args) -> Path | None:
+    """The vLLM venv's interpreter for the anchor, or None (said once) when it is skipped."""
+    if args.no_vllm:
+        return None
+    anchor = beside("vllm_anchor")
+    python = anchor.anchor_python(args.vllm_python)
+    if python.exists():
+        return python
+    if not getattr(args, "vllm_missing_said", False):
+        print(anchor.missing_note(python), flush=True)
+        args.vllm_missing_said = True
+    return None
 
 
 def vllm_bind(bind: str) -> str:
@@ -428,11 +448,12 @@ def start_anchors(args, model_dir: Path, stack: contextlib.ExitStack) -> dict:
     """Each vLLM variant loaded, warmed up and paused, for ``time_round`` to run in turn with
     latlab's; ``stack`` stops them. A variant that fails to load is reported and left out."""
     rounds = beside("anchor_rounds")
-    if args.no_vllm or not VLLM_PYTHON.exists():
+    python = vllm_python(args)
+    if python is None:
         return {}
     anchors = {}
     for label, dtype, bind in vllm_variants(args):
-        argv = [str(VLLM_PYTHON), str(VLLM_SCRIPT), str(model_dir), "--batches", args.batches]
+        argv = [str(python), str(VLLM_SCRIPT), str(model_dir), "--batches", args.batches]
         argv += ["--output-len", str(args.output_len), "--prompt-len", str(args.prompt_len)]
         argv += ["--dtype", dtype, "--omp-bind", vllm_bind(bind)]
         anchor = stack.enter_context(rounds.AnchorRounds(

@@ -34,7 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-gib", type=int, default=1, help="KV budget (whole GiB, as vLLM)")
     p.add_argument("--block-size", type=int, default=16, help="our engine's block size")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/latlab-plan-check"))
-    p.add_argument("--vllm-python", default="/tmp/vllm-venv/bin/python")
+    p.add_argument(
+        "--vllm-python",
+        default=None,
+        help="the vLLM venv's python (default: benchmarks/vllm_anchor.py's choice)",
+    )
     p.add_argument("--no-vllm", action="store_true")
     p.add_argument("--no-engine", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -85,10 +89,14 @@ def engine_figures(path: Path, budget: int, block_size: int) -> dict:
     return out
 
 
-def vllm_figures(path: Path, budget_gib: int, python: str, workdir: Path) -> dict:
+def vllm_figures(path: Path, budget_gib: int, explicit: str | None, workdir: Path) -> dict:
     """Run the vLLM CPU anchor in its own venv with --kv-only and read its JSON."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from vllm_anchor import anchor_python, missing_note
+
+    python = str(anchor_python(explicit))
     if not Path(python).exists():
-        return {"error": f"{python} not found: install vLLM CPU (benchmarks/anchors/install.sh)"}
+        return {"error": missing_note(Path(python))}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         out, log = Path(tmp) / "vllm.json", Path(tmp) / "vllm.log"
         cmd = [python, str(VLLM_ANCHOR), str(path), "--kv-only", "--kv-space-gib", str(budget_gib)]

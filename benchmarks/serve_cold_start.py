@@ -29,7 +29,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-VLLM_PYTHON = Path("/tmp/vllm-venv/bin/python")
 VLLM_SHIM = REPO / "benchmarks" / "anchors" / "vllm_shim.py"
 READY_PREFIX = "latlab serve: ready at "
 DOC_VLLM_LOAD_S = 53.0
@@ -82,10 +81,18 @@ def latlab_once(model: Path, threads: int | None) -> dict[str, float]:
     return launch_once(backend, model, {"num_threads": threads} if threads else {}, {})
 
 
+def vllm_python() -> Path:
+    """The vLLM venv's interpreter (benchmarks/vllm_anchor.py says which)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from vllm_anchor import anchor_python
+
+    return anchor_python()
+
+
 def vllm_once(model: Path) -> dict[str, float]:
     from latlab.deploy.vllm import VllmBackend
 
-    backend = VllmBackend([str(VLLM_PYTHON), str(VLLM_SHIM)])
+    backend = VllmBackend([str(vllm_python()), str(VLLM_SHIM)])
     return launch_once(backend, model, {}, {"VLLM_CPU_KVCACHE_SPACE": "1"})
 
 
@@ -158,7 +165,7 @@ def main() -> None:
             f"  latlab serve: ready {ready:.2f} s, first token {first:.2f} s "
             f"(median of {len(runs)}; runs {each})"
         )
-        if args.vllm and VLLM_PYTHON.exists():
+        if args.vllm and vllm_python().exists():
             vruns = [vllm_once(path) for _ in range(args.vllm_repeats)]
             vfirst = _median(vruns, "first_token_s")
             entry["vllm_runs"] = vruns

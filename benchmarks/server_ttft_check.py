@@ -37,10 +37,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from client_accuracy import latlab_revision, run_measured
+from vllm_anchor import anchor_python, missing_note
 
 REPO = Path(__file__).resolve().parents[1]
 LATLAB = REPO / ".venv" / "bin" / "latlab"
-VLLM_PY = Path("/tmp/vllm-venv/bin/python")
+VLLM_PY = anchor_python()
 SHIM = REPO / "benchmarks" / "anchors" / "vllm_shim.py"
 BUNDLED = REPO / "src" / "latlab" / "assets" / "tiny-llama"
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
@@ -194,7 +195,7 @@ CLIENTS = {"latlab": (latlab_client, parse_latlab, LATLAB),
 def run_client(base: str, name: str, run: Run, args: argparse.Namespace, workdir: Path) -> Run:
     make, parse, exe = CLIENTS[run.client]
     if not exe.exists():
-        run.note = f"{exe} missing"
+        run.note = missing_note(exe) if exe == VLLM_PY else f"{exe} missing"
         return run
     out = workdir / f"{run.client}-c{run.streams}-s{run.seed}-{time.monotonic_ns()}.json"
     prefix = "latlab" if run.server == "latlab" else "vllm"
