@@ -1,4 +1,4 @@
-"""Which interpreter runs the vLLM anchor scripts: the vLLM latlab would launch, not a fixed path."""
+"""Which interpreter runs the vLLM anchor scripts: the vLLM latlab would launch, not a set path."""
 
 from __future__ import annotations
 
